@@ -1,0 +1,179 @@
+//! Socket addresses as nginx writes and parses them (`ngx_parse_url`, `ngx_sock_ntop`):
+//! `127.0.0.1:80`, `[::1]:80`, `*:80`, `80`, `host:80`, `unix:/path`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// A TCP/UDP or unix-domain address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addr {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Inet(SocketAddr::V4(a)) => write!(f, "{}:{}", a.ip(), a.port()),
+            Addr::Inet(SocketAddr::V6(a)) => write!(f, "[{}]:{}", a.ip(), a.port()),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl Addr {
+    /// The address without the port, as `$remote_addr` prints it ("unix:" for unix sockets).
+    pub fn host_text(&self) -> String {
+        match self {
+            Addr::Inet(a) => a.ip().to_string(),
+            Addr::Unix(_) => "unix:".to_string(),
+        }
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Addr::Inet(a) => Some(a.port()),
+            Addr::Unix(_) => None,
+        }
+    }
+}
+
+/// The result of parsing a URL-ish address: the text as given and its addresses.
+#[derive(Debug, Clone)]
+pub struct ParsedUrl {
+    pub host: String,
+    pub port: Option<u16>,
+    pub addrs: Vec<Addr>,
+    /// The host is an IP literal or wildcard (no resolution happened).
+    pub literal: bool,
+}
+
+/// What nginx's `ngx_parse_url` reports in `u->err` (the caller wraps it in context).
+pub type UrlError = &'static str;
+
+fn parse_port(s: &str, listen: bool) -> Result<u16, UrlError> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(0) if !listen => Err("invalid port"),
+        _ => Err("invalid port"),
+    }
+}
+
+/// Resolve `host` as nginx's `ngx_inet_resolve_host` does: IPv4 answers first, then IPv6.
+pub fn resolve_host(host: &str, port: u16) -> Result<Vec<Addr>, UrlError> {
+    let found: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(it) => it.collect(),
+        Err(_) => return Err("host not found"),
+    };
+    let mut out: Vec<Addr> = Vec::new();
+    for want_v4 in [true, false] {
+        for a in &found {
+            if a.is_ipv4() == want_v4 {
+                let a = Addr::Inet(*a);
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("host not found");
+    }
+    Ok(out)
+}
+
+/// Parse an address. With `listen`, a bare number is a port on the wildcard address and
+/// `*` is the wildcard; without it a missing port is left `None` for the caller to judge.
+/// `resolve` false keeps host names unresolved (addrs empty).
+pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, UrlError> {
+    if let Some(path) = url.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("no path in the unix domain socket");
+        }
+        return Ok(ParsedUrl {
+            host: url.to_string(),
+            port: None,
+            addrs: vec![Addr::Unix(PathBuf::from(path))],
+            literal: true,
+        });
+    }
+    if let Some(rest) = url.strip_prefix('[') {
+        let Some(end) = rest.find(']') else { return Err("invalid IPv6 address") };
+        let ip: Ipv6Addr = rest[..end].parse().map_err(|_| "invalid IPv6 address")?;
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(parse_port(p, listen)?),
+            None if after.is_empty() => None,
+            None => return Err("invalid IPv6 address"),
+        };
+        let addrs = match port {
+            Some(p) => vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), p))],
+            None => vec![],
+        };
+        return Ok(ParsedUrl { host: format!("[{}]", ip), port, addrs, literal: true });
+    }
+    let (host, port) = match url.rfind(':') {
+        Some(i) => (&url[..i], Some(parse_port(&url[i + 1..], listen)?)),
+        None => {
+            if listen && !url.is_empty() && url.bytes().all(|c| c.is_ascii_digit()) {
+                let p = parse_port(url, listen)?;
+                let a = Addr::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p));
+                return Ok(ParsedUrl { host: "*".into(), port: Some(p), addrs: vec![a], literal: true });
+            }
+            (url, None)
+        }
+    };
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if host.contains('/') || host.contains('?') {
+        return Err("invalid host");
+    }
+    let wildcard = listen && host == "*";
+    let ip: Option<IpAddr> =
+        if wildcard { Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) } else { host.parse::<Ipv4Addr>().ok().map(IpAddr::V4) };
+    if let Some(ip) = ip {
+        let addrs = port.map(|p| vec![Addr::Inet(SocketAddr::new(ip, p))]).unwrap_or_default();
+        return Ok(ParsedUrl { host: host.to_string(), port, addrs, literal: true });
+    }
+    let addrs = match (resolve, port) {
+        (true, Some(p)) => resolve_host(host, p)?,
+        (true, None) => {
+            resolve_host(host, 0)?;
+            vec![]
+        }
+        _ => vec![],
+    };
+    Ok(ParsedUrl { host: host.to_string(), port, addrs, literal: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        let u = parse_url("8080", true, true).unwrap();
+        assert_eq!(u.addrs[0].to_string(), "0.0.0.0:8080");
+        let u = parse_url("*:81", true, true).unwrap();
+        assert_eq!(u.addrs[0].to_string(), "0.0.0.0:81");
+        let u = parse_url("[::1]:82", true, true).unwrap();
+        assert_eq!(u.addrs[0].to_string(), "[::1]:82");
+        let u = parse_url("unix:/tmp/s.sock", true, true).unwrap();
+        assert_eq!(u.addrs[0].to_string(), "unix:/tmp/s.sock");
+        assert_eq!(parse_url("70000", true, true).unwrap_err(), "invalid port");
+        assert_eq!(parse_url("127.0.0.1:abc", true, true).unwrap_err(), "invalid port");
+        assert_eq!(parse_url("127.0.0.1:0", true, true).unwrap_err(), "invalid port");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let u = parse_url("127.0.0.1", false, true).unwrap();
+        assert_eq!(u.port, None);
+        let u = parse_url("localhost:80", false, true).unwrap();
+        assert!(u.addrs.iter().any(|a| a.to_string() == "127.0.0.1:80"));
+        assert_eq!(u.addrs[0].to_string(), "127.0.0.1:80", "IPv4 first");
+        assert_eq!(parse_url("nonexistent.invalid:80", false, true).unwrap_err(), "host not found");
+    }
+}

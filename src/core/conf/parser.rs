@@ -1,0 +1,389 @@
+//! The nginx configuration tokenizer (`ngx_conf_read_token`) on nom: words, quoted strings
+//! with escapes, `#` comments, `;`, `{` and `}`, with nginx's error messages and line numbers.
+//!
+//! The result is a `Block` tree. `include` is not expanded here: it is a directive like any
+//! other and the builder parses the named files when it meets it, so errors come out in the
+//! same order as nginx's single-pass parse-and-apply.
+
+use std::rc::Rc;
+
+use nom::bytes::complete::{take_till, take_while};
+use nom::IResult;
+use nom::Parser;
+
+use super::{os_err, Block, Cmd, ConfError, ConfFile};
+
+/// What a parse of one source is: a file, or the `-g` command-line directives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    File,
+    Param,
+}
+
+/// nginx's `NGX_CONF_BUFFER`: a single token longer than this is refused.
+const MAX_TOKEN: usize = 4096;
+
+struct Tokenizer<'a> {
+    text: &'a [u8],
+    pos: usize,
+    line: u32,
+    file: Rc<str>,
+    source: Source,
+    /// Set once an error has been stored, so every enclosing block stops too.
+    failed: bool,
+}
+
+enum Token {
+    /// A directive's words, ended by `;` (false) or `{` (true).
+    Directive(Vec<String>, bool),
+    BlockDone,
+    FileDone,
+}
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Spaces and comments between tokens. `#` starts a comment only at a token's start.
+fn gap(i: &[u8]) -> IResult<&[u8], usize> {
+    let mut rest = i;
+    loop {
+        let (r, _) = take_while(is_space).parse(rest)?;
+        rest = r;
+        if rest.first() == Some(&b'#') {
+            let (r, _) = take_till(|c| c == b'\n').parse(rest)?;
+            rest = r;
+        } else {
+            return Ok((rest, i.len() - rest.len()));
+        }
+    }
+}
+
+/// The raw bytes of an unquoted word: up to a space, `;` or `{` (but `${` stays in the
+/// word), with `\` taking the next byte literally.
+fn bare_word(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    let mut n = 0;
+    let mut prev_dollar = false;
+    while n < i.len() {
+        let c = i[n];
+        if c == b'\\' {
+            n = (n + 2).min(i.len());
+            prev_dollar = false;
+            continue;
+        }
+        if is_space(c) || c == b';' || (c == b'{' && !prev_dollar) {
+            break;
+        }
+        prev_dollar = c == b'$';
+        n += 1;
+    }
+    Ok((&i[n..], &i[..n]))
+}
+
+/// The raw bytes inside a quoted string up to the closing `quote` (not consumed);
+/// `None` if the text ends first.
+fn quoted_body(i: &[u8], quote: u8) -> Option<usize> {
+    let mut n = 0;
+    while n < i.len() {
+        match i[n] {
+            b'\\' => n += 2,
+            c if c == quote => return Some(n),
+            _ => n += 1,
+        }
+    }
+    None
+}
+
+/// nginx's unescaping of a word: `\" \' \\` lose the backslash, `\t \r \n` become
+/// control characters, any other backslash stays.
+fn unescape(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' && i + 1 < raw.len() {
+            match raw[i + 1] {
+                b'"' | b'\'' | b'\\' => {
+                    out.push(raw[i + 1]);
+                    i += 2;
+                    continue;
+                }
+                b't' => {
+                    out.push(b'\t');
+                    i += 2;
+                    continue;
+                }
+                b'r' => {
+                    out.push(b'\r');
+                    i += 2;
+                    continue;
+                }
+                b'n' => {
+                    out.push(b'\n');
+                    i += 2;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl<'a> Tokenizer<'a> {
+    fn advance(&mut self, n: usize) {
+        let end = (self.pos + n).min(self.text.len());
+        self.line += self.text[self.pos..end].iter().filter(|&&c| c == b'\n').count() as u32;
+        self.pos = end;
+    }
+
+    fn err(&self, msg: impl Into<String>) -> ConfError {
+        match self.source {
+            Source::File => ConfError::at(msg, &self.file, self.line),
+            Source::Param => ConfError::at(msg, &self.file, 0),
+        }
+    }
+
+    fn eof_error(&self) -> ConfError {
+        match self.source {
+            Source::Param => self.err("unexpected end of parameter, expecting \";\""),
+            Source::File => self.err("unexpected end of file, expecting \";\" or \"}\""),
+        }
+    }
+
+    fn too_long(&self, start_line: u32, word: &[u8], quote: Option<u8>) -> ConfError {
+        let mut e = match quote {
+            Some(q) => {
+                self.err(format!("too long parameter, probably missing terminating \"{}\" character", q as char))
+            }
+            None => {
+                let head = String::from_utf8_lossy(&word[..word.len().min(10)]).into_owned();
+                self.err(format!("too long parameter \"{}...\" started", head))
+            }
+        };
+        if let Some((_, l)) = &mut e.at {
+            if *l != 0 {
+                *l = start_line;
+            }
+        }
+        e
+    }
+
+    fn next_token(&mut self) -> Result<Token, ConfError> {
+        let mut words: Vec<String> = Vec::new();
+        loop {
+            let (_, n) = gap(&self.text[self.pos..]).map_err(|_| self.eof_error())?;
+            self.advance(n);
+            let rest = &self.text[self.pos..];
+            let Some(&c) = rest.first() else {
+                if words.is_empty() {
+                    return Ok(Token::FileDone);
+                }
+                return Err(self.eof_error());
+            };
+            match c {
+                b';' | b'{' => {
+                    self.advance(1);
+                    if words.is_empty() {
+                        return Err(self.err(format!("unexpected \"{}\"", c as char)));
+                    }
+                    return Ok(Token::Directive(words, c == b'{'));
+                }
+                b'}' if words.is_empty() => {
+                    self.advance(1);
+                    return Ok(Token::BlockDone);
+                }
+                b'}' => {
+                    self.advance(1);
+                    return Err(self.err("unexpected \"}\""));
+                }
+                b'"' | b'\'' => {
+                    let start_line = self.line;
+                    let body = &rest[1..];
+                    let Some(len) = quoted_body(body, c) else {
+                        if body.len() >= MAX_TOKEN {
+                            return Err(self.too_long(start_line, body, Some(c)));
+                        }
+                        self.advance(rest.len());
+                        return Err(self.eof_error());
+                    };
+                    if len >= MAX_TOKEN {
+                        return Err(self.too_long(start_line, body, Some(c)));
+                    }
+                    words.push(unescape(&body[..len]));
+                    self.advance(len + 2);
+                    // After a closing quote nginx wants a space, ";", "{" (or ")").
+                    match self.text.get(self.pos) {
+                        None => {}
+                        Some(&d) if is_space(d) || d == b';' || d == b'{' => {}
+                        Some(b')') => self.advance(1),
+                        Some(&d) => {
+                            self.advance(1);
+                            return Err(self.err(format!("unexpected \"{}\"", d as char)));
+                        }
+                    }
+                }
+                _ => {
+                    let start_line = self.line;
+                    let (_, raw) = bare_word(rest).map_err(|_| self.eof_error())?;
+                    if raw.len() >= MAX_TOKEN {
+                        return Err(self.too_long(start_line, raw, None));
+                    }
+                    words.push(unescape(raw));
+                    self.advance(raw.len());
+                }
+            }
+        }
+    }
+
+    fn block(&mut self, nested: bool) -> Block {
+        let mut block = Block::default();
+        loop {
+            match self.next_token() {
+                Err(e) => {
+                    block.error = Some(e);
+                    self.failed = true;
+                    break;
+                }
+                Ok(Token::BlockDone) => {
+                    if !nested {
+                        block.error = Some(self.err("unexpected \"}\""));
+                        self.failed = true;
+                    }
+                    break;
+                }
+                Ok(Token::FileDone) => {
+                    if nested {
+                        block.error = Some(self.err("unexpected end of file, expecting \"}\""));
+                        self.failed = true;
+                    }
+                    break;
+                }
+                Ok(Token::Directive(mut words, opens_block)) => {
+                    let name = words.remove(0);
+                    let mut cmd = Cmd { name, args: words, block: None, file: self.file.clone(), line: self.line };
+                    if opens_block {
+                        if self.source == Source::Param {
+                            block.error = Some(self.err("block directives are not supported in -g option"));
+                            self.failed = true;
+                            break;
+                        }
+                        cmd.block = Some(self.block(true));
+                    }
+                    block.cmds.push(cmd);
+                    if self.failed {
+                        break;
+                    }
+                }
+            }
+        }
+        block.end_line = self.line;
+        block
+    }
+}
+
+/// Parse configuration text that came from `file`.
+pub fn parse_bytes(text: &[u8], file: Rc<str>) -> Block {
+    let mut t = Tokenizer { text, pos: 0, line: 1, file, source: Source::File, failed: false };
+    t.block(false)
+}
+
+/// Parse the `-g` directives (errors say `in command line`).
+pub fn parse_str(text: &str) -> Block {
+    let mut t = Tokenizer {
+        text: text.as_bytes(),
+        pos: 0,
+        line: 1,
+        file: Rc::from("command line"),
+        source: Source::Param,
+        failed: false,
+    };
+    t.block(false)
+}
+
+/// Read and parse a file. An unreadable file is an error at `from` (the `include`
+/// directive), or without a location for the main file.
+pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), ConfError> {
+    match std::fs::read(path) {
+        Ok(text) => {
+            let file: Rc<str> = Rc::from(path);
+            let block = parse_bytes(&text, file.clone());
+            Ok((ConfFile { path: file, text }, block))
+        }
+        Err(e) => {
+            let msg = format!("open() \"{}\" failed {}", path, os_err(&e));
+            Err(match from {
+                Some(cmd) => cmd.err(msg),
+                None => ConfError::bare(msg),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Block {
+        parse_bytes(s.as_bytes(), Rc::from("t.conf"))
+    }
+
+    fn err(s: &str) -> String {
+        fn first(b: &Block) -> Option<String> {
+            for c in &b.cmds {
+                if let Some(e) = c.block.as_ref().and_then(first) {
+                    return Some(e);
+                }
+            }
+            b.error.as_ref().map(|e| e.to_string())
+        }
+        first(&p(s)).unwrap_or_default()
+    }
+
+    #[test]
+    fn words_blocks_and_lines() {
+        let b = p("a 1 2;\nstream {\n  server\n  { listen 80; }\n}\n");
+        assert!(b.error.is_none());
+        assert_eq!(b.cmds[0].name, "a");
+        assert_eq!(b.cmds[0].args, vec!["1", "2"]);
+        let s = &b.cmds[1];
+        assert_eq!(s.line, 2);
+        let srv = &s.block.as_ref().unwrap().cmds[0];
+        assert_eq!(srv.line, 4, "a block directive is located at its `{{`");
+        assert_eq!(srv.block.as_ref().unwrap().cmds[0].args, vec!["80"]);
+    }
+
+    #[test]
+    fn quotes_escapes_comments() {
+        let b = p("x \"a\\\"b\" 'c\\'d' \"t\\tn\" e\\;f #c;\n y${z}w g${v};");
+        let c = &b.cmds[0];
+        // `\;` keeps its backslash (nginx unescapes only quotes, `\\`, t, r, n).
+        assert_eq!(c.args, vec!["a\"b", "c'd", "t\tn", "e\\;f", "y${z}w", "g${v}"]);
+        let b = p("x y$z{ }");
+        assert!(b.cmds[0].block.is_some(), "a brace not right after a dollar opens a block");
+        let b = p("x a#b;");
+        assert_eq!(b.cmds[0].args, vec!["a#b"]);
+        let b = p("x \"\\d\";");
+        assert_eq!(b.cmds[0].args, vec!["\\d"], "unknown escapes keep the backslash");
+    }
+
+    #[test]
+    fn errors_like_nginx() {
+        assert_eq!(err("a;\n}\n"), "unexpected \"}\" in t.conf:2");
+        assert_eq!(err("a {\nb;\n"), "unexpected end of file, expecting \"}\" in t.conf:3");
+        assert_eq!(err("a b"), "unexpected end of file, expecting \";\" or \"}\" in t.conf:1");
+        assert_eq!(err(";"), "unexpected \";\" in t.conf:1");
+        assert_eq!(err("a \"b\"c;"), "unexpected \"c\" in t.conf:1");
+        assert_eq!(err("a \"b;\n\n"), "unexpected end of file, expecting \";\" or \"}\" in t.conf:3");
+        assert_eq!(err("a b }"), "unexpected \"}\" in t.conf:1");
+    }
+
+    #[test]
+    fn command_line_params() {
+        let b = parse_str("pid /x; daemon off;");
+        assert_eq!(b.cmds.len(), 2);
+        let b = parse_str("pid /x");
+        assert_eq!(b.error.unwrap().to_string(), "unexpected end of parameter, expecting \";\" in command line");
+    }
+}

@@ -1,0 +1,232 @@
+//! A connected stream socket, TCP or unix-domain, with the few operations the relay
+//! needs; and the listening sockets (`ngx_open_listening_sockets`).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use crate::core::addr::Addr;
+
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.shutdown(Shutdown::Write),
+            Conn::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Conn::Tcp(s) => s.take_error(),
+            Conn::Unix(s) => s.take_error(),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_nodelay(on),
+            Conn::Unix(_) => Ok(()),
+        }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Conn::Tcp(_))
+    }
+
+    pub fn local_addr(&self) -> Option<Addr> {
+        match self {
+            Conn::Tcp(s) => s.local_addr().ok().map(Addr::Inet),
+            Conn::Unix(s) => s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| Addr::Unix(p.to_path_buf()))),
+        }
+    }
+
+    /// `recv(MSG_PEEK)`: look at what the client sent without taking it.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv into a buffer we own, of the length we pass.
+        let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    pub fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.register(r, t, i),
+            Conn::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    pub fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.reregister(r, t, i),
+            Conn::Unix(s) => s.reregister(r, t, i),
+        }
+    }
+
+    pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.deregister(r),
+            Conn::Unix(s) => s.deregister(r),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Accept one connection: the stream and the client's address.
+    pub fn accept(&self) -> io::Result<(Conn, Addr)> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), Addr::Inet(a))),
+            Listener::Unix(l) => l.accept().map(|(s, _)| (Conn::Unix(s), Addr::Unix(std::path::PathBuf::new()))),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
+    pub fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.register(r, t, Interest::READABLE),
+            Listener::Unix(l) => l.register(r, t, Interest::READABLE),
+        }
+    }
+
+    pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.deregister(r),
+            Listener::Unix(l) => l.deregister(r),
+        }
+    }
+}
+
+/// Socket options of a `listen` directive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenOpts {
+    pub backlog: Option<i32>,
+    pub rcvbuf: Option<usize>,
+    pub sndbuf: Option<usize>,
+    pub reuseport: bool,
+    pub ipv6only: bool,
+    pub so_keepalive: Option<bool>,
+    pub keepidle: Option<u32>,
+    pub keepintvl: Option<u32>,
+    pub keepcnt: Option<u32>,
+    pub fastopen: Option<u32>,
+    pub bind: bool,
+}
+
+/// nginx's `NGX_LISTEN_BACKLOG` on Linux.
+pub const DEFAULT_BACKLOG: i32 = 511;
+
+/// Open a listening socket with `opts` (`ngx_open_listening_sockets`).
+pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+    let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
+    match addr {
+        Addr::Inet(sa) => {
+            let domain = if sa.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+            let s = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            if opts.reuseport {
+                s.set_reuse_port(true)?;
+            }
+            if sa.is_ipv6() {
+                s.set_only_v6(opts.ipv6only)?;
+            }
+            if let Some(n) = opts.rcvbuf {
+                s.set_recv_buffer_size(n)?;
+            }
+            if let Some(n) = opts.sndbuf {
+                s.set_send_buffer_size(n)?;
+            }
+            match opts.so_keepalive {
+                Some(true) => s.set_keepalive(true)?,
+                Some(false) => s.set_keepalive(false)?,
+                None => {}
+            }
+            if opts.keepidle.is_some() || opts.keepintvl.is_some() || opts.keepcnt.is_some() {
+                let mut k = TcpKeepalive::new();
+                if let Some(t) = opts.keepidle {
+                    k = k.with_time(std::time::Duration::from_secs(t as u64));
+                }
+                if let Some(t) = opts.keepintvl {
+                    k = k.with_interval(std::time::Duration::from_secs(t as u64));
+                }
+                if let Some(n) = opts.keepcnt {
+                    k = k.with_retries(n);
+                }
+                s.set_tcp_keepalive(&k)?;
+            }
+            if let Some(q) = opts.fastopen {
+                // SAFETY: setsockopt with an int option value of the right size.
+                unsafe {
+                    let v = q as libc::c_int;
+                    libc::setsockopt(
+                        std::os::unix::io::AsRawFd::as_raw_fd(&s),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_FASTOPEN,
+                        (&v as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+            }
+            s.bind(&SockAddr::from(*sa))?;
+            s.listen(backlog)?;
+            Ok(Listener::Tcp(TcpListener::from_std(s.into())))
+        }
+        Addr::Unix(path) => {
+            let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+            s.bind(&SockAddr::unix(path)?)?;
+            s.listen(backlog)?;
+            Ok(Listener::Unix(UnixListener::from_std(s.into())))
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The error log (`ngx_log_error_core`): nginx's line format, several outputs each with its
+//! own level, and the startup echo of warnings to stderr as `sluice: [emerg] ...`.
+//!
+//! The process-wide log (the main `error_log`) is also the `log` crate's backend, so
+//! infrastructure code can use `log::error!` and friends.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::rc::Rc;
+
+pub use crate::core::conf::Level;
+
+/// The program name used in stderr messages, as nginx prints "nginx: ".
+pub const PROGRAM: &str = "sluice";
+
+enum Sink {
+    Stderr,
+    File(File),
+}
+
+struct Output {
+    path: String,
+    level: Level,
+    sink: Sink,
+}
+
+/// One `error_log` set: every output with its level. Immutable once opened; a reopen
+/// (USR1) builds a new one.
+pub struct ErrorLog {
+    outputs: Vec<Output>,
+    max: Level,
+}
+
+/// What a session adds to its lines: `" while ACTION, client: A, server: B"` plus a
+/// module's tail (the proxy's upstream and byte counts).
+pub trait LogContext {
+    fn write_context(&self, out: &mut String);
+}
+
+thread_local! {
+    static MAIN: RefCell<Option<Rc<ErrorLog>>> = const { RefCell::new(None) };
+    static USE_STDERR: Cell<bool> = const { Cell::new(true) };
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+fn open_append(path: &str) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+}
+
+impl ErrorLog {
+    pub fn stderr(level: Level) -> ErrorLog {
+        ErrorLog { outputs: vec![Output { path: "stderr".into(), level, sink: Sink::Stderr }], max: level }
+    }
+
+    /// Open every `(path, level)`; "stderr" is the standard error stream.
+    pub fn open(specs: &[(String, Level)]) -> Result<ErrorLog, (String, io::Error)> {
+        let mut outputs = Vec::new();
+        for (path, level) in specs {
+            let sink = if path == "stderr" {
+                Sink::Stderr
+            } else {
+                Sink::File(open_append(path).map_err(|e| (path.clone(), e))?)
+            };
+            outputs.push(Output { path: path.clone(), level: *level, sink });
+        }
+        let max = outputs.iter().map(|o| o.level).max().unwrap_or(Level::Error);
+        Ok(ErrorLog { outputs, max })
+    }
+
+    pub fn enabled(&self, level: Level) -> bool {
+        level <= self.max
+    }
+
+    pub fn writes_stderr(&self) -> bool {
+        self.outputs.iter().any(|o| matches!(o.sink, Sink::Stderr))
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.outputs.iter().map(|o| o.path.as_str())
+    }
+
+    /// Write one line: `TIME [LEVEL] PID#0: *CONN MSG (ERRNO: TEXT)CONTEXT`.
+    pub fn write(
+        &self,
+        level: Level,
+        conn: Option<u64>,
+        msg: &str,
+        err: Option<&io::Error>,
+        ctx: Option<&dyn LogContext>,
+    ) {
+        if !self.enabled(level) {
+            return;
+        }
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else { return };
+            line.clear();
+            crate::core::time::err_log_time(&mut line);
+            let pid = std::process::id();
+            // nginx prints PID#TID; the main thread's TID is the PID.
+            let _ = write!(line, " [{}] {}#{}: ", level.as_str(), pid, pid);
+            if let Some(c) = conn {
+                let _ = write!(line, "*{} ", c);
+            }
+            let body_start = line.len();
+            line.push_str(msg);
+            if let Some(e) = err {
+                line.push(' ');
+                line.push_str(&crate::core::conf::os_err(e));
+            }
+            if let Some(ctx) = ctx {
+                ctx.write_context(&mut line);
+            }
+            line.push('\n');
+            let mut wrote_stderr = false;
+            for o in &self.outputs {
+                if level > o.level {
+                    continue;
+                }
+                let fd = match &o.sink {
+                    Sink::Stderr => {
+                        wrote_stderr = true;
+                        2
+                    }
+                    Sink::File(f) => f.as_raw_fd(),
+                };
+                write_all_fd(fd, line.as_bytes());
+            }
+            // During startup nginx echoes warnings and worse to the console.
+            if USE_STDERR.with(Cell::get) && level <= Level::Warn && !wrote_stderr {
+                let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
+                write_all_fd(2, echo.as_bytes());
+            }
+        });
+    }
+}
+
+fn write_all_fd(fd: i32, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: writing a valid buffer to a descriptor we own (or stderr).
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        buf = &buf[n as usize..];
+    }
+}
+
+/// Install `log` as the process's main error log.
+pub fn set_main(log: Rc<ErrorLog>) {
+    MAIN.with(|m| *m.borrow_mut() = Some(log));
+}
+
+pub fn main_log() -> Option<Rc<ErrorLog>> {
+    MAIN.with(|m| m.borrow().clone())
+}
+
+/// Stop echoing warnings to stderr (nginx does so once it runs).
+pub fn set_use_stderr(on: bool) {
+    USE_STDERR.with(|u| u.set(on));
+}
+
+/// Log to the main error log (or stderr before one is open).
+pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
+    match main_log() {
+        Some(l) => l.write(level, None, msg, err, None),
+        None => ErrorLog::stderr(Level::Notice).write(level, None, msg, err, None),
+    }
+}
+
+/// Print `sluice: MSG` on stderr (nginx's `ngx_log_stderr`).
+pub fn stderr(msg: &str) {
+    let line = format!("{}: {}\n", PROGRAM, msg);
+    write_all_fd(2, line.as_bytes());
+}
+
+struct Backend;
+
+impl log::Log for Backend {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let level = match r.level() {
+            log::Level::Error => Level::Error,
+            log::Level::Warn => Level::Warn,
+            log::Level::Info => Level::Info,
+            log::Level::Debug | log::Level::Trace => Level::Debug,
+        };
+        error(level, &r.args().to_string(), None);
+    }
+
+    fn flush(&self) {}
+}
+
+static BACKEND: Backend = Backend;
+
+/// Route the `log` crate's macros to the main error log.
+pub fn install_backend() {
+    let _ = log::set_logger(&BACKEND);
+    log::set_max_level(log::LevelFilter::Trace);
+}

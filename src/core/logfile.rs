@@ -1,0 +1,125 @@
+//! Files the configuration writes lines to (nginx's `cycle->open_files` with
+//! `ngx_stream_log_buf_t`): opened once, appended with one write(2) per line or per
+//! buffer flush, optionally gzip-compressed per flush, reopened on USR1.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+/// A file as the configuration asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: String,
+    pub buffer: usize,
+    pub gzip: Option<u32>,
+    pub flush: Option<Duration>,
+}
+
+pub struct LogFile {
+    pub path: String,
+    file: Option<File>,
+    buf: Vec<u8>,
+    /// `buffer=`: lines are kept until this much is pending (0: write each line).
+    buf_size: usize,
+    /// `gzip=`: compression level for each flushed buffer.
+    gzip: Option<u32>,
+    /// `flush=`: pending lines are written at most this long after the first.
+    flush: Option<Duration>,
+    flush_at: Option<Instant>,
+}
+
+fn open(path: &str) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+}
+
+impl LogFile {
+    pub fn open(path: &str) -> io::Result<LogFile> {
+        Ok(LogFile {
+            path: path.to_string(),
+            file: Some(open(path)?),
+            buf: Vec::new(),
+            buf_size: 0,
+            gzip: None,
+            flush: None,
+            flush_at: None,
+        })
+    }
+
+    /// Apply a writer's buffering; several `access_log` lines naming one file share the
+    /// largest buffer, as nginx requires them to agree.
+    pub fn configure(&mut self, buf_size: usize, gzip: Option<u32>, flush: Option<Duration>) {
+        self.buf_size = self.buf_size.max(buf_size);
+        if gzip.is_some() {
+            self.gzip = gzip;
+        }
+        if flush.is_some() {
+            self.flush = flush;
+        }
+    }
+
+    /// Append one line. Returns the deadline of a pending `flush=` if one was set.
+    pub fn write_line(&mut self, line: &[u8], now: Instant) -> io::Result<Option<Instant>> {
+        if self.buf_size == 0 {
+            return self.write_out(line).map(|_| None);
+        }
+        if self.buf.len() + line.len() > self.buf_size {
+            self.flush()?;
+        }
+        if line.len() > self.buf_size {
+            return self.write_out(line).map(|_| None);
+        }
+        self.buf.extend_from_slice(line);
+        if self.flush_at.is_none() {
+            self.flush_at = self.flush.map(|d| now + d);
+            return Ok(self.flush_at);
+        }
+        Ok(None)
+    }
+
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    pub fn flush_due(&self, now: Instant) -> bool {
+        self.flush_at.is_some_and(|t| t <= now)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.flush_at = None;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buf);
+        let r = self.write_out(&data);
+        self.buf = data;
+        self.buf.clear();
+        r
+    }
+
+    fn write_out(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(f) = self.file.as_mut() else { return Ok(()) };
+        match self.gzip {
+            None => f.write_all(data),
+            Some(level) => {
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                enc.write_all(data)?;
+                let z = enc.finish()?;
+                f.write_all(&z)
+            }
+        }
+    }
+
+    /// USR1: flush, then reopen by name (the old file may have been renamed).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file = Some(open(&self.path)?);
+        Ok(())
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}

@@ -1,0 +1,173 @@
+//! The main (top-level) and `events {}` directives: nginx's core, errlog and events
+//! modules. Stream directives live in `crate::stream`.
+
+use std::time::Duration;
+
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value::{self, Setting};
+use crate::core::conf::{Cmd, ConfResult, Level};
+
+/// What the main context configures for the process.
+#[derive(Debug, Clone, Default)]
+pub struct MainConf {
+    pub daemon: Setting<bool>,
+    pub master_process: Setting<bool>,
+    pub worker_processes: Setting<usize>,
+    pub pid: Setting<String>,
+    pub user: Setting<(String, Option<String>)>,
+    pub worker_rlimit_nofile: Setting<u64>,
+    pub worker_shutdown_timeout: Setting<Duration>,
+    pub worker_connections: Setting<usize>,
+    pub env: Vec<String>,
+    /// `error_log` outputs in the main context, paths made absolute.
+    pub error_log: Vec<(String, Level)>,
+}
+
+/// Resolves file names the way nginx does: absolute as is, else under the prefix.
+pub trait Paths {
+    fn full_name(&self, name: &str) -> String;
+}
+
+pub struct CoreDirective {
+    pub name: &'static str,
+    pub ctx: Ctx,
+    pub args: Arity,
+    pub set: fn(&mut MainConf, &Cmd, &dyn Paths) -> ConfResult,
+}
+
+fn ignore(_: &mut MainConf, _: &Cmd, _: &dyn Paths) -> ConfResult {
+    Ok(())
+}
+
+fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    let n = if cmd.arg(0) == "auto" {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        value::parse_number(cmd.arg(0))
+            .ok_or_else(|| cmd.err(format!("invalid value \"{}\" in \"{}\" directive", cmd.arg(0), cmd.name)))?
+            as usize
+    };
+    c.worker_processes.set(cmd, n)
+}
+
+/// `error_log FILE [LEVEL ...]` (`ngx_log_set_log` / `ngx_log_set_levels`).
+pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Level)> {
+    let name = cmd.arg(0);
+    if name.starts_with("syslog:") || name.starts_with("memory:") {
+        return Err(cmd.err(format!("\"{}\" is not supported by sluice", name)));
+    }
+    let path = if name == "stderr" { name.to_string() } else { paths.full_name(name) };
+    let mut level = Level::Error;
+    for (i, a) in cmd.args.iter().enumerate().skip(1) {
+        if a.starts_with("debug_") {
+            level = Level::Debug;
+            continue;
+        }
+        match Level::from_name(a) {
+            Some(l) if i == 1 => level = l,
+            Some(_) => return Err(cmd.err(format!("duplicate log level \"{}\"", a))),
+            None => return Err(cmd.err(format!("invalid log level \"{}\"", a))),
+        }
+    }
+    Ok((path, level))
+}
+
+fn error_log(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
+    let e = parse_error_log(cmd, p)?;
+    c.error_log.push(e);
+    Ok(())
+}
+
+fn user(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    let group = cmd.args.get(1).cloned();
+    c.user.set(cmd, (cmd.arg(0).to_string(), group))
+}
+
+fn load_module(_: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    crate::core::log::error(
+        Level::Notice,
+        &format!("load_module \"{}\" ignored: sluice has its modules built in", cmd.arg(0)),
+        None,
+    );
+    Ok(())
+}
+
+/// The directives of nginx's core, errlog and events modules that sluice knows.
+/// `include` is handled by the configuration builder (it is allowed everywhere).
+pub const DIRECTIVES: &[CoreDirective] = &[
+    CoreDirective {
+        name: "daemon",
+        ctx: Ctx::MAIN,
+        args: Arity::Flag,
+        set: |c, cmd, _| c.daemon.set(cmd, value::flag(cmd)?),
+    },
+    CoreDirective {
+        name: "master_process",
+        ctx: Ctx::MAIN,
+        args: Arity::Flag,
+        set: |c, cmd, _| c.master_process.set(cmd, value::flag(cmd)?),
+    },
+    CoreDirective { name: "worker_processes", ctx: Ctx::MAIN, args: Arity::Take(1), set: workers },
+    CoreDirective {
+        name: "pid",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, p| c.pid.set(cmd, p.full_name(cmd.arg(0))),
+    },
+    CoreDirective { name: "user", ctx: Ctx::MAIN, args: Arity::Between(1, 2), set: user },
+    CoreDirective {
+        name: "worker_rlimit_nofile",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| c.worker_rlimit_nofile.set(cmd, value::number(cmd)?),
+    },
+    CoreDirective {
+        name: "worker_shutdown_timeout",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| c.worker_shutdown_timeout.set(cmd, value::msec(cmd)?),
+    },
+    CoreDirective {
+        name: "env",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| {
+            c.env.push(cmd.arg(0).to_string());
+            Ok(())
+        },
+    },
+    CoreDirective { name: "error_log", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: error_log },
+    CoreDirective { name: "load_module", ctx: Ctx::MAIN, args: Arity::Take(1), set: load_module },
+    CoreDirective {
+        name: "worker_connections",
+        ctx: Ctx::EVENTS,
+        args: Arity::Take(1),
+        set: |c, cmd, _| c.worker_connections.set(cmd, value::number(cmd)? as usize),
+    },
+    // Accepted for compatibility; sluice has one event method and no mutex to tune.
+    CoreDirective { name: "use", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "multi_accept", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
+    CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
+    CoreDirective { name: "accept_mutex_delay", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "pcre_jit", ctx: Ctx::MAIN, args: Arity::Flag, set: ignore },
+    CoreDirective { name: "lock_file", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "timer_resolution", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "worker_priority", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "worker_cpu_affinity", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: ignore },
+    CoreDirective { name: "worker_rlimit_core", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "working_directory", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "debug_points", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+];
+
+impl MainConf {
+    /// nginx's `ngx_core_module_init_conf` defaults.
+    pub fn finish(&mut self, paths: &dyn Paths, default_pid: &str) {
+        self.daemon.merge(&Setting::default(), true);
+        self.master_process.merge(&Setting::default(), true);
+        self.worker_processes.merge(&Setting::default(), 1);
+        self.pid.merge(&Setting::default(), paths.full_name(default_pid));
+        self.worker_connections.merge(&Setting::default(), 512);
+    }
+}

@@ -1,0 +1,13 @@
+//! Infrastructure that names no feature module: configuration text, addresses, sockets,
+//! timers, the clock, logs, processes.
+
+pub mod addr;
+pub mod conf;
+pub mod conn;
+pub mod glob;
+pub mod log;
+pub mod logfile;
+pub mod main_conf;
+pub mod process;
+pub mod time;
+pub mod timer;

@@ -1,0 +1,305 @@
+//! The `sluice` command: nginx's command line (`-h -v -V -t -T -q -s -p -c -e -g`),
+//! then one process that binds the listeners, writes the pid file and runs the worker.
+
+use std::io::Write;
+use std::rc::Rc;
+
+use sluice::core::conf::Level;
+use sluice::core::log::{self, ErrorLog, PROGRAM};
+use sluice::core::{conn, process, time};
+use sluice::stream::conf::{load, LoadOptions};
+use sluice::stream::worker::{Exit, Worker};
+
+/// The stream modules nginx builds by default, and those it builds on request: `-V`
+/// says `--without-` for defaults sluice lacks and `--with-` for optional ones it has.
+const NGINX_DEFAULT_MODULES: &[&str] = &[
+    "stream_access",
+    "stream_geo",
+    "stream_limit_conn",
+    "stream_map",
+    "stream_pass",
+    "stream_return",
+    "stream_set",
+    "stream_split_clients",
+    "stream_upstream_hash",
+    "stream_upstream_least_conn",
+    "stream_upstream_random",
+    "stream_upstream_zone",
+];
+const NGINX_OPTIONAL_MODULES: &[&str] = &["stream_realip", "stream_ssl", "stream_ssl_preread", "stream_geoip"];
+
+#[derive(Default)]
+struct Args {
+    help: bool,
+    version: bool,
+    configure: bool,
+    test: bool,
+    dump: bool,
+    quiet: bool,
+    signal: Option<String>,
+    prefix: Option<String>,
+    conf: Option<String>,
+    error_log: Option<String>,
+    globals: Option<String>,
+}
+
+/// `ngx_get_options`: letters may be grouped (`-tq`); a value follows its letter or is
+/// the next argument.
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut i = 1;
+    while i < argv.len() {
+        let arg = &argv[i];
+        let Some(flags) = arg.strip_prefix('-') else {
+            return Err(format!("invalid option: \"{}\"", arg));
+        };
+        let chars: Vec<char> = flags.chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            j += 1;
+            let mut value = |what: &str| -> Result<String, String> {
+                let rest: String = chars[j..].iter().collect();
+                j = chars.len();
+                if !rest.is_empty() {
+                    return Ok(rest);
+                }
+                i += 1;
+                argv.get(i).cloned().ok_or_else(|| format!("option \"-{}\" requires {}", c, what))
+            };
+            match c {
+                '?' | 'h' => a.help = true,
+                'v' => a.version = true,
+                'V' => {
+                    a.version = true;
+                    a.configure = true
+                }
+                't' => a.test = true,
+                'T' => {
+                    a.test = true;
+                    a.dump = true
+                }
+                'q' => a.quiet = true,
+                'p' => a.prefix = Some(value("directory name")?),
+                'c' => a.conf = Some(value("file name")?),
+                'e' => a.error_log = Some(value("file name")?),
+                'g' => a.globals = Some(value("parameter")?),
+                's' => {
+                    let s = value("parameter")?;
+                    if !matches!(s.as_str(), "stop" | "quit" | "reopen" | "reload") {
+                        return Err(format!("invalid option: \"-s {}\"", s));
+                    }
+                    a.signal = Some(s);
+                }
+                _ => return Err(format!("invalid option: \"{}\"", c)),
+            }
+        }
+        i += 1;
+    }
+    Ok(a)
+}
+
+fn cwd_prefix() -> String {
+    let d = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| ".".into());
+    if d.ends_with('/') {
+        d
+    } else {
+        d + "/"
+    }
+}
+
+fn usage() -> String {
+    format!(
+        "Usage: {p} [-?hvVtTq] [-s signal] [-p prefix]\n\
+         \x20            [-e filename] [-c filename] [-g directives]\n\n\
+         Options:\n\
+         \x20 -?,-h         : this help\n\
+         \x20 -v            : show version and exit\n\
+         \x20 -V            : show version and configure options then exit\n\
+         \x20 -t            : test configuration and exit\n\
+         \x20 -T            : test configuration, dump it and exit\n\
+         \x20 -q            : suppress non-error messages during configuration testing\n\
+         \x20 -s signal     : send signal to a master process: stop, quit, reopen, reload\n\
+         \x20 -p prefix     : set prefix path (default: current directory)\n\
+         \x20 -e filename   : set error log file (default: stderr)\n\
+         \x20 -c filename   : set configuration file (default: conf/sluice.conf)\n\
+         \x20 -g directives : set global directives out of configuration file\n\n",
+        p = PROGRAM
+    )
+}
+
+fn configure_arguments() -> String {
+    let have = sluice::stream::MODULE_NAMES;
+    let mut s = String::from("configure arguments: --with-stream");
+    for m in NGINX_OPTIONAL_MODULES {
+        if have.contains(m) {
+            s.push_str(&format!(" --with-{}_module", m));
+        }
+    }
+    for m in NGINX_DEFAULT_MODULES {
+        if !have.contains(m) {
+            s.push_str(&format!(" --without-{}_module", m));
+        }
+    }
+    s
+}
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    time::update();
+    log::install_backend();
+    let argv: Vec<String> = std::env::args().collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            log::stderr(&e);
+            return 1;
+        }
+    };
+    let mut err = std::io::stderr();
+    if args.version {
+        let _ = writeln!(err, "{p} version: {p}/{}", sluice::VERSION, p = PROGRAM);
+        let _ = writeln!(err, "nginx version: nginx/{}", sluice::NGINX_VERSION);
+        if args.configure {
+            let _ = writeln!(err, "{}", configure_arguments());
+        }
+    }
+    if args.help {
+        let _ = err.write_all(usage().as_bytes());
+    }
+    if args.version || args.help {
+        return 0;
+    }
+
+    let mut prefix = args.prefix.clone().unwrap_or_else(cwd_prefix);
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    if !prefix.starts_with('/') {
+        prefix = cwd_prefix() + &prefix;
+    }
+    let full = |p: &str| if p.starts_with('/') { p.to_string() } else { format!("{}{}", prefix, p) };
+    let conf_file = full(args.conf.as_deref().unwrap_or("conf/sluice.conf"));
+    let error_log = args.error_log.as_deref().map(|e| if e == "stderr" { e.to_string() } else { full(e) });
+    let opts = LoadOptions {
+        prefix: prefix.clone(),
+        conf_file: conf_file.clone(),
+        error_log: error_log.clone(),
+        globals: args.globals.clone().unwrap_or_default(),
+    };
+
+    let cycle = match load(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            if args.test && e.after_syntax && !args.quiet {
+                log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
+            }
+            log::stderr(&format!("[{}] {}", e.error.level.as_str(), e.error));
+            if let Some(path) = &error_log {
+                if let Ok(l) = ErrorLog::open(&[(path.clone(), Level::Emerg)]) {
+                    log::set_use_stderr(false);
+                    l.write(e.error.level, None, &e.error.to_string(), None, None);
+                }
+            }
+            if args.test {
+                log::stderr(&format!("configuration file {} test failed", conf_file));
+            }
+            return 1;
+        }
+    };
+
+    if let Some(sig) = &args.signal {
+        return match process::send_signal(cycle.core.pid.get().as_str(), sig) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::stderr(&e);
+                1
+            }
+        };
+    }
+
+    if args.test {
+        if !args.quiet {
+            log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
+            log::stderr(&format!("configuration file {} test is successful", conf_file));
+        }
+        if args.dump {
+            let mut out = std::io::stdout().lock();
+            for f in &cycle.files {
+                let _ = writeln!(out, "# configuration file {}:", f.path);
+                let _ = out.write_all(&f.text);
+                let _ = out.write_all(b"\n");
+            }
+        }
+        return 0;
+    }
+    serve(cycle)
+}
+
+fn serve(cycle: sluice::stream::cycle::Cycle) -> i32 {
+    let cycle = Rc::new(cycle);
+    log::set_main(cycle.error_log.clone());
+    let mut listeners = Vec::new();
+    for l in &cycle.listening {
+        match conn::open_listener(&l.addr, &l.opts) {
+            Ok(s) => listeners.push(s),
+            Err(e) => {
+                log::error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
+                log::error(Level::Emerg, "still could not bind()", None);
+                return 1;
+            }
+        }
+    }
+    if cycle.core.daemon.get() {
+        if let Err(e) = process::daemonize(cycle.error_log.writes_stderr()) {
+            log::error(Level::Emerg, "daemon() failed", Some(&e));
+            return 1;
+        }
+    }
+    let signals = match process::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error(Level::Emerg, "pipe() failed", Some(&e));
+            return 1;
+        }
+    };
+    let pid_file = cycle.core.pid.get();
+    if let Err(e) = process::write_pid(&pid_file) {
+        log::error(Level::Emerg, &format!("open() \"{}\" failed", pid_file), Some(&e));
+        return 1;
+    }
+    log::set_use_stderr(false);
+    log::error(Level::Notice, "using the \"epoll\" event method", None);
+    log::error(Level::Notice, &format!("{}/{} (nginx/{})", PROGRAM, sluice::VERSION, sluice::NGINX_VERSION), None);
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
+    }
+    let code = match Worker::new(cycle.clone(), listeners, signals) {
+        Ok(mut w) => {
+            let exit = w.run();
+            drop(w);
+            if exit == Exit::Quit || exit == Exit::Terminate {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            log::error(Level::Emerg, "epoll_create() failed", Some(&e));
+            1
+        }
+    };
+    for l in &cycle.listening {
+        if let sluice::core::addr::Addr::Unix(p) = &l.addr {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    process::remove_pid(&pid_file);
+    log::error(Level::Notice, "exit", None);
+    code
+}

@@ -1,0 +1,429 @@
+//! The configuration builder (`ngx_init_cycle` + `ngx_conf_parse` + `ngx_stream_block`):
+//! walks the directive tree in file order, applies each directive through the core and
+//! stream module tables, reads `include`d files where they stand, and finishes with
+//! merge, variables and the phase engine into a `Cycle`.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::core::addr::Addr;
+use crate::core::conf::directive::{self, Arity, Ctx};
+use crate::core::conf::{parser, Block, Cmd, ConfError, ConfFile, ConfResult, Level};
+use crate::core::log::ErrorLog;
+use crate::core::logfile::FileSpec;
+use crate::core::main_conf::{self, MainConf, Paths};
+use crate::stream::cycle::{ContentHandler, Cycle, Listening, Server};
+use crate::stream::module::{BlockKind, Lookup};
+use crate::stream::phase::{PhaseEngine, PhaseRegistry};
+use crate::stream::variables::Variables;
+use crate::stream::{self as modules, MainConfs, SrvConfs};
+use crate::upstream::UpstreamConf;
+
+/// Where the configuration comes from (the command line's `-p`, `-c`, `-e`, `-g`).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Ends with '/'.
+    pub prefix: String,
+    /// Absolute path of the main configuration file.
+    pub conf_file: String,
+    /// `-e`: the error log used until the configuration names one.
+    pub error_log: Option<String>,
+    /// `-g`: directives applied before the file.
+    pub globals: String,
+}
+
+/// What directive setters see while the configuration is read.
+pub struct ConfCx {
+    pub main: MainConfs,
+    pub vars: Variables,
+    pub upstreams: Vec<UpstreamConf>,
+    /// The content handler of the server being read, set by `proxy_pass` / `return`.
+    pub handler: Option<ContentHandler>,
+    /// Every `listen` address so far, for nginx's duplicate check.
+    pub listen_addrs: Vec<Addr>,
+    pub core: MainConf,
+    pub prefix: String,
+    pub conf_prefix: String,
+    pub files: Vec<ConfFile>,
+    /// Files the configuration writes (access logs), opened when the cycle is built.
+    pub open_files: Vec<FileSpec>,
+    servers: Vec<PendingServer>,
+    ready: Vec<ReadyServer>,
+    stream_seen: bool,
+    events_seen: bool,
+}
+
+struct PendingServer {
+    confs: SrvConfs,
+    handler: Option<ContentHandler>,
+    file: Rc<str>,
+    line: u32,
+}
+
+/// A server after merge, its content handler known.
+struct ReadyServer {
+    confs: SrvConfs,
+    handler: ContentHandler,
+}
+
+impl Paths for ConfCx {
+    fn full_name(&self, name: &str) -> String {
+        full_name(&self.prefix, name)
+    }
+}
+
+/// Paths under a prefix, for the core directive setters.
+struct Prefix(String);
+
+impl Paths for Prefix {
+    fn full_name(&self, name: &str) -> String {
+        full_name(&self.0, name)
+    }
+}
+
+fn full_name(prefix: &str, name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("{}{}", prefix, name)
+    }
+}
+
+impl ConfCx {
+    /// Register a file the cycle must open for writing; returns its index. Writers of
+    /// one file share it, with the largest buffer any of them asks for.
+    pub fn open_file(&mut self, spec: FileSpec) -> usize {
+        if let Some(i) = self.open_files.iter().position(|f| f.path == spec.path) {
+            let f = &mut self.open_files[i];
+            f.buffer = f.buffer.max(spec.buffer);
+            f.gzip = f.gzip.or(spec.gzip);
+            f.flush = f.flush.or(spec.flush);
+            return i;
+        }
+        self.open_files.push(spec);
+        self.open_files.len() - 1
+    }
+
+    /// A path under the prefix (log files, pid).
+    pub fn full_name_of(&self, name: &str) -> String {
+        full_name(&self.prefix, name)
+    }
+
+    /// A path relative to the directory of the main configuration file (`include`).
+    pub fn conf_full_name(&self, name: &str) -> String {
+        full_name(&self.conf_prefix, name)
+    }
+}
+
+/// nginx's main-context block directives, known here so that "not allowed here" and
+/// argument checks apply to them like to any other.
+const MAIN_BLOCKS: &[(&str, Arity)] = &[("events", Arity::Block(0, 0)), ("stream", Arity::Block(0, 0))];
+
+enum Scope<'a> {
+    Main,
+    Events,
+    Stream(&'a mut SrvConfs),
+    Server(&'a mut SrvConfs),
+    Upstream(&'a mut UpstreamConf),
+}
+
+impl Scope<'_> {
+    fn ctx(&self) -> Ctx {
+        match self {
+            Scope::Main => Ctx::MAIN,
+            Scope::Events => Ctx::EVENTS,
+            Scope::Stream(_) => Ctx::STREAM_MAIN,
+            Scope::Server(_) => Ctx::STREAM_SRV,
+            Scope::Upstream(_) => Ctx::STREAM_UPS,
+        }
+    }
+}
+
+/// A configuration that failed: the error, and whether nginx would already have
+/// printed "syntax is ok" (errors found after parsing, such as unopenable files).
+#[derive(Debug)]
+pub struct LoadError {
+    pub error: ConfError,
+    pub after_syntax: bool,
+}
+
+impl From<ConfError> for LoadError {
+    fn from(error: ConfError) -> Self {
+        LoadError { error, after_syntax: false }
+    }
+}
+
+fn late(error: ConfError) -> LoadError {
+    LoadError { error, after_syntax: true }
+}
+
+/// Read and check a configuration; open its log files and resolve its addresses.
+pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
+    let conf_prefix = match opts.conf_file.rfind('/') {
+        Some(i) => opts.conf_file[..=i].to_string(),
+        None => opts.prefix.clone(),
+    };
+    let mut vars = Variables::default();
+    modules::variables(&mut vars);
+    let mut cx = ConfCx {
+        main: MainConfs::default(),
+        vars,
+        upstreams: Vec::new(),
+        handler: None,
+        listen_addrs: Vec::new(),
+        core: MainConf::default(),
+        prefix: opts.prefix.clone(),
+        conf_prefix,
+        files: Vec::new(),
+        open_files: Vec::new(),
+        servers: Vec::new(),
+        ready: Vec::new(),
+        stream_seen: false,
+        events_seen: false,
+    };
+    if !opts.globals.is_empty() {
+        let g = parser::parse_str(&opts.globals);
+        block(&mut cx, &g, &mut Scope::Main)?;
+    }
+    let (file, root) = parser::parse_file(&opts.conf_file, None)?;
+    cx.files.push(file);
+    block(&mut cx, &root, &mut Scope::Main)?;
+
+    // What nginx checks after the parse ("syntax is ok" has been printed by then).
+    if !cx.events_seen {
+        return Err(late(ConfError::bare("no \"events\" section in configuration")));
+    }
+    let paths = Prefix(cx.prefix.clone());
+    cx.core.finish(&paths, "logs/sluice.pid");
+    let mut main_logs = cx.core.error_log.clone();
+    if main_logs.is_empty() {
+        let path = opts.error_log.clone().unwrap_or_else(|| "stderr".to_string());
+        main_logs.push((path, Level::Error));
+    }
+    let mut logs: HashMap<Vec<(String, Level)>, Rc<ErrorLog>> = HashMap::new();
+    let mut open_log = |specs: &Vec<(String, Level)>| -> Result<Rc<ErrorLog>, LoadError> {
+        if let Some(l) = logs.get(specs) {
+            return Ok(l.clone());
+        }
+        let l = Rc::new(ErrorLog::open(specs).map_err(|(path, e)| {
+            late(ConfError::bare(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e))))
+        })?);
+        logs.insert(specs.clone(), l.clone());
+        Ok(l)
+    };
+    let error_log = open_log(&main_logs)?;
+
+    let mut servers = Vec::new();
+    for p in std::mem::take(&mut cx.ready) {
+        let specs = if p.confs.core.error_log.is_empty() { main_logs.clone() } else { p.confs.core.error_log.clone() };
+        let log = open_log(&specs)?;
+        servers.push(Rc::new(Server { confs: p.confs, error_log: log, handler: p.handler }));
+    }
+    for f in &cx.open_files {
+        if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(&f.path) {
+            return Err(late(ConfError::bare(format!(
+                "open() \"{}\" failed {}",
+                f.path,
+                crate::core::conf::os_err(&e)
+            ))));
+        }
+    }
+    let listening = listening(&servers);
+    let mut reg = PhaseRegistry::default();
+    modules::postconfiguration(&mut reg);
+    Ok(Cycle {
+        core: cx.core,
+        stream: cx.main,
+        servers,
+        listening,
+        phases: PhaseEngine::build(reg),
+        vars: cx.vars,
+        upstreams: cx.upstreams,
+        files: cx.files,
+        open_files: cx.open_files,
+        error_log,
+        hostname: hostname(),
+        conf_file: opts.conf_file.clone(),
+        prefix: opts.prefix.clone(),
+    })
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let n = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).to_lowercase()
+}
+
+/// Group listen addresses into sockets: a wildcard socket on a port serves the specific
+/// addresses on that port that did not ask for their own socket (`bind`).
+fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
+    let mut out: Vec<Listening> = Vec::new();
+    let all: Vec<(usize, &crate::stream::core_module::ListenConf)> =
+        servers.iter().enumerate().flat_map(|(i, s)| s.core().listens.iter().map(move |l| (i, l))).collect();
+    let has_wildcard = |l: &crate::stream::core_module::ListenConf| -> bool {
+        let Addr::Inet(sa) = &l.addr else { return false };
+        all.iter().any(|(_, w)| match &w.addr {
+            Addr::Inet(wa) => w.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
+            _ => false,
+        })
+    };
+    for (si, l) in &all {
+        if !l.wildcard && !l.opts.bind && has_wildcard(l) {
+            continue;
+        }
+        out.push(Listening {
+            addr: l.addr.clone(),
+            opts: l.opts.clone(),
+            text: Rc::from(l.addr.to_string().as_str()),
+            server: *si,
+            by_local: Vec::new(),
+        });
+    }
+    for (si, l) in &all {
+        if l.wildcard || l.opts.bind {
+            continue;
+        }
+        let Addr::Inet(sa) = &l.addr else { continue };
+        if let Some(w) = out.iter_mut().find(|w| match &w.addr {
+            Addr::Inet(wa) => wa.ip().is_unspecified() && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
+            _ => false,
+        }) {
+            w.by_local.push((l.addr.clone(), *si));
+        }
+    }
+    out
+}
+
+fn block(cx: &mut ConfCx, b: &Block, scope: &mut Scope<'_>) -> ConfResult {
+    for cmd in &b.cmds {
+        directive(cx, cmd, scope)?;
+    }
+    match &b.error {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
+}
+
+fn include(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
+    directive::check(cmd, Arity::Take(1))?;
+    let pattern = cx.conf_full_name(cmd.arg(0));
+    let names = if pattern.contains(['*', '?', '[']) {
+        crate::core::glob::glob(&pattern)
+            .map_err(|e| cmd.err(format!("glob() \"{}\" failed {}", pattern, crate::core::conf::os_err(&e))))?
+    } else {
+        vec![pattern]
+    };
+    for name in names {
+        let (file, b) = parser::parse_file(&name, Some(cmd))?;
+        cx.files.push(file);
+        block(cx, &b, scope)?;
+    }
+    Ok(())
+}
+
+fn directive(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
+    if cmd.name == "include" {
+        return include(cx, cmd, scope);
+    }
+    let ctx = scope.ctx();
+    if matches!(cmd.name.as_str(), "http" | "mail") && ctx.allows(Ctx::MAIN) {
+        return Err(cmd
+            .err(format!("\"{}\" directive is not supported: sluice runs stream {{}} configurations only", cmd.name)));
+    }
+    // The core tables first (nginx's module order puts the core modules first).
+    let mut found = Lookup::Unknown;
+    for d in main_conf::DIRECTIVES.iter().filter(|d| d.name == cmd.name) {
+        if !d.ctx.allows(ctx) {
+            found = Lookup::NotHere;
+            continue;
+        }
+        directive::check(cmd, d.args)?;
+        let paths = Prefix(cx.prefix.clone());
+        return (d.set)(&mut cx.core, cmd, &paths);
+    }
+    for (name, args) in MAIN_BLOCKS {
+        if *name != cmd.name {
+            continue;
+        }
+        if ctx != Ctx::MAIN {
+            found = Lookup::NotHere;
+            break;
+        }
+        directive::check(cmd, *args)?;
+        let Some(inner) = &cmd.block else { return Ok(()) };
+        return match *name {
+            "events" => {
+                if cx.events_seen {
+                    return Err(cmd.duplicate());
+                }
+                cx.events_seen = true;
+                block(cx, inner, &mut Scope::Events)
+            }
+            _ => stream_block(cx, cmd, inner),
+        };
+    }
+    let l = match scope {
+        Scope::Main | Scope::Events => found.or(|| modules::dispatch(cmd, ctx, None, None, cx)),
+        Scope::Stream(s) | Scope::Server(s) => found.or(|| modules::dispatch(cmd, ctx, Some(s), None, cx)),
+        Scope::Upstream(u) => found.or(|| modules::dispatch(cmd, ctx, None, Some(u), cx)),
+    };
+    match l {
+        Lookup::Unknown => Err(directive::not_found(cmd, false)),
+        Lookup::NotHere => Err(directive::not_found(cmd, true)),
+        Lookup::Applied(r) => r,
+        Lookup::Block(BlockKind::Server) => server_block(cx, cmd),
+        Lookup::Block(BlockKind::Upstream) => upstream_block(cx, cmd),
+    }
+}
+
+fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
+    if cx.stream_seen {
+        return Err(cmd.duplicate());
+    }
+    cx.stream_seen = true;
+    let mut top = SrvConfs::default();
+    block(cx, inner, &mut Scope::Stream(&mut top))?;
+    modules::init_main(cx)?;
+    for mut p in std::mem::take(&mut cx.servers) {
+        modules::merge_srv(&top, &mut p.confs, cx)?;
+        let handler =
+            p.handler.ok_or_else(|| ConfError::bare(format!("no handler for server in {}:{}", p.file, p.line)))?;
+        cx.ready.push(ReadyServer { confs: p.confs, handler });
+    }
+    cx.vars.finish()?;
+    Ok(())
+}
+
+fn server_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
+    let Some(inner) = &cmd.block else { return Ok(()) };
+    let mut confs = SrvConfs::default();
+    let saved = cx.handler.take();
+    let r = block(cx, inner, &mut Scope::Server(&mut confs));
+    let handler = std::mem::replace(&mut cx.handler, saved);
+    r?;
+    if confs.core.listens.is_empty() {
+        return Err(ConfError::bare(format!("no \"listen\" is defined for server in {}:{}", cmd.file, cmd.line)));
+    }
+    cx.servers.push(PendingServer { confs, handler, file: cmd.file.clone(), line: cmd.line });
+    Ok(())
+}
+
+fn upstream_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
+    let Some(inner) = &cmd.block else { return Ok(()) };
+    let name = cmd.arg(0).to_string();
+    if cx.upstreams.iter().any(|u| !u.implicit && u.name == name) {
+        return Err(cmd.err(format!("duplicate upstream \"{}\"", name)));
+    }
+    let mut u = UpstreamConf { name, file: Some(cmd.file.clone()), line: cmd.line, ..Default::default() };
+    block(cx, inner, &mut Scope::Upstream(&mut u))?;
+    if u.servers.is_empty() {
+        return Err(ConfError::at("no servers are inside upstream", &cmd.file, inner.end_line));
+    }
+    cx.upstreams.push(u);
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! The content phase's interface: a handler that owns the session once the phases before
+//! it have passed (`proxy_pass`, `return`), driven by the session's events and timers.
+
+use crate::core::timer::TimerId;
+use crate::stream::phase::Flow;
+use crate::stream::session::{Cx, SessionCore, Side};
+
+/// What the reactor saw on one socket of the session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    pub error: bool,
+    pub hup: bool,
+}
+
+pub trait Content {
+    /// The content phase begins. `Flow::Finalize` ends the session; anything else waits
+    /// for events.
+    fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow;
+    fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow;
+    fn on_timeout(&mut self, s: &mut SessionCore, id: TimerId, cx: &mut Cx<'_>) -> Flow;
+    /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
+    fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
+}

@@ -1,0 +1,380 @@
+//! ngx_stream_core_module: `server`, `listen`, `error_log`, `tcp_nodelay`,
+//! `preread_buffer_size`, `preread_timeout`, `proxy_protocol_timeout`, `resolver`,
+//! `resolver_timeout`, `variables_hash_*`; and the core variables ($remote_addr, ...).
+
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::core::addr::{parse_url, Addr};
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value::{self, Setting};
+use crate::core::conf::{Cmd, ConfResult, Level};
+use crate::core::conn::ListenOpts;
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{BlockKind, Directive, Module, Set};
+use crate::stream::session::{write_msec, SessionCore};
+use crate::stream::variables::Variables;
+
+pub struct StreamCore;
+
+/// One `listen` directive's address with its parameters.
+#[derive(Debug, Clone)]
+pub struct ListenConf {
+    pub addr: Addr,
+    pub opts: ListenOpts,
+    pub udp: bool,
+    pub ssl: bool,
+    pub proxy_protocol: bool,
+    pub wildcard: bool,
+    pub file: Rc<str>,
+    pub line: u32,
+}
+
+#[derive(Default)]
+pub struct CoreSrv {
+    pub listens: Vec<ListenConf>,
+    pub tcp_nodelay: Setting<bool>,
+    pub preread_buffer_size: usize,
+    preread_buffer_size_s: Setting<usize>,
+    pub preread_timeout: Duration,
+    preread_timeout_s: Setting<Duration>,
+    pub proxy_protocol_timeout: Setting<Duration>,
+    pub resolver: Setting<Vec<String>>,
+    pub resolver_timeout: Setting<Duration>,
+    /// `error_log` outputs of this level (empty: inherit).
+    pub error_log: Vec<(String, Level)>,
+}
+
+impl CoreSrv {
+    pub fn tcp_nodelay(&self) -> bool {
+        self.tcp_nodelay.get()
+    }
+}
+
+fn listen(c: &mut CoreSrv, cmd: &Cmd, _cx: &mut ConfCx) -> ConfResult {
+    let url = cmd.arg(0);
+    let u =
+        parse_url(url, true, true).map_err(|e| cmd.err(format!("{} in \"{}\" of the \"listen\" directive", e, url)))?;
+    if u.port.is_none() && !matches!(u.addrs.first(), Some(Addr::Unix(_))) {
+        return Err(cmd.err(format!("no port in \"{}\" of the \"listen\" directive", url)));
+    }
+    let mut opts = ListenOpts::default();
+    let (mut udp, mut ssl, mut pp, mut backlog_set) = (false, false, false, false);
+    for a in &cmd.args[1..] {
+        let a = a.as_str();
+        let (k, v) = match a.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (a, None),
+        };
+        match (k, v) {
+            ("udp", None) => udp = true,
+            ("bind", None) => opts.bind = true,
+            ("ssl", None) => ssl = true,
+            ("proxy_protocol", None) => pp = true,
+            ("reuseport", None) => {
+                opts.reuseport = true;
+                opts.bind = true;
+            }
+            ("default_server", None) | ("deferred", None) => {}
+            ("backlog", Some(v)) => {
+                let n = v.parse::<i32>().ok().filter(|n| *n != 0);
+                opts.backlog = Some(n.ok_or_else(|| cmd.err(format!("invalid backlog \"{}\"", a)))?);
+                backlog_set = true;
+                opts.bind = true;
+            }
+            ("rcvbuf", Some(v)) => {
+                opts.rcvbuf = Some(value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid rcvbuf \"{}\"", a)))?);
+                opts.bind = true;
+            }
+            ("sndbuf", Some(v)) => {
+                opts.sndbuf = Some(value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid sndbuf \"{}\"", a)))?);
+                opts.bind = true;
+            }
+            ("ipv6only", Some(v)) => {
+                opts.ipv6only = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(cmd.err(format!("invalid ipv6only flags \"{}\"", v))),
+                };
+                opts.bind = true;
+            }
+            ("fastopen", Some(v)) => {
+                let n = value::parse_number(v).ok_or_else(|| cmd.err(format!("invalid fastopen \"{}\"", a)))?;
+                opts.fastopen = Some(n as u32);
+                opts.bind = true;
+            }
+            ("so_keepalive", Some(v)) => {
+                match v {
+                    "on" => opts.so_keepalive = Some(true),
+                    "off" => opts.so_keepalive = Some(false),
+                    _ => {
+                        let bad = || cmd.err(format!("invalid so_keepalive value: \"{}\"", v));
+                        let parts: Vec<&str> = v.split(':').collect();
+                        if parts.len() > 3 {
+                            return Err(bad());
+                        }
+                        let get = |i: usize, secs: bool| -> Result<Option<u32>, crate::core::conf::ConfError> {
+                            match parts.get(i).copied() {
+                                None | Some("") => Ok(None),
+                                Some(p) => {
+                                    let n = if secs { value::parse_time(p, true) } else { value::parse_number(p) };
+                                    n.map(|n| Some(n as u32)).ok_or_else(bad)
+                                }
+                            }
+                        };
+                        opts.keepidle = get(0, true)?;
+                        opts.keepintvl = get(1, true)?;
+                        opts.keepcnt = get(2, false)?;
+                        if opts.keepidle.is_none() && opts.keepintvl.is_none() && opts.keepcnt.is_none() {
+                            return Err(bad());
+                        }
+                        opts.so_keepalive = Some(true);
+                    }
+                }
+                opts.bind = true;
+            }
+            _ => return Err(cmd.err(format!("the invalid \"{}\" parameter", a))),
+        }
+    }
+    if udp {
+        if backlog_set {
+            return Err(cmd.err("\"listen\" directive \"backlog\" parameter is incompatible with \"udp\""));
+        }
+        return Err(cmd.err("the \"udp\" parameter of the \"listen\" directive is not supported by sluice yet"));
+    }
+    if ssl {
+        return Err(cmd.err("the \"ssl\" parameter of the \"listen\" directive is not supported by sluice yet"));
+    }
+    if pp {
+        return Err(
+            cmd.err("the \"proxy_protocol\" parameter of the \"listen\" directive is not supported by sluice yet")
+        );
+    }
+    for addr in u.addrs {
+        if c.listens.iter().any(|l| l.addr == addr) {
+            continue;
+        }
+        let wildcard = match &addr {
+            Addr::Inet(sa) => sa.ip().is_unspecified(),
+            Addr::Unix(_) => false,
+        };
+        c.listens.push(ListenConf {
+            addr,
+            opts: opts.clone(),
+            udp,
+            ssl,
+            proxy_protocol: pp,
+            wildcard,
+            file: cmd.file.clone(),
+            line: cmd.line,
+        });
+    }
+    Ok(())
+}
+
+fn error_log(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let e = crate::core::main_conf::parse_error_log(cmd, cx)?;
+    c.error_log.push(e);
+    Ok(())
+}
+
+fn resolver(c: &mut CoreSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    for a in &cmd.args {
+        if let Some(v) = a.strip_prefix("valid=") {
+            value::parse_time(v, true).ok_or_else(|| cmd.err(format!("invalid parameter \"{}\"", a)))?;
+        } else if let Some(v) = a.strip_prefix("ipv4=").or_else(|| a.strip_prefix("ipv6=")) {
+            if v != "on" && v != "off" {
+                return Err(cmd.err(format!("invalid parameter \"{}\"", a)));
+            }
+        } else if a.starts_with("status_zone=") {
+        } else {
+            parse_url(a, false, false).map_err(|e| cmd.err(format!("{} in resolver \"{}\"", e, a)))?;
+        }
+    }
+    c.resolver.set(cmd, cmd.args.clone())
+}
+
+impl Module for StreamCore {
+    const NAME: &'static str = "stream_core";
+    type Main = ();
+    type Srv = CoreSrv;
+    const DIRECTIVES: &'static [Directive<Self>] = &[
+        Directive {
+            name: "server",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Block(0, 0),
+            set: Set::Block(BlockKind::Server),
+        },
+        Directive { name: "listen", ctx: Ctx::STREAM_SRV, args: Arity::OneOrMore, set: Set::Srv(listen) },
+        Directive { name: "error_log", ctx: Ctx::MAIN_SRV, args: Arity::OneOrMore, set: Set::Srv(error_log) },
+        Directive {
+            name: "tcp_nodelay",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Flag,
+            set: Set::<Self>::Srv(|c, cmd, _| c.tcp_nodelay.set(cmd, value::flag(cmd)?)),
+        },
+        Directive {
+            name: "preread_buffer_size",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.preread_buffer_size_s.set(cmd, value::size(cmd)?)),
+        },
+        Directive {
+            name: "preread_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.preread_timeout_s.set(cmd, value::msec(cmd)?)),
+        },
+        Directive {
+            name: "proxy_protocol_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.proxy_protocol_timeout.set(cmd, value::msec(cmd)?)),
+        },
+        Directive { name: "resolver", ctx: Ctx::MAIN_SRV, args: Arity::OneOrMore, set: Set::Srv(resolver) },
+        Directive {
+            name: "resolver_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.resolver_timeout.set(cmd, value::msec(cmd)?)),
+        },
+        Directive {
+            name: "variables_hash_max_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+        },
+        Directive {
+            name: "variables_hash_bucket_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+        },
+    ];
+
+    fn variables(v: &mut Variables) {
+        v.define("binary_remote_addr", var_binary_remote_addr, 0);
+        v.define("remote_addr", var_remote_addr, 0);
+        v.define("remote_port", var_remote_port, 0);
+        v.define("server_addr", var_server_addr, 0);
+        v.define("server_port", var_server_port, 0);
+        v.define("bytes_sent", var_bytes, 0);
+        v.define("bytes_received", var_bytes, 1);
+        v.define("session_time", var_session_time, 0);
+        v.define("status", var_status, 0);
+        v.define("connection", var_connection, 0);
+        v.define("nginx_version", var_nginx_version, 0);
+        v.define("hostname", var_hostname, 0);
+        v.define("pid", var_pid, 0);
+        v.define("msec", var_msec, 0);
+        v.define("time_iso8601", var_time, 0);
+        v.define("time_local", var_time, 1);
+        v.define("protocol", var_protocol, 0);
+    }
+
+    fn merge_srv(p: &CoreSrv, c: &mut CoreSrv, _: &mut ConfCx) -> ConfResult {
+        c.tcp_nodelay.merge(&p.tcp_nodelay, true);
+        c.preread_buffer_size_s.merge(&p.preread_buffer_size_s, 16384);
+        c.preread_buffer_size = c.preread_buffer_size_s.get();
+        c.preread_timeout_s.merge(&p.preread_timeout_s, Duration::from_secs(30));
+        c.preread_timeout = c.preread_timeout_s.get();
+        c.proxy_protocol_timeout.merge(&p.proxy_protocol_timeout, Duration::from_secs(30));
+        c.resolver.inherit(&p.resolver);
+        c.resolver_timeout.merge(&p.resolver_timeout, Duration::from_secs(30));
+        if c.error_log.is_empty() {
+            c.error_log = p.error_log.clone();
+        }
+        Ok(())
+    }
+}
+
+fn var_binary_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    match &s.remote {
+        Addr::Inet(a) => match a.ip() {
+            std::net::IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+            std::net::IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+        },
+        Addr::Unix(_) => {}
+    }
+    true
+}
+
+fn var_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(s.remote.host_text().as_bytes());
+    true
+}
+
+fn var_remote_port(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    if let Some(p) = s.remote.port() {
+        let _ = write!(out, "{}", p);
+    }
+    true
+}
+
+fn var_server_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(s.local.host_text().as_bytes());
+    true
+}
+
+fn var_server_port(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    if let Some(p) = s.local.port() {
+        let _ = write!(out, "{}", p);
+    }
+    true
+}
+
+fn var_bytes(s: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
+    let _ = write!(out, "{}", if which == 0 { s.sent } else { s.received });
+    true
+}
+
+fn var_session_time(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    write_msec(out, s.elapsed(crate::core::time::instant()));
+    true
+}
+
+fn var_status(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    let _ = write!(out, "{:03}", s.status);
+    true
+}
+
+fn var_connection(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    let _ = write!(out, "{}", s.id);
+    true
+}
+
+fn var_nginx_version(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(crate::NGINX_VERSION.as_bytes());
+    true
+}
+
+fn var_hostname(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(s.cycle.hostname.as_bytes());
+    true
+}
+
+fn var_pid(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    let _ = write!(out, "{}", std::process::id());
+    true
+}
+
+fn var_msec(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    let (sec, ms) = crate::core::time::wall();
+    let _ = write!(out, "{}.{:03}", sec, ms);
+    true
+}
+
+fn var_time(_: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
+    if which == 0 {
+        crate::core::time::time_iso8601(out)
+    } else {
+        crate::core::time::time_local(out)
+    }
+    true
+}
+
+fn var_protocol(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(b"TCP");
+    true
+}

@@ -1,0 +1,76 @@
+//! `Cycle`: one loaded configuration, immutable once built (nginx's `ngx_cycle_t`). A
+//! reload builds a new one; sessions keep the `Rc<Cycle>` they started with.
+
+use std::rc::Rc;
+
+use crate::core::addr::Addr;
+use crate::core::conf::ConfFile;
+use crate::core::conn::ListenOpts;
+use crate::core::log::ErrorLog;
+use crate::core::logfile::FileSpec;
+use crate::core::main_conf::MainConf;
+use crate::stream::core_module::CoreSrv;
+use crate::stream::phase::PhaseEngine;
+use crate::stream::session::SessionCore;
+use crate::stream::variables::Variables;
+use crate::stream::{MainConfs, SrvConfs};
+use crate::upstream::UpstreamConf;
+
+/// Starts a session's content phase (set by `proxy_pass`, `return`, ...).
+pub type ContentHandler = fn(&mut SessionCore) -> Box<dyn crate::stream::content::Content>;
+
+/// One `server {}` with its merged configuration.
+pub struct Server {
+    pub confs: SrvConfs,
+    pub error_log: Rc<ErrorLog>,
+    pub handler: ContentHandler,
+}
+
+impl Server {
+    pub fn core(&self) -> &CoreSrv {
+        &self.confs.core
+    }
+}
+
+/// A listening socket to open, and the servers it serves.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub addr: Addr,
+    pub opts: ListenOpts,
+    /// `addr` as nginx prints it in "server: ..." of log lines.
+    pub text: Rc<str>,
+    /// The server for connections to `addr` itself.
+    pub server: usize,
+    /// Specific addresses served through this wildcard socket (no `bind`), by local
+    /// address: nginx's `ngx_stream_addr_conf_t` lookup.
+    pub by_local: Vec<(Addr, usize)>,
+}
+
+pub struct Cycle {
+    pub core: MainConf,
+    pub stream: MainConfs,
+    pub servers: Vec<Rc<Server>>,
+    pub listening: Vec<Listening>,
+    pub phases: PhaseEngine,
+    pub vars: Variables,
+    pub upstreams: Vec<UpstreamConf>,
+    pub files: Vec<ConfFile>,
+    /// Files written by access logs (opened by each worker).
+    pub open_files: Vec<FileSpec>,
+    pub error_log: Rc<ErrorLog>,
+    pub hostname: String,
+    pub conf_file: String,
+    pub prefix: String,
+}
+
+impl Listening {
+    /// The server for a connection accepted on this socket with local address `local`.
+    pub fn server_for(&self, local: Option<&Addr>) -> usize {
+        if let Some(l) = local {
+            if let Some((_, s)) = self.by_local.iter().find(|(a, _)| a == l) {
+                return *s;
+            }
+        }
+        self.server
+    }
+}

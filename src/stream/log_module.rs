@@ -1,0 +1,283 @@
+//! ngx_stream_log_module: `log_format NAME [escape=default|json|none] STRING ...` and
+//! `access_log PATH FORMAT [buffer=SIZE] [gzip[=LEVEL]] [flush=TIME] [if=COND] | off`.
+//! Log phase: one line per session per `access_log`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value;
+use crate::core::conf::{Cmd, ConfResult};
+use crate::core::logfile::FileSpec;
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::phase::{Flow, Phase, PhaseRegistry};
+use crate::stream::session::{Cx, SessionCore};
+use crate::stream::variables::{eval_var, Complex, PartRef, Variables};
+
+pub struct Log;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Default,
+    Json,
+    None,
+}
+
+pub struct LogFormat {
+    pub name: String,
+    pub escape: Escape,
+    pub parts: Complex,
+}
+
+#[derive(Default)]
+pub struct LogMain {
+    pub formats: Vec<Rc<LogFormat>>,
+}
+
+/// Where one `access_log` writes.
+#[derive(Clone)]
+pub enum Target {
+    /// A file opened with the cycle, by index into the worker's files.
+    File(usize),
+    /// A path with variables: opened for each line.
+    Dynamic(Complex),
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    pub target: Target,
+    pub format: Rc<LogFormat>,
+    pub cond: Option<Complex>,
+}
+
+#[derive(Default)]
+pub struct LogSrv {
+    /// `None`: not set at this level; `Some(empty)`: `access_log off`.
+    pub logs: Option<Vec<AccessLog>>,
+    off: bool,
+}
+
+/// nginx's `ngx_stream_log_compile_format`: like a complex value, but `$` must start a
+/// variable name.
+fn compile_format(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            let rest = &b[i + 1..];
+            let ok = match rest.first() {
+                Some(b'{') => rest.len() > 1 && (rest[1].is_ascii_alphanumeric() || rest[1] == b'_'),
+                Some(c) => c.is_ascii_alphanumeric() || *c == b'_',
+                None => false,
+            };
+            if !ok {
+                return Err(cmd.err(format!("invalid parameter \"{}\"", &text[i..])));
+            }
+        }
+        i += 1;
+    }
+    Complex::compile(text, cmd, vars)
+}
+
+fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let name = cmd.arg(0).to_string();
+    if cx.main.log.formats.iter().any(|f| f.name == name) {
+        return Err(cmd.err(format!("duplicate \"log_format\" name \"{}\"", name)));
+    }
+    let mut rest = &cmd.args[1..];
+    let mut escape = Escape::Default;
+    if let Some(e) = rest.first().and_then(|a| a.strip_prefix("escape=")) {
+        escape = match e {
+            "default" => Escape::Default,
+            "json" => Escape::Json,
+            "none" => Escape::None,
+            _ => return Err(cmd.err(format!("unknown log format escaping \"{}\"", e))),
+        };
+        rest = &rest[1..];
+    }
+    if rest.is_empty() {
+        return Err(cmd.err(format!("invalid number of arguments in \"{}\" directive", cmd.name)));
+    }
+    let text: String = rest.concat();
+    let parts = compile_format(&text, cmd, &mut cx.vars)?;
+    cx.main.log.formats.push(Rc::new(LogFormat { name, escape, parts }));
+    Ok(())
+}
+
+fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if cmd.arg(0) == "off" {
+        if cmd.args.len() != 1 {
+            return Err(cmd.invalid_parameter(cmd.arg(1)));
+        }
+        if c.off || c.logs.is_some() {
+            return Err(cmd.duplicate());
+        }
+        c.off = true;
+        c.logs = Some(Vec::new());
+        return Ok(());
+    }
+    if c.off {
+        return Err(cmd.duplicate());
+    }
+    if cmd.args.len() < 2 {
+        return Err(cmd.err("log format is not specified"));
+    }
+    let format = cx
+        .main
+        .log
+        .formats
+        .iter()
+        .find(|f| f.name == cmd.arg(1))
+        .cloned()
+        .ok_or_else(|| cmd.err(format!("unknown log format \"{}\"", cmd.arg(1))))?;
+    let (mut buffer, mut gzip, mut flush, mut cond) = (0usize, None, None::<Duration>, None);
+    for a in &cmd.args[2..] {
+        if let Some(v) = a.strip_prefix("buffer=") {
+            buffer = value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid buffer size \"{}\"", v)))?;
+        } else if let Some(v) = a.strip_prefix("flush=") {
+            let ms = value::parse_time(v, false).filter(|m| *m > 0);
+            flush = Some(Duration::from_millis(ms.ok_or_else(|| cmd.err(format!("invalid flush time \"{}\"", v)))?));
+        } else if a == "gzip" {
+            gzip = Some(1);
+        } else if let Some(v) = a.strip_prefix("gzip=") {
+            let l = value::parse_number(v).filter(|l| (1..=9).contains(l));
+            gzip = Some(l.ok_or_else(|| cmd.err(format!("invalid compression level \"{}\"", v)))? as u32);
+        } else if let Some(v) = a.strip_prefix("if=") {
+            cond = Some(Complex::compile(v, cmd, &mut cx.vars)?);
+        } else {
+            return Err(cmd.invalid_parameter(a));
+        }
+    }
+    if (flush.is_some() || gzip.is_some()) && buffer == 0 {
+        buffer = 64 * 1024;
+    }
+    let path = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+    let target = match path.as_static() {
+        Some(p) => {
+            let full = cx.full_name_of(&String::from_utf8_lossy(p));
+            Target::File(cx.open_file(FileSpec { path: full, buffer, gzip, flush }))
+        }
+        None => Target::Dynamic(path),
+    };
+    c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond });
+    Ok(())
+}
+
+impl Module for Log {
+    const NAME: &'static str = "stream_log";
+    type Main = LogMain;
+    type Srv = LogSrv;
+    const DIRECTIVES: &'static [Directive<Self>] = &[
+        Directive { name: "log_format", ctx: Ctx::STREAM_MAIN, args: Arity::TwoOrMore, set: Set::Main(log_format) },
+        Directive { name: "access_log", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 6), set: Set::Srv(access_log) },
+    ];
+
+    fn merge_srv(p: &LogSrv, c: &mut LogSrv, _: &mut ConfCx) -> ConfResult {
+        if c.logs.is_none() {
+            c.logs = Some(p.logs.clone().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn postconfiguration(p: &mut PhaseRegistry) {
+        p.add(Phase::Log, log_handler);
+    }
+}
+
+fn hex(out: &mut Vec<u8>, c: u8) {
+    const H: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend_from_slice(&[b'\\', b'x', H[(c >> 4) as usize], H[(c & 15) as usize]]);
+}
+
+/// Escape `v` into `out` as nginx's access log does.
+pub fn escape(e: Escape, v: &[u8], out: &mut Vec<u8>) {
+    match e {
+        Escape::None => out.extend_from_slice(v),
+        Escape::Default => {
+            for &c in v {
+                if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
+                    hex(out, c);
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+        Escape::Json => {
+            for &c in v {
+                match c {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0x08 => out.extend_from_slice(b"\\b"),
+                    0x0c => out.extend_from_slice(b"\\f"),
+                    c if c < 0x20 => {
+                        const H: &[u8; 16] = b"0123456789ABCDEF";
+                        out.extend_from_slice(b"\\u00");
+                        out.push(H[(c >> 4) as usize]);
+                        out.push(H[(c & 15) as usize]);
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+/// Build one line of `format` for `s` (without the newline).
+pub fn format_line(s: &mut SessionCore, format: &LogFormat, out: &mut Vec<u8>) {
+    let mut val = Vec::new();
+    for part in format.parts.parts() {
+        match part {
+            PartRef::Lit(lit) => out.extend_from_slice(lit),
+            PartRef::Var(v) => {
+                val.clear();
+                if eval_var(s, v, &mut val) {
+                    escape(format.escape, &val, out);
+                } else if format.escape == Escape::Default {
+                    out.push(b'-');
+                }
+            }
+        }
+    }
+}
+
+fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    let srv = s.srv.clone();
+    let Some(logs) = &srv.confs.log.logs else { return Flow::Declined };
+    let mut line = Vec::with_capacity(256);
+    for l in logs {
+        if let Some(c) = &l.cond {
+            let mut v = Vec::new();
+            c.eval(s, &mut v);
+            if v.is_empty() || v == b"0" {
+                continue;
+            }
+        }
+        line.clear();
+        format_line(s, &l.format, &mut line);
+        line.push(b'\n');
+        match &l.target {
+            Target::File(i) => {
+                if let Some(Some(f)) = cx.rt.files.get_mut(*i) {
+                    let _ = f.write_line(&line, cx.now);
+                }
+            }
+            Target::Dynamic(p) => {
+                let mut path = Vec::new();
+                p.eval(s, &mut path);
+                let path = String::from_utf8_lossy(&path).into_owned();
+                if path.is_empty() || path.contains("/../") {
+                    continue;
+                }
+                let path = if path.starts_with('/') { path } else { s.cycle.prefix.clone() + &path };
+                if let Ok(mut f) = crate::core::logfile::LogFile::open(&path) {
+                    let _ = f.write_line(&line, cx.now);
+                }
+            }
+        }
+    }
+    Flow::Declined
+}

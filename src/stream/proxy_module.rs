@@ -1,0 +1,725 @@
+//! ngx_stream_proxy_module: `proxy_pass`, `proxy_connect_timeout`, `proxy_timeout`,
+//! `proxy_buffer_size`, `proxy_next_upstream*`, `proxy_half_close`,
+//! `proxy_socket_keepalive`, `proxy_bind`, `proxy_upload_rate`, `proxy_download_rate`.
+//! Content phase: pick a peer, connect without blocking, relay both ways.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UnixStream};
+use mio::Interest;
+
+use crate::core::addr::{parse_url, Addr};
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value::{self, Setting};
+use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
+use crate::core::conn::Conn;
+use crate::core::timer::TimerId;
+use crate::stream::conf::ConfCx;
+use crate::stream::content::{Content, Ready};
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::phase::Flow;
+use crate::stream::session::{session_token, status, Cx, ProxyLog, SessionCore, Side, UpstreamState};
+use crate::stream::variables::Complex;
+use crate::upstream::{Outcome, PeerPick, UpstreamConf, UpstreamServer};
+
+pub struct Proxy;
+
+/// Where `proxy_pass` sends sessions.
+#[derive(Debug, Clone)]
+pub enum Pass {
+    /// An upstream group (explicit or the implicit one of an address), by index.
+    Upstream(usize),
+    /// A value with variables, resolved per session.
+    Dynamic(Complex),
+}
+
+#[derive(Debug, Clone)]
+pub enum Bind {
+    Off,
+    Addr(Complex),
+}
+
+#[derive(Default)]
+pub struct ProxySrv {
+    pub pass: Option<Pass>,
+    pub connect_timeout: Setting<Duration>,
+    pub timeout: Setting<Duration>,
+    pub buffer_size: Setting<usize>,
+    pub next_upstream: Setting<bool>,
+    pub next_upstream_tries: Setting<u64>,
+    pub next_upstream_timeout: Setting<Duration>,
+    pub half_close: Setting<bool>,
+    pub socket_keepalive: Setting<bool>,
+    pub bind: Setting<Bind>,
+    pub upload_rate: Setting<Option<Complex>>,
+    pub download_rate: Setting<Option<Complex>>,
+}
+
+/// `ngx_stream_upstream_add` for a `proxy_pass` address: the upstream of that name, or
+/// a new implicit one (resolved when the `stream {}` block ends).
+fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
+    if let Some(i) = cx.upstreams.iter().position(|u| u.name == url) {
+        return Ok(i);
+    }
+    let u = parse_url(url, false, false).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
+    let name = if u.port.is_some() || matches!(u.addrs.first(), Some(Addr::Unix(_))) { url } else { &u.host };
+    if let Some(i) = cx.upstreams.iter().position(|x| x.name == name) {
+        return Ok(i);
+    }
+    cx.upstreams.push(UpstreamConf {
+        name: name.to_string(),
+        servers: Vec::new(),
+        implicit: true,
+        file: Some(cmd.file.clone()),
+        line: cmd.line,
+    });
+    Ok(cx.upstreams.len() - 1)
+}
+
+/// Resolve the implicit upstreams that no `upstream {}` block took over
+/// (`ngx_stream_upstream_init_round_robin` for an implicit group).
+fn resolve_implicit(cx: &mut ConfCx) -> ConfResult {
+    for u in cx.upstreams.iter_mut().filter(|u| u.implicit && u.servers.is_empty()) {
+        let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
+        let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
+        let parsed = parse_url(&u.name, false, true).map_err(|e| {
+            let host = parse_url(&u.name, false, false).map(|p| p.host).unwrap_or_else(|_| u.name.clone());
+            at(format!("{} in upstream \"{}\"", e, host))
+        })?;
+        if parsed.addrs.is_empty() {
+            return Err(at(format!("no port in upstream \"{}\"", u.name)));
+        }
+        u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
+    }
+    Ok(())
+}
+
+fn proxy_pass(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if c.pass.is_some() {
+        return Err(cmd.duplicate());
+    }
+    let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+    c.pass =
+        Some(if v.has_variables() { Pass::Dynamic(v) } else { Pass::Upstream(upstream_add(cx, cmd.arg(0), cmd)?) });
+    cx.handler = Some(new_session);
+    Ok(())
+}
+
+fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if cmd.args.len() == 2 && cmd.arg(1) != "transparent" {
+        return Err(cmd.invalid_parameter(cmd.arg(1)));
+    }
+    if cmd.args.len() == 2 {
+        return Err(cmd.err("the \"transparent\" parameter of \"proxy_bind\" is not supported by sluice yet"));
+    }
+    let b = if cmd.arg(0) == "off" {
+        Bind::Off
+    } else {
+        let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+        if let Some(s) = v.as_static() {
+            let s = String::from_utf8_lossy(s);
+            if s.parse::<std::net::IpAddr>().is_err() && !s.starts_with('[') {
+                return Err(cmd.err(format!("invalid address \"{}\"", s)));
+            }
+        }
+        Bind::Addr(v)
+    };
+    c.bind.set(cmd, b)
+}
+
+fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+    if let Some(s) = v.as_static() {
+        value::parse_size(&String::from_utf8_lossy(s)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))?;
+    }
+    c.set(cmd, Some(v))
+}
+
+impl Module for Proxy {
+    const NAME: &'static str = "stream_proxy";
+    type Main = ();
+    type Srv = ProxySrv;
+    const DIRECTIVES: &'static [Directive<Self>] = &[
+        Directive { name: "proxy_pass", ctx: Ctx::STREAM_SRV, args: Arity::Take(1), set: Set::Srv(proxy_pass) },
+        Directive {
+            name: "proxy_connect_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.connect_timeout.set(cmd, value::msec(cmd)?)),
+        },
+        Directive {
+            name: "proxy_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.timeout.set(cmd, value::msec(cmd)?)),
+        },
+        Directive {
+            name: "proxy_buffer_size",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.buffer_size.set(cmd, value::size(cmd)?)),
+        },
+        Directive {
+            name: "proxy_next_upstream",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Flag,
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream.set(cmd, value::flag(cmd)?)),
+        },
+        Directive {
+            name: "proxy_next_upstream_tries",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_tries.set(cmd, value::number(cmd)?)),
+        },
+        Directive {
+            name: "proxy_next_upstream_timeout",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_timeout.set(cmd, value::msec(cmd)?)),
+        },
+        Directive {
+            name: "proxy_half_close",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Flag,
+            set: Set::<Self>::Srv(|c, cmd, _| c.half_close.set(cmd, value::flag(cmd)?)),
+        },
+        Directive {
+            name: "proxy_socket_keepalive",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Flag,
+            set: Set::<Self>::Srv(|c, cmd, _| c.socket_keepalive.set(cmd, value::flag(cmd)?)),
+        },
+        Directive { name: "proxy_bind", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 2), set: Set::Srv(proxy_bind) },
+        Directive {
+            name: "proxy_upload_rate",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, cx| rate(&mut c.upload_rate, cmd, cx)),
+        },
+        Directive {
+            name: "proxy_download_rate",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, cx| rate(&mut c.download_rate, cmd, cx)),
+        },
+    ];
+
+    fn init_main(cx: &mut ConfCx) -> ConfResult {
+        resolve_implicit(cx)
+    }
+
+    fn merge_srv(p: &ProxySrv, c: &mut ProxySrv, _: &mut ConfCx) -> ConfResult {
+        c.connect_timeout.merge(&p.connect_timeout, Duration::from_secs(60));
+        c.timeout.merge(&p.timeout, Duration::from_secs(600));
+        c.buffer_size.merge(&p.buffer_size, 16384);
+        c.next_upstream.merge(&p.next_upstream, true);
+        c.next_upstream_tries.merge(&p.next_upstream_tries, 0);
+        c.next_upstream_timeout.merge(&p.next_upstream_timeout, Duration::ZERO);
+        c.half_close.merge(&p.half_close, false);
+        c.socket_keepalive.merge(&p.socket_keepalive, false);
+        c.bind.merge(&p.bind, Bind::Off);
+        c.upload_rate.merge(&p.upload_rate, None);
+        c.download_rate.merge(&p.download_rate, None);
+        Ok(())
+    }
+}
+
+/// One direction of the relay: bytes read from `src` waiting to be written to `dst`.
+struct Dir {
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// `src` reached end of file (or a read error).
+    eof: bool,
+}
+
+impl Dir {
+    fn new(size: usize) -> Dir {
+        Dir { buf: vec![0; size.max(1)], pos: 0, len: 0, eof: false }
+    }
+
+    fn pending(&self) -> bool {
+        self.pos < self.len
+    }
+}
+
+/// A cap on reads per direction per wake-up, so one busy session cannot starve others.
+const READS_PER_WAKEUP: usize = 32;
+
+struct ProxySession {
+    upstream: Option<Conn>,
+    group: Option<usize>,
+    pick: PeerPick,
+    connected: bool,
+    /// When the current connect attempt started (`u->start_time`).
+    start: Instant,
+    /// When the first attempt started (`peer.start_time`, for next_upstream_timeout).
+    first_start: Instant,
+    connect_timer: Option<TimerId>,
+    timer: Option<TimerId>,
+    /// Client to upstream, and upstream to client.
+    down: Option<Dir>,
+    up: Option<Dir>,
+    half_closed: bool,
+}
+
+fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
+    let now = crate::core::time::instant();
+    Box::new(ProxySession {
+        upstream: None,
+        group: None,
+        pick: PeerPick::default(),
+        connected: false,
+        start: now,
+        first_start: now,
+        connect_timer: None,
+        timer: None,
+        down: None,
+        up: None,
+        half_closed: false,
+    })
+}
+
+fn conf(s: &SessionCore) -> &ProxySrv {
+    &s.srv.confs.proxy
+}
+
+impl ProxySession {
+    /// Which upstream group this session uses (`ngx_stream_proxy_handler`).
+    fn choose_group(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Result<usize, u16> {
+        let srv = s.srv.clone();
+        match &srv.confs.proxy.pass {
+            Some(Pass::Upstream(i)) => Ok(*i),
+            Some(Pass::Dynamic(v)) => {
+                let mut out = Vec::new();
+                v.eval(s, &mut out);
+                let name = String::from_utf8_lossy(&out).into_owned();
+                if let Some(i) = s.cycle.upstreams.iter().position(|u| !u.implicit && u.name == name) {
+                    return Ok(i);
+                }
+                match parse_url(&name, false, false) {
+                    Ok(u) if !u.addrs.is_empty() => Ok(cx.rt.dynamic_group(&name, u.addrs)),
+                    Ok(u) if u.port.is_none() => {
+                        s.log(Level::Error, &format!("no port in upstream \"{}\"", name), None);
+                        Err(status::BAD_GATEWAY)
+                    }
+                    Ok(u) => {
+                        s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
+                        Err(status::BAD_GATEWAY)
+                    }
+                    Err(e) => {
+                        s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);
+                        Err(status::BAD_GATEWAY)
+                    }
+                }
+            }
+            None => Err(status::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// `ngx_stream_proxy_connect`: start a connection to the next peer.
+    fn connect(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        s.action = Some("connecting to upstream");
+        let now = cx.now;
+        if let Some(st) = s.upstream_states.last_mut() {
+            if st.response_time.is_none() {
+                st.response_time = Some(now.saturating_duration_since(self.start));
+            }
+        }
+        self.start = now;
+        s.upstream_states.push(UpstreamState::default());
+        let Some(group) = self.group else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let Some((peer_addr, peer_name)) = cx.rt.get_peer(group, &mut self.pick, now) else {
+            let name = cx.rt.group_name(group);
+            if let Some(st) = s.upstream_states.last_mut() {
+                st.peer = Some(name.clone());
+            }
+            s.proxy_log.get_or_insert_with(ProxyLog::default).upstream = Some(name);
+            s.log(Level::Error, "no live upstreams", None);
+            return Flow::Finalize(status::BAD_GATEWAY);
+        };
+        if let Some(st) = s.upstream_states.last_mut() {
+            st.peer = Some(peer_name.clone());
+        }
+        if let Some(p) = s.proxy_log.as_mut() {
+            p.upstream = Some(peer_name);
+            p.received = 0;
+            p.sent = 0;
+        }
+        let sock = match self.open_socket(s, &peer_addr) {
+            Ok(c) => c,
+            Err(Connect::Refused(e)) => {
+                s.connection_error(Side::Upstream, &e, "connect() failed");
+                return self.next_upstream(s, cx);
+            }
+            Err(Connect::Fatal(msg, e)) => {
+                s.log(Level::Alert, &msg, Some(&e));
+                return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+            }
+        };
+        let mut sock = sock;
+        // nginx numbers upstream connections from the same counter as client ones.
+        cx.rt.next_connection();
+        if let Err(e) =
+            sock.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE)
+        {
+            s.log(Level::Alert, "epoll_ctl() failed", Some(&e));
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        }
+        self.upstream = Some(sock);
+        self.connected = false;
+        let t = conf(s).connect_timeout.get();
+        cx.timers.set(&mut self.connect_timer, now + t, session_token(s.key, Side::Upstream));
+        Flow::Again
+    }
+
+    fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<Conn, Connect> {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let fatal = |what: &str, e: io::Error| Connect::Fatal(what.to_string(), e);
+        let (domain, sa) = match addr {
+            Addr::Inet(a) => (if a.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, SockAddr::from(*a)),
+            Addr::Unix(p) => (Domain::UNIX, SockAddr::unix(p).map_err(|e| fatal("socket() failed", e))?),
+        };
+        let sock =
+            Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None).map_err(|e| fatal("socket() failed", e))?;
+        let srv = s.srv.clone();
+        let pc = &srv.confs.proxy;
+        if pc.socket_keepalive.get() {
+            sock.set_keepalive(true).map_err(|e| fatal("setsockopt(SO_KEEPALIVE) failed", e))?;
+        }
+        if let Some(Bind::Addr(v)) = pc.bind.option() {
+            let mut out = Vec::new();
+            v.eval(s, &mut out);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let ip = text.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+            match ip {
+                Ok(ip) => {
+                    sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+                        .map_err(|e| fatal(&format!("bind({}) failed", text), e))?;
+                }
+                Err(_) if !text.is_empty() => {
+                    s.log(Level::Error, &format!("invalid local address \"{}\"", text), None);
+                }
+                Err(_) => {}
+            }
+        }
+        match sock.connect(&sa) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Connect::Refused(e)),
+        }
+        Ok(match addr {
+            Addr::Inet(_) => Conn::Tcp(TcpStream::from_std(sock.into())),
+            Addr::Unix(_) => Conn::Unix(UnixStream::from_std(sock.into())),
+        })
+    }
+
+    /// `ngx_stream_proxy_next_upstream`: count the failure and try another peer.
+    fn next_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        if let Some(g) = self.group {
+            if cx.rt.free_peer(g, &mut self.pick, Outcome::Failed, cx.now) {
+                s.log(Level::Warn, "upstream server temporarily disabled", None);
+            }
+        }
+        let pc = conf(s);
+        let timeout = pc.next_upstream_timeout.get();
+        if self.pick.tries == 0
+            || !pc.next_upstream.get()
+            || (!timeout.is_zero() && cx.now.saturating_duration_since(self.first_start) >= timeout)
+        {
+            return Flow::Finalize(status::BAD_GATEWAY);
+        }
+        self.close_upstream(s, cx);
+        self.connect(s, cx)
+    }
+
+    fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        cx.timers.clear(&mut self.connect_timer);
+        if let Some(mut u) = self.upstream.take() {
+            let _ = u.deregister(cx.registry);
+        }
+        if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_ref()) {
+            st.bytes_received = p.received;
+            st.bytes_sent = p.sent;
+        }
+    }
+
+    /// `ngx_stream_proxy_init_upstream`: the connection is up; start relaying.
+    fn init_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        cx.timers.clear(&mut self.connect_timer);
+        let Some(u) = self.upstream.as_ref() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        if u.is_tcp() && s.srv.core().tcp_nodelay() {
+            if let Err(e) = u.set_nodelay(true) {
+                s.connection_error(Side::Upstream, &e, "setsockopt(TCP_NODELAY) failed");
+                return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+            }
+        }
+        if s.log_enabled(Level::Info) {
+            let local = u.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
+            s.log_bare(Level::Info, &format!("proxy {} connected to {}", local, peer));
+        }
+        if let Some(st) = s.upstream_states.last_mut() {
+            st.connect_time = Some(cx.now.saturating_duration_since(self.start));
+        }
+        let size = conf(s).buffer_size.get();
+        self.down = Some(Dir::new(size));
+        self.up = Some(Dir::new(size));
+        self.connected = true;
+        s.action = Some("proxying connection");
+        match self.process(s, cx, false) {
+            Flow::Again => self.process(s, cx, true),
+            f => f,
+        }
+    }
+
+    /// `ngx_stream_proxy_process`: move bytes one way, then see if the session is over.
+    fn process(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
+        if !self.connected {
+            return Flow::Again;
+        }
+        let (Some(upstream), Some(down), Some(up)) = (self.upstream.as_mut(), self.down.as_mut(), self.up.as_mut())
+        else {
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        };
+        let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
+        let (src, dst, d): (&mut Conn, &mut Conn, &mut Dir) =
+            if from_upstream { (upstream, &mut s.client, up) } else { (&mut s.client, upstream, down) };
+        let mut reads = 0;
+        let mut requeue = false;
+        let mut write_failed = false;
+        let mut io_err: Option<(Side, io::Error, &'static str)> = None;
+        loop {
+            if d.pending() {
+                s.action = Some(if from_upstream {
+                    "proxying and sending to client"
+                } else {
+                    "proxying and sending to upstream"
+                });
+                match dst.write(&d.buf[d.pos..d.len]) {
+                    Ok(n) => {
+                        d.pos += n;
+                        if from_upstream {
+                            s.sent += n as u64;
+                        } else {
+                            plog.sent += n as u64;
+                        }
+                        if d.pos == d.len {
+                            d.pos = 0;
+                            d.len = 0;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let side = if from_upstream { Side::Client } else { Side::Upstream };
+                        io_err = Some((side, e, "writev() failed"));
+                        write_failed = true;
+                        break;
+                    }
+                }
+            }
+            if d.eof {
+                break;
+            }
+            if reads == READS_PER_WAKEUP {
+                requeue = true;
+                break;
+            }
+            reads += 1;
+            s.action = Some(if from_upstream {
+                "proxying and reading from upstream"
+            } else {
+                "proxying and reading from client"
+            });
+            match src.read(&mut d.buf) {
+                Ok(n) => {
+                    if from_upstream {
+                        if let Some(st) = s.upstream_states.last_mut() {
+                            if st.first_byte_time.is_none() {
+                                st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
+                            }
+                        }
+                        plog.received += n as u64;
+                    } else {
+                        s.received += n as u64;
+                    }
+                    if n == 0 {
+                        d.eof = true;
+                    } else {
+                        d.pos = 0;
+                        d.len = n;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let side = if from_upstream { Side::Upstream } else { Side::Client };
+                    io_err = Some((side, e, "recv() failed"));
+                    d.eof = true;
+                }
+            }
+        }
+        if let Some((side, e, msg)) = io_err {
+            s.connection_error(side, &e, msg);
+        }
+        s.action = Some("proxying connection");
+        if write_failed {
+            return Flow::Finalize(status::OK);
+        }
+        if requeue {
+            cx.rt.requeue(s.key);
+        }
+        if let Some(f) = self.test_finalize(s, from_upstream) {
+            return f;
+        }
+        // Half close: pass the end of file on once everything before it is delivered.
+        let pc = conf(s);
+        let (d, dst_is_client) = if from_upstream { (self.up.as_ref(), true) } else { (self.down.as_ref(), false) };
+        if pc.half_close.get() && !self.half_closed && d.is_some_and(|d| d.eof && !d.pending()) {
+            let dst = if dst_is_client { Some(&s.client) } else { self.upstream.as_ref() };
+            if let Some(dst) = dst {
+                if let Err(e) = dst.shutdown_write() {
+                    s.connection_error(Side::Client, &e, "shutdown() failed");
+                    return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+                }
+                self.half_closed = true;
+            }
+        }
+        let t = pc.timeout.get();
+        cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        Flow::Again
+    }
+
+    /// `ngx_stream_proxy_test_finalize` for TCP.
+    fn test_finalize(&mut self, s: &mut SessionCore, from_upstream: bool) -> Option<Flow> {
+        let (down, up) = (self.down.as_ref()?, self.up.as_ref()?);
+        let (c_eof, u_eof) = (down.eof, up.eof);
+        // Wait while both sides are open, or while bytes are still owed to a side that
+        // has not closed (output to the client is `up`'s, to the upstream `down`'s).
+        let both_open = !(c_eof || u_eof);
+        let owed_client = !c_eof && up.pending();
+        let owed_upstream = !u_eof && down.pending();
+        if both_open || owed_client || owed_upstream {
+            return None;
+        }
+        // With half-close the session lives until both ends are done.
+        let all_done = c_eof && u_eof && !up.pending() && !down.pending();
+        if conf(s).half_close.get() && !all_done {
+            return None;
+        }
+        if s.log_enabled(Level::Info) {
+            let p = s.proxy_log.clone().unwrap_or_default();
+            s.log_bare(
+                Level::Info,
+                &format!(
+                    "{} disconnected, bytes from/to client:{}/{}, bytes from/to upstream:{}/{}",
+                    if from_upstream { "upstream" } else { "client" },
+                    s.received,
+                    s.sent,
+                    p.received,
+                    p.sent
+                ),
+            );
+        }
+        Some(Flow::Finalize(status::OK))
+    }
+}
+
+enum Connect {
+    /// connect() failed at once: try the next peer.
+    Refused(io::Error),
+    Fatal(String, io::Error),
+}
+
+impl Content for ProxySession {
+    fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        s.proxy_log = Some(ProxyLog::default());
+        let group = match self.choose_group(s, cx) {
+            Ok(g) => g,
+            Err(st) => return Flow::Finalize(st),
+        };
+        self.group = Some(group);
+        let mut tries = cx.rt.group_tries(group);
+        let limit = conf(s).next_upstream_tries.get() as usize;
+        if limit != 0 && tries > limit {
+            tries = limit;
+        }
+        self.pick.tries = tries;
+        self.first_start = cx.now;
+        self.connect(s, cx)
+    }
+
+    fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow {
+        if side == Side::Upstream && !self.connected {
+            if !(ready.writable || ready.error || ready.hup) {
+                return Flow::Again;
+            }
+            let err = match self.upstream.as_ref().map(|u| u.take_error()) {
+                Some(Ok(None)) => None,
+                Some(Ok(Some(e))) | Some(Err(e)) => Some(e),
+                None => return Flow::Again,
+            };
+            if let Some(e) = err {
+                s.connection_error(Side::Upstream, &e, "connect() failed");
+                return self.next_upstream(s, cx);
+            }
+            return self.init_upstream(s, cx);
+        }
+        if !self.connected {
+            return Flow::Again;
+        }
+        // Client read and upstream write move bytes upstream; the others downstream.
+        let order: [(bool, bool); 2] = match side {
+            Side::Client => [(ready.readable || ready.hup || ready.error, false), (ready.writable, true)],
+            Side::Upstream => [(ready.readable || ready.hup || ready.error, true), (ready.writable, false)],
+        };
+        for (wanted, from_upstream) in order {
+            if wanted {
+                match self.process(s, cx, from_upstream) {
+                    Flow::Again => {}
+                    f => return f,
+                }
+            }
+        }
+        Flow::Again
+    }
+
+    fn on_timeout(&mut self, s: &mut SessionCore, id: TimerId, cx: &mut Cx<'_>) -> Flow {
+        if self.connect_timer == Some(id) {
+            self.connect_timer = None;
+            let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+            s.log(Level::Error, "upstream timed out", Some(&e));
+            return self.next_upstream(s, cx);
+        }
+        if self.timer == Some(id) {
+            self.timer = None;
+            let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+            s.connection_error(Side::Client, &e, "connection timed out");
+            return Flow::Finalize(status::OK);
+        }
+        Flow::Again
+    }
+
+    fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        cx.timers.clear(&mut self.timer);
+        if let Some(st) = s.upstream_states.last_mut() {
+            if st.response_time.is_none() {
+                st.response_time = Some(cx.now.saturating_duration_since(self.start));
+            }
+        }
+        if let Some(g) = self.group {
+            if self.pick.current.is_some() {
+                cx.rt.free_peer(g, &mut self.pick, Outcome::Ok, cx.now);
+            }
+        }
+        self.close_upstream(s, cx);
+        // Release the buffers at once: a closed session keeps nothing.
+        self.down = None;
+        self.up = None;
+    }
+}

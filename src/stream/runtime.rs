@@ -1,0 +1,123 @@
+//! A worker's mutable state for one cycle: peer accounting per upstream group, the
+//! files access logs write to, and sessions that used up their turn.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::core::addr::Addr;
+use crate::core::logfile::LogFile;
+use crate::stream::cycle::Cycle;
+use crate::upstream::round_robin::RoundRobin;
+use crate::upstream::{Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
+
+struct Group {
+    peers: PeerSet,
+    balancer: Box<dyn Balancer>,
+}
+
+pub struct WorkerState {
+    groups: Vec<Group>,
+    /// Groups made at run time by `proxy_pass $var` naming an address.
+    dynamic: HashMap<String, usize>,
+    /// Sessions that stopped before `WouldBlock` and must run again next turn.
+    pub requeued: Vec<usize>,
+    /// Access log files, by `ConfCx::open_file` index.
+    pub files: Vec<Option<LogFile>>,
+    next_conn: u64,
+}
+
+impl WorkerState {
+    pub fn new(cycle: &Cycle) -> WorkerState {
+        let groups = cycle
+            .upstreams
+            .iter()
+            .map(|u| Group { peers: PeerSet::new(u), balancer: Box::new(RoundRobin) as Box<dyn Balancer> })
+            .collect();
+        let files = cycle
+            .open_files
+            .iter()
+            .map(|spec| {
+                LogFile::open(&spec.path).ok().map(|mut f| {
+                    f.configure(spec.buffer, spec.gzip, spec.flush);
+                    f
+                })
+            })
+            .collect();
+        WorkerState { groups, dynamic: HashMap::new(), requeued: Vec::new(), files, next_conn: 0 }
+    }
+
+    /// The next connection number (`$connection`; nginx counts every connection).
+    pub fn next_connection(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    pub fn requeue(&mut self, key: usize) {
+        if !self.requeued.contains(&key) {
+            self.requeued.push(key);
+        }
+    }
+
+    pub fn get_peer(&mut self, g: usize, pick: &mut PeerPick, now: Instant) -> Option<(Addr, Rc<str>)> {
+        let group = self.groups.get_mut(g)?;
+        let id = group.balancer.get(&mut group.peers, pick, None, now)?;
+        group.peers.peer(id).map(|p| (p.addr.clone(), p.name.clone()))
+    }
+
+    /// Release the session's peer; true when that failure took the peer out.
+    pub fn free_peer(&mut self, g: usize, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
+        match self.groups.get_mut(g) {
+            Some(group) => group.peers.release(pick, outcome, now),
+            None => false,
+        }
+    }
+
+    pub fn group_name(&self, g: usize) -> Rc<str> {
+        self.groups.get(g).map(|x| x.peers.name.clone()).unwrap_or_else(|| Rc::from(""))
+    }
+
+    pub fn group_tries(&self, g: usize) -> usize {
+        self.groups.get(g).map(|x| x.peers.tries()).unwrap_or(0)
+    }
+
+    pub fn dynamic_group(&mut self, name: &str, addrs: Vec<Addr>) -> usize {
+        if let Some(&g) = self.dynamic.get(name) {
+            return g;
+        }
+        let conf = UpstreamConf {
+            name: name.to_string(),
+            servers: vec![UpstreamServer::new(name.to_string(), addrs)],
+            implicit: true,
+            file: None,
+            line: 0,
+        };
+        self.groups.push(Group { peers: PeerSet::new(&conf), balancer: Box::new(RoundRobin) });
+        self.dynamic.insert(name.to_string(), self.groups.len() - 1);
+        self.groups.len() - 1
+    }
+
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.files.iter().flatten().filter_map(|f| f.flush_at()).min()
+    }
+
+    pub fn flush_files(&mut self) {
+        for f in self.files.iter_mut().flatten() {
+            let _ = f.flush();
+        }
+    }
+
+    pub fn flush_due_files(&mut self, now: Instant) {
+        for f in self.files.iter_mut().flatten() {
+            if f.flush_due(now) {
+                let _ = f.flush();
+            }
+        }
+    }
+
+    pub fn reopen_files(&mut self) {
+        for f in self.files.iter_mut().flatten() {
+            let _ = f.reopen();
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! A stream session (`ngx_stream_session_t`): the client connection, what the phases and
+//! the content handler record about it, and how its error-log lines are worded.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::{Registry, Token};
+
+use crate::core::addr::Addr;
+use crate::core::conf::Level;
+use crate::core::conn::Conn;
+use crate::core::log::LogContext;
+use crate::core::timer::{TimerId, Timers};
+use crate::stream::cycle::{Cycle, Server};
+use crate::stream::phase::{Flow, PhaseHandler};
+use crate::stream::runtime::WorkerState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client = 0,
+    Upstream = 1,
+}
+
+/// Listeners use tokens with the top bit set; sessions use `key << 1 | side`.
+pub const LISTENER_BIT: usize = 1 << (usize::BITS - 1);
+
+pub fn session_token(key: usize, side: Side) -> Token {
+    Token(key << 1 | side as usize)
+}
+
+/// nginx's stream statuses.
+pub mod status {
+    pub const OK: u16 = 200;
+    pub const BAD_REQUEST: u16 = 400;
+    pub const FORBIDDEN: u16 = 403;
+    pub const INTERNAL_SERVER_ERROR: u16 = 500;
+    pub const BAD_GATEWAY: u16 = 502;
+    pub const SERVICE_UNAVAILABLE: u16 = 503;
+}
+
+/// One upstream attempt (`ngx_stream_upstream_state_t`).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamState {
+    pub peer: Option<Rc<str>>,
+    pub connect_time: Option<Duration>,
+    pub first_byte_time: Option<Duration>,
+    pub response_time: Option<Duration>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The worker's state that handlers may use while handling one session's event.
+pub struct Cx<'a> {
+    pub registry: &'a Registry,
+    pub timers: &'a mut Timers,
+    pub now: Instant,
+    pub rt: &'a mut WorkerState,
+}
+
+/// The tail the proxy adds to every line of its session (`ngx_stream_proxy_log_error`).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyLog {
+    pub upstream: Option<Rc<str>>,
+    pub received: u64,
+    pub sent: u64,
+}
+
+pub struct SessionCore {
+    /// `$connection`.
+    pub id: u64,
+    pub key: usize,
+    pub cycle: Rc<Cycle>,
+    pub srv: Rc<Server>,
+    pub client: Conn,
+    pub remote: Addr,
+    pub local: Addr,
+    /// The listening address as written in logs ("server: ...").
+    pub listen_text: Rc<str>,
+    pub start: Instant,
+    pub status: u16,
+    /// Bytes read from and written to the client.
+    pub received: u64,
+    pub sent: u64,
+    pub upstream_states: Vec<UpstreamState>,
+    /// What the session is doing, for "while ..." in the error log.
+    pub action: Option<&'static str>,
+    pub proxy_log: Option<ProxyLog>,
+    /// Index of the next phase handler to run.
+    pub phase: usize,
+    /// The bytes the preread phase looked at (still in the socket: read with MSG_PEEK).
+    pub preread: Vec<u8>,
+    pub preread_timer: Option<TimerId>,
+    /// Cached values of cached variables (map, geo, set), by variable index.
+    pub var_cache: Vec<Option<Vec<u8>>>,
+}
+
+impl LogContext for SessionCore {
+    fn write_context(&self, out: &mut String) {
+        use std::fmt::Write;
+        if let Some(a) = self.action {
+            let _ = write!(out, " while {}", a);
+        }
+        let _ = write!(out, ", client: {}, server: {}", self.remote.host_text(), self.listen_text);
+        if let Some(p) = &self.proxy_log {
+            if let Some(u) = &p.upstream {
+                let _ = write!(out, ", upstream: \"{}\"", u);
+            }
+            let _ = write!(
+                out,
+                ", bytes from/to client:{}/{}, bytes from/to upstream:{}/{}",
+                self.received, self.sent, p.received, p.sent
+            );
+        }
+    }
+}
+
+impl SessionCore {
+    pub fn log_enabled(&self, level: Level) -> bool {
+        self.srv.error_log.enabled(level)
+    }
+
+    /// A session line with its context (" while ..., client: ..., server: ...").
+    pub fn log(&self, level: Level, msg: &str, err: Option<&io::Error>) {
+        self.srv.error_log.write(level, Some(self.id), msg, err, Some(self));
+    }
+
+    /// A session line without context (nginx clears the log handler for these).
+    pub fn log_bare(&self, level: Level, msg: &str) {
+        self.srv.error_log.write(level, Some(self.id), msg, None, None);
+    }
+
+    /// `ngx_connection_error` for the client (`NGX_ERROR_INFO`) or the upstream
+    /// (`NGX_ERROR_ERR`): ordinary network errors are logged at info or error, anything
+    /// else at alert.
+    pub fn connection_error(&self, side: Side, err: &io::Error, msg: &str) {
+        let ordinary = matches!(
+            err.raw_os_error(),
+            Some(libc::ECONNRESET)
+                | Some(libc::EPIPE)
+                | Some(libc::ENOTCONN)
+                | Some(libc::ETIMEDOUT)
+                | Some(libc::ECONNREFUSED)
+                | Some(libc::ENETDOWN)
+                | Some(libc::ENETUNREACH)
+                | Some(libc::EHOSTDOWN)
+                | Some(libc::EHOSTUNREACH)
+                | Some(0)
+        );
+        let level = match (ordinary, side) {
+            (true, Side::Client) => Level::Info,
+            (true, Side::Upstream) => Level::Error,
+            (false, _) => Level::Alert,
+        };
+        self.log(level, msg, Some(err));
+    }
+
+    /// `$session_time`-style elapsed time.
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
+    }
+}
+
+/// Write `d` as nginx's "%T.%03M" (seconds with milliseconds).
+pub fn write_msec(out: &mut Vec<u8>, d: Duration) {
+    use std::io::Write;
+    let ms = d.as_millis();
+    let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+}
+
+/// The preread checker (`ngx_stream_preread_peek`): look at the client's bytes and ask
+/// the handler; keep waiting while it says `Again` and the buffer has room.
+pub fn preread_step(s: &mut SessionCore, _cx: &mut Cx<'_>, h: PhaseHandler) -> Flow {
+    let size = s.srv.core().preread_buffer_size;
+    s.preread.resize(size, 0);
+    let n = match s.client.peek(&mut s.preread) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            s.preread.clear();
+            return Flow::Again;
+        }
+        Err(e) => {
+            s.preread.clear();
+            s.connection_error(Side::Client, &e, "recv() failed");
+            return Flow::Next;
+        }
+    };
+    s.preread.truncate(n);
+    if n == 0 {
+        return Flow::Next;
+    }
+    let rc = h(s, _cx);
+    if rc != Flow::Again {
+        s.preread.clear();
+        return rc;
+    }
+    if n == size {
+        s.log(Level::Error, "preread buffer full", None);
+        return Flow::Finalize(status::BAD_REQUEST);
+    }
+    Flow::Again
+}

@@ -1,0 +1,282 @@
+//! Stream variables (`ngx_stream_variables.c`) and complex values ("a $x ${y}z",
+//! `ngx_stream_script.c`): modules register variables by name at configuration time,
+//! values reference them by index, and a session evaluates them into a byte buffer.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::core::conf::{Cmd, ConfError, ConfResult};
+use crate::stream::session::SessionCore;
+
+/// Append the value to `out`; `false` means "not found" (logged as `-`).
+pub type VarGet = fn(&mut SessionCore, usize, &mut Vec<u8>) -> bool;
+
+#[derive(Clone)]
+pub struct VarDef {
+    pub name: String,
+    pub get: Option<VarGet>,
+    /// Passed to `get` (an index into the owning module's tables).
+    pub data: usize,
+    /// A prefix variable (`$proxy_protocol_tlv_`): matches any name that starts with it.
+    pub prefix: bool,
+    /// The value is kept per session after the first evaluation (map, geo, set).
+    pub cached: bool,
+}
+
+/// Where a variable was first referenced, for nginx's `unknown "x" variable`.
+#[derive(Clone)]
+struct Use {
+    at: Option<(Rc<str>, u32)>,
+}
+
+/// The variable table of one configuration.
+#[derive(Default, Clone)]
+pub struct Variables {
+    defs: Vec<VarDef>,
+    by_name: HashMap<String, usize>,
+    uses: HashMap<usize, Use>,
+}
+
+impl Variables {
+    /// Declare a variable (a module's built-in or one made by `map`, `geo`, `set`).
+    /// A name declared twice by different modules keeps the first getter, as nginx's
+    /// `NGX_STREAM_VAR_CHANGEABLE` variables do; `set` redeclares freely.
+    pub fn define(&mut self, name: &str, get: VarGet, data: usize) -> usize {
+        let idx = self.index_of(name);
+        let d = &mut self.defs[idx];
+        if d.get.is_none() {
+            d.get = Some(get);
+            d.data = data;
+        }
+        idx
+    }
+
+    pub fn define_prefix(&mut self, name: &str, get: VarGet) {
+        let idx = self.index_of(name);
+        self.defs[idx].get = Some(get);
+        self.defs[idx].prefix = true;
+    }
+
+    pub fn set_cached(&mut self, idx: usize) {
+        if let Some(d) = self.defs.get_mut(idx) {
+            d.cached = true;
+        }
+    }
+
+    pub fn is_defined(&self, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|&i| self.defs[i].get.is_some())
+    }
+
+    fn index_of(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.defs.len();
+        self.defs.push(VarDef { name: name.to_string(), get: None, data: 0, prefix: false, cached: false });
+        self.by_name.insert(name.to_string(), i);
+        i
+    }
+
+    /// Reference a variable by name (it may be defined later in the file).
+    pub fn reference(&mut self, name: &str, cmd: Option<&Cmd>) -> usize {
+        let i = self.index_of(name);
+        self.uses.entry(i).or_insert(Use { at: cmd.map(|c| (c.file.clone(), c.line)) });
+        i
+    }
+
+    /// After the whole configuration is read: bind prefix variables, and refuse names
+    /// nobody defined (`ngx_stream_variables_init_vars`).
+    pub fn finish(&mut self) -> ConfResult {
+        let prefixes: Vec<(String, VarGet)> =
+            self.defs.iter().filter(|d| d.prefix).filter_map(|d| d.get.map(|g| (d.name.clone(), g))).collect();
+        let mut unknown: Vec<usize> = Vec::new();
+        for (i, d) in self.defs.iter_mut().enumerate() {
+            if d.get.is_some() {
+                continue;
+            }
+            if let Some((_, g)) = prefixes.iter().find(|(p, _)| d.name.starts_with(p.as_str())) {
+                d.get = Some(*g);
+                d.data = i;
+                continue;
+            }
+            if self.uses.contains_key(&i) {
+                unknown.push(i);
+            }
+        }
+        if let Some(&i) = unknown.iter().min_by_key(|i| self.uses.get(i).and_then(|u| u.at.clone()).map(|a| a.1)) {
+            return Err(ConfError::bare(format!("unknown \"{}\" variable", self.defs[i].name)));
+        }
+        Ok(())
+    }
+
+    pub fn def(&self, i: usize) -> Option<&VarDef> {
+        self.defs.get(i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+}
+
+/// Evaluate variable `idx` for session `s`, appending to `out`.
+pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
+    let cycle = s.cycle.clone();
+    let Some(def) = cycle.vars.def(idx) else { return false };
+    let Some(get) = def.get else { return false };
+    if def.cached {
+        if let Some(Some(v)) = s.var_cache.get(idx) {
+            out.extend_from_slice(v);
+            return true;
+        }
+        let start = out.len();
+        let found = get(s, def.data, out);
+        if s.var_cache.len() <= idx {
+            s.var_cache.resize(idx + 1, None);
+        }
+        s.var_cache[idx] = found.then(|| out[start..].to_vec());
+        return found;
+    }
+    let data = if def.prefix { idx } else { def.data };
+    get(s, data, out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Lit(Vec<u8>),
+    Var(usize),
+}
+
+/// A value with variables, compiled once (`ngx_stream_complex_value_t`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Complex {
+    parts: Vec<Part>,
+}
+
+fn is_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+impl Complex {
+    /// Compile `text` as written in `cmd`, with nginx's script errors.
+    pub fn compile(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
+        let b = text.as_bytes();
+        let mut parts = Vec::new();
+        let mut lit = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'$' {
+                lit.push(b[i]);
+                i += 1;
+                continue;
+            }
+            i += 1;
+            let (name, next) = if b.get(i) == Some(&b'{') {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && b[j] != b'}' {
+                    if !is_name_char(b[j]) {
+                        break;
+                    }
+                    j += 1;
+                }
+                if b.get(j) != Some(&b'}') {
+                    return Err(cmd.err(format!("the closing bracket in \"{}\" variable is missing", &text[start..j])));
+                }
+                (&text[start..j], j + 1)
+            } else {
+                let start = i;
+                let mut j = i;
+                while j < b.len() && is_name_char(b[j]) {
+                    j += 1;
+                }
+                (&text[start..j], j)
+            };
+            if name.is_empty() {
+                return Err(cmd.err("invalid variable name"));
+            }
+            if !lit.is_empty() {
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(Part::Var(vars.reference(name, Some(cmd))));
+            i = next;
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Complex { parts })
+    }
+
+    pub fn literal(v: &[u8]) -> Complex {
+        Complex { parts: vec![Part::Lit(v.to_vec())] }
+    }
+
+    /// The value when it has no variables.
+    pub fn as_static(&self) -> Option<&[u8]> {
+        match self.parts.as_slice() {
+            [] => Some(b""),
+            [Part::Lit(v)] => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn has_variables(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Var(_)))
+    }
+
+    /// Evaluate into `out` (not-found variables are empty, as in nginx scripts).
+    pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
+        for p in &self.parts {
+            match p {
+                Part::Lit(v) => out.extend_from_slice(v),
+                Part::Var(i) => {
+                    eval_var(s, *i, out);
+                }
+            }
+        }
+    }
+
+    /// The parts: literal bytes, or a variable index (log formats write "-" for a
+    /// variable that is not found and escape values, so they walk the parts themselves).
+    pub fn parts(&self) -> impl Iterator<Item = PartRef<'_>> {
+        self.parts.iter().map(|p| match p {
+            Part::Lit(v) => PartRef::Lit(v),
+            Part::Var(i) => PartRef::Var(*i),
+        })
+    }
+}
+
+pub enum PartRef<'a> {
+    Lit(&'a [u8]),
+    Var(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd() -> Cmd {
+        Cmd { name: "return".into(), args: vec![], block: None, file: Rc::from("t.conf"), line: 3 }
+    }
+
+    #[test]
+    fn compile_forms() {
+        let mut v = Variables::default();
+        let c = Complex::compile("a $x ${y}z", &cmd(), &mut v).unwrap();
+        assert_eq!(c.parts.len(), 5);
+        assert!(Complex::compile("plain", &cmd(), &mut v).unwrap().as_static().is_some());
+        assert_eq!(
+            Complex::compile("a$", &cmd(), &mut v).unwrap_err().to_string(),
+            "invalid variable name in t.conf:3"
+        );
+        assert_eq!(
+            Complex::compile("${ab", &cmd(), &mut v).unwrap_err().to_string(),
+            "the closing bracket in \"ab\" variable is missing in t.conf:3"
+        );
+        let e = v.finish().unwrap_err();
+        assert_eq!(e.to_string(), "unknown \"x\" variable");
+    }
+}

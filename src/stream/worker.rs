@@ -1,0 +1,395 @@
+//! The worker's reactor (`ngx_process_events_and_timers` + `ngx_stream_init_connection`):
+//! one mio poll, a slab of sessions, deadline-ordered timers. Accepted connections run
+//! through the phases; the content handler then owns the session until it finalizes.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::core::addr::Addr;
+use crate::core::conf::Level;
+use crate::core::conn::{Conn, Listener};
+use crate::core::process::{signal_name, Signals};
+use crate::core::time;
+use crate::core::timer::{TimerId, Timers};
+use crate::stream::content::{Content, Ready};
+use crate::stream::cycle::Cycle;
+use crate::stream::phase::Flow;
+use crate::stream::runtime::WorkerState;
+use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
+
+/// Accepts per listener per wake-up (nginx accepts until EAGAIN; a cap keeps a flood
+/// of connections from starving the sessions already running).
+const ACCEPTS_PER_WAKEUP: usize = 64;
+/// The signal pipe's token: below the listener range, above any session key.
+const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
+
+enum State {
+    /// Running the phases before content (waiting here means waiting for preread).
+    Phases,
+    Content(Box<dyn Content>),
+    /// Finalized; the slot is freed after the event batch.
+    Closed,
+}
+
+struct Session {
+    core: SessionCore,
+    state: State,
+}
+
+/// Why the worker's loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// TERM/INT: stop now.
+    Terminate,
+    /// QUIT: listeners closed and every session finished.
+    Quit,
+}
+
+pub struct Worker {
+    poll: Poll,
+    cycle: Rc<Cycle>,
+    listeners: Vec<Option<Listener>>,
+    sessions: Slab<Session>,
+    timers: Timers,
+    rt: WorkerState,
+    closed: Vec<usize>,
+    pending_accept: Vec<usize>,
+    signals: Signals,
+    quitting: bool,
+}
+
+impl Worker {
+    pub fn new(cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let mut ls = Vec::new();
+        for (i, mut l) in listeners.into_iter().enumerate() {
+            l.register(poll.registry(), Token(LISTENER_BIT | i))?;
+            ls.push(Some(l));
+        }
+        poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+        let rt = WorkerState::new(&cycle);
+        Ok(Worker {
+            poll,
+            cycle,
+            listeners: ls,
+            sessions: Slab::with_capacity(1024),
+            timers: Timers::default(),
+            rt,
+            closed: Vec::new(),
+            pending_accept: Vec::new(),
+            signals,
+            quitting: false,
+        })
+    }
+
+    pub fn run(&mut self) -> Exit {
+        let mut events = Events::with_capacity(512);
+        loop {
+            time::update();
+            let now = time::instant();
+            let mut timeout = self.timers.next_timeout(now);
+            if let Some(f) = self.rt.next_flush() {
+                let d = f.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if !self.rt.requeued.is_empty() || !self.pending_accept.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    crate::core::log::error(Level::Alert, "epoll_wait() failed", Some(&e));
+                }
+            }
+            time::update();
+            let now = time::instant();
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == SIGNAL_TOKEN {
+                    if let Some(exit) = self.on_signals() {
+                        return self.exit(exit);
+                    }
+                } else if t.0 & LISTENER_BIT != 0 {
+                    self.accept(t.0 & !LISTENER_BIT, now);
+                } else {
+                    let ready = Ready {
+                        readable: ev.is_readable(),
+                        writable: ev.is_writable(),
+                        error: ev.is_error(),
+                        hup: ev.is_read_closed() || ev.is_write_closed(),
+                    };
+                    let side = if t.0 & 1 == 0 { Side::Client } else { Side::Upstream };
+                    self.session_event(t.0 >> 1, side, ready, now);
+                }
+            }
+            while let Some((id, t)) = self.timers.pop_expired(now) {
+                self.session_timer(t.0 >> 1, id, now);
+            }
+            for key in std::mem::take(&mut self.rt.requeued) {
+                let all = Ready { readable: true, writable: true, error: false, hup: false };
+                self.session_event(key, Side::Client, all, now);
+                self.session_event(key, Side::Upstream, all, now);
+            }
+            for i in std::mem::take(&mut self.pending_accept) {
+                self.accept(i, now);
+            }
+            self.rt.flush_due_files(now);
+            for key in self.closed.drain(..) {
+                self.sessions.try_remove(key);
+            }
+            if self.quitting && self.sessions.is_empty() {
+                return self.exit(Exit::Quit);
+            }
+        }
+    }
+
+    fn exit(&mut self, e: Exit) -> Exit {
+        self.rt.flush_files();
+        e
+    }
+
+    fn on_signals(&mut self) -> Option<Exit> {
+        for sig in self.signals.drain() {
+            match sig {
+                libc::SIGTERM | libc::SIGINT => {
+                    crate::core::log::error(
+                        Level::Notice,
+                        &format!("signal {} ({}) received, exiting", sig, signal_name(sig)),
+                        None,
+                    );
+                    return Some(Exit::Terminate);
+                }
+                libc::SIGQUIT => {
+                    crate::core::log::error(
+                        Level::Notice,
+                        &format!("signal {} ({}) received, shutting down", sig, signal_name(sig)),
+                        None,
+                    );
+                    crate::core::log::error(Level::Notice, "gracefully shutting down", None);
+                    self.close_listeners();
+                    self.quitting = true;
+                }
+                libc::SIGUSR1 => {
+                    crate::core::log::error(
+                        Level::Notice,
+                        &format!("signal {} ({}) received, reopening logs", sig, signal_name(sig)),
+                        None,
+                    );
+                    self.rt.reopen_files();
+                }
+                libc::SIGHUP => {
+                    crate::core::log::error(
+                        Level::Notice,
+                        &format!(
+                            "signal {} ({}) received: reconfiguring needs the master process, ignored",
+                            sig,
+                            signal_name(sig)
+                        ),
+                        None,
+                    );
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn close_listeners(&mut self) {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Some(mut l) = l.take() {
+                let _ = l.deregister(self.poll.registry());
+                if let (Listener::Unix(_), Some(Addr::Unix(p))) = (&l, self.cycle.listening.get(i).map(|x| &x.addr)) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, idx: usize, now: Instant) {
+        for _ in 0..ACCEPTS_PER_WAKEUP {
+            let Some(Some(l)) = self.listeners.get(idx) else { return };
+            match l.accept() {
+                Ok((conn, remote)) => self.init_session(idx, conn, remote, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EPROTO)) => {}
+                Err(e) => {
+                    let level = if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                        Level::Crit
+                    } else {
+                        Level::Alert
+                    };
+                    crate::core::log::error(level, "accept4() failed", Some(&e));
+                    return;
+                }
+            }
+        }
+        self.pending_accept.push(idx);
+    }
+
+    /// `ngx_stream_init_connection`: find the server, make the session, run the phases.
+    fn init_session(&mut self, idx: usize, mut conn: Conn, remote: Addr, now: Instant) {
+        let Some(ls) = self.cycle.listening.get(idx) else { return };
+        let local = match &ls.addr {
+            Addr::Inet(a) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
+            a => a.clone(),
+        };
+        let srv_idx = ls.server_for(Some(&local));
+        let Some(srv) = self.cycle.servers.get(srv_idx).cloned() else { return };
+        let remote = match remote {
+            Addr::Unix(_) => Addr::Unix(Default::default()),
+            a => a,
+        };
+        let id = self.rt.next_connection();
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = conn.register(
+            self.poll.registry(),
+            session_token(key, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            crate::core::log::error(Level::Alert, "epoll_ctl() failed", Some(&e));
+            return;
+        }
+        let core = SessionCore {
+            id,
+            key,
+            cycle: self.cycle.clone(),
+            srv,
+            client: conn,
+            remote,
+            local,
+            listen_text: ls.text.clone(),
+            start: now,
+            status: 0,
+            received: 0,
+            sent: 0,
+            upstream_states: Vec::new(),
+            action: None,
+            proxy_log: None,
+            phase: 0,
+            preread: Vec::new(),
+            preread_timer: None,
+            var_cache: Vec::new(),
+        };
+        if core.log_enabled(Level::Info) {
+            let client = match &core.remote {
+                Addr::Unix(_) => "unix:".to_string(),
+                a => a.to_string(),
+            };
+            core.log_bare(Level::Info, &format!("client {} connected to {}", client, core.listen_text));
+        }
+        entry.insert(Session { core, state: State::Phases });
+        self.run_phases(key, now);
+    }
+
+    fn cx(&mut self, now: Instant) -> (Cx<'_>, &mut Slab<Session>, &Cycle) {
+        (
+            Cx { registry: self.poll.registry(), timers: &mut self.timers, now, rt: &mut self.rt },
+            &mut self.sessions,
+            &self.cycle,
+        )
+    }
+
+    fn run_phases(&mut self, key: usize, now: Instant) {
+        let (mut cx, sessions, _) = self.cx(now);
+        let Some(sess) = sessions.get_mut(key) else { return };
+        let cycle = sess.core.cycle.clone();
+        let flow = match cycle.phases.run(&mut sess.core, &mut cx) {
+            Flow::Next => {
+                cx.timers.clear(&mut sess.core.preread_timer);
+                sess.core.action = None;
+                // ngx_stream_core_content_phase
+                if sess.core.client.is_tcp() && sess.core.srv.core().tcp_nodelay() {
+                    if let Err(e) = sess.core.client.set_nodelay(true) {
+                        sess.core.connection_error(Side::Client, &e, "setsockopt(TCP_NODELAY) failed");
+                        self.finalize(key, status::INTERNAL_SERVER_ERROR, now);
+                        return;
+                    }
+                }
+                let mut content = (sess.core.srv.handler)(&mut sess.core);
+                let f = content.start(&mut sess.core, &mut cx);
+                sess.state = State::Content(content);
+                f
+            }
+            Flow::Again => {
+                if sess.core.preread_timer.is_none() {
+                    let t = sess.core.srv.core().preread_timeout;
+                    cx.timers.set(&mut sess.core.preread_timer, now + t, session_token(key, Side::Client));
+                }
+                Flow::Again
+            }
+            f => f,
+        };
+        if let Flow::Finalize(st) = flow {
+            self.finalize(key, st, now);
+        }
+    }
+
+    fn session_event(&mut self, key: usize, side: Side, ready: Ready, now: Instant) {
+        let (mut cx, sessions, _) = self.cx(now);
+        let Some(sess) = sessions.get_mut(key) else { return };
+        let flow = match &mut sess.state {
+            State::Closed => return,
+            State::Phases => {
+                if side == Side::Client && (ready.readable || ready.hup || ready.error) {
+                    self.run_phases(key, now);
+                }
+                return;
+            }
+            State::Content(c) => c.on_event(&mut sess.core, side, ready, &mut cx),
+        };
+        if let Flow::Finalize(st) = flow {
+            self.finalize(key, st, now);
+        }
+    }
+
+    fn session_timer(&mut self, key: usize, id: TimerId, now: Instant) {
+        let (mut cx, sessions, _) = self.cx(now);
+        let Some(sess) = sessions.get_mut(key) else { return };
+        let flow = match &mut sess.state {
+            State::Closed => return,
+            State::Phases => {
+                if sess.core.preread_timer == Some(id) {
+                    // ngx_stream_core_preread_phase: a timeout ends the preread phase.
+                    sess.core.preread_timer = None;
+                    let cycle = sess.core.cycle.clone();
+                    cycle.phases.skip_phase(&mut sess.core);
+                    self.run_phases(key, now);
+                }
+                return;
+            }
+            State::Content(c) => c.on_timeout(&mut sess.core, id, &mut cx),
+        };
+        if let Flow::Finalize(st) = flow {
+            self.finalize(key, st, now);
+        }
+    }
+
+    /// `ngx_stream_finalize_session`: status, content close, log phase, close.
+    fn finalize(&mut self, key: usize, st: u16, now: Instant) {
+        let (mut cx, sessions, _) = self.cx(now);
+        let Some(sess) = sessions.get_mut(key) else { return };
+        if matches!(sess.state, State::Closed) {
+            return;
+        }
+        sess.core.status = st;
+        if sess.core.log_enabled(Level::Debug) {
+            sess.core.log(Level::Debug, &format!("finalize stream session: {}", st), None);
+        }
+        if let State::Content(c) = &mut sess.state {
+            c.close(&mut sess.core, &mut cx);
+        }
+        cx.timers.clear(&mut sess.core.preread_timer);
+        sess.core.action = None;
+        let cycle = sess.core.cycle.clone();
+        cycle.phases.run_log(&mut sess.core, &mut cx);
+        let _ = sess.core.client.deregister(cx.registry);
+        sess.state = State::Closed;
+        self.closed.push(key);
+    }
+}

@@ -1,0 +1,238 @@
+//! Upstream groups and peer accounting (`ngx_stream_upstream.c`,
+//! `ngx_stream_upstream_round_robin.c`): the servers of an `upstream {}` block (or the
+//! implicit group a `proxy_pass host:port` makes), the shared per-peer state
+//! (`max_fails`, `fail_timeout`, `max_conns`, `down`, `backup`), and the `Balancer`
+//! interface every balancing method implements.
+
+pub mod round_robin;
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::core::addr::Addr;
+
+/// One `server` line of an upstream (or the address of an implicit upstream).
+#[derive(Debug, Clone)]
+pub struct UpstreamServer {
+    /// The name as written ("127.0.0.1:8081", "backend.example:80").
+    pub name: String,
+    pub addrs: Vec<Addr>,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub max_conns: u32,
+    pub backup: bool,
+    pub down: bool,
+}
+
+impl UpstreamServer {
+    pub fn new(name: String, addrs: Vec<Addr>) -> UpstreamServer {
+        UpstreamServer {
+            name,
+            addrs,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            max_conns: 0,
+            backup: false,
+            down: false,
+        }
+    }
+}
+
+/// An upstream group as configured.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamConf {
+    pub name: String,
+    pub servers: Vec<UpstreamServer>,
+    /// Made by `proxy_pass ADDRESS`, not by an `upstream {}` block.
+    pub implicit: bool,
+    pub file: Option<Rc<str>>,
+    pub line: u32,
+}
+
+/// Per-peer state shared by every session of the worker (nginx's rr peer).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: Addr,
+    pub name: Rc<str>,
+    pub weight: i64,
+    pub effective_weight: i64,
+    pub current_weight: i64,
+    pub conns: u32,
+    pub max_conns: u32,
+    pub fails: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub accessed: Option<Instant>,
+    pub checked: Option<Instant>,
+    pub down: bool,
+}
+
+/// The peers of one upstream: primaries and, in `backup`, the backup group.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSet {
+    pub name: Rc<str>,
+    pub primary: Vec<Peer>,
+    pub backup: Vec<Peer>,
+}
+
+/// Which peer of a `PeerSet` a session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerId {
+    pub backup: bool,
+    pub index: usize,
+}
+
+/// How a use of a peer ended (`NGX_PEER_FAILED` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Counts toward `max_fails`.
+    Failed,
+}
+
+/// The peers a session has tried (nginx's `tried` bitmap), for one group at a time.
+#[derive(Debug, Clone, Default)]
+pub struct Tried {
+    bits: Vec<u64>,
+}
+
+impl Tried {
+    pub fn contains(&self, i: usize) -> bool {
+        self.bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    pub fn insert(&mut self, i: usize) {
+        if self.bits.len() <= i / 64 {
+            self.bits.resize(i / 64 + 1, 0);
+        }
+        self.bits[i / 64] |= 1 << (i % 64);
+    }
+
+    pub fn clear(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = 0);
+    }
+}
+
+/// A session's view of its upstream: what it tried, what it holds, tries left.
+#[derive(Debug, Clone, Default)]
+pub struct PeerPick {
+    pub tried: Tried,
+    /// Looking at the backup group (after every primary failed).
+    pub in_backup: bool,
+    pub current: Option<PeerId>,
+    pub tries: usize,
+}
+
+impl Peer {
+    fn from_server(s: &UpstreamServer, addr: &Addr) -> Peer {
+        Peer {
+            addr: addr.clone(),
+            name: Rc::from(addr.to_string().as_str()),
+            weight: s.weight as i64,
+            effective_weight: s.weight as i64,
+            current_weight: 0,
+            conns: 0,
+            max_conns: s.max_conns,
+            fails: 0,
+            max_fails: s.max_fails,
+            fail_timeout: s.fail_timeout,
+            accessed: None,
+            checked: None,
+            down: s.down,
+        }
+    }
+
+    /// Out for `fail_timeout` after `max_fails` failures.
+    pub fn is_failed(&self, now: Instant) -> bool {
+        self.max_fails != 0
+            && self.fails >= self.max_fails
+            && self.checked.is_some_and(|c| now.saturating_duration_since(c) <= self.fail_timeout)
+    }
+}
+
+impl PeerSet {
+    pub fn new(conf: &UpstreamConf) -> PeerSet {
+        let mut set = PeerSet { name: Rc::from(conf.name.as_str()), ..Default::default() };
+        for s in &conf.servers {
+            for a in &s.addrs {
+                let p = Peer::from_server(s, a);
+                if s.backup {
+                    set.backup.push(p);
+                } else {
+                    set.primary.push(p);
+                }
+            }
+        }
+        set
+    }
+
+    pub fn group(&mut self, backup: bool) -> &mut Vec<Peer> {
+        if backup {
+            &mut self.backup
+        } else {
+            &mut self.primary
+        }
+    }
+
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        if id.backup {
+            self.backup.get(id.index)
+        } else {
+            self.primary.get(id.index)
+        }
+    }
+
+    /// `ngx_stream_upstream_tries`: how many peers a session may try.
+    pub fn tries(&self) -> usize {
+        self.primary.iter().filter(|p| !p.down).count() + self.backup.iter().filter(|p| !p.down).count()
+    }
+
+    /// A group of one peer skips failure accounting, as nginx's `peers->single`.
+    fn single(&self) -> bool {
+        self.primary.len() == 1 && self.backup.is_empty()
+    }
+
+    /// Release a peer (`ngx_stream_upstream_free_round_robin_peer`).
+    pub fn release(&mut self, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
+        let Some(id) = pick.current.take() else { return false };
+        let single = self.single();
+        let Some(p) = self.group(id.backup).get_mut(id.index) else { return false };
+        p.conns = p.conns.saturating_sub(1);
+        if single {
+            p.fails = 0;
+            pick.tries = 0;
+            return false;
+        }
+        let mut disabled = false;
+        match outcome {
+            Outcome::Failed => {
+                p.fails += 1;
+                p.accessed = Some(now);
+                p.checked = Some(now);
+                if p.max_fails != 0 {
+                    p.effective_weight -= p.weight / p.max_fails as i64;
+                    disabled = p.fails >= p.max_fails;
+                }
+                if p.effective_weight < 0 {
+                    p.effective_weight = 0;
+                }
+            }
+            Outcome::Ok => {
+                if p.accessed < p.checked {
+                    p.fails = 0;
+                }
+            }
+        }
+        pick.tries = pick.tries.saturating_sub(1);
+        disabled
+    }
+}
+
+/// A balancing method over a shared `PeerSet` (nginx's peer `get`).
+pub trait Balancer {
+    /// A peer that is up, untried, under `max_conns` and not failed; `None` is nginx's
+    /// `NGX_BUSY` ("no live upstreams").
+    fn get(&mut self, peers: &mut PeerSet, pick: &mut PeerPick, key: Option<&[u8]>, now: Instant) -> Option<PeerId>;
+}
