@@ -1,1 +1,246 @@
+//! The integration-test harness: start the real `sluice` binary with a configuration in a
+//! temporary prefix, wait for it to be ready (the pid file is written after the
+//! listeners are bound), talk to it over loopback, and stop it.
 
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed by `TempDir`'s drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("sluice-t-{}-{}-{}", tag, std::process::id(), n));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    /// The directory as a string ending with '/', as nginx prefixes are written.
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.0.display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SLUICE_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Poll `f` until it is true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Run the binary to completion (bounded), e.g. for `-t`.
+pub fn run(args: &[&str], dir: &Path) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("sluice output")
+}
+
+/// A running sluice.
+pub struct Sluice {
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+/// The lines every test configuration starts with: foreground, one process, files in
+/// the test's prefix.
+pub fn globals(dir: &TempDir) -> String {
+    format!("daemon off;\nmaster_process off;\npid {p}sluice.pid;\nerror_log {p}error.log info;\n", p = dir.prefix())
+}
+
+impl Sluice {
+    /// Start with `conf` (the globals above are prepended; `%%PREFIX%%` is replaced).
+    pub fn start(conf: &str) -> Sluice {
+        Self::try_start(conf).expect("sluice did not start")
+    }
+
+    pub fn try_start(conf: &str) -> Result<Sluice, String> {
+        let dir = TempDir::new("run");
+        let text = format!("{}{}", globals(&dir), conf.replace("%%PREFIX%%", &dir.prefix()));
+        std::fs::write(dir.join("sluice.conf"), text).map_err(|e| e.to_string())?;
+        let child = Command::new(bin())
+            .arg("-p")
+            .arg(dir.prefix())
+            .arg("-c")
+            .arg("sluice.conf")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut s = Sluice { dir, child: Some(child) };
+        let pid = s.dir.join("sluice.pid");
+        let ok = wait_for(Duration::from_secs(10), || {
+            pid.exists() || matches!(s.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+        });
+        if !ok || !pid.exists() {
+            let mut err = String::new();
+            if let Some(mut c) = s.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+                if let Some(mut e) = c.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+            }
+            return Err(format!("sluice did not start: {}\n{}", err, s.error_log()));
+        }
+        Ok(s)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// Wait until the file `name` in the prefix has `n` lines.
+    pub fn wait_lines(&self, name: &str, n: usize) -> Vec<String> {
+        wait_for(Duration::from_secs(10), || self.read(name).lines().count() >= n);
+        self.read(name).lines().map(str::to_string).collect()
+    }
+
+    /// Graceful stop (QUIT), bounded; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGQUIT);
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Connect to a loopback port with bounded timeouts.
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    s
+}
+
+/// Send `data` and read everything until the peer closes. (No half-close: without
+/// `proxy_half_close` nginx ends a session when the client's side ends.)
+pub fn exchange(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = connect(port);
+    s.write_all(data).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// A backend on a free port running `handle` for each connection, in threads, until
+/// the test ends (the threads are detached; the port dies with the test process).
+pub fn backend(handle: fn(TcpStream)) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || handle(c));
+        }
+    });
+    port
+}
+
+/// A backend that echoes everything back until the client half-closes, then closes.
+pub fn echo(mut c: TcpStream) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,6 @@
+//! Integration tests: the real binary, real sockets, loopback only. One module per
+//! feature; `common` is the harness.
+
 mod common;
+
+mod smoke;
