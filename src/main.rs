@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::rc::Rc;
 
-use sluice::core::conf::Level;
+use sluice::core::conf::{os_err, Level};
 use sluice::core::log::{self, ErrorLog, PROGRAM};
 use sluice::core::{conn, process, time};
 use sluice::stream::conf::{load, LoadOptions};
@@ -191,19 +191,23 @@ fn run() -> i32 {
         globals: args.globals.clone().unwrap_or_default(),
     };
 
+    // Until the configuration names its error log, messages go to the `-e` file (full
+    // lines) and warnings and worse also to stderr (short lines), as nginx's startup log.
+    let startup = match &error_log {
+        Some(path) => ErrorLog::open(&[(path.clone(), Level::Notice)]).unwrap_or_else(|(p, e)| {
+            log::stderr(&format!("[alert] could not open error log file: open() \"{}\" failed {}", p, os_err(&e)));
+            ErrorLog::none()
+        }),
+        None => ErrorLog::none(),
+    };
+    log::set_main(Rc::new(startup));
     let cycle = match load(&opts) {
         Ok(c) => c,
         Err(e) => {
             if args.test && e.after_syntax && !args.quiet {
                 log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
             }
-            log::stderr(&format!("[{}] {}", e.error.level.as_str(), e.error));
-            if let Some(path) = &error_log {
-                if let Ok(l) = ErrorLog::open(&[(path.clone(), Level::Emerg)]) {
-                    log::set_use_stderr(false);
-                    l.write(e.error.level, None, &e.error.to_string(), None, None);
-                }
-            }
+            log::error(e.error.level, &e.error.to_string(), None);
             if args.test {
                 log::stderr(&format!("configuration file {} test failed", conf_file));
             }

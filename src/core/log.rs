@@ -52,6 +52,11 @@ fn open_append(path: &str) -> io::Result<File> {
 }
 
 impl ErrorLog {
+    /// A log with no output (its warnings still reach stderr during startup).
+    pub fn none() -> ErrorLog {
+        ErrorLog { outputs: Vec::new(), max: Level::Stderr }
+    }
+
     pub fn stderr(level: Level) -> ErrorLog {
         ErrorLog { outputs: vec![Output { path: "stderr".into(), level, sink: Sink::Stderr }], max: level }
     }
@@ -92,7 +97,9 @@ impl ErrorLog {
         err: Option<&io::Error>,
         ctx: Option<&dyn LogContext>,
     ) {
-        if !self.enabled(level) {
+        // During startup nginx echoes warnings and worse to the console as well.
+        let echo = USE_STDERR.with(Cell::get) && level <= Level::Warn;
+        if !self.enabled(level) && !echo {
             return;
         }
         LINE.with(|line| {
@@ -129,8 +136,7 @@ impl ErrorLog {
                 };
                 write_all_fd(fd, line.as_bytes());
             }
-            // During startup nginx echoes warnings and worse to the console.
-            if USE_STDERR.with(Cell::get) && level <= Level::Warn && !wrote_stderr {
+            if echo && !wrote_stderr {
                 let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
                 write_all_fd(2, echo.as_bytes());
             }
@@ -166,11 +172,11 @@ pub fn set_use_stderr(on: bool) {
     USE_STDERR.with(|u| u.set(on));
 }
 
-/// Log to the main error log (or stderr before one is open).
+/// Log to the main error log (before one is open: only the stderr echo).
 pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
     match main_log() {
         Some(l) => l.write(level, None, msg, err, None),
-        None => ErrorLog::stderr(Level::Notice).write(level, None, msg, err, None),
+        None => ErrorLog::none().write(level, None, msg, err, None),
     }
 }
 

@@ -109,6 +109,11 @@ impl ConfCx {
         full_name(&self.prefix, name)
     }
 
+    /// A configuration warning (`ngx_conf_log_error(NGX_LOG_WARN, ...)`): logged, not fatal.
+    pub fn warn(&self, cmd: &Cmd, msg: &str) {
+        crate::core::log::error(Level::Warn, &cmd.err(msg).to_string(), None);
+    }
+
     /// A path relative to the directory of the main configuration file (`include`).
     pub fn conf_full_name(&self, name: &str) -> String {
         full_name(&self.conf_prefix, name)

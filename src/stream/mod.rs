@@ -15,7 +15,11 @@ pub mod core_module;
 pub mod log_module;
 pub mod proxy_module;
 pub mod return_module;
+pub mod upstream_hash_module;
+pub mod upstream_least_conn_module;
 pub mod upstream_module;
+pub mod upstream_random_module;
+pub mod upstream_zone_module;
 
 // The module list, in nginx's order. Adding a module: a file above and a line here.
 crate::stream_modules! {
@@ -23,5 +27,9 @@ crate::stream_modules! {
     log: log_module::Log,
     proxy: proxy_module::Proxy,
     upstream: upstream_module::Upstream,
+    upstream_hash: upstream_hash_module::UpstreamHash,
+    upstream_least_conn: upstream_least_conn_module::UpstreamLeastConn,
+    upstream_random: upstream_random_module::UpstreamRandom,
+    upstream_zone: upstream_zone_module::UpstreamZone,
     return_: return_module::Return,
 }

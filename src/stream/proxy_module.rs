@@ -75,6 +75,7 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
         implicit: true,
         file: Some(cmd.file.clone()),
         line: cmd.line,
+        ..Default::default()
     });
     Ok(cx.upstreams.len() - 1)
 }
@@ -264,6 +265,8 @@ struct ProxySession {
     down: Option<Dir>,
     up: Option<Dir>,
     half_closed: bool,
+    /// The upstream's `hash` key, evaluated once per session.
+    key: Option<Vec<u8>>,
 }
 
 fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
@@ -280,6 +283,7 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         down: None,
         up: None,
         half_closed: false,
+        key: None,
     })
 }
 
@@ -332,7 +336,7 @@ impl ProxySession {
         self.start = now;
         s.upstream_states.push(UpstreamState::default());
         let Some(group) = self.group else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
-        let Some((peer_addr, peer_name)) = cx.rt.get_peer(group, &mut self.pick, now) else {
+        let Some((peer_addr, peer_name)) = cx.rt.get_peer(group, &mut self.pick, self.key.as_deref(), now) else {
             let name = cx.rt.group_name(group);
             if let Some(st) = s.upstream_states.last_mut() {
                 st.peer = Some(name.clone());
@@ -644,6 +648,12 @@ impl Content for ProxySession {
             Err(st) => return Flow::Finalize(st),
         };
         self.group = Some(group);
+        let cycle = s.cycle.clone();
+        if let Some(k) = cycle.upstreams.get(group).and_then(|u| u.hash_key.as_ref()) {
+            let mut v = Vec::new();
+            k.eval(s, &mut v);
+            self.key = Some(v);
+        }
         let mut tries = cx.rt.group_tries(group);
         let limit = conf(s).next_upstream_tries.get() as usize;
         if limit != 0 && tries > limit {

@@ -9,7 +9,7 @@ use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
 use crate::stream::cycle::Cycle;
 use crate::upstream::round_robin::RoundRobin;
-use crate::upstream::{Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
+use crate::upstream::{new_balancer, Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
 
 struct Group {
     peers: PeerSet,
@@ -32,7 +32,11 @@ impl WorkerState {
         let groups = cycle
             .upstreams
             .iter()
-            .map(|u| Group { peers: PeerSet::new(u), balancer: Box::new(RoundRobin) as Box<dyn Balancer> })
+            .map(|u| {
+                let peers = PeerSet::new(u);
+                let balancer = new_balancer(u, &peers);
+                Group { peers, balancer }
+            })
             .collect();
         let files = cycle
             .open_files
@@ -59,9 +63,15 @@ impl WorkerState {
         }
     }
 
-    pub fn get_peer(&mut self, g: usize, pick: &mut PeerPick, now: Instant) -> Option<(Addr, Rc<str>)> {
+    pub fn get_peer(
+        &mut self,
+        g: usize,
+        pick: &mut PeerPick,
+        key: Option<&[u8]>,
+        now: Instant,
+    ) -> Option<(Addr, Rc<str>)> {
         let group = self.groups.get_mut(g)?;
-        let id = group.balancer.get(&mut group.peers, pick, None, now)?;
+        let id = group.balancer.get(&mut group.peers, pick, key, now)?;
         group.peers.peer(id).map(|p| (p.addr.clone(), p.name.clone()))
     }
 
@@ -89,8 +99,7 @@ impl WorkerState {
             name: name.to_string(),
             servers: vec![UpstreamServer::new(name.to_string(), addrs)],
             implicit: true,
-            file: None,
-            line: 0,
+            ..Default::default()
         };
         self.groups.push(Group { peers: PeerSet::new(&conf), balancer: Box::new(RoundRobin) });
         self.dynamic.insert(name.to_string(), self.groups.len() - 1);

@@ -12,29 +12,28 @@ use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
 use crate::stream::session::{write_msec, SessionCore, UpstreamState};
 use crate::stream::variables::Variables;
-use crate::upstream::{UpstreamConf, UpstreamServer};
+use crate::upstream::{Method, UpstreamConf, UpstreamServer};
 
 pub struct Upstream;
 
+/// `server ADDRESS [params]`: parameters are checked before the address, as nginx does.
 fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     let url = cmd.arg(0);
-    let parsed = parse_url(url, false, true).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
-    if parsed.addrs.is_empty() {
-        return Err(cmd.err(format!("no port in upstream \"{}\"", url)));
-    }
-    let mut s = UpstreamServer::new(url.to_string(), parsed.addrs);
-    let invalid = || cmd.err(format!("invalid parameter \"{}\"", cmd.args.last().map(String::as_str).unwrap_or("")));
+    let mut s = UpstreamServer::new(url.to_string(), Vec::new());
     for a in &cmd.args[1..] {
         let bad = || cmd.err(format!("invalid parameter \"{}\"", a));
         if let Some(v) = a.strip_prefix("weight=") {
-            s.weight = value::parse_number(v).filter(|w| *w > 0).ok_or_else(bad)? as u32;
+            s.weight = value::parse_number(v).filter(|w| *w > 0 && *w <= i32::MAX as u64).ok_or_else(bad)? as u32;
         } else if let Some(v) = a.strip_prefix("max_fails=") {
-            s.max_fails = value::parse_number(v).ok_or_else(bad)? as u32;
+            s.max_fails = value::parse_number(v).filter(|w| *w <= i32::MAX as u64).ok_or_else(bad)? as u32;
         } else if let Some(v) = a.strip_prefix("max_conns=") {
-            s.max_conns = value::parse_number(v).ok_or_else(bad)? as u32;
+            s.max_conns = value::parse_number(v).filter(|w| *w <= i32::MAX as u64).ok_or_else(bad)? as u32;
         } else if let Some(v) = a.strip_prefix("fail_timeout=") {
             s.fail_timeout = Duration::from_secs(value::parse_time(v, true).ok_or_else(bad)?);
         } else if a == "backup" {
+            if !u.method.allows_backup() {
+                return Err(cmd.err(format!("balancing method does not support parameter \"{}\"", a)));
+            }
             s.backup = true;
         } else if a == "down" {
             s.down = true;
@@ -42,9 +41,22 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
             return Err(bad());
         }
     }
-    let _ = invalid;
+    let parsed = parse_url(url, false, true).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
+    if parsed.addrs.is_empty() {
+        return Err(cmd.err(format!("no port in upstream \"{}\"", url)));
+    }
+    s.addrs = parsed.addrs;
     u.servers.push(s);
     Ok(())
+}
+
+/// Set an upstream's balancing method (`hash`, `least_conn`, `random`).
+pub fn set_method(u: &mut UpstreamConf, cmd: &Cmd, cx: &ConfCx, m: Method) {
+    if u.method_set {
+        cx.warn(cmd, "load balancing method redefined");
+    }
+    u.method_set = true;
+    u.method = m;
 }
 
 impl Module for Upstream {
@@ -59,17 +71,6 @@ impl Module for Upstream {
             set: Set::Block(BlockKind::Upstream),
         },
         Directive { name: "server", ctx: Ctx::STREAM_UPS, args: Arity::OneOrMore, set: Set::Ups(server) },
-        Directive {
-            name: "zone",
-            ctx: Ctx::STREAM_UPS,
-            args: Arity::Between(1, 2),
-            set: Set::<Self>::Ups(|_, cmd, _| {
-                if let Some(sz) = cmd.args.get(1) {
-                    value::parse_size(sz).ok_or_else(|| cmd.err(format!("invalid zone size \"{}\"", sz)))?;
-                }
-                Ok(())
-            }),
-        },
     ];
 
     fn variables(v: &mut Variables) {

@@ -4,6 +4,9 @@
 //! (`max_fails`, `fail_timeout`, `max_conns`, `down`, `backup`), and the `Balancer`
 //! interface every balancing method implements.
 
+pub mod hash;
+pub mod least_conn;
+pub mod random;
 pub mod round_robin;
 
 use std::rc::Rc;
@@ -25,6 +28,13 @@ pub struct UpstreamServer {
     pub down: bool,
 }
 
+impl Method {
+    /// Whether `server ... backup` is allowed (nginx's `NGX_STREAM_UPSTREAM_BACKUP`).
+    pub fn allows_backup(&self) -> bool {
+        matches!(self, Method::RoundRobin | Method::LeastConn)
+    }
+}
+
 impl UpstreamServer {
     pub fn new(name: String, addrs: Vec<Addr>) -> UpstreamServer {
         UpstreamServer {
@@ -40,11 +50,30 @@ impl UpstreamServer {
     }
 }
 
+/// The balancing method of an upstream (`hash`, `least_conn`, `random` directives).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Method {
+    #[default]
+    RoundRobin,
+    Hash {
+        consistent: bool,
+    },
+    LeastConn,
+    Random {
+        two: bool,
+    },
+}
+
 /// An upstream group as configured.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamConf {
     pub name: String,
     pub servers: Vec<UpstreamServer>,
+    pub method: Method,
+    /// The `hash` key, evaluated per session by the proxy.
+    pub hash_key: Option<crate::stream::variables::Complex>,
+    /// A balancing directive was given (a second one is "redefined").
+    pub method_set: bool,
     /// Made by `proxy_pass ADDRESS`, not by an `upstream {}` block.
     pub implicit: bool,
     pub file: Option<Rc<str>>,
@@ -56,6 +85,8 @@ pub struct UpstreamConf {
 pub struct Peer {
     pub addr: Addr,
     pub name: Rc<str>,
+    /// The `server` line's name as written (consistent hash hashes it).
+    pub server: Rc<str>,
     pub weight: i64,
     pub effective_weight: i64,
     pub current_weight: i64,
@@ -75,6 +106,8 @@ pub struct PeerSet {
     pub name: Rc<str>,
     pub primary: Vec<Peer>,
     pub backup: Vec<Peer>,
+    /// Sum of the primary peers' weights, `down` ones included (nginx's total_weight).
+    pub total_weight: u64,
 }
 
 /// Which peer of a `PeerSet` a session holds.
@@ -123,13 +156,19 @@ pub struct PeerPick {
     pub in_backup: bool,
     pub current: Option<PeerId>,
     pub tries: usize,
+    /// Balancer state kept across the retries of one session (nginx's hash peer data).
+    pub hash: u64,
+    pub rehash: u32,
+    pub balancer_tries: u32,
+    pub started: bool,
 }
 
 impl Peer {
-    fn from_server(s: &UpstreamServer, addr: &Addr) -> Peer {
+    fn from_server(s: &UpstreamServer, server: &Rc<str>, addr: &Addr) -> Peer {
         Peer {
             addr: addr.clone(),
             name: Rc::from(addr.to_string().as_str()),
+            server: server.clone(),
             weight: s.weight as i64,
             effective_weight: s.weight as i64,
             current_weight: 0,
@@ -156,8 +195,12 @@ impl PeerSet {
     pub fn new(conf: &UpstreamConf) -> PeerSet {
         let mut set = PeerSet { name: Rc::from(conf.name.as_str()), ..Default::default() };
         for s in &conf.servers {
+            let server: Rc<str> = Rc::from(s.name.as_str());
+            if !s.backup {
+                set.total_weight += s.weight as u64 * s.addrs.len() as u64;
+            }
             for a in &s.addrs {
-                let p = Peer::from_server(s, a);
+                let p = Peer::from_server(s, &server, a);
                 if s.backup {
                     set.backup.push(p);
                 } else {
@@ -190,7 +233,7 @@ impl PeerSet {
     }
 
     /// A group of one peer skips failure accounting, as nginx's `peers->single`.
-    fn single(&self) -> bool {
+    pub fn single(&self) -> bool {
         self.primary.len() == 1 && self.backup.is_empty()
     }
 
@@ -230,9 +273,41 @@ impl PeerSet {
     }
 }
 
+impl Peer {
+    /// Whether a balancer may choose this peer now (`down`, failed, `max_conns`).
+    pub fn usable(&self, now: Instant) -> bool {
+        let full = self.max_conns != 0 && self.conns >= self.max_conns;
+        !(self.down || full || self.is_failed(now))
+    }
+}
+
 /// A balancing method over a shared `PeerSet` (nginx's peer `get`).
 pub trait Balancer {
     /// A peer that is up, untried, under `max_conns` and not failed; `None` is nginx's
     /// `NGX_BUSY` ("no live upstreams").
     fn get(&mut self, peers: &mut PeerSet, pick: &mut PeerPick, key: Option<&[u8]>, now: Instant) -> Option<PeerId>;
+}
+
+/// Mark `id` as the session's peer (nginx's common tail of every `get`).
+pub fn take(peers: &mut PeerSet, pick: &mut PeerPick, id: PeerId, now: Instant) -> PeerId {
+    if let Some(p) = peers.group(id.backup).get_mut(id.index) {
+        p.conns += 1;
+        if p.checked.is_none_or(|c| now.saturating_duration_since(c) > p.fail_timeout) {
+            p.checked = Some(now);
+        }
+    }
+    pick.tried.insert(id.index);
+    pick.current = Some(id);
+    id
+}
+
+/// A balancer for `conf`'s method (consistent hash builds its ring here).
+pub fn new_balancer(conf: &UpstreamConf, peers: &PeerSet) -> Box<dyn Balancer> {
+    match conf.method {
+        Method::RoundRobin => Box::new(round_robin::RoundRobin),
+        Method::Hash { consistent: false } => Box::new(hash::Hash),
+        Method::Hash { consistent: true } => Box::new(hash::ConsistentHash::new(peers)),
+        Method::LeastConn => Box::new(least_conn::LeastConn),
+        Method::Random { two } => Box::new(random::Random::new(peers, two)),
+    }
 }
