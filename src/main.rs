@@ -160,9 +160,10 @@ fn run() -> i32 {
         }
     };
     let mut err = std::io::stderr();
-    if args.version {
-        let _ = writeln!(err, "{p} version: {p}/{}", sluice::VERSION, p = PROGRAM);
+    // nginx's -h shows the version too; tools read `nginx version:` from the first line.
+    if args.version || args.help {
         let _ = writeln!(err, "nginx version: nginx/{}", sluice::NGINX_VERSION);
+        let _ = writeln!(err, "{p} version: {p}/{}", sluice::VERSION, p = PROGRAM);
         if args.configure {
             let _ = writeln!(err, "{}", configure_arguments());
         }

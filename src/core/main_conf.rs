@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value::{self, Setting};
-use crate::core::conf::{Cmd, ConfResult, Level};
+use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 
 /// What the main context configures for the process.
 #[derive(Debug, Clone, Default)]
@@ -43,9 +43,7 @@ fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     let n = if cmd.arg(0) == "auto" {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
-        value::parse_number(cmd.arg(0))
-            .ok_or_else(|| cmd.err(format!("invalid value \"{}\" in \"{}\" directive", cmd.arg(0), cmd.name)))?
-            as usize
+        value::parse_number(cmd.arg(0)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))? as usize
     };
     c.worker_processes.set(cmd, n)
 }
@@ -78,8 +76,21 @@ fn error_log(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
     Ok(())
 }
 
+/// `user NAME [GROUP]`: both must exist (nginx checks with getpwnam/getgrnam).
 fn user(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     let group = cmd.args.get(1).cloned();
+    let cname = std::ffi::CString::new(cmd.arg(0)).map_err(|_| cmd.invalid_value(cmd.arg(0)))?;
+    // SAFETY: getpwnam with a valid C string; only the null-ness of the result is used.
+    if unsafe { libc::getpwnam(cname.as_ptr()) }.is_null() {
+        return Err(cmd.err(format!("getpwnam(\"{}\") failed", cmd.arg(0))));
+    }
+    if let Some(g) = &group {
+        let cg = std::ffi::CString::new(g.as_str()).map_err(|_| cmd.invalid_value(g))?;
+        // SAFETY: as above, for getgrnam.
+        if unsafe { libc::getgrnam(cg.as_ptr()) }.is_null() {
+            return Err(cmd.err(format!("getgrnam(\"{}\") failed", g)));
+        }
+    }
     c.user.set(cmd, (cmd.arg(0).to_string(), group))
 }
 
@@ -142,7 +153,11 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "worker_connections",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |c, cmd, _| c.worker_connections.set(cmd, value::number(cmd)? as usize),
+        set: |c, cmd, _| {
+            let n =
+                value::parse_number(cmd.arg(0)).ok_or_else(|| cmd.err(format!("invalid number \"{}\"", cmd.arg(0))))?;
+            c.worker_connections.set(cmd, n as usize)
+        },
     },
     // Accepted for compatibility; sluice has one event method and no mutex to tune.
     CoreDirective { name: "use", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },

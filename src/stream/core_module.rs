@@ -52,7 +52,7 @@ impl CoreSrv {
     }
 }
 
-fn listen(c: &mut CoreSrv, cmd: &Cmd, _cx: &mut ConfCx) -> ConfResult {
+fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let url = cmd.arg(0);
     let u =
         parse_url(url, true, true).map_err(|e| cmd.err(format!("{} in \"{}\" of the \"listen\" directive", e, url)))?;
@@ -151,10 +151,23 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, _cx: &mut ConfCx) -> ConfResult {
             cmd.err("the \"proxy_protocol\" parameter of the \"listen\" directive is not supported by sluice yet")
         );
     }
+    let mut seen: Vec<&Addr> = Vec::new();
+    for addr in &u.addrs {
+        // A name resolving to one address twice counts once; a second `listen` on an
+        // address is nginx's "duplicate ... address and port pair".
+        if seen.contains(&addr) {
+            continue;
+        }
+        seen.push(addr);
+        if cx.listen_addrs.contains(addr) {
+            return Err(cmd.err(format!("duplicate \"{}\" address and port pair", addr)));
+        }
+    }
     for addr in u.addrs {
         if c.listens.iter().any(|l| l.addr == addr) {
             continue;
         }
+        cx.listen_addrs.push(addr.clone());
         let wildcard = match &addr {
             Addr::Inet(sa) => sa.ip().is_unspecified(),
             Addr::Unix(_) => false,

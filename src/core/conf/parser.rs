@@ -262,7 +262,9 @@ impl<'a> Tokenizer<'a> {
                 }
                 Ok(Token::Directive(mut words, opens_block)) => {
                     let name = words.remove(0);
-                    let mut cmd = Cmd { name, args: words, block: None, file: self.file.clone(), line: self.line };
+                    // `-g` directives have no line: nginx says "in command line".
+                    let line = if self.source == Source::Param { 0 } else { self.line };
+                    let mut cmd = Cmd { name, args: words, block: None, file: self.file.clone(), line };
                     if opens_block {
                         if self.source == Source::Param {
                             block.error = Some(self.err("block directives are not supported in -g option"));
