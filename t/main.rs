@@ -4,3 +4,7 @@
 mod common;
 
 mod smoke;
+
+mod balancing;
+mod cli;
+mod conf_errors;

@@ -17,7 +17,10 @@
 #   -g 'load_module MODULE;'
 # so that the files stay free of load_module; the commands run are
 #   nginx OPTIONS -p DIR -c DIR/nginx.conf -e DIR/error.log -g '...'
-# with DIR as the working directory.  Nothing listens (only -t/-T/-h/-v/-V).
+# with DIR as the working directory.  Nothing listens (only -t/-T/-h/-v/-V,
+# option errors, and -s against a missing or invalid pid file).  Careful when
+# adding cases: an invocation that parses (e.g. `nginx -`, which is accepted)
+# starts a real nginx on the system configuration.
 #
 # help / version / version-full (-h, -v, -V) are recorded for reference
 # only: they contain Debian build details (configure arguments, compiled-in
@@ -92,5 +95,15 @@ run opt-invalid        -  -Z
 run opt-p-missing-arg  -  -p
 run opt-c-missing-arg  -  -t -c
 run opt-bad-signal     -  -s foo
+run opt-e-missing-arg  -  -e
+run opt-g-missing-arg  -  -g
+run opt-s-missing-arg  -  -s
+run opt-not-dash       -  foo
+run opt-grouped-invalid - -vZ
+
+# -s with no running master: the pid file (conf: "pid nginx.pid;") is
+# missing, or holds no number.  Nothing is signalled.
+run signal-missing-pid signal         -s stop "${STD[@]}" -g "$LM"
+run signal-bad-pid     signal-bad-pid -s stop "${STD[@]}" -g "$LM"
 
 echo "recorded into $OUT" >&2

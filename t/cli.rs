@@ -1,0 +1,386 @@
+//! The command line against nginx 1.22.1's, recorded in `t/data/cli/` by
+//! `t/data/record-cli.sh`: usage and version, `-t`/`-T`/`-q`, `-g` errors, option errors,
+//! and `-s` (against a missing or bad pid file, and against a running sluice).
+//!
+//! Recorded cases run exactly as the recorder ran nginx (`OPTIONS -p DIR -c DIR/nginx.conf
+//! -e DIR/error.log`, DIR as the working directory) minus the `load_module` that the
+//! recorder put in `-g`. stderr must equal `NAME.stderr` with `nginx: ` line prefixes read
+//! as `sluice: ` and `%%PREFIX%%` as DIR; stdout must equal `NAME.stdout` (or be empty).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::{exchange, free_port, run, wait_for, Sluice, TempDir};
+
+const LOAD_MODULE: &str = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;";
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/cli")
+}
+
+/// A fresh DIR holding a copy of `cli/conf/CONF/` (if any).
+fn setup(conf: Option<&str>) -> TempDir {
+    let tmp = TempDir::new("cli");
+    if let Some(c) = conf {
+        for e in std::fs::read_dir(data_dir().join("conf").join(c)).expect("read cli/conf") {
+            let e = e.expect("dir entry");
+            std::fs::copy(e.path(), tmp.join(&e.file_name().to_string_lossy())).expect("copy conf");
+        }
+    }
+    tmp
+}
+
+fn dir_of(tmp: &TempDir) -> String {
+    tmp.path().display().to_string()
+}
+
+/// The recorder's `-p DIR -c DIR/nginx.conf -e DIR/error.log`.
+fn std_args(dir: &str) -> Vec<String> {
+    vec!["-p".into(), dir.into(), "-c".into(), format!("{dir}/nginx.conf"), "-e".into(), format!("{dir}/error.log")]
+}
+
+fn sluice(args: &[String], tmp: &TempDir) -> Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&a, tmp.path())
+}
+
+fn as_sluice(text: &str, dir: &str) -> String {
+    let mut s = String::new();
+    for l in text.lines() {
+        let l = match l.strip_prefix("nginx: ") {
+            Some(rest) => format!("sluice: {rest}"),
+            None => l.to_string(),
+        };
+        s.push_str(&l.replace("%%PREFIX%%", dir));
+        s.push('\n');
+    }
+    s
+}
+
+/// `NAME.stderr` (minus its `exit=N` line), N, and `NAME.stdout` (or ""), for DIR.
+fn recorded(name: &str, dir: &str) -> (String, i32, String) {
+    let text = std::fs::read_to_string(data_dir().join(format!("{name}.stderr"))).expect("read .stderr");
+    let (body, last) = text.trim_end_matches('\n').rsplit_once('\n').unwrap_or(("", text.trim_end()));
+    let code = last.strip_prefix("exit=").and_then(|c| c.parse().ok()).expect("last line exit=N");
+    let stdout = std::fs::read_to_string(data_dir().join(format!("{name}.stdout"))).unwrap_or_default();
+    let stderr = if body.is_empty() { String::new() } else { as_sluice(body, dir) };
+    // .stdout is compared as bytes apart from the substitutions: keep its blank lines.
+    (stderr, code, stdout.replace("%%PREFIX%%", dir))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Compare an invocation with the recording `name`; panics with a diff.
+fn assert_recorded(name: &str, out: &Output, dir: &str) {
+    let (stderr, code, stdout) = recorded(name, dir);
+    let (e, o) = (text(&out.stderr), text(&out.stdout));
+    if e == stderr && o == stdout && out.status.code() == Some(code) {
+        return;
+    }
+    let mut m = format!("cli case {name}:\n");
+    if e != stderr {
+        m.push_str("stderr (- nginx, + sluice):\n");
+        stderr.lines().for_each(|l| m.push_str(&format!("  - {l}\n")));
+        e.lines().for_each(|l| m.push_str(&format!("  + {l}\n")));
+    }
+    if o != stdout {
+        m.push_str(&format!("stdout:\n  - {stdout:?}\n  + {o:?}\n"));
+    }
+    if out.status.code() != Some(code) {
+        m.push_str(&format!("exit: nginx {code}, sluice {:?}\n", out.status.code()));
+    }
+    panic!("{m}");
+}
+
+/// Run a recorded case: `before` + (std args if `std`) + `after`, in a DIR set up from
+/// `conf`.
+fn case(name: &str, conf: Option<&str>, before: &[&str], std: bool, after: &[&str]) {
+    let tmp = setup(conf);
+    let dir = dir_of(&tmp);
+    let mut args: Vec<String> = before.iter().map(|s| s.replace("@DIR@", &dir)).collect();
+    if std {
+        args.extend(std_args(&dir));
+    }
+    args.extend(after.iter().map(|s| s.replace("@DIR@", &dir)));
+    let out = sluice(&args, &tmp);
+    assert_recorded(name, &out, &dir);
+}
+
+// ---- -h / -? / -v / -V -------------------------------------------------------------
+
+fn stderr_of(args: &[&str]) -> (String, String, Option<i32>) {
+    let tmp = setup(None);
+    let out = run(args, tmp.path());
+    (text(&out.stderr), text(&out.stdout), out.status.code())
+}
+
+/// An option line of the usage text without its "(default: ...)", which names
+/// build-specific paths.
+fn option_line(l: &str) -> String {
+    match l.find(" (default: ") {
+        Some(i) => l[..i].to_string(),
+        None => l.to_string(),
+    }
+}
+
+fn check_help(flag: &str) {
+    let (v, _, _) = stderr_of(&["-v"]);
+    let (h, out, code) = stderr_of(&[flag]);
+    assert_eq!(code, Some(0), "{flag}: exit status; stderr:\n{h}");
+    assert_eq!(out, "", "{flag}: nothing on stdout");
+    // nginx -h prints the version first (help implies -v), as -v would.
+    assert!(h.starts_with(&v), "{flag}: should start with the -v output\n-v:\n{v}\n{flag}:\n{h}");
+    let nginx = std::fs::read_to_string(data_dir().join("help.stderr")).expect("help.stderr");
+    let nginx: Vec<&str> = nginx.lines().skip(1).filter(|l| !l.starts_with("exit=")).collect();
+    let ours: Vec<&str> = h[v.len()..].lines().collect();
+    assert_eq!(ours.first().copied(), Some("Usage: sluice [-?hvVtTq] [-s signal] [-p prefix]"), "{flag}:\n{h}");
+    assert_eq!(ours.get(1).map(|l| l.trim()), Some("[-e filename] [-c filename] [-g directives]"), "{flag}:\n{h}");
+    let want: Vec<String> = nginx.iter().skip(2).map(|l| option_line(l)).collect();
+    let got: Vec<String> = ours.iter().skip(2).map(|l| option_line(l)).collect();
+    assert_eq!(got, want, "{flag}: the lines after Usage (blank, Options:, option lines, blank)");
+}
+
+#[test]
+fn help_h() {
+    check_help("-h");
+}
+
+#[test]
+fn help_question_mark() {
+    check_help("-?");
+}
+
+fn check_version(e: &str, out: &str, code: Option<i32>) {
+    assert_eq!(code, Some(0), "stderr:\n{e}");
+    assert_eq!(out, "", "nothing on stdout");
+    assert!(e.lines().any(|l| l == "nginx version: nginx/1.22.1"), "needs `nginx version: nginx/1.22.1`:\n{e}");
+    assert!(e.lines().any(|l| l.starts_with("sluice version: sluice/")), "needs `sluice version: sluice/...`:\n{e}");
+}
+
+#[test]
+fn version_v() {
+    let (e, out, code) = stderr_of(&["-v"]);
+    check_version(&e, &out, code);
+    assert_eq!(e.lines().count(), 2, "-v prints the two version lines only:\n{e}");
+}
+
+#[test]
+fn version_full_big_v() {
+    let (e, out, code) = stderr_of(&["-V"]);
+    check_version(&e, &out, code);
+    let (v, _, _) = stderr_of(&["-v"]);
+    assert!(e.starts_with(&v), "-V starts with the -v lines:\n{e}");
+    assert!(
+        e.lines().any(|l| l.starts_with("configure arguments: --with-stream")),
+        "needs `configure arguments: --with-stream ...`:\n{e}"
+    );
+}
+
+// ---- -t / -T / -q ------------------------------------------------------------------
+
+#[test]
+fn test_ok() {
+    case("test-ok", Some("valid"), &["-t"], true, &[]);
+}
+
+// The recorder's exact command line, load_module included: sluice accepts and ignores it.
+#[test]
+fn test_ok_with_load_module_in_g() {
+    case("test-ok", Some("valid"), &["-t"], true, &["-g", LOAD_MODULE]);
+}
+
+#[test]
+fn test_quiet() {
+    case("test-quiet", Some("valid"), &["-t", "-q"], true, &[]);
+}
+
+// nginx groups single-letter options: -tq is -t -q.
+#[test]
+fn test_quiet_grouped() {
+    case("test-quiet", Some("valid"), &["-tq"], true, &[]);
+}
+
+#[test]
+fn test_dump() {
+    case("test-dump", Some("valid"), &["-T"], true, &[]);
+}
+
+#[test]
+fn test_dump_quiet() {
+    case("test-dump-quiet", Some("valid"), &["-T", "-q"], true, &[]);
+}
+
+#[test]
+fn test_quiet_error() {
+    case("test-quiet-error", Some("invalid"), &["-t", "-q"], true, &[]);
+}
+
+#[test]
+fn test_dump_error() {
+    case("test-dump-error", Some("invalid"), &["-T"], true, &[]);
+}
+
+#[test]
+fn test_missing_conf() {
+    case(
+        "test-missing-conf",
+        None,
+        &["-t", "-p", "@DIR@", "-c", "@DIR@/missing.conf", "-e", "@DIR@/error.log"],
+        false,
+        &[],
+    );
+}
+
+// ---- -g ----------------------------------------------------------------------------
+
+#[test]
+fn g_missing_semicolon() {
+    case("g-missing-semicolon", Some("valid"), &["-t"], true, &["-g", "daemon off"]);
+}
+
+#[test]
+fn g_block() {
+    case("g-block", Some("valid"), &["-t"], true, &["-g", "events {}"]);
+}
+
+#[test]
+fn g_unknown() {
+    case("g-unknown", Some("valid"), &["-t"], true, &["-g", "frobnicate on;"]);
+}
+
+// As recorded, after a load_module in the same -g.
+#[test]
+fn g_unknown_after_load_module() {
+    case("g-unknown", Some("valid"), &["-t"], true, &["-g", &format!("{LOAD_MODULE} frobnicate on;")]);
+}
+
+#[test]
+fn g_duplicate() {
+    case("g-duplicate", Some("g-dup"), &["-t"], true, &["-g", "daemon off;"]);
+}
+
+// ---- option errors -----------------------------------------------------------------
+
+#[test]
+fn opt_invalid() {
+    case("opt-invalid", None, &["-Z"], false, &[]);
+}
+
+#[test]
+fn opt_p_missing_arg() {
+    case("opt-p-missing-arg", None, &["-p"], false, &[]);
+}
+
+#[test]
+fn opt_c_missing_arg() {
+    case("opt-c-missing-arg", None, &["-t", "-c"], false, &[]);
+}
+
+#[test]
+fn opt_e_missing_arg() {
+    case("opt-e-missing-arg", None, &["-e"], false, &[]);
+}
+
+#[test]
+fn opt_g_missing_arg() {
+    case("opt-g-missing-arg", None, &["-g"], false, &[]);
+}
+
+#[test]
+fn opt_s_missing_arg() {
+    case("opt-s-missing-arg", None, &["-s"], false, &[]);
+}
+
+#[test]
+fn opt_bad_signal() {
+    case("opt-bad-signal", None, &["-s", "foo"], false, &[]);
+}
+
+#[test]
+fn opt_not_dash() {
+    case("opt-not-dash", None, &["foo"], false, &[]);
+}
+
+#[test]
+fn opt_grouped_invalid() {
+    case("opt-grouped-invalid", None, &["-vZ"], false, &[]);
+}
+
+// ---- -s ----------------------------------------------------------------------------
+
+#[test]
+fn signal_missing_pid() {
+    case("signal-missing-pid", Some("signal"), &["-s", "stop"], true, &[]);
+}
+
+// nginx prints the same for every signal name when the pid file is missing (checked by hand).
+#[test]
+fn signal_missing_pid_other_signals() {
+    for sig in ["quit", "reopen", "reload"] {
+        case("signal-missing-pid", Some("signal"), &["-s", sig], true, &[]);
+    }
+}
+
+#[test]
+fn signal_bad_pid() {
+    case("signal-bad-pid", Some("signal-bad-pid"), &["-s", "stop"], true, &[]);
+}
+
+/// Whether `pid` has exited (gone, or a zombie not yet reaped by the harness).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')).unwrap_or(true),
+    }
+}
+
+/// Start a sluice, send it `-s SIG` with the same -p/-c, and check that `-s` printed
+/// nothing and exited 0, and that the server exited 0 and removed its pid file.
+fn signal_running(sig: &str) {
+    let port = free_port();
+    let mut s =
+        Sluice::start(&format!("events {{}}\nstream {{ server {{ listen 127.0.0.1:{port}; return \"hi\\n\"; }} }}\n"));
+    assert_eq!(exchange(port, b""), b"hi\n");
+    let pid = s.pid();
+    let prefix = s.dir.prefix();
+    let out = run(&["-s", sig, "-p", &prefix, "-c", "sluice.conf"], s.dir.path());
+    assert_eq!(text(&out.stderr), "", "-s {sig}: stderr");
+    assert_eq!(text(&out.stdout), "", "-s {sig}: stdout");
+    assert_eq!(out.status.code(), Some(0), "-s {sig}: exit status");
+    assert!(
+        wait_for(Duration::from_secs(10), || exited(pid)),
+        "sluice still running after -s {sig}:\n{}",
+        s.error_log()
+    );
+    assert!(!s.dir.join("sluice.pid").exists(), "pid file left behind after -s {sig}");
+    assert_eq!(s.stop(), Some(0), "exit status after -s {sig}:\n{}", s.error_log());
+    assert!(!s.error_log().contains("[alert]"), "{}", s.error_log());
+}
+
+#[test]
+fn signal_stop_running() {
+    signal_running("stop");
+}
+
+#[test]
+fn signal_quit_running() {
+    signal_running("quit");
+}
+
+// reopen: the server keeps running and serving.
+#[test]
+fn signal_reopen_running() {
+    let port = free_port();
+    let mut s =
+        Sluice::start(&format!("events {{}}\nstream {{ server {{ listen 127.0.0.1:{port}; return \"hi\\n\"; }} }}\n"));
+    let prefix = s.dir.prefix();
+    let out = run(&["-s", "reopen", "-p", &prefix, "-c", "sluice.conf"], s.dir.path());
+    assert_eq!((text(&out.stderr).as_str(), out.status.code()), ("", Some(0)), "-s reopen");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!exited(s.pid()), "sluice exited on -s reopen:\n{}", s.error_log());
+    assert_eq!(exchange(port, b""), b"hi\n");
+    assert_eq!(s.stop(), Some(0));
+}

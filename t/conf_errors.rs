@@ -1,0 +1,357 @@
+//! `sluice -t` on every configuration whose `nginx -t` output was recorded from nginx
+//! 1.22.1 in `t/data/conf_errors/` (see `t/data/README.md` and `record-conf-errors.sh`).
+//!
+//! Each case is copied to `DIR/nginx.conf` (plus `NAME.files/*` beside it) and run as
+//! `sluice -t -p DIR -c DIR/nginx.conf -e DIR/error.log` with DIR as the working
+//! directory, exactly as the recorder ran nginx but without the `-g 'load_module ...;'`
+//! (sluice has its modules built in). stderr must equal `NAME.expected` with `nginx: `
+//! line prefixes read as `sluice: ` and `%%PREFIX%%` as DIR (no trailing slash), and the
+//! exit status must match. The few cases where sluice legitimately differs are listed in
+//! `sluice_specific`, each with its reason.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{run, TempDir};
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/conf_errors")
+}
+
+/// What sluice must print for a case.
+enum Expect {
+    /// nginx's recording, word for word.
+    Nginx,
+    /// Accepted: the two "syntax is ok" / "test is successful" lines, exit 0.
+    Accepted,
+    /// Refused: exactly one `[emerg]` at `nginx.conf:LINE` whose message contains every
+    /// word of `words`, then "test failed", exit 1.
+    Refused { line: u32, words: &'static [&'static str] },
+    /// A feature sluice does not have yet: nginx's recording, or a refusal as in
+    /// `Refused` whose message says "not supported" and names `word`.
+    NotYet { line: u32, word: &'static str },
+}
+
+fn sluice_specific(name: &str) -> Expect {
+    match name {
+        // sluice runs stream{} only: an http{} block is refused, not silently ignored.
+        "valid_http_block" => Expect::Refused { line: 2, words: &["\"http\""] },
+        // nginx said "unknown directive" only because Debian's mail module was not loaded;
+        // sluice refuses mail{} like http{} (nginx's own text also satisfies this).
+        "unknown_directive_mail" => Expect::Refused { line: 2, words: &["\"mail\""] },
+        // load_module is accepted and ignored: sluice's modules are built in, so neither a
+        // second stream module nor a missing .so is an error.
+        "load_module_already_loaded" | "load_module_missing" => Expect::Accepted,
+        // TLS termination is not implemented yet.
+        "listen_ssl_no_certificate" => Expect::NotYet { line: 4, word: "ssl" },
+        // UDP is not implemented yet: the first `listen ... udp` is refused (see the
+        // *_without_udp tests below for the rest of these files).
+        "valid_full" => Expect::NotYet { line: 34, word: "udp" },
+        "valid_values" => Expect::NotYet { line: 8, word: "udp" },
+        _ => Expect::Nginx,
+    }
+}
+
+/// Copy a directory's contents into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read case files") {
+        let e = e.expect("dir entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&dst).expect("mkdir");
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy case file");
+        }
+    }
+}
+
+struct Outcome {
+    dir: String,
+    stderr: String,
+    stdout: String,
+    code: Option<i32>,
+}
+
+/// Run `sluice -t` on `conf` (bytes of a case file) with `files` beside it.
+fn test_conf(name: &str, conf: &[u8], files: Option<&Path>) -> (TempDir, Outcome) {
+    let tmp = TempDir::new(&format!("conf-{name}"));
+    std::fs::write(tmp.join("nginx.conf"), conf).expect("write nginx.conf");
+    if let Some(f) = files {
+        copy_dir(f, tmp.path());
+    }
+    let dir = tmp.path().display().to_string();
+    let conf_path = format!("{dir}/nginx.conf");
+    let log_path = format!("{dir}/error.log");
+    let out = run(&["-t", "-p", &dir, "-c", &conf_path, "-e", &log_path], tmp.path());
+    let o = Outcome {
+        dir,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        code: out.status.code(),
+    };
+    (tmp, o)
+}
+
+/// `NAME.expected` as sluice should print it for `dir`: (stderr, exit status).
+fn recorded(name: &str, dir: &str) -> (String, i32) {
+    let text = std::fs::read_to_string(data_dir().join(format!("{name}.expected"))).expect("read .expected");
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last = lines.pop().unwrap_or_default();
+    let code = last.strip_prefix("exit=").and_then(|c| c.parse().ok()).expect("last line exit=N");
+    let mut stderr = String::new();
+    for l in lines {
+        let l = match l.strip_prefix("nginx: ") {
+            Some(rest) => format!("sluice: {rest}"),
+            None => l.to_string(),
+        };
+        stderr.push_str(&l.replace("%%PREFIX%%", dir));
+        stderr.push('\n');
+    }
+    (stderr, code)
+}
+
+fn diff(expected: &str, actual: &str) -> String {
+    let mut s = String::new();
+    for l in expected.lines() {
+        s.push_str(&format!("  - {l}\n"));
+    }
+    for l in actual.lines() {
+        s.push_str(&format!("  + {l}\n"));
+    }
+    s
+}
+
+/// Checks `o` against nginx's recording; `Err` describes the mismatch.
+fn matches_nginx(name: &str, o: &Outcome) -> Result<(), String> {
+    let (stderr, code) = recorded(name, &o.dir);
+    if o.stderr == stderr && o.code == Some(code) && o.stdout.is_empty() {
+        return Ok(());
+    }
+    let mut m = format!("stderr (- nginx, + sluice):\n{}", diff(&stderr, &o.stderr));
+    if o.code != Some(code) {
+        m.push_str(&format!("exit: nginx {code}, sluice {:?}\n", o.code));
+    }
+    if !o.stdout.is_empty() {
+        m.push_str(&format!("unexpected stdout: {:?}\n", o.stdout));
+    }
+    Err(m)
+}
+
+fn accepted(o: &Outcome) -> Result<(), String> {
+    let want = format!(
+        "sluice: the configuration file {d}/nginx.conf syntax is ok\n\
+         sluice: configuration file {d}/nginx.conf test is successful\n",
+        d = o.dir
+    );
+    if o.stderr == want && o.code == Some(0) && o.stdout.is_empty() {
+        return Ok(());
+    }
+    Err(format!("expected acceptance (exit 0), got exit {:?}:\n{}", o.code, diff(&want, &o.stderr)))
+}
+
+fn refused(o: &Outcome, line: u32, words: &[&str]) -> Result<(), String> {
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    let at = format!(" in {}/nginx.conf:{line}", o.dir);
+    let failed = format!("sluice: configuration file {}/nginx.conf test failed", o.dir);
+    let ok = o.code == Some(1)
+        && o.stdout.is_empty()
+        && lines.len() == 2
+        && lines[0].starts_with("sluice: [emerg] ")
+        && lines[0].ends_with(&at)
+        && words.iter().all(|w| lines[0].contains(w))
+        && lines[1] == failed;
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "expected exit 1 and\n  + sluice: [emerg] ...{}...{at}\n  + {failed}\ngot exit {:?}:\n{}",
+        words.join("..."),
+        o.code,
+        diff("", &o.stderr)
+    ))
+}
+
+fn check(name: &str) {
+    let conf = std::fs::read(data_dir().join(format!("{name}.conf"))).expect("read case");
+    let files = data_dir().join(format!("{name}.files"));
+    let (_tmp, o) = test_conf(name, &conf, files.is_dir().then_some(files.as_path()));
+    let r = match sluice_specific(name) {
+        Expect::Nginx => matches_nginx(name, &o),
+        Expect::Accepted => accepted(&o),
+        Expect::Refused { line, words } => refused(&o, line, words),
+        Expect::NotYet { line, word } => {
+            matches_nginx(name, &o).or_else(|e| refused(&o, line, &[word, "not supported"]).map_err(|f| e + &f))
+        }
+    };
+    if let Err(e) = r {
+        panic!("conf_errors case {name} (t/data/conf_errors/{name}.conf):\n{e}");
+    }
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        const CASES: &[&str] = &[$(stringify!($name)),*];
+        $(
+            #[test]
+            fn $name() {
+                check(stringify!($name));
+            }
+        )*
+    };
+}
+
+cases! {
+    access_log_bad_buffer,
+    access_log_missing_dir,
+    access_log_no_format,
+    access_log_unknown_format,
+    access_log_unknown_parameter,
+    args_block_with_args,
+    args_flag_two,
+    args_listen_zero,
+    args_take1_two,
+    args_take1_zero,
+    args_worker_processes_zero,
+    duplicate_events_block,
+    duplicate_preread_buffer_size,
+    duplicate_proxy_pass,
+    duplicate_proxy_timeout,
+    duplicate_return,
+    duplicate_stream_block,
+    duplicate_worker_processes,
+    empty_file,
+    error_log_missing_dir,
+    events_missing,
+    include_error_in_included_file,
+    include_missing,
+    include_missing_absolute,
+    listen_bad_backlog,
+    listen_bad_port,
+    listen_duplicate,
+    listen_host_not_found,
+    listen_missing,
+    listen_non_numeric_port,
+    listen_port_zero,
+    listen_ssl_no_certificate,
+    listen_udp_backlog,
+    listen_unknown_parameter,
+    load_module_already_loaded,
+    load_module_missing,
+    load_module_too_late,
+    log_format_dollar_at_end,
+    log_format_duplicate_name,
+    log_format_missing_name_only,
+    log_format_unknown_escape,
+    log_format_unknown_variable,
+    log_format_unterminated_brace,
+    not_allowed_http_directive_in_stream,
+    not_allowed_listen_in_stream,
+    not_allowed_proxy_pass_in_main,
+    not_allowed_proxy_pass_in_stream,
+    not_allowed_server_in_server,
+    not_allowed_stream_in_stream,
+    not_allowed_tcp_nodelay_in_main,
+    not_allowed_worker_processes_in_stream,
+    proxy_pass_host_not_found,
+    proxy_pass_no_port,
+    proxy_pass_unknown_variable,
+    return_dollar_at_end,
+    return_empty_braces,
+    return_empty_string,
+    return_unknown_variable,
+    return_unterminated_brace,
+    server_no_handler,
+    syntax_block_without_brace,
+    syntax_brace_after_non_block,
+    syntax_char_after_quote,
+    syntax_comment_only,
+    syntax_lone_open_brace,
+    syntax_lone_semicolon,
+    syntax_missing_semicolon_before_brace,
+    syntax_missing_semicolon_eof,
+    syntax_multiline_directive_line,
+    syntax_multiline_string_line,
+    syntax_quoted_then_quoted,
+    syntax_too_long_parameter,
+    syntax_too_long_quoted_parameter,
+    syntax_unexpected_close_brace,
+    syntax_unexpected_eof,
+    syntax_unterminated_double_quote,
+    syntax_unterminated_single_quote,
+    unknown_directive_case_sensitive,
+    unknown_directive_empty_name,
+    unknown_directive_events,
+    unknown_directive_mail,
+    unknown_directive_main,
+    unknown_directive_server,
+    unknown_directive_stream,
+    upstream_duplicate,
+    upstream_no_servers,
+    upstream_server_bad_weight,
+    upstream_server_no_port,
+    valid_empty_stream,
+    valid_full,
+    valid_http_block,
+    valid_include_glob_nomatch,
+    valid_include_relative,
+    valid_proxy_connect_timeout_zero,
+    valid_proxy_pass,
+    valid_proxy_pass_and_return,
+    valid_return,
+    valid_tokenizer,
+    valid_user_nobody_nogroup,
+    valid_values,
+    valid_worker_processes_auto,
+    value_daemon_maybe,
+    value_error_log_bad_level,
+    value_error_log_bad_level_stream,
+    value_invalid_flag,
+    value_invalid_size,
+    value_invalid_time,
+    value_invalid_worker_processes,
+    value_negative_worker_connections,
+    value_user_unknown,
+}
+
+/// A case recorded but not listed above would go untested.
+#[test]
+fn every_recorded_case_is_listed() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(data_dir())
+        .expect("read t/data/conf_errors")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".conf").map(str::to_string))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = CASES.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "t/data/conf_errors/*.conf and the cases! list differ");
+    for name in &on_disk {
+        assert!(data_dir().join(format!("{name}.expected")).is_file(), "{name}.expected missing");
+    }
+}
+
+/// A recorded case with some lines blanked (so line numbers stay as written), which must
+/// then pass as nginx's recording says. Used where sluice stops at a `listen ... udp`
+/// it does not support yet, so that the rest of the file is still checked.
+fn check_blanked(name: &str, blank: std::ops::RangeInclusive<usize>) {
+    let text = std::fs::read_to_string(data_dir().join(format!("{name}.conf"))).expect("read case");
+    let conf: String =
+        text.split_inclusive('\n').enumerate().map(|(i, l)| if blank.contains(&(i + 1)) { "\n" } else { l }).collect();
+    let (_tmp, o) = test_conf(name, conf.as_bytes(), None);
+    if let Err(e) = matches_nginx(name, &o) {
+        panic!("conf_errors case {name} with lines {blank:?} blanked:\n{e}");
+    }
+}
+
+// valid_full without its UDP server (lines 33-37 blanked); nginx 1.22.1 accepts it too
+// (checked by hand with the recorder's command line).
+#[test]
+fn valid_full_without_udp() {
+    check_blanked("valid_full", 33..=37);
+}
+
+// valid_values without `listen 127.0.0.1:18001 udp;` (line 8 blanked); nginx 1.22.1
+// accepts it too (checked by hand).
+#[test]
+fn valid_values_without_udp() {
+    check_blanked("valid_values", 8..=8);
+}
