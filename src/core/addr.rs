@@ -23,11 +23,12 @@ impl fmt::Display for Addr {
 }
 
 impl Addr {
-    /// The address without the port, as `$remote_addr` prints it ("unix:" for unix sockets).
+    /// The address without the port, as `$remote_addr` / `$server_addr` print it: a unix
+    /// socket is "unix:PATH" ("unix:" for an unnamed client socket).
     pub fn host_text(&self) -> String {
         match self {
             Addr::Inet(a) => a.ip().to_string(),
-            Addr::Unix(_) => "unix:".to_string(),
+            Addr::Unix(p) => format!("unix:{}", p.display()),
         }
     }
 

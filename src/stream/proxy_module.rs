@@ -86,13 +86,15 @@ fn resolve_implicit(cx: &mut ConfCx) -> ConfResult {
     for u in cx.upstreams.iter_mut().filter(|u| u.implicit && u.servers.is_empty()) {
         let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
         let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
-        let parsed = parse_url(&u.name, false, true).map_err(|e| {
-            let host = parse_url(&u.name, false, false).map(|p| p.host).unwrap_or_else(|_| u.name.clone());
-            at(format!("{} in upstream \"{}\"", e, host))
-        })?;
-        if parsed.addrs.is_empty() {
-            return Err(at(format!("no port in upstream \"{}\"", u.name)));
+        // nginx checks the port first, then resolves the host.
+        let unresolved =
+            parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
+        let is_unix = u.name.starts_with("unix:");
+        if unresolved.port.is_none() && !is_unix {
+            return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
         }
+        let parsed =
+            parse_url(&u.name, false, true).map_err(|e| at(format!("{} in upstream \"{}\"", e, unresolved.host)))?;
         u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
     }
     Ok(())
