@@ -130,7 +130,8 @@ fn usage() -> String {
 
 fn configure_arguments() -> String {
     let have = sluice::stream::MODULE_NAMES;
-    let mut s = String::from("configure arguments: --with-stream");
+    // sluice has no http or mail: tools (and nginx's test suite) read that from here.
+    let mut s = String::from("configure arguments: --with-stream --without-http");
     for m in NGINX_OPTIONAL_MODULES {
         if have.contains(m) {
             s.push_str(&format!(" --with-{}_module", m));

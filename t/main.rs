@@ -8,3 +8,4 @@ mod smoke;
 mod balancing;
 mod cli;
 mod conf_errors;
+mod upstream;

@@ -189,11 +189,15 @@ pub fn stderr(msg: &str) {
 struct Backend;
 
 impl log::Log for Backend {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+    /// Only sluice's own records: dependencies (mio) log internals nginx never would.
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target().starts_with("sluice")
     }
 
     fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
         let level = match r.level() {
             log::Level::Error => Level::Error,
             log::Level::Warn => Level::Warn,

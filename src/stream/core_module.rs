@@ -284,6 +284,12 @@ impl Module for StreamCore {
         v.define("time_iso8601", var_time, 0);
         v.define("time_local", var_time, 1);
         v.define("protocol", var_protocol, 0);
+        // Core variables in nginx; not found until a PROXY protocol header was read.
+        for name in
+            ["proxy_protocol_addr", "proxy_protocol_port", "proxy_protocol_server_addr", "proxy_protocol_server_port"]
+        {
+            v.define(name, var_not_found, 0);
+        }
     }
 
     fn merge_srv(p: &CoreSrv, c: &mut CoreSrv, _: &mut ConfCx) -> ConfResult {
@@ -385,6 +391,10 @@ fn var_time(_: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
         crate::core::time::time_local(out)
     }
     true
+}
+
+fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
+    false
 }
 
 fn var_protocol(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {

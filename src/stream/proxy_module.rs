@@ -471,6 +471,9 @@ impl ProxySession {
         if let Some(st) = s.upstream_states.last_mut() {
             st.connect_time = Some(cx.now.saturating_duration_since(self.start));
         }
+        if let (Some(g), true) = (self.group, u.is_tcp()) {
+            cx.rt.notify_connect(g, &self.pick);
+        }
         let size = conf(s).buffer_size.get();
         self.down = Some(Dir::new(size));
         self.up = Some(Dir::new(size));

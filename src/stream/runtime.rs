@@ -83,6 +83,12 @@ impl WorkerState {
         }
     }
 
+    pub fn notify_connect(&mut self, g: usize, pick: &PeerPick) {
+        if let Some(group) = self.groups.get_mut(g) {
+            group.peers.notify_connect(pick);
+        }
+    }
+
     pub fn group_name(&self, g: usize) -> Rc<str> {
         self.groups.get(g).map(|x| x.peers.name.clone()).unwrap_or_else(|| Rc::from(""))
     }

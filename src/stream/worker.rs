@@ -61,6 +61,8 @@ pub struct Worker {
     pending_accept: Vec<usize>,
     signals: Signals,
     quitting: bool,
+    /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
+    shutdown_at: Option<Instant>,
 }
 
 impl Worker {
@@ -84,6 +86,7 @@ impl Worker {
             pending_accept: Vec::new(),
             signals,
             quitting: false,
+            shutdown_at: None,
         })
     }
 
@@ -95,6 +98,10 @@ impl Worker {
             let mut timeout = self.timers.next_timeout(now);
             if let Some(f) = self.rt.next_flush() {
                 let d = f.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if let Some(at) = self.shutdown_at {
+                let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
             if !self.rt.requeued.is_empty() || !self.pending_accept.is_empty() {
@@ -137,6 +144,10 @@ impl Worker {
             for i in std::mem::take(&mut self.pending_accept) {
                 self.accept(i, now);
             }
+            if self.shutdown_at.is_some_and(|at| at <= now) {
+                self.shutdown_at = None;
+                self.shutdown_timeout(now);
+            }
             self.rt.flush_due_files(now);
             for key in self.closed.drain(..) {
                 self.sessions.try_remove(key);
@@ -172,6 +183,10 @@ impl Worker {
                     crate::core::log::error(Level::Notice, "gracefully shutting down", None);
                     self.close_listeners();
                     self.quitting = true;
+                    let t = self.cycle.core.worker_shutdown_timeout.get();
+                    if !t.is_zero() {
+                        self.shutdown_at = Some(time::instant() + t);
+                    }
                 }
                 libc::SIGUSR1 => {
                     crate::core::log::error(
@@ -367,6 +382,18 @@ impl Worker {
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
+        }
+    }
+
+    /// `ngx_shutdown_timer_handler`: close every session still running.
+    fn shutdown_timeout(&mut self, now: Instant) {
+        let keys: Vec<usize> =
+            self.sessions.iter().filter(|(_, s)| !matches!(s.state, State::Closed)).map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(sess) = self.sessions.get(key) {
+                sess.core.log(Level::Info, "shutdown timeout", None);
+            }
+            self.finalize(key, status::OK, now);
         }
     }
 

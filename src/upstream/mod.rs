@@ -237,6 +237,17 @@ impl PeerSet {
         self.primary.len() == 1 && self.backup.is_empty()
     }
 
+    /// The TCP connection to the session's peer is up: a peer that was failing is live
+    /// again at once (`ngx_stream_upstream_notify_round_robin_peer`, fast recovery).
+    pub fn notify_connect(&mut self, pick: &PeerPick) {
+        let Some(id) = pick.current else { return };
+        if let Some(p) = self.group(id.backup).get_mut(id.index) {
+            if p.accessed < p.checked {
+                p.fails = 0;
+            }
+        }
+    }
+
     /// Release a peer (`ngx_stream_upstream_free_round_robin_peer`).
     pub fn release(&mut self, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
         let Some(id) = pick.current.take() else { return false };

@@ -1,0 +1,279 @@
+//! Upstreams through the binary: balancing order, hash by client address (clients bind
+//! distinct 127.0.0.x sources), failover to the next peer, backup, max_conns,
+//! least_conn, and proxy_next_upstream limits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// A backend that sends `id` on accept and then holds the connection until the client
+/// closes it.
+fn named_backend(id: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = c.write_all(id.as_bytes());
+                let mut b = [0u8; 64];
+                while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// A port with nothing listening (connect is refused).
+fn dead_port() -> u16 {
+    free_port()
+}
+
+/// Connect from `src` (any 127/8 address) and read the backend's id.
+fn ask_from(src: &str, port: u16) -> String {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{}:0", src).parse().expect("src");
+    s.bind(&local.into()).expect("bind source");
+    let dst: SocketAddr = format!("127.0.0.1:{}", port).parse().expect("dst");
+    s.connect_timeout(&dst.into(), Duration::from_secs(5)).expect("connect");
+    let mut c: TcpStream = s.into();
+    read_id(&mut c)
+}
+
+fn read_id(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut b = [0u8; 16];
+    match c.read(&mut b) {
+        Ok(n) => String::from_utf8_lossy(&b[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn ask(port: u16) -> String {
+    ask_from("127.0.0.1", port)
+}
+
+/// Hold a connection open and return it with the id that answered.
+fn hold(port: u16) -> (TcpStream, String) {
+    let mut c = connect(port);
+    let id = read_id(&mut c);
+    (c, id)
+}
+
+#[test]
+fn weighted_round_robin_order_is_nginx_s() {
+    let (a, b, c) = (named_backend("a"), named_backend("b"), named_backend("c"));
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ upstream u {{ server 127.0.0.1:{a} weight=5; server 127.0.0.1:{b}; \
+         server 127.0.0.1:{c}; }} server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}"
+    ));
+    let got: String = (0..14).map(|_| ask(p)).collect();
+    // t/data/balancing/rr-weights-5-1-1.json: 0 0 1 0 2 0 0, repeating.
+    assert_eq!(got, "aabacaaaabacaa");
+    drop(s);
+}
+
+/// Which backend sluice's own library says a key goes to, for the same upstream text.
+fn predicted(upstream: &str, keys: &[String]) -> Vec<String> {
+    use sluice::stream::conf::{load, LoadOptions};
+    use sluice::upstream::{new_balancer, Outcome, PeerPick, PeerSet};
+    let dir = TempDir::new("pred");
+    std::fs::write(
+        dir.join("s.conf"),
+        format!("events {{}} stream {{ {} server {{ listen 127.0.0.1:1; proxy_pass u; }} }}", upstream),
+    )
+    .expect("write");
+    let opts = LoadOptions {
+        prefix: dir.prefix(),
+        conf_file: dir.join("s.conf").display().to_string(),
+        error_log: None,
+        globals: String::new(),
+    };
+    let cycle = load(&opts).expect("config");
+    let conf = cycle.upstreams.iter().find(|u| u.name == "u").expect("u").clone();
+    let mut peers = PeerSet::new(&conf);
+    let mut bal = new_balancer(&conf, &peers);
+    let now = std::time::Instant::now();
+    keys.iter()
+        .map(|k| {
+            let mut pick = PeerPick { tries: peers.tries(), ..Default::default() };
+            let id = bal.get(&mut peers, &mut pick, Some(k.as_bytes()), now).expect("peer");
+            let name = peers.peer(id).expect("peer").name.to_string();
+            peers.release(&mut pick, Outcome::Ok, now);
+            name
+        })
+        .collect()
+}
+
+fn hash_through_binary(method: &str) {
+    let ids = ["a", "b", "c", "d"];
+    let ports: Vec<u16> = ids.iter().map(|id| named_backend(id)).collect();
+    let servers: String =
+        ports.iter().enumerate().map(|(i, p)| format!("server 127.0.0.1:{} weight={};", p, i + 1)).collect();
+    let upstream = format!("upstream u {{ {} {} }}", method, servers);
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ {} server {{ listen 127.0.0.1:{}; proxy_pass u; }} }}",
+        upstream, p
+    ));
+    let keys: Vec<String> = (1..=60).map(|i| format!("127.0.{}.{}", i / 50, 1 + i % 50)).collect();
+    let want = predicted(&upstream, &keys);
+    let mut spread = std::collections::HashSet::new();
+    for (k, w) in keys.iter().zip(&want) {
+        let got = ask_from(k, p);
+        let i = ids.iter().position(|x| *x == got).unwrap_or_else(|| panic!("no answer for {}", k));
+        assert_eq!(format!("127.0.0.1:{}", ports[i]), *w, "key {}", k);
+        spread.insert(got);
+    }
+    assert!(spread.len() >= 3, "keys should spread over the servers: {:?}", spread);
+}
+
+#[test]
+fn hash_remote_addr_through_binary() {
+    hash_through_binary("hash $remote_addr;");
+}
+
+#[test]
+fn consistent_hash_remote_addr_through_binary() {
+    hash_through_binary("hash $remote_addr consistent;");
+}
+
+#[test]
+fn failover_lists_every_tried_peer_and_disables_the_dead_one() {
+    let dead = dead_port();
+    let live = named_backend("live");
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format u '$upstream_addr|$status'; \
+         upstream u {{ server 127.0.0.1:{dead}; server 127.0.0.1:{live}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} }}"
+    ));
+    for _ in 0..4 {
+        assert_eq!(ask(p), "live");
+    }
+    let lines = s.wait_lines("u.log", 4);
+    assert_eq!(lines[0], format!("127.0.0.1:{dead}, 127.0.0.1:{live}|200"));
+    // max_fails=1 took the dead peer out for fail_timeout: the rest go straight to live.
+    for l in &lines[1..] {
+        assert_eq!(*l, format!("127.0.0.1:{live}|200"));
+    }
+    let log = s.error_log();
+    assert!(log.contains("connect() failed (111: Connection refused) while connecting to upstream"), "{}", log);
+    assert!(log.contains("[warn]") && log.contains("upstream server temporarily disabled"), "{}", log);
+}
+
+#[test]
+fn all_peers_dead_is_502_then_no_live_upstreams() {
+    let (d1, d2) = (dead_port(), dead_port());
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format u '$upstream_addr|$status'; \
+         upstream u {{ server 127.0.0.1:{d1}; server 127.0.0.1:{d2}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} }}"
+    ));
+    assert_eq!(ask(p), "");
+    assert_eq!(ask(p), "");
+    let lines = s.wait_lines("u.log", 2);
+    assert_eq!(lines[0], format!("127.0.0.1:{d1}, 127.0.0.1:{d2}|502"));
+    // Both peers are now out for fail_timeout: nginx logs "no live upstreams" and the
+    // state names the upstream.
+    assert_eq!(lines[1], "u|502");
+    assert!(s.error_log().contains("no live upstreams while connecting to upstream"), "{}", s.error_log());
+}
+
+#[test]
+fn backup_serves_only_when_primaries_are_out() {
+    let dead = dead_port();
+    let (b, a) = (named_backend("backup"), named_backend("a"));
+    let p = free_port();
+    let q = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ \
+         upstream u {{ server 127.0.0.1:{dead}; server 127.0.0.1:{b} backup; }} \
+         upstream v {{ server 127.0.0.1:{a}; server 127.0.0.1:{b} backup; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; }} server {{ listen 127.0.0.1:{q}; proxy_pass v; }} }}"
+    ));
+    assert_eq!(ask(p), "backup");
+    for _ in 0..3 {
+        assert_eq!(ask(q), "a", "the backup is idle while a primary is up");
+    }
+}
+
+#[test]
+fn max_conns_moves_on_then_refuses() {
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ upstream u {{ server 127.0.0.1:{a} max_conns=1; server 127.0.0.1:{b} max_conns=1; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}"
+    ));
+    let (_c1, id1) = hold(p);
+    let (_c2, id2) = hold(p);
+    let mut got = vec![id1, id2];
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
+    assert_eq!(ask(p), "", "both peers are at max_conns");
+    assert!(s.error_log().contains("no live upstreams"), "{}", s.error_log());
+}
+
+#[test]
+fn least_conn_prefers_the_idle_peer() {
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ upstream u {{ least_conn; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}"
+    ));
+    let (_held, first) = hold(p);
+    let other = if first == "a" { "b" } else { "a" };
+    for _ in 0..3 {
+        assert_eq!(ask(p), other, "the peer holding a connection is avoided");
+    }
+}
+
+#[test]
+fn next_upstream_off_and_tries_limit() {
+    let dead = dead_port();
+    let live = named_backend("live");
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format u '$upstream_addr|$status'; \
+         upstream u {{ server 127.0.0.1:{dead} max_fails=0; server 127.0.0.1:{live}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; proxy_next_upstream off; access_log %%PREFIX%%p.log u; }} \
+         server {{ listen 127.0.0.1:{q}; proxy_pass u; proxy_next_upstream_tries 1; access_log %%PREFIX%%q.log u; }} }}"
+    ));
+    // Round-robin starts at the dead peer: with next_upstream off that is a 502.
+    assert_eq!(ask(p), "");
+    let l = s.wait_lines("p.log", 1);
+    assert_eq!(l[0], format!("127.0.0.1:{dead}|502"));
+    // The live peer is next in turn; then the dead one again, with one try allowed.
+    assert_eq!(ask(q), "live");
+    assert_eq!(ask(q), "");
+    let l = s.wait_lines("q.log", 2);
+    assert_eq!(l[1], format!("127.0.0.1:{dead}|502"));
+}
+
+#[test]
+fn proxy_pass_variable_names_an_upstream_first() {
+    // The upstream is named after the listening port, so `$server_port` evaluates to
+    // its name: nginx looks a variable's value up among upstream names first.
+    let a = named_backend("a");
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ upstream {p} {{ server 127.0.0.1:{a}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass $server_port; }} }}"
+    ));
+    assert_eq!(ask(p), "a");
+}
+
+#[test]
+fn proxy_pass_variable_with_an_address() {
+    let a = named_backend("a");
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; proxy_pass $server_addr:{a}; }} }}"
+    ));
+    assert_eq!(ask(p), "a");
+}
