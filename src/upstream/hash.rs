@@ -49,9 +49,12 @@ impl Balancer for Hash {
     }
 }
 
-/// The ring of `hash ... consistent`.
+/// The ring of `hash ... consistent`: points name a server (by index into `servers`),
+/// and a server name may stand for several peers (a host with several addresses).
 pub struct ConsistentHash {
-    points: Vec<(u32, Rc<str>)>,
+    points: Vec<(u32, u32)>,
+    /// The primary peers of each distinct server name.
+    servers: Vec<Vec<usize>>,
 }
 
 /// Split a server name into the host and port nginx hashes ("unix:" paths have no port).
@@ -69,8 +72,19 @@ fn host_port(server: &str) -> (&str, &str) {
 
 impl ConsistentHash {
     pub fn new(peers: &PeerSet) -> ConsistentHash {
+        let mut names: Vec<Rc<str>> = Vec::new();
+        let mut servers: Vec<Vec<usize>> = Vec::new();
         let mut points = Vec::new();
-        for peer in &peers.primary {
+        for (i, peer) in peers.primary.iter().enumerate() {
+            let sid = match names.iter().position(|n| *n == peer.server) {
+                Some(s) => s,
+                None => {
+                    names.push(peer.server.clone());
+                    servers.push(Vec::new());
+                    names.len() - 1
+                }
+            };
+            servers[sid].push(i);
             // crc32(HOST \0 PORT PREV_HASH), PREV_HASH as 4 little-endian bytes.
             let (host, port) = host_port(&peer.server);
             let mut base = crc32fast::Hasher::new();
@@ -82,13 +96,13 @@ impl ConsistentHash {
                 let mut h = base.clone();
                 h.update(&prev.to_le_bytes());
                 let hash = h.finalize();
-                points.push((hash, peer.server.clone()));
+                points.push((hash, sid as u32));
                 prev = hash;
             }
         }
         points.sort_by_key(|p| p.0);
         points.dedup_by_key(|p| p.0);
-        ConsistentHash { points }
+        ConsistentHash { points, servers }
     }
 
     /// The first point at or after `hash` (may be one past the end: the lookup wraps).
@@ -111,11 +125,12 @@ impl Balancer for ConsistentHash {
             pick.hash = self.find(crc32fast::hash(key)) as u64;
         }
         loop {
-            let server = &self.points[(pick.hash % self.points.len() as u64) as usize].1;
+            let sid = self.points[(pick.hash % self.points.len() as u64) as usize].1 as usize;
             let mut best: Option<(usize, i64)> = None;
             let mut total = 0;
-            for (i, p) in peers.primary.iter_mut().enumerate() {
-                if pick.tried.contains(i) || !p.usable(now) || p.server != *server {
+            for &i in self.servers.get(sid).map(Vec::as_slice).unwrap_or_default() {
+                let Some(p) = peers.primary.get_mut(i) else { continue };
+                if pick.tried.contains(i) || !p.usable(now) {
                     continue;
                 }
                 p.current_weight += p.effective_weight;

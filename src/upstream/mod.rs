@@ -126,25 +126,37 @@ pub enum Outcome {
 }
 
 /// The peers a session has tried (nginx's `tried` bitmap), for one group at a time.
+/// The first 128 peers live inline, so most sessions allocate nothing for it.
 #[derive(Debug, Clone, Default)]
 pub struct Tried {
-    bits: Vec<u64>,
+    low: u128,
+    high: Vec<u64>,
 }
 
 impl Tried {
     pub fn contains(&self, i: usize) -> bool {
-        self.bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        if i < 128 {
+            return self.low & (1 << i) != 0;
+        }
+        let i = i - 128;
+        self.high.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     pub fn insert(&mut self, i: usize) {
-        if self.bits.len() <= i / 64 {
-            self.bits.resize(i / 64 + 1, 0);
+        if i < 128 {
+            self.low |= 1 << i;
+            return;
         }
-        self.bits[i / 64] |= 1 << (i % 64);
+        let i = i - 128;
+        if self.high.len() <= i / 64 {
+            self.high.resize(i / 64 + 1, 0);
+        }
+        self.high[i / 64] |= 1 << (i % 64);
     }
 
     pub fn clear(&mut self) {
-        self.bits.iter_mut().for_each(|w| *w = 0);
+        self.low = 0;
+        self.high.iter_mut().for_each(|w| *w = 0);
     }
 }
 
@@ -320,5 +332,133 @@ pub fn new_balancer(conf: &UpstreamConf, peers: &PeerSet) -> Box<dyn Balancer> {
         Method::Hash { consistent: true } => Box::new(hash::ConsistentHash::new(peers)),
         Method::LeastConn => Box::new(least_conn::LeastConn),
         Method::Random { two } => Box::new(random::Random::new(peers, two)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An upstream of `weights` (a weight of 0 makes a `backup` peer of weight 1).
+    pub fn conf(method: Method, weights: &[u32]) -> UpstreamConf {
+        let servers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let addr = Addr::Inet(format!("127.0.0.1:{}", 10000 + i).parse().expect("addr"));
+                let mut s = UpstreamServer::new(addr.to_string(), vec![addr]);
+                s.weight = w.max(1);
+                s.backup = w == 0;
+                s
+            })
+            .collect();
+        UpstreamConf { name: "u".into(), servers, method, ..Default::default() }
+    }
+
+    pub fn pick(b: &mut dyn Balancer, peers: &mut PeerSet, now: Instant) -> Option<PeerId> {
+        let mut p = PeerPick { tries: peers.tries(), ..Default::default() };
+        let id = b.get(peers, &mut p, None, now);
+        if id.is_some() {
+            peers.release(&mut p, Outcome::Ok, now);
+        }
+        id
+    }
+
+    #[test]
+    fn a_failed_peer_is_out_for_fail_timeout_then_back() {
+        let c = conf(Method::RoundRobin, &[1, 1]);
+        let mut peers = PeerSet::new(&c);
+        let mut b = new_balancer(&c, &peers);
+        let t0 = Instant::now();
+        // Fail peer 0 once (max_fails=1): it is skipped for fail_timeout (10s).
+        let mut p = PeerPick { tries: peers.tries(), ..Default::default() };
+        let id = b.get(&mut peers, &mut p, None, t0).expect("peer");
+        assert_eq!(id.index, 0);
+        assert!(peers.release(&mut p, Outcome::Failed, t0), "max_fails reached");
+        for s in 1..10 {
+            let id = pick(b.as_mut(), &mut peers, t0 + Duration::from_secs(s)).expect("peer");
+            assert_eq!(id.index, 1, "at {}s the failed peer is still out", s);
+        }
+        let later = t0 + Duration::from_secs(11);
+        let ids: Vec<usize> = (0..4).filter_map(|_| pick(b.as_mut(), &mut peers, later)).map(|i| i.index).collect();
+        assert!(ids.contains(&0), "after fail_timeout the peer is tried again: {:?}", ids);
+    }
+
+    #[test]
+    fn every_peer_failed_means_no_live_upstreams_then_backup() {
+        let c = conf(Method::RoundRobin, &[1, 1, 0]);
+        let mut peers = PeerSet::new(&c);
+        let mut b = new_balancer(&c, &peers);
+        let now = Instant::now();
+        let mut p = PeerPick { tries: peers.tries(), ..Default::default() };
+        for _ in 0..2 {
+            b.get(&mut peers, &mut p, None, now).expect("primary");
+            peers.release(&mut p, Outcome::Failed, now);
+        }
+        let id = b.get(&mut peers, &mut p, None, now).expect("the backup");
+        assert!(id.backup);
+        peers.release(&mut p, Outcome::Failed, now);
+        assert_eq!(b.get(&mut peers, &mut p, None, now), None, "nothing left: no live upstreams");
+    }
+
+    #[test]
+    fn least_conn_follows_connections_per_weight() {
+        let c = conf(Method::LeastConn, &[1, 2]);
+        let mut peers = PeerSet::new(&c);
+        let mut b = new_balancer(&c, &peers);
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut count = [0usize; 2];
+        for _ in 0..30 {
+            let mut p = PeerPick { tries: peers.tries(), ..Default::default() };
+            let id = b.get(&mut peers, &mut p, None, now).expect("peer");
+            count[id.index] += 1;
+            held.push(p);
+        }
+        // Held connections accumulate as 1:2, the weights.
+        assert_eq!(count, [10, 20]);
+        for mut p in held {
+            peers.release(&mut p, Outcome::Ok, now);
+        }
+        assert!(peers.primary.iter().all(|p| p.conns == 0));
+    }
+
+    #[test]
+    fn random_spreads_by_weight_and_two_prefers_the_idle_peer() {
+        let c = conf(Method::Random { two: false }, &[1, 3]);
+        let mut peers = PeerSet::new(&c);
+        let mut b = new_balancer(&c, &peers);
+        let now = Instant::now();
+        let mut count = [0usize; 2];
+        for _ in 0..4000 {
+            count[pick(b.as_mut(), &mut peers, now).expect("peer").index] += 1;
+        }
+        assert!((800..1200).contains(&count[0]), "weight 1 of 4: {:?}", count);
+
+        let c = conf(Method::Random { two: true }, &[1, 1]);
+        let mut peers = PeerSet::new(&c);
+        let mut b = new_balancer(&c, &peers);
+        peers.primary[0].conns = 5;
+        for _ in 0..50 {
+            assert_eq!(pick(b.as_mut(), &mut peers, now).expect("peer").index, 1);
+        }
+    }
+
+    #[test]
+    fn max_conns_is_a_limit() {
+        let c = conf(Method::RoundRobin, &[1, 1]);
+        let mut peers = PeerSet::new(&c);
+        peers.primary.iter_mut().for_each(|p| p.max_conns = 1);
+        let mut b = new_balancer(&c, &peers);
+        let now = Instant::now();
+        let mut p1 = PeerPick { tries: peers.tries(), ..Default::default() };
+        let mut p2 = p1.clone();
+        let mut p3 = p1.clone();
+        let a = b.get(&mut peers, &mut p1, None, now).expect("first");
+        let c2 = b.get(&mut peers, &mut p2, None, now).expect("second");
+        assert_ne!(a, c2);
+        assert_eq!(b.get(&mut peers, &mut p3, None, now), None);
+        peers.release(&mut p1, Outcome::Ok, now);
+        assert_eq!(b.get(&mut peers, &mut p3, None, now), Some(a));
     }
 }
