@@ -8,4 +8,7 @@ mod smoke;
 mod balancing;
 mod cli;
 mod conf_errors;
+mod logs;
+mod proxy;
+mod recorded;
 mod upstream;

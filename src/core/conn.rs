@@ -52,7 +52,10 @@ impl Conn {
     pub fn local_addr(&self) -> Option<Addr> {
         match self {
             Conn::Tcp(s) => s.local_addr().ok().map(Addr::Inet),
-            Conn::Unix(s) => s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| Addr::Unix(p.to_path_buf()))),
+            // An unbound unix socket's address prints as "unix:", as nginx's does.
+            Conn::Unix(s) => Some(Addr::Unix(
+                s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default(),
+            )),
         }
     }
 

@@ -9,5 +9,6 @@ pub mod log;
 pub mod logfile;
 pub mod main_conf;
 pub mod process;
+pub mod splice;
 pub mod time;
 pub mod timer;

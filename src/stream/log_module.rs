@@ -53,9 +53,10 @@ pub struct AccessLog {
 
 #[derive(Default)]
 pub struct LogSrv {
-    /// `None`: not set at this level; `Some(empty)`: `access_log off`.
+    /// `None`: no `access_log` at this level (inherit).
     pub logs: Option<Vec<AccessLog>>,
-    off: bool,
+    /// `access_log off` at this level: nothing is logged here, whatever else is listed.
+    pub off: bool,
 }
 
 /// nginx's `ngx_stream_log_compile_format`: like a complex value, but `$` must start a
@@ -105,21 +106,19 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     Ok(())
 }
 
+/// `ngx_stream_log_set_log`, with its checks in its order.
 fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if cmd.arg(0) == "off" {
-        if cmd.args.len() != 1 {
-            return Err(cmd.invalid_parameter(cmd.arg(1)));
-        }
-        if c.off || c.logs.is_some() {
-            return Err(cmd.duplicate());
-        }
         c.off = true;
-        c.logs = Some(Vec::new());
-        return Ok(());
+        return match cmd.args.get(1) {
+            None => Ok(()),
+            Some(a) => Err(cmd.invalid_parameter(a)),
+        };
     }
-    if c.off {
-        return Err(cmd.duplicate());
+    if cmd.arg(0).starts_with("syslog:") {
+        return Err(cmd.err("access_log to syslog is not supported by sluice yet"));
     }
+    let path = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
     if cmd.args.len() < 2 {
         return Err(cmd.err("log format is not specified"));
     }
@@ -128,36 +127,51 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         .log
         .formats
         .iter()
-        .find(|f| f.name == cmd.arg(1))
+        .find(|f| f.name.eq_ignore_ascii_case(cmd.arg(1)))
         .cloned()
         .ok_or_else(|| cmd.err(format!("unknown log format \"{}\"", cmd.arg(1))))?;
     let (mut buffer, mut gzip, mut flush, mut cond) = (0usize, None, None::<Duration>, None);
     for a in &cmd.args[2..] {
         if let Some(v) = a.strip_prefix("buffer=") {
-            buffer = value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid buffer size \"{}\"", v)))?;
+            let size = value::parse_size(v).filter(|n| *n > 0);
+            buffer = size.ok_or_else(|| cmd.err(format!("invalid buffer size \"{}\"", v)))?;
         } else if let Some(v) = a.strip_prefix("flush=") {
             let ms = value::parse_time(v, false).filter(|m| *m > 0);
             flush = Some(Duration::from_millis(ms.ok_or_else(|| cmd.err(format!("invalid flush time \"{}\"", v)))?));
-        } else if a == "gzip" {
-            gzip = Some(1);
-        } else if let Some(v) = a.strip_prefix("gzip=") {
-            let l = value::parse_number(v).filter(|l| (1..=9).contains(l));
-            gzip = Some(l.ok_or_else(|| cmd.err(format!("invalid compression level \"{}\"", v)))? as u32);
+        } else if a == "gzip" || a.starts_with("gzip=") {
+            if buffer == 0 {
+                buffer = 64 * 1024;
+            }
+            gzip = Some(match a.strip_prefix("gzip=") {
+                None => 1,
+                Some(v) => {
+                    let l = value::parse_number(v).filter(|l| (1..=9).contains(l));
+                    l.ok_or_else(|| cmd.err(format!("invalid compression level \"{}\"", v)))? as u32
+                }
+            });
         } else if let Some(v) = a.strip_prefix("if=") {
             cond = Some(Complex::compile(v, cmd, &mut cx.vars)?);
         } else {
             return Err(cmd.invalid_parameter(a));
         }
     }
-    if (flush.is_some() || gzip.is_some()) && buffer == 0 {
-        buffer = 64 * 1024;
+    if flush.is_some() && buffer == 0 {
+        return Err(cmd.err(format!("no buffer is defined for access_log \"{}\"", cmd.arg(0))));
     }
-    let path = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
     let target = match path.as_static() {
         Some(p) => {
             let full = cx.full_name_of(&String::from_utf8_lossy(p));
-            Target::File(cx.open_file(FileSpec { path: full, buffer, gzip, flush }))
+            let spec = FileSpec { path: full, buffer, gzip, flush };
+            if let Some(old) = cx.open_files.iter().find(|f| f.path == spec.path && f.buffer != 0) {
+                if buffer != 0 && (old.buffer != buffer || old.flush != flush || old.gzip != gzip) {
+                    return Err(
+                        cmd.err(format!("access_log \"{}\" already defined with conflicting parameters", cmd.arg(0)))
+                    );
+                }
+            }
+            Target::File(cx.open_file(spec))
         }
+        None if buffer != 0 => return Err(cmd.err("buffered logs cannot have variables in name")),
         None => Target::Dynamic(path),
     };
     c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond });
@@ -173,9 +187,11 @@ impl Module for Log {
         Directive { name: "access_log", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 6), set: Set::Srv(access_log) },
     ];
 
+    /// `ngx_stream_log_merge_conf`: a level with neither logs nor `off` inherits both.
     fn merge_srv(p: &LogSrv, c: &mut LogSrv, _: &mut ConfCx) -> ConfResult {
-        if c.logs.is_none() {
-            c.logs = Some(p.logs.clone().unwrap_or_default());
+        if c.logs.is_none() && !c.off {
+            c.logs = p.logs.clone();
+            c.off = p.off;
         }
         Ok(())
     }
@@ -246,6 +262,9 @@ pub fn format_line(s: &mut SessionCore, format: &LogFormat, out: &mut Vec<u8>) {
 
 fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     let srv = s.srv.clone();
+    if srv.confs.log.off {
+        return Flow::Declined;
+    }
     let Some(logs) = &srv.confs.log.logs else { return Flow::Declined };
     let mut line = Vec::with_capacity(256);
     for l in logs {

@@ -6,6 +6,7 @@ pub mod content;
 pub mod cycle;
 pub mod module;
 pub mod phase;
+pub mod relay;
 pub mod runtime;
 pub mod session;
 pub mod variables;

@@ -3,7 +3,7 @@
 //! `proxy_socket_keepalive`, `proxy_bind`, `proxy_upload_rate`, `proxy_download_rate`.
 //! Content phase: pick a peer, connect without blocking, relay both ways.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use crate::stream::conf::ConfCx;
 use crate::stream::content::{Content, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
+use crate::stream::relay::{Budget, Direction};
 use crate::stream::session::{session_token, status, Cx, ProxyLog, SessionCore, Side, UpstreamState};
 use crate::stream::variables::Complex;
 use crate::upstream::{Outcome, PeerPick, UpstreamConf, UpstreamServer};
@@ -230,28 +231,6 @@ impl Module for Proxy {
     }
 }
 
-/// One direction of the relay: bytes read from `src` waiting to be written to `dst`.
-struct Dir {
-    buf: Vec<u8>,
-    pos: usize,
-    len: usize,
-    /// `src` reached end of file (or a read error).
-    eof: bool,
-}
-
-impl Dir {
-    fn new(size: usize) -> Dir {
-        Dir { buf: vec![0; size.max(1)], pos: 0, len: 0, eof: false }
-    }
-
-    fn pending(&self) -> bool {
-        self.pos < self.len
-    }
-}
-
-/// A cap on reads per direction per wake-up, so one busy session cannot starve others.
-const READS_PER_WAKEUP: usize = 32;
-
 struct ProxySession {
     upstream: Option<Conn>,
     group: Option<usize>,
@@ -264,9 +243,18 @@ struct ProxySession {
     connect_timer: Option<TimerId>,
     timer: Option<TimerId>,
     /// Client to upstream, and upstream to client.
-    down: Option<Dir>,
-    up: Option<Dir>,
+    down: Direction,
+    up: Direction,
     half_closed: bool,
+    /// `u->start_sec`: rate limits count from here.
+    start_sec: i64,
+    /// Bytes per second (0: unlimited), evaluated when the upstream connects.
+    upload_rate: u64,
+    download_rate: u64,
+    /// A direction waiting out its rate limit (`read->delayed`), and its timer;
+    /// index 0 is client to upstream, 1 upstream to client.
+    delayed: [bool; 2],
+    delay_timer: [Option<TimerId>; 2],
     /// The upstream's `hash` key, evaluated once per session.
     key: Option<Vec<u8>>,
 }
@@ -282,11 +270,25 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         first_start: now,
         connect_timer: None,
         timer: None,
-        down: None,
-        up: None,
+        down: Direction::default(),
+        up: Direction::default(),
         half_closed: false,
         key: None,
+        start_sec: crate::core::time::wall().0,
+        upload_rate: 0,
+        download_rate: 0,
+        delayed: [false; 2],
+        delay_timer: [None; 2],
     })
+}
+
+/// `ngx_stream_complex_value_size`: a rate from its value, 0 (unlimited) when unset or
+/// not a size.
+fn rate_value(s: &mut SessionCore, v: Option<&Option<Complex>>) -> u64 {
+    let Some(Some(c)) = v else { return 0 };
+    let mut out = Vec::new();
+    c.eval(s, &mut out);
+    value::parse_size(&String::from_utf8_lossy(&out)).map_or(0, |n| n as u64)
 }
 
 fn conf(s: &SessionCore) -> &ProxySrv {
@@ -474,9 +476,9 @@ impl ProxySession {
         if let (Some(g), true) = (self.group, u.is_tcp()) {
             cx.rt.notify_connect(g, &self.pick);
         }
-        let size = conf(s).buffer_size.get();
-        self.down = Some(Dir::new(size));
-        self.up = Some(Dir::new(size));
+        let srv = s.srv.clone();
+        self.upload_rate = rate_value(s, srv.confs.proxy.upload_rate.option());
+        self.download_rate = rate_value(s, srv.confs.proxy.download_rate.option());
         self.connected = true;
         s.action = Some("proxying connection");
         match self.process(s, cx, false) {
@@ -490,97 +492,83 @@ impl ProxySession {
         if !self.connected {
             return Flow::Again;
         }
-        let (Some(upstream), Some(down), Some(up)) = (self.upstream.as_mut(), self.down.as_mut(), self.up.as_mut())
-        else {
-            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
-        };
+        let Some(upstream) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let di = from_upstream as usize;
+        let rate = if from_upstream { self.download_rate } else { self.upload_rate };
+        let buffer = conf(s).buffer_size.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
-        let (src, dst, d): (&mut Conn, &mut Conn, &mut Dir) =
-            if from_upstream { (upstream, &mut s.client, up) } else { (&mut s.client, upstream, down) };
-        let mut reads = 0;
-        let mut requeue = false;
-        let mut write_failed = false;
-        let mut io_err: Option<(Side, io::Error, &'static str)> = None;
-        loop {
-            if d.pending() {
-                s.action = Some(if from_upstream {
-                    "proxying and sending to client"
-                } else {
-                    "proxying and sending to upstream"
-                });
-                match dst.write(&d.buf[d.pos..d.len]) {
-                    Ok(n) => {
-                        d.pos += n;
-                        if from_upstream {
-                            s.sent += n as u64;
-                        } else {
-                            plog.sent += n as u64;
-                        }
-                        if d.pos == d.len {
-                            d.pos = 0;
-                            d.len = 0;
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let side = if from_upstream { Side::Client } else { Side::Upstream };
-                        io_err = Some((side, e, "writev() failed"));
-                        write_failed = true;
-                        break;
+        let received = if from_upstream { plog.received } else { s.received };
+        // nginx's pacing: at most `rate` bytes per second since the session started.
+        let limit = if rate == 0 {
+            None
+        } else if self.delayed[di] {
+            Some(0)
+        } else {
+            let allowed = rate as i64 * (crate::core::time::wall().0 - self.start_sec + 1) - received as i64;
+            if allowed <= 0 {
+                self.delayed[di] = true;
+                let ms = (-allowed) as u64 * 1000 / rate + 1;
+                cx.timers.set(
+                    &mut self.delay_timer[di],
+                    cx.now + Duration::from_millis(ms),
+                    session_token(s.key, Side::Client),
+                );
+                Some(0)
+            } else {
+                Some(allowed as usize)
+            }
+        };
+        let budget = Budget { buffer, limit, splice: rate == 0 };
+        let (src, dst, d) = if from_upstream {
+            (upstream, &mut s.client, &mut self.up)
+        } else {
+            (&mut s.client, upstream, &mut self.down)
+        };
+        let r = d.pump(src, dst, &mut cx.rt.scratch, &mut cx.rt.pipes, budget);
+        if from_upstream {
+            plog.received += r.read;
+            s.sent += r.written;
+            if r.read_returned {
+                if let Some(st) = s.upstream_states.last_mut() {
+                    if st.first_byte_time.is_none() {
+                        st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
                     }
                 }
             }
-            if d.eof {
-                break;
+        } else {
+            s.received += r.read;
+            plog.sent += r.written;
+        }
+        if rate > 0 && r.read > 0 {
+            let ms = r.read * 1000 / rate;
+            if ms > 0 {
+                self.delayed[di] = true;
+                cx.timers.set(
+                    &mut self.delay_timer[di],
+                    cx.now + Duration::from_millis(ms),
+                    session_token(s.key, Side::Client),
+                );
             }
-            if reads == READS_PER_WAKEUP {
-                requeue = true;
-                break;
-            }
-            reads += 1;
+        }
+        let (src_side, dst_side) =
+            if from_upstream { (Side::Upstream, Side::Client) } else { (Side::Client, Side::Upstream) };
+        if let Some(e) = r.read_error {
             s.action = Some(if from_upstream {
                 "proxying and reading from upstream"
             } else {
                 "proxying and reading from client"
             });
-            match src.read(&mut d.buf) {
-                Ok(n) => {
-                    if from_upstream {
-                        if let Some(st) = s.upstream_states.last_mut() {
-                            if st.first_byte_time.is_none() {
-                                st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
-                            }
-                        }
-                        plog.received += n as u64;
-                    } else {
-                        s.received += n as u64;
-                    }
-                    if n == 0 {
-                        d.eof = true;
-                    } else {
-                        d.pos = 0;
-                        d.len = n;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let side = if from_upstream { Side::Upstream } else { Side::Client };
-                    io_err = Some((side, e, "recv() failed"));
-                    d.eof = true;
-                }
-            }
+            s.connection_error(src_side, &e, "recv() failed");
         }
-        if let Some((side, e, msg)) = io_err {
-            s.connection_error(side, &e, msg);
-        }
-        s.action = Some("proxying connection");
-        if write_failed {
+        if let Some(e) = r.write_error {
+            s.action =
+                Some(if from_upstream { "proxying and sending to client" } else { "proxying and sending to upstream" });
+            s.connection_error(dst_side, &e, "writev() failed");
+            s.action = Some("proxying connection");
             return Flow::Finalize(status::OK);
         }
-        if requeue {
+        s.action = Some("proxying connection");
+        if r.requeue {
             cx.rt.requeue(s.key);
         }
         if let Some(f) = self.test_finalize(s, from_upstream) {
@@ -588,9 +576,9 @@ impl ProxySession {
         }
         // Half close: pass the end of file on once everything before it is delivered.
         let pc = conf(s);
-        let (d, dst_is_client) = if from_upstream { (self.up.as_ref(), true) } else { (self.down.as_ref(), false) };
-        if pc.half_close.get() && !self.half_closed && d.is_some_and(|d| d.eof && !d.pending()) {
-            let dst = if dst_is_client { Some(&s.client) } else { self.upstream.as_ref() };
+        let d = if from_upstream { &self.up } else { &self.down };
+        if pc.half_close.get() && !self.half_closed && d.eof && !d.pending() {
+            let dst = if from_upstream { Some(&s.client) } else { self.upstream.as_ref() };
             if let Some(dst) = dst {
                 if let Err(e) = dst.shutdown_write() {
                     s.connection_error(Side::Client, &e, "shutdown() failed");
@@ -599,14 +587,19 @@ impl ProxySession {
                 self.half_closed = true;
             }
         }
-        let t = pc.timeout.get();
-        cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        // proxy_timeout runs only while neither direction waits out a rate limit.
+        if self.delayed[0] || self.delayed[1] {
+            cx.timers.clear(&mut self.timer);
+        } else {
+            let t = pc.timeout.get();
+            cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        }
         Flow::Again
     }
 
     /// `ngx_stream_proxy_test_finalize` for TCP.
     fn test_finalize(&mut self, s: &mut SessionCore, from_upstream: bool) -> Option<Flow> {
-        let (down, up) = (self.down.as_ref()?, self.up.as_ref()?);
+        let (down, up) = (&self.down, &self.up);
         let (c_eof, u_eof) = (down.eof, up.eof);
         // Wait while both sides are open, or while bytes are still owed to a side that
         // has not closed (output to the client is `up`'s, to the upstream `down`'s).
@@ -711,6 +704,13 @@ impl Content for ProxySession {
             s.log(Level::Error, "upstream timed out", Some(&e));
             return self.next_upstream(s, cx);
         }
+        for di in 0..2 {
+            if self.delay_timer[di] == Some(id) {
+                self.delay_timer[di] = None;
+                self.delayed[di] = false;
+                return self.process(s, cx, di == 1);
+            }
+        }
         if self.timer == Some(id) {
             self.timer = None;
             let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
@@ -732,9 +732,12 @@ impl Content for ProxySession {
                 cx.rt.free_peer(g, &mut self.pick, Outcome::Ok, cx.now);
             }
         }
+        for t in &mut self.delay_timer {
+            cx.timers.clear(t);
+        }
         self.close_upstream(s, cx);
-        // Release the buffers at once: a closed session keeps nothing.
-        self.down = None;
-        self.up = None;
+        // Give the pipes back at once (closed if bytes are left in them).
+        self.down.release(&mut cx.rt.pipes);
+        self.up.release(&mut cx.rt.pipes);
     }
 }

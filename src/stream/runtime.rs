@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
+use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
 use crate::upstream::round_robin::RoundRobin;
 use crate::upstream::{new_balancer, Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
@@ -24,6 +25,9 @@ pub struct WorkerState {
     pub requeued: Vec<usize>,
     /// Access log files, by `ConfCx::open_file` index.
     pub files: Vec<Option<LogFile>>,
+    /// The copy path's buffer, shared by every session of the worker.
+    pub scratch: Vec<u8>,
+    pub pipes: PipePool,
     next_conn: u64,
 }
 
@@ -48,7 +52,15 @@ impl WorkerState {
                 })
             })
             .collect();
-        WorkerState { groups, dynamic: HashMap::new(), requeued: Vec::new(), files, next_conn: 0 }
+        WorkerState {
+            groups,
+            dynamic: HashMap::new(),
+            requeued: Vec::new(),
+            files,
+            scratch: Vec::new(),
+            pipes: PipePool::default(),
+            next_conn: 0,
+        }
     }
 
     /// The next connection number (`$connection`; nginx counts every connection).

@@ -1,0 +1,166 @@
+//! Zero-copy plumbing: pipes for splice(2) from a per-worker pool, and the splice calls.
+//!
+//! A pipe goes back to the pool only when it is empty; one with bytes left in it (a
+//! session that ended mid-transfer) is closed instead, so no stale byte can ever reach
+//! another session.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The pipe size asked for with F_SETPIPE_SZ: 16 pages of 4 KiB is Linux's default;
+/// 256 KiB lets one splice move a whole socket buffer's worth on fast links.
+pub const PIPE_SIZE: usize = 256 * 1024;
+
+/// Free pipes kept per worker; beyond this, returned pipes are closed.
+pub const POOL_MAX: usize = 256;
+
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    /// Bytes in the pipe.
+    pub len: usize,
+    /// The pipe's capacity.
+    pub cap: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills the two descriptors, which we own from here on.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors from pipe2.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own; failure just keeps the default size.
+        let cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        let cap = if cap > 0 {
+            cap as usize
+        } else {
+            // SAFETY: as above.
+            let c = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+            if c > 0 {
+                c as usize
+            } else {
+                65536
+            }
+        };
+        Ok(Pipe { r, w, len: 0, cap })
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len >= self.cap
+    }
+
+    /// Move up to the pipe's free room from `src` into the pipe. `Ok(0)` is end of file.
+    pub fn fill_from(&mut self, src: RawFd) -> io::Result<usize> {
+        let n = splice(src, self.w.as_raw_fd(), self.cap - self.len)?;
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Move what the pipe holds into `dst`.
+    pub fn drain_to(&mut self, dst: RawFd) -> io::Result<usize> {
+        let n = splice(self.r.as_raw_fd(), dst, self.len)?;
+        self.len -= n.min(self.len);
+        Ok(n)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: splice between descriptors we own, no offsets.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether an error from splice means "not possible for these descriptors" (fall back to
+/// copying) rather than a connection error.
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
+}
+
+#[derive(Default)]
+pub struct PipePool {
+    free: Vec<Pipe>,
+    /// Pipes made so far and pipes in use, for tests and the benchmark.
+    pub created: usize,
+    pub in_use: usize,
+}
+
+impl PipePool {
+    pub fn get(&mut self) -> io::Result<Pipe> {
+        let p = match self.free.pop() {
+            Some(p) => p,
+            None => {
+                self.created += 1;
+                Pipe::new()?
+            }
+        };
+        self.in_use += 1;
+        Ok(p)
+    }
+
+    /// Take a pipe back: kept when empty and the pool has room, else closed.
+    pub fn put(&mut self, p: Pipe) {
+        self.in_use = self.in_use.saturating_sub(1);
+        if p.len == 0 && self.free.len() < POOL_MAX {
+            self.free.push(p);
+        }
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn splice_through_a_pooled_pipe() {
+        let (mut a, b) = UnixStream::pair().expect("pair");
+        let (c, mut d) = UnixStream::pair().expect("pair");
+        let mut pool = PipePool::default();
+        let mut p = pool.get().expect("pipe");
+        a.write_all(b"hello").expect("write");
+        b.set_nonblocking(true).expect("nb");
+        let n = match p.fill_from(b.as_raw_fd()) {
+            Ok(n) => n,
+            // Some kernels refuse splice from unix sockets: the relay falls back then.
+            Err(e) if unsupported(&e) => return,
+            Err(e) => panic!("{}", e),
+        };
+        assert_eq!(n, 5);
+        assert_eq!(p.drain_to(c.as_raw_fd()).expect("drain"), 5);
+        let mut buf = [0u8; 5];
+        d.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"hello");
+        pool.put(p);
+        assert_eq!((pool.created, pool.free_count(), pool.in_use), (1, 1, 0));
+        let mut p = pool.get().expect("pipe");
+        assert_eq!(pool.created, 1, "an empty pipe is reused");
+        p.len = 1; // pretend bytes were left in it
+        pool.put(p);
+        assert_eq!(pool.free_count(), 0, "a pipe with bytes left is closed, not reused");
+    }
+}

@@ -1,0 +1,219 @@
+//! One direction of a TCP relay (the byte-moving half of `ngx_stream_proxy_process`),
+//! adaptive between two paths:
+//!
+//! - **copy**: read into the worker's shared scratch buffer and write straight on; only
+//!   bytes the destination cannot take yet are kept, in a per-direction buffer. Small
+//!   request/response traffic costs one read and one write per message.
+//! - **splice**: once a read fills the buffer (bulk), bytes go socket → pipe → socket
+//!   with splice(2) and never enter user space. After a few small reads with an empty
+//!   pipe the direction returns to copying and gives the pipe back to the pool.
+//!
+//! An idle direction holds no buffer and no pipe. The copy path is also the fallback
+//! when splice is refused for a socket pair, and the only path when bytes must be seen
+//! or paced (rate limits; later TLS and UDP).
+
+use std::io::{self, Read, Write};
+
+use crate::core::conn::Conn;
+use crate::core::splice::{self, Pipe, PipePool};
+
+/// Reads per direction per wake-up: a busy connection yields to the others after this.
+pub const READS_PER_WAKEUP: usize = 16;
+
+/// A splice read smaller than this counts as "small" traffic.
+const SMALL: usize = 4096;
+/// This many small splice reads in a row send the direction back to copying.
+const SMALL_TO_COPY: u8 = 2;
+
+#[derive(Default)]
+pub struct Direction {
+    /// Copied bytes `dst` has not taken yet.
+    held: Vec<u8>,
+    pos: usize,
+    pipe: Option<Pipe>,
+    /// `src` reached end of file (or failed).
+    pub eof: bool,
+    /// Splice failed for this socket pair: copy only.
+    no_splice: bool,
+    small: u8,
+}
+
+/// What one `pump` did.
+#[derive(Debug, Default)]
+pub struct Pumped {
+    pub read: u64,
+    pub written: u64,
+    /// A read returned (data or end of file): nginx's first-byte moment.
+    pub read_returned: bool,
+    /// The read error (the direction is at end of file after it).
+    pub read_error: Option<io::Error>,
+    pub write_error: Option<io::Error>,
+    /// Stopped at the per-wake-up cap with more to do.
+    pub requeue: bool,
+}
+
+/// How a direction may move bytes now.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes per read in copy mode (`proxy_buffer_size`).
+    pub buffer: usize,
+    /// The most bytes that may still be read now (rate limit), if limited.
+    pub limit: Option<usize>,
+    /// Whether splice may be used (false: bytes must pass through user space).
+    pub splice: bool,
+}
+
+impl Direction {
+    /// Bytes read from `src` and not yet written to `dst`.
+    pub fn pending(&self) -> bool {
+        self.pos < self.held.len() || self.pipe.as_ref().is_some_and(|p| p.len > 0)
+    }
+
+    pub fn is_splicing(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Give the pipe back (closed if it still holds bytes) and drop held bytes.
+    pub fn release(&mut self, pipes: &mut PipePool) {
+        if let Some(p) = self.pipe.take() {
+            pipes.put(p);
+        }
+        self.held = Vec::new();
+        self.pos = 0;
+    }
+
+    /// Move bytes from `src` to `dst` until one of them would block, end of file, an
+    /// error, or the per-wake-up cap.
+    pub fn pump(
+        &mut self,
+        src: &mut Conn,
+        dst: &mut Conn,
+        scratch: &mut Vec<u8>,
+        pipes: &mut PipePool,
+        b: Budget,
+    ) -> Pumped {
+        let mut out = Pumped::default();
+        let mut reads = 0;
+        let mut limit = b.limit;
+        loop {
+            // First deliver what is held, in order: copied bytes, then the pipe.
+            if self.pos < self.held.len() {
+                match dst.write(&self.held[self.pos..]) {
+                    Ok(n) => {
+                        self.pos += n;
+                        out.written += n as u64;
+                        if self.pos == self.held.len() {
+                            self.held.clear();
+                            self.pos = 0;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        out.write_error = Some(e);
+                        return out;
+                    }
+                }
+            }
+            if let Some(p) = self.pipe.as_mut() {
+                if p.len > 0 {
+                    match p.drain_to(dst.fd()) {
+                        Ok(n) => {
+                            out.written += n as u64;
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                        Err(e) => {
+                            out.write_error = Some(e);
+                            return out;
+                        }
+                    }
+                }
+                // Empty pipe after small reads: back to copying.
+                if self.small >= SMALL_TO_COPY || !b.splice {
+                    self.small = 0;
+                    if let Some(p) = self.pipe.take() {
+                        pipes.put(p);
+                    }
+                }
+            }
+            if self.eof || limit == Some(0) {
+                return out;
+            }
+            if reads == READS_PER_WAKEUP {
+                out.requeue = true;
+                return out;
+            }
+            reads += 1;
+            if let Some(p) = self.pipe.as_mut() {
+                match p.fill_from(src.fd()) {
+                    Ok(0) => {
+                        out.read_returned = true;
+                        self.eof = true;
+                    }
+                    Ok(n) => {
+                        out.read_returned = true;
+                        out.read += n as u64;
+                        self.small = if n < SMALL { self.small.saturating_add(1) } else { 0 };
+                    }
+                    // The pipe was empty, so this is the socket: nothing to read.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                    Err(e) if splice::unsupported(&e) => {
+                        self.no_splice = true;
+                        if let Some(p) = self.pipe.take() {
+                            pipes.put(p);
+                        }
+                    }
+                    Err(e) => {
+                        out.read_error = Some(e);
+                        self.eof = true;
+                    }
+                }
+                continue;
+            }
+            let max = limit.map_or(b.buffer, |l| l.min(b.buffer)).max(1);
+            if scratch.len() < max {
+                scratch.resize(max, 0);
+            }
+            match src.read(&mut scratch[..max]) {
+                Ok(0) => {
+                    out.read_returned = true;
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    out.read_returned = true;
+                    out.read += n as u64;
+                    if let Some(l) = limit.as_mut() {
+                        *l -= n.min(*l);
+                    }
+                    let w = match dst.write(&scratch[..n]) {
+                        Ok(w) => w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => 0,
+                        Err(e) => {
+                            out.write_error = Some(e);
+                            return out;
+                        }
+                    };
+                    out.written += w as u64;
+                    if w < n {
+                        self.held.extend_from_slice(&scratch[w..n]);
+                    }
+                    // A full read is bulk traffic: splice from now on, if allowed.
+                    if n == max && b.splice && b.limit.is_none() && !self.no_splice && b.buffer >= SMALL {
+                        if let Ok(p) = pipes.get() {
+                            self.small = 0;
+                            self.pipe = Some(p);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    out.read_error = Some(e);
+                    self.eof = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The stream log module and session logging through the real binary: every variable
+//! against real nginx 1.22.1's recorded lines (t/data/logs/), escaping, `access_log off`,
+//! several and inherited access logs, `buffer=`, `flush=`, `gzip`, `if=`, variables in
+//! the path, and `error_log` per server.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::recorded::*;
+
+/// A format whose first field is the client's port, for finding a session's line.
+const FORMAT_P: &str = "log_format p '$remote_port|$status|$server_port|$bytes_sent';";
+
+fn conf(stream: &str) -> String {
+    format!("events {{}}\nstream {{\n{FORMAT_P}\n{stream}\n}}\n")
+}
+
+/// The recorder's sessions `ok`, `return` and `refused`, in its order, in one fresh
+/// sluice with the recorder's configuration: every variable and the info-level error
+/// log lines must have nginx's shapes, and the connection numbers nginx's values.
+#[test]
+fn all_variables_ok_return_refused() {
+    let echo = backend(pong);
+    let closed = closed_port();
+    let (ok, ret, refused) = (free_port(), free_port(), free_port());
+    let mut s = Sluice::start(&conf_all(&format!(
+        "server {{ listen 127.0.0.1:{ok}; proxy_pass 127.0.0.1:{echo}; }}\n\
+         server {{ listen 127.0.0.1:{ret}; return \"hi\\n\"; }}\n\
+         server {{ listen 127.0.0.1:{refused}; proxy_pass 127.0.0.1:{closed}; }}"
+    )));
+    let before = now_epoch();
+    let (c_ok, r_ok, _) = client(ok, b"hello\n");
+    let (c_ret, r_ret, _) = client(ret, b"");
+    let (c_ref, r_ref, _) = client(refused, b"");
+    // one more session, to see which number follows the refused one
+    let (c_next, _, _) = client(ret, b"");
+    // client-replies.json
+    assert_eq!(r_ok, b"pong\n");
+    assert_eq!(r_ret, b"hi\n");
+    assert_eq!(r_ref, b"");
+
+    let base = Caps::new(&s)
+        .with("PORT_OK", ok)
+        .with("PORT_RETURN", ret)
+        .with("PORT_REFUSED", refused)
+        .with("PORT_BACKEND_ECHO", echo)
+        .with("PORT_BACKEND_CLOSED", closed);
+    let mut lines = Vec::new();
+    let mut conns = Vec::new();
+    for (cport, shape, session) in
+        [(c_ok, ERROR_OK, "ok"), (c_ret, ERROR_RETURN, "return"), (c_ref, ERROR_REFUSED, "refused")]
+    {
+        let mut caps = base.clone();
+        lines.push(check_recorded(&s, &mut caps, cport, shape, session));
+        conns.push(caps.get("CONN").unwrap_or_default().to_string());
+    }
+    let next = access_line(&s, "access.log", 1, &c_next.to_string()).expect("line of the fourth session");
+    conns.push(fields(&next)[6].to_string());
+    let after = now_epoch();
+
+    // nginx numbers accepted and upstream connections from one counter: ok *1 (its
+    // upstream 2), return *3, refused *4 (the attempted upstream 5), then 6.
+    assert_eq!(conns, ["1", "3", "4", "6"], "connection numbers ($connection, *N)");
+
+    for l in &lines {
+        let f = fields(l);
+        let msec = seconds(f[8]);
+        assert!(msec >= before - 1.0 && msec <= after + 1.0, "$msec {} not in [{}, {}]", msec, before, after);
+        assert_eq!(time_local_as_iso(f[9]).as_deref(), Some(f[10]), "$time_local and $time_iso8601 differ");
+        let iso = iso8601_epoch(f[10]).expect("iso8601") as f64;
+        assert!((iso - msec).abs() < 2.0, "$time_iso8601 {} vs $msec {}", f[10], f[8]);
+        for i in [15, 20, 21, 22] {
+            if f[i] != "-" {
+                assert!(seconds(f[i]) < 5.0, "field {} = {} in {}", i, f[i], l);
+            }
+        }
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// escape.txt's lines without the map value: `$binary_remote_addr|$upstream_addr|
+/// $upstream_connect_time` in a `return` session with each escaping.
+#[test]
+fn escape_default_json_none() {
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+         log_format esc_default '$binary_remote_addr|$upstream_addr|$upstream_connect_time';\n\
+         log_format esc_json escape=json '{{\"bin\":\"$binary_remote_addr\",\"ups\":\"$upstream_addr\",\
+         \"uct\":\"$upstream_connect_time\"}}';\n\
+         log_format esc_none escape=none '$binary_remote_addr|$upstream_addr|$upstream_connect_time';\n\
+         server {{ listen 127.0.0.1:{p}; return \"esc\\n\";\n\
+           access_log %%PREFIX%%esc-default.log esc_default;\n\
+           access_log %%PREFIX%%esc-json.log esc_json;\n\
+           access_log %%PREFIX%%esc-none.log esc_none; }}\n}}\n"
+    ));
+    let (_, reply, _) = client(p, b"");
+    assert_eq!(reply, b"esc\n");
+    for v in ["default", "json", "none"] {
+        let rec = escape_recorded(v);
+        // drop the map value: up to the first '|' (default, none) or the "weird" member
+        let want: Vec<u8> = if v == "json" {
+            let at = rec.windows(6).position(|w| w == b"\"bin\":").expect("bin member");
+            [&b"{"[..], &rec[at..]].concat()
+        } else {
+            let at = rec.iter().position(|&c| c == b'|').expect("|");
+            rec[at + 1..].to_vec()
+        };
+        let file = format!("esc-{}.log", v);
+        wait_for(Duration::from_secs(10), || s.read(&file).ends_with('\n'));
+        let got = std::fs::read(s.dir.join(&file)).unwrap_or_default();
+        assert_eq!(got.escape_ascii().to_string(), want.escape_ascii().to_string(), "escape={}", v);
+    }
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// The recorded map value `a"b\c<TAB>d<01>e<7f>f<c3 a9>g`, without `map`: put it at the
+/// end of a unix listener's path and log `$server_addr` (nginx: "unix:" + the path, from
+/// ngx_connection_local_sockaddr/ngx_sock_ntop). The expected value part is escape.txt's.
+#[test]
+fn escape_recorded_value_via_unix_listen_path() {
+    // the conf spelling of the recorder: \" \\ and \t are unescaped by the parser
+    let conf_weird = "a\\\"b\\\\c\\td\u{1}e\u{7f}f\u{e9}g";
+    let weird: &[u8] = b"a\"b\\c\td\x01e\x7ff\xc3\xa9g";
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+         log_format esc_default '$server_addr|$upstream_addr|$upstream_connect_time';\n\
+         log_format esc_json escape=json '{{\"weird\":\"$server_addr\",\"ups\":\"$upstream_addr\",\
+         \"uct\":\"$upstream_connect_time\"}}';\n\
+         log_format esc_none escape=none '$server_addr|$upstream_addr|$upstream_connect_time';\n\
+         server {{ listen \"unix:%%PREFIX%%{conf_weird}\"; return \"esc\\n\";\n\
+           access_log %%PREFIX%%esc-default.log esc_default;\n\
+           access_log %%PREFIX%%esc-json.log esc_json;\n\
+           access_log %%PREFIX%%esc-none.log esc_none; }}\n}}\n"
+    ));
+    let prefix = s.dir.prefix();
+    assert!(prefix.bytes().all(|c| c.is_ascii_alphanumeric() || b"/-_.".contains(&c)), "{}", prefix);
+    let path = [prefix.as_bytes(), weird].concat();
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&path));
+    let mut c = UnixStream::connect(&path).expect("connect to the unix listener");
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).expect("read");
+    assert_eq!(reply, b"esc\n");
+    let head = format!("unix:{}", prefix);
+    for v in ["default", "json", "none"] {
+        let rec = escape_recorded(v);
+        // the recorded line without $binary_remote_addr (a unix client has no IP
+        // address), with "unix:PREFIX" put in front of the value
+        let want = if v == "json" {
+            let find = |w: &[u8]| rec.windows(w.len()).position(|x| x == w).expect("json member");
+            let (bin, ups) = (find(b",\"bin\":"), find(b",\"ups\":"));
+            let at = b"{\"weird\":\"".len();
+            [&rec[..at], head.as_bytes(), &rec[at..bin], &rec[ups..]].concat()
+        } else {
+            let f: Vec<&[u8]> = rec.split(|&c| c == b'|').collect();
+            assert_eq!(f.len(), 4, "{}", rec.escape_ascii());
+            [head.as_bytes(), f[0], b"|", f[2], b"|", f[3]].concat()
+        };
+        let file = format!("esc-{}.log", v);
+        wait_for(Duration::from_secs(10), || s.read(&file).ends_with('\n'));
+        let got = std::fs::read(s.dir.join(&file)).unwrap_or_default();
+        assert_eq!(got.escape_ascii().to_string(), want.escape_ascii().to_string(), "escape={}", v);
+    }
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `access_log off` in a server turns off the stream-level log for it only.
+#[test]
+fn access_log_off() {
+    let (a, b) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "access_log %%PREFIX%%access.log p;\n\
+         server {{ listen 127.0.0.1:{a}; return a; access_log off; }}\n\
+         server {{ listen 127.0.0.1:{b}; return b; }}"
+    )));
+    let (ca, _, _) = client(a, b"");
+    let (cb, _, _) = client(b, b"");
+    // sessions end in order in one process: once b's line is there, a's would be too
+    let lb = access_line(&s, "access.log", 0, &cb.to_string());
+    assert_eq!(lb, Some(format!("{cb}|200|{b}|1")));
+    let all = s.read("access.log");
+    assert!(!all.contains(&format!("{ca}|")), "access_log off still logged:\n{}", all);
+    assert_eq!(all.lines().count(), 1, "{}", all);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// Two `access_log`s in one server both get a line, each in its own format.
+#[test]
+fn two_access_logs_in_one_server() {
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "log_format q 'Q $remote_port $protocol';\n\
+         server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%one.log p; \
+         access_log %%PREFIX%%two.log q; }}"
+    )));
+    let (c, _, _) = client(p, b"");
+    assert_eq!(s.wait_lines("one.log", 1), vec![format!("{c}|200|{p}|1")]);
+    assert_eq!(s.wait_lines("two.log", 1), vec![format!("Q {c} TCP")]);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// A server without `access_log` inherits the stream{} one; a server with its own does not
+/// also write to the stream{} one.
+#[test]
+fn access_log_inherited_from_stream() {
+    let (a, b) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "access_log %%PREFIX%%main.log p;\n\
+         server {{ listen 127.0.0.1:{a}; return a; }}\n\
+         server {{ listen 127.0.0.1:{b}; return b; access_log %%PREFIX%%own.log p; }}"
+    )));
+    let (cb, _, _) = client(b, b"");
+    let (ca, _, _) = client(a, b"");
+    assert_eq!(access_line(&s, "main.log", 0, &ca.to_string()), Some(format!("{ca}|200|{a}|1")));
+    assert_eq!(s.wait_lines("own.log", 1), vec![format!("{cb}|200|{b}|1")]);
+    let main = s.read("main.log");
+    assert_eq!(main.lines().count(), 1, "the server with its own access_log also wrote main.log:\n{}", main);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `buffer=`: lines wait in memory until QUIT flushes them.
+#[test]
+fn buffer_flushed_on_quit() {
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%buf.log p buffer=64k; \
+         access_log %%PREFIX%%now.log p; }}"
+    )));
+    let (c1, _, _) = client(p, b"");
+    let (c2, _, _) = client(p, b"");
+    // the unbuffered log is written by the same log phase, after the buffered one
+    assert_eq!(s.wait_lines("now.log", 2).len(), 2);
+    assert_eq!(s.read("buf.log"), "", "a buffered line reached the file before the buffer was flushed");
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(s.read("buf.log"), format!("{c1}|200|{p}|1\n{c2}|200|{p}|1\n"), "buffer not flushed on QUIT");
+}
+
+/// `buffer=`: when the next line does not fit, the buffered ones are written first.
+#[test]
+fn buffer_flushed_when_full() {
+    let p = free_port();
+    let pad = "x".repeat(400);
+    let mut s = Sluice::start(&conf(&format!(
+        "log_format big '$remote_port|{pad}';\n\
+         server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%buf.log big buffer=1k; \
+         access_log %%PREFIX%%now.log p; }}"
+    )));
+    let mut ports = Vec::new();
+    for i in 1..=2 {
+        ports.push(client(p, b"").0);
+        assert_eq!(s.wait_lines("now.log", i).len(), i);
+        assert_eq!(s.read("buf.log"), "", "written before 1k was filled ({} lines of ~406 bytes)", i);
+    }
+    // the third line (~406 bytes) does not fit in the ~212 bytes left: the two go out
+    ports.push(client(p, b"").0);
+    assert_eq!(s.wait_lines("now.log", 3).len(), 3);
+    let want: Vec<String> = ports.iter().map(|c| format!("{c}|{pad}")).collect();
+    assert_eq!(s.read("buf.log").lines().collect::<Vec<_>>(), &want[..2], "flush when the buffer is full");
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(s.read("buf.log").lines().collect::<Vec<_>>(), want, "the rest is flushed on QUIT");
+}
+
+/// `flush=1s`: a buffered line is written about a second later without any other event.
+#[test]
+fn flush_timer() {
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%buf.log p buffer=64k flush=1s; \
+         access_log %%PREFIX%%now.log p; }}"
+    )));
+    let (c, _, _) = client(p, b"");
+    assert_eq!(s.wait_lines("now.log", 1).len(), 1);
+    let t = Instant::now();
+    assert_eq!(s.read("buf.log"), "", "flushed at once");
+    let lines = s.wait_lines("buf.log", 1);
+    let took = t.elapsed();
+    assert_eq!(lines, vec![format!("{c}|200|{p}|1")], "not flushed by the flush= timer");
+    assert!(took >= Duration::from_millis(500), "flushed after {:?}, flush=1s", took);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `gzip`: the file is gzip (one member per flush), the lines inside.
+#[test]
+fn gzip_log() {
+    use flate2::read::MultiGzDecoder;
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%gz.log p gzip; \
+         access_log %%PREFIX%%gz9.log p gzip=9 buffer=4k; access_log %%PREFIX%%now.log p; }}"
+    )));
+    let (c1, _, _) = client(p, b"");
+    let (c2, _, _) = client(p, b"");
+    assert_eq!(s.wait_lines("now.log", 2).len(), 2);
+    assert_eq!(s.stop(), Some(0));
+    let want = format!("{c1}|200|{p}|1\n{c2}|200|{p}|1\n");
+    for f in ["gz.log", "gz9.log"] {
+        let raw = std::fs::read(s.dir.join(f)).unwrap_or_default();
+        assert!(raw.starts_with(&[0x1f, 0x8b]), "{} is not gzip: {:?}", f, &raw[..raw.len().min(16)]);
+        let mut text = String::new();
+        MultiGzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap_or_else(|e| panic!("{}: {}", f, e));
+        assert_eq!(text, want, "{}", f);
+    }
+}
+
+/// `if=`: no line when the condition is empty (or "0").
+#[test]
+fn if_condition() {
+    let echo = backend(pong);
+    let (r, x) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "access_log %%PREFIX%%if.log p if=$upstream_addr;\n\
+         access_log %%PREFIX%%all.log p;\n\
+         server {{ listen 127.0.0.1:{r}; return x; }}\n\
+         server {{ listen 127.0.0.1:{x}; proxy_pass 127.0.0.1:{echo}; }}"
+    )));
+    let (cr, _, _) = client(r, b"");
+    let (cx, reply, _) = client(x, b"hello\n");
+    assert_eq!(reply, b"pong\n");
+    assert_eq!(s.wait_lines("all.log", 2).len(), 2);
+    assert_eq!(s.wait_lines("if.log", 1), vec![format!("{cx}|200|{x}|5")]);
+    let all = s.read("if.log");
+    assert!(!all.contains(&format!("{cr}|")), "logged with an empty if= condition:\n{}", all);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// A variable in the access_log path: the file is chosen per session.
+#[test]
+fn variable_in_path() {
+    let (a, b) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "access_log %%PREFIX%%access-$server_port.log p;\n\
+         server {{ listen 127.0.0.1:{a}; return a; }}\n\
+         server {{ listen 127.0.0.1:{b}; return b; }}"
+    )));
+    let (ca, _, _) = client(a, b"");
+    let (cb, _, _) = client(b, b"");
+    let (ca2, _, _) = client(a, b"");
+    assert_eq!(
+        s.wait_lines(&format!("access-{a}.log"), 2),
+        vec![format!("{ca}|200|{a}|1"), format!("{ca2}|200|{a}|1")]
+    );
+    assert_eq!(s.wait_lines(&format!("access-{b}.log"), 1), vec![format!("{cb}|200|{b}|1")]);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `error_log` in a server: that server's session lines go to its file, not the main one,
+/// at that file's level.
+#[test]
+fn error_log_in_server() {
+    let closed = closed_port();
+    let echo = backend(pong);
+    let (a, b, o, e) = (free_port(), free_port(), free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{a}; error_log %%PREFIX%%srv.log info; proxy_pass 127.0.0.1:{closed}; }}\n\
+         server {{ listen 127.0.0.1:{o}; error_log %%PREFIX%%ok.log info; proxy_pass 127.0.0.1:{echo}; }}\n\
+         server {{ listen 127.0.0.1:{e}; error_log %%PREFIX%%err.log error; proxy_pass 127.0.0.1:{closed}; }}\n\
+         server {{ listen 127.0.0.1:{b}; return b; }}"
+    )));
+    let (ca, _, _) = client(a, b"");
+    let (co, _, _) = client(o, b"hello\n");
+    let (ce, _, _) = client(e, b"");
+    let (cb, _, _) = client(b, b"");
+    // b's line in the main log shows the main log has caught up with a's session
+    let (_, b_lines) = session_lines(&s, "error.log", cb, 1);
+    assert_eq!(b_lines.len(), 1, "{}", s.error_log());
+    let mut caps = Caps::new(&s).with("PORT_REFUSED", a).with("PORT_BACKEND_CLOSED", closed).with("CLIENT_PORT", ca);
+    let (conn, lines) = session_lines(&s, "srv.log", ca, 2);
+    if let Err(e) = match_file(ERROR_REFUSED, &lines, &mut caps) {
+        panic!("srv.log:\n{}\n---\n{}", e, s.read("srv.log"));
+    }
+    let main = s.error_log();
+    assert!(conn_lines(&main, &conn).is_empty(), "session *{} also in the main error log:\n{}", conn, main);
+    assert!(conn_of(&s.read("srv.log"), cb).is_none(), "the other server's session went to srv.log");
+    // a proxied session: the upstream connection's lines go to the server's log too
+    let mut caps = Caps::new(&s).with("PORT_OK", o).with("PORT_BACKEND_ECHO", echo).with("CLIENT_PORT", co);
+    let (conn, lines) = session_lines(&s, "ok.log", co, 3);
+    if let Err(e) = match_file(ERROR_OK, &lines, &mut caps) {
+        panic!("ok.log:\n{}\n---\n{}", e, s.read("ok.log"));
+    }
+    assert!(conn_lines(&main, &conn).is_empty(), "session *{} also in the main error log:\n{}", conn, main);
+    // level error: only the [error] line, in err.log, and nothing in the main log
+    let err = s.read("err.log");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" *")).collect();
+    assert_eq!(lines.len(), 1, "err.log (level error):\n{}", err);
+    assert!(lines[0].contains(" [error] ") && lines[0].contains(&format!("server: 127.0.0.1:{e}, ")), "{}", lines[0]);
+    let conn = lines[0].split(": *").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default();
+    assert!(conn_lines(&s.error_log(), conn).is_empty(), "session *{} in the main error log:\n{}", conn, s.error_log());
+    let connected = format!(" client 127.0.0.1:{ce} connected to ");
+    assert!(!err.contains(&connected) && !s.error_log().contains(&connected), "an info line below level error");
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `access_log` parameters nginx 1.22.1 refuses (ngx_stream_log_set_log), checked with
+/// `-t`: each must fail with exactly that `[emerg]` at that line.
+#[test]
+fn access_log_parameter_errors() {
+    let cases: &[(&str, &str)] = &[
+        // flush= needs a buffer (gzip would imply one; flush= does not)
+        ("access_log a.log p flush=1s;", "no buffer is defined for access_log \"a.log\""),
+        ("access_log a-$server_port.log p buffer=4k;", "buffered logs cannot have variables in name"),
+        ("access_log a.log p buffer=0;", "invalid buffer size \"0\""),
+        ("access_log a.log p flush=0;", "invalid flush time \"0\""),
+        ("access_log a.log p gzip=10;", "invalid compression level \"10\""),
+        (
+            "access_log a.log p buffer=4k;\n        access_log a.log p buffer=8k;",
+            "access_log \"a.log\" already defined with conflicting parameters",
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (directive, msg) in cases {
+        let dir = TempDir::new("logconf");
+        let text = format!(
+            "events {{}}\nstream {{\n    {FORMAT_P}\n    server {{\n        listen 127.0.0.1:{};\n        \
+             return x;\n        {directive}\n    }}\n}}\n",
+            free_port()
+        );
+        // the line of the directive nginx names: the last one written
+        let line =
+            text.lines().position(|l| l.contains("access_log")).expect("line") + 1 + directive.matches('\n').count();
+        std::fs::write(dir.join("nginx.conf"), &text).expect("write conf");
+        let p = dir.path().to_string_lossy().into_owned();
+        let out = run(&["-t", "-p", &p, "-c", &format!("{p}/nginx.conf"), "-e", &format!("{p}/error.log")], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("[emerg] {} in {}/nginx.conf:{}", msg, p, line);
+        if !stderr.lines().next().is_some_and(|l| l.ends_with(&want)) || out.status.code() != Some(1) {
+            failed.push(format!(
+                "{}\n  want exit 1 and a first line ending {:?}\n  got exit {:?}:\n{}",
+                directive,
+                want,
+                out.status.code(),
+                stderr
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} cases differ from nginx:\n{}", failed.len(), cases.len(), failed.join("\n"));
+}
+
+/// The address variables and session lines over IPv6 loopback (nginx's ngx_sock_ntop:
+/// "[::1]:PORT" with a port, "::1" without; 16 bytes of `$binary_remote_addr`).
+#[test]
+fn ipv6_addresses() {
+    let l = std::net::TcpListener::bind("[::1]:0").expect("bind [::1]");
+    let b = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || pong(c));
+        }
+    });
+    let p = std::net::TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()).expect("free [::1] port").port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format v6 '$remote_addr|$remote_port|$binary_remote_addr|$server_addr|\
+         $server_port|$upstream_addr|$status';\n  server {{ listen [::1]:{p}; proxy_pass [::1]:{b}; \
+         access_log %%PREFIX%%v6.log v6; }}\n}}\n"
+    ));
+    let mut c = std::net::TcpStream::connect(("::1", p)).expect("connect [::1]");
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let cport = c.local_addr().expect("addr").port();
+    std::io::Write::write_all(&mut c, b"hello\n").expect("write");
+    let (reply, err) = read_all(&mut c);
+    assert!(err.is_none(), "{:?}", err);
+    assert_eq!(reply, b"pong\n");
+    let bin = format!("{}\\x01", "\\x00".repeat(15));
+    assert_eq!(s.wait_lines("v6.log", 1), vec![format!("::1|{cport}|{bin}|::1|{p}|[::1]:{b}|200")]);
+    let shape = ERROR_OK.replace("127.0.0.1:", "[::1]:");
+    let mut caps = Caps::new(&s).with("PORT_OK", p).with("PORT_BACKEND_ECHO", b).with("CLIENT_PORT", cport);
+    let needle = format!(" client [::1]:{cport} connected to ");
+    wait_for(Duration::from_secs(10), || s.error_log().lines().filter(|l| l.contains(" *")).count() >= 3);
+    let log = s.error_log();
+    let conn = log
+        .lines()
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.split(": *").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no {:?} line:\n{}", needle, log))
+        .to_string();
+    if let Err(e) = match_file(&shape, &conn_lines(&log, &conn), &mut caps) {
+        panic!("{}", e);
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// `log_format` joins several strings into one format, with nothing between them.
+#[test]
+fn log_format_of_several_strings() {
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format m '$remote_port' '|' \"$status\" '|$protocol';\n  \
+         server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%m.log m; }}\n}}\n"
+    ));
+    let (c, _, _) = client(p, b"");
+    assert_eq!(s.wait_lines("m.log", 1), vec![format!("{c}|200|TCP")]);
+    assert_eq!(s.stop(), Some(0));
+}

@@ -1,0 +1,719 @@
+//! The proxy module through the real binary, shaped like nginx-tests `stream_proxy*.t`:
+//! relaying in both directions at once, `proxy_half_close`, failed connects (refused and
+//! timed out), `proxy_timeout`, many concurrent sessions, unix sockets on both sides, and
+//! `return` with variables. Log lines are matched against real nginx 1.22.1 recordings
+//! (t/data/logs/).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+use crate::recorded::*;
+
+/// A backend running `f` on each connection in its own thread (a closure, so it can
+/// report back to the test over a channel).
+fn backend_with<F: Fn(TcpStream) + Send + Sync + 'static>(f: F) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let port = l.local_addr().expect("addr").port();
+    let f = Arc::new(f);
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let f = f.clone();
+            std::thread::spawn(move || f(c));
+        }
+    });
+    port
+}
+
+/// `n` pseudo-random bytes (xorshift64).
+fn payload(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+#[test]
+fn relay_5mib_both_ways_at_once() {
+    const N: usize = 5 << 20;
+    let up = Arc::new(payload(N, 0x9e37_79b9_7f4a_7c15));
+    let down = Arc::new(payload(N, 0xc2b2_ae3d_27d4_eb4f));
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let down2 = down.clone();
+    // The backend reads the client's 5 MiB while it writes its own 5 MiB, then closes.
+    let b = backend_with(move |c| {
+        c.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        c.set_write_timeout(Some(Duration::from_secs(20))).ok();
+        let mut w = c.try_clone().expect("clone");
+        let d = down2.clone();
+        let writer = std::thread::spawn(move || w.write_all(&d).is_ok());
+        let mut r = c;
+        let mut got = Vec::with_capacity(N);
+        let mut buf = vec![0u8; 65536];
+        while got.len() < N {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let wrote = writer.join().unwrap_or(false);
+        let _ = tx.lock().map(|t| t.send((got.len(), Sha256::digest(&got), wrote)));
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format bytes '$bytes_received|$bytes_sent|$upstream_bytes_sent|\
+         $upstream_bytes_received|$status';\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; \
+         access_log %%PREFIX%%bytes.log bytes; }}\n}}\n"
+    ));
+    let start = Instant::now();
+    let c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    c.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    c.set_write_timeout(Some(Duration::from_secs(20))).ok();
+    let mut w = c.try_clone().expect("clone");
+    let up2 = up.clone();
+    let writer = std::thread::spawn(move || w.write_all(&up2).map_err(|e| e.to_string()));
+    let mut r = c;
+    let (got, err) = read_all(&mut r);
+    let wrote = writer.join().expect("writer thread");
+    let (blen, bsha, bwrote) = rx.recv_timeout(Duration::from_secs(30)).expect("backend result");
+    assert!(err.is_none(), "client read error: {:?}", err);
+    assert_eq!(wrote, Ok(()), "client write");
+    assert!(bwrote, "backend write failed");
+    assert_eq!(got.len(), N, "bytes received by the client");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&down[..]), "backend→client payload differs");
+    assert_eq!(blen, N, "bytes received by the backend");
+    assert_eq!(bsha, Sha256::digest(&up[..]), "client→backend payload differs");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let lines = s.wait_lines("bytes.log", 1);
+    assert_eq!(lines, vec![format!("{N}|{N}|{N}|{N}|200")]);
+    let (_, lines) = session_lines(&s, "error.log", cport, 3);
+    let want = format!("upstream disconnected, bytes from/to client:{N}/{N}, bytes from/to upstream:{N}/{N}");
+    assert!(lines.last().is_some_and(|l| l.ends_with(&want)), "want a last line ending {:?}: {:?}", want, lines);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// nginx-tests stream_proxy_half_close.t, "half close client": the client shuts its write
+/// side; the backend still gets the data and the end of file, and can answer.
+#[test]
+fn half_close_client_shuts_write() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let b = backend_with(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let (got, err) = read_all(&mut c);
+        let eof = err.is_none();
+        let _ = c.write_all(b"SEE:");
+        let _ = c.write_all(&got);
+        let _ = tx.lock().map(|t| t.send((got, eof)));
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format st '$status|$bytes_received|$bytes_sent|$upstream_bytes_sent|\
+         $upstream_bytes_received';\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; \
+         proxy_half_close on; access_log %%PREFIX%%a.log st; }}\n}}\n"
+    ));
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    c.write_all(b"SEE-THIS").expect("write");
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    let (got, eof) = rx.recv_timeout(Duration::from_secs(10)).expect("the backend never saw the client's FIN");
+    assert_eq!(got, b"SEE-THIS");
+    assert!(eof, "the backend got a read error instead of the end of file");
+    let (reply, err) = read_all(&mut c);
+    assert!(err.is_none(), "client read: {:?}", err);
+    assert_eq!(reply, b"SEE:SEE-THIS", "the answer after the client's half-close");
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|8|12|8|12"]);
+    // the upstream's end of file is the last event (ngx_stream_proxy_test_finalize)
+    let (_, lines) = session_lines(&s, "error.log", cport, 3);
+    let want = "upstream disconnected, bytes from/to client:8/12, bytes from/to upstream:12/8";
+    assert!(lines.last().is_some_and(|l| l.ends_with(want)), "want a last line ending {:?}: {:?}", want, lines);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// nginx-tests stream_proxy_half_close.t, "half close upstream": the backend shuts its
+/// write side; the client gets the end of file and can still send to the backend.
+#[test]
+fn half_close_backend_shuts_write() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let b = backend_with(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let _ = c.write_all(b"HELLO");
+        let _ = c.shutdown(Shutdown::Write);
+        let (got, err) = read_all(&mut c);
+        let _ = tx.lock().map(|t| t.send((got, err.is_none())));
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format st '$status|$bytes_received|$bytes_sent|$upstream_bytes_sent|\
+         $upstream_bytes_received';\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; \
+         proxy_half_close on; access_log %%PREFIX%%a.log st; }}\n}}\n"
+    ));
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    let mut hello = [0u8; 5];
+    c.read_exact(&mut hello).expect("the backend's greeting");
+    assert_eq!(&hello, b"HELLO");
+    // The backend's FIN must reach the client while the session stays up.
+    let mut one = [0u8; 1];
+    match c.read(&mut one) {
+        Ok(0) => {}
+        other => panic!("expected the end of file passed on from the backend, got {:?}", other),
+    }
+    c.write_all(b"SEE").expect("write after the backend's half-close");
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    let (got, eof) = rx.recv_timeout(Duration::from_secs(10)).expect("backend result");
+    assert_eq!(got, b"SEE", "what the backend got after its half-close");
+    assert!(eof, "the backend got a read error instead of the end of file");
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|3|5|3|5"]);
+    let (_, lines) = session_lines(&s, "error.log", cport, 3);
+    let want = "client disconnected, bytes from/to client:3/5, bytes from/to upstream:5/3";
+    assert!(lines.last().is_some_and(|l| l.ends_with(want)), "want a last line ending {:?}: {:?}", want, lines);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// Without `proxy_half_close` (the default), the client's FIN ends the session: the
+/// recorder's `client_close` session (4 bytes to an idle backend, then the client's end).
+#[test]
+fn half_close_off_client_fin_ends_session() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let b = backend_with(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut got = [0u8; 4];
+        let ok = c.read_exact(&mut got).is_ok();
+        let _ = tx.lock().map(|t| t.send(Some(got.to_vec()).filter(|_| ok)));
+        let (rest, err) = read_all(&mut c);
+        let _ = tx.lock().map(|t| t.send(Some(rest).filter(|_| err.is_none())));
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!("server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }}")));
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    c.write_all(b"bye\n").expect("write");
+    // Wait until the bytes reached the backend (the recorder slept 0.2 s instead).
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("backend got nothing");
+    assert_eq!(first.as_deref(), Some(&b"bye\n"[..]));
+    let t = Instant::now();
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    let (reply, err) = read_all(&mut c);
+    assert!(err.is_none(), "client read: {:?}", err);
+    assert_eq!(reply, b"", "nothing comes back from the idle backend");
+    assert!(t.elapsed() < Duration::from_secs(5), "the session outlived the client's FIN: {:?}", t.elapsed());
+    let rest = rx.recv_timeout(Duration::from_secs(10)).expect("the backend's connection was not closed");
+    assert_eq!(rest.as_deref(), Some(&b""[..]), "the backend sees the end of file and nothing more");
+    let mut caps = Caps::new(&s).with("PORT_CLIENT_CLOSE", p).with("PORT_BACKEND_IDLE", b);
+    check_recorded(&s, &mut caps, cport, ERROR_CLIENT_CLOSE, "client_close");
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn connection_refused_is_502() {
+    let closed = closed_port();
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!("server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{closed}; }}")));
+    let (cport, reply, took) = client(p, b"");
+    assert_eq!(reply, b"");
+    assert!(took < Duration::from_secs(5), "{:?}", took);
+    let mut caps = Caps::new(&s).with("PORT_REFUSED", p).with("PORT_BACKEND_CLOSED", closed);
+    let line = check_recorded(&s, &mut caps, cport, ERROR_REFUSED, "refused");
+    assert_eq!(fields(&line)[16], "502");
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn connect_timeout_is_502() {
+    let full = full_backend();
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_connect_timeout 1s; proxy_pass 127.0.0.1:{}; }}",
+        full.port
+    )));
+    let (cport, reply, took) = client(p, b"");
+    assert_eq!(reply, b"");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "session took {:?}", took);
+    let mut caps = Caps::new(&s).with("PORT_CONNECT_TIMEOUT", p).with("PORT_BACKEND_FULL", full.port);
+    let line = check_recorded(&s, &mut caps, cport, ERROR_CONNECT_TIMEOUT, "connect_timeout");
+    let f = fields(&line);
+    assert_eq!(f[16], "502");
+    // nginx: 1.000 for both ($session_time, $upstream_session_time)
+    for i in [15, 22] {
+        let v = seconds(f[i]);
+        assert!((0.9..3.0).contains(&v), "field {} = {} (nginx: 1.000)", i, v);
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn proxy_timeout_ends_idle_session() {
+    let b = backend(idle);
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_timeout 1s; proxy_pass 127.0.0.1:{b}; }}"
+    )));
+    let (cport, reply, took) = client(p, b"");
+    assert_eq!(reply, b"");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "session took {:?}", took);
+    let mut caps = Caps::new(&s).with("PORT_PROXY_TIMEOUT", p).with("PORT_BACKEND_IDLE", b);
+    let line = check_recorded(&s, &mut caps, cport, ERROR_PROXY_TIMEOUT, "proxy_timeout");
+    let f = fields(&line);
+    assert_eq!(f[16], "200");
+    // nginx: $session_time 1.001, $upstream_session_time 1.001
+    for i in [15, 22] {
+        let v = seconds(f[i]);
+        assert!((0.9..3.0).contains(&v), "field {} = {} (nginx: 1.001)", i, v);
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// `proxy_timeout` is the longest idle time, not the session's length: traffic in either
+/// direction re-arms it (the pauses below are the traffic pattern under test).
+#[test]
+fn proxy_timeout_rearmed_by_traffic() {
+    let b = backend(echo);
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_timeout 1s; proxy_pass 127.0.0.1:{b}; }}"
+    )));
+    let t = Instant::now();
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    for i in 0..5u8 {
+        c.write_all(&[b'0' + i]).expect("write");
+        let mut one = [0u8; 1];
+        c.read_exact(&mut one).unwrap_or_else(|e| panic!("echo {} after {:?}: {}", i, t.elapsed(), e));
+        assert_eq!(one[0], b'0' + i);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let active = t.elapsed();
+    let (rest, err) = read_all(&mut c);
+    assert!(err.is_none(), "{:?}", err);
+    assert_eq!(rest, b"");
+    let idle = t.elapsed() - active;
+    assert!(active >= Duration::from_millis(1900), "{:?}", active);
+    // the last echo was ~400 ms before `active`; the session ends ~1 s after it
+    assert!(idle >= Duration::from_millis(300) && idle < Duration::from_secs(3), "idle end after {:?}", idle);
+    let (_, lines) = session_lines(&s, "error.log", cport, 3);
+    let want = "connection timed out (110: Connection timed out) while proxying connection";
+    assert!(lines.last().is_some_and(|l| l.contains(want)), "{:?}", lines);
+    let line = access_line(&s, "access.log", 1, &cport.to_string()).expect("access log line");
+    let f = fields(&line);
+    assert_eq!((f[13], f[14], f[16]), ("5", "5", "200"), "{}", line);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// A single-threaded echo backend on mio that counts how many connections it holds at
+/// once; it stops when `stop` is set (or after a minute).
+fn mio_echo(stop: Arc<AtomicBool>, peak: Arc<AtomicUsize>) -> u16 {
+    use mio::net::TcpListener as MioListener;
+    use mio::{Events, Interest, Poll, Token};
+    let std_l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = std_l.local_addr().expect("addr").port();
+    std_l.set_nonblocking(true).expect("nonblocking");
+    let mut l = MioListener::from_std(std_l);
+    std::thread::spawn(move || {
+        let mut poll = Poll::new().expect("poll");
+        poll.registry().register(&mut l, Token(usize::MAX), Interest::READABLE).expect("register");
+        let mut conns: std::collections::HashMap<usize, (mio::net::TcpStream, Vec<u8>)> = Default::default();
+        let mut next = 0usize;
+        let mut events = Events::with_capacity(1024);
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut buf = vec![0u8; 16384];
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if poll.poll(&mut events, Some(Duration::from_millis(100))).is_err() {
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() == Token(usize::MAX) {
+                    while let Ok((mut c, _)) = l.accept() {
+                        let t = next;
+                        next += 1;
+                        if poll.registry().register(&mut c, Token(t), Interest::READABLE | Interest::WRITABLE).is_ok() {
+                            conns.insert(t, (c, Vec::new()));
+                            peak.fetch_max(conns.len(), Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                let t = ev.token().0;
+                let mut close = false;
+                if let Some((c, pending)) = conns.get_mut(&t) {
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) => {
+                                close = true;
+                                break;
+                            }
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                close = true;
+                                break;
+                            }
+                        }
+                    }
+                    while !pending.is_empty() {
+                        match c.write(pending) {
+                            Ok(n) => {
+                                pending.drain(..n);
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                close = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if close {
+                    if let Some((mut c, _)) = conns.remove(&t) {
+                        let _ = poll.registry().deregister(&mut c);
+                    }
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn thousand_concurrent_sessions() {
+    const N: usize = 1000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let b = mio_echo(stop.clone(), peak.clone());
+    let p = free_port();
+    // nginx needs a client and an upstream connection per session: 2,000 plus listeners.
+    let mut s = Sluice::start(&format!(
+        "events {{ worker_connections 4096; }}\nstream {{\n  log_format c '$remote_port|$status|\
+         $bytes_received|$bytes_sent';\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; \
+         access_log %%PREFIX%%c.log c; }}\n}}\n"
+    ));
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(N);
+    for i in 0..N {
+        let c = connect(p);
+        let msg = format!(
+            "session {:04} {:016x}\n",
+            i,
+            payload(8, i as u64 + 1).iter().fold(0u64, |a, &x| a << 8 | x as u64)
+        );
+        clients.push((c, msg));
+    }
+    for (c, msg) in clients.iter_mut() {
+        c.write_all(msg.as_bytes()).expect("write");
+    }
+    let mut ports = std::collections::HashMap::new();
+    for (i, (c, msg)) in clients.iter_mut().enumerate() {
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).unwrap_or_else(|e| panic!("session {}: {}", i, e));
+        assert_eq!(String::from_utf8_lossy(&got), msg.as_str(), "session {}", i);
+        ports.insert(c.local_addr().expect("addr").port().to_string(), msg.len());
+    }
+    // Every client is still open, so every upstream connection must still be open too.
+    assert_eq!(peak.load(Ordering::Relaxed), N, "connections the backend held at once");
+    drop(clients);
+    let lines = s.wait_lines("c.log", N);
+    stop.store(true, Ordering::Relaxed);
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert_eq!(lines.len(), N, "access log lines");
+    for l in &lines {
+        let f = fields(l);
+        let len = ports.remove(f[0]).unwrap_or_else(|| panic!("unknown or repeated client port in {:?}", l));
+        assert_eq!(&f[1..], &["200", &len.to_string(), &len.to_string()], "{}", l);
+    }
+    let log = s.error_log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("[error]")).take(5).collect();
+    assert!(errors.is_empty(), "{:?}", errors);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn proxy_pass_to_unix_socket() {
+    let dir = TempDir::new("unixb");
+    let path = dir.join("backend.sock");
+    let l = UnixListener::bind(&path).expect("bind unix backend");
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut buf = Vec::new();
+                let mut b = [0u8; 100];
+                while !buf.ends_with(b"\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = c.write_all(b"pong\n");
+            });
+        }
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format u '$remote_port|$status|$upstream_addr|$bytes_received|$bytes_sent|\
+         $upstream_bytes_sent|$upstream_bytes_received';\n  server {{ listen 127.0.0.1:{p}; proxy_pass unix:{}; \
+         access_log %%PREFIX%%u.log u; }}\n}}\n",
+        path.display()
+    ));
+    let (cport, reply, _) = client(p, b"hello\n");
+    assert_eq!(reply, b"pong\n");
+    let line = access_line(&s, "u.log", 0, &cport.to_string()).expect("access log line");
+    assert_eq!(line, format!("{cport}|200|unix:{}|6|5|6|5", path.display()));
+    let (_, lines) = session_lines(&s, "error.log", cport, 3);
+    assert!(
+        lines.last().is_some_and(|l| l.ends_with("upstream disconnected, bytes from/to client:6/5, bytes from/to upstream:5/6")),
+        "{:?}",
+        lines
+    );
+    // nginx: the local address of an unnamed unix socket is "unix:" (getsockname)
+    let want = format!("proxy unix: connected to unix:{}", path.display());
+    assert!(lines.get(1).is_some_and(|l| l.ends_with(&want)), "want a second line ending {:?}: {:?}", want, lines);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn listen_on_unix_socket() {
+    let b = backend(pong);
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format u '$remote_addr|$server_addr|$status|$bytes_received|$bytes_sent|\
+         $upstream_addr';\n  server {{ listen unix:%%PREFIX%%sluice.sock; proxy_pass 127.0.0.1:{b}; \
+         access_log %%PREFIX%%u.log u; }}\n}}\n"
+    ));
+    let path = s.dir.join("sluice.sock");
+    let mut c = UnixStream::connect(&path).expect("connect to sluice's unix listener");
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    c.write_all(b"hello\n").expect("write");
+    let (reply, err) = read_all(&mut c);
+    assert!(err.is_none(), "{:?}", err);
+    assert_eq!(reply, b"pong\n");
+    // nginx (ngx_sock_ntop): an unnamed unix client is "unix:", the listener "unix:PATH"
+    // (ngx_connection_local_sockaddr keeps the listener's address for AF_UNIX).
+    let want = format!(" client unix: connected to unix:{}", path.display());
+    let lines = s.wait_lines("u.log", 1);
+    assert!(s.error_log().lines().any(|l| l.ends_with(&want)), "no line ending {:?} in\n{}", want, s.error_log());
+    assert_eq!(lines, vec![format!("unix:|unix:{}|200|6|5|127.0.0.1:{b}", path.display())]);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn return_with_variables() {
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{p}; \
+         return \"$remote_addr $remote_port $server_addr $server_port ${{protocol}}/$nginx_version \
+         $connection $pid $hostname [$binary_remote_addr] $upstream_addr.\\n\"; }}\n}}\n"
+    ));
+    let (cport, reply, _) = client(p, b"");
+    let mut want = format!("127.0.0.1 {cport} 127.0.0.1 {p} TCP/1.22.1 1 {} {} [", s.pid(), hostname()).into_bytes();
+    want.extend_from_slice(&[127, 0, 0, 1]);
+    // an unset variable is empty in a complex value
+    want.extend_from_slice(b"] .\n");
+    assert_eq!(String::from_utf8_lossy(&reply), String::from_utf8_lossy(&want));
+    assert_eq!(reply, want);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// nginx's lines for a connect that failed with ECONNREFUSED in an upstream of several
+/// servers, from ngx_stream_proxy_module.c/ngx_stream_upstream_round_robin.c 1.22.1 (the
+/// `[error]` line has the recorded shape; the `[warn]` is max_fails=1 being reached).
+const ERROR_REFUSED_THEN_DISABLED: &str = "%%TIME%% [info] %%PID%%#%%PID%%: *%%CONN%% client 127.0.0.1:%%CLIENT_PORT%% connected to 127.0.0.1:%%PORT_LISTEN%%
+%%TIME%% [error] %%PID%%#%%PID%%: *%%CONN%% connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:%%PORT_LISTEN%%, upstream: \"127.0.0.1:%%PORT_BACKEND_CLOSED%%\", bytes from/to client:0/0, bytes from/to upstream:0/0
+%%TIME%% [warn] %%PID%%#%%PID%%: *%%CONN%% upstream server temporarily disabled while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:%%PORT_LISTEN%%, upstream: \"127.0.0.1:%%PORT_BACKEND_CLOSED%%\", bytes from/to client:0/0, bytes from/to upstream:0/0";
+
+/// `proxy_next_upstream` over an `upstream {}` of two loopback servers, the first refusing:
+/// the session goes on to the second, the variables list both attempts, and the failed
+/// server is then skipped (max_fails=1, fail_timeout=10s); with `proxy_next_upstream off`
+/// the session ends with 502 after the first attempt.
+#[test]
+fn next_upstream_after_refused() {
+    let closed = closed_port();
+    let echo = backend(pong);
+    let (on, off) = (free_port(), free_port());
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format u '$remote_port|$status|$upstream_addr|$upstream_bytes_sent|\
+         $upstream_bytes_received|$upstream_connect_time|$upstream_first_byte_time|$upstream_session_time';\n  \
+         access_log %%PREFIX%%u.log u;\n  \
+         upstream u1 {{ server 127.0.0.1:{closed}; server 127.0.0.1:{echo}; }}\n  \
+         upstream u2 {{ server 127.0.0.1:{closed}; server 127.0.0.1:{echo}; }}\n  \
+         server {{ listen 127.0.0.1:{on}; proxy_pass u1; }}\n  \
+         server {{ listen 127.0.0.1:{off}; proxy_pass u2; proxy_next_upstream off; }}\n}}\n"
+    ));
+    let (c1, r1, _) = client(on, b"hello\n");
+    // nothing sent: closing a socket with unread bytes would reset the client
+    let (c2, r2, _) = client(off, b"");
+    let (c3, r3, _) = client(on, b"hello\n");
+    assert_eq!((&r1[..], &r2[..], &r3[..]), (&b"pong\n"[..], &b""[..], &b"pong\n"[..]));
+
+    let mut failed = Vec::new();
+    let (cl, ec) = (format!("127.0.0.1:{closed}"), format!("127.0.0.1:{echo}"));
+    // (client, status, upstream_addr, bytes sent, received, how many "-" times per field)
+    let want = [
+        (c1, "200", format!("{cl}, {ec}"), "0, 6", "0, 5", ["-, T", "-, T", "T, T"]),
+        (c2, "502", cl.clone(), "0", "0", ["-", "-", "T"]),
+        (c3, "200", ec.clone(), "6", "5", ["T", "T", "T"]),
+    ];
+    for (c, status, addr, sent, recv, times) in &want {
+        let Some(line) = access_line(&s, "u.log", 0, &c.to_string()) else {
+            failed.push(format!("no access log line for client {}", c));
+            continue;
+        };
+        let f = fields(&line);
+        let got_times: Vec<String> = f[5..8]
+            .iter()
+            .map(|v| {
+                v.split(", ")
+                    .map(|t| {
+                        if t == "-" {
+                            "-"
+                        } else if t.parse::<f64>().is_ok() {
+                            "T"
+                        } else {
+                            "?"
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect();
+        if (f[1], f[2], f[3], f[4]) != (*status, addr.as_str(), *sent, *recv) || got_times != times.to_vec() {
+            failed
+                .push(format!("client {}: want {}|{}|{}|{}|{:?}\n  got {}", c, status, addr, sent, recv, times, line));
+        }
+    }
+    for (c, port, last) in
+        [(c1, on, Some("upstream disconnected, bytes from/to client:6/5, bytes from/to upstream:5/6")), (c2, off, None)]
+    {
+        let mut caps =
+            Caps::new(&s).with("PORT_LISTEN", port).with("PORT_BACKEND_CLOSED", closed).with("CLIENT_PORT", c);
+        let n = if last.is_some() { 5 } else { 3 };
+        let (_, lines) = session_lines(&s, "error.log", c, n);
+        let head: Vec<String> = lines.iter().take(3).cloned().collect();
+        if let Err(e) = match_file(ERROR_REFUSED_THEN_DISABLED, &head, &mut caps) {
+            failed.push(format!("client {}: {}", c, e));
+        }
+        let tail_ok = match &last {
+            Some(l) => {
+                lines.len() == 5
+                    && lines[3].contains(" proxy 127.0.0.1:")
+                    && lines[3].ends_with(&format!(" connected to {ec}"))
+                    && lines[4].ends_with(l)
+            }
+            None => lines.len() == 3,
+        };
+        if !tail_ok {
+            failed.push(format!("client {}: unexpected lines after the failed attempt: {:#?}", c, lines));
+        }
+    }
+    assert!(failed.is_empty(), "{}\n--- error.log:\n{}", failed.join("\n"), s.error_log());
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+/// The lines nginx 1.22.1 writes when a peer resets the connection while proxying
+/// (ngx_unix_recv → ngx_connection_error: level info for the client connection,
+/// `log_error = NGX_ERROR_INFO`; error for the upstream one, `NGX_ERROR_ERR`; then
+/// ngx_stream_proxy_test_finalize's line). Not recorded: derived from the source, with
+/// the recorded context shape.
+fn reset_shape(level: &str, side: &str, last: &str) -> String {
+    format!(
+        "%%TIME%% [info] %%PID%%#%%PID%%: *%%CONN%% client 127.0.0.1:%%CLIENT_PORT%% connected to 127.0.0.1:%%PORT_LISTEN%%
+%%TIME%% [info] %%PID%%#%%PID%%: *%%CONN%% proxy 127.0.0.1:%%UPSTREAM_LOCAL_PORT%% connected to 127.0.0.1:%%PORT_BACKEND%%
+%%TIME%% [{level}] %%PID%%#%%PID%%: *%%CONN%% recv() failed (104: Connection reset by peer) while proxying and reading from {side}, client: 127.0.0.1, server: 127.0.0.1:%%PORT_LISTEN%%, upstream: \"127.0.0.1:%%PORT_BACKEND%%\", bytes from/to client:4/0, bytes from/to upstream:0/4
+%%TIME%% [info] %%PID%%#%%PID%%: *%%CONN%% {last} disconnected, bytes from/to client:4/0, bytes from/to upstream:0/4"
+    )
+}
+
+/// Close with a reset (SO_LINGER 0).
+fn reset(c: TcpStream) {
+    socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    drop(c);
+}
+
+#[test]
+fn client_reset_while_proxying() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let b = backend_with(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut got = [0u8; 4];
+        let ok = c.read_exact(&mut got).is_ok();
+        let _ = tx.lock().map(|t| t.send(ok.then_some(got)));
+        let _ = read_all(&mut c);
+        let _ = tx.lock().map(|t| t.send(None));
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!("server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }}")));
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    c.write_all(b"bye\n").expect("write");
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("backend"), Some(*b"bye\n"));
+    reset(c);
+    rx.recv_timeout(Duration::from_secs(10)).expect("the upstream connection was not closed after the client's reset");
+    let mut caps = Caps::new(&s).with("PORT_LISTEN", p).with("PORT_BACKEND", b).with("CLIENT_PORT", cport);
+    let (_, lines) = session_lines(&s, "error.log", cport, 4);
+    if let Err(e) = match_file(&reset_shape("info", "client", "client"), &lines, &mut caps) {
+        panic!("{}", e);
+    }
+    let line = access_line(&s, "access.log", 1, &cport.to_string()).expect("access log line");
+    assert_eq!(fields(&line)[16], "200", "{}", line);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
+#[test]
+fn backend_reset_while_proxying() {
+    let b = backend_with(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut got = [0u8; 4];
+        if c.read_exact(&mut got).is_ok() {
+            reset(c);
+        }
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&conf_all(&format!("server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }}")));
+    let mut c = connect(p);
+    let cport = c.local_addr().expect("addr").port();
+    c.write_all(b"bye\n").expect("write");
+    let (reply, err) = read_all(&mut c);
+    assert_eq!(reply, b"");
+    assert!(err.is_none(), "the client should see an orderly close, got {:?}", err);
+    let mut caps = Caps::new(&s).with("PORT_LISTEN", p).with("PORT_BACKEND", b).with("CLIENT_PORT", cport);
+    let (_, lines) = session_lines(&s, "error.log", cport, 4);
+    if let Err(e) = match_file(&reset_shape("error", "upstream", "upstream"), &lines, &mut caps) {
+        panic!("{}", e);
+    }
+    let line = access_line(&s, "access.log", 1, &cport.to_string()).expect("access log line");
+    assert_eq!(fields(&line)[16], "200", "{}", line);
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
