@@ -11,4 +11,5 @@ mod conf_errors;
 mod logs;
 mod proxy;
 mod recorded;
+mod splice;
 mod upstream;
