@@ -187,3 +187,22 @@ fn pipe_pool_stays_bounded_over_ten_thousand_connections() {
     let fds = std::fs::read_dir(format!("/proc/{}/fd", s.pid())).map(|d| d.count()).unwrap_or(0);
     assert!(fds < 2 * sluice::core::splice::POOL_MAX + 64, "descriptors after the run: {}", fds);
 }
+
+#[test]
+fn an_early_client_fin_is_not_lost() {
+    // The client's data and FIN arrive while sluice is still connecting upstream (one
+    // event with RDHUP, consumed before relaying starts): the end of file must still be
+    // passed on, or the backend would wait forever.
+    let backend = sink_and_send(0);
+    let p = free_port();
+    let _s = Sluice::start(&proxy_conf(p, backend, ""));
+    for i in 0..50 {
+        let mut c = connect(p);
+        let msg = data(i, 100 + i as usize);
+        c.write_all(&msg).expect("send");
+        c.shutdown(Shutdown::Write).expect("half-close");
+        let mut digest = Vec::new();
+        c.read_to_end(&mut digest).expect("digest");
+        assert_eq!(digest, sha(&msg), "round {}", i);
+    }
+}

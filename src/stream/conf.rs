@@ -368,6 +368,13 @@ fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
             w.by_local.push((l.addr.clone(), *si));
         }
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener when every server the
+    // socket serves wants it.
+    for ls in &mut out {
+        let mut served = vec![ls.server];
+        served.extend(ls.by_local.iter().map(|(_, s)| *s));
+        ls.opts.nodelay = served.iter().all(|&s| servers.get(s).is_some_and(|x| x.core().tcp_nodelay()));
+    }
     out
 }
 

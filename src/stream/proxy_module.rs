@@ -440,14 +440,18 @@ impl ProxySession {
         {
             return Flow::Finalize(status::BAD_GATEWAY);
         }
-        self.close_upstream(s, cx);
+        self.close_upstream(s, cx, true);
         self.connect(s, cx)
     }
 
-    fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+    /// Close the upstream connection. Before a retry its token is reused, so it leaves
+    /// the epoll set first; at the end of the session closing is enough.
+    fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
         cx.timers.clear(&mut self.connect_timer);
         if let Some(mut u) = self.upstream.take() {
-            let _ = u.deregister(cx.registry);
+            if retry {
+                let _ = u.deregister(cx.registry);
+            }
         }
         if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_ref()) {
             st.bytes_received = p.received;
@@ -663,9 +667,21 @@ impl Content for ProxySession {
     }
 
     fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow {
+        // Remember a hang-up on either socket even before relaying starts: the reads
+        // from that socket must then go on to end of file.
+        if ready.hup || ready.error {
+            match side {
+                Side::Client => self.down.greedy = true,
+                Side::Upstream => self.up.greedy = true,
+            }
+        }
         if side == Side::Upstream && !self.connected {
             if !(ready.writable || ready.error || ready.hup) {
                 return Flow::Again;
+            }
+            // A clean "writable" means connected; only an error needs SO_ERROR read.
+            if ready.writable && !ready.error && !ready.hup {
+                return self.init_upstream(s, cx);
             }
             let err = match self.upstream.as_ref().map(|u| u.take_error()) {
                 Some(Ok(None)) => None,
@@ -735,7 +751,7 @@ impl Content for ProxySession {
         for t in &mut self.delay_timer {
             cx.timers.clear(t);
         }
-        self.close_upstream(s, cx);
+        self.close_upstream(s, cx, false);
         // Give the pipes back at once (closed if bytes are left in them).
         self.down.release(&mut cx.rt.pipes);
         self.up.release(&mut cx.rt.pipes);

@@ -36,6 +36,10 @@ pub struct Direction {
     /// Splice failed for this socket pair: copy only.
     no_splice: bool,
     small: u8,
+    /// The source's end may already be in (EPOLLRDHUP/HUP/ERR was seen): read until
+    /// EAGAIN or end of file. Otherwise a short read means the socket is drained for
+    /// now; later bytes raise a new edge, so the EAGAIN read is saved.
+    pub greedy: bool,
 }
 
 /// What one `pump` did.
@@ -95,6 +99,7 @@ impl Direction {
         let mut out = Pumped::default();
         let mut reads = 0;
         let mut limit = b.limit;
+        let mut drained = false;
         loop {
             // First deliver what is held, in order: copied bytes, then the pipe.
             if self.pos < self.held.len() {
@@ -138,7 +143,7 @@ impl Direction {
                     }
                 }
             }
-            if self.eof || limit == Some(0) {
+            if self.eof || limit == Some(0) || drained {
                 return out;
             }
             if reads == READS_PER_WAKEUP {
@@ -156,6 +161,7 @@ impl Direction {
                         out.read_returned = true;
                         out.read += n as u64;
                         self.small = if n < SMALL { self.small.saturating_add(1) } else { 0 };
+                        drained = !self.greedy && n < p.cap;
                     }
                     // The pipe was empty, so this is the socket: nothing to read.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
@@ -199,6 +205,7 @@ impl Direction {
                     if w < n {
                         self.held.extend_from_slice(&scratch[w..n]);
                     }
+                    drained = !self.greedy && n < max;
                     // A full read is bulk traffic: splice from now on, if allowed.
                     if n == max && b.splice && b.limit.is_none() && !self.no_splice && b.buffer >= SMALL {
                         if let Ok(p) = pipes.get() {

@@ -91,6 +91,8 @@ pub struct SessionCore {
     /// The bytes the preread phase looked at (still in the socket: read with MSG_PEEK).
     pub preread: Vec<u8>,
     pub preread_timer: Option<TimerId>,
+    /// TCP_NODELAY is already on (inherited from the listening socket).
+    pub nodelay: bool,
     /// Cached values of cached variables (map, geo, set), by variable index.
     pub var_cache: Vec<Option<Vec<u8>>>,
 }

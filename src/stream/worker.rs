@@ -289,6 +289,7 @@ impl Worker {
             phase: 0,
             preread: Vec::new(),
             preread_timer: None,
+            nodelay: ls.opts.nodelay,
             var_cache: Vec::new(),
         };
         if core.log_enabled(Level::Info) {
@@ -319,7 +320,7 @@ impl Worker {
                 cx.timers.clear(&mut sess.core.preread_timer);
                 sess.core.action = None;
                 // ngx_stream_core_content_phase
-                if sess.core.client.is_tcp() && sess.core.srv.core().tcp_nodelay() {
+                if sess.core.client.is_tcp() && sess.core.srv.core().tcp_nodelay() && !sess.core.nodelay {
                     if let Err(e) = sess.core.client.set_nodelay(true) {
                         sess.core.connection_error(Side::Client, &e, "setsockopt(TCP_NODELAY) failed");
                         self.finalize(key, status::INTERNAL_SERVER_ERROR, now);
@@ -415,7 +416,8 @@ impl Worker {
         sess.core.action = None;
         let cycle = sess.core.cycle.clone();
         cycle.phases.run_log(&mut sess.core, &mut cx);
-        let _ = sess.core.client.deregister(cx.registry);
+        // No epoll_ctl(DEL): closing the socket (when the slot is freed after this
+        // batch) takes it out of the epoll set.
         sess.state = State::Closed;
         self.closed.push(key);
     }
