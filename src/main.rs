@@ -4,11 +4,14 @@
 use std::io::Write;
 use std::rc::Rc;
 
+use sluice::core::addr::Addr;
 use sluice::core::conf::{os_err, Level};
+use sluice::core::conn::Listener;
 use sluice::core::log::{self, ErrorLog, PROGRAM};
 use sluice::core::{conn, process, time};
 use sluice::stream::conf::{load, LoadOptions};
-use sluice::stream::worker::{Exit, Worker};
+use sluice::stream::master::Master;
+use sluice::stream::worker::{Role, Worker};
 
 /// The stream modules nginx builds by default, and those it builds on request: `-V`
 /// says `--without-` for defaults sluice lacks and `--with-` for optional ones it has.
@@ -242,14 +245,28 @@ fn run() -> i32 {
         }
         return 0;
     }
-    serve(cycle)
+    serve(cycle, opts, argv)
 }
 
-fn serve(cycle: sluice::stream::cycle::Cycle) -> i32 {
+fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<String>) -> i32 {
     let cycle = Rc::new(cycle);
     log::set_main(cycle.error_log.clone());
+    // A binary upgrade hands the listening sockets over in NGINX="fd;fd;".
+    let mut inherited: Vec<(i32, Addr, bool)> = process::inherited_fds()
+        .into_iter()
+        .filter_map(|fd| Listener::addr_of(fd).map(|(a, unix)| (fd, a, unix)))
+        .collect();
+    if let Ok(v) = std::env::var(process::INHERITED_ENV) {
+        log::error(Level::Notice, &format!("using inherited sockets from \"{}\"", v), None);
+    }
     let mut listeners = Vec::new();
     for l in &cycle.listening {
+        if let Some(i) = inherited.iter().position(|(_, a, _)| *a == l.addr) {
+            let (fd, _, unix) = inherited.remove(i);
+            process::set_inheritable(fd, false);
+            listeners.push(Listener::from_fd(fd, unix));
+            continue;
+        }
         match conn::open_listener(&l.addr, &l.opts) {
             Ok(s) => listeners.push(s),
             Err(e) => {
@@ -257,6 +274,12 @@ fn serve(cycle: sluice::stream::cycle::Cycle) -> i32 {
                 log::error(Level::Emerg, "still could not bind()", None);
                 return 1;
             }
+        }
+    }
+    for (fd, _, _) in inherited {
+        // SAFETY: an inherited descriptor this configuration does not use.
+        unsafe {
+            libc::close(fd);
         }
     }
     if cycle.core.daemon.get() {
@@ -285,15 +308,15 @@ fn serve(cycle: sluice::stream::cycle::Cycle) -> i32 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
     }
-    let code = match Worker::new(cycle.clone(), listeners, signals) {
+    if cycle.core.master_process.get() {
+        let daemonized = cycle.core.daemon.get();
+        let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, daemonized, argv);
+        return m.run();
+    }
+    let code = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {
         Ok(mut w) => {
-            let exit = w.run();
-            drop(w);
-            if exit == Exit::Quit || exit == Exit::Terminate {
-                0
-            } else {
-                1
-            }
+            w.run();
+            0
         }
         Err(e) => {
             log::error(Level::Emerg, "epoll_create() failed", Some(&e));

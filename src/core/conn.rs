@@ -135,17 +135,50 @@ impl Listener {
         }
     }
 
-    pub fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.register(r, t, Interest::READABLE),
-            Listener::Unix(l) => l.register(r, t, Interest::READABLE),
+    /// Watch for connections level-triggered with EPOLLEXCLUSIVE, so that of several
+    /// workers sharing the socket one wakes per connection (no thundering herd). mio
+    /// has no such option, so this goes to its epoll descriptor directly; events carry
+    /// the token as mio's do.
+    pub fn register_exclusive(&self, epfd: RawFd, t: Token) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: t.0 as u64 };
+        // SAFETY: epoll_ctl on mio's epoll descriptor and a socket we own.
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, self.fd(), &mut ev) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 
-    pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.deregister(r),
-            Listener::Unix(l) => l.deregister(r),
+    pub fn deregister_raw(&self, epfd: RawFd) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as above.
+        unsafe {
+            libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, self.fd(), &mut ev);
+        }
+    }
+
+    /// The local address of a listening descriptor (to match inherited sockets).
+    pub fn addr_of(fd: RawFd) -> Option<(Addr, bool)> {
+        use std::os::unix::io::BorrowedFd;
+        // SAFETY: the descriptor is open for the duration of this call.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let a = socket2::SockRef::from(&b).local_addr().ok()?;
+        if let Some(sa) = a.as_socket() {
+            return Some((Addr::Inet(sa), false));
+        }
+        a.as_pathname().map(|p| (Addr::Unix(p.to_path_buf()), true))
+    }
+
+    /// The listening socket adopted from an inherited descriptor (binary upgrade).
+    pub fn from_fd(fd: RawFd, unix: bool) -> Listener {
+        use std::os::unix::io::FromRawFd;
+        // SAFETY: the descriptor was handed over by the old binary and is ours now.
+        unsafe {
+            if unix {
+                Listener::Unix(UnixListener::from_std(std::os::unix::net::UnixListener::from_raw_fd(fd)))
+            } else {
+                Listener::Tcp(TcpListener::from_std(std::net::TcpListener::from_raw_fd(fd)))
+            }
         }
     }
 }

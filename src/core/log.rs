@@ -19,7 +19,8 @@ pub const PROGRAM: &str = "sluice";
 
 enum Sink {
     Stderr,
-    File(File),
+    /// Reopened in place on USR1, so every holder of the log sees the new file.
+    File(RefCell<File>),
 }
 
 struct Output {
@@ -68,12 +69,22 @@ impl ErrorLog {
             let sink = if path == "stderr" {
                 Sink::Stderr
             } else {
-                Sink::File(open_append(path).map_err(|e| (path.clone(), e))?)
+                Sink::File(RefCell::new(open_append(path).map_err(|e| (path.clone(), e))?))
             };
             outputs.push(Output { path: path.clone(), level: *level, sink });
         }
         let max = outputs.iter().map(|o| o.level).max().unwrap_or(Level::Error);
         Ok(ErrorLog { outputs, max })
+    }
+
+    /// USR1: open every file output again by name (the old one may have been renamed).
+    pub fn reopen(&self) -> Result<(), (String, io::Error)> {
+        for o in &self.outputs {
+            if let Sink::File(f) = &o.sink {
+                *f.borrow_mut() = open_append(&o.path).map_err(|e| (o.path.clone(), e))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn enabled(&self, level: Level) -> bool {
@@ -132,7 +143,7 @@ impl ErrorLog {
                         wrote_stderr = true;
                         2
                     }
-                    Sink::File(f) => f.as_raw_fd(),
+                    Sink::File(f) => f.borrow().as_raw_fd(),
                 };
                 write_all_fd(fd, line.as_bytes());
             }

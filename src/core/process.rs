@@ -7,14 +7,30 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-extern "C" fn on_signal(sig: libc::c_int) {
+/// The environment variable that hands listening sockets to a new binary ("3;4;"), as
+/// nginx's.
+pub const INHERITED_ENV: &str = "NGINX";
+
+/// The descriptors named by `NGINX`, if this process was started by a binary upgrade.
+pub fn inherited_fds() -> Vec<RawFd> {
+    std::env::var(INHERITED_ENV)
+        .map(|v| v.split([';', ':']).filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
-        let b = sig as u8;
-        // SAFETY: write(2) is async-signal-safe; a full pipe just drops the byte, and
-        // the reader handles each signal kind once per drain anyway.
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let pid = if info.is_null() { 0 } else { unsafe { (*info).si_pid() } };
+        let mut rec = [0u8; 5];
+        rec[0] = sig as u8;
+        rec[1..].copy_from_slice(&pid.to_le_bytes());
+        // SAFETY: write(2) is async-signal-safe; a 5-byte write to a pipe is atomic, and
+        // a full pipe just drops the record (the reader handles each signal kind once
+        // per drain anyway).
         unsafe {
-            libc::write(fd, (&b as *const u8).cast(), 1);
+            libc::write(fd, rec.as_ptr().cast(), rec.len());
         }
     }
 }
@@ -49,7 +65,7 @@ impl Signals {
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();
                 sa.sa_sigaction = on_signal as *const () as usize;
-                sa.sa_flags = libc::SA_RESTART;
+                sa.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
                 libc::sigemptyset(&mut sa.sa_mask);
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
@@ -65,24 +81,157 @@ impl Signals {
         self.fd
     }
 
-    /// The signals received since the last call, each once, in arrival order.
-    pub fn drain(&self) -> Vec<libc::c_int> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 64];
+    /// The signals received since the last call, each kind once, in arrival order,
+    /// with the sending process (0 when unknown).
+    pub fn drain(&self) -> Vec<(libc::c_int, i32)> {
+        let mut out: Vec<(libc::c_int, i32)> = Vec::new();
+        let mut buf = [0u8; 320];
         loop {
             // SAFETY: read into a buffer we own.
             let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 break;
             }
-            for &b in &buf[..n as usize] {
-                let s = b as libc::c_int;
-                if !out.contains(&s) {
-                    out.push(s);
+            for rec in buf[..n as usize].chunks_exact(5) {
+                let sig = rec[0] as libc::c_int;
+                let pid = i32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
+                if !out.iter().any(|(s, _)| *s == sig) {
+                    out.push((sig, pid));
                 }
             }
         }
         out
+    }
+
+    /// Wait up to `ms` milliseconds for a signal to arrive (the master's sigsuspend).
+    pub fn wait(&self, ms: i32) {
+        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one descriptor we own.
+        unsafe {
+            libc::poll(&mut pfd, 1, ms);
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        let w = SIGNAL_PIPE.swap(-1, Ordering::Relaxed);
+        // SAFETY: closing the pipe ends this process created.
+        unsafe {
+            libc::close(self.fd);
+            if w >= 0 {
+                libc::close(w);
+            }
+        }
+    }
+}
+
+/// nginx's notice for a received signal: `signal 1 (SIGHUP) received from 42, reconfiguring`.
+pub fn signal_notice(sig: libc::c_int, from: i32, action: &str) -> String {
+    if from > 0 {
+        format!("signal {} ({}) received from {}{}", sig, signal_name(sig), from, action)
+    } else {
+        format!("signal {} ({}) received{}", sig, signal_name(sig), action)
+    }
+}
+
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the process is single-threaded when it forks.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill(2) on a pid we started.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How a child ended.
+pub enum ChildExit {
+    Code(i32),
+    Signal(i32, bool),
+}
+
+/// Reap one exited child without blocking.
+pub fn reap() -> Option<(libc::pid_t, ChildExit)> {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG and a status we own.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
+    }
+    if libc::WIFSIGNALED(status) {
+        Some((pid, ChildExit::Signal(libc::WTERMSIG(status), libc::WCOREDUMP(status))))
+    } else {
+        Some((pid, ChildExit::Code(libc::WEXITSTATUS(status))))
+    }
+}
+
+/// `worker_rlimit_nofile`.
+pub fn set_nofile(n: u64) -> io::Result<()> {
+    let rl = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+    // SAFETY: setrlimit with a struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `user`: drop to that user and group when running as root (workers only).
+pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let cu = std::ffi::CString::new(user).map_err(|_| "bad user".to_string())?;
+    // SAFETY: getpwnam/getgrnam return static records we only read here; setgid,
+    // initgroups and setuid act on this process.
+    unsafe {
+        let pw = libc::getpwnam(cu.as_ptr());
+        if pw.is_null() {
+            return Err(format!("getpwnam(\"{}\") failed", user));
+        }
+        let mut gid = (*pw).pw_gid;
+        if let Some(g) = group {
+            let cg = std::ffi::CString::new(g).map_err(|_| "bad group".to_string())?;
+            let gr = libc::getgrnam(cg.as_ptr());
+            if gr.is_null() {
+                return Err(format!("getgrnam(\"{}\") failed", g));
+            }
+            gid = (*gr).gr_gid;
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(format!("setgid({}) failed {}", gid, crate::core::conf::os_err(&io::Error::last_os_error())));
+        }
+        if libc::initgroups(cu.as_ptr(), gid) != 0 {
+            return Err(format!("initgroups({}, {}) failed", user, gid));
+        }
+        if libc::setuid((*pw).pw_uid) != 0 {
+            let e = io::Error::last_os_error();
+            return Err(format!("setuid({}) failed {}", (*pw).pw_uid, crate::core::conf::os_err(&e)));
+        }
+    }
+    Ok(())
+}
+
+/// Let a descriptor survive exec (binary upgrade hands listening sockets over).
+pub fn set_inheritable(fd: RawFd, on: bool) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let f = if on { flags & !libc::FD_CLOEXEC } else { flags | libc::FD_CLOEXEC };
+            libc::fcntl(fd, libc::F_SETFD, f);
+        }
     }
 }
 

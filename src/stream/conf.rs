@@ -300,6 +300,7 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
             ))));
         }
     }
+    let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
     let listening = listening(&servers);
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);
@@ -314,10 +315,19 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
         files: cx.files,
         open_files: cx.open_files,
         error_log,
+        error_logs,
         hostname: hostname(),
         conf_file: opts.conf_file.clone(),
         prefix: opts.prefix.clone(),
     })
+}
+
+/// USR1: reopen every error log of `cycle` in place; returns the main one.
+pub fn reopen_error_log(cycle: &Cycle) -> Result<Rc<ErrorLog>, String> {
+    for l in &cycle.error_logs {
+        l.reopen().map_err(|(p, e)| format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))?;
+    }
+    Ok(cycle.error_log.clone())
 }
 
 fn hostname() -> String {

@@ -58,6 +58,8 @@ pub struct Cycle {
     /// Files written by access logs (opened by each worker).
     pub open_files: Vec<FileSpec>,
     pub error_log: Rc<ErrorLog>,
+    /// Every distinct error log of the configuration (main and servers), for USR1.
+    pub error_logs: Vec<Rc<ErrorLog>>,
     pub hostname: String,
     pub conf_file: String,
     pub prefix: String,

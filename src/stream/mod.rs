@@ -4,6 +4,7 @@
 pub mod conf;
 pub mod content;
 pub mod cycle;
+pub mod master;
 pub mod module;
 pub mod phase;
 pub mod relay;

@@ -371,6 +371,7 @@ impl ProxySession {
         let mut sock = sock;
         // nginx numbers upstream connections from the same counter as client ones.
         cx.rt.next_connection();
+        cx.rt.conns += 1;
         if let Err(e) =
             sock.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE)
         {
@@ -449,6 +450,7 @@ impl ProxySession {
     fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
         cx.timers.clear(&mut self.connect_timer);
         if let Some(mut u) = self.upstream.take() {
+            cx.rt.conns = cx.rt.conns.saturating_sub(1);
             if retry {
                 let _ = u.deregister(cx.registry);
             }

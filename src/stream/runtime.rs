@@ -28,6 +28,8 @@ pub struct WorkerState {
     /// The copy path's buffer, shared by every session of the worker.
     pub scratch: Vec<u8>,
     pub pipes: PipePool,
+    /// Open connections, client and upstream (what `worker_connections` limits).
+    pub conns: usize,
     next_conn: u64,
 }
 
@@ -59,6 +61,7 @@ impl WorkerState {
             files,
             scratch: Vec::new(),
             pipes: PipePool::default(),
+            conns: 0,
             next_conn: 0,
         }
     }

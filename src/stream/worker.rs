@@ -3,6 +3,7 @@
 //! through the phases; the content handler then owns the session until it finalizes.
 
 use std::io;
+use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use slab::Slab;
 use crate::core::addr::Addr;
 use crate::core::conf::Level;
 use crate::core::conn::{Conn, Listener};
-use crate::core::process::{signal_name, Signals};
+use crate::core::process::Signals;
 use crate::core::time;
 use crate::core::timer::{TimerId, Timers};
 use crate::stream::content::{Content, Ready};
@@ -50,7 +51,16 @@ pub enum Exit {
     Quit,
 }
 
+/// Whether this reactor is the whole server (`master_process off`) or one worker of a
+/// master: nginx words signals differently for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Single,
+    Worker,
+}
+
 pub struct Worker {
+    role: Role,
     poll: Poll,
     cycle: Rc<Cycle>,
     listeners: Vec<Option<Listener>>,
@@ -58,24 +68,31 @@ pub struct Worker {
     timers: Timers,
     rt: WorkerState,
     closed: Vec<usize>,
-    pending_accept: Vec<usize>,
     signals: Signals,
     quitting: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
     shutdown_at: Option<Instant>,
+    /// Accepting is paused (out of descriptors, or at `worker_connections`) until then,
+    /// or until a connection closes.
+    accept_paused: Option<Instant>,
+    /// When the next "accept paused" line may be logged (at most one a second).
+    accept_log_at: Option<Instant>,
+    max_conns: usize,
 }
 
 impl Worker {
-    pub fn new(cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
+    pub fn new(role: Role, cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
         let poll = Poll::new()?;
         let mut ls = Vec::new();
-        for (i, mut l) in listeners.into_iter().enumerate() {
-            l.register(poll.registry(), Token(LISTENER_BIT | i))?;
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.register_exclusive(poll.as_raw_fd(), Token(LISTENER_BIT | i))?;
             ls.push(Some(l));
         }
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
         let rt = WorkerState::new(&cycle);
+        let max_conns = cycle.core.worker_connections.get();
         Ok(Worker {
+            role,
             poll,
             cycle,
             listeners: ls,
@@ -83,10 +100,12 @@ impl Worker {
             timers: Timers::default(),
             rt,
             closed: Vec::new(),
-            pending_accept: Vec::new(),
             signals,
             quitting: false,
             shutdown_at: None,
+            accept_paused: None,
+            accept_log_at: None,
+            max_conns,
         })
     }
 
@@ -100,11 +119,15 @@ impl Worker {
                 let d = f.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
+            if let Some(at) = self.accept_paused {
+                let d = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
             if let Some(at) = self.shutdown_at {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            if !self.rt.requeued.is_empty() || !self.pending_accept.is_empty() {
+            if !self.rt.requeued.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -141,9 +164,6 @@ impl Worker {
                 self.session_event(key, Side::Client, all, now);
                 self.session_event(key, Side::Upstream, all, now);
             }
-            for i in std::mem::take(&mut self.pending_accept) {
-                self.accept(i, now);
-            }
             if self.shutdown_at.is_some_and(|at| at <= now) {
                 self.shutdown_at = None;
                 self.shutdown_timeout(now);
@@ -152,7 +172,13 @@ impl Worker {
             for key in self.closed.drain(..) {
                 self.sessions.try_remove(key);
             }
+            if self.accept_paused.is_some_and(|at| at <= now) || (self.accept_paused.is_some() && self.has_room()) {
+                self.resume_accept();
+            }
             if self.quitting && self.sessions.is_empty() {
+                if self.role == Role::Worker {
+                    crate::core::log::error(Level::Notice, "exiting", None);
+                }
                 return self.exit(Exit::Quit);
             }
         }
@@ -164,48 +190,39 @@ impl Worker {
     }
 
     fn on_signals(&mut self) -> Option<Exit> {
-        for sig in self.signals.drain() {
+        use crate::core::log::error;
+        use crate::core::process::signal_notice;
+        for (sig, from) in self.signals.drain() {
+            let single = self.role == Role::Single;
             match sig {
                 libc::SIGTERM | libc::SIGINT => {
-                    crate::core::log::error(
-                        Level::Notice,
-                        &format!("signal {} ({}) received, exiting", sig, signal_name(sig)),
-                        None,
-                    );
+                    error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
+                    if !single {
+                        error(Level::Notice, "exiting", None);
+                    }
                     return Some(Exit::Terminate);
                 }
                 libc::SIGQUIT => {
-                    crate::core::log::error(
-                        Level::Notice,
-                        &format!("signal {} ({}) received, shutting down", sig, signal_name(sig)),
-                        None,
-                    );
-                    crate::core::log::error(Level::Notice, "gracefully shutting down", None);
-                    self.close_listeners();
-                    self.quitting = true;
-                    let t = self.cycle.core.worker_shutdown_timeout.get();
-                    if !t.is_zero() {
-                        self.shutdown_at = Some(time::instant() + t);
-                    }
+                    error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
+                    self.quit();
                 }
                 libc::SIGUSR1 => {
-                    crate::core::log::error(
-                        Level::Notice,
-                        &format!("signal {} ({}) received, reopening logs", sig, signal_name(sig)),
-                        None,
-                    );
+                    error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
                     self.rt.reopen_files();
+                    if let Err(e) = crate::stream::conf::reopen_error_log(&self.cycle) {
+                        error(Level::Alert, &e, None);
+                    }
                 }
-                libc::SIGHUP => {
-                    crate::core::log::error(
-                        Level::Notice,
-                        &format!(
-                            "signal {} ({}) received: reconfiguring needs the master process, ignored",
-                            sig,
-                            signal_name(sig)
-                        ),
+                libc::SIGHUP if single => {
+                    error(Level::Notice, &signal_notice(sig, from, ", reconfiguring"), None);
+                    error(
+                        Level::Warn,
+                        "reconfiguring needs the master process (master_process on); configuration not reloaded",
                         None,
                     );
+                }
+                libc::SIGHUP | libc::SIGUSR2 => {
+                    error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
                 }
                 _ => {}
             }
@@ -213,37 +230,92 @@ impl Worker {
         None
     }
 
+    /// Graceful stop: stop accepting, let sessions finish (bounded by
+    /// `worker_shutdown_timeout`).
+    fn quit(&mut self) {
+        if self.quitting {
+            return;
+        }
+        crate::core::log::error(Level::Notice, "gracefully shutting down", None);
+        self.close_listeners();
+        self.quitting = true;
+        let t = self.cycle.core.worker_shutdown_timeout.get();
+        if !t.is_zero() {
+            self.shutdown_at = Some(time::instant() + t);
+        }
+    }
+
     fn close_listeners(&mut self) {
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            if let Some(mut l) = l.take() {
-                let _ = l.deregister(self.poll.registry());
-                if let (Listener::Unix(_), Some(Addr::Unix(p))) = (&l, self.cycle.listening.get(i).map(|x| &x.addr)) {
+            if let Some(l) = l.take() {
+                l.deregister_raw(self.poll.as_raw_fd());
+                // A worker shares the socket with the master: only a single process
+                // removes a unix socket's file.
+                let addr = self.cycle.listening.get(i).map(|x| &x.addr);
+                if let (Role::Single, Listener::Unix(_), Some(Addr::Unix(p))) = (self.role, &l, addr) {
                     let _ = std::fs::remove_file(p);
                 }
             }
         }
     }
 
+    /// Room for one more session (a client and its upstream) under `worker_connections`.
+    fn has_room(&self) -> bool {
+        self.rt.conns + 2 + self.listeners.len() <= self.max_conns
+    }
+
+    /// Stop taking connections for a while; they wait in the listen queue meanwhile.
+    fn pause_accept(&mut self, now: Instant, for_: Duration, level: Level, msg: &str, err: Option<&io::Error>) {
+        if self.accept_log_at.is_none_or(|t| now >= t) {
+            crate::core::log::error(level, msg, err);
+            self.accept_log_at = Some(now + Duration::from_secs(1));
+        }
+        if self.accept_paused.is_none() {
+            for l in self.listeners.iter().flatten() {
+                l.deregister_raw(self.poll.as_raw_fd());
+            }
+        }
+        self.accept_paused = Some(now + for_);
+    }
+
+    fn resume_accept(&mut self) {
+        self.accept_paused = None;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(l) = l {
+                let _ = l.register_exclusive(self.poll.as_raw_fd(), Token(LISTENER_BIT | i));
+            }
+        }
+    }
+
     fn accept(&mut self, idx: usize, now: Instant) {
+        if self.accept_paused.is_some() {
+            return;
+        }
         for _ in 0..ACCEPTS_PER_WAKEUP {
+            if !self.has_room() {
+                let msg = format!("{} worker_connections are not enough", self.max_conns);
+                self.pause_accept(now, Duration::from_millis(500), Level::Alert, &msg, None);
+                return;
+            }
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
                 Ok((conn, remote)) => self.init_session(idx, conn, remote, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EPROTO)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    // Out of descriptors: sessions already running go on; accepting
+                    // waits (nginx disables accept events for 500 ms).
+                    self.pause_accept(now, Duration::from_millis(500), Level::Crit, "accept4() failed", Some(&e));
+                    return;
+                }
                 Err(e) => {
-                    let level = if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                        Level::Crit
-                    } else {
-                        Level::Alert
-                    };
-                    crate::core::log::error(level, "accept4() failed", Some(&e));
+                    crate::core::log::error(Level::Alert, "accept4() failed", Some(&e));
                     return;
                 }
             }
         }
-        self.pending_accept.push(idx);
+        // Level-triggered listeners report the rest on the next turn.
     }
 
     /// `ngx_stream_init_connection`: find the server, make the session, run the phases.
@@ -300,6 +372,7 @@ impl Worker {
             core.log_bare(Level::Info, &format!("client {} connected to {}", client, core.listen_text));
         }
         entry.insert(Session { core, state: State::Phases });
+        self.rt.conns += 1;
         self.run_phases(key, now);
     }
 
@@ -419,6 +492,7 @@ impl Worker {
         // No epoll_ctl(DEL): closing the socket (when the slot is freed after this
         // batch) takes it out of the epoll set.
         sess.state = State::Closed;
+        cx.rt.conns = cx.rt.conns.saturating_sub(1);
         self.closed.push(key);
     }
 }

@@ -1,0 +1,363 @@
+//! The master process (`ngx_master_process_cycle`): owns the listening sockets, starts
+//! `worker_processes` workers, and acts on signals — HUP reload (new workers with the new
+//! configuration, old ones drain), QUIT graceful stop, TERM/INT fast stop, USR1 reopen
+//! logs, USR2 binary upgrade with the listening sockets inherited through `NGINX`,
+//! WINCH stop the workers (when daemonized). A worker that dies is started again.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::core::addr::Addr;
+use crate::core::conf::Level;
+use crate::core::conn::{open_listener, Listener};
+use crate::core::log::{self, error};
+use crate::core::process::{self, signal_notice, ChildExit, Signals};
+use crate::core::time;
+use crate::stream::conf::{load, LoadOptions};
+use crate::stream::cycle::Cycle;
+use crate::stream::worker::{Role, Worker};
+
+struct WorkerProc {
+    pid: libc::pid_t,
+    /// Told to stop (an older configuration, QUIT, WINCH): not started again.
+    exiting: bool,
+}
+
+pub struct Master {
+    opts: LoadOptions,
+    cycle: Rc<Cycle>,
+    /// The open listening sockets, in `cycle.listening` order.
+    listeners: Vec<Listener>,
+    workers: Vec<WorkerProc>,
+    signals: Option<Signals>,
+    pid_file: String,
+    daemonized: bool,
+    quitting: bool,
+    terminating: Option<Instant>,
+    /// Workers stopped by WINCH: none run until HUP.
+    no_accept: bool,
+    /// The new master of a binary upgrade, while it runs.
+    new_binary: Option<libc::pid_t>,
+    argv: Vec<String>,
+}
+
+fn exit_text(e: &ChildExit) -> (Level, String) {
+    match e {
+        ChildExit::Code(c) => (Level::Notice, format!("exited with code {}", c)),
+        ChildExit::Signal(s, core) => {
+            (Level::Alert, format!("exited on signal {}{}", s, if *core { " (core dumped)" } else { "" }))
+        }
+    }
+}
+
+impl Master {
+    pub fn new(
+        opts: LoadOptions,
+        cycle: Rc<Cycle>,
+        listeners: Vec<Listener>,
+        signals: Signals,
+        pid_file: String,
+        daemonized: bool,
+        argv: Vec<String>,
+    ) -> Master {
+        Master {
+            opts,
+            cycle,
+            listeners,
+            workers: Vec::new(),
+            signals: Some(signals),
+            pid_file,
+            daemonized,
+            quitting: false,
+            terminating: None,
+            no_accept: false,
+            new_binary: None,
+            argv,
+        }
+    }
+
+    pub fn run(&mut self) -> i32 {
+        self.start_workers();
+        loop {
+            let wait = if self.terminating.is_some() { 50 } else { 1000 };
+            if let Some(s) = &self.signals {
+                s.wait(wait);
+            }
+            time::update();
+            let sigs = self.signals.as_ref().map(|s| s.drain()).unwrap_or_default();
+            for (sig, from) in sigs {
+                self.on_signal(sig, from);
+            }
+            self.reap();
+            if let Some(since) = self.terminating {
+                if since.elapsed() > Duration::from_secs(5) {
+                    // nginx escalates to SIGKILL when workers ignore TERM.
+                    for w in &self.workers {
+                        let _ = process::kill(w.pid, libc::SIGKILL);
+                    }
+                }
+            }
+            let live = self.workers.len();
+            if (self.quitting || self.terminating.is_some()) && live == 0 {
+                break;
+            }
+        }
+        self.close_listeners(true);
+        process::remove_pid(&self.pid_file);
+        error(Level::Notice, "exit", None);
+        0
+    }
+
+    fn start_workers(&mut self) {
+        error(Level::Notice, "start worker processes", None);
+        let n = self.cycle.core.worker_processes.get().max(1);
+        for _ in 0..n {
+            self.spawn();
+        }
+    }
+
+    fn spawn(&mut self) {
+        match process::fork() {
+            Ok(0) => self.worker_main(),
+            Ok(pid) => {
+                error(Level::Notice, &format!("start worker process {}", pid), None);
+                self.workers.push(WorkerProc { pid, exiting: false });
+            }
+            Err(e) => error(Level::Alert, "fork() failed while spawning \"worker process\"", Some(&e)),
+        }
+    }
+
+    /// The child side of `spawn`: become a worker and never return.
+    fn worker_main(&mut self) -> ! {
+        // The master's signal pipe is not the worker's.
+        drop(self.signals.take());
+        let code = (|| {
+            let signals = match Signals::install() {
+                Ok(s) => s,
+                Err(e) => {
+                    error(Level::Emerg, "pipe() failed", Some(&e));
+                    return 2;
+                }
+            };
+            let core = &self.cycle.core;
+            if core.worker_rlimit_nofile.is_set() {
+                if let Err(e) = process::set_nofile(core.worker_rlimit_nofile.get()) {
+                    error(Level::Alert, "setrlimit(RLIMIT_NOFILE) failed", Some(&e));
+                }
+            }
+            let listeners = std::mem::take(&mut self.listeners);
+            let mut w = match Worker::new(Role::Worker, self.cycle.clone(), listeners, signals) {
+                Ok(w) => w,
+                Err(e) => {
+                    error(Level::Emerg, "epoll_create() failed", Some(&e));
+                    return 2;
+                }
+            };
+            // Files are open; now give up root, as nginx's workers do (default "nobody").
+            let (user, group) = match self.cycle.core.user.option() {
+                Some((u, g)) => (u.clone(), g.clone()),
+                None => ("nobody".to_string(), None),
+            };
+            if let Err(e) = process::drop_privileges(&user, group.as_deref()) {
+                error(Level::Emerg, &e, None);
+                return 2;
+            }
+            w.run();
+            drop(w);
+            0
+        })();
+        error(Level::Notice, "exit", None);
+        std::process::exit(code)
+    }
+
+    fn signal_workers(&mut self, sig: libc::c_int, mark_exiting: bool) {
+        for w in &mut self.workers {
+            if mark_exiting {
+                w.exiting = true;
+            }
+            if let Err(e) = process::kill(w.pid, sig) {
+                error(Level::Alert, &format!("kill({}, {}) failed", w.pid, sig), Some(&e));
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: libc::c_int, from: i32) {
+        match sig {
+            libc::SIGCHLD => error(Level::Notice, &signal_notice(sig, from, ""), None),
+            libc::SIGHUP => {
+                error(Level::Notice, &signal_notice(sig, from, ", reconfiguring"), None);
+                self.reload();
+            }
+            libc::SIGQUIT => {
+                error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
+                self.quitting = true;
+                self.signal_workers(libc::SIGQUIT, true);
+            }
+            libc::SIGTERM | libc::SIGINT => {
+                error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
+                self.terminating.get_or_insert_with(Instant::now);
+                self.signal_workers(libc::SIGTERM, true);
+            }
+            libc::SIGUSR1 => {
+                error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
+                self.reopen_logs();
+                self.signal_workers(libc::SIGUSR1, false);
+            }
+            libc::SIGWINCH => {
+                if !self.daemonized {
+                    error(Level::Notice, &signal_notice(sig, from, ""), None);
+                    return;
+                }
+                error(Level::Notice, &signal_notice(sig, from, ", stop accepting connections"), None);
+                self.no_accept = true;
+                self.signal_workers(libc::SIGQUIT, true);
+            }
+            libc::SIGUSR2 => {
+                if self.new_binary.is_some() {
+                    error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
+                    return;
+                }
+                error(Level::Notice, &signal_notice(sig, from, ", changing binary"), None);
+                self.change_binary();
+            }
+            _ => {}
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some((pid, how)) = process::reap() {
+            let (level, text) = exit_text(&how);
+            if Some(pid) == self.new_binary {
+                error(level, &format!("new binary process {} {}", pid, text), None);
+                self.new_binary = None;
+                // The upgrade ended (rollback): this master's pid file is the live one again.
+                let old = format!("{}.oldbin", self.pid_file);
+                if let Err(e) = std::fs::rename(&old, &self.pid_file) {
+                    error(Level::Alert, &format!("rename() {} to {} failed", old, self.pid_file), Some(&e));
+                }
+                continue;
+            }
+            let Some(i) = self.workers.iter().position(|w| w.pid == pid) else { continue };
+            let w = self.workers.remove(i);
+            error(level, &format!("worker process {} {}", pid, text), None);
+            // A worker that died on its own is replaced.
+            let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
+            if !w.exiting && !stopping {
+                self.spawn();
+            }
+        }
+    }
+
+    /// HUP: read the configuration again; on success start new workers on it and let
+    /// the old ones drain. On error, log it and keep serving with the old one.
+    fn reload(&mut self) {
+        error(Level::Notice, "reconfiguring", None);
+        let cycle = match load(&self.opts) {
+            Ok(c) => c,
+            Err(e) => {
+                error(e.error.level, &e.error.to_string(), None);
+                return;
+            }
+        };
+        let mut old: Vec<(Addr, Listener)> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .zip(self.cycle.listening.iter().map(|l| l.addr.clone()))
+            .map(|(l, a)| (a, l))
+            .collect();
+        let mut next = Vec::new();
+        for l in &cycle.listening {
+            if let Some(i) = old.iter().position(|(a, _)| *a == l.addr) {
+                next.push((l.addr.clone(), old.remove(i).1));
+                continue;
+            }
+            match open_listener(&l.addr, &l.opts) {
+                Ok(s) => next.push((l.addr.clone(), s)),
+                Err(e) => {
+                    error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
+                    // Keep the old configuration: put its sockets back in order.
+                    let mut all: Vec<(Addr, Listener)> = old.into_iter().chain(next).collect();
+                    self.listeners = self
+                        .cycle
+                        .listening
+                        .iter()
+                        .filter_map(|x| all.iter().position(|(a, _)| *a == x.addr).map(|i| all.remove(i).1))
+                        .collect();
+                    return;
+                }
+            }
+        }
+        // Sockets the new configuration does not listen on close with the old workers.
+        for (a, l) in old {
+            if let (Addr::Unix(p), Listener::Unix(_)) = (&a, &l) {
+                let _ = std::fs::remove_file(p);
+            }
+            drop(l);
+        }
+        self.listeners = next.into_iter().map(|(_, l)| l).collect();
+        self.cycle = Rc::new(cycle);
+        log::set_main(self.cycle.error_log.clone());
+        self.no_accept = false;
+        self.signal_workers(libc::SIGQUIT, true);
+        self.start_workers();
+    }
+
+    fn reopen_logs(&mut self) {
+        match crate::stream::conf::reopen_error_log(&self.cycle) {
+            Ok(l) => log::set_main(l),
+            Err(e) => error(Level::Alert, &e, None),
+        }
+    }
+
+    fn close_listeners(&mut self, unlink: bool) {
+        for (l, ls) in std::mem::take(&mut self.listeners).into_iter().zip(self.cycle.listening.iter()) {
+            if let (true, Addr::Unix(p)) = (unlink, &ls.addr) {
+                let _ = std::fs::remove_file(p);
+            }
+            drop(l);
+        }
+    }
+
+    /// USR2: start the binary again with the listening sockets in `NGINX`, and rename
+    /// the pid file to `.oldbin` (`ngx_exec_new_binary`).
+    fn change_binary(&mut self) {
+        let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd()).collect();
+        let env: String = fds.iter().map(|f| format!("{};", f)).collect();
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| self.argv.first().cloned().unwrap_or_default());
+        let old = format!("{}.oldbin", self.pid_file);
+        if let Err(e) = std::fs::rename(&self.pid_file, &old) {
+            error(Level::Alert, &format!("rename() {} to {} failed", self.pid_file, old), Some(&e));
+            return;
+        }
+        match process::fork() {
+            Ok(0) => {
+                for &fd in &fds {
+                    process::set_inheritable(fd, true);
+                }
+                let err = exec(&exe, &self.argv, &env);
+                error(
+                    Level::Alert,
+                    &format!("execve() failed while executing new binary process \"{}\"", exe),
+                    Some(&err),
+                );
+                std::process::exit(1);
+            }
+            Ok(pid) => {
+                error(Level::Notice, &format!("start new binary process {}", pid), None);
+                self.new_binary = Some(pid);
+            }
+            Err(e) => {
+                error(Level::Alert, "fork() failed while executing new binary process", Some(&e));
+                let _ = std::fs::rename(&old, &self.pid_file);
+            }
+        }
+    }
+}
+
+fn exec(exe: &str, argv: &[String], fds: &str) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(argv.iter().skip(1)).env(crate::core::process::INHERITED_ENV, fds);
+    cmd.exec()
+}
