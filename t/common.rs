@@ -110,7 +110,24 @@ impl Sluice {
         Self::try_start(conf).expect("sluice did not start")
     }
 
+    /// Start a master with `workers` worker processes (as root, workers stay root).
+    pub fn start_master(workers: usize, conf: &str) -> Sluice {
+        let g = move |dir: &TempDir| {
+            format!(
+                "daemon off;\nmaster_process on;\nworker_processes {w};\nuser root;\npid {p}sluice.pid;\n\
+                 error_log {p}error.log info;\n",
+                w = workers,
+                p = dir.prefix()
+            )
+        };
+        Self::start_inner(conf, &g).expect("sluice did not start")
+    }
+
     pub fn try_start(conf: &str) -> Result<Sluice, String> {
+        Self::start_inner(conf, &globals)
+    }
+
+    fn start_inner(conf: &str, globals: &dyn Fn(&TempDir) -> String) -> Result<Sluice, String> {
         let dir = TempDir::new("run");
         let text = format!("{}{}", globals(&dir), conf.replace("%%PREFIX%%", &dir.prefix()));
         std::fs::write(dir.join("sluice.conf"), text).map_err(|e| e.to_string())?;

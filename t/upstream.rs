@@ -277,3 +277,33 @@ fn proxy_pass_variable_with_an_address() {
     ));
     assert_eq!(ask(p), "a");
 }
+
+#[test]
+fn zone_shares_round_robin_and_failures_between_workers() {
+    let (a, b, c) = (named_backend("a"), named_backend("b"), named_backend("c"));
+    let dead = dead_port();
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{}} stream {{ log_format u '$pid|$upstream_addr'; \
+             upstream u {{ zone u 64k; server 127.0.0.1:{a} weight=5; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }} \
+             upstream d {{ zone u; server 127.0.0.1:{dead}; server 127.0.0.1:{a}; }} \
+             server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} \
+             server {{ listen 127.0.0.1:{q}; proxy_pass d; access_log %%PREFIX%%d.log u; }} }}"
+        ),
+    );
+    // One weighted round-robin sequence, whichever worker takes each connection.
+    let got: String = (0..28).map(|_| ask(p)).collect();
+    assert_eq!(got, "aabacaaaabacaaaabacaaaabacaa");
+    let pids: std::collections::HashSet<String> =
+        s.wait_lines("u.log", 28).iter().map(|l| l.split('|').next().unwrap_or("").to_string()).collect();
+    assert!(pids.len() == 2, "both workers took connections: {:?}", pids);
+    // The dead peer failed once (max_fails=1): no worker tries it again within fail_timeout.
+    for _ in 0..10 {
+        assert_eq!(ask(q), "a");
+    }
+    let lines = s.wait_lines("d.log", 10);
+    let tried_dead = lines.iter().filter(|l| l.contains(&format!(":{dead}"))).count();
+    assert_eq!(tried_dead, 1, "{:#?}", lines);
+}

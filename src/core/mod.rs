@@ -9,6 +9,7 @@ pub mod log;
 pub mod logfile;
 pub mod main_conf;
 pub mod process;
+pub mod shm;
 pub mod splice;
 pub mod time;
 pub mod timer;

@@ -47,6 +47,8 @@ pub struct ConfCx {
     pub files: Vec<ConfFile>,
     /// Files the configuration writes (access logs), opened when the cycle is built.
     pub open_files: Vec<FileSpec>,
+    /// Shared memory zones declared: name, size (set by one declaration at least).
+    pub zones: Vec<(String, Option<usize>)>,
     servers: Vec<PendingServer>,
     ready: Vec<ReadyServer>,
     stream_seen: bool,
@@ -102,6 +104,25 @@ impl ConfCx {
         }
         self.open_files.push(spec);
         self.open_files.len() - 1
+    }
+
+    /// Declare a shared memory zone (`ngx_shared_memory_add`): one name, one size.
+    pub fn add_zone(&mut self, name: &str, size: Option<usize>, cmd: &Cmd) -> ConfResult {
+        if let Some(z) = self.zones.iter_mut().find(|z| z.0 == name) {
+            match (z.1, size) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(cmd.err(format!(
+                        "the size {} of shared memory zone \"{}\" conflicts with already declared size {}",
+                        b, name, a
+                    )))
+                }
+                (None, Some(b)) => z.1 = Some(b),
+                _ => {}
+            }
+            return Ok(());
+        }
+        self.zones.push((name.to_string(), size));
+        Ok(())
     }
 
     /// A path under the prefix (log files, pid).
@@ -231,6 +252,19 @@ fn late(error: ConfError) -> LoadError {
 
 /// Read and check a configuration; open its log files and resolve its addresses.
 pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
+    load_with(opts, None)
+}
+
+/// A shared memory zone of a cycle.
+pub struct Zone {
+    pub name: String,
+    pub size: usize,
+    pub shm: Rc<crate::core::shm::Shm>,
+}
+
+/// `load`, keeping the shared memory zones of `old` whose name and size stay (a reload
+/// keeps their state, as nginx's).
+pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadError> {
     let conf_prefix = match opts.conf_file.rfind('/') {
         Some(i) => opts.conf_file[..=i].to_string(),
         None => opts.prefix.clone(),
@@ -248,6 +282,7 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
         conf_prefix,
         files: Vec::new(),
         open_files: Vec::new(),
+        zones: Vec::new(),
         servers: Vec::new(),
         ready: Vec::new(),
         stream_seen: false,
@@ -301,6 +336,24 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
         }
     }
     let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
+    let mut zones = Vec::new();
+    for (name, size) in &cx.zones {
+        let Some(size) = *size else {
+            return Err(late(ConfError::bare(format!("zero size shared memory zone \"{}\"", name))));
+        };
+        let kept = old.and_then(|c| c.zones.iter().find(|z| z.name == *name && z.size == size));
+        let shm = match kept {
+            Some(z) => z.shm.clone(),
+            None => Rc::new(crate::core::shm::Shm::new(size).map_err(|e| {
+                late(ConfError::bare(format!(
+                    "mmap(MAP_ANON|MAP_SHARED, {}) failed {}",
+                    size,
+                    crate::core::conf::os_err(&e)
+                )))
+            })?),
+        };
+        zones.push(Zone { name: name.clone(), size, shm });
+    }
     let listening = listening(&servers);
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);
@@ -316,6 +369,7 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
         open_files: cx.open_files,
         error_log,
         error_logs,
+        zones,
         hostname: hostname(),
         conf_file: opts.conf_file.clone(),
         prefix: opts.prefix.clone(),

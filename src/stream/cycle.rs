@@ -60,6 +60,8 @@ pub struct Cycle {
     pub error_log: Rc<ErrorLog>,
     /// Every distinct error log of the configuration (main and servers), for USR1.
     pub error_logs: Vec<Rc<ErrorLog>>,
+    /// Shared memory zones (made before workers are forked).
+    pub zones: Vec<crate::stream::conf::Zone>,
     pub hostname: String,
     pub conf_file: String,
     pub prefix: String,

@@ -13,7 +13,7 @@ use crate::core::conn::{open_listener, Listener};
 use crate::core::log::{self, error};
 use crate::core::process::{self, signal_notice, ChildExit, Signals};
 use crate::core::time;
-use crate::stream::conf::{load, LoadOptions};
+use crate::stream::conf::{load_with, LoadOptions};
 use crate::stream::cycle::Cycle;
 use crate::stream::worker::{Role, Worker};
 
@@ -251,8 +251,15 @@ impl Master {
     /// HUP: read the configuration again; on success start new workers on it and let
     /// the old ones drain. On error, log it and keep serving with the old one.
     fn reload(&mut self) {
+        // During a binary upgrade HUP means "take over again" (the rollback): start the
+        // workers of the running configuration, read nothing.
+        if self.new_binary.is_some() {
+            self.no_accept = false;
+            self.start_workers();
+            return;
+        }
         error(Level::Notice, "reconfiguring", None);
-        let cycle = match load(&self.opts) {
+        let cycle = match load_with(&self.opts, Some(&self.cycle)) {
             Ok(c) => c,
             Err(e) => {
                 error(e.error.level, &e.error.to_string(), None);

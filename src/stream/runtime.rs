@@ -10,11 +10,14 @@ use crate::core::logfile::LogFile;
 use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
 use crate::upstream::round_robin::RoundRobin;
+use crate::upstream::zone::{self, SharedPeers};
 use crate::upstream::{new_balancer, Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
 
 struct Group {
     peers: PeerSet,
     balancer: Box<dyn Balancer>,
+    /// The peers' state in a shared memory zone, when the upstream has `zone`.
+    shared: Option<SharedPeers>,
 }
 
 pub struct WorkerState {
@@ -35,13 +38,31 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn new(cycle: &Cycle) -> WorkerState {
+        // Regions of each zone, in upstream order: the same layout in every worker.
+        let mut used: HashMap<String, usize> = HashMap::new();
+        let now = crate::core::time::instant();
         let groups = cycle
             .upstreams
             .iter()
             .map(|u| {
                 let peers = PeerSet::new(u);
                 let balancer = new_balancer(u, &peers);
-                Group { peers, balancer }
+                let shared = u.zone.as_ref().and_then(|name| {
+                    let z = cycle.zones.iter().find(|z| z.name == *name)?;
+                    let off = used.entry(name.clone()).or_insert(0);
+                    let at = *off;
+                    *off += zone::region_size(peers.primary.len() + peers.backup.len()).div_ceil(8) * 8;
+                    let sp = SharedPeers::attach(z.shm.clone(), at, &peers, now);
+                    if sp.is_none() {
+                        crate::core::log::error(
+                            crate::core::conf::Level::Alert,
+                            &format!("upstream zone \"{}\" is too small for upstream \"{}\"", name, u.name),
+                            None,
+                        );
+                    }
+                    sp
+                });
+                Group { peers, balancer, shared }
             })
             .collect();
         let files = cycle
@@ -86,21 +107,30 @@ impl WorkerState {
         now: Instant,
     ) -> Option<(Addr, Rc<str>)> {
         let group = self.groups.get_mut(g)?;
-        let id = group.balancer.get(&mut group.peers, pick, key, now)?;
+        let (peers, balancer) = (&mut group.peers, &mut group.balancer);
+        let id = match &group.shared {
+            Some(sh) => sh.with(peers, now, |p| balancer.get(p, pick, key, now)),
+            None => balancer.get(peers, pick, key, now),
+        }?;
         group.peers.peer(id).map(|p| (p.addr.clone(), p.name.clone()))
     }
 
     /// Release the session's peer; true when that failure took the peer out.
     pub fn free_peer(&mut self, g: usize, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
-        match self.groups.get_mut(g) {
-            Some(group) => group.peers.release(pick, outcome, now),
-            None => false,
+        let Some(group) = self.groups.get_mut(g) else { return false };
+        match &group.shared {
+            Some(sh) => sh.with(&mut group.peers, now, |p| p.release(pick, outcome, now)),
+            None => group.peers.release(pick, outcome, now),
         }
     }
 
     pub fn notify_connect(&mut self, g: usize, pick: &PeerPick) {
         if let Some(group) = self.groups.get_mut(g) {
-            group.peers.notify_connect(pick);
+            let now = crate::core::time::instant();
+            match &group.shared {
+                Some(sh) => sh.with(&mut group.peers, now, |p| p.notify_connect(pick)),
+                None => group.peers.notify_connect(pick),
+            }
         }
     }
 
@@ -122,7 +152,7 @@ impl WorkerState {
             implicit: true,
             ..Default::default()
         };
-        self.groups.push(Group { peers: PeerSet::new(&conf), balancer: Box::new(RoundRobin) });
+        self.groups.push(Group { peers: PeerSet::new(&conf), balancer: Box::new(RoundRobin), shared: None });
         self.dynamic.insert(name.to_string(), self.groups.len() - 1);
         self.groups.len() - 1
     }

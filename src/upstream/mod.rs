@@ -8,6 +8,7 @@ pub mod hash;
 pub mod least_conn;
 pub mod random;
 pub mod round_robin;
+pub mod zone;
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -74,6 +75,8 @@ pub struct UpstreamConf {
     pub hash_key: Option<crate::stream::variables::Complex>,
     /// A balancing directive was given (a second one is "redefined").
     pub method_set: bool,
+    /// The shared memory zone holding the peers' state (`zone NAME`).
+    pub zone: Option<String>,
     /// Made by `proxy_pass ADDRESS`, not by an `upstream {}` block.
     pub implicit: bool,
     pub file: Option<Rc<str>>,
