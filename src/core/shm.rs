@@ -40,7 +40,7 @@ impl Shm {
 
     /// The lock word at `offset` (4-byte aligned, inside the mapping).
     pub fn lock_at(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset % 4 != 0 || offset + 4 > self.len {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len {
             return None;
         }
         // SAFETY: in bounds and aligned; AtomicU32 has u32's layout; the mapping lives
@@ -81,7 +81,7 @@ impl<'a> SpinGuard<'a> {
         let mut spins = 0u32;
         while word.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 // SAFETY: sched_yield has no preconditions.
                 unsafe {
                     libc::sched_yield();

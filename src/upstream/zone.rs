@@ -67,14 +67,14 @@ struct Clock {
 }
 
 impl Clock {
-    fn to_ms(&self, t: Option<Instant>) -> u64 {
+    fn ms_of(&self, t: Option<Instant>) -> u64 {
         match t {
             None => 0,
             Some(t) => self.ms.saturating_sub(self.now.saturating_duration_since(t).as_millis() as u64) + 1,
         }
     }
 
-    fn from_ms(&self, v: u64) -> Option<Instant> {
+    fn instant_of(&self, v: u64) -> Option<Instant> {
         if v == 0 {
             return None;
         }
@@ -107,8 +107,8 @@ impl SharedPeers {
             let at = HEADER + i * RECORD;
             put_u32(b, at, p.fails);
             put_u32(b, at + 4, p.conns);
-            put_u64(b, at + 8, c.to_ms(p.checked));
-            put_u64(b, at + 16, c.to_ms(p.accessed));
+            put_u64(b, at + 8, c.ms_of(p.checked));
+            put_u64(b, at + 16, c.ms_of(p.accessed));
             put_u64(b, at + 24, p.current_weight as u64);
             put_u64(b, at + 32, p.effective_weight as u64);
         }
@@ -122,8 +122,8 @@ impl SharedPeers {
             let p: &mut Peer = p;
             p.fails = get_u32(b, at);
             p.conns = get_u32(b, at + 4);
-            p.checked = c.from_ms(get_u64(b, at + 8));
-            p.accessed = c.from_ms(get_u64(b, at + 16));
+            p.checked = c.instant_of(get_u64(b, at + 8));
+            p.accessed = c.instant_of(get_u64(b, at + 16));
             p.current_weight = get_u64(b, at + 24) as i64;
             p.effective_weight = get_u64(b, at + 32) as i64;
         }
