@@ -223,6 +223,26 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// Create (or open) a log file for appending and, when running as root, give it to
+/// `user`.
+pub fn create_owned(path: &str, user: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let cu = std::ffi::CString::new(user).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: getpwnam returns a static record read at once; fchown on our descriptor.
+    unsafe {
+        let pw = libc::getpwnam(cu.as_ptr());
+        if !pw.is_null() && libc::fchown(std::os::unix::io::AsRawFd::as_raw_fd(&f), (*pw).pw_uid, u32::MAX) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Let a descriptor survive exec (binary upgrade hands listening sockets over).
 pub fn set_inheritable(fd: RawFd, on: bool) {
     // SAFETY: fcntl on a descriptor we own.

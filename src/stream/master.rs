@@ -308,10 +308,25 @@ impl Master {
         self.start_workers();
     }
 
+    /// USR1 in the master: reopen its logs, and create the access log files owned by
+    /// the worker user so that workers (no longer root) can reopen them (as nginx's
+    /// `ngx_reopen_files` does).
     fn reopen_logs(&mut self) {
         match crate::stream::conf::reopen_error_log(&self.cycle) {
             Ok(l) => log::set_main(l),
             Err(e) => error(Level::Alert, &e, None),
+        }
+        let user = self.cycle.core.user.option().map(|(u, _)| u.clone()).unwrap_or_else(|| "nobody".into());
+        let paths = self
+            .cycle
+            .open_files
+            .iter()
+            .map(|f| f.path.clone())
+            .chain(self.cycle.error_logs.iter().flat_map(|l| l.paths().map(str::to_string).collect::<Vec<_>>()));
+        for p in paths.filter(|p| p != "stderr") {
+            if let Err(e) = process::create_owned(&p, &user) {
+                error(Level::Alert, &format!("open() \"{}\" failed", p), Some(&e));
+            }
         }
     }
 
