@@ -282,7 +282,10 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
             libc::close(fd);
         }
     }
-    if cycle.core.daemon.get() {
+    // A binary started by an upgrade is already detached (its parent is the old master):
+    // nginx does not daemonize it again.
+    let upgraded = std::env::var_os(process::INHERITED_ENV).is_some();
+    if cycle.core.daemon.get() && !upgraded {
         if let Err(e) = process::daemonize(cycle.error_log.writes_stderr()) {
             log::error(Level::Emerg, "daemon() failed", Some(&e));
             return 1;
@@ -309,7 +312,7 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
         log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
     }
     if cycle.core.master_process.get() {
-        let daemonized = cycle.core.daemon.get();
+        let daemonized = cycle.core.daemon.get() || upgraded;
         let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, daemonized, argv);
         return m.run();
     }

@@ -207,9 +207,31 @@ impl Sluice {
     }
 }
 
+/// The processes whose parent is `pid` (a master's workers).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p)).unwrap_or_default();
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|x| x.parse().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 impl Drop for Sluice {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A master's workers would outlive a killed master: kill them first.
+            for w in children_of(c.id() as i32) {
+                // SAFETY: signalling a worker of our own child.
+                unsafe {
+                    libc::kill(w, libc::SIGKILL);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

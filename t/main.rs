@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod conf_errors;
 mod logs;
+mod process;
 mod proxy;
 mod recorded;
 mod splice;

@@ -102,8 +102,13 @@ impl Master {
                 break;
             }
         }
-        self.close_listeners(true);
-        process::remove_pid(&self.pid_file);
+        // With a new binary running, the live pid file is its: remove ours (.oldbin).
+        let unlink = self.new_binary.is_none();
+        self.close_listeners(unlink);
+        match self.new_binary {
+            Some(_) => process::remove_pid(&format!("{}.oldbin", self.pid_file)),
+            None => process::remove_pid(&self.pid_file),
+        }
         error(Level::Notice, "exit", None);
         0
     }
@@ -192,6 +197,10 @@ impl Master {
                 error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
                 self.quitting = true;
                 self.signal_workers(libc::SIGQUIT, true);
+                // Stop taking connections at once (ngx_close_listening_sockets): with the
+                // workers' copies closed too, new clients are refused, not left queued.
+                let unlink = self.new_binary.is_none();
+                self.close_listeners(unlink);
             }
             libc::SIGTERM | libc::SIGINT => {
                 error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
@@ -234,6 +243,11 @@ impl Master {
                 let old = format!("{}.oldbin", self.pid_file);
                 if let Err(e) = std::fs::rename(&old, &self.pid_file) {
                     error(Level::Alert, &format!("rename() {} to {} failed", old, self.pid_file), Some(&e));
+                }
+                // Our workers were stopped for the new binary (WINCH): take over again.
+                if self.no_accept && !self.quitting && self.terminating.is_none() {
+                    self.no_accept = false;
+                    self.start_workers();
                 }
                 continue;
             }

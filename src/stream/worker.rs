@@ -26,15 +26,22 @@ use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTE
 /// Accepts per listener per wake-up (nginx accepts until EAGAIN; a cap keeps a flood
 /// of connections from starving the sessions already running).
 const ACCEPTS_PER_WAKEUP: usize = 64;
-/// The signal pipe's token: below the listener range, above any session key.
+/// The signal pipe's token: below the listener range, above any session token.
 const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
+/// A session id is `generation << KEY_BITS | slot` (tokens add the side bit).
+const KEY_BITS: u32 = 31;
+const KEY_MASK: usize = (1 << KEY_BITS) - 1;
+const GEN_MASK: u32 = (1 << 30) - 1;
+
+/// The session `id` names, if it is still that session (same slot, same generation).
+fn lookup(sessions: &mut Slab<Session>, id: usize) -> Option<&mut Session> {
+    sessions.get_mut(id & KEY_MASK).filter(|s| s.core.key == id)
+}
 
 enum State {
     /// Running the phases before content (waiting here means waiting for preread).
     Phases,
     Content(Box<dyn Content>),
-    /// Finalized; the slot is freed after the event batch.
-    Closed,
 }
 
 struct Session {
@@ -67,14 +74,16 @@ pub struct Worker {
     sessions: Slab<Session>,
     timers: Timers,
     rt: WorkerState,
-    closed: Vec<usize>,
+    generation: u32,
     signals: Signals,
     quitting: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
     shutdown_at: Option<Instant>,
-    /// Accepting is paused (out of descriptors, or at `worker_connections`) until then,
-    /// or until a connection closes.
+    /// Accepting is paused (out of descriptors, or at `worker_connections`) until then;
+    /// a `worker_connections` pause also ends when a connection closes.
     accept_paused: Option<Instant>,
+    /// The pause is for `worker_connections` (not for lack of descriptors).
+    paused_for_room: bool,
     /// When the next "accept paused" line may be logged (at most one a second).
     accept_log_at: Option<Instant>,
     max_conns: usize,
@@ -99,11 +108,12 @@ impl Worker {
             sessions: Slab::with_capacity(1024),
             timers: Timers::default(),
             rt,
-            closed: Vec::new(),
+            generation: 0,
             signals,
             quitting: false,
             shutdown_at: None,
             accept_paused: None,
+            paused_for_room: false,
             accept_log_at: None,
             max_conns,
         })
@@ -169,10 +179,8 @@ impl Worker {
                 self.shutdown_timeout(now);
             }
             self.rt.flush_due_files(now);
-            for key in self.closed.drain(..) {
-                self.sessions.try_remove(key);
-            }
-            if self.accept_paused.is_some_and(|at| at <= now) || (self.accept_paused.is_some() && self.has_room()) {
+            let room_back = self.paused_for_room && self.has_room();
+            if self.accept_paused.is_some_and(|at| at <= now) || (self.accept_paused.is_some() && room_back) {
                 self.resume_accept();
             }
             if self.quitting && self.sessions.is_empty() {
@@ -265,7 +273,7 @@ impl Worker {
     }
 
     /// Stop taking connections for a while; they wait in the listen queue meanwhile.
-    fn pause_accept(&mut self, now: Instant, for_: Duration, level: Level, msg: &str, err: Option<&io::Error>) {
+    fn pause_accept(&mut self, now: Instant, room: bool, level: Level, msg: &str, err: Option<&io::Error>) {
         if self.accept_log_at.is_none_or(|t| now >= t) {
             crate::core::log::error(level, msg, err);
             self.accept_log_at = Some(now + Duration::from_secs(1));
@@ -275,7 +283,8 @@ impl Worker {
                 l.deregister_raw(self.poll.as_raw_fd());
             }
         }
-        self.accept_paused = Some(now + for_);
+        self.accept_paused = Some(now + Duration::from_millis(500));
+        self.paused_for_room = room;
     }
 
     fn resume_accept(&mut self) {
@@ -294,7 +303,7 @@ impl Worker {
         for _ in 0..ACCEPTS_PER_WAKEUP {
             if !self.has_room() {
                 let msg = format!("{} worker_connections are not enough", self.max_conns);
-                self.pause_accept(now, Duration::from_millis(500), Level::Alert, &msg, None);
+                self.pause_accept(now, true, Level::Alert, &msg, None);
                 return;
             }
             let Some(Some(l)) = self.listeners.get(idx) else { return };
@@ -306,7 +315,7 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     // Out of descriptors: sessions already running go on; accepting
                     // waits (nginx disables accept events for 500 ms).
-                    self.pause_accept(now, Duration::from_millis(500), Level::Crit, "accept4() failed", Some(&e));
+                    self.pause_accept(now, false, Level::Crit, "accept4() failed", Some(&e));
                     return;
                 }
                 Err(e) => {
@@ -333,7 +342,10 @@ impl Worker {
         };
         let id = self.rt.next_connection();
         let entry = self.sessions.vacant_entry();
-        let key = entry.key();
+        // The session's id carries a generation beside its slot, so that an event or a
+        // timer of a finished session never reaches the next one in the same slot.
+        self.generation = self.generation.wrapping_add(1) & GEN_MASK;
+        let key = (self.generation as usize) << KEY_BITS | entry.key();
         if let Err(e) = conn.register(
             self.poll.registry(),
             session_token(key, Side::Client),
@@ -386,7 +398,7 @@ impl Worker {
 
     fn run_phases(&mut self, key: usize, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
-        let Some(sess) = sessions.get_mut(key) else { return };
+        let Some(sess) = lookup(sessions, key) else { return };
         let cycle = sess.core.cycle.clone();
         let flow = match cycle.phases.run(&mut sess.core, &mut cx) {
             Flow::Next => {
@@ -421,9 +433,8 @@ impl Worker {
 
     fn session_event(&mut self, key: usize, side: Side, ready: Ready, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
-        let Some(sess) = sessions.get_mut(key) else { return };
+        let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
-            State::Closed => return,
             State::Phases => {
                 if side == Side::Client && (ready.readable || ready.hup || ready.error) {
                     self.run_phases(key, now);
@@ -439,9 +450,8 @@ impl Worker {
 
     fn session_timer(&mut self, key: usize, id: TimerId, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
-        let Some(sess) = sessions.get_mut(key) else { return };
+        let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
-            State::Closed => return,
             State::Phases => {
                 if sess.core.preread_timer == Some(id) {
                     // ngx_stream_core_preread_phase: a timeout ends the preread phase.
@@ -461,10 +471,9 @@ impl Worker {
 
     /// `ngx_shutdown_timer_handler`: close every session still running.
     fn shutdown_timeout(&mut self, now: Instant) {
-        let keys: Vec<usize> =
-            self.sessions.iter().filter(|(_, s)| !matches!(s.state, State::Closed)).map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self.sessions.iter().map(|(_, s)| s.core.key).collect();
         for key in keys {
-            if let Some(sess) = self.sessions.get(key) {
+            if let Some(sess) = lookup(&mut self.sessions, key) {
                 sess.core.log(Level::Info, "shutdown timeout", None);
             }
             self.finalize(key, status::OK, now);
@@ -474,10 +483,7 @@ impl Worker {
     /// `ngx_stream_finalize_session`: status, content close, log phase, close.
     fn finalize(&mut self, key: usize, st: u16, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
-        let Some(sess) = sessions.get_mut(key) else { return };
-        if matches!(sess.state, State::Closed) {
-            return;
-        }
+        let Some(sess) = lookup(sessions, key) else { return };
         sess.core.status = st;
         if sess.core.log_enabled(Level::Debug) {
             sess.core.log(Level::Debug, &format!("finalize stream session: {}", st), None);
@@ -489,10 +495,9 @@ impl Worker {
         sess.core.action = None;
         let cycle = sess.core.cycle.clone();
         cycle.phases.run_log(&mut sess.core, &mut cx);
-        // No epoll_ctl(DEL): closing the socket (when the slot is freed after this
-        // batch) takes it out of the epoll set.
-        sess.state = State::Closed;
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
-        self.closed.push(key);
+        // Free the slot now: the client socket closes here (no epoll_ctl(DEL): closing
+        // takes it out of the epoll set), and later sessions in this slot have other ids.
+        self.sessions.try_remove(key & KEY_MASK);
     }
 }

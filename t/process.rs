@@ -1,0 +1,1378 @@
+//! Master and worker processes as nginx runs them: HUP reload (new connections follow
+//! the new configuration while sessions opened before it run to their end; a broken
+//! configuration keeps the old one and logs `[emerg]`), 50 reloads under load, USR1
+//! log reopening, the USR2 + WINCH + QUIT binary upgrade under load and its rollbacks,
+//! a killed worker respawned, `-s quit` and `-s stop`, `worker_processes auto`, `user`,
+//! `worker_rlimit_nofile`, `worker_shutdown_timeout`, `worker_connections`, and running
+//! out of descriptors under a low `ulimit -n`.
+//!
+//! Every test owns a `Run`: its Drop SIGKILLs every process the test started — the
+//! master (in the foreground or daemonized), its workers, a new-binary master and its
+//! workers — found through the pid files and through the test's prefix, which is on the
+//! command line of each of them, so a failing assert leaks nothing.
+
+use std::collections::BTreeSet;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::common::{bin, free_port, run as run_sluice, wait_for, TempDir};
+
+const PID: &str = "sluice.pid";
+const OLDBIN: &str = "sluice.pid.oldbin";
+const SEC: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------
+// Processes, seen through /proc.
+
+/// `(state, ppid, utime + stime in clock ticks)` of a process.
+fn stat(pid: i32) -> Option<(char, i32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = f.first()?.chars().next()?;
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((state, ppid, utime + stime))
+}
+
+/// Running (a zombie has ended; only its parent has not looked yet).
+fn alive(pid: i32) -> bool {
+    pid > 0 && matches!(stat(pid), Some((s, _, _)) if s != 'Z' && s != 'X')
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect())
+        .unwrap_or_default()
+}
+
+/// The live children of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&c| matches!(stat(c), Some((s, pp, _)) if pp == pid && s != 'Z' && s != 'X'))
+        .collect()
+}
+
+/// The workers of a master: its children, less the new-binary master(s) in `not`.
+fn workers_of(master: i32, not: &[i32]) -> Vec<i32> {
+    let mut w: Vec<i32> = children(master).into_iter().filter(|p| !not.contains(p)).collect();
+    w.sort_unstable();
+    w
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn cpu_secs(pid: i32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    stat(pid).map(|(_, _, t)| t as f64 / hz).unwrap_or(0.0)
+}
+
+/// The value of `key:` in /proc/PID/status (e.g. the real uid from "Uid").
+fn status_field(pid: i32, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(|r| r.trim().to_string()))
+}
+
+/// The soft "Max open files" limit of a process.
+fn nofile_limit(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("Max open files"))?;
+    l["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// How many of a process's descriptors are below `below` (what RLIMIT_NOFILE counts
+/// against: a new descriptor takes the lowest free number under the limit).
+fn fds_below(pid: i32, below: usize) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < below))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Set a running process's RLIMIT_NOFILE (prlimit(2); we are root).
+fn set_nofile(pid: i32, n: usize) {
+    let rl = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+    // SAFETY: prlimit(2) on a process this test started, with a struct we own.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit({pid}): {}", io::Error::last_os_error());
+}
+
+fn signal(pid: i32, sig: i32) {
+    // Never 0 or -1: those would signal a whole group or every process.
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) to a sluice process this test started.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A sluice of this test, and the guard that ends it.
+
+/// The main-context lines of a master-process configuration (`%%PREFIX%%` is the test's
+/// directory).
+fn head(daemon: bool, workers: &str) -> String {
+    format!(
+        "daemon {};\nmaster_process on;\nworker_processes {workers};\nuser root;\npid %%PREFIX%%sluice.pid;\n\
+         error_log %%PREFIX%%error.log info;\n",
+        if daemon { "on" } else { "off" }
+    )
+}
+
+struct Run {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Run {
+    fn start(conf: &str) -> Run {
+        Self::start_with(conf, None)
+    }
+
+    /// Start `sluice -p PREFIX -c sluice.conf` (with RLIMIT_NOFILE `nofile`, if given)
+    /// and wait for its pid file; with `daemon on`, also for the started process to
+    /// exit, as the daemon's parent does.
+    fn start_with(conf: &str, nofile: Option<u64>) -> Run {
+        let mut run = Run { dir: TempDir::new("process"), child: None };
+        run.write_conf(conf);
+        let stderr = std::fs::File::create(run.path("stderr.txt")).expect("stderr file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("-p").arg(run.prefix()).arg("-c").arg("sluice.conf");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(stderr));
+        if let Some(n) = nofile {
+            // SAFETY: only setrlimit(2), async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        run.child = Some(cmd.spawn().expect("spawn sluice"));
+        let daemon = conf.contains("daemon on;");
+        let started = wait_for(Duration::from_secs(10), || {
+            let exited = matches!(run.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+            let pid_ok = run.read_pid(PID).is_some_and(alive);
+            if daemon {
+                pid_ok && exited
+            } else {
+                pid_ok || exited
+            }
+        });
+        let pid = run.read_pid(PID);
+        let own = run.child.as_ref().map(|c| c.id() as i32);
+        let ok = started && pid.is_some_and(alive) && (daemon || pid == own);
+        assert!(ok, "sluice did not start (pid file: {pid:?}, process {own:?})\n{}", run.ctx());
+        run
+    }
+
+    fn prefix(&self) -> String {
+        self.dir.prefix()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn write_conf(&self, conf: &str) {
+        std::fs::write(self.path("sluice.conf"), conf.replace("%%PREFIX%%", &self.prefix())).expect("write conf");
+    }
+
+    fn read_pid(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.path(name)).ok()?.trim().parse().ok()
+    }
+
+    fn master(&self) -> i32 {
+        self.read_pid(PID).unwrap_or_else(|| panic!("no pid file\n{}", self.ctx()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("error.log")).unwrap_or_default()
+    }
+
+    /// `sluice -p PREFIX -c sluice.conf ARGS` (e.g. `-s quit`), bounded.
+    fn cli(&self, args: &[&str]) -> Output {
+        let prefix = self.prefix();
+        let mut all = vec!["-p", prefix.as_str(), "-c", "sluice.conf"];
+        all.extend_from_slice(args);
+        run_sluice(&all, self.dir.path())
+    }
+
+    /// Wait for the process this test spawned to exit (a foreground master).
+    fn wait_child(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut st = None;
+        wait_for(timeout, || {
+            st = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            st.is_some()
+        });
+        st
+    }
+
+    /// Every live process of this test: named by a pid file or carrying the prefix on
+    /// its command line, and all their descendants.
+    fn processes(&self) -> BTreeSet<i32> {
+        let prefix = self.prefix();
+        let me = std::process::id() as i32;
+        let mut set: BTreeSet<i32> = BTreeSet::new();
+        for name in [PID, OLDBIN] {
+            // A pid file may outlive its process; the pid is ours only if the process
+            // still runs with our prefix.
+            if let Some(p) = self.read_pid(name) {
+                if p > 1 && cmdline(p).contains(&prefix) {
+                    set.insert(p);
+                }
+            }
+        }
+        for p in all_pids() {
+            if p != me && cmdline(p).contains(&prefix) {
+                set.insert(p);
+            }
+        }
+        loop {
+            let more: Vec<i32> = set.iter().flat_map(|&p| children(p)).filter(|c| !set.contains(c)).collect();
+            if more.is_empty() {
+                break;
+            }
+            set.extend(more);
+        }
+        set.retain(|&p| p != me && alive(p));
+        set
+    }
+
+    /// What a failed assertion shows: pid files, processes, stderr, the log's tail.
+    fn ctx(&self) -> String {
+        let procs: Vec<String> =
+            self.processes().iter().map(|&p| format!("{p} (ppid {})", stat(p).map(|s| s.1).unwrap_or(0))).collect();
+        // Session lines ([info]) drown the process story: notices and worse only.
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" [info] ")).collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        format!(
+            "--- pid files: {PID}={:?} {OLDBIN}={:?}; processes: [{}]\n--- stderr:\n{}--- error.log (last 80 lines above [info]):\n{}\n",
+            std::fs::read_to_string(self.path(PID)).ok().map(|s| s.trim().to_string()),
+            std::fs::read_to_string(self.path(OLDBIN)).ok().map(|s| s.trim().to_string()),
+            procs.join(", "),
+            std::fs::read_to_string(self.path("stderr.txt")).unwrap_or_default(),
+            tail
+        )
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // Masters may fork replacements while we kill: repeat until nothing is left.
+        for _ in 0..20 {
+            let procs = self.processes();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                signal(p, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Log lines of process `pid` containing `text`.
+fn pid_lines(log: &str, pid: i32, text: &str) -> usize {
+    let tag = format!(" {pid}#");
+    log.lines().filter(|l| l.contains(&tag) && l.contains(text)).count()
+}
+
+fn count(log: &str, text: &str) -> usize {
+    log.lines().filter(|l| l.contains(text)).count()
+}
+
+// ---------------------------------------------------------------------------------
+// Backends and clients.
+
+fn backend<F: Fn(TcpStream) + Send + Sync + 'static>(f: F) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let port = l.local_addr().expect("addr").port();
+    let f = Arc::new(f);
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let f = f.clone();
+            std::thread::spawn(move || f(c));
+        }
+    });
+    port
+}
+
+/// A backend that greets each connection with `TAG\n`, then echoes until the end.
+fn tagged(tag: &'static str) -> u16 {
+    backend(move |mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        c.set_write_timeout(Some(Duration::from_secs(30))).ok();
+        if c.write_all(format!("{tag}\n").as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 65536];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The byte at offset `i` of every stream the test sends or expects.
+fn pat(i: usize) -> u8 {
+    ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8
+}
+
+/// A backend that reads `N DELAY_MS\n` and sends N bytes of `pat` in 64 KiB pieces,
+/// DELAY_MS apart, then closes: a long download.
+fn source() -> u16 {
+    backend(|mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        c.set_write_timeout(Some(Duration::from_secs(30))).ok();
+        let Ok(line) = read_line(&mut c) else { return };
+        let mut it = line.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+        let (n, delay) = (it.next().unwrap_or(0) as usize, it.next().unwrap_or(0));
+        let mut chunk = vec![0u8; 65536];
+        let mut off = 0;
+        while off < n {
+            let k = (n - off).min(chunk.len());
+            for (i, b) in chunk[..k].iter_mut().enumerate() {
+                *b = pat(off + i);
+            }
+            if c.write_all(&chunk[..k]).is_err() {
+                return;
+            }
+            off += k;
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+    })
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn dial(port: u16) -> io::Result<TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// One line, read a byte at a time so that nothing after it is consumed.
+fn read_line(s: &mut TcpStream) -> io::Result<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 {
+            let got = String::from_utf8_lossy(&out).into_owned();
+            return Err(io::Error::new(ErrorKind::UnexpectedEof, format!("closed (after {got:?})")));
+        }
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.push(b[0]);
+        if out.len() > 4096 {
+            return Err(io::Error::other("line too long"));
+        }
+    }
+}
+
+/// The tag of the `tagged` backend a new connection reaches.
+fn greet(port: u16) -> io::Result<String> {
+    read_line(&mut dial(port)?)
+}
+
+/// A short session to a `tagged` backend: the greeting, then `msg` there and back.
+fn short_session(port: u16, msg: &str) -> io::Result<String> {
+    let mut s = dial(port)?;
+    let tag = read_line(&mut s)?;
+    s.write_all(format!("{msg}\n").as_bytes())?;
+    let back = read_line(&mut s)?;
+    if back != msg {
+        return Err(io::Error::other(format!("echo {back:?} for {msg:?}")));
+    }
+    Ok(tag)
+}
+
+/// Send `total` bytes through an echoing session, 16 KiB at a time, and check them back.
+fn echo_check(s: &mut TcpStream, total: usize) -> io::Result<()> {
+    let mut back = vec![0u8; 16384];
+    let mut done = 0;
+    while done < total {
+        let k = (total - done).min(back.len());
+        let chunk: Vec<u8> = (done..done + k).map(pat).collect();
+        s.write_all(&chunk)?;
+        s.read_exact(&mut back[..k])?;
+        if back[..k] != chunk[..] {
+            return Err(io::Error::other(format!("echoed bytes differ in {done}..{}", done + k)));
+        }
+        done += k;
+    }
+    Ok(())
+}
+
+/// A download of `n` bytes from `source`: all of them, in order, or why not.
+fn download(port: u16, n: usize, delay_ms: u64) -> Result<(), String> {
+    let mut s = dial(port).map_err(|e| format!("connect: {e}"))?;
+    s.write_all(format!("{n} {delay_ms}\n").as_bytes()).map_err(|e| format!("request: {e}"))?;
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                if let Some(i) = (0..k).find(|&i| buf[i] != pat(got + i)) {
+                    return Err(format!("corrupt byte at offset {}", got + i));
+                }
+                got += k;
+            }
+            Err(e) => return Err(format!("after {got} of {n} bytes: {e}")),
+        }
+    }
+    if got != n {
+        return Err(format!("truncated: {got} of {n} bytes"));
+    }
+    Ok(())
+}
+
+/// Client load: threads doing short sessions and long downloads until `finish`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    short_ok: Arc<AtomicUsize>,
+    long_ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    t0: Instant,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            short_ok: Arc::new(AtomicUsize::new(0)),
+            long_ok: Arc::new(AtomicUsize::new(0)),
+            failures: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// `n` threads of back-to-back short sessions (a few ms apart, to spare ports).
+    fn short(&mut self, port: u16, n: usize) {
+        for t in 0..n {
+            let (stop, ok, failures, t0) = (self.stop.clone(), self.short_ok.clone(), self.failures.clone(), self.t0);
+            self.threads.push(std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let msg = format!("t{t}-{i}");
+                    match short_session(port, &msg) {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let at = t0.elapsed().as_secs_f64();
+                            failures.lock().expect("lock").push(format!("short {msg} at {at:.2}s: {e}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+            }));
+        }
+    }
+
+    /// `n` threads of back-to-back downloads of `bytes` paced by `delay_ms`.
+    fn long(&mut self, port: u16, n: usize, bytes: usize, delay_ms: u64) {
+        for t in 0..n {
+            let (stop, ok, failures, t0) = (self.stop.clone(), self.long_ok.clone(), self.failures.clone(), self.t0);
+            self.threads.push(std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let start = t0.elapsed().as_secs_f64();
+                    match download(port, bytes, delay_ms) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let at = t0.elapsed().as_secs_f64();
+                            failures
+                                .lock()
+                                .expect("lock")
+                                .push(format!("download {t}-{i} ({start:.2}s..{at:.2}s): {e}"));
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Wait for `n` more successful short sessions: the load really runs.
+    fn progress(&self, n: usize) -> bool {
+        let base = self.short_ok.load(Ordering::Relaxed);
+        wait_for(Duration::from_secs(15), || self.short_ok.load(Ordering::Relaxed) >= base + n)
+    }
+
+    /// Stop, wait for the sessions under way to end; (short ok, long ok, failures).
+    fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().expect("lock"));
+        (self.short_ok.load(Ordering::Relaxed), self.long_ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn proxy_conf(head: &str, port: u16, up: u16) -> String {
+    format!("{head}events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{up}; }}\n}}\n")
+}
+
+// ---------------------------------------------------------------------------------
+// Reload.
+
+/// HUP (`-s reload`) sends new connections to the new configuration's upstream while a
+/// session opened before it keeps relaying on its old worker, which exits after it.
+#[test]
+fn reload_moves_new_connections_while_old_session_keeps_relaying() {
+    let (a, b) = (tagged("A"), tagged("B"));
+    let p = free_port();
+    let run = Run::start(&proxy_conf(&head(false, "2"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "A")), "not serving\n{}", run.ctx());
+    let old = workers_of(master, &[]);
+
+    let mut long = dial(p).expect("connect");
+    assert_eq!(read_line(&mut long).expect("greeting"), "A");
+    echo_check(&mut long, 64 << 10).expect("relay before the reload");
+
+    run.write_conf(&proxy_conf(&head(false, "2"), p, b));
+    let out = run.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "-s reload: {}\n{}", String::from_utf8_lossy(&out.stderr), run.ctx());
+    assert!(
+        wait_for(10 * SEC, || old.iter().all(|&w| pid_lines(&run.log(), w, "gracefully shutting down") > 0)),
+        "the old workers were not told to stop accepting\n{}",
+        run.ctx()
+    );
+    assert!(
+        wait_for(10 * SEC, || workers_of(master, &[]).iter().filter(|w| !old.contains(w)).count() == 2),
+        "no 2 new workers after the reload\n{}",
+        run.ctx()
+    );
+    for i in 0..20 {
+        let tag = greet(p);
+        assert_eq!(tag.as_deref().ok(), Some("B"), "new connection {i} after the reload: {tag:?}\n{}", run.ctx());
+    }
+
+    echo_check(&mut long, 1 << 20).unwrap_or_else(|e| panic!("the old session stopped relaying: {e}\n{}", run.ctx()));
+    assert!(old.iter().any(|&w| alive(w)), "the old worker exited with a session open\n{}", run.ctx());
+    drop(long);
+    assert!(
+        wait_for(10 * SEC, || old.iter().all(|&w| !alive(w))),
+        "old workers still run after their last session ended\n{}",
+        run.ctx()
+    );
+    assert_eq!(workers_of(master, &[]).len(), 2, "{}", run.ctx());
+}
+
+/// A reload with a broken configuration (an unknown directive; then a listen address
+/// that cannot be bound) logs `[emerg]` and keeps the old workers serving the old one;
+/// a good one afterwards is taken.
+#[test]
+fn reload_with_broken_config_keeps_old_one_and_logs_emerg() {
+    let (a, b) = (tagged("A"), tagged("B"));
+    let p = free_port();
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_port = busy.local_addr().expect("addr").port();
+    let run = Run::start(&proxy_conf(&head(false, "2"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "A")), "not serving\n{}", run.ctx());
+    let before = workers_of(master, &[]);
+
+    let broken = [
+        (
+            format!("{}bogus_directive on;\n", proxy_conf(&head(false, "2"), p, b)),
+            "unknown directive \"bogus_directive\"",
+        ),
+        (
+            proxy_conf(&head(false, "2"), p, b).replace(
+                "\n}\n",
+                &format!("\n  server {{ listen 127.0.0.1:{busy_port}; proxy_pass 127.0.0.1:{b}; }}\n}}\n"),
+            ),
+            "bind() to 127.0.0.1:",
+        ),
+    ];
+    for (n, (conf, want)) in broken.iter().enumerate() {
+        let emergs = count(&run.log(), "[emerg]");
+        run.write_conf(conf);
+        signal(master, libc::SIGHUP);
+        assert!(
+            wait_for(10 * SEC, || run.log().lines().any(|l| l.contains("[emerg]") && l.contains(want))
+                && count(&run.log(), "[emerg]") > emergs),
+            "broken config {n}: no [emerg] line with {want:?}\n{}",
+            run.ctx()
+        );
+        for i in 0..10 {
+            let tag = greet(p);
+            assert_eq!(tag.as_deref().ok(), Some("A"), "broken config {n}, connection {i}: {tag:?}\n{}", run.ctx());
+        }
+        assert_eq!(workers_of(master, &[]), before, "broken config {n} replaced the workers\n{}", run.ctx());
+        assert!(alive(master));
+    }
+    drop(busy);
+
+    run.write_conf(&proxy_conf(&head(false, "2"), p, b));
+    signal(master, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "B")),
+        "a good config after broken ones was not taken\n{}",
+        run.ctx()
+    );
+}
+
+/// 50 reloads, alternating between two upstreams, while clients run short sessions and
+/// long downloads without pause: not one connection fails, not one stream is cut.
+#[test]
+fn fifty_reloads_under_load_lose_nothing() {
+    let (a, b, src) = (tagged("A"), tagged("B"), source());
+    let (p, q) = (free_port(), free_port());
+    let conf = |up: u16| {
+        format!(
+            "{}events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{up}; }}\n  \
+             server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{src}; }}\n}}\n",
+            head(false, "2")
+        )
+    };
+    let run = Run::start(&conf(a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "A")), "not serving\n{}", run.ctx());
+
+    let mut load = Load::new();
+    load.short(p, 3);
+    load.long(q, 2, 4 << 20, 15);
+    assert!(load.progress(20), "the load does not run\n{}", run.ctx());
+    let t0 = Instant::now();
+    for i in 1..=50 {
+        run.write_conf(&conf(if i % 2 == 1 { b } else { a }));
+        signal(master, libc::SIGHUP);
+        assert!(
+            wait_for(10 * SEC, || count(&run.log(), "start worker processes") > i),
+            "reload {i} was not done\n{}",
+            run.ctx()
+        );
+        // Let connections reach this generation before the next one.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reload_secs = t0.elapsed().as_secs_f64();
+    assert!(load.progress(20), "no progress after the reloads\n{}", run.ctx());
+    let (short, long, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed or cut sessions (of {short} short and {long} long that worked) over 50 reloads in {reload_secs:.1}s:\n{}\n{}",
+        failures.len(),
+        failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n"),
+        run.ctx()
+    );
+    assert!(short >= 200 && long >= 4, "too little load ran: {short} short, {long} long sessions");
+    // The last reload (50, even) went back to A.
+    assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
+    assert!(
+        wait_for(15 * SEC, || workers_of(master, &[]).len() == 2),
+        "old workers still run after their sessions ended: {:?}\n{}",
+        workers_of(master, &[]),
+        run.ctx()
+    );
+    let log = run.log();
+    let bad: Vec<&str> =
+        log.lines().filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]")).collect();
+    assert!(bad.is_empty(), "reloads logged:\n{}", bad.join("\n"));
+}
+
+/// `worker_shutdown_timeout` bounds how long an old worker drains after a reload: its
+/// session is closed about then, and the worker exits.
+#[test]
+fn worker_shutdown_timeout_closes_old_sessions_after_reload() {
+    let a = tagged("A");
+    let p = free_port();
+    let conf = proxy_conf(&format!("{}worker_shutdown_timeout 1s;\n", head(false, "2")), p, a);
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let old = workers_of(master, &[]);
+    let mut long = dial(p).expect("connect");
+    assert_eq!(read_line(&mut long).expect("greeting"), "A");
+
+    let t0 = Instant::now();
+    signal(master, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || old.iter().all(|&w| pid_lines(&run.log(), w, "gracefully shutting down") > 0)),
+        "the old workers were not told to stop\n{}",
+        run.ctx()
+    );
+    echo_check(&mut long, 16 << 10).expect("relay while draining");
+    let mut buf = [0u8; 16];
+    let r = long.read(&mut buf);
+    let closed_after = t0.elapsed();
+    assert!(
+        matches!(&r, Ok(0)) || r.as_ref().is_err_and(|e| !is_timeout(e)),
+        "the session was not closed at worker_shutdown_timeout: {r:?} after {closed_after:?}\n{}",
+        run.ctx()
+    );
+    assert!(
+        closed_after >= Duration::from_millis(800) && closed_after < Duration::from_secs(5),
+        "closed {closed_after:?} after the reload, worker_shutdown_timeout is 1s\n{}",
+        run.ctx()
+    );
+    assert!(wait_for(5 * SEC, || old.iter().all(|&w| !alive(w))), "old workers still run\n{}", run.ctx());
+}
+
+// ---------------------------------------------------------------------------------
+// Log reopening.
+
+/// USR1 after the access and error logs were renamed: lines go on into the renamed files
+/// until then, and into new files under the configured names after.
+#[test]
+fn usr1_reopens_renamed_logs() {
+    let p = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{\n  log_format port '$remote_port $status';\n  \
+         server {{ listen 127.0.0.1:{p}; return \"x\\n\"; access_log %%PREFIX%%access.log port; }}\n}}\n",
+        head(false, "2")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let workers = workers_of(master, &[]);
+    let read = |name: &str| std::fs::read_to_string(run.path(name)).unwrap_or_default();
+    let visit = || -> u16 {
+        let mut s = dial(p).expect("connect");
+        let port = s.local_addr().expect("addr").port();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        assert_eq!(out, "x\n");
+        port
+    };
+    let logged = |name: &str, port: u16| read(name).lines().any(|l| l == format!("{port} 200"));
+
+    let first = visit();
+    assert!(wait_for(10 * SEC, || logged("access.log", first)), "no access log line\n{}", run.ctx());
+    std::fs::rename(run.path("access.log"), run.path("access.log.1")).expect("rename");
+    std::fs::rename(run.path("error.log"), run.path("error.log.1")).expect("rename");
+    let second = visit();
+    assert!(
+        wait_for(10 * SEC, || logged("access.log.1", second)),
+        "before USR1 the line should go to the renamed file\naccess.log.1:\n{}",
+        read("access.log.1")
+    );
+
+    signal(master, libc::SIGUSR1);
+    assert!(
+        wait_for(10 * SEC, || {
+            let old = read("error.log.1");
+            pid_lines(&old, master, "reopening logs") > 0
+                && workers.iter().all(|&w| pid_lines(&old, w, "reopening logs") > 0)
+                && run.path("access.log").exists()
+                && run.path("error.log").exists()
+        }),
+        "USR1 did not reopen the logs of the master and both workers\nerror.log.1:\n{}\nerror.log exists: {}, \
+         access.log exists: {}",
+        read("error.log.1"),
+        run.path("error.log").exists(),
+        run.path("access.log").exists()
+    );
+    let before = read("access.log.1");
+    for i in 0..10 {
+        let port = visit();
+        assert!(
+            wait_for(10 * SEC, || logged("access.log", port)),
+            "session {i} after USR1 is not in the new access.log\naccess.log:\n{}\naccess.log.1:\n{}",
+            read("access.log"),
+            read("access.log.1")
+        );
+    }
+    assert_eq!(read("access.log.1"), before, "lines still went to the renamed access log after USR1");
+    // The error log was reopened too: a new line lands in the new file.
+    signal(master, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || count(&read("error.log"), "reconfiguring") > 0),
+        "the master still logs into the renamed error.log\nerror.log:\n{}",
+        read("error.log")
+    );
+
+    // `-s reopen` is the same signal, from the command line; the reload above started
+    // new workers, which have the new access.log open.
+    assert!(
+        wait_for(10 * SEC, || {
+            let now = workers_of(master, &[]);
+            now.len() == 2 && now.iter().all(|w| !workers.contains(w))
+        }),
+        "2 new workers after the reload\n{}",
+        run.ctx()
+    );
+    let ws = workers_of(master, &[]);
+    std::fs::rename(run.path("access.log"), run.path("access.log.2")).expect("rename");
+    let out = run.cli(&["-s", "reopen"]);
+    assert!(out.status.success(), "-s reopen: {}\n{}", String::from_utf8_lossy(&out.stderr), run.ctx());
+    assert!(
+        wait_for(10 * SEC, || run.path("access.log").exists()
+            && ws.iter().all(|&w| pid_lines(&read("error.log"), w, "reopening logs") > 0)),
+        "-s reopen did not reopen the access log\n{}",
+        run.ctx()
+    );
+    let port = visit();
+    assert!(
+        wait_for(10 * SEC, || logged("access.log", port)),
+        "after -s reopen the line is not in the new access.log\naccess.log.2:\n{}",
+        read("access.log.2")
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Binary upgrade.
+
+fn upgrade_conf(p: u16, up: u16, r: u16) -> String {
+    format!(
+        "{}events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{up}; }}\n  \
+         server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }}\n}}\n",
+        head(true, "2")
+    )
+}
+
+/// A daemonized master with 2 workers serving `p`.
+fn start_daemon(conf: &str, p: u16) -> (Run, i32, Vec<i32>) {
+    let run = Run::start(conf);
+    let old = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+    let ws = workers_of(old, &[]);
+    (run, old, ws)
+}
+
+/// USR2 to `old`: the pid file becomes `.oldbin`, a new master writes `sluice.pid` and
+/// starts its 2 workers. Returns the new master.
+fn usr2(run: &Run, old: i32) -> i32 {
+    signal(old, libc::SIGUSR2);
+    let up = wait_for(10 * SEC, || {
+        let new = run.read_pid(PID);
+        run.read_pid(OLDBIN) == Some(old) && new.is_some_and(|n| n != old && alive(n) && workers_of(n, &[]).len() == 2)
+    });
+    assert!(up, "after USR2: no new master with 2 workers, old pid in {OLDBIN}\n{}", run.ctx());
+    run.master()
+}
+
+/// WINCH to the old master: its workers finish and exit, the master stays.
+fn winch(run: &Run, old: i32, old_workers: &[i32], new: i32) {
+    signal(old, libc::SIGWINCH);
+    assert!(
+        wait_for(10 * SEC, || old_workers.iter().all(|&w| !alive(w)) && workers_of(old, &[new]).is_empty()),
+        "after WINCH the old master's workers still run: {:?}\n{}",
+        workers_of(old, &[new]),
+        run.ctx()
+    );
+    assert!(alive(old), "WINCH ended the old master\n{}", run.ctx());
+}
+
+/// Which process served a connection to the `return $pid` server.
+fn served_by(r: u16) -> Option<i32> {
+    read_line(&mut dial(r).ok()?).ok()?.trim().parse().ok()
+}
+
+/// USR2, WINCH, QUIT to the old master under load: no connection fails, the new
+/// master keeps `sluice.pid`, `.oldbin` goes, `-s quit` then stops the new master.
+#[test]
+fn upgrade_usr2_winch_quit_under_load() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let (run, old, old_workers) = start_daemon(&upgrade_conf(p, a, r), p);
+    let mut load = Load::new();
+    load.short(p, 3);
+    assert!(load.progress(30), "the load does not run\n{}", run.ctx());
+
+    let new = usr2(&run, old);
+    let new_workers = workers_of(new, &[]);
+    assert!(load.progress(30), "no progress with both masters\n{}", run.ctx());
+    winch(&run, old, &old_workers, new);
+    assert!(load.progress(30), "no progress after WINCH\n{}", run.ctx());
+    for _ in 0..5 {
+        let by = served_by(r);
+        assert!(by.is_some_and(|w| new_workers.contains(&w)), "served by {by:?}, not the new workers\n{}", run.ctx());
+    }
+    signal(old, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(old)), "the old master did not exit on QUIT\n{}", run.ctx());
+    assert!(load.progress(30), "no progress after the old master quit\n{}", run.ctx());
+    let (short, _, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed connections (of {short}) during the upgrade:\n{}\n{}",
+        failures.len(),
+        failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n"),
+        run.ctx()
+    );
+    assert!(alive(new) && workers_of(new, &[]) == new_workers, "the new master or its workers changed\n{}", run.ctx());
+    assert_eq!(run.read_pid(PID), Some(new), "sluice.pid after the old master quit\n{}", run.ctx());
+    assert!(!run.path(OLDBIN).exists(), "{OLDBIN} left after the old master quit\n{}", run.ctx());
+
+    let out = run.cli(&["-s", "quit"]);
+    assert!(out.status.success(), "-s quit: {}\n{}", String::from_utf8_lossy(&out.stderr), run.ctx());
+    assert!(
+        wait_for(10 * SEC, || !alive(new) && new_workers.iter().all(|&w| !alive(w))),
+        "-s quit did not stop the new master\n{}",
+        run.ctx()
+    );
+    assert!(!run.path(PID).exists(), "pid file left\n{}", run.ctx());
+}
+
+/// The rollback: after USR2 and WINCH, HUP to the old master starts its workers again
+/// without reading the configuration (here broken meanwhile); QUIT to the new master
+/// then leaves the old one serving, with `sluice.pid` renamed back. All under load.
+#[test]
+fn upgrade_rollback_hup_old_quit_new_under_load() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let conf = upgrade_conf(p, a, r);
+    let (run, old, old_workers) = start_daemon(&conf, p);
+    let mut load = Load::new();
+    load.short(p, 3);
+    assert!(load.progress(30), "the load does not run\n{}", run.ctx());
+
+    let new = usr2(&run, old);
+    let new_workers = workers_of(new, &[]);
+    winch(&run, old, &old_workers, new);
+    assert!(load.progress(30), "no progress after WINCH\n{}", run.ctx());
+
+    run.write_conf(&format!("{conf}bogus_directive on;\n"));
+    let emergs = count(&run.log(), "[emerg]");
+    signal(old, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || workers_of(old, &[new]).len() == 2),
+        "HUP to the old master did not start its workers again\n{}",
+        run.ctx()
+    );
+    assert_eq!(count(&run.log(), "[emerg]"), emergs, "the rollback HUP read the configuration\n{}", run.ctx());
+    run.write_conf(&conf);
+    let back = workers_of(old, &[new]);
+    assert!(load.progress(30), "no progress with both masters' workers\n{}", run.ctx());
+
+    signal(new, libc::SIGQUIT);
+    assert!(
+        wait_for(10 * SEC, || !alive(new) && new_workers.iter().all(|&w| !alive(w))),
+        "the new master did not exit on QUIT\n{}",
+        run.ctx()
+    );
+    assert!(
+        wait_for(10 * SEC, || run.read_pid(PID) == Some(old) && !run.path(OLDBIN).exists()),
+        "the old master did not rename {OLDBIN} back to {PID}\n{}",
+        run.ctx()
+    );
+    assert!(load.progress(30), "no progress after the rollback\n{}", run.ctx());
+    let (short, _, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed connections (of {short}) during the rollback:\n{}\n{}",
+        failures.len(),
+        failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n"),
+        run.ctx()
+    );
+    for _ in 0..5 {
+        let by = served_by(r);
+        assert!(by.is_some_and(|w| back.contains(&w)), "served by {by:?}, not the old master's workers\n{}", run.ctx());
+    }
+    assert!(alive(old));
+}
+
+/// nginx's other rollback: when the new master exits while the old master's workers
+/// are stopped (WINCH), the old master starts workers again by itself.
+#[test]
+fn upgrade_new_master_exit_restarts_old_workers() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let (run, old, old_workers) = start_daemon(&upgrade_conf(p, a, r), p);
+    let new = usr2(&run, old);
+    winch(&run, old, &old_workers, new);
+    signal(new, libc::SIGTERM);
+    assert!(wait_for(10 * SEC, || !alive(new)), "the new master did not exit on TERM\n{}", run.ctx());
+    assert!(
+        wait_for(10 * SEC, || workers_of(old, &[]).len() == 2),
+        "the old master did not start workers when the new binary exited\n{}",
+        run.ctx()
+    );
+    assert!(
+        wait_for(10 * SEC, || run.read_pid(PID) == Some(old) && !run.path(OLDBIN).exists()),
+        "{PID} was not renamed back\n{}",
+        run.ctx()
+    );
+    let ws = workers_of(old, &[]);
+    assert!(wait_for(10 * SEC, || served_by(r).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
+}
+
+// ---------------------------------------------------------------------------------
+// Workers.
+
+/// A worker killed by a signal is replaced, with an `[alert]` naming it.
+#[test]
+fn killed_worker_is_respawned_with_alert() {
+    let p = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} }}\n",
+        head(false, "2")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let before = workers_of(master, &[]);
+    let victim = before[0];
+    signal(victim, libc::SIGKILL);
+    assert!(
+        wait_for(10 * SEC, || {
+            let now = workers_of(master, &[]);
+            now.len() == 2 && !now.contains(&victim)
+        }),
+        "worker {victim} was not replaced: {:?}\n{}",
+        workers_of(master, &[]),
+        run.ctx()
+    );
+    let alert = format!("worker process {victim} exited on signal 9");
+    assert!(
+        wait_for(5 * SEC, || run.log().lines().any(|l| l.contains("[alert]") && l.contains(&alert))),
+        "no [alert] \"{alert}\"\n{}",
+        run.ctx()
+    );
+    let now = workers_of(master, &[]);
+    let fresh: Vec<i32> = now.iter().copied().filter(|w| !before.contains(w)).collect();
+    assert_eq!(fresh.len(), 1, "{}", run.ctx());
+    assert!(
+        wait_for(10 * SEC, || served_by(p).is_some_and(|w| now.contains(&w))),
+        "the workers do not serve after the respawn\n{}",
+        run.ctx()
+    );
+    assert!(alive(before[1]), "the other worker was touched\n{}", run.ctx());
+}
+
+/// `worker_processes auto` starts one worker per CPU; `user` sets the workers' user
+/// (the master stays root); `worker_rlimit_nofile` sets their descriptor limit.
+#[test]
+fn worker_processes_auto_user_and_rlimit_nofile() {
+    let p = free_port();
+    let head = head(false, "auto").replace("user root;", "user nobody;");
+    let conf =
+        format!("{head}worker_rlimit_nofile 1000;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} }}\n");
+    let run = Run::start(&conf);
+    let master = run.master();
+    // SAFETY: sysconf has no preconditions.
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    assert!(
+        wait_for(10 * SEC, || workers_of(master, &[]).len() == ncpu),
+        "{} workers for {ncpu} CPUs\n{}",
+        workers_of(master, &[]).len(),
+        run.ctx()
+    );
+    let ws = workers_of(master, &[]);
+    let uid = |pid: i32| status_field(pid, "Uid").and_then(|u| u.split_whitespace().next().map(str::to_string));
+    assert_eq!(uid(master).as_deref(), Some("0"), "the master's uid");
+    for &w in &ws {
+        let u = status_field(w, "Uid");
+        assert!(u.as_deref().is_some_and(|u| u.split_whitespace().all(|x| x == "65534")), "worker {w} uids {u:?}");
+        assert_eq!(nofile_limit(w), Some(1000), "worker {w}'s RLIMIT_NOFILE");
+    }
+    assert!(wait_for(10 * SEC, || served_by(p).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
+}
+
+// ---------------------------------------------------------------------------------
+// -s quit, -s stop.
+
+/// `-s quit`: the listeners close at once (new connections are refused), sessions
+/// under way go on to their end, then everything exits and the pid file goes.
+#[test]
+fn s_quit_lets_sessions_finish_then_exits() {
+    let a = tagged("A");
+    let p = free_port();
+    let mut run = Run::start(&proxy_conf(&head(false, "2"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let ws = workers_of(master, &[]);
+    let mut long = dial(p).expect("connect");
+    assert_eq!(read_line(&mut long).expect("greeting"), "A");
+
+    let out = run.cli(&["-s", "quit"]);
+    assert!(out.status.success(), "-s quit: {}\n{}", String::from_utf8_lossy(&out.stderr), run.ctx());
+    assert!(
+        wait_for(10 * SEC, || ws.iter().all(|&w| pid_lines(&run.log(), w, "gracefully shutting down") > 0)),
+        "the workers were not told to quit\n{}",
+        run.ctx()
+    );
+    echo_check(&mut long, 256 << 10).unwrap_or_else(|e| panic!("the session stopped relaying after -s quit: {e}"));
+    let mut problems = Vec::new();
+    let refused = wait_for(5 * SEC, || matches!(dial(p), Err(e) if e.kind() == ErrorKind::ConnectionRefused));
+    if !refused {
+        problems.push("new connections are not refused after -s quit (the listening sockets stay open)".to_string());
+    }
+    echo_check(&mut long, 64 << 10).unwrap_or_else(|e| panic!("the session stopped relaying after -s quit: {e}"));
+    assert!(alive(master), "the master exited with a session under way\n{}", run.ctx());
+    drop(long);
+    let st = run.wait_child(10 * SEC);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the master did not exit (0) after the last session: {st:?}\n{}",
+        run.ctx()
+    );
+    assert!(ws.iter().all(|&w| !alive(w)), "workers left\n{}", run.ctx());
+    assert!(!run.path(PID).exists(), "pid file left\n{}", run.ctx());
+    assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
+}
+
+/// `-s stop`: master and workers exit at once, sessions under way are closed.
+#[test]
+fn s_stop_ends_everything_at_once() {
+    let a = tagged("A");
+    let p = free_port();
+    let mut run = Run::start(&proxy_conf(&head(false, "2"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let ws = workers_of(master, &[]);
+    let mut long = dial(p).expect("connect");
+    assert_eq!(read_line(&mut long).expect("greeting"), "A");
+
+    let t0 = Instant::now();
+    let out = run.cli(&["-s", "stop"]);
+    assert!(out.status.success(), "-s stop: {}\n{}", String::from_utf8_lossy(&out.stderr), run.ctx());
+    let st = run.wait_child(5 * SEC);
+    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on -s stop: {st:?}\n{}", run.ctx());
+    assert!(wait_for(2 * SEC, || ws.iter().all(|&w| !alive(w))), "workers left\n{}", run.ctx());
+    long.set_read_timeout(Some(2 * SEC)).ok();
+    let mut buf = [0u8; 16];
+    let r = long.read(&mut buf);
+    assert!(
+        matches!(&r, Ok(0)) || r.as_ref().is_err_and(|e| !is_timeout(e)),
+        "the session was not closed by -s stop: {r:?}"
+    );
+    assert!(t0.elapsed() < 3 * SEC, "-s stop took {:?}", t0.elapsed());
+    assert!(!run.path(PID).exists(), "pid file left\n{}", run.ctx());
+}
+
+// ---------------------------------------------------------------------------------
+// Limits.
+
+/// At `worker_connections` a worker stops accepting and says so; clients beyond the
+/// limit wait in the listen queue (not refused, not closed) and are served when
+/// sessions end; meanwhile the worker does not spin.
+#[test]
+fn worker_connections_limit_queues_clients() {
+    let h = tagged("H");
+    let p = free_port();
+    let conf = format!(
+        "{}events {{ worker_connections 16; }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let worker = workers_of(master, &[])[0];
+    assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+
+    let t0 = Instant::now();
+    let (mut served, mut waiting) = (Vec::new(), Vec::new());
+    for i in 0..12 {
+        let mut s = dial(p).unwrap_or_else(|e| panic!("client {i} beyond the limit was refused: {e}"));
+        // Until one waits, give each 2 s to be served; after that they all wait.
+        let t = if waiting.is_empty() { 2 * SEC } else { Duration::from_millis(300) };
+        s.set_read_timeout(Some(t)).ok();
+        match read_line(&mut s) {
+            Ok(tag) => {
+                assert_eq!(tag, "H");
+                assert!(waiting.is_empty(), "client {i} was served after an earlier one had to wait");
+                served.push(s);
+            }
+            Err(e) if is_timeout(&e) => waiting.push(s),
+            Err(e) => panic!("client {i} beyond the limit was closed instead of queued: {e}\n{}", run.ctx()),
+        }
+    }
+    // 16 connections: the listener and 2 per proxied session.
+    assert!((1..=8).contains(&served.len()), "{} sessions served with worker_connections 16", served.len());
+    assert!(waiting.len() >= 4, "only {} clients waited", waiting.len());
+    assert!(
+        run.log().lines().any(|l| l.contains("16 worker_connections are not enough")),
+        "no \"worker_connections are not enough\" line\n{}",
+        run.ctx()
+    );
+    let cpu0 = cpu_secs(worker);
+    for s in &mut served {
+        echo_check(s, 8 << 10).expect("a session at the limit stopped relaying");
+    }
+    std::thread::sleep(SEC);
+    let cpu = cpu_secs(worker) - cpu0;
+    assert!(cpu < 0.2, "the worker used {cpu:.2}s of CPU in 1s at its connection limit");
+    for (i, s) in waiting.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).ok();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if is_timeout(&e) => {}
+            r => panic!("waiting client {i}: {r:?} (expected it still waits)\n{}", run.ctx()),
+        }
+    }
+    let lines = count(&run.log(), "worker_connections are not enough");
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(lines as f64 <= secs + 1.0, "{lines} \"not enough\" lines in {secs:.1}s (at most one a second)");
+
+    drop(served);
+    for (i, s) in waiting.iter_mut().enumerate() {
+        s.set_read_timeout(Some(5 * SEC)).ok();
+        let tag = read_line(s);
+        assert_eq!(
+            tag.as_deref().ok(),
+            Some("H"),
+            "waiting client {i} was not served after others closed\n{}",
+            run.ctx()
+        );
+        echo_check(s, 8 << 10).expect("relay of a client that waited");
+    }
+}
+
+/// Under `ulimit -n 64`, 100 clients: accept fails with EMFILE, sluice pauses accepting
+/// (a line at most once a second), does not spin, the sessions it has keep relaying,
+/// clients beyond the limit wait in the listen queue, and as sessions end the waiting
+/// clients are taken and new connections work again.
+///
+/// A proxied session holds two descriptors. The limit is set so that the sessions fill
+/// it exactly and the next `accept4()` is what fails: with one descriptor left over, the
+/// accept would succeed and the upstream `socket()` fail instead (each such client gets
+/// closed, one `[alert]` each, as in nginx), which is not what this test is about.
+#[test]
+fn fd_exhaustion_pauses_accept_and_recovers() {
+    let h = tagged("H");
+    let p = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log info;\n\
+         events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
+    );
+    let run = Run::start_with(&conf, Some(64));
+    let pid = run.master();
+    assert_eq!(nofile_limit(pid), Some(64), "the limit did not apply");
+    assert!(wait_for(10 * SEC, || short_session(p, "first").is_ok()), "not serving\n{}", run.ctx());
+    // The warm-up session's descriptors close a moment after its client's.
+    let mut last = fds_below(pid, 64);
+    let settled = wait_for(5 * SEC, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = fds_below(pid, 64);
+        std::mem::replace(&mut last, n) == n
+    });
+    assert!(settled, "sluice's descriptors do not settle\n{}", run.ctx());
+    let limit = if (64 - fds_below(pid, 64)).is_multiple_of(2) { 64 } else { 63 };
+    let base = fds_below(pid, limit);
+    set_nofile(pid, limit);
+    assert_eq!(nofile_limit(pid), Some(limit as u64), "prlimit did not apply");
+    let room = (limit - base) / 2;
+
+    let t0 = Instant::now();
+    let mut clients: Vec<TcpStream> =
+        (0..100).map(|i| dial(p).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
+    let deadline = Instant::now() + 3 * SEC;
+    let (mut served, mut waiting, mut closed) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, c) in clients.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(20));
+        c.set_read_timeout(Some(left)).ok();
+        match read_line(c) {
+            Ok(t) => {
+                assert_eq!(t, "H");
+                served.push(i);
+            }
+            Err(e) if is_timeout(&e) => waiting.push(i),
+            Err(e) => closed.push(format!("client {i}: {e}")),
+        }
+    }
+    let tally = format!(
+        "{} served, {} waiting, {} closed ({base} descriptors in use idle, limit {limit}, room for {room} sessions)",
+        served.len(),
+        waiting.len(),
+        closed.len()
+    );
+    assert!(served.len() >= 10 && !waiting.is_empty(), "{tally}\n{}", run.ctx());
+    assert!(closed.is_empty(), "{tally}: clients beyond the limit were closed:\n{}\n{}", closed.join("\n"), run.ctx());
+
+    let cpu0 = cpu_secs(pid);
+    std::thread::sleep(2 * SEC);
+    let cpu = cpu_secs(pid) - cpu0;
+    assert!(alive(pid), "sluice died at the descriptor limit\n{}", run.ctx());
+    // Checked at the end, so that a failure here still shows how the rest goes.
+    let mut problems = Vec::new();
+    if cpu >= 0.3 {
+        problems.push(format!("sluice used {cpu:.2}s of CPU in 2s at the descriptor limit ({tally})"));
+    }
+
+    let log = run.log();
+    let emfile = count(&log, "accept4() failed (24: Too many open files)");
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(emfile >= 1, "no \"accept4() failed (24: Too many open files)\" line ({tally})\n{}", run.ctx());
+    assert!(emfile as f64 <= secs + 1.0, "{emfile} accept4() EMFILE lines in {secs:.1}s (at most one a second)");
+
+    for &i in &served {
+        let s = &mut clients[i];
+        s.set_read_timeout(Some(5 * SEC)).ok();
+        echo_check(s, 4 << 10)
+            .unwrap_or_else(|e| panic!("established session {i} stopped relaying: {e} ({tally})\n{}", run.ctx()));
+    }
+    // Five sessions end: the first five waiting clients (the listen queue is FIFO) are
+    // taken within the accept pause.
+    for &i in &served[..5] {
+        let _ = clients[i].shutdown(std::net::Shutdown::Both);
+    }
+    for &i in &waiting[..5.min(waiting.len())] {
+        let s = &mut clients[i];
+        s.set_read_timeout(Some(5 * SEC)).ok();
+        match read_line(s) {
+            Ok(t) if t == "H" => {
+                echo_check(s, 4 << 10).unwrap_or_else(|e| panic!("client {i} taken from the queue: {e}"))
+            }
+            r => problems.push(format!("waiting client {i} was not served when 5 sessions ended: {r:?}")),
+        }
+    }
+    drop(clients);
+    assert!(
+        wait_for(10 * SEC, || short_session(p, "after").is_ok()),
+        "no recovery after the clients left\n{}",
+        run.ctx()
+    );
+    for i in 0..20 {
+        short_session(p, &format!("again{i}"))
+            .unwrap_or_else(|e| panic!("session {i} after recovery: {e}\n{}", run.ctx()));
+    }
+    assert!(alive(pid));
+    assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
+}
