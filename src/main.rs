@@ -254,17 +254,17 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
     // A binary upgrade hands the listening sockets over in NGINX="fd;fd;".
     let mut inherited: Vec<(i32, Addr, bool)> = process::inherited_fds()
         .into_iter()
-        .filter_map(|fd| Listener::addr_of(fd).map(|(a, unix)| (fd, a, unix)))
+        .filter_map(|fd| Listener::addr_of(fd).map(|(a, udp)| (fd, a, udp)))
         .collect();
     if let Ok(v) = std::env::var(process::INHERITED_ENV) {
         log::error(Level::Notice, &format!("using inherited sockets from \"{}\"", v), None);
     }
     let mut listeners = Vec::new();
     for l in &cycle.listening {
-        if let Some(i) = inherited.iter().position(|(_, a, _)| *a == l.addr) {
-            let (fd, _, unix) = inherited.remove(i);
+        if let Some(i) = inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp) {
+            let (fd, a, udp) = inherited.remove(i);
             process::set_inheritable(fd, false);
-            listeners.push(Listener::from_fd(fd, unix));
+            listeners.push(Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp));
             continue;
         }
         match conn::open_listener(&l.addr, &l.opts) {

@@ -6,7 +6,10 @@ use std::net::Shutdown;
 use std::os::unix::io::{AsRawFd, RawFd};
 
 use mio::event::Source;
-use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::core::addr::Addr;
@@ -14,6 +17,16 @@ use crate::core::addr::Addr;
 pub enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A connected datagram socket (a UDP session's upstream).
+    Dgram(UdpSocket),
+    /// The client side of a UDP session: datagrams go back through the listening socket
+    /// (which the session shares); incoming ones are queued on the session by the worker.
+    Udp(UdpClient),
+}
+
+pub struct UdpClient {
+    pub sock: Rc<UdpSocket>,
+    pub peer: SocketAddr,
 }
 
 impl Conn {
@@ -21,6 +34,8 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.as_raw_fd(),
             Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Udp(u) => u.sock.as_raw_fd(),
+            Conn::Dgram(d) => d.as_raw_fd(),
         }
     }
 
@@ -28,6 +43,7 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),
             Conn::Unix(s) => s.shutdown(Shutdown::Write),
+            Conn::Udp(_) | Conn::Dgram(_) => Ok(()),
         }
     }
 
@@ -35,14 +51,20 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.take_error(),
             Conn::Unix(s) => s.take_error(),
+            Conn::Udp(u) => u.sock.take_error(),
+            Conn::Dgram(d) => d.take_error(),
         }
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.set_nodelay(on),
-            Conn::Unix(_) => Ok(()),
+            Conn::Unix(_) | Conn::Udp(_) | Conn::Dgram(_) => Ok(()),
         }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Conn::Udp(_))
     }
 
     pub fn is_tcp(&self) -> bool {
@@ -56,6 +78,8 @@ impl Conn {
             Conn::Unix(s) => Some(Addr::Unix(
                 s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default(),
             )),
+            Conn::Udp(u) => u.sock.local_addr().ok().map(Addr::Inet),
+            Conn::Dgram(d) => d.local_addr().ok().map(Addr::Inet),
         }
     }
 
@@ -70,17 +94,13 @@ impl Conn {
         }
     }
 
+    /// Watch the connection; a UDP client needs nothing (its listener is watched).
     pub fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.register(r, t, i),
             Conn::Unix(s) => s.register(r, t, i),
-        }
-    }
-
-    pub fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.reregister(r, t, i),
-            Conn::Unix(s) => s.reregister(r, t, i),
+            Conn::Udp(_) => Ok(()),
+            Conn::Dgram(d) => d.register(r, t, i),
         }
     }
 
@@ -88,6 +108,8 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.deregister(r),
             Conn::Unix(s) => s.deregister(r),
+            Conn::Udp(_) => Ok(()),
+            Conn::Dgram(d) => d.deregister(r),
         }
     }
 }
@@ -97,6 +119,9 @@ impl Read for Conn {
         match self {
             Conn::Tcp(s) => s.read(buf),
             Conn::Unix(s) => s.read(buf),
+            // A UDP session's datagrams are queued by the worker, not read here.
+            Conn::Udp(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Conn::Dgram(d) => d.recv(buf),
         }
     }
 }
@@ -106,6 +131,8 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
+            Conn::Udp(u) => u.sock.send_to(buf, u.peer),
+            Conn::Dgram(d) => d.send(buf),
         }
     }
 
@@ -117,6 +144,8 @@ impl Write for Conn {
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    /// Shared with the sessions it carries (they answer through it).
+    Udp(Rc<UdpSocket>),
 }
 
 impl Listener {
@@ -125,6 +154,8 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), Addr::Inet(a))),
             Listener::Unix(l) => l.accept().map(|(s, _)| (Conn::Unix(s), Addr::Unix(std::path::PathBuf::new()))),
+            // Datagram listeners have no connections: the worker reads datagrams.
+            Listener::Udp(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -132,6 +163,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
             Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Udp(u) => u.as_raw_fd(),
         }
     }
 
@@ -157,24 +189,33 @@ impl Listener {
         }
     }
 
-    /// The local address of a listening descriptor (to match inherited sockets).
+    /// The local address of a listening descriptor, and whether it is a datagram
+    /// socket (to match inherited sockets).
     pub fn addr_of(fd: RawFd) -> Option<(Addr, bool)> {
         use std::os::unix::io::BorrowedFd;
         // SAFETY: the descriptor is open for the duration of this call.
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        let a = socket2::SockRef::from(&b).local_addr().ok()?;
+        let r = socket2::SockRef::from(&b);
+        let udp = r.r#type().ok() == Some(socket2::Type::DGRAM);
+        let a = r.local_addr().ok()?;
         if let Some(sa) = a.as_socket() {
-            return Some((Addr::Inet(sa), false));
+            return Some((Addr::Inet(sa), udp));
         }
-        a.as_pathname().map(|p| (Addr::Unix(p.to_path_buf()), true))
+        a.as_pathname().map(|p| (Addr::Unix(p.to_path_buf()), udp))
     }
 
     /// The listening socket adopted from an inherited descriptor (binary upgrade).
-    pub fn from_fd(fd: RawFd, unix: bool) -> Listener {
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Listener::Udp(_))
+    }
+
+    pub fn from_fd(fd: RawFd, unix: bool, udp: bool) -> Listener {
         use std::os::unix::io::FromRawFd;
         // SAFETY: the descriptor was handed over by the old binary and is ours now.
         unsafe {
-            if unix {
+            if udp {
+                Listener::Udp(Rc::new(UdpSocket::from_std(std::net::UdpSocket::from_raw_fd(fd))))
+            } else if unix {
                 Listener::Unix(UnixListener::from_std(std::os::unix::net::UnixListener::from_raw_fd(fd)))
             } else {
                 Listener::Tcp(TcpListener::from_std(std::net::TcpListener::from_raw_fd(fd)))
@@ -200,6 +241,30 @@ pub struct ListenOpts {
     /// Set TCP_NODELAY on the listening socket: Linux passes it on to accepted sockets,
     /// which saves a setsockopt per connection.
     pub nodelay: bool,
+    /// `listen ... udp`.
+    pub udp: bool,
+}
+
+fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let Addr::Inet(sa) = addr else { return Err(io::ErrorKind::Unsupported.into()) };
+    let domain = if sa.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if opts.reuseport {
+        s.set_reuse_port(true)?;
+    }
+    if sa.is_ipv6() {
+        s.set_only_v6(opts.ipv6only)?;
+    }
+    if let Some(n) = opts.rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = opts.sndbuf {
+        s.set_send_buffer_size(n)?;
+    }
+    s.bind(&SockAddr::from(*sa))?;
+    Ok(Listener::Udp(Rc::new(UdpSocket::from_std(s.into()))))
 }
 
 /// nginx's `NGX_LISTEN_BACKLOG` on Linux.
@@ -207,6 +272,9 @@ pub const DEFAULT_BACKLOG: i32 = 511;
 
 /// Open a listening socket with `opts` (`ngx_open_listening_sockets`).
 pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
+    if opts.udp {
+        return open_udp(addr, opts);
+    }
     use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
     match addr {

@@ -39,8 +39,8 @@ pub struct ConfCx {
     pub upstreams: Vec<UpstreamConf>,
     /// The content handler of the server being read, set by `proxy_pass` / `return`.
     pub handler: Option<ContentHandler>,
-    /// Every `listen` address so far, for nginx's duplicate check.
-    pub listen_addrs: Vec<Addr>,
+    /// Every `listen` address so far (and whether UDP), for nginx's duplicate check.
+    pub listen_addrs: Vec<(Addr, bool)>,
     pub core: MainConf,
     pub prefix: String,
     pub conf_prefix: String,
@@ -401,15 +401,18 @@ fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
     let mut out: Vec<Listening> = Vec::new();
     let all: Vec<(usize, &crate::stream::core_module::ListenConf)> =
         servers.iter().enumerate().flat_map(|(i, s)| s.core().listens.iter().map(move |l| (i, l))).collect();
+    // UDP listeners always get their own socket (a datagram's local address on a
+    // wildcard socket would need IP_PKTINFO).
     let has_wildcard = |l: &crate::stream::core_module::ListenConf| -> bool {
         let Addr::Inet(sa) = &l.addr else { return false };
-        all.iter().any(|(_, w)| match &w.addr {
-            Addr::Inet(wa) => w.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
-            _ => false,
-        })
+        !l.udp
+            && all.iter().any(|(_, w)| match &w.addr {
+                Addr::Inet(wa) => !w.udp && w.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
+                _ => false,
+            })
     };
     for (si, l) in &all {
-        if !l.wildcard && !l.opts.bind && has_wildcard(l) {
+        if !l.wildcard && !l.opts.bind && !l.udp && has_wildcard(l) {
             continue;
         }
         out.push(Listening {
@@ -421,12 +424,14 @@ fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
         });
     }
     for (si, l) in &all {
-        if l.wildcard || l.opts.bind {
+        if l.wildcard || l.opts.bind || l.udp {
             continue;
         }
         let Addr::Inet(sa) = &l.addr else { continue };
         if let Some(w) = out.iter_mut().find(|w| match &w.addr {
-            Addr::Inet(wa) => wa.ip().is_unspecified() && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
+            Addr::Inet(wa) => {
+                !w.opts.udp && wa.ip().is_unspecified() && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4()
+            }
             _ => false,
         }) {
             w.by_local.push((l.addr.clone(), *si));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::core::addr::{parse_url, Addr};
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value::{self, Setting};
-use crate::core::conf::{Cmd, ConfResult, Level};
+use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::conn::ListenOpts;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
@@ -61,6 +61,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     }
     let mut opts = ListenOpts::default();
     let (mut udp, mut ssl, mut pp, mut backlog_set) = (false, false, false, false);
+    let (mut keepalive_set, mut fastopen_set, mut deferred) = (false, false, false);
     for a in &cmd.args[1..] {
         let a = a.as_str();
         let (k, v) = match a.split_once('=') {
@@ -76,7 +77,8 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 opts.reuseport = true;
                 opts.bind = true;
             }
-            ("default_server", None) | ("deferred", None) => {}
+            ("default_server", None) => {}
+            ("deferred", None) => deferred = true,
             ("backlog", Some(v)) => {
                 let n = v.parse::<i32>().ok().filter(|n| *n != 0);
                 opts.backlog = Some(n.ok_or_else(|| cmd.err(format!("invalid backlog \"{}\"", a)))?);
@@ -102,9 +104,11 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             ("fastopen", Some(v)) => {
                 let n = value::parse_number(v).ok_or_else(|| cmd.err(format!("invalid fastopen \"{}\"", a)))?;
                 opts.fastopen = Some(n as u32);
+                fastopen_set = true;
                 opts.bind = true;
             }
             ("so_keepalive", Some(v)) => {
+                keepalive_set = true;
                 match v {
                     "on" => opts.so_keepalive = Some(true),
                     "off" => opts.so_keepalive = Some(false),
@@ -138,10 +142,23 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         }
     }
     if udp {
-        if backlog_set {
-            return Err(cmd.err("\"listen\" directive \"backlog\" parameter is incompatible with \"udp\""));
+        // nginx's checks, in its order.
+        for (set, name) in [
+            (fastopen_set, "fastopen"),
+            (backlog_set, "backlog"),
+            (deferred, "deferred"),
+            (ssl, "ssl"),
+            (keepalive_set, "so_keepalive"),
+            (pp, "proxy_protocol"),
+        ] {
+            if set {
+                return Err(ConfError::directive(cmd, &format!("\"{}\" parameter is incompatible with \"udp\"", name)));
+            }
         }
-        return Err(cmd.err("the \"udp\" parameter of the \"listen\" directive is not supported by sluice yet"));
+        if matches!(u.addrs.first(), Some(Addr::Unix(_))) {
+            return Err(cmd.err("\"udp\" on unix domain sockets is not supported by sluice"));
+        }
+        opts.udp = true;
     }
     if ssl {
         return Err(cmd.err("the \"ssl\" parameter of the \"listen\" directive is not supported by sluice yet"));
@@ -159,7 +176,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             continue;
         }
         seen.push(addr);
-        if cx.listen_addrs.contains(addr) {
+        if cx.listen_addrs.contains(&(addr.clone(), udp)) {
             return Err(cmd.err(format!("duplicate \"{}\" address and port pair", addr)));
         }
     }
@@ -167,7 +184,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         if c.listens.iter().any(|l| l.addr == addr) {
             continue;
         }
-        cx.listen_addrs.push(addr.clone());
+        cx.listen_addrs.push((addr.clone(), udp));
         let wildcard = match &addr {
             Addr::Inet(sa) => sa.ip().is_unspecified(),
             Addr::Unix(_) => false,
@@ -397,7 +414,7 @@ fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
     false
 }
 
-fn var_protocol(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    out.extend_from_slice(b"TCP");
+fn var_protocol(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(if s.client.is_udp() { b"UDP" } else { b"TCP" });
     true
 }

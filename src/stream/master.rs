@@ -280,35 +280,40 @@ impl Master {
                 return;
             }
         };
-        let mut old: Vec<(Addr, Listener)> = std::mem::take(&mut self.listeners)
+        // Sockets are kept by address and type (TCP and UDP may share an address).
+        let mut old: Vec<((Addr, bool), Listener)> = std::mem::take(&mut self.listeners)
             .into_iter()
-            .zip(self.cycle.listening.iter().map(|l| l.addr.clone()))
+            .zip(self.cycle.listening.iter().map(|l| (l.addr.clone(), l.opts.udp)))
             .map(|(l, a)| (a, l))
             .collect();
         let mut next = Vec::new();
         for l in &cycle.listening {
-            if let Some(i) = old.iter().position(|(a, _)| *a == l.addr) {
-                next.push((l.addr.clone(), old.remove(i).1));
+            let key = (l.addr.clone(), l.opts.udp);
+            if let Some(i) = old.iter().position(|(a, _)| *a == key) {
+                next.push((key, old.remove(i).1));
                 continue;
             }
             match open_listener(&l.addr, &l.opts) {
-                Ok(s) => next.push((l.addr.clone(), s)),
+                Ok(s) => next.push((key, s)),
                 Err(e) => {
                     error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
                     // Keep the old configuration: put its sockets back in order.
-                    let mut all: Vec<(Addr, Listener)> = old.into_iter().chain(next).collect();
+                    let mut all: Vec<((Addr, bool), Listener)> = old.into_iter().chain(next).collect();
                     self.listeners = self
                         .cycle
                         .listening
                         .iter()
-                        .filter_map(|x| all.iter().position(|(a, _)| *a == x.addr).map(|i| all.remove(i).1))
+                        .filter_map(|x| {
+                            let key = (x.addr.clone(), x.opts.udp);
+                            all.iter().position(|(a, _)| *a == key).map(|i| all.remove(i).1)
+                        })
                         .collect();
                     return;
                 }
             }
         }
         // Sockets the new configuration does not listen on close with the old workers.
-        for (a, l) in old {
+        for ((a, _), l) in old {
             if let (Addr::Unix(p), Listener::Unix(_)) = (&a, &l) {
                 let _ = std::fs::remove_file(p);
             }

@@ -3,7 +3,7 @@
 //! `proxy_socket_keepalive`, `proxy_bind`, `proxy_upload_rate`, `proxy_download_rate`.
 //! Content phase: pick a peer, connect without blocking, relay both ways.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,12 @@ use crate::stream::variables::Complex;
 use crate::upstream::{Outcome, PeerPick, UpstreamConf, UpstreamServer};
 
 pub struct Proxy;
+
+/// The largest datagram relayed (a UDP payload is at most 65,507 bytes).
+const UDP_MAX: usize = 65536;
+
+/// `proxy_responses` unset: nginx's NGX_MAX_INT32_VALUE.
+const UNLIMITED: u64 = i32::MAX as u64;
 
 /// Where `proxy_pass` sends sessions.
 #[derive(Debug, Clone)]
@@ -57,6 +63,10 @@ pub struct ProxySrv {
     pub bind: Setting<Bind>,
     pub upload_rate: Setting<Option<Complex>>,
     pub download_rate: Setting<Option<Complex>>,
+    /// UDP: datagrams expected back per request (`proxy_responses`), unlimited by default.
+    pub responses: Setting<u64>,
+    /// UDP: client datagrams after which the client's binding to the session ends.
+    pub requests: Setting<u64>,
 }
 
 /// `ngx_stream_upstream_add` for a `proxy_pass` address: the upstream of that name, or
@@ -204,6 +214,18 @@ impl Module for Proxy {
             set: Set::<Self>::Srv(|c, cmd, cx| rate(&mut c.upload_rate, cmd, cx)),
         },
         Directive {
+            name: "proxy_responses",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.responses.set(cmd, value::number(cmd)?)),
+        },
+        Directive {
+            name: "proxy_requests",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::<Self>::Srv(|c, cmd, _| c.requests.set(cmd, value::number(cmd)?)),
+        },
+        Directive {
             name: "proxy_download_rate",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
@@ -227,6 +249,8 @@ impl Module for Proxy {
         c.bind.merge(&p.bind, Bind::Off);
         c.upload_rate.merge(&p.upload_rate, None);
         c.download_rate.merge(&p.download_rate, None);
+        c.responses.merge(&p.responses, UNLIMITED);
+        c.requests.merge(&p.requests, 0);
         Ok(())
     }
 }
@@ -257,6 +281,12 @@ struct ProxySession {
     delay_timer: [Option<TimerId>; 2],
     /// The upstream's `hash` key, evaluated once per session.
     key: Option<Vec<u8>>,
+    /// A UDP session, and its datagram counts (nginx's `u->requests`, `u->responses`).
+    udp: bool,
+    requests: u64,
+    responses: u64,
+    /// The upstream reported an error (an ICMP unreachable, say): the peer failed.
+    upstream_error: bool,
 }
 
 fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
@@ -274,6 +304,10 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         up: Direction::default(),
         half_closed: false,
         key: None,
+        udp: false,
+        requests: 0,
+        responses: 0,
+        upstream_error: false,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -372,14 +406,17 @@ impl ProxySession {
         // nginx numbers upstream connections from the same counter as client ones.
         cx.rt.next_connection();
         cx.rt.conns += 1;
-        if let Err(e) =
-            sock.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE)
-        {
+        let interest = if self.udp { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        if let Err(e) = sock.register(cx.registry, session_token(s.key, Side::Upstream), interest) {
             s.log(Level::Alert, "epoll_ctl() failed", Some(&e));
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
         self.upstream = Some(sock);
         self.connected = false;
+        // A datagram socket is "connected" at once.
+        if self.udp {
+            return self.init_upstream(s, cx);
+        }
         let t = conf(s).connect_timeout.get();
         cx.timers.set(&mut self.connect_timer, now + t, session_token(s.key, Side::Upstream));
         Flow::Again
@@ -392,8 +429,8 @@ impl ProxySession {
             Addr::Inet(a) => (if a.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, SockAddr::from(*a)),
             Addr::Unix(p) => (Domain::UNIX, SockAddr::unix(p).map_err(|e| fatal("socket() failed", e))?),
         };
-        let sock =
-            Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None).map_err(|e| fatal("socket() failed", e))?;
+        let ty = if self.udp { Type::DGRAM } else { Type::STREAM };
+        let sock = Socket::new(domain, ty.nonblocking().cloexec(), None).map_err(|e| fatal("socket() failed", e))?;
         let srv = s.srv.clone();
         let pc = &srv.confs.proxy;
         if pc.socket_keepalive.get() {
@@ -421,6 +458,7 @@ impl ProxySession {
             Err(e) => return Err(Connect::Refused(e)),
         }
         Ok(match addr {
+            Addr::Inet(_) if self.udp => Conn::Dgram(mio::net::UdpSocket::from_std(sock.into())),
             Addr::Inet(_) => Conn::Tcp(TcpStream::from_std(sock.into())),
             Addr::Unix(_) => Conn::Unix(UnixStream::from_std(sock.into())),
         })
@@ -474,7 +512,8 @@ impl ProxySession {
         if s.log_enabled(Level::Info) {
             let local = u.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
-            s.log_bare(Level::Info, &format!("proxy {} connected to {}", local, peer));
+            let udp = if self.udp { "udp " } else { "" };
+            s.log_bare(Level::Info, &format!("{}proxy {} connected to {}", udp, local, peer));
         }
         if let Some(st) = s.upstream_states.last_mut() {
             st.connect_time = Some(cx.now.saturating_duration_since(self.start));
@@ -497,6 +536,9 @@ impl ProxySession {
     fn process(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
         if !self.connected {
             return Flow::Again;
+        }
+        if self.udp {
+            return self.process_udp(s, cx, from_upstream);
         }
         let Some(upstream) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         let di = from_upstream as usize;
@@ -603,6 +645,103 @@ impl ProxySession {
         Flow::Again
     }
 
+    /// The datagram relay: client datagrams go up one by one, upstream ones come back
+    /// through the listening socket. Datagram boundaries are kept.
+    fn process_udp(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
+        let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
+        if from_upstream {
+            let buf = &mut cx.rt.scratch;
+            if buf.len() < UDP_MAX {
+                buf.resize(UDP_MAX, 0);
+            }
+            let mut err = None;
+            for _ in 0..64 {
+                match up.read(buf) {
+                    Ok(n) => {
+                        if let Some(st) = s.upstream_states.last_mut() {
+                            if st.first_byte_time.is_none() {
+                                st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
+                            }
+                        }
+                        self.responses += 1;
+                        plog.received += n as u64;
+                        match s.client.write(&buf[..n]) {
+                            Ok(w) => s.sent += w as u64,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => {
+                                err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // nginx counts the failed read as a (zero-byte) response.
+                        self.responses += 1;
+                        err = Some((Side::Upstream, e, "recv() failed", "proxying and reading from upstream"));
+                        break;
+                    }
+                }
+            }
+            if let Some((side, e, msg, action)) = err {
+                s.action = Some(action);
+                s.connection_error(side, &e, msg);
+                s.action = Some("proxying connection");
+                if side == Side::Upstream {
+                    self.upstream_error = true;
+                }
+            }
+        } else {
+            while let Some(d) = s.udp_queue.pop_front() {
+                self.requests += 1;
+                s.received += d.len() as u64;
+                match up.write(&d) {
+                    Ok(n) => plog.sent += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        s.action = Some("proxying and sending to upstream");
+                        s.connection_error(Side::Upstream, &e, "send() failed");
+                        s.action = Some("proxying connection");
+                        self.upstream_error = true;
+                        return Flow::Finalize(status::OK);
+                    }
+                }
+            }
+        }
+        if let Some(f) = self.test_finalize_udp(s, cx) {
+            return f;
+        }
+        let t = conf(s).timeout.get();
+        cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        Flow::Again
+    }
+
+    fn udp_counts(&self, s: &SessionCore) -> String {
+        let p = s.proxy_log.clone().unwrap_or_default();
+        format!(
+            "packets from/to client:{}/{}, bytes from/to client:{}/{}, bytes from/to upstream:{}/{}",
+            self.requests, self.responses, s.received, s.sent, p.received, p.sent
+        )
+    }
+
+    /// `ngx_stream_proxy_test_finalize` for UDP: done once the expected responses came.
+    fn test_finalize_udp(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Option<Flow> {
+        let (requests, responses) = (conf(s).requests.get(), conf(s).responses.get());
+        if requests != 0 && self.requests < requests {
+            return None;
+        }
+        if requests != 0 {
+            cx.rt.udp_unbind(s.udp_key, s.key);
+        }
+        if responses == UNLIMITED || self.responses < responses * self.requests {
+            return None;
+        }
+        s.log_bare(Level::Info, &format!("udp done, {}", self.udp_counts(s)));
+        Some(Flow::Finalize(status::OK))
+    }
+
     /// `ngx_stream_proxy_test_finalize` for TCP.
     fn test_finalize(&mut self, s: &mut SessionCore, from_upstream: bool) -> Option<Flow> {
         let (down, up) = (&self.down, &self.up);
@@ -647,6 +786,7 @@ enum Connect {
 impl Content for ProxySession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         s.proxy_log = Some(ProxyLog::default());
+        self.udp = s.client.is_udp();
         let group = match self.choose_group(s, cx) {
             Ok(g) => g,
             Err(st) => return Flow::Finalize(st),
@@ -729,6 +869,19 @@ impl Content for ProxySession {
                 return self.process(s, cx, di == 1);
             }
         }
+        if self.timer == Some(id) && self.udp {
+            self.timer = None;
+            let responses = conf(s).responses.get();
+            if responses == UNLIMITED || self.responses >= responses * self.requests {
+                // The expected responses came: a timed-out UDP session ends well.
+                s.log_bare(Level::Info, &format!("udp timed out, {}", self.udp_counts(s)));
+                return Flow::Finalize(status::OK);
+            }
+            let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+            s.connection_error(Side::Upstream, &e, "upstream timed out");
+            self.upstream_error = true;
+            return Flow::Finalize(status::BAD_GATEWAY);
+        }
         if self.timer == Some(id) {
             self.timer = None;
             let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
@@ -747,7 +900,10 @@ impl Content for ProxySession {
         }
         if let Some(g) = self.group {
             if self.pick.current.is_some() {
-                cx.rt.free_peer(g, &mut self.pick, Outcome::Ok, cx.now);
+                let outcome = if self.udp && self.upstream_error { Outcome::Failed } else { Outcome::Ok };
+                if cx.rt.free_peer(g, &mut self.pick, outcome, cx.now) {
+                    s.log(Level::Warn, "upstream server temporarily disabled", None);
+                }
             }
         }
         for t in &mut self.delay_timer {

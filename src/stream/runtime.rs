@@ -33,6 +33,8 @@ pub struct WorkerState {
     pub pipes: PipePool,
     /// Open connections, client and upstream (what `worker_connections` limits).
     pub conns: usize,
+    /// UDP sessions by (listener, client address).
+    pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
     next_conn: u64,
 }
 
@@ -83,6 +85,7 @@ impl WorkerState {
             scratch: Vec::new(),
             pipes: PipePool::default(),
             conns: 0,
+            udp_sessions: HashMap::new(),
             next_conn: 0,
         }
     }
@@ -91,6 +94,16 @@ impl WorkerState {
     pub fn next_connection(&mut self) -> u64 {
         self.next_conn += 1;
         self.next_conn
+    }
+
+    /// Unbind a UDP session from its client address (`proxy_requests` reached, or the
+    /// session ended): the client's next datagram starts a new session.
+    pub fn udp_unbind(&mut self, k: Option<(usize, std::net::SocketAddr)>, id: usize) {
+        if let Some(k) = k {
+            if self.udp_sessions.get(&k) == Some(&id) {
+                self.udp_sessions.remove(&k);
+            }
+        }
     }
 
     pub fn requeue(&mut self, key: usize) {

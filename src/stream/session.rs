@@ -93,6 +93,12 @@ pub struct SessionCore {
     pub preread_timer: Option<TimerId>,
     /// TCP_NODELAY is already on (inherited from the listening socket).
     pub nodelay: bool,
+    /// UDP: datagrams from the client not yet passed on, and those dropped because the
+    /// queue was full.
+    pub udp_queue: std::collections::VecDeque<Vec<u8>>,
+    pub udp_dropped: u64,
+    /// UDP: the (listener, client) binding that routes datagrams to this session.
+    pub udp_key: Option<(usize, std::net::SocketAddr)>,
     /// Cached values of cached variables (map, geo, set), by variable index.
     pub var_cache: Vec<Option<Vec<u8>>>,
 }
@@ -103,7 +109,8 @@ impl LogContext for SessionCore {
         if let Some(a) = self.action {
             let _ = write!(out, " while {}", a);
         }
-        let _ = write!(out, ", client: {}, server: {}", self.remote.host_text(), self.listen_text);
+        let udp = if self.client.is_udp() { "udp " } else { "" };
+        let _ = write!(out, ", {}client: {}, server: {}", udp, self.remote.host_text(), self.listen_text);
         if let Some(p) = &self.proxy_log {
             if let Some(u) = &p.upstream {
                 let _ = write!(out, ", upstream: \"{}\"", u);
@@ -173,6 +180,13 @@ pub fn write_msec(out: &mut Vec<u8>, d: Duration) {
 /// The preread checker (`ngx_stream_preread_peek`): look at the client's bytes and ask
 /// the handler; keep waiting while it says `Again` and the buffer has room.
 pub fn preread_step(s: &mut SessionCore, _cx: &mut Cx<'_>, h: PhaseHandler) -> Flow {
+    // A UDP session's preread data is its first datagram.
+    if s.client.is_udp() {
+        s.preread = s.udp_queue.front().cloned().unwrap_or_default();
+        let rc = h(s, _cx);
+        s.preread.clear();
+        return if rc == Flow::Again { Flow::Next } else { rc };
+    }
     let size = s.srv.core().preread_buffer_size;
     s.preread.resize(size, 0);
     let n = match s.client.peek(&mut s.preread) {

@@ -13,7 +13,7 @@ use slab::Slab;
 
 use crate::core::addr::Addr;
 use crate::core::conf::Level;
-use crate::core::conn::{Conn, Listener};
+use crate::core::conn::{Conn, Listener, UdpClient};
 use crate::core::process::Signals;
 use crate::core::time;
 use crate::core::timer::{TimerId, Timers};
@@ -28,6 +28,10 @@ use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTE
 const ACCEPTS_PER_WAKEUP: usize = 64;
 /// The signal pipe's token: below the listener range, above any session token.
 const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
+/// The largest datagram (a UDP payload is at most 65,507 bytes over IPv4).
+const UDP_MAX: usize = 65536;
+/// Datagrams a UDP session may have queued; more are dropped (and counted).
+const UDP_QUEUE_MAX: usize = 256;
 /// A session id is `generation << KEY_BITS | slot` (tokens add the side bit).
 const KEY_BITS: u32 = 31;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
@@ -75,6 +79,8 @@ pub struct Worker {
     timers: Timers,
     rt: WorkerState,
     generation: u32,
+    /// The datagram receive buffer (kept between reads).
+    udp_buf: Vec<u8>,
     signals: Signals,
     quitting: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
@@ -109,6 +115,7 @@ impl Worker {
             timers: Timers::default(),
             rt,
             generation: 0,
+            udp_buf: Vec::new(),
             signals,
             quitting: false,
             shutdown_at: None,
@@ -154,7 +161,12 @@ impl Worker {
                         return self.exit(exit);
                     }
                 } else if t.0 & LISTENER_BIT != 0 {
-                    self.accept(t.0 & !LISTENER_BIT, now);
+                    let idx = t.0 & !LISTENER_BIT;
+                    if matches!(self.listeners.get(idx), Some(Some(l)) if l.is_udp()) {
+                        self.datagrams(idx, now);
+                    } else {
+                        self.accept(idx, now);
+                    }
                 } else {
                     let ready = Ready {
                         readable: ev.is_readable(),
@@ -308,7 +320,7 @@ impl Worker {
             }
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
-                Ok((conn, remote)) => self.init_session(idx, conn, remote, now),
+                Ok((conn, remote)) => self.init_session(idx, conn, remote, None, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EPROTO)) => {}
@@ -327,8 +339,52 @@ impl Worker {
         // Level-triggered listeners report the rest on the next turn.
     }
 
+    /// `ngx_event_recvmsg`: read datagrams; each goes to the session of its client
+    /// address, or starts one.
+    fn datagrams(&mut self, idx: usize, now: Instant) {
+        let Some(Some(Listener::Udp(sock))) = self.listeners.get(idx) else { return };
+        let sock = sock.clone();
+        let mut buf = std::mem::take(&mut self.udp_buf);
+        buf.resize(UDP_MAX, 0);
+        for _ in 0..ACCEPTS_PER_WAKEUP {
+            let (n, peer) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    crate::core::log::error(Level::Alert, "recvmsg() failed", Some(&e));
+                    break;
+                }
+            };
+            let dgram = &buf[..n];
+            if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer)) {
+                if let Some(sess) = lookup(&mut self.sessions, id) {
+                    if sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
+                        sess.core.udp_dropped += 1;
+                        continue;
+                    }
+                    sess.core.udp_queue.push_back(dgram.to_vec());
+                    let ready = Ready { readable: true, ..Default::default() };
+                    self.session_event(id, Side::Client, ready, now);
+                    continue;
+                }
+            }
+            if !self.has_room() {
+                let msg = format!("{} worker_connections are not enough", self.max_conns);
+                if self.accept_log_at.is_none_or(|t| now >= t) {
+                    crate::core::log::error(Level::Alert, &msg, None);
+                    self.accept_log_at = Some(now + Duration::from_secs(1));
+                }
+                continue;
+            }
+            let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
+            self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), now);
+        }
+        self.udp_buf = buf;
+    }
+
     /// `ngx_stream_init_connection`: find the server, make the session, run the phases.
-    fn init_session(&mut self, idx: usize, mut conn: Conn, remote: Addr, now: Instant) {
+    fn init_session(&mut self, idx: usize, mut conn: Conn, remote: Addr, first: Option<&[u8]>, now: Instant) {
         let Some(ls) = self.cycle.listening.get(idx) else { return };
         let local = match &ls.addr {
             Addr::Inet(a) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
@@ -374,14 +430,24 @@ impl Worker {
             preread: Vec::new(),
             preread_timer: None,
             nodelay: ls.opts.nodelay,
+            udp_queue: Default::default(),
+            udp_dropped: 0,
+            udp_key: None,
             var_cache: Vec::new(),
         };
+        let mut core = core;
+        if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
+            core.udp_queue.push_back(d.to_vec());
+            core.udp_key = Some((idx, *peer));
+            self.rt.udp_sessions.insert((idx, *peer), key);
+        }
         if core.log_enabled(Level::Info) {
             let client = match &core.remote {
                 Addr::Unix(_) => "unix:".to_string(),
                 a => a.to_string(),
             };
-            core.log_bare(Level::Info, &format!("client {} connected to {}", client, core.listen_text));
+            let udp = if core.client.is_udp() { "udp " } else { "" };
+            core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, client, core.listen_text));
         }
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
@@ -496,6 +562,11 @@ impl Worker {
         let cycle = sess.core.cycle.clone();
         cycle.phases.run_log(&mut sess.core, &mut cx);
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
+        cx.rt.udp_unbind(sess.core.udp_key, key);
+        if sess.core.udp_dropped > 0 {
+            let msg = format!("{} datagrams dropped: the session's queue was full", sess.core.udp_dropped);
+            sess.core.log(Level::Info, &msg, None);
+        }
         // Free the slot now: the client socket closes here (no epoll_ctl(DEL): closing
         // takes it out of the epoll set), and later sessions in this slot have other ids.
         self.sessions.try_remove(key & KEY_MASK);
