@@ -325,6 +325,45 @@ fn rate_value(s: &mut SessionCore, v: Option<&Option<Complex>>) -> u64 {
     value::parse_size(&String::from_utf8_lossy(&out)).map_or(0, |n| n as u64)
 }
 
+/// UDP pacing (nginx's limit_rate check before a read): may a datagram be read now?
+/// Arms the delay timer when the direction is over its rate.
+fn gate(
+    delayed: &mut bool,
+    timer: &mut Option<TimerId>,
+    rate: u64,
+    received: u64,
+    start_sec: i64,
+    key: usize,
+    cx: &mut Cx<'_>,
+) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    if *delayed {
+        return false;
+    }
+    let allowed = rate as i64 * (crate::core::time::wall().0 - start_sec + 1) - received as i64;
+    if allowed <= 0 {
+        *delayed = true;
+        let ms = (-allowed) as u64 * 1000 / rate + 1;
+        cx.timers.set(timer, cx.now + Duration::from_millis(ms), session_token(key, Side::Client));
+        return false;
+    }
+    true
+}
+
+/// After reading `n` bytes under a rate: wait the time they are worth.
+fn paced(delayed: &mut bool, timer: &mut Option<TimerId>, rate: u64, n: usize, key: usize, cx: &mut Cx<'_>) {
+    if rate == 0 {
+        return;
+    }
+    let ms = n as u64 * 1000 / rate;
+    if ms > 0 {
+        *delayed = true;
+        cx.timers.set(timer, cx.now + Duration::from_millis(ms), session_token(key, Side::Client));
+    }
+}
+
 fn conf(s: &SessionCore) -> &ProxySrv {
     &s.srv.confs.proxy
 }
@@ -651,13 +690,25 @@ impl ProxySession {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
         if from_upstream {
-            let buf = &mut cx.rt.scratch;
+            // The shared buffer is lent out while the pacing helpers use the context.
+            let mut buf = std::mem::take(&mut cx.rt.scratch);
             if buf.len() < UDP_MAX {
                 buf.resize(UDP_MAX, 0);
             }
             let mut err = None;
             for _ in 0..64 {
-                match up.read(buf) {
+                if !gate(
+                    &mut self.delayed[1],
+                    &mut self.delay_timer[1],
+                    self.download_rate,
+                    plog.received,
+                    self.start_sec,
+                    s.key,
+                    cx,
+                ) {
+                    break;
+                }
+                match up.read(&mut buf) {
                     Ok(n) => {
                         if let Some(st) = s.upstream_states.last_mut() {
                             if st.first_byte_time.is_none() {
@@ -666,6 +717,7 @@ impl ProxySession {
                         }
                         self.responses += 1;
                         plog.received += n as u64;
+                        paced(&mut self.delayed[1], &mut self.delay_timer[1], self.download_rate, n, s.key, cx);
                         match s.client.write(&buf[..n]) {
                             Ok(w) => s.sent += w as u64,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -685,6 +737,7 @@ impl ProxySession {
                     }
                 }
             }
+            cx.rt.scratch = buf;
             if let Some((side, e, msg, action)) = err {
                 s.action = Some(action);
                 s.connection_error(side, &e, msg);
@@ -694,9 +747,22 @@ impl ProxySession {
                 }
             }
         } else {
-            while let Some(d) = s.udp_queue.pop_front() {
+            loop {
+                if !gate(
+                    &mut self.delayed[0],
+                    &mut self.delay_timer[0],
+                    self.upload_rate,
+                    s.received,
+                    self.start_sec,
+                    s.key,
+                    cx,
+                ) {
+                    break;
+                }
+                let Some(d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
                 s.received += d.len() as u64;
+                paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
                 match up.write(&d) {
                     Ok(n) => plog.sent += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -713,8 +779,12 @@ impl ProxySession {
         if let Some(f) = self.test_finalize_udp(s, cx) {
             return f;
         }
-        let t = conf(s).timeout.get();
-        cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        if self.delayed[0] || self.delayed[1] {
+            cx.timers.clear(&mut self.timer);
+        } else {
+            let t = conf(s).timeout.get();
+            cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
+        }
         Flow::Again
     }
 
