@@ -19,6 +19,8 @@ use crate::stream::worker::{Role, Worker};
 
 struct WorkerProc {
     pid: libc::pid_t,
+    /// Which of the `reuseport` sockets this worker uses (kept by its replacement).
+    slot: usize,
     /// Told to stop (an older configuration, QUIT, WINCH): not started again.
     exiting: bool,
 }
@@ -26,8 +28,10 @@ struct WorkerProc {
 pub struct Master {
     opts: LoadOptions,
     cycle: Rc<Cycle>,
-    /// The open listening sockets, in `cycle.listening` order.
-    listeners: Vec<Listener>,
+    /// The open listening sockets, in `cycle.listening` order: one shared by every
+    /// worker, or with `reuseport` one per worker (the kernel then keeps a client on one
+    /// worker).
+    listeners: Vec<Vec<Listener>>,
     workers: Vec<WorkerProc>,
     signals: Option<Signals>,
     pid_file: String,
@@ -63,7 +67,7 @@ impl Master {
         Master {
             opts,
             cycle,
-            listeners,
+            listeners: listeners.into_iter().map(|l| vec![l]).collect(),
             workers: Vec::new(),
             signals: Some(signals),
             pid_file,
@@ -113,27 +117,53 @@ impl Master {
         0
     }
 
-    fn start_workers(&mut self) {
-        error(Level::Notice, "start worker processes", None);
-        let n = self.cycle.core.worker_processes.get().max(1);
-        for _ in 0..n {
-            self.spawn();
+    fn worker_count(&self) -> usize {
+        self.cycle.core.worker_processes.get().max(1)
+    }
+
+    /// A socket per worker for `reuseport` listeners (the first is the one opened at
+    /// start or kept by a reload).
+    fn open_reuseport(&mut self) {
+        let n = self.worker_count();
+        for (i, ls) in self.cycle.listening.iter().enumerate() {
+            if !ls.opts.reuseport {
+                continue;
+            }
+            let Some(socks) = self.listeners.get_mut(i) else { continue };
+            socks.truncate(n);
+            while socks.len() < n {
+                match open_listener(&ls.addr, &ls.opts) {
+                    Ok(s) => socks.push(s),
+                    Err(e) => {
+                        error(Level::Alert, &format!("bind() to {} failed", ls.addr), Some(&e));
+                        break;
+                    }
+                }
+            }
         }
     }
 
-    fn spawn(&mut self) {
+    fn start_workers(&mut self) {
+        error(Level::Notice, "start worker processes", None);
+        self.open_reuseport();
+        for slot in 0..self.worker_count() {
+            self.spawn(slot);
+        }
+    }
+
+    fn spawn(&mut self, slot: usize) {
         match process::fork() {
-            Ok(0) => self.worker_main(),
+            Ok(0) => self.worker_main(slot),
             Ok(pid) => {
                 error(Level::Notice, &format!("start worker process {}", pid), None);
-                self.workers.push(WorkerProc { pid, exiting: false });
+                self.workers.push(WorkerProc { pid, slot, exiting: false });
             }
             Err(e) => error(Level::Alert, "fork() failed while spawning \"worker process\"", Some(&e)),
         }
     }
 
     /// The child side of `spawn`: become a worker and never return.
-    fn worker_main(&mut self) -> ! {
+    fn worker_main(&mut self, slot: usize) -> ! {
         // The master's signal pipe is not the worker's.
         drop(self.signals.take());
         let code = (|| {
@@ -150,7 +180,14 @@ impl Master {
                     error(Level::Alert, "setrlimit(RLIMIT_NOFILE) failed", Some(&e));
                 }
             }
-            let listeners = std::mem::take(&mut self.listeners);
+            // This worker's socket of each listener (its own for `reuseport`).
+            let listeners: Vec<Listener> = std::mem::take(&mut self.listeners)
+                .into_iter()
+                .filter_map(|mut socks| {
+                    let i = if socks.len() > 1 { slot.min(socks.len() - 1) } else { 0 };
+                    (i < socks.len()).then(|| socks.swap_remove(i))
+                })
+                .collect();
             let mut w = match Worker::new(Role::Worker, self.cycle.clone(), listeners, signals) {
                 Ok(w) => w,
                 Err(e) => {
@@ -257,7 +294,7 @@ impl Master {
             // A worker that died on its own is replaced.
             let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
             if !w.exiting && !stopping {
-                self.spawn();
+                self.spawn(w.slot);
             }
         }
     }
@@ -281,7 +318,7 @@ impl Master {
             }
         };
         // Sockets are kept by address and type (TCP and UDP may share an address).
-        let mut old: Vec<((Addr, bool), Listener)> = std::mem::take(&mut self.listeners)
+        let mut old: Vec<((Addr, bool), Vec<Listener>)> = std::mem::take(&mut self.listeners)
             .into_iter()
             .zip(self.cycle.listening.iter().map(|l| (l.addr.clone(), l.opts.udp)))
             .map(|(l, a)| (a, l))
@@ -294,11 +331,11 @@ impl Master {
                 continue;
             }
             match open_listener(&l.addr, &l.opts) {
-                Ok(s) => next.push((key, s)),
+                Ok(s) => next.push((key, vec![s])),
                 Err(e) => {
                     error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
                     // Keep the old configuration: put its sockets back in order.
-                    let mut all: Vec<((Addr, bool), Listener)> = old.into_iter().chain(next).collect();
+                    let mut all: Vec<((Addr, bool), Vec<Listener>)> = old.into_iter().chain(next).collect();
                     self.listeners = self
                         .cycle
                         .listening
@@ -313,11 +350,11 @@ impl Master {
             }
         }
         // Sockets the new configuration does not listen on close with the old workers.
-        for ((a, _), l) in old {
-            if let (Addr::Unix(p), Listener::Unix(_)) = (&a, &l) {
+        for ((a, _), socks) in old {
+            if let (Addr::Unix(p), Some(Listener::Unix(_))) = (&a, socks.first()) {
                 let _ = std::fs::remove_file(p);
             }
-            drop(l);
+            drop(socks);
         }
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
@@ -361,7 +398,9 @@ impl Master {
     /// USR2: start the binary again with the listening sockets in `NGINX`, and rename
     /// the pid file to `.oldbin` (`ngx_exec_new_binary`).
     fn change_binary(&mut self) {
-        let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd()).collect();
+        // The first socket of each listener goes over; the new master opens the other
+        // `reuseport` ones itself.
+        let fds: Vec<i32> = self.listeners.iter().filter_map(|s| s.first()).map(|l| l.fd()).collect();
         let env: String = fds.iter().map(|f| format!("{};", f)).collect();
         let exe = std::fs::read_link("/proc/self/exe")
             .map(|p| p.display().to_string())
