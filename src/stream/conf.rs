@@ -47,8 +47,9 @@ pub struct ConfCx {
     pub files: Vec<ConfFile>,
     /// Files the configuration writes (access logs), opened when the cycle is built.
     pub open_files: Vec<FileSpec>,
-    /// Shared memory zones declared: name, size (set by one declaration at least).
-    pub zones: Vec<(String, Option<usize>)>,
+    /// Shared memory zones declared: name, size (set by one declaration at least), and
+    /// the module that owns it.
+    pub zones: Vec<(String, Option<usize>, &'static str)>,
     servers: Vec<PendingServer>,
     ready: Vec<ReadyServer>,
     stream_seen: bool,
@@ -106,9 +107,15 @@ impl ConfCx {
         self.open_files.len() - 1
     }
 
-    /// Declare a shared memory zone (`ngx_shared_memory_add`): one name, one size.
-    pub fn add_zone(&mut self, name: &str, size: Option<usize>, cmd: &Cmd) -> ConfResult {
+    /// Declare a shared memory zone (`ngx_shared_memory_add`): one name, one size, one
+    /// owner (`tag`: "upstream", "limit_conn", ...).
+    pub fn add_zone(&mut self, name: &str, size: Option<usize>, cmd: &Cmd, tag: &'static str) -> ConfResult {
         if let Some(z) = self.zones.iter_mut().find(|z| z.0 == name) {
+            if z.2 != tag {
+                return Err(
+                    cmd.err(format!("the shared memory zone \"{}\" is already declared for a different use", name))
+                );
+            }
             match (z.1, size) {
                 (Some(a), Some(b)) if a != b => {
                     return Err(cmd.err(format!(
@@ -121,7 +128,7 @@ impl ConfCx {
             }
             return Ok(());
         }
-        self.zones.push((name.to_string(), size));
+        self.zones.push((name.to_string(), size, tag));
         Ok(())
     }
 
@@ -337,7 +344,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     }
     let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
     let mut zones = Vec::new();
-    for (name, size) in &cx.zones {
+    for (name, size, _) in &cx.zones {
         let Some(size) = *size else {
             return Err(late(ConfError::bare(format!("zero size shared memory zone \"{}\"", name))));
         };

@@ -301,6 +301,10 @@ impl Module for StreamCore {
         v.define("time_iso8601", var_time, 0);
         v.define("time_local", var_time, 1);
         v.define("protocol", var_protocol, 0);
+        // $1..$9: the captures of the last regex match (map, server_name).
+        for n in 1..=9 {
+            v.define(&n.to_string(), var_capture, n);
+        }
         // Core variables in nginx; not found until a PROXY protocol header was read.
         for name in
             ["proxy_protocol_addr", "proxy_protocol_port", "proxy_protocol_server_addr", "proxy_protocol_server_port"]
@@ -408,6 +412,16 @@ fn var_time(_: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
         crate::core::time::time_local(out)
     }
     true
+}
+
+fn var_capture(s: &mut SessionCore, n: usize, out: &mut Vec<u8>) -> bool {
+    match s.captures.get(n) {
+        Some(v) => {
+            out.extend_from_slice(v);
+            true
+        }
+        None => false,
+    }
 }
 
 fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {

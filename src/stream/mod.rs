@@ -13,10 +13,18 @@ pub mod session;
 pub mod variables;
 pub mod worker;
 
+pub mod access_module;
 pub mod core_module;
+pub mod geo_module;
+pub mod limit_conn_module;
 pub mod log_module;
+pub mod map_module;
+pub mod pass_module;
 pub mod proxy_module;
+pub mod realip_module;
 pub mod return_module;
+pub mod set_module;
+pub mod split_clients_module;
 pub mod upstream_hash_module;
 pub mod upstream_least_conn_module;
 pub mod upstream_module;
@@ -29,9 +37,17 @@ crate::stream_modules! {
     log: log_module::Log,
     proxy: proxy_module::Proxy,
     upstream: upstream_module::Upstream,
+    realip: realip_module::StreamRealip,
+    limit_conn: limit_conn_module::LimitConn,
+    access: access_module::Access,
+    geo: geo_module::Geo,
+    map: map_module::Map,
+    split_clients: split_clients_module::SplitClients,
+    return_: return_module::Return,
+    set: set_module::Set_,
     upstream_hash: upstream_hash_module::UpstreamHash,
     upstream_least_conn: upstream_least_conn_module::UpstreamLeastConn,
     upstream_random: upstream_random_module::UpstreamRandom,
     upstream_zone: upstream_zone_module::UpstreamZone,
-    return_: return_module::Return,
+    pass: pass_module::Pass,
 }

@@ -135,8 +135,12 @@ macro_rules! stream_modules {
         #[derive(Default)]
         pub struct SrvConfs { $(pub $field: <$m as $crate::stream::module::Module>::Srv,)* }
 
-        /// The module names, in order (for `-V`).
-        pub const MODULE_NAMES: &[&str] = &[$(<$m as $crate::stream::module::Module>::NAME,)*];
+        /// The names of the modules that have directives (for `-V`: a module listed
+        /// before it is written does not count).
+        pub const MODULE_NAMES: &[&str] = &[$(
+            if <$m as $crate::stream::module::Module>::DIRECTIVES.is_empty() { "" }
+            else { <$m as $crate::stream::module::Module>::NAME },
+        )*];
 
         pub fn dispatch(
             cmd: &$crate::core::conf::Cmd,

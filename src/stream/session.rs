@@ -50,6 +50,24 @@ pub struct UpstreamState {
     pub bytes_received: u64,
 }
 
+/// Work run when a session ends (after its log line).
+pub type Cleanup = Box<dyn FnOnce(&mut WorkerState)>;
+
+/// Capture groups of the last regex match: the subject and each group's range.
+#[derive(Debug, Clone, Default)]
+pub struct Captures {
+    pub subject: Vec<u8>,
+    pub groups: Vec<Option<(usize, usize)>>,
+}
+
+impl Captures {
+    /// Group `n` (0 is the whole match).
+    pub fn get(&self, n: usize) -> Option<&[u8]> {
+        let (a, b) = (*self.groups.get(n)?)?;
+        self.subject.get(a..b)
+    }
+}
+
 /// The worker's state that handlers may use while handling one session's event.
 pub struct Cx<'a> {
     pub registry: &'a Registry,
@@ -101,6 +119,13 @@ pub struct SessionCore {
     pub udp_key: Option<(usize, std::net::SocketAddr)>,
     /// Cached values of cached variables (map, geo, set), by variable index.
     pub var_cache: Vec<Option<Vec<u8>>>,
+    /// The last regex match ($1..$9), as nginx keeps `s->captures`.
+    pub captures: Captures,
+    /// Work to do when the session ends, after the log phase (limit_conn releases its
+    /// counts): nginx's pool cleanup handlers.
+    pub cleanups: Vec<Cleanup>,
+    /// Set by `pass`: hand the connection to the listener of this address.
+    pub pass_to: Option<Addr>,
 }
 
 impl LogContext for SessionCore {

@@ -28,7 +28,7 @@ fn zone(u: &mut UpstreamConf, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             Some(n)
         }
     };
-    cx.add_zone(&name, size, cmd)?;
+    cx.add_zone(&name, size, cmd, "upstream")?;
     u.zone = Some(name);
     Ok(())
 }

@@ -320,7 +320,7 @@ impl Worker {
             }
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
-                Ok((conn, remote)) => self.init_session(idx, conn, remote, None, now),
+                Ok((conn, remote)) => self.init_session(idx, conn, remote, None, None, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EPROTO)) => {}
@@ -378,17 +378,27 @@ impl Worker {
                 continue;
             }
             let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
-            self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), now);
+            self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
         }
         self.udp_buf = buf;
     }
 
     /// `ngx_stream_init_connection`: find the server, make the session, run the phases.
-    fn init_session(&mut self, idx: usize, mut conn: Conn, remote: Addr, first: Option<&[u8]>, now: Instant) {
+    /// `passed`: a connection handed over by `pass` (its local address and number).
+    fn init_session(
+        &mut self,
+        idx: usize,
+        mut conn: Conn,
+        remote: Addr,
+        first: Option<&[u8]>,
+        passed: Option<(Addr, u64)>,
+        now: Instant,
+    ) {
         let Some(ls) = self.cycle.listening.get(idx) else { return };
-        let local = match &ls.addr {
-            Addr::Inet(a) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
-            a => a.clone(),
+        let local = match (&passed, &ls.addr) {
+            (Some((a, _)), _) => a.clone(),
+            (None, Addr::Inet(a)) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
+            (None, a) => a.clone(),
         };
         let srv_idx = ls.server_for(Some(&local));
         let Some(srv) = self.cycle.servers.get(srv_idx).cloned() else { return };
@@ -396,7 +406,10 @@ impl Worker {
             Addr::Unix(_) => Addr::Unix(Default::default()),
             a => a,
         };
-        let id = self.rt.next_connection();
+        let id = match passed {
+            Some((_, n)) => n,
+            None => self.rt.next_connection(),
+        };
         let entry = self.sessions.vacant_entry();
         // The session's id carries a generation beside its slot, so that an event or a
         // timer of a finished session never reaches the next one in the same slot.
@@ -434,6 +447,9 @@ impl Worker {
             udp_dropped: 0,
             udp_key: None,
             var_cache: Vec::new(),
+            captures: Default::default(),
+            cleanups: Vec::new(),
+            pass_to: None,
         };
         let mut core = core;
         if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
@@ -481,6 +497,10 @@ impl Worker {
                 let mut content = (sess.core.srv.handler)(&mut sess.core);
                 let f = content.start(&mut sess.core, &mut cx);
                 sess.state = State::Content(content);
+                if let Some(addr) = sess.core.pass_to.take() {
+                    self.pass(key, addr, now);
+                    return;
+                }
                 f
             }
             Flow::Again => {
@@ -546,6 +566,39 @@ impl Worker {
         }
     }
 
+    /// `ngx_stream_pass_handler`'s hand-over: the connection leaves this session (which
+    /// ends without a log line, as nginx's) and starts again on the listener of `addr`.
+    fn pass(&mut self, key: usize, addr: Addr, now: Instant) {
+        let found = self.cycle.listening.iter().position(|ls| {
+            !ls.opts.udp
+                && match (&ls.addr, &addr) {
+                    (Addr::Inet(l), Addr::Inet(a)) if l.ip().is_unspecified() => {
+                        l.is_ipv4() == a.is_ipv4() && l.port() == a.port()
+                    }
+                    (l, a) => l == a,
+                }
+        });
+        let Some(idx) = found else {
+            if let Some(sess) = lookup(&mut self.sessions, key) {
+                sess.core.log(Level::Error, &format!("port not found for \"{}\"", addr), None);
+            }
+            self.finalize(key, status::OK, now);
+            return;
+        };
+        let Some(sess) = self.sessions.try_remove(key & KEY_MASK) else { return };
+        let Session { core, state } = sess;
+        drop(state);
+        let SessionCore { mut client, remote, id, cleanups, .. } = core;
+        // nginx keeps the first server's per-connection state (limit_conn counts) until
+        // the connection closes; here it is released at the hand-over.
+        for c in cleanups {
+            c(&mut self.rt);
+        }
+        let _ = client.deregister(self.poll.registry());
+        self.rt.conns = self.rt.conns.saturating_sub(1);
+        self.init_session(idx, client, remote, None, Some((addr, id)), now);
+    }
+
     /// `ngx_stream_finalize_session`: status, content close, log phase, close.
     fn finalize(&mut self, key: usize, st: u16, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
@@ -561,6 +614,9 @@ impl Worker {
         sess.core.action = None;
         let cycle = sess.core.cycle.clone();
         cycle.phases.run_log(&mut sess.core, &mut cx);
+        for c in std::mem::take(&mut sess.core.cleanups) {
+            c(cx.rt);
+        }
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
         cx.rt.udp_unbind(sess.core.udp_key, key);
         if sess.core.udp_dropped > 0 {
