@@ -243,6 +243,8 @@ pub struct ListenOpts {
     pub nodelay: bool,
     /// `listen ... udp`.
     pub udp: bool,
+    /// `listen ... proxy_protocol`: a PROXY header comes first.
+    pub proxy_protocol: bool,
 }
 
 fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {

@@ -163,11 +163,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if ssl {
         return Err(cmd.err("the \"ssl\" parameter of the \"listen\" directive is not supported by sluice yet"));
     }
-    if pp {
-        return Err(
-            cmd.err("the \"proxy_protocol\" parameter of the \"listen\" directive is not supported by sluice yet")
-        );
-    }
+    opts.proxy_protocol = pp;
     let mut seen: Vec<&Addr> = Vec::new();
     for addr in &u.addrs {
         // A name resolving to one address twice counts once; a second `listen` on an
@@ -305,12 +301,13 @@ impl Module for StreamCore {
         for n in 1..=9 {
             v.define(&n.to_string(), var_capture, n);
         }
-        // Core variables in nginx; not found until a PROXY protocol header was read.
-        for name in
-            ["proxy_protocol_addr", "proxy_protocol_port", "proxy_protocol_server_addr", "proxy_protocol_server_port"]
-        {
-            v.define(name, var_not_found, 0);
+        // Core variables in nginx; not found without a PROXY protocol header.
+        let pp =
+            ["proxy_protocol_addr", "proxy_protocol_port", "proxy_protocol_server_addr", "proxy_protocol_server_port"];
+        for (i, name) in pp.iter().enumerate() {
+            v.define(name, var_proxy_protocol, i);
         }
+        v.define_prefix("proxy_protocol_tlv_", var_proxy_protocol_tlv);
     }
 
     fn merge_srv(p: &CoreSrv, c: &mut CoreSrv, _: &mut ConfCx) -> ConfResult {
@@ -424,8 +421,39 @@ fn var_capture(s: &mut SessionCore, n: usize, out: &mut Vec<u8>) -> bool {
     }
 }
 
-fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
-    false
+fn var_proxy_protocol(s: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
+    let Some(h) = &s.proxy_protocol else { return false };
+    match which {
+        0 => out.extend_from_slice(h.src_addr.as_bytes()),
+        1 => {
+            let _ = write!(out, "{}", h.src_port);
+        }
+        2 => out.extend_from_slice(h.dst_addr.as_bytes()),
+        _ => {
+            let _ = write!(out, "{}", h.dst_port);
+        }
+    }
+    true
+}
+
+/// `$proxy_protocol_tlv_NAME`: `data` is the variable's index, its name tells the TLV.
+fn var_proxy_protocol_tlv(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
+    let cycle = s.cycle.clone();
+    let Some(name) = cycle.vars.def(idx).and_then(|d| d.name.strip_prefix("proxy_protocol_tlv_")) else {
+        return false;
+    };
+    let Some(h) = &s.proxy_protocol else { return false };
+    match crate::stream::proxy_protocol::get_tlv(h, name) {
+        Ok(Some(v)) => {
+            out.extend_from_slice(&v);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            s.log(Level::Error, &e, None);
+            false
+        }
+    }
 }
 
 fn var_protocol(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {

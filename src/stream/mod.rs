@@ -7,6 +7,7 @@ pub mod cycle;
 pub mod master;
 pub mod module;
 pub mod phase;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod runtime;
 pub mod session;

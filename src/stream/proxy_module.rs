@@ -67,6 +67,8 @@ pub struct ProxySrv {
     pub responses: Setting<u64>,
     /// UDP: client datagrams after which the client's binding to the session ends.
     pub requests: Setting<u64>,
+    /// `proxy_protocol on|off|v2`: 0 off, 1 the text header, 2 the binary one.
+    pub proxy_protocol: Setting<u8>,
 }
 
 /// `ngx_stream_upstream_add` for a `proxy_pass` address: the upstream of that name, or
@@ -214,6 +216,25 @@ impl Module for Proxy {
             set: Set::<Self>::Srv(|c, cmd, cx| rate(&mut c.upload_rate, cmd, cx)),
         },
         Directive {
+            name: "proxy_protocol",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Flag,
+            set: Set::<Self>::Srv(|c, cmd, _| {
+                let v = match cmd.arg(0) {
+                    "off" => 0,
+                    "on" => 1,
+                    "v2" => 2,
+                    a => {
+                        return Err(cmd.err(format!(
+                            "invalid value \"{}\" in \"{}\" directive, it must be \"off\", \"on\" or \"v2\"",
+                            a, cmd.name
+                        )))
+                    }
+                };
+                c.proxy_protocol.set(cmd, v)
+            }),
+        },
+        Directive {
             name: "proxy_responses",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
@@ -251,6 +272,7 @@ impl Module for Proxy {
         c.download_rate.merge(&p.download_rate, None);
         c.responses.merge(&p.responses, UNLIMITED);
         c.requests.merge(&p.requests, 0);
+        c.proxy_protocol.merge(&p.proxy_protocol, 0);
         Ok(())
     }
 }
@@ -287,6 +309,8 @@ struct ProxySession {
     responses: u64,
     /// The upstream reported an error (an ICMP unreachable, say): the peer failed.
     upstream_error: bool,
+    /// UDP: the PROXY protocol header still to send, with the first datagram.
+    udp_header: Option<Vec<u8>>,
 }
 
 fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
@@ -308,6 +332,7 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         requests: 0,
         responses: 0,
         upstream_error: false,
+        udp_header: None,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -561,6 +586,20 @@ impl ProxySession {
             cx.rt.notify_connect(g, &self.pick);
         }
         let srv = s.srv.clone();
+        // `proxy_protocol`: the header goes first, ahead of any relayed byte.
+        let pp = match srv.confs.proxy.proxy_protocol.get() {
+            1 => Some(crate::stream::proxy_protocol::write_v1(&s.remote, &s.local)),
+            2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, self.udp)),
+            _ => None,
+        };
+        if let Some(h) = pp {
+            if self.udp {
+                // nginx sends it in front of the first datagram.
+                self.udp_header = Some(h);
+            } else {
+                self.down.prepend(&h);
+            }
+        }
         self.upload_rate = rate_value(s, srv.confs.proxy.upload_rate.option());
         self.download_rate = rate_value(s, srv.confs.proxy.download_rate.option());
         self.connected = true;
@@ -759,9 +798,12 @@ impl ProxySession {
                 ) {
                     break;
                 }
-                let Some(d) = s.udp_queue.pop_front() else { break };
+                let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
                 s.received += d.len() as u64;
+                if let Some(h) = self.udp_header.take() {
+                    d.splice(0..0, h);
+                }
                 paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
                 match up.write(&d) {
                     Ok(n) => plog.sent += n as u64,

@@ -73,6 +73,15 @@ impl Direction {
         self.pos < self.held.len() || self.pipe.as_ref().is_some_and(|p| p.len > 0)
     }
 
+    /// Put `bytes` in front of everything else this direction will deliver (the PROXY
+    /// protocol header).
+    pub fn prepend(&mut self, bytes: &[u8]) {
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(&self.held[self.pos..]);
+        self.held = v;
+        self.pos = 0;
+    }
+
     pub fn is_splicing(&self) -> bool {
         self.pipe.is_some()
     }

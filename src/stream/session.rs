@@ -126,6 +126,10 @@ pub struct SessionCore {
     pub cleanups: Vec<Cleanup>,
     /// Set by `pass`: hand the connection to the listener of this address.
     pub pass_to: Option<Addr>,
+    /// The PROXY protocol header the client sent (`listen ... proxy_protocol`), and
+    /// whether it is still to be read.
+    pub proxy_protocol: Option<crate::stream::proxy_protocol::ProxyHeader>,
+    pub pp_pending: bool,
 }
 
 impl LogContext for SessionCore {

@@ -37,6 +37,50 @@ const KEY_BITS: u32 = 31;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 const GEN_MASK: u32 = (1 << 30) - 1;
 
+/// `ngx_stream_proxy_protocol_handler`: read the PROXY header before the phases run.
+/// `Next` once read; `Again` to wait for it (under `proxy_protocol_timeout`).
+fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    use crate::stream::proxy_protocol::{read, Parsed, MAX_HEADER};
+    s.action = Some("reading PROXY protocol");
+    let mut buf = [0u8; MAX_HEADER];
+    let n = match s.client.peek(&mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if s.preread_timer.is_none() {
+                let t = s.srv.core().proxy_protocol_timeout.get();
+                cx.timers.set(&mut s.preread_timer, cx.now + t, session_token(s.key, Side::Client));
+            }
+            return Flow::Again;
+        }
+        Err(e) => {
+            s.connection_error(Side::Client, &e, "recv() failed");
+            return Flow::Finalize(status::OK);
+        }
+    };
+    cx.timers.clear(&mut s.preread_timer);
+    let (len, header) = match read(&buf[..n]) {
+        Parsed::Header { len, header } => (len, header),
+        Parsed::Invalid(msg) => {
+            if let Some(m) = msg {
+                s.log(Level::Error, &m, None);
+            }
+            return Flow::Finalize(status::BAD_REQUEST);
+        }
+    };
+    // Take the header's bytes out of the socket; what follows is the client's data.
+    let mut took = 0;
+    while took < len {
+        match std::io::Read::read(&mut s.client, &mut buf[took..len]) {
+            Ok(0) | Err(_) => return Flow::Finalize(status::INTERNAL_SERVER_ERROR),
+            Ok(k) => took += k,
+        }
+    }
+    s.proxy_protocol = header;
+    s.pp_pending = false;
+    s.action = Some("initializing session");
+    Flow::Next
+}
+
 /// The session `id` names, if it is still that session (same slot, same generation).
 fn lookup(sessions: &mut Slab<Session>, id: usize) -> Option<&mut Session> {
     sessions.get_mut(id & KEY_MASK).filter(|s| s.core.key == id)
@@ -395,6 +439,7 @@ impl Worker {
         now: Instant,
     ) {
         let Some(ls) = self.cycle.listening.get(idx) else { return };
+        let conn_is_udp = conn.is_udp();
         let local = match (&passed, &ls.addr) {
             (Some((a, _)), _) => a.clone(),
             (None, Addr::Inet(a)) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
@@ -450,6 +495,8 @@ impl Worker {
             captures: Default::default(),
             cleanups: Vec::new(),
             pass_to: None,
+            proxy_protocol: None,
+            pp_pending: ls.opts.proxy_protocol && !conn_is_udp,
         };
         let mut core = core;
         if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
@@ -481,6 +528,13 @@ impl Worker {
     fn run_phases(&mut self, key: usize, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
         let Some(sess) = lookup(sessions, key) else { return };
+        if sess.core.pp_pending {
+            match read_proxy_protocol(&mut sess.core, &mut cx) {
+                Flow::Next => {}
+                Flow::Finalize(st) => return self.finalize(key, st, now),
+                _ => return,
+            }
+        }
         let cycle = sess.core.cycle.clone();
         let flow = match cycle.phases.run(&mut sess.core, &mut cx) {
             Flow::Next => {
@@ -539,6 +593,14 @@ impl Worker {
         let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
             State::Phases => {
+                if sess.core.preread_timer == Some(id) && sess.core.pp_pending {
+                    // ngx_stream_proxy_protocol_handler's timeout.
+                    sess.core.preread_timer = None;
+                    let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+                    sess.core.log(Level::Info, "client timed out", Some(&e));
+                    self.finalize(key, status::OK, now);
+                    return;
+                }
                 if sess.core.preread_timer == Some(id) {
                     // ngx_stream_core_preread_phase: a timeout ends the preread phase.
                     sess.core.preread_timer = None;
