@@ -225,15 +225,17 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 impl Drop for Sluice {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // A master's workers would outlive a killed master: kill them first.
-            for w in children_of(c.id() as i32) {
+            // Kill the master first (else it would start new workers), then the workers
+            // it leaves behind.
+            let workers = children_of(c.id() as i32);
+            let _ = c.kill();
+            let _ = c.wait();
+            for w in workers {
                 // SAFETY: signalling a worker of our own child.
                 unsafe {
                     libc::kill(w, libc::SIGKILL);
                 }
             }
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! timers, the clock, logs, processes.
 
 pub mod addr;
+pub mod cidr;
 pub mod conf;
 pub mod conn;
 pub mod glob;

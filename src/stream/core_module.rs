@@ -425,13 +425,15 @@ fn var_proxy_protocol(s: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> b
     let Some(h) = &s.proxy_protocol else { return false };
     match which {
         0 => out.extend_from_slice(h.src_addr.as_bytes()),
-        1 => {
+        // nginx prints a port only when it is not 0.
+        1 if h.src_port > 0 => {
             let _ = write!(out, "{}", h.src_port);
         }
         2 => out.extend_from_slice(h.dst_addr.as_bytes()),
-        _ => {
+        3 if h.dst_port > 0 => {
             let _ = write!(out, "{}", h.dst_port);
         }
+        _ => {}
     }
     true
 }

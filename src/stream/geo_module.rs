@@ -1,14 +1,671 @@
-//! ngx_stream_geo_module `geo [$src] $var { ... }` (CIDR and ranges).
+//! ngx_stream_geo_module: `geo [$src] $var { default V; CIDR V; delete CIDR; ranges;
+//! A-B V; include FILE; }`. No phase: the variable is computed from the client address
+//! (or from `$src`) when first used and kept for the session.
 //!
-//! Not implemented yet: the module is listed so that its file is the only one to change.
+//! CIDR mode is nginx's radix trees (longest prefix wins; IPv4 and IPv6 apart, an
+//! IPv4-mapped IPv6 client looks in the IPv4 tree, a unix-domain client or an address
+//! that does not parse looks up 255.255.255.255); `ranges` is nginx's table of sorted
+//! ranges per /16, with the same add, split and delete rules and messages.
+//! Not here: nginx's binary range bases (`FILE.bin`, made for includes of more than
+//! 100,000 ranges) — the text file is always read.
 
-use crate::stream::module::{Directive, Module};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::core::addr::Addr;
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::{parser, Block, Cmd, ConfResult};
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::session::SessionCore;
+use crate::stream::variables::{eval_var, VarGet};
 
 pub struct Geo;
 
+#[derive(Default)]
+pub struct GeoMain {
+    geos: Vec<GeoConf>,
+}
+
+struct GeoConf {
+    /// The variable to read the address from (`geo $src $var`), else the client's.
+    source: Option<usize>,
+    /// The values; index 0 is nginx's empty "null value".
+    values: Vec<Vec<u8>>,
+    table: Table,
+}
+
+enum Table {
+    Cidr { v4: Prefixes, v6: Prefixes },
+    Ranges { low: HashMap<u16, Vec<Range>>, default: usize },
+}
+
 impl Module for Geo {
     const NAME: &'static str = "stream_geo";
-    type Main = ();
+    type Main = GeoMain;
     type Srv = ();
-    const DIRECTIVES: &'static [Directive<Self>] = &[];
+    const DIRECTIVES: &'static [Directive<Self>] =
+        &[Directive { name: "geo", ctx: Ctx::STREAM_MAIN, args: Arity::Block(1, 2), set: Set::Main(geo_block) }];
+}
+
+/// Prefixes of one address family (keys are the top bits of a u128), longest match
+/// first: what nginx's radix tree answers.
+#[derive(Default)]
+struct Prefixes {
+    width: u32,
+    /// By prefix length, longest first.
+    by_len: BTreeMap<std::cmp::Reverse<u32>, HashMap<u128, usize>>,
+}
+
+impl Prefixes {
+    fn new(width: u32) -> Prefixes {
+        Prefixes { width, by_len: BTreeMap::new() }
+    }
+
+    fn key(&self, addr: u128, len: u32) -> u128 {
+        if len == 0 {
+            0
+        } else {
+            addr & (u128::MAX << (self.width - len.min(self.width)))
+        }
+    }
+
+    /// `ngx_radix*tree_insert`: false (nginx's NGX_BUSY) if the prefix has a value.
+    fn insert(&mut self, addr: u128, len: u32, value: usize) -> bool {
+        let k = self.key(addr, len);
+        let level = self.by_len.entry(std::cmp::Reverse(len)).or_default();
+        if level.contains_key(&k) {
+            return false;
+        }
+        level.insert(k, value);
+        true
+    }
+
+    fn replace(&mut self, addr: u128, len: u32, value: usize) {
+        let k = self.key(addr, len);
+        self.by_len.entry(std::cmp::Reverse(len)).or_default().insert(k, value);
+    }
+
+    /// `ngx_radix*tree_delete`: false if the prefix has no value.
+    fn delete(&mut self, addr: u128, len: u32) -> bool {
+        let k = self.key(addr, len);
+        self.by_len.get_mut(&std::cmp::Reverse(len)).and_then(|l| l.remove(&k)).is_some()
+    }
+
+    /// `ngx_radix*tree_find`: the value of the longest prefix holding `addr`.
+    fn find(&self, addr: u128) -> Option<usize> {
+        self.by_len.iter().find_map(|(std::cmp::Reverse(len), level)| level.get(&self.key(addr, *len)).copied())
+    }
+}
+
+/// One range inside a /16: low 16 bits of the first and last address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    start: u16,
+    end: u16,
+    value: usize,
+}
+
+/// A geo block being read (`ngx_stream_geo_conf_ctx_t`).
+struct GeoBuild {
+    values: Vec<Vec<u8>>,
+    value_ids: HashMap<Vec<u8>, usize>,
+    ranges: bool,
+    /// CIDR mode has started (nginx's `ctx->tree`): `ranges` must come first.
+    trees: bool,
+    v4: Prefixes,
+    v6: Prefixes,
+    low: HashMap<u16, Vec<Range>>,
+    range_default: Option<usize>,
+}
+
+impl GeoBuild {
+    fn value(&mut self, v: &str) -> usize {
+        if let Some(&i) = self.value_ids.get(v.as_bytes()) {
+            return i;
+        }
+        self.values.push(v.as_bytes().to_vec());
+        self.value_ids.insert(v.as_bytes().to_vec(), self.values.len() - 1);
+        self.values.len() - 1
+    }
+
+    fn text(&self, i: usize) -> String {
+        String::from_utf8_lossy(self.values.get(i).map(Vec::as_slice).unwrap_or_default()).into_owned()
+    }
+}
+
+/// The name after `$`, with nginx's errors.
+fn var_name<'a>(cmd: &Cmd, arg: &'a str) -> ConfResult<&'a str> {
+    match arg.strip_prefix('$') {
+        None => Err(cmd.err(format!("invalid variable name \"{}\"", arg))),
+        Some("") => Err(cmd.err("invalid variable name \"$\"")),
+        Some(name) => Ok(name),
+    }
+}
+
+fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let first = var_name(cmd, cmd.arg(0))?;
+    let (source, name) = if cmd.args.len() == 2 {
+        let src = cx.vars.reference(first, Some(cmd));
+        (Some(src), var_name(cmd, cmd.arg(1))?)
+    } else {
+        (None, first)
+    };
+    let data = cx.main.geo.geos.len();
+    let var = cx
+        .vars
+        .define_changeable(name, var_geo as VarGet, data, false)
+        .ok_or_else(|| cmd.err(format!("the duplicate \"{}\" variable", name)))?;
+
+    let mut b = GeoBuild {
+        // Index 0: nginx's null value, what a lookup finds when nothing matches.
+        values: vec![Vec::new()],
+        value_ids: HashMap::new(),
+        ranges: false,
+        trees: false,
+        v4: Prefixes::new(32),
+        v6: Prefixes::new(128),
+        low: HashMap::new(),
+        range_default: None,
+    };
+    if let Some(inner) = &cmd.block {
+        entries(cx, &mut b, inner)?;
+    }
+    cx.vars.set_cached(var);
+    let table = if b.ranges {
+        b.low.retain(|_, r| !r.is_empty());
+        Table::Ranges { low: b.low, default: b.range_default.unwrap_or(0) }
+    } else {
+        // The null value under everything, unless a default is already there.
+        b.v4.insert(0, 0, 0);
+        b.v6.insert(0, 0, 0);
+        Table::Cidr { v4: b.v4, v6: b.v6 }
+    };
+    cx.main.geo.geos.push(GeoConf { source, values: b.values, table });
+    Ok(())
+}
+
+fn entries(cx: &mut ConfCx, b: &mut GeoBuild, block: &Block) -> ConfResult {
+    for c in &block.cmds {
+        entry(cx, b, c)?;
+    }
+    match &block.error {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
+}
+
+fn entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
+    if c.block.is_some() {
+        return Err(c.err("unexpected \"{\""));
+    }
+    if c.args.is_empty() && c.name == "ranges" {
+        if b.trees {
+            return Err(c.err("the \"ranges\" directive must be the first directive inside \"geo\" block"));
+        }
+        b.ranges = true;
+        return Ok(());
+    }
+    if c.args.len() != 1 {
+        return Err(c.err("invalid number of the geo parameters"));
+    }
+    if c.name == "include" {
+        // nginx 1.22.1 reads one file here (no glob), relative to the conf directory.
+        let path = cx.conf_full_name(c.arg(0));
+        let (file, blk) = parser::parse_file(&path, Some(c))?;
+        cx.files.push(file);
+        return entries(cx, b, &blk);
+    }
+    if b.ranges {
+        range_entry(cx, b, c)
+    } else {
+        cidr_entry(cx, b, c)
+    }
+}
+
+fn cidr_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
+    b.trees = true;
+    let key = c.name.as_str();
+    if key == "default" {
+        let v = b.value(c.arg(0));
+        cidr_add(cx, b, c, Family::V4, 0, 0, v, key);
+        cidr_add(cx, b, c, Family::V6, 0, 0, v, key);
+        return Ok(());
+    }
+    let (net, del) = if key == "delete" { (c.arg(0), true) } else { (key, false) };
+    let (fam, addr, len) = if net == "255.255.255.255" {
+        (Family::V4, u128::from(u32::MAX), 32)
+    } else {
+        match ptocidr(net) {
+            None => return Err(c.err(format!("invalid network \"{}\"", net))),
+            Some((fam, addr, len, low_bits)) => {
+                if low_bits {
+                    cx.warn(c, &format!("low address bits of {} are meaningless", net));
+                }
+                (fam, addr, len)
+            }
+        }
+    };
+    if del {
+        let tree = match fam {
+            Family::V4 => &mut b.v4,
+            Family::V6 => &mut b.v6,
+        };
+        if !tree.delete(addr, len) {
+            cx.warn(c, &format!("no network \"{}\" to delete", net));
+        }
+        return Ok(());
+    }
+    let v = b.value(c.arg(0));
+    cidr_add(cx, b, c, fam, addr, len, v, net);
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// `ngx_stream_geo_cidr_add`: a prefix already there gets the new value, with a warning
+/// naming the value the address itself had.
+#[allow(clippy::too_many_arguments)]
+fn cidr_add(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, fam: Family, addr: u128, len: u32, v: usize, net: &str) {
+    let tree = match fam {
+        Family::V4 => &mut b.v4,
+        Family::V6 => &mut b.v6,
+    };
+    if tree.insert(addr, len, v) {
+        return;
+    }
+    let old = tree.find(addr).unwrap_or(0);
+    tree.replace(addr, len, v);
+    let msg = format!("duplicate network \"{}\", value: \"{}\", old value: \"{}\"", net, b.text(v), b.text(old));
+    cx.warn(c, &msg);
+}
+
+fn range_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
+    let key = c.name.as_str();
+    if key == "default" {
+        if let Some(old) = b.range_default {
+            let msg = format!("duplicate default geo range value: \"{}\", old value: \"{}\"", c.arg(0), b.text(old));
+            cx.warn(c, &msg);
+        }
+        b.range_default = Some(b.value(c.arg(0)));
+        return Ok(());
+    }
+    let (net, del) = if key == "delete" { (c.arg(0), true) } else { (key, false) };
+    let invalid = || c.err(format!("invalid range \"{}\"", net));
+    let (a, z) = net.split_once('-').ok_or_else(invalid)?;
+    let start = inet_addr(a.as_bytes()).ok_or_else(invalid)?;
+    let end = inet_addr(z.as_bytes()).ok_or_else(invalid)?;
+    if start > end {
+        return Err(invalid());
+    }
+    if del {
+        if delete_range(&mut b.low, start, end) {
+            cx.warn(c, &format!("no address range \"{}\" to delete", net));
+        }
+        return Ok(());
+    }
+    let v = b.value(c.arg(0));
+    add_range(cx, b, c, net, start, end, v)
+}
+
+/// The /16 pieces of `start..=end`: (high 16 bits, first, last low 16 bits).
+fn pieces(start: u32, end: u32) -> impl Iterator<Item = (u16, u16, u16)> {
+    let (h0, h1) = (start >> 16, end >> 16);
+    (h0..=h1).map(move |h| {
+        let s = if h == h0 { start & 0xffff } else { 0 };
+        let e = if h == h1 { end & 0xffff } else { 0xffff };
+        (h as u16, s as u16, e as u16)
+    })
+}
+
+/// `ngx_stream_geo_add_range`: per /16, add after, replace, split or shift a range the
+/// new one lies in, or refuse an overlap.
+fn add_range(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, net: &str, start: u32, end: u32, v: usize) -> ConfResult {
+    for (h, s, e) in pieces(start, end) {
+        let a = b.low.entry(h).or_default();
+        let mut i = a.len();
+        let mut done = false;
+        while i > 0 {
+            i -= 1;
+            let r = a[i];
+            if e < r.start {
+                continue;
+            }
+            if s > r.end {
+                a.insert(i + 1, Range { start: s, end: e, value: v });
+            } else if s == r.start && e == r.end {
+                let msg = format!(
+                    "duplicate range \"{}\", value: \"{}\", old value: \"{}\"",
+                    net,
+                    String::from_utf8_lossy(b.values.get(v).map(Vec::as_slice).unwrap_or_default()),
+                    String::from_utf8_lossy(b.values.get(r.value).map(Vec::as_slice).unwrap_or_default())
+                );
+                cx.warn(c, &msg);
+                a[i].value = v;
+            } else if s > r.start && e < r.end {
+                a[i].end = s - 1;
+                a.insert(i + 1, Range { start: s, end: e, value: v });
+                a.insert(i + 2, Range { start: e + 1, end: r.end, value: r.value });
+            } else if s == r.start && e < r.end {
+                a[i].start = e + 1;
+                a.insert(i, Range { start: s, end: e, value: v });
+            } else if s > r.start && e == r.end {
+                a[i].end = s - 1;
+                a.insert(i + 1, Range { start: s, end: e, value: v });
+            } else {
+                let hh = u32::from(h);
+                return Err(c.err(format!(
+                    "range \"{}\" overlaps \"{}.{}.{}.{}-{}.{}.{}.{}\"",
+                    net,
+                    hh >> 8,
+                    hh & 0xff,
+                    r.start >> 8,
+                    r.start & 0xff,
+                    hh >> 8,
+                    hh & 0xff,
+                    r.end >> 8,
+                    r.end & 0xff
+                )));
+            }
+            done = true;
+            break;
+        }
+        if !done {
+            a.insert(0, Range { start: s, end: e, value: v });
+        }
+    }
+    Ok(())
+}
+
+/// `ngx_stream_geo_delete_range`: remove the exact pieces; true if one was missing.
+fn delete_range(low: &mut HashMap<u16, Vec<Range>>, start: u32, end: u32) -> bool {
+    let mut warn = false;
+    for (h, s, e) in pieces(start, end) {
+        match low.get_mut(&h) {
+            Some(a) if !a.is_empty() => match a.iter().position(|r| r.start == s && r.end == e) {
+                Some(i) => {
+                    a.remove(i);
+                }
+                None => warn = true,
+            },
+            _ => warn = true,
+        }
+    }
+    warn
+}
+
+/// `ngx_inet_addr`: a dotted quad (empty parts count as 0, as nginx's do).
+pub fn inet_addr(t: &[u8]) -> Option<u32> {
+    let (mut addr, mut octet, mut dots) = (0u32, 0u32, 0u32);
+    for &c in t {
+        match c {
+            b'0'..=b'9' => {
+                octet = octet * 10 + u32::from(c - b'0');
+                if octet > 255 {
+                    return None;
+                }
+            }
+            b'.' => {
+                addr = addr.wrapping_shl(8).wrapping_add(octet);
+                octet = 0;
+                dots += 1;
+            }
+            _ => return None,
+        }
+    }
+    if dots != 3 {
+        return None;
+    }
+    let a = addr.wrapping_shl(8).wrapping_add(octet);
+    // INADDR_NONE is nginx's failure value.
+    (a != u32::MAX).then_some(a)
+}
+
+/// `ngx_inet6_addr`: nginx's own IPv6 reader (with an IPv4 tail, "::" once).
+pub fn inet6_addr(t: &[u8]) -> Option<[u8; 16]> {
+    if t.is_empty() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut o = 0usize;
+    let mut zero: Option<usize> = None;
+    let mut digit: Option<usize> = None;
+    let mut nibbles = 0u32;
+    let mut word = 0u32;
+    let mut n = 8u32;
+    let mut p = usize::from(t.first() == Some(&b':'));
+    let mut v4_tail = false;
+    while p < t.len() {
+        let c = t[p];
+        p += 1;
+        if c == b':' {
+            if nibbles > 0 {
+                digit = Some(p);
+                *out.get_mut(o)? = (word >> 8) as u8;
+                *out.get_mut(o + 1)? = (word & 0xff) as u8;
+                o += 2;
+                n -= 1;
+                if n > 0 {
+                    nibbles = 0;
+                    word = 0;
+                    continue;
+                }
+            } else if zero.is_none() {
+                digit = Some(p);
+                zero = Some(o);
+                continue;
+            }
+            return None;
+        }
+        if c == b'.' && nibbles > 0 {
+            let d = digit?;
+            if n < 2 {
+                return None;
+            }
+            let w = inet_addr(t.get(d..)?)?;
+            *out.get_mut(o)? = (w >> 24) as u8;
+            *out.get_mut(o + 1)? = (w >> 16) as u8;
+            o += 2;
+            n -= 1;
+            word = w & 0xffff;
+            v4_tail = true;
+            break;
+        }
+        nibbles += 1;
+        if nibbles > 4 {
+            return None;
+        }
+        let x = match c {
+            b'0'..=b'9' => c - b'0',
+            _ => match c | 0x20 {
+                l @ b'a'..=b'f' => l - b'a' + 10,
+                _ => return None,
+            },
+        };
+        word = word * 16 + u32::from(x);
+    }
+    if nibbles == 0 && zero.is_none() && !v4_tail {
+        return None;
+    }
+    *out.get_mut(o)? = (word >> 8) as u8;
+    *out.get_mut(o + 1)? = (word & 0xff) as u8;
+    o += 2;
+    n -= 1;
+    if n > 0 {
+        let z = zero?;
+        // Move what follows "::" to the end and fill the gap with zeros.
+        let shift = (n * 2) as usize;
+        let tail: Vec<u8> = out.get(z..o)?.to_vec();
+        for x in out.iter_mut().skip(z) {
+            *x = 0;
+        }
+        out.get_mut(z + shift..o + shift)?.copy_from_slice(&tail);
+        return Some(out);
+    }
+    if zero.is_none() {
+        Some(out)
+    } else {
+        None
+    }
+}
+
+/// `ngx_ptocidr`: (family, address, prefix length, low bits were set).
+fn ptocidr(text: &str) -> Option<(Family, u128, u32, bool)> {
+    let (host, bits) = match text.split_once('/') {
+        Some((h, b)) => (h, Some(b)),
+        None => (text, None),
+    };
+    let (fam, addr, width) = if let Some(a) = inet_addr(host.as_bytes()) {
+        (Family::V4, u128::from(a), 32)
+    } else if let Some(a) = inet6_addr(host.as_bytes()) {
+        (Family::V6, u128::from_be_bytes(a), 128)
+    } else {
+        return None;
+    };
+    let Some(bits) = bits else { return Some((fam, addr, width, false)) };
+    if bits.is_empty() || !bits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let len: u32 = bits.parse().ok().filter(|l| *l <= width)?;
+    let mask = if len == 0 { 0 } else { (u128::MAX >> (128 - width)) & (u128::MAX << (width - len)) };
+    Some((fam, addr & mask, len, addr & mask != addr))
+}
+
+/// The address a geo variable looks up: IPv4 (also from an IPv4-mapped IPv6 address),
+/// IPv6, or 255.255.255.255 when there is none.
+enum Lookup {
+    V4(u32),
+    V6(u128),
+}
+
+const INADDR_NONE: u32 = u32::MAX;
+
+fn lookup_addr(s: &mut SessionCore, source: Option<usize>) -> Lookup {
+    let ip = match source {
+        None => match &s.remote {
+            Addr::Inet(sa) => Some(sa.ip()),
+            Addr::Unix(_) => None,
+        },
+        Some(idx) => {
+            let mut v = Vec::new();
+            if eval_var(s, idx, &mut v) {
+                parse_addr(&v)
+            } else {
+                None
+            }
+        }
+    };
+    match ip {
+        Some(IpAddr::V4(a)) => Lookup::V4(u32::from(a)),
+        Some(IpAddr::V6(a)) => match a.octets() {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b0, b1, b2, b3] => {
+                Lookup::V4(u32::from_be_bytes([b0, b1, b2, b3]))
+            }
+            o => Lookup::V6(u128::from_be_bytes(o)),
+        },
+        None => Lookup::V4(INADDR_NONE),
+    }
+}
+
+/// The geo variable (`ngx_stream_geo_cidr_variable` / `ngx_stream_geo_range_variable`).
+fn var_geo(s: &mut SessionCore, data: usize, out: &mut Vec<u8>) -> bool {
+    let cycle = s.cycle.clone();
+    let Some(g) = cycle.stream.geo.geos.get(data) else { return false };
+    let at = lookup_addr(s, g.source);
+    let v = match &g.table {
+        Table::Cidr { v4, v6 } => match at {
+            Lookup::V4(a) => v4.find(u128::from(a)),
+            Lookup::V6(a) => v6.find(a),
+        },
+        Table::Ranges { low, default } => {
+            // Ranges are IPv4 only: an IPv6 address looks up 255.255.255.255.
+            let a = match at {
+                Lookup::V4(a) => a,
+                Lookup::V6(_) => INADDR_NONE,
+            };
+            let n = (a & 0xffff) as u16;
+            low.get(&((a >> 16) as u16))
+                .and_then(|rs| rs.iter().find(|r| n >= r.start && n <= r.end))
+                .map(|r| r.value)
+                .or(Some(*default))
+        }
+    };
+    if let Some(v) = v.and_then(|i| g.values.get(i)) {
+        out.extend_from_slice(v);
+    }
+    true
+}
+
+/// `ngx_parse_addr`: nginx's IPv4, then IPv6, readers.
+pub fn parse_addr(t: &[u8]) -> Option<IpAddr> {
+    match inet_addr(t) {
+        Some(a) => Some(IpAddr::from(a.to_be_bytes())),
+        None => inet6_addr(t).map(IpAddr::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_like_nginx() {
+        assert_eq!(inet_addr(b"127.0.0.1"), Some(0x7f00_0001));
+        assert_eq!(inet_addr(b"010.0.0.1"), Some(0x0a00_0001));
+        assert_eq!(inet_addr(b"1..2.3"), Some(0x0100_0203));
+        assert_eq!(inet_addr(b"1.2.3"), None);
+        assert_eq!(inet_addr(b"1.2.3.4.5"), None);
+        assert_eq!(inet_addr(b"1.2.3.256"), None);
+        assert_eq!(inet_addr(b"255.255.255.255"), None);
+    }
+
+    #[test]
+    fn ipv6_like_nginx() {
+        let p = |s: &str| inet6_addr(s.as_bytes()).map(std::net::Ipv6Addr::from);
+        for s in
+            ["::1", "::", "2001:db8::", "2001:db8::1:2", "1:2:3:4:5:6:7:8", "::ffff:192.0.2.1", "fe80::1:2:3:4:5:6"]
+        {
+            assert_eq!(p(s), s.parse().ok(), "{s}");
+        }
+        assert_eq!(p(":1:2:3:4:5:6:7:8"), "1:2:3:4:5:6:7:8".parse().ok());
+        for bad in ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::", "1:2:3:4:5:6:7", "1.2.3.4"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(matches!(ptocidr("10.0.0.0/8"), Some((Family::V4, 0x0a00_0000, 8, false))));
+        assert!(matches!(ptocidr("10.1.0.0/8"), Some((Family::V4, 0x0a00_0000, 8, true))));
+        assert!(matches!(ptocidr("1.2.3.4"), Some((Family::V4, 0x0102_0304, 32, false))));
+        assert!(ptocidr("1.2.3.4/33").is_none());
+        assert!(ptocidr("1.2.3.4/").is_none());
+        assert!(matches!(ptocidr("::/0"), Some((Family::V6, 0, 0, false))));
+        assert!(matches!(ptocidr("2001:db8::1/32"), Some((Family::V6, _, 32, true))));
+        assert!(ptocidr("::1/129").is_none());
+    }
+
+    #[test]
+    fn longest_prefix() {
+        let mut t = Prefixes::new(32);
+        assert!(t.insert(0x0a00_0000, 8, 1));
+        assert!(t.insert(0x0a01_0000, 16, 2));
+        assert!(!t.insert(0x0a00_0000, 8, 3));
+        assert_eq!(t.find(0x0a01_0203), Some(2));
+        assert_eq!(t.find(0x0a02_0203), Some(1));
+        assert_eq!(t.find(0x0b00_0000), None);
+        assert!(t.delete(0x0a01_0000, 16));
+        assert!(!t.delete(0x0a01_0000, 16));
+        assert_eq!(t.find(0x0a01_0203), Some(1));
+    }
+
+    #[test]
+    fn range_pieces() {
+        let p: Vec<_> = pieces(0x0a0a_0300, 0x0a0b_02ff).collect();
+        assert_eq!(p, vec![(0x0a0a, 0x0300, 0xffff), (0x0a0b, 0, 0x02ff)]);
+    }
 }

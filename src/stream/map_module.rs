@@ -1,14 +1,698 @@
-//! ngx_stream_map_module `map $src $var { ... }`, `map_hash_*`.
-//!
-//! Not implemented yet: the module is listed so that its file is the only one to change.
+//! ngx_stream_map_module: `map SOURCE $var { ... }` (exact keys, `default`, `hostnames`
+//! wildcards, `~` / `~*` regexes with captures, `include`, `volatile`),
+//! `map_hash_max_size`, `map_hash_bucket_size`. No phase: the variable is computed when
+//! first used and kept for the session (unless `volatile`).
 
-use crate::stream::module::{Directive, Module};
+use std::collections::{HashMap, HashSet};
+
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value;
+use crate::core::conf::{parser, Block, Cmd, ConfError, ConfResult, Level};
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::session::{Captures, SessionCore};
+use crate::stream::variables::{Complex, VarGet, Variables};
 
 pub struct Map;
 
+#[derive(Default)]
+pub struct MapMain {
+    maps: Vec<MapConf>,
+    /// nginx's NGX_CONF_UNSET until a directive or the first `map` sets them.
+    hash_max_size: Option<u64>,
+    hash_bucket_size: Option<u64>,
+}
+
+/// One `map` block, ready for lookups.
+struct MapConf {
+    source: Complex,
+    hostnames: bool,
+    values: Vec<Complex>,
+    default: Option<usize>,
+    /// Lowercased exact keys.
+    exact: HashMap<Vec<u8>, usize>,
+    /// `*.example.com` (false) and `.example.com` (true, also matches the name itself),
+    /// by the lowercased suffix "example.com".
+    head: HashMap<Vec<u8>, (usize, bool)>,
+    /// `www.example.*`, by the lowercased prefix "www.example".
+    tail: HashMap<Vec<u8>, usize>,
+    regexes: Vec<(StreamRegex, usize)>,
+}
+
+/// A map being read: the conflict checks of `ngx_hash_add_key` need more than lookups.
+#[derive(Default)]
+struct MapBuild {
+    hostnames: bool,
+    volatile: bool,
+    values: Vec<Complex>,
+    value_ids: HashMap<String, usize>,
+    default: Option<usize>,
+    exact: HashMap<Vec<u8>, usize>,
+    /// Exact keys in order, for the hash sizing check.
+    exact_keys: Vec<Vec<u8>>,
+    /// Names taken in the exact hash: exact keys and the "example.com" of ".example.com".
+    exact_names: HashSet<Vec<u8>>,
+    head: HashMap<Vec<u8>, (usize, bool)>,
+    tail: HashMap<Vec<u8>, usize>,
+    regexes: Vec<(StreamRegex, usize)>,
+}
+
 impl Module for Map {
     const NAME: &'static str = "stream_map";
-    type Main = ();
+    type Main = MapMain;
     type Srv = ();
-    const DIRECTIVES: &'static [Directive<Self>] = &[];
+    const DIRECTIVES: &'static [Directive<Self>] = &[
+        Directive { name: "map", ctx: Ctx::STREAM_MAIN, args: Arity::Block(2, 2), set: Set::Main(map_block) },
+        Directive {
+            name: "map_hash_max_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, cx| set_num(&mut cx.main.map.hash_max_size, cmd)),
+        },
+        Directive {
+            name: "map_hash_bucket_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, cx| set_num(&mut cx.main.map.hash_bucket_size, cmd)),
+        },
+    ];
+}
+
+/// nginx's `ngx_cacheline_size` on x86-64 (and its `NGX_CPU_CACHE_LINE` default).
+const CACHELINE: u64 = 64;
+
+/// The name after `$`, with nginx's errors.
+fn var_name<'a>(cmd: &Cmd, arg: &'a str) -> ConfResult<&'a str> {
+    match arg.strip_prefix('$') {
+        None => Err(cmd.err(format!("invalid variable name \"{}\"", arg))),
+        Some("") => Err(cmd.err("invalid variable name \"$\"")),
+        Some(name) => Ok(name),
+    }
+}
+
+/// `ngx_stream_add_variable(..., NGX_STREAM_VAR_CHANGEABLE)` with its duplicate check.
+fn add_variable(cmd: &Cmd, vars: &mut Variables, name: &str, get: VarGet, data: usize) -> ConfResult<usize> {
+    vars.define_changeable(name, get, data, false)
+        .ok_or_else(|| cmd.err(format!("the duplicate \"{}\" variable", name)))
+}
+
+/// `ngx_conf_set_num_slot`.
+fn set_num(slot: &mut Option<u64>, cmd: &Cmd) -> ConfResult {
+    if slot.is_some() {
+        return Err(cmd.duplicate());
+    }
+    *slot = Some(value::number(cmd)?);
+    Ok(())
+}
+
+fn map_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    // nginx fills the hash sizes in at the first `map`: a map_hash_* after it is a
+    // duplicate.
+    let mc = &mut cx.main.map;
+    let max_size = *mc.hash_max_size.get_or_insert(2048);
+    let bucket = match mc.hash_bucket_size {
+        None => CACHELINE,
+        Some(b) => b.div_ceil(CACHELINE).saturating_mul(CACHELINE),
+    };
+    mc.hash_bucket_size = Some(bucket);
+
+    let source = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+    let name = var_name(cmd, cmd.arg(1))?;
+    let data = cx.main.map.maps.len();
+    let var = add_variable(cmd, &mut cx.vars, name, var_map, data)?;
+
+    let mut b = MapBuild::default();
+    if let Some(inner) = &cmd.block {
+        entries(cx, &mut b, inner)?;
+    }
+    if !b.volatile {
+        cx.vars.set_cached(var);
+    }
+    if !b.exact_keys.is_empty() {
+        check_hash("map_hash", &b.exact_keys, max_size, bucket)?;
+    }
+    cx.main.map.maps.push(MapConf {
+        source,
+        hostnames: b.hostnames,
+        values: b.values,
+        default: b.default,
+        exact: b.exact,
+        head: b.head,
+        tail: b.tail,
+        regexes: b.regexes,
+    });
+    Ok(())
+}
+
+fn entries(cx: &mut ConfCx, b: &mut MapBuild, block: &Block) -> ConfResult {
+    for c in &block.cmds {
+        entry(cx, b, c)?;
+    }
+    match &block.error {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
+}
+
+fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
+    if c.block.is_some() {
+        return Err(c.err("unexpected \"{\""));
+    }
+    let key = c.name.as_str();
+    if c.args.is_empty() && key == "hostnames" {
+        b.hostnames = true;
+        return Ok(());
+    }
+    if c.args.is_empty() && key == "volatile" {
+        b.volatile = true;
+        return Ok(());
+    }
+    if c.args.len() != 1 {
+        return Err(c.err("invalid number of the map parameters"));
+    }
+    let text = c.arg(0);
+    if key == "include" {
+        return include(cx, c, text, |cx, blk| entries(cx, b, blk));
+    }
+    let value = match b.value_ids.get(text) {
+        Some(&i) => i,
+        None => {
+            let v = Complex::compile(text, c, &mut cx.vars)?;
+            b.values.push(v);
+            b.value_ids.insert(text.to_string(), b.values.len() - 1);
+            b.values.len() - 1
+        }
+    };
+    if key == "default" {
+        if b.default.is_some() {
+            return Err(c.err("duplicate default map parameter"));
+        }
+        b.default = Some(value);
+        return Ok(());
+    }
+    if let Some(pattern) = key.strip_prefix('~') {
+        let (pattern, caseless) = match pattern.strip_prefix('*') {
+            Some(p) => (p, true),
+            None => (pattern, false),
+        };
+        let re = regex_compile(pattern, caseless, c, &mut cx.vars)?;
+        b.regexes.push((re, value));
+        return Ok(());
+    }
+    let key = key.strip_prefix('\\').unwrap_or(key);
+    match b.add_key(key.as_bytes(), value) {
+        Ok(()) => Ok(()),
+        Err(AddKey::Invalid) => Err(c.err(format!("invalid hostname or wildcard \"{}\"", key))),
+        Err(AddKey::Busy) => Err(c.err(format!("conflicting parameter \"{}\"", key.to_ascii_lowercase()))),
+    }
+}
+
+/// `include FILE` inside a block read by its own handler (`ngx_conf_include`): a glob,
+/// relative to the configuration's directory; each file is read as more entries.
+fn include(
+    cx: &mut ConfCx,
+    c: &Cmd,
+    name: &str,
+    mut each: impl FnMut(&mut ConfCx, &Block) -> ConfResult,
+) -> ConfResult {
+    let pattern = cx.conf_full_name(name);
+    let names = if pattern.contains(['*', '?', '[']) {
+        crate::core::glob::glob(&pattern)
+            .map_err(|e| c.err(format!("glob() \"{}\" failed {}", pattern, crate::core::conf::os_err(&e))))?
+    } else {
+        vec![pattern]
+    };
+    for n in names {
+        let (file, blk) = parser::parse_file(&n, Some(c))?;
+        cx.files.push(file);
+        each(cx, &blk)?;
+    }
+    Ok(())
+}
+
+enum AddKey {
+    Invalid,
+    Busy,
+}
+
+impl MapBuild {
+    /// `ngx_hash_add_key`, with `NGX_HASH_WILDCARD_KEY` after `hostnames`.
+    fn add_key(&mut self, key: &[u8], value: usize) -> Result<(), AddKey> {
+        let lower = key.to_ascii_lowercase();
+        if self.hostnames {
+            let stars = key.iter().filter(|&&c| c == b'*').count();
+            if stars > 1 || key.windows(2).any(|w| w == b"..") || key.contains(&0) {
+                return Err(AddKey::Invalid);
+            }
+            if key.len() > 1 && key.first() == Some(&b'.') {
+                let base = lower.get(1..).unwrap_or_default().to_vec();
+                if !self.exact_names.insert(base.clone()) {
+                    return Err(AddKey::Busy);
+                }
+                return self.add_head(base, value, true);
+            }
+            if key.len() > 2 {
+                if key.starts_with(b"*.") {
+                    let base = lower.get(2..).unwrap_or_default().to_vec();
+                    return self.add_head(base, value, false);
+                }
+                if key.ends_with(b".*") {
+                    let base = lower.get(..lower.len() - 2).unwrap_or_default().to_vec();
+                    if self.tail.contains_key(&base) {
+                        return Err(AddKey::Busy);
+                    }
+                    self.tail.insert(base, value);
+                    return Ok(());
+                }
+            }
+            if stars > 0 {
+                return Err(AddKey::Invalid);
+            }
+        }
+        if !self.exact_names.insert(lower.clone()) {
+            return Err(AddKey::Busy);
+        }
+        self.exact_keys.push(lower.clone());
+        self.exact.insert(lower, value);
+        Ok(())
+    }
+
+    fn add_head(&mut self, base: Vec<u8>, value: usize, with_name: bool) -> Result<(), AddKey> {
+        if self.head.contains_key(&base) {
+            return Err(AddKey::Busy);
+        }
+        self.head.insert(base, (value, with_name));
+        Ok(())
+    }
+}
+
+/// nginx's `ngx_hash` step.
+fn hash_step(k: u64, c: u8) -> u64 {
+    k.wrapping_mul(31).wrapping_add(u64::from(c))
+}
+
+/// `NGX_HASH_ELT_SIZE`: a value pointer, a length and the key, pointer-aligned.
+fn elt_size(key: &[u8]) -> u64 {
+    8 + (key.len() as u64 + 2).div_ceil(8) * 8
+}
+
+/// The checks and the size search of `ngx_hash_init` for the exact keys: its errors
+/// (without a position, as nginx logs them) and its "could not build optimal" warning.
+fn check_hash(name: &str, keys: &[Vec<u8>], max_size: u64, bucket_size: u64) -> ConfResult {
+    if max_size == 0 {
+        return Err(ConfError::bare(format!(
+            "could not build {n}, you should increase {n}_max_size: {}",
+            max_size,
+            n = name
+        )));
+    }
+    if bucket_size > 65536 - CACHELINE {
+        return Err(ConfError::bare(format!(
+            "could not build {n}, too large {n}_bucket_size: {}",
+            bucket_size,
+            n = name
+        )));
+    }
+    if keys.iter().any(|k| bucket_size < elt_size(k) + 8) {
+        return Err(ConfError::bare(format!(
+            "could not build {n}, you should increase {n}_bucket_size: {}",
+            bucket_size,
+            n = name
+        )));
+    }
+    let hashes: Vec<(u64, u64)> =
+        keys.iter().map(|k| (k.iter().fold(0, |h, &c| hash_step(h, c)), elt_size(k))).collect();
+    let nelts = keys.len() as u64;
+    let usable = bucket_size - 8;
+    let mut start = nelts / (usable / 16).max(1);
+    if start == 0 {
+        start = 1;
+    }
+    if max_size > 10000 && max_size / nelts < 100 {
+        start = max_size - 1000;
+    }
+    let mut test: Vec<u64> = Vec::new();
+    for size in start..=max_size {
+        test.clear();
+        test.resize(size as usize, 0);
+        let fits = hashes.iter().all(|&(h, len)| {
+            let Some(slot) = test.get_mut((h % size) as usize) else { return false };
+            *slot += len;
+            *slot <= usable
+        });
+        if fits {
+            return Ok(());
+        }
+    }
+    crate::core::log::error(
+        Level::Warn,
+        &format!(
+            "could not build optimal {n}, you should increase either {n}_max_size: {} or {n}_bucket_size: {}; \
+             ignoring {n}_bucket_size",
+            max_size,
+            bucket_size,
+            n = name
+        ),
+        None,
+    );
+    Ok(())
+}
+
+/// The map variable (`ngx_stream_map_variable`).
+fn var_map(s: &mut SessionCore, data: usize, out: &mut Vec<u8>) -> bool {
+    let cycle = s.cycle.clone();
+    let Some(m) = cycle.stream.map.maps.get(data) else { return false };
+    let mut val = Vec::new();
+    m.source.eval(s, &mut val);
+    if m.hostnames && val.last() == Some(&b'.') {
+        val.pop();
+    }
+    let found = m.find(s, &val).or(m.default);
+    if let Some(v) = found.and_then(|i| m.values.get(i)) {
+        v.eval(s, out);
+    }
+    true
+}
+
+impl MapConf {
+    /// `ngx_stream_map_find`: exact (case-insensitive), wildcards, then regexes in order.
+    fn find(&self, s: &mut SessionCore, val: &[u8]) -> Option<usize> {
+        let low = val.to_ascii_lowercase();
+        if let Some(&v) = self.exact.get(&low) {
+            return Some(v);
+        }
+        if val.is_empty() {
+            return None;
+        }
+        if !self.head.is_empty() {
+            // The longest suffix wins; the name itself only for ".example.com".
+            if let Some(&(v, true)) = self.head.get(&low) {
+                return Some(v);
+            }
+            for (i, &c) in low.iter().enumerate() {
+                if c == b'.' {
+                    if let Some(&(v, _)) = low.get(i + 1..).and_then(|suffix| self.head.get(suffix)) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        if !self.tail.is_empty() {
+            // The longest prefix followed by a dot wins.
+            for (i, &c) in low.iter().enumerate().rev() {
+                if c == b'.' {
+                    if let Some(&v) = low.get(..i).and_then(|prefix| self.tail.get(prefix)) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        for (re, v) in &self.regexes {
+            if re.exec(s, val) {
+                return Some(*v);
+            }
+        }
+        None
+    }
+}
+
+/// A compiled `~` pattern (`ngx_stream_regex_t`): nginx's PCRE, here the `regex` crate
+/// on bytes without Unicode (as PCRE without UTF), with the named groups' variables.
+pub struct StreamRegex {
+    re: regex::bytes::Regex,
+    /// Named groups: (group number, variable index).
+    named: Vec<(usize, usize)>,
+}
+
+/// `ngx_stream_regex_compile`: compile, with PCRE2's messages for the common mistakes,
+/// and declare a variable per named group.
+pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variables) -> ConfResult<StreamRegex> {
+    if let Some((msg, at)) = pcre_syntax_error(pattern) {
+        let rest = pattern.get(at..).unwrap_or("");
+        return Err(if at >= pattern.len() {
+            cmd.err(format!("pcre2_compile() failed: {} in \"{}\"", msg, pattern))
+        } else {
+            cmd.err(format!("pcre2_compile() failed: {} in \"{}\" at \"{}\"", msg, pattern, rest))
+        });
+    }
+    let re =
+        regex::bytes::RegexBuilder::new(pattern).case_insensitive(caseless).unicode(false).build().map_err(|e| {
+            cmd.err(format!(
+                "regex \"{}\" compilation failed: {} (sluice matches with the Rust regex syntax)",
+                pattern,
+                short_error(&e)
+            ))
+        })?;
+    let mut named = Vec::new();
+    for (i, n) in re.capture_names().enumerate() {
+        if let Some(n) = n {
+            let idx = add_variable(cmd, vars, n, var_not_found, 0)?;
+            named.push((i, idx));
+        }
+    }
+    Ok(StreamRegex { re, named })
+}
+
+fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
+    false
+}
+
+/// The one-line reason of a `regex` error (its syntax errors quote the pattern).
+fn short_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.lines().last().unwrap_or("").to_string())
+}
+
+/// The errors PCRE2 reports for unbalanced groups and classes, misplaced quantifiers
+/// and a trailing backslash: its message and offset (`pattern.len()` when at the end).
+fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
+    let b = p.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Whether the previous item can take a quantifier.
+    let mut repeatable = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\\' => {
+                if i + 1 >= b.len() {
+                    return Some(("\\ at end of pattern", b.len()));
+                }
+                i += 2;
+                repeatable = true;
+                continue;
+            }
+            b'[' => {
+                let mut j = i + 1;
+                if b.get(j) == Some(&b'^') {
+                    j += 1;
+                }
+                if b.get(j) == Some(&b']') {
+                    j += 1;
+                }
+                loop {
+                    match b.get(j) {
+                        None => return Some(("missing terminating ] for character class", b.len())),
+                        Some(b'\\') => j += 2,
+                        Some(b'[') if b.get(j + 1) == Some(&b':') => {
+                            // A POSIX class [:alpha:].
+                            match p.get(j + 2..).and_then(|r| r.find(":]")) {
+                                Some(k) => j += k + 4,
+                                None => j += 1,
+                            }
+                        }
+                        Some(b']') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j + 1;
+                repeatable = true;
+                continue;
+            }
+            b'(' => {
+                depth += 1;
+                repeatable = false;
+                // Skip a group's "?:", "?<name>", "?P<name>", "?i" ... opening.
+                if b.get(i + 1) == Some(&b'?') {
+                    i += 2;
+                    continue;
+                }
+            }
+            b')' => {
+                if depth == 0 {
+                    return Some(("unmatched closing parenthesis", i));
+                }
+                depth -= 1;
+                repeatable = true;
+            }
+            b'|' => repeatable = false,
+            b'*' | b'+' | b'?' => {
+                if !repeatable {
+                    return Some(("quantifier does not follow a repeatable item", i));
+                }
+                // A lazy or possessive suffix.
+                if matches!(b.get(i + 1), Some(b'?') | Some(b'+')) {
+                    i += 1;
+                }
+                repeatable = false;
+            }
+            b'{' => {
+                if let Some((lo, hi, len)) = quantifier(&b[i..]) {
+                    if !repeatable {
+                        return Some(("quantifier does not follow a repeatable item", i));
+                    }
+                    if hi.is_some_and(|h| h < lo) {
+                        return Some(("numbers out of order in {} quantifier", i + len - 1));
+                    }
+                    i += len;
+                    if matches!(b.get(i), Some(b'?') | Some(b'+')) {
+                        i += 1;
+                    }
+                    repeatable = false;
+                    continue;
+                }
+                repeatable = true;
+            }
+            b'^' | b'$' => repeatable = false,
+            _ => repeatable = true,
+        }
+        i += 1;
+    }
+    if depth > 0 {
+        return Some(("missing closing parenthesis", b.len()));
+    }
+    None
+}
+
+/// `{n}`, `{n,}`, `{n,m}` at the start of `b`: (n, m, length).
+fn quantifier(b: &[u8]) -> Option<(u64, Option<u64>, usize)> {
+    let end = b.iter().position(|&c| c == b'}')?;
+    let inner = std::str::from_utf8(b.get(1..end)?).ok()?;
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    match inner.split_once(',') {
+        None => Some((num(inner)?, num(inner), end + 1)),
+        Some((lo, "")) => Some((num(lo)?, None, end + 1)),
+        Some((lo, hi)) => Some((num(lo)?, Some(num(hi)?), end + 1)),
+    }
+}
+
+impl StreamRegex {
+    /// `ngx_stream_regex_exec`: on a match the session's captures ($1..$9) become this
+    /// match's, and the named groups' variables are set.
+    pub fn exec(&self, s: &mut SessionCore, subject: &[u8]) -> bool {
+        let mut locs = self.re.capture_locations();
+        if self.re.captures_read(&mut locs, subject).is_none() {
+            return false;
+        }
+        let groups: Vec<Option<(usize, usize)>> = (0..locs.len()).map(|i| locs.get(i)).collect();
+        for &(g, idx) in &self.named {
+            let v = groups
+                .get(g)
+                .copied()
+                .flatten()
+                .and_then(|(a, b)| subject.get(a..b))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            store(s, idx, v);
+        }
+        s.captures = Captures { subject: subject.to_vec(), groups };
+        true
+    }
+}
+
+/// Keep a value of variable `idx` for the rest of the session.
+fn store(s: &mut SessionCore, idx: usize, v: Vec<u8>) {
+    if s.var_cache.len() <= idx {
+        s.var_cache.resize(idx + 1, None);
+    }
+    if let Some(slot) = s.var_cache.get_mut(idx) {
+        *slot = Some(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcre_errors() {
+        assert_eq!(pcre_syntax_error("(abc"), Some(("missing closing parenthesis", 4)));
+        assert_eq!(pcre_syntax_error("abc)"), Some(("unmatched closing parenthesis", 3)));
+        assert_eq!(pcre_syntax_error("+abc"), Some(("quantifier does not follow a repeatable item", 0)));
+        assert_eq!(pcre_syntax_error("a**"), Some(("quantifier does not follow a repeatable item", 2)));
+        assert_eq!(pcre_syntax_error("[abc"), Some(("missing terminating ] for character class", 4)));
+        assert_eq!(pcre_syntax_error("a{2,1}"), Some(("numbers out of order in {} quantifier", 5)));
+        assert_eq!(pcre_syntax_error("a(?<n>b"), Some(("missing closing parenthesis", 7)));
+        for ok in ["^127\\.(\\d+)$", "[]a]", "[^]]x", "a{2}b+?", "(?i)x|y*", "[[:alpha:]]+", "\\(", "a{,3}", "x{"] {
+            assert_eq!(pcre_syntax_error(ok), None, "{ok}");
+        }
+    }
+
+    fn cmd() -> Cmd {
+        Cmd { name: "~x".into(), args: vec![], block: None, file: std::rc::Rc::from("t.conf"), line: 3 }
+    }
+
+    #[test]
+    fn bytes_without_unicode_like_pcre() {
+        let mut v = Variables::default();
+        let re = regex_compile("^caf\u{e9}.$", true, &cmd(), &mut v).unwrap().re;
+        assert!(re.is_match(b"CAF\xc3\xa9\xff"));
+        assert!(re.is_match(b"caf\xc3\xa9\xff"));
+        assert!(!re.is_match(b"caf\xc3\xa9\n"));
+        let d = regex_compile("\\d+", false, &cmd(), &mut v).unwrap().re;
+        assert!(!d.is_match("\u{661}".as_bytes()));
+        let named = regex_compile("(?P<a>x)(?<b>y)", false, &cmd(), &mut v).unwrap();
+        assert_eq!(named.named.len(), 2);
+        assert!(v.is_defined("a") && v.is_defined("b"));
+        let e = regex_compile("(?=a)b", false, &cmd(), &mut v).err().unwrap().to_string();
+        assert!(e.starts_with("regex \"(?=a)b\" compilation failed: look-around"), "{e}");
+        assert!(e.ends_with(" in t.conf:3"), "{e}");
+        let e = regex_compile("(a", false, &cmd(), &mut v).err().unwrap().to_string();
+        assert_eq!(e, "pcre2_compile() failed: missing closing parenthesis in \"(a\" in t.conf:3");
+    }
+
+    #[test]
+    fn hash_sizes() {
+        let keys: Vec<Vec<u8>> = vec![b"a".to_vec(); 1];
+        assert!(check_hash("map_hash", &keys, 2048, 64).is_ok());
+        let long = vec![vec![b'x'; 47]];
+        assert_eq!(
+            check_hash("map_hash", &long, 2048, 64).unwrap_err().to_string(),
+            "could not build map_hash, you should increase map_hash_bucket_size: 64"
+        );
+        assert!(check_hash("map_hash", &[vec![b'x'; 46]], 2048, 64).is_ok());
+    }
+
+    #[test]
+    fn wildcard_keys() {
+        let mut b = MapBuild { hostnames: true, ..Default::default() };
+        assert!(b.add_key(b".Example.com", 0).is_ok());
+        assert!(matches!(b.add_key(b"example.com", 1), Err(AddKey::Busy)));
+        assert!(matches!(b.add_key(b"*.example.com", 1), Err(AddKey::Busy)));
+        assert!(matches!(b.add_key(b"a.*.com", 1), Err(AddKey::Invalid)));
+        assert!(matches!(b.add_key(b"a..com", 1), Err(AddKey::Invalid)));
+        assert!(matches!(b.add_key(b"*", 1), Err(AddKey::Invalid)));
+        assert!(b.add_key(b"www.example.*", 2).is_ok());
+        assert!(b.add_key(b"*.b.example.com", 3).is_ok());
+        let m = MapConf {
+            source: Complex::default(),
+            hostnames: true,
+            values: Vec::new(),
+            default: None,
+            exact: b.exact,
+            head: b.head,
+            tail: b.tail,
+            regexes: Vec::new(),
+        };
+        assert_eq!(m.head.get(&b"example.com"[..]), Some(&(0, true)));
+        assert_eq!(m.tail.get(&b"www.example"[..]), Some(&2));
+    }
 }

@@ -592,6 +592,12 @@ impl ProxySession {
             2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, self.udp)),
             _ => None,
         };
+        // Bytes the preread phase read go first (nginx sends its preread buffer without
+        // counting it in $bytes_received).
+        if !self.udp && !s.preread.is_empty() {
+            let pre = std::mem::take(&mut s.preread);
+            self.down.prepend(&pre);
+        }
         if let Some(h) = pp {
             if self.udp {
                 // nginx sends it in front of the first datagram.

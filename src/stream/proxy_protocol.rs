@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::core::addr::Addr;
 
-/// nginx reads at most this much looking for a header.
-pub const MAX_HEADER: usize = 4096;
+/// nginx 1.22.1 reads at most this much looking for a header (the longest v1 line);
+/// later nginx reads up to 4096 bytes, which larger v2 TLVs need.
+pub const MAX_HEADER: usize = 107;
 
 const SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V2_HEADER: usize = 16;
@@ -35,9 +36,9 @@ pub enum Parsed {
     Invalid(Option<String>),
 }
 
+/// nginx 1.22.1 logs every byte it read (later versions stop at the line end).
 fn broken(buf: &[u8]) -> Parsed {
-    let end = buf.iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(buf.len());
-    Parsed::Invalid(Some(format!("broken header: \"{}\"", String::from_utf8_lossy(&buf[..end]))))
+    Parsed::Invalid(Some(format!("broken header: \"{}\"", String::from_utf8_lossy(buf))))
 }
 
 /// `ngx_proxy_protocol_read`.
@@ -204,7 +205,8 @@ pub fn get_tlv(h: &ProxyHeader, name: &str) -> Result<Option<Vec<u8>>, String> {
     if let Some(sub) = name.strip_prefix("ssl_") {
         let Some(ssl) = lookup(&h.tlvs, 0x20)? else { return Ok(None) };
         if ssl.len() < 5 {
-            return Err("broken PROXY protocol TLV".into());
+            // nginx fails here without a log line.
+            return Ok(None);
         }
         if sub == "verify" {
             let v = u32::from_be_bytes([ssl[1], ssl[2], ssl[3], ssl[4]]);
@@ -215,9 +217,14 @@ pub fn get_tlv(h: &ProxyHeader, name: &str) -> Result<Option<Vec<u8>>, String> {
         ssl_sub = true;
     }
     let ty = if let Some(hex) = n.strip_prefix("0x") {
-        match u8::from_str_radix(hex, 16) {
-            Ok(t) if !hex.is_empty() => t,
-            _ => return Err(format!("invalid PROXY protocol TLV \"{}\"", name)),
+        // nginx's ngx_hextoi: hex digits only; a number past one byte never matches.
+        if hex.is_empty() || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("invalid PROXY protocol TLV \"{}\"", name));
+        }
+        match u8::from_str_radix(hex.trim_start_matches('0'), 16) {
+            Ok(t) => t,
+            Err(_) if hex.trim_start_matches('0').is_empty() => 0,
+            Err(_) => return Ok(None),
         }
     } else {
         let table: &[(&str, u8)] = if ssl_sub {
@@ -328,7 +335,8 @@ mod tests {
             other => panic!("{:?}", other),
         }
         assert_eq!(read(b"PROXY UNKNOWN\r\nx"), Parsed::Header { len: 15, header: None });
-        assert_eq!(read(b"GET / HTTP/1.0\r\n"), Parsed::Invalid(Some("broken header: \"GET / HTTP/1.0\"".into())));
+        // nginx 1.22.1 logs every byte it read, line end included.
+        assert_eq!(read(b"GET / HTTP/1.0\r\n"), Parsed::Invalid(Some("broken header: \"GET / HTTP/1.0\r\n\"".into())));
         assert!(matches!(read(b"PROXY TCP4 1.1.1.1 2.2.2.2 70000 1\r\n"), Parsed::Invalid(_)));
         assert!(matches!(read(b"PROXY TCP4 1.1.1.1 2.2.2.2 1 1"), Parsed::Invalid(_)));
         assert!(matches!(read(b"PROXY TCP5 1.1.1.1 2.2.2.2 1 1\r\n"), Parsed::Invalid(_)));

@@ -77,6 +77,7 @@ impl ReturnSession {
 
 impl Content for ReturnSession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        s.action = Some("returning text");
         let srv = s.srv.clone();
         if let Some(t) = &srv.confs.return_.text {
             t.eval(s, &mut self.out);

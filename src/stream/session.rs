@@ -126,10 +126,17 @@ pub struct SessionCore {
     pub cleanups: Vec<Cleanup>,
     /// Set by `pass`: hand the connection to the listener of this address.
     pub pass_to: Option<Addr>,
+    /// How many times `pass` has handed this connection over (nginx allows 10).
+    pub passes: u8,
+    /// `$limit_conn_status` (nginx's `s->limit_conn_status`): 0 none, 1 PASSED,
+    /// 2 REJECTED, 3 REJECTED_DRY_RUN.
+    pub limit_conn_status: u8,
     /// The PROXY protocol header the client sent (`listen ... proxy_protocol`), and
     /// whether it is still to be read.
     pub proxy_protocol: Option<crate::stream::proxy_protocol::ProxyHeader>,
     pub pp_pending: bool,
+    /// Modules' per-session state, one value per type (nginx's module ctx).
+    pub ctx: Vec<Box<dyn std::any::Any>>,
 }
 
 impl LogContext for SessionCore {
@@ -154,6 +161,18 @@ impl LogContext for SessionCore {
 }
 
 impl SessionCore {
+    /// A module's per-session state, if it set one.
+    pub fn ctx<T: 'static>(&self) -> Option<&T> {
+        self.ctx.iter().find_map(|b| b.downcast_ref::<T>())
+    }
+
+    pub fn set_ctx<T: 'static>(&mut self, v: T) {
+        match self.ctx.iter_mut().find(|b| b.is::<T>()) {
+            Some(b) => *b = Box::new(v),
+            None => self.ctx.push(Box::new(v)),
+        }
+    }
+
     pub fn log_enabled(&self, level: Level) -> bool {
         self.srv.error_log.enabled(level)
     }
@@ -206,42 +225,57 @@ pub fn write_msec(out: &mut Vec<u8>, d: Duration) {
     let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
 }
 
-/// The preread checker (`ngx_stream_preread_peek`): look at the client's bytes and ask
-/// the handler; keep waiting while it says `Again` and the buffer has room.
-pub fn preread_step(s: &mut SessionCore, _cx: &mut Cx<'_>, h: PhaseHandler) -> Flow {
+/// The preread checker (nginx 1.22.1's `ngx_stream_core_preread_phase`): read the
+/// client's bytes into the preread buffer (they are forwarded before relaying starts)
+/// and ask the handler; keep waiting while it says `Again` and the buffer has room.
+pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Flow {
+    s.action = Some("prereading client data");
     // A UDP session's preread data is its first datagram.
     if s.client.is_udp() {
         s.preread = s.udp_queue.front().cloned().unwrap_or_default();
-        let rc = h(s, _cx);
+        let rc = h(s, cx);
         s.preread.clear();
         return if rc == Flow::Again { Flow::Next } else { rc };
     }
+    // The handler is asked first with what was read so far (nothing, at first), so a
+    // handler with nothing to do declines before any byte is awaited.
+    if s.preread_timer.is_none() {
+        let rc = h(s, cx);
+        if rc != Flow::Again {
+            return rc;
+        }
+    }
     let size = s.srv.core().preread_buffer_size;
-    s.preread.resize(size, 0);
-    let n = match s.client.peek(&mut s.preread) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            s.preread.clear();
-            return Flow::Again;
+    loop {
+        let have = s.preread.len();
+        if have >= size {
+            s.log(Level::Error, "preread buffer full", None);
+            return Flow::Finalize(status::BAD_REQUEST);
         }
-        Err(e) => {
-            s.preread.clear();
-            s.connection_error(Side::Client, &e, "recv() failed");
-            return Flow::Next;
+        s.preread.resize(size, 0);
+        let r = std::io::Read::read(&mut s.client, &mut s.preread[have..]);
+        match r {
+            Ok(0) => {
+                s.preread.truncate(have);
+                // The client closed before the handler was satisfied.
+                return Flow::Finalize(status::OK);
+            }
+            Ok(n) => s.preread.truncate(have + n),
+            Err(e) => {
+                s.preread.truncate(have);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Flow::Again;
+                }
+                if e.kind() != io::ErrorKind::Interrupted {
+                    s.connection_error(Side::Client, &e, "recv() failed");
+                    return Flow::Finalize(status::OK);
+                }
+                continue;
+            }
         }
-    };
-    s.preread.truncate(n);
-    if n == 0 {
-        return Flow::Next;
+        let rc = h(s, cx);
+        if rc != Flow::Again {
+            return rc;
+        }
     }
-    let rc = h(s, _cx);
-    if rc != Flow::Again {
-        s.preread.clear();
-        return rc;
-    }
-    if n == size {
-        s.log(Level::Error, "preread buffer full", None);
-        return Flow::Finalize(status::BAD_REQUEST);
-    }
-    Flow::Again
 }

@@ -21,6 +21,9 @@ pub struct VarDef {
     pub prefix: bool,
     /// The value is kept per session after the first evaluation (map, geo, set).
     pub cached: bool,
+    /// Made by a directive (map, geo, split_clients, set, a regex's named capture):
+    /// nginx's `NGX_STREAM_VAR_CHANGEABLE`.
+    pub changeable: bool,
 }
 
 /// Where a variable was first referenced, for nginx's `unknown "x" variable`.
@@ -51,6 +54,25 @@ impl Variables {
         idx
     }
 
+    /// Declare a variable made by a directive (nginx's `NGX_STREAM_VAR_CHANGEABLE`):
+    /// `None` if NAME is a built-in variable ("the duplicate ... variable"). A later
+    /// declaration replaces the getter (and its caching), as in nginx; a `weak` one
+    /// (`set`) only fills a missing getter.
+    pub fn define_changeable(&mut self, name: &str, get: VarGet, data: usize, weak: bool) -> Option<usize> {
+        let idx = self.index_of(name);
+        let d = &mut self.defs[idx];
+        if d.get.is_some() && !d.changeable {
+            return None;
+        }
+        d.changeable = true;
+        if !weak || d.get.is_none() {
+            d.get = Some(get);
+            d.data = data;
+            d.cached = false;
+        }
+        Some(idx)
+    }
+
     pub fn define_prefix(&mut self, name: &str, get: VarGet) {
         let idx = self.index_of(name);
         self.defs[idx].get = Some(get);
@@ -72,7 +94,14 @@ impl Variables {
             return i;
         }
         let i = self.defs.len();
-        self.defs.push(VarDef { name: name.to_string(), get: None, data: 0, prefix: false, cached: false });
+        self.defs.push(VarDef {
+            name: name.to_string(),
+            get: None,
+            data: 0,
+            prefix: false,
+            cached: false,
+            changeable: false,
+        });
         self.by_name.insert(name.to_string(), i);
         i
     }
@@ -127,11 +156,13 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     let cycle = s.cycle.clone();
     let Some(def) = cycle.vars.def(idx) else { return false };
     let Some(get) = def.get else { return false };
+    // A value stored for this session (`set`, a regex's named capture, a cached
+    // variable's first evaluation) wins over the getter.
+    if let Some(Some(v)) = s.var_cache.get(idx) {
+        out.extend_from_slice(v);
+        return true;
+    }
     if def.cached {
-        if let Some(Some(v)) = s.var_cache.get(idx) {
-            out.extend_from_slice(v);
-            return true;
-        }
         let start = out.len();
         let found = get(s, def.data, out);
         if s.var_cache.len() <= idx {
@@ -174,6 +205,15 @@ impl Complex {
                 continue;
             }
             i += 1;
+            // `$1`..`$9` are one digit: "$1x" is capture 1, then "x" (nginx's scripts).
+            if let Some(&d) = b.get(i).filter(|d| (b'1'..=b'9').contains(*d)) {
+                if !lit.is_empty() {
+                    parts.push(Part::Lit(std::mem::take(&mut lit)));
+                }
+                parts.push(Part::Var(vars.reference(&char::from(d).to_string(), Some(cmd))));
+                i += 1;
+                continue;
+            }
             let (name, next) = if b.get(i) == Some(&b'{') {
                 let start = i + 1;
                 let mut j = start;

@@ -28,6 +28,8 @@ use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTE
 const ACCEPTS_PER_WAKEUP: usize = 64;
 /// The signal pipe's token: below the listener range, above any session token.
 const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
+/// Session slots kept while idle; beyond this the table is shrunk when it empties.
+const IDLE_CAPACITY: usize = 1024;
 /// The largest datagram (a UDP payload is at most 65,507 bytes over IPv4).
 const UDP_MAX: usize = 65536;
 /// Datagrams a UDP session may have queued; more are dropped (and counted).
@@ -239,6 +241,9 @@ impl Worker {
             if self.accept_paused.is_some_and(|at| at <= now) || (self.accept_paused.is_some() && room_back) {
                 self.resume_accept();
             }
+            if self.sessions.is_empty() && self.sessions.capacity() > IDLE_CAPACITY {
+                self.release_idle_memory();
+            }
             if self.quitting && self.sessions.is_empty() {
                 if self.role == Role::Worker {
                     crate::core::log::error(Level::Notice, "exiting", None);
@@ -435,13 +440,13 @@ impl Worker {
         mut conn: Conn,
         remote: Addr,
         first: Option<&[u8]>,
-        passed: Option<(Addr, u64)>,
+        passed: Option<(Addr, u64, u8)>,
         now: Instant,
     ) {
         let Some(ls) = self.cycle.listening.get(idx) else { return };
         let conn_is_udp = conn.is_udp();
         let local = match (&passed, &ls.addr) {
-            (Some((a, _)), _) => a.clone(),
+            (Some((a, _, _)), _) => a.clone(),
             (None, Addr::Inet(a)) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
             (None, a) => a.clone(),
         };
@@ -451,9 +456,9 @@ impl Worker {
             Addr::Unix(_) => Addr::Unix(Default::default()),
             a => a,
         };
-        let id = match passed {
-            Some((_, n)) => n,
-            None => self.rt.next_connection(),
+        let (id, passes) = match passed {
+            Some((_, n, p)) => (n, p),
+            None => (self.rt.next_connection(), 0),
         };
         let entry = self.sessions.vacant_entry();
         // The session's id carries a generation beside its slot, so that an event or a
@@ -482,7 +487,7 @@ impl Worker {
             received: 0,
             sent: 0,
             upstream_states: Vec::new(),
-            action: None,
+            action: Some("initializing session"),
             proxy_log: None,
             phase: 0,
             preread: Vec::new(),
@@ -495,7 +500,10 @@ impl Worker {
             captures: Default::default(),
             cleanups: Vec::new(),
             pass_to: None,
+            passes,
+            limit_conn_status: 0,
             proxy_protocol: None,
+            ctx: Vec::new(),
             pp_pending: ls.opts.proxy_protocol && !conn_is_udp,
         };
         let mut core = core;
@@ -602,11 +610,10 @@ impl Worker {
                     return;
                 }
                 if sess.core.preread_timer == Some(id) {
-                    // ngx_stream_core_preread_phase: a timeout ends the preread phase.
+                    // A preread timeout ends the session, as nginx 1.22.1 does (recorded:
+                    // status 200, nothing sent).
                     sess.core.preread_timer = None;
-                    let cycle = sess.core.cycle.clone();
-                    cycle.phases.skip_phase(&mut sess.core);
-                    self.run_phases(key, now);
+                    self.finalize(key, status::OK, now);
                 }
                 return;
             }
@@ -614,6 +621,18 @@ impl Worker {
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
+        }
+    }
+
+    /// Idle after a burst: give the session table's and the allocator's high-water memory
+    /// back to the system.
+    fn release_idle_memory(&mut self) {
+        self.sessions.shrink_to_fit();
+        self.rt.udp_sessions.shrink_to_fit();
+        self.udp_buf = Vec::new();
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 
@@ -650,7 +669,7 @@ impl Worker {
         let Some(sess) = self.sessions.try_remove(key & KEY_MASK) else { return };
         let Session { core, state } = sess;
         drop(state);
-        let SessionCore { mut client, remote, id, cleanups, .. } = core;
+        let SessionCore { mut client, remote, id, cleanups, passes, .. } = core;
         // nginx keeps the first server's per-connection state (limit_conn counts) until
         // the connection closes; here it is released at the hand-over.
         for c in cleanups {
@@ -658,7 +677,7 @@ impl Worker {
         }
         let _ = client.deregister(self.poll.registry());
         self.rt.conns = self.rt.conns.saturating_sub(1);
-        self.init_session(idx, client, remote, None, Some((addr, id)), now);
+        self.init_session(idx, client, remote, None, Some((addr, id, passes.saturating_add(1))), now);
     }
 
     /// `ngx_stream_finalize_session`: status, content close, log phase, close.

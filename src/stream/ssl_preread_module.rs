@@ -1,0 +1,336 @@
+//! ngx_stream_ssl_preread_module: `ssl_preread on|off`; preread phase. Reads the TLS
+//! ClientHello without terminating TLS: `$ssl_preread_server_name`,
+//! `$ssl_preread_alpn_protocols`, `$ssl_preread_protocol`.
+//!
+//! `parse` is a pure function over the bytes the client sent so far (the preread phase
+//! peeks them anew each time), following nginx's state machine and its checks; it is
+//! the part that sees hostile bytes, and it is fuzzed.
+
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value::{self, Setting};
+use crate::core::conf::ConfResult;
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::phase::{Flow, Phase, PhaseRegistry};
+use crate::stream::session::{Cx, SessionCore};
+use crate::stream::variables::Variables;
+
+pub struct SslPreread;
+
+#[derive(Default)]
+pub struct SslPrereadSrv {
+    pub enabled: Setting<bool>,
+}
+
+/// What a ClientHello told (nginx's preread ctx).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    pub host: Option<Vec<u8>>,
+    pub alpn: Option<Vec<u8>>,
+    pub version: [u8; 2],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// More bytes are needed.
+    Again,
+    /// Not a (parsable) TLS ClientHello: no variables.
+    Declined,
+    Done(Hello),
+}
+
+/// Reads the handshake bytes gathered so far, counting against the handshake's own
+/// length as nginx does (`left`): a field running past it is a parse failure.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+enum Need<T> {
+    Got(T),
+    Again,
+    Fail,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Need<&'a [u8]> {
+        if self.left < n {
+            return Need::Fail;
+        }
+        if self.b.len() - self.pos < n {
+            return Need::Again;
+        }
+        let v = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        self.left -= n;
+        Need::Got(v)
+    }
+}
+
+macro_rules! need {
+    ($r:expr, $n:expr) => {
+        match $r.take($n) {
+            Need::Got(v) => v,
+            Need::Again => return Parsed::Again,
+            Need::Fail => return Parsed::Declined,
+        }
+    };
+}
+
+fn u16be(v: &[u8]) -> usize {
+    ((v[0] as usize) << 8) | v[1] as usize
+}
+
+/// `ngx_stream_ssl_preread_parse_record` over the handshake bytes of all records so far.
+fn parse_hello(hs: &[u8]) -> Parsed {
+    if hs.len() < 4 {
+        return Parsed::Again;
+    }
+    if hs[0] != 1 {
+        return Parsed::Declined;
+    }
+    let left = (hs[1] as usize) << 16 | (hs[2] as usize) << 8 | hs[3] as usize;
+    let mut r = Reader { b: hs, pos: 4, left };
+    let mut h = Hello::default();
+    let v = need!(r, 2);
+    h.version = [v[0], v[1]];
+    need!(r, 32);
+    let sid = need!(r, 1)[0] as usize;
+    need!(r, sid);
+    let cs = u16be(need!(r, 2));
+    need!(r, cs);
+    let cm = need!(r, 1)[0] as usize;
+    need!(r, cm);
+    if r.left == 0 {
+        return Parsed::Done(h);
+    }
+    // The extensions' total length (nginx does not use it).
+    need!(r, 2);
+    loop {
+        if r.left == 0 {
+            return Parsed::Done(h);
+        }
+        let eh = need!(r, 4);
+        let (ty, elen) = (u16be(&eh[0..2]), u16be(&eh[2..4]));
+        if ty == 0 && h.host.is_none() {
+            let mut ext = u16be(need!(r, 2));
+            let hh = need!(r, 3);
+            if hh[0] != 0 {
+                return Parsed::Declined;
+            }
+            let size = u16be(&hh[1..3]);
+            if ext < 3 + size {
+                return Parsed::Declined;
+            }
+            ext -= 3 + size;
+            h.host = Some(need!(r, size).to_vec());
+            need!(r, ext);
+        } else if ty == 16 && h.alpn.is_none() {
+            let mut ext = u16be(need!(r, 2));
+            let mut alpn = Vec::new();
+            loop {
+                let size = need!(r, 1)[0] as usize;
+                if size == 0 || ext < 1 + size {
+                    return Parsed::Declined;
+                }
+                ext -= 1 + size;
+                alpn.extend_from_slice(need!(r, size));
+                if ext == 0 {
+                    break;
+                }
+                alpn.push(b',');
+            }
+            h.alpn = Some(alpn);
+        } else if ty == 43 {
+            let n = need!(r, 1)[0] as usize;
+            h.version = [3, 4];
+            need!(r, n);
+        } else {
+            need!(r, elen);
+        }
+    }
+}
+
+/// `ngx_stream_ssl_preread_handler`'s record loop.
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut p = 0;
+    let mut hs = Vec::new();
+    while buf.len() - p >= 5 {
+        let r = &buf[p..];
+        if r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3) {
+            // A version 2 ClientHello.
+            return Parsed::Done(Hello { version: [r[3], r[4]], ..Default::default() });
+        }
+        if r[0] != 0x16 || r[1] != 3 {
+            return Parsed::Declined;
+        }
+        let len = u16be(&r[3..5]);
+        if r.len() < len + 5 {
+            break;
+        }
+        hs.extend_from_slice(&r[5..5 + len]);
+        p += 5 + len;
+        match parse_hello(&hs) {
+            Parsed::Again => {}
+            done => return done,
+        }
+    }
+    Parsed::Again
+}
+
+impl Module for SslPreread {
+    const NAME: &'static str = "stream_ssl_preread";
+    type Main = ();
+    type Srv = SslPrereadSrv;
+    const DIRECTIVES: &'static [Directive<Self>] = &[Directive {
+        name: "ssl_preread",
+        ctx: Ctx::MAIN_SRV,
+        args: Arity::Flag,
+        set: Set::<Self>::Srv(|c, cmd, _| c.enabled.set(cmd, value::flag(cmd)?)),
+    }];
+
+    fn variables(v: &mut Variables) {
+        v.define("ssl_preread_protocol", var_preread, 0);
+        v.define("ssl_preread_server_name", var_preread, 1);
+        v.define("ssl_preread_alpn_protocols", var_preread, 2);
+    }
+
+    fn merge_srv(p: &SslPrereadSrv, c: &mut SslPrereadSrv, _: &mut ConfCx) -> ConfResult {
+        c.enabled.merge(&p.enabled, false);
+        Ok(())
+    }
+
+    fn postconfiguration(p: &mut PhaseRegistry) {
+        p.add(Phase::Preread, preread_handler);
+    }
+}
+
+fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
+    if !s.srv.confs.ssl_preread.enabled.get() || s.client.is_udp() {
+        return Flow::Declined;
+    }
+    // nginx makes its context once it has seen data and drops it when the bytes are
+    // not TLS: the variables are empty while waiting, "not found" after a decline.
+    if s.preread.is_empty() {
+        return Flow::Again;
+    }
+    match parse(&s.preread) {
+        Parsed::Again => {
+            s.set_ctx(Some(Hello::default()));
+            Flow::Again
+        }
+        Parsed::Declined => {
+            s.set_ctx(None::<Hello>);
+            Flow::Declined
+        }
+        Parsed::Done(h) => {
+            s.set_ctx(Some(h));
+            Flow::Next
+        }
+    }
+}
+
+fn var_preread(s: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
+    let Some(Some(h)) = s.ctx::<Option<Hello>>() else {
+        return false;
+    };
+    match which {
+        0 => {
+            let v: &[u8] = match h.version {
+                [0, 2] => b"SSLv2",
+                [3, 0] => b"SSLv3",
+                [3, 1] => b"TLSv1",
+                [3, 2] => b"TLSv1.1",
+                [3, 3] => b"TLSv1.2",
+                [3, 4] => b"TLSv1.3",
+                _ => b"",
+            };
+            out.extend_from_slice(v);
+        }
+        1 => out.extend_from_slice(h.host.as_deref().unwrap_or_default()),
+        _ => out.extend_from_slice(h.alpn.as_deref().unwrap_or_default()),
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record with SNI `host`, ALPN `protos` and supported_versions.
+    fn hello(host: &[u8], protos: &[&[u8]], tls13: bool) -> Vec<u8> {
+        let mut ext = Vec::new();
+        let mut sni = vec![0, 0];
+        let list_len = 3 + host.len();
+        sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+        sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+        sni.push(0);
+        sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
+        sni.extend_from_slice(host);
+        ext.extend_from_slice(&sni);
+        if !protos.is_empty() {
+            let mut l = Vec::new();
+            for p in protos {
+                l.push(p.len() as u8);
+                l.extend_from_slice(p);
+            }
+            ext.extend_from_slice(&[0, 16]);
+            ext.extend_from_slice(&((l.len() + 2) as u16).to_be_bytes());
+            ext.extend_from_slice(&(l.len() as u16).to_be_bytes());
+            ext.extend_from_slice(&l);
+        }
+        if tls13 {
+            ext.extend_from_slice(&[0, 43, 0, 3, 2, 3, 4]);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]);
+        body.extend_from_slice(&[1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_alpn_version() {
+        let r = hello(b"example.com", &[b"h2", b"http/1.1"], true);
+        let want = Hello { host: Some(b"example.com".to_vec()), alpn: Some(b"h2,http/1.1".to_vec()), version: [3, 4] };
+        assert_eq!(parse(&r), Parsed::Done(want));
+        // Every prefix is "more, please", never a wrong answer.
+        for n in 0..r.len() {
+            assert_eq!(parse(&r[..n]), Parsed::Again, "prefix {}", n);
+        }
+    }
+
+    #[test]
+    fn split_across_records() {
+        let r = hello(b"a.example", &[], false);
+        let hs = &r[5..];
+        let mut two = vec![0x16, 3, 1, 0, 10];
+        two.extend_from_slice(&hs[..10]);
+        two.extend_from_slice(&[0x16, 3, 1]);
+        two.extend_from_slice(&((hs.len() - 10) as u16).to_be_bytes());
+        two.extend_from_slice(&hs[10..]);
+        match parse(&two) {
+            Parsed::Done(h) => assert_eq!(h.host.as_deref(), Some(&b"a.example"[..])),
+            other => panic!("{:?}", other),
+        }
+    }
+
+    #[test]
+    fn not_tls() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Declined);
+        assert_eq!(parse(&[0x16, 2, 0, 0, 0]), Parsed::Declined);
+        let mut r = hello(b"x", &[], false);
+        r[5] = 2; // a ServerHello
+        assert_eq!(parse(&r), Parsed::Declined);
+    }
+}

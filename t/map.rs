@@ -1,0 +1,292 @@
+//! `map` (ngx_stream_map_module), shaped like nginx's stream_map.t; plus the harness for
+//! what was recorded from nginx 1.22.1 in `t/data/modules/` (see its `record.sh`): the
+//! `nginx -t` output of each `errors/NAME.conf`, and `trace.txt`, the answers of one
+//! configuration (map, geo, split_clients, set together) to 200 client addresses.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::common::{exchange, free_port, run, Sluice, TempDir};
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/modules")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read case files") {
+        let e = e.expect("dir entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy case file");
+    }
+}
+
+/// `sluice -t` on `errors/NAME.conf` as the recorder ran nginx; stderr and the exit
+/// status must be nginx's (`nginx: ` read as `sluice: `, `%%PREFIX%%` as the directory).
+pub fn conf_case(name: &str) {
+    let dir = data_dir().join("errors");
+    let tmp = TempDir::new(&format!("mod-{name}"));
+    std::fs::copy(dir.join(format!("{name}.conf")), tmp.join("nginx.conf")).expect("copy case");
+    let files = dir.join(format!("{name}.files"));
+    if files.is_dir() {
+        copy_dir(&files, tmp.path());
+    }
+    let d = tmp.path().display().to_string();
+    let out = run(&["-t", "-p", &d, "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")], tmp.path());
+    let text = std::fs::read_to_string(dir.join(format!("{name}.expected"))).expect("read .expected");
+    let mut lines: Vec<&str> = text.lines().collect();
+    let code: i32 =
+        lines.pop().and_then(|l| l.strip_prefix("exit=")).and_then(|c| c.parse().ok()).expect("exit=N last");
+    let want: String = lines
+        .iter()
+        .map(|l| {
+            let l = l.strip_prefix("nginx: ").map(|r| format!("sluice: {r}")).unwrap_or_else(|| l.to_string());
+            format!("{}\n", l.replace("%%PREFIX%%", &d))
+        })
+        .collect();
+    let got = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (got.as_ref(), out.status.code()),
+        (want.as_str(), Some(code)),
+        "case t/data/modules/errors/{name}.conf (left: sluice, right: nginx)"
+    );
+}
+
+macro_rules! conf_cases {
+    ($($name:ident),* $(,)?) => {
+        pub const CASES: &[&str] = &[$(stringify!($name)),*];
+        $(
+            #[test]
+            fn $name() {
+                crate::map::conf_case(stringify!($name));
+            }
+        )*
+    };
+}
+pub(crate) use conf_cases;
+
+mod conf {
+    super::conf_cases! {
+        map_args, map_bad_name, map_bad_wildcard, map_bad_wildcard_dots, map_builtin_var,
+        map_dup_default, map_dup_key, map_empty_name, map_hash_after_map, map_hash_bucket,
+        map_hash_bucket_ok, map_hash_invalid, map_hash_max_zero, map_hash_not_optimal,
+        map_in_server, map_include_error, map_include_missing, map_nested_block, map_no_brace,
+        map_one_param, map_params, map_regex_class, map_regex_order, map_regex_paren,
+        map_regex_quantifier, map_regex_unmatched, map_source_brace, map_star_without_hostnames,
+        map_unknown_var, map_valid, map_value_brace, map_wildcard_conflict, map_wildcard_conflict2,
+    }
+}
+
+/// Every recorded case is run by one of the four files.
+#[test]
+fn every_recorded_case_is_tested() {
+    let mut listed: Vec<&str> = conf::CASES.to_vec();
+    listed.extend(crate::geo::CASES);
+    listed.extend(crate::split_clients::CASES);
+    listed.extend(crate::set::CASES);
+    let mut missing = Vec::new();
+    for e in std::fs::read_dir(data_dir().join("errors")).expect("errors dir").flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(case) = n.strip_suffix(".conf") {
+            if !listed.contains(&case) {
+                missing.push(case.to_string());
+            }
+            assert!(data_dir().join("errors").join(format!("{case}.expected")).exists(), "{case}: no .expected");
+        }
+    }
+    assert!(missing.is_empty(), "cases not in any CASES list: {missing:?}");
+}
+
+/// The recorded trace: for each client, (nginx's line, sluice's line).
+pub fn trace() -> &'static [(String, String)] {
+    static T: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    T.get_or_init(|| {
+        let port = free_port();
+        let body = std::fs::read_to_string(data_dir().join("trace.conf")).expect("trace.conf");
+        // The included files are read where they are (the recording copied them beside
+        // nginx.conf, which names them relative to the configuration's directory).
+        let body = body
+            .replace("%%PORT%%", &port.to_string())
+            .replace("trace-map.conf", &data_dir().join("trace-map.conf").display().to_string())
+            .replace("trace-geo.conf", &data_dir().join("trace-geo.conf").display().to_string());
+        let s = Sluice::start(&format!("events {{ worker_connections 64; }}\n{body}"));
+        let want = std::fs::read_to_string(data_dir().join("trace.txt")).expect("trace.txt");
+        let out = want
+            .lines()
+            .map(|line| {
+                let addr: Ipv4Addr = line.split('|').next().and_then(|a| a.parse().ok()).expect("address first");
+                (line.to_string(), from_address(addr, port))
+            })
+            .collect();
+        drop(s);
+        out
+    })
+}
+
+/// Connect to 127.0.0.1:`port` from `addr` and read the answer.
+fn from_address(addr: Ipv4Addr, port: u16) -> String {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from((addr, 0)).into()).expect("bind a 127.x address");
+    sock.connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)).into(), Duration::from_secs(10)).expect("connect");
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.trim_end_matches('\n').to_string()
+}
+
+/// Columns `cols` of the trace (fields of "$remote_addr|$sc|$sc2|$m|$hn|$g|$gr|$g6|$gm|
+/// $gra|$s|$chain|$sec") must be nginx's for every client.
+pub fn check_trace(cols: &[usize]) {
+    let mut bad = Vec::new();
+    for (want, got) in trace() {
+        let w: Vec<&str> = want.split('|').collect();
+        let g: Vec<&str> = got.split('|').collect();
+        if cols.iter().any(|&c| w.get(c) != g.get(c)) {
+            bad.push(format!("  nginx:  {want}\n  sluice: {got}"));
+        }
+    }
+    assert_eq!(trace().len(), 200);
+    assert!(bad.is_empty(), "{} of 200 clients differ in columns {cols:?}:\n{}", bad.len(), bad.join("\n"));
+}
+
+#[test]
+fn recorded_map_answers() {
+    // $m (regexes, captures, named capture), $hn (hostnames over a regex-built name),
+    // $chain (volatile, $1 of the last match), $sec (a named capture variable).
+    check_trace(&[3, 4, 11, 12]);
+}
+
+#[test]
+fn stream_map_t() {
+    let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map $server_port $x {{
+        {p0}             literal;
+        default          default;
+        ~({p2})          $1;
+        ~(?P<ncap>{p3})  $ncap;
+    }}
+    server {{
+        listen  127.0.0.1:{p0};
+        listen  127.0.0.1:{p1};
+        listen  127.0.0.1:{p2};
+        listen  127.0.0.1:{p3};
+        return  $x;
+    }}
+    server {{
+        listen  127.0.0.1:{p4};
+        return  $x:${{x}};
+    }}
+}}
+",
+        p0 = p[0],
+        p1 = p[1],
+        p2 = p[2],
+        p3 = p[3],
+        p4 = p[4]
+    ));
+    assert_eq!(exchange(p[0], b""), b"literal", "literal");
+    assert_eq!(exchange(p[1], b""), b"default", "default");
+    assert_eq!(exchange(p[2], b""), p[2].to_string().as_bytes(), "capture");
+    assert_eq!(exchange(p[3], b""), p[3].to_string().as_bytes(), "named capture");
+    assert_eq!(exchange(p[4], b""), b"default:default", "braces");
+    drop(s);
+}
+
+/// What nginx 1.22.1 answered for the same configuration (checked by hand with it):
+/// `volatile` is evaluated again, a cached map keeps its first value; an empty source
+/// matches no regex; "$1x" is capture 1 then "x"; exact keys ignore case.
+#[test]
+fn volatile_cache_empty_source_captures_case() {
+    let (a, b) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map $src $v {{ volatile; default \"v-$src\"; }}
+    map $src $c {{ default \"c-$src\"; }}
+    map \"\" $e {{ ~^$ matched; ~ any; default dflt; }}
+    map $server_port $cap {{ ~^(\\d)(\\d+)$ \"$1x$2y\"; }}
+    map $server_port $ci {{ FOO bar; default \"$server_port\"; }}
+    map FoO $ci2 {{ foo lower; default no; }}
+    server {{
+        listen 127.0.0.1:{a};
+        set $src one; set $a \"$v|$c\"; set $src two;
+        return \"$a|$v|$c|$e|$cap|$ci|$ci2\";
+    }}
+    server {{ listen 127.0.0.1:{b}; return \"[$src][$v]\"; }}
+}}
+"
+    ));
+    let ps = a.to_string();
+    let want = format!("v-one|c-one|v-two|c-one|dflt|{}x{}y|{a}|lower", &ps[..1], &ps[1..]);
+    assert_eq!(String::from_utf8_lossy(&exchange(a, b"")), want);
+    assert_eq!(exchange(b, b""), b"[][v-]");
+    drop(s);
+}
+
+#[test]
+fn hostnames_include_and_regex_order() {
+    let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let names = [
+        "www.example.com.",
+        "example.com",
+        "a.b.example.org",
+        "example.org",
+        "mail.example.net",
+        "mail.example.net.uk",
+        "other.test",
+        "",
+    ];
+    let mut src = String::new();
+    for (port, n) in p.iter().zip(names) {
+        src.push_str(&format!("        {port} \"{n}\";\n"));
+    }
+    let mut servers = String::new();
+    for port in &p {
+        servers.push_str(&format!("    server {{ listen 127.0.0.1:{port}; return \"$h\"; }}\n"));
+    }
+    let tmp = TempDir::new("map-include");
+    let more = tmp.join("more.conf");
+    std::fs::write(&more, "example.org  org-exact;\n").expect("write more.conf");
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map_hash_bucket_size 128;
+    map $server_port $name {{
+{src}    }}
+    map $name $h {{
+        hostnames;
+        default            none;
+        .example.com       dot-com;
+        www.example.com    exact-www;
+        *.example.org      star-org;
+        mail.*             tail-mail;
+        mail.example.*     tail-mail-example;
+        include            {more};
+        ~^other            regex-first;
+        ~^oth              regex-second;
+    }}
+{servers}}}
+",
+        more = more.display()
+    ));
+    let got: Vec<String> = p.iter().map(|&port| String::from_utf8_lossy(&exchange(port, b"")).into_owned()).collect();
+    assert_eq!(
+        got,
+        [
+            "exact-www",
+            "dot-com",
+            "star-org",
+            "org-exact",
+            "tail-mail-example",
+            "tail-mail-example",
+            "regex-first",
+            "none"
+        ]
+    );
+    drop(s);
+}

@@ -1,0 +1,118 @@
+//! `set_real_ip_from`, `$realip_remote_addr`, `$realip_remote_port`
+//! (ngx_stream_realip_module), shaped like nginx-tests' stream_realip.t: a client
+//! behind `listen ... proxy_protocol` from a trusted address becomes the header's
+//! address (for the variables, the log and the access rules); an untrusted one, an
+//! UNKNOWN header or a listener without the PROXY protocol changes nothing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::access::nginx_t;
+use crate::common::{free_port, Sluice, TempDir};
+
+#[test]
+fn conf_errors_as_nginx() {
+    for name in ["realip_valid", "realip_host_not_found", "realip_bad_cidr", "realip_in_upstream"] {
+        nginx_t(name);
+    }
+}
+
+const SHOW: &str = "return \"$remote_addr:$remote_port:$realip_remote_addr:$realip_remote_port\";";
+
+fn pp_get(mut c: impl Read + Write, header: &str) -> String {
+    c.write_all(header.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+fn tcp(host: &str, port: u16) -> (TcpStream, u16) {
+    let c = TcpStream::connect((host, port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let local = c.local_addr().expect("local").port();
+    (c, local)
+}
+
+const V4: &str = "PROXY TCP4 192.0.2.1 192.0.2.2 1234 5678\r\n";
+
+#[test]
+fn proxy_protocol_addresses() {
+    let (p6, p4, off) = (free_port(), free_port(), free_port());
+    let conf = format!(
+        "events {{}}
+stream {{
+    server {{
+        listen 127.0.0.1:{p6} proxy_protocol;
+        listen [::1]:{p6} proxy_protocol;
+        {SHOW}
+        set_real_ip_from ::1;
+        set_real_ip_from 127.0.0.2;
+    }}
+    server {{
+        listen 127.0.0.1:{p4} proxy_protocol;
+        {SHOW}
+        set_real_ip_from 127.0.0.0/8;
+        deny 192.0.2.9;
+    }}
+    server {{
+        listen 127.0.0.1:{off};
+        {SHOW}
+        set_real_ip_from 127.0.0.1;
+    }}
+}}
+"
+    );
+    let s = Sluice::start(&conf);
+    // Not trusted: the connection's own address.
+    let (c, me) = tcp("127.0.0.1", p6);
+    assert_eq!(pp_get(c, V4), format!("127.0.0.1:{me}:127.0.0.1:{me}"), "ipv4 client, ipv6 trusted");
+    let (c, me) = tcp("::1", p6);
+    assert_eq!(pp_get(c, V4), format!("192.0.2.1:1234:::1:{me}"), "ipv6 realip");
+    let (c, me) = tcp("127.0.0.1", p4);
+    assert_eq!(pp_get(c, V4), format!("192.0.2.1:1234:127.0.0.1:{me}"), "ipv4 realip");
+    let (c, me) = tcp("127.0.0.1", p4);
+    let v6 = "PROXY TCP6 2001:db8::1 2001:db8::2 4321 5678\r\n";
+    assert_eq!(pp_get(c, v6), format!("2001:db8::1:4321:127.0.0.1:{me}"), "an IPv6 header");
+    let (c, me) = tcp("127.0.0.1", p4);
+    let unknown = "PROXY UNKNOWN TCP4 192.0.2.1 192.0.2.2 1234 5678\r\n";
+    assert_eq!(pp_get(c, unknown), format!("127.0.0.1:{me}:127.0.0.1:{me}"), "UNKNOWN");
+    // Without proxy_protocol on the listener the header is just data.
+    let (c, me) = tcp("127.0.0.1", off);
+    assert_eq!(pp_get(c, ""), format!("127.0.0.1:{me}:127.0.0.1:{me}"), "no proxy_protocol");
+    // The access rules see the real address; so does the log.
+    let (c, _) = tcp("127.0.0.1", p4);
+    assert_eq!(pp_get(c, "PROXY TCP4 192.0.2.9 192.0.2.2 1234 5678\r\n"), "");
+    let log = s.error_log();
+    assert!(
+        log.contains(&format!(
+            "access forbidden by rule while initializing session, client: 192.0.2.9, server: 127.0.0.1:{p4}"
+        )),
+        "{log}"
+    );
+}
+
+/// A name trusts every address it resolves to; `unix:` trusts unix-domain clients.
+#[test]
+fn trusted_by_name_and_unix() {
+    let dir = TempDir::new("realip-unix");
+    let port = free_port();
+    let sock = dir.join("pp.sock");
+    let conf = format!(
+        "events {{}}
+stream {{
+    set_real_ip_from localhost;
+    server {{ listen 127.0.0.1:{port} proxy_protocol; {SHOW} }}
+    server {{ listen unix:{sock} proxy_protocol; set_real_ip_from unix:; {SHOW} }}
+}}
+",
+        sock = sock.display()
+    );
+    let _s = Sluice::start(&conf);
+    let (c, me) = tcp("127.0.0.1", port);
+    assert_eq!(pp_get(c, V4), format!("192.0.2.1:1234:127.0.0.1:{me}"));
+    let u = UnixStream::connect(&sock).expect("connect unix");
+    u.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    assert_eq!(pp_get(u, V4), "192.0.2.1:1234:unix::");
+}

@@ -1,0 +1,89 @@
+//! `split_clients` (ngx_stream_split_clients_module), shaped like nginx's
+//! stream_split_clients.t; the answers for 200 client addresses and the configuration
+//! messages recorded from nginx 1.22.1 (`t/data/modules/`).
+
+use crate::common::{connect, free_port, Sluice};
+use std::io::Read;
+
+mod conf {
+    crate::map::conf_cases! {
+        split_after_star, split_args, split_bad_name, split_bad_percent, split_builtin,
+        split_nested_block, split_over_100, split_three_decimals, split_valid, split_zero,
+    }
+}
+
+/// nginx reads the value of a one-word line (`50%;`) from stale memory (the previous
+/// line's); sluice refuses it instead.
+#[test]
+fn split_one_param_is_refused() {
+    let nginx = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/modules/errors/split_one_param.expected"),
+    )
+    .expect("recording");
+    assert!(nginx.ends_with("exit=0\n"), "nginx accepted it");
+    let r = std::panic::catch_unwind(|| crate::map::conf_case("split_one_param"));
+    let msg = r.err().and_then(|e| e.downcast_ref::<String>().cloned()).unwrap_or_default();
+    assert!(
+        msg.contains("[emerg] invalid number of the split_clients parameters in ") && msg.contains("nginx.conf:5"),
+        "{msg}"
+    );
+}
+
+pub const CASES: &[&str] = {
+    const ALL: [&str; 11] = [
+        "split_after_star",
+        "split_args",
+        "split_bad_name",
+        "split_bad_percent",
+        "split_builtin",
+        "split_nested_block",
+        "split_over_100",
+        "split_three_decimals",
+        "split_valid",
+        "split_zero",
+        "split_one_param",
+    ];
+    &ALL
+};
+
+#[test]
+fn cases_list_matches() {
+    assert_eq!(&CASES[..conf::CASES.len()], conf::CASES);
+}
+
+#[test]
+fn recorded_split_answers() {
+    // $sc (0.5% .. 33.33% and "*"), $sc2 (exactly 100% without "*").
+    crate::map::check_trace(&[1, 2]);
+}
+
+/// stream_split_clients.t: 20 sessions split on $connection.
+#[test]
+fn stream_split_clients_t() {
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    split_clients $connection $variant {{
+        51.2%  "first";
+        10%    "second";
+        *      "third";
+    }}
+    server {{
+        listen  127.0.0.1:{p};
+        return  $variant;
+    }}
+}}
+"#
+    ));
+    let mut dist = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let mut c = connect(p);
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        *dist.entry(out).or_insert(0) += 1;
+    }
+    let got: Vec<String> = dist.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    assert_eq!(got.join(", "), "first: 12, second: 2, third: 6");
+    drop(s);
+}
