@@ -307,3 +307,16 @@ fn zone_shares_round_robin_and_failures_between_workers() {
     let tried_dead = lines.iter().filter(|l| l.contains(&format!(":{dead}"))).count();
     assert_eq!(tried_dead, 1, "{:#?}", lines);
 }
+
+#[test]
+fn proxy_pass_variable_needing_a_resolver_is_500() {
+    // nginx-tests stream_status_variable.t: a host name in a variable, no resolver.
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format s '$status'; \
+         server {{ listen 127.0.0.1:{p}; proxy_pass example.com:$remote_port; access_log %%PREFIX%%s.log s; }} }}"
+    ));
+    assert_eq!(ask(p), "");
+    assert_eq!(s.wait_lines("s.log", 1), ["500"]);
+    assert!(s.error_log().contains("no resolver defined to resolve example.com"), "{}", s.error_log());
+}

@@ -410,15 +410,15 @@ impl ProxySession {
                     Ok(u) if !u.addrs.is_empty() => Ok(cx.rt.dynamic_group(&name, u.addrs)),
                     Ok(u) if u.port.is_none() => {
                         s.log(Level::Error, &format!("no port in upstream \"{}\"", name), None);
-                        Err(status::BAD_GATEWAY)
+                        Err(status::INTERNAL_SERVER_ERROR)
                     }
                     Ok(u) => {
                         s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
-                        Err(status::BAD_GATEWAY)
+                        Err(status::INTERNAL_SERVER_ERROR)
                     }
                     Err(e) => {
                         s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);
-                        Err(status::BAD_GATEWAY)
+                        Err(status::INTERNAL_SERVER_ERROR)
                     }
                 }
             }
