@@ -609,6 +609,9 @@ impl ProxySession {
         self.upload_rate = rate_value(s, srv.confs.proxy.upload_rate.option());
         self.download_rate = rate_value(s, srv.confs.proxy.download_rate.option());
         self.connected = true;
+        // Both ends may already hold bytes (the client's arrived while connecting).
+        self.down.src_ready = true;
+        self.up.src_ready = true;
         s.action = Some("proxying connection");
         match self.process(s, cx, false) {
             Flow::Again => self.process(s, cx, true),
@@ -933,6 +936,13 @@ impl Content for ProxySession {
             match side {
                 Side::Client => self.down.greedy = true,
                 Side::Upstream => self.up.greedy = true,
+            }
+        }
+        // The socket that fired may have bytes for the direction that reads it.
+        if ready.readable || ready.hup || ready.error {
+            match side {
+                Side::Client => self.down.src_ready = true,
+                Side::Upstream => self.up.src_ready = true,
             }
         }
         if side == Side::Upstream && !self.connected {

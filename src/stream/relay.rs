@@ -40,6 +40,10 @@ pub struct Direction {
     /// EAGAIN or end of file. Otherwise a short read means the socket is drained for
     /// now; later bytes raise a new edge, so the EAGAIN read is saved.
     pub greedy: bool,
+    /// The source may have bytes (nginx's `read->ready`): set by a readable event,
+    /// cleared when a read finds it drained. A pump woken by the destination becoming
+    /// writable does not read a source that is known to be empty.
+    pub src_ready: bool,
 }
 
 /// What one `pump` did.
@@ -152,7 +156,10 @@ impl Direction {
                     }
                 }
             }
-            if self.eof || limit == Some(0) || drained {
+            if self.eof || limit == Some(0) || drained || !self.src_ready {
+                if drained {
+                    self.src_ready = false;
+                }
                 return out;
             }
             if reads == READS_PER_WAKEUP {
@@ -169,11 +176,15 @@ impl Direction {
                     Ok(n) => {
                         out.read_returned = true;
                         out.read += n as u64;
+                        // A splice can stop short of what the socket holds (the pipe runs
+                        // out of slots before bytes), so only EAGAIN says it is drained.
                         self.small = if n < SMALL { self.small.saturating_add(1) } else { 0 };
-                        drained = !self.greedy && n < p.cap;
                     }
                     // The pipe was empty, so this is the socket: nothing to read.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.src_ready = false;
+                        return out;
+                    }
                     Err(e) if splice::unsupported(&e) => {
                         self.no_splice = true;
                         if let Some(p) = self.pipe.take() {
@@ -223,7 +234,10 @@ impl Direction {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.src_ready = false;
+                    return out;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     out.read_error = Some(e);
