@@ -8,9 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::core::addr::Addr;
 
-/// nginx 1.22.1 reads at most this much looking for a header (the longest v1 line);
-/// later nginx reads up to 4096 bytes, which larger v2 TLVs need.
-pub const MAX_HEADER: usize = 107;
+/// nginx reads at most this much looking for a header: 4096 since 1.23.3, so that v2
+/// TLVs fit (1.22.1 read 107 bytes, the longest v1 line). sluice has the TLV variables,
+/// so it takes the newer limit.
+pub const MAX_HEADER: usize = 4096;
 
 const SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V2_HEADER: usize = 16;
@@ -103,12 +104,19 @@ fn read_port(buf: &[u8], mut p: usize, sep: u8) -> Option<(u16, usize)> {
             break;
         }
     }
+    // ngx_atoi: digits only (leading zeros allowed), no overflow.
     let digits = &buf[start..p - 1];
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    (n <= 65535).then_some((n as u16, p))
+    let mut n: u32 = 0;
+    for &d in digits {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as u32)?;
+        if n > 65535 {
+            return None;
+        }
+    }
+    Some((n as u16, p))
 }
 
 fn read_v2(buf: &[u8]) -> Parsed {
