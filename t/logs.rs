@@ -497,3 +497,45 @@ fn log_format_of_several_strings() {
     assert_eq!(s.wait_lines("m.log", 1), vec![format!("{c}|200|TCP")]);
     assert_eq!(s.stop(), Some(0));
 }
+
+/// `error_log syslog:`: one datagram per line, `<PRI>Mon dd hh:mm:ss HOST TAG: LINE`
+/// (nginx-tests stream_error_log.t), facility local7 by default, severity from the level.
+#[test]
+fn error_log_to_syslog() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
+    sink.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
+    let sport = sink.local_addr().expect("addr").port();
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; return ok; \
+         error_log syslog:server=127.0.0.1:{sport},tag=edge info; }} }}"
+    ));
+    assert_eq!(exchange(p, b""), b"ok");
+    let mut buf = [0u8; 4096];
+    let n = sink.recv(&mut buf).expect("a syslog datagram");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // <190> = local7 (23) * 8 + info (6).
+    assert!(msg.starts_with("<190>"), "{msg}");
+    let rest = &msg[5..];
+    let month = &rest[..3];
+    assert!(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].contains(&month));
+    let host = sluice::core::log::hostname();
+    assert!(rest[16..].starts_with(&format!("{host} edge: ")), "{msg}");
+    assert!(msg.contains("[info]") && msg.contains("client 127.0.0.1:") && !msg.ends_with('\n'), "{msg}");
+}
+
+#[test]
+fn syslog_parameters_as_nginx() {
+    let dir = TempDir::new("syslog");
+    for (param, want) in [
+        ("facility=bogus", "unknown syslog facility \"bogus\""),
+        ("tag=a-b", "syslog \"tag\" only allows alphanumeric characters and underscore"),
+        ("what=1", "unknown syslog parameter \"what=1\""),
+    ] {
+        std::fs::write(dir.join("s.conf"), format!("error_log syslog:server=127.0.0.1:514,{param};\nevents {{}}\n"))
+            .expect("write");
+        let out = run(&["-t", "-p", &dir.prefix(), "-c", "s.conf"], dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("[emerg] {} in {}s.conf:1", want, dir.prefix())), "{err}");
+    }
+}

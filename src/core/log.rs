@@ -19,6 +19,8 @@ pub const PROGRAM: &str = "sluice";
 
 enum Sink {
     Stderr,
+    /// `syslog:server=...`: one UDP datagram per line.
+    Syslog(Syslog),
     /// Reopened in place on USR1, so every holder of the log sees the new file.
     File(RefCell<File>),
 }
@@ -27,6 +29,105 @@ struct Output {
     path: String,
     level: Level,
     sink: Sink,
+}
+
+/// A syslog destination (`ngx_syslog_peer_t`).
+pub struct Syslog {
+    sock: std::net::UdpSocket,
+    facility: u32,
+    tag: String,
+    hostname: Option<String>,
+}
+
+/// What `syslog:` parameters say: server, facility, tag, nohostname (severity applies to
+/// access logs only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogConf {
+    pub server: std::net::SocketAddr,
+    pub facility: u32,
+    pub severity: Option<u32>,
+    pub tag: String,
+    pub nohostname: bool,
+}
+
+const FACILITIES: &[&str] = &[
+    "kern", "user", "mail", "daemon", "auth", "intern", "lpr", "news", "uucp", "clock", "authpriv", "ftp", "ntp",
+    "audit", "alert", "cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+];
+const SEVERITIES: &[&str] = &["emerg", "alert", "crit", "error", "warn", "notice", "info", "debug"];
+
+/// `ngx_syslog_process_conf`: parse what follows "syslog:", with nginx's messages.
+pub fn parse_syslog(spec: &str) -> Result<SyslogConf, String> {
+    let mut server = None;
+    let (mut facility, mut severity, mut tag, mut nohostname) = (None, None, None, false);
+    for p in spec.split(',') {
+        if let Some(v) = p.strip_prefix("server=") {
+            if server.is_some() {
+                return Err("duplicate syslog \"server\"".into());
+            }
+            let u = crate::core::addr::parse_url(v, false, true)
+                .map_err(|e| format!("{} in syslog server \"{}\"", e, v))?;
+            let port = u.port.unwrap_or(514);
+            let a = crate::core::addr::parse_url(&format!("{}:{}", u.host.trim_matches(['[', ']']), port), false, true)
+                .ok()
+                .and_then(|u| u.addrs.into_iter().next());
+            match a {
+                Some(crate::core::addr::Addr::Inet(sa)) => server = Some(sa),
+                _ => return Err(format!("host not found in syslog server \"{}\"", v)),
+            }
+        } else if let Some(v) = p.strip_prefix("facility=") {
+            if facility.is_some() {
+                return Err("duplicate syslog \"facility\"".into());
+            }
+            facility = Some(
+                FACILITIES.iter().position(|f| *f == v).ok_or_else(|| format!("unknown syslog facility \"{}\"", v))?
+                    as u32,
+            );
+        } else if let Some(v) = p.strip_prefix("severity=") {
+            if severity.is_some() {
+                return Err("duplicate syslog \"severity\"".into());
+            }
+            severity = Some(
+                SEVERITIES.iter().position(|f| *f == v).ok_or_else(|| format!("unknown syslog severity \"{}\"", v))?
+                    as u32,
+            );
+        } else if let Some(v) = p.strip_prefix("tag=") {
+            if tag.is_some() {
+                return Err("duplicate syslog \"tag\"".into());
+            }
+            if v.len() > 32 {
+                return Err("syslog tag length exceeds 32".into());
+            }
+            if !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                return Err("syslog \"tag\" only allows alphanumeric characters and underscore".into());
+            }
+            tag = Some(v.to_string());
+        } else if p == "nohostname" {
+            nohostname = true;
+        } else {
+            return Err(format!("unknown syslog parameter \"{}\"", p));
+        }
+    }
+    let server = server.ok_or("no syslog server specified")?;
+    Ok(SyslogConf {
+        server,
+        facility: facility.unwrap_or(23),
+        severity,
+        tag: tag.unwrap_or_else(|| "nginx".into()),
+        nohostname,
+    })
+}
+
+/// The host name syslog headers carry (lower case, as nginx's `cycle->hostname`).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let n = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).to_lowercase()
 }
 
 /// One `error_log` set: every output with its level. Immutable once opened; a reopen
@@ -68,6 +169,14 @@ impl ErrorLog {
         for (path, level) in specs {
             let sink = if path == "stderr" {
                 Sink::Stderr
+            } else if let Some(spec) = path.strip_prefix("syslog:") {
+                let c = parse_syslog(spec).map_err(|m| (path.clone(), io::Error::other(m)))?;
+                let bind = if c.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let sock = std::net::UdpSocket::bind(bind).map_err(|e| (path.clone(), e))?;
+                sock.connect(c.server).map_err(|e| (path.clone(), e))?;
+                let _ = sock.set_nonblocking(true);
+                let hostname = (!c.nohostname).then(hostname);
+                Sink::Syslog(Syslog { sock, facility: c.facility, tag: c.tag, hostname })
             } else {
                 Sink::File(RefCell::new(open_append(path).map_err(|e| (path.clone(), e))?))
             };
@@ -144,6 +253,21 @@ impl ErrorLog {
                         2
                     }
                     Sink::File(f) => f.borrow().as_raw_fd(),
+                    Sink::Syslog(s) => {
+                        // <PRI>TIME HOST TAG: LINE (the whole line, without its newline).
+                        let mut msg = format!("<{}>", s.facility * 8 + (level as u32).saturating_sub(1));
+                        crate::core::time::syslog_time(&mut msg);
+                        if let Some(h) = &s.hostname {
+                            msg.push(' ');
+                            msg.push_str(h);
+                        }
+                        msg.push(' ');
+                        msg.push_str(&s.tag);
+                        msg.push_str(": ");
+                        msg.push_str(line.trim_end_matches('\n'));
+                        let _ = s.sock.send(msg.as_bytes());
+                        continue;
+                    }
                 };
                 write_all_fd(fd, line.as_bytes());
             }

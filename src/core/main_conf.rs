@@ -51,10 +51,12 @@ fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
 /// `error_log FILE [LEVEL ...]` (`ngx_log_set_log` / `ngx_log_set_levels`).
 pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Level)> {
     let name = cmd.arg(0);
-    if name.starts_with("syslog:") || name.starts_with("memory:") {
+    if let Some(spec) = name.strip_prefix("syslog:") {
+        crate::core::log::parse_syslog(spec).map_err(|m| cmd.err(m))?;
+    } else if name.starts_with("memory:") {
         return Err(cmd.err(format!("\"{}\" is not supported by sluice", name)));
     }
-    let path = if name == "stderr" { name.to_string() } else { paths.full_name(name) };
+    let path = if name == "stderr" || name.starts_with("syslog:") { name.to_string() } else { paths.full_name(name) };
     let mut level = Level::Error;
     for (i, a) in cmd.args.iter().enumerate().skip(1) {
         if a.starts_with("debug_") {

@@ -10,6 +10,7 @@ struct Cached {
     sec: i64,
     msec: u32,
     err_log: String,
+    syslog: String,
     local: String,
     iso8601: String,
 }
@@ -48,6 +49,7 @@ pub fn update() {
         let off = tm.tm_gmtoff / 60;
         let (sign, off) = if off < 0 { ('-', -off) } else { ('+', off) };
         n.err_log = format!("{:04}/{:02}/{:02} {:02}:{:02}:{:02}", y, mo + 1, dd, h, mi, s);
+        n.syslog = format!("{} {:2} {:02}:{:02}:{:02}", MONTHS[(mo.clamp(0, 11)) as usize], dd, h, mi, s);
         n.local = format!(
             "{:02}/{}/{:04}:{:02}:{:02}:{:02} {}{:02}{:02}",
             dd,
@@ -104,6 +106,11 @@ pub fn wall() -> (i64, u32) {
 /// "2026/11/21 10:00:00", the error log's time.
 pub fn err_log_time(out: &mut String) {
     with(|n| out.push_str(&n.err_log))
+}
+
+/// The syslog header's time: "Nov 21 10:00:00" (day padded with a space).
+pub fn syslog_time(out: &mut String) {
+    with(|n| out.push_str(&n.syslog))
 }
 
 /// `$time_local`: "21/Nov/2026:10:00:00 +0000".

@@ -379,7 +379,7 @@ impl Master {
             .iter()
             .map(|f| f.path.clone())
             .chain(self.cycle.error_logs.iter().flat_map(|l| l.paths().map(str::to_string).collect::<Vec<_>>()));
-        for p in paths.filter(|p| p != "stderr") {
+        for p in paths.filter(|p| p != "stderr" && !p.starts_with("syslog:")) {
             if let Err(e) = process::create_owned(&p, &user) {
                 error(Level::Alert, &format!("open() \"{}\" failed", p), Some(&e));
             }
