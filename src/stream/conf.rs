@@ -12,9 +12,11 @@ use crate::core::conf::{parser, Block, Cmd, ConfError, ConfFile, ConfResult, Lev
 use crate::core::log::ErrorLog;
 use crate::core::logfile::FileSpec;
 use crate::core::main_conf::{self, MainConf, Paths};
+use crate::stream::core_module::CoreSrv;
 use crate::stream::cycle::{ContentHandler, Cycle, Listening, Server};
 use crate::stream::module::{BlockKind, Lookup};
 use crate::stream::phase::{PhaseEngine, PhaseRegistry};
+use crate::stream::server_names::{ServerName, VirtualNames};
 use crate::stream::variables::Variables;
 use crate::stream::{self as modules, MainConfs, SrvConfs};
 use crate::upstream::UpstreamConf;
@@ -39,8 +41,13 @@ pub struct ConfCx {
     pub upstreams: Vec<UpstreamConf>,
     /// The content handler of the server being read, set by `proxy_pass` / `return`.
     pub handler: Option<ContentHandler>,
-    /// Every `listen` address so far (and whether UDP), for nginx's duplicate check.
-    pub listen_addrs: Vec<(Addr, bool)>,
+    /// Every `listen` address so far, for nginx's duplicate checks.
+    pub listen_addrs: Vec<ListenAddr>,
+    /// The stream block names servers (`server_name`): servers may share an address, as
+    /// in nginx 1.25.5; without names, a shared address is an error, as before it.
+    pub virtual_servers: bool,
+    /// The sockets to open, made at the end of the stream block.
+    listening: Vec<Listening>,
     pub core: MainConf,
     pub prefix: String,
     pub conf_prefix: String,
@@ -54,6 +61,15 @@ pub struct ConfCx {
     ready: Vec<ReadyServer>,
     stream_seen: bool,
     events_seen: bool,
+}
+
+/// A `listen` address with what its servers said about it so far.
+pub struct ListenAddr {
+    pub addr: Addr,
+    pub udp: bool,
+    /// Socket options given.
+    pub set: bool,
+    pub default_server: bool,
 }
 
 struct PendingServer {
@@ -284,6 +300,8 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         upstreams: Vec::new(),
         handler: None,
         listen_addrs: Vec::new(),
+        virtual_servers: false,
+        listening: Vec::new(),
         core: MainConf::default(),
         prefix: opts.prefix.clone(),
         conf_prefix,
@@ -361,7 +379,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         };
         zones.push(Zone { name: name.clone(), size, shm });
     }
-    let listening = listening(&servers);
+    let listening = std::mem::take(&mut cx.listening);
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);
     Ok(Cycle {
@@ -391,7 +409,7 @@ pub fn reopen_error_log(cycle: &Cycle) -> Result<Rc<ErrorLog>, String> {
     Ok(cycle.error_log.clone())
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -402,35 +420,87 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..n]).to_lowercase()
 }
 
+/// One address with the servers listening on it (nginx's `ngx_stream_conf_addr_t`).
+struct AddrConf<'a> {
+    /// The `listen` that gave socket options (else the first).
+    l: &'a crate::stream::core_module::ListenConf,
+    servers: Vec<usize>,
+    default: usize,
+    proxy_protocol: bool,
+}
+
+impl AddrConf<'_> {
+    /// The names of the servers sharing the address, when there is a choice to make (or a
+    /// regex whose captures the default server's configuration may use).
+    fn names(&self, servers: &[&CoreSrv]) -> Result<Option<Rc<VirtualNames>>, ConfError> {
+        let regex = servers.get(self.default).is_some_and(|s| s.server_names.iter().any(|n| n.regex.is_some()));
+        if self.servers.len() < 2 && !regex {
+            return Ok(None);
+        }
+        // A server without `server_name` has the name "".
+        let empty = [ServerName { name: String::new(), regex: None }];
+        let list: Vec<(usize, &[ServerName])> = self
+            .servers
+            .iter()
+            .filter_map(|&i| servers.get(i).map(|s| (i, &s.server_names[..])))
+            .map(|(i, n)| (i, if n.is_empty() { &empty[..] } else { n }))
+            .collect();
+        let names = VirtualNames::build(&list, &self.l.addr.to_string())?;
+        Ok(Some(Rc::new(names)))
+    }
+}
+
 /// Group listen addresses into sockets: a wildcard socket on a port serves the specific
 /// addresses on that port that did not ask for their own socket (`bind`).
-fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
+fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
+    let mut addrs: Vec<AddrConf<'_>> = Vec::new();
+    for (si, s) in servers.iter().enumerate() {
+        for l in &s.listens {
+            match addrs.iter_mut().find(|a| a.l.addr == l.addr && a.l.udp == l.udp) {
+                Some(a) => {
+                    a.servers.push(si);
+                    if l.set {
+                        a.l = l;
+                    }
+                    if l.default_server {
+                        a.default = si;
+                    }
+                    a.proxy_protocol |= l.proxy_protocol;
+                }
+                None => addrs.push(AddrConf { l, servers: vec![si], default: si, proxy_protocol: l.proxy_protocol }),
+            }
+        }
+    }
+    let names = addrs.iter().map(|a| a.names(servers)).collect::<Result<Vec<_>, _>>()?;
     let mut out: Vec<Listening> = Vec::new();
-    let all: Vec<(usize, &crate::stream::core_module::ListenConf)> =
-        servers.iter().enumerate().flat_map(|(i, s)| s.core().listens.iter().map(move |l| (i, l))).collect();
     // UDP listeners always get their own socket (a datagram's local address on a
     // wildcard socket would need IP_PKTINFO).
     let has_wildcard = |l: &crate::stream::core_module::ListenConf| -> bool {
         let Addr::Inet(sa) = &l.addr else { return false };
         !l.udp
-            && all.iter().any(|(_, w)| match &w.addr {
-                Addr::Inet(wa) => !w.udp && w.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
+            && addrs.iter().any(|w| match &w.l.addr {
+                Addr::Inet(wa) => !w.l.udp && w.l.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
                 _ => false,
             })
     };
-    for (si, l) in &all {
+    for (a, names) in addrs.iter().zip(&names) {
+        let l = a.l;
         if !l.wildcard && !l.opts.bind && !l.udp && has_wildcard(l) {
             continue;
         }
+        let mut opts = l.opts.clone();
+        opts.proxy_protocol = a.proxy_protocol;
         out.push(Listening {
             addr: l.addr.clone(),
-            opts: l.opts.clone(),
+            opts,
             text: Rc::from(l.addr.to_string().as_str()),
-            server: *si,
+            server: a.default,
+            names: names.clone(),
             by_local: Vec::new(),
         });
     }
-    for (si, l) in &all {
+    for (a, names) in addrs.iter().zip(&names) {
+        let l = a.l;
         if l.wildcard || l.opts.bind || l.udp {
             continue;
         }
@@ -441,17 +511,21 @@ fn listening(servers: &[Rc<Server>]) -> Vec<Listening> {
             }
             _ => false,
         }) {
-            w.by_local.push((l.addr.clone(), *si));
+            w.by_local.push((l.addr.clone(), a.default, names.clone()));
         }
     }
     // Accepted sockets inherit TCP_NODELAY from the listener when every server the
     // socket serves wants it.
     for ls in &mut out {
-        let mut served = vec![ls.server];
-        served.extend(ls.by_local.iter().map(|(_, s)| *s));
-        ls.opts.nodelay = served.iter().all(|&s| servers.get(s).is_some_and(|x| x.core().tcp_nodelay()));
+        let served: Vec<usize> = addrs
+            .iter()
+            .filter(|a| a.l.udp == ls.opts.udp)
+            .filter(|a| a.l.addr == ls.addr || ls.by_local.iter().any(|(x, _, _)| *x == a.l.addr))
+            .flat_map(|a| a.servers.iter().copied())
+            .collect();
+        ls.opts.nodelay = served.iter().all(|&s| servers.get(s).is_some_and(|x| x.tcp_nodelay()));
     }
-    out
+    Ok(out)
 }
 
 fn block(cx: &mut ConfCx, b: &Block, scope: &mut Scope<'_>) -> ConfResult {
@@ -544,6 +618,11 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
         return Err(cmd.duplicate());
     }
     cx.stream_seen = true;
+    cx.virtual_servers = inner
+        .cmds
+        .iter()
+        .filter(|c| c.name == "server")
+        .any(|c| c.block.as_ref().is_some_and(|b| b.cmds.iter().any(|d| d.name == "server_name")));
     let mut top = SrvConfs::default();
     block(cx, inner, &mut Scope::Stream(&mut top))?;
     modules::init_main(cx)?;
@@ -554,6 +633,8 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
         cx.ready.push(ReadyServer { confs: p.confs, handler });
     }
     cx.vars.finish()?;
+    let cores: Vec<&CoreSrv> = cx.ready.iter().map(|r| &r.confs.core).collect();
+    cx.listening = listening(&cores)?;
     Ok(())
 }
 

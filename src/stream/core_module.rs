@@ -13,6 +13,7 @@ use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::conn::ListenOpts;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
+use crate::stream::server_names::ServerName;
 use crate::stream::session::{write_msec, SessionCore};
 use crate::stream::variables::Variables;
 
@@ -27,6 +28,9 @@ pub struct ListenConf {
     pub ssl: bool,
     pub proxy_protocol: bool,
     pub wildcard: bool,
+    /// Socket options were given (nginx's `lsopt.set`): only one server may.
+    pub set: bool,
+    pub default_server: bool,
     pub file: Rc<str>,
     pub line: u32,
 }
@@ -44,6 +48,10 @@ pub struct CoreSrv {
     pub resolver_timeout: Setting<Duration>,
     /// `error_log` outputs of this level (empty: inherit).
     pub error_log: Vec<(String, Level)>,
+    /// `server_name`: the names of this virtual server (none: the name "").
+    pub server_names: Vec<ServerName>,
+    /// `$server_name`: the first name ("" when none).
+    pub server_name: String,
 }
 
 impl CoreSrv {
@@ -62,6 +70,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let mut opts = ListenOpts::default();
     let (mut udp, mut ssl, mut pp, mut backlog_set) = (false, false, false, false);
     let (mut keepalive_set, mut fastopen_set, mut deferred) = (false, false, false);
+    let mut default_server = false;
     for a in &cmd.args[1..] {
         let a = a.as_str();
         let (k, v) = match a.split_once('=') {
@@ -77,7 +86,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 opts.reuseport = true;
                 opts.bind = true;
             }
-            ("default_server", None) => {}
+            ("default_server", None) => default_server = true,
             ("deferred", None) => deferred = true,
             ("backlog", Some(v)) => {
                 let n = v.parse::<i32>().ok().filter(|n| *n != 0);
@@ -164,23 +173,45 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         return Err(cmd.err("the \"ssl\" parameter of the \"listen\" directive is not supported by sluice yet"));
     }
     opts.proxy_protocol = pp;
+    let set = opts.bind || deferred;
     let mut seen: Vec<&Addr> = Vec::new();
     for addr in &u.addrs {
-        // A name resolving to one address twice counts once; a second `listen` on an
-        // address is nginx's "duplicate ... address and port pair".
+        // A name resolving to one address twice counts once.
         if seen.contains(&addr) {
             continue;
         }
         seen.push(addr);
-        if cx.listen_addrs.contains(&(addr.clone(), udp)) {
+        let own = c.listens.iter().any(|l| l.addr == *addr && l.udp == udp);
+        let Some(prev) = cx.listen_addrs.iter().find(|l| l.addr == *addr && l.udp == udp) else { continue };
+        if !cx.virtual_servers {
+            // nginx before 1.25.5 (no `server_name` in stream): one server per address.
             return Err(cmd.err(format!("duplicate \"{}\" address and port pair", addr)));
+        }
+        // Virtual servers (nginx 1.25.5): an address may be shared by servers, each once,
+        // with socket options and `default_server` given by one of them.
+        if own {
+            return Err(cmd.err(format!("a duplicate listen {}", addr)));
+        }
+        if set && prev.set {
+            return Err(cmd.err(format!("duplicate listen options for {}", addr)));
+        }
+        if default_server && prev.default_server {
+            return Err(cmd.err(format!("a duplicate default server for {}", addr)));
         }
     }
     for addr in u.addrs {
-        if c.listens.iter().any(|l| l.addr == addr) {
+        if c.listens.iter().any(|l| l.addr == addr && l.udp == udp) {
             continue;
         }
-        cx.listen_addrs.push((addr.clone(), udp));
+        match cx.listen_addrs.iter_mut().find(|l| l.addr == addr && l.udp == udp) {
+            Some(l) => {
+                l.set |= set;
+                l.default_server |= default_server;
+            }
+            None => {
+                cx.listen_addrs.push(crate::stream::conf::ListenAddr { addr: addr.clone(), udp, set, default_server })
+            }
+        }
         let wildcard = match &addr {
             Addr::Inet(sa) => sa.ip().is_unspecified(),
             Addr::Unix(_) => false,
@@ -192,9 +223,41 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             ssl,
             proxy_protocol: pp,
             wildcard,
+            set,
+            default_server,
             file: cmd.file.clone(),
             line: cmd.line,
         });
+    }
+    Ok(())
+}
+
+/// `server_name name ...`: exact names, "*.name" / ".name" / "name.*" wildcards,
+/// "~regex" (caseless when it has an uppercase letter), `$hostname`.
+fn server_name(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    for v in &cmd.args {
+        let b = v.as_bytes();
+        let c0 = b.first().copied().unwrap_or(0);
+        if (c0 == b'*' && (b.len() < 3 || b[1] != b'.')) || (c0 == b'.' && b.len() < 2) {
+            return Err(cmd.err(format!("server name \"{}\" is invalid", v)));
+        }
+        if v.contains('/') {
+            cx.warn(cmd, &format!("server name \"{}\" has suspicious symbols", v));
+        }
+        if v.eq_ignore_ascii_case("$hostname") {
+            c.server_names.push(ServerName { name: crate::stream::conf::hostname(), regex: None });
+            continue;
+        }
+        let Some(pattern) = v.strip_prefix('~') else {
+            c.server_names.push(ServerName { name: v.to_ascii_lowercase(), regex: None });
+            continue;
+        };
+        if pattern.is_empty() {
+            return Err(cmd.err(format!("empty regex in server name \"{}\"", v)));
+        }
+        let caseless = pattern.bytes().any(|b| b.is_ascii_uppercase());
+        let re = crate::stream::map_module::regex_compile(pattern, caseless, cmd, &mut cx.vars)?;
+        c.server_names.push(ServerName { name: pattern.to_string(), regex: Some(Rc::new(re)) });
     }
     Ok(())
 }
@@ -233,6 +296,7 @@ impl Module for StreamCore {
             set: Set::Block(BlockKind::Server),
         },
         Directive { name: "listen", ctx: Ctx::STREAM_SRV, args: Arity::OneOrMore, set: Set::Srv(listen) },
+        Directive { name: "server_name", ctx: Ctx::STREAM_SRV, args: Arity::OneOrMore, set: Set::Srv(server_name) },
         Directive { name: "error_log", ctx: Ctx::MAIN_SRV, args: Arity::OneOrMore, set: Set::Srv(error_log) },
         Directive {
             name: "tcp_nodelay",
@@ -292,6 +356,7 @@ impl Module for StreamCore {
         v.define("connection", var_connection, 0);
         v.define("nginx_version", var_nginx_version, 0);
         v.define("hostname", var_hostname, 0);
+        v.define("server_name", var_server_name, 0);
         v.define("pid", var_pid, 0);
         v.define("msec", var_msec, 0);
         v.define("time_iso8601", var_time, 0);
@@ -322,6 +387,12 @@ impl Module for StreamCore {
         if c.error_log.is_empty() {
             c.error_log = p.error_log.clone();
         }
+        // `$server_name`: the first name, "~" kept on a regex, "." dropped from ".name".
+        c.server_name = match c.server_names.first() {
+            None => String::new(),
+            Some(n) if n.regex.is_some() => format!("~{}", n.name),
+            Some(n) => n.name.strip_prefix('.').unwrap_or(&n.name).to_string(),
+        };
         Ok(())
     }
 }
@@ -388,6 +459,11 @@ fn var_nginx_version(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
 
 fn var_hostname(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(s.cycle.hostname.as_bytes());
+    true
+}
+
+fn var_server_name(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(s.srv.core().server_name.as_bytes());
     true
 }
 

@@ -11,6 +11,7 @@ use crate::core::logfile::FileSpec;
 use crate::core::main_conf::MainConf;
 use crate::stream::core_module::CoreSrv;
 use crate::stream::phase::PhaseEngine;
+use crate::stream::server_names::VirtualNames;
 use crate::stream::session::SessionCore;
 use crate::stream::variables::Variables;
 use crate::stream::{MainConfs, SrvConfs};
@@ -39,11 +40,13 @@ pub struct Listening {
     pub opts: ListenOpts,
     /// `addr` as nginx prints it in "server: ..." of log lines.
     pub text: Rc<str>,
-    /// The server for connections to `addr` itself.
+    /// The default server for connections to `addr` itself.
     pub server: usize,
+    /// The servers sharing `addr`, by name (`server_name`).
+    pub names: Option<Rc<VirtualNames>>,
     /// Specific addresses served through this wildcard socket (no `bind`), by local
-    /// address: nginx's `ngx_stream_addr_conf_t` lookup.
-    pub by_local: Vec<(Addr, usize)>,
+    /// address, with their default server and names: nginx's `ngx_stream_addr_conf_t`.
+    pub by_local: Vec<(Addr, usize, Option<Rc<VirtualNames>>)>,
 }
 
 pub struct Cycle {
@@ -68,13 +71,14 @@ pub struct Cycle {
 }
 
 impl Listening {
-    /// The server for a connection accepted on this socket with local address `local`.
-    pub fn server_for(&self, local: Option<&Addr>) -> usize {
+    /// The default server and the virtual server names for a connection accepted on this
+    /// socket with local address `local`.
+    pub fn server_for(&self, local: Option<&Addr>) -> (usize, Option<Rc<VirtualNames>>) {
         if let Some(l) = local {
-            if let Some((_, s)) = self.by_local.iter().find(|(a, _)| a == l) {
-                return *s;
+            if let Some((_, s, names)) = self.by_local.iter().find(|(a, _, _)| a == l) {
+                return (*s, names.clone());
             }
         }
-        self.server
+        (self.server, self.names.clone())
     }
 }

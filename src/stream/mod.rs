@@ -10,6 +10,7 @@ pub mod phase;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod runtime;
+pub mod server_names;
 pub mod session;
 pub mod variables;
 pub mod worker;

@@ -128,6 +128,9 @@ pub struct SessionCore {
     pub pass_to: Option<Addr>,
     /// How many times `pass` has handed this connection over (nginx allows 10).
     pub passes: u8,
+    /// The servers sharing the address the client connected to, by name: where
+    /// `find_virtual_server` looks.
+    pub virtual_names: Option<Rc<crate::stream::server_names::VirtualNames>>,
     /// `$limit_conn_status` (nginx's `s->limit_conn_status`): 0 none, 1 PASSED,
     /// 2 REJECTED, 3 REJECTED_DRY_RUN.
     pub limit_conn_status: u8,

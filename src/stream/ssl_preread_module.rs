@@ -12,6 +12,7 @@ use crate::core::conf::ConfResult;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::{Flow, Phase, PhaseRegistry};
+use crate::stream::server_names::validate_host;
 use crate::stream::session::{Cx, SessionCore};
 use crate::stream::variables::Variables;
 
@@ -225,9 +226,24 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
             Flow::Declined
         }
         Parsed::Done(h) => {
+            let host = h.host.clone();
             s.set_ctx(Some(h));
+            if let Some(host) = host {
+                find_virtual_server(s, &host);
+            }
             Flow::Next
         }
+    }
+}
+
+/// `ngx_stream_ssl_preread_servername`: the server named by the SNI host, among the
+/// servers sharing the address, takes over the session (when the name is valid and
+/// known; otherwise the session stays where it is).
+fn find_virtual_server(s: &mut SessionCore, host: &[u8]) {
+    let Some(names) = s.virtual_names.clone() else { return };
+    let Some(host) = validate_host(host) else { return };
+    if let Some(srv) = names.find(s, &host).and_then(|i| s.cycle.servers.get(i).cloned()) {
+        s.srv = srv;
     }
 }
 

@@ -450,7 +450,7 @@ impl Worker {
             (None, Addr::Inet(a)) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
             (None, a) => a.clone(),
         };
-        let srv_idx = ls.server_for(Some(&local));
+        let (srv_idx, virtual_names) = ls.server_for(Some(&local));
         let Some(srv) = self.cycle.servers.get(srv_idx).cloned() else { return };
         let remote = match remote {
             Addr::Unix(_) => Addr::Unix(Default::default()),
@@ -501,6 +501,7 @@ impl Worker {
             cleanups: Vec::new(),
             pass_to: None,
             passes,
+            virtual_names,
             limit_conn_status: 0,
             proxy_protocol: None,
             ctx: Vec::new(),

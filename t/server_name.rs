@@ -1,0 +1,226 @@
+//! `server_name` in stream servers (nginx 1.25.5): servers sharing a `listen` address,
+//! chosen by the SNI host name that `ssl_preread` reads — exact names, "*.name",
+//! ".name" and "name.*" wildcards (the longest wins), regexes in order (captures and
+//! named groups), `default_server`, `$server_name` — and the configuration checks.
+//! Without any `server_name`, a shared address stays nginx 1.22.1's error (recorded in
+//! t/data/conf_errors).
+
+use std::io::{Read, Write};
+
+use crate::common::{connect, free_port, run, Sluice, TempDir};
+
+/// A ClientHello record carrying SNI `host` (TLS 1.2, one cipher, no other extension).
+fn hello(host: &[u8]) -> Vec<u8> {
+    let list_len = 3 + host.len();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    ext.extend_from_slice(&(list_len as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    ext.extend_from_slice(host);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Send a hello with SNI `host` and read the answer until sluice closes.
+fn ask(port: u16, host: &str) -> String {
+    let mut c = connect(port);
+    c.write_all(&hello(host.as_bytes())).expect("write hello");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn sni_picks_the_virtual_server() {
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    log_format names '$server_name|$ssl_preread_server_name';
+    access_log %%PREFIX%%names.log names;
+    server {{
+        listen 127.0.0.1:{p};
+        ssl_preread on;
+        return "default|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name example.com Other.Example.COM;
+        return "exact|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name *.example.org;
+        return "head|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name *.deep.example.org;
+        return "deeper|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name .dot.test;
+        return "dot|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name www.example.*;
+        return "tail|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name ~^(?<sub>[a-z]+)\.(re)\.test$ ~^CASE\.test$;
+        return "regex|$server_name|$sub|$2";
+    }}
+
+    server {{
+        listen 127.0.0.1:{q};
+        ssl_preread on;
+        return "first|$server_name";
+    }}
+    server {{
+        listen 127.0.0.1:{q} default_server;
+        server_name named.test;
+        return "chosen-default|$server_name";
+    }}
+}}
+"#
+    ));
+    let cases = [
+        ("example.com", "exact|example.com"),
+        // Lowercased, without a trailing dot or a port; any of the server's names.
+        ("EXAMPLE.com.", "exact|example.com"),
+        ("other.example.com", "exact|example.com"),
+        ("a.example.org", "head|*.example.org"),
+        ("a.b.example.org", "head|*.example.org"),
+        // "*.name" does not match the name itself; the longest wildcard wins.
+        ("example.org", "default|"),
+        ("x.deep.example.org", "deeper|*.deep.example.org"),
+        ("deep.example.org", "head|*.example.org"),
+        // ".name" is both the name and "*.name"; $server_name drops the dot.
+        ("dot.test", "dot|dot.test"),
+        ("x.y.dot.test", "dot|dot.test"),
+        ("www.example.net", "tail|www.example.*"),
+        ("www.example.co.uk", "tail|www.example.*"),
+        ("www.example", "default|"),
+        // Regexes: captures and named groups for the chosen server's variables; an
+        // uppercase letter makes a regex caseless.
+        ("abc.re.test", "regex|~^(?<sub>[a-z]+)\\.(re)\\.test$|abc|re"),
+        ("case.test", "regex|~^(?<sub>[a-z]+)\\.(re)\\.test$||"),
+        // Unknown and invalid names stay with the default server.
+        ("unknown.test", "default|"),
+        ("a..example.com", "default|"),
+        ("exa/mple.com", "default|"),
+    ];
+    let mut wrong = Vec::new();
+    for (host, want) in cases {
+        let got = ask(p, host);
+        if got != want {
+            wrong.push(format!("{host}: got {got:?}, want {want:?}"));
+        }
+    }
+    // `default_server` makes the second server the default of its address.
+    for (host, want) in [("named.test", "chosen-default|named.test"), ("other.test", "chosen-default|named.test")] {
+        let got = ask(q, host);
+        if got != want {
+            wrong.push(format!("{host} on the second address: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The log phase runs in the chosen server: its $server_name.
+    let lines = s.wait_lines("names.log", cases.len() + 2);
+    assert_eq!(lines.first().map(String::as_str), Some("example.com|example.com"), "{lines:?}");
+}
+
+/// `sluice -t` on a stream block: (exit code, stderr).
+fn test_conf(stream: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("server-name");
+    let conf = format!("events {{}}\nstream {{\n{stream}}}\n");
+    std::fs::write(dir.join("sluice.conf"), conf).expect("write conf");
+    let out = run(&["-t", "-p", &dir.prefix(), "-c", "sluice.conf"], dir.path());
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn configuration_checks_as_nginx() {
+    let srv = |body: &str| {
+        format!("    server {{\n        listen 127.0.0.1:8000;\n        {body}\n        return x;\n    }}\n")
+    };
+    let refused = [
+        (srv("server_name *;"), "[emerg] server name \"*\" is invalid in ", ":5"),
+        (srv("server_name *x.com;"), "[emerg] server name \"*x.com\" is invalid in ", ":5"),
+        (srv("server_name .;"), "[emerg] server name \".\" is invalid in ", ":5"),
+        (srv("server_name ~;"), "[emerg] empty regex in server name \"~\" in ", ":5"),
+        (srv("server_name a; listen 127.0.0.1:8000;"), "[emerg] a duplicate listen 127.0.0.1:8000 in ", ":5"),
+        (
+            format!("{}{}", srv("server_name a;"), srv("server_name a*b;")),
+            "[emerg] invalid server name or wildcard \"a*b\" on 127.0.0.1:8000",
+            "",
+        ),
+        (
+            srv("listen 127.0.0.1:8001 default_server; server_name a; listen 127.0.0.1:8001 default_server;")
+                .replace("listen 127.0.0.1:8000;\n", ""),
+            "[emerg] a duplicate listen 127.0.0.1:8001 in ",
+            ":4",
+        ),
+        (
+            format!(
+                "{}{}",
+                srv("server_name a; listen 127.0.0.1:8001 default_server;"),
+                srv("listen 127.0.0.1:8001 default_server;")
+            ),
+            "[emerg] a duplicate default server for 127.0.0.1:8001 in ",
+            ":10",
+        ),
+        (
+            format!(
+                "{}{}",
+                srv("server_name a; listen 127.0.0.1:8001 backlog=10;"),
+                srv("listen 127.0.0.1:8001 rcvbuf=8k;")
+            ),
+            "[emerg] duplicate listen options for 127.0.0.1:8001 in ",
+            ":10",
+        ),
+        // No server_name anywhere: nginx 1.22.1's one server per address.
+        (format!("{}{}", srv(""), srv("")), "[emerg] duplicate \"127.0.0.1:8000\" address and port pair in ", ":9"),
+    ];
+    let mut wrong = Vec::new();
+    for (stream, msg, at) in &refused {
+        let (code, err) = test_conf(stream);
+        let line = err.lines().find(|l| l.contains("[emerg]")).unwrap_or("");
+        if code != Some(1) || !line.contains(msg) || !line.ends_with(at) {
+            wrong.push(format!("{stream}\n  want {msg}...{at}, exit 1\n  got exit {code:?}: {err}"));
+        }
+    }
+    // Accepted, with nginx's warnings.
+    let warned = [
+        (
+            format!("{}{}{}", srv("server_name a;"), srv(""), srv("")),
+            "[warn] conflicting server name \"\" on 127.0.0.1:8000, ignored",
+        ),
+        (srv("server_name a/b;"), "[warn] server name \"a/b\" has suspicious symbols in "),
+        (
+            format!("{}{}", srv("server_name a *.b.com;"), srv("server_name .b.com;")),
+            "[warn] conflicting server name \".b.com\" on 127.0.0.1:8000, ignored",
+        ),
+    ];
+    for (stream, msg) in &warned {
+        let (code, err) = test_conf(stream);
+        if code != Some(0) || !err.contains(msg) || !err.contains("test is successful") {
+            wrong.push(format!("{stream}\n  want {msg} and success\n  got exit {code:?}: {err}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
