@@ -1107,11 +1107,18 @@ fn worker_processes_auto_user_and_rlimit_nofile() {
     let ws = workers_of(master, &[]);
     let uid = |pid: i32| status_field(pid, "Uid").and_then(|u| u.split_whitespace().next().map(str::to_string));
     assert_eq!(uid(master).as_deref(), Some("0"), "the master's uid");
-    for &w in &ws {
-        let u = status_field(w, "Uid");
-        assert!(u.as_deref().is_some_and(|u| u.split_whitespace().all(|x| x == "65534")), "worker {w} uids {u:?}");
-        assert_eq!(nofile_limit(w), Some(1000), "worker {w}'s RLIMIT_NOFILE");
-    }
+    // A worker just forked is still root until it has set itself up: wait for that.
+    let dropped = |w: i32| {
+        status_field(w, "Uid").is_some_and(|u| u.split_whitespace().all(|x| x == "65534"))
+            && nofile_limit(w) == Some(1000)
+    };
+    assert!(wait_for(10 * SEC, || ws.iter().all(|&w| dropped(w))), "{}", {
+        let each: Vec<String> = ws
+            .iter()
+            .map(|&w| format!("worker {w}: uids {:?}, RLIMIT_NOFILE {:?}", status_field(w, "Uid"), nofile_limit(w)))
+            .collect();
+        each.join("\n")
+    });
     assert!(wait_for(10 * SEC, || served_by(p).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
 }
 
