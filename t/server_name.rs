@@ -224,3 +224,59 @@ fn configuration_checks_as_nginx() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
+
+/// Shaped like nginx-tests' stream_server_name.t (which needs TLS termination): names
+/// in a row and over two directives, PCRE's `\Q...\E` and `\p{N}`, named captures,
+/// uppercase hosts, the most specific wildcard at either end.
+#[test]
+fn stream_server_name_t_shape() {
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    server_names_hash_bucket_size 64;
+    server {{ listen 127.0.0.1:{p}; server_name localhost; ssl_preread on; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name www.example.com; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name ~^EXAMPLE\.COM$; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name ~^(?P<name>[a-z]+)\Q.example.com\E$; return $name; }}
+    server {{ listen 127.0.0.1:{p}; server_name "~^(?P<name>www\p{{N}}+)\.example\.com$"; return $name; }}
+    server {{ listen 127.0.0.1:{p}; server_name many.example.com many2.example.com; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name many3.example.com; server_name many4.example.com; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name *.wc.example.com; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name *.pref.wc.example.com; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name wc2.example.*; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name wc2.example.com.*; return $server_name; }}
+    server {{ listen 127.0.0.1:{p}; server_name .dot.example.com; return $server_name; }}
+}}
+"#
+    ));
+    let cases = [
+        ("xxx", "localhost"),
+        ("www.example.com", "www.example.com"),
+        ("WWW.EXAMPLE.COM", "www.example.com"),
+        ("example.com", "~^EXAMPLE\\.COM$"),
+        ("EXAMPLE.COM", "~^EXAMPLE\\.COM$"),
+        ("blah.example.com", "blah"),
+        ("BLAH.EXAMPLE.COM", "blah"),
+        ("www01.example.com", "www01"),
+        ("WWW01.EXAMPLE.COM", "www01"),
+        ("many.example.com", "many.example.com"),
+        ("many2.example.com", "many.example.com"),
+        ("many3.example.com", "many3.example.com"),
+        ("many4.example.com", "many3.example.com"),
+        ("www.wc.example.com", "*.wc.example.com"),
+        ("www.pref.wc.example.com", "*.pref.wc.example.com"),
+        ("wc2.example.net", "wc2.example.*"),
+        ("wc2.example.com.pref", "wc2.example.com.*"),
+        ("dot.example.com", "dot.example.com"),
+        ("www.dot.example.com", "dot.example.com"),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(host, want)| {
+            let got = ask(p, host);
+            (got != *want).then(|| format!("{host}: got {got:?}, want {want:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -329,6 +329,19 @@ impl Module for StreamCore {
             args: Arity::Take(1),
             set: Set::<Self>::Srv(|c, cmd, _| c.resolver_timeout.set(cmd, value::msec(cmd)?)),
         },
+        // Sizes of nginx's server name hash: sluice's lookup has no buckets to size.
+        Directive {
+            name: "server_names_hash_max_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+        },
+        Directive {
+            name: "server_names_hash_bucket_size",
+            ctx: Ctx::STREAM_MAIN,
+            args: Arity::Take(1),
+            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+        },
         Directive {
             name: "variables_hash_max_size",
             ctx: Ctx::STREAM_MAIN,

@@ -435,14 +435,18 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
             cmd.err(format!("pcre2_compile() failed: {} in \"{}\" at \"{}\"", msg, pattern, rest))
         });
     }
-    let re =
-        regex::bytes::RegexBuilder::new(pattern).case_insensitive(caseless).unicode(false).build().map_err(|e| {
+    let translated = pcre_quotes(pattern);
+    // PCRE's \p{..} classes need Unicode tables; elsewhere bytes match as PCRE without UTF.
+    let unicode = pattern.contains("\\p") || pattern.contains("\\P");
+    let re = regex::bytes::RegexBuilder::new(&translated).case_insensitive(caseless).unicode(unicode).build().map_err(
+        |e| {
             cmd.err(format!(
                 "regex \"{}\" compilation failed: {} (sluice matches with the Rust regex syntax)",
                 pattern,
                 short_error(&e)
             ))
-        })?;
+        },
+    )?;
     let mut named = Vec::new();
     for (i, n) in re.capture_names().enumerate() {
         if let Some(n) = n {
@@ -451,6 +455,38 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
         }
     }
     Ok(StreamRegex { re, named })
+}
+
+/// PCRE's `\Q...\E` (everything between is literal), which the regex crate lacks.
+fn pcre_quotes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.chars().next() {
+            Some('Q') => {
+                let quoted = &after[1..];
+                let (lit, next) = match quoted.find("\\E") {
+                    Some(e) => (&quoted[..e], &quoted[e + 2..]),
+                    None => (quoted, ""),
+                };
+                out.push_str(&regex::escape(lit));
+                rest = next;
+            }
+            Some(c) => {
+                out.push('\\');
+                out.push(c);
+                rest = &after[c.len_utf8()..];
+            }
+            None => {
+                out.push('\\');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
@@ -621,6 +657,13 @@ fn store(s: &mut SessionCore, idx: usize, v: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcre_quotes_become_escapes() {
+        assert_eq!(pcre_quotes(r"^(a)\Q.b(c\E$"), r"^(a)\.b\(c$");
+        assert_eq!(pcre_quotes(r"\Q*"), r"\*");
+        assert_eq!(pcre_quotes(r"\d\.x\"), r"\d\.x\");
+    }
 
     #[test]
     fn pcre_errors() {
