@@ -177,6 +177,9 @@ fn version_full_big_v() {
         e.lines().any(|l| l.starts_with("configure arguments: --with-stream")),
         "needs `configure arguments: --with-stream ...`:\n{e}"
     );
+    // nginx's test suite reads "http" from here and skips stream_map.t without it.
+    assert!(!e.split_whitespace().any(|w| w == "--without-http"), "-V says --without-http:\n{e}");
+    assert!(e.contains("--with-stream_ssl_preread_module"), "-V lists the optional stream modules:\n{e}");
 }
 
 // ---- -t / -T / -q ------------------------------------------------------------------
