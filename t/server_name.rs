@@ -280,3 +280,22 @@ stream {{
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Servers kept in included files (conf.d style) may share an address by name too.
+#[test]
+fn server_names_in_included_files() {
+    let p = free_port();
+    let dir = TempDir::new("server-name-include");
+    std::fs::create_dir_all(dir.join("conf.d")).expect("conf.d");
+    for (file, body) in [
+        ("a.conf", "ssl_preread on; return \"a|$server_name\";"),
+        ("b.conf", "server_name b.test; return \"b|$server_name\";"),
+    ] {
+        let text = format!("server {{ listen 127.0.0.1:{p}; {body} }}\n");
+        std::fs::write(dir.join("conf.d").join(file), text).expect("write include");
+    }
+    let s = Sluice::start(&format!("events {{}}\nstream {{\n    include {}conf.d/*.conf;\n}}\n", dir.prefix()));
+    assert_eq!(ask(p, "b.test"), "b|b.test");
+    assert_eq!(ask(p, "other.test"), "a|");
+    drop(s);
+}

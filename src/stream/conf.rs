@@ -618,11 +618,7 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
         return Err(cmd.duplicate());
     }
     cx.stream_seen = true;
-    cx.virtual_servers = inner
-        .cmds
-        .iter()
-        .filter(|c| c.name == "server")
-        .any(|c| c.block.as_ref().is_some_and(|b| b.cmds.iter().any(|d| d.name == "server_name")));
+    cx.virtual_servers = names_servers(cx, inner, false, 0);
     let mut top = SrvConfs::default();
     block(cx, inner, &mut Scope::Stream(&mut top))?;
     modules::init_main(cx)?;
@@ -636,6 +632,28 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     let cores: Vec<&CoreSrv> = cx.ready.iter().map(|r| &r.confs.core).collect();
     cx.listening = listening(&cores)?;
     Ok(())
+}
+
+/// Whether a `server {}` of the stream block (`b`, or a server's block when `in_server`)
+/// has a `server_name`, looking into included files. A look ahead: errors in the files
+/// are left for the real reading to report.
+fn names_servers(cx: &ConfCx, b: &Block, in_server: bool, depth: usize) -> bool {
+    b.cmds.iter().any(|c| match c.name.as_str() {
+        "server_name" => in_server,
+        "server" if !in_server => c.block.as_ref().is_some_and(|inner| names_servers(cx, inner, true, depth)),
+        "include" if depth < 16 && c.args.len() == 1 => {
+            let pattern = cx.conf_full_name(c.arg(0));
+            let names = if pattern.contains(['*', '?', '[']) {
+                crate::core::glob::glob(&pattern).unwrap_or_default()
+            } else {
+                vec![pattern]
+            };
+            names.iter().any(|n| {
+                parser::parse_file(n, Some(c)).is_ok_and(|(_, inc)| names_servers(cx, &inc, in_server, depth + 1))
+            })
+        }
+        _ => false,
+    })
 }
 
 fn server_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
