@@ -226,11 +226,10 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
             Flow::Declined
         }
         Parsed::Done(h) => {
-            let host = h.host.clone();
-            s.set_ctx(Some(h));
-            if let Some(host) = host {
-                find_virtual_server(s, &host);
+            if let Some(host) = &h.host {
+                find_virtual_server(s, host);
             }
+            s.set_ctx(Some(h));
             Flow::Next
         }
     }
