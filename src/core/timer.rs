@@ -3,6 +3,10 @@
 //! A timer names a mio `Token`; the owner keeps the `TimerId` to cancel or re-arm it.
 //! Re-arming that moves a deadline by less than `LAZY` is skipped, as nginx's
 //! `NGX_TIMER_LAZY_DELAY`, so a busy relay does not churn the tree on every read.
+//!
+//! The owner of a slot clears it when its timer fires (the fired id is no longer in
+//! the tree), so a slot holding `Some` always names a live timer and re-arming needs no
+//! lookup.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,10 +43,11 @@ impl Timers {
     }
 
     /// Arm `slot` for `at`: keep the existing timer if it is within `LAZY` of `at`.
+    /// `slot` must have been cleared if its timer fired (see the module comment).
     pub fn rearm(&mut self, slot: &mut Option<TimerId>, at: Instant, t: Token) {
         if let Some(old) = *slot {
             let d = if old.0 > at { old.0 - at } else { at - old.0 };
-            if d < LAZY && self.tree.contains_key(&old) {
+            if d < LAZY {
                 return;
             }
             self.cancel(old);

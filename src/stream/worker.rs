@@ -174,8 +174,11 @@ impl Worker {
 
     pub fn run(&mut self) -> Exit {
         let mut events = Events::with_capacity(512);
+        time::update();
         loop {
-            time::update();
+            // The clock is read once per turn, after epoll_wait (as nginx): the timeout is
+            // computed from the turn's cached time, so a timer may fire late by the time
+            // the turn took, never early.
             let now = time::instant();
             let mut timeout = self.timers.next_timeout(now);
             if let Some(f) = self.rt.next_flush() {
