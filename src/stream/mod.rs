@@ -12,6 +12,7 @@ pub mod relay;
 pub mod runtime;
 pub mod server_names;
 pub mod session;
+pub mod udp_pool;
 pub mod variables;
 pub mod worker;
 

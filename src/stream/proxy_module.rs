@@ -311,6 +311,8 @@ struct ProxySession {
     upstream_error: bool,
     /// UDP: the PROXY protocol header still to send, with the first datagram.
     udp_header: Option<Vec<u8>>,
+    /// UDP: the upstream socket's peer, for returning the socket to the pool.
+    udp_peer: Option<SocketAddr>,
 }
 
 fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
@@ -333,6 +335,7 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         responses: 0,
         upstream_error: false,
         udp_header: None,
+        udp_peer: None,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -455,7 +458,15 @@ impl ProxySession {
             p.received = 0;
             p.sent = 0;
         }
-        let sock = match self.open_socket(s, &peer_addr) {
+        let pooled = match &peer_addr {
+            Addr::Inet(a) if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(_))) => {
+                self.udp_peer = Some(*a);
+                cx.rt.udp_pool.take(a)
+            }
+            _ => None,
+        };
+        let reused = pooled.is_some();
+        let sock = match pooled.map(Conn::Dgram).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
             Ok(c) => c,
             Err(Connect::Refused(e)) => {
                 s.connection_error(Side::Upstream, &e, "connect() failed");
@@ -471,7 +482,13 @@ impl ProxySession {
         cx.rt.next_connection();
         cx.rt.conns += 1;
         let interest = if self.udp { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-        if let Err(e) = sock.register(cx.registry, session_token(s.key, Side::Upstream), interest) {
+        let token = session_token(s.key, Side::Upstream);
+        let r = if reused {
+            sock.reregister(cx.registry, token, interest)
+        } else {
+            sock.register(cx.registry, token, interest)
+        };
+        if let Err(e) = r {
             s.log(Level::Alert, "epoll_ctl() failed", Some(&e));
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
@@ -547,6 +564,24 @@ impl ProxySession {
         self.connect(s, cx)
     }
 
+    /// End of a UDP session that got exactly the responses it waited for, from a peer
+    /// that reported no error: its socket goes to the pool for the next session.
+    fn pool_udp_upstream(&mut self, s: &SessionCore, cx: &mut Cx<'_>) {
+        let Some(peer) = self.udp_peer.take() else { return };
+        let responses = conf(s).responses.get();
+        if self.upstream_error
+            || self.requests == 0
+            || responses == UNLIMITED
+            || self.responses != responses.saturating_mul(self.requests)
+        {
+            return;
+        }
+        if let Some(Conn::Dgram(sock)) = self.upstream.take() {
+            cx.rt.conns = cx.rt.conns.saturating_sub(1);
+            cx.rt.udp_pool.put(peer, sock);
+        }
+    }
+
     /// Close the upstream connection. Before a retry its token is reused, so it leaves
     /// the epoll set first; at the end of the session closing is enough.
     fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
@@ -614,7 +649,9 @@ impl ProxySession {
         self.up.src_ready = true;
         s.action = Some("proxying connection");
         match self.process(s, cx, false) {
-            Flow::Again => self.process(s, cx, true),
+            // A datagram socket has nothing to read before its first send: an answer
+            // raises an edge (the socket is watched before anything is sent).
+            Flow::Again if !self.udp => self.process(s, cx, true),
             f => f,
         }
     }
@@ -736,6 +773,7 @@ impl ProxySession {
     /// through the listening socket. Datagram boundaries are kept.
     fn process_udp(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let expected = conf(s).responses.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
         if from_upstream {
             // The shared buffer is lent out while the pacing helpers use the context.
@@ -765,6 +803,9 @@ impl ProxySession {
                         }
                         self.responses += 1;
                         plog.received += n as u64;
+                        // The last expected response: stop reading (nginx marks the
+                        // upstream at end of file), which also saves the EAGAIN read.
+                        let done = expected != UNLIMITED && self.responses >= expected.saturating_mul(self.requests);
                         paced(&mut self.delayed[1], &mut self.delay_timer[1], self.download_rate, n, s.key, cx);
                         match s.client.write(&buf[..n]) {
                             Ok(w) => s.sent += w as u64,
@@ -773,6 +814,9 @@ impl ProxySession {
                                 err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
                                 break;
                             }
+                        }
+                        if done {
+                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1037,6 +1081,7 @@ impl Content for ProxySession {
         for t in &mut self.delay_timer {
             cx.timers.clear(t);
         }
+        self.pool_udp_upstream(s, cx);
         self.close_upstream(s, cx, false);
         // Give the pipes back at once (closed if bytes are left in them).
         self.down.release(&mut cx.rt.pipes);

@@ -9,6 +9,7 @@ use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
 use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
+use crate::stream::udp_pool::UdpPool;
 use crate::upstream::round_robin::RoundRobin;
 use crate::upstream::zone::{self, SharedPeers};
 use crate::upstream::{new_balancer, Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
@@ -35,6 +36,8 @@ pub struct WorkerState {
     pub conns: usize,
     /// UDP sessions by (listener, client address).
     pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
+    /// Upstream UDP sockets left by finished sessions, for the next ones.
+    pub udp_pool: UdpPool,
     next_conn: u64,
 }
 
@@ -86,6 +89,7 @@ impl WorkerState {
             pipes: PipePool::default(),
             conns: 0,
             udp_sessions: HashMap::new(),
+            udp_pool: UdpPool::default(),
             next_conn: 0,
         }
     }

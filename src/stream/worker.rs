@@ -633,6 +633,7 @@ impl Worker {
     fn release_idle_memory(&mut self) {
         self.sessions.shrink_to_fit();
         self.rt.udp_sessions.shrink_to_fit();
+        self.rt.udp_pool.clear();
         self.udp_buf = Vec::new();
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe {
