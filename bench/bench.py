@@ -44,7 +44,12 @@ SECTION = "## Side-by-side: sluice vs nginx vs HAProxy (issue 4)"
 CPU_PROXY = 0
 CPU_LOAD = 1
 ALL_PROXIES = ["sluice", "nginx", "haproxy", "haproxy-splice"]
-ALL_SCENARIOS = ["bulk1", "bulk4", "short", "short2w", "keepalive", "idle", "dns", "syscalls"]
+ALL_SCENARIOS = ["bulk1", "bulk4", "short", "short2w", "keepalive", "idle", "dns", "dnslb", "syscalls"]
+# UDP scenarios (HAProxy has no UDP proxying) and their dnsperf load: (clients, outstanding).
+# dns: 4 client sockets keep 100 queries in flight, so each client address is one long
+# session; dnslb: DNS load balancing as deployed (`proxy_responses 1`), 64 clients with one
+# query in flight each, so every query is a session of its own.
+DNS_LOAD = {"dns": (4, 100), "dnslb": (64, 64)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 WRK_CONNS = 64
@@ -275,7 +280,8 @@ class Ports:
         self.dns = free_port(socket.SOCK_DGRAM)
         # per proxy and worker count (1, or 2 for short2w)
         self.proxy = {(p, w): {"bulk": free_port(), "http": free_port(), "idle": free_port(),
-                               "dns": free_port(socket.SOCK_DGRAM)} for p in proxies for w in (1, 2)}
+                               "dns": free_port(socket.SOCK_DGRAM), "dnslb": free_port(socket.SOCK_DGRAM)}
+                      for p in proxies for w in (1, 2)}
 
 
 def stream_servers(pp, ports, udp):
@@ -286,6 +292,7 @@ def stream_servers(pp, ports, udp):
 """
     if udp:
         s += f"""    server {{ listen 127.0.0.1:{pp['dns']} udp; proxy_pass 127.0.0.1:{ports.dns}; }}
+    server {{ listen 127.0.0.1:{pp['dnslb']} udp; proxy_pass 127.0.0.1:{ports.dns}; proxy_responses 1; }}
 """
     return s
 
@@ -559,12 +566,12 @@ def iperf3(port, seconds, streams):
             "interval_gbps": [round(x, 1) for x in rates]}, None
 
 
-def dnsperf(work, port, seconds):
+def dnsperf(work, port, seconds, scen="dns"):
     q = work / "queries.txt"
     if not q.exists():
         q.write_text("bench.test A\n")
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(q), "-l", str(seconds),
-            "-c", "4", "-q", "100"]
+            "-c", str(DNS_LOAD[scen][0]), "-q", str(DNS_LOAD[scen][1])]
     rc, out, err = run(argv, CPU_LOAD, timeout=seconds + 30, name="dnsperf")
     m = re.search(r"Queries completed:\s+(\d+)", out)
     qps = re.search(r"Queries per second:\s+([\d.]+)", out)
@@ -749,9 +756,10 @@ def m_idle(ctx, proxy):
             "kib_per_conn": (after - before) / n, "conns": n}, None
 
 
-def m_dns(ctx, proxy):
+def m_dns(ctx, proxy, scen):
     d = ctx.args.duration
-    res, u, s, extra = measure_cpu(proxy, lambda: dnsperf(ctx.work, proxy.pp["dns"], d))
+    dnsperf(ctx.work, proxy.pp[scen], 1, scen)  # warm-up, not measured
+    res, u, s, extra = measure_cpu(proxy, lambda: dnsperf(ctx.work, proxy.pp[scen], d, scen))
     r, err = res
     if r is None:
         return None, err
@@ -760,18 +768,26 @@ def m_dns(ctx, proxy):
     return out, (f"{r['lost']} queries lost" if r["lost"] else None)
 
 
-def strace_pass(ctx, proxy, close, seconds):
-    """Syscalls per short connection / keep-alive request: strace -c -f attached to every
-    process of the proxy's tree while wrk runs (not timed: strace slows the proxy down)."""
-    wrk(ctx.work, proxy.pp["http"], 1, close)
+def strace_pass(ctx, proxy, kind, seconds):
+    """Syscalls per short connection / keep-alive request / DNS query (dnslb): strace -c -f
+    attached to every process of the proxy's tree while wrk or dnsperf runs (not timed:
+    strace slows the proxy down)."""
+    if kind == "dnslb":
+        def load(t):
+            r, err = dnsperf(ctx.work, proxy.pp["dnslb"], t, "dnslb")
+            return (dict(r, requests=r["completed"]) if r else None), err
+    else:
+        def load(t):
+            return wrk(ctx.work, proxy.pp["http"], t, kind == "short")
+    load(1)
     pids = tree(proxy.proc.pid)
-    out = ctx.work / f"strace-{proxy.name}-{'short' if close else 'keepalive'}.txt"
+    out = ctx.work / f"strace-{proxy.name}-{kind}.txt"
     argv = ["strace", "-c", "-f", "-o", str(out)]
     for p in pids:
         argv += ["-p", str(p)]
     st = PROCS.start(argv, CPU_LOAD, "strace", out=ctx.work / "strace.stderr")
     time.sleep(1.0)  # attached
-    r, err = wrk(ctx.work, proxy.pp["http"], seconds, close)
+    r, err = load(seconds)
     time.sleep(0.2)
     os.kill(st.pid, signal.SIGINT)
     try:
@@ -809,8 +825,11 @@ SCENARIO_TITLES = {
     "short2w": f"short connections, 2 workers (wrk -c{WRK_CONNS}, Connection: close, proxy unpinned)",
     "keepalive": f"keep-alive (wrk -c{WRK_CONNS})",
     "idle": "idle connections",
-    "dns": "UDP DNS (dnsperf -c4 -q100, dnsmasq)",
+    "dns": "UDP DNS, 4 long sessions (dnsperf -c4 -q100, dnsmasq)",
+    "dnslb": "UDP DNS, a session per query (proxy_responses 1, dnsperf -c64 -q64, dnsmasq)",
 }
+
+SYSCALL_UNIT = {"short": "connection", "keepalive": "request", "dnslb": "query"}
 
 # (scenario, key, label, format, lower is better)
 METRICS = [
@@ -830,6 +849,8 @@ METRICS = [
     ("idle", "rss_before_kib", "proxy RSS before, KiB", "{:,.0f}", True),
     ("dns", "qps", "queries/s", "{:,.0f}", False),
     ("dns", "cpu_s_per_100k", "proxy CPU-s per 100k queries", "{:.3f}", True),
+    ("dnslb", "qps", "queries/s", "{:,.0f}", False),
+    ("dnslb", "cpu_s_per_100k", "proxy CPU-s per 100k queries", "{:.3f}", True),
 ]
 
 # sluice's targets, as ratios to nginx
@@ -841,6 +862,10 @@ TARGETS = [
     ("keepalive", "cpu_us_per_req", "keep-alive CPU-µs per request", "≤", 1.0),
     ("keepalive", "p99_ms", "keep-alive p99", "≤", 1.0),
     ("idle", "kib_per_conn", "idle RSS per connection", "≤", 0.5),
+    ("dnslb", "qps", "UDP DNS q/s, a session per query", "≥", 1.5),
+    ("dnslb", "cpu_s_per_100k", "UDP DNS CPU per query, a session per query", "≤", 0.6),
+    ("dns", "qps", "UDP DNS q/s, 4 long sessions", "≥", 1.5),
+    ("dns", "cpu_s_per_100k", "UDP DNS CPU per query, 4 long sessions", "≤", 0.6),
 ]
 # reported next to the targets, not one of them
 INFO_TARGETS = [
@@ -1009,7 +1034,7 @@ def main():
     contestants2 = {p: Proxy(p, work, ports, sluice_bin, udp_ok, 2) for p in proxies} if "short2w" in scenarios else {}
     for c in list(contestants.values()) + list(contestants2.values()):
         c.check()
-    ctx.backends = Backends(work, ports, "dns" in scenarios)
+    ctx.backends = Backends(work, ports, any(s in DNS_LOAD for s in scenarios))
     versions = tool_versions(sluice_bin)
     print(f"work dir {work}; sluice {args.sluice_rev or git_desc()}; UDP in sluice: {'yes' if udp_ok else 'no'}", flush=True)
 
@@ -1063,7 +1088,7 @@ def main():
             elif scen == "idle":
                 v, problem = m_idle(ctx, c)
             else:
-                v, problem = m_dns(ctx, c)
+                v, problem = m_dns(ctx, c, scen)
         except (OSError, ValueError, KeyError, asyncio.TimeoutError) as e:
             v, problem = None, f"measurement failed: {type(e).__name__}: {e}"
         try:
@@ -1089,7 +1114,7 @@ def main():
     try:
         for r in range(args.rounds):
             for si, scen in enumerate(timed):
-                who = dns_proxies if scen == "dns" else proxies
+                who = dns_proxies if scen in DNS_LOAD else proxies
                 k = (r + si) % len(who)
                 order = who[k:] + who[:k]
                 for p in order:
@@ -1111,13 +1136,14 @@ def main():
             for p in proxies:
                 c = contestants[p]
                 sysc[p] = {}
-                for close in (True, False):
-                    kind = "short" if close else "keepalive"
+                for kind in ("short", "keepalive", "dnslb"):
+                    if kind == "dnslb" and not c.udp:
+                        continue
                     off = c.log_size()
                     try:
                         c.start()
                         try:
-                            v, err = strace_pass(ctx, c, close, args.strace_seconds)
+                            v, err = strace_pass(ctx, c, kind, args.strace_seconds)
                         finally:
                             c.stop()
                     except (RuntimeError, OSError) as e:
@@ -1127,7 +1153,7 @@ def main():
                         incidents.append({"round": "strace", "scenario": kind, "proxy": p, "what": err,
                                           "log": c.log_since(off)[-10:]})
                     print(f"[syscalls] {kind:9s} {p:14s} "
-                          + (f"{v['per']:.1f} per {'connection' if close else 'request'}" if v else f"FAILED {err}"),
+                          + (f"{v['per']:.1f} per {SYSCALL_UNIT[kind]}" if v else f"FAILED {err}"),
                           flush=True)
     finally:
         PROCS.stop_all()
@@ -1212,7 +1238,7 @@ def report(raw):
             vals = [m.get(key) if usable(m) else None for m in data[scen][p]]
             mv = med(vals)
             if mv is None:
-                cells.append("n/a" if scen == "dns" and not any(vals) else "—")
+                cells.append("n/a" if scen in DNS_LOAD and not any(vals) else "—")
                 continue
             any_val = True
             cell = fmt(f, mv)
@@ -1306,10 +1332,15 @@ def report(raw):
         L.append("Kernel share of proxy CPU over all timed runs: "
                  + ", ".join(f"{p} {v:.0%}" for p, v in sysshare.items()) + ".")
     L.append("")
-    if "dns" in meta["scenarios"]:
+    if any(s in DNS_LOAD for s in meta["scenarios"]):
         if meta["udp_ok"]:
-            L.append("UDP DNS: HAProxy has no UDP proxying, so the scenario runs sluice and nginx "
-                     "(`listen ... udp; proxy_pass` to dnsmasq, nginx's defaults otherwise).")
+            L.append("UDP DNS: HAProxy has no UDP proxying, so these scenarios run sluice and nginx "
+                     "(`listen ... udp; proxy_pass` to dnsmasq, nginx's defaults otherwise). `dns`: "
+                     "dnsperf's 4 client sockets keep 100 queries in flight, so each is one long "
+                     "session. `dnslb`: DNS load balancing as deployed, `proxy_responses 1`, 64 client "
+                     "sockets with one query in flight each, so every query is a session of its own "
+                     "(nginx opens, connects and closes an upstream socket for each; sluice passes "
+                     "a finished session's socket on to the next).")
         else:
             L.append("UDP DNS: sluice has no UDP yet (issue 6); `sluice -t` on `listen ... udp` says: "
                      f"`{meta['udp_msg'].splitlines()[0] if meta['udp_msg'] else '?'}`. HAProxy has no UDP "
@@ -1335,13 +1366,15 @@ def report(raw):
         L.append("")
     if sysc:
         L.append("Syscalls (a separate, untimed pass: `strace -c -f` attached to the proxy's processes "
-                 f"while wrk runs {WRK_CONNS} connections; counts divided by completed requests):")
+                 f"while wrk runs {WRK_CONNS} connections, or dnsperf the dnslb load; counts divided by "
+                 "completed requests or queries):")
         L.append("")
-        L.append("| proxy | per short connection | top calls | per keep-alive request | top calls |")
-        L.append("|---|---|---|---|---|")
+        L.append("| proxy | per short connection | top calls | per keep-alive request | top calls "
+                 "| per DNS query (dnslb) | top calls |")
+        L.append("|---|---|---|---|---|---|---|")
         for p in proxies:
             row = [p]
-            for kind in ("short", "keepalive"):
+            for kind in ("short", "keepalive", "dnslb"):
                 v = sysc.get(p, {}).get(kind)
                 if not v:
                     row += ["—", ""]

@@ -903,7 +903,9 @@ impl ProxySession {
         if responses == UNLIMITED || self.responses < responses * self.requests {
             return None;
         }
-        s.log_bare(Level::Info, &format!("udp done, {}", self.udp_counts(s)));
+        if s.log_enabled(Level::Info) {
+            s.log_bare(Level::Info, &format!("udp done, {}", self.udp_counts(s)));
+        }
         Some(Flow::Finalize(status::OK))
     }
 
@@ -1046,7 +1048,9 @@ impl Content for ProxySession {
             let responses = conf(s).responses.get();
             if responses == UNLIMITED || self.responses >= responses * self.requests {
                 // The expected responses came: a timed-out UDP session ends well.
-                s.log_bare(Level::Info, &format!("udp timed out, {}", self.udp_counts(s)));
+                if s.log_enabled(Level::Info) {
+                    s.log_bare(Level::Info, &format!("udp timed out, {}", self.udp_counts(s)));
+                }
                 return Flow::Finalize(status::OK);
             }
             let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
