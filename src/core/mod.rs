@@ -5,6 +5,7 @@ pub mod addr;
 pub mod cidr;
 pub mod conf;
 pub mod conn;
+pub mod dns;
 pub mod glob;
 pub mod log;
 pub mod logfile;

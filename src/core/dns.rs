@@ -1,0 +1,475 @@
+//! DNS messages (RFC 1035): the queries the resolver sends, and a strict parser for the
+//! answers, which arrive from the network and are treated as hostile.
+//!
+//! The parser never trusts a length or an offset: every read is bounds-checked, a
+//! compression pointer must point before every place the name was read from so far (so
+//! a name cannot loop), labels are at most 63 bytes and names 255, extended label types
+//! are refused, and at most `MAX_RECORDS` records of a section are looked at.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_SRV: u16 = 33;
+const CLASS_IN: u16 = 1;
+
+/// rcodes (nginx's `NGX_RESOLVE_*` are the same numbers).
+pub const FORMERR: u8 = 1;
+pub const SERVFAIL: u8 = 2;
+pub const NXDOMAIN: u8 = 3;
+
+/// Longest name on the wire (RFC 1035 2.3.4).
+const MAX_NAME: usize = 255;
+/// Records looked at per answer: far more than any real answer, and a bound on work.
+pub const MAX_RECORDS: usize = 256;
+/// CNAMEs followed inside one answer.
+pub const MAX_CNAME_HOPS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The message ends before a field it announces.
+    Short,
+    /// Not a response, not a standard query, or not exactly one question.
+    Header,
+    /// A malformed name: a bad label type, a label or name too long, a pointer that
+    /// does not point backwards.
+    Name,
+    /// A record's data does not fit its type.
+    Rdata,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::Short => "short DNS response",
+            Error::Header => "invalid DNS response header",
+            Error::Name => "invalid name in DNS response",
+            Error::Rdata => "invalid record in DNS response",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RData {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Cname(String),
+    Srv { priority: u16, weight: u16, port: u16, target: String },
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Lowercase, without the trailing dot.
+    pub name: String,
+    pub ttl: u32,
+    pub data: RData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub id: u16,
+    pub rcode: u8,
+    pub truncated: bool,
+    pub qname: String,
+    pub qtype: u16,
+    pub answers: Vec<Record>,
+}
+
+/// A standard query with recursion desired for `name` (no trailing dot needed), or
+/// None if the name cannot be put on the wire (an empty or over-long label, a name over
+/// 255 bytes).
+pub fn query(id: u16, name: &str, qtype: u16) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return None;
+            }
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+    }
+    q.push(0);
+    if q.len() - 12 > MAX_NAME {
+        return None;
+    }
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    Some(q)
+}
+
+fn u16_at(m: &[u8], at: usize) -> Result<u16, Error> {
+    m.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(Error::Short)
+}
+
+fn u32_at(m: &[u8], at: usize) -> Result<u32, Error> {
+    m.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or(Error::Short)
+}
+
+/// The name at `at`, lowercased, and where the bytes after it (in place) begin.
+fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
+    let mut out = String::new();
+    let mut p = at;
+    // Every pointer must go below the lowest offset read so far: no loops, and at most
+    // one jump per two bytes of message.
+    let mut lowest = at;
+    let mut after = None;
+    let mut wire = 1;
+    loop {
+        let b = *m.get(p).ok_or(Error::Short)?;
+        match b & 0xc0 {
+            0x00 if b == 0 => {
+                return Ok((out, after.unwrap_or(p + 1)));
+            }
+            0x00 => {
+                let len = b as usize;
+                let label = m.get(p + 1..p + 1 + len).ok_or(Error::Short)?;
+                wire += len + 1;
+                if wire > MAX_NAME {
+                    return Err(Error::Name);
+                }
+                // A dot inside a label would make it another name.
+                if label.contains(&b'.') {
+                    return Err(Error::Name);
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.extend(label.iter().map(|&c| c.to_ascii_lowercase() as char));
+                p += 1 + len;
+            }
+            0xc0 => {
+                let target = (u16_at(m, p)? & 0x3fff) as usize;
+                if target >= lowest {
+                    return Err(Error::Name);
+                }
+                after.get_or_insert(p + 2);
+                lowest = target;
+                p = target;
+            }
+            _ => return Err(Error::Name),
+        }
+    }
+}
+
+/// Parse a response. Records of other classes are skipped; their data is not looked at.
+pub fn parse(m: &[u8]) -> Result<Response, Error> {
+    let id = u16_at(m, 0)?;
+    let flags = u16_at(m, 2)?;
+    let (qd, an) = (u16_at(m, 4)?, u16_at(m, 6)?);
+    // QR set, opcode QUERY, one question.
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || qd != 1 {
+        return Err(Error::Header);
+    }
+    let (qname, mut p) = read_name(m, 12)?;
+    let qtype = u16_at(m, p)?;
+    p += 4;
+    let mut answers = Vec::new();
+    for _ in 0..(an as usize).min(MAX_RECORDS) {
+        let (name, q) = read_name(m, p)?;
+        let rtype = u16_at(m, q)?;
+        let class = u16_at(m, q + 2)?;
+        // RFC 2181 8: a TTL with the top bit set is zero.
+        let ttl = u32_at(m, q + 4)?;
+        let ttl = if ttl & 0x8000_0000 != 0 { 0 } else { ttl };
+        let len = u16_at(m, q + 8)? as usize;
+        let start = q + 10;
+        let rdata = m.get(start..start + len).ok_or(Error::Short)?;
+        p = start + len;
+        if class != CLASS_IN {
+            continue;
+        }
+        let data = match rtype {
+            TYPE_A => {
+                let b: [u8; 4] = rdata.try_into().map_err(|_| Error::Rdata)?;
+                RData::A(Ipv4Addr::from(b))
+            }
+            TYPE_AAAA => {
+                let b: [u8; 16] = rdata.try_into().map_err(|_| Error::Rdata)?;
+                RData::Aaaa(Ipv6Addr::from(b))
+            }
+            TYPE_CNAME => {
+                let (target, end) = read_name(m, start)?;
+                if end > p {
+                    return Err(Error::Rdata);
+                }
+                RData::Cname(target)
+            }
+            TYPE_SRV => {
+                if len < 7 {
+                    return Err(Error::Rdata);
+                }
+                let (target, end) = read_name(m, start + 6)?;
+                if end > p {
+                    return Err(Error::Rdata);
+                }
+                RData::Srv {
+                    priority: u16_at(m, start)?,
+                    weight: u16_at(m, start + 2)?,
+                    port: u16_at(m, start + 4)?,
+                    target,
+                }
+            }
+            _ => RData::Other,
+        };
+        answers.push(Record { name, ttl, data });
+    }
+    Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated: flags & 0x0200 != 0, qname, qtype, answers })
+}
+
+/// What an answer says about `name` for `qtype` (A or AAAA), CNAMEs in it followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Addresses in answer order, and the smallest TTL on the way to them.
+    Addrs(Vec<IpAddr>, u32),
+    /// The chain ends at a name the answer has no addresses for: ask for that one.
+    Cname(String, u32),
+    /// Nothing for the name (NOERROR with no data).
+    Nothing,
+}
+
+/// Follow `name` through the answer's records to addresses of `qtype`.
+pub fn addresses(r: &Response, name: &str, qtype: u16) -> Found {
+    let mut cur = name.to_ascii_lowercase();
+    let mut ttl = u32::MAX;
+    for _ in 0..=MAX_CNAME_HOPS {
+        let mut addrs = Vec::new();
+        let mut cname = None;
+        for rec in r.answers.iter().filter(|rec| rec.name == cur) {
+            match &rec.data {
+                RData::A(a) if qtype == TYPE_A => {
+                    addrs.push(IpAddr::V4(*a));
+                    ttl = ttl.min(rec.ttl);
+                }
+                RData::Aaaa(a) if qtype == TYPE_AAAA => {
+                    addrs.push(IpAddr::V6(*a));
+                    ttl = ttl.min(rec.ttl);
+                }
+                RData::Cname(t) if cname.is_none() => cname = Some((t.clone(), rec.ttl)),
+                _ => {}
+            }
+        }
+        if !addrs.is_empty() {
+            return Found::Addrs(addrs, ttl);
+        }
+        match cname {
+            Some((t, t_ttl)) => {
+                ttl = ttl.min(t_ttl);
+                if t == cur {
+                    return Found::Nothing;
+                }
+                cur = t;
+            }
+            None if cur == name.to_ascii_lowercase() => return Found::Nothing,
+            None => return Found::Cname(cur, ttl),
+        }
+    }
+    Found::Nothing
+}
+
+/// SRV records for `name` (CNAMEs in the answer followed), with the smallest TTL.
+pub fn services(r: &Response, name: &str) -> (Vec<(u16, u16, u16, String)>, u32) {
+    let mut cur = name.to_ascii_lowercase();
+    let mut ttl = u32::MAX;
+    for _ in 0..=MAX_CNAME_HOPS {
+        let mut out = Vec::new();
+        let mut cname = None;
+        for rec in r.answers.iter().filter(|rec| rec.name == cur) {
+            match &rec.data {
+                RData::Srv { priority, weight, port, target } => {
+                    out.push((*priority, *weight, *port, target.clone()));
+                    ttl = ttl.min(rec.ttl);
+                }
+                RData::Cname(t) if cname.is_none() => cname = Some((t.clone(), rec.ttl)),
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            return (out, ttl);
+        }
+        match cname {
+            Some((t, t_ttl)) if t != cur => {
+                ttl = ttl.min(t_ttl);
+                cur = t;
+            }
+            _ => break,
+        }
+    }
+    (Vec::new(), ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response to `q` with the given answer records (already encoded).
+    fn response(q: &[u8], rcode: u8, answers: &[Vec<u8>]) -> Vec<u8> {
+        let mut m = q.to_vec();
+        m[2] = 0x81;
+        m[3] = 0x80 | rcode;
+        m[6..8].copy_from_slice(&(answers.len() as u16).to_be_bytes());
+        for a in answers {
+            m.extend_from_slice(a);
+        }
+        m
+    }
+
+    fn rr(name: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+        let mut r = name.to_vec();
+        r.extend_from_slice(&rtype.to_be_bytes());
+        r.extend_from_slice(&1u16.to_be_bytes());
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        r.extend_from_slice(rdata);
+        r
+    }
+
+    const AT_QNAME: [u8; 2] = [0xc0, 0x0c];
+
+    #[test]
+    fn query_wire_form() {
+        let q = query(0x1234, "a.Example.com.", TYPE_A).unwrap();
+        assert_eq!(
+            q,
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x07Example\x03com\x00\x00\x01\x00\x01".to_vec()
+        );
+        assert!(query(1, "a..b", TYPE_A).is_none());
+        assert!(query(1, &"x".repeat(64), TYPE_A).is_none());
+        let long = vec!["abcdefghi"; 26].join(".");
+        assert!(query(1, &long, TYPE_A).is_none(), "260 bytes on the wire");
+    }
+
+    #[test]
+    fn addresses_in_order_with_cname_and_min_ttl() {
+        let q = query(7, "www.example.com", TYPE_A).unwrap();
+        // www -> CNAME web.example.com (pointer into the question for "example.com")
+        let mut cname = vec![3, b'w', b'e', b'b', 0xc0, 16];
+        let m = {
+            let mut answers = vec![rr(&AT_QNAME, TYPE_CNAME, 300, &cname)];
+            // the CNAME's rdata starts at: header+question (q.len()) + name 2 + 10
+            let web_at = q.len() + 12;
+            let web = [0xc0 | (web_at >> 8) as u8, web_at as u8];
+            answers.push(rr(&web, TYPE_A, 60, &[127, 0, 0, 2]));
+            answers.push(rr(&web, TYPE_A, 90, &[127, 0, 0, 1]));
+            response(&q, 0, &answers)
+        };
+        let r = parse(&m).unwrap();
+        assert_eq!((r.id, r.rcode, r.truncated, r.qtype), (7, 0, false, TYPE_A));
+        assert_eq!(r.qname, "www.example.com");
+        assert_eq!(r.answers[0].data, RData::Cname("web.example.com".into()));
+        let want = vec![IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 1])];
+        assert_eq!(addresses(&r, "WWW.example.com", TYPE_A), Found::Addrs(want, 60));
+        assert_eq!(addresses(&r, "www.example.com", TYPE_AAAA), Found::Cname("web.example.com".into(), 300));
+        cname.clear();
+    }
+
+    #[test]
+    fn nothing_nxdomain_truncated() {
+        let q = query(9, "nx.example.com", TYPE_A).unwrap();
+        let r = parse(&response(&q, NXDOMAIN, &[])).unwrap();
+        assert_eq!(r.rcode, NXDOMAIN);
+        assert_eq!(addresses(&r, "nx.example.com", TYPE_A), Found::Nothing);
+        let mut m = response(&q, 0, &[]);
+        m[2] |= 0x02;
+        assert!(parse(&m).unwrap().truncated);
+    }
+
+    #[test]
+    fn hostile_answers_are_refused() {
+        let q = query(1, "a.example.com", TYPE_A).unwrap();
+        // A pointer to itself, and a pointer forward.
+        let mut m = response(&q, 0, &[]);
+        m[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let at = m.len();
+        m.extend_from_slice(&[0xc0 | (at >> 8) as u8, at as u8]);
+        m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(parse(&m), Err(Error::Name));
+        // Two names pointing at each other: the second pointer does not go lower.
+        let mut m = response(&q, 0, &[]);
+        m[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let a = m.len();
+        m.extend_from_slice(&[1, b'x', 0xc0 | ((a + 4) >> 8) as u8, (a + 4) as u8]);
+        m.extend_from_slice(&[1, b'y', 0xc0 | (a >> 8) as u8, a as u8]);
+        assert!(parse(&m).is_err());
+        // Truncated in the middle of a record; an A record with 3 bytes of data.
+        let full = response(&q, 0, &[rr(&AT_QNAME, TYPE_A, 1, &[1, 2, 3, 4])]);
+        for cut in 12..full.len() {
+            assert!(parse(&full[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_A, 1, &[1, 2, 3])])), Err(Error::Rdata));
+        // A label with a dot in it; an extended label type; a query instead of a response.
+        let mut m = q.clone();
+        m[2] = 0x81;
+        m[16] = b'.';
+        assert_eq!(parse(&m), Err(Error::Name));
+        let mut m = response(&q, 0, &[]);
+        m[12] = 0x41;
+        assert_eq!(parse(&m), Err(Error::Name));
+        assert_eq!(parse(&q), Err(Error::Header));
+        // A name longer than 255 bytes through pointers: five 63-byte labels, each
+        // pointing at the one before, kept in the data of an unknown record type.
+        let mut m = response(&q, 0, &[]);
+        m[6..8].copy_from_slice(&2u16.to_be_bytes());
+        let data_at = m.len() + 12;
+        let mut blobs = Vec::new();
+        let mut prev: Option<usize> = None;
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let s = data_at + blobs.len();
+            starts.push(s);
+            blobs.push(63);
+            blobs.extend_from_slice(&[b'a'; 63]);
+            match prev {
+                Some(p) => blobs.extend_from_slice(&[0xc0 | (p >> 8) as u8, p as u8]),
+                None => blobs.push(0),
+            }
+            prev = Some(s);
+        }
+        m.extend_from_slice(&rr(&AT_QNAME, 99, 1, &blobs));
+        let last = prev.unwrap();
+        m.extend_from_slice(&rr(&[0xc0 | (last >> 8) as u8, last as u8], TYPE_A, 1, &[1, 2, 3, 4]));
+        assert_eq!(parse(&m), Err(Error::Name));
+        // Three of them (3 * 64 + 1 bytes) are fine.
+        let three = starts[2];
+        let mut m3 = m[..m.len() - 16].to_vec();
+        m3.extend_from_slice(&rr(&[0xc0 | (three >> 8) as u8, three as u8], TYPE_A, 1, &[1, 2, 3, 4]));
+        assert_eq!(parse(&m3).map(|r| r.answers.len()), Ok(2));
+    }
+
+    #[test]
+    fn cname_loops_and_chains_are_bounded() {
+        let q = query(1, "a.example.com", TYPE_A).unwrap();
+        // a -> a: nothing.
+        let r = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_CNAME, 5, &AT_QNAME)])).unwrap();
+        assert_eq!(addresses(&r, "a.example.com", TYPE_A), Found::Nothing);
+        // A chain longer than MAX_CNAME_HOPS: c0 -> c1 -> ... each in the answer.
+        let names: Vec<String> = (0..MAX_CNAME_HOPS + 3).map(|i| format!("c{i}")).collect();
+        let mut answers = vec![rr(&AT_QNAME, TYPE_CNAME, 5, &[2, b'c', b'0', 0])];
+        for w in names.windows(2) {
+            let mut owner = vec![w[0].len() as u8];
+            owner.extend_from_slice(w[0].as_bytes());
+            owner.push(0);
+            let mut target = vec![w[1].len() as u8];
+            target.extend_from_slice(w[1].as_bytes());
+            target.push(0);
+            answers.push(rr(&owner, TYPE_CNAME, 5, &target));
+        }
+        let r = parse(&response(&q, 0, &answers)).unwrap();
+        assert_eq!(addresses(&r, "a.example.com", TYPE_A), Found::Nothing);
+    }
+
+    #[test]
+    fn srv_records() {
+        let q = query(3, "_http._tcp.example.com", TYPE_SRV).unwrap();
+        let mut rdata = vec![0, 10, 0, 5, 0x1f, 0x90];
+        rdata.extend_from_slice(&[2, b'b', b'1', 0xc0, 23]);
+        let r = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_SRV, 30, &rdata)])).unwrap();
+        assert_eq!(services(&r, "_http._tcp.example.com"), (vec![(10, 5, 8080, "b1.example.com".to_string())], 30));
+    }
+}
