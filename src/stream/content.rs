@@ -3,6 +3,7 @@
 
 use crate::core::timer::TimerId;
 use crate::stream::phase::Flow;
+use crate::stream::resolver::Outcome;
 use crate::stream::session::{Cx, SessionCore, Side};
 
 /// What the reactor saw on one socket of the session.
@@ -20,6 +21,10 @@ pub trait Content {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow;
     fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow;
     fn on_timeout(&mut self, s: &mut SessionCore, id: TimerId, cx: &mut Cx<'_>) -> Flow;
+    /// A host name the handler asked the resolver for has its answer.
+    fn on_resolved(&mut self, _: &mut SessionCore, _: Outcome, _: &mut Cx<'_>) -> Flow {
+        Flow::Again
+    }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
 }

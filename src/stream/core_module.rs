@@ -13,6 +13,7 @@ use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::conn::ListenOpts;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
+use crate::stream::resolver::ResolverConf;
 use crate::stream::server_names::ServerName;
 use crate::stream::session::{write_msec, SessionCore};
 use crate::stream::variables::Variables;
@@ -44,7 +45,7 @@ pub struct CoreSrv {
     pub preread_timeout: Duration,
     preread_timeout_s: Setting<Duration>,
     pub proxy_protocol_timeout: Setting<Duration>,
-    pub resolver: Setting<Vec<String>>,
+    pub resolver: Setting<Rc<ResolverConf>>,
     pub resolver_timeout: Setting<Duration>,
     /// `error_log` outputs of this level (empty: inherit).
     pub error_log: Vec<(String, Level)>,
@@ -269,19 +270,8 @@ fn error_log(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 }
 
 fn resolver(c: &mut CoreSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    for a in &cmd.args {
-        if let Some(v) = a.strip_prefix("valid=") {
-            value::parse_time(v, true).ok_or_else(|| cmd.err(format!("invalid parameter \"{}\"", a)))?;
-        } else if let Some(v) = a.strip_prefix("ipv4=").or_else(|| a.strip_prefix("ipv6=")) {
-            if v != "on" && v != "off" {
-                return Err(cmd.err(format!("invalid parameter \"{}\"", a)));
-            }
-        } else if a.starts_with("status_zone=") {
-        } else {
-            parse_url(a, false, false).map_err(|e| cmd.err(format!("{} in resolver \"{}\"", e, a)))?;
-        }
-    }
-    c.resolver.set(cmd, cmd.args.clone())
+    let conf = ResolverConf::parse(&cmd.args).map_err(|e| cmd.err(e))?;
+    c.resolver.set(cmd, Rc::new(conf))
 }
 
 impl Module for StreamCore {

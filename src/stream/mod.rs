@@ -9,6 +9,7 @@ pub mod module;
 pub mod phase;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod resolver;
 pub mod runtime;
 pub mod server_names;
 pub mod session;

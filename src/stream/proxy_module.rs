@@ -22,6 +22,7 @@ use crate::stream::content::{Content, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
 use crate::stream::relay::{Budget, Direction};
+use crate::stream::resolver::{self, Io};
 use crate::stream::session::{session_token, status, Cx, ProxyLog, SessionCore, Side, UpstreamState};
 use crate::stream::variables::Complex;
 use crate::upstream::{Outcome, PeerPick, UpstreamConf, UpstreamServer};
@@ -313,6 +314,10 @@ struct ProxySession {
     udp_header: Option<Vec<u8>>,
     /// UDP: the upstream socket's peer, for returning the socket to the pool.
     udp_peer: Option<SocketAddr>,
+    /// `group` is this session's own (an address or a resolved name in a variable).
+    own_group: bool,
+    /// The host name and port being resolved.
+    resolving: Option<(String, u16)>,
 }
 
 fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
@@ -336,6 +341,8 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         upstream_error: false,
         udp_header: None,
         udp_peer: None,
+        own_group: false,
+        resolving: None,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -397,8 +404,9 @@ fn conf(s: &SessionCore) -> &ProxySrv {
 }
 
 impl ProxySession {
-    /// Which upstream group this session uses (`ngx_stream_proxy_handler`).
-    fn choose_group(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Result<usize, u16> {
+    /// Which upstream group this session uses (`ngx_stream_proxy_handler`); a host name
+    /// to resolve first comes back as `Err(None)`.
+    fn choose_group(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Result<usize, Option<u16>> {
         let srv = s.srv.clone();
         match &srv.confs.proxy.pass {
             Some(Pass::Upstream(i)) => Ok(*i),
@@ -410,22 +418,58 @@ impl ProxySession {
                     return Ok(i);
                 }
                 match parse_url(&name, false, false) {
-                    Ok(u) if !u.addrs.is_empty() => Ok(cx.rt.dynamic_group(&name, u.addrs)),
+                    Ok(u) if !u.addrs.is_empty() => {
+                        self.own_group = true;
+                        Ok(cx.rt.session_group(&name, u.addrs))
+                    }
                     Ok(u) if u.port.is_none() => {
-                        s.log(Level::Error, &format!("no port in upstream \"{}\"", name), None);
-                        Err(status::INTERNAL_SERVER_ERROR)
+                        s.log(Level::Error, &format!("no port in upstream \"{}\"", u.host), None);
+                        Err(Some(status::INTERNAL_SERVER_ERROR))
                     }
                     Ok(u) => {
-                        s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
-                        Err(status::INTERNAL_SERVER_ERROR)
+                        let Some(conf) = s.srv.core().resolver.option().cloned() else {
+                            s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
+                            return Err(Some(status::INTERNAL_SERVER_ERROR));
+                        };
+                        let port = u.port.unwrap_or(0);
+                        let timeout = s.srv.core().resolver_timeout.get();
+                        let mut io = Io { registry: cx.registry, timers: cx.timers, now: cx.now };
+                        self.resolving = Some((u.host.clone(), port));
+                        match cx.rt.resolvers.resolve(&conf, &u.host, s.key, timeout, &mut io) {
+                            Some(outcome) => self.resolved(s, outcome, cx),
+                            None => Err(None),
+                        }
                     }
                     Err(e) => {
                         s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);
-                        Err(status::INTERNAL_SERVER_ERROR)
+                        Err(Some(status::INTERNAL_SERVER_ERROR))
                     }
                 }
             }
-            None => Err(status::INTERNAL_SERVER_ERROR),
+            None => Err(Some(status::INTERNAL_SERVER_ERROR)),
+        }
+    }
+
+    /// `ngx_stream_proxy_resolve_handler`: the name's addresses become the session's own
+    /// group.
+    fn resolved(
+        &mut self,
+        s: &mut SessionCore,
+        outcome: resolver::Outcome,
+        cx: &mut Cx<'_>,
+    ) -> Result<usize, Option<u16>> {
+        let Some((host, port)) = self.resolving.take() else { return Err(Some(status::INTERNAL_SERVER_ERROR)) };
+        match outcome {
+            Err(code) => {
+                let msg = format!("{} could not be resolved ({}: {})", host, code, resolver::strerror(code));
+                s.log(Level::Error, &msg, None);
+                Err(Some(status::INTERNAL_SERVER_ERROR))
+            }
+            Ok(addrs) => {
+                let addrs = addrs.into_iter().map(|ip| Addr::Inet(SocketAddr::new(ip, port))).collect();
+                self.own_group = true;
+                Ok(cx.rt.session_group(&host, addrs))
+            }
         }
     }
 
@@ -944,20 +988,9 @@ impl ProxySession {
     }
 }
 
-enum Connect {
-    /// connect() failed at once: try the next peer.
-    Refused(io::Error),
-    Fatal(String, io::Error),
-}
-
-impl Content for ProxySession {
-    fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
-        s.proxy_log = Some(ProxyLog::default());
-        self.udp = s.client.is_udp();
-        let group = match self.choose_group(s, cx) {
-            Ok(g) => g,
-            Err(st) => return Flow::Finalize(st),
-        };
+impl ProxySession {
+    /// The group is known: take the first peer (`ngx_stream_proxy_connect`).
+    fn begin(&mut self, s: &mut SessionCore, group: usize, cx: &mut Cx<'_>) -> Flow {
         self.group = Some(group);
         let cycle = s.cycle.clone();
         if let Some(k) = cycle.upstreams.get(group).and_then(|u| u.hash_key.as_ref()) {
@@ -973,6 +1006,31 @@ impl Content for ProxySession {
         self.pick.tries = tries;
         self.first_start = cx.now;
         self.connect(s, cx)
+    }
+}
+
+enum Connect {
+    /// connect() failed at once: try the next peer.
+    Refused(io::Error),
+    Fatal(String, io::Error),
+}
+
+impl Content for ProxySession {
+    fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        s.proxy_log = Some(ProxyLog::default());
+        self.udp = s.client.is_udp();
+        match self.choose_group(s, cx) {
+            Ok(g) => self.begin(s, g, cx),
+            Err(Some(st)) => Flow::Finalize(st),
+            Err(None) => Flow::Again,
+        }
+    }
+
+    fn on_resolved(&mut self, s: &mut SessionCore, outcome: resolver::Outcome, cx: &mut Cx<'_>) -> Flow {
+        match self.resolved(s, outcome, cx) {
+            Ok(g) => self.begin(s, g, cx),
+            Err(st) => Flow::Finalize(st.unwrap_or(status::INTERNAL_SERVER_ERROR)),
+        }
     }
 
     fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow {
@@ -1084,6 +1142,9 @@ impl Content for ProxySession {
         }
         for t in &mut self.delay_timer {
             cx.timers.clear(t);
+        }
+        if let (true, Some(g)) = (self.own_group, self.group) {
+            cx.rt.drop_session_group(g);
         }
         self.pool_udp_upstream(s, cx);
         self.close_upstream(s, cx, false);

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
+use slab::Slab;
+
 use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
 use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
+use crate::stream::resolver::Resolvers;
 use crate::stream::udp_pool::UdpPool;
 use crate::upstream::round_robin::RoundRobin;
 use crate::upstream::zone::{self, SharedPeers};
@@ -21,10 +24,17 @@ struct Group {
     shared: Option<SharedPeers>,
 }
 
+/// Group numbers from here on are sessions' own groups.
+pub const SESSION_GROUP: usize = 1 << 40;
+
 pub struct WorkerState {
     groups: Vec<Group>,
-    /// Groups made at run time by `proxy_pass $var` naming an address.
-    dynamic: HashMap<String, usize>,
+    /// A session's own group, made at run time by `proxy_pass $var` naming an address
+    /// or a resolved host name (nginx's `ngx_stream_upstream_create_round_robin_peer`);
+    /// numbered from `SESSION_GROUP`.
+    session_groups: Slab<Group>,
+    /// Host names being resolved, and the resolver cache.
+    pub resolvers: Resolvers,
     /// Sessions that stopped before `WouldBlock` and must run again next turn.
     pub requeued: Vec<usize>,
     /// Access log files, by `ConfCx::open_file` index.
@@ -82,7 +92,8 @@ impl WorkerState {
             .collect();
         WorkerState {
             groups,
-            dynamic: HashMap::new(),
+            session_groups: Slab::new(),
+            resolvers: Resolvers::default(),
             requeued: Vec::new(),
             files,
             scratch: Vec::new(),
@@ -123,7 +134,7 @@ impl WorkerState {
         key: Option<&[u8]>,
         now: Instant,
     ) -> Option<(Addr, Rc<str>)> {
-        let group = self.groups.get_mut(g)?;
+        let group = self.group_mut(g)?;
         let (peers, balancer) = (&mut group.peers, &mut group.balancer);
         let id = match &group.shared {
             Some(sh) => sh.with(peers, now, |p| balancer.get(p, pick, key, now)),
@@ -134,7 +145,7 @@ impl WorkerState {
 
     /// Release the session's peer; true when that failure took the peer out.
     pub fn free_peer(&mut self, g: usize, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
-        let Some(group) = self.groups.get_mut(g) else { return false };
+        let Some(group) = self.group_mut(g) else { return false };
         match &group.shared {
             Some(sh) => sh.with(&mut group.peers, now, |p| p.release(pick, outcome, now)),
             None => group.peers.release(pick, outcome, now),
@@ -142,7 +153,7 @@ impl WorkerState {
     }
 
     pub fn notify_connect(&mut self, g: usize, pick: &PeerPick) {
-        if let Some(group) = self.groups.get_mut(g) {
+        if let Some(group) = self.group_mut(g) {
             let now = crate::core::time::instant();
             match &group.shared {
                 Some(sh) => sh.with(&mut group.peers, now, |p| p.notify_connect(pick)),
@@ -152,26 +163,45 @@ impl WorkerState {
     }
 
     pub fn group_name(&self, g: usize) -> Rc<str> {
-        self.groups.get(g).map(|x| x.peers.name.clone()).unwrap_or_else(|| Rc::from(""))
+        self.group(g).map(|x| x.peers.name.clone()).unwrap_or_else(|| Rc::from(""))
     }
 
     pub fn group_tries(&self, g: usize) -> usize {
-        self.groups.get(g).map(|x| x.peers.tries()).unwrap_or(0)
+        self.group(g).map(|x| x.peers.tries()).unwrap_or(0)
     }
 
-    pub fn dynamic_group(&mut self, name: &str, addrs: Vec<Addr>) -> usize {
-        if let Some(&g) = self.dynamic.get(name) {
-            return g;
+    fn group(&self, g: usize) -> Option<&Group> {
+        match g.checked_sub(SESSION_GROUP) {
+            Some(i) => self.session_groups.get(i),
+            None => self.groups.get(g),
         }
+    }
+
+    fn group_mut(&mut self, g: usize) -> Option<&mut Group> {
+        match g.checked_sub(SESSION_GROUP) {
+            Some(i) => self.session_groups.get_mut(i),
+            None => self.groups.get_mut(g),
+        }
+    }
+
+    /// A group of its own for one session: `addrs` as round-robin peers of weight 1,
+    /// `max_fails=1 fail_timeout=10s`, one try each; `name` is the upstream's name.
+    pub fn session_group(&mut self, name: &str, addrs: Vec<Addr>) -> usize {
         let conf = UpstreamConf {
             name: name.to_string(),
-            servers: vec![UpstreamServer::new(name.to_string(), addrs)],
+            servers: addrs.into_iter().map(|a| UpstreamServer::new(a.to_string(), vec![a])).collect(),
             implicit: true,
             ..Default::default()
         };
-        self.groups.push(Group { peers: PeerSet::new(&conf), balancer: Box::new(RoundRobin), shared: None });
-        self.dynamic.insert(name.to_string(), self.groups.len() - 1);
-        self.groups.len() - 1
+        let peers = PeerSet::new(&conf);
+        SESSION_GROUP + self.session_groups.insert(Group { peers, balancer: Box::new(RoundRobin), shared: None })
+    }
+
+    /// The session is over: its own group goes.
+    pub fn drop_session_group(&mut self, g: usize) {
+        if let Some(i) = g.checked_sub(SESSION_GROUP) {
+            self.session_groups.try_remove(i);
+        }
     }
 
     pub fn next_flush(&self) -> Option<Instant> {

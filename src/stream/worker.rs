@@ -20,6 +20,7 @@ use crate::core::timer::{TimerId, Timers};
 use crate::stream::content::{Content, Ready};
 use crate::stream::cycle::Cycle;
 use crate::stream::phase::Flow;
+use crate::stream::resolver::{Io, Outcome, RESOLVER_BIT};
 use crate::stream::runtime::WorkerState;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
 
@@ -216,6 +217,9 @@ impl Worker {
                     } else {
                         self.accept(idx, now);
                     }
+                } else if t.0 & RESOLVER_BIT != 0 {
+                    let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                    self.rt.resolvers.on_event(t.0 & !RESOLVER_BIT, &mut io);
                 } else {
                     let ready = Ready {
                         readable: ev.is_readable(),
@@ -228,7 +232,19 @@ impl Worker {
                 }
             }
             while let Some((id, t)) = self.timers.pop_expired(now) {
-                self.session_timer(t.0 >> 1, id, now);
+                if t.0 & RESOLVER_BIT != 0 {
+                    let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                    self.rt.resolvers.on_timer(t.0 & !RESOLVER_BIT, id, &mut io);
+                } else {
+                    self.session_timer(t.0 >> 1, id, now);
+                }
+            }
+            // Answers (or timeouts) for sessions waiting on the resolver. Delivering one
+            // can start another lookup that is answered from the cache at once.
+            while !self.rt.resolvers.done.is_empty() {
+                for (key, outcome) in std::mem::take(&mut self.rt.resolvers.done) {
+                    self.session_resolved(key, outcome, now);
+                }
             }
             for key in std::mem::take(&mut self.rt.requeued) {
                 let all = Ready { readable: true, writable: true, error: false, hup: false };
@@ -594,6 +610,18 @@ impl Worker {
                 return;
             }
             State::Content(c) => c.on_event(&mut sess.core, side, ready, &mut cx),
+        };
+        if let Flow::Finalize(st) = flow {
+            self.finalize(key, st, now);
+        }
+    }
+
+    fn session_resolved(&mut self, key: usize, outcome: Outcome, now: Instant) {
+        let (mut cx, sessions, _) = self.cx(now);
+        let Some(sess) = lookup(sessions, key) else { return };
+        let flow = match &mut sess.state {
+            State::Phases => return,
+            State::Content(c) => c.on_resolved(&mut sess.core, outcome, &mut cx),
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);

@@ -1,0 +1,647 @@
+//! The run-time DNS resolver (`ngx_resolver.c`) a worker uses for `proxy_pass` with a
+//! host name in a variable: non-blocking, driven by the worker's reactor and timers.
+//!
+//! As nginx: A then AAAA (as `ipv4=`/`ipv6=` allow) go to one server, chosen round-robin
+//! per new name; unanswered queries are sent again to the next server every 5 s until the
+//! requests waiting for them time out (`resolver_timeout`); a truncated answer is asked
+//! again over TCP; an rcode 2–5 fails the name, NOERROR without addresses in both
+//! families is "Host not found"; a CNAME without addresses is followed with a new query;
+//! answers are cached for their smallest TTL (or `valid=`), failures are not cached, and
+//! a cached answer comes back rotated at a random place.
+//!
+//! Unlike nginx, every name gets its own socket (a fresh random source port, on top of
+//! the random query IDs), answers are matched to their question by name, type and ID,
+//! and the records used are those of the name asked (or of its CNAME chain).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::core::addr::parse_url;
+use crate::core::conf::Level;
+use crate::core::dns::{self, Found};
+use crate::core::timer::{TimerId, Timers};
+
+/// Tokens of resolver sockets and timers: this bit, and the name's slot.
+pub const RESOLVER_BIT: usize = 1 << (usize::BITS - 2);
+
+const RESEND: Duration = Duration::from_secs(5);
+/// New queries for CNAME targets, per request (nginx allows 50).
+const MAX_RECURSION: u8 = 16;
+/// Names kept in one resolver's cache.
+const MAX_CACHED: usize = 10_000;
+/// `NGX_RESOLVE_TIMEDOUT`.
+pub const TIMEDOUT: i32 = libc::ETIMEDOUT;
+
+/// `ngx_resolver_strerror`.
+pub fn strerror(code: i32) -> &'static str {
+    match code {
+        1 => "Format error",
+        2 => "Server failure",
+        3 => "Host not found",
+        4 => "Unimplemented",
+        5 => "Operation refused",
+        TIMEDOUT => "Operation timed out",
+        _ => "Unknown error",
+    }
+}
+
+/// A `resolver` directive's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConf {
+    pub servers: Vec<SocketAddr>,
+    pub valid: Option<Duration>,
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl ResolverConf {
+    /// Parse the arguments as `ngx_resolver_create` does (its messages).
+    pub fn parse(args: &[String]) -> Result<ResolverConf, String> {
+        let mut c = ResolverConf { servers: Vec::new(), valid: None, ipv4: true, ipv6: true };
+        let on_off = |a: &str, v: &str| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("invalid parameter: {}", a)),
+        };
+        for a in args {
+            if let Some(v) = a.strip_prefix("valid=") {
+                let t =
+                    crate::core::conf::value::parse_time(v, true).ok_or_else(|| format!("invalid parameter: {}", a))?;
+                c.valid = Some(Duration::from_secs(t));
+            } else if let Some(v) = a.strip_prefix("ipv4=") {
+                c.ipv4 = on_off(a, v)?;
+            } else if let Some(v) = a.strip_prefix("ipv6=") {
+                c.ipv6 = on_off(a, v)?;
+            } else {
+                let u = parse_url(a, false, false).map_err(|e| format!("{} in resolver \"{}\"", e, a))?;
+                let text = if u.port.is_none() { format!("{}:53", a) } else { a.clone() };
+                let u = parse_url(&text, false, true).map_err(|e| format!("{} in resolver \"{}\"", e, a))?;
+                for addr in u.addrs {
+                    if let crate::core::addr::Addr::Inet(sa) = addr {
+                        c.servers.push(sa);
+                    }
+                }
+            }
+        }
+        if !c.ipv4 && !c.ipv6 {
+            return Err("\"ipv4\" and \"ipv6\" cannot both be \"off\"".into());
+        }
+        if c.servers.is_empty() {
+            return Err("no name servers defined".into());
+        }
+        Ok(c)
+    }
+}
+
+/// What a request gets: addresses (IPv4 first, in answer order), or nginx's state code.
+pub type Outcome = Result<Vec<IpAddr>, i32>;
+
+/// One family's query of a name.
+#[derive(Debug)]
+enum Family {
+    Off,
+    Pending { id: u16, query: Vec<u8>, tcp: bool },
+    Done(Vec<IpAddr>),
+}
+
+struct Waiter {
+    key: usize,
+    deadline: Instant,
+    depth: u8,
+}
+
+/// A TCP exchange (answers that did not fit a datagram).
+struct Tcp {
+    stream: TcpStream,
+    out: Vec<u8>,
+    input: Vec<u8>,
+}
+
+/// A name being asked.
+struct Node {
+    resolver: usize,
+    name: String,
+    a: Family,
+    aaaa: Family,
+    /// An rcode that failed the name (it wins over the other family's addresses).
+    code: Option<u8>,
+    /// The smallest TTL seen.
+    ttl: u32,
+    /// An alias the answers gave instead of addresses.
+    cname: Option<String>,
+    server: usize,
+    udp: Option<UdpSocket>,
+    tcp: Option<Tcp>,
+    waiters: Vec<Waiter>,
+    resend_at: Instant,
+    timer: Option<TimerId>,
+}
+
+struct Cached {
+    addrs: Vec<IpAddr>,
+    valid_until: Instant,
+}
+
+struct Resolver {
+    conf: Rc<ResolverConf>,
+    next_server: usize,
+    cache: HashMap<String, Cached>,
+}
+
+/// The context a resolver call needs from the worker.
+pub struct Io<'a> {
+    pub registry: &'a Registry,
+    pub timers: &'a mut Timers,
+    pub now: Instant,
+}
+
+#[derive(Default)]
+pub struct Resolvers {
+    list: Vec<Resolver>,
+    nodes: Slab<Node>,
+    asking: HashMap<(usize, String), usize>,
+    /// Finished requests: (session key, outcome), for the worker to deliver.
+    pub done: Vec<(usize, Outcome)>,
+}
+
+fn random_id() -> u16 {
+    rand::random()
+}
+
+impl Resolvers {
+    fn resolver(&mut self, conf: &Rc<ResolverConf>) -> usize {
+        if let Some(i) = self.list.iter().position(|r| Rc::ptr_eq(&r.conf, conf) || *r.conf == **conf) {
+            return i;
+        }
+        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new() });
+        self.list.len() - 1
+    }
+
+    /// Resolve `name` for the session `key`: the outcome now (cache, or a name that
+    /// cannot be asked), or None and later an entry in `done`.
+    pub fn resolve(
+        &mut self,
+        conf: &Rc<ResolverConf>,
+        name: &str,
+        key: usize,
+        timeout: Duration,
+        io: &mut Io<'_>,
+    ) -> Option<Outcome> {
+        let r = self.resolver(conf);
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        self.request(r, name, Waiter { key, deadline: io.now + timeout, depth: 0 }, io)
+    }
+
+    fn request(&mut self, r: usize, name: String, w: Waiter, io: &mut Io<'_>) -> Option<Outcome> {
+        let now = io.now;
+        let res = &mut self.list[r];
+        if let Some(c) = res.cache.get(&name) {
+            if c.valid_until >= now {
+                return Some(Ok(rotated(&c.addrs)));
+            }
+            res.cache.remove(&name);
+        }
+        if let Some(&slot) = self.asking.get(&(r, name.clone())) {
+            if let Some(n) = self.nodes.get_mut(slot) {
+                n.waiters.push(w);
+                self.schedule(slot, io);
+                return None;
+            }
+        }
+        let conf = res.conf.clone();
+        let family = |on: bool, qtype: u16| -> Option<Family> {
+            if !on {
+                return Some(Family::Off);
+            }
+            let id = random_id();
+            dns::query(id, &name, qtype).map(|query| Family::Pending { id, query, tcp: false })
+        };
+        let (Some(a), Some(aaaa)) = (family(conf.ipv4, dns::TYPE_A), family(conf.ipv6, dns::TYPE_AAAA)) else {
+            // ngx_resolver_copy's NGX_DECLINED: an empty or over-long label.
+            return Some(Err(i32::from(dns::NXDOMAIN)));
+        };
+        let server = res.next_server % conf.servers.len();
+        res.next_server = res.next_server.wrapping_add(1);
+        let slot = self.nodes.insert(Node {
+            resolver: r,
+            name: name.clone(),
+            a,
+            aaaa,
+            code: None,
+            ttl: u32::MAX,
+            cname: None,
+            server,
+            udp: None,
+            tcp: None,
+            waiters: vec![w],
+            resend_at: now + RESEND,
+            timer: None,
+        });
+        self.asking.insert((r, name), slot);
+        self.send(slot, io);
+        self.schedule(slot, io);
+        None
+    }
+
+    /// Send the pending queries of a name to its current server over UDP (a new socket:
+    /// a new source port), or over TCP for the families that were truncated.
+    fn send(&mut self, slot: usize, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        let server = self.list[n.resolver].conf.servers[n.server];
+        let token = Token(RESOLVER_BIT | slot);
+        if let Some(mut old) = n.udp.take() {
+            let _ = io.registry.deregister(&mut old);
+        }
+        let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let sock = UdpSocket::bind(bind).and_then(|s| s.connect(server).map(|()| s));
+        match sock {
+            Ok(mut s) => {
+                if io.registry.register(&mut s, token, Interest::READABLE).is_ok() {
+                    for f in [&n.a, &n.aaaa] {
+                        if let Family::Pending { query, tcp: false, .. } = f {
+                            if let Err(e) = s.send(query) {
+                                log_server(Level::Error, "send() failed", &e, server);
+                            }
+                        }
+                    }
+                    n.udp = Some(s);
+                }
+            }
+            Err(e) => log_server(Level::Error, "connect() failed", &e, server),
+        }
+        let tcp_queries: Vec<Vec<u8>> = [&n.a, &n.aaaa]
+            .into_iter()
+            .filter_map(|f| match f {
+                Family::Pending { query, tcp: true, .. } => Some(query.clone()),
+                _ => None,
+            })
+            .collect();
+        if !tcp_queries.is_empty() {
+            self.send_tcp(slot, tcp_queries, io);
+        }
+    }
+
+    fn send_tcp(&mut self, slot: usize, queries: Vec<Vec<u8>>, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        let server = self.list[n.resolver].conf.servers[n.server];
+        if n.tcp.is_none() {
+            match TcpStream::connect(server) {
+                Ok(mut stream) => {
+                    let token = Token(RESOLVER_BIT | slot);
+                    if io.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+                        return;
+                    }
+                    n.tcp = Some(Tcp { stream, out: Vec::new(), input: Vec::new() });
+                }
+                Err(e) => {
+                    log_server(Level::Error, "connect() failed", &e, server);
+                    return;
+                }
+            }
+        }
+        if let Some(t) = n.tcp.as_mut() {
+            for q in queries {
+                t.out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+                t.out.extend_from_slice(&q);
+            }
+        }
+        self.drive_tcp(slot, io);
+    }
+
+    /// Arm the name's timer for its next resend or the earliest waiter's deadline.
+    fn schedule(&mut self, slot: usize, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        let first = n.waiters.iter().map(|w| w.deadline).min().unwrap_or(io.now);
+        io.timers.set(&mut n.timer, first.min(n.resend_at), Token(RESOLVER_BIT | slot));
+    }
+
+    /// A resolver timer fired.
+    pub fn on_timer(&mut self, slot: usize, id: TimerId, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        if n.timer != Some(id) {
+            return;
+        }
+        n.timer = None;
+        let now = io.now;
+        let (late, waiting): (Vec<Waiter>, Vec<Waiter>) = n.waiters.drain(..).partition(|w| w.deadline <= now);
+        n.waiters = waiting;
+        self.done.extend(late.into_iter().map(|w| (w.key, Err(TIMEDOUT))));
+        if n.waiters.is_empty() {
+            self.remove(slot, io);
+            return;
+        }
+        if n.resend_at <= now {
+            n.server = (n.server + 1) % self.list[n.resolver].conf.servers.len();
+            n.resend_at = now + RESEND;
+            if let Some(mut t) = n.tcp.take() {
+                let _ = io.registry.deregister(&mut t.stream);
+            }
+            self.send(slot, io);
+        }
+        self.schedule(slot, io);
+    }
+
+    fn remove(&mut self, slot: usize, io: &mut Io<'_>) {
+        if let Some(mut n) = self.nodes.try_remove(slot) {
+            io.timers.clear(&mut n.timer);
+            if let Some(mut s) = n.udp.take() {
+                let _ = io.registry.deregister(&mut s);
+            }
+            if let Some(mut t) = n.tcp.take() {
+                let _ = io.registry.deregister(&mut t.stream);
+            }
+            let key = (n.resolver, n.name);
+            if self.asking.get(&key) == Some(&slot) {
+                self.asking.remove(&key);
+            }
+        }
+    }
+
+    /// A resolver socket is ready: read what answers it has.
+    pub fn on_event(&mut self, slot: usize, io: &mut Io<'_>) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            let Some(n) = self.nodes.get_mut(slot) else { return };
+            let Some(s) = n.udp.as_ref() else { break };
+            match s.recv(&mut buf) {
+                Ok(len) => {
+                    let msg = buf[..len].to_vec();
+                    self.answer(slot, &msg, false, io);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let server = self.list[n.resolver].conf.servers[n.server];
+                    log_server(Level::Error, "recv() failed", &e, server);
+                    if let Some(mut s) = n.udp.take() {
+                        let _ = io.registry.deregister(&mut s);
+                    }
+                    break;
+                }
+            }
+        }
+        self.drive_tcp(slot, io);
+    }
+
+    fn drive_tcp(&mut self, slot: usize, io: &mut Io<'_>) {
+        let mut frames = Vec::new();
+        {
+            let Some(n) = self.nodes.get_mut(slot) else { return };
+            let server = self.list[n.resolver].conf.servers[n.server];
+            let Some(t) = n.tcp.as_mut() else { return };
+            let mut failed = false;
+            while !t.out.is_empty() {
+                match t.stream.write(&t.out) {
+                    Ok(w) => {
+                        t.out.drain(..w);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log_server(Level::Error, "send() failed", &e, server);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let mut buf = [0u8; 4096];
+            while !failed {
+                match t.stream.read(&mut buf) {
+                    Ok(0) => {
+                        failed = true;
+                    }
+                    Ok(len) => {
+                        t.input.extend_from_slice(&buf[..len]);
+                        // One frame is at most 2 + 65535 bytes; nothing legitimate is bigger.
+                        while t.input.len() >= 2 {
+                            let flen = u16::from_be_bytes([t.input[0], t.input[1]]) as usize;
+                            if t.input.len() < 2 + flen {
+                                break;
+                            }
+                            frames.push(t.input[2..2 + flen].to_vec());
+                            t.input.drain(..2 + flen);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log_server(Level::Error, "recv() failed", &e, server);
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                if let Some(mut t) = n.tcp.take() {
+                    let _ = io.registry.deregister(&mut t.stream);
+                }
+            }
+        }
+        for f in frames {
+            self.answer(slot, &f, true, io);
+        }
+    }
+
+    /// One DNS message arrived for the name in `slot`.
+    fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        let server = self.list[n.resolver].conf.servers[n.server];
+        let proto = if over_tcp { "TCP" } else { "UDP" };
+        let r = match dns::parse(msg) {
+            Ok(r) => r,
+            Err(e) => {
+                log_server(Level::Error, &e.to_string(), &io::Error::other(""), server);
+                return;
+            }
+        };
+        let flags = u16::from_be_bytes([msg[2], msg[3]]);
+        if flags & 0xf870 != 0x8000 || (over_tcp && r.truncated) {
+            log_plain(&format!("invalid {} DNS response {} fl:{:04X}", proto, r.id, flags), server);
+            return;
+        }
+        if r.rcode == dns::FORMERR || r.rcode > 5 {
+            log_plain(
+                &format!(
+                    "DNS error ({}: {}), query id:{}, name:\"{}\"",
+                    r.rcode,
+                    strerror(i32::from(r.rcode)),
+                    r.id,
+                    r.qname
+                ),
+                server,
+            );
+            return;
+        }
+        let family = match r.qtype {
+            dns::TYPE_A => &mut n.a,
+            dns::TYPE_AAAA => &mut n.aaaa,
+            _ => return,
+        };
+        let Family::Pending { id, tcp, .. } = family else {
+            log_plain(&format!("unexpected DNS response for {}", r.qname), server);
+            return;
+        };
+        if r.qname != n.name {
+            log_plain(&format!("unexpected DNS response for {}", r.qname), server);
+            return;
+        }
+        if r.id != *id {
+            log_plain(&format!("wrong ident {} in DNS response for {}, expect {}", r.id, r.qname, id), server);
+            return;
+        }
+        if r.truncated && !over_tcp {
+            *tcp = true;
+            let query = match family {
+                Family::Pending { query, .. } => query.clone(),
+                _ => return,
+            };
+            self.send_tcp(slot, vec![query], io);
+            return;
+        }
+        if (2..=5).contains(&r.rcode) {
+            n.code = Some(r.rcode);
+            *family = Family::Done(Vec::new());
+        } else {
+            match dns::addresses(&r, &n.name, r.qtype) {
+                Found::Addrs(addrs, ttl) => {
+                    n.ttl = n.ttl.min(ttl);
+                    *family = Family::Done(addrs);
+                }
+                Found::Cname(target, ttl) => {
+                    n.ttl = n.ttl.min(ttl);
+                    *family = Family::Done(Vec::new());
+                    n.cname = Some(target);
+                }
+                Found::Nothing => *family = Family::Done(Vec::new()),
+            }
+        }
+        self.finish_if_done(slot, io);
+    }
+
+    fn finish_if_done(&mut self, slot: usize, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get(slot) else { return };
+        let addrs = match (&n.a, &n.aaaa) {
+            (Family::Pending { .. }, _) | (_, Family::Pending { .. }) => return,
+            (a, b) => {
+                let mut v = Vec::new();
+                for f in [a, b] {
+                    if let Family::Done(x) = f {
+                        v.extend_from_slice(x);
+                    }
+                }
+                v
+            }
+        };
+        let outcome = match n.code {
+            Some(c) => Err(i32::from(c)),
+            None if addrs.is_empty() => {
+                // An alias and no addresses in either family: ask for the alias.
+                if let Some(target) = n.cname.clone() {
+                    self.follow_cname(slot, target, io);
+                    return;
+                }
+                Err(i32::from(dns::NXDOMAIN))
+            }
+            None => Ok(addrs),
+        };
+        if let Ok(addrs) = &outcome {
+            let res = &mut self.list[n.resolver];
+            let valid = res.conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl)));
+            if res.cache.len() >= MAX_CACHED {
+                let now = io.now;
+                res.cache.retain(|_, c| c.valid_until >= now);
+                if res.cache.len() >= MAX_CACHED {
+                    res.cache.clear();
+                }
+            }
+            res.cache.insert(n.name.clone(), Cached { addrs: addrs.clone(), valid_until: io.now + valid });
+        }
+        let keys: Vec<usize> = n.waiters.iter().map(|w| w.key).collect();
+        self.done.extend(keys.into_iter().map(|k| (k, outcome.clone())));
+        self.remove(slot, io);
+    }
+
+    /// The name is an alias with no addresses here: ask for its target, for the same
+    /// requests (each allowed `MAX_RECURSION` such steps).
+    fn follow_cname(&mut self, slot: usize, target: String, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
+        let r = n.resolver;
+        let waiters = std::mem::take(&mut n.waiters);
+        self.remove(slot, io);
+        for mut w in waiters {
+            if w.depth >= MAX_RECURSION {
+                self.done.push((w.key, Err(i32::from(dns::NXDOMAIN))));
+                continue;
+            }
+            w.depth += 1;
+            let key = w.key;
+            if let Some(o) = self.request(r, target.clone(), w, io) {
+                self.done.push((key, o));
+            }
+        }
+    }
+}
+
+/// A cached answer, as nginx hands it out: each family rotated at a random place.
+fn rotated(addrs: &[IpAddr]) -> Vec<IpAddr> {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
+    let mut out = Vec::with_capacity(addrs.len());
+    for mut f in [v4, v6] {
+        if f.len() > 1 {
+            let k = rand::random::<u32>() as usize % f.len();
+            f.rotate_left(k);
+        }
+        out.extend(f);
+    }
+    out
+}
+
+fn log_server(level: Level, msg: &str, e: &io::Error, server: SocketAddr) {
+    let text = format!("{} while resolving, resolver: {}", msg, server);
+    let err = if e.raw_os_error().is_some() { Some(e) } else { None };
+    crate::core::log::error(level, &text, err);
+}
+
+fn log_plain(msg: &str, server: SocketAddr) {
+    crate::core::log::error(Level::Error, &format!("{} while resolving, resolver: {}", msg, server), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_forms_and_errors() {
+        let a = |v: &[&str]| ResolverConf::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let c = a(&["127.0.0.1", "[::1]:5353", "valid=30s", "ipv6=off"]).unwrap();
+        assert_eq!(c.servers, vec!["127.0.0.1:53".parse().unwrap(), "[::1]:5353".parse().unwrap()]);
+        assert_eq!((c.valid, c.ipv4, c.ipv6), (Some(Duration::from_secs(30)), true, false));
+        assert_eq!(a(&["127.0.0.1", "valid=x"]).unwrap_err(), "invalid parameter: valid=x");
+        assert_eq!(a(&["127.0.0.1", "ipv4=yes"]).unwrap_err(), "invalid parameter: ipv4=yes");
+        assert_eq!(
+            a(&["127.0.0.1", "ipv4=off", "ipv6=off"]).unwrap_err(),
+            "\"ipv4\" and \"ipv6\" cannot both be \"off\""
+        );
+        assert_eq!(a(&["127.0.0.1:0"]).unwrap_err(), "invalid port in resolver \"127.0.0.1:0\"");
+        assert_eq!(a(&["valid=1s"]).unwrap_err(), "no name servers defined");
+    }
+
+    #[test]
+    fn rotation_keeps_families_apart_and_the_set() {
+        let addrs: Vec<IpAddr> =
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1", "::2"].iter().map(|a| a.parse().unwrap()).collect();
+        for _ in 0..20 {
+            let r = rotated(&addrs);
+            assert!(r[..3].iter().all(|a| a.is_ipv4()) && r[3..].iter().all(|a| a.is_ipv6()));
+            let mut s = r.clone();
+            s.sort();
+            assert_eq!(s, addrs);
+        }
+    }
+}
