@@ -47,6 +47,10 @@ fn sluice_specific(name: &str) -> Expect {
         // *_without_udp tests below for the rest of these files).
         "valid_full" => Expect::NotYet { line: 34, word: "udp" },
         "valid_values" => Expect::NotYet { line: 8, word: "udp" },
+        // `resolver ... ipv4=` is nginx >= 1.23.1 (the issue and today's documentation have
+        // it); the 1.22.1 recording reads "ipv4=off" as a host name.
+        "resolver_ipv4_param" => Expect::Accepted,
+        "resolver_both_off" => Expect::Refused { line: 5, words: &["\"ipv4\"", "\"ipv6\"", "cannot", "both"] },
         _ => Expect::Nginx,
     }
 }
@@ -255,6 +259,14 @@ cases! {
     proxy_pass_host_not_found,
     proxy_pass_no_port,
     proxy_pass_unknown_variable,
+    resolver_bad_ipv6,
+    resolver_bad_port,
+    resolver_bad_valid,
+    resolver_both_off,
+    resolver_duplicate,
+    resolver_host_not_found,
+    resolver_ipv4_param,
+    resolver_only_valid,
     return_dollar_at_end,
     return_empty_braces,
     return_empty_string,
@@ -297,6 +309,7 @@ cases! {
     valid_proxy_connect_timeout_zero,
     valid_proxy_pass,
     valid_proxy_pass_and_return,
+    valid_resolver,
     valid_return,
     valid_tokenizer,
     valid_user_nobody_nogroup,
