@@ -19,6 +19,7 @@ mod proxy;
 mod proxy_protocol;
 mod realip;
 mod recorded;
+mod resolver;
 mod server_name;
 mod set;
 mod splice;

@@ -8,9 +8,11 @@ use sluice::core::dns::{addresses, parse, services, MAX_RECORDS, TYPE_A, TYPE_AA
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse(data) {
         assert!(r.answers.len() <= MAX_RECORDS);
-        assert!(r.qname.len() <= 255);
+        // Names are at most 255 bytes on the wire; each byte is one char (bytes above
+        // 0x7f map to U+0080..U+00FF, so up to 510 bytes of UTF-8).
+        assert!(r.qname.chars().count() <= 255);
         for rec in &r.answers {
-            assert!(rec.name.len() <= 255);
+            assert!(rec.name.chars().count() <= 255);
         }
         let _ = addresses(&r, &r.qname, TYPE_A);
         let _ = addresses(&r, &r.qname, TYPE_AAAA);

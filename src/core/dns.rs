@@ -62,7 +62,8 @@ pub enum RData {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// Lowercase, without the trailing dot.
+    /// Lowercase, without the trailing dot; each byte of the wire form is one char
+    /// (bytes above 0x7f become U+0080..U+00FF), so nothing is lost or merged.
     pub name: String,
     pub ttl: u32,
     pub data: RData,

@@ -1,0 +1,373 @@
+//! The run-time resolver through the binary, against a small DNS server inside the
+//! test (UDP and TCP on loopback) whose answers the test changes while sluice runs.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// What the test DNS server answers for one name.
+#[derive(Clone, Default)]
+pub struct Zone {
+    pub a: Vec<Ipv4Addr>,
+    pub ttl: u32,
+    pub cname: Option<String>,
+    /// (priority, weight, port, target)
+    pub srv: Vec<(u16, u16, u16, String)>,
+    pub rcode: u8,
+    /// Over UDP: only the header with TC set (the answer comes over TCP).
+    pub truncate: bool,
+    /// Never answer.
+    pub silent: bool,
+    /// Before the real answer, send one with a wrong ID and one with a pointer loop.
+    pub hostile: bool,
+}
+
+type Zones = Arc<Mutex<HashMap<String, Zone>>>;
+type Log = Arc<Mutex<Vec<(String, u16, &'static str)>>>;
+
+pub struct DnsServer {
+    pub port: u16,
+    zones: Zones,
+    /// (name, qtype, "udp"|"tcp") of every query.
+    log: Log,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DnsServer {
+    pub fn start() -> DnsServer {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("dns udp");
+        let port = udp.local_addr().expect("addr").port();
+        let tcp = TcpListener::bind(("127.0.0.1", port)).expect("dns tcp on the same port");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let zones: Zones = Arc::default();
+        let log: Log = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (z, l, st) = (zones.clone(), log.clone(), stop.clone());
+        let t1 = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+                for reply in answer(&buf[..n], &z, &l, false) {
+                    let _ = udp.send_to(&reply, peer);
+                }
+            }
+        });
+        let (z, l, st) = (zones.clone(), log.clone(), stop.clone());
+        let t2 = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((c, _)) => {
+                        let (z, l) = (z.clone(), l.clone());
+                        std::thread::spawn(move || serve_tcp(c, &z, &l));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        DnsServer { port, zones, log, stop, threads: vec![t1, t2] }
+    }
+
+    pub fn set(&self, name: &str, z: Zone) {
+        self.zones.lock().expect("zones").insert(name.to_string(), z);
+    }
+
+    /// Queries seen for `name` (any type), and over which transport.
+    pub fn queries(&self, name: &str) -> Vec<(u16, &'static str)> {
+        self.log.lock().expect("log").iter().filter(|(n, _, _)| n == name).map(|(_, t, p)| (*t, *p)).collect()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_tcp(mut c: TcpStream, z: &Zones, l: &Log) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut len = [0u8; 2];
+    while c.read_exact(&mut len).is_ok() {
+        let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+        if c.read_exact(&mut q).is_err() {
+            return;
+        }
+        for reply in answer(&q, z, l, true) {
+            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&reply);
+            let _ = c.write_all(&out);
+        }
+    }
+}
+
+/// The name (lowercased labels joined) and type of a query, and where the question ends.
+fn question(q: &[u8]) -> Option<(String, u16, usize)> {
+    let mut p = 12;
+    let mut labels = Vec::new();
+    loop {
+        let n = *q.get(p)? as usize;
+        if n == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(p + 1..p + 1 + n)?).to_lowercase());
+        p += 1 + n;
+    }
+    let qtype = u16::from_be_bytes([*q.get(p + 1)?, *q.get(p + 2)?]);
+    Some((labels.join("."), qtype, p + 5))
+}
+
+fn encode_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(l.len() as u8);
+        out.extend_from_slice(l.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+fn rr(out: &mut Vec<u8>, rtype: u16, ttl: u32, rdata: &[u8]) {
+    out.extend_from_slice(&[0xc0, 0x0c]);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+}
+
+fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
+    let Some((name, qtype, end)) = question(q) else { return Vec::new() };
+    log.lock().expect("log").push((name.clone(), qtype, if tcp { "tcp" } else { "udp" }));
+    let z = zones.lock().expect("zones").get(&name).cloned();
+    let mut head = q[..end].to_vec();
+    head[2] = 0x81;
+    head[3] = 0x80;
+    let Some(z) = z else {
+        head[3] |= 3;
+        return vec![head];
+    };
+    if z.silent {
+        return Vec::new();
+    }
+    head[3] |= z.rcode;
+    if z.truncate && !tcp {
+        head[2] |= 0x02;
+        return vec![head];
+    }
+    let mut body = Vec::new();
+    let mut count = 0u16;
+    if let Some(c) = &z.cname {
+        rr(&mut body, 5, z.ttl, &encode_name(c));
+        count += 1;
+    }
+    if qtype == 1 {
+        for a in &z.a {
+            rr(&mut body, 1, z.ttl, &a.octets());
+            count += 1;
+        }
+    }
+    if qtype == 33 {
+        for (p, w, port, target) in &z.srv {
+            let mut d = Vec::new();
+            d.extend_from_slice(&p.to_be_bytes());
+            d.extend_from_slice(&w.to_be_bytes());
+            d.extend_from_slice(&port.to_be_bytes());
+            d.extend_from_slice(&encode_name(target));
+            rr(&mut body, 33, z.ttl, &d);
+            count += 1;
+        }
+    }
+    let mut m = head.clone();
+    m[6..8].copy_from_slice(&count.to_be_bytes());
+    m.extend_from_slice(&body);
+    let mut out = Vec::new();
+    if z.hostile {
+        let mut wrong = m.clone();
+        wrong[0] ^= 0xff;
+        out.push(wrong);
+        // One answer whose owner name is a pointer to itself.
+        let mut looped = head.clone();
+        looped[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let at = looped.len();
+        looped.extend_from_slice(&[0xc0 | (at >> 8) as u8, at as u8, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+        out.push(looped);
+    }
+    out.push(m);
+    out
+}
+
+/// A TCP backend on `ip:port` that sends `id` and closes.
+fn id_backend(ip: &str, port: u16, id: &'static str) -> Option<JoinHandle<()>> {
+    let l = TcpListener::bind((ip, port)).ok()?;
+    Some(std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(id.as_bytes());
+        }
+    }))
+}
+
+/// A port free on 127.0.0.2 and 127.0.0.3 at once, with id backends on both.
+fn two_backends() -> u16 {
+    for _ in 0..20 {
+        let port = free_port();
+        if let (Some(_), Some(_)) = (id_backend("127.0.0.2", port, "B2"), id_backend("127.0.0.3", port, "B3")) {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
+fn ask(port: u16) -> String {
+    let mut c = connect(port);
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("ip")
+}
+
+/// `proxy_pass` with a name in a variable follows the DNS: answers are cached for their
+/// TTL (one query for two connections) or `valid=`, and a changed answer is used by new
+/// connections without a reload.
+#[test]
+fn proxy_pass_variable_follows_dns_changes() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    dns.set("app.test", Zone { a: vec![ip("127.0.0.2")], ttl: 3600, ..Zone::default() });
+    dns.set("short.test", Zone { a: vec![ip("127.0.0.2")], ttl: 1, ..Zone::default() });
+    let (p1, p2) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           map $server_port $name {{ {p1} app.test; default short.test; }}\n\
+           server {{ listen 127.0.0.1:{p1}; resolver 127.0.0.1:{d} valid=1s ipv6=off; proxy_pass $name:{be}; }}\n\
+           server {{ listen 127.0.0.1:{p2}; resolver 127.0.0.1:{d} ipv6=off; proxy_pass $name:{be}; }}\n\
+         }}",
+        d = dns.port
+    ));
+    assert_eq!(ask(p1), "B2", "{}", s.error_log());
+    assert_eq!(ask(p1), "B2");
+    assert_eq!(dns.queries("app.test"), vec![(1, "udp")], "the second connection was answered from the cache");
+    assert_eq!(ask(p2), "B2");
+
+    dns.set("app.test", Zone { a: vec![ip("127.0.0.3")], ttl: 3600, ..Zone::default() });
+    dns.set("short.test", Zone { a: vec![ip("127.0.0.3")], ttl: 1, ..Zone::default() });
+    assert!(wait_for(Duration::from_secs(5), || ask(p1) == "B3"), "valid=1s: the new address was not used");
+    assert!(wait_for(Duration::from_secs(5), || ask(p2) == "B3"), "TTL 1: the new address was not used");
+    let log = s.error_log();
+    assert!(!log.contains("[error]") && !log.contains("[alert]"), "{log}");
+}
+
+/// Failures end the session with 500 and nginx's lines: "Host not found" for NXDOMAIN
+/// and for an answer without addresses, the rcode's text for SERVFAIL, a timeout after
+/// `resolver_timeout`, "no port", and a name nobody can resolve without `resolver`.
+#[test]
+fn resolution_failures_are_500_with_nginx_lines() {
+    let dns = DnsServer::start();
+    dns.set("empty.test", Zone::default());
+    dns.set("fail.test", Zone { rcode: 2, ..Zone::default() });
+    dns.set("slow.test", Zone { silent: true, ..Zone::default() });
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let names = ["nx.test:80", "empty.test:80", "fail.test:80", "slow.test:80", "noport.test"];
+    let map: String = ports.iter().zip(names).map(|(p, n)| format!("{p} {n}; ")).collect();
+    let listens: String = ports.iter().map(|p| format!("listen 127.0.0.1:{p}; ")).collect();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$server_port $status';\n\
+           access_log %%PREFIX%%a.log st;\n\
+           resolver 127.0.0.1:{d};\n\
+           resolver_timeout 300ms;\n\
+           map $server_port $name {{ {map} }}\n\
+           server {{ {listens} proxy_pass $name; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    for &port in &ports {
+        assert_eq!(ask(port), "", "port {port}");
+    }
+    let lines = s.wait_lines("a.log", 5);
+    for port in &ports {
+        assert!(lines.contains(&format!("{port} 500")), "{port}: {lines:?}");
+    }
+    let log = s.error_log();
+    for want in [
+        "nx.test could not be resolved (3: Host not found)",
+        "empty.test could not be resolved (3: Host not found)",
+        "fail.test could not be resolved (2: Server failure)",
+        "slow.test could not be resolved (110: Operation timed out)",
+        "no port in upstream \"noport.test\"",
+    ] {
+        assert_eq!(log.matches(want).count(), 1, "{want}\n{log}");
+    }
+    assert!(dns.queries("noport.test").is_empty(), "a name without a port is not resolved");
+    // A, then AAAA (ipv6 is on by default).
+    let mut types: Vec<u16> = dns.queries("nx.test").into_iter().map(|(t, _)| t).collect();
+    types.sort_unstable();
+    assert_eq!(types, vec![1, 28]);
+}
+
+/// A truncated answer is asked again over TCP; a CNAME without addresses is followed by
+/// a query for its target; a reply with a wrong ID or a compression-pointer loop is
+/// ignored and the real answer still used.
+#[test]
+fn tcp_fallback_cname_and_hostile_replies() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    dns.set("big.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, truncate: true, ..Zone::default() });
+    dns.set("alias.test", Zone { cname: Some("real.test".into()), ttl: 60, ..Zone::default() });
+    dns.set("real.test", Zone { a: vec![ip("127.0.0.3")], ttl: 60, ..Zone::default() });
+    dns.set("evil.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, hostile: true, ..Zone::default() });
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           map $server_port $name {{ {p} big.test; {q} alias.test; {r} evil.test; }}\n\
+           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{q}; listen 127.0.0.1:{r}; proxy_pass $name:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    assert_eq!(ask(p), "B2", "{}", s.error_log());
+    assert_eq!(dns.queries("big.test"), vec![(1, "udp"), (1, "tcp")]);
+    assert_eq!(ask(q), "B3", "{}", s.error_log());
+    assert_eq!(dns.queries("real.test"), vec![(1, "udp")]);
+    assert_eq!(ask(r), "B2", "{}", s.error_log());
+    let log = s.error_log();
+    assert!(log.contains("wrong ident"), "{log}");
+    assert!(log.contains("invalid name in DNS response"), "{log}");
+}
+
+#[test]
+fn dns_server_harness_answers() {
+    // The harness itself: an unknown name is NXDOMAIN, a known one has its records.
+    let dns = DnsServer::start();
+    dns.set("h.test", Zone { a: vec![ip("10.1.2.3")], ttl: 5, ..Zone::default() });
+    let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let q = |name: &str| {
+        let mut m = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&encode_name(name));
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m
+    };
+    let to: SocketAddr = ([127, 0, 0, 1], dns.port).into();
+    c.send_to(&q("h.test"), to).expect("send");
+    let mut b = [0u8; 512];
+    let n = c.recv(&mut b).expect("answer");
+    assert_eq!((b[3] & 0xf, u16::from_be_bytes([b[6], b[7]])), (0, 1));
+    assert_eq!(&b[n - 4..n], &[10, 1, 2, 3]);
+    c.send_to(&q("x.test"), to).expect("send");
+    let _ = c.recv(&mut b).expect("answer");
+    assert_eq!(b[3] & 0xf, 3);
+}
