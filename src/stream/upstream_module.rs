@@ -2,6 +2,7 @@
 //! [fail_timeout=T] [max_conns=N] [backup] [down]; zone NAME [SIZE]; }`.
 //! The balancing methods' directives come with their balancers (src/upstream/).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::core::addr::parse_url;
@@ -12,7 +13,8 @@ use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
 use crate::stream::session::{write_msec, SessionCore, UpstreamState};
 use crate::stream::variables::Variables;
-use crate::upstream::{Method, UpstreamConf, UpstreamServer};
+use crate::stream::resolver::ResolverConf;
+use crate::upstream::{Method, ResolveSpec, UpstreamConf, UpstreamServer};
 
 pub struct Upstream;
 
@@ -20,6 +22,7 @@ pub struct Upstream;
 fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     let url = cmd.arg(0);
     let mut s = UpstreamServer::new(url.to_string(), Vec::new());
+    let (mut resolve, mut service) = (false, None);
     for a in &cmd.args[1..] {
         let bad = || cmd.err(format!("invalid parameter \"{}\"", a));
         if let Some(v) = a.strip_prefix("weight=") {
@@ -37,16 +40,78 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
             s.backup = true;
         } else if a == "down" {
             s.down = true;
+        } else if a == "resolve" {
+            resolve = true;
+        } else if let Some(v) = a.strip_prefix("service=") {
+            if v.is_empty() {
+                return Err(cmd.err("service is empty"));
+            }
+            service = Some(v.to_string());
         } else {
             return Err(bad());
         }
     }
-    let parsed = parse_url(url, false, true).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
-    if parsed.addrs.is_empty() {
+    if service.is_some() && !resolve {
+        return Err(cmd.err(format!("service upstream \"{}\" requires \"resolve\" parameter", url)));
+    }
+    let parsed = parse_url(url, false, !resolve).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
+    if parsed.port.is_none() && service.is_none() {
         return Err(cmd.err(format!("no port in upstream \"{}\"", url)));
     }
-    s.addrs = parsed.addrs;
+    if service.is_some() && parsed.port.is_some() {
+        return Err(cmd.err(format!("service upstream \"{}\" may not have port", url)));
+    }
+    if service.is_some() && parsed.literal {
+        return Err(cmd.err(format!("service upstream \"{}\" requires domain name", url)));
+    }
+    if resolve && !parsed.literal {
+        // Looked up at run time (an address needs no resolving: a static server).
+        let service = service.map(|v| if v.contains('.') { format!("{}.{}", v, parsed.host) } else { format!("_{}._tcp.{}", v, parsed.host) });
+        s.resolve = Some(ResolveSpec { host: parsed.host, port: parsed.port.unwrap_or(0), service });
+    } else {
+        s.addrs = parsed.addrs;
+    }
     u.servers.push(s);
+    Ok(())
+}
+
+/// `resolver` and `resolver_timeout` in an upstream: used by its `resolve` servers.
+fn ups_resolver(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    if u.resolver.is_some() {
+        return Err(cmd.duplicate());
+    }
+    let conf = ResolverConf::parse(&cmd.args).map_err(|e| cmd.err(e))?;
+    u.resolver = Some(Rc::new(conf));
+    Ok(())
+}
+
+fn ups_resolver_timeout(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    if u.resolver_timeout.is_some() {
+        return Err(cmd.duplicate());
+    }
+    u.resolver_timeout = Some(value::msec(cmd)?);
+    Ok(())
+}
+
+/// After the stream block: an upstream with `resolve` servers needs a zone and a
+/// resolver (its own or the stream block's), as nginx's `ngx_stream_upstream_init_round_robin`.
+pub fn check_resolvable(u: &mut UpstreamConf, resolver: Option<&Rc<ResolverConf>>, timeout: Option<Duration>) -> Result<(), String> {
+    if u.implicit || !u.servers.iter().any(|s| s.resolve.is_some()) {
+        return Ok(());
+    }
+    let at = format!("{}:{}", u.file.as_deref().unwrap_or(""), u.line);
+    if u.zone.is_none() {
+        return Err(format!("resolving names at run time requires upstream \"{}\" in {} to be in shared memory", u.name, at));
+    }
+    if u.resolver.is_none() {
+        u.resolver = resolver.cloned();
+    }
+    if u.resolver.is_none() {
+        return Err(format!("no resolver defined to resolve names at run time in upstream \"{}\" in {}", u.name, at));
+    }
+    if u.resolver_timeout.is_none() {
+        u.resolver_timeout = Some(timeout.unwrap_or(Duration::from_secs(30)));
+    }
     Ok(())
 }
 
@@ -71,6 +136,8 @@ impl Module for Upstream {
             set: Set::Block(BlockKind::Upstream),
         },
         Directive { name: "server", ctx: Ctx::STREAM_UPS, args: Arity::OneOrMore, set: Set::Ups(server) },
+        Directive { name: "resolver", ctx: Ctx::STREAM_UPS, args: Arity::OneOrMore, set: Set::Ups(ups_resolver) },
+        Directive { name: "resolver_timeout", ctx: Ctx::STREAM_UPS, args: Arity::Take(1), set: Set::Ups(ups_resolver_timeout) },
     ];
 
     fn variables(v: &mut Variables) {

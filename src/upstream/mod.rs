@@ -27,6 +27,18 @@ pub struct UpstreamServer {
     pub max_conns: u32,
     pub backup: bool,
     pub down: bool,
+    /// `resolve` (and `service=`): a host name whose addresses are looked up at run time.
+    pub resolve: Option<ResolveSpec>,
+}
+
+/// A `server NAME resolve [service=NAME]` line: what to ask the resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveSpec {
+    pub host: String,
+    /// The port of every address (0 with `service=`: ports come from the SRV records).
+    pub port: u16,
+    /// The SRV name asked: `_SERVICE._tcp.HOST`, or `SERVICE.HOST` if it has a dot.
+    pub service: Option<String>,
 }
 
 impl Method {
@@ -47,6 +59,7 @@ impl UpstreamServer {
             max_conns: 0,
             backup: false,
             down: false,
+            resolve: None,
         }
     }
 }
@@ -79,6 +92,10 @@ pub struct UpstreamConf {
     pub zone: Option<String>,
     /// Made by `proxy_pass ADDRESS`, not by an `upstream {}` block.
     pub implicit: bool,
+    /// For `server ... resolve`: the upstream's `resolver` (or the stream block's) and
+    /// `resolver_timeout`.
+    pub resolver: Option<Rc<crate::stream::resolver::ResolverConf>>,
+    pub resolver_timeout: Option<Duration>,
     pub file: Option<Rc<str>>,
     pub line: u32,
 }
