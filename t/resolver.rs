@@ -42,9 +42,15 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub fn start() -> DnsServer {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("dns udp");
-        let port = udp.local_addr().expect("addr").port();
-        let tcp = TcpListener::bind(("127.0.0.1", port)).expect("dns tcp on the same port");
+        // A port free for both UDP and TCP (other tests take ports meanwhile).
+        let (udp, tcp) = (0..50)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = udp.local_addr().ok()?.port();
+                Some((udp, TcpListener::bind(("127.0.0.1", port)).ok()?))
+            })
+            .expect("a port free for UDP and TCP");
+        let port = tcp.local_addr().expect("addr").port();
         tcp.set_nonblocking(true).expect("nonblocking");
         udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let zones: Zones = Arc::default();

@@ -622,8 +622,12 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     let mut top = SrvConfs::default();
     block(cx, inner, &mut Scope::Stream(&mut top))?;
     for u in &mut cx.upstreams {
-        crate::stream::upstream_module::check_resolvable(u, top.core.resolver.option(), top.core.resolver_timeout.option().copied())
-            .map_err(ConfError::bare)?;
+        crate::stream::upstream_module::check_resolvable(
+            u,
+            top.core.resolver.option(),
+            top.core.resolver_timeout.option().copied(),
+        )
+        .map_err(ConfError::bare)?;
     }
     modules::init_main(cx)?;
     for mut p in std::mem::take(&mut cx.servers) {

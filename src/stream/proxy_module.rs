@@ -435,8 +435,9 @@ impl ProxySession {
                         let timeout = s.srv.core().resolver_timeout.get();
                         let mut io = Io { registry: cx.registry, timers: cx.timers, now: cx.now };
                         self.resolving = Some((u.host.clone(), port));
-                        match cx.rt.resolvers.resolve(&conf, &u.host, s.key, timeout, &mut io) {
-                            Some(outcome) => self.resolved(s, outcome, cx),
+                        let target = resolver::Target::Session(s.key);
+                        match cx.rt.resolvers.resolve(&conf, &u.host, target, timeout, &mut io) {
+                            Some((outcome, _)) => self.resolved(s, outcome, cx),
                             None => Err(None),
                         }
                     }
@@ -494,6 +495,7 @@ impl ProxySession {
             s.log(Level::Error, "no live upstreams", None);
             return Flow::Finalize(status::BAD_GATEWAY);
         };
+        let peer_name_text = peer_name.clone();
         if let Some(st) = s.upstream_states.last_mut() {
             st.peer = Some(peer_name.clone());
         }
@@ -513,7 +515,21 @@ impl ProxySession {
         let sock = match pooled.map(Conn::Dgram).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
             Ok(c) => c,
             Err(Connect::Refused(e)) => {
-                s.connection_error(Side::Upstream, &e, "connect() failed");
+                // ngx_event_connect_peer: a connect() that fails at once.
+                let ordinary = matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::ECONNREFUSED
+                            | libc::EAGAIN
+                            | libc::ECONNRESET
+                            | libc::ENETDOWN
+                            | libc::ENETUNREACH
+                            | libc::EHOSTDOWN
+                            | libc::EHOSTUNREACH
+                    )
+                );
+                let level = if ordinary { Level::Error } else { Level::Crit };
+                s.log(level, &format!("connect() to {} failed", peer_name_text), Some(&e));
                 return self.next_upstream(s, cx);
             }
             Err(Connect::Fatal(msg, e)) => {

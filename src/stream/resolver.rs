@@ -103,6 +103,24 @@ impl ResolverConf {
 /// What a request gets: addresses (IPv4 first, in answer order), or nginx's state code.
 pub type Outcome = Result<Vec<IpAddr>, i32>;
 
+/// Who asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A session's `proxy_pass` (its key).
+    Session(usize),
+    /// A `server ... resolve` line (upstream group, index among its resolvable lines).
+    Upstream { group: usize, server: usize },
+}
+
+/// A finished request: the outcome, and for how long it holds (the answer's TTL or
+/// `valid=`; for a failure `valid=` or 10 s, as nginx's `ctx->valid`).
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub target: Target,
+    pub outcome: Outcome,
+    pub valid: Duration,
+}
+
 /// One family's query of a name.
 #[derive(Debug)]
 enum Family {
@@ -112,7 +130,7 @@ enum Family {
 }
 
 struct Waiter {
-    key: usize,
+    target: Target,
     deadline: Instant,
     depth: u8,
 }
@@ -167,8 +185,8 @@ pub struct Resolvers {
     list: Vec<Resolver>,
     nodes: Slab<Node>,
     asking: HashMap<(usize, String), usize>,
-    /// Finished requests: (session key, outcome), for the worker to deliver.
-    pub done: Vec<(usize, Outcome)>,
+    /// Finished requests, for the worker to deliver.
+    pub done: Vec<Done>,
 }
 
 fn random_id() -> u16 {
@@ -184,27 +202,31 @@ impl Resolvers {
         self.list.len() - 1
     }
 
-    /// Resolve `name` for the session `key`: the outcome now (cache, or a name that
-    /// cannot be asked), or None and later an entry in `done`.
+    /// Resolve `name` for `target`: the outcome now (cache, or a name that cannot be
+    /// asked) with how long it holds, or None and later an entry in `done`.
     pub fn resolve(
         &mut self,
         conf: &Rc<ResolverConf>,
         name: &str,
-        key: usize,
+        target: Target,
         timeout: Duration,
         io: &mut Io<'_>,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, Duration)> {
         let r = self.resolver(conf);
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        self.request(r, name, Waiter { key, deadline: io.now + timeout, depth: 0 }, io)
+        self.request(r, name, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
     }
 
-    fn request(&mut self, r: usize, name: String, w: Waiter, io: &mut Io<'_>) -> Option<Outcome> {
+    fn failure_valid(&self, r: usize) -> Duration {
+        self.list[r].conf.valid.unwrap_or(Duration::from_secs(10))
+    }
+
+    fn request(&mut self, r: usize, name: String, w: Waiter, io: &mut Io<'_>) -> Option<(Outcome, Duration)> {
         let now = io.now;
         let res = &mut self.list[r];
         if let Some(c) = res.cache.get(&name) {
             if c.valid_until >= now {
-                return Some(Ok(rotated(&c.addrs)));
+                return Some((Ok(rotated(&c.addrs)), c.valid_until - now));
             }
             res.cache.remove(&name);
         }
@@ -225,7 +247,7 @@ impl Resolvers {
         };
         let (Some(a), Some(aaaa)) = (family(conf.ipv4, dns::TYPE_A), family(conf.ipv6, dns::TYPE_AAAA)) else {
             // ngx_resolver_copy's NGX_DECLINED: an empty or over-long label.
-            return Some(Err(i32::from(dns::NXDOMAIN)));
+            return Some((Err(i32::from(dns::NXDOMAIN)), self.failure_valid(r)));
         };
         let server = res.next_server % conf.servers.len();
         res.next_server = res.next_server.wrapping_add(1);
@@ -332,7 +354,8 @@ impl Resolvers {
         let now = io.now;
         let (late, waiting): (Vec<Waiter>, Vec<Waiter>) = n.waiters.drain(..).partition(|w| w.deadline <= now);
         n.waiters = waiting;
-        self.done.extend(late.into_iter().map(|w| (w.key, Err(TIMEDOUT))));
+        let valid = self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(10));
+        self.done.extend(late.into_iter().map(|w| Done { target: w.target, outcome: Err(TIMEDOUT), valid }));
         if n.waiters.is_empty() {
             self.remove(slot, io);
             return;
@@ -562,8 +585,12 @@ impl Resolvers {
             }
             res.cache.insert(n.name.clone(), Cached { addrs: addrs.clone(), valid_until: io.now + valid });
         }
-        let keys: Vec<usize> = n.waiters.iter().map(|w| w.key).collect();
-        self.done.extend(keys.into_iter().map(|k| (k, outcome.clone())));
+        let valid = match &outcome {
+            Ok(_) => self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl))),
+            Err(_) => self.failure_valid(n.resolver),
+        };
+        let targets: Vec<Target> = n.waiters.iter().map(|w| w.target).collect();
+        self.done.extend(targets.into_iter().map(|target| Done { target, outcome: outcome.clone(), valid }));
         self.remove(slot, io);
     }
 
@@ -576,13 +603,14 @@ impl Resolvers {
         self.remove(slot, io);
         for mut w in waiters {
             if w.depth >= MAX_RECURSION {
-                self.done.push((w.key, Err(i32::from(dns::NXDOMAIN))));
+                let valid = self.failure_valid(r);
+                self.done.push(Done { target: w.target, outcome: Err(i32::from(dns::NXDOMAIN)), valid });
                 continue;
             }
             w.depth += 1;
-            let key = w.key;
-            if let Some(o) = self.request(r, target.clone(), w, io) {
-                self.done.push((key, o));
+            let t = w.target;
+            if let Some((outcome, valid)) = self.request(r, target.clone(), w, io) {
+                self.done.push(Done { target: t, outcome, valid });
             }
         }
     }

@@ -2,26 +2,114 @@
 //! files access logs write to, and sessions that used up their turn.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
+use crate::core::shm::{monotonic_ms, Shm};
 use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
-use crate::stream::resolver::Resolvers;
+use crate::stream::resolver::{self, Io, Resolvers, Target};
 use crate::stream::udp_pool::UdpPool;
 use crate::upstream::round_robin::RoundRobin;
-use crate::upstream::zone::{self, SharedPeers};
-use crate::upstream::{new_balancer, Balancer, Outcome, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
+use crate::upstream::zone::{self, Resolved, ResolvedTable, SharedPeers};
+use crate::upstream::{new_balancer, Balancer, Outcome, PeerId, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
 
 struct Group {
     peers: PeerSet,
     balancer: Box<dyn Balancer>,
     /// The peers' state in a shared memory zone, when the upstream has `zone`.
     shared: Option<SharedPeers>,
+    /// `server ... resolve` lines: their addresses come from the zone at run time.
+    dynamic: Option<Dynamic>,
+    /// Bumped each time the peer list is rebuilt (picks from before are mapped by name).
+    epoch: u64,
+}
+
+/// The run-time part of an upstream with `server ... resolve` lines.
+struct Dynamic {
+    /// The upstream as configured (its resolvable lines without addresses).
+    conf: UpstreamConf,
+    /// Indexes in `conf.servers` of the resolvable lines.
+    lines: Vec<usize>,
+    table: ResolvedTable,
+    /// The table generation the peers were built from.
+    seen: u64,
+    shm: Rc<Shm>,
+    offset: usize,
+    /// Per line: when to look at its lookup again.
+    next: Vec<Instant>,
+}
+
+impl Dynamic {
+    /// The upstream with each resolvable line replaced by its addresses now: one server
+    /// per address, the line's parameters, an SRV record's weight unless the line set
+    /// one, and records of a lower priority as backups.
+    fn conf_with(&self, lists: &[Vec<Resolved>]) -> UpstreamConf {
+        let mut conf = self.conf.clone();
+        conf.servers.clear();
+        for (i, s) in self.conf.servers.iter().enumerate() {
+            match self.lines.iter().position(|&l| l == i) {
+                None => conf.servers.push(s.clone()),
+                Some(k) => {
+                    for r in lists.get(k).into_iter().flatten() {
+                        let mut one = s.clone();
+                        let mut addr = r.addr;
+                        // A name's addresses take the line's port (which a reload may
+                        // have changed); SRV records bring their own.
+                        if let Some(spec) = s.resolve.as_ref().filter(|r| r.service.is_none()) {
+                            addr.set_port(spec.port);
+                        }
+                        one.addrs = vec![Addr::Inet(addr)];
+                        one.resolve = None;
+                        if s.weight == 1 {
+                            one.weight = r.weight;
+                        }
+                        one.backup = s.backup || (r.backup && self.conf.method.allows_backup());
+                        conf.servers.push(one);
+                    }
+                }
+            }
+        }
+        conf
+    }
+}
+
+/// Give a rebuilt peer list the state of the peers it keeps (found by name and group).
+fn carry_state(old: &PeerSet, new: &mut PeerSet) {
+    for backup in [false, true] {
+        let from = if backup { &old.backup } else { &old.primary };
+        for p in new.group(backup).iter_mut() {
+            if let Some(o) = from.iter().find(|o| o.name == p.name) {
+                p.fails = o.fails;
+                p.conns = o.conns;
+                p.checked = o.checked;
+                p.accessed = o.accessed;
+                p.current_weight = o.current_weight;
+                p.effective_weight = o.effective_weight.min(p.weight);
+            }
+        }
+    }
+}
+
+/// The signature of an upstream's resolvable lines (see `ResolvedTable`).
+fn lines_signature(u: &UpstreamConf, lines: &[usize]) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(u.name.as_bytes());
+    for &l in lines {
+        if let Some(r) = &u.servers[l].resolve {
+            // Not the port: a reload that changes only ports keeps the addresses, as
+            // nginx copies resolved peers by name and service.
+            h.update(r.host.as_bytes());
+            h.update(&[0]);
+            h.update(r.service.as_deref().unwrap_or("").as_bytes());
+        }
+    }
+    (h.finalize() as u64) << 8 | lines.len() as u64
 }
 
 /// Group numbers from here on are sessions' own groups.
@@ -62,22 +150,46 @@ impl WorkerState {
             .map(|u| {
                 let peers = PeerSet::new(u);
                 let balancer = new_balancer(u, &peers);
+                let lines: Vec<usize> =
+                    u.servers.iter().enumerate().filter(|(_, s)| s.resolve.is_some()).map(|(i, _)| i).collect();
+                let mut dynamic = None;
                 let shared = u.zone.as_ref().and_then(|name| {
                     let z = cycle.zones.iter().find(|z| z.name == *name)?;
                     let off = used.entry(name.clone()).or_insert(0);
                     let at = *off;
-                    *off += zone::region_size(peers.primary.len() + peers.backup.len()).div_ceil(8) * 8;
+                    // Room for every address the resolvable lines may get, then their table.
+                    let most = peers.primary.len() + peers.backup.len() + lines.len() * zone::MAX_RESOLVED;
+                    let peers_size = zone::region_size(most).div_ceil(8) * 8;
+                    let table_at = at + peers_size;
+                    *off += peers_size + if lines.is_empty() { 0 } else { zone::table_size(lines.len()) };
                     let sp = SharedPeers::attach(z.shm.clone(), at, &peers, now);
-                    if sp.is_none() {
+                    let table = (!lines.is_empty())
+                        .then(|| {
+                            let sig = lines_signature(u, &lines);
+                            ResolvedTable::new(z.shm.clone(), at, table_at, lines.len(), sig)
+                        })
+                        .flatten();
+                    if sp.is_none() || (!lines.is_empty() && table.is_none()) {
                         crate::core::log::error(
                             crate::core::conf::Level::Alert,
                             &format!("upstream zone \"{}\" is too small for upstream \"{}\"", name, u.name),
                             None,
                         );
                     }
+                    if let Some(table) = table {
+                        dynamic = Some(Dynamic {
+                            conf: u.clone(),
+                            next: vec![now; lines.len()],
+                            lines: lines.clone(),
+                            table,
+                            seen: u64::MAX,
+                            shm: z.shm.clone(),
+                            offset: at,
+                        });
+                    }
                     sp
                 });
-                Group { peers, balancer, shared }
+                Group { peers, balancer, shared, dynamic, epoch: 0 }
             })
             .collect();
         let files = cycle
@@ -135,17 +247,26 @@ impl WorkerState {
         now: Instant,
     ) -> Option<(Addr, Rc<str>)> {
         let group = self.group_mut(g)?;
+        refresh(group, now);
+        remap(group, pick);
         let (peers, balancer) = (&mut group.peers, &mut group.balancer);
         let id = match &group.shared {
             Some(sh) => sh.with(peers, now, |p| balancer.get(p, pick, key, now)),
             None => balancer.get(peers, pick, key, now),
         }?;
-        group.peers.peer(id).map(|p| (p.addr.clone(), p.name.clone()))
+        let p = group.peers.peer(id)?;
+        if group.dynamic.is_some() {
+            pick.epoch = group.epoch;
+            pick.held = Some(p.name.clone());
+        }
+        Some((p.addr.clone(), p.name.clone()))
     }
 
     /// Release the session's peer; true when that failure took the peer out.
     pub fn free_peer(&mut self, g: usize, pick: &mut PeerPick, outcome: Outcome, now: Instant) -> bool {
         let Some(group) = self.group_mut(g) else { return false };
+        refresh(group, now);
+        remap(group, pick);
         match &group.shared {
             Some(sh) => sh.with(&mut group.peers, now, |p| p.release(pick, outcome, now)),
             None => group.peers.release(pick, outcome, now),
@@ -153,8 +274,12 @@ impl WorkerState {
     }
 
     pub fn notify_connect(&mut self, g: usize, pick: &PeerPick) {
+        let mut pick = pick.clone();
+        let pick = &mut pick;
         if let Some(group) = self.group_mut(g) {
             let now = crate::core::time::instant();
+            refresh(group, now);
+            remap(group, pick);
             match &group.shared {
                 Some(sh) => sh.with(&mut group.peers, now, |p| p.notify_connect(pick)),
                 None => group.peers.notify_connect(pick),
@@ -166,8 +291,105 @@ impl WorkerState {
         self.group(g).map(|x| x.peers.name.clone()).unwrap_or_else(|| Rc::from(""))
     }
 
-    pub fn group_tries(&self, g: usize) -> usize {
-        self.group(g).map(|x| x.peers.tries()).unwrap_or(0)
+    pub fn group_tries(&mut self, g: usize) -> usize {
+        let now = crate::core::time::instant();
+        let Some(group) = self.group_mut(g) else { return 0 };
+        refresh(group, now);
+        group.peers.tries()
+    }
+
+    /// When the next `resolve` lookup of any upstream is due.
+    pub fn next_resolve(&self) -> Option<Instant> {
+        self.groups.iter().filter_map(|g| g.dynamic.as_ref()).flat_map(|d| d.next.iter().copied()).min()
+    }
+
+    /// Start the `resolve` lookups that are due and that no other worker has taken.
+    pub fn run_resolves(&mut self, io: &mut Io<'_>) {
+        let now = io.now;
+        let now_ms = monotonic_ms();
+        let mut answered = Vec::new();
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let Some(d) = group.dynamic.as_mut() else { continue };
+            let (Some(conf), Some(timeout)) = (d.conf.resolver.clone(), d.conf.resolver_timeout) else { continue };
+            for k in 0..d.lines.len() {
+                if d.next[k] > now {
+                    continue;
+                }
+                // Held for the lookup's time: if this worker dies meanwhile, another
+                // takes over after it.
+                let hold = timeout + Duration::from_secs(1);
+                match d.table.claim(k, now_ms, hold.as_millis() as u64) {
+                    Ok(()) => {
+                        d.next[k] = now + hold;
+                        let Some(spec) = &d.conf.servers[d.lines[k]].resolve else { continue };
+                        let target = Target::Upstream { group: g, server: k };
+                        if let Some((outcome, valid)) = self.resolvers.resolve(&conf, &spec.host, target, timeout, io) {
+                            answered.push((g, k, outcome, valid));
+                        }
+                    }
+                    Err(due) => {
+                        let wait = Duration::from_millis(due.saturating_sub(now_ms).min(3_600_000));
+                        d.next[k] = now + wait.max(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+        for (g, k, outcome, valid) in answered {
+            self.upstream_resolved(g, k, outcome, valid, io);
+        }
+    }
+
+    /// A `resolve` line's lookup finished: store its addresses for every worker and
+    /// say when to look again (the TTL or `valid=`, plus a second, as nginx). The new
+    /// list replaces the old one in one step, so a changing answer never leaves a moment
+    /// without peers; a lookup that failed (server failure, timeout) keeps the addresses
+    /// the line had; "no such name" empties it, as nginx.
+    pub fn upstream_resolved(
+        &mut self,
+        g: usize,
+        k: usize,
+        outcome: resolver::Outcome,
+        valid: Duration,
+        io: &mut Io<'_>,
+    ) {
+        let now_ms = monotonic_ms();
+        let Some(group) = self.groups.get_mut(g) else { return };
+        let Some(d) = group.dynamic.as_mut() else { return };
+        let Some(spec) =
+            d.conf.servers.get(d.lines.get(k).copied().unwrap_or(usize::MAX)).and_then(|s| s.resolve.clone())
+        else {
+            return;
+        };
+        let timeout = d.conf.resolver_timeout.unwrap_or(Duration::from_secs(30));
+        let again = match outcome {
+            Ok(addrs) => {
+                let list: Vec<Resolved> = addrs
+                    .into_iter()
+                    .map(|ip| Resolved { addr: SocketAddr::new(ip, spec.port), weight: 1, backup: false })
+                    .collect();
+                let again = valid + Duration::from_secs(1);
+                d.table.store(k, Some(&list), now_ms + again.as_millis() as u64);
+                again
+            }
+            Err(code) => {
+                let msg = format!("{} could not be resolved ({}: {})", spec.host, code, resolver::strerror(code));
+                crate::core::log::error(crate::core::conf::Level::Error, &msg, None);
+                if code == i32::from(crate::core::dns::NXDOMAIN) {
+                    // The name has no addresses now (as nginx: its peers go).
+                    let again = valid + Duration::from_secs(1);
+                    d.table.store(k, Some(&[]), now_ms + again.as_millis() as u64);
+                    again
+                } else {
+                    // A server failure or a timeout says nothing about the name: keep
+                    // the addresses it had.
+                    let again = timeout.max(Duration::from_secs(1));
+                    d.table.store(k, None, now_ms + again.as_millis() as u64);
+                    again
+                }
+            }
+        };
+        d.next[k] = io.now + again;
+        refresh(group, io.now);
     }
 
     fn group(&self, g: usize) -> Option<&Group> {
@@ -194,7 +416,8 @@ impl WorkerState {
             ..Default::default()
         };
         let peers = PeerSet::new(&conf);
-        SESSION_GROUP + self.session_groups.insert(Group { peers, balancer: Box::new(RoundRobin), shared: None })
+        let group = Group { peers, balancer: Box::new(RoundRobin), shared: None, dynamic: None, epoch: 0 };
+        SESSION_GROUP + self.session_groups.insert(group)
     }
 
     /// The session is over: its own group goes.
@@ -227,4 +450,37 @@ impl WorkerState {
             let _ = f.reopen();
         }
     }
+}
+
+/// Rebuild a group's peers if the addresses of its `resolve` lines changed.
+fn refresh(group: &mut Group, now: Instant) {
+    let Some(d) = group.dynamic.as_mut() else { return };
+    if d.table.generation() == d.seen {
+        return;
+    }
+    let (gen, lists) = d.table.read();
+    let conf = d.conf_with(&lists);
+    let mut peers = PeerSet::new(&conf);
+    carry_state(&group.peers, &mut peers);
+    group.balancer = new_balancer(&conf, &peers);
+    group.shared = SharedPeers::attach(d.shm.clone(), d.offset, &peers, now);
+    group.peers = peers;
+    group.epoch += 1;
+    d.seen = gen;
+}
+
+/// A pick made on an older peer list: find its peer again by name (gone: nothing to
+/// release), and forget what it tried (the indexes changed).
+fn remap(group: &Group, pick: &mut PeerPick) {
+    if group.dynamic.is_none() || pick.epoch == group.epoch {
+        return;
+    }
+    pick.epoch = group.epoch;
+    pick.tried.clear();
+    pick.in_backup = false;
+    pick.current = pick.current.and_then(|id| {
+        let name = pick.held.as_ref()?;
+        let list = if id.backup { &group.peers.backup } else { &group.peers.primary };
+        list.iter().position(|p| p.name == *name).map(|index| PeerId { backup: id.backup, index })
+    });
 }

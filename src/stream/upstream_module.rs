@@ -11,9 +11,9 @@ use crate::core::conf::value;
 use crate::core::conf::{Cmd, ConfResult};
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
+use crate::stream::resolver::ResolverConf;
 use crate::stream::session::{write_msec, SessionCore, UpstreamState};
 use crate::stream::variables::Variables;
-use crate::stream::resolver::ResolverConf;
 use crate::upstream::{Method, ResolveSpec, UpstreamConf, UpstreamServer};
 
 pub struct Upstream;
@@ -66,7 +66,13 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     }
     if resolve && !parsed.literal {
         // Looked up at run time (an address needs no resolving: a static server).
-        let service = service.map(|v| if v.contains('.') { format!("{}.{}", v, parsed.host) } else { format!("_{}._tcp.{}", v, parsed.host) });
+        let service = service.map(|v| {
+            if v.contains('.') {
+                format!("{}.{}", v, parsed.host)
+            } else {
+                format!("_{}._tcp.{}", v, parsed.host)
+            }
+        });
         s.resolve = Some(ResolveSpec { host: parsed.host, port: parsed.port.unwrap_or(0), service });
     } else {
         s.addrs = parsed.addrs;
@@ -95,13 +101,20 @@ fn ups_resolver_timeout(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> Conf
 
 /// After the stream block: an upstream with `resolve` servers needs a zone and a
 /// resolver (its own or the stream block's), as nginx's `ngx_stream_upstream_init_round_robin`.
-pub fn check_resolvable(u: &mut UpstreamConf, resolver: Option<&Rc<ResolverConf>>, timeout: Option<Duration>) -> Result<(), String> {
+pub fn check_resolvable(
+    u: &mut UpstreamConf,
+    resolver: Option<&Rc<ResolverConf>>,
+    timeout: Option<Duration>,
+) -> Result<(), String> {
     if u.implicit || !u.servers.iter().any(|s| s.resolve.is_some()) {
         return Ok(());
     }
     let at = format!("{}:{}", u.file.as_deref().unwrap_or(""), u.line);
     if u.zone.is_none() {
-        return Err(format!("resolving names at run time requires upstream \"{}\" in {} to be in shared memory", u.name, at));
+        return Err(format!(
+            "resolving names at run time requires upstream \"{}\" in {} to be in shared memory",
+            u.name, at
+        ));
     }
     if u.resolver.is_none() {
         u.resolver = resolver.cloned();
@@ -137,7 +150,12 @@ impl Module for Upstream {
         },
         Directive { name: "server", ctx: Ctx::STREAM_UPS, args: Arity::OneOrMore, set: Set::Ups(server) },
         Directive { name: "resolver", ctx: Ctx::STREAM_UPS, args: Arity::OneOrMore, set: Set::Ups(ups_resolver) },
-        Directive { name: "resolver_timeout", ctx: Ctx::STREAM_UPS, args: Arity::Take(1), set: Set::Ups(ups_resolver_timeout) },
+        Directive {
+            name: "resolver_timeout",
+            ctx: Ctx::STREAM_UPS,
+            args: Arity::Take(1),
+            set: Set::Ups(ups_resolver_timeout),
+        },
     ];
 
     fn variables(v: &mut Variables) {

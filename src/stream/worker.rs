@@ -20,7 +20,7 @@ use crate::core::timer::{TimerId, Timers};
 use crate::stream::content::{Content, Ready};
 use crate::stream::cycle::Cycle;
 use crate::stream::phase::Flow;
-use crate::stream::resolver::{Io, Outcome, RESOLVER_BIT};
+use crate::stream::resolver::{Io, Outcome, Target, RESOLVER_BIT};
 use crate::stream::runtime::WorkerState;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
 
@@ -186,6 +186,10 @@ impl Worker {
                 let d = f.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
+            if let Some(f) = self.rt.next_resolve().filter(|_| !self.quitting) {
+                let d = f.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
             if let Some(at) = self.accept_paused {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -239,11 +243,22 @@ impl Worker {
                     self.session_timer(t.0 >> 1, id, now);
                 }
             }
+            // `server ... resolve` lookups that are due (not in a worker that is leaving).
+            if !self.quitting && self.rt.next_resolve().is_some_and(|at| at <= now) {
+                let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                self.rt.run_resolves(&mut io);
+            }
             // Answers (or timeouts) for sessions waiting on the resolver. Delivering one
             // can start another lookup that is answered from the cache at once.
             while !self.rt.resolvers.done.is_empty() {
-                for (key, outcome) in std::mem::take(&mut self.rt.resolvers.done) {
-                    self.session_resolved(key, outcome, now);
+                for d in std::mem::take(&mut self.rt.resolvers.done) {
+                    match d.target {
+                        Target::Session(key) => self.session_resolved(key, d.outcome, now),
+                        Target::Upstream { group, server } => {
+                            let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                            self.rt.upstream_resolved(group, server, d.outcome, d.valid, &mut io);
+                        }
+                    }
                 }
             }
             for key in std::mem::take(&mut self.rt.requeued) {

@@ -193,6 +193,10 @@ pub struct PeerPick {
     pub rehash: u32,
     pub balancer_tries: u32,
     pub started: bool,
+    /// For a group whose peers change at run time (`resolve`): the peer list `current`
+    /// and `tried` refer to, and the held peer's name to find it again in a newer one.
+    pub epoch: u64,
+    pub held: Option<Rc<str>>,
 }
 
 impl Peer {
