@@ -274,9 +274,20 @@ pub fn addresses(r: &Response, name: &str, qtype: u16) -> Found {
     Found::Nothing
 }
 
-/// SRV records for `name` (CNAMEs in the answer followed), with the smallest TTL.
-pub fn services(r: &Response, name: &str) -> (Vec<(u16, u16, u16, String)>, u32) {
-    let mut cur = name.to_ascii_lowercase();
+/// What an answer says about the SRV records of `name`, CNAMEs in it followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SrvFound {
+    /// (priority, weight, port, target), and the smallest TTL on the way.
+    Records(Vec<(u16, u16, u16, String)>, u32),
+    /// The chain ends at a name the answer has no records for: ask for that one.
+    Cname(String, u32),
+    Nothing,
+}
+
+/// Follow `name` through the answer to its SRV records.
+pub fn services(r: &Response, name: &str) -> SrvFound {
+    let first = name.to_ascii_lowercase();
+    let mut cur = first.clone();
     let mut ttl = u32::MAX;
     for _ in 0..=MAX_CNAME_HOPS {
         let mut out = Vec::new();
@@ -292,17 +303,18 @@ pub fn services(r: &Response, name: &str) -> (Vec<(u16, u16, u16, String)>, u32)
             }
         }
         if !out.is_empty() {
-            return (out, ttl);
+            return SrvFound::Records(out, ttl);
         }
         match cname {
             Some((t, t_ttl)) if t != cur => {
                 ttl = ttl.min(t_ttl);
                 cur = t;
             }
-            _ => break,
+            _ if cur != first => return SrvFound::Cname(cur, ttl),
+            _ => return SrvFound::Nothing,
         }
     }
-    (Vec::new(), ttl)
+    SrvFound::Nothing
 }
 
 #[cfg(test)]
@@ -471,6 +483,10 @@ mod tests {
         let mut rdata = vec![0, 10, 0, 5, 0x1f, 0x90];
         rdata.extend_from_slice(&[2, b'b', b'1', 0xc0, 23]);
         let r = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_SRV, 30, &rdata)])).unwrap();
-        assert_eq!(services(&r, "_http._tcp.example.com"), (vec![(10, 5, 8080, "b1.example.com".to_string())], 30));
+        assert_eq!(
+            services(&r, "_http._tcp.example.com"),
+            SrvFound::Records(vec![(10, 5, 8080, "b1.example.com".to_string())], 30)
+        );
+        assert_eq!(services(&r, "other.example.com"), SrvFound::Nothing);
     }
 }

@@ -110,7 +110,14 @@ pub enum Target {
     Session(usize),
     /// A `server ... resolve` line (upstream group, index among its resolvable lines).
     Upstream { group: usize, server: usize },
+    /// The SRV records of a `service=` line.
+    Service { group: usize, server: usize },
+    /// The addresses of target `index` of a `service=` line's SRV records.
+    ServiceTarget { group: usize, server: usize, index: usize },
 }
+
+/// An SRV record: (priority, weight, port, target).
+pub type Srv = (u16, u16, u16, String);
 
 /// A finished request: the outcome, and for how long it holds (the answer's TTL or
 /// `valid=`; for a failure `valid=` or 10 s, as nginx's `ctx->valid`).
@@ -119,6 +126,8 @@ pub struct Done {
     pub target: Target,
     pub outcome: Outcome,
     pub valid: Duration,
+    /// The records of an SRV lookup (its `outcome` is then `Ok` with no addresses).
+    pub srv: Vec<Srv>,
 }
 
 /// One family's query of a name.
@@ -148,6 +157,9 @@ struct Node {
     name: String,
     a: Family,
     aaaa: Family,
+    /// An SRV lookup: this family only (`a` and `aaaa` are off).
+    srv: Family,
+    srv_records: Vec<Srv>,
     /// An rcode that failed the name (it wins over the other family's addresses).
     code: Option<u8>,
     /// The smallest TTL seen.
@@ -184,7 +196,8 @@ pub struct Io<'a> {
 pub struct Resolvers {
     list: Vec<Resolver>,
     nodes: Slab<Node>,
-    asking: HashMap<(usize, String), usize>,
+    /// Names being asked: (resolver, name, SRV or not) to the node.
+    asking: HashMap<(usize, String, bool), usize>,
     /// Finished requests, for the worker to deliver.
     pub done: Vec<Done>,
 }
@@ -214,23 +227,45 @@ impl Resolvers {
     ) -> Option<(Outcome, Duration)> {
         let r = self.resolver(conf);
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        self.request(r, name, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
+        self.request(r, name, false, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
+    }
+
+    /// Look up the SRV records of `name` for `target`; the answer comes in `done`
+    /// (records in `srv`), or at once for a name that cannot be asked.
+    pub fn resolve_srv(
+        &mut self,
+        conf: &Rc<ResolverConf>,
+        name: &str,
+        target: Target,
+        timeout: Duration,
+        io: &mut Io<'_>,
+    ) -> Option<(Outcome, Duration)> {
+        let r = self.resolver(conf);
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        self.request(r, name, true, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
     }
 
     fn failure_valid(&self, r: usize) -> Duration {
         self.list[r].conf.valid.unwrap_or(Duration::from_secs(10))
     }
 
-    fn request(&mut self, r: usize, name: String, w: Waiter, io: &mut Io<'_>) -> Option<(Outcome, Duration)> {
+    fn request(
+        &mut self,
+        r: usize,
+        name: String,
+        srv: bool,
+        w: Waiter,
+        io: &mut Io<'_>,
+    ) -> Option<(Outcome, Duration)> {
         let now = io.now;
         let res = &mut self.list[r];
-        if let Some(c) = res.cache.get(&name) {
+        if let (false, Some(c)) = (srv, res.cache.get(&name)) {
             if c.valid_until >= now {
                 return Some((Ok(rotated(&c.addrs)), c.valid_until - now));
             }
             res.cache.remove(&name);
         }
-        if let Some(&slot) = self.asking.get(&(r, name.clone())) {
+        if let Some(&slot) = self.asking.get(&(r, name.clone(), srv)) {
             if let Some(n) = self.nodes.get_mut(slot) {
                 n.waiters.push(w);
                 self.schedule(slot, io);
@@ -245,7 +280,11 @@ impl Resolvers {
             let id = random_id();
             dns::query(id, &name, qtype).map(|query| Family::Pending { id, query, tcp: false })
         };
-        let (Some(a), Some(aaaa)) = (family(conf.ipv4, dns::TYPE_A), family(conf.ipv6, dns::TYPE_AAAA)) else {
+        let (Some(a), Some(aaaa), Some(srv_family)) = (
+            family(conf.ipv4 && !srv, dns::TYPE_A),
+            family(conf.ipv6 && !srv, dns::TYPE_AAAA),
+            family(srv, dns::TYPE_SRV),
+        ) else {
             // ngx_resolver_copy's NGX_DECLINED: an empty or over-long label.
             return Some((Err(i32::from(dns::NXDOMAIN)), self.failure_valid(r)));
         };
@@ -256,6 +295,8 @@ impl Resolvers {
             name: name.clone(),
             a,
             aaaa,
+            srv: srv_family,
+            srv_records: Vec::new(),
             code: None,
             ttl: u32::MAX,
             cname: None,
@@ -266,7 +307,7 @@ impl Resolvers {
             resend_at: now + RESEND,
             timer: None,
         });
-        self.asking.insert((r, name), slot);
+        self.asking.insert((r, name, srv), slot);
         self.send(slot, io);
         self.schedule(slot, io);
         None
@@ -286,7 +327,7 @@ impl Resolvers {
         match sock {
             Ok(mut s) => {
                 if io.registry.register(&mut s, token, Interest::READABLE).is_ok() {
-                    for f in [&n.a, &n.aaaa] {
+                    for f in [&n.a, &n.aaaa, &n.srv] {
                         if let Family::Pending { query, tcp: false, .. } = f {
                             if let Err(e) = s.send(query) {
                                 log_server(Level::Error, "send() failed", &e, server);
@@ -298,7 +339,7 @@ impl Resolvers {
             }
             Err(e) => log_server(Level::Error, "connect() failed", &e, server),
         }
-        let tcp_queries: Vec<Vec<u8>> = [&n.a, &n.aaaa]
+        let tcp_queries: Vec<Vec<u8>> = [&n.a, &n.aaaa, &n.srv]
             .into_iter()
             .filter_map(|f| match f {
                 Family::Pending { query, tcp: true, .. } => Some(query.clone()),
@@ -355,7 +396,12 @@ impl Resolvers {
         let (late, waiting): (Vec<Waiter>, Vec<Waiter>) = n.waiters.drain(..).partition(|w| w.deadline <= now);
         n.waiters = waiting;
         let valid = self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(10));
-        self.done.extend(late.into_iter().map(|w| Done { target: w.target, outcome: Err(TIMEDOUT), valid }));
+        self.done.extend(late.into_iter().map(|w| Done {
+            target: w.target,
+            outcome: Err(TIMEDOUT),
+            valid,
+            srv: Vec::new(),
+        }));
         if n.waiters.is_empty() {
             self.remove(slot, io);
             return;
@@ -380,7 +426,7 @@ impl Resolvers {
             if let Some(mut t) = n.tcp.take() {
                 let _ = io.registry.deregister(&mut t.stream);
             }
-            let key = (n.resolver, n.name);
+            let key = (n.resolver, n.name, !matches!(n.srv, Family::Off));
             if self.asking.get(&key) == Some(&slot) {
                 self.asking.remove(&key);
             }
@@ -504,6 +550,7 @@ impl Resolvers {
         let family = match r.qtype {
             dns::TYPE_A => &mut n.a,
             dns::TYPE_AAAA => &mut n.aaaa,
+            dns::TYPE_SRV => &mut n.srv,
             _ => return,
         };
         let Family::Pending { id, tcp, .. } = family else {
@@ -530,6 +577,19 @@ impl Resolvers {
         if (2..=5).contains(&r.rcode) {
             n.code = Some(r.rcode);
             *family = Family::Done(Vec::new());
+        } else if r.qtype == dns::TYPE_SRV {
+            *family = Family::Done(Vec::new());
+            match dns::services(&r, &n.name) {
+                dns::SrvFound::Records(recs, ttl) => {
+                    n.ttl = n.ttl.min(ttl);
+                    n.srv_records = recs;
+                }
+                dns::SrvFound::Cname(target, ttl) => {
+                    n.ttl = n.ttl.min(ttl);
+                    n.cname = Some(target);
+                }
+                dns::SrvFound::Nothing => {}
+            }
         } else {
             match dns::addresses(&r, &n.name, r.qtype) {
                 Found::Addrs(addrs, ttl) => {
@@ -549,6 +609,9 @@ impl Resolvers {
 
     fn finish_if_done(&mut self, slot: usize, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get(slot) else { return };
+        if let Family::Pending { .. } = n.srv {
+            return;
+        }
         let addrs = match (&n.a, &n.aaaa) {
             (Family::Pending { .. }, _) | (_, Family::Pending { .. }) => return,
             (a, b) => {
@@ -561,8 +624,11 @@ impl Resolvers {
                 v
             }
         };
+        let is_srv = !matches!(n.srv, Family::Off);
+        let srv_records = n.srv_records.clone();
         let outcome = match n.code {
             Some(c) => Err(i32::from(c)),
+            None if is_srv && !srv_records.is_empty() => Ok(Vec::new()),
             None if addrs.is_empty() => {
                 // An alias and no addresses in either family: ask for the alias.
                 if let Some(target) = n.cname.clone() {
@@ -573,7 +639,7 @@ impl Resolvers {
             }
             None => Ok(addrs),
         };
-        if let Ok(addrs) = &outcome {
+        if let (false, Ok(addrs)) = (is_srv, &outcome) {
             let res = &mut self.list[n.resolver];
             let valid = res.conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl)));
             if res.cache.len() >= MAX_CACHED {
@@ -590,7 +656,12 @@ impl Resolvers {
             Err(_) => self.failure_valid(n.resolver),
         };
         let targets: Vec<Target> = n.waiters.iter().map(|w| w.target).collect();
-        self.done.extend(targets.into_iter().map(|target| Done { target, outcome: outcome.clone(), valid }));
+        self.done.extend(targets.into_iter().map(|target| Done {
+            target,
+            outcome: outcome.clone(),
+            valid,
+            srv: srv_records.clone(),
+        }));
         self.remove(slot, io);
     }
 
@@ -599,18 +670,20 @@ impl Resolvers {
     fn follow_cname(&mut self, slot: usize, target: String, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
         let r = n.resolver;
+        let srv = !matches!(n.srv, Family::Off);
         let waiters = std::mem::take(&mut n.waiters);
         self.remove(slot, io);
         for mut w in waiters {
             if w.depth >= MAX_RECURSION {
                 let valid = self.failure_valid(r);
-                self.done.push(Done { target: w.target, outcome: Err(i32::from(dns::NXDOMAIN)), valid });
+                let outcome = Err(i32::from(dns::NXDOMAIN));
+                self.done.push(Done { target: w.target, outcome, valid, srv: Vec::new() });
                 continue;
             }
             w.depth += 1;
             let t = w.target;
-            if let Some((outcome, valid)) = self.request(r, target.clone(), w, io) {
-                self.done.push(Done { target: t, outcome, valid });
+            if let Some((outcome, valid)) = self.request(r, target.clone(), srv, w, io) {
+                self.done.push(Done { target: t, outcome, valid, srv: Vec::new() });
             }
         }
     }

@@ -79,6 +79,14 @@ impl Dynamic {
     }
 }
 
+/// A `service=` line between its SRV answer and its targets' addresses.
+struct ServiceLookup {
+    records: Vec<resolver::Srv>,
+    /// Per record: its target's lookup, when done.
+    results: Vec<Option<resolver::Outcome>>,
+    valid: Duration,
+}
+
 /// Give a rebuilt peer list the state of the peers it keeps (found by name and group).
 fn carry_state(old: &PeerSet, new: &mut PeerSet) {
     for backup in [false, true] {
@@ -123,6 +131,8 @@ pub struct WorkerState {
     session_groups: Slab<Group>,
     /// Host names being resolved, and the resolver cache.
     pub resolvers: Resolvers,
+    /// `service=` lines whose SRV targets are being resolved, by (group, line).
+    services: HashMap<(usize, usize), ServiceLookup>,
     /// Sessions that stopped before `WouldBlock` and must run again next turn.
     pub requeued: Vec<usize>,
     /// Access log files, by `ConfCx::open_file` index.
@@ -206,6 +216,7 @@ impl WorkerState {
             groups,
             session_groups: Slab::new(),
             resolvers: Resolvers::default(),
+            services: HashMap::new(),
             requeued: Vec::new(),
             files,
             scratch: Vec::new(),
@@ -322,8 +333,17 @@ impl WorkerState {
                     Ok(()) => {
                         d.next[k] = now + hold;
                         let Some(spec) = &d.conf.servers[d.lines[k]].resolve else { continue };
-                        let target = Target::Upstream { group: g, server: k };
-                        if let Some((outcome, valid)) = self.resolvers.resolve(&conf, &spec.host, target, timeout, io) {
+                        let now_answer = match &spec.service {
+                            Some(name) => {
+                                let target = Target::Service { group: g, server: k };
+                                self.resolvers.resolve_srv(&conf, name, target, timeout, io)
+                            }
+                            None => {
+                                let target = Target::Upstream { group: g, server: k };
+                                self.resolvers.resolve(&conf, &spec.host, target, timeout, io)
+                            }
+                        };
+                        if let Some((outcome, valid)) = now_answer {
                             answered.push((g, k, outcome, valid));
                         }
                     }
@@ -352,6 +372,27 @@ impl WorkerState {
         valid: Duration,
         io: &mut Io<'_>,
     ) {
+        let port = self
+            .groups
+            .get(g)
+            .and_then(|x| x.dynamic.as_ref())
+            .and_then(|d| d.conf.servers.get(*d.lines.get(k)?)?.resolve.as_ref().map(|r| r.port))
+            .unwrap_or(0);
+        let outcome = outcome.map(|addrs| {
+            addrs.into_iter().map(|ip| Resolved { addr: SocketAddr::new(ip, port), weight: 1, backup: false }).collect()
+        });
+        self.store_line(g, k, outcome, valid, io);
+    }
+
+    /// Store a resolvable line's new addresses (or its failure) for every worker.
+    fn store_line(
+        &mut self,
+        g: usize,
+        k: usize,
+        outcome: Result<Vec<Resolved>, i32>,
+        valid: Duration,
+        io: &mut Io<'_>,
+    ) {
         let now_ms = monotonic_ms();
         let Some(group) = self.groups.get_mut(g) else { return };
         let Some(d) = group.dynamic.as_mut() else { return };
@@ -362,17 +403,22 @@ impl WorkerState {
         };
         let timeout = d.conf.resolver_timeout.unwrap_or(Duration::from_secs(30));
         let again = match outcome {
-            Ok(addrs) => {
-                let list: Vec<Resolved> = addrs
-                    .into_iter()
-                    .map(|ip| Resolved { addr: SocketAddr::new(ip, spec.port), weight: 1, backup: false })
-                    .collect();
+            Ok(list) => {
                 let again = valid + Duration::from_secs(1);
                 d.table.store(k, Some(&list), now_ms + again.as_millis() as u64);
                 again
             }
             Err(code) => {
-                let msg = format!("{} could not be resolved ({}: {})", spec.host, code, resolver::strerror(code));
+                let msg = match &spec.service {
+                    Some(_) => format!(
+                        "service {} of {} could not be resolved ({}: {})",
+                        d.conf.servers[d.lines[k]].service_arg.as_deref().unwrap_or(""),
+                        spec.host,
+                        code,
+                        resolver::strerror(code)
+                    ),
+                    None => format!("{} could not be resolved ({}: {})", spec.host, code, resolver::strerror(code)),
+                };
                 crate::core::log::error(crate::core::conf::Level::Error, &msg, None);
                 if code == i32::from(crate::core::dns::NXDOMAIN) {
                     // The name has no addresses now (as nginx: its peers go).
@@ -390,6 +436,86 @@ impl WorkerState {
         };
         d.next[k] = io.now + again;
         refresh(group, io.now);
+    }
+
+    /// A `service=` line's SRV lookup finished: look up each record's target.
+    pub fn service_resolved(&mut self, d: resolver::Done, io: &mut Io<'_>) {
+        let Target::Service { group: g, server: k } = d.target else { return };
+        if let Err(code) = d.outcome {
+            self.store_line(g, k, Err(code), d.valid, io);
+            return;
+        }
+        let Some(dy) = self.groups.get(g).and_then(|x| x.dynamic.as_ref()) else { return };
+        let (Some(conf), Some(timeout)) = (dy.conf.resolver.clone(), dy.conf.resolver_timeout) else { return };
+        let n = d.srv.len();
+        self.services.insert((g, k), ServiceLookup { records: d.srv.clone(), results: vec![None; n], valid: d.valid });
+        for (index, rec) in d.srv.iter().enumerate() {
+            let target = Target::ServiceTarget { group: g, server: k, index };
+            if let Some((outcome, valid)) = self.resolvers.resolve(&conf, &rec.3, target, timeout, io) {
+                self.service_target_resolved(g, k, index, outcome, valid, io);
+            }
+        }
+    }
+
+    /// One SRV target's addresses: once every target is in, the line's peers are the
+    /// targets' addresses with their records' ports and weights, the lowest priority
+    /// first and the others as backups (as nginx).
+    pub fn service_target_resolved(
+        &mut self,
+        g: usize,
+        k: usize,
+        index: usize,
+        outcome: resolver::Outcome,
+        valid: Duration,
+        io: &mut Io<'_>,
+    ) {
+        let Some(sl) = self.services.get_mut(&(g, k)) else { return };
+        if let Some(slot) = sl.results.get_mut(index) {
+            *slot = Some(outcome);
+        }
+        sl.valid = sl.valid.min(valid);
+        if sl.results.iter().any(Option::is_none) {
+            return;
+        }
+        let Some(sl) = self.services.remove(&(g, k)) else { return };
+        let server =
+            self.groups.get(g).and_then(|x| x.dynamic.as_ref()).and_then(|d| d.conf.servers.get(*d.lines.get(k)?));
+        let Some(server) = server.cloned() else { return };
+        let host = server.resolve.as_ref().map(|r| r.host.clone()).unwrap_or_default();
+        let lowest = sl.records.iter().map(|r| r.0).min().unwrap_or(0);
+        let mut list = Vec::new();
+        let mut failure = None;
+        for (rec, res) in sl.records.iter().zip(&sl.results) {
+            match res {
+                Some(Ok(addrs)) => list.extend(addrs.iter().map(|ip| Resolved {
+                    addr: SocketAddr::new(*ip, rec.2),
+                    weight: u32::from(rec.1.max(1)),
+                    backup: rec.0 > lowest,
+                })),
+                Some(Err(code)) => {
+                    let msg = format!(
+                        "{} could not be resolved ({}: {}) while resolving service {} of {}",
+                        rec.3,
+                        code,
+                        resolver::strerror(*code),
+                        server.service_arg.as_deref().unwrap_or(""),
+                        host
+                    );
+                    crate::core::log::error(crate::core::conf::Level::Error, &msg, None);
+                    let nx = i32::from(crate::core::dns::NXDOMAIN);
+                    if failure.is_none() || *code == nx {
+                        failure = Some(*code);
+                    }
+                }
+                None => {}
+            }
+        }
+        let outcome = match (list.is_empty(), failure) {
+            (false, _) => Ok(list),
+            (true, Some(code)) => Err(code),
+            (true, None) => Err(i32::from(crate::core::dns::NXDOMAIN)),
+        };
+        self.store_line(g, k, outcome, sl.valid, io);
     }
 
     fn group(&self, g: usize) -> Option<&Group> {

@@ -47,6 +47,7 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
                 return Err(cmd.err("service is empty"));
             }
             service = Some(v.to_string());
+            s.service_arg = Some(v.to_string());
         } else {
             return Err(bad());
         }

@@ -258,6 +258,14 @@ impl Worker {
                             let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                             self.rt.upstream_resolved(group, server, d.outcome, d.valid, &mut io);
                         }
+                        Target::Service { .. } => {
+                            let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                            self.rt.service_resolved(d, &mut io);
+                        }
+                        Target::ServiceTarget { group, server, index } => {
+                            let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                            self.rt.service_target_resolved(group, server, index, d.outcome, d.valid, &mut io);
+                        }
                     }
                 }
             }

@@ -29,6 +29,8 @@ pub struct UpstreamServer {
     pub down: bool,
     /// `resolve` (and `service=`): a host name whose addresses are looked up at run time.
     pub resolve: Option<ResolveSpec>,
+    /// `service=` as written.
+    pub service_arg: Option<String>,
 }
 
 /// A `server NAME resolve [service=NAME]` line: what to ask the resolver.
@@ -60,6 +62,7 @@ impl UpstreamServer {
             backup: false,
             down: false,
             resolve: None,
+            service_arg: None,
         }
     }
 }
