@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -29,7 +29,7 @@ pub struct Zone {
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
-type Log = Arc<Mutex<Vec<(String, u16, &'static str)>>>;
+type Log = Arc<Mutex<Vec<(String, u16, &'static str, Instant)>>>;
 
 pub struct DnsServer {
     pub port: u16,
@@ -87,7 +87,12 @@ impl DnsServer {
 
     /// Queries seen for `name` (any type), and over which transport.
     pub fn queries(&self, name: &str) -> Vec<(u16, &'static str)> {
-        self.log.lock().expect("log").iter().filter(|(n, _, _)| n == name).map(|(_, t, p)| (*t, *p)).collect()
+        self.log.lock().expect("log").iter().filter(|(n, _, _, _)| n == name).map(|(_, t, p, _)| (*t, *p)).collect()
+    }
+
+    /// When the queries of type `qtype` for `name` arrived.
+    pub fn times(&self, name: &str, qtype: u16) -> Vec<Instant> {
+        self.log.lock().expect("log").iter().filter(|(n, t, _, _)| n == name && *t == qtype).map(|x| x.3).collect()
     }
 }
 
@@ -153,7 +158,7 @@ fn rr(out: &mut Vec<u8>, rtype: u16, ttl: u32, rdata: &[u8]) {
 
 fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
     let Some((name, qtype, end)) = question(q) else { return Vec::new() };
-    log.lock().expect("log").push((name.clone(), qtype, if tcp { "tcp" } else { "udp" }));
+    log.lock().expect("log").push((name.clone(), qtype, if tcp { "tcp" } else { "udp" }, Instant::now()));
     let z = zones.lock().expect("zones").get(&name).cloned();
     let mut head = q[..end].to_vec();
     head[2] = 0x81;
@@ -376,4 +381,183 @@ fn dns_server_harness_answers() {
     c.send_to(&q("x.test"), to).expect("send");
     let _ = c.recv(&mut b).expect("answer");
     assert_eq!(b[3] & 0xf, 3);
+}
+
+/// `server NAME resolve` in an upstream: the peers follow the DNS without a reload;
+/// `service=` takes ports and weights from the SRV records (weights 3 and 1: three
+/// connections of every four to the first, with round-robin's exact order).
+#[test]
+fn upstream_resolve_and_service_follow_dns() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    dns.set("app.test", Zone { a: vec![ip("127.0.0.2")], ttl: 1, ..Zone::default() });
+    dns.set(
+        "_svc._tcp.app.test",
+        Zone { srv: vec![(1, 3, be, "t2.test".into()), (1, 1, be, "t3.test".into())], ttl: 3600, ..Zone::default() },
+    );
+    dns.set("t2.test", Zone { a: vec![ip("127.0.0.2")], ttl: 3600, ..Zone::default() });
+    dns.set("t3.test", Zone { a: vec![ip("127.0.0.3")], ttl: 3600, ..Zone::default() });
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           upstream a {{ zone za 64k; server app.test:{be} resolve; }}\n\
+           upstream srv {{ zone zs 64k; server app.test service=svc resolve; }}\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass a; }}\n\
+           server {{ listen 127.0.0.1:{q}; proxy_pass srv; }}\n\
+         }}",
+        d = dns.port
+    ));
+    // The first lookups run as the worker starts.
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B2"), "{}", s.error_log());
+    dns.set("app.test", Zone { a: vec![ip("127.0.0.3")], ttl: 1, ..Zone::default() });
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B3"), "the new address was not used\n{}", s.error_log());
+
+    assert!(wait_for(Duration::from_secs(5), || !ask(q).is_empty()), "{}", s.error_log());
+    let mut got = HashMap::new();
+    for _ in 0..40 {
+        *got.entry(ask(q)).or_insert(0) += 1;
+    }
+    assert_eq!((got.get("B2"), got.get("B3")), (Some(&30), Some(&10)), "{got:?}");
+    assert_eq!(dns.queries("_svc._tcp.app.test"), vec![(33, "udp")]);
+    let log = s.error_log();
+    assert!(!log.contains("[error]") && !log.contains("[alert]"), "{log}");
+}
+
+/// The nginx race: an A record that flips between two addresses every second, under 50
+/// clients connecting all the time, never leaves the upstream without a peer: every
+/// connection is served, and both addresses are used.
+#[test]
+fn upstream_resolve_flipping_answer_fails_no_connection() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    dns.set("flip.test", Zone { a: vec![ip("127.0.0.2")], ttl: 0, ..Zone::default() });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           upstream u {{ zone z 64k; server flip.test:{be} resolve; }}\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
+         }}",
+        d = dns.port
+    ));
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B2"), "{}", s.error_log());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed, mut seen) = (0, 0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match ask(p).as_str() {
+                        "" => failed += 1,
+                        id => {
+                            ok += 1;
+                            if !seen.contains(&id.to_string()) {
+                                seen.push(id.to_string());
+                            }
+                        }
+                    }
+                }
+                (ok, failed, seen)
+            })
+        })
+        .collect();
+    for flip in 0..4 {
+        let a = if flip % 2 == 0 { "127.0.0.3" } else { "127.0.0.2" };
+        dns.set("flip.test", Zone { a: vec![ip(a)], ttl: 0, ..Zone::default() });
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut seen) = (0, 0, std::collections::HashSet::new());
+    for c in clients {
+        let (o, f, s2) = c.join().expect("client");
+        ok += o;
+        failed += f;
+        seen.extend(s2);
+    }
+    assert_eq!(failed, 0, "{failed} of {} connections failed\n{}", ok + failed, s.error_log());
+    assert!(ok > 100, "only {ok} connections");
+    assert!(seen.contains("B2") && seen.contains("B3"), "{seen:?}");
+    assert!(dns.queries("flip.test").len() >= 3, "the name was not looked up again");
+}
+
+/// With two workers, the resolved peers are shared through the zone and one worker
+/// asks for both: no two lookups of the name come together.
+#[test]
+fn upstream_resolve_is_shared_by_workers() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    dns.set("shared.test", Zone { a: vec![ip("127.0.0.3")], ttl: 1, ..Zone::default() });
+    let p = free_port();
+    let mut s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{}}\nstream {{\n\
+               resolver 127.0.0.1:{d} ipv6=off;\n\
+               upstream u {{ zone z 64k; server shared.test:{be} resolve; }}\n\
+               server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
+             }}",
+            d = dns.port
+        ),
+    );
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B3"), "{}", s.error_log());
+    // Lookups are due every 2 s (TTL 1 + 1 s): wait for three of them.
+    assert!(wait_for(Duration::from_secs(10), || dns.times("shared.test", 1).len() >= 4), "{}", s.error_log());
+    for _ in 0..20 {
+        assert_eq!(ask(p), "B3");
+    }
+    let t = dns.times("shared.test", 1);
+    for w in t.windows(2) {
+        assert!(w[1] - w[0] > Duration::from_millis(800), "two lookups {:?} apart: {t:?}", w[1] - w[0]);
+    }
+    s.stop();
+}
+
+/// nginx's configuration checks for `resolve` and `service=` (nginx >= 1.27.3; the
+/// recorded 1.22.1 has neither).
+#[test]
+fn upstream_resolve_configuration_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("upstream u { server a.test:80 resolve; }", "resolving names at run time requires upstream \"u\" in"),
+        (
+            "upstream u { zone z 64k; server a.test:80 resolve; }",
+            "no resolver defined to resolve names at run time in upstream \"u\" in",
+        ),
+        (
+            "upstream u { zone z 64k; server a.test service=http; }",
+            "service upstream \"a.test\" requires \"resolve\" parameter",
+        ),
+        (
+            "upstream u { zone z 64k; server a.test:80 service=http resolve; }",
+            "service upstream \"a.test:80\" may not have port",
+        ),
+        (
+            "upstream u { zone z 64k; server 127.0.0.1 service=http resolve; }",
+            "service upstream \"127.0.0.1\" requires domain name",
+        ),
+        ("upstream u { zone z 64k; server a.test service= resolve; }", "service is empty"),
+        ("upstream u { zone z 64k; server a.test resolve; }", "no port in upstream \"a.test\""),
+        (
+            "upstream u { zone z 64k; resolver 127.0.0.1; resolver 127.0.0.2; server a.test:80 resolve; }",
+            "\"resolver\" directive is duplicate",
+        ),
+    ];
+    for (ups, want) in cases {
+        let dir = TempDir::new("resolve-conf");
+        let conf = format!(
+            "events {{}}\nstream {{\n{ups}\nserver {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n}}\n",
+            p = free_port()
+        );
+        std::fs::write(dir.join("c.conf"), conf).expect("write");
+        let out = run(&["-t", "-p", &dir.prefix(), "-c", "c.conf"], dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{ups}: {err}");
+    }
+    let dir = TempDir::new("resolve-conf");
+    let ok = "events {}\nstream {\nresolver 127.0.0.1;\nupstream u { zone z 64k; server a.test:80 resolve weight=2 max_fails=0; \
+              server b.test service=_http._tcp resolve; server 127.0.0.1:81 resolve; }\nserver { listen 127.0.0.1:1; proxy_pass u; }\n}\n";
+    std::fs::write(dir.join("c.conf"), ok).expect("write");
+    let out = run(&["-t", "-p", &dir.prefix(), "-c", "c.conf"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

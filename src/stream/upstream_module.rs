@@ -56,7 +56,8 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
         return Err(cmd.err(format!("service upstream \"{}\" requires \"resolve\" parameter", url)));
     }
     let parsed = parse_url(url, false, !resolve).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
-    if parsed.port.is_none() && service.is_none() {
+    let unix = matches!(parsed.addrs.first(), Some(crate::core::addr::Addr::Unix(_)));
+    if parsed.port.is_none() && service.is_none() && !unix {
         return Err(cmd.err(format!("no port in upstream \"{}\"", url)));
     }
     if service.is_some() && parsed.port.is_some() {
