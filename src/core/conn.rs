@@ -104,15 +104,6 @@ impl Conn {
         }
     }
 
-    pub fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => r.reregister(s, t, i),
-            Conn::Unix(s) => r.reregister(s, t, i),
-            Conn::Udp(_) => Ok(()),
-            Conn::Dgram(d) => r.reregister(d, t, i),
-        }
-    }
-
     pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.deregister(r),

@@ -312,8 +312,10 @@ struct ProxySession {
     upstream_error: bool,
     /// UDP: the PROXY protocol header still to send, with the first datagram.
     udp_header: Option<Vec<u8>>,
-    /// UDP: the upstream socket's peer, for returning the socket to the pool.
+    /// UDP: the upstream socket's peer, for returning the socket to the pool, and its
+    /// slot there (its epoll token).
     udp_peer: Option<SocketAddr>,
+    udp_slot: Option<usize>,
     /// `group` is this session's own (an address or a resolved name in a variable).
     own_group: bool,
     /// The host name and port being resolved.
@@ -341,6 +343,7 @@ fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
         upstream_error: false,
         udp_header: None,
         udp_peer: None,
+        udp_slot: None,
         own_group: false,
         resolving: None,
         start_sec: crate::core::time::wall().0,
@@ -507,12 +510,14 @@ impl ProxySession {
         let pooled = match &peer_addr {
             Addr::Inet(a) if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(_))) => {
                 self.udp_peer = Some(*a);
-                cx.rt.udp_pool.take(a)
+                cx.rt.udp_pool.take(a, s.key)
             }
             _ => None,
         };
-        let reused = pooled.is_some();
-        let sock = match pooled.map(Conn::Dgram).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
+        if let Some((_, slot)) = &pooled {
+            self.udp_slot = Some(*slot);
+        }
+        let sock = match pooled.map(|(d, _)| Conn::Dgram(d)).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
             Ok(c) => c,
             Err(Connect::Refused(e)) => {
                 // ngx_event_connect_peer: a connect() that fails at once.
@@ -541,12 +546,11 @@ impl ProxySession {
         // nginx numbers upstream connections from the same counter as client ones.
         cx.rt.next_connection();
         cx.rt.conns += 1;
-        let interest = if self.udp { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-        let token = session_token(s.key, Side::Upstream);
-        let r = if reused {
-            sock.reregister(cx.registry, token, interest)
-        } else {
-            sock.register(cx.registry, token, interest)
+        // Datagram sockets are watched under the pool's tokens (a pooled one already is).
+        let r = match &mut sock {
+            _ if self.udp_slot.is_some() => Ok(()),
+            Conn::Dgram(d) => cx.rt.udp_pool.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
+            c => c.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE),
         };
         if let Err(e) = r {
             s.log(Level::Alert, "epoll_ctl() failed", Some(&e));
@@ -636,9 +640,9 @@ impl ProxySession {
         {
             return;
         }
-        if let Some(Conn::Dgram(sock)) = self.upstream.take() {
+        if let (Some(Conn::Dgram(sock)), Some(slot)) = (self.upstream.take(), self.udp_slot.take()) {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
-            cx.rt.udp_pool.put(peer, sock);
+            cx.rt.udp_pool.put(peer, sock, slot);
         }
     }
 
@@ -651,6 +655,9 @@ impl ProxySession {
             if retry {
                 let _ = u.deregister(cx.registry);
             }
+        }
+        if let Some(slot) = self.udp_slot.take() {
+            cx.rt.udp_pool.release(slot);
         }
         if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_ref()) {
             st.bytes_received = p.received;

@@ -4,16 +4,28 @@
 //! `proxy_responses` set (DNS: one query, one answer) a session lasts one query, so that is
 //! `socket`, `connect` (a port bind and a route lookup), `epoll_ctl` and `close` per query.
 //! Here a session that ended with exactly the responses it was waiting for leaves its
-//! socket in this pool, and the next session to the same address takes it: one
-//! `epoll_ctl` to point it at the new session and one `recv` that discards whatever arrived
-//! in between (only a backend sending more answers than `proxy_responses` says sends
-//! any). A socket that reports an error (an ICMP unreachable) is closed, not reused.
+//! socket in this pool, and the next session to the same address takes it with one `recv`
+//! that discards whatever arrived in between (only a backend sending more answers than
+//! `proxy_responses` says sends any). A socket that reports an error (an ICMP
+//! unreachable) is closed, not reused.
+//!
+//! Every upstream datagram socket is watched under a token of its own (`DGRAM_BIT` and a
+//! slot here that names the session using it), so passing a socket on is a change of
+//! that slot's owner, not an `epoll_ctl`.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 
 use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+/// Tokens of upstream datagram sockets: this bit and the socket's slot.
+pub const DGRAM_BIT: usize = 1 << (usize::BITS - 3);
+
+/// The owner of a socket lying in the pool.
+const NOBODY: usize = usize::MAX;
 
 /// Sockets kept per worker, over all peers: enough for the sessions a busy worker ends
 /// between two turns; the descriptors stay bounded.
@@ -24,28 +36,60 @@ const DRAIN_MAX: usize = 16;
 
 #[derive(Default)]
 pub struct UdpPool {
-    by_peer: HashMap<SocketAddr, Vec<UdpSocket>>,
+    by_peer: HashMap<SocketAddr, Vec<(UdpSocket, usize)>>,
     len: usize,
+    /// Per watched socket: the session key that owns it (`NOBODY` while pooled).
+    owners: Slab<usize>,
 }
 
 impl UdpPool {
-    /// Keep `sock` (connected to `peer`) for reuse; closed if the pool is full.
-    pub fn put(&mut self, peer: SocketAddr, sock: UdpSocket) {
+    /// Watch a new upstream socket for the session `owner`; its slot.
+    pub fn register(&mut self, r: &Registry, sock: &mut UdpSocket, owner: usize) -> io::Result<usize> {
+        let slot = self.owners.insert(owner);
+        if let Err(e) = r.register(sock, Token(DGRAM_BIT | slot), Interest::READABLE) {
+            self.owners.remove(slot);
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    /// The session a socket's event is for.
+    pub fn owner(&self, slot: usize) -> Option<usize> {
+        self.owners.get(slot).copied().filter(|&o| o != NOBODY)
+    }
+
+    /// The socket in `slot` is closed (closing takes it out of the epoll set).
+    pub fn release(&mut self, slot: usize) {
+        self.owners.try_remove(slot);
+    }
+
+    /// Keep `sock` (connected to `peer`, watched in `slot`) for reuse; closed if the
+    /// pool is full.
+    pub fn put(&mut self, peer: SocketAddr, sock: UdpSocket, slot: usize) {
         if self.len >= MAX_POOLED {
+            self.release(slot);
             return;
         }
-        self.by_peer.entry(peer).or_default().push(sock);
+        if let Some(o) = self.owners.get_mut(slot) {
+            *o = NOBODY;
+        }
+        self.by_peer.entry(peer).or_default().push((sock, slot));
         self.len += 1;
     }
 
-    /// A socket connected to `peer` with nothing queued on it, if one is pooled.
-    pub fn take(&mut self, peer: &SocketAddr) -> Option<UdpSocket> {
+    /// A socket connected to `peer` with nothing queued on it, now owned by `owner`,
+    /// and its slot, if one is pooled.
+    pub fn take(&mut self, peer: &SocketAddr, owner: usize) -> Option<(UdpSocket, usize)> {
         let socks = self.by_peer.get_mut(peer)?;
-        while let Some(sock) = socks.pop() {
+        while let Some((sock, slot)) = socks.pop() {
             self.len -= 1;
             if drained(&sock) {
-                return Some(sock);
+                if let Some(o) = self.owners.get_mut(slot) {
+                    *o = owner;
+                }
+                return Some((sock, slot));
             }
+            self.owners.try_remove(slot);
         }
         None
     }
@@ -60,6 +104,9 @@ impl UdpPool {
 
     /// Close every pooled socket (the worker is idle or leaving).
     pub fn clear(&mut self) {
+        for (_, slot) in self.by_peer.drain().flat_map(|(_, v)| v) {
+            self.owners.try_remove(slot);
+        }
         self.by_peer = HashMap::new();
         self.len = 0;
     }
@@ -97,13 +144,16 @@ mod tests {
         let (backend, up, addr) = pair();
         let local = up.local_addr().unwrap();
         let mut pool = UdpPool::default();
-        pool.put(addr, up);
+        let slot = pool.owners.insert(7);
+        pool.put(addr, up, slot);
+        assert_eq!(pool.owner(slot), None, "pooled: nobody's");
         backend.send_to(b"late answer", local).unwrap();
         backend.send_to(b"later answer", local).unwrap();
         // Loopback delivery is synchronous, so both are queued now.
         let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert!(pool.take(&other).is_none());
-        let sock = pool.take(&addr).expect("the pooled socket");
+        assert!(pool.take(&other, 8).is_none());
+        let (sock, got) = pool.take(&addr, 8).expect("the pooled socket");
+        assert_eq!((got, pool.owner(slot)), (slot, Some(8)));
         assert_eq!(sock.local_addr().unwrap(), local);
         let mut b = [0u8; 64];
         assert_eq!(sock.recv(&mut b).unwrap_err().kind(), io::ErrorKind::WouldBlock);
@@ -117,12 +167,16 @@ mod tests {
         drop(backend);
         up.send(b"q").unwrap();
         let mut pool = UdpPool::default();
-        pool.put(addr, up);
-        assert!(pool.take(&addr).is_none(), "an errored socket is closed");
-        for _ in 0..MAX_POOLED + 10 {
+        let slot = pool.owners.insert(1);
+        pool.put(addr, up, slot);
+        assert!(pool.take(&addr, 2).is_none(), "an errored socket is closed");
+        assert!(pool.owners.is_empty(), "and its slot released");
+        for i in 0..MAX_POOLED + 10 {
             let (_b, up, addr) = pair();
-            pool.put(addr, up);
+            let slot = pool.owners.insert(i);
+            pool.put(addr, up, slot);
         }
         assert_eq!(pool.len(), MAX_POOLED);
+        assert_eq!(pool.owners.len(), MAX_POOLED, "sockets beyond the bound are closed, slots released");
     }
 }

@@ -23,6 +23,7 @@ use crate::stream::phase::Flow;
 use crate::stream::resolver::{Io, Outcome, Target, RESOLVER_BIT};
 use crate::stream::runtime::WorkerState;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
+use crate::stream::udp_pool::DGRAM_BIT;
 
 /// Accepts per listener per wake-up (nginx accepts until EAGAIN; a cap keeps a flood
 /// of connections from starving the sessions already running).
@@ -38,7 +39,9 @@ const UDP_QUEUE_MAX: usize = 256;
 /// A session id is `generation << KEY_BITS | slot` (tokens add the side bit).
 const KEY_BITS: u32 = 31;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
-const GEN_MASK: u32 = (1 << 30) - 1;
+/// 29 bits: a token (`id << 1 | side`) stays below the resolver's and the datagram
+/// sockets' token bits.
+const GEN_MASK: u32 = (1 << 29) - 1;
 
 /// `ngx_stream_proxy_protocol_handler`: read the PROXY header before the phases run.
 /// `Next` once read; `Again` to wait for it (under `proxy_protocol_timeout`).
@@ -224,6 +227,17 @@ impl Worker {
                 } else if t.0 & RESOLVER_BIT != 0 {
                     let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                     self.rt.resolvers.on_event(t.0 & !RESOLVER_BIT, &mut io);
+                } else if t.0 & DGRAM_BIT != 0 {
+                    // A session's upstream datagram socket (nobody's while pooled).
+                    if let Some(key) = self.rt.udp_pool.owner(t.0 & !DGRAM_BIT) {
+                        let ready = Ready {
+                            readable: ev.is_readable(),
+                            writable: ev.is_writable(),
+                            error: ev.is_error(),
+                            hup: ev.is_read_closed() || ev.is_write_closed(),
+                        };
+                        self.session_event(key, Side::Upstream, ready, now);
+                    }
                 } else {
                     let ready = Ready {
                         readable: ev.is_readable(),
