@@ -375,11 +375,12 @@ fn udp_dns_200_concurrent_clients_each_get_their_own_answer() {
     assert_eq!(count(&log, "[error]") + count(&log, "[alert]") + count(&log, "[crit]"), 0, "{}", tail(&s));
 }
 
-/// `proxy_responses 1` (DNS, one query after another): a session that got its answer
-/// leaves its upstream socket to the next session to the same backend, where nginx
-/// opens, connects and closes one per session; and what arrives on that socket in
-/// between never reaches the next client: this backend answers every query twice, and
-/// each client gets the one answer to its own question.
+/// `proxy_responses 1` (DNS, one query after another from new client ports): a session
+/// that got its answer leaves its upstream socket to the next session to the same
+/// backend, where nginx opens, connects and closes one per session; and what arrives on
+/// that socket in between never reaches the next client: this backend answers every
+/// query twice, and each client gets the one answer to its own question. (A client's own
+/// next session never gets the socket it used last: see the proxy_requests test.)
 #[test]
 fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
     let be = UdpBackend::start(|q, peer| {
@@ -460,10 +461,14 @@ fn udp_proxy_requests_rebinds_after_n_datagrams() {
         assert_eq!(body, d.to_vec());
         tags.push(tag);
     }
-    // Where the sessions begin and end is read from the access log below. Each session
-    // ended with every answer in, so the next one took its upstream socket from the pool:
-    // one upstream port for all five datagrams.
-    assert!(tags.iter().all(|&t| t == tags[0]), "one pooled upstream socket for the sessions: {tags:?}");
+    // A client's next session comes from another upstream port, as under nginx, even
+    // though each session ended with every answer in (a finished session's socket never
+    // goes back to the client that used it last).
+    assert_eq!(tags[0], tags[1], "requests 2: second datagram, binding saved");
+    assert_ne!(tags[1], tags[2], "requests 2: third datagram, binding lost");
+    assert_eq!(tags[2], tags[3], "requests 2: fourth datagram, binding saved");
+    assert_ne!(tags[3], tags[4], "requests 2: fifth datagram, binding lost");
+    assert_ne!(tags[0], tags[4], "three sessions, three upstream ports");
 
     // Five datagrams at once, three answers each: sessions of 2, 2 and 1 requests.
     let c2 = dgram(q);

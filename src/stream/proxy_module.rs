@@ -507,10 +507,12 @@ impl ProxySession {
             p.received = 0;
             p.sent = 0;
         }
-        let pooled = match &peer_addr {
-            Addr::Inet(a) if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(_))) => {
+        let pooled = match (&peer_addr, &s.remote) {
+            (Addr::Inet(a), Addr::Inet(client))
+                if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(_))) =>
+            {
                 self.udp_peer = Some(*a);
-                cx.rt.udp_pool.take(a, s.key)
+                cx.rt.udp_pool.take(a, s.key, client)
             }
             _ => None,
         };
@@ -640,9 +642,10 @@ impl ProxySession {
         {
             return;
         }
+        let Addr::Inet(client) = s.remote else { return };
         if let (Some(Conn::Dgram(sock)), Some(slot)) = (self.upstream.take(), self.udp_slot.take()) {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
-            cx.rt.udp_pool.put(peer, sock, slot);
+            cx.rt.udp_pool.put(peer, sock, slot, client);
         }
     }
 

@@ -7,7 +7,10 @@
 //! socket in this pool, and the next session to the same address takes it with one `recv`
 //! that discards whatever arrived in between (only a backend sending more answers than
 //! `proxy_responses` says sends any). A socket that reports an error (an ICMP
-//! unreachable) is closed, not reused.
+//! unreachable) is closed, not reused. A socket never goes back to the client address
+//! that last used it: a client's next session comes from another port, as under nginx
+//! (a backend that tells a client's sessions apart by source port still can; nginx-tests'
+//! stream_udp_proxy_requests.t checks exactly that).
 //!
 //! Every upstream datagram socket is watched under a token of its own (`DGRAM_BIT` and a
 //! slot here that names the session using it), so passing a socket on is a change of
@@ -36,7 +39,8 @@ const DRAIN_MAX: usize = 16;
 
 #[derive(Default)]
 pub struct UdpPool {
-    by_peer: HashMap<SocketAddr, Vec<(UdpSocket, usize)>>,
+    /// Per backend: (socket, its slot, the client address that used it last).
+    by_peer: HashMap<SocketAddr, Vec<(UdpSocket, usize, SocketAddr)>>,
     len: usize,
     /// Per watched socket: the session key that owns it (`NOBODY` while pooled).
     owners: Slab<usize>,
@@ -63,9 +67,9 @@ impl UdpPool {
         self.owners.try_remove(slot);
     }
 
-    /// Keep `sock` (connected to `peer`, watched in `slot`) for reuse; closed if the
-    /// pool is full.
-    pub fn put(&mut self, peer: SocketAddr, sock: UdpSocket, slot: usize) {
+    /// Keep `sock` (connected to `peer`, watched in `slot`, last used for `client`) for
+    /// reuse; closed if the pool is full.
+    pub fn put(&mut self, peer: SocketAddr, sock: UdpSocket, slot: usize, client: SocketAddr) {
         if self.len >= MAX_POOLED {
             self.release(slot);
             return;
@@ -73,15 +77,16 @@ impl UdpPool {
         if let Some(o) = self.owners.get_mut(slot) {
             *o = NOBODY;
         }
-        self.by_peer.entry(peer).or_default().push((sock, slot));
+        self.by_peer.entry(peer).or_default().push((sock, slot, client));
         self.len += 1;
     }
 
-    /// A socket connected to `peer` with nothing queued on it, now owned by `owner`,
-    /// and its slot, if one is pooled.
-    pub fn take(&mut self, peer: &SocketAddr, owner: usize) -> Option<(UdpSocket, usize)> {
+    /// A socket connected to `peer` that `client` did not use last, with nothing queued
+    /// on it, now owned by `owner`, and its slot, if one is pooled.
+    pub fn take(&mut self, peer: &SocketAddr, owner: usize, client: &SocketAddr) -> Option<(UdpSocket, usize)> {
         let socks = self.by_peer.get_mut(peer)?;
-        while let Some((sock, slot)) = socks.pop() {
+        while let Some(i) = socks.iter().rposition(|(_, _, c)| c != client) {
+            let (sock, slot, _) = socks.swap_remove(i);
             self.len -= 1;
             if drained(&sock) {
                 if let Some(o) = self.owners.get_mut(slot) {
@@ -104,7 +109,7 @@ impl UdpPool {
 
     /// Close every pooled socket (the worker is idle or leaving).
     pub fn clear(&mut self) {
-        for (_, slot) in self.by_peer.drain().flat_map(|(_, v)| v) {
+        for (_, slot, _) in self.by_peer.drain().flat_map(|(_, v)| v) {
             self.owners.try_remove(slot);
         }
         self.by_peer = HashMap::new();
@@ -145,14 +150,16 @@ mod tests {
         let local = up.local_addr().unwrap();
         let mut pool = UdpPool::default();
         let slot = pool.owners.insert(7);
-        pool.put(addr, up, slot);
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1000".parse().unwrap(), "127.0.0.1:1001".parse().unwrap());
+        pool.put(addr, up, slot, a);
         assert_eq!(pool.owner(slot), None, "pooled: nobody's");
+        assert!(pool.take(&addr, 8, &a).is_none(), "not back to the client that used it last");
         backend.send_to(b"late answer", local).unwrap();
         backend.send_to(b"later answer", local).unwrap();
         // Loopback delivery is synchronous, so both are queued now.
         let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert!(pool.take(&other, 8).is_none());
-        let (sock, got) = pool.take(&addr, 8).expect("the pooled socket");
+        assert!(pool.take(&other, 8, &b).is_none());
+        let (sock, got) = pool.take(&addr, 8, &b).expect("the pooled socket");
         assert_eq!((got, pool.owner(slot)), (slot, Some(8)));
         assert_eq!(sock.local_addr().unwrap(), local);
         let mut b = [0u8; 64];
@@ -168,13 +175,15 @@ mod tests {
         up.send(b"q").unwrap();
         let mut pool = UdpPool::default();
         let slot = pool.owners.insert(1);
-        pool.put(addr, up, slot);
-        assert!(pool.take(&addr, 2).is_none(), "an errored socket is closed");
+        let c: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let d: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        pool.put(addr, up, slot, c);
+        assert!(pool.take(&addr, 2, &d).is_none(), "an errored socket is closed");
         assert!(pool.owners.is_empty(), "and its slot released");
         for i in 0..MAX_POOLED + 10 {
             let (_b, up, addr) = pair();
             let slot = pool.owners.insert(i);
-            pool.put(addr, up, slot);
+            pool.put(addr, up, slot, c);
         }
         assert_eq!(pool.len(), MAX_POOLED);
         assert_eq!(pool.owners.len(), MAX_POOLED, "sockets beyond the bound are closed, slots released");
