@@ -10,6 +10,7 @@ pub mod glob;
 pub mod log;
 pub mod logfile;
 pub mod main_conf;
+pub mod mmsg;
 pub mod process;
 pub mod shm;
 pub mod splice;

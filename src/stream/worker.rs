@@ -3,6 +3,7 @@
 //! through the phases; the content handler then owns the session until it finalizes.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use slab::Slab;
 use crate::core::addr::Addr;
 use crate::core::conf::Level;
 use crate::core::conn::{Conn, Listener, UdpClient};
+use crate::core::mmsg::{self, RecvBatch};
 use crate::core::process::Signals;
 use crate::core::time;
 use crate::core::timer::{TimerId, Timers};
@@ -129,8 +131,8 @@ pub struct Worker {
     timers: Timers,
     rt: WorkerState,
     generation: u32,
-    /// The datagram receive buffer (kept between reads).
-    udp_buf: Vec<u8>,
+    /// The datagram receive buffers (kept between reads, dropped when idle).
+    udp_batch: Option<Box<RecvBatch>>,
     signals: Signals,
     quitting: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
@@ -165,7 +167,7 @@ impl Worker {
             timers: Timers::default(),
             rt,
             generation: 0,
-            udp_buf: Vec::new(),
+            udp_batch: None,
             signals,
             quitting: false,
             shutdown_at: None,
@@ -449,11 +451,11 @@ impl Worker {
     fn datagrams(&mut self, idx: usize, now: Instant) {
         let Some(Some(Listener::Udp(sock))) = self.listeners.get(idx) else { return };
         let sock = sock.clone();
-        let mut buf = std::mem::take(&mut self.udp_buf);
-        buf.resize(UDP_MAX, 0);
-        for _ in 0..ACCEPTS_PER_WAKEUP {
-            let (n, peer) = match sock.recv_from(&mut buf) {
-                Ok(x) => x,
+        let mut batch = self.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
+        let mut seen = 0;
+        while seen < ACCEPTS_PER_WAKEUP {
+            let n = match batch.recv(sock.as_raw_fd()) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -461,31 +463,43 @@ impl Worker {
                     break;
                 }
             };
-            let dgram = &buf[..n];
-            if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer)) {
-                if let Some(sess) = lookup(&mut self.sessions, id) {
-                    if sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
-                        sess.core.udp_dropped += 1;
-                        continue;
-                    }
-                    sess.core.udp_queue.push_back(dgram.to_vec());
-                    let ready = Ready { readable: true, ..Default::default() };
-                    self.session_event(id, Side::Client, ready, now);
-                    continue;
+            seen += n;
+            for i in 0..n {
+                if let Some((dgram, peer)) = batch.get(i) {
+                    self.datagram(idx, &sock, dgram, peer, now);
                 }
             }
-            if !self.has_room() {
-                let msg = format!("{} worker_connections are not enough", self.max_conns);
-                if self.accept_log_at.is_none_or(|t| now >= t) {
-                    crate::core::log::error(Level::Alert, &msg, None);
-                    self.accept_log_at = Some(now + Duration::from_secs(1));
-                }
-                continue;
+            if n < mmsg::BATCH {
+                break;
             }
-            let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
-            self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
         }
-        self.udp_buf = buf;
+        self.udp_batch = Some(batch);
+    }
+
+    /// One client datagram: to the session of its address, or a new session.
+    fn datagram(&mut self, idx: usize, sock: &Rc<mio::net::UdpSocket>, dgram: &[u8], peer: SocketAddr, now: Instant) {
+        if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer)) {
+            if let Some(sess) = lookup(&mut self.sessions, id) {
+                if sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
+                    sess.core.udp_dropped += 1;
+                    return;
+                }
+                sess.core.udp_queue.push_back(dgram.to_vec());
+                let ready = Ready { readable: true, ..Default::default() };
+                self.session_event(id, Side::Client, ready, now);
+                return;
+            }
+        }
+        if !self.has_room() {
+            let msg = format!("{} worker_connections are not enough", self.max_conns);
+            if self.accept_log_at.is_none_or(|t| now >= t) {
+                crate::core::log::error(Level::Alert, &msg, None);
+                self.accept_log_at = Some(now + Duration::from_secs(1));
+            }
+            return;
+        }
+        let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
+        self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
     }
 
     /// `ngx_stream_init_connection`: find the server, make the session, run the phases.
@@ -699,7 +713,7 @@ impl Worker {
         self.sessions.shrink_to_fit();
         self.rt.udp_sessions.shrink_to_fit();
         self.rt.udp_pool.clear();
-        self.udp_buf = Vec::new();
+        self.udp_batch = None;
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe {
             libc::malloc_trim(0);
