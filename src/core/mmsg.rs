@@ -1,5 +1,6 @@
-//! recvmmsg(2): the datagrams waiting on a socket, several per system call. A UDP
-//! listener reads its clients' datagrams with it (nginx reads one per recvmsg).
+//! recvmmsg(2) and sendmmsg(2): several datagrams per system call. A UDP listener reads
+//! its clients' datagrams with the first, a UDP session its upstream's answers; the
+//! answers go back to the client with the second (nginx: one recvmsg or sendmsg each).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -35,8 +36,10 @@ impl RecvBatch {
 
     /// Read up to `BATCH` datagrams from `fd` without blocking; how many came.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iovs: [libc::iovec; BATCH] =
-            std::array::from_fn(|i| libc::iovec { iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(), iov_len: self.size });
+        let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(),
+            iov_len: self.size,
+        });
         // SAFETY: mmsghdr is plain data; all-zero is a valid value (null pointers, 0 lengths).
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         for (i, h) in hdrs.iter_mut().enumerate() {
@@ -47,7 +50,9 @@ impl RecvBatch {
         }
         // SAFETY: every header points at a live iovec, buffer and address of this batch,
         // each of the length given; the kernel writes at most those lengths.
-        let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -59,11 +64,55 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// The bytes of datagram `i` of the last batch.
+    pub fn data(&self, i: usize) -> &[u8] {
+        self.bufs.get(i * self.size..i * self.size + self.lens.get(i).copied().unwrap_or(0)).unwrap_or(&[])
+    }
+
     /// Datagram `i` of the last batch and its source, if that is an IP address.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let data = self.bufs.get(i * self.size..i * self.size + self.lens[i])?;
         Some((data, sockaddr(&self.addrs[i], self.addr_lens[i])?))
     }
+}
+
+/// Send `msgs` to `to` on `fd` (a listening socket) without blocking: how many went.
+/// A datagram the socket has no room for is dropped, as a single send would drop it.
+pub fn send_to_all(fd: RawFd, to: &SocketAddr, msgs: &[&[u8]]) -> io::Result<usize> {
+    let sa = socket2::SockAddr::from(*to);
+    let mut sent = 0;
+    for chunk in msgs.chunks(BATCH) {
+        let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: chunk.get(i).map_or(std::ptr::null_mut(), |m| m.as_ptr() as *mut libc::c_void),
+            iov_len: chunk.get(i).map_or(0, |m| m.len()),
+        });
+        // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for (i, h) in hdrs.iter_mut().enumerate().take(chunk.len()) {
+            h.msg_hdr.msg_name = sa.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = sa.len();
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: each of the first chunk.len() headers points at the destination address
+        // and at one iovec over a live slice; the kernel only reads them.
+        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(sent);
+            }
+            if sent > 0 {
+                return Ok(sent);
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+        if (n as usize) < chunk.len() {
+            break;
+        }
+    }
+    Ok(sent)
 }
 
 fn sockaddr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -108,6 +157,15 @@ mod tests {
         assert_eq!(batch.recv(r.as_raw_fd()).unwrap(), 4);
         assert_eq!(batch.get(3).unwrap().0.len(), 1900);
         assert_eq!(batch.recv(r.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // And back with sendmmsg: 20 datagrams, 16 and 4 per call.
+        let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10]).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+        assert_eq!(send_to_all(r.as_raw_fd(), &a.local_addr().unwrap(), &refs).unwrap(), 20);
+        let mut got = [0u8; 16];
+        for i in 0..20u8 {
+            let (n, from) = a.recv_from(&mut got).unwrap();
+            assert_eq!((&got[..n], from), (&[i; 10][..], to));
+        }
         if let Some(b) = b {
             let r6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
             b.send_to(b"six", r6.local_addr().unwrap()).unwrap();

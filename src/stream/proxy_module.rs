@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value::{self, Setting};
 use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::conn::Conn;
+use crate::core::mmsg::{self, RecvBatch};
 use crate::core::timer::TimerId;
 use crate::stream::conf::ConfCx;
 use crate::stream::content::{Content, Ready};
@@ -845,7 +847,16 @@ impl ProxySession {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         let expected = conf(s).responses.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
-        if from_upstream {
+        if from_upstream && self.download_rate == 0 && matches!(s.client, Conn::Udp(_)) {
+            if let Some((side, e, msg, action)) = self.answers_batched(s, cx, expected) {
+                s.action = Some(action);
+                s.connection_error(side, &e, msg);
+                s.action = Some("proxying connection");
+                if side == Side::Upstream {
+                    self.upstream_error = true;
+                }
+            }
+        } else if from_upstream {
             // The shared buffer is lent out while the pacing helpers use the context.
             let mut buf = std::mem::take(&mut cx.rt.scratch);
             if buf.len() < UDP_MAX {
@@ -953,6 +964,65 @@ impl ProxySession {
         Flow::Again
     }
 
+    /// The upstream's answers back to the client, up to 16 per recvmmsg and per sendmmsg
+    /// (there is no download rate to pace them); stops at the last expected answer.
+    fn answers_batched(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, expected: u64) -> Option<UdpError> {
+        let ufd = self.upstream.as_ref()?.fd();
+        let Conn::Udp(client) = &s.client else { return None };
+        let (cfd, peer) = (client.sock.as_raw_fd(), client.peer);
+        let mut batch = cx.rt.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
+        let mut err = None;
+        let mut seen = 0;
+        while seen < 64 {
+            let n = match batch.recv(ufd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // nginx counts the failed read as a (zero-byte) response.
+                    self.responses += 1;
+                    err = Some((Side::Upstream, e, "recv() failed", "proxying and reading from upstream"));
+                    break;
+                }
+            };
+            seen += n;
+            if let (Some(st), true) = (s.upstream_states.last_mut(), n > 0) {
+                if st.first_byte_time.is_none() {
+                    st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
+                }
+            }
+            let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
+            let mut out: [&[u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
+            let mut k = 0;
+            let mut done = false;
+            for i in 0..n {
+                let d = batch.data(i);
+                self.responses += 1;
+                plog.received += d.len() as u64;
+                out[k] = d;
+                k += 1;
+                // The last expected response: what follows is not relayed (nginx stops
+                // reading there).
+                if expected != UNLIMITED && self.responses >= expected.saturating_mul(self.requests) {
+                    done = true;
+                    break;
+                }
+            }
+            match mmsg::send_to_all(cfd, &peer, &out[..k]) {
+                Ok(m) => s.sent += out[..m].iter().map(|d| d.len() as u64).sum::<u64>(),
+                Err(e) => {
+                    err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
+                    break;
+                }
+            }
+            if done || n < mmsg::BATCH {
+                break;
+            }
+        }
+        cx.rt.udp_batch = Some(batch);
+        err
+    }
+
     fn udp_counts(&self, s: &SessionCore) -> String {
         let p = s.proxy_log.clone().unwrap_or_default();
         format!(
@@ -1034,6 +1104,9 @@ impl ProxySession {
         self.connect(s, cx)
     }
 }
+
+/// A datagram relay error: the side, the error, nginx's message and the log action.
+type UdpError = (Side, io::Error, &'static str, &'static str);
 
 enum Connect {
     /// connect() failed at once: try the next peer.

@@ -146,6 +146,8 @@ pub struct WorkerState {
     pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
     /// Upstream UDP sockets left by finished sessions, for the next ones.
     pub udp_pool: UdpPool,
+    /// Buffers for reading upstream datagrams, several per call (made on first use).
+    pub udp_batch: Option<Box<crate::core::mmsg::RecvBatch>>,
     next_conn: u64,
 }
 
@@ -224,6 +226,7 @@ impl WorkerState {
             conns: 0,
             udp_sessions: HashMap::new(),
             udp_pool: UdpPool::default(),
+            udp_batch: None,
             next_conn: 0,
         }
     }
