@@ -717,3 +717,56 @@ fn backend_reset_while_proxying() {
     assert_eq!(s.stop(), Some(0));
     no_alerts(&s);
 }
+
+/// A connect() that fails at once (a missing unix socket): nginx 1.22.1 logs it at crit
+/// as "connect() to PEER failed", numbers the failed upstream connection, and goes on to
+/// the next peer. Recorded by hand from nginx 1.22.1 with this configuration (lines with
+/// time and pid cut): the second client is *3 because the first session's failed
+/// upstream connection took *2.
+#[test]
+fn immediate_connect_failure_is_crit_and_tries_the_next_peer() {
+    let dir = TempDir::new("unix-up");
+    let here = dir.join("here.sock");
+    let l = std::os::unix::net::UnixListener::bind(&here).expect("bind unix");
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"HERE");
+        }
+    });
+    let missing = dir.join("missing.sock");
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$status $upstream_addr';\n\
+           access_log %%PREFIX%%st.log st;\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass unix:{m}; }}\n\
+           upstream u {{ server unix:{m}; server unix:{h}; }}\n\
+           server {{ listen 127.0.0.1:{q}; proxy_pass u; }}\n\
+         }}",
+        m = missing.display(),
+        h = here.display()
+    ));
+    let mut out = String::new();
+    let mut c = connect(p);
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "");
+    let mut c = connect(q);
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "HERE");
+    let m = missing.display();
+    let lines = s.wait_lines("st.log", 2);
+    assert_eq!(lines, vec![format!("502 unix:{m}"), format!("200 unix:{m}, unix:{}", here.display())]);
+    let log = s.error_log();
+    for (n, port) in [(1, p), (3, q)] {
+        let want = format!(
+            "[crit] {pid}#{pid}: *{n} connect() to unix:{m} failed (2: No such file or directory) while connecting \
+             to upstream, client: 127.0.0.1, server: 127.0.0.1:{port}, upstream: \"unix:{m}\", bytes from/to \
+             client:0/0, bytes from/to upstream:0/0",
+            pid = s.pid()
+        );
+        assert!(log.contains(&want), "want: {want}\n{log}");
+    }
+    assert!(!log.contains("[alert]"), "{log}");
+}

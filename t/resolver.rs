@@ -561,3 +561,46 @@ fn upstream_resolve_configuration_errors() {
     let out = run(&["-t", "-p", &dir.prefix(), "-c", "c.conf"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A reload that keeps a `resolve` line keeps its addresses, even when the DNS server
+/// is failing at that moment, and gives them the line's new port (as nginx copies
+/// resolved peers by name: nginx-tests' stream_upstream_resolve_reload.t).
+#[test]
+fn upstream_resolve_reload_keeps_addresses_with_the_new_port() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    let be2 = (0..20)
+        .find_map(|_| {
+            let p = free_port();
+            id_backend("127.0.0.2", p, "N2").map(|_| p)
+        })
+        .expect("a second backend port");
+    dns.set("re.test", Zone { a: vec![ip("127.0.0.2")], ttl: 1, ..Zone::default() });
+    let p = free_port();
+    let s = Sluice::start_master(
+        1,
+        &format!(
+            "events {{}}\nstream {{\n\
+               resolver 127.0.0.1:{d} ipv6=off valid=1s;\n\
+               upstream u {{ zone z 64k; server re.test:{be} resolve; }}\n\
+               server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
+             }}",
+            d = dns.port
+        ),
+    );
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B2"), "{}", s.error_log());
+    dns.set("re.test", Zone { rcode: 2, ..Zone::default() });
+    let conf = s.dir.join("sluice.conf");
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    std::fs::write(&conf, text.replace(&format!("re.test:{be}"), &format!("re.test:{be2}"))).expect("write conf");
+    s.signal(libc::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || ask(p) == "N2"),
+        "the kept address with the new port\n{}",
+        s.error_log()
+    );
+    // The next lookup fails too: the addresses stay.
+    let failed = || s.error_log().contains("re.test could not be resolved (2: Server failure)");
+    assert!(wait_for(Duration::from_secs(10), failed), "{}", s.error_log());
+    assert_eq!(ask(p), "N2");
+}

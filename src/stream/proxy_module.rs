@@ -524,7 +524,9 @@ impl ProxySession {
         let sock = match pooled.map(|(d, _)| Conn::Dgram(d)).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
             Ok(c) => c,
             Err(Connect::Refused(e)) => {
-                // ngx_event_connect_peer: a connect() that fails at once.
+                // ngx_event_connect_peer: a connect() that fails at once (its connection
+                // was numbered already).
+                cx.rt.next_connection();
                 let ordinary = matches!(
                     e.raw_os_error(),
                     Some(
