@@ -225,13 +225,11 @@ impl Resolvers {
         timeout: Duration,
         io: &mut Io<'_>,
     ) -> Option<(Outcome, Duration)> {
-        let r = self.resolver(conf);
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        self.request(r, name, false, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
+        self.start(conf, name, false, target, timeout, io)
     }
 
-    /// Look up the SRV records of `name` for `target`; the answer comes in `done`
-    /// (records in `srv`), or at once for a name that cannot be asked.
+    /// Look up the SRV records of `name` for `target`, as `resolve` (the records come
+    /// in `Done::srv`).
     pub fn resolve_srv(
         &mut self,
         conf: &Rc<ResolverConf>,
@@ -240,9 +238,21 @@ impl Resolvers {
         timeout: Duration,
         io: &mut Io<'_>,
     ) -> Option<(Outcome, Duration)> {
+        self.start(conf, name, true, target, timeout, io)
+    }
+
+    fn start(
+        &mut self,
+        conf: &Rc<ResolverConf>,
+        name: &str,
+        srv: bool,
+        target: Target,
+        timeout: Duration,
+        io: &mut Io<'_>,
+    ) -> Option<(Outcome, Duration)> {
         let r = self.resolver(conf);
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        self.request(r, name, true, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
+        self.request(r, name, srv, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
     }
 
     fn failure_valid(&self, r: usize) -> Duration {
