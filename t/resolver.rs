@@ -608,3 +608,63 @@ fn upstream_resolve_reload_keeps_addresses_with_the_new_port() {
     assert!(wait_for(Duration::from_secs(10), failed), "{}", s.error_log());
     assert_eq!(ask(p), "N2");
 }
+
+/// A peer that leaves the answer takes no new sessions, while a session already
+/// relaying to it goes on to its end.
+#[test]
+fn upstream_resolve_running_session_outlives_its_peer() {
+    let dns = DnsServer::start();
+    // 127.0.0.2: an echo server; 127.0.0.3: says "B3".
+    let (port, echo) = (0..20)
+        .find_map(|_| {
+            let p = free_port();
+            let l = TcpListener::bind(("127.0.0.2", p)).ok()?;
+            id_backend("127.0.0.3", p, "B3")?;
+            Some((p, l))
+        })
+        .expect("a port free on 127.0.0.2 and 127.0.0.3");
+    std::thread::spawn(move || {
+        for mut c in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while let Ok(n @ 1..) = c.read(&mut b) {
+                    let _ = c.write_all(&b[..n]);
+                }
+            });
+        }
+    });
+    dns.set("move.test", Zone { a: vec![ip("127.0.0.2")], ttl: 1, ..Zone::default() });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           upstream u {{ zone z 64k; server move.test:{port} resolve; }}\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
+         }}",
+        d = dns.port
+    ));
+    let echoes = |c: &mut TcpStream, m: &[u8]| {
+        let mut b = vec![0u8; m.len()];
+        c.write_all(m).is_ok() && c.read_exact(&mut b).is_ok() && b == m
+    };
+    let mut held = connect(p);
+    held.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            if !echoes(&mut held, b"ping") {
+                held = connect(p);
+                let _ = held.set_read_timeout(Some(Duration::from_secs(5)));
+                return false;
+            }
+            true
+        }),
+        "{}",
+        s.error_log()
+    );
+    dns.set("move.test", Zone { a: vec![ip("127.0.0.3")], ttl: 1, ..Zone::default() });
+    assert!(wait_for(Duration::from_secs(5), || ask(p) == "B3"), "{}", s.error_log());
+    for _ in 0..10 {
+        assert_eq!(ask(p), "B3", "a new session went to the peer that left");
+    }
+    assert!(echoes(&mut held, b"still here"), "the running session was cut\n{}", s.error_log());
+}

@@ -224,68 +224,20 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
     Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated: flags & 0x0200 != 0, qname, qtype, answers })
 }
 
-/// What an answer says about `name` for `qtype` (A or AAAA), CNAMEs in it followed.
+/// What an answer says about a name's records of one kind, CNAMEs in it followed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    /// Addresses in answer order, and the smallest TTL on the way to them.
-    Addrs(Vec<IpAddr>, u32),
-    /// The chain ends at a name the answer has no addresses for: ask for that one.
-    Cname(String, u32),
-    /// Nothing for the name (NOERROR with no data).
-    Nothing,
-}
-
-/// Follow `name` through the answer's records to addresses of `qtype`.
-pub fn addresses(r: &Response, name: &str, qtype: u16) -> Found {
-    let mut cur = name.to_ascii_lowercase();
-    let mut ttl = u32::MAX;
-    for _ in 0..=MAX_CNAME_HOPS {
-        let mut addrs = Vec::new();
-        let mut cname = None;
-        for rec in r.answers.iter().filter(|rec| rec.name == cur) {
-            match &rec.data {
-                RData::A(a) if qtype == TYPE_A => {
-                    addrs.push(IpAddr::V4(*a));
-                    ttl = ttl.min(rec.ttl);
-                }
-                RData::Aaaa(a) if qtype == TYPE_AAAA => {
-                    addrs.push(IpAddr::V6(*a));
-                    ttl = ttl.min(rec.ttl);
-                }
-                RData::Cname(t) if cname.is_none() => cname = Some((t.clone(), rec.ttl)),
-                _ => {}
-            }
-        }
-        if !addrs.is_empty() {
-            return Found::Addrs(addrs, ttl);
-        }
-        match cname {
-            Some((t, t_ttl)) => {
-                ttl = ttl.min(t_ttl);
-                if t == cur {
-                    return Found::Nothing;
-                }
-                cur = t;
-            }
-            None if cur == name.to_ascii_lowercase() => return Found::Nothing,
-            None => return Found::Cname(cur, ttl),
-        }
-    }
-    Found::Nothing
-}
-
-/// What an answer says about the SRV records of `name`, CNAMEs in it followed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SrvFound {
-    /// (priority, weight, port, target), and the smallest TTL on the way.
-    Records(Vec<(u16, u16, u16, String)>, u32),
+pub enum Found<T> {
+    /// The records in answer order, and the smallest TTL on the way to them.
+    Records(Vec<T>, u32),
     /// The chain ends at a name the answer has no records for: ask for that one.
     Cname(String, u32),
+    /// Nothing for the name (NOERROR with no data, or an alias of itself).
     Nothing,
 }
 
-/// Follow `name` through the answer to its SRV records.
-pub fn services(r: &Response, name: &str) -> SrvFound {
+/// Follow `name` through the answer's CNAMEs (at most `MAX_CNAME_HOPS`) to the records
+/// `pick` takes.
+fn follow<T>(r: &Response, name: &str, pick: impl Fn(&RData) -> Option<T>) -> Found<T> {
     let first = name.to_ascii_lowercase();
     let mut cur = first.clone();
     let mut ttl = u32::MAX;
@@ -293,28 +245,47 @@ pub fn services(r: &Response, name: &str) -> SrvFound {
         let mut out = Vec::new();
         let mut cname = None;
         for rec in r.answers.iter().filter(|rec| rec.name == cur) {
-            match &rec.data {
-                RData::Srv { priority, weight, port, target } => {
-                    out.push((*priority, *weight, *port, target.clone()));
-                    ttl = ttl.min(rec.ttl);
-                }
-                RData::Cname(t) if cname.is_none() => cname = Some((t.clone(), rec.ttl)),
-                _ => {}
+            if let Some(v) = pick(&rec.data) {
+                out.push(v);
+                ttl = ttl.min(rec.ttl);
+            } else if let (RData::Cname(t), None) = (&rec.data, &cname) {
+                cname = Some((t.clone(), rec.ttl));
             }
         }
         if !out.is_empty() {
-            return SrvFound::Records(out, ttl);
+            return Found::Records(out, ttl);
         }
         match cname {
-            Some((t, t_ttl)) if t != cur => {
+            Some((t, _)) if t == cur => return Found::Nothing,
+            Some((t, t_ttl)) => {
                 ttl = ttl.min(t_ttl);
                 cur = t;
             }
-            _ if cur != first => return SrvFound::Cname(cur, ttl),
-            _ => return SrvFound::Nothing,
+            None if cur == first => return Found::Nothing,
+            None => return Found::Cname(cur, ttl),
         }
     }
-    SrvFound::Nothing
+    Found::Nothing
+}
+
+/// The addresses of `qtype` (A or AAAA) for `name` in an answer.
+pub fn addresses(r: &Response, name: &str, qtype: u16) -> Found<IpAddr> {
+    follow(r, name, |d| match d {
+        RData::A(a) if qtype == TYPE_A => Some(IpAddr::V4(*a)),
+        RData::Aaaa(a) if qtype == TYPE_AAAA => Some(IpAddr::V6(*a)),
+        _ => None,
+    })
+}
+
+/// An SRV record: (priority, weight, port, target).
+pub type Srv = (u16, u16, u16, String);
+
+/// The SRV records of `name` in an answer.
+pub fn services(r: &Response, name: &str) -> Found<Srv> {
+    follow(r, name, |d| match d {
+        RData::Srv { priority, weight, port, target } => Some((*priority, *weight, *port, target.clone())),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -377,7 +348,7 @@ mod tests {
         assert_eq!(r.qname, "www.example.com");
         assert_eq!(r.answers[0].data, RData::Cname("web.example.com".into()));
         let want = vec![IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 1])];
-        assert_eq!(addresses(&r, "WWW.example.com", TYPE_A), Found::Addrs(want, 60));
+        assert_eq!(addresses(&r, "WWW.example.com", TYPE_A), Found::Records(want, 60));
         assert_eq!(addresses(&r, "www.example.com", TYPE_AAAA), Found::Cname("web.example.com".into(), 300));
         cname.clear();
     }
@@ -485,8 +456,8 @@ mod tests {
         let r = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_SRV, 30, &rdata)])).unwrap();
         assert_eq!(
             services(&r, "_http._tcp.example.com"),
-            SrvFound::Records(vec![(10, 5, 8080, "b1.example.com".to_string())], 30)
+            Found::Records(vec![(10, 5, 8080, "b1.example.com".to_string())], 30)
         );
-        assert_eq!(services(&r, "other.example.com"), SrvFound::Nothing);
+        assert_eq!(services(&r, "other.example.com"), Found::Nothing);
     }
 }

@@ -692,7 +692,7 @@ impl ProxySession {
             st.connect_time = Some(cx.now.saturating_duration_since(self.start));
         }
         if let (Some(g), true) = (self.group, u.is_tcp()) {
-            cx.rt.notify_connect(g, &self.pick);
+            cx.rt.notify_connect(g, &mut self.pick);
         }
         let srv = s.srv.clone();
         // `proxy_protocol`: the header goes first, ahead of any relayed byte.

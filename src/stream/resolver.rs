@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -116,8 +116,7 @@ pub enum Target {
     ServiceTarget { group: usize, server: usize, index: usize },
 }
 
-/// An SRV record: (priority, weight, port, target).
-pub type Srv = (u16, u16, u16, String);
+pub use crate::core::dns::Srv;
 
 /// A finished request: the outcome, and for how long it holds (the answer's TTL or
 /// `valid=`; for a failure `valid=` or 10 s, as nginx's `ctx->valid`).
@@ -332,7 +331,8 @@ impl Resolvers {
         if let Some(mut old) = n.udp.take() {
             let _ = io.registry.deregister(&mut old);
         }
-        let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let any: IpAddr = if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let bind = SocketAddr::new(any, 0);
         let sock = UdpSocket::bind(bind).and_then(|s| s.connect(server).map(|()| s));
         match sock {
             Ok(mut s) => {
@@ -535,7 +535,7 @@ impl Resolvers {
         let r = match dns::parse(msg) {
             Ok(r) => r,
             Err(e) => {
-                log_server(Level::Error, &e.to_string(), &io::Error::other(""), server);
+                log_plain(&e.to_string(), server);
                 return;
             }
         };
@@ -590,19 +590,19 @@ impl Resolvers {
         } else if r.qtype == dns::TYPE_SRV {
             *family = Family::Done(Vec::new());
             match dns::services(&r, &n.name) {
-                dns::SrvFound::Records(recs, ttl) => {
+                Found::Records(recs, ttl) => {
                     n.ttl = n.ttl.min(ttl);
                     n.srv_records = recs;
                 }
-                dns::SrvFound::Cname(target, ttl) => {
+                Found::Cname(target, ttl) => {
                     n.ttl = n.ttl.min(ttl);
                     n.cname = Some(target);
                 }
-                dns::SrvFound::Nothing => {}
+                Found::Nothing => {}
             }
         } else {
             match dns::addresses(&r, &n.name, r.qtype) {
-                Found::Addrs(addrs, ttl) => {
+                Found::Records(addrs, ttl) => {
                     n.ttl = n.ttl.min(ttl);
                     *family = Family::Done(addrs);
                 }

@@ -287,9 +287,7 @@ impl WorkerState {
         }
     }
 
-    pub fn notify_connect(&mut self, g: usize, pick: &PeerPick) {
-        let mut pick = pick.clone();
-        let pick = &mut pick;
+    pub fn notify_connect(&mut self, g: usize, pick: &mut PeerPick) {
         if let Some(group) = self.group_mut(g) {
             let now = crate::core::time::instant();
             refresh(group, now);
