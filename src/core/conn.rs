@@ -247,11 +247,17 @@ pub struct ListenOpts {
     pub proxy_protocol: bool,
 }
 
-fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let Addr::Inet(sa) = addr else { return Err(io::ErrorKind::Unsupported.into()) };
+/// A listening IP socket of `ty` with the options both kinds share: SO_REUSEADDR,
+/// `reuseport`, `ipv6only=`, `rcvbuf=`, `sndbuf=`.
+fn inet_socket(
+    sa: &std::net::SocketAddr,
+    ty: socket2::Type,
+    proto: socket2::Protocol,
+    opts: &ListenOpts,
+) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket};
     let domain = if sa.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    let s = Socket::new(domain, ty.nonblocking().cloexec(), Some(proto))?;
     s.set_reuse_address(true)?;
     if opts.reuseport {
         s.set_reuse_port(true)?;
@@ -265,6 +271,13 @@ fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     if let Some(n) = opts.sndbuf {
         s.set_send_buffer_size(n)?;
     }
+    Ok(s)
+}
+
+fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
+    use socket2::{Protocol, SockAddr, Type};
+    let Addr::Inet(sa) = addr else { return Err(io::ErrorKind::Unsupported.into()) };
+    let s = inet_socket(sa, Type::DGRAM, Protocol::UDP, opts)?;
     s.bind(&SockAddr::from(*sa))?;
     Ok(Listener::Udp(Rc::new(UdpSocket::from_std(s.into()))))
 }
@@ -281,21 +294,7 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
     match addr {
         Addr::Inet(sa) => {
-            let domain = if sa.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-            let s = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
-            s.set_reuse_address(true)?;
-            if opts.reuseport {
-                s.set_reuse_port(true)?;
-            }
-            if sa.is_ipv6() {
-                s.set_only_v6(opts.ipv6only)?;
-            }
-            if let Some(n) = opts.rcvbuf {
-                s.set_recv_buffer_size(n)?;
-            }
-            if let Some(n) = opts.sndbuf {
-                s.set_send_buffer_size(n)?;
-            }
+            let s = inet_socket(sa, Type::STREAM, Protocol::TCP, opts)?;
             match opts.so_keepalive {
                 Some(true) => s.set_keepalive(true)?,
                 Some(false) => s.set_keepalive(false)?,
