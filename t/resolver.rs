@@ -383,7 +383,8 @@ fn dns_server_harness_answers() {
     assert_eq!(b[3] & 0xf, 3);
 }
 
-/// `server NAME resolve` in an upstream: the peers follow the DNS without a reload;
+/// `server NAME resolve` in an upstream (each with a `resolver` of its own, the stream
+/// block's points nowhere): the peers follow the DNS without a reload;
 /// `service=` takes ports and weights from the SRV records (weights 3 and 1: three
 /// connections of every four to the first, with round-robin's exact order).
 #[test]
@@ -400,9 +401,10 @@ fn upstream_resolve_and_service_follow_dns() {
     let (p, q) = (free_port(), free_port());
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n\
-           resolver 127.0.0.1:{d} ipv6=off;\n\
-           upstream a {{ zone za 64k; server app.test:{be} resolve; }}\n\
-           upstream srv {{ zone zs 64k; server app.test service=svc resolve; }}\n\
+           resolver 127.0.0.1:1 ipv6=off;\n\
+           upstream a {{ zone za 64k; resolver 127.0.0.1:{d} ipv6=off; server app.test:{be} resolve; }}\n\
+           upstream srv {{ zone zs 64k; resolver 127.0.0.1:{d} ipv6=off; resolver_timeout 2s; \
+                           server app.test service=svc resolve; }}\n\
            server {{ listen 127.0.0.1:{p}; proxy_pass a; }}\n\
            server {{ listen 127.0.0.1:{q}; proxy_pass srv; }}\n\
          }}",
