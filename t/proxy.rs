@@ -454,6 +454,35 @@ fn thousand_concurrent_sessions() {
     no_alerts(&s);
 }
 
+/// Connections that queue up while the worker cannot accept (it is stopped) all get
+/// served once it runs again: with `multi_accept off` (nginx's default) one is accepted
+/// per listener event and the level-triggered listener reports the rest; with `on`, a
+/// burst is taken per event. An edge-triggered listener would strand all but the first.
+#[test]
+fn queued_connections_are_all_accepted_with_multi_accept_off_and_on() {
+    const N: usize = 300;
+    for multi in ["off", "on"] {
+        let p = free_port();
+        let mut s = Sluice::start(&format!(
+            "events {{ worker_connections 1024; multi_accept {multi}; }}
+             stream {{ server {{ listen 127.0.0.1:{p} backlog=1024; return \"$connection\\n\"; }} }}\n"
+        ));
+        s.signal(libc::SIGSTOP);
+        let mut clients: Vec<TcpStream> = (0..N).map(|_| connect(p)).collect();
+        s.signal(libc::SIGCONT);
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap_or_else(|e| panic!("multi_accept {multi}: client {i}: {e}"));
+            let n: u64 = got.trim_end().parse().unwrap_or_else(|_| panic!("multi_accept {multi}: {got:?}"));
+            assert!(seen.insert(n), "multi_accept {multi}: connection number {n} twice");
+        }
+        assert_eq!(seen.len(), N, "multi_accept {multi}");
+        assert_eq!(s.stop(), Some(0));
+        no_alerts(&s);
+    }
+}
+
 #[test]
 fn proxy_pass_to_unix_socket() {
     let dir = TempDir::new("unixb");

@@ -18,6 +18,8 @@ pub struct MainConf {
     pub worker_rlimit_nofile: Setting<u64>,
     pub worker_shutdown_timeout: Setting<Duration>,
     pub worker_connections: Setting<usize>,
+    /// `multi_accept`: accept every pending connection per listener event (on), or one.
+    pub multi_accept: Setting<bool>,
     pub env: Vec<String>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
@@ -161,9 +163,14 @@ pub const DIRECTIVES: &[CoreDirective] = &[
             c.worker_connections.set(cmd, n as usize)
         },
     },
+    CoreDirective {
+        name: "multi_accept",
+        ctx: Ctx::EVENTS,
+        args: Arity::Flag,
+        set: |c, cmd, _| c.multi_accept.set(cmd, value::flag(cmd)?),
+    },
     // Accepted for compatibility; sluice has one event method and no mutex to tune.
     CoreDirective { name: "use", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
-    CoreDirective { name: "multi_accept", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
     CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
     CoreDirective { name: "accept_mutex_delay", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
     CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
@@ -186,5 +193,6 @@ impl MainConf {
         self.worker_processes.merge(&Setting::default(), 1);
         self.pid.merge(&Setting::default(), paths.full_name(default_pid));
         self.worker_connections.merge(&Setting::default(), 512);
+        self.multi_accept.merge(&Setting::default(), false);
     }
 }

@@ -27,8 +27,8 @@ use crate::stream::runtime::WorkerState;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
 use crate::stream::udp_pool::DGRAM_BIT;
 
-/// Accepts per listener per wake-up (nginx accepts until EAGAIN; a cap keeps a flood
-/// of connections from starving the sessions already running).
+/// Accepts (with `multi_accept on`) or datagram reads per listener per wake-up: nginx
+/// goes on until EAGAIN; a cap keeps a flood from starving the sessions already running.
 const ACCEPTS_PER_WAKEUP: usize = 64;
 /// The signal pipe's token: below the listener range, above any session token.
 const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
@@ -145,6 +145,8 @@ pub struct Worker {
     /// When the next "accept paused" line may be logged (at most one a second).
     accept_log_at: Option<Instant>,
     max_conns: usize,
+    /// 1, or `ACCEPTS_PER_WAKEUP` with `multi_accept on`.
+    accepts_per_event: usize,
 }
 
 impl Worker {
@@ -158,6 +160,10 @@ impl Worker {
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
         let rt = WorkerState::new(&cycle);
         let max_conns = cycle.core.worker_connections.get();
+        // nginx's `multi_accept off` (the default): one connection per listener event.
+        // The listener is level-triggered, so the rest come on the next turns, between
+        // the events of sessions already running.
+        let accepts_per_event = if cycle.core.multi_accept.get() { ACCEPTS_PER_WAKEUP } else { 1 };
         Ok(Worker {
             role,
             poll,
@@ -175,6 +181,7 @@ impl Worker {
             paused_for_room: false,
             accept_log_at: None,
             max_conns,
+            accepts_per_event,
         })
     }
 
@@ -419,7 +426,7 @@ impl Worker {
         if self.accept_paused.is_some() {
             return;
         }
-        for _ in 0..ACCEPTS_PER_WAKEUP {
+        for _ in 0..self.accepts_per_event {
             if !self.has_room() {
                 let msg = format!("{} worker_connections are not enough", self.max_conns);
                 self.pause_accept(now, true, Level::Alert, &msg, None);
