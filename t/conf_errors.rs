@@ -43,10 +43,6 @@ fn sluice_specific(name: &str) -> Expect {
         "load_module_already_loaded" | "load_module_missing" => Expect::Accepted,
         // TLS termination is not implemented yet.
         "listen_ssl_no_certificate" => Expect::NotYet { line: 4, word: "ssl" },
-        // UDP is not implemented yet: the first `listen ... udp` is refused (see the
-        // *_without_udp tests below for the rest of these files).
-        "valid_full" => Expect::NotYet { line: 34, word: "udp" },
-        "valid_values" => Expect::NotYet { line: 8, word: "udp" },
         // `resolver ... ipv4=` is nginx >= 1.23.1 (the issue and today's documentation have
         // it); the 1.22.1 recording reads "ipv4=off" as a host name.
         "resolver_ipv4_param" => Expect::Accepted,
@@ -340,31 +336,4 @@ fn every_recorded_case_is_listed() {
     for name in &on_disk {
         assert!(data_dir().join(format!("{name}.expected")).is_file(), "{name}.expected missing");
     }
-}
-
-/// A recorded case with some lines blanked (so line numbers stay as written), which must
-/// then pass as nginx's recording says. Used where sluice stops at a `listen ... udp`
-/// it does not support yet, so that the rest of the file is still checked.
-fn check_blanked(name: &str, blank: std::ops::RangeInclusive<usize>) {
-    let text = std::fs::read_to_string(data_dir().join(format!("{name}.conf"))).expect("read case");
-    let conf: String =
-        text.split_inclusive('\n').enumerate().map(|(i, l)| if blank.contains(&(i + 1)) { "\n" } else { l }).collect();
-    let (_tmp, o) = test_conf(name, conf.as_bytes(), None);
-    if let Err(e) = matches_nginx(name, &o) {
-        panic!("conf_errors case {name} with lines {blank:?} blanked:\n{e}");
-    }
-}
-
-// valid_full without its UDP server (lines 33-37 blanked); nginx 1.22.1 accepts it too
-// (checked by hand with the recorder's command line).
-#[test]
-fn valid_full_without_udp() {
-    check_blanked("valid_full", 33..=37);
-}
-
-// valid_values without `listen 127.0.0.1:18001 udp;` (line 8 blanked); nginx 1.22.1
-// accepts it too (checked by hand).
-#[test]
-fn valid_values_without_udp() {
-    check_blanked("valid_values", 8..=8);
 }
