@@ -157,6 +157,14 @@ impl Sluice {
             }
             return Err(format!("sluice did not start: {}\n{}", err, s.error_log()));
         }
+        // The pid file comes before the startup notices ("using the "epoll" event
+        // method" ... "getrlimit(RLIMIT_NOFILE)", as in nginx): wait for the last of
+        // them, so a test that reads the log from an offset taken now sees only its own
+        // lines.
+        wait_for(Duration::from_secs(10), || {
+            s.error_log().contains("getrlimit(RLIMIT_NOFILE)")
+                || matches!(s.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+        });
         Ok(s)
     }
 
