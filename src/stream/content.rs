@@ -3,6 +3,7 @@
 
 use crate::core::timer::TimerId;
 use crate::stream::phase::Flow;
+use crate::stream::proxy_module::ProxySession;
 use crate::stream::resolver::Outcome;
 use crate::stream::session::{Cx, SessionCore, Side};
 
@@ -27,4 +28,22 @@ pub trait Content {
     }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
+}
+
+/// A session's content handler as the session holds it. The proxy, which nearly every
+/// session runs, lives inline in the session's slab slot, so starting a session
+/// allocates nothing; other handlers are boxed.
+#[allow(clippy::large_enum_variant)] // inline is the point: no allocation per session
+pub enum ContentSession {
+    Proxy(ProxySession),
+    Boxed(Box<dyn Content>),
+}
+
+impl ContentSession {
+    pub fn get(&mut self) -> &mut dyn Content {
+        match self {
+            ContentSession::Proxy(p) => p,
+            ContentSession::Boxed(b) => b.as_mut(),
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::stream::{MainConfs, SrvConfs};
 use crate::upstream::UpstreamConf;
 
 /// Starts a session's content phase (set by `proxy_pass`, `return`, ...).
-pub type ContentHandler = fn(&mut SessionCore) -> Box<dyn crate::stream::content::Content>;
+pub type ContentHandler = fn(&mut SessionCore) -> crate::stream::content::ContentSession;
 
 /// One `server {}` with its merged configuration.
 pub struct Server {

@@ -11,7 +11,7 @@ use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::timer::TimerId;
 use crate::stream::conf::ConfCx;
-use crate::stream::content::{Content, Ready};
+use crate::stream::content::{Content, ContentSession, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
 use crate::stream::session::{status, Cx, SessionCore, Side};
@@ -87,8 +87,8 @@ impl Module for Pass {
 /// over right after `start` (or the session ends with 500).
 struct PassSession;
 
-fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
-    Box::new(PassSession)
+fn new_session(_: &mut SessionCore) -> ContentSession {
+    ContentSession::Boxed(Box::new(PassSession))
 }
 
 /// `ngx_stream_pass_handler` up to the listener lookup, which the worker does.

@@ -20,7 +20,7 @@ use crate::core::conn::Conn;
 use crate::core::mmsg::{self, RecvBatch};
 use crate::core::timer::TimerId;
 use crate::stream::conf::ConfCx;
-use crate::stream::content::{Content, Ready};
+use crate::stream::content::{Content, ContentSession, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
 use crate::stream::relay::{Budget, Direction};
@@ -280,7 +280,7 @@ impl Module for Proxy {
     }
 }
 
-struct ProxySession {
+pub struct ProxySession {
     upstream: Option<Conn>,
     group: Option<usize>,
     pick: PeerPick,
@@ -324,9 +324,9 @@ struct ProxySession {
     resolving: Option<(String, u16)>,
 }
 
-fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
+fn new_session(_: &mut SessionCore) -> ContentSession {
     let now = crate::core::time::instant();
-    Box::new(ProxySession {
+    ContentSession::Proxy(ProxySession {
         upstream: None,
         group: None,
         pick: PeerPick::default(),

@@ -7,7 +7,7 @@ use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::{Cmd, ConfResult};
 use crate::core::timer::TimerId;
 use crate::stream::conf::ConfCx;
-use crate::stream::content::{Content, Ready};
+use crate::stream::content::{Content, ContentSession, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side};
@@ -46,8 +46,8 @@ struct ReturnSession {
     timer: Option<TimerId>,
 }
 
-fn new_session(_: &mut SessionCore) -> Box<dyn Content> {
-    Box::new(ReturnSession { out: Vec::new(), pos: 0, timer: None })
+fn new_session(_: &mut SessionCore) -> ContentSession {
+    ContentSession::Boxed(Box::new(ReturnSession { out: Vec::new(), pos: 0, timer: None }))
 }
 
 impl ReturnSession {

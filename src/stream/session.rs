@@ -50,6 +50,43 @@ pub struct UpstreamState {
     pub bytes_received: u64,
 }
 
+/// A session's upstream attempts in order. The first is kept inline, so a session that
+/// needs one try allocates nothing for them.
+#[derive(Debug, Default)]
+pub struct UpstreamStates {
+    first: Option<UpstreamState>,
+    more: Vec<UpstreamState>,
+}
+
+impl UpstreamStates {
+    pub fn push(&mut self, st: UpstreamState) {
+        if self.first.is_none() {
+            self.first = Some(st);
+        } else {
+            self.more.push(st);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn last(&self) -> Option<&UpstreamState> {
+        self.more.last().or(self.first.as_ref())
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut UpstreamState> {
+        match self.more.last_mut() {
+            Some(st) => Some(st),
+            None => self.first.as_mut(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &UpstreamState> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
 /// Work run when a session ends (after its log line).
 pub type Cleanup = Box<dyn FnOnce(&mut WorkerState)>;
 
@@ -100,7 +137,7 @@ pub struct SessionCore {
     /// Bytes read from and written to the client.
     pub received: u64,
     pub sent: u64,
-    pub upstream_states: Vec<UpstreamState>,
+    pub upstream_states: UpstreamStates,
     /// What the session is doing, for "while ..." in the error log.
     pub action: Option<&'static str>,
     pub proxy_log: Option<ProxyLog>,
@@ -280,5 +317,23 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
         if rc != Flow::Again {
             return rc;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_states_keep_their_order() {
+        let mut s = UpstreamStates::default();
+        assert!(s.is_empty() && s.last().is_none());
+        for (i, n) in ["a", "b", "c"].into_iter().enumerate() {
+            s.push(UpstreamState { peer: Some(Rc::from(n)), ..Default::default() });
+            s.last_mut().expect("last").bytes_sent = i as u64;
+        }
+        let got: Vec<(&str, u64)> = s.iter().map(|st| (st.peer.as_deref().unwrap_or(""), st.bytes_sent)).collect();
+        assert_eq!(got, [("a", 0), ("b", 1), ("c", 2)]);
+        assert_eq!(s.last().and_then(|st| st.peer.as_deref()), Some("c"));
     }
 }

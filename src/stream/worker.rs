@@ -19,7 +19,7 @@ use crate::core::mmsg::{self, RecvBatch};
 use crate::core::process::Signals;
 use crate::core::time;
 use crate::core::timer::{TimerId, Timers};
-use crate::stream::content::{Content, Ready};
+use crate::stream::content::{ContentSession, Ready};
 use crate::stream::cycle::Cycle;
 use crate::stream::phase::Flow;
 use crate::stream::resolver::{Io, Outcome, Target, RESOLVER_BIT};
@@ -94,10 +94,11 @@ fn lookup(sessions: &mut Slab<Session>, id: usize) -> Option<&mut Session> {
     sessions.get_mut(id & KEY_MASK).filter(|s| s.core.key == id)
 }
 
+#[allow(clippy::large_enum_variant)] // the proxy inline in the slot: see ContentSession
 enum State {
     /// Running the phases before content (waiting here means waiting for preread).
     Phases,
-    Content(Box<dyn Content>),
+    Content(ContentSession),
 }
 
 struct Session {
@@ -563,7 +564,7 @@ impl Worker {
             status: 0,
             received: 0,
             sent: 0,
-            upstream_states: Vec::new(),
+            upstream_states: Default::default(),
             action: Some("initializing session"),
             proxy_log: None,
             phase: 0,
@@ -635,7 +636,7 @@ impl Worker {
                     }
                 }
                 let mut content = (sess.core.srv.handler)(&mut sess.core);
-                let f = content.start(&mut sess.core, &mut cx);
+                let f = content.get().start(&mut sess.core, &mut cx);
                 sess.state = State::Content(content);
                 if let Some(addr) = sess.core.pass_to.take() {
                     self.pass(key, addr, now);
@@ -667,7 +668,7 @@ impl Worker {
                 }
                 return;
             }
-            State::Content(c) => c.on_event(&mut sess.core, side, ready, &mut cx),
+            State::Content(c) => c.get().on_event(&mut sess.core, side, ready, &mut cx),
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
@@ -679,7 +680,7 @@ impl Worker {
         let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
             State::Phases => return,
-            State::Content(c) => c.on_resolved(&mut sess.core, outcome, &mut cx),
+            State::Content(c) => c.get().on_resolved(&mut sess.core, outcome, &mut cx),
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
@@ -707,7 +708,7 @@ impl Worker {
                 }
                 return;
             }
-            State::Content(c) => c.on_timeout(&mut sess.core, id, &mut cx),
+            State::Content(c) => c.get().on_timeout(&mut sess.core, id, &mut cx),
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
@@ -780,7 +781,7 @@ impl Worker {
             sess.core.log(Level::Debug, &format!("finalize stream session: {}", st), None);
         }
         if let State::Content(c) = &mut sess.state {
-            c.close(&mut sess.core, &mut cx);
+            c.get().close(&mut sess.core, &mut cx);
         }
         cx.timers.clear(&mut sess.core.preread_timer);
         sess.core.action = None;
