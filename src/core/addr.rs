@@ -26,10 +26,18 @@ impl Addr {
     /// The address without the port, as `$remote_addr` / `$server_addr` print it: a unix
     /// socket is "unix:PATH" ("unix:" for an unnamed client socket).
     pub fn host_text(&self) -> String {
-        match self {
-            Addr::Inet(a) => a.ip().to_string(),
-            Addr::Unix(p) => format!("unix:{}", p.display()),
-        }
+        let mut out = Vec::new();
+        self.write_host(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `host_text` appended to `out` (no allocation of its own).
+    pub fn write_host(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = match self {
+            Addr::Inet(a) => write!(out, "{}", a.ip()),
+            Addr::Unix(p) => write!(out, "unix:{}", p.display()),
+        };
     }
 
     pub fn port(&self) -> Option<u16> {

@@ -412,7 +412,7 @@ fn var_binary_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> b
 }
 
 fn var_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    out.extend_from_slice(s.remote.host_text().as_bytes());
+    s.remote.write_host(out);
     true
 }
 
@@ -424,7 +424,7 @@ fn var_remote_port(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
 }
 
 fn var_server_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    out.extend_from_slice(s.local.host_text().as_bytes());
+    s.local.write_host(out);
     true
 }
 

@@ -242,16 +242,16 @@ pub fn escape(e: Escape, v: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Build one line of `format` for `s` (without the newline).
-pub fn format_line(s: &mut SessionCore, format: &LogFormat, out: &mut Vec<u8>) {
-    let mut val = Vec::new();
+/// Build one line of `format` for `s` (without the newline), evaluating variables
+/// into `val`.
+pub fn format_line(s: &mut SessionCore, format: &LogFormat, out: &mut Vec<u8>, val: &mut Vec<u8>) {
     for part in format.parts.parts() {
         match part {
             PartRef::Lit(lit) => out.extend_from_slice(lit),
             PartRef::Var(v) => {
                 val.clear();
-                if eval_var(s, v, &mut val) {
-                    escape(format.escape, &val, out);
+                if eval_var(s, v, val) {
+                    escape(format.escape, val, out);
                 } else if format.escape == Escape::Default {
                     out.push(b'-');
                 }
@@ -266,17 +266,18 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         return Flow::Declined;
     }
     let Some(logs) = &srv.confs.log.logs else { return Flow::Declined };
-    let mut line = Vec::with_capacity(256);
+    // The worker's buffers: no allocation per line once they have grown.
+    let (mut line, mut val) = std::mem::take(&mut cx.rt.log_bufs);
     for l in logs {
         if let Some(c) = &l.cond {
-            let mut v = Vec::new();
-            c.eval(s, &mut v);
-            if v.is_empty() || v == b"0" {
+            val.clear();
+            c.eval(s, &mut val);
+            if val.is_empty() || val == b"0" {
                 continue;
             }
         }
         line.clear();
-        format_line(s, &l.format, &mut line);
+        format_line(s, &l.format, &mut line, &mut val);
         line.push(b'\n');
         match &l.target {
             Target::File(i) => {
@@ -298,5 +299,6 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             }
         }
     }
+    cx.rt.log_bufs = (line, val);
     Flow::Declined
 }

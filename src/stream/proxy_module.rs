@@ -305,7 +305,7 @@ pub struct ProxySession {
     delayed: [bool; 2],
     delay_timer: [Option<TimerId>; 2],
     /// The upstream's `hash` key, evaluated once per session.
-    key: Option<Vec<u8>>,
+    key: Option<HashKey>,
     /// A UDP session, and its datagram counts (nginx's `u->requests`, `u->responses`).
     udp: bool,
     requests: u64,
@@ -322,6 +322,36 @@ pub struct ProxySession {
     own_group: bool,
     /// The host name and port being resolved.
     resolving: Option<(String, u16)>,
+}
+
+/// Keys this long or shorter (any address with its port, most names) are kept in the
+/// session itself.
+const KEY_INLINE: usize = 64;
+
+/// A session's `hash` key, inline when short, so the usual keys allocate nothing.
+enum HashKey {
+    Inline([u8; KEY_INLINE], u8),
+    Heap(Box<[u8]>),
+}
+
+impl HashKey {
+    fn new(v: &[u8]) -> HashKey {
+        match v.len() {
+            n if n <= KEY_INLINE => {
+                let mut b = [0; KEY_INLINE];
+                b[..n].copy_from_slice(v);
+                HashKey::Inline(b, n as u8)
+            }
+            _ => HashKey::Heap(v.into()),
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        match self {
+            HashKey::Inline(b, n) => &b[..*n as usize],
+            HashKey::Heap(v) => v,
+        }
+    }
 }
 
 fn new_session(_: &mut SessionCore) -> ContentSession {
@@ -491,7 +521,9 @@ impl ProxySession {
         self.start = now;
         s.upstream_states.push(UpstreamState::default());
         let Some(group) = self.group else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
-        let Some((peer_addr, peer_name)) = cx.rt.get_peer(group, &mut self.pick, self.key.as_deref(), now) else {
+        let Some((peer_addr, peer_name)) =
+            cx.rt.get_peer(group, &mut self.pick, self.key.as_ref().map(HashKey::get), now)
+        else {
             let name = cx.rt.group_name(group);
             if let Some(st) = s.upstream_states.last_mut() {
                 st.peer = Some(name.clone());
@@ -1092,9 +1124,11 @@ impl ProxySession {
         self.group = Some(group);
         let cycle = s.cycle.clone();
         if let Some(k) = cycle.upstreams.get(group).and_then(|u| u.hash_key.as_ref()) {
-            let mut v = Vec::new();
+            let mut v = std::mem::take(&mut cx.rt.eval_buf);
+            v.clear();
             k.eval(s, &mut v);
-            self.key = Some(v);
+            self.key = Some(HashKey::new(&v));
+            cx.rt.eval_buf = v;
         }
         let mut tries = cx.rt.group_tries(group);
         let limit = conf(s).next_upstream_tries.get() as usize;
@@ -1252,5 +1286,20 @@ impl Content for ProxySession {
         // Give the pipes back at once (closed if bytes are left in them).
         self.down.release(&mut cx.rt.pipes);
         self.up.release(&mut cx.rt.pipes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_keys_short_and_long() {
+        for n in [0, 1, KEY_INLINE - 1, KEY_INLINE, KEY_INLINE + 1, 1000] {
+            let v: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            let k = HashKey::new(&v);
+            assert_eq!(k.get(), &v[..], "length {n}");
+            assert_eq!(matches!(k, HashKey::Inline(..)), n <= KEY_INLINE, "length {n}");
+        }
     }
 }

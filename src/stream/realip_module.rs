@@ -112,7 +112,7 @@ fn connection_peer(s: &SessionCore) -> Addr {
 }
 
 fn var_realip_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    out.extend_from_slice(connection_peer(s).host_text().as_bytes());
+    connection_peer(s).write_host(out);
     true
 }
 

@@ -139,6 +139,10 @@ pub struct WorkerState {
     pub files: Vec<Option<LogFile>>,
     /// The copy path's buffer, shared by every session of the worker.
     pub scratch: Vec<u8>,
+    /// The log phase's line and variable-value buffers, reused for every line.
+    pub log_bufs: (Vec<u8>, Vec<u8>),
+    /// For evaluating a value that is copied elsewhere at once (a `hash` key).
+    pub eval_buf: Vec<u8>,
     pub pipes: PipePool,
     /// Open connections, client and upstream (what `worker_connections` limits).
     pub conns: usize,
@@ -222,6 +226,8 @@ impl WorkerState {
             requeued: Vec::new(),
             files,
             scratch: Vec::new(),
+            log_bufs: Default::default(),
+            eval_buf: Vec::new(),
             pipes: PipePool::default(),
             conns: 0,
             udp_sessions: HashMap::new(),
