@@ -75,6 +75,21 @@ fn weighted_round_robin_order_is_nginx_s() {
     drop(s);
 }
 
+/// A server may name an upstream defined further down, in any letter case (nginx
+/// resolves `proxy_pass NAME` when the stream block ends; names compare without case).
+#[test]
+fn proxy_pass_names_an_upstream_defined_later_in_other_case() {
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; proxy_pass Later; }} \
+         upstream later {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} }}"
+    ));
+    let got: String = (0..4).map(|_| ask(p)).collect();
+    assert_eq!(got, "abab");
+    drop(s);
+}
+
 /// Which backend sluice's own library says a key goes to, for the same upstream text.
 fn predicted(upstream: &str, keys: &[String]) -> Vec<String> {
     use sluice::stream::conf::{load, LoadOptions};

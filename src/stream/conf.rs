@@ -681,14 +681,50 @@ fn server_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
 fn upstream_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
     let Some(inner) = &cmd.block else { return Ok(()) };
     let name = cmd.arg(0).to_string();
-    if cx.upstreams.iter().any(|u| !u.implicit && u.name == name) {
-        return Err(cmd.err(format!("duplicate upstream \"{}\"", name)));
-    }
+    // A `proxy_pass NAME` earlier in the file made an implicit group: this block is it.
+    let taken = find_upstream(cx, &name, None, true, cmd)?;
+    let name = taken.map_or(name, |i| cx.upstreams[i].name.clone());
     let mut u = UpstreamConf { name, file: Some(cmd.file.clone()), line: cmd.line, ..Default::default() };
     block(cx, inner, &mut Scope::Upstream(&mut u))?;
     if u.servers.is_empty() {
         return Err(ConfError::at("no servers are inside upstream", &cmd.file, inner.end_line));
     }
-    cx.upstreams.push(u);
+    match taken {
+        Some(i) => cx.upstreams[i] = u,
+        None => cx.upstreams.push(u),
+    }
     Ok(())
+}
+
+/// The search of `ngx_stream_upstream_add`: the upstream named `host` (names compare
+/// without case) with `port`. `create` is for an `upstream {}` block, which may take
+/// over an implicit group made by a `proxy_pass` of its name without a port.
+pub fn find_upstream(cx: &ConfCx, host: &str, port: Option<u16>, create: bool, cmd: &Cmd) -> ConfResult<Option<usize>> {
+    for (i, u) in cx.upstreams.iter().enumerate() {
+        let u_host = match (u.implicit, u.port) {
+            (true, Some(_)) => u.name.rsplit_once(':').map_or(u.name.as_str(), |(h, _)| h),
+            _ => u.name.as_str(),
+        };
+        let u_host = u_host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(u_host);
+        if !u_host.eq_ignore_ascii_case(host) {
+            continue;
+        }
+        if create && !u.implicit {
+            return Err(cmd.err(format!("duplicate upstream \"{}\"", host)));
+        }
+        if let (false, Some(p)) = (u.implicit, port) {
+            return Err(cmd.err(format!("upstream \"{}\" may not have port {}", host, p)));
+        }
+        if let (true, Some(p)) = (create, u.port) {
+            let file = u.file.as_deref().unwrap_or("");
+            return Err(ConfError::bare(format!(
+                "upstream \"{}\" may not have port {} in {}:{}",
+                host, p, file, u.line
+            )));
+        }
+        if u.port == port {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
 }

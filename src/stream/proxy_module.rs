@@ -19,7 +19,7 @@ use crate::core::conf::{Cmd, ConfError, ConfResult, Level};
 use crate::core::conn::Conn;
 use crate::core::mmsg::{self, RecvBatch};
 use crate::core::timer::TimerId;
-use crate::stream::conf::ConfCx;
+use crate::stream::conf::{find_upstream, ConfCx};
 use crate::stream::content::{Content, ContentSession, Ready};
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::Flow;
@@ -75,20 +75,21 @@ pub struct ProxySrv {
 }
 
 /// `ngx_stream_upstream_add` for a `proxy_pass` address: the upstream of that name, or
-/// a new implicit one (resolved when the `stream {}` block ends).
+/// a new implicit one (an `upstream {}` block later in the file may take it over;
+/// otherwise it is resolved when the `stream {}` block ends).
 fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
-    if let Some(i) = cx.upstreams.iter().position(|u| u.name == url) {
-        return Ok(i);
-    }
     let u = parse_url(url, false, false).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
-    let name = if u.port.is_some() || matches!(u.addrs.first(), Some(Addr::Unix(_))) { url } else { &u.host };
-    if let Some(i) = cx.upstreams.iter().position(|x| x.name == name) {
+    let unix = matches!(u.addrs.first(), Some(Addr::Unix(_)));
+    let host = if unix { url } else { &u.host };
+    if let Some(i) = find_upstream(cx, host, u.port, false, cmd)? {
         return Ok(i);
     }
+    let name = if u.port.is_some() || unix { url } else { &u.host };
     cx.upstreams.push(UpstreamConf {
         name: name.to_string(),
         servers: Vec::new(),
         implicit: true,
+        port: u.port,
         file: Some(cmd.file.clone()),
         line: cmd.line,
         ..Default::default()
@@ -449,7 +450,9 @@ impl ProxySession {
                 let mut out = Vec::new();
                 v.eval(s, &mut out);
                 let name = String::from_utf8_lossy(&out).into_owned();
-                if let Some(i) = s.cycle.upstreams.iter().position(|u| !u.implicit && u.name == name) {
+                if let Some(i) =
+                    s.cycle.upstreams.iter().position(|u| !u.implicit && u.name.eq_ignore_ascii_case(&name))
+                {
                     return Ok(i);
                 }
                 match parse_url(&name, false, false) {

@@ -95,6 +95,10 @@ pub struct UpstreamConf {
     pub zone: Option<String>,
     /// Made by `proxy_pass ADDRESS`, not by an `upstream {}` block.
     pub implicit: bool,
+    /// An implicit group's port as written (`proxy_pass host:port`); None for an
+    /// `upstream {}` block and for a name given without a port, which a later block
+    /// of that name takes over.
+    pub port: Option<u16>,
     /// For `server ... resolve`: the upstream's `resolver` (or the stream block's) and
     /// `resolver_timeout`.
     pub resolver: Option<Rc<crate::stream::resolver::ResolverConf>>,
