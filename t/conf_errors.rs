@@ -325,6 +325,9 @@ cases! {
     value_invalid_worker_processes,
     value_negative_worker_connections,
     value_user_unknown,
+    var_duplicate_case,
+    var_name_case,
+    var_unknown_case,
 }
 
 /// A case recorded but not listed above would go untested.

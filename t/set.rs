@@ -49,6 +49,19 @@ stream {{
     drop(s);
 }
 
+/// Variable names are case-insensitive (nginx keeps them in lower case): a `set $V`
+/// is read as `$v`, and built-ins answer in any case.
+#[test]
+fn variable_names_ignore_case() {
+    let a = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{a}; set $Greeting hi; \
+         return \"$greeting $REMOTE_ADDR $Server_Port\"; }} }}"
+    ));
+    assert_eq!(text(a), format!("hi 127.0.0.1 {a}"));
+    drop(s);
+}
+
 /// Sets run in order, may read what an earlier one set and captures of a map's regex,
 /// and a set in one server does not reach another.
 #[test]

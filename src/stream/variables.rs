@@ -86,10 +86,13 @@ impl Variables {
     }
 
     pub fn is_defined(&self, name: &str) -> bool {
-        self.by_name.get(name).is_some_and(|&i| self.defs[i].get.is_some())
+        self.by_name.get(&name.to_ascii_lowercase()).is_some_and(|&i| self.defs[i].get.is_some())
     }
 
+    /// Variable names are case-insensitive and kept in lower case, as nginx's
+    /// `ngx_stream_get_variable_index` (its "unknown" message shows them so).
     fn index_of(&mut self, name: &str) -> usize {
+        let name = &name.to_ascii_lowercase();
         if let Some(&i) = self.by_name.get(name) {
             return i;
         }
