@@ -230,6 +230,7 @@ cases! {
     listen_duplicate,
     listen_host_not_found,
     listen_missing,
+    listen_no_port,
     listen_non_numeric_port,
     listen_port_zero,
     listen_ssl_no_certificate,

@@ -483,6 +483,38 @@ fn queued_connections_are_all_accepted_with_multi_accept_off_and_on() {
     }
 }
 
+/// The TCP ports process `pid` listens on (from its descriptors and /proc/net/tcp).
+fn listening_ports(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i));
+            let port = f.get(1)?.rsplit_once(':')?.1;
+            listening.then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        })
+        .collect()
+}
+
+/// `listen 127.0.0.1;` (no port) is port 0 in nginx 1.22's stream module: the kernel
+/// picks a port, and the server answers there.
+#[test]
+fn listen_without_a_port_gets_one_from_the_kernel() {
+    let s = Sluice::start("events {} stream { server { listen 127.0.0.1; return \"no port\"; } }");
+    let ports = listening_ports(s.pid());
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(exchange(ports[0], b""), b"no port");
+    drop(s);
+}
+
 #[test]
 fn proxy_pass_to_unix_socket() {
     let dir = TempDir::new("unixb");

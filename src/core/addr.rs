@@ -92,9 +92,11 @@ pub fn resolve_host(host: &str, port: u16) -> Result<Vec<Addr>, UrlError> {
     Ok(out)
 }
 
-/// Parse an address. With `listen`, a bare number is a port on the wildcard address and
-/// `*` is the wildcard; without it a missing port is left `None` for the caller to judge.
-/// `resolve` false keeps host names unresolved (addrs empty).
+/// Parse an address. With `listen`, a bare number is a port on the wildcard address,
+/// `*` is the wildcard, and a missing port gives addresses with port 0 (nginx 1.22's
+/// stream `listen` has no default port: the kernel picks one); `port` stays `None`
+/// either way for the caller to judge. `resolve` false keeps host names unresolved
+/// (addrs empty).
 pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, UrlError> {
     if let Some(path) = url.strip_prefix("unix:") {
         if path.is_empty() {
@@ -116,7 +118,7 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
             None if after.is_empty() => None,
             None => return Err("invalid IPv6 address"),
         };
-        let addrs = match port {
+        let addrs = match port.or(listen.then_some(0)) {
             Some(p) => vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), p))],
             None => vec![],
         };
@@ -143,10 +145,10 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
     let ip: Option<IpAddr> =
         if wildcard { Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) } else { host.parse::<Ipv4Addr>().ok().map(IpAddr::V4) };
     if let Some(ip) = ip {
-        let addrs = port.map(|p| vec![Addr::Inet(SocketAddr::new(ip, p))]).unwrap_or_default();
+        let addrs = port.or(listen.then_some(0)).map(|p| vec![Addr::Inet(SocketAddr::new(ip, p))]).unwrap_or_default();
         return Ok(ParsedUrl { host: host.to_string(), port, addrs, literal: true });
     }
-    let addrs = match (resolve, port) {
+    let addrs = match (resolve, port.or(listen.then_some(0))) {
         (true, Some(p)) => resolve_host(host, p)?,
         (true, None) => {
             resolve_host(host, 0)?;

@@ -65,9 +65,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let url = cmd.arg(0);
     let u =
         parse_url(url, true, true).map_err(|e| cmd.err(format!("{} in \"{}\" of the \"listen\" directive", e, url)))?;
-    if u.port.is_none() && !matches!(u.addrs.first(), Some(Addr::Unix(_))) {
-        return Err(cmd.err(format!("no port in \"{}\" of the \"listen\" directive", url)));
-    }
+    // No port is port 0 in nginx 1.22 (no default_port for stream): the kernel picks one.
     let mut opts = ListenOpts::default();
     let (mut udp, mut ssl, mut pp, mut backlog_set) = (false, false, false, false);
     let (mut keepalive_set, mut fastopen_set, mut deferred) = (false, false, false);
