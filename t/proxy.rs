@@ -775,6 +775,9 @@ fn backend_reset_while_proxying() {
     }
     let line = access_line(&s, "access.log", 1, &cport.to_string()).expect("access log line");
     assert_eq!(fields(&line)[16], "200", "{}", line);
+    // nginx takes the failed read as a zero-byte read: it is the first byte's time.
+    let fbt = fields(&line)[21];
+    assert!(fbt.len() == 5 && fbt.as_bytes()[1] == b'.', "$upstream_first_byte_time {fbt:?} in {line}");
     assert_eq!(s.stop(), Some(0));
     no_alerts(&s);
 }

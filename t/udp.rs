@@ -718,7 +718,7 @@ fn udp_round_robin_and_upstream_addr() {
 fn udp_return_answers_with_one_datagram() {
     let p = free_udp_port();
     let s = Sluice::start(&conf(&format!(
-        "log_format r '$remote_port $protocol $status $bytes_sent';\n\
+        "log_format r '$remote_port $protocol $status $bytes_sent $bytes_received';\n\
          server {{ listen 127.0.0.1:{p} udp; return \"hi $protocol $remote_port\"; access_log %%PREFIX%%r.log r; }}"
     )));
     let c = dgram(p);
@@ -727,20 +727,22 @@ fn udp_return_answers_with_one_datagram() {
     assert_eq!(io(&c, b"x", Duration::from_secs(3)), Some(want.clone().into_bytes()), "{}", tail(&s));
     assert_eq!(recv(&c, ms(300)), None, "a second datagram from return");
     wait_for(Duration::from_secs(3), || !access(&s, "r.log", &port.to_string()).is_empty());
-    assert_eq!(access(&s, "r.log", &port.to_string()), vec![format!("{port} UDP 200 {}", want.len())]);
+    // The datagram that began the session is received (nginx counts it at once).
+    assert_eq!(access(&s, "r.log", &port.to_string()), vec![format!("{port} UDP 200 {} 1", want.len())]);
 }
 
 /// An ICMP port unreachable from the upstream fails the session as nginx does:
-/// "recv() failed (111: Connection refused)" at error, nothing for the client, no next
-/// upstream for a datagram, and the peer counts a failure: with `max_fails=1` every
-/// following session goes to the live peer.
+/// "recv() failed (111: Connection refused)" at error, an empty datagram for the client
+/// (nginx 1.22 takes the failed read as a zero-byte read at end of file and relays it),
+/// no next upstream for a datagram, and the peer counts a failure: with `max_fails=1`
+/// every following session goes to the live peer.
 #[test]
 fn udp_icmp_unreachable_fails_the_peer() {
     let live = UdpBackend::tagging();
     let dead = free_udp_port();
     let p = free_udp_port();
     let s = Sluice::start(&conf(&format!(
-        "log_format r '$remote_port $status $upstream_addr';\n\
+        "log_format r '$remote_port $status $upstream_addr $bytes_received $bytes_sent';\n\
          upstream u {{ server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{l}; }}\n\
          server {{ listen 127.0.0.1:{p} udp; proxy_pass u; proxy_responses 1; proxy_timeout 1s; \
          access_log %%PREFIX%%r.log r; }}",
@@ -748,12 +750,13 @@ fn udp_icmp_unreachable_fails_the_peer() {
     )));
     // Round robin starts with the first peer: the first session meets the dead one.
     let c = dgram(p);
-    assert_eq!(io(&c, b".", ms(500)), None, "the client got an answer from the dead peer's session");
+    assert_eq!(io(&c, b".", ms(500)), Some(Vec::new()), "the dead peer's session: one empty datagram");
+    assert_eq!(recv(&c, ms(300)), None, "a second datagram");
     let port = cport(&c).to_string();
     wait_for(Duration::from_secs(3), || !access(&s, "r.log", &port).is_empty());
     assert_eq!(
         access(&s, "r.log", &port),
-        vec![format!("{port} 200 127.0.0.1:{dead}")],
+        vec![format!("{port} 200 127.0.0.1:{dead} 1 0")],
         "the dead peer's session\n{}",
         tail(&s)
     );
@@ -779,6 +782,43 @@ fn udp_icmp_unreachable_fails_the_peer() {
     assert_eq!(live.received(), 10, "all sessions after the failure went to the live peer");
     wait_for(Duration::from_secs(3), || count(&s.read("r.log"), &format!("127.0.0.1:{}", live.port)) >= 10);
     assert_eq!(count(&s.read("r.log"), &format!(" 200 127.0.0.1:{}", live.port)), 10, "{}", s.read("r.log"));
+}
+
+/// After a failed upstream read nginx reads that upstream no more: the next ICMP error
+/// waits in the socket and fails the next send ("sendmsg() failed", status 200, what
+/// was sent so far counted). Recorded side by side with nginx 1.22.1: three datagrams
+/// 50 ms apart to a closed port end at the third, 4 of 6 bytes sent upstream, with an
+/// empty datagram to the client and a first-byte time.
+#[test]
+fn udp_after_a_failed_read_the_next_send_fails() {
+    let dead = free_udp_port();
+    let p = free_udp_port();
+    let s = Sluice::start(&conf(&format!(
+        "log_format r '$remote_port $status $bytes_received $bytes_sent $upstream_bytes_sent \
+         $upstream_bytes_received ${{upstream_first_byte_time}}s';\n\
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{dead}; proxy_timeout 2s; \
+         access_log %%PREFIX%%r.log r; }}"
+    )));
+    let c = dgram(p);
+    for d in [&b"c1"[..], b"c2", b"c3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(ms(50));
+    }
+    assert_eq!(recv(&c, ms(500)), Some(Vec::new()), "one empty datagram");
+    assert_eq!(recv(&c, ms(200)), None, "a second datagram");
+    let port = cport(&c).to_string();
+    wait_for(Duration::from_secs(3), || !access(&s, "r.log", &port).is_empty());
+    let line = access(&s, "r.log", &port);
+    assert_eq!(line.len(), 1, "{line:?}");
+    assert!(line[0].starts_with(&format!("{port} 200 6 0 4 0 0.")) && !line[0].ends_with("-s"), "{line:?}");
+    let log = s.error_log();
+    let want = format!(
+        "sendmsg() failed (111: Connection refused) while proxying and sending to upstream, udp client: 127.0.0.1, \
+         server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\", bytes from/to client:6/0, bytes from/to upstream:0/4"
+    );
+    assert_eq!(count(&log, "recv() failed (111"), 1, "{}", tail(&s));
+    assert!(lines_with(&log, &want).iter().any(|l| l.contains("[error]")), "want [error] {want}\n{}", tail(&s));
+    assert!(!log.contains("udp timed out"), "{}", tail(&s));
 }
 
 /// One client floods 5,000 datagrams at a backend that never answers: sluice stays

@@ -809,7 +809,8 @@ impl ProxySession {
         if from_upstream {
             plog.received += r.read;
             s.sent += r.written;
-            if r.read_returned {
+            // A failed read counts too: nginx takes it as a zero-byte read at end of file.
+            if r.read_returned || r.read_error.is_some() {
                 if let Some(st) = s.upstream_states.last_mut() {
                     if st.first_byte_time.is_none() {
                         st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
@@ -884,13 +885,16 @@ impl ProxySession {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         let expected = conf(s).responses.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
-        if from_upstream && self.download_rate == 0 && matches!(s.client, Conn::Udp(_)) {
+        if from_upstream && self.upstream_error {
+            // After a failed read nginx reads the upstream no more (`read->error`); a
+            // pending error shows at the next send instead.
+        } else if from_upstream && self.download_rate == 0 && matches!(s.client, Conn::Udp(_)) {
             if let Some((side, e, msg, action)) = self.answers_batched(s, cx, expected) {
                 s.action = Some(action);
                 s.connection_error(side, &e, msg);
                 s.action = Some("proxying connection");
                 if side == Side::Upstream {
-                    self.upstream_error = true;
+                    self.upstream_read_failed(s, cx);
                 }
             }
         } else if from_upstream {
@@ -953,7 +957,7 @@ impl ProxySession {
                 s.connection_error(side, &e, msg);
                 s.action = Some("proxying connection");
                 if side == Side::Upstream {
-                    self.upstream_error = true;
+                    self.upstream_read_failed(s, cx);
                 }
             }
         } else {
@@ -971,7 +975,10 @@ impl ProxySession {
                 }
                 let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
-                s.received += d.len() as u64;
+                if self.requests > 1 {
+                    // (The first was counted when the session began.)
+                    s.received += d.len() as u64;
+                }
                 if let Some(h) = self.udp_header.take() {
                     d.splice(0..0, h);
                 }
@@ -981,7 +988,7 @@ impl ProxySession {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         s.action = Some("proxying and sending to upstream");
-                        s.connection_error(Side::Upstream, &e, "send() failed");
+                        s.connection_error(Side::Upstream, &e, "sendmsg() failed");
                         s.action = Some("proxying connection");
                         self.upstream_error = true;
                         return Flow::Finalize(status::OK);
@@ -999,6 +1006,25 @@ impl ProxySession {
             cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
         }
         Flow::Again
+    }
+
+    /// A UDP upstream read failed (an ICMP error, say), as nginx takes it: a zero-byte
+    /// read at end of file, so it is the first byte's time, and the empty "answer" goes
+    /// to the client as an empty datagram. The peer has failed, and is read no more.
+    fn upstream_read_failed(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        self.upstream_error = true;
+        if let Some(st) = s.upstream_states.last_mut() {
+            if st.first_byte_time.is_none() {
+                st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
+            }
+        }
+        if let Err(e) = s.client.write(&[]) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                s.action = Some("proxying and sending to client");
+                s.connection_error(Side::Client, &e, "sendmsg() failed");
+                s.action = Some("proxying connection");
+            }
+        }
     }
 
     /// The upstream's answers back to the client, up to 16 per recvmmsg and per sendmmsg

@@ -587,6 +587,9 @@ impl Worker {
         };
         let mut core = core;
         if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
+            // The first datagram is received with the session (`ngx_stream_init_connection`
+            // counts it), whether a proxy ever takes it or not.
+            core.received += d.len() as u64;
             core.udp_queue.push_back(d.to_vec());
             core.udp_key = Some((idx, *peer));
             self.rt.udp_sessions.insert((idx, *peer), key);
