@@ -1,7 +1,9 @@
 //! `set` (ngx_stream_set_module), shaped like nginx's stream_set.t; the configuration
 //! messages recorded from nginx 1.22.1 (`t/data/modules/`).
 
-use crate::common::{exchange, free_port, Sluice};
+use crate::common::{backend, connect, exchange, free_port, wait_for, Sluice};
+use std::io::{Read, Write};
+use std::time::Duration;
 
 mod conf {
     crate::map::conf_cases! {
@@ -91,5 +93,36 @@ stream {{
     let (d1, d2) = (&ps[0..1], &ps[1..2]);
     assert_eq!(text(a), format!("[{d2}{d1}]2|[{d2}{d1}]-{d1}-{d2}"));
     assert_eq!(text(b), "|");
+    drop(s);
+}
+
+/// $bytes_sent and $bytes_received are cacheable in nginx: once evaluated (by `return`,
+/// `set`, a map), the log shows that early value, not the final count. Seen side by side
+/// with nginx 1.22.1: `return "sent=$bytes_sent..."` logs 0 bytes sent, and a session
+/// that `set` $bytes_received before proxying "hello" logs 0 bytes received.
+#[test]
+fn bytes_variables_keep_their_first_value() {
+    let (a, b) = (free_port(), free_port());
+    // A backend that reads to the end and answers nothing.
+    let up = backend(|mut c| {
+        let _ = std::io::copy(&mut c, &mut std::io::sink());
+    });
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format b '$server_port $bytes_sent $bytes_received $upstream_bytes_sent'; \
+         access_log %%PREFIX%%b.log b; \
+         server {{ listen 127.0.0.1:{a}; return \"sent=$bytes_sent recv=$bytes_received\\n\"; }} \
+         server {{ listen 127.0.0.1:{b}; set $early $bytes_received; proxy_pass 127.0.0.1:{up}; }} }}"
+    ));
+    assert_eq!(text(a), "sent=0 recv=0\n");
+    let mut c = connect(b);
+    c.write_all(b"hello").expect("write");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert_eq!(rest, b"");
+    assert!(wait_for(Duration::from_secs(5), || s.read("b.log").lines().count() == 2), "{}", s.read("b.log"));
+    let log = s.read("b.log");
+    assert!(log.contains(&format!("{a} 0 0 -\n")), "{log}");
+    assert!(log.contains(&format!("{b} 0 0 5\n")), "{log}");
     drop(s);
 }

@@ -350,8 +350,8 @@ impl Module for StreamCore {
         v.define("remote_port", var_remote_port, 0);
         v.define("server_addr", var_server_addr, 0);
         v.define("server_port", var_server_port, 0);
-        v.define("bytes_sent", var_bytes, 0);
-        v.define("bytes_received", var_bytes, 1);
+        v.define_cacheable("bytes_sent", var_bytes, 0);
+        v.define_cacheable("bytes_received", var_bytes, 1);
         v.define("session_time", var_session_time, 0);
         v.define("status", var_status, 0);
         v.define("connection", var_connection, 0);

@@ -102,6 +102,7 @@ impl PhaseEngine {
     }
 
     pub fn run_log(&self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        s.logging = true;
         for h in &self.log {
             h(s, cx);
         }

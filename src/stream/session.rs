@@ -156,6 +156,8 @@ pub struct SessionCore {
     pub udp_key: Option<(usize, std::net::SocketAddr)>,
     /// Cached values of cached variables (map, geo, set), by variable index.
     pub var_cache: Vec<Option<Vec<u8>>>,
+    /// The log phase runs (cacheable built-ins are no longer cached).
+    pub logging: bool,
     /// The last regex match ($1..$9), as nginx keeps `s->captures`.
     pub captures: Captures,
     /// Work to do when the session ends, after the log phase (limit_conn releases its

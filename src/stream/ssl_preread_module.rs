@@ -192,9 +192,9 @@ impl Module for SslPreread {
     }];
 
     fn variables(v: &mut Variables) {
-        v.define("ssl_preread_protocol", var_preread, 0);
-        v.define("ssl_preread_server_name", var_preread, 1);
-        v.define("ssl_preread_alpn_protocols", var_preread, 2);
+        v.define_cacheable("ssl_preread_protocol", var_preread, 0);
+        v.define_cacheable("ssl_preread_server_name", var_preread, 1);
+        v.define_cacheable("ssl_preread_alpn_protocols", var_preread, 2);
     }
 
     fn merge_srv(p: &SslPrereadSrv, c: &mut SslPrereadSrv, _: &mut ConfCx) -> ConfResult {

@@ -21,6 +21,11 @@ pub struct VarDef {
     pub prefix: bool,
     /// The value is kept per session after the first evaluation (map, geo, set).
     pub cached: bool,
+    /// A built-in nginx caches once evaluated (no `NGX_STREAM_VAR_NOCACHEABLE`) whose
+    /// value moves during a session ($bytes_sent, ...): kept from an evaluation before
+    /// the log phase, so a log line shows that early value as nginx's does. (Built-ins
+    /// that never change within a session need no cache: the answer is the same.)
+    pub cacheable: bool,
     /// Made by a directive (map, geo, split_clients, set, a regex's named capture):
     /// nginx's `NGX_STREAM_VAR_CHANGEABLE`.
     pub changeable: bool,
@@ -85,6 +90,13 @@ impl Variables {
         }
     }
 
+    /// A built-in whose first value (before the log phase) is kept: see `VarDef`.
+    pub fn define_cacheable(&mut self, name: &str, get: VarGet, data: usize) -> usize {
+        let idx = self.define(name, get, data);
+        self.defs[idx].cacheable = true;
+        idx
+    }
+
     pub fn is_defined(&self, name: &str) -> bool {
         self.by_name.get(&name.to_ascii_lowercase()).is_some_and(|&i| self.defs[i].get.is_some())
     }
@@ -103,6 +115,7 @@ impl Variables {
             data: 0,
             prefix: false,
             cached: false,
+            cacheable: false,
             changeable: false,
         });
         self.by_name.insert(name.to_string(), i);
@@ -165,7 +178,7 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(v);
         return true;
     }
-    if def.cached {
+    if def.cached || (def.cacheable && !s.logging) {
         let start = out.len();
         let found = get(s, def.data, out);
         if s.var_cache.len() <= idx {

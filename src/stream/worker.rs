@@ -575,6 +575,7 @@ impl Worker {
             udp_dropped: 0,
             udp_key: None,
             var_cache: Vec::new(),
+            logging: false,
             captures: Default::default(),
             cleanups: Vec::new(),
             pass_to: None,
