@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, free_port, run as run_sluice, wait_for, TempDir};
+use crate::common::{bin, exchange, free_port, run as run_sluice, wait_for, Sluice, TempDir};
 
 const PID: &str = "sluice.pid";
 const OLDBIN: &str = "sluice.pid.oldbin";
@@ -610,6 +610,46 @@ fn reload_moves_new_connections_while_old_session_keeps_relaying() {
         run.ctx()
     );
     assert_eq!(workers_of(master, &[]).len(), 2, "{}", run.ctx());
+}
+
+/// Connection numbers (`$connection`, `*N`) are one sequence for all workers and go on
+/// across a reload, as nginx's shared `ngx_connection_counter` (seen side by side with
+/// nginx 1.22.1: the first session after a reload was *3, not *1).
+#[test]
+fn connection_numbers_are_shared_by_workers_and_survive_reload() {
+    let p = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p} reuseport; return \"$connection $pid\"; }} }}"),
+    );
+    // (number, worker pid) of one connection.
+    let ask = || -> Option<(u64, String)> {
+        let t = String::from_utf8(exchange(p, b"")).ok()?;
+        let (n, pid) = t.split_once(' ')?;
+        Some((n.parse().ok()?, pid.to_string()))
+    };
+    let mut seen = BTreeSet::new();
+    let mut pids = BTreeSet::new();
+    assert!(wait_for(10 * SEC, || ask().is_some()), "not serving\n{}", s.error_log());
+    for _ in 0..60 {
+        let (n, pid) = ask().expect("an answer");
+        assert!(seen.insert(n), "connection number {n} given twice: {seen:?}");
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 2, "both workers answered (reuseport): {pids:?}");
+    let before = *seen.last().expect("numbers");
+    s.signal(libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || ask().is_some_and(|(_, pid)| !pids.contains(&pid))),
+        "no new worker after the reload\n{}",
+        s.error_log()
+    );
+    for _ in 0..20 {
+        if let Some((n, pid)) = ask().filter(|(_, pid)| !pids.contains(pid)) {
+            assert!(n > before, "a new worker numbered a connection {n}, not after {before}");
+            assert!(seen.insert(n), "connection number {n} given twice (new worker {pid})");
+        }
+    }
 }
 
 /// A reload with a broken configuration (an unknown directive; then a listen address

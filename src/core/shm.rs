@@ -3,7 +3,8 @@
 //! every worker sees the same bytes; and a spinlock living inside it.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 pub struct Shm {
     ptr: *mut u8,
@@ -61,6 +62,31 @@ impl Shm {
         // holds (and a worker is single-threaded).
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) })
     }
+}
+
+/// nginx's `ngx_connection_counter`: one sequence of connection numbers for every
+/// worker, which goes on across reloads. The first call maps it; the master makes that
+/// call before it forks, so its workers share the mapping.
+pub fn connection_counter() -> &'static AtomicU64 {
+    static COUNTER: OnceLock<usize> = OnceLock::new();
+    let addr = *COUNTER.get_or_init(|| match Shm::new(8) {
+        Ok(shm) => {
+            let addr = shm.ptr as usize;
+            // Mapped for the life of the process (and of its forked children).
+            std::mem::forget(shm);
+            addr
+        }
+        // Without shared memory each process counts on its own.
+        Err(_) => Box::leak(Box::new(AtomicU64::new(0))) as *const AtomicU64 as usize,
+    });
+    // SAFETY: `addr` is a page-aligned shared mapping of 8 bytes, or a leaked AtomicU64;
+    // either lives as long as the process.
+    unsafe { &*(addr as *const AtomicU64) }
+}
+
+/// The next connection number (`$connection`, the `*N` of log lines): 1, 2, ...
+pub fn next_connection() -> u64 {
+    connection_counter().fetch_add(1, Ordering::Relaxed) + 1
 }
 
 impl Drop for Shm {

@@ -81,6 +81,8 @@ impl Master {
     }
 
     pub fn run(&mut self) -> i32 {
+        // Mapped here, before any fork, so every worker (and every later one) shares it.
+        crate::core::shm::connection_counter();
         self.start_workers();
         loop {
             let wait = if self.terminating.is_some() { 50 } else { 1000 };

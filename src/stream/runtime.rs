@@ -152,7 +152,6 @@ pub struct WorkerState {
     pub udp_pool: UdpPool,
     /// Buffers for reading upstream datagrams, several per call (made on first use).
     pub udp_batch: Option<Box<crate::core::mmsg::RecvBatch>>,
-    next_conn: u64,
 }
 
 impl WorkerState {
@@ -233,14 +232,13 @@ impl WorkerState {
             udp_sessions: HashMap::new(),
             udp_pool: UdpPool::default(),
             udp_batch: None,
-            next_conn: 0,
         }
     }
 
-    /// The next connection number (`$connection`; nginx counts every connection).
+    /// The next connection number (`$connection`; nginx counts every connection, in
+    /// one sequence for all workers).
     pub fn next_connection(&mut self) -> u64 {
-        self.next_conn += 1;
-        self.next_conn
+        crate::core::shm::next_connection()
     }
 
     /// Unbind a UDP session from its client address (`proxy_requests` reached, or the
