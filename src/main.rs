@@ -309,6 +309,9 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
     log::set_use_stderr(false);
     log::error(Level::Notice, "using the \"epoll\" event method", None);
     log::error(Level::Notice, &format!("{}/{} (nginx/{})", PROGRAM, sluice::VERSION, sluice::NGINX_VERSION), None);
+    if let Some(os) = os_name() {
+        log::error(Level::Notice, &format!("OS: {}", os), None);
+    }
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit fills the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
@@ -337,4 +340,18 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
     process::remove_pid(&pid_file);
     log::error(Level::Notice, "exit", None);
     code
+}
+
+/// "Linux 6.1.0-18-amd64": uname's system name and release, as nginx's `ngx_os_status`.
+fn os_name() -> Option<String> {
+    // SAFETY: uname fills the zeroed struct we pass.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let text = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Some(format!("{} {}", text(&u.sysname), text(&u.release)))
 }

@@ -57,6 +57,14 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` until it is true or `timeout` passes.
+/// Wait until process `pid` sleeps in epoll_wait (its event loop runs, and a signal now
+/// interrupts that wait).
+pub fn wait_in_epoll(pid: i32) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("epoll_wait"))
+    })
+}
+
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {

@@ -539,3 +539,131 @@ fn syslog_parameters_as_nginx() {
         assert!(err.contains(&format!("[emerg] {} in {}s.conf:1", want, dir.prefix())), "{err}");
     }
 }
+
+/// The worker pids a master's log names ("start worker process N").
+fn log_pids(log: &str) -> Vec<i32> {
+    log.lines().filter_map(|l| l.split("start worker process ").nth(1)?.trim().parse().ok()).collect()
+}
+
+/// Start, then SIGTERM: the error log line for line as nginx 1.22.1's
+/// (t/data/logs/lifecycle-*.log), but for the version notice, which names sluice as
+/// well ("sluice/0.1.0 (nginx/1.22.1)" where nginx says "nginx/1.22.1").
+fn lifecycle_as_recorded(recording: &str, workers: usize) {
+    let shape =
+        std::fs::read_to_string(format!("{}/t/data/logs/{recording}", env!("CARGO_MANIFEST_DIR"))).expect("recording");
+    let want = shape.lines().filter(|l| !l.starts_with('#')).count();
+    let conf = "events {} stream { server { listen 127.0.0.1; return x; } }";
+    let s = if workers == 0 { Sluice::start(conf) } else { Sluice::start_master(workers, conf) };
+    if workers > 0 {
+        assert!(
+            wait_for(Duration::from_secs(10), || s.error_log().contains("start worker process ")),
+            "{}",
+            s.error_log()
+        );
+    }
+    // Every process waits for events: a signal to the single process interrupts that
+    // wait (nginx's info line), and a worker has its handlers.
+    let waiting = if workers == 0 { vec![s.pid()] } else { log_pids(&s.error_log()) };
+    for pid in waiting {
+        assert!(wait_in_epoll(pid), "{pid} never waits in epoll_wait");
+    }
+    s.signal(libc::SIGTERM);
+    let lines = || -> Vec<String> {
+        let version = format!("sluice/{} (nginx/1.22.1)", env!("CARGO_PKG_VERSION"));
+        s.error_log().lines().map(|l| l.replace(&version, "nginx/1.22.1")).collect()
+    };
+    wait_for(Duration::from_secs(10), || {
+        lines().len() >= want && lines().last().is_some_and(|l| l.ends_with(": exit"))
+    });
+    let mut caps = Caps::default().with("SENDER_PID", std::process::id());
+    caps.bind(if workers == 0 { "PID" } else { "MASTER_PID" }, s.pid());
+    if let Err(e) = match_file(&shape, &lines(), &mut caps) {
+        panic!("{recording}: {e}");
+    }
+}
+
+#[test]
+fn lifecycle_single_process_as_nginx() {
+    lifecycle_as_recorded("lifecycle-single.log", 0);
+}
+
+#[test]
+fn lifecycle_master_and_worker_as_nginx() {
+    lifecycle_as_recorded("lifecycle-master.log", 1);
+}
+
+/// USR1 as nginx 1.22.1 logs it (seen side by side): the master's signal line and its
+/// "reopening logs", then the worker's "reopening logs" (the master tells it through
+/// its channel in nginx: no signal line); a single process logs the signal line, the
+/// interrupted epoll_wait at info, then "reopening logs".
+#[test]
+fn usr1_lines_as_nginx() {
+    let conf = "events {} stream { server { listen 127.0.0.1; return x; } }";
+    let me = std::process::id();
+    let single = Sluice::start(conf);
+    assert!(wait_in_epoll(single.pid()));
+    single.signal(libc::SIGUSR1);
+    let pid = single.pid();
+    let want = [
+        format!("[notice] {pid}#{pid}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
+        format!("[info] {pid}#{pid}: epoll_wait() failed (4: Interrupted system call)"),
+        format!("[notice] {pid}#{pid}: reopening logs"),
+    ];
+    let tail = || -> Vec<String> {
+        let log = single.error_log();
+        let lines: Vec<String> = log.lines().map(|l| l.get(20..).unwrap_or("").to_string()).collect();
+        lines[lines.len().saturating_sub(3)..].to_vec()
+    };
+    wait_for(Duration::from_secs(5), || tail() == want);
+    assert_eq!(tail(), want, "{}", single.error_log());
+
+    let m = Sluice::start_master(1, conf);
+    assert!(wait_for(Duration::from_secs(10), || m.error_log().contains("start worker process ")));
+    let worker = m.error_log().lines().find_map(|l| l.split("start worker process ").nth(1).map(str::to_string));
+    let worker = worker.expect("worker pid");
+    assert!(wait_in_epoll(worker.parse().expect("pid")), "the worker never waits for events");
+    m.signal(libc::SIGUSR1);
+    let master = m.pid();
+    let want = [
+        format!("[notice] {master}#{master}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
+        format!("[notice] {master}#{master}: reopening logs"),
+        format!("[notice] {worker}#{worker}: reopening logs"),
+    ];
+    let tail = || -> Vec<String> {
+        let log = m.error_log();
+        let lines: Vec<String> = log.lines().map(|l| l.get(20..).unwrap_or("").to_string()).collect();
+        lines[lines.len().saturating_sub(3)..].to_vec()
+    };
+    wait_for(Duration::from_secs(5), || tail() == want);
+    assert_eq!(tail(), want, "{}", m.error_log());
+}
+
+/// QUIT ends a single process at once, as nginx's `ngx_single_process_cycle` (only a
+/// worker shuts down gracefully): an open session is cut and not logged.
+#[test]
+fn quit_ends_a_single_process_at_once() {
+    let (b, p) = (
+        backend(|mut c| {
+            let mut buf = [0u8; 64];
+            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        }),
+        free_port(),
+    );
+    let mut s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format s '$status'; access_log %%PREFIX%%a.log s; \
+         server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} }}"
+    ));
+    let mut c = connect(p);
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains("proxy 127.0.0.1:")), "{}", s.error_log());
+    let pid = s.pid();
+    let t = Instant::now();
+    assert_eq!(s.stop(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(3), "QUIT waited {:?} for the session", t.elapsed());
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert_eq!(s.read("a.log"), "", "a cut session is not logged");
+    let log = s.error_log();
+    let last: Vec<&str> = log.lines().rev().take(3).map(|l| l.get(20..).unwrap_or("")).collect();
+    assert!(last[0].ends_with(": exit") && !log.contains("gracefully shutting down"), "{log}");
+    assert!(last[2].contains(&format!("{pid}#{pid}: signal 3 (SIGQUIT) received from")), "{log}");
+}

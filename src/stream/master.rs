@@ -84,6 +84,7 @@ impl Master {
         // Mapped here, before any fork, so every worker (and every later one) shares it.
         crate::core::shm::connection_counter();
         self.start_workers();
+        let mut last_reap = Instant::now();
         loop {
             let wait = if self.terminating.is_some() { 50 } else { 1000 };
             if let Some(s) = &self.signals {
@@ -91,10 +92,18 @@ impl Master {
             }
             time::update();
             let sigs = self.signals.as_ref().map(|s| s.drain()).unwrap_or_default();
+            let mut child_exited = false;
             for (sig, from) in sigs {
+                child_exited |= sig == libc::SIGCHLD;
                 self.on_signal(sig, from);
             }
-            self.reap();
+            // Children are reaped after their SIGCHLD line, as nginx's master does (a
+            // reap before it could end the master without that line); a second is the
+            // safety net should a signal ever be missed.
+            if child_exited || last_reap.elapsed() > Duration::from_secs(1) {
+                self.reap();
+                last_reap = Instant::now();
+            }
             if let Some(since) = self.terminating {
                 if since.elapsed() > Duration::from_secs(5) {
                     // nginx escalates to SIGKILL when workers ignore TERM.
@@ -248,6 +257,7 @@ impl Master {
             }
             libc::SIGUSR1 => {
                 error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
+                error(Level::Notice, "reopening logs", None);
                 self.reopen_logs();
                 self.signal_workers(libc::SIGUSR1, false);
             }
@@ -319,6 +329,8 @@ impl Master {
                 return;
             }
         };
+        // nginx's event module says it again for every cycle it builds.
+        error(Level::Notice, "using the \"epoll\" event method", None);
         // Sockets are kept by address and type (TCP and UDP may share an address).
         let mut old: Vec<((Addr, bool), Vec<Listener>)> = std::mem::take(&mut self.listeners)
             .into_iter()

@@ -217,6 +217,9 @@ impl Worker {
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::core::log::error(Level::Alert, "epoll_wait() failed", Some(&e));
+                } else if let Some(exit) = self.on_signals(Some(&e)) {
+                    // A signal broke the wait: its handler's lines come first, as in nginx.
+                    return self.exit(exit);
                 }
             }
             time::update();
@@ -224,7 +227,7 @@ impl Worker {
             for ev in events.iter() {
                 let t = ev.token();
                 if t == SIGNAL_TOKEN {
-                    if let Some(exit) = self.on_signals() {
+                    if let Some(exit) = self.on_signals(None) {
                         return self.exit(exit);
                     }
                 } else if t.0 & LISTENER_BIT != 0 {
@@ -324,41 +327,60 @@ impl Worker {
         e
     }
 
-    fn on_signals(&mut self) -> Option<Exit> {
+    /// Signals, as nginx logs and acts on them: first the "signal N received" lines (its
+    /// signal handler's), then, if they broke epoll_wait, its info line, then what each
+    /// one does. A worker's signals from its master stand for nginx's channel commands,
+    /// which log no "signal" line (and interrupt nothing).
+    fn on_signals(&mut self, interrupted: Option<&io::Error>) -> Option<Exit> {
         use crate::core::log::error;
         use crate::core::process::signal_notice;
+        let single = self.role == Role::Single;
+        // SAFETY: getppid has no preconditions.
+        let master = if single { 0 } else { unsafe { libc::getppid() } };
+        let mut todo = Vec::new();
+        let mut logged = false;
         for (sig, from) in self.signals.drain() {
-            let single = self.role == Role::Single;
+            let action = match sig {
+                libc::SIGTERM | libc::SIGINT => ", exiting",
+                libc::SIGQUIT => ", shutting down",
+                libc::SIGUSR1 => ", reopening logs",
+                libc::SIGHUP if single => ", reconfiguring",
+                libc::SIGHUP | libc::SIGUSR2 => ", ignoring",
+                _ => continue,
+            };
+            if single || from != master {
+                error(Level::Notice, &signal_notice(sig, from, action), None);
+                logged = true;
+            }
+            todo.push(sig);
+        }
+        if let (Some(e), true) = (interrupted, logged) {
+            error(Level::Info, "epoll_wait() failed", Some(e));
+        }
+        for sig in todo {
             match sig {
                 libc::SIGTERM | libc::SIGINT => {
-                    error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
                     if !single {
                         error(Level::Notice, "exiting", None);
                     }
                     return Some(Exit::Terminate);
                 }
-                libc::SIGQUIT => {
-                    error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
-                    self.quit();
-                }
+                // nginx's single process ends at once on QUIT too (sessions are cut, not
+                // logged); a worker shuts down gracefully.
+                libc::SIGQUIT if single => return Some(Exit::Terminate),
+                libc::SIGQUIT => self.quit(),
                 libc::SIGUSR1 => {
-                    error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
+                    error(Level::Notice, "reopening logs", None);
                     self.rt.reopen_files();
                     if let Err(e) = crate::stream::conf::reopen_error_log(&self.cycle) {
                         error(Level::Alert, &e, None);
                     }
                 }
-                libc::SIGHUP if single => {
-                    error(Level::Notice, &signal_notice(sig, from, ", reconfiguring"), None);
-                    error(
-                        Level::Warn,
-                        "reconfiguring needs the master process (master_process on); configuration not reloaded",
-                        None,
-                    );
-                }
-                libc::SIGHUP | libc::SIGUSR2 => {
-                    error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
-                }
+                libc::SIGHUP if single => error(
+                    Level::Warn,
+                    "reconfiguring needs the master process (master_process on); configuration not reloaded",
+                    None,
+                ),
                 _ => {}
             }
         }
