@@ -62,6 +62,10 @@ pub struct ParsedUrl {
 pub type UrlError = &'static str;
 
 fn parse_port(s: &str, listen: bool) -> Result<u16, UrlError> {
+    // ngx_atoi: digits only (no sign).
+    if !s.bytes().all(|c| c.is_ascii_digit()) {
+        return Err("invalid port");
+    }
     match s.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(0) if !listen => Err("invalid port"),
@@ -124,7 +128,9 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
         };
         return Ok(ParsedUrl { host: format!("[{}]", ip), port, addrs, literal: true });
     }
-    let (host, port) = match url.rfind(':') {
+    // The first colon starts the port, as in `ngx_parse_inet_url` (an IPv6 address goes
+    // in brackets: "::1:80" is a bad port).
+    let (host, port) = match url.find(':') {
         Some(i) => (&url[..i], Some(parse_port(&url[i + 1..], listen)?)),
         None => {
             if listen && !url.is_empty() && url.bytes().all(|c| c.is_ascii_digit()) {

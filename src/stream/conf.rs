@@ -628,6 +628,7 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
             top.core.resolver_timeout.option().copied(),
         )
         .map_err(ConfError::bare)?;
+        crate::upstream::hash::check_ring_size(u).map_err(ConfError::bare)?;
     }
     modules::init_main(cx)?;
     for mut p in std::mem::take(&mut cx.servers) {

@@ -88,7 +88,9 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             ("default_server", None) => default_server = true,
             ("deferred", None) => deferred = true,
             ("backlog", Some(v)) => {
-                let n = v.parse::<i32>().ok().filter(|n| *n != 0);
+                // ngx_atoi into an int, as nginx: digits only, truncated to 32 bits, and
+                // neither 0 nor NGX_ERROR (-1) after that.
+                let n = value::parse_number(v).map(|n| n as i32).filter(|n| *n != 0 && *n != -1);
                 opts.backlog = Some(n.ok_or_else(|| cmd.err(format!("invalid backlog \"{}\"", a)))?);
                 backlog_set = true;
                 opts.bind = true;
@@ -135,9 +137,11 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                                 }
                             }
                         };
-                        opts.keepidle = get(0, true)?;
-                        opts.keepintvl = get(1, true)?;
-                        opts.keepcnt = get(2, false)?;
+                        // A zero is left unset, as nginx sets only what is not zero.
+                        opts.keepidle = get(0, true)?.filter(|&n| n != 0);
+                        opts.keepintvl = get(1, true)?.filter(|&n| n != 0);
+                        opts.keepcnt = get(2, false)?.filter(|&n| n != 0);
+                        // All three unset or zero is no setting at all (nginx's check).
                         if opts.keepidle.is_none() && opts.keepintvl.is_none() && opts.keepcnt.is_none() {
                             return Err(bad());
                         }
@@ -363,9 +367,11 @@ impl Module for StreamCore {
         v.define("time_iso8601", var_time, 0);
         v.define("time_local", var_time, 1);
         v.define("protocol", var_protocol, 0);
-        // $1..$9: the captures of the last regex match (map, server_name).
+        // $1..$9: the captures of the last regex match (map, server_name). Scripts
+        // reach them by these names, which no `$name` can spell: `${1}` is a variable
+        // named "1" to nginx, unknown (see `Complex::compile`).
         for n in 1..=9 {
-            v.define(&n.to_string(), var_capture, n);
+            v.define(&crate::stream::variables::capture_name(n), var_capture, n);
         }
         // Core variables in nginx; not found without a PROXY protocol header.
         let pp =

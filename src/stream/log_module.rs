@@ -78,7 +78,7 @@ fn compile_format(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Com
         }
         i += 1;
     }
-    Complex::compile(text, cmd, vars)
+    Complex::compile_log(text, cmd, vars)
 }
 
 fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -97,7 +97,8 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         };
         rest = &rest[1..];
     }
-    if rest.is_empty() {
+    // NGX_CONF_2MORE: a name and at least one more (an escape alone is an empty format).
+    if cmd.args.len() < 2 {
         return Err(cmd.err(format!("invalid number of arguments in \"{}\" directive", cmd.name)));
     }
     let text: String = rest.concat();

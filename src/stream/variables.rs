@@ -167,6 +167,11 @@ impl Variables {
     }
 }
 
+/// The internal name of capture `n` ($1..$9): not a name a configuration can write.
+pub fn capture_name(n: usize) -> String {
+    format!("${}", n)
+}
+
 /// Evaluate variable `idx` for session `s`, appending to `out`.
 pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     let cycle = s.cycle.clone();
@@ -210,6 +215,16 @@ fn is_name_char(c: u8) -> bool {
 impl Complex {
     /// Compile `text` as written in `cmd`, with nginx's script errors.
     pub fn compile(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
+        Self::compile_inner(text, cmd, vars, true)
+    }
+
+    /// A log format: `$1` is the variable named "1" there, as in nginx's log module (it
+    /// knows no captures), so it is unknown.
+    pub fn compile_log(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
+        Self::compile_inner(text, cmd, vars, false)
+    }
+
+    fn compile_inner(text: &str, cmd: &Cmd, vars: &mut Variables, captures: bool) -> ConfResult<Complex> {
         let b = text.as_bytes();
         let mut parts = Vec::new();
         let mut lit = Vec::new();
@@ -222,11 +237,11 @@ impl Complex {
             }
             i += 1;
             // `$1`..`$9` are one digit: "$1x" is capture 1, then "x" (nginx's scripts).
-            if let Some(&d) = b.get(i).filter(|d| (b'1'..=b'9').contains(*d)) {
+            if let Some(&d) = b.get(i).filter(|d| captures && (b'1'..=b'9').contains(*d)) {
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
-                parts.push(Part::Var(vars.reference(&char::from(d).to_string(), Some(cmd))));
+                parts.push(Part::Var(vars.reference(&capture_name(usize::from(d - b'0')), Some(cmd))));
                 i += 1;
                 continue;
             }

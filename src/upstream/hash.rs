@@ -155,6 +155,31 @@ impl Balancer for ConsistentHash {
     }
 }
 
+/// `ngx_stream_upstream_init_chash` allocates its ring of 160 points per weight unit at
+/// configuration time, 16 bytes a point, and fails when it cannot: the same message when
+/// that much is more than this machine's memory (sluice would fail building it too).
+pub fn check_ring_size(conf: &crate::upstream::UpstreamConf) -> Result<(), String> {
+    if !matches!(conf.method, crate::upstream::Method::Hash { consistent: true }) {
+        return Ok(());
+    }
+    let weight: u128 =
+        conf.servers.iter().filter(|s| !s.backup).map(|s| u128::from(s.weight) * s.addrs.len() as u128).sum();
+    let size = weight * 160 * 16 + 8;
+    if size > physical_memory() as u128 {
+        return Err(format!("malloc({}) failed (12: Cannot allocate memory)", size));
+    }
+    Ok(())
+}
+
+fn physical_memory() -> u64 {
+    // SAFETY: sysinfo fills the zeroed struct we pass.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(u64::from(si.mem_unit.max(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::host_port;
