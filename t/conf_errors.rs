@@ -355,3 +355,21 @@ fn every_recorded_case_is_listed() {
         assert!(data_dir().join(format!("{name}.expected")).is_file(), "{name}.expected missing");
     }
 }
+
+/// Files that include each other: nginx 1.22.1 recurses until it crashes (SIGSEGV, exit
+/// 139, nothing printed); sluice stops 64 includes deep with an error at the include.
+#[test]
+fn include_loop_is_an_error_not_a_crash() {
+    let files = TempDir::new("conf-include-loop");
+    std::fs::write(files.join("a.conf"), "include b.conf;\n").expect("write");
+    std::fs::write(files.join("b.conf"), "include a.conf;\n").expect("write");
+    let (_tmp, o) = test_conf("include_loop", b"include a.conf;\nevents {}\n", Some(files.path()));
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    let first = o.stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("sluice: [emerg] too many nested \"include\" directives (more than 64) in ")
+            && (first.ends_with("/a.conf:1") || first.ends_with("/b.conf:1")),
+        "{}",
+        o.stderr
+    );
+}

@@ -52,6 +52,8 @@ pub struct ConfCx {
     pub prefix: String,
     pub conf_prefix: String,
     pub files: Vec<ConfFile>,
+    /// How deep in `include`s the reader is (a file that includes itself stops here).
+    include_depth: usize,
     /// Files the configuration writes (access logs), opened when the cycle is built.
     pub open_files: Vec<FileSpec>,
     /// Shared memory zones declared: name, size (set by one declaration at least), and
@@ -306,6 +308,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         prefix: opts.prefix.clone(),
         conf_prefix,
         files: Vec::new(),
+        include_depth: 0,
         open_files: Vec::new(),
         zones: Vec::new(),
         servers: Vec::new(),
@@ -547,13 +550,24 @@ fn include(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
     } else {
         vec![pattern]
     };
+    // nginx has no limit and crashes on a loop of includes; sluice stops with an error.
+    if cx.include_depth >= MAX_INCLUDE_DEPTH {
+        return Err(cmd.err(format!("too many nested \"include\" directives (more than {})", MAX_INCLUDE_DEPTH)));
+    }
     for name in names {
         let (file, b) = parser::parse_file(&name, Some(cmd))?;
         cx.files.push(file);
-        block(cx, &b, scope)?;
+        cx.include_depth += 1;
+        let r = block(cx, &b, scope);
+        cx.include_depth -= 1;
+        r?;
     }
     Ok(())
 }
+
+/// Includes nested deeper than this are refused (a file including itself, directly or
+/// through others).
+const MAX_INCLUDE_DEPTH: usize = 64;
 
 fn directive(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
     if cmd.name == "include" {

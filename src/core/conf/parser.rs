@@ -31,7 +31,15 @@ struct Tokenizer<'a> {
     source: Source,
     /// Set once an error has been stored, so every enclosing block stops too.
     failed: bool,
+    /// Blocks open around the current token.
+    depth: usize,
 }
+
+/// Blocks nest at most this deep. nginx reads directives as it parses, so a deep pile
+/// of unknown blocks fails at the first; sluice reads the whole tree first, and without
+/// a bound a hostile file would overflow the stack. The deepest real configuration
+/// (stream, server, a map or geo inside) is 3.
+const MAX_DEPTH: usize = 100;
 
 enum Token {
     /// A directive's words, ended by `;` (false) or `{` (true).
@@ -271,7 +279,15 @@ impl<'a> Tokenizer<'a> {
                             self.failed = true;
                             break;
                         }
+                        if self.depth >= MAX_DEPTH {
+                            block.error = Some(self.err(format!("blocks nested deeper than {}", MAX_DEPTH)));
+                            self.failed = true;
+                            block.cmds.push(cmd);
+                            break;
+                        }
+                        self.depth += 1;
                         cmd.block = Some(self.block(true));
+                        self.depth -= 1;
                     }
                     block.cmds.push(cmd);
                     if self.failed {
@@ -287,7 +303,7 @@ impl<'a> Tokenizer<'a> {
 
 /// Parse configuration text that came from `file`.
 pub fn parse_bytes(text: &[u8], file: Rc<str>) -> Block {
-    let mut t = Tokenizer { text, pos: 0, line: 1, file, source: Source::File, failed: false };
+    let mut t = Tokenizer { text, pos: 0, line: 1, file, source: Source::File, failed: false, depth: 0 };
     t.block(false)
 }
 
@@ -300,6 +316,7 @@ pub fn parse_str(text: &str) -> Block {
         file: Rc::from("command line"),
         source: Source::Param,
         failed: false,
+        depth: 0,
     };
     t.block(false)
 }
@@ -326,6 +343,22 @@ pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile pile of blocks stops at MAX_DEPTH with an error, instead of
+    /// overflowing the stack (the test thread's is 2 MiB).
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let n = 100_000;
+        let text = format!("{}{}", "a {".repeat(n), "}".repeat(n));
+        let mut b = p(&text);
+        let mut depth = 0;
+        while let Some(inner) = b.cmds.pop().and_then(|c| c.block) {
+            b = inner;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_DEPTH);
+        assert!(b.error.is_some_and(|e| e.to_string().contains("nested deeper than 100")));
+    }
 
     fn p(s: &str) -> Block {
         parse_bytes(s.as_bytes(), Rc::from("t.conf"))
