@@ -515,6 +515,29 @@ fn listen_without_a_port_gets_one_from_the_kernel() {
     drop(s);
 }
 
+/// `proxy_bind`: the upstream connection comes from the given address, with a port
+/// when one is given (nginx's ngx_parse_addr_port), from a variable too. The backend
+/// answers with the address it sees.
+#[test]
+fn proxy_bind_sets_the_local_address_and_port() {
+    let b = backend_with(|mut c| {
+        let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let _ = c.write_all(peer.as_bytes());
+    });
+    let (p1, p2, p3, fixed) = (free_port(), free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ map $server_port $src {{ default 127.0.0.4; }} \
+         server {{ listen 127.0.0.1:{p1}; proxy_bind 127.0.0.2; proxy_pass 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p2}; proxy_bind 127.0.0.3:{fixed}; proxy_pass 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p3}; proxy_bind $src; proxy_pass 127.0.0.1:{b}; }} }}"
+    ));
+    let seen = |p: u16| String::from_utf8_lossy(&exchange(p, b"")).into_owned();
+    assert!(seen(p1).starts_with("127.0.0.2:"), "{}", s.error_log());
+    assert_eq!(seen(p2), format!("127.0.0.3:{fixed}"), "{}", s.error_log());
+    assert!(seen(p3).starts_with("127.0.0.4:"), "{}", s.error_log());
+    drop(s);
+}
+
 #[test]
 fn proxy_pass_to_unix_socket() {
     let dir = TempDir::new("unixb");

@@ -20,6 +20,8 @@ pub struct MainConf {
     pub worker_connections: Setting<usize>,
     /// `multi_accept`: accept every pending connection per listener event (on), or one.
     pub multi_accept: Setting<bool>,
+    /// `use METHOD`: only epoll is built in.
+    pub event_use: Setting<()>,
     pub env: Vec<String>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
@@ -42,6 +44,10 @@ fn ignore(_: &mut MainConf, _: &Cmd, _: &dyn Paths) -> ConfResult {
 }
 
 fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    // nginx's ngx_set_worker_processes says "is duplicate" before it reads the value.
+    if c.worker_processes.is_set() {
+        return Err(cmd.duplicate());
+    }
     let n = if cmd.arg(0) == "auto" {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
@@ -169,8 +175,21 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         args: Arity::Flag,
         set: |c, cmd, _| c.multi_accept.set(cmd, value::flag(cmd)?),
     },
-    // Accepted for compatibility; sluice has one event method and no mutex to tune.
-    CoreDirective { name: "use", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    // Accepted for compatibility; sluice has no mutex or event array to tune.
+    CoreDirective {
+        name: "use",
+        ctx: Ctx::EVENTS,
+        args: Arity::Take(1),
+        set: |c, cmd, _| {
+            if c.event_use.is_set() {
+                return Err(cmd.duplicate());
+            }
+            if cmd.arg(0) != "epoll" {
+                return Err(cmd.err(format!("invalid event type \"{}\"", cmd.arg(0))));
+            }
+            c.event_use.set(cmd, ())
+        },
+    },
     CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
     CoreDirective { name: "accept_mutex_delay", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
     CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },

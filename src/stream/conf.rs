@@ -54,6 +54,8 @@ pub struct ConfCx {
     pub files: Vec<ConfFile>,
     /// How deep in `include`s the reader is (a file that includes itself stops here).
     include_depth: usize,
+    /// Stream-main directives given once so far that keep no value of their own.
+    pub main_seen: Vec<String>,
     /// Files the configuration writes (access logs), opened when the cycle is built.
     pub open_files: Vec<FileSpec>,
     /// Shared memory zones declared: name, size (set by one declaration at least), and
@@ -187,8 +189,11 @@ const NGINX_ELSEWHERE: &[&str] = &[
     "server_tokens",
     "sendfile",
     "tcp_nopush",
+    "keepalive",
+    "keepalive_time",
     "keepalive_timeout",
     "keepalive_requests",
+    "ip_hash",
     "client_max_body_size",
     "client_body_timeout",
     "client_header_timeout",
@@ -309,6 +314,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         conf_prefix,
         files: Vec::new(),
         include_depth: 0,
+        main_seen: Vec::new(),
         open_files: Vec::new(),
         zones: Vec::new(),
         servers: Vec::new(),
@@ -636,6 +642,11 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     let mut top = SrvConfs::default();
     block(cx, inner, &mut Scope::Stream(&mut top))?;
     for u in &mut cx.upstreams {
+        // ngx_stream_upstream_init_round_robin: backup servers alone are no servers.
+        if !u.implicit && !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
+            let file = u.file.as_deref().unwrap_or("");
+            return Err(ConfError::bare(format!("no servers in upstream \"{}\" in {}:{}", u.name, file, u.line)));
+        }
         crate::stream::upstream_module::check_resolvable(
             u,
             top.core.resolver.option(),

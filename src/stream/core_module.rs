@@ -61,6 +61,16 @@ impl CoreSrv {
     }
 }
 
+/// A hash size (`ngx_conf_set_num_slot`): once per stream block ("is duplicate" before
+/// the value is read), a number.
+fn hash_size(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if cx.main_seen.iter().any(|n| *n == cmd.name) {
+        return Err(cmd.duplicate());
+    }
+    cx.main_seen.push(cmd.name.clone());
+    value::number(cmd).map(drop)
+}
+
 fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let url = cmd.arg(0);
     let u =
@@ -103,7 +113,9 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 opts.sndbuf = Some(value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid sndbuf \"{}\"", a)))?);
                 opts.bind = true;
             }
-            ("ipv6only", Some(v)) => {
+            // nginx matches "ipv6only=o" first, then "n" or "ff" (so "=yes" is an invalid
+            // parameter, "=oops" invalid flags).
+            ("ipv6only", Some(v)) if v.starts_with('o') => {
                 opts.ipv6only = match v {
                     "on" => true,
                     "off" => false,
@@ -321,30 +333,30 @@ impl Module for StreamCore {
             args: Arity::Take(1),
             set: Set::<Self>::Srv(|c, cmd, _| c.resolver_timeout.set(cmd, value::msec(cmd)?)),
         },
-        // Sizes of nginx's server name hash: sluice's lookup has no buckets to size.
+        // Sizes of nginx's hashes: sluice's lookups have no buckets to size.
         Directive {
             name: "server_names_hash_max_size",
             ctx: Ctx::STREAM_MAIN,
             args: Arity::Take(1),
-            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+            set: Set::Main(hash_size),
         },
         Directive {
             name: "server_names_hash_bucket_size",
             ctx: Ctx::STREAM_MAIN,
             args: Arity::Take(1),
-            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+            set: Set::Main(hash_size),
         },
         Directive {
             name: "variables_hash_max_size",
             ctx: Ctx::STREAM_MAIN,
             args: Arity::Take(1),
-            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+            set: Set::Main(hash_size),
         },
         Directive {
             name: "variables_hash_bucket_size",
             ctx: Ctx::STREAM_MAIN,
             args: Arity::Take(1),
-            set: Set::Main(|cmd, _| value::number(cmd).map(drop)),
+            set: Set::Main(hash_size),
         },
     ];
 

@@ -141,13 +141,23 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
         if let Some(s) = v.as_static() {
             let s = String::from_utf8_lossy(s);
-            if s.parse::<std::net::IpAddr>().is_err() && !s.starts_with('[') {
+            if bind_addr(&s).is_none() {
                 return Err(cmd.err(format!("invalid address \"{}\"", s)));
             }
         }
         Bind::Addr(v)
     };
     c.bind.set(cmd, b)
+}
+
+/// A `proxy_bind` address (`ngx_parse_addr_port`): an IP address, in brackets for IPv6,
+/// with an optional port.
+fn bind_addr(text: &str) -> Option<SocketAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    ip.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
 }
 
 fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -626,16 +636,29 @@ impl ProxySession {
             let mut out = Vec::new();
             v.eval(s, &mut out);
             let text = String::from_utf8_lossy(&out).into_owned();
-            let ip = text.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
-            match ip {
-                Ok(ip) => {
-                    sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
-                        .map_err(|e| fatal(&format!("bind({}) failed", text), e))?;
+            match bind_addr(&text) {
+                Some(local) => {
+                    if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
+                        // As nginx: the port is picked at connect, so one local address
+                        // serves as many upstream connections as there are 4-tuples.
+                        let on: libc::c_int = 1;
+                        // SAFETY: setsockopt on a socket we own, with an int option value.
+                        unsafe {
+                            libc::setsockopt(
+                                sock.as_raw_fd(),
+                                libc::IPPROTO_IP,
+                                libc::IP_BIND_ADDRESS_NO_PORT,
+                                (&on as *const libc::c_int).cast(),
+                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                            );
+                        }
+                    }
+                    sock.bind(&SockAddr::from(local)).map_err(|e| fatal(&format!("bind({}) failed", text), e))?;
                 }
-                Err(_) if !text.is_empty() => {
+                None if !text.is_empty() => {
                     s.log(Level::Error, &format!("invalid local address \"{}\"", text), None);
                 }
-                Err(_) => {}
+                None => {}
             }
         }
         match sock.connect(&sa) {

@@ -15,9 +15,10 @@ const MIN_ZONE: usize = 8 * 4096;
 
 fn zone(u: &mut UpstreamConf, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let name = cmd.arg(0).to_string();
-    if u.zone.is_some() {
-        return Err(cmd.duplicate());
+    if name.is_empty() {
+        return Err(cmd.err("invalid zone name \"\""));
     }
+    // A second `zone` in one upstream replaces the first, as in nginx.
     let size = match cmd.args.get(1) {
         None => None,
         Some(sz) => {
