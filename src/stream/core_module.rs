@@ -64,7 +64,7 @@ impl CoreSrv {
 /// A hash size (`ngx_conf_set_num_slot`): once per stream block ("is duplicate" before
 /// the value is read), a number.
 fn hash_size(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    if cx.main_seen.iter().any(|n| *n == cmd.name) {
+    if cx.main_seen.contains(&cmd.name) {
         return Err(cmd.duplicate());
     }
     cx.main_seen.push(cmd.name.clone());
