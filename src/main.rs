@@ -197,6 +197,7 @@ fn run() -> i32 {
         conf_file: conf_file.clone(),
         error_log: error_log.clone(),
         globals: args.globals.clone().unwrap_or_default(),
+        test: args.test,
     };
 
     // Until the configuration names its error log, messages go to the `-e` file (full
@@ -234,6 +235,17 @@ fn run() -> i32 {
     }
 
     if args.test {
+        // nginx -t binds the listening sockets too (an address in use is no error).
+        for l in &cycle.listening {
+            if let Err(e) = sluice::core::conn::test_bind(&l.addr, &l.opts) {
+                if !args.quiet {
+                    log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
+                }
+                log::error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
+                log::stderr(&format!("configuration file {} test failed", conf_file));
+                return 1;
+            }
+        }
         if !args.quiet {
             log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
             log::stderr(&format!("configuration file {} test is successful", conf_file));

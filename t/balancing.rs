@@ -31,6 +31,7 @@ fn upstream(trace: &Value) -> sluice::upstream::UpstreamConf {
         conf_file: dir.join("s.conf").display().to_string(),
         error_log: None,
         globals: String::new(),
+        test: false,
     };
     let cycle = load(&opts).unwrap_or_else(|e| panic!("{:?}", e.error));
     cycle.upstreams.into_iter().find(|u| u.name == name).expect("the upstream")

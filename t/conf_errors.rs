@@ -232,6 +232,7 @@ cases! {
     listen_bad_port,
     listen_duplicate,
     listen_host_not_found,
+    listen_ipv4_mapped_ipv6only,
     listen_ipv6_unbracketed,
     listen_ipv6only_invalid,
     listen_missing,
@@ -242,6 +243,7 @@ cases! {
     listen_so_keepalive_zero,
     listen_ssl_no_certificate,
     listen_udp_backlog,
+    listen_unix_missing_dir,
     listen_unknown_parameter,
     load_module_already_loaded,
     load_module_missing,
@@ -262,6 +264,7 @@ cases! {
     not_allowed_stream_in_stream,
     not_allowed_tcp_nodelay_in_main,
     not_allowed_worker_processes_in_stream,
+    pid_missing_dir,
     proxy_bind_port,
     proxy_pass_host_not_found,
     proxy_pass_no_port,
@@ -347,6 +350,7 @@ cases! {
     var_unknown_case,
     variable_braced_digit,
     variables_hash_duplicate,
+    worker_connections_too_few,
     worker_processes_duplicate_first,
 }
 

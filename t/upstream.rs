@@ -105,6 +105,7 @@ fn predicted(upstream: &str, keys: &[String]) -> Vec<String> {
         conf_file: dir.join("s.conf").display().to_string(),
         error_log: None,
         globals: String::new(),
+        test: false,
     };
     let cycle = load(&opts).expect("config");
     let conf = cycle.upstreams.iter().find(|u| u.name == "u").expect("u").clone();

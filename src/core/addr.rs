@@ -113,8 +113,12 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
             literal: true,
         });
     }
+    // A path or arguments are no part of an address here (`ngx_parse_inet_url`).
+    if url.contains(['/', '?']) {
+        return Err("invalid host");
+    }
     if let Some(rest) = url.strip_prefix('[') {
-        let Some(end) = rest.find(']') else { return Err("invalid IPv6 address") };
+        let Some(end) = rest.find(']') else { return Err("invalid host") };
         let ip: Ipv6Addr = rest[..end].parse().map_err(|_| "invalid IPv6 address")?;
         let after = &rest[end + 1..];
         let port = match after.strip_prefix(':') {
@@ -143,9 +147,6 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
     };
     if host.is_empty() {
         return Err("no host");
-    }
-    if host.contains('/') || host.contains('?') {
-        return Err("invalid host");
     }
     let wildcard = listen && host == "*";
     let ip: Option<IpAddr> =

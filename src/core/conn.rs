@@ -286,6 +286,39 @@ fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
 pub const DEFAULT_BACKLOG: i32 = 511;
 
 /// Open a listening socket with `opts` (`ngx_open_listening_sockets`).
+/// What `nginx -t` does with a listening address: bind a socket to it and close it. An
+/// address in use (a running server) is no error, and a unix socket that already exists
+/// is left alone; one made here is removed again.
+pub fn test_bind(addr: &Addr, opts: &ListenOpts) -> io::Result<()> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let ty = if opts.udp { Type::DGRAM } else { Type::STREAM };
+    let r = match addr {
+        Addr::Inet(sa) => {
+            let s = Socket::new(Domain::for_address(*sa), ty, None)?;
+            s.set_reuse_address(true)?;
+            if sa.is_ipv6() {
+                s.set_only_v6(opts.ipv6only)?;
+            }
+            s.bind(&SockAddr::from(*sa))
+        }
+        Addr::Unix(p) => {
+            if p.exists() {
+                return Ok(());
+            }
+            let s = Socket::new(Domain::UNIX, ty, None)?;
+            let r = s.bind(&SockAddr::unix(p)?);
+            if r.is_ok() {
+                let _ = std::fs::remove_file(p);
+            }
+            r
+        }
+    };
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(()),
+        r => r,
+    }
+}
+
 pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     if opts.udp {
         return open_udp(addr, opts);

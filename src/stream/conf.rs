@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub error_log: Option<String>,
     /// `-g`: directives applied before the file.
     pub globals: String,
+    /// `-t`/`-T`: check only (the pid file is opened, not written, as nginx does).
+    pub test: bool,
 }
 
 /// What directive setters see while the configuration is read.
@@ -335,7 +337,27 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         return Err(late(ConfError::bare("no \"events\" section in configuration")));
     }
     let paths = Prefix(cx.prefix.clone());
+    let pid_given = cx.core.pid.is_set();
     cx.core.finish(&paths, "logs/sluice.pid");
+    // ngx_event_init_conf: a connection for every listening socket and one more.
+    let workers = cx.core.worker_processes.get().max(1);
+    let sockets: usize = cx.listening.iter().map(|l| if l.opts.reuseport { workers } else { 1 }).sum();
+    let conns = cx.core.worker_connections.get();
+    if conns < sockets + 1 {
+        return Err(late(ConfError::bare(format!(
+            "{} worker_connections are not enough for {} listening sockets",
+            conns, sockets
+        ))));
+    }
+    if opts.test && pid_given {
+        // nginx -t creates (or opens) the pid file, without truncating or writing it.
+        // (Only a `pid` the configuration names: nginx's default is /run/nginx.pid,
+        // which exists; sluice's default under the prefix often does not, yet.)
+        let pid = cx.core.pid.get();
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&pid) {
+            return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", pid, crate::core::conf::os_err(&e)))));
+        }
+    }
     let mut main_logs = cx.core.error_log.clone();
     if main_logs.is_empty() {
         let path = opts.error_log.clone().unwrap_or_else(|| "stderr".to_string());

@@ -76,7 +76,8 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let u =
         parse_url(url, true, true).map_err(|e| cmd.err(format!("{} in \"{}\" of the \"listen\" directive", e, url)))?;
     // No port is port 0 in nginx 1.22 (no default_port for stream): the kernel picks one.
-    let mut opts = ListenOpts::default();
+    // ipv6only is on by default in nginx: [::]:port takes IPv6 only, beside 0.0.0.0:port.
+    let mut opts = ListenOpts { ipv6only: true, ..ListenOpts::default() };
     let (mut udp, mut ssl, mut pp, mut backlog_set) = (false, false, false, false);
     let (mut keepalive_set, mut fastopen_set, mut deferred) = (false, false, false);
     let mut default_server = false;
