@@ -191,17 +191,58 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         },
     },
     CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
-    CoreDirective { name: "accept_mutex_delay", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "accept_mutex_delay",
+        ctx: Ctx::EVENTS,
+        args: Arity::Take(1),
+        set: |_, cmd, _| value::msec(cmd).map(drop),
+    },
+    CoreDirective {
+        name: "epoll_events",
+        ctx: Ctx::EVENTS,
+        args: Arity::Take(1),
+        set: |_, cmd, _| value::number(cmd).map(drop),
+    },
     CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
     CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
     CoreDirective { name: "pcre_jit", ctx: Ctx::MAIN, args: Arity::Flag, set: ignore },
     CoreDirective { name: "lock_file", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
-    CoreDirective { name: "timer_resolution", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
-    CoreDirective { name: "worker_priority", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "timer_resolution",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |_, cmd, _| value::msec(cmd).map(drop),
+    },
+    CoreDirective {
+        name: "worker_priority",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        // ngx_set_priority: an optional sign, then digits.
+        set: |_, cmd, _| {
+            let a = cmd.arg(0);
+            let digits = a.strip_prefix(['-', '+']).unwrap_or(a);
+            value::parse_number(digits).map(drop).ok_or_else(|| ConfError::directive(cmd, "invalid number"))
+        },
+    },
     CoreDirective { name: "worker_cpu_affinity", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: ignore },
-    CoreDirective { name: "worker_rlimit_core", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "worker_rlimit_core",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |_, cmd, _| value::size(cmd).map(drop),
+    },
     CoreDirective { name: "working_directory", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
-    CoreDirective { name: "debug_points", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "debug_points",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |_, cmd, _| match cmd.arg(0) {
+            "stop" | "abort" => Ok(()),
+            v => Err(cmd.err(format!("invalid value \"{}\"", v))),
+        },
+    },
+    // Threads are for nginx's file I/O, which sluice does not do.
+    CoreDirective { name: "thread_pool", ctx: Ctx::MAIN, args: Arity::Between(2, 3), set: ignore },
 ];
 
 impl MainConf {

@@ -57,6 +57,8 @@ pub struct LogSrv {
     pub logs: Option<Vec<AccessLog>>,
     /// `access_log off` at this level: nothing is logged here, whatever else is listed.
     pub off: bool,
+    /// `open_log_file_cache` was given at this level (a second one is a duplicate).
+    pub open_file_cache_set: bool,
 }
 
 /// nginx's `ngx_stream_log_compile_format`: like a complex value, but `$` must start a
@@ -104,6 +106,35 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let text: String = rest.concat();
     let parts = compile_format(&text, cmd, &mut cx.vars)?;
     cx.main.log.formats.push(Rc::new(LogFormat { name, escape, parts }));
+    Ok(())
+}
+
+/// `open_log_file_cache`: checked as nginx does, then not needed. nginx caches the
+/// descriptors of log paths with variables; sluice opens those per line.
+fn open_log_file_cache(c: &mut LogSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    if c.open_file_cache_set {
+        return Err(cmd.duplicate());
+    }
+    c.open_file_cache_set = true;
+    let (mut max, mut off) = (0, false);
+    for a in &cmd.args {
+        let ok = match a.split_once('=') {
+            Some(("max", v)) => value::parse_number(v).map(|n| max = n).is_some(),
+            Some(("min_uses", v)) => value::parse_number(v).is_some(),
+            Some(("inactive" | "valid", v)) => value::parse_time(v, true).is_some(),
+            _ if a == "off" => {
+                off = true;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(cmd.err(format!("invalid \"open_log_file_cache\" parameter \"{}\"", a)));
+        }
+    }
+    if !off && max == 0 {
+        return Err(cmd.err("\"open_log_file_cache\" must have \"max\" parameter"));
+    }
     Ok(())
 }
 
@@ -186,6 +217,12 @@ impl Module for Log {
     const DIRECTIVES: &'static [Directive<Self>] = &[
         Directive { name: "log_format", ctx: Ctx::STREAM_MAIN, args: Arity::TwoOrMore, set: Set::Main(log_format) },
         Directive { name: "access_log", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 6), set: Set::Srv(access_log) },
+        Directive {
+            name: "open_log_file_cache",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Between(1, 4),
+            set: Set::Srv(open_log_file_cache),
+        },
     ];
 
     /// `ngx_stream_log_merge_conf`: a level with neither logs nor `off` inherits both.

@@ -150,6 +150,16 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     c.bind.set(cmd, b)
 }
 
+/// `proxy_downstream_buffer` / `proxy_upstream_buffer`: `proxy_buffer_size`, with
+/// nginx's warning.
+fn old_buffer(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    cx.warn(
+        cmd,
+        &format!("the \"{}\" directive is deprecated, use the \"proxy_buffer_size\" directive instead", cmd.name),
+    );
+    c.buffer_size.set(cmd, value::size(cmd)?)
+}
+
 /// A `proxy_bind` address (`ngx_parse_addr_port`): an IP address, in brackets for IPv6,
 /// with an optional port.
 fn bind_addr(text: &str) -> Option<SocketAddr> {
@@ -191,6 +201,19 @@ impl Module for Proxy {
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
             set: Set::<Self>::Srv(|c, cmd, _| c.buffer_size.set(cmd, value::size(cmd)?)),
+        },
+        // nginx 1.9's names for it, still read (ngx_conf_deprecated).
+        Directive {
+            name: "proxy_downstream_buffer",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::Srv(old_buffer),
+        },
+        Directive {
+            name: "proxy_upstream_buffer",
+            ctx: Ctx::MAIN_SRV,
+            args: Arity::Take(1),
+            set: Set::Srv(old_buffer),
         },
         Directive {
             name: "proxy_next_upstream",
