@@ -524,6 +524,76 @@ fn error_log_to_syslog() {
     assert!(msg.contains("[info]") && msg.contains("client 127.0.0.1:") && !msg.ends_with('\n'), "{msg}");
 }
 
+/// `access_log syslog:`: a datagram per line, without its newline, at severity info
+/// unless given; recorded side by side with nginx 1.22.1 for this configuration:
+/// "<190>Nov 22 05:35:22 vm nginx: 127.0.0.1 200 x" and, with tag, severity, facility and
+/// nohostname, "<140>Nov 22 05:35:22 sl: 127.0.0.1 200 x". Buffering is refused.
+#[test]
+fn access_log_to_syslog() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
+    sink.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
+    let sport = sink.local_addr().expect("addr").port();
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f '$remote_addr $status x'; server {{ listen 127.0.0.1:{p}; return hi; \
+         access_log syslog:server=127.0.0.1:{sport} f; \
+         access_log syslog:server=127.0.0.1:{sport},tag=sl,severity=warn,facility=local1,nohostname f; }} }}"
+    ));
+    assert_eq!(exchange(p, b""), b"hi");
+    let host = sluice::core::log::hostname();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut buf = [0u8; 4096];
+        let n = sink.recv(&mut buf).expect("a syslog datagram");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // "<PRI>Mon dd hh:mm:ss " is 5 + 16 bytes long.
+        got.push(format!("{}{}", &msg[..5], msg.get(21..).unwrap_or("")));
+    }
+    assert_eq!(got, [format!("<190>{host} nginx: 127.0.0.1 200 x"), "<140>sl: 127.0.0.1 200 x".to_string()]);
+
+    let dir = TempDir::new("syslog-buffer");
+    std::fs::write(
+        dir.join("s.conf"),
+        "events {} stream { log_format f x; access_log syslog:server=127.0.0.1:514 f buffer=4k; \
+         server { listen 127.0.0.1:1; return x; } }\n",
+    )
+    .expect("write");
+    let out = run(&["-t", "-p", &dir.prefix(), "-c", "s.conf"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("[emerg] logs to syslog cannot be buffered in "), "{err}");
+}
+
+/// A syslog server that is not listening: the ICMP error fails the next send, and
+/// nginx 1.22.1 logs it so (recorded side by side: the second of three sessions).
+#[test]
+fn access_log_to_a_closed_syslog_port() {
+    let (p, dead) = (free_port(), free_udp_port_for_syslog());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return hi; \
+         access_log syslog:server=127.0.0.1:{dead} f; }} }}"
+    ));
+    for _ in 0..3 {
+        assert_eq!(exchange(p, b""), b"hi");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = s.pid();
+    let want = [
+        format!("[error] {pid}#{pid}: send() failed (111: Connection refused)"),
+        format!("[warn] {pid}#{pid}: *2 send() to syslog failed while returning text, client: 127.0.0.1, server: 127.0.0.1:{p}"),
+    ];
+    let got = || -> Vec<String> {
+        s.error_log().lines().filter(|l| l.contains("send()")).map(|l| l.get(20..).unwrap_or("").to_string()).collect()
+    };
+    wait_for(Duration::from_secs(5), || got().len() >= 2);
+    assert_eq!(got(), want, "{}", s.error_log());
+}
+
+/// A UDP port nothing listens on.
+fn free_udp_port_for_syslog() -> u16 {
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    u.local_addr().expect("addr").port()
+}
+
 #[test]
 fn syslog_parameters_as_nginx() {
     let dir = TempDir::new("syslog");

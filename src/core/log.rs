@@ -39,6 +39,36 @@ pub struct Syslog {
     hostname: Option<String>,
 }
 
+impl Syslog {
+    /// A connected, non-blocking UDP socket to the server of `c`.
+    pub fn open(c: &SyslogConf) -> io::Result<Syslog> {
+        let bind = if c.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.connect(c.server)?;
+        sock.set_nonblocking(true)?;
+        let hostname = (!c.nohostname).then(hostname);
+        Ok(Syslog { sock, facility: c.facility, tag: c.tag.clone(), hostname })
+    }
+
+    /// One message, `ngx_syslog_add_header` + `ngx_syslog_send`: "<PRI>TIME HOST TAG: "
+    /// then `text`, in one datagram; a message that cannot go now is dropped (the error
+    /// says why: a server that is not listening shows at the next send).
+    pub fn send(&self, severity: u32, text: &[u8]) -> io::Result<usize> {
+        let mut head = format!("<{}>", self.facility * 8 + severity);
+        crate::core::time::syslog_time(&mut head);
+        if let Some(h) = &self.hostname {
+            head.push(' ');
+            head.push_str(h);
+        }
+        head.push(' ');
+        head.push_str(&self.tag);
+        head.push_str(": ");
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(text);
+        self.sock.send(&msg)
+    }
+}
+
 /// What `syslog:` parameters say: server, facility, tag, nohostname (severity applies to
 /// access logs only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,12 +201,7 @@ impl ErrorLog {
                 Sink::Stderr
             } else if let Some(spec) = path.strip_prefix("syslog:") {
                 let c = parse_syslog(spec).map_err(|m| (path.clone(), io::Error::other(m)))?;
-                let bind = if c.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-                let sock = std::net::UdpSocket::bind(bind).map_err(|e| (path.clone(), e))?;
-                sock.connect(c.server).map_err(|e| (path.clone(), e))?;
-                let _ = sock.set_nonblocking(true);
-                let hostname = (!c.nohostname).then(hostname);
-                Sink::Syslog(Syslog { sock, facility: c.facility, tag: c.tag, hostname })
+                Sink::Syslog(Syslog::open(&c).map_err(|e| (path.clone(), e))?)
             } else {
                 Sink::File(RefCell::new(open_append(path).map_err(|e| (path.clone(), e))?))
             };
@@ -254,18 +279,8 @@ impl ErrorLog {
                     }
                     Sink::File(f) => f.borrow().as_raw_fd(),
                     Sink::Syslog(s) => {
-                        // <PRI>TIME HOST TAG: LINE (the whole line, without its newline).
-                        let mut msg = format!("<{}>", s.facility * 8 + (level as u32).saturating_sub(1));
-                        crate::core::time::syslog_time(&mut msg);
-                        if let Some(h) = &s.hostname {
-                            msg.push(' ');
-                            msg.push_str(h);
-                        }
-                        msg.push(' ');
-                        msg.push_str(&s.tag);
-                        msg.push_str(": ");
-                        msg.push_str(line.trim_end_matches('\n'));
-                        let _ = s.sock.send(msg.as_bytes());
+                        // The whole line, without its newline.
+                        let _ = s.send((level as u32).saturating_sub(1), line.trim_end_matches('\n').as_bytes());
                         continue;
                     }
                 };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value;
 use crate::core::conf::{Cmd, ConfResult};
+use crate::core::log::Level;
 use crate::core::logfile::FileSpec;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
@@ -42,6 +43,8 @@ pub enum Target {
     File(usize),
     /// A path with variables: opened for each line.
     Dynamic(Complex),
+    /// `syslog:...`: a datagram per line, at this severity (info unless given).
+    Syslog(Rc<crate::core::log::Syslog>, u32),
 }
 
 #[derive(Clone)]
@@ -147,10 +150,14 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             Some(a) => Err(cmd.invalid_parameter(a)),
         };
     }
-    if cmd.arg(0).starts_with("syslog:") {
-        return Err(cmd.err("access_log to syslog is not supported by sluice yet"));
-    }
-    let path = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+    let syslog = match cmd.arg(0).strip_prefix("syslog:") {
+        Some(spec) => Some(crate::core::log::parse_syslog(spec).map_err(|m| cmd.err(m))?),
+        None => None,
+    };
+    let path = match syslog {
+        Some(_) => Complex::literal(b""),
+        None => Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?,
+    };
     if cmd.args.len() < 2 {
         return Err(cmd.err("log format is not specified"));
     }
@@ -189,6 +196,17 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     }
     if flush.is_some() && buffer == 0 {
         return Err(cmd.err(format!("no buffer is defined for access_log \"{}\"", cmd.arg(0))));
+    }
+    if let Some(conf) = syslog {
+        if buffer != 0 {
+            return Err(cmd.err("logs to syslog cannot be buffered"));
+        }
+        let sink = crate::core::log::Syslog::open(&conf)
+            .map_err(|e| cmd.err(format!("socket() failed {}", crate::core::conf::os_err(&e))))?;
+        // ngx_syslog_process_conf: access logs are "info" unless a severity is given.
+        let target = Target::Syslog(Rc::new(sink), conf.severity.unwrap_or(6));
+        c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond });
+        return Ok(());
     }
     let target = match path.as_static() {
         Some(p) => {
@@ -321,6 +339,14 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             Target::File(i) => {
                 if let Some(Some(f)) = cx.rt.files.get_mut(*i) {
                     let _ = f.write_line(&line, cx.now);
+                }
+            }
+            Target::Syslog(sink, severity) => {
+                // The line without its newline, as nginx sends it.
+                if let Err(e) = sink.send(*severity, &line[..line.len() - 1]) {
+                    // ngx_syslog_send's own line (no session context), then the log's.
+                    crate::core::log::error(Level::Error, "send() failed", Some(&e));
+                    s.log(Level::Warn, "send() to syslog failed", None);
                 }
             }
             Target::Dynamic(p) => {

@@ -164,7 +164,8 @@ fn old_buffer(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 /// with an optional port.
 fn bind_addr(text: &str) -> Option<SocketAddr> {
     if let Ok(a) = text.parse::<SocketAddr>() {
-        return Some(a);
+        // A port given must be a port (ngx_parse_addr_port refuses 0).
+        return (a.port() != 0).then_some(a);
     }
     let ip = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     ip.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))

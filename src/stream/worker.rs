@@ -810,9 +810,11 @@ impl Worker {
             c.get().close(&mut sess.core, &mut cx);
         }
         cx.timers.clear(&mut sess.core.preread_timer);
-        sess.core.action = None;
         let cycle = sess.core.cycle.clone();
+        // The log phase keeps the session's last action, as nginx's log context does
+        // ("send() to syslog failed while returning text").
         cycle.phases.run_log(&mut sess.core, &mut cx);
+        sess.core.action = None;
         for c in std::mem::take(&mut sess.core.cleanups) {
             c(cx.rt);
         }
