@@ -674,38 +674,40 @@ fn usr1_lines_as_nginx() {
     assert!(wait_in_epoll(single.pid()));
     single.signal(libc::SIGUSR1);
     let pid = single.pid();
-    let want = [
-        format!("[notice] {pid}#{pid}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
-        format!("[info] {pid}#{pid}: epoll_wait() failed (4: Interrupted system call)"),
-        format!("[notice] {pid}#{pid}: reopening logs"),
-    ];
-    let tail = || -> Vec<String> {
-        let log = single.error_log();
-        let lines: Vec<String> = log.lines().map(|l| l.get(20..).unwrap_or("").to_string()).collect();
-        lines[lines.len().saturating_sub(3)..].to_vec()
-    };
-    wait_for(Duration::from_secs(5), || tail() == want);
-    assert_eq!(tail(), want, "{}", single.error_log());
+    expect_last_lines(
+        &single,
+        &[
+            format!("[notice] {pid}#{pid}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
+            format!("[info] {pid}#{pid}: epoll_wait() failed (4: Interrupted system call)"),
+            format!("[notice] {pid}#{pid}: reopening logs"),
+        ],
+    );
 
     let m = Sluice::start_master(1, conf);
     assert!(wait_for(Duration::from_secs(10), || m.error_log().contains("start worker process ")));
-    let worker = m.error_log().lines().find_map(|l| l.split("start worker process ").nth(1).map(str::to_string));
-    let worker = worker.expect("worker pid");
-    assert!(wait_in_epoll(worker.parse().expect("pid")), "the worker never waits for events");
+    let worker = *log_pids(&m.error_log()).first().expect("worker pid");
+    assert!(wait_in_epoll(worker), "the worker never waits for events");
     m.signal(libc::SIGUSR1);
     let master = m.pid();
-    let want = [
-        format!("[notice] {master}#{master}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
-        format!("[notice] {master}#{master}: reopening logs"),
-        format!("[notice] {worker}#{worker}: reopening logs"),
-    ];
+    expect_last_lines(
+        &m,
+        &[
+            format!("[notice] {master}#{master}: signal 10 (SIGUSR1) received from {me}, reopening logs"),
+            format!("[notice] {master}#{master}: reopening logs"),
+            format!("[notice] {worker}#{worker}: reopening logs"),
+        ],
+    );
+}
+
+/// Wait until the error log ends with `want` (lines without their timestamps).
+fn expect_last_lines(s: &Sluice, want: &[String]) {
     let tail = || -> Vec<String> {
-        let log = m.error_log();
+        let log = s.error_log();
         let lines: Vec<String> = log.lines().map(|l| l.get(20..).unwrap_or("").to_string()).collect();
-        lines[lines.len().saturating_sub(3)..].to_vec()
+        lines[lines.len().saturating_sub(want.len())..].to_vec()
     };
     wait_for(Duration::from_secs(5), || tail() == want);
-    assert_eq!(tail(), want, "{}", m.error_log());
+    assert_eq!(tail(), want, "{}", s.error_log());
 }
 
 /// QUIT ends a single process at once, as nginx's `ngx_single_process_cycle` (only a

@@ -175,7 +175,6 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         args: Arity::Flag,
         set: |c, cmd, _| c.multi_accept.set(cmd, value::flag(cmd)?),
     },
-    // Accepted for compatibility; sluice has no mutex or event array to tune.
     CoreDirective {
         name: "use",
         ctx: Ctx::EVENTS,
@@ -190,6 +189,8 @@ pub const DIRECTIVES: &[CoreDirective] = &[
             c.event_use.set(cmd, ())
         },
     },
+    // Accepted for compatibility (values checked); sluice has no mutex or event array to
+    // tune.
     CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
     CoreDirective {
         name: "accept_mutex_delay",
