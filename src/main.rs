@@ -252,7 +252,9 @@ fn run() -> i32 {
         }
         if args.dump {
             let mut out = std::io::stdout().lock();
-            for f in &cycle.files {
+            // A file included twice is dumped once (nginx keeps its dump by file name).
+            let mut seen = std::collections::HashSet::new();
+            for f in cycle.files.iter().filter(|f| seen.insert(f.path.clone())) {
                 let _ = writeln!(out, "# configuration file {}:", f.path);
                 let _ = out.write_all(&f.text);
                 let _ = out.write_all(b"\n");

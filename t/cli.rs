@@ -212,6 +212,11 @@ fn test_dump() {
 }
 
 #[test]
+fn test_dump_include_twice() {
+    case("test-dump-include-twice", Some("include-twice"), &["-T"], true, &[]);
+}
+
+#[test]
 fn test_dump_quiet() {
     case("test-dump-quiet", Some("valid"), &["-T", "-q"], true, &[]);
 }

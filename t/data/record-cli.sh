@@ -76,6 +76,8 @@ run test-ok        valid  -t    "${STD[@]}" -g "$LM"
 run test-quiet     valid  -t -q "${STD[@]}" -g "$LM"
 run test-dump      valid  -T    "${STD[@]}" -g "$LM"
 run test-dump-quiet valid -T -q "${STD[@]}" -g "$LM"
+# a file included twice is dumped once
+run test-dump-include-twice include-twice -T "${STD[@]}" -g "$LM"
 # -q does not silence errors
 run test-quiet-error invalid -t -q "${STD[@]}" -g "$LM"
 run test-dump-error  invalid -T    "${STD[@]}" -g "$LM"
