@@ -226,6 +226,7 @@ cases! {
     events_missing,
     events_use_duplicate,
     events_use_invalid,
+    include_directory,
     include_error_in_included_file,
     include_missing,
     include_missing_absolute,

@@ -330,6 +330,12 @@ pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), C
             let block = parse_bytes(&text, file.clone());
             Ok((ConfFile { path: file, text }, block))
         }
+        // nginx opens a directory fine and fails reading it, at crit and with no place.
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(ConfError {
+            level: crate::core::conf::Level::Crit,
+            msg: format!("pread() \"{}\" failed {}", path, os_err(&e)),
+            at: None,
+        }),
         Err(e) => {
             let msg = format!("open() \"{}\" failed {}", path, os_err(&e));
             Err(match from {
