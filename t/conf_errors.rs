@@ -358,6 +358,8 @@ cases! {
     variable_braced_digit,
     variables_hash_duplicate,
     worker_connections_too_few,
+    worker_cpu_affinity_auto_args,
+    worker_cpu_affinity_invalid,
     worker_processes_duplicate_first,
 }
 

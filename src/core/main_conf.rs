@@ -22,6 +22,8 @@ pub struct MainConf {
     pub multi_accept: Setting<bool>,
     /// `use METHOD`: only epoll is built in.
     pub event_use: Setting<()>,
+    /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset).
+    pub cpu_affinity: Setting<()>,
     pub env: Vec<String>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
@@ -54,6 +56,32 @@ fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
         value::parse_number(cmd.arg(0)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))? as usize
     };
     c.worker_processes.set(cmd, n)
+}
+
+/// `worker_cpu_affinity [auto] MASK ...`: nginx's checks (`ngx_set_cpu_affinity`).
+fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    if c.cpu_affinity.is_set() {
+        return Err(cmd.duplicate());
+    }
+    c.cpu_affinity.set(cmd, ())?;
+    let masks = if cmd.arg(0) == "auto" {
+        if cmd.args.len() > 2 {
+            return Err(cmd.err(format!("invalid number of arguments in \"{}\" directive", cmd.name)));
+        }
+        &cmd.args[1..]
+    } else {
+        &cmd.args[..]
+    };
+    for m in masks {
+        if m.len() > 1024 {
+            return Err(cmd.err("\"worker_cpu_affinity\" supports up to 1024 CPUs only"));
+        }
+        // Read from the last character, as nginx does; spaces are skipped.
+        if let Some(ch) = m.chars().rev().find(|ch| !matches!(ch, ' ' | '0' | '1')) {
+            return Err(cmd.err(format!("invalid character \"{}\" in \"worker_cpu_affinity\"", ch)));
+        }
+    }
+    Ok(())
 }
 
 /// `error_log FILE [LEVEL ...]` (`ngx_log_set_log` / `ngx_log_set_levels`).
@@ -225,7 +253,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
             value::parse_number(digits).map(drop).ok_or_else(|| ConfError::directive(cmd, "invalid number"))
         },
     },
-    CoreDirective { name: "worker_cpu_affinity", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: ignore },
+    CoreDirective { name: "worker_cpu_affinity", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: cpu_affinity },
     CoreDirective {
         name: "worker_rlimit_core",
         ctx: Ctx::MAIN,
