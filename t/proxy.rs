@@ -538,6 +538,47 @@ fn proxy_bind_sets_the_local_address_and_port() {
     drop(s);
 }
 
+/// A PROXY header, data and FIN in one segment: the FIN's edge came while the header
+/// was read, before relaying; the relay must still see the client's end and close at
+/// once (proxy_half_close off), as nginx does, not wait for the backend. The backend
+/// answers 300 ms after the data, so a missed FIN shows as its answer reaching the
+/// client.
+#[test]
+fn fin_with_the_proxy_header_ends_the_session() {
+    let b = backend_with(|mut c| {
+        let mut got = [0u8; 5];
+        if c.read_exact(&mut got).is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = c.write_all(b"late\n");
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest);
+        }
+    });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; proxy_pass 127.0.0.1:{b}; }} }}"
+    ));
+    for i in 0..5 {
+        // Accepted first; then, while sluice is stopped, header, data and FIN come, so
+        // one event carries them all while the header is still awaited.
+        let mut c = connect(p);
+        let accepted = format!("client 127.0.0.1:{} connected", c.local_addr().expect("addr").port());
+        assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&accepted)), "{}", s.error_log());
+        assert!(wait_in_epoll(s.pid()));
+        s.signal(libc::SIGSTOP);
+        c.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 4321 80\r\nhello").expect("write");
+        c.shutdown(Shutdown::Write).expect("shutdown");
+        std::thread::sleep(Duration::from_millis(20));
+        s.signal(libc::SIGCONT);
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(String::from_utf8_lossy(&got), "", "session {i}: the client got the backend's late answer");
+    }
+    let log = s.error_log();
+    assert_eq!(log.matches("client disconnected").count(), 5, "{log}");
+    assert!(!log.contains("upstream disconnected"), "{log}");
+}
+
 #[test]
 fn proxy_pass_to_unix_socket() {
     let dir = TempDir::new("unixb");
@@ -588,8 +629,8 @@ fn listen_on_unix_socket() {
     let b = backend(pong);
     let mut s = Sluice::start(&format!(
         "events {{}}\nstream {{\n  log_format u '$remote_addr|$server_addr|$status|$bytes_received|$bytes_sent|\
-         $upstream_addr';\n  server {{ listen unix:%%PREFIX%%sluice.sock; proxy_pass 127.0.0.1:{b}; \
-         access_log %%PREFIX%%u.log u; }}\n}}\n"
+         $upstream_addr|$binary_remote_addr|$remote_port';\n  server {{ listen unix:%%PREFIX%%sluice.sock; \
+         proxy_pass 127.0.0.1:{b}; access_log %%PREFIX%%u.log u; }}\n}}\n"
     ));
     let path = s.dir.join("sluice.sock");
     let mut c = UnixStream::connect(&path).expect("connect to sluice's unix listener");
@@ -603,7 +644,9 @@ fn listen_on_unix_socket() {
     let want = format!(" client unix: connected to unix:{}", path.display());
     let lines = s.wait_lines("u.log", 1);
     assert!(s.error_log().lines().any(|l| l.ends_with(&want)), "no line ending {:?} in\n{}", want, s.error_log());
-    assert_eq!(lines, vec![format!("unix:|unix:{}|200|6|5|127.0.0.1:{b}", path.display())]);
+    // $binary_remote_addr of a unix client is its address text, as nginx's (so
+    // limit_conn keyed on it counts unix clients); no port.
+    assert_eq!(lines, vec![format!("unix:|unix:{}|200|6|5|127.0.0.1:{b}|unix:|", path.display())]);
     assert_eq!(s.stop(), Some(0));
     no_alerts(&s);
 }

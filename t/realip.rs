@@ -78,6 +78,10 @@ stream {{
     let (c, me) = tcp("127.0.0.1", p4);
     let unknown = "PROXY UNKNOWN TCP4 192.0.2.1 192.0.2.2 1234 5678\r\n";
     assert_eq!(pp_get(c, unknown), format!("127.0.0.1:{me}:127.0.0.1:{me}"), "UNKNOWN");
+    // Port 0 in the header: $remote_port is empty, as nginx prints no port 0.
+    let (c, me) = tcp("127.0.0.1", p4);
+    let zero = "PROXY TCP4 192.0.2.1 192.0.2.2 0 5678\r\n";
+    assert_eq!(pp_get(c, zero), format!("192.0.2.1::127.0.0.1:{me}"), "source port 0");
     // Without proxy_protocol on the listener the header is just data.
     let (c, me) = tcp("127.0.0.1", off);
     assert_eq!(pp_get(c, ""), format!("127.0.0.1:{me}:127.0.0.1:{me}"), "no proxy_protocol");

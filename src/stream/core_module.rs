@@ -423,7 +423,9 @@ fn var_binary_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> b
             std::net::IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
             std::net::IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
         },
-        Addr::Unix(_) => {}
+        // nginx gives a unix client's address text ("unix:"), so a limit keyed on it
+        // still counts unix clients.
+        Addr::Unix(_) => s.remote.write_host(out),
     }
     true
 }
@@ -433,8 +435,9 @@ fn var_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Port 0 (a PROXY header's, say) is no port to nginx: empty.
 fn var_remote_port(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    if let Some(p) = s.remote.port() {
+    if let Some(p) = s.remote.port().filter(|&p| p != 0) {
         let _ = write!(out, "{}", p);
     }
     true
@@ -446,7 +449,7 @@ fn var_server_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
 }
 
 fn var_server_port(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    if let Some(p) = s.local.port() {
+    if let Some(p) = s.local.port().filter(|&p| p != 0) {
         let _ = write!(out, "{}", p);
     }
     true

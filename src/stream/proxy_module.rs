@@ -389,8 +389,12 @@ impl HashKey {
     }
 }
 
-fn new_session(_: &mut SessionCore) -> ContentSession {
+fn new_session(s: &mut SessionCore) -> ContentSession {
     let now = crate::core::time::instant();
+    let mut down = Direction::default();
+    // A hang-up seen before content (with a PROXY header or preread) is not signalled
+    // again: read the client to its end.
+    down.greedy = s.client_hup;
     ContentSession::Proxy(ProxySession {
         upstream: None,
         group: None,
@@ -400,7 +404,7 @@ fn new_session(_: &mut SessionCore) -> ContentSession {
         first_start: now,
         connect_timer: None,
         timer: None,
-        down: Direction::default(),
+        down,
         up: Direction::default(),
         half_closed: false,
         key: None,

@@ -37,10 +37,15 @@ pub enum Parsed {
     Invalid(Option<String>),
 }
 
-/// nginx 1.22.1 logs every byte it read (later versions stop at the line end).
+/// nginx 1.22.1 logs every byte it read, and it read at most 107 (the longest v1 line);
+/// sluice reads more for v2 TLVs, but logs what 1.22.1 would have.
 fn broken(buf: &[u8]) -> Parsed {
-    Parsed::Invalid(Some(format!("broken header: \"{}\"", String::from_utf8_lossy(buf))))
+    let shown = &buf[..buf.len().min(V1_MAX)];
+    Parsed::Invalid(Some(format!("broken header: \"{}\"", String::from_utf8_lossy(shown))))
 }
+
+/// nginx 1.22.1's NGX_PROXY_PROTOCOL_MAX_HEADER: the longest v1 header line.
+const V1_MAX: usize = 107;
 
 /// `ngx_proxy_protocol_read`.
 pub fn read(buf: &[u8]) -> Parsed {

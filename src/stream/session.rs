@@ -158,6 +158,10 @@ pub struct SessionCore {
     pub var_cache: Vec<Option<Vec<u8>>>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
+    /// The client's end (or an error) was signalled while the phases before content ran
+    /// (reading a PROXY header, preread): that edge will not come again, so the relay
+    /// must read the client to its end.
+    pub client_hup: bool,
     /// The last regex match ($1..$9), as nginx keeps `s->captures`.
     pub captures: Captures,
     /// Work to do when the session ends, after the log phase (limit_conn releases its

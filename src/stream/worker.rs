@@ -598,6 +598,7 @@ impl Worker {
             udp_key: None,
             var_cache: Vec::new(),
             logging: false,
+            client_hup: false,
             captures: Default::default(),
             cleanups: Vec::new(),
             pass_to: None,
@@ -689,6 +690,9 @@ impl Worker {
         let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
             State::Phases => {
+                if side == Side::Client && (ready.hup || ready.error) {
+                    sess.core.client_hup = true;
+                }
                 if side == Side::Client && (ready.readable || ready.hup || ready.error) {
                     self.run_phases(key, now);
                 }
