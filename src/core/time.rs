@@ -98,6 +98,21 @@ pub fn instant() -> Instant {
     })
 }
 
+/// The wall-clock second `t` falls in (nginx's `ngx_time()` at that moment), from one
+/// pairing of the two clocks per process.
+pub fn wall_secs_of(t: Instant) -> i64 {
+    use std::sync::OnceLock;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    static BASE: OnceLock<(Instant, Duration)> = OnceLock::new();
+    let (i0, w0) =
+        *BASE.get_or_init(|| (Instant::now(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()));
+    let w = match t.checked_duration_since(i0) {
+        Some(d) => w0 + d,
+        None => w0.saturating_sub(i0 - t),
+    };
+    w.as_secs() as i64
+}
+
 /// `(seconds, milliseconds)` since the epoch, as cached.
 pub fn wall() -> (i64, u32) {
     with(|n| (n.sec, n.msec))

@@ -230,8 +230,21 @@ impl Peer {
     pub fn is_failed(&self, now: Instant) -> bool {
         self.max_fails != 0
             && self.fails >= self.max_fails
-            && self.checked.is_some_and(|c| now.saturating_duration_since(c) <= self.fail_timeout)
+            && self.checked.is_some_and(|c| within(c, now, self.fail_timeout))
     }
+
+    /// `checked` is older than `fail_timeout` (or unset): nginx's "now - checked >
+    /// fail_timeout", taken in whole wall-clock seconds as nginx's `ngx_time()` (so a
+    /// failed peer is back 1 to 2 s after a 1 s fail_timeout, as in nginx).
+    pub fn check_due(&self, now: Instant) -> bool {
+        self.checked.is_none_or(|c| !within(c, now, self.fail_timeout))
+    }
+}
+
+/// `now - then <= span`, in whole wall-clock seconds.
+fn within(then: Instant, now: Instant, span: Duration) -> bool {
+    let elapsed = crate::core::time::wall_secs_of(now) - crate::core::time::wall_secs_of(then);
+    elapsed <= span.as_secs() as i64
 }
 
 impl PeerSet {
@@ -346,7 +359,7 @@ pub trait Balancer {
 pub fn take(peers: &mut PeerSet, pick: &mut PeerPick, id: PeerId, now: Instant) -> PeerId {
     if let Some(p) = peers.group(id.backup).get_mut(id.index) {
         p.conns += 1;
-        if p.checked.is_none_or(|c| now.saturating_duration_since(c) > p.fail_timeout) {
+        if p.check_due(now) {
             p.checked = Some(now);
         }
     }
@@ -393,6 +406,18 @@ pub(crate) mod tests {
             peers.release(&mut p, Outcome::Ok, now);
         }
         id
+    }
+
+    #[test]
+    fn fail_timeout_counts_whole_seconds_as_nginx() {
+        // nginx compares ngx_time() seconds: with fail_timeout=1s a peer is out for at
+        // least 1 s and at most 2 s, whatever the fraction of the second it failed in.
+        let start = Instant::now();
+        for ms in (0..2000).step_by(37) {
+            let then = start + Duration::from_millis(ms);
+            assert!(within(then, then + Duration::from_millis(999), Duration::from_secs(1)));
+            assert!(!within(then, then + Duration::from_millis(2001), Duration::from_secs(1)));
+        }
     }
 
     #[test]

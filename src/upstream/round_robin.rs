@@ -32,7 +32,7 @@ fn get_peer(group: &mut [super::Peer], pick: &mut PeerPick, backup: bool, now: I
     pick.tried.insert(b);
     let p = &mut group[b];
     p.current_weight -= total;
-    if p.checked.is_none_or(|c| now.saturating_duration_since(c) > p.fail_timeout) {
+    if p.check_due(now) {
         p.checked = Some(now);
     }
     Some(PeerId { backup, index: b })
