@@ -225,10 +225,18 @@ fn run() -> i32 {
     };
 
     if let Some(sig) = &args.signal {
+        // nginx's ngx_signal_process says so first (into the log, like any notice).
+        log::error(Level::Notice, "signal process started", None);
         return match process::send_signal(cycle.core.pid.get().as_str(), sig) {
             Ok(()) => 0,
             Err(e) => {
-                log::stderr(&e);
+                // "[level] text" goes to the log as nginx's does (and so to stderr too);
+                // an option error only to stderr.
+                let leveled = e.strip_prefix('[').and_then(|r| r.split_once("] "));
+                match leveled.and_then(|(l, text)| Level::from_name(l).map(|l| (l, text))) {
+                    Some((level, text)) => log::error(level, text, None),
+                    None => log::stderr(&e),
+                }
                 1
             }
         };

@@ -332,6 +332,24 @@ fn signal_missing_pid_other_signals() {
     }
 }
 
+/// `-s` logs as nginx's ngx_signal_process: "signal process started" (notice), then the
+/// failure, both in the `-e` log (the failure also on stderr, as checked above).
+#[test]
+fn signal_lines_in_the_log() {
+    let tmp = setup(Some("signal"));
+    let dir = dir_of(&tmp);
+    let mut args = vec!["-s".to_string(), "stop".into()];
+    args.extend(std_args(&dir));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(tmp.join("error.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().map(|l| l.get(20..).unwrap_or("")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].starts_with("[notice] ") && lines[0].ends_with(": signal process started"), "{log}");
+    assert!(lines[1].starts_with("[error] ") && lines[1].contains(": open() \""), "{log}");
+}
+
 #[test]
 fn signal_bad_pid() {
     case("signal-bad-pid", Some("signal-bad-pid"), &["-s", "stop"], true, &[]);
