@@ -439,14 +439,7 @@ fn upstream_resolve_flipping_answer_fails_no_connection() {
     let be = two_backends();
     dns.set("flip.test", Zone { a: vec![ip("127.0.0.2")], ttl: 0, ..Zone::default() });
     let p = free_port();
-    let s = Sluice::start(&format!(
-        "events {{}}\nstream {{\n\
-           resolver 127.0.0.1:{d} ipv6=off;\n\
-           upstream u {{ zone z 64k; server flip.test:{be} resolve; }}\n\
-           server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
-         }}",
-        d = dns.port
-    ));
+    let s = Sluice::start(&one_resolved_upstream(dns.port, "flip.test", be, p));
     assert!(wait_for(Duration::from_secs(5), || ask(p) == "B2"), "{}", s.error_log());
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..50)
@@ -637,14 +630,7 @@ fn upstream_resolve_running_session_outlives_its_peer() {
     });
     dns.set("move.test", Zone { a: vec![ip("127.0.0.2")], ttl: 1, ..Zone::default() });
     let p = free_port();
-    let s = Sluice::start(&format!(
-        "events {{}}\nstream {{\n\
-           resolver 127.0.0.1:{d} ipv6=off;\n\
-           upstream u {{ zone z 64k; server move.test:{port} resolve; }}\n\
-           server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
-         }}",
-        d = dns.port
-    ));
+    let s = Sluice::start(&one_resolved_upstream(dns.port, "move.test", port, p));
     let echoes = |c: &mut TcpStream, m: &[u8]| {
         let mut b = vec![0u8; m.len()];
         c.write_all(m).is_ok() && c.read_exact(&mut b).is_ok() && b == m
@@ -669,4 +655,16 @@ fn upstream_resolve_running_session_outlives_its_peer() {
         assert_eq!(ask(p), "B3", "a new session went to the peer that left");
     }
     assert!(echoes(&mut held, b"still here"), "the running session was cut\n{}", s.error_log());
+}
+
+/// A stream block whose one server proxies to `upstream u`, one `server NAME:PORT
+/// resolve` line asking the test's DNS server.
+fn one_resolved_upstream(dns: u16, name: &str, port: u16, listen: u16) -> String {
+    format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{dns} ipv6=off;\n\
+           upstream u {{ zone z 64k; server {name}:{port} resolve; }}\n\
+           server {{ listen 127.0.0.1:{listen}; proxy_pass u; }}\n\
+         }}"
+    )
 }

@@ -102,10 +102,8 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         };
         rest = &rest[1..];
     }
-    // NGX_CONF_2MORE: a name and at least one more (an escape alone is an empty format).
-    if cmd.args.len() < 2 {
-        return Err(cmd.err(format!("invalid number of arguments in \"{}\" directive", cmd.name)));
-    }
+    // (Arity::TwoOrMore has checked there is more than the name: an escape alone is an
+    // empty format, as in nginx.)
     let text: String = rest.concat();
     let parts = compile_format(&text, cmd, &mut cx.vars)?;
     cx.main.log.formats.push(Rc::new(LogFormat { name, escape, parts }));
