@@ -70,9 +70,15 @@ impl Signals {
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
         }
-        // SAFETY: ignoring SIGPIPE so that writes to closed sockets return EPIPE.
+        // SAFETY: ignoring SIGPIPE so that writes to closed sockets return EPIPE; an
+        // empty signal mask, as nginx's processes run with (its master waits in
+        // sigsuspend with an empty mask, its workers set it empty): a mask inherited
+        // from whatever started us must not hold back SIGCHLD, SIGHUP or SIGQUIT.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         }
         Ok(Signals { fd: fds[0] })
     }
