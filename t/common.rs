@@ -51,8 +51,35 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port, free for TCP and UDP (and on ::1) a moment ago, that no other caller in this
+/// process gets.
+///
+/// Why not bind(0) and release: the kernel gives ports of its ephemeral range to every
+/// bind(0) of every test (backends, clients), so a port released here could go to
+/// another test's backend before sluice binds it ("Address already in use", seen under
+/// load). Ports are taken below that range, from a sequence with a per-process start so
+/// that two test processes walk different ports.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|w| w.parse::<usize>().ok()))
+        .unwrap_or(0);
+    const FIRST: usize = 10000;
+    if low > FIRST + 1000 {
+        let span = low - FIRST;
+        let start = std::process::id() as usize * 7919 % span;
+        for _ in 0..span {
+            let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+            let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("::1", port))
+                    .map_or_else(|e| e.kind() != std::io::ErrorKind::AddrInUse, |_| true);
+            if free {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 

@@ -266,7 +266,7 @@ fn udp_sessions() {
             let _ = echo.send_to(&buf[..n], from);
         }
     });
-    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("port").port();
+    let port = free_port();
     let conf = format!(
         "events {{}}
 stream {{

@@ -451,7 +451,7 @@ fn ipv6_addresses() {
             std::thread::spawn(move || pong(c));
         }
     });
-    let p = std::net::TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()).expect("free [::1] port").port();
+    let p = free_port();
     let mut s = Sluice::start(&format!(
         "events {{}}\nstream {{\n  log_format v6 '$remote_addr|$remote_port|$binary_remote_addr|$server_addr|\
          $server_port|$upstream_addr|$status';\n  server {{ listen [::1]:{p}; proxy_pass [::1]:{b}; \
@@ -567,7 +567,7 @@ fn access_log_to_syslog() {
 /// nginx 1.22.1 logs it so (recorded side by side: the second of three sessions).
 #[test]
 fn access_log_to_a_closed_syslog_port() {
-    let (p, dead) = (free_port(), free_udp_port_for_syslog());
+    let (p, dead) = (free_port(), free_port());
     let s = Sluice::start(&format!(
         "events {{}} stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return hi; \
          access_log syslog:server=127.0.0.1:{dead} f; }} }}"
@@ -586,12 +586,6 @@ fn access_log_to_a_closed_syslog_port() {
     };
     wait_for(Duration::from_secs(5), || got().len() >= 2);
     assert_eq!(got(), want, "{}", s.error_log());
-}
-
-/// A UDP port nothing listens on.
-fn free_udp_port_for_syslog() -> u16 {
-    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    u.local_addr().expect("addr").port()
 }
 
 #[test]

@@ -132,7 +132,7 @@ stream {{
 
 #[test]
 fn udp_is_refused() {
-    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("port").port();
+    let port = free_port();
     let b = free_port();
     let conf = format!(
         "events {{}}

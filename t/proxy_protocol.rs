@@ -14,13 +14,13 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{backend, wait_for, Sluice};
+use crate::common::{backend, free_port, wait_for, Sluice};
 use crate::recorded::{match_masked, Caps};
 
 // ------------------------------------------------------------ the recording --
@@ -152,17 +152,12 @@ impl Bed {
         // All ports held open until every one is picked, so no two are the same.
         let mut ports = HashMap::new();
         ports.insert("BACKEND_MIRROR".to_string(), backend(mirror));
-        let mut held = Vec::new();
         for n in ["PP", "PP_PROXY", "SEND4", "SEND_PP", "SEND_REALIP", "SP", "SP_SMALL", "SP_PP", "SP_PROXY", "SEND6"]
             .iter()
             .chain(extra_ports)
         {
-            let host = if n.ends_with('6') { "[::1]:0" } else { "127.0.0.1:0" };
-            let l = TcpListener::bind(host).expect("bind a free port");
-            ports.insert(n.to_string(), l.local_addr().expect("addr").port());
-            held.push(l);
+            ports.insert(n.to_string(), free_port());
         }
-        drop(held);
         let stream = STREAM_CONF.rfind('}').expect("stream {} ends");
         let mut conf = format!("{}{}\n{}", &STREAM_CONF[..stream], extra, &STREAM_CONF[stream..]);
         for (n, p) in &ports {

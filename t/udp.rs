@@ -133,11 +133,6 @@ fn untag(r: &[u8]) -> Option<(u16, Vec<u8>)> {
 // ---------------------------------------------------------------------------------
 // Clients, logs, processes.
 
-/// A UDP port on loopback that was free a moment ago.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
-}
-
 /// A client socket connected to sluice's `port`.
 fn dgram(port: u16) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind client");
@@ -312,7 +307,7 @@ fn udp_dns_200_concurrent_clients_each_get_their_own_answer() {
     let be = UdpBackend::start(|q, peer| {
         dns_answer(q, u32::from(peer.port())).map(|a| vec![(ms(200), a)]).unwrap_or_default()
     });
-    let p = free_udp_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format u '$remote_port $protocol $status $bytes_received $bytes_sent $upstream_addr \
          $upstream_bytes_sent $upstream_bytes_received';\n\
@@ -394,7 +389,7 @@ fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
         seen2.lock().expect("ports").push(peer.port());
         Vec::new()
     });
-    let (p, q) = (free_udp_port(), free_udp_port());
+    let (p, q) = (free_port(), free_port());
     let s = Sluice::start(&conf(&format!(
         "server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_responses 1; proxy_timeout 5s; }}\n\
          server {{ listen 127.0.0.1:{q} udp; proxy_pass 127.0.0.1:{t}; proxy_responses 1; proxy_timeout 100ms; }}",
@@ -441,7 +436,7 @@ fn udp_proxy_requests_rebinds_after_n_datagrams() {
     let three = UdpBackend::start(|_, peer| {
         (1..=3).map(|k| (Duration::ZERO, tagged(peer.port(), k.to_string().as_bytes()))).collect()
     });
-    let (p, q) = (free_udp_port(), free_udp_port());
+    let (p, q) = (free_port(), free_port());
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $connection $status $bytes_received $bytes_sent';\n\
          proxy_timeout 1s;\n\
@@ -520,7 +515,7 @@ fn udp_proxy_responses_and_datagram_boundaries() {
         let n: usize = std::str::from_utf8(d).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
         (1..=n).map(|k| (Duration::ZERO, k.to_string().into_bytes())).collect()
     });
-    let (p0, p2, pu) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let (p0, p2, pu) = (free_port(), free_port(), free_port());
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $status $bytes_received $bytes_sent';\n\
          proxy_timeout 1s;\n\
@@ -579,7 +574,7 @@ fn udp_proxy_responses_and_datagram_boundaries() {
 fn udp_proxy_timeout_ends_with_200_or_502() {
     let echo = UdpBackend::tagging();
     let silent = UdpBackend::silent();
-    let (p1, p2, p3, p4) = (free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port());
+    let (p1, p2, p3, p4) = (free_port(), free_port(), free_port(), free_port());
     let s = Sluice::start(&conf(&format!(
         "log_format t '$remote_port $server_port $status $session_time';\n\
          access_log %%PREFIX%%t.log t;\n\
@@ -661,7 +656,7 @@ fn udp_proxy_timeout_ends_with_200_or_502() {
 #[test]
 fn udp_large_datagrams_relayed_whole() {
     let be = UdpBackend::start(|d, _| vec![(Duration::ZERO, d.iter().map(|b| b ^ 0xff).collect())]);
-    let p = free_udp_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $status $bytes_received $bytes_sent $upstream_bytes_sent \
          $upstream_bytes_received';\n\
@@ -692,7 +687,7 @@ fn udp_large_datagrams_relayed_whole() {
 #[test]
 fn udp_round_robin_and_upstream_addr() {
     let (a, b) = (UdpBackend::tagging(), UdpBackend::tagging());
-    let p = free_udp_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $status $upstream_addr';\n\
          upstream u {{ server 127.0.0.1:{pa}; server 127.0.0.1:{pb}; }}\n\
@@ -716,7 +711,7 @@ fn udp_round_robin_and_upstream_addr() {
 /// `return` over UDP: one datagram with the value, `$protocol` UDP.
 #[test]
 fn udp_return_answers_with_one_datagram() {
-    let p = free_udp_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $protocol $status $bytes_sent $bytes_received';\n\
          server {{ listen 127.0.0.1:{p} udp; return \"hi $protocol $remote_port\"; access_log %%PREFIX%%r.log r; }}"
@@ -739,8 +734,8 @@ fn udp_return_answers_with_one_datagram() {
 #[test]
 fn udp_icmp_unreachable_fails_the_peer() {
     let live = UdpBackend::tagging();
-    let dead = free_udp_port();
-    let p = free_udp_port();
+    let dead = free_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $status $upstream_addr $bytes_received $bytes_sent';\n\
          upstream u {{ server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{l}; }}\n\
@@ -791,8 +786,8 @@ fn udp_icmp_unreachable_fails_the_peer() {
 /// empty datagram to the client and a first-byte time.
 #[test]
 fn udp_after_a_failed_read_the_next_send_fails() {
-    let dead = free_udp_port();
-    let p = free_udp_port();
+    let dead = free_port();
+    let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format r '$remote_port $status $bytes_received $bytes_sent $upstream_bytes_sent \
          $upstream_bytes_received ${{upstream_first_byte_time}}s';\n\
@@ -829,7 +824,7 @@ fn udp_after_a_failed_read_the_next_send_fails() {
 fn udp_flooding_client_is_bounded_and_others_are_served() {
     let silent = UdpBackend::silent();
     let echo = UdpBackend::tagging();
-    let (pf, pe) = (free_udp_port(), free_udp_port());
+    let (pf, pe) = (free_port(), free_port());
     let s = Sluice::start(&conf(&format!(
         "server {{ listen 127.0.0.1:{pf} udp; proxy_pass 127.0.0.1:{sb}; proxy_timeout 1s; }}\n\
          server {{ listen 127.0.0.1:{pe} udp; proxy_pass 127.0.0.1:{eb}; proxy_responses 1; proxy_timeout 1s; }}",
@@ -925,7 +920,7 @@ fn udp_flooding_client_is_bounded_and_others_are_served() {
 fn udp_flood_under_upload_rate_is_dropped_and_counted() {
     let silent = UdpBackend::silent();
     let echo = UdpBackend::tagging();
-    let (pf, pe) = (free_udp_port(), free_udp_port());
+    let (pf, pe) = (free_port(), free_port());
     // 2 MB/s: 131 datagrams of 16,000 bytes at once, then one every 8 ms.
     let s = Sluice::start(&conf(&format!(
         "server {{ listen 127.0.0.1:{pf} udp; proxy_pass 127.0.0.1:{sb}; proxy_timeout 1s; \
@@ -1037,7 +1032,7 @@ fn udp_100k_clients_leave_no_sessions_behind() {
             Vec::new()
         }
     });
-    let p = free_udp_port();
+    let p = free_port();
     let s = Sluice::start(&format!(
         "events {{ worker_connections 40000; }}\nstream {{\n\
          log_format st $status;\n\
@@ -1161,7 +1156,7 @@ fn udp_100k_clients_leave_no_sessions_behind() {
 #[test]
 fn udp_reuseport_keeps_each_client_on_one_worker() {
     let be = UdpBackend::tagging();
-    let p = free_udp_port();
+    let p = free_port();
     let s = Master::start(
         2,
         &conf(&format!(
@@ -1219,7 +1214,7 @@ fn udp_session_survives_reload() {
     let be = UdpBackend::start(|_, peer| {
         (0..10u64).map(|k| (ms(200 * k), format!("tick {k} {}", peer.port()).into_bytes())).collect()
     });
-    let p = free_udp_port();
+    let p = free_port();
     let s = Master::start(
         2,
         &conf(&format!(

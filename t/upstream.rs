@@ -332,11 +332,13 @@ fn zone_shares_round_robin_and_failures_between_workers() {
             "events {{}} stream {{ log_format u '$pid|$upstream_addr'; \
              upstream u {{ zone u 64k; server 127.0.0.1:{a} weight=5; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }} \
              upstream d {{ zone u; server 127.0.0.1:{dead}; server 127.0.0.1:{a}; }} \
-             server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} \
-             server {{ listen 127.0.0.1:{q}; proxy_pass d; access_log %%PREFIX%%d.log u; }} }}"
+             server {{ listen 127.0.0.1:{p} reuseport; proxy_pass u; access_log %%PREFIX%%u.log u; }} \
+             server {{ listen 127.0.0.1:{q} reuseport; proxy_pass d; access_log %%PREFIX%%d.log u; }} }}"
         ),
     );
-    // One weighted round-robin sequence, whichever worker takes each connection.
+    // One weighted round-robin sequence, whichever worker takes each connection. (With
+    // `reuseport` the kernel spreads connections over both workers by address hash; on
+    // one shared socket, a busy machine could leave all 28 to one worker.)
     let got: String = (0..28).map(|_| ask(p)).collect();
     assert_eq!(got, "aabacaaaabacaaaabacaaaabacaa");
     let pids: std::collections::HashSet<String> =
