@@ -656,6 +656,52 @@ fn lifecycle_master_and_worker_as_nginx() {
     lifecycle_as_recorded("lifecycle-master.log", 1);
 }
 
+/// A master with one worker through HUP, a SIGKILL of the new worker and QUIT, line for
+/// line as nginx 1.22.1 (t/data/logs/lifecycle-reload.log, recorded by
+/// t/data/record-lifecycle-reload.sh): the new worker starts before the old one is told
+/// to quit, and the reap of the old one is followed by nginx's "signal 29 (SIGIO)" (the
+/// new worker held the old one's channel); the killed worker had no such neighbour.
+#[test]
+fn lifecycle_reload_and_respawn_as_nginx() {
+    let shape = std::fs::read_to_string(format!("{}/t/data/logs/lifecycle-reload.log", env!("CARGO_MANIFEST_DIR")))
+        .expect("recording");
+    let s = Sluice::start_master(1, "events {} stream { server { listen 127.0.0.1; return x; } }");
+    let nth_worker = |n: usize| -> i32 {
+        assert!(
+            wait_for(Duration::from_secs(10), || log_pids(&s.error_log()).len() >= n),
+            "no worker {n}\n{}",
+            s.error_log()
+        );
+        let pid = log_pids(&s.error_log())[n - 1];
+        assert!(wait_in_epoll(pid), "{pid} never waits in epoll_wait");
+        pid
+    };
+    let signal = |pid: i32, sig: i32| {
+        // SAFETY: signalling our own child or its worker.
+        unsafe { libc::kill(pid, sig) };
+    };
+    nth_worker(1);
+    s.signal(libc::SIGHUP);
+    nth_worker(2);
+    assert!(wait_for(Duration::from_secs(10), || s.error_log().contains("exited with code 0")));
+    // As the recorder: time for a SIGIO line to show, then the same for the respawn.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(nth_worker(2), libc::SIGKILL);
+    nth_worker(3);
+    std::thread::sleep(Duration::from_secs(1));
+    s.signal(libc::SIGQUIT);
+    let lines = || -> Vec<String> {
+        let version = format!("sluice/{} (nginx/1.22.1)", env!("CARGO_PKG_VERSION"));
+        s.error_log().lines().map(|l| l.replace(&version, "nginx/1.22.1")).collect()
+    };
+    wait_for(Duration::from_secs(10), || lines().iter().filter(|l| l.ends_with(": exit")).count() >= 3);
+    let mut caps = Caps::default().with("SENDER_PID", std::process::id());
+    caps.bind("MASTER_PID", s.pid());
+    if let Err(e) = match_file(&shape, &lines(), &mut caps) {
+        panic!("lifecycle-reload.log: {e}");
+    }
+}
+
 /// USR1 as nginx 1.22.1 logs it (seen side by side): the master's signal line and its
 /// "reopening logs", then the worker's "reopening logs" (the master tells it through
 /// its channel in nginx: no signal line); a single process logs the signal line, the

@@ -272,6 +272,7 @@ pub fn signal_name(sig: libc::c_int) -> &'static str {
         libc::SIGUSR2 => "SIGUSR2",
         libc::SIGWINCH => "SIGWINCH",
         libc::SIGCHLD => "SIGCHLD",
+        libc::SIGIO => "SIGIO",
         _ => "signal",
     }
 }

@@ -101,7 +101,13 @@ impl Master {
             // reap before it could end the master without that line); a second is the
             // safety net should a signal ever be missed.
             if child_exited || last_reap.elapsed() > Duration::from_secs(1) {
-                self.reap();
+                if self.reap() {
+                    // nginx's master gets SIGIO when it closes the channel of a reaped
+                    // worker while another worker still holds that channel's other end
+                    // (every worker holds those of the workers it lived beside): the
+                    // signal waits for its next sigsuspend, right after this turn.
+                    error(Level::Notice, &signal_notice(libc::SIGIO, 0, ""), None);
+                }
                 last_reap = Instant::now();
             }
             if let Some(since) = self.terminating {
@@ -223,8 +229,9 @@ impl Master {
         std::process::exit(code)
     }
 
-    fn signal_workers(&mut self, sig: libc::c_int, mark_exiting: bool) {
-        for w in &mut self.workers {
+    /// Send `sig` to the first `n` workers (the older ones: new workers are pushed last).
+    fn signal_workers(&mut self, sig: libc::c_int, mark_exiting: bool, n: usize) {
+        for w in self.workers.iter_mut().take(n) {
             if mark_exiting {
                 w.exiting = true;
             }
@@ -244,7 +251,7 @@ impl Master {
             libc::SIGQUIT => {
                 error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
                 self.quitting = true;
-                self.signal_workers(libc::SIGQUIT, true);
+                self.signal_workers(libc::SIGQUIT, true, usize::MAX);
                 // Stop taking connections at once (ngx_close_listening_sockets): with the
                 // workers' copies closed too, new clients are refused, not left queued.
                 let unlink = self.new_binary.is_none();
@@ -253,13 +260,13 @@ impl Master {
             libc::SIGTERM | libc::SIGINT => {
                 error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
                 self.terminating.get_or_insert_with(Instant::now);
-                self.signal_workers(libc::SIGTERM, true);
+                self.signal_workers(libc::SIGTERM, true, usize::MAX);
             }
             libc::SIGUSR1 => {
                 error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
                 error(Level::Notice, "reopening logs", None);
                 self.reopen_logs();
-                self.signal_workers(libc::SIGUSR1, false);
+                self.signal_workers(libc::SIGUSR1, false, usize::MAX);
             }
             libc::SIGWINCH => {
                 if !self.daemonized {
@@ -268,7 +275,7 @@ impl Master {
                 }
                 error(Level::Notice, &signal_notice(sig, from, ", stop accepting connections"), None);
                 self.no_accept = true;
-                self.signal_workers(libc::SIGQUIT, true);
+                self.signal_workers(libc::SIGQUIT, true, usize::MAX);
             }
             libc::SIGUSR2 => {
                 if self.new_binary.is_some() {
@@ -282,7 +289,11 @@ impl Master {
         }
     }
 
-    fn reap(&mut self) {
+    /// Reap exited children; true when a reaped worker leaves another worker of its
+    /// time running (nginx's master then logs SIGIO, see `run`).
+    fn reap(&mut self) -> bool {
+        let before: Vec<libc::pid_t> = self.workers.iter().map(|w| w.pid).collect();
+        let mut reaped_worker = false;
         while let Some((pid, how)) = process::reap() {
             let (level, text) = exit_text(&how);
             if Some(pid) == self.new_binary {
@@ -302,6 +313,7 @@ impl Master {
             }
             let Some(i) = self.workers.iter().position(|w| w.pid == pid) else { continue };
             let w = self.workers.remove(i);
+            reaped_worker = true;
             error(level, &format!("worker process {} {}", pid, text), None);
             // A worker that died on its own is replaced.
             let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
@@ -309,6 +321,7 @@ impl Master {
                 self.spawn(w.slot);
             }
         }
+        reaped_worker && self.workers.iter().any(|w| before.contains(&w.pid))
     }
 
     /// HUP: read the configuration again; on success start new workers on it and let
@@ -374,8 +387,12 @@ impl Master {
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
         self.no_accept = false;
-        self.signal_workers(libc::SIGQUIT, true);
+        // As nginx: the new workers first, a tenth of a second for them to start
+        // accepting, then the old ones are told to quit.
+        let old_workers = self.workers.len();
         self.start_workers();
+        std::thread::sleep(Duration::from_millis(100));
+        self.signal_workers(libc::SIGQUIT, true, old_workers);
     }
 
     /// USR1 in the master: reopen its logs, and create the access log files owned by
