@@ -378,9 +378,11 @@ fn udp_dns_200_concurrent_clients_each_get_their_own_answer() {
 /// next session never gets the socket it used last: see the proxy_requests test.)
 #[test]
 fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
+    // A duplicate answer 100 ms late: it comes after the session ended (at its one
+    // expected answer), to the socket that sluice keeps for the next session.
     let be = UdpBackend::start(|q, peer| {
         dns_answer(q, u32::from(peer.port()))
-            .map(|a| vec![(Duration::ZERO, a.clone()), (Duration::ZERO, a)])
+            .map(|a| vec![(Duration::ZERO, a.clone()), (ms(100), a)])
             .unwrap_or_default()
     });
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -404,8 +406,7 @@ fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
         let port = a.get(q.len() + 6..q.len() + 10).map_or(0, |t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]));
         assert_eq!(Some(a), dns_answer(&q, port), "query {i}: not the answer to its own question");
         upstream_ports.insert(port);
-        // The duplicate answer is on its way to sluice's upstream socket before the
-        // next client asks.
+        // The duplicate answer is in sluice's upstream socket before the next client asks.
         wait_for(Duration::from_secs(3), || be.sent() == 2 * (i + 1));
         assert_eq!(recv(&c, ms(20)), None, "query {i}: the duplicate answer reached the client");
     }
@@ -423,6 +424,35 @@ fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
     assert_ne!(ports[0], ports[1], "a timed-out session's socket was reused");
     let log = wait_log(&s, "udp done", 20, Duration::from_secs(3));
     assert_eq!(count(&log, "udp done"), 20, "{}", tail(&s));
+}
+
+/// Answers that are already queued when sluice reads the first one are all relayed,
+/// even past `proxy_responses`, as nginx reads its upstream socket empty before it
+/// counts (seen side by side with nginx 1.22.1: `proxy_responses 2` and a backend that
+/// sends N back to back, N = 2..6: the client gets all N). Sluice is stopped while the
+/// backend answers, so the burst is queued whole when it reads.
+#[test]
+fn udp_answers_queued_past_proxy_responses_are_relayed() {
+    let be = UdpBackend::start(|_, _| (1..=3).map(|k| (ms(500), format!("a{k}").into_bytes())).collect());
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_responses 1; proxy_timeout 5s; }}",
+        b = be.port
+    )));
+    let c = dgram(p);
+    c.send(b"q").expect("send");
+    assert!(wait_for(Duration::from_secs(5), || be.received() == 1), "{}", tail(&s));
+    s.signal(libc::SIGSTOP);
+    let queued = wait_for(Duration::from_secs(5), || be.sent() == 3);
+    s.signal(libc::SIGCONT);
+    assert!(queued, "the backend did not answer");
+    let got: Vec<Vec<u8>> = (0..4).map_while(|_| recv(&c, ms(300))).collect();
+    assert_eq!(got, [b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()], "{}", tail(&s));
+    let log = wait_log(&s, "udp done", 1, Duration::from_secs(3));
+    assert!(
+        log.contains("udp done, packets from/to client:1/3, bytes from/to client:1/6, bytes from/to upstream:6/1"),
+        "{log}"
+    );
 }
 
 /// `proxy_requests 2`: two datagrams make a session, the third from the same client

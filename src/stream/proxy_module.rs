@@ -934,13 +934,12 @@ impl ProxySession {
     /// through the listening socket. Datagram boundaries are kept.
     fn process_udp(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
-        let expected = conf(s).responses.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
         if from_upstream && self.upstream_error {
             // After a failed read nginx reads the upstream no more (`read->error`); a
             // pending error shows at the next send instead.
         } else if from_upstream && self.download_rate == 0 && matches!(s.client, Conn::Udp(_)) {
-            if let Some((side, e, msg, action)) = self.answers_batched(s, cx, expected) {
+            if let Some((side, e, msg, action)) = self.answers_batched(s, cx) {
                 s.action = Some(action);
                 s.connection_error(side, &e, msg);
                 s.action = Some("proxying connection");
@@ -976,9 +975,6 @@ impl ProxySession {
                         }
                         self.responses += 1;
                         plog.received += n as u64;
-                        // The last expected response: stop reading (nginx marks the
-                        // upstream at end of file), which also saves the EAGAIN read.
-                        let done = expected != UNLIMITED && self.responses >= expected.saturating_mul(self.requests);
                         paced(&mut self.delayed[1], &mut self.delay_timer[1], self.download_rate, n, s.key, cx);
                         match s.client.write(&buf[..n]) {
                             Ok(w) => s.sent += w as u64,
@@ -987,9 +983,6 @@ impl ProxySession {
                                 err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
                                 break;
                             }
-                        }
-                        if done {
-                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1079,8 +1072,9 @@ impl ProxySession {
     }
 
     /// The upstream's answers back to the client, up to 16 per recvmmsg and per sendmmsg
-    /// (there is no download rate to pace them); stops at the last expected answer.
-    fn answers_batched(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, expected: u64) -> Option<UdpError> {
+    /// (there is no download rate to pace them). As nginx, every datagram queued by now
+    /// is relayed, even past `proxy_responses`: the count is checked after the reads.
+    fn answers_batched(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Option<UdpError> {
         let ufd = self.upstream.as_ref()?.fd();
         let Conn::Udp(client) = &s.client else { return None };
         let (cfd, peer) = (client.sock.as_raw_fd(), client.peer);
@@ -1099,8 +1093,11 @@ impl ProxySession {
                     break;
                 }
             };
+            if n == 0 {
+                break;
+            }
             seen += n;
-            if let (Some(st), true) = (s.upstream_states.last_mut(), n > 0) {
+            if let Some(st) = s.upstream_states.last_mut() {
                 if st.first_byte_time.is_none() {
                     st.first_byte_time = Some(cx.now.saturating_duration_since(self.start));
                 }
@@ -1108,19 +1105,12 @@ impl ProxySession {
             let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
             let mut out: [&[u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
             let mut k = 0;
-            let mut done = false;
             for i in 0..n {
                 let d = batch.data(i);
                 self.responses += 1;
                 plog.received += d.len() as u64;
                 out[k] = d;
                 k += 1;
-                // The last expected response: what follows is not relayed (nginx stops
-                // reading there).
-                if expected != UNLIMITED && self.responses >= expected.saturating_mul(self.requests) {
-                    done = true;
-                    break;
-                }
             }
             match mmsg::send_to_all(cfd, &peer, &out[..k]) {
                 Ok(m) => s.sent += out[..m].iter().map(|d| d.len() as u64).sum::<u64>(),
@@ -1129,9 +1119,8 @@ impl ProxySession {
                     break;
                 }
             }
-            if done || n < mmsg::BATCH {
-                break;
-            }
+            // On until the socket is empty, as nginx's loop (recv, send, recv ...):
+            // an answer that came while these were sent goes along too.
         }
         cx.rt.udp_batch = Some(batch);
         err
