@@ -201,13 +201,15 @@ fn run() -> i32 {
     };
 
     // Until the configuration names its error log, messages go to the `-e` file (full
-    // lines) and warnings and worse also to stderr (short lines), as nginx's startup log.
+    // lines) and warnings and worse also to stderr (short lines), as nginx's startup log;
+    // without `-e`, to stderr itself, full lines at notice, as Debian's nginx (built with
+    // --error-log-path=stderr) does.
     let startup = match &error_log {
         Some(path) => ErrorLog::open(&[(path.clone(), Level::Notice)]).unwrap_or_else(|(p, e)| {
             log::stderr(&format!("[alert] could not open error log file: open() \"{}\" failed {}", p, os_err(&e)));
             ErrorLog::none()
         }),
-        None => ErrorLog::none(),
+        None => ErrorLog::stderr(Level::Notice),
     };
     log::set_main(Rc::new(startup));
     let cycle = match load(&opts) {
@@ -224,6 +226,8 @@ fn run() -> i32 {
         }
     };
 
+    // `-s` logs into the startup log (stderr, or the `-e` file): nginx's signaller
+    // never opens the configuration's error logs.
     if let Some(sig) = &args.signal {
         // nginx's ngx_signal_process says so first (into the log, like any notice).
         log::error(Level::Notice, "signal process started", None);
@@ -242,6 +246,9 @@ fn run() -> i32 {
         };
     }
 
+    // From here messages go to the configuration's error log (warnings and worse are
+    // still echoed to stderr), as nginx's cycle log once ngx_init_cycle has opened it.
+    log::set_main(cycle.error_log.clone());
     if args.test {
         // nginx -t binds the listening sockets too (an address in use is no error).
         for l in &cycle.listening {

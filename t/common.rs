@@ -83,6 +83,27 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// Standard error with its two shapes of log message made alike, `[LEVEL] MSG`: the
+/// full line that a startup log on stderr writes (`TIME [LEVEL] PID#TID: MSG`, nginx's
+/// Debian build without `-e`) and the `sluice: [LEVEL] MSG` echo beside a `-e` file.
+pub fn console(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut out = String::new();
+    for line in text.lines() {
+        let short = line.strip_prefix("sluice: ").filter(|l| l.starts_with('['));
+        let full = line.get(20..).filter(|l| l.starts_with('[')).and_then(|l| {
+            let (level, rest) = l.split_once("] ")?;
+            let (pid, msg) = rest.split_once(": ")?;
+            pid.split('#')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| format!("{level}] {msg}"))
+        });
+        out.push_str(short.map(str::to_string).or(full).as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Poll `f` until it is true or `timeout` passes.
 /// Wait until process `pid` sleeps in epoll_wait (its event loop runs, and a signal now
 /// interrupts that wait).

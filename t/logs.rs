@@ -559,7 +559,7 @@ fn access_log_to_syslog() {
     )
     .expect("write");
     let out = run(&["-t", "-p", &dir.prefix(), "-c", "s.conf"], dir.path());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = console(&out.stderr);
     assert!(!out.status.success() && err.contains("[emerg] logs to syslog cannot be buffered in "), "{err}");
 }
 
@@ -599,7 +599,7 @@ fn syslog_parameters_as_nginx() {
         std::fs::write(dir.join("s.conf"), format!("error_log syslog:server=127.0.0.1:514,{param};\nevents {{}}\n"))
             .expect("write");
         let out = run(&["-t", "-p", &dir.prefix(), "-c", "s.conf"], dir.path());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = console(&out.stderr);
         assert!(err.contains(&format!("[emerg] {} in {}s.conf:1", want, dir.prefix())), "{err}");
     }
 }

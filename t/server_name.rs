@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 
-use crate::common::{connect, free_port, run, Sluice, TempDir};
+use crate::common::{connect, console, free_port, run, Sluice, TempDir};
 
 /// A ClientHello record carrying SNI `host` (TLS 1.2, one cipher, no other extension).
 fn hello(host: &[u8]) -> Vec<u8> {
@@ -150,7 +150,7 @@ fn test_conf(stream: &str) -> (Option<i32>, String) {
     let conf = format!("events {{}}\nstream {{\n{stream}}}\n");
     std::fs::write(dir.join("sluice.conf"), conf).expect("write conf");
     let out = run(&["-t", "-p", &dir.prefix(), "-c", "sluice.conf"], dir.path());
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (out.status.code(), console(&out.stderr))
 }
 
 #[test]
