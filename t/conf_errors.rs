@@ -212,6 +212,7 @@ cases! {
     args_take1_two,
     args_take1_zero,
     args_worker_processes_zero,
+    debug_connection_host_not_found,
     debug_points_invalid,
     duplicate_events_block,
     duplicate_preread_buffer_size,

@@ -45,6 +45,17 @@ fn ignore(_: &mut MainConf, _: &Cmd, _: &dyn Paths) -> ConfResult {
     Ok(())
 }
 
+/// `debug_connection`: checked as nginx's (a debug build, as Debian's) checks it, then
+/// ignored (sluice has no debug log level): `unix:`, an address or CIDR, or a name that
+/// resolves.
+fn debug_connection(_: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    let v = cmd.arg(0);
+    if v == "unix:" || crate::core::cidr::parse(v).is_some() {
+        return Ok(());
+    }
+    crate::core::addr::resolve_host(v, 0).map(drop).map_err(|e| cmd.err(format!("{} in debug_connection \"{}\"", e, v)))
+}
+
 fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     // nginx's ngx_set_worker_processes says "is duplicate" before it reads the value.
     if c.worker_processes.is_set() {
@@ -233,7 +244,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         set: |_, cmd, _| value::number(cmd).map(drop),
     },
     CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
-    CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: debug_connection },
     CoreDirective { name: "pcre_jit", ctx: Ctx::MAIN, args: Arity::Flag, set: ignore },
     CoreDirective { name: "lock_file", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
     CoreDirective {
