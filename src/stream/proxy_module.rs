@@ -574,13 +574,20 @@ impl ProxySession {
             return Flow::Finalize(status::BAD_GATEWAY);
         };
         let peer_name_text = peer_name.clone();
-        if let Some(st) = s.upstream_states.last_mut() {
-            st.peer = Some(peer_name.clone());
-        }
         if let Some(p) = s.proxy_log.as_mut() {
-            p.upstream = Some(peer_name);
+            p.upstream = Some(peer_name.clone());
             p.received = 0;
             p.sent = 0;
+        }
+        if !cx.rt.has_room() {
+            // ngx_event_connect_peer: no free connection for the upstream socket. The
+            // peer was picked (and is freed with the session, not failed); the attempt
+            // has no peer name in $upstream_addr.
+            s.log(Level::Alert, &cx.rt.not_enough(), None);
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        }
+        if let Some(st) = s.upstream_states.last_mut() {
+            st.peer = Some(peer_name);
         }
         let pooled = match (&peer_addr, &s.remote) {
             (Addr::Inet(a), Addr::Inet(client))

@@ -146,6 +146,9 @@ pub struct WorkerState {
     pub pipes: PipePool,
     /// Open connections, client and upstream (what `worker_connections` limits).
     pub conns: usize,
+    /// `worker_connections` less the listening sockets, which take one each in nginx.
+    pub conn_slots: usize,
+    pub worker_connections: usize,
     /// UDP sessions by (listener, client address).
     pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
     /// Upstream UDP sockets left by finished sessions, for the next ones.
@@ -155,6 +158,17 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
+    /// Whether one more connection (a client's or an upstream one) fits in
+    /// `worker_connections`.
+    pub fn has_room(&self) -> bool {
+        self.conns < self.conn_slots
+    }
+
+    /// nginx's ngx_get_connection message when none is free (an alert, every time).
+    pub fn not_enough(&self) -> String {
+        format!("{} worker_connections are not enough", self.worker_connections)
+    }
+
     pub fn new(cycle: &Cycle) -> WorkerState {
         // Regions of each zone, in upstream order: the same layout in every worker.
         let mut used: HashMap<String, usize> = HashMap::new();
@@ -229,6 +243,8 @@ impl WorkerState {
             eval_buf: Vec::new(),
             pipes: PipePool::default(),
             conns: 0,
+            conn_slots: cycle.core.worker_connections.get().saturating_sub(cycle.listening.len()),
+            worker_connections: cycle.core.worker_connections.get(),
             udp_sessions: HashMap::new(),
             udp_pool: UdpPool::default(),
             udp_batch: None,

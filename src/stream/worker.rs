@@ -138,14 +138,9 @@ pub struct Worker {
     quitting: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
     shutdown_at: Option<Instant>,
-    /// Accepting is paused (out of descriptors, or at `worker_connections`) until then;
-    /// a `worker_connections` pause also ends when a connection closes.
+    /// Accepting is paused (out of descriptors) until then, as nginx disables its
+    /// accept events for 500 ms.
     accept_paused: Option<Instant>,
-    /// The pause is for `worker_connections` (not for lack of descriptors).
-    paused_for_room: bool,
-    /// When the next "accept paused" line may be logged (at most one a second).
-    accept_log_at: Option<Instant>,
-    max_conns: usize,
     /// 1, or `ACCEPTS_PER_WAKEUP` with `multi_accept on`.
     accepts_per_event: usize,
 }
@@ -160,7 +155,6 @@ impl Worker {
         }
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
         let rt = WorkerState::new(&cycle);
-        let max_conns = cycle.core.worker_connections.get();
         // nginx's `multi_accept off` (the default): one connection per listener event.
         // The listener is level-triggered, so the rest come on the next turns, between
         // the events of sessions already running.
@@ -179,9 +173,6 @@ impl Worker {
             quitting: false,
             shutdown_at: None,
             accept_paused: None,
-            paused_for_room: false,
-            accept_log_at: None,
-            max_conns,
             accepts_per_event,
         })
     }
@@ -306,8 +297,7 @@ impl Worker {
                 self.shutdown_timeout(now);
             }
             self.rt.flush_due_files(now);
-            let room_back = self.paused_for_room && self.has_room();
-            if self.accept_paused.is_some_and(|at| at <= now) || (self.accept_paused.is_some() && room_back) {
+            if self.accept_paused.is_some_and(|at| at <= now) {
                 self.resume_accept();
             }
             if self.sessions.is_empty() && self.sessions.capacity() > IDLE_CAPACITY {
@@ -417,23 +407,16 @@ impl Worker {
     }
 
     /// Room for one more session (a client and its upstream) under `worker_connections`.
-    fn has_room(&self) -> bool {
-        self.rt.conns + 2 + self.listeners.len() <= self.max_conns
-    }
-
-    /// Stop taking connections for a while; they wait in the listen queue meanwhile.
-    fn pause_accept(&mut self, now: Instant, room: bool, level: Level, msg: &str, err: Option<&io::Error>) {
-        if self.accept_log_at.is_none_or(|t| now >= t) {
-            crate::core::log::error(level, msg, err);
-            self.accept_log_at = Some(now + Duration::from_secs(1));
-        }
+    /// Stop taking connections for half a second (out of descriptors); they wait in the
+    /// listen queue meanwhile.
+    fn pause_accept(&mut self, now: Instant, err: &io::Error) {
+        crate::core::log::error(Level::Crit, "accept4() failed", Some(err));
         if self.accept_paused.is_none() {
             for l in self.listeners.iter().flatten() {
                 l.deregister_raw(self.poll.as_raw_fd());
             }
         }
         self.accept_paused = Some(now + Duration::from_millis(500));
-        self.paused_for_room = room;
     }
 
     fn resume_accept(&mut self) {
@@ -450,13 +433,14 @@ impl Worker {
             return;
         }
         for _ in 0..self.accepts_per_event {
-            if !self.has_room() {
-                let msg = format!("{} worker_connections are not enough", self.max_conns);
-                self.pause_accept(now, true, Level::Alert, &msg, None);
-                return;
-            }
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
+                Ok(_) if !self.rt.has_room() => {
+                    // nginx's ngx_event_accept: no free connection for it, so the
+                    // accepted socket is closed at once, and this event takes no more.
+                    crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
+                    return;
+                }
                 Ok((conn, remote)) => self.init_session(idx, conn, remote, None, None, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -464,7 +448,7 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     // Out of descriptors: sessions already running go on; accepting
                     // waits (nginx disables accept events for 500 ms).
-                    self.pause_accept(now, false, Level::Crit, "accept4() failed", Some(&e));
+                    self.pause_accept(now, &e);
                     return;
                 }
                 Err(e) => {
@@ -520,12 +504,9 @@ impl Worker {
                 return;
             }
         }
-        if !self.has_room() {
-            let msg = format!("{} worker_connections are not enough", self.max_conns);
-            if self.accept_log_at.is_none_or(|t| now >= t) {
-                crate::core::log::error(Level::Alert, &msg, None);
-                self.accept_log_at = Some(now + Duration::from_secs(1));
-            }
+        if !self.rt.has_room() {
+            // The datagram is dropped, as nginx's ngx_event_recvmsg drops it.
+            crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
             return;
         }
         let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
