@@ -58,6 +58,8 @@ pub struct ConfCx {
     include_depth: usize,
     /// Stream-main directives given once so far that keep no value of their own.
     pub main_seen: Vec<String>,
+    /// `variables_hash_max_size` and `variables_hash_bucket_size`, when given.
+    pub variables_hash: (Option<u64>, Option<u64>),
     /// Files the configuration writes (access logs), opened when the cycle is built.
     pub open_files: Vec<FileSpec>,
     /// Shared memory zones declared: name, size (set by one declaration at least), and
@@ -317,6 +319,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         files: Vec::new(),
         include_depth: 0,
         main_seen: Vec::new(),
+        variables_hash: (None, None),
         open_files: Vec::new(),
         zones: Vec::new(),
         servers: Vec::new(),
@@ -685,8 +688,19 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
         cx.ready.push(ReadyServer { confs: p.confs, handler });
     }
     cx.vars.finish()?;
+    check_variables_hash(cx)?;
     let cores: Vec<&CoreSrv> = cx.ready.iter().map(|r| &r.confs.core).collect();
     cx.listening = listening(&cores)?;
+    Ok(())
+}
+
+/// nginx's verdict on the variables hash sizes (see `variables_hash`): an error, or a
+/// warning logged here.
+fn check_variables_hash(cx: &ConfCx) -> ConfResult {
+    let (max, bucket) = cx.variables_hash;
+    if let Some(w) = crate::stream::variables_hash::check(max, bucket, cx.vars.user_names())? {
+        crate::core::log::error(Level::Warn, &w, None);
+    }
     Ok(())
 }
 

@@ -68,7 +68,13 @@ fn hash_size(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         return Err(cmd.duplicate());
     }
     cx.main_seen.push(cmd.name.clone());
-    value::number(cmd).map(drop)
+    let n = value::number(cmd)?;
+    match cmd.name.as_str() {
+        "variables_hash_max_size" => cx.variables_hash.0 = Some(n),
+        "variables_hash_bucket_size" => cx.variables_hash.1 = Some(n),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {

@@ -15,6 +15,7 @@ pub mod server_names;
 pub mod session;
 pub mod udp_pool;
 pub mod variables;
+pub mod variables_hash;
 pub mod worker;
 
 pub mod access_module;

@@ -154,6 +154,11 @@ impl Variables {
         Ok(())
     }
 
+    /// The names of the variables the configuration made (`map`, `geo`, `set`, ...).
+    pub fn user_names(&self) -> impl Iterator<Item = &str> {
+        self.defs.iter().filter(|d| d.changeable && d.get.is_some()).map(|d| d.name.as_str())
+    }
+
     pub fn def(&self, i: usize) -> Option<&VarDef> {
         self.defs.get(i)
     }
