@@ -169,6 +169,20 @@ fn escape_recorded_value_via_unix_listen_path() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// The ssl module's variables exist (a configuration that logs them loads) and are not
+/// found for a session without TLS, as nginx 1.22.1 gives them (seen side by side: `[][]`
+/// from `return`, `-` in the log).
+#[test]
+fn ssl_variables_are_not_found_without_tls() {
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f '$ssl_protocol|$ssl_cipher|$ssl_server_name|$ssl_client_verify|$status'; \
+         server {{ listen 127.0.0.1:{p}; return '[$ssl_protocol][$ssl_session_reused]'; access_log %%PREFIX%%a.log f; }} }}"
+    ));
+    assert_eq!(exchange(p, b""), b"[][]");
+    assert_eq!(s.wait_lines("a.log", 1), ["-|-|-|-|200"]);
+}
+
 /// `access_log off` in a server turns off the stream-level log for it only.
 #[test]
 fn access_log_off() {

@@ -30,6 +30,7 @@ pub mod realip_module;
 pub mod return_module;
 pub mod set_module;
 pub mod split_clients_module;
+pub mod ssl_module;
 pub mod ssl_preread_module;
 pub mod upstream_hash_module;
 pub mod upstream_least_conn_module;
@@ -55,6 +56,7 @@ crate::stream_modules! {
     upstream_least_conn: upstream_least_conn_module::UpstreamLeastConn,
     upstream_random: upstream_random_module::UpstreamRandom,
     upstream_zone: upstream_zone_module::UpstreamZone,
+    ssl: ssl_module::StreamSsl,
     ssl_preread: ssl_preread_module::SslPreread,
     pass: pass_module::Pass,
 }
