@@ -330,6 +330,7 @@ cases! {
     upstream_server_weight_huge,
     upstream_zone_empty_name,
     upstream_zone_twice,
+    user_group_defaults_to_user,
     valid_empty_stream,
     valid_full,
     valid_http_block,

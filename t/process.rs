@@ -1126,12 +1126,45 @@ fn killed_worker_is_respawned_with_alert() {
     assert!(alive(before[1]), "the other worker was touched\n{}", run.ctx());
 }
 
+/// `proxy_bind ADDR transparent` sets IP_TRANSPARENT on the upstream socket, which needs
+/// CAP_NET_RAW: a worker that is not root keeps that capability, as nginx's does (nginx
+/// 1.22.1 side by side: `user nobody nogroup`, the backend sees the bound address).
+#[test]
+fn proxy_bind_transparent_keeps_net_raw_for_the_workers() {
+    let peer = backend(|mut c| {
+        let ip = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let _ = c.write_all(format!("{ip}\n").as_bytes());
+    });
+    let p = free_port();
+    let head = head(false, "1").replace("user root;", "user nobody nogroup;");
+    let conf = format!(
+        "{head}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{peer}; \
+         proxy_bind 127.0.0.2 transparent; }} }}\n"
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let worker = workers_of(master, &[])[0];
+    let uid = std::fs::read_to_string(format!("/proc/{worker}/status"))
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("Uid:")).map(str::to_string))
+        .unwrap_or_default();
+    assert!(uid.split_whitespace().nth(1).is_some_and(|u| u != "0"), "the worker is root: {uid:?}");
+    assert!(
+        wait_for(10 * SEC, || greet(p).is_ok_and(|ip| ip == "127.0.0.2")),
+        "the backend did not see 127.0.0.2: {:?}\n{}",
+        greet(p),
+        run.ctx()
+    );
+    assert!(!run.log().contains("IP_TRANSPARENT"), "{}", run.ctx());
+}
+
 /// `worker_processes auto` starts one worker per CPU; `user` sets the workers' user
 /// (the master stays root); `worker_rlimit_nofile` sets their descriptor limit.
 #[test]
 fn worker_processes_auto_user_and_rlimit_nofile() {
     let p = free_port();
-    let head = head(false, "auto").replace("user root;", "user nobody;");
+    let head = head(false, "auto").replace("user root;", "user nobody nogroup;");
     let conf =
         format!("{head}worker_rlimit_nofile 1000;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} }}\n");
     let run = Run::start(&conf);

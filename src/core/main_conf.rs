@@ -22,6 +22,9 @@ pub struct MainConf {
     pub multi_accept: Setting<bool>,
     /// `use METHOD`: only epoll is built in.
     pub event_use: Setting<()>,
+    /// A `proxy_bind ... transparent` is configured: workers keep CAP_NET_RAW (nginx's
+    /// `ccf->transparent`).
+    pub transparent: bool,
     /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset).
     pub cpu_affinity: Setting<()>,
     pub env: Vec<String>,
@@ -125,9 +128,21 @@ fn error_log(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
     Ok(())
 }
 
-/// `user NAME [GROUP]`: both must exist (nginx checks with getpwnam/getgrnam).
+/// `user NAME [GROUP]`: both must exist (nginx checks with getpwnam/getgrnam); the
+/// group is NAME when not given, as in nginx. Without root it is ignored, with nginx's
+/// warning.
 fn user(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
-    let group = cmd.args.get(1).cloned();
+    if c.user.is_set() {
+        return Err(cmd.duplicate());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let msg = "the \"user\" directive makes sense only if the master process runs with super-user \
+                   privileges, ignored";
+        crate::core::log::error(Level::Warn, &cmd.err(msg).to_string(), None);
+        return Ok(());
+    }
+    let group = Some(cmd.args.get(1).cloned().unwrap_or_else(|| cmd.arg(0).to_string()));
     let cname = std::ffi::CString::new(cmd.arg(0)).map_err(|_| cmd.invalid_value(cmd.arg(0)))?;
     // SAFETY: getpwnam with a valid C string; only the null-ness of the result is used.
     if unsafe { libc::getpwnam(cname.as_ptr()) }.is_null() {

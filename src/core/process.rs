@@ -193,7 +193,10 @@ pub fn set_nofile(n: u64) -> io::Result<()> {
 }
 
 /// `user`: drop to that user and group when running as root (workers only).
-pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), String> {
+/// Become `user` (and `group`) when running as root, as nginx's worker does. With
+/// `keep_net_raw` (a `proxy_bind ... transparent` in the configuration) a worker that is
+/// not root keeps CAP_NET_RAW, which IP_TRANSPARENT needs, as nginx's does.
+pub fn drop_privileges(user: &str, group: Option<&str>, keep_net_raw: bool) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
@@ -221,10 +224,43 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(), String> {
         if libc::initgroups(cu.as_ptr(), gid) != 0 {
             return Err(format!("initgroups({}, {}) failed", user, gid));
         }
+        let keep = keep_net_raw && (*pw).pw_uid != 0;
+        if keep && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) == -1 {
+            let e = io::Error::last_os_error();
+            return Err(format!("prctl(PR_SET_KEEPCAPS, 1) failed {}", crate::core::conf::os_err(&e)));
+        }
         if libc::setuid((*pw).pw_uid) != 0 {
             let e = io::Error::last_os_error();
             return Err(format!("setuid({}) failed {}", (*pw).pw_uid, crate::core::conf::os_err(&e)));
         }
+        if keep {
+            set_net_raw_capability()?;
+        }
+    }
+    Ok(())
+}
+
+/// capset(2) to CAP_NET_RAW alone, effective and permitted (version 1 header, as nginx).
+fn set_net_raw_capability() -> Result<(), String> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_1: u32 = 0x1998_0330;
+    const CAP_NET_RAW: u32 = 13;
+    let header = CapHeader { version: LINUX_CAPABILITY_VERSION_1, pid: 0 };
+    let data = CapData { effective: 1 << CAP_NET_RAW, permitted: 1 << CAP_NET_RAW, inheritable: 0 };
+    // SAFETY: capset with a header and one data record of the layout version 1 defines.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, &data as *const CapData) } == -1 {
+        let e = io::Error::last_os_error();
+        return Err(format!("capset() failed {}", crate::core::conf::os_err(&e)));
     }
     Ok(())
 }

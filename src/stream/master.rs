@@ -217,7 +217,7 @@ impl Master {
                 Some((u, g)) => (u.clone(), g.clone()),
                 None => ("nobody".to_string(), None),
             };
-            if let Err(e) = process::drop_privileges(&user, group.as_deref()) {
+            if let Err(e) = process::drop_privileges(&user, group.as_deref(), self.cycle.core.transparent) {
                 error(Level::Emerg, &e, None);
                 return 2;
             }

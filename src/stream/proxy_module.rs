@@ -49,7 +49,9 @@ pub enum Pass {
 #[derive(Debug, Clone)]
 pub enum Bind {
     Off,
-    Addr(Complex),
+    /// A local address, and `transparent` (IP_TRANSPARENT: any address, the client's
+    /// own say, with the routing that takes the answers back).
+    Addr(Complex, bool),
 }
 
 #[derive(Default)]
@@ -129,13 +131,8 @@ fn proxy_pass(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 }
 
 fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    if cmd.args.len() == 2 && cmd.arg(1) != "transparent" {
-        return Err(cmd.invalid_parameter(cmd.arg(1)));
-    }
-    if cmd.args.len() == 2 {
-        return Err(cmd.err("the \"transparent\" parameter of \"proxy_bind\" is not supported by sluice yet"));
-    }
-    let b = if cmd.arg(0) == "off" {
+    let transparent = cmd.args.len() == 2;
+    let b = if cmd.arg(0) == "off" && !transparent {
         Bind::Off
     } else {
         let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
@@ -145,7 +142,13 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 return Err(cmd.err(format!("invalid address \"{}\"", s)));
             }
         }
-        Bind::Addr(v)
+        if transparent {
+            if cmd.arg(1) != "transparent" {
+                return Err(cmd.invalid_parameter(cmd.arg(1)));
+            }
+            cx.core.transparent = true;
+        }
+        Bind::Addr(v, transparent)
     };
     c.bind.set(cmd, b)
 }
@@ -158,6 +161,31 @@ fn old_buffer(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         &format!("the \"{}\" directive is deprecated, use the \"proxy_buffer_size\" directive instead", cmd.name),
     );
     c.buffer_size.set(cmd, value::size(cmd)?)
+}
+
+/// `ngx_event_connect_set_transparent`: IP_TRANSPARENT (IPV6_TRANSPARENT), by the
+/// family of the local address.
+fn set_transparent(sock: &socket2::Socket, local: &SocketAddr) -> Result<(), (&'static str, io::Error)> {
+    let (level, opt, what) = if local.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_TRANSPARENT, "setsockopt(IP_TRANSPARENT) failed")
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, "setsockopt(IPV6_TRANSPARENT) failed")
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with an int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err((what, io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// A `proxy_bind` address (`ngx_parse_addr_port`): an IP address, in brackets for IPv6,
@@ -591,7 +619,7 @@ impl ProxySession {
         }
         let pooled = match (&peer_addr, &s.remote) {
             (Addr::Inet(a), Addr::Inet(client))
-                if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(_))) =>
+                if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(..))) =>
             {
                 self.udp_peer = Some(*a);
                 cx.rt.udp_pool.take(a, s.key, client)
@@ -667,12 +695,15 @@ impl ProxySession {
         if pc.socket_keepalive.get() {
             sock.set_keepalive(true).map_err(|e| fatal("setsockopt(SO_KEEPALIVE) failed", e))?;
         }
-        if let Some(Bind::Addr(v)) = pc.bind.option() {
+        if let Some(Bind::Addr(v, transparent)) = pc.bind.option() {
             let mut out = Vec::new();
             v.eval(s, &mut out);
             let text = String::from_utf8_lossy(&out).into_owned();
             match bind_addr(&text) {
                 Some(local) => {
+                    if *transparent {
+                        set_transparent(&sock, &local).map_err(|(what, e)| fatal(what, e))?;
+                    }
                     if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
                         // As nginx: the port is picked at connect, so one local address
                         // serves as many upstream connections as there are 4-tuples.
