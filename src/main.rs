@@ -156,6 +156,7 @@ fn main() {
 }
 
 fn run() -> i32 {
+    process::record_parent();
     time::update();
     log::install_backend();
     let argv: Vec<String> = std::env::args().collect();

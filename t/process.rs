@@ -1083,6 +1083,54 @@ fn upgrade_new_master_exit_restarts_old_workers() {
     assert!(wait_for(10 * SEC, || served_by(r).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
 }
 
+/// USR2 as nginx takes it (its log recorded side by side): "changing binary" after the
+/// signal line; ignored, with its crit line, by a new binary whose old master still runs,
+/// by that old master, and by a master that was not daemonized (its parent is unchanged).
+#[test]
+fn usr2_is_ignored_where_nginx_ignores_it() {
+    const IGNORED: &str = "[crit]";
+    const WHY: &str = "the changing binary signal is ignored: you should shutdown or terminate before either old or \
+                       new binary's process";
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let (run, old, _) = start_daemon(&upgrade_conf(p, a, r), p);
+    let new = usr2(&run, old);
+    let log = run.log();
+    let at = log.find("SIGUSR2").unwrap_or(0);
+    let next: Vec<&str> = log[at..].lines().take(2).collect();
+    assert!(next.len() == 2 && next[1].ends_with(": changing binary"), "{next:?}\n{}", run.ctx());
+    for pid in [new, old] {
+        signal(pid, libc::SIGUSR2);
+        assert!(
+            wait_for(10 * SEC, || run.log().contains(&format!("{IGNORED} {pid}#{pid}: {WHY}"))),
+            "USR2 to {pid} not ignored\n{}",
+            run.ctx()
+        );
+    }
+    let log = run.log();
+    let (ignoring, crit) = (count(&log, "(SIGUSR2) received from "), count(&log, WHY));
+    assert!(ignoring == 3 && crit == 2 && count(&log, ", ignoring") == 2, "{}", run.ctx());
+    assert!(run.read_pid(OLDBIN) == Some(old) && run.read_pid(PID) == Some(new), "{}", run.ctx());
+    signal(old, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(old)), "{}", run.ctx());
+
+    // Not daemonized: the master's parent is the one that started it.
+    let q = free_port();
+    let fg = Run::start(&format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{q}; return x; }} }}\n",
+        head(false, "1")
+    ));
+    let master = fg.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", fg.ctx());
+    signal(master, libc::SIGUSR2);
+    assert!(
+        wait_for(10 * SEC, || fg.log().contains(&format!("{IGNORED} {master}#{master}: {WHY}"))),
+        "USR2 to a foreground master not ignored\n{}",
+        fg.ctx()
+    );
+    assert!(!fg.path(OLDBIN).exists(), "{}", fg.ctx());
+}
+
 // ---------------------------------------------------------------------------------
 // Workers.
 

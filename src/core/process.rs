@@ -141,6 +141,21 @@ pub fn signal_notice(sig: libc::c_int, from: i32, action: &str) -> String {
     }
 }
 
+/// The parent process at start, before any daemonizing (nginx's `ngx_parent`).
+static PARENT: AtomicI32 = AtomicI32::new(0);
+
+pub fn record_parent() {
+    // SAFETY: getppid has no preconditions.
+    PARENT.store(unsafe { libc::getppid() }, Ordering::Relaxed);
+}
+
+/// Whether the process that started this one is still its parent: a master that was not
+/// daemonized, or a new binary whose old master still runs. nginx ignores USR2 then.
+pub fn parent_unchanged() -> bool {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == PARENT.load(Ordering::Relaxed) }
+}
+
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the process is single-threaded when it forks.
     let pid = unsafe { libc::fork() };

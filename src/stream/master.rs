@@ -278,11 +278,21 @@ impl Master {
                 self.signal_workers(libc::SIGQUIT, true, usize::MAX);
             }
             libc::SIGUSR2 => {
-                if self.new_binary.is_some() {
+                // As nginx: not in a new binary while the old master runs (nor in a
+                // master that was not daemonized: its parent is unchanged too), nor in an
+                // old master whose new binary runs.
+                if self.new_binary.is_some() || process::parent_unchanged() {
                     error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
+                    error(
+                        Level::Crit,
+                        "the changing binary signal is ignored: you should shutdown or terminate before either \
+                         old or new binary's process",
+                        None,
+                    );
                     return;
                 }
                 error(Level::Notice, &signal_notice(sig, from, ", changing binary"), None);
+                error(Level::Notice, "changing binary", None);
                 self.change_binary();
             }
             _ => {}
