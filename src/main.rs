@@ -324,6 +324,7 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
             return 1;
         }
     }
+    process::set_daemonized(cycle.core.daemon.get() || upgraded);
     let signals = match process::Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -348,8 +349,7 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
         log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
     }
     if cycle.core.master_process.get() {
-        let daemonized = cycle.core.daemon.get() || upgraded;
-        let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, daemonized, argv);
+        let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);
         return m.run();
     }
     let code = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {

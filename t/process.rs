@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, exchange, free_port, run as run_sluice, wait_for, Sluice, TempDir};
+use crate::common::{bin, exchange, free_port, run as run_sluice, wait_for, wait_in_epoll, Sluice, TempDir};
 
 const PID: &str = "sluice.pid";
 const OLDBIN: &str = "sluice.pid.oldbin";
@@ -1129,6 +1129,65 @@ fn usr2_is_ignored_where_nginx_ignores_it() {
         fg.ctx()
     );
     assert!(!fg.path(OLDBIN).exists(), "{}", fg.ctx());
+}
+
+/// A single process takes USR2 and WINCH as nginx's does (side by side): USR2 ignored
+/// with the crit line (its parent is unchanged), WINCH only logged (not daemonized); it
+/// serves on.
+#[test]
+fn single_process_usr2_and_winch_as_nginx() {
+    let p = free_port();
+    let s = Sluice::start(&format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p}; return x; }} }}"));
+    let (pid, me) = (s.pid(), std::process::id());
+    for sig in [libc::SIGUSR2, libc::SIGWINCH] {
+        assert!(wait_in_epoll(pid));
+        signal(pid, sig);
+    }
+    let want = [
+        format!("[notice] {pid}#{pid}: signal 12 (SIGUSR2) received from {me}, ignoring"),
+        format!("[crit] {pid}#{pid}: the changing binary signal is ignored: you should shutdown or terminate before either old or new binary's process"),
+        format!("[notice] {pid}#{pid}: signal 28 (SIGWINCH) received from {me}"),
+    ];
+    let got = || -> Vec<String> {
+        s.error_log()
+            .lines()
+            .filter(|l| !l.contains("epoll_wait"))
+            .skip(4)
+            .map(|l| l.get(20..).unwrap_or("").to_string())
+            .collect()
+    };
+    wait_for(10 * SEC, || got().len() >= 3);
+    assert_eq!(got(), want, "{}", s.error_log());
+    assert_eq!(exchange(p, b""), b"x");
+}
+
+/// WINCH sent to a worker of a daemonized master stops that worker gracefully, with
+/// nginx's "aborting" alert (its ngx_debug_quit), and the master starts another.
+#[test]
+fn daemonized_worker_stops_on_winch_and_is_replaced() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let (run, master, ws) = start_daemon(&upgrade_conf(p, a, r), p);
+    let w = ws[0];
+    signal(w, libc::SIGWINCH);
+    assert!(wait_for(10 * SEC, || !alive(w)), "worker {w} still runs\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "not replaced\n{}", run.ctx());
+    let log = run.log();
+    let mine: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!(" {w}#{w}: ")) && !l.contains("[info]"))
+        .map(|l| l.get(20..).unwrap_or(""))
+        .collect();
+    let head = format!("[notice] {w}#{w}: signal 28 (SIGWINCH) received from ");
+    assert!(mine.first().is_some_and(|l| l.starts_with(&head) && l.ends_with(", shutting down")), "{mine:?}");
+    let rest: Vec<String> = mine.iter().skip(1).map(|l| l.to_string()).collect();
+    let want: Vec<String> =
+        ["[notice] {}: gracefully shutting down", "[notice] {}: exiting", "[alert] {}: aborting", "[notice] {}: exit"]
+            .iter()
+            .map(|f| f.replace("{}", &format!("{w}#{w}")))
+            .collect();
+    assert_eq!(rest, want, "{}", run.ctx());
+    assert!(log.contains(&format!("worker process {w} exited with code 0")), "{}", run.ctx());
 }
 
 // ---------------------------------------------------------------------------------

@@ -156,6 +156,22 @@ pub fn parent_unchanged() -> bool {
     unsafe { libc::getppid() == PARENT.load(Ordering::Relaxed) }
 }
 
+/// nginx's line when it ignores USR2 (a binary upgrade already under way, or none possible).
+pub const USR2_IGNORED: &str =
+    "the changing binary signal is ignored: you should shutdown or terminate before either old or new binary's process";
+
+/// Detached from the terminal: daemonized, or started by a binary upgrade (nginx's
+/// `ngx_daemonized`). WINCH stops accepting only then.
+static DAEMONIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_daemonized(on: bool) {
+    DAEMONIZED.store(on, Ordering::Relaxed);
+}
+
+pub fn daemonized() -> bool {
+    DAEMONIZED.load(Ordering::Relaxed)
+}
+
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the process is single-threaded when it forks.
     let pid = unsafe { libc::fork() };

@@ -35,7 +35,6 @@ pub struct Master {
     workers: Vec<WorkerProc>,
     signals: Option<Signals>,
     pid_file: String,
-    daemonized: bool,
     quitting: bool,
     terminating: Option<Instant>,
     /// Workers stopped by WINCH: none run until HUP.
@@ -61,7 +60,6 @@ impl Master {
         listeners: Vec<Listener>,
         signals: Signals,
         pid_file: String,
-        daemonized: bool,
         argv: Vec<String>,
     ) -> Master {
         Master {
@@ -71,7 +69,6 @@ impl Master {
             workers: Vec::new(),
             signals: Some(signals),
             pid_file,
-            daemonized,
             quitting: false,
             terminating: None,
             no_accept: false,
@@ -269,7 +266,7 @@ impl Master {
                 self.signal_workers(libc::SIGUSR1, false, usize::MAX);
             }
             libc::SIGWINCH => {
-                if !self.daemonized {
+                if !process::daemonized() {
                     error(Level::Notice, &signal_notice(sig, from, ""), None);
                     return;
                 }
@@ -283,12 +280,7 @@ impl Master {
                 // old master whose new binary runs.
                 if self.new_binary.is_some() || process::parent_unchanged() {
                     error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
-                    error(
-                        Level::Crit,
-                        "the changing binary signal is ignored: you should shutdown or terminate before either \
-                         old or new binary's process",
-                        None,
-                    );
+                    error(Level::Crit, crate::core::process::USR2_IGNORED, None);
                     return;
                 }
                 error(Level::Notice, &signal_notice(sig, from, ", changing binary"), None);

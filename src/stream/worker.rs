@@ -136,6 +136,8 @@ pub struct Worker {
     udp_batch: Option<Box<RecvBatch>>,
     signals: Signals,
     quitting: bool,
+    /// Stopped by WINCH (nginx's `ngx_debug_quit`): "aborting" after "exiting".
+    debug_quit: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
     shutdown_at: Option<Instant>,
     /// Accepting is paused (out of descriptors) until then, as nginx disables its
@@ -171,6 +173,7 @@ impl Worker {
             udp_batch: None,
             signals,
             quitting: false,
+            debug_quit: false,
             shutdown_at: None,
             accept_paused: None,
             accepts_per_event,
@@ -306,6 +309,9 @@ impl Worker {
             if self.quitting && self.sessions.is_empty() {
                 if self.role == Role::Worker {
                     crate::core::log::error(Level::Notice, "exiting", None);
+                    if self.debug_quit {
+                        crate::core::log::error(Level::Alert, "aborting", None);
+                    }
                 }
                 return self.exit(Exit::Quit);
             }
@@ -330,17 +336,30 @@ impl Worker {
         let mut todo = Vec::new();
         let mut logged = false;
         for (sig, from) in self.signals.drain() {
+            let daemonized = crate::core::process::daemonized();
+            let usr2_ignored = single && crate::core::process::parent_unchanged();
             let action = match sig {
                 libc::SIGTERM | libc::SIGINT => ", exiting",
                 libc::SIGQUIT => ", shutting down",
                 libc::SIGUSR1 => ", reopening logs",
                 libc::SIGHUP if single => ", reconfiguring",
+                // A single process takes USR2 and WINCH as nginx's master does, and
+                // then does nothing with them (nginx's single process cycle neither).
+                libc::SIGUSR2 if single && !usr2_ignored => ", changing binary",
+                libc::SIGWINCH if single && daemonized => ", stop accepting connections",
+                libc::SIGWINCH if single => "",
+                // A worker: WINCH when daemonized is a graceful stop (nginx's debug quit).
+                libc::SIGWINCH if daemonized => ", shutting down",
+                libc::SIGWINCH => "",
                 libc::SIGHUP | libc::SIGUSR2 => ", ignoring",
                 _ => continue,
             };
             if single || from != master {
                 error(Level::Notice, &signal_notice(sig, from, action), None);
                 logged = true;
+            }
+            if sig == libc::SIGUSR2 && usr2_ignored {
+                error(Level::Crit, crate::core::process::USR2_IGNORED, None);
             }
             todo.push(sig);
         }
@@ -359,6 +378,10 @@ impl Worker {
                 // logged); a worker shuts down gracefully.
                 libc::SIGQUIT if single => return Some(Exit::Terminate),
                 libc::SIGQUIT => self.quit(),
+                libc::SIGWINCH if !single && crate::core::process::daemonized() => {
+                    self.debug_quit = true;
+                    self.quit();
+                }
                 libc::SIGUSR1 => {
                     error(Level::Notice, "reopening logs", None);
                     self.rt.reopen_files();
