@@ -807,6 +807,41 @@ fn worker_shutdown_timeout_closes_old_sessions_after_reload() {
 // ---------------------------------------------------------------------------------
 // Log reopening.
 
+/// A worker that cannot open its logs again on USR1 says so as nginx does, one emerg
+/// line per file (its old files stay in use), and serves on.
+#[test]
+fn usr1_reopen_failure_is_an_emerg_line_per_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = free_port();
+    let head = head(false, "1").replace("user root;", "user nobody nogroup;");
+    let conf = format!(
+        "{head}events {{}}\nstream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return \"x\\n\"; \
+         access_log %%PREFIX%%access.log f; }} }}\n"
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+    // The worker (nobody) may not enter the prefix any more; the master (root) may.
+    let dir = run.path("");
+    let mode = std::fs::metadata(&dir).map(|m| m.permissions().mode()).unwrap_or(0o755);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    signal(master, libc::SIGUSR1);
+    let failed =
+        |name: &str| format!("[emerg] {w}#{w}: open() \"{}\" failed (13: Permission denied)", run.path(name).display());
+    let done = wait_for(10 * SEC, || {
+        let log = run.log();
+        log.contains(&failed("access.log")) && log.contains(&failed("error.log"))
+    });
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod back");
+    assert!(done, "no emerg lines from worker {w}\n{}", run.ctx());
+    let log = run.log();
+    let (e, a) = (log.find(&failed("error.log")), log.find(&failed("access.log")));
+    assert!(e < a && log.matches("[emerg]").count() == 2, "{}", run.ctx());
+    assert_eq!(greet(p).ok().as_deref(), Some("x"), "{}", run.ctx());
+}
+
 /// USR1 after the access and error logs were renamed: lines go on into the renamed files
 /// until then, and into new files under the configured names after.
 #[test]

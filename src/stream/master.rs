@@ -89,15 +89,18 @@ impl Master {
             }
             time::update();
             let sigs = self.signals.as_ref().map(|s| s.drain()).unwrap_or_default();
+            let quiet = sigs.is_empty();
             let mut child_exited = false;
             for (sig, from) in sigs {
                 child_exited |= sig == libc::SIGCHLD;
                 self.on_signal(sig, from);
             }
             // Children are reaped after their SIGCHLD line, as nginx's master does (a
-            // reap before it could end the master without that line); a second is the
-            // safety net should a signal ever be missed.
-            if child_exited || last_reap.elapsed() > Duration::from_secs(1) {
+            // reap before it could end the master without that line). The safety net,
+            // should a signal ever be missed, reaps only after a second with no signal at
+            // all: a turn that handled QUIT must not reap a worker whose SIGCHLD is still
+            // on its way.
+            if child_exited || (quiet && last_reap.elapsed() > Duration::from_secs(1)) {
                 if self.reap() {
                     // nginx's master gets SIGIO when it closes the channel of a reaped
                     // worker while another worker still holds that channel's other end
@@ -401,10 +404,6 @@ impl Master {
     /// the worker user so that workers (no longer root) can reopen them (as nginx's
     /// `ngx_reopen_files` does).
     fn reopen_logs(&mut self) {
-        match crate::stream::conf::reopen_error_log(&self.cycle) {
-            Ok(l) => log::set_main(l),
-            Err(e) => error(Level::Alert, &e, None),
-        }
         let user = self.cycle.core.user.option().map(|(u, _)| u.clone()).unwrap_or_else(|| "nobody".into());
         let paths = self
             .cycle
@@ -412,10 +411,18 @@ impl Master {
             .iter()
             .map(|f| f.path.clone())
             .chain(self.cycle.error_logs.iter().flat_map(|l| l.paths().map(str::to_string).collect::<Vec<_>>()));
+        // One emerg line per file that cannot be opened, as nginx's ngx_reopen_files.
+        let mut failed = Vec::new();
         for p in paths.filter(|p| p != "stderr" && !p.starts_with("syslog:")) {
             if let Err(e) = process::create_owned(&p, &user) {
-                error(Level::Alert, &format!("open() \"{}\" failed", p), Some(&e));
+                error(Level::Emerg, &format!("open() \"{}\" failed", p), Some(&e));
+                failed.push(p);
             }
+        }
+        match crate::stream::conf::reopen_error_log(&self.cycle) {
+            Ok(l) => log::set_main(l),
+            Err(e) if failed.iter().any(|p| e.contains(&format!("\"{}\"", p))) => {}
+            Err(e) => error(Level::Emerg, &e, None),
         }
     }
 

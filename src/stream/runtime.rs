@@ -592,9 +592,17 @@ impl WorkerState {
         }
     }
 
+    /// USR1: open the access logs again by name; a failure is nginx's emerg line, and
+    /// the old file stays in use.
     pub fn reopen_files(&mut self) {
         for f in self.files.iter_mut().flatten() {
-            let _ = f.reopen();
+            if let Err(e) = f.reopen() {
+                crate::core::log::error(
+                    crate::core::conf::Level::Emerg,
+                    &format!("open() \"{}\" failed", f.path),
+                    Some(&e),
+                );
+            }
         }
     }
 }

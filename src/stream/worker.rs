@@ -384,10 +384,12 @@ impl Worker {
                 }
                 libc::SIGUSR1 => {
                     error(Level::Notice, "reopening logs", None);
-                    self.rt.reopen_files();
+                    // Error logs first: nginx's open files list has them first when the
+                    // configuration names them first, as it usually does.
                     if let Err(e) = crate::stream::conf::reopen_error_log(&self.cycle) {
-                        error(Level::Alert, &e, None);
+                        error(Level::Emerg, &e, None);
                     }
+                    self.rt.reopen_files();
                 }
                 libc::SIGHUP if single => error(
                     Level::Warn,
