@@ -652,6 +652,41 @@ fn connection_numbers_are_shared_by_workers_and_survive_reload() {
     }
 }
 
+/// A reload whose configuration names another pid file moves it (nginx writes the new
+/// one and removes the old); one that cannot be written fails the reload with nginx's
+/// emerg line, and the old configuration serves on (matched side by side).
+#[test]
+fn reload_moves_the_pid_file() {
+    let a = tagged("A");
+    let p = free_port();
+    let conf = proxy_conf(&head(false, "1"), p, a);
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+    run.write_conf(&conf.replace("sluice.pid;", "moved.pid;"));
+    signal(master, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || run.read_pid("moved.pid") == Some(master) && !run.path(PID).exists()),
+        "the pid file did not move\n{}",
+        run.ctx()
+    );
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "the old worker stays\n{}", run.ctx());
+    let workers = workers_of(master, &[]);
+    run.write_conf(&conf.replace("pid %%PREFIX%%sluice.pid;", "pid /nonexistent-sluice-dir/x.pid;"));
+    signal(master, libc::SIGHUP);
+    let want = "[emerg] ";
+    let msg = "open() \"/nonexistent-sluice-dir/x.pid\" failed (2: No such file or directory)";
+    assert!(
+        wait_for(10 * SEC, || run.log().lines().any(|l| l.contains(want) && l.ends_with(msg))),
+        "no emerg line\n{}",
+        run.ctx()
+    );
+    assert_eq!(run.read_pid("moved.pid"), Some(master), "{}", run.ctx());
+    assert_eq!(workers_of(master, &[]), workers, "{}", run.ctx());
+    assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
+}
+
 /// A reload with a broken configuration (an unknown directive; then a listen address
 /// that cannot be bound) logs `[emerg]` and keeps the old workers serving the old one;
 /// a good one afterwards is taken.

@@ -347,6 +347,19 @@ impl Master {
                 return;
             }
         };
+        // A new pid file name: the file moves (nginx's ngx_init_cycle); if it cannot be
+        // written, the reload fails and the old configuration stays.
+        let pid = cycle.core.pid.get();
+        if pid != self.pid_file {
+            if let Err(e) = process::write_pid(&pid) {
+                error(Level::Emerg, &format!("open() \"{}\" failed", pid), Some(&e));
+                return;
+            }
+            if let Err(e) = std::fs::remove_file(&self.pid_file) {
+                error(Level::Alert, &format!("unlink() \"{}\" failed", self.pid_file), Some(&e));
+            }
+            self.pid_file = pid;
+        }
         // nginx's event module says it again for every cycle it builds.
         error(Level::Notice, "using the \"epoll\" event method", None);
         // Sockets are kept by address and type (TCP and UDP may share an address).
