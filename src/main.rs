@@ -292,23 +292,16 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
     if let Ok(v) = std::env::var(process::INHERITED_ENV) {
         log::error(Level::Notice, &format!("using inherited sockets from \"{}\"", v), None);
     }
-    let mut listeners = Vec::new();
+    let mut have = Vec::new();
     for l in &cycle.listening {
-        if let Some(i) = inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp) {
+        have.push(inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp).map(|i| {
             let (fd, a, udp) = inherited.remove(i);
             process::set_inheritable(fd, false);
-            listeners.push(Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp));
-            continue;
-        }
-        match conn::open_listener(&l.addr, &l.opts) {
-            Ok(s) => listeners.push(s),
-            Err(e) => {
-                log::error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
-                log::error(Level::Emerg, "still could not bind()", None);
-                return 1;
-            }
-        }
+            Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp)
+        }));
     }
+    let want: Vec<(&Addr, &conn::ListenOpts)> = cycle.listening.iter().map(|l| (&l.addr, &l.opts)).collect();
+    let Some(listeners) = conn::open_listeners(&want, have) else { return 1 };
     for (fd, _, _) in inherited {
         // SAFETY: an inherited descriptor this configuration does not use.
         unsafe {

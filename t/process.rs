@@ -652,6 +652,48 @@ fn connection_numbers_are_shared_by_workers_and_survive_reload() {
     }
 }
 
+/// An address in use at start is tried five times, 500 ms apart, as nginx's
+/// ngx_open_listening_sockets does, with its lines (recorded side by side: the same log
+/// lines, the same 2.5 s); then sluice exits 1. Any other bind error fails at once.
+#[test]
+fn bind_in_use_is_tried_five_times() {
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let dir = TempDir::new("bind-retry");
+    std::fs::write(
+        dir.join("s.conf"),
+        format!(
+            "daemon off; master_process off; pid %%PREFIX%%s.pid; error_log %%PREFIX%%e.log notice;\n\
+             events {{}} stream {{ server {{ listen 127.0.0.1:{port}; return x; }} }}\n"
+        )
+        .replace("%%PREFIX%%", &dir.prefix()),
+    )
+    .expect("write");
+    let t0 = Instant::now();
+    let out = run_sluice(&["-p", &dir.prefix(), "-c", "s.conf"], dir.path());
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!((2400..5000).contains(&took.as_millis()), "took {took:?}");
+    let failed = format!("[emerg] bind() to 127.0.0.1:{port} failed (98: Address already in use)");
+    let log = std::fs::read_to_string(dir.join("e.log")).unwrap_or_default();
+    let lines: Vec<String> = log
+        .lines()
+        .map(|l| l.get(20..).unwrap_or("").splitn(2, ": ").collect::<Vec<_>>())
+        .map(|v| format!("{} {}", v[0].split(' ').next().unwrap_or(""), v.get(1).unwrap_or(&"")))
+        .collect();
+    let mut want = Vec::new();
+    for _ in 0..5 {
+        want.push(failed.clone());
+        want.push("[notice] try again to bind() after 500ms".to_string());
+    }
+    want.push("[emerg] still could not bind()".to_string());
+    assert_eq!(lines, want, "{log}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(&format!("sluice: {failed}")).count(), 5, "{err}");
+    assert!(err.ends_with("sluice: [emerg] still could not bind()\n"), "{err}");
+    drop(busy);
+}
+
 /// A reload whose configuration names another pid file moves it (nginx writes the new
 /// one and removes the old); one that cannot be written fails the reload with nginx's
 /// emerg line, and the old configuration serves on (matched side by side).

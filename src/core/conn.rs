@@ -319,6 +319,41 @@ pub fn test_bind(addr: &Addr, opts: &ListenOpts) -> io::Result<()> {
     }
 }
 
+/// nginx's ngx_open_listening_sockets: open every address still missing from `have`
+/// (one slot per address of `want`). An address in use is tried again, up to five times
+/// 500 ms apart ("try again to bind() after 500ms"), then "still could not bind()"; any
+/// other error fails at once. Each failure is logged as nginx does.
+pub fn open_listeners(want: &[(&Addr, &ListenOpts)], mut have: Vec<Option<Listener>>) -> Option<Vec<Listener>> {
+    use crate::core::conf::Level;
+    use crate::core::log::error;
+    have.resize_with(want.len(), || None);
+    for _ in 0..5 {
+        let mut in_use = false;
+        for ((addr, opts), slot) in want.iter().zip(have.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            match open_listener(addr, opts) {
+                Ok(l) => *slot = Some(l),
+                Err(e) => {
+                    error(Level::Emerg, &format!("bind() to {} failed", addr), Some(&e));
+                    if e.raw_os_error() != Some(libc::EADDRINUSE) {
+                        return None;
+                    }
+                    in_use = true;
+                }
+            }
+        }
+        if !in_use {
+            return Some(have.into_iter().flatten().collect());
+        }
+        error(Level::Notice, "try again to bind() after 500ms", None);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    error(Level::Emerg, "still could not bind()", None);
+    None
+}
+
 pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     if opts.udp {
         return open_udp(addr, opts);

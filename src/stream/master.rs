@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::addr::Addr;
 use crate::core::conf::Level;
-use crate::core::conn::{open_listener, Listener};
+use crate::core::conn::{open_listener, open_listeners, ListenOpts, Listener};
 use crate::core::log::{self, error};
 use crate::core::process::{self, signal_notice, ChildExit, Signals};
 use crate::core::time;
@@ -368,32 +368,38 @@ impl Master {
             .zip(self.cycle.listening.iter().map(|l| (l.addr.clone(), l.opts.udp)))
             .map(|(l, a)| (a, l))
             .collect();
-        let mut next = Vec::new();
+        // The kept sockets (a reuseport listener keeps its per-worker ones), then the new
+        // addresses opened as nginx opens them.
+        let mut kept: Vec<Option<Vec<Listener>>> = Vec::new();
         for l in &cycle.listening {
             let key = (l.addr.clone(), l.opts.udp);
-            if let Some(i) = old.iter().position(|(a, _)| *a == key) {
-                next.push((key, old.remove(i).1));
-                continue;
-            }
-            match open_listener(&l.addr, &l.opts) {
-                Ok(s) => next.push((key, vec![s])),
-                Err(e) => {
-                    error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
-                    // Keep the old configuration: put its sockets back in order.
-                    let mut all: Vec<((Addr, bool), Vec<Listener>)> = old.into_iter().chain(next).collect();
-                    self.listeners = self
-                        .cycle
-                        .listening
-                        .iter()
-                        .filter_map(|x| {
-                            let key = (x.addr.clone(), x.opts.udp);
-                            all.iter().position(|(a, _)| *a == key).map(|i| all.remove(i).1)
-                        })
-                        .collect();
-                    return;
-                }
-            }
+            kept.push(old.iter().position(|(a, _)| *a == key).map(|i| old.remove(i).1));
         }
+        let want: Vec<(&Addr, &ListenOpts)> =
+            cycle.listening.iter().zip(&kept).filter(|(_, k)| k.is_none()).map(|(l, _)| (&l.addr, &l.opts)).collect();
+        let Some(mut opened) = open_listeners(&want, Vec::new()).map(|v| v.into_iter()) else {
+            // Keep the old configuration: put its sockets back in order.
+            let mut all: Vec<((Addr, bool), Vec<Listener>)> = old
+                .into_iter()
+                .chain(cycle.listening.iter().zip(kept).filter_map(|(l, k)| Some(((l.addr.clone(), l.opts.udp), k?))))
+                .collect();
+            self.listeners = self
+                .cycle
+                .listening
+                .iter()
+                .filter_map(|x| {
+                    let key = (x.addr.clone(), x.opts.udp);
+                    all.iter().position(|(a, _)| *a == key).map(|i| all.remove(i).1)
+                })
+                .collect();
+            return;
+        };
+        let next: Vec<((Addr, bool), Vec<Listener>)> = cycle
+            .listening
+            .iter()
+            .zip(kept)
+            .filter_map(|(l, k)| Some(((l.addr.clone(), l.opts.udp), k.or_else(|| opened.next().map(|s| vec![s]))?)))
+            .collect();
         // Sockets the new configuration does not listen on close with the old workers.
         for ((a, _), socks) in old {
             if let (Addr::Unix(p), Some(Listener::Unix(_))) = (&a, socks.first()) {
