@@ -183,12 +183,11 @@ fn run() -> i32 {
         return 0;
     }
 
+    // A relative -p stays relative, as nginx keeps it (its messages name "./conf/...");
+    // sluice never changes directory, so the paths mean the same throughout.
     let mut prefix = args.prefix.clone().unwrap_or_else(cwd_prefix);
-    if !prefix.ends_with('/') {
+    if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
-    }
-    if !prefix.starts_with('/') {
-        prefix = cwd_prefix() + &prefix;
     }
     let full = |p: &str| if p.starts_with('/') { p.to_string() } else { format!("{}{}", prefix, p) };
     let conf_file = full(args.conf.as_deref().unwrap_or("conf/sluice.conf"));

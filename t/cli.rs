@@ -189,6 +189,24 @@ fn test_ok() {
     case("test-ok", Some("valid"), &["-t"], true, &[]);
 }
 
+/// A relative -p stays relative in the messages, as nginx's (`nginx -t -p . -c x.conf` says
+/// "./x.conf"; seen by hand), and an empty one means the current directory.
+#[test]
+fn relative_prefix_stays_relative() {
+    let tmp = TempDir::new("cli-relprefix");
+    std::fs::write(tmp.join("x.conf"), "events {}\nstream { server { listen 127.0.0.1:1; return x; } }\n")
+        .expect("write");
+    for (p, shown) in [(".", "./x.conf"), ("", "x.conf")] {
+        let out = run(&["-t", "-p", p, "-c", "x.conf"], tmp.path());
+        assert_eq!(out.status.code(), Some(0), "-p {p:?}");
+        assert_eq!(
+            text(&out.stderr),
+            format!("sluice: the configuration file {shown} syntax is ok\nsluice: configuration file {shown} test is successful\n"),
+            "-p {p:?}"
+        );
+    }
+}
+
 // The recorder's exact command line, load_module included: sluice accepts and ignores it.
 #[test]
 fn test_ok_with_load_module_in_g() {

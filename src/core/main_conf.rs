@@ -158,13 +158,17 @@ fn user(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     c.user.set(cmd, (cmd.arg(0).to_string(), group))
 }
 
-fn load_module(_: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
-    crate::core::log::error(
-        Level::Notice,
-        &format!("load_module \"{}\" ignored: sluice has its modules built in", cmd.arg(0)),
-        None,
-    );
-    Ok(())
+/// `load_module`: sluice has its modules built in, so a module that exists is accepted
+/// without a word (as nginx loads it silently); one that does not is nginx's dlopen error.
+fn load_module(_: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
+    let path = p.full_name(cmd.arg(0));
+    if std::path::Path::new(&path).exists() {
+        return Ok(());
+    }
+    Err(cmd.err(format!(
+        "dlopen() \"{}\" failed ({}: cannot open shared object file: No such file or directory)",
+        path, path
+    )))
 }
 
 /// The directives of nginx's core, errlog and events modules that sluice knows.
