@@ -10,7 +10,7 @@ use crate::stream::variables::Variables;
 pub struct StreamSsl;
 
 /// nginx 1.22.1's `ngx_stream_ssl_vars`.
-const VARIABLES: &[&str] = &[
+pub const VARIABLES: &[&str] = &[
     "ssl_protocol",
     "ssl_cipher",
     "ssl_ciphers",

@@ -10,7 +10,8 @@
 use crate::core::conf::ConfError;
 
 /// The built-in variables of nginx 1.22.1's stream modules in Debian's build (core,
-/// upstream, limit_conn, ssl, ssl_preread, realip); none is left out of the hash.
+/// upstream, limit_conn, ssl_preread, realip; the ssl module's are `ssl_module::VARIABLES`);
+/// none is left out of the hash.
 const NGINX_BUILTINS: &[&str] = &[
     "binary_remote_addr",
     "remote_addr",
@@ -40,26 +41,6 @@ const NGINX_BUILTINS: &[&str] = &[
     "upstream_session_time",
     "upstream_bytes_received",
     "limit_conn_status",
-    "ssl_protocol",
-    "ssl_cipher",
-    "ssl_ciphers",
-    "ssl_curve",
-    "ssl_curves",
-    "ssl_session_id",
-    "ssl_session_reused",
-    "ssl_server_name",
-    "ssl_alpn_protocol",
-    "ssl_client_cert",
-    "ssl_client_raw_cert",
-    "ssl_client_escaped_cert",
-    "ssl_client_s_dn",
-    "ssl_client_i_dn",
-    "ssl_client_serial",
-    "ssl_client_fingerprint",
-    "ssl_client_verify",
-    "ssl_client_v_start",
-    "ssl_client_v_end",
-    "ssl_client_v_remain",
     "ssl_preread_protocol",
     "ssl_preread_server_name",
     "ssl_preread_alpn_protocols",
@@ -96,7 +77,7 @@ pub fn check<'a>(
     let max = max_size.unwrap_or(1024);
     let bucket = align(bucket_size.unwrap_or(64), CACHE_LINE);
     let fail = |what: String| Err(ConfError::bare(format!("could not build variables_hash, {}", what)));
-    let mut names: Vec<&str> = NGINX_BUILTINS.to_vec();
+    let mut names: Vec<&str> = NGINX_BUILTINS.iter().chain(crate::stream::ssl_module::VARIABLES).copied().collect();
     for n in user {
         if !names.contains(&n) {
             names.push(n);
