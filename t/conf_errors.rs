@@ -362,6 +362,7 @@ cases! {
     variable_braced_digit,
     variables_hash_bucket_size_too_large,
     variables_hash_bucket_size_zero,
+    variables_hash_colliding_names,
     variables_hash_duplicate,
     variables_hash_long_name,
     variables_hash_long_name_fits,
