@@ -185,7 +185,42 @@ impl Held {
     }
 }
 
-fn limit_conn_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
+/// The counts a session holds, given back when it ends (nginx's pool cleanup). The first
+/// two are kept inline, so a session under one or two limits allocates nothing for them.
+#[derive(Default)]
+pub struct HeldCounts {
+    first: [Option<Held>; 2],
+    more: Vec<Held>,
+}
+
+impl HeldCounts {
+    fn push(&mut self, h: Held) {
+        match self.first.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(h),
+            None => self.more.push(h),
+        }
+    }
+
+    /// Give every count back.
+    pub fn release_all(&mut self) {
+        for h in self.first.iter_mut().filter_map(Option::take) {
+            h.release();
+        }
+        for h in self.more.drain(..) {
+            h.release();
+        }
+    }
+}
+
+fn limit_conn_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    // The key is built in the worker's scratch value buffer: nothing is allocated.
+    let mut key = std::mem::take(&mut cx.rt.eval_buf);
+    let flow = check_limits(s, &mut key);
+    cx.rt.eval_buf = key;
+    flow
+}
+
+fn check_limits(s: &mut SessionCore, key: &mut Vec<u8>) -> Flow {
     let srv = s.srv.clone();
     let conf = &srv.confs.limit_conn;
     if conf.limits.is_empty() {
@@ -193,15 +228,13 @@ fn limit_conn_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     }
     let cycle = s.cycle.clone();
     let dry_run = conf.dry_run.get();
-    let mut held: Vec<Held> = Vec::new();
-    let mut key = Vec::new();
     for limit in &conf.limits {
         let Some(zone) = limit.zone.and_then(|i| cycle.stream.limit_conn.zones.get(i)) else { continue };
         let Some(shm) = cycle.zones.get(zone.shm).filter(|z| z.name == zone.name).map(|z| z.shm.clone()) else {
             continue;
         };
         key.clear();
-        zone.key.eval(s, &mut key);
+        zone.key.eval(s, key);
         if key.is_empty() {
             continue;
         }
@@ -209,14 +242,14 @@ fn limit_conn_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
             let msg = format!(
                 "the value of the \"{}\" key is more than 255 bytes: \"{}\"",
                 zone.key_text,
-                String::from_utf8_lossy(&key)
+                String::from_utf8_lossy(key)
             );
             s.log(Level::Error, &msg, None);
             continue;
         }
         s.limit_conn_status = PASSED;
-        let hash = crc32fast::hash(&key);
-        let got = Table::with(&shm, |t| t.acquire(hash, &key, limit.conn)).unwrap_or(Acquire::Full);
+        let hash = crc32fast::hash(key);
+        let got = Table::with(&shm, |t| t.acquire(hash, key, limit.conn)).unwrap_or(Acquire::Full);
         let entry = match got {
             Acquire::Held(e) => e,
             Acquire::Limited | Acquire::Full => {
@@ -230,9 +263,7 @@ fn limit_conn_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
                         s.log(level, &format!("limiting connections{} by zone \"{}\"", dry, zone.name), None);
                     }
                 }
-                for h in held {
-                    h.release();
-                }
+                s.limit_conn.release_all();
                 if dry_run {
                     s.limit_conn_status = REJECTED_DRY_RUN;
                     return Flow::Declined;
@@ -241,10 +272,7 @@ fn limit_conn_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
                 return Flow::Finalize(status::SERVICE_UNAVAILABLE);
             }
         };
-        held.push(Held { shm, entry });
-    }
-    for h in held {
-        s.cleanups.push(Box::new(move |_| h.release()));
+        s.limit_conn.push(Held { shm, entry });
     }
     Flow::Declined
 }
@@ -422,18 +450,21 @@ impl<'a> Table<'a> {
             put_u32(self.b, at + E_CONN, conn + 1)?;
             return Some(Acquire::Held(link));
         }
-        let mut links = Vec::with_capacity(chunks_for(key.len()));
-        for _ in 0..chunks_for(key.len()) {
+        // A key of at most MAX_KEY bytes takes at most this many chunks.
+        let mut links = [0u32; 1 + (MAX_KEY - HEAD_KEY).div_ceil(MORE_KEY)];
+        let n = chunks_for(key.len());
+        for i in 0..n {
             match self.alloc() {
-                Some(l) => links.push(l),
+                Some(l) => *links.get_mut(i)? = l,
                 None => {
-                    for l in links {
+                    for &l in &links[..i] {
                         self.free(l)?;
                     }
                     return Some(Acquire::Full);
                 }
             }
         }
+        let links = links.get(..n)?;
         let head = *links.first()?;
         let at = self.chunk(head)?;
         let bucket = self.bucket_at(hash);

@@ -87,9 +87,6 @@ impl UpstreamStates {
     }
 }
 
-/// Work run when a session ends (after its log line).
-pub type Cleanup = Box<dyn FnOnce(&mut WorkerState)>;
-
 /// Capture groups of the last regex match: the subject and each group's range.
 #[derive(Debug, Clone, Default)]
 pub struct Captures {
@@ -164,9 +161,9 @@ pub struct SessionCore {
     pub client_hup: bool,
     /// The last regex match ($1..$9), as nginx keeps `s->captures`.
     pub captures: Captures,
-    /// Work to do when the session ends, after the log phase (limit_conn releases its
-    /// counts): nginx's pool cleanup handlers.
-    pub cleanups: Vec<Cleanup>,
+    /// The limit_conn counts the session holds, given back when it ends, after the log
+    /// phase (nginx's pool cleanup).
+    pub limit_conn: crate::stream::limit_conn_module::HeldCounts,
     /// Set by `pass`: hand the connection to the listener of this address.
     pub pass_to: Option<Addr>,
     /// How many times `pass` has handed this connection over (nginx allows 10).

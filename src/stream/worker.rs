@@ -606,7 +606,7 @@ impl Worker {
             logging: false,
             client_hup: false,
             captures: Default::default(),
-            cleanups: Vec::new(),
+            limit_conn: Default::default(),
             pass_to: None,
             passes,
             virtual_names,
@@ -797,12 +797,10 @@ impl Worker {
         let Some(sess) = self.sessions.try_remove(key & KEY_MASK) else { return };
         let Session { core, state } = sess;
         drop(state);
-        let SessionCore { mut client, remote, id, cleanups, passes, .. } = core;
+        let SessionCore { mut client, remote, id, mut limit_conn, passes, .. } = core;
         // nginx keeps the first server's per-connection state (limit_conn counts) until
         // the connection closes; here it is released at the hand-over.
-        for c in cleanups {
-            c(&mut self.rt);
-        }
+        limit_conn.release_all();
         let _ = client.deregister(self.poll.registry());
         self.rt.conns = self.rt.conns.saturating_sub(1);
         self.init_session(idx, client, remote, None, Some((addr, id, passes.saturating_add(1))), now);
@@ -825,9 +823,7 @@ impl Worker {
         // ("send() to syslog failed while returning text").
         cycle.phases.run_log(&mut sess.core, &mut cx);
         sess.core.action = None;
-        for c in std::mem::take(&mut sess.core.cleanups) {
-            c(cx.rt);
-        }
+        sess.core.limit_conn.release_all();
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
         cx.rt.udp_unbind(sess.core.udp_key, key);
         if sess.core.udp_dropped > 0 {
