@@ -278,6 +278,7 @@ cases! {
     proxy_pass_host_not_found,
     proxy_pass_no_port,
     proxy_pass_unknown_variable,
+    proxy_protocol_bad_value,
     resolver_bad_ipv6,
     resolver_bad_port,
     resolver_bad_valid,

@@ -289,13 +289,10 @@ impl Module for Proxy {
                 let v = match cmd.arg(0) {
                     "off" => 0,
                     "on" => 1,
+                    // sluice's own addition: send a PROXY protocol v2 header. A wrong
+                    // value gets nginx's flag message, which does not know "v2".
                     "v2" => 2,
-                    a => {
-                        return Err(cmd.err(format!(
-                            "invalid value \"{}\" in \"{}\" directive, it must be \"off\", \"on\" or \"v2\"",
-                            a, cmd.name
-                        )))
-                    }
+                    _ => u8::from(value::flag(cmd)?),
                 };
                 c.proxy_protocol.set(cmd, v)
             }),
