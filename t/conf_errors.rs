@@ -223,6 +223,8 @@ cases! {
     duplicate_stream_block,
     duplicate_worker_processes,
     empty_file,
+    error_log_memory,
+    error_log_memory_too_small,
     error_log_missing_dir,
     events_epoll_events,
     events_missing,

@@ -103,10 +103,16 @@ pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Leve
     let name = cmd.arg(0);
     if let Some(spec) = name.strip_prefix("syslog:") {
         crate::core::log::parse_syslog(spec).map_err(|m| cmd.err(m))?;
-    } else if name.starts_with("memory:") {
-        return Err(cmd.err(format!("\"{}\" is not supported by sluice", name)));
+    } else if let Some(size) = name.strip_prefix("memory:") {
+        // nginx's debug build: room for one line of the longest kind, its header naming
+        // this file (`MEMLOG SIZE FILE:LINE`) included.
+        let needed = "MEMLOG  :\n".len() + 1 + cmd.file.len() + 20 + 20 + 2048;
+        if crate::core::conf::value::parse_size(size).is_none_or(|n| n < needed) {
+            return Err(cmd.err(format!("invalid buffer size \"{}\"", size)));
+        }
     }
-    let path = if name == "stderr" || name.starts_with("syslog:") { name.to_string() } else { paths.full_name(name) };
+    let special = name == "stderr" || name.starts_with("syslog:") || name.starts_with("memory:");
+    let path = if special { name.to_string() } else { paths.full_name(name) };
     let mut level = Level::Error;
     for (i, a) in cmd.args.iter().enumerate().skip(1) {
         if a.starts_with("debug_") {

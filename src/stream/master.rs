@@ -432,7 +432,7 @@ impl Master {
             .chain(self.cycle.error_logs.iter().flat_map(|l| l.paths().map(str::to_string).collect::<Vec<_>>()));
         // One emerg line per file that cannot be opened, as nginx's ngx_reopen_files.
         let mut failed = Vec::new();
-        for p in paths.filter(|p| p != "stderr" && !p.starts_with("syslog:")) {
+        for p in paths.filter(|p| p != "stderr" && !p.starts_with("syslog:") && !p.starts_with("memory:")) {
             if let Err(e) = process::create_owned(&p, &user) {
                 error(Level::Emerg, &format!("open() \"{}\" failed", p), Some(&e));
                 failed.push(p);
