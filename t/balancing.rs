@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::Value;
-use sluice::stream::conf::{load, LoadOptions};
 use sluice::upstream::{new_balancer, Outcome, PeerPick, PeerSet};
 
-use crate::common::TempDir;
+use crate::common::{load_cycle, TempDir};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("t/data/balancing")
@@ -25,16 +24,7 @@ fn upstream(trace: &Value) -> sluice::upstream::UpstreamConf {
         block = block,
         name = name
     );
-    std::fs::write(dir.join("s.conf"), conf).expect("write conf");
-    let opts = LoadOptions {
-        prefix: dir.prefix(),
-        conf_file: dir.join("s.conf").display().to_string(),
-        error_log: None,
-        globals: String::new(),
-        test: false,
-    };
-    let cycle = load(&opts).unwrap_or_else(|e| panic!("{:?}", e.error));
-    cycle.upstreams.into_iter().find(|u| u.name == name).expect("the upstream")
+    load_cycle(&dir, &conf).upstreams.into_iter().find(|u| u.name == name).expect("the upstream")
 }
 
 fn index_of(trace: &Value, peers: &PeerSet, id: sluice::upstream::PeerId) -> usize {

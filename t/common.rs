@@ -51,6 +51,21 @@ impl Drop for TempDir {
     }
 }
 
+/// Build a cycle from configuration `text` with sluice's own library, as the binary
+/// would (the file goes into `dir`); panics with the configuration error.
+pub fn load_cycle(dir: &TempDir, text: &str) -> sluice::stream::cycle::Cycle {
+    use sluice::stream::conf::{load, LoadOptions};
+    std::fs::write(dir.join("s.conf"), text).expect("write conf");
+    let opts = LoadOptions {
+        prefix: dir.prefix(),
+        conf_file: dir.join("s.conf").display().to_string(),
+        error_log: None,
+        globals: String::new(),
+        test: false,
+    };
+    load(&opts).unwrap_or_else(|e| panic!("{:?}", e.error))
+}
+
 /// A loopback port, free for TCP and UDP (and on ::1) a moment ago, that no other caller in this
 /// process gets.
 ///

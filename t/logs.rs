@@ -512,13 +512,19 @@ fn log_format_of_several_strings() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// A UDP socket standing in for a syslog server, and its port (reads time out at 5 s).
+fn syslog_sink() -> (std::net::UdpSocket, u16) {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
+    sink.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let port = sink.local_addr().expect("addr").port();
+    (sink, port)
+}
+
 /// `error_log syslog:`: one datagram per line, `<PRI>Mon dd hh:mm:ss HOST TAG: LINE`
 /// (nginx-tests stream_error_log.t), facility local7 by default, severity from the level.
 #[test]
 fn error_log_to_syslog() {
-    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
-    sink.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
-    let sport = sink.local_addr().expect("addr").port();
+    let (sink, sport) = syslog_sink();
     let p = free_port();
     let _s = Sluice::start(&format!(
         "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; return ok; \
@@ -544,9 +550,7 @@ fn error_log_to_syslog() {
 /// nohostname, "<140>Nov 22 05:35:22 sl: 127.0.0.1 200 x". Buffering is refused.
 #[test]
 fn access_log_to_syslog() {
-    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
-    sink.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
-    let sport = sink.local_addr().expect("addr").port();
+    let (sink, sport) = syslog_sink();
     let p = free_port();
     let _s = Sluice::start(&format!(
         "events {{}} stream {{ log_format f '$remote_addr $status x'; server {{ listen 127.0.0.1:{p}; return hi; \

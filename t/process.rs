@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, exchange, free_port, run as run_sluice, wait_for, wait_in_epoll, Sluice, TempDir};
+use crate::common::{bin, console, exchange, free_port, run as run_sluice, wait_for, wait_in_epoll, Sluice, TempDir};
 
 const PID: &str = "sluice.pid";
 const OLDBIN: &str = "sluice.pid.oldbin";
@@ -676,11 +676,7 @@ fn bind_in_use_is_tried_five_times() {
     assert!((2400..5000).contains(&took.as_millis()), "took {took:?}");
     let failed = format!("[emerg] bind() to 127.0.0.1:{port} failed (98: Address already in use)");
     let log = std::fs::read_to_string(dir.join("e.log")).unwrap_or_default();
-    let lines: Vec<String> = log
-        .lines()
-        .map(|l| l.get(20..).unwrap_or("").splitn(2, ": ").collect::<Vec<_>>())
-        .map(|v| format!("{} {}", v[0].split(' ').next().unwrap_or(""), v.get(1).unwrap_or(&"")))
-        .collect();
+    let lines: Vec<String> = console(log.as_bytes()).lines().map(str::to_string).collect();
     let mut want = Vec::new();
     for _ in 0..5 {
         want.push(failed.clone());

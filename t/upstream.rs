@@ -94,24 +94,14 @@ fn proxy_pass_names_an_upstream_defined_later_in_other_case() {
 /// peer state, as nginx's `ngx_stream_upstream_add`), IPv6 in brackets too.
 #[test]
 fn same_proxy_pass_address_is_one_implicit_group() {
-    use sluice::stream::conf::{load, LoadOptions};
     let dir = TempDir::new("implicit");
-    std::fs::write(
-        dir.join("s.conf"),
+    let cycle = load_cycle(
+        &dir,
         "events {} stream { \
          server { listen 127.0.0.1:1; proxy_pass [::1]:7; } server { listen 127.0.0.1:2; proxy_pass [::1]:7; } \
          server { listen 127.0.0.1:3; proxy_pass 127.0.0.1:7; } server { listen 127.0.0.1:4; proxy_pass 127.0.0.1:7; } \
          server { listen 127.0.0.1:5; proxy_pass [::1]:8; } }",
-    )
-    .expect("write");
-    let opts = LoadOptions {
-        prefix: dir.prefix(),
-        conf_file: dir.join("s.conf").display().to_string(),
-        error_log: None,
-        globals: String::new(),
-        test: false,
-    };
-    let cycle = load(&opts).expect("config");
+    );
     let mut names: Vec<&str> = cycle.upstreams.iter().map(|u| u.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["127.0.0.1:7", "[::1]:7", "[::1]:8"]);
@@ -119,22 +109,12 @@ fn same_proxy_pass_address_is_one_implicit_group() {
 
 /// Which backend sluice's own library says a key goes to, for the same upstream text.
 fn predicted(upstream: &str, keys: &[String]) -> Vec<String> {
-    use sluice::stream::conf::{load, LoadOptions};
     use sluice::upstream::{new_balancer, Outcome, PeerPick, PeerSet};
     let dir = TempDir::new("pred");
-    std::fs::write(
-        dir.join("s.conf"),
-        format!("events {{}} stream {{ {} server {{ listen 127.0.0.1:1; proxy_pass u; }} }}", upstream),
-    )
-    .expect("write");
-    let opts = LoadOptions {
-        prefix: dir.prefix(),
-        conf_file: dir.join("s.conf").display().to_string(),
-        error_log: None,
-        globals: String::new(),
-        test: false,
-    };
-    let cycle = load(&opts).expect("config");
+    let cycle = load_cycle(
+        &dir,
+        &format!("events {{}} stream {{ {} server {{ listen 127.0.0.1:1; proxy_pass u; }} }}", upstream),
+    );
     let conf = cycle.upstreams.iter().find(|u| u.name == "u").expect("u").clone();
     let mut peers = PeerSet::new(&conf);
     let mut bal = new_balancer(&conf, &peers);

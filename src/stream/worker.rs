@@ -335,9 +335,9 @@ impl Worker {
         let master = if single { 0 } else { unsafe { libc::getppid() } };
         let mut todo = Vec::new();
         let mut logged = false;
+        let daemonized = crate::core::process::daemonized();
+        let usr2_ignored = single && crate::core::process::parent_unchanged();
         for (sig, from) in self.signals.drain() {
-            let daemonized = crate::core::process::daemonized();
-            let usr2_ignored = single && crate::core::process::parent_unchanged();
             let action = match sig {
                 libc::SIGTERM | libc::SIGINT => ", exiting",
                 libc::SIGQUIT => ", shutting down",
@@ -378,7 +378,7 @@ impl Worker {
                 // logged); a worker shuts down gracefully.
                 libc::SIGQUIT if single => return Some(Exit::Terminate),
                 libc::SIGQUIT => self.quit(),
-                libc::SIGWINCH if !single && crate::core::process::daemonized() => {
+                libc::SIGWINCH if !single && daemonized => {
                     self.debug_quit = true;
                     self.quit();
                 }
