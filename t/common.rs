@@ -191,18 +191,39 @@ impl Sluice {
                 p = dir.prefix()
             )
         };
-        Self::start_inner(conf, &g).expect("sluice did not start")
+        Self::start_inner(conf, &g, &[]).expect("sluice did not start")
     }
 
     pub fn try_start(conf: &str) -> Result<Sluice, String> {
-        Self::start_inner(conf, &globals)
+        Self::start_inner(conf, &globals, &[])
     }
 
-    fn start_inner(conf: &str, globals: &dyn Fn(&TempDir) -> String) -> Result<Sluice, String> {
+    /// Start with `/etc/hosts` replaced by `hosts` for sluice alone: it runs in a mount
+    /// namespace of its own (`unshare -m`, private propagation) with the file bind-mounted
+    /// over the system's.
+    pub fn start_with_hosts(conf: &str, hosts: &str) -> Sluice {
+        let dir = TempDir::new("hosts");
+        std::fs::write(dir.join("hosts"), hosts).expect("write hosts");
+        let script = format!("mount --bind {} /etc/hosts && exec \"$0\" \"$@\"", dir.join("hosts").display());
+        let wrap = ["unshare", "-m", "sh", "-c", script.as_str()];
+        let s = Self::start_inner(conf, &globals, &wrap).expect("sluice did not start under unshare -m");
+        drop(dir);
+        s
+    }
+
+    fn start_inner(conf: &str, globals: &dyn Fn(&TempDir) -> String, wrap: &[&str]) -> Result<Sluice, String> {
         let dir = TempDir::new("run");
         let text = format!("{}{}", globals(&dir), conf.replace("%%PREFIX%%", &dir.prefix()));
         std::fs::write(dir.join("sluice.conf"), text).map_err(|e| e.to_string())?;
-        let child = Command::new(bin())
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .arg("-p")
             .arg(dir.prefix())
             .arg("-c")

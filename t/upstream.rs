@@ -345,3 +345,31 @@ fn proxy_pass_variable_needing_a_resolver_is_500() {
     assert_eq!(s.wait_lines("s.log", 1), ["500"]);
     assert!(s.error_log().contains("no resolver defined to resolve example.com"), "{}", s.error_log());
 }
+
+/// A name in `server NAME:PORT` gives every address getaddrinfo returns, in its order and
+/// duplicates included, as nginx's `ngx_inet_resolve_host` (checked side by side with
+/// nginx 1.22.1 under the same hosts file): glibc puts ::1 before 127.0.0.1, and the
+/// listed-twice 127.0.0.1 is two peers, so round-robin goes ::1, v4, v4.
+#[test]
+fn resolved_name_keeps_getaddrinfo_order_and_duplicates() {
+    let port = free_port();
+    for (addr, id) in [("127.0.0.1", "v4"), ("[::1]", "v6")] {
+        let l = TcpListener::bind(format!("{addr}:{port}")).expect("bind backend");
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let _ = c.write_all(id.as_bytes());
+            }
+        });
+    }
+    let p = free_port();
+    let mut s = Sluice::start_with_hosts(
+        &format!(
+            "events {{}} stream {{ upstream u {{ server dup:{port}; }} \
+             server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}"
+        ),
+        "127.0.0.1 localhost\n127.0.0.1 dup\n127.0.0.1 dup\n::1 dup\n",
+    );
+    let got: Vec<String> = (0..6).map(|_| ask(p)).collect();
+    assert_eq!(got, ["v6", "v4", "v4", "v6", "v4", "v4"]);
+    assert_eq!(s.stop(), Some(0));
+}

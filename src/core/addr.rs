@@ -2,7 +2,7 @@
 //! `127.0.0.1:80`, `[::1]:80`, `*:80`, `80`, `host:80`, `unix:/path`.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
 
 /// A TCP/UDP or unix-domain address.
@@ -73,23 +73,45 @@ fn parse_port(s: &str, listen: bool) -> Result<u16, UrlError> {
     }
 }
 
-/// Resolve `host` as nginx's `ngx_inet_resolve_host` does: IPv4 answers first, then IPv6.
+/// Resolve `host` as nginx's `ngx_inet_resolve_host` does: getaddrinfo with AF_UNSPEC,
+/// SOCK_STREAM and AI_ADDRCONFIG, every IPv4 and IPv6 answer kept in the resolver's
+/// order, duplicates included (each is a peer of its own in nginx, so it weighs in
+/// round-robin and in the hash).
 pub fn resolve_host(host: &str, port: u16) -> Result<Vec<Addr>, UrlError> {
-    let found: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-        Ok(it) => it.collect(),
-        Err(_) => return Err("host not found"),
-    };
-    let mut out: Vec<Addr> = Vec::new();
-    for want_v4 in [true, false] {
-        for a in &found {
-            if a.is_ipv4() == want_v4 {
-                let a = Addr::Inet(*a);
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
-        }
+    let name = std::ffi::CString::new(host).map_err(|_| "host not found")?;
+    // SAFETY: a zeroed addrinfo is a valid "no hints" value; fields are set below.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = libc::AF_UNSPEC;
+    hints.ai_socktype = libc::SOCK_STREAM;
+    hints.ai_flags = libc::AI_ADDRCONFIG;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: valid C string and hints; `res` is freed below.
+    if unsafe { libc::getaddrinfo(name.as_ptr(), std::ptr::null(), &hints, &mut res) } != 0 {
+        return Err("host not found");
     }
+    let mut out = Vec::new();
+    let mut rp = res;
+    while !rp.is_null() {
+        // SAFETY: `rp` walks the list getaddrinfo returned; each ai_addr is valid for
+        // its family's sockaddr.
+        let ai = unsafe { &*rp };
+        match ai.ai_family {
+            libc::AF_INET => {
+                let sin = unsafe { &*(ai.ai_addr as *const libc::sockaddr_in) };
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                out.push(Addr::Inet(SocketAddr::new(IpAddr::V4(ip), port)));
+            }
+            libc::AF_INET6 => {
+                let sin6 = unsafe { &*(ai.ai_addr as *const libc::sockaddr_in6) };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                out.push(Addr::Inet(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, sin6.sin6_scope_id))));
+            }
+            _ => {}
+        }
+        rp = ai.ai_next;
+    }
+    // SAFETY: `res` came from a successful getaddrinfo.
+    unsafe { libc::freeaddrinfo(res) };
     if out.is_empty() {
         return Err("host not found");
     }
@@ -191,7 +213,12 @@ mod tests {
         assert_eq!(u.port, None);
         let u = parse_url("localhost:80", false, true).unwrap();
         assert!(u.addrs.iter().any(|a| a.to_string() == "127.0.0.1:80"));
-        assert_eq!(u.addrs[0].to_string(), "127.0.0.1:80", "IPv4 first");
+        // getaddrinfo's order, as nginx keeps it (glibc sorts ::1 before 127.0.0.1
+        // where a name has both).
+        let libc_order: Vec<String> =
+            std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)).unwrap().map(|a| a.to_string()).collect();
+        let ours: Vec<String> = u.addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(ours, libc_order);
         assert_eq!(parse_url("nonexistent.invalid:80", false, true).unwrap_err(), "host not found");
     }
 }
