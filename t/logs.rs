@@ -315,6 +315,8 @@ fn gzip_log() {
     for f in ["gz.log", "gz9.log"] {
         let raw = std::fs::read(s.dir.join(f)).unwrap_or_default();
         assert!(raw.starts_with(&[0x1f, 0x8b]), "{} is not gzip: {:?}", f, &raw[..raw.len().min(16)]);
+        // The header's OS byte is Unix (3), as zlib writes it for nginx.
+        assert_eq!(raw.get(9), Some(&3), "{}: {:?}", f, &raw[..raw.len().min(16)]);
         let mut text = String::new();
         MultiGzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap_or_else(|e| panic!("{}: {}", f, e));
         assert_eq!(text, want, "{}", f);
@@ -512,6 +514,107 @@ fn log_format_of_several_strings() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// Each `log_format` argument is compiled on its own (recorded from nginx 1.22.1): a
+/// variable name ends with its argument, and `escape=` after the first string is text.
+#[test]
+fn log_format_arguments_end_variable_names() {
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format f '$a' 'b|' $a '$a' '-end';\n  log_format g '$status' escape=json;\n  \
+         server {{ listen 127.0.0.1:{p}; set $a X; set $ab Y; return x; \
+         access_log %%PREFIX%%f.log f; access_log %%PREFIX%%g.log g; }}\n}}\n"
+    ));
+    client(p, b"");
+    assert_eq!(s.wait_lines("f.log", 1), ["Xb|XX-end"]);
+    assert_eq!(s.wait_lines("g.log", 1), ["200escape=json"]);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// A path with variables that cannot be opened: nginx's crit line for every session
+/// (recorded from nginx 1.22.1), the session otherwise unharmed; the template gets the
+/// prefix as text, and ".." in a value is followed.
+#[test]
+fn variable_path_that_cannot_be_opened() {
+    let (p, q) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%nodir/$server_port.log p; }}\n\
+         server {{ listen 127.0.0.1:{q}; return y; set $v ../up/x; access_log logs/$v.log p; }}"
+    )));
+    for d in ["up", "logs"] {
+        std::fs::create_dir_all(s.dir.join(d)).expect("mkdir");
+    }
+    for _ in 0..2 {
+        assert_eq!(exchange(p, b""), b"x");
+    }
+    let (cq, _, _) = client(q, b"");
+    let want = format!(
+        "open() \"{}nodir/{p}.log\" failed (2: No such file or directory) while returning text, \
+         client: 127.0.0.1, server: 127.0.0.1:{p}",
+        s.dir.prefix()
+    );
+    wait_for(Duration::from_secs(5), || s.error_log().matches(&want).count() >= 2);
+    let crit: Vec<_> = s.error_log().lines().filter(|l| l.contains("[crit]")).map(str::to_string).collect();
+    assert_eq!(crit.len(), 2, "{crit:?}");
+    assert!(crit.iter().all(|l| l.ends_with(&want)), "{crit:?}");
+    assert_eq!(s.wait_lines("up/x.log", 1), [format!("{cq}|200|{q}|1")]);
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// A log that cannot be written (/dev/full): an alert in the session's context at most
+/// once a minute per `access_log`, and the buffered log's alert at its flush, outside
+/// any session (both recorded from nginx 1.22.1).
+#[test]
+fn access_log_write_failures_are_alerts() {
+    let full = TempDir::new("full");
+    std::os::unix::fs::symlink("/dev/full", full.join("buffered")).expect("symlink");
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; return x; access_log /dev/full p; \
+         access_log {}buffered p buffer=4k flush=100ms; }}",
+        full.prefix()
+    )));
+    for _ in 0..3 {
+        assert_eq!(exchange(p, b""), b"x");
+    }
+    let buffered = format!(
+        "[alert] {pid}#{pid}: write() to \"{}buffered\" failed (28: No space left on device)",
+        full.prefix(),
+        pid = s.pid()
+    );
+    wait_for(Duration::from_secs(5), || s.error_log().contains(&buffered));
+    let log = s.error_log();
+    let alerts: Vec<_> = log.lines().filter(|l| l.contains("[alert]")).map(|l| l.get(20..).unwrap_or("")).collect();
+    assert_eq!(
+        alerts,
+        [
+            format!(
+                "[alert] {pid}#{pid}: *1 write() to \"/dev/full\" failed (28: No space left on device) while returning \
+                 text, client: 127.0.0.1, server: 127.0.0.1:{p}",
+                pid = s.pid()
+            ),
+            buffered.clone(),
+        ],
+        "{log}"
+    );
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// An error log line is at most 2048 bytes with its newline (nginx's NGX_MAX_ERROR_STR):
+/// the message is cut, and the context after it is lost (recorded from nginx 1.22.1).
+#[test]
+fn long_error_lines_are_cut_as_nginx() {
+    let p = free_port();
+    let host = "h".repeat(3000);
+    let mut s = Sluice::start(&conf(&format!("server {{ listen 127.0.0.1:{p}; set $u {host}; proxy_pass $u:80; }}")));
+    assert_eq!(exchange(p, b""), b"");
+    wait_for(Duration::from_secs(5), || s.error_log().contains("no resolver defined"));
+    let log = s.error_log();
+    let line = log.lines().find(|l| l.contains("no resolver defined")).expect("the resolver line");
+    assert_eq!(line.len(), 2047, "{line}");
+    assert!(line.ends_with("hhhh") && !line.contains("client:"), "{line}");
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// A UDP socket standing in for a syslog server, and its port (reads time out at 5 s).
 fn syslog_sink() -> (std::net::UdpSocket, u16) {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");
@@ -604,6 +707,35 @@ fn access_log_to_a_closed_syslog_port() {
     };
     wait_for(Duration::from_secs(5), || got().len() >= 2);
     assert_eq!(got(), want, "{}", s.error_log());
+}
+
+/// Syslog servers as `ngx_parse_url` takes them: an IPv6 address in brackets and a unix
+/// datagram socket (both delivered by nginx 1.22.1 side by side).
+#[test]
+fn syslog_to_ipv6_and_unix_sockets() {
+    let six = std::net::UdpSocket::bind("[::1]:0").expect("::1 sink");
+    six.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let sport = six.local_addr().expect("addr").port();
+    let dir = TempDir::new("unix-syslog");
+    let path = dir.join("log.sock");
+    let unix = std::os::unix::net::UnixDatagram::bind(&path).expect("unix sink");
+    unix.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f 'A $status'; server {{ listen 127.0.0.1:{p}; return hi; \
+         access_log syslog:server=[::1]:{sport},nohostname f; \
+         access_log syslog:server=unix:{},tag=u,nohostname f; }} }}",
+        path.display()
+    ));
+    assert_eq!(exchange(p, b""), b"hi");
+    let mut buf = [0u8; 512];
+    let n = six.recv(&mut buf).expect("a datagram on ::1");
+    let a = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let n = unix.recv(&mut buf).expect("a datagram on the unix socket");
+    let b = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(a.starts_with("<190>") && a.ends_with(" nginx: A 200"), "{a}");
+    assert!(b.starts_with("<190>") && b.ends_with(" u: A 200"), "{b}");
+    assert_eq!(s.stop(), Some(0));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! The process-wide log (the main `error_log`) is also the `log` crate's backend, so
 //! infrastructure code can use `log::error!` and friends.
 
+use crate::core::addr::Addr;
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -34,29 +35,75 @@ struct Output {
     sink: Sink,
 }
 
-/// A syslog destination (`ngx_syslog_peer_t`).
+/// A syslog destination (`ngx_syslog_peer_t`): its socket is made at the first message
+/// and made again after a failed one, as nginx's.
 pub struct Syslog {
-    sock: std::net::UdpSocket,
+    server: Addr,
+    sock: RefCell<Option<SyslogSocket>>,
     facility: u32,
     tag: String,
     hostname: Option<String>,
 }
 
+enum SyslogSocket {
+    Inet(std::net::UdpSocket),
+    Unix(std::os::unix::net::UnixDatagram),
+}
+
 impl Syslog {
-    /// A connected, non-blocking UDP socket to the server of `c`.
-    pub fn open(c: &SyslogConf) -> io::Result<Syslog> {
-        let bind = if c.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let sock = std::net::UdpSocket::bind(bind)?;
-        sock.connect(c.server)?;
-        sock.set_nonblocking(true)?;
+    pub fn new(c: &SyslogConf) -> Syslog {
         let hostname = (!c.nohostname).then(hostname);
-        Ok(Syslog { sock, facility: c.facility, tag: c.tag.clone(), hostname })
+        Syslog {
+            server: c.server.clone(),
+            sock: RefCell::new(None),
+            facility: c.facility,
+            tag: c.tag.clone(),
+            hostname,
+        }
+    }
+
+    /// `ngx_syslog_init_peer`: a connected, non-blocking datagram socket; a failure is
+    /// nginx's alert.
+    fn connect(&self) -> Option<SyslogSocket> {
+        let sock = match &self.server {
+            Addr::Inet(sa) => {
+                let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                std::net::UdpSocket::bind(bind).map(SyslogSocket::Inet)
+            }
+            Addr::Unix(_) => std::os::unix::net::UnixDatagram::unbound().map(SyslogSocket::Unix),
+        };
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                error(Level::Alert, "socket() failed", Some(&e));
+                return None;
+            }
+        };
+        let connected = match (&sock, &self.server) {
+            (SyslogSocket::Inet(u), Addr::Inet(sa)) => u.connect(sa).and_then(|_| u.set_nonblocking(true)),
+            (SyslogSocket::Unix(u), Addr::Unix(p)) => u.connect(p).and_then(|_| u.set_nonblocking(true)),
+            _ => Ok(()),
+        };
+        match connected {
+            Ok(()) => Some(sock),
+            Err(e) => {
+                error(Level::Alert, "connect() failed", Some(&e));
+                None
+            }
+        }
     }
 
     /// One message, `ngx_syslog_add_header` + `ngx_syslog_send`: "<PRI>TIME HOST TAG: "
-    /// then `text`, in one datagram; a message that cannot go now is dropped (the error
-    /// says why: a server that is not listening shows at the next send).
-    pub fn send(&self, severity: u32, text: &[u8]) -> io::Result<usize> {
+    /// then `text`, in one datagram; `None` if it could not go now (it is dropped), and the
+    /// failure logged here as nginx logs it (`ngx_connection_error` for the send: a
+    /// server not listening shows at the next send); the caller adds its own line.
+    pub fn send(&self, severity: u32, text: &[u8]) -> Option<usize> {
+        // Busy: a failure being logged to this very destination (nginx's `peer->busy`).
+        let Ok(mut sock) = self.sock.try_borrow_mut() else { return None };
+        if sock.is_none() {
+            *sock = self.connect();
+        }
+        let s = sock.as_ref()?;
         let mut head = format!("<{}>", self.facility * 8 + severity);
         crate::core::time::syslog_time(&mut head);
         if let Some(h) = &self.hostname {
@@ -68,7 +115,41 @@ impl Syslog {
         head.push_str(": ");
         let mut msg = head.into_bytes();
         msg.extend_from_slice(text);
-        self.sock.send(&msg)
+        let sent = match s {
+            SyslogSocket::Inet(u) => u.send(&msg),
+            SyslogSocket::Unix(u) => u.send(&msg),
+        };
+        match sent {
+            Ok(n) => Some(n),
+            // ngx_unix_send's NGX_AGAIN: no line of its own.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                *sock = None;
+                drop(sock);
+                error(connection_error_level(&e), "send() failed", Some(&e));
+                None
+            }
+        }
+    }
+}
+
+/// `ngx_connection_error`'s level for a connection logged at alert (a syslog peer's):
+/// the ordinary network errors at error, anything else at alert.
+fn connection_error_level(e: &io::Error) -> Level {
+    match e.raw_os_error() {
+        Some(
+            libc::ECONNRESET
+            | libc::EPIPE
+            | libc::ENOTCONN
+            | libc::ETIMEDOUT
+            | libc::ECONNREFUSED
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::EHOSTDOWN
+            | libc::EHOSTUNREACH
+            | 0,
+        ) => Level::Error,
+        _ => Level::Alert,
     }
 }
 
@@ -76,7 +157,7 @@ impl Syslog {
 /// access logs only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyslogConf {
-    pub server: std::net::SocketAddr,
+    pub server: Addr,
     pub facility: u32,
     pub severity: Option<u32>,
     pub tag: String,
@@ -98,15 +179,18 @@ pub fn parse_syslog(spec: &str) -> Result<SyslogConf, String> {
             if server.is_some() {
                 return Err("duplicate syslog \"server\"".into());
             }
+            // ngx_parse_url with default port 514: an IPv4 or IPv6 address, a name, or
+            // unix:PATH; the first address is used.
             let u = crate::core::addr::parse_url(v, false, true)
                 .map_err(|e| format!("{} in syslog server \"{}\"", e, v))?;
-            let port = u.port.unwrap_or(514);
-            let a = crate::core::addr::parse_url(&format!("{}:{}", u.host.trim_matches(['[', ']']), port), false, true)
-                .ok()
-                .and_then(|u| u.addrs.into_iter().next());
-            match a {
-                Some(crate::core::addr::Addr::Inet(sa)) => server = Some(sa),
-                _ => return Err(format!("host not found in syslog server \"{}\"", v)),
+            let u = match u.port {
+                Some(_) => Ok(u),
+                None if u.addrs.is_empty() => crate::core::addr::parse_url(&format!("{}:514", u.host), false, true),
+                None => Ok(u),
+            };
+            match u.ok().and_then(|u| u.addrs.into_iter().next()) {
+                Some(a) => server = Some(a),
+                None => return Err(format!("host not found in syslog server \"{}\"", v)),
             }
         } else if let Some(v) = p.strip_prefix("facility=") {
             if facility.is_some() {
@@ -206,7 +290,7 @@ impl ErrorLog {
                 Sink::Memory
             } else if let Some(spec) = path.strip_prefix("syslog:") {
                 let c = parse_syslog(spec).map_err(|m| (path.clone(), io::Error::other(m)))?;
-                Sink::Syslog(Syslog::open(&c).map_err(|e| (path.clone(), e))?)
+                Sink::Syslog(Syslog::new(&c))
             } else {
                 Sink::File(RefCell::new(open_append(path).map_err(|e| (path.clone(), e))?))
             };
@@ -264,13 +348,22 @@ impl ErrorLog {
             }
             let body_start = line.len();
             line.push_str(msg);
+            truncate_at(&mut line, MAX_ERROR_STR);
             if let Some(e) = err {
+                // ngx_log_errno: a message that leaves no room for the error code is cut
+                // 50 bytes before the end and marked "...".
+                if line.len() > MAX_ERROR_STR - 50 {
+                    truncate_at(&mut line, MAX_ERROR_STR - 50);
+                    line.push_str("...");
+                }
                 line.push(' ');
                 line.push_str(&crate::core::conf::os_err(e));
+                truncate_at(&mut line, MAX_ERROR_STR);
             }
             if let Some(ctx) = ctx {
                 ctx.write_context(&mut line);
             }
+            truncate_at(&mut line, MAX_ERROR_STR - 1);
             line.push('\n');
             let mut wrote_stderr = false;
             for o in &self.outputs {
@@ -297,6 +390,20 @@ impl ErrorLog {
                 write_all_fd(2, echo.as_bytes());
             }
         });
+    }
+}
+
+/// nginx's `NGX_MAX_ERROR_STR`: a line, its newline included, is at most this long.
+const MAX_ERROR_STR: usize = 2048;
+
+/// Cut `line` to at most `max` bytes (on a character boundary).
+fn truncate_at(line: &mut String, max: usize) {
+    if line.len() > max {
+        let mut n = max;
+        while !line.is_char_boundary(n) {
+            n -= 1;
+        }
+        line.truncate(n);
     }
 }
 

@@ -58,23 +58,38 @@ impl LogFile {
         }
     }
 
-    /// Append one line. Returns the deadline of a pending `flush=` if one was set.
-    pub fn write_line(&mut self, line: &[u8], now: Instant) -> io::Result<Option<Instant>> {
+    /// Append one line (`ngx_stream_log_handler` with its buffer): a line that does not
+    /// fit in what is left of the buffer first writes out what is pending — even nothing,
+    /// which with gzip is an empty member, as nginx writes one — and a line larger than
+    /// the whole buffer is written on its own. The error is the first write's that failed
+    /// here; the line is kept or written whatever a flush before it did.
+    pub fn write_line(&mut self, line: &[u8], now: Instant) -> io::Result<()> {
         if self.buf_size == 0 {
-            return self.write_out(line).map(|_| None);
+            return self.write_out(line);
         }
+        let mut result = Ok(());
         if self.buf.len() + line.len() > self.buf_size {
-            self.flush()?;
+            result = self.write_pending();
         }
-        if line.len() > self.buf_size {
-            return self.write_out(line).map(|_| None);
+        if self.buf.len() + line.len() <= self.buf_size {
+            if self.buf.is_empty() {
+                // nginx (re)starts the flush timer with the first line of a buffer.
+                self.flush_at = self.flush.map(|d| now + d);
+            }
+            self.buf.extend_from_slice(line);
+            return result;
         }
-        self.buf.extend_from_slice(line);
-        if self.flush_at.is_none() {
-            self.flush_at = self.flush.map(|d| now + d);
-            return Ok(self.flush_at);
-        }
-        Ok(None)
+        self.flush_at = None;
+        result.and(self.write_out(line))
+    }
+
+    /// Write out the buffer as it is, and empty it.
+    fn write_pending(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let r = self.write_out(&data);
+        self.buf = data;
+        self.buf.clear();
+        r
     }
 
     pub fn flush_at(&self) -> Option<Instant> {
@@ -85,16 +100,13 @@ impl LogFile {
         self.flush_at.is_some_and(|t| t <= now)
     }
 
+    /// The flush timer, exit or USR1 (`ngx_stream_log_flush`): pending lines are written.
     pub fn flush(&mut self) -> io::Result<()> {
         self.flush_at = None;
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.buf);
-        let r = self.write_out(&data);
-        self.buf = data;
-        self.buf.clear();
-        r
+        self.write_pending()
     }
 
     fn write_out(&mut self, data: &[u8]) -> io::Result<()> {
@@ -102,7 +114,9 @@ impl LogFile {
         match self.gzip {
             None => f.write_all(data),
             Some(level) => {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                // OS "Unix" in the header, as zlib writes it for nginx.
+                let mut enc =
+                    flate2::GzBuilder::new().operating_system(3).write(Vec::new(), flate2::Compression::new(level));
                 enc.write_all(data)?;
                 let z = enc.finish()?;
                 f.write_all(&z)

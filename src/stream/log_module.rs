@@ -52,6 +52,32 @@ pub struct AccessLog {
     pub target: Target,
     pub format: Rc<LogFormat>,
     pub cond: Option<Complex>,
+    /// Shared by the servers that inherit this `access_log`, as nginx shares its entry.
+    pub state: Rc<WriteState>,
+}
+
+/// What one `access_log` remembers of its failed writes (`ngx_stream_log_t`'s
+/// `error_log_time` and `disk_full_time`, in wall-clock seconds).
+#[derive(Default)]
+pub struct WriteState {
+    /// When a failed write was last reported: at most one alert a minute.
+    error_log_time: std::cell::Cell<i64>,
+    /// When a write last found the disk full: no writes for the rest of that second.
+    disk_full_time: std::cell::Cell<i64>,
+}
+
+impl WriteState {
+    /// `ngx_stream_log_write`'s report of a failed write, in the session's context.
+    fn failed(&self, s: &SessionCore, path: &str, e: &std::io::Error) {
+        let now = crate::core::time::wall().0;
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            self.disk_full_time.set(now);
+        }
+        if now - self.error_log_time.get() > 59 {
+            s.log(Level::Alert, &format!("write() to \"{}\" failed", path), Some(e));
+            self.error_log_time.set(now);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -64,24 +90,40 @@ pub struct LogSrv {
     pub open_file_cache_set: bool,
 }
 
-/// nginx's `ngx_stream_log_compile_format`: like a complex value, but `$` must start a
-/// variable name.
-fn compile_format(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
+/// One argument of a log format, checked as `ngx_stream_log_compile_format` checks it:
+/// `$` must start a variable name, and a name ends with its argument.
+fn compile_format_arg(text: &str, cmd: &Cmd, vars: &mut Variables) -> ConfResult<Complex> {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'$' {
-            let rest = &b[i + 1..];
-            let ok = match rest.first() {
-                Some(b'{') => rest.len() > 1 && (rest[1].is_ascii_alphanumeric() || rest[1] == b'_'),
-                Some(c) => c.is_ascii_alphanumeric() || *c == b'_',
-                None => false,
-            };
-            if !ok {
-                return Err(cmd.err(format!("invalid parameter \"{}\"", &text[i..])));
-            }
+        if b[i] != b'$' {
+            i += 1;
+            continue;
         }
-        i += 1;
+        let invalid = || cmd.err(format!("invalid parameter \"{}\"", &text[i..]));
+        let mut j = i + 1;
+        let bracket = b.get(j) == Some(&b'{');
+        if bracket {
+            j += 1;
+        }
+        if j >= b.len() {
+            return Err(invalid());
+        }
+        let start = j;
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+            j += 1;
+        }
+        let name = &text[start..j];
+        if bracket {
+            if b.get(j) != Some(&b'}') {
+                return Err(cmd.err(format!("the closing bracket in \"{}\" variable is missing", name)));
+            }
+            j += 1;
+        }
+        if name.is_empty() {
+            return Err(invalid());
+        }
+        i = j;
     }
     Complex::compile_log(text, cmd, vars)
 }
@@ -104,8 +146,10 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     }
     // (Arity::TwoOrMore has checked there is more than the name: an escape alone is an
     // empty format, as in nginx.)
-    let text: String = rest.concat();
-    let parts = compile_format(&text, cmd, &mut cx.vars)?;
+    let mut parts = Complex::literal(b"");
+    for arg in rest {
+        parts.append(compile_format_arg(arg, cmd, &mut cx.vars)?);
+    }
     cx.main.log.formats.push(Rc::new(LogFormat { name, escape, parts }));
     Ok(())
 }
@@ -154,6 +198,11 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     };
     let path = match syslog {
         Some(_) => Complex::literal(b""),
+        // A path with variables gets the prefix now, as text (`ngx_conf_full_name` before
+        // the script is compiled): a value that is absolute still lands under it.
+        None if Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?.has_variables() => {
+            Complex::compile(&cx.full_name_of(cmd.arg(0)), cmd, &mut cx.vars)?
+        }
         None => Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?,
     };
     if cmd.args.len() < 2 {
@@ -199,11 +248,10 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         if buffer != 0 {
             return Err(cmd.err("logs to syslog cannot be buffered"));
         }
-        let sink = crate::core::log::Syslog::open(&conf)
-            .map_err(|e| cmd.err(format!("socket() failed {}", crate::core::conf::os_err(&e))))?;
+        let sink = crate::core::log::Syslog::new(&conf);
         // ngx_syslog_process_conf: access logs are "info" unless a severity is given.
         let target = Target::Syslog(Rc::new(sink), conf.severity.unwrap_or(6));
-        c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond });
+        c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond, state: Default::default() });
         return Ok(());
     }
     let target = match path.as_static() {
@@ -222,7 +270,7 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         None if buffer != 0 => return Err(cmd.err("buffered logs cannot have variables in name")),
         None => Target::Dynamic(path),
     };
-    c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond });
+    c.logs.get_or_insert_with(Vec::new).push(AccessLog { target, format, cond, state: Default::default() });
     Ok(())
 }
 
@@ -330,33 +378,44 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                 continue;
             }
         }
+        if crate::core::time::wall().0 == l.state.disk_full_time.get() {
+            continue;
+        }
         line.clear();
         format_line(s, &l.format, &mut line, &mut val);
         line.push(b'\n');
         match &l.target {
             Target::File(i) => {
                 if let Some(Some(f)) = cx.rt.files.get_mut(*i) {
-                    let _ = f.write_line(&line, cx.now);
+                    if let Err(e) = f.write_line(&line, cx.now) {
+                        l.state.failed(s, &f.path, &e);
+                    }
                 }
             }
             Target::Syslog(sink, severity) => {
                 // The line without its newline, as nginx sends it.
-                if let Err(e) = sink.send(*severity, &line[..line.len() - 1]) {
-                    // ngx_syslog_send's own line (no session context), then the log's.
-                    crate::core::log::error(Level::Error, "send() failed", Some(&e));
+                // ngx_syslog_send logs its own failure (no session context); the log's
+                // line follows.
+                if sink.send(*severity, &line[..line.len() - 1]).is_none() {
                     s.log(Level::Warn, "send() to syslog failed", None);
                 }
             }
             Target::Dynamic(p) => {
                 let mut path = Vec::new();
                 p.eval(s, &mut path);
-                let path = String::from_utf8_lossy(&path).into_owned();
-                if path.is_empty() || path.contains("/../") {
-                    continue;
+                // The name is a C string in nginx: it ends at a NUL a value brings.
+                if let Some(n) = path.iter().position(|&c| c == 0) {
+                    path.truncate(n);
                 }
-                let path = if path.starts_with('/') { path } else { s.cycle.prefix.clone() + &path };
-                if let Ok(mut f) = crate::core::logfile::LogFile::open(&path) {
-                    let _ = f.write_line(&line, cx.now);
+                let path = String::from_utf8_lossy(&path).into_owned();
+                match crate::core::logfile::LogFile::open(&path) {
+                    Ok(mut f) => {
+                        if let Err(e) = f.write_line(&line, cx.now) {
+                            l.state.failed(s, &path, &e);
+                        }
+                    }
+                    // ngx_stream_log_script_write: every time, at crit.
+                    Err(e) => s.log(Level::Crit, &format!("open() \"{}\" failed", path), Some(&e)),
                 }
             }
         }

@@ -580,14 +580,14 @@ impl WorkerState {
 
     pub fn flush_files(&mut self) {
         for f in self.files.iter_mut().flatten() {
-            let _ = f.flush();
+            flush_file(f);
         }
     }
 
     pub fn flush_due_files(&mut self, now: Instant) {
         for f in self.files.iter_mut().flatten() {
             if f.flush_due(now) {
-                let _ = f.flush();
+                flush_file(f);
             }
         }
     }
@@ -596,6 +596,7 @@ impl WorkerState {
     /// the old file stays in use.
     pub fn reopen_files(&mut self) {
         for f in self.files.iter_mut().flatten() {
+            flush_file(f);
             if let Err(e) = f.reopen() {
                 crate::core::log::error(
                     crate::core::conf::Level::Emerg,
@@ -604,6 +605,14 @@ impl WorkerState {
                 );
             }
         }
+    }
+}
+
+/// `ngx_stream_log_flush`: a failed write is an alert, outside any session.
+fn flush_file(f: &mut LogFile) {
+    if let Err(e) = f.flush() {
+        let msg = format!("write() to \"{}\" failed", f.path);
+        crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
     }
 }
 

@@ -286,6 +286,17 @@ impl Complex {
         Ok(Complex { parts })
     }
 
+    /// `self` followed by `other` (a log format's arguments are compiled one by one, so a
+    /// variable name ends where its argument does).
+    pub fn append(&mut self, other: Complex) {
+        for p in other.parts {
+            match (self.parts.last_mut(), p) {
+                (Some(Part::Lit(a)), Part::Lit(b)) => a.extend_from_slice(&b),
+                (_, p) => self.parts.push(p),
+            }
+        }
+    }
+
     pub fn literal(v: &[u8]) -> Complex {
         Complex { parts: vec![Part::Lit(v.to_vec())] }
     }
