@@ -615,6 +615,23 @@ fn long_error_lines_are_cut_as_nginx() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// Bytes of the configuration that are not UTF-8 (Latin-1 text, say) reach clients and
+/// logs as they are written, as nginx keeps its words as bytes (recorded side by side).
+#[test]
+fn configuration_bytes_that_are_not_utf8_pass_through() {
+    let raw = TempDir::new("latin1");
+    let p = free_port();
+    let mut text = b"log_format l 'L\xff\xc3\xa9[$x]';\n".to_vec();
+    text.extend_from_slice(format!("server {{ listen 127.0.0.1:{p}; access_log {}l.log l; ", raw.prefix()).as_bytes());
+    text.extend_from_slice(b"set $x \"\xe9\xc3\xa9\"; return \"R\xff\xc3\xa9$x\"; }\n");
+    std::fs::write(raw.join("raw.conf"), &text).expect("write");
+    let mut s = Sluice::start(&format!("events {{}}\nstream {{ include {}raw.conf; }}\n", raw.prefix()));
+    assert_eq!(exchange(p, b""), b"R\xff\xc3\xa9\xe9\xc3\xa9");
+    wait_for(Duration::from_secs(5), || std::fs::read(raw.join("l.log")).is_ok_and(|l| l.ends_with(b"\n")));
+    assert_eq!(std::fs::read(raw.join("l.log")).unwrap_or_default(), b"L\xff\xc3\xa9[\\xE9\\xC3\\xA9]\n");
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// A UDP socket standing in for a syslog server, and its port (reads time out at 5 s).
 fn syslog_sink() -> (std::net::UdpSocket, u16) {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");

@@ -200,7 +200,7 @@ fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
         return Ok(());
     }
     let key = key.strip_prefix('\\').unwrap_or(key);
-    match b.add_key(key.as_bytes(), value) {
+    match b.add_key(&crate::core::conf::parser::text_to_bytes(key), value) {
         Ok(()) => Ok(()),
         Err(AddKey::Invalid) => Err(c.err(format!("invalid hostname or wildcard \"{}\"", key))),
         Err(AddKey::Busy) => Err(c.err(format!("conflicting parameter \"{}\"", key.to_ascii_lowercase()))),

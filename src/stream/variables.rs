@@ -230,7 +230,11 @@ impl Complex {
     }
 
     fn compile_inner(text: &str, cmd: &Cmd, vars: &mut Variables, captures: bool) -> ConfResult<Complex> {
-        let b = text.as_bytes();
+        // Bytes as written (a non-UTF-8 byte of the file comes out as itself).
+        let raw = crate::core::conf::parser::text_to_bytes(text);
+        let b = &raw[..];
+        // Names are ASCII name characters, so these slices are text.
+        let name_at = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).unwrap_or("");
         let mut parts = Vec::new();
         let mut lit = Vec::new();
         let mut i = 0;
@@ -260,16 +264,18 @@ impl Complex {
                     j += 1;
                 }
                 if b.get(j) != Some(&b'}') {
-                    return Err(cmd.err(format!("the closing bracket in \"{}\" variable is missing", &text[start..j])));
+                    return Err(
+                        cmd.err(format!("the closing bracket in \"{}\" variable is missing", name_at(start..j)))
+                    );
                 }
-                (&text[start..j], j + 1)
+                (name_at(start..j), j + 1)
             } else {
                 let start = i;
                 let mut j = i;
                 while j < b.len() && is_name_char(b[j]) {
                     j += 1;
                 }
-                (&text[start..j], j)
+                (name_at(start..j), j)
             };
             if name.is_empty() {
                 return Err(cmd.err("invalid variable name"));

@@ -136,7 +136,56 @@ fn unescape(raw: &[u8]) -> String {
         out.push(raw[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    bytes_to_text(&out)
+}
+
+/// Where a byte that is not part of valid UTF-8 goes in a configuration word: nginx keeps
+/// words as bytes, so such a byte (a Latin-1 "é" in a `return` text, say) must come out
+/// of `text_to_bytes` as it went in. Private-use code points U+10FF80..U+10FFFF stand for
+/// bytes 0x80..0xFF.
+const RAW_BYTE_BASE: u32 = 0x10FF00;
+
+/// A word as text: valid UTF-8 as it is, every other byte as its stand-in.
+pub fn bytes_to_text(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    let raw = |s: &mut String, c: u8| s.push(char::from_u32(RAW_BYTE_BASE + u32::from(c)).unwrap_or('?'));
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if is_stand_in(c) {
+                // A stand-in written as such goes as its bytes, to come back as itself.
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf).bytes().for_each(|b| raw(&mut s, b));
+            } else {
+                s.push(c);
+            }
+        }
+        for &c in chunk.invalid() {
+            raw(&mut s, c);
+        }
+    }
+    s
+}
+
+fn is_stand_in(c: char) -> bool {
+    (RAW_BYTE_BASE + 0x80..=RAW_BYTE_BASE + 0xff).contains(&u32::from(c))
+}
+
+/// The bytes a configuration word was written with (the inverse of `bytes_to_text`).
+pub fn text_to_bytes(s: &str) -> std::borrow::Cow<'_, [u8]> {
+    let raw = is_stand_in;
+    if !s.chars().any(raw) {
+        return std::borrow::Cow::Borrowed(s.as_bytes());
+    }
+    let mut out = Vec::with_capacity(s.len());
+    for c in s.chars() {
+        if raw(c) {
+            out.push((u32::from(c) - RAW_BYTE_BASE) as u8);
+        } else {
+            let mut b = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl<'a> Tokenizer<'a> {
@@ -349,6 +398,14 @@ pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any bytes survive the trip through a word's text.
+    #[test]
+    fn words_keep_their_bytes() {
+        for b in [&b"plain"[..], b"\xff\xc3\xa9\xe9", b"\xc3", b"a\xf4\x8f\xbf\xbfz", b"\x80\x00\xfe"] {
+            assert_eq!(&*text_to_bytes(&bytes_to_text(b)), b);
+        }
+    }
 
     /// A hostile pile of blocks stops at MAX_DEPTH with an error, instead of
     /// overflowing the stack (the test thread's is 2 MiB).
