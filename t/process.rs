@@ -1360,11 +1360,15 @@ fn proxy_bind_transparent_keeps_net_raw_for_the_workers() {
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     let worker = workers_of(master, &[])[0];
-    let uid = std::fs::read_to_string(format!("/proc/{worker}/status"))
-        .ok()
-        .and_then(|st| st.lines().find(|l| l.starts_with("Uid:")).map(str::to_string))
-        .unwrap_or_default();
-    assert!(uid.split_whitespace().nth(1).is_some_and(|u| u != "0"), "the worker is root: {uid:?}");
+    let uid = || {
+        std::fs::read_to_string(format!("/proc/{worker}/status"))
+            .ok()
+            .and_then(|st| st.lines().find(|l| l.starts_with("Uid:")).map(str::to_string))
+            .unwrap_or_default()
+    };
+    // A worker just forked is still root until it has set its user: wait for that.
+    let not_root = || uid().split_whitespace().nth(1).is_some_and(|u| u != "0");
+    assert!(wait_for(10 * SEC, not_root), "the worker is root: {:?}", uid());
     assert!(
         wait_for(10 * SEC, || greet(p).is_ok_and(|ip| ip == "127.0.0.2")),
         "the backend did not see 127.0.0.2: {:?}\n{}",
