@@ -632,6 +632,39 @@ fn configuration_bytes_that_are_not_utf8_pass_through() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// `open_log_file_cache`: a path with variables keeps its descriptor for `valid`, so
+/// lines follow a renamed file even across USR1; with the cache off each line opens the
+/// name (both recorded side by side with nginx 1.22.1).
+#[test]
+fn open_log_file_cache_keeps_descriptors() {
+    let (a, b) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf(&format!(
+        "open_log_file_cache max=10 valid=1m inactive=1m;\n\
+         server {{ listen 127.0.0.1:{a}; set $v a; return x; access_log %%PREFIX%%$v.log p; }}\n\
+         server {{ listen 127.0.0.1:{b}; set $v b; return x; access_log %%PREFIX%%$v.log p; open_log_file_cache off; }}"
+    )));
+    let (a1, _, _) = client(a, b"");
+    let (b1, _, _) = client(b, b"");
+    s.wait_lines("a.log", 1);
+    s.wait_lines("b.log", 1);
+    for f in ["a.log", "b.log"] {
+        std::fs::rename(s.dir.join(f), s.dir.join(&format!("{f}.1"))).expect("rename");
+    }
+    let (a2, _, _) = client(a, b"");
+    let (b2, _, _) = client(b, b"");
+    s.signal(libc::SIGUSR1);
+    wait_for(Duration::from_secs(5), || s.error_log().contains("reopening logs"));
+    let (a3, _, _) = client(a, b"");
+    assert_eq!(
+        s.wait_lines("a.log.1", 3),
+        [format!("{a1}|200|{a}|1"), format!("{a2}|200|{a}|1"), format!("{a3}|200|{a}|1")]
+    );
+    assert!(!s.dir.join("a.log").exists(), "a.log was opened again by name");
+    assert_eq!(s.wait_lines("b.log.1", 1), [format!("{b1}|200|{b}|1")]);
+    assert_eq!(s.wait_lines("b.log", 1), [format!("{b2}|200|{b}|1")]);
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// A UDP socket standing in for a syslog server, and its port (reads time out at 5 s).
 fn syslog_sink() -> (std::net::UdpSocket, u16) {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("syslog sink");

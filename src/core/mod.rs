@@ -11,6 +11,7 @@ pub mod log;
 pub mod logfile;
 pub mod main_conf;
 pub mod mmsg;
+pub mod open_file_cache;
 pub mod process;
 pub mod shm;
 pub mod splice;

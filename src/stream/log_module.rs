@@ -10,6 +10,7 @@ use crate::core::conf::value;
 use crate::core::conf::{Cmd, ConfResult};
 use crate::core::log::Level;
 use crate::core::logfile::FileSpec;
+use crate::core::open_file_cache::OpenFileCache;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::{Flow, Phase, PhaseRegistry};
@@ -86,8 +87,9 @@ pub struct LogSrv {
     pub logs: Option<Vec<AccessLog>>,
     /// `access_log off` at this level: nothing is logged here, whatever else is listed.
     pub off: bool,
-    /// `open_log_file_cache` was given at this level (a second one is a duplicate).
-    pub open_file_cache_set: bool,
+    /// `open_log_file_cache` at this level: `None` unset (inherit), `Some(None)` off.
+    /// Servers that inherit it share one cache, as in nginx.
+    pub open_file_cache: Option<Option<Rc<OpenFileCache>>>,
 }
 
 /// One argument of a log format, checked as `ngx_stream_log_compile_format` checks it:
@@ -154,19 +156,19 @@ fn log_format(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     Ok(())
 }
 
-/// `open_log_file_cache`: checked as nginx does, then not needed. nginx caches the
-/// descriptors of log paths with variables; sluice opens those per line.
+/// `open_log_file_cache max=N [inactive=T] [min_uses=N] [valid=T] | off`, checked as
+/// nginx checks it.
 fn open_log_file_cache(c: &mut LogSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    if c.open_file_cache_set {
+    if c.open_file_cache.is_some() {
         return Err(cmd.duplicate());
     }
-    c.open_file_cache_set = true;
-    let (mut max, mut off) = (0, false);
+    let (mut max, mut inactive, mut min_uses, mut valid, mut off) = (0, 10, 1, 60, false);
     for a in &cmd.args {
         let ok = match a.split_once('=') {
             Some(("max", v)) => value::parse_number(v).map(|n| max = n).is_some(),
-            Some(("min_uses", v)) => value::parse_number(v).is_some(),
-            Some(("inactive" | "valid", v)) => value::parse_time(v, true).is_some(),
+            Some(("min_uses", v)) => value::parse_number(v).map(|n| min_uses = n).is_some(),
+            Some(("inactive", v)) => value::parse_time(v, true).map(|t| inactive = t).is_some(),
+            Some(("valid", v)) => value::parse_time(v, true).map(|t| valid = t).is_some(),
             _ if a == "off" => {
                 off = true;
                 true
@@ -177,9 +179,21 @@ fn open_log_file_cache(c: &mut LogSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult 
             return Err(cmd.err(format!("invalid \"open_log_file_cache\" parameter \"{}\"", a)));
         }
     }
-    if !off && max == 0 {
+    if off {
+        c.open_file_cache = Some(None);
+        return Ok(());
+    }
+    if max == 0 {
         return Err(cmd.err("\"open_log_file_cache\" must have \"max\" parameter"));
     }
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let cache = OpenFileCache::new(
+        usize::try_from(max).unwrap_or(usize::MAX),
+        clamp(inactive),
+        u32::try_from(min_uses).unwrap_or(u32::MAX),
+        clamp(valid),
+    );
+    c.open_file_cache = Some(Some(Rc::new(cache)));
     Ok(())
 }
 
@@ -295,6 +309,9 @@ impl Module for Log {
             c.logs = p.logs.clone();
             c.off = p.off;
         }
+        if c.open_file_cache.is_none() {
+            c.open_file_cache = p.open_file_cache.clone();
+        }
         Ok(())
     }
 
@@ -408,14 +425,17 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                     path.truncate(n);
                 }
                 let path = String::from_utf8_lossy(&path).into_owned();
-                match crate::core::logfile::LogFile::open(&path) {
-                    Ok(mut f) => {
-                        if let Err(e) = f.write_line(&line, cx.now) {
-                            l.state.failed(s, &path, &e);
-                        }
-                    }
+                let written = match srv.confs.log.open_file_cache.as_ref().and_then(Option::as_ref) {
+                    Some(cache) => cache.write(&path, &line, crate::core::time::wall().0),
+                    None => crate::core::logfile::LogFile::open(&path)
+                        .map_err(|e| ("open()", e))
+                        .and_then(|mut f| f.write_line(&line, cx.now).map_err(|e| ("write()", e))),
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(("write()", e)) => l.state.failed(s, &path, &e),
                     // ngx_stream_log_script_write: every time, at crit.
-                    Err(e) => s.log(Level::Crit, &format!("open() \"{}\" failed", path), Some(&e)),
+                    Err((call, e)) => s.log(Level::Crit, &format!("{call} \"{path}\" failed"), Some(&e)),
                 }
             }
         }
