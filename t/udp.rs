@@ -1304,3 +1304,42 @@ fn udp_session_survives_reload() {
     let pid: i32 = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
     assert!(old.contains(&pid), "the session was logged by {pid}, not an old worker {old:?}");
 }
+
+/// `proxy_upload_rate` on UDP: the datagram that begins a session goes out at once, as
+/// nginx sends its preread buffer (sluice held it back, and lost it, before); one that
+/// comes while reading is delayed is dropped, as nginx's datagram is only there while
+/// its read handler runs (both side by side with nginx 1.22.1).
+#[test]
+fn udp_upload_rate_sends_the_first_datagram_and_drops_while_delayed() {
+    let b = UdpBackend::tagging();
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{}; proxy_upload_rate 10; \
+         proxy_responses 1; proxy_timeout 2s; }}",
+        b.port
+    )));
+    let c = dgram(p);
+    let r = io(&c, b"0123456789", Duration::from_secs(3)).expect("the first datagram's answer");
+    assert_eq!(untag(&r).map(|(_, d)| d), Some(b"0123456789".to_vec()), "{}", tail(&s));
+    let log = wait_log(&s, "udp done", 1, Duration::from_secs(3));
+    assert!(
+        log.contains("udp done, packets from/to client:1/1, bytes from/to client:10/16, bytes from/to upstream:16/10"),
+        "{log}"
+    );
+
+    // proxy_requests 2: the second datagram comes while the first's 10 bytes are paced
+    // (10 bytes a second): it is not relayed, and the session waits for it no more than
+    // nginx's does.
+    let q = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{q} udp; proxy_pass 127.0.0.1:{}; proxy_upload_rate 10; \
+         proxy_requests 2; proxy_responses 1; proxy_timeout 2s; }}",
+        b.port
+    )));
+    let before = b.received();
+    let c = dgram(q);
+    assert!(io(&c, b"0123456789", Duration::from_secs(3)).is_some(), "{}", tail(&s));
+    c.send(b"abcdefghij").expect("send");
+    assert_eq!(recv(&c, ms(500)), None, "the datagram sent while delayed was relayed");
+    assert_eq!(b.received() - before, 1, "{}", tail(&s));
+}

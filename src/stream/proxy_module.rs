@@ -1041,27 +1041,38 @@ impl ProxySession {
             }
         } else {
             loop {
-                if !gate(
-                    &mut self.delayed[0],
-                    &mut self.delay_timer[0],
-                    self.upload_rate,
-                    s.received,
-                    self.start_sec,
-                    s.key,
-                    cx,
-                ) {
+                if s.udp_queue.is_empty() {
+                    break;
+                }
+                // The session's first datagram goes out as nginx's preread buffer does,
+                // neither gated nor paced; each later one is read under the rate, and
+                // one that comes while reading is delayed is lost, as in nginx (its
+                // datagram is only there while the read handler runs).
+                let first = self.requests == 0;
+                if !first
+                    && !gate(
+                        &mut self.delayed[0],
+                        &mut self.delay_timer[0],
+                        self.upload_rate,
+                        s.received,
+                        self.start_sec,
+                        s.key,
+                        cx,
+                    )
+                {
+                    s.udp_queue.clear();
                     break;
                 }
                 let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
-                if self.requests > 1 {
+                if !first {
                     // (The first was counted when the session began.)
                     s.received += d.len() as u64;
+                    paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
                 }
                 if let Some(h) = self.udp_header.take() {
                     d.splice(0..0, h);
                 }
-                paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
                 match up.write(&d) {
                     Ok(n) => plog.sent += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
