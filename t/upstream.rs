@@ -373,3 +373,29 @@ fn resolved_name_keeps_getaddrinfo_order_and_duplicates() {
     assert_eq!(got, ["v6", "v4", "v4", "v6", "v4", "v4"]);
     assert_eq!(s.stop(), Some(0));
 }
+
+/// A `proxy_pass` value is looked up among the upstreams as nginx's handler does (side by
+/// side with nginx 1.22.1): host in any case and port must agree, so "LOCALHOST:P" finds
+/// the group `proxy_pass localhost:P` made, with no resolver; an `upstream {}` block has
+/// no port, so a block named "ub:P" is found by nothing and "ub:P" needs a resolver.
+#[test]
+fn proxy_pass_variable_finds_groups_by_host_and_port() {
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format s '$server_port $status $upstream_addr'; access_log %%PREFIX%%s.log s; \
+         upstream ub:{b} {{ server 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass localhost:{a}; }} \
+         server {{ listen 127.0.0.1:{q}; set $up LOCALHOST:{a}; proxy_pass $up; }} \
+         server {{ listen 127.0.0.1:{r}; set $up ub:{b}; proxy_pass $up; }} }}"
+    ));
+    assert_eq!(ask(q), "a");
+    assert_eq!(ask(r), "");
+    let mut lines = s.wait_lines("s.log", 2);
+    lines.sort();
+    let mut want = [format!("{q} 200 127.0.0.1:{a}"), format!("{r} 500 -")];
+    want.sort();
+    assert_eq!(lines, want);
+    assert!(s.error_log().contains("no resolver defined to resolve ub,"), "{}", s.error_log());
+    assert_eq!(ask(p), "a");
+}

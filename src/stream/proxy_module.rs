@@ -498,6 +498,20 @@ fn paced(delayed: &mut bool, timer: &mut Option<TimerId>, rate: u64, n: usize, k
     }
 }
 
+/// The upstream a value of `proxy_pass` names, as `ngx_stream_proxy_handler` searches:
+/// the host (any case) and the port must both agree, and an `upstream {}` block has no
+/// port, so "name" finds block "name" and "host:port" the group a `proxy_pass host:port`
+/// made (a block called "ub:80" is found by nothing: its host would be "ub").
+fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Option<usize> {
+    upstreams.iter().position(|u| {
+        let (u_host, u_port) = match (u.implicit, u.port) {
+            (true, Some(p)) => (u.name.rsplit_once(':').map_or(u.name.as_str(), |(h, _)| h), Some(p)),
+            _ => (u.name.as_str(), None),
+        };
+        u_port == port && u_host.eq_ignore_ascii_case(host)
+    })
+}
+
 fn conf(s: &SessionCore) -> &ProxySrv {
     &s.srv.confs.proxy
 }
@@ -513,35 +527,16 @@ impl ProxySession {
                 let mut out = Vec::new();
                 v.eval(s, &mut out);
                 let name = String::from_utf8_lossy(&out).into_owned();
-                if let Some(i) =
-                    s.cycle.upstreams.iter().position(|u| !u.implicit && u.name.eq_ignore_ascii_case(&name))
-                {
-                    return Ok(i);
-                }
                 match parse_url(&name, false, false) {
                     Ok(u) if !u.addrs.is_empty() => {
                         self.own_group = true;
                         Ok(cx.rt.session_group(&name, u.addrs))
                     }
-                    Ok(u) if u.port.is_none() => {
-                        s.log(Level::Error, &format!("no port in upstream \"{}\"", u.host), None);
-                        Err(Some(status::INTERNAL_SERVER_ERROR))
-                    }
-                    Ok(u) => {
-                        let Some(conf) = s.srv.core().resolver.option().cloned() else {
-                            s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
-                            return Err(Some(status::INTERNAL_SERVER_ERROR));
-                        };
-                        let port = u.port.unwrap_or(0);
-                        let timeout = s.srv.core().resolver_timeout.get();
-                        let mut io = Io { registry: cx.registry, timers: cx.timers, now: cx.now };
-                        self.resolving = Some((u.host.clone(), port));
-                        let target = resolver::Target::Session(s.key);
-                        match cx.rt.resolvers.resolve(&conf, &u.host, target, timeout, &mut io) {
-                            Some((outcome, _)) => self.resolved(s, outcome, cx),
-                            None => Err(None),
-                        }
-                    }
+                    Ok(u) if !u.literal => match find_group(&s.cycle.upstreams, &u.host, u.port) {
+                        Some(i) => Ok(i),
+                        None => self.resolve_name(s, cx, u),
+                    },
+                    Ok(u) => self.resolve_name(s, cx, u),
                     Err(e) => {
                         s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);
                         Err(Some(status::INTERNAL_SERVER_ERROR))
@@ -549,6 +544,31 @@ impl ProxySession {
                 }
             }
             None => Err(Some(status::INTERNAL_SERVER_ERROR)),
+        }
+    }
+
+    /// A value of `proxy_pass` that names no upstream: it needs a port, then a resolver.
+    fn resolve_name(
+        &mut self,
+        s: &mut SessionCore,
+        cx: &mut Cx<'_>,
+        u: crate::core::addr::ParsedUrl,
+    ) -> Result<usize, Option<u16>> {
+        let Some(port) = u.port else {
+            s.log(Level::Error, &format!("no port in upstream \"{}\"", u.host), None);
+            return Err(Some(status::INTERNAL_SERVER_ERROR));
+        };
+        let Some(conf) = s.srv.core().resolver.option().cloned() else {
+            s.log(Level::Error, &format!("no resolver defined to resolve {}", u.host), None);
+            return Err(Some(status::INTERNAL_SERVER_ERROR));
+        };
+        let timeout = s.srv.core().resolver_timeout.get();
+        let mut io = Io { registry: cx.registry, timers: cx.timers, now: cx.now };
+        self.resolving = Some((u.host.clone(), port));
+        let target = resolver::Target::Session(s.key);
+        match cx.rt.resolvers.resolve(&conf, &u.host, target, timeout, &mut io) {
+            Some((outcome, _)) => self.resolved(s, outcome, cx),
+            None => Err(None),
         }
     }
 
