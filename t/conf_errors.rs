@@ -278,6 +278,7 @@ cases! {
     open_log_file_cache_no_max,
     open_log_file_cache_valid,
     pid_missing_dir,
+    proxy_bind_brackets_without_port,
     proxy_bind_port,
     proxy_downstream_buffer_deprecated,
     proxy_pass_host_not_found,

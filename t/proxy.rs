@@ -538,6 +538,59 @@ fn proxy_bind_sets_the_local_address_and_port() {
     drop(s);
 }
 
+/// `proxy_bind` failures as nginx 1.22.1 logs them (side by side): a value that is no
+/// address (brackets alone included) is an error line before any upstream is chosen, and
+/// the session goes on unbound; a bind() that fails is crit, the session ends with 500
+/// and the attempt has no peer in `$upstream_addr`; a rate that is no size is logged
+/// when the upstream connects, and means no limit.
+#[test]
+fn proxy_bind_and_rate_failures_as_nginx() {
+    let b = backend_with(|mut c| {
+        let _ = c.write_all(b"ok");
+    });
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("addr").port();
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format u '$server_port $status \"$upstream_addr\"'; access_log %%PREFIX%%u.log u; \
+         server {{ listen 127.0.0.1:{p}; set $b \"[::1]\"; proxy_bind $b; proxy_pass 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{q}; proxy_bind 127.0.0.1:{taken}; proxy_pass 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{r}; set $rate abc; proxy_download_rate $rate; proxy_pass 127.0.0.1:{b}; }} }}"
+    ));
+    assert_eq!(exchange(p, b""), b"ok");
+    assert_eq!(exchange(q, b""), b"");
+    assert_eq!(exchange(r, b""), b"ok");
+    let mut lines = s.wait_lines("u.log", 3);
+    lines.sort();
+    let mut want =
+        [format!("{p} 200 \"127.0.0.1:{b}\""), format!("{q} 500 \"\""), format!("{r} 200 \"127.0.0.1:{b}\"")];
+    want.sort();
+    assert_eq!(lines, want);
+    let log = s.error_log();
+    let tail = |port: u16| format!("client: 127.0.0.1, server: 127.0.0.1:{port}");
+    assert!(
+        log.contains(&format!(
+            "[error] {pid}#{pid}: *1 invalid local address \"[::1]\", {}, bytes from/to client:0/0, bytes from/to upstream:0/0",
+            tail(p),
+            pid = s.pid()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "bind(127.0.0.1:{taken}) failed (98: Address already in use) while connecting to upstream, {}, upstream: \"127.0.0.1:{b}\"",
+            tail(q)
+        )) && log.contains("[crit]"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("[error] {pid}#{pid}: *", pid = s.pid()))
+            && log.contains(&format!("invalid size \"abc\" while connecting to upstream, {}", tail(r))),
+        "{log}"
+    );
+    drop(busy);
+}
+
 /// A PROXY header, data and FIN in one segment: the FIN's edge came while the header
 /// was read, before relaying; the relay must still see the client's end and close at
 /// once (proxy_half_close off), as nginx does, not wait for the backend. The backend

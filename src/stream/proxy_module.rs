@@ -195,8 +195,8 @@ fn bind_addr(text: &str) -> Option<SocketAddr> {
         // A port given must be a port (ngx_parse_addr_port refuses 0).
         return (a.port() != 0).then_some(a);
     }
-    let ip = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
-    ip.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
+    // ngx_parse_addr_port: an address alone has no brackets ("[::1]" is invalid).
+    text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
 }
 
 fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -380,6 +380,9 @@ pub struct ProxySession {
     udp_slot: Option<usize>,
     /// `group` is this session's own (an address or a resolved name in a variable).
     own_group: bool,
+    /// `proxy_bind`, evaluated once when the session begins (`ngx_stream_proxy_set_local`):
+    /// the address, its text (for messages) and `transparent`.
+    local: Option<(SocketAddr, String, bool)>,
     /// The host name and port being resolved.
     resolving: Option<(String, u16)>,
 }
@@ -441,6 +444,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         udp_peer: None,
         udp_slot: None,
         own_group: false,
+        local: None,
         resolving: None,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
@@ -450,13 +454,20 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
     })
 }
 
-/// `ngx_stream_complex_value_size`: a rate from its value, 0 (unlimited) when unset or
-/// not a size.
+/// `ngx_stream_complex_value_size`: a rate from its value, 0 (unlimited) when unset;
+/// a value that is not a size is logged and means unlimited.
 fn rate_value(s: &mut SessionCore, v: Option<&Option<Complex>>) -> u64 {
     let Some(Some(c)) = v else { return 0 };
     let mut out = Vec::new();
     c.eval(s, &mut out);
-    value::parse_size(&String::from_utf8_lossy(&out)).map_or(0, |n| n as u64)
+    let text = String::from_utf8_lossy(&out);
+    match value::parse_size(&text) {
+        Some(n) => n as u64,
+        None => {
+            s.log(Level::Error, &format!("invalid size \"{}\"", text), None);
+            0
+        }
+    }
 }
 
 /// UDP pacing (nginx's limit_rate check before a read): may a datagram be read now?
@@ -517,6 +528,26 @@ fn conf(s: &SessionCore) -> &ProxySrv {
 }
 
 impl ProxySession {
+    /// `ngx_stream_proxy_set_local`: the `proxy_bind` value, before any upstream is
+    /// chosen; a value that is no address is logged (outside any action) and ignored,
+    /// an empty one means no binding.
+    fn set_local(&mut self, s: &mut SessionCore) {
+        let srv = s.srv.clone();
+        let Some(Bind::Addr(v, transparent)) = srv.confs.proxy.bind.option() else { return };
+        let mut out = Vec::new();
+        v.eval(s, &mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        match bind_addr(&text) {
+            Some(local) => self.local = Some((local, text, *transparent)),
+            None if !text.is_empty() => {
+                let action = s.action.take();
+                s.log(Level::Error, &format!("invalid local address \"{}\"", text), None);
+                s.action = action;
+            }
+            None => {}
+        }
+    }
+
     /// Which upstream group this session uses (`ngx_stream_proxy_handler`); a host name
     /// to resolve first comes back as `Err(None)`.
     fn choose_group(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Result<usize, Option<u16>> {
@@ -631,9 +662,6 @@ impl ProxySession {
             s.log(Level::Alert, &cx.rt.not_enough(), None);
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
-        if let Some(st) = s.upstream_states.last_mut() {
-            st.peer = Some(peer_name);
-        }
         let pooled = match (&peer_addr, &s.remote) {
             (Addr::Inet(a), Addr::Inet(client))
                 if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(..))) =>
@@ -646,7 +674,15 @@ impl ProxySession {
         if let Some((_, slot)) = &pooled {
             self.udp_slot = Some(*slot);
         }
-        let sock = match pooled.map(|(d, _)| Conn::Dgram(d)).map_or_else(|| self.open_socket(s, &peer_addr), Ok) {
+        let sock = pooled.map(|(d, _)| Conn::Dgram(d)).map_or_else(|| self.open_socket(s, &peer_addr), Ok);
+        // $upstream_addr names the peer once the socket is made (`u->state->peer` is set
+        // after ngx_event_connect_peer returns anything but an error).
+        if !matches!(sock, Err(Connect::Fatal(..))) {
+            if let Some(st) = s.upstream_states.last_mut() {
+                st.peer = Some(peer_name);
+            }
+        }
+        let sock = match sock {
             Ok(c) => c,
             Err(Connect::Refused(e)) => {
                 // ngx_event_connect_peer: a connect() that fails at once (its connection
@@ -668,8 +704,8 @@ impl ProxySession {
                 s.log(level, &format!("connect() to {} failed", peer_name_text), Some(&e));
                 return self.next_upstream(s, cx);
             }
-            Err(Connect::Fatal(msg, e)) => {
-                s.log(Level::Alert, &msg, Some(&e));
+            Err(Connect::Fatal(level, msg, e)) => {
+                s.log(level, &msg, Some(&e));
                 return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
             }
         };
@@ -700,7 +736,7 @@ impl ProxySession {
 
     fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<Conn, Connect> {
         use socket2::{Domain, SockAddr, Socket, Type};
-        let fatal = |what: &str, e: io::Error| Connect::Fatal(what.to_string(), e);
+        let fatal = |what: &str, e: io::Error| Connect::Fatal(Level::Alert, what.to_string(), e);
         let (domain, sa) = match addr {
             Addr::Inet(a) => (if a.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, SockAddr::from(*a)),
             Addr::Unix(p) => (Domain::UNIX, SockAddr::unix(p).map_err(|e| fatal("socket() failed", e))?),
@@ -712,37 +748,28 @@ impl ProxySession {
         if pc.socket_keepalive.get() {
             sock.set_keepalive(true).map_err(|e| fatal("setsockopt(SO_KEEPALIVE) failed", e))?;
         }
-        if let Some(Bind::Addr(v, transparent)) = pc.bind.option() {
-            let mut out = Vec::new();
-            v.eval(s, &mut out);
-            let text = String::from_utf8_lossy(&out).into_owned();
-            match bind_addr(&text) {
-                Some(local) => {
-                    if *transparent {
-                        set_transparent(&sock, &local).map_err(|(what, e)| fatal(what, e))?;
-                    }
-                    if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
-                        // As nginx: the port is picked at connect, so one local address
-                        // serves as many upstream connections as there are 4-tuples.
-                        let on: libc::c_int = 1;
-                        // SAFETY: setsockopt on a socket we own, with an int option value.
-                        unsafe {
-                            libc::setsockopt(
-                                sock.as_raw_fd(),
-                                libc::IPPROTO_IP,
-                                libc::IP_BIND_ADDRESS_NO_PORT,
-                                (&on as *const libc::c_int).cast(),
-                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                            );
-                        }
-                    }
-                    sock.bind(&SockAddr::from(local)).map_err(|e| fatal(&format!("bind({}) failed", text), e))?;
-                }
-                None if !text.is_empty() => {
-                    s.log(Level::Error, &format!("invalid local address \"{}\"", text), None);
-                }
-                None => {}
+        if let Some((local, text, transparent)) = &self.local {
+            if *transparent {
+                set_transparent(&sock, local).map_err(|(what, e)| Connect::Fatal(Level::Alert, what.to_string(), e))?;
             }
+            if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
+                // As nginx: the port is picked at connect, so one local address serves
+                // as many upstream connections as there are 4-tuples.
+                let on: libc::c_int = 1;
+                // SAFETY: setsockopt on a socket we own, with an int option value.
+                unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::IPPROTO_IP,
+                        libc::IP_BIND_ADDRESS_NO_PORT,
+                        (&on as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+            }
+            // ngx_event_connect_peer: a failed bind is crit.
+            sock.bind(&SockAddr::from(*local))
+                .map_err(|e| Connect::Fatal(Level::Crit, format!("bind({}) failed", text), e))?;
         }
         match sock.connect(&sa) {
             Ok(()) => {}
@@ -1282,13 +1309,16 @@ type UdpError = (Side, io::Error, &'static str, &'static str);
 enum Connect {
     /// connect() failed at once: try the next peer.
     Refused(io::Error),
-    Fatal(String, io::Error),
+    /// The socket could not be made ready (nginx's NGX_ERROR from
+    /// `ngx_event_connect_peer`): the session ends with 500, the attempt has no peer.
+    Fatal(Level, String, io::Error),
 }
 
 impl Content for ProxySession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
+        self.set_local(s);
         match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
             Err(Some(st)) => Flow::Finalize(st),

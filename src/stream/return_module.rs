@@ -66,7 +66,8 @@ impl ReturnSession {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    s.connection_error(Side::Client, &e, "writev() failed");
+                    let call = if s.client.is_udp() { "sendmsg() failed" } else { "writev() failed" };
+                    s.connection_error(Side::Client, &e, call);
                     return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
                 }
             }
