@@ -891,3 +891,47 @@ fn recording_is_complete() {
     let v: Value = serde_json::from_str(RECORDED).expect("json");
     assert_eq!(v["nginx"], "nginx version: nginx/1.22.1");
 }
+
+/// Bytes sent with the PROXY header are read before the upstream connects, where no
+/// `proxy_upload_rate` applies yet, as nginx does (side by side with nginx 1.22.1: the
+/// 3000 bytes of the header's segment reach the backend at once, the next 2000 are
+/// paced after them, 1000 a second counted from the first 3000).
+#[test]
+fn bytes_with_the_header_are_not_paced() {
+    let (tx, rx) = std::sync::mpsc::channel::<(Duration, usize)>();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let t0 = Instant::now();
+            let mut buf = [0u8; 8192];
+            let mut total = 0;
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                let _ = tx.send((t0.elapsed(), total));
+            }
+        }
+    });
+    let p = free_port();
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; proxy_pass 127.0.0.1:{b}; \
+         proxy_upload_rate 1000; }} }}"
+    ));
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let mut first = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n".to_vec();
+    first.extend_from_slice(&[b'a'; 3000]);
+    c.write_all(&first).expect("send");
+    // The whole 3000 bytes arrive together, long before a paced second would pass.
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got < 3000 && Instant::now() < deadline {
+        if let Ok((t, total)) = rx.recv_timeout(Duration::from_secs(5)) {
+            assert!(t < Duration::from_millis(700), "{total} bytes only after {t:?}: paced");
+            got = total;
+        }
+    }
+    assert_eq!(got, 3000);
+}

@@ -548,6 +548,27 @@ impl ProxySession {
         }
     }
 
+    /// A client that sent bytes with its PROXY header: nginx's proxy handler finds the
+    /// read event still ready (the header was taken whole) and reads what is there, up to
+    /// `proxy_buffer_size`, before the upstream is connected, when no `proxy_upload_rate`
+    /// applies yet; they count in `$bytes_received` (and so delay later reads under a
+    /// rate). Without this read they would be paced from the first byte.
+    fn read_after_header(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        let size = conf(s).buffer_size.get().max(1);
+        let mut buf = std::mem::take(&mut cx.rt.scratch);
+        buf.resize(size, 0);
+        match s.client.read(&mut buf[..size]) {
+            Ok(0) => self.down.greedy = true,
+            Ok(n) => {
+                self.down.prepend(&buf[..n]);
+                s.received += n as u64;
+            }
+            // Nothing yet, or an error the relay's first read will meet again.
+            Err(_) => {}
+        }
+        cx.rt.scratch = buf;
+    }
+
     /// Which upstream group this session uses (`ngx_stream_proxy_handler`); a host name
     /// to resolve first comes back as `Err(None)`.
     fn choose_group(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Result<usize, Option<u16>> {
@@ -1319,6 +1340,9 @@ impl Content for ProxySession {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
         self.set_local(s);
+        if !self.udp && s.proxy_protocol.is_some() {
+            self.read_after_header(s, cx);
+        }
         match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
             Err(Some(st)) => Flow::Finalize(st),
