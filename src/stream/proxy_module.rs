@@ -1340,7 +1340,8 @@ impl Content for ProxySession {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
         self.set_local(s);
-        if !self.udp && s.proxy_protocol.is_some() {
+        // (A preread phase that read the client leaves nginx's read event drained.)
+        if !self.udp && s.proxy_protocol.is_some() && s.preread.is_empty() {
             self.read_after_header(s, cx);
         }
         match self.choose_group(s, cx) {
