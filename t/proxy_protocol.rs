@@ -935,3 +935,25 @@ fn bytes_with_the_header_are_not_paced() {
     }
     assert_eq!(got, 3000);
 }
+
+/// On a PROXY protocol listener nginx reads the client once more after the header, before
+/// the upstream connects (its read event is still ready), and from then on the session's
+/// action is "proxying connection": so a refused first connect is logged "while proxying
+/// connection" (side by side with nginx 1.22.1), unlike on a plain listener.
+#[test]
+fn refused_connect_after_a_header_is_logged_while_proxying_connection() {
+    let (p, dead) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; proxy_pass 127.0.0.1:{dead}; }} }}"
+    ));
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    c.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.2 4321 443\r\n").expect("send");
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut b = [0u8; 16];
+    let _ = c.read(&mut b);
+    let want = format!(
+        "connect() failed (111: Connection refused) while proxying connection, client: 127.0.0.1, \
+         server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\""
+    );
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&want)), "{}", s.error_log());
+}

@@ -380,6 +380,10 @@ pub struct ProxySession {
     udp_slot: Option<usize>,
     /// `group` is this session's own (an address or a resolved name in a variable).
     own_group: bool,
+    /// The client's read event is watched while the upstream connects, as nginx's is
+    /// when a PROXY header or a preread phase waited for it: client bytes and errors are
+    /// taken then (`ngx_stream_proxy_process` with no upstream yet).
+    client_watched: bool,
     /// `proxy_bind`, evaluated once when the session begins (`ngx_stream_proxy_set_local`):
     /// the address, its text (for messages) and `transparent`.
     local: Option<(SocketAddr, String, bool)>,
@@ -444,6 +448,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         udp_peer: None,
         udp_slot: None,
         own_group: false,
+        client_watched: false,
         local: None,
         resolving: None,
         start_sec: crate::core::time::wall().0,
@@ -548,25 +553,50 @@ impl ProxySession {
         }
     }
 
-    /// A client that sent bytes with its PROXY header: nginx's proxy handler finds the
-    /// read event still ready (the header was taken whole) and reads what is there, up to
-    /// `proxy_buffer_size`, before the upstream is connected, when no `proxy_upload_rate`
-    /// applies yet; they count in `$bytes_received` (and so delay later reads under a
-    /// rate). Without this read they would be paced from the first byte.
-    fn read_after_header(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+    /// The client's read event before the upstream is connected, as nginx's
+    /// `ngx_stream_proxy_process` runs it with no upstream: the client is read into the
+    /// buffer, up to `proxy_buffer_size`, with no `proxy_upload_rate` yet (so bytes sent
+    /// with a PROXY header are not paced, though they count in `$bytes_received`); a
+    /// read error is logged as nginx logs it, and the session's action is "proxying
+    /// connection" from then on (a failed connect says so).
+    fn read_client_early(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
         let size = conf(s).buffer_size.get().max(1);
         let mut buf = std::mem::take(&mut cx.rt.scratch);
-        buf.resize(size, 0);
-        match s.client.read(&mut buf[..size]) {
-            Ok(0) => self.down.greedy = true,
-            Ok(n) => {
-                self.down.prepend(&buf[..n]);
-                s.received += n as u64;
+        loop {
+            let room = size.saturating_sub(self.down.held_len());
+            if room == 0 || self.down.eof {
+                break;
             }
-            // Nothing yet, or an error the relay's first read will meet again.
-            Err(_) => {}
+            buf.resize(room.max(buf.len()), 0);
+            match s.client.read(&mut buf[..room]) {
+                Ok(0) => {
+                    // End of file: the relay reads it again once connected.
+                    self.down.greedy = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.down.push(&buf[..n]);
+                    s.received += n as u64;
+                    if n < room {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.down.src_ready = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    s.action = Some("proxying and reading from client");
+                    s.connection_error(Side::Client, &e, "recv() failed");
+                    // The error is taken; the socket reads as at its end from now on.
+                    self.down.greedy = true;
+                    break;
+                }
+            }
         }
         cx.rt.scratch = buf;
+        s.action = Some("proxying connection");
     }
 
     /// Which upstream group this session uses (`ngx_stream_proxy_handler`); a host name
@@ -1340,15 +1370,20 @@ impl Content for ProxySession {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
         self.set_local(s);
-        // (A preread phase that read the client leaves nginx's read event drained.)
-        if !self.udp && s.proxy_protocol.is_some() && s.preread.is_empty() {
-            self.read_after_header(s, cx);
-        }
-        match self.choose_group(s, cx) {
+        self.client_watched = !self.udp && (s.proxy_protocol.is_some() || !s.preread.is_empty());
+        // nginx's proxy handler posts the client's read event when it is still ready: a
+        // PROXY header is taken whole, while a preread phase's short read drains it
+        // unless an end of file is pending.
+        let posted = self.client_watched && (s.preread.is_empty() || s.client_hup);
+        let flow = match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
-            Err(Some(st)) => Flow::Finalize(st),
+            Err(Some(st)) => return Flow::Finalize(st),
             Err(None) => Flow::Again,
+        };
+        if posted && flow == Flow::Again && !self.connected {
+            self.read_client_early(s, cx);
         }
+        flow
     }
 
     fn on_resolved(&mut self, s: &mut SessionCore, outcome: resolver::Outcome, cx: &mut Cx<'_>) -> Flow {
@@ -1394,6 +1429,9 @@ impl Content for ProxySession {
             return self.init_upstream(s, cx);
         }
         if !self.connected {
+            if side == Side::Client && self.client_watched && (ready.readable || ready.hup || ready.error) {
+                self.read_client_early(s, cx);
+            }
             return Flow::Again;
         }
         // Client read and upstream write move bytes upstream; the others downstream.

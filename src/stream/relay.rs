@@ -86,6 +86,17 @@ impl Direction {
         self.pos = 0;
     }
 
+    /// Add `bytes` after everything this direction holds (read before there was a
+    /// destination).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Bytes held in user space, not yet written.
+    pub fn held_len(&self) -> usize {
+        self.held.len() - self.pos
+    }
+
     pub fn is_splicing(&self) -> bool {
         self.pipe.is_some()
     }
