@@ -399,3 +399,27 @@ fn proxy_pass_variable_finds_groups_by_host_and_port() {
     assert!(s.error_log().contains("no resolver defined to resolve ub,"), "{}", s.error_log());
     assert_eq!(ask(p), "a");
 }
+
+/// IPv4 addresses are read as nginx's `ngx_inet_addr` reads them: leading zeros are
+/// decimal and an empty part is 0, in the configuration and in a `proxy_pass` value at
+/// run time (which would otherwise be a name needing a resolver; side by side with
+/// nginx 1.22.1).
+#[test]
+fn ipv4_literals_read_as_nginx() {
+    let a = named_backend("a");
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format s '$server_port $server_addr $status $upstream_addr'; access_log %%PREFIX%%s.log s; \
+         server {{ listen 127.000.000.001:{p}; proxy_pass 127..0.1:{a}; }} \
+         server {{ listen 127.0.0.1:{q}; set $up 127.000.000.001:{a}; proxy_pass $up; }} \
+         server {{ listen 127.0.0.1:{r}; proxy_bind 127.0.0.01; proxy_pass 127.0.0.1:{a}; }} }}"
+    ));
+    for port in [p, q, r] {
+        assert_eq!(ask(port), "a", "{}", s.error_log());
+    }
+    let mut lines = s.wait_lines("s.log", 3);
+    lines.sort();
+    let mut want: Vec<String> = [p, q, r].iter().map(|port| format!("{port} 127.0.0.1 200 127.0.0.1:{a}")).collect();
+    want.sort();
+    assert_eq!(lines, want);
+}

@@ -48,6 +48,150 @@ impl Addr {
     }
 }
 
+/// `ngx_inet_addr`: a dotted quad (empty parts count as 0, as nginx's do).
+pub fn inet_addr(t: &[u8]) -> Option<u32> {
+    let (mut addr, mut octet, mut dots) = (0u32, 0u32, 0u32);
+    for &c in t {
+        match c {
+            b'0'..=b'9' => {
+                octet = octet * 10 + u32::from(c - b'0');
+                if octet > 255 {
+                    return None;
+                }
+            }
+            b'.' => {
+                addr = addr.wrapping_shl(8).wrapping_add(octet);
+                octet = 0;
+                dots += 1;
+            }
+            _ => return None,
+        }
+    }
+    if dots != 3 {
+        return None;
+    }
+    let a = addr.wrapping_shl(8).wrapping_add(octet);
+    // INADDR_NONE is nginx's failure value.
+    (a != u32::MAX).then_some(a)
+}
+
+/// `ngx_inet6_addr`: nginx's own IPv6 reader (with an IPv4 tail, "::" once).
+pub fn inet6_addr(t: &[u8]) -> Option<[u8; 16]> {
+    if t.is_empty() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut o = 0usize;
+    let mut zero: Option<usize> = None;
+    let mut digit: Option<usize> = None;
+    let mut nibbles = 0u32;
+    let mut word = 0u32;
+    let mut n = 8u32;
+    let mut p = usize::from(t.first() == Some(&b':'));
+    let mut v4_tail = false;
+    while p < t.len() {
+        let c = t[p];
+        p += 1;
+        if c == b':' {
+            if nibbles > 0 {
+                digit = Some(p);
+                *out.get_mut(o)? = (word >> 8) as u8;
+                *out.get_mut(o + 1)? = (word & 0xff) as u8;
+                o += 2;
+                n -= 1;
+                if n > 0 {
+                    nibbles = 0;
+                    word = 0;
+                    continue;
+                }
+            } else if zero.is_none() {
+                digit = Some(p);
+                zero = Some(o);
+                continue;
+            }
+            return None;
+        }
+        if c == b'.' && nibbles > 0 {
+            let d = digit?;
+            if n < 2 {
+                return None;
+            }
+            let w = inet_addr(t.get(d..)?)?;
+            *out.get_mut(o)? = (w >> 24) as u8;
+            *out.get_mut(o + 1)? = (w >> 16) as u8;
+            o += 2;
+            n -= 1;
+            word = w & 0xffff;
+            v4_tail = true;
+            break;
+        }
+        nibbles += 1;
+        if nibbles > 4 {
+            return None;
+        }
+        let x = match c {
+            b'0'..=b'9' => c - b'0',
+            _ => match c | 0x20 {
+                l @ b'a'..=b'f' => l - b'a' + 10,
+                _ => return None,
+            },
+        };
+        word = word * 16 + u32::from(x);
+    }
+    if nibbles == 0 && zero.is_none() && !v4_tail {
+        return None;
+    }
+    *out.get_mut(o)? = (word >> 8) as u8;
+    *out.get_mut(o + 1)? = (word & 0xff) as u8;
+    o += 2;
+    n -= 1;
+    if n > 0 {
+        let z = zero?;
+        // Move what follows "::" to the end and fill the gap with zeros.
+        let shift = (n * 2) as usize;
+        let tail: Vec<u8> = out.get(z..o)?.to_vec();
+        for x in out.iter_mut().skip(z) {
+            *x = 0;
+        }
+        out.get_mut(z + shift..o + shift)?.copy_from_slice(&tail);
+        return Some(out);
+    }
+    if zero.is_none() {
+        Some(out)
+    } else {
+        None
+    }
+}
+
+/// `ngx_parse_addr`: nginx's IPv4, then IPv6, readers (a bare address: no brackets, no
+/// port).
+pub fn parse_addr(t: &[u8]) -> Option<IpAddr> {
+    match inet_addr(t) {
+        Some(a) => Some(IpAddr::from(a.to_be_bytes())),
+        None => inet6_addr(t).map(IpAddr::from),
+    }
+}
+
+/// `ngx_parse_addr_port`: an address (as `parse_addr`), or one with a port: "v4:port",
+/// "[v6]:port". The port is 1..65535 (digits only); "[::1]" without a port is not one.
+pub fn parse_addr_port(text: &str) -> Option<SocketAddr> {
+    if let Some(ip) = parse_addr(text.as_bytes()) {
+        return Some(SocketAddr::new(ip, 0));
+    }
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (h, after) = rest.split_once(']')?;
+            (h, after.strip_prefix(':')?)
+        }
+        None => text.split_once(':')?,
+    };
+    if port.is_empty() || !port.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p >= 1)?;
+    Some(SocketAddr::new(parse_addr(host.as_bytes())?, port))
+}
+
 /// The result of parsing a URL-ish address: the text as given and its addresses.
 #[derive(Debug, Clone)]
 pub struct ParsedUrl {
@@ -141,7 +285,7 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
     }
     if let Some(rest) = url.strip_prefix('[') {
         let Some(end) = rest.find(']') else { return Err("invalid host") };
-        let ip: Ipv6Addr = rest[..end].parse().map_err(|_| "invalid IPv6 address")?;
+        let ip = Ipv6Addr::from(inet6_addr(&rest.as_bytes()[..end]).ok_or("invalid IPv6 address")?);
         let after = &rest[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(parse_port(p, listen)?),
@@ -171,8 +315,11 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
         return Err("no host");
     }
     let wildcard = listen && host == "*";
-    let ip: Option<IpAddr> =
-        if wildcard { Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) } else { host.parse::<Ipv4Addr>().ok().map(IpAddr::V4) };
+    let ip: Option<IpAddr> = if wildcard {
+        Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    } else {
+        inet_addr(host.as_bytes()).map(|a| IpAddr::V4(a.into()))
+    };
     if let Some(ip) = ip {
         let addrs = port.or(listen.then_some(0)).map(|p| vec![Addr::Inet(SocketAddr::new(ip, p))]).unwrap_or_default();
         return Ok(ParsedUrl { host: host.to_string(), port, addrs, literal: true });
@@ -191,6 +338,43 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_like_nginx() {
+        assert_eq!(inet_addr(b"127.0.0.1"), Some(0x7f00_0001));
+        assert_eq!(inet_addr(b"010.0.0.1"), Some(0x0a00_0001));
+        assert_eq!(inet_addr(b"1..2.3"), Some(0x0100_0203));
+        assert_eq!(inet_addr(b"1.2.3"), None);
+        assert_eq!(inet_addr(b"1.2.3.4.5"), None);
+        assert_eq!(inet_addr(b"1.2.3.256"), None);
+        assert_eq!(inet_addr(b"255.255.255.255"), None);
+    }
+
+    #[test]
+    fn ipv6_like_nginx() {
+        let p = |s: &str| inet6_addr(s.as_bytes()).map(std::net::Ipv6Addr::from);
+        for s in
+            ["::1", "::", "2001:db8::", "2001:db8::1:2", "1:2:3:4:5:6:7:8", "::ffff:192.0.2.1", "fe80::1:2:3:4:5:6"]
+        {
+            assert_eq!(p(s), s.parse().ok(), "{s}");
+        }
+        assert_eq!(p(":1:2:3:4:5:6:7:8"), "1:2:3:4:5:6:7:8".parse().ok());
+        for bad in ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::", "1:2:3:4:5:6:7", "1.2.3.4"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addr_port_forms() {
+        let p = |s: &str| parse_addr_port(s).map(|a| a.to_string());
+        assert_eq!(p("127.0.0.010"), Some("127.0.0.10:0".into()));
+        assert_eq!(p("127.0.0.1:80"), Some("127.0.0.1:80".into()));
+        assert_eq!(p("::1"), Some("[::1]:0".into()));
+        assert_eq!(p("[::1]:80"), Some("[::1]:80".into()));
+        for bad in ["[::1]", "127.0.0.1:0", "127.0.0.1:x", "[::1]80", "host", "::1:80x"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn listen_forms() {

@@ -14,30 +14,10 @@ pub enum Cidr {
     Unix,
 }
 
-/// `ngx_inet_addr`: a dotted quad, each part at most 255 (nginx takes leading zeros as
-/// decimal, unlike Rust's parser).
+/// `ngx_inet_addr` (leading zeros are decimal, empty parts 0; 255.255.255.255 is
+/// nginx's INADDR_NONE, so no address).
 pub fn parse_ipv4(s: &str) -> Option<u32> {
-    let (mut addr, mut octet, mut dots) = (0u32, 0u32, 0);
-    for c in s.bytes() {
-        match c {
-            b'0'..=b'9' => {
-                octet = octet * 10 + u32::from(c - b'0');
-                if octet > 255 {
-                    return None;
-                }
-            }
-            b'.' => {
-                addr = addr << 8 | octet;
-                octet = 0;
-                dots += 1;
-                if dots > 3 {
-                    return None;
-                }
-            }
-            _ => return None,
-        }
-    }
-    (dots == 3).then_some(addr << 8 | octet)
+    crate::core::addr::inet_addr(s.as_bytes())
 }
 
 /// `ngx_atoi`: decimal digits only.
@@ -62,7 +42,7 @@ pub fn parse(text: &str) -> Option<(Cidr, bool)> {
         let mask = if shift == 0 { 0 } else { u32::MAX << (32 - shift) };
         return Some((Cidr::V4 { addr: a & mask, mask }, a & mask != a));
     }
-    let a = host.parse::<Ipv6Addr>().ok()?.octets();
+    let a = crate::core::addr::inet6_addr(host.as_bytes())?;
     let Some(bits) = bits else { return Some((Cidr::V6 { addr: a, mask: [0xff; 16] }, false)) };
     let mut shift = atoi(bits).filter(|s| *s <= 128)?;
     let (mut addr, mut mask, mut low) = (a, [0u8; 16], false);

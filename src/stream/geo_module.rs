@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::core::addr::Addr;
+use crate::core::addr::{inet6_addr, inet_addr, parse_addr};
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::{parser, Block, Cmd, ConfResult};
 use crate::stream::conf::ConfCx;
@@ -398,121 +399,6 @@ fn delete_range(low: &mut HashMap<u16, Vec<Range>>, start: u32, end: u32) -> boo
     warn
 }
 
-/// `ngx_inet_addr`: a dotted quad (empty parts count as 0, as nginx's do).
-pub fn inet_addr(t: &[u8]) -> Option<u32> {
-    let (mut addr, mut octet, mut dots) = (0u32, 0u32, 0u32);
-    for &c in t {
-        match c {
-            b'0'..=b'9' => {
-                octet = octet * 10 + u32::from(c - b'0');
-                if octet > 255 {
-                    return None;
-                }
-            }
-            b'.' => {
-                addr = addr.wrapping_shl(8).wrapping_add(octet);
-                octet = 0;
-                dots += 1;
-            }
-            _ => return None,
-        }
-    }
-    if dots != 3 {
-        return None;
-    }
-    let a = addr.wrapping_shl(8).wrapping_add(octet);
-    // INADDR_NONE is nginx's failure value.
-    (a != u32::MAX).then_some(a)
-}
-
-/// `ngx_inet6_addr`: nginx's own IPv6 reader (with an IPv4 tail, "::" once).
-pub fn inet6_addr(t: &[u8]) -> Option<[u8; 16]> {
-    if t.is_empty() {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut o = 0usize;
-    let mut zero: Option<usize> = None;
-    let mut digit: Option<usize> = None;
-    let mut nibbles = 0u32;
-    let mut word = 0u32;
-    let mut n = 8u32;
-    let mut p = usize::from(t.first() == Some(&b':'));
-    let mut v4_tail = false;
-    while p < t.len() {
-        let c = t[p];
-        p += 1;
-        if c == b':' {
-            if nibbles > 0 {
-                digit = Some(p);
-                *out.get_mut(o)? = (word >> 8) as u8;
-                *out.get_mut(o + 1)? = (word & 0xff) as u8;
-                o += 2;
-                n -= 1;
-                if n > 0 {
-                    nibbles = 0;
-                    word = 0;
-                    continue;
-                }
-            } else if zero.is_none() {
-                digit = Some(p);
-                zero = Some(o);
-                continue;
-            }
-            return None;
-        }
-        if c == b'.' && nibbles > 0 {
-            let d = digit?;
-            if n < 2 {
-                return None;
-            }
-            let w = inet_addr(t.get(d..)?)?;
-            *out.get_mut(o)? = (w >> 24) as u8;
-            *out.get_mut(o + 1)? = (w >> 16) as u8;
-            o += 2;
-            n -= 1;
-            word = w & 0xffff;
-            v4_tail = true;
-            break;
-        }
-        nibbles += 1;
-        if nibbles > 4 {
-            return None;
-        }
-        let x = match c {
-            b'0'..=b'9' => c - b'0',
-            _ => match c | 0x20 {
-                l @ b'a'..=b'f' => l - b'a' + 10,
-                _ => return None,
-            },
-        };
-        word = word * 16 + u32::from(x);
-    }
-    if nibbles == 0 && zero.is_none() && !v4_tail {
-        return None;
-    }
-    *out.get_mut(o)? = (word >> 8) as u8;
-    *out.get_mut(o + 1)? = (word & 0xff) as u8;
-    o += 2;
-    n -= 1;
-    if n > 0 {
-        let z = zero?;
-        // Move what follows "::" to the end and fill the gap with zeros.
-        let shift = (n * 2) as usize;
-        let tail: Vec<u8> = out.get(z..o)?.to_vec();
-        for x in out.iter_mut().skip(z) {
-            *x = 0;
-        }
-        out.get_mut(z + shift..o + shift)?.copy_from_slice(&tail);
-        return Some(out);
-    }
-    if zero.is_none() {
-        Some(out)
-    } else {
-        None
-    }
-}
-
 /// `ngx_ptocidr`: (family, address, prefix length, low bits were set).
 fn ptocidr(text: &str) -> Option<(Family, u128, u32, bool)> {
     let (host, bits) = match text.split_once('/') {
@@ -600,42 +486,9 @@ fn var_geo(s: &mut SessionCore, data: usize, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// `ngx_parse_addr`: nginx's IPv4, then IPv6, readers.
-pub fn parse_addr(t: &[u8]) -> Option<IpAddr> {
-    match inet_addr(t) {
-        Some(a) => Some(IpAddr::from(a.to_be_bytes())),
-        None => inet6_addr(t).map(IpAddr::from),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv4_like_nginx() {
-        assert_eq!(inet_addr(b"127.0.0.1"), Some(0x7f00_0001));
-        assert_eq!(inet_addr(b"010.0.0.1"), Some(0x0a00_0001));
-        assert_eq!(inet_addr(b"1..2.3"), Some(0x0100_0203));
-        assert_eq!(inet_addr(b"1.2.3"), None);
-        assert_eq!(inet_addr(b"1.2.3.4.5"), None);
-        assert_eq!(inet_addr(b"1.2.3.256"), None);
-        assert_eq!(inet_addr(b"255.255.255.255"), None);
-    }
-
-    #[test]
-    fn ipv6_like_nginx() {
-        let p = |s: &str| inet6_addr(s.as_bytes()).map(std::net::Ipv6Addr::from);
-        for s in
-            ["::1", "::", "2001:db8::", "2001:db8::1:2", "1:2:3:4:5:6:7:8", "::ffff:192.0.2.1", "fe80::1:2:3:4:5:6"]
-        {
-            assert_eq!(p(s), s.parse().ok(), "{s}");
-        }
-        assert_eq!(p(":1:2:3:4:5:6:7:8"), "1:2:3:4:5:6:7:8".parse().ok());
-        for bad in ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::", "1:2:3:4:5:6:7", "1.2.3.4"] {
-            assert_eq!(p(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn cidrs() {

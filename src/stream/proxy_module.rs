@@ -138,7 +138,7 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
         if let Some(s) = v.as_static() {
             let s = String::from_utf8_lossy(s);
-            if bind_addr(&s).is_none() {
+            if crate::core::addr::parse_addr_port(&s).is_none() {
                 return Err(cmd.err(format!("invalid address \"{}\"", s)));
             }
         }
@@ -186,17 +186,6 @@ fn set_transparent(sock: &socket2::Socket, local: &SocketAddr) -> Result<(), (&'
         return Err((what, io::Error::last_os_error()));
     }
     Ok(())
-}
-
-/// A `proxy_bind` address (`ngx_parse_addr_port`): an IP address, in brackets for IPv6,
-/// with an optional port.
-fn bind_addr(text: &str) -> Option<SocketAddr> {
-    if let Ok(a) = text.parse::<SocketAddr>() {
-        // A port given must be a port (ngx_parse_addr_port refuses 0).
-        return (a.port() != 0).then_some(a);
-    }
-    // ngx_parse_addr_port: an address alone has no brackets ("[::1]" is invalid).
-    text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
 }
 
 fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -542,7 +531,7 @@ impl ProxySession {
         let mut out = Vec::new();
         v.eval(s, &mut out);
         let text = String::from_utf8_lossy(&out).into_owned();
-        match bind_addr(&text) {
+        match crate::core::addr::parse_addr_port(&text) {
             Some(local) => self.local = Some((local, text, *transparent)),
             None if !text.is_empty() => {
                 let action = s.action.take();

@@ -4,7 +4,7 @@
 //! address and port of its PROXY protocol header as its own.
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::core::addr::{resolve_host, Addr};
 use crate::core::cidr::{self, Cidr};
@@ -74,12 +74,9 @@ impl Module for StreamRealip {
     }
 }
 
-/// `ngx_parse_addr` of a PROXY protocol address: IPv4 as nginx reads it, or IPv6.
+/// `ngx_parse_addr` of a PROXY protocol address.
 fn parse_ip(text: &str) -> Option<IpAddr> {
-    match cidr::parse_ipv4(text) {
-        Some(v4) => Some(IpAddr::V4(Ipv4Addr::from(v4))),
-        None => text.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
-    }
+    crate::core::addr::parse_addr(text.as_bytes())
 }
 
 fn realip_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
