@@ -1695,3 +1695,91 @@ fn fd_exhaustion_pauses_accept_and_recovers() {
     assert!(alive(pid));
     assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
 }
+
+/// A reload starts an upstream zone's peer state afresh even when it keeps the zone, as
+/// nginx copies the peers into the zone anew (side by side with nginx 1.22.1: A,B,A and
+/// after an identical reload A,B,A again, not B,A,B).
+#[test]
+fn reload_starts_upstream_zone_state_afresh() {
+    let (a, b) = (tagged("A"), tagged("B"));
+    let p = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{\n  upstream u {{ zone uz 64k; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}\n  \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let three = || (0..3).map(|_| greet(p).unwrap_or_default()).collect::<Vec<_>>();
+    assert_eq!(three(), ["A", "B", "A"], "{}", run.ctx());
+    let old = workers_of(master, &[]);
+    run.write_conf(&conf);
+    signal(master, libc::SIGHUP);
+    assert!(
+        wait_for(10 * SEC, || !workers_of(master, &old).is_empty() && !old.iter().any(|w| alive(*w))),
+        "{}",
+        run.ctx()
+    );
+    assert_eq!(three(), ["A", "B", "A"], "{}", run.ctx());
+}
+
+/// A reload that keeps a `limit_conn_zone` (same name and size) must keep its key: else
+/// nginx's emerg line, and the old configuration serves on, still limiting.
+#[test]
+fn reload_refuses_a_new_key_for_a_kept_limit_conn_zone() {
+    let a = tagged("A");
+    let p = free_port();
+    let conf = |key: &str| {
+        format!(
+            "{}events {{}}\nstream {{\n  limit_conn_zone {key} zone=lc:1m;\n  \
+             server {{ listen 127.0.0.1:{p}; limit_conn lc 1; proxy_pass 127.0.0.1:{a}; }}\n}}\n",
+            head(false, "1")
+        )
+    };
+    let run = Run::start(&conf("$binary_remote_addr"));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let before = workers_of(master, &[]);
+    run.write_conf(&conf("$server_addr"));
+    signal(master, libc::SIGHUP);
+    let want = "[emerg] ";
+    let line =
+        "limit_conn_zone \"lc\" uses the \"$server_addr\" key while previously it used the \"$binary_remote_addr\" key";
+    assert!(wait_for(10 * SEC, || run.log().lines().any(|l| l.contains(want) && l.ends_with(line))), "{}", run.ctx());
+    assert_eq!(workers_of(master, &[]), before, "the workers were replaced\n{}", run.ctx());
+    // Still the old limit: one session at a time from this client.
+    let mut held = dial(p).expect("connect");
+    assert_eq!(read_line(&mut held).ok().as_deref(), Some("A"));
+    assert!(greet(p).is_err(), "a second session was not limited\n{}", run.ctx());
+}
+
+/// SIGIO and SIGALRM sent by anyone are logged, as nginx logs them, and change nothing
+/// (the master's and the worker's lines as nginx 1.22.1 writes them side by side); a
+/// SIGSEGV kills a worker at once, and the master says so and starts another.
+#[test]
+fn stray_signals_as_nginx() {
+    let a = tagged("A");
+    let p = free_port();
+    let run = Run::start(&proxy_conf(&head(false, "1"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let worker = workers_of(master, &[])[0];
+    let me = std::process::id();
+    for (pid, sig, line) in [
+        (master, libc::SIGIO, format!("[notice] {master}#{master}: signal 29 (SIGIO) received from {me}")),
+        (master, libc::SIGALRM, format!("[notice] {master}#{master}: signal 14 (SIGALRM) received from {me}")),
+        (worker, libc::SIGIO, format!("[notice] {worker}#{worker}: signal 29 (SIGIO) received from {me}, ignoring")),
+        (worker, libc::SIGALRM, format!("[notice] {worker}#{worker}: signal 14 (SIGALRM) received from {me}")),
+    ] {
+        signal(pid, sig);
+        assert!(wait_for(10 * SEC, || run.log().lines().any(|l| l.ends_with(&line))), "no {line:?}\n{}", run.ctx());
+        assert!(alive(master) && alive(worker), "signal {sig} killed a process\n{}", run.ctx());
+    }
+    assert_eq!(greet(p).ok().as_deref(), Some("A"));
+    signal(worker, libc::SIGSEGV);
+    let exited = format!("[alert] {master}#{master}: worker process {worker} exited on signal 11");
+    assert!(wait_for(10 * SEC, || run.log().contains(&exited)), "{}", run.ctx());
+    assert!(wait_for(10 * SEC, || workers_of(master, &[worker]).len() == 1), "no new worker\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "A")), "{}", run.ctx());
+}

@@ -45,6 +45,8 @@ pub const HANDLED: &[libc::c_int] = &[
     libc::SIGUSR2,
     libc::SIGWINCH,
     libc::SIGCHLD,
+    libc::SIGALRM,
+    libc::SIGIO,
 ];
 
 /// The read end of the signal self-pipe.
@@ -74,8 +76,13 @@ impl Signals {
         // empty signal mask, as nginx's processes run with (its master waits in
         // sigsuspend with an empty mask, its workers set it empty): a mask inherited
         // from whatever started us must not hold back SIGCHLD, SIGHUP or SIGQUIT.
+        // SIGSEGV and SIGBUS get their default action back: Rust's stack-overflow
+        // handler lets one sent by kill(2) pass unnoticed, where nginx's process dies of
+        // it (and its master says so).
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -340,6 +347,7 @@ pub fn signal_name(sig: libc::c_int) -> &'static str {
         libc::SIGWINCH => "SIGWINCH",
         libc::SIGCHLD => "SIGCHLD",
         libc::SIGIO => "SIGIO",
+        libc::SIGALRM => "SIGALRM",
         _ => "signal",
     }
 }

@@ -293,7 +293,13 @@ pub fn load(opts: &LoadOptions) -> Result<Cycle, LoadError> {
 pub struct Zone {
     pub name: String,
     pub size: usize,
+    /// Its owner ("upstream", "limit_conn"): a zone is kept across a reload only for
+    /// the same one, as nginx's `ngx_init_cycle` checks the tag.
+    pub tag: &'static str,
     pub shm: Rc<crate::core::shm::Shm>,
+    /// This configuration's own number: upstream peer state in a kept zone starts afresh
+    /// with every reload, as nginx copies the peers into the zone anew.
+    pub generation: u64,
 }
 
 /// `load`, keeping the shared memory zones of `old` whose name and size stay (a reload
@@ -396,11 +402,25 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     }
     let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
     let mut zones = Vec::new();
-    for (name, size, _) in &cx.zones {
+    let generation = rand::random::<u64>();
+    for (name, size, tag) in &cx.zones {
         let Some(size) = *size else {
             return Err(late(ConfError::bare(format!("zero size shared memory zone \"{}\"", name))));
         };
-        let kept = old.and_then(|c| c.zones.iter().find(|z| z.name == *name && z.size == size));
+        let kept = old.and_then(|c| c.zones.iter().find(|z| z.name == *name && z.size == size && z.tag == *tag));
+        // ngx_stream_limit_conn_init_zone: a kept zone keeps its counts, so its key must
+        // stay the same.
+        if let (Some(_), Some(o)) = (kept, old) {
+            let keys = (cx.main.limit_conn.zone_key(name), o.stream.limit_conn.zone_key(name));
+            if let (Some(new), Some(was)) = keys {
+                if new != was {
+                    return Err(late(ConfError::bare(format!(
+                        "limit_conn_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
+                        name, new, was
+                    ))));
+                }
+            }
+        }
         let shm = match kept {
             Some(z) => z.shm.clone(),
             None => Rc::new(crate::core::shm::Shm::new(size).map_err(|e| {
@@ -411,7 +431,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
                 )))
             })?),
         };
-        zones.push(Zone { name: name.clone(), size, shm });
+        zones.push(Zone { name: name.clone(), size, tag, shm, generation });
     }
     let listening = std::mem::take(&mut cx.listening);
     let mut reg = PhaseRegistry::default();

@@ -29,6 +29,13 @@ const MIN_ZONE: usize = 8 * 4096;
 /// nginx keeps a key's length in one byte.
 const MAX_KEY: usize = 255;
 
+impl LimitConnMain {
+    /// The key text of zone `name` (nginx compares it when a reload keeps the zone).
+    pub fn zone_key(&self, name: &str) -> Option<&str> {
+        self.zones.iter().find(|z| z.name == name).map(|z| z.key_text.as_str())
+    }
+}
+
 /// A `limit_conn_zone`: its name, key, and index among the cycle's shared zones.
 pub struct ZoneDef {
     name: String,

@@ -243,7 +243,9 @@ impl Master {
 
     fn on_signal(&mut self, sig: libc::c_int, from: i32) {
         match sig {
-            libc::SIGCHLD => error(Level::Notice, &signal_notice(sig, from, ""), None),
+            // SIGALRM and SIGIO from anyone are logged and change nothing here (nginx's
+            // master uses them only for its own timers and channels).
+            libc::SIGCHLD | libc::SIGALRM | libc::SIGIO => error(Level::Notice, &signal_notice(sig, from, ""), None),
             libc::SIGHUP => {
                 error(Level::Notice, &signal_notice(sig, from, ", reconfiguring"), None);
                 self.reload();

@@ -41,6 +41,8 @@ struct Dynamic {
     seen: u64,
     shm: Rc<Shm>,
     offset: usize,
+    /// The configuration's number (`Zone::generation`).
+    generation: u64,
     /// Per line: when to look at its lookup again.
     next: Vec<Instant>,
 }
@@ -191,7 +193,7 @@ impl WorkerState {
                     let peers_size = zone::region_size(most).div_ceil(8) * 8;
                     let table_at = at + peers_size;
                     *off += peers_size + if lines.is_empty() { 0 } else { zone::table_size(lines.len()) };
-                    let sp = SharedPeers::attach(z.shm.clone(), at, &peers, now);
+                    let sp = SharedPeers::attach(z.shm.clone(), at, &peers, z.generation, now);
                     let table = (!lines.is_empty())
                         .then(|| {
                             let sig = lines_signature(u, &lines);
@@ -214,6 +216,7 @@ impl WorkerState {
                             seen: u64::MAX,
                             shm: z.shm.clone(),
                             offset: at,
+                            generation: z.generation,
                         });
                     }
                     sp
@@ -627,7 +630,7 @@ fn refresh(group: &mut Group, now: Instant) {
     let mut peers = PeerSet::new(&conf);
     carry_state(&group.peers, &mut peers);
     group.balancer = new_balancer(&conf, &peers);
-    group.shared = SharedPeers::attach(d.shm.clone(), d.offset, &peers, now);
+    group.shared = SharedPeers::attach(d.shm.clone(), d.offset, &peers, d.generation, now);
     group.peers = peers;
     group.epoch += 1;
     d.seen = gen;

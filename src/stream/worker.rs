@@ -352,6 +352,10 @@ impl Worker {
                 libc::SIGWINCH if daemonized => ", shutting down",
                 libc::SIGWINCH => "",
                 libc::SIGHUP | libc::SIGUSR2 => ", ignoring",
+                // nginx's worker ignores SIGIO, and logs SIGALRM without a word more; a
+                // single process logs both as its master would.
+                libc::SIGIO if !single => ", ignoring",
+                libc::SIGIO | libc::SIGALRM => "",
                 _ => continue,
             };
             if single || from != master {

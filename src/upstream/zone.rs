@@ -4,8 +4,9 @@
 //!
 //! A region per upstream: a lock word, a layout signature and one record per peer.
 //! Each balancer call locks the region, loads the records into the worker's `PeerSet`,
-//! runs, and stores them back. A reload that keeps the zone (same name and size) and the
-//! upstream's peers keeps their state; a changed peer list starts afresh.
+//! runs, and stores them back. As in nginx, a reload starts the state afresh even when it
+//! keeps the zone (nginx copies the peers into it anew); workers of the old
+//! configuration then work on their own state.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -30,9 +31,12 @@ pub struct SharedPeers {
     n: usize,
 }
 
-/// A signature of the peer list: a reload keeps state only for the same peers.
-fn signature(peers: &PeerSet) -> u64 {
+/// A signature of the peer list and the configuration it belongs to: every reload starts
+/// the state afresh (nginx copies the peers into the zone anew), and within one
+/// configuration a changed peer list (resolved addresses) does too.
+fn signature(peers: &PeerSet, generation: u64) -> u64 {
     let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
     for p in peers.primary.iter().chain(&peers.backup) {
         h.update(p.name.as_bytes());
         h.update(&p.weight.to_le_bytes());
@@ -87,11 +91,11 @@ impl Clock {
 impl SharedPeers {
     /// Attach `peers` to their region at `offset` of `shm`, initialising it when it holds
     /// another peer list (or nothing yet).
-    pub fn attach(shm: Rc<Shm>, offset: usize, peers: &PeerSet, now: Instant) -> Option<SharedPeers> {
+    pub fn attach(shm: Rc<Shm>, offset: usize, peers: &PeerSet, generation: u64, now: Instant) -> Option<SharedPeers> {
         let n = peers.primary.len() + peers.backup.len();
         shm.bytes(offset, region_size(n))?;
         shm.lock_at(offset)?;
-        let sp = SharedPeers { shm, offset, sig: signature(peers), n };
+        let sp = SharedPeers { shm, offset, sig: signature(peers, generation), n };
         let _g = SpinGuard::lock(sp.shm.lock_at(offset)?);
         let b = sp.shm.bytes(offset, region_size(n))?;
         if get_u64(b, 8) != sp.sig {
