@@ -1783,3 +1783,24 @@ fn stray_signals_as_nginx() {
     assert!(wait_for(10 * SEC, || workers_of(master, &[worker]).len() == 1), "no new worker\n{}", run.ctx());
     assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "A")), "{}", run.ctx());
 }
+
+/// USR1 in the master gives each log its worker user as owner and makes sure that owner
+/// may read and write it, as nginx's ngx_reopen_files (side by side: 0444 becomes 0644).
+#[test]
+fn usr1_makes_logs_writable_for_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{\n  log_format f x;\n  server {{ listen 127.0.0.1:{p}; return x; access_log %%PREFIX%%a.log f; }}\n}}\n",
+        head(false, "1").replace("user root;", "user nobody nogroup;")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let path = run.path("a.log");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    signal(master, libc::SIGUSR1);
+    let mode = || std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert!(wait_for(10 * SEC, || mode() == 0o644), "mode {:o}\n{}", mode(), run.ctx());
+    assert!(!run.log().contains("Permission denied"), "{}", run.ctx());
+}

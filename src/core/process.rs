@@ -320,6 +320,13 @@ pub fn create_owned(path: &str, user: &str) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    // ngx_reopen_files: the owner must be able to read and write it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o600 != 0o600 {
+        // (A failure is nginx's alert at most; the file is reopened either way.)
+        let _ = f.set_permissions(std::fs::Permissions::from_mode((mode | 0o600) & 0o7777));
+    }
     Ok(())
 }
 
