@@ -753,6 +753,9 @@ fn reload_with_broken_config_keeps_old_one_and_logs_emerg() {
             "bind() to 127.0.0.1:",
         ),
     ];
+    // nginx says which event method it uses once a new cycle has its sockets: a failed
+    // reload does not say it.
+    let methods = count(&run.log(), "using the \"epoll\" event method");
     for (n, (conf, want)) in broken.iter().enumerate() {
         let emergs = count(&run.log(), "[emerg]");
         run.write_conf(conf);
@@ -769,6 +772,7 @@ fn reload_with_broken_config_keeps_old_one_and_logs_emerg() {
         }
         assert_eq!(workers_of(master, &[]), before, "broken config {n} replaced the workers\n{}", run.ctx());
         assert!(alive(master));
+        assert_eq!(count(&run.log(), "using the \"epoll\" event method"), methods, "{}", run.ctx());
     }
     drop(busy);
 

@@ -362,8 +362,6 @@ impl Master {
             }
             self.pid_file = pid;
         }
-        // nginx's event module says it again for every cycle it builds.
-        error(Level::Notice, "using the \"epoll\" event method", None);
         // Sockets are kept by address and type (TCP and UDP may share an address).
         let mut old: Vec<((Addr, bool), Vec<Listener>)> = std::mem::take(&mut self.listeners)
             .into_iter()
@@ -412,6 +410,9 @@ impl Master {
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
+        // nginx's event module says it again for every cycle it builds, once the
+        // listening sockets are open, into the new cycle's log.
+        error(Level::Notice, "using the \"epoll\" event method", None);
         self.no_accept = false;
         // As nginx: the new workers first, a tenth of a second for them to start
         // accepting, then the old ones are told to quit.
