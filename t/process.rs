@@ -1808,3 +1808,47 @@ fn usr1_makes_logs_writable_for_their_owner() {
     assert!(wait_for(10 * SEC, || mode() == 0o644), "mode {:o}\n{}", mode(), run.ctx());
     assert!(!run.log().contains("Permission denied"), "{}", run.ctx());
 }
+
+/// `working_directory`, `worker_priority` and `worker_rlimit_core` apply to the workers
+/// as in nginx; a working directory that cannot be entered stops the worker with exit
+/// code 2, which the master does not respawn (nginx 1.22.1's lines, side by side).
+#[test]
+fn worker_directory_priority_and_core_limit() {
+    let a = tagged("A");
+    let p = free_port();
+    let wd = TempDir::new("wd");
+    let conf = |dir: &str| {
+        format!(
+            "{}working_directory {dir};\nworker_priority 5;\nworker_rlimit_core 1m;\n{}",
+            head(false, "1"),
+            proxy_conf("", p, a)
+        )
+    };
+    let run = Run::start(&conf(wd.path().to_str().expect("path")));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    assert!(
+        wait_for(10 * SEC, || std::fs::read_link(format!("/proc/{w}/cwd")).is_ok_and(|c| c == wd.path())),
+        "cwd {:?}\n{}",
+        std::fs::read_link(format!("/proc/{w}/cwd")),
+        run.ctx()
+    );
+    // /proc/PID/stat: the nice value is field 19 (after "pid (comm)", counted from 1).
+    let stat = std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default();
+    let nice = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(16).map(str::to_string));
+    assert_eq!(nice.as_deref(), Some("5"), "{stat}\n{}", run.ctx());
+    let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap_or_default();
+    assert!(limits.lines().any(|l| l.starts_with("Max core file size") && l.contains("1048576")), "{limits}");
+
+    run.write_conf(&conf("/nonexistent-sluice-dir"));
+    signal(master, libc::SIGHUP);
+    let fatal = "exited with fatal code 2 and cannot be respawned";
+    assert!(wait_for(10 * SEC, || run.log().contains(fatal)), "{}", run.ctx());
+    let log = run.log();
+    assert!(
+        log.contains("[alert]")
+            && log.contains("chdir(\"/nonexistent-sluice-dir\") failed (2: No such file or directory)"),
+        "{log}"
+    );
+}

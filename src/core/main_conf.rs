@@ -27,6 +27,12 @@ pub struct MainConf {
     pub transparent: bool,
     /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset).
     pub cpu_affinity: Setting<()>,
+    /// `worker_priority`: the workers' nice value (0: left alone).
+    pub worker_priority: i32,
+    /// `worker_rlimit_core`: the workers' core file size limit.
+    pub worker_rlimit_core: Setting<u64>,
+    /// `working_directory`: where workers chdir to (empty: left alone).
+    pub working_directory: String,
     pub env: Vec<String>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
@@ -282,11 +288,19 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "worker_priority",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        // ngx_set_priority: an optional sign, then digits.
-        set: |_, cmd, _| {
+        // ngx_set_priority: an optional sign, then digits; a second one after a
+        // non-zero value is a duplicate.
+        set: |c, cmd, _| {
+            if c.worker_priority != 0 {
+                return Err(cmd.duplicate());
+            }
             let a = cmd.arg(0);
             let digits = a.strip_prefix(['-', '+']).unwrap_or(a);
-            value::parse_number(digits).map(drop).ok_or_else(|| ConfError::directive(cmd, "invalid number"))
+            let n = value::parse_number(digits)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| ConfError::directive(cmd, "invalid number"))?;
+            c.worker_priority = if a.starts_with('-') { -n } else { n };
+            Ok(())
         },
     },
     CoreDirective { name: "worker_cpu_affinity", ctx: Ctx::MAIN, args: Arity::OneOrMore, set: cpu_affinity },
@@ -294,9 +308,20 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "worker_rlimit_core",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |_, cmd, _| value::size(cmd).map(drop),
+        set: |c, cmd, _| c.worker_rlimit_core.set(cmd, value::size(cmd)? as u64),
     },
-    CoreDirective { name: "working_directory", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "working_directory",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| {
+            if !c.working_directory.is_empty() {
+                return Err(cmd.duplicate());
+            }
+            c.working_directory = cmd.arg(0).to_string();
+            Ok(())
+        },
+    },
     CoreDirective {
         name: "debug_points",
         ctx: Ctx::MAIN,

@@ -192,9 +192,27 @@ impl Master {
                 }
             };
             let core = &self.cycle.core;
+            // ngx_worker_process_init, in its order: priority, the limits, the user,
+            // then the working directory.
+            if core.worker_priority != 0 {
+                // SAFETY: setpriority on this process.
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, core.worker_priority) } == -1 {
+                    let e = std::io::Error::last_os_error();
+                    error(Level::Alert, &format!("setpriority({}) failed", core.worker_priority), Some(&e));
+                }
+            }
             if core.worker_rlimit_nofile.is_set() {
                 if let Err(e) = process::set_nofile(core.worker_rlimit_nofile.get()) {
                     error(Level::Alert, "setrlimit(RLIMIT_NOFILE) failed", Some(&e));
+                }
+            }
+            if core.worker_rlimit_core.is_set() {
+                let n = core.worker_rlimit_core.get();
+                let rl = libc::rlimit { rlim_cur: n, rlim_max: n };
+                // SAFETY: setrlimit with a filled struct.
+                if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rl) } == -1 {
+                    let e = std::io::Error::last_os_error();
+                    error(Level::Alert, &format!("setrlimit(RLIMIT_CORE, {}) failed", n), Some(&e));
                 }
             }
             // This worker's socket of each listener (its own for `reuseport`).
@@ -221,11 +239,21 @@ impl Master {
                 error(Level::Emerg, &e, None);
                 return 2;
             }
+            let wd = &self.cycle.core.working_directory;
+            if !wd.is_empty() {
+                if let Err(e) = std::env::set_current_dir(wd) {
+                    error(Level::Alert, &format!("chdir(\"{}\") failed", wd), Some(&e));
+                    return 2;
+                }
+            }
             w.run();
             drop(w);
             0
         })();
-        error(Level::Notice, "exit", None);
+        // A worker that cannot start exits with 2 at once (nginx's exit(2)), unannounced.
+        if code == 0 {
+            error(Level::Notice, "exit", None);
+        }
         std::process::exit(code)
     }
 
@@ -322,6 +350,15 @@ impl Master {
             let w = self.workers.remove(i);
             reaped_worker = true;
             error(level, &format!("worker process {} {}", pid, text), None);
+            // Exit code 2 is a worker that cannot work (nginx's fatal code): not again.
+            if matches!(how, ChildExit::Code(2)) {
+                error(
+                    Level::Alert,
+                    &format!("worker process {} exited with fatal code 2 and cannot be respawned", pid),
+                    None,
+                );
+                continue;
+            }
             // A worker that died on its own is replaced.
             let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
             if !w.exiting && !stopping {
