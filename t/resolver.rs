@@ -26,6 +26,8 @@ pub struct Zone {
     pub silent: bool,
     /// Before the real answer, send one with a wrong ID and one with a pointer loop.
     pub hostile: bool,
+    /// Over UDP: answer this much later.
+    pub delay: Duration,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -61,8 +63,24 @@ impl DnsServer {
             let mut buf = [0u8; 512];
             while !st.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
-                for reply in answer(&buf[..n], &z, &l, false) {
-                    let _ = udp.send_to(&reply, peer);
+                let delay = question(&buf[..n])
+                    .and_then(|(name, _, _)| z.lock().expect("zones").get(&name).map(|z| z.delay))
+                    .unwrap_or_default();
+                let replies = answer(&buf[..n], &z, &l, false);
+                match udp.try_clone() {
+                    Ok(u) if !delay.is_zero() => {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(delay);
+                            for reply in replies {
+                                let _ = u.send_to(&reply, peer);
+                            }
+                        });
+                    }
+                    _ => {
+                        for reply in replies {
+                            let _ = udp.send_to(&reply, peer);
+                        }
+                    }
                 }
             }
         });
@@ -667,4 +685,56 @@ fn one_resolved_upstream(dns: u16, name: &str, port: u16, listen: u16) -> String
            server {{ listen 127.0.0.1:{listen}; proxy_pass u; }}\n\
          }}"
     )
+}
+
+/// Resolver instances, connection numbers and the cache as nginx's (side by side with
+/// nginx 1.22.1): each `resolver` directive is a resolver of its own (its own cache, so
+/// its own query); a resolver's connection to its server is numbered at its first query
+/// and kept (so the sessions after it are *4, *6, ...); an answer holds to the end of
+/// the second its TTL ends in (TTL 0: the same second is served from the cache); and
+/// `resolver_timeout 0` waits for as long as the answer takes.
+#[test]
+fn resolver_instances_numbers_and_cache_seconds() {
+    let dns = DnsServer::start();
+    dns.set("a.test", Zone { a: vec![ip("127.0.0.1")], ttl: 0, ..Zone::default() });
+    dns.set(
+        "late.test",
+        Zone { a: vec![ip("127.0.0.1")], ttl: 60, delay: Duration::from_millis(300), ..Zone::default() },
+    );
+    let be = free_port();
+    let _b = id_backend("127.0.0.1", be, "B").expect("backend");
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format n '$server_port $connection $status';\n\
+           access_log %%PREFIX%%a.log n;\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           server {{ listen 127.0.0.1:{p}; set $h a.test; proxy_pass $h:{be}; }}\n\
+           server {{ listen 127.0.0.1:{q}; resolver 127.0.0.1:{d} ipv6=off; set $h a.test; proxy_pass $h:{be}; }}\n\
+           server {{ listen 127.0.0.1:{r}; resolver_timeout 0; set $h late.test; proxy_pass $h:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    // Both sessions of the first server within one wall-clock second.
+    let start = loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+        if now.subsec_millis() < 100 {
+            break now.as_secs();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(ask(p), "B");
+    assert_eq!(ask(p), "B");
+    let same_second =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() == start;
+    assert_eq!(ask(q), "B");
+    assert_eq!(ask(r), "B", "resolver_timeout 0 gave up\n{}", s.error_log());
+    if same_second {
+        assert_eq!(dns.queries("a.test").len(), 2, "one query per resolver instance");
+    }
+    // *1 session, *2 the resolver's connection, *3 upstream; *4 and *5; *6, *7 the
+    // second resolver's connection, *8; *9, and no new connection for the first
+    // resolver's server.
+    let lines = s.wait_lines("a.log", 4);
+    assert_eq!(lines, [format!("{p} 1 200"), format!("{p} 4 200"), format!("{q} 6 200"), format!("{r} 9 200")]);
 }

@@ -139,7 +139,8 @@ enum Family {
 
 struct Waiter {
     target: Target,
-    deadline: Instant,
+    /// `resolver_timeout`; none for a timeout of 0 (nginx sets no timer then).
+    deadline: Option<Instant>,
     depth: u8,
 }
 
@@ -175,13 +176,20 @@ struct Node {
 
 struct Cached {
     addrs: Vec<IpAddr>,
-    valid_until: Instant,
+    /// The last wall-clock second the answer may be used in (nginx's `rn->valid`:
+    /// `ngx_time()` of the answer plus its TTL or `valid=`).
+    valid_until: i64,
 }
 
+/// One `resolver` directive: nginx makes a resolver (cache, sockets) per directive, and
+/// the levels that inherit it share it.
 struct Resolver {
     conf: Rc<ResolverConf>,
     next_server: usize,
     cache: HashMap<String, Cached>,
+    /// Per server: nginx's UDP connection to it is open (made at the first query,
+    /// numbered then from the connection counter, closed by a failed send or read).
+    udp_open: Vec<bool>,
 }
 
 /// The context a resolver call needs from the worker.
@@ -207,10 +215,11 @@ fn random_id() -> u16 {
 
 impl Resolvers {
     fn resolver(&mut self, conf: &Rc<ResolverConf>) -> usize {
-        if let Some(i) = self.list.iter().position(|r| Rc::ptr_eq(&r.conf, conf) || *r.conf == **conf) {
+        if let Some(i) = self.list.iter().position(|r| Rc::ptr_eq(&r.conf, conf)) {
             return i;
         }
-        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new() });
+        let udp_open = vec![false; conf.servers.len()];
+        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new(), udp_open });
         self.list.len() - 1
     }
 
@@ -251,7 +260,8 @@ impl Resolvers {
     ) -> Option<(Outcome, Duration)> {
         let r = self.resolver(conf);
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        self.request(r, name, srv, Waiter { target, deadline: io.now + timeout, depth: 0 }, io)
+        let deadline = (!timeout.is_zero()).then(|| io.now + timeout);
+        self.request(r, name, srv, Waiter { target, deadline, depth: 0 }, io)
     }
 
     fn failure_valid(&self, r: usize) -> Duration {
@@ -268,9 +278,11 @@ impl Resolvers {
     ) -> Option<(Outcome, Duration)> {
         let now = io.now;
         let res = &mut self.list[r];
+        let now_sec = crate::core::time::wall_secs_of(now);
         if let (false, Some(c)) = (srv, res.cache.get(&name)) {
-            if c.valid_until >= now {
-                return Some((Ok(rotated(&c.addrs)), c.valid_until - now));
+            if c.valid_until >= now_sec {
+                let left = Duration::from_secs((c.valid_until - now_sec) as u64);
+                return Some((Ok(rotated(&c.addrs)), left));
             }
             res.cache.remove(&name);
         }
@@ -326,8 +338,15 @@ impl Resolvers {
     /// a new source port), or over TCP for the families that were truncated.
     fn send(&mut self, slot: usize, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        let server = self.list[n.resolver].conf.servers[n.server];
+        let res = &mut self.list[n.resolver];
+        let server = res.conf.servers[n.server];
         let token = Token(RESOLVER_BIT | slot);
+        let has_udp = [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { tcp: false, .. }));
+        // nginx's resolver connection to this server is made (and numbered) once.
+        if has_udp && !res.udp_open[n.server] {
+            res.udp_open[n.server] = true;
+            crate::core::shm::next_connection();
+        }
         if let Some(mut old) = n.udp.take() {
             let _ = io.registry.deregister(&mut old);
         }
@@ -341,6 +360,7 @@ impl Resolvers {
                         if let Family::Pending { query, tcp: false, .. } = f {
                             if let Err(e) = s.send(query) {
                                 log_server(Level::Error, "send() failed", &e, server);
+                                res.udp_open[n.server] = false;
                             }
                         }
                     }
@@ -367,6 +387,8 @@ impl Resolvers {
         if n.tcp.is_none() {
             match TcpStream::connect(server) {
                 Ok(mut stream) => {
+                    // A TCP connection to the server is numbered as nginx's.
+                    crate::core::shm::next_connection();
                     let token = Token(RESOLVER_BIT | slot);
                     if io.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
                         return;
@@ -391,7 +413,7 @@ impl Resolvers {
     /// Arm the name's timer for its next resend or the earliest waiter's deadline.
     fn schedule(&mut self, slot: usize, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        let first = n.waiters.iter().map(|w| w.deadline).min().unwrap_or(io.now);
+        let first = n.waiters.iter().filter_map(|w| w.deadline).min().unwrap_or(n.resend_at);
         io.timers.set(&mut n.timer, first.min(n.resend_at), Token(RESOLVER_BIT | slot));
     }
 
@@ -403,7 +425,8 @@ impl Resolvers {
         }
         n.timer = None;
         let now = io.now;
-        let (late, waiting): (Vec<Waiter>, Vec<Waiter>) = n.waiters.drain(..).partition(|w| w.deadline <= now);
+        let (late, waiting): (Vec<Waiter>, Vec<Waiter>) =
+            n.waiters.drain(..).partition(|w| w.deadline.is_some_and(|d| d <= now));
         n.waiters = waiting;
         let valid = self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(10));
         self.done.extend(late.into_iter().map(|w| Done {
@@ -457,8 +480,10 @@ impl Resolvers {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let server = self.list[n.resolver].conf.servers[n.server];
+                    let res = &mut self.list[n.resolver];
+                    let server = res.conf.servers[n.server];
                     log_server(Level::Error, "recv() failed", &e, server);
+                    res.udp_open[n.server] = false;
                     if let Some(mut s) = n.udp.take() {
                         let _ = io.registry.deregister(&mut s);
                     }
@@ -530,33 +555,17 @@ impl Resolvers {
     /// One DNS message arrived for the name in `slot`.
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        let server = self.list[n.resolver].conf.servers[n.server];
-        let proto = if over_tcp { "TCP" } else { "UDP" };
+        if let Err(e) = check_response(msg, over_tcp, n) {
+            log_plain(&e);
+            return;
+        }
         let r = match dns::parse(msg) {
             Ok(r) => r,
             Err(e) => {
-                log_plain(&e.to_string(), server);
+                log_plain(&e.to_string());
                 return;
             }
         };
-        let flags = u16::from_be_bytes([msg[2], msg[3]]);
-        if flags & 0xf870 != 0x8000 || (over_tcp && r.truncated) {
-            log_plain(&format!("invalid {} DNS response {} fl:{:04X}", proto, r.id, flags), server);
-            return;
-        }
-        if r.rcode == dns::FORMERR || r.rcode > 5 {
-            log_plain(
-                &format!(
-                    "DNS error ({}: {}), query id:{}, name:\"{}\"",
-                    r.rcode,
-                    strerror(i32::from(r.rcode)),
-                    r.id,
-                    r.qname
-                ),
-                server,
-            );
-            return;
-        }
         let family = match r.qtype {
             dns::TYPE_A => &mut n.a,
             dns::TYPE_AAAA => &mut n.aaaa,
@@ -564,15 +573,15 @@ impl Resolvers {
             _ => return,
         };
         let Family::Pending { id, tcp, .. } = family else {
-            log_plain(&format!("unexpected DNS response for {}", r.qname), server);
+            log_plain(&format!("unexpected DNS response for {}", r.qname));
             return;
         };
         if r.qname != n.name {
-            log_plain(&format!("unexpected DNS response for {}", r.qname), server);
+            log_plain(&format!("unexpected DNS response for {}", r.qname));
             return;
         }
         if r.id != *id {
-            log_plain(&format!("wrong ident {} in DNS response for {}, expect {}", r.id, r.qname, id), server);
+            log_plain(&format!("wrong ident {} in DNS response for {}, expect {}", r.id, r.qname, id));
             return;
         }
         if r.truncated && !over_tcp {
@@ -654,18 +663,22 @@ impl Resolvers {
             let valid = res.conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl)));
             if res.cache.len() >= MAX_CACHED {
                 let now = io.now;
-                res.cache.retain(|_, c| c.valid_until >= now);
+                let now_sec = crate::core::time::wall_secs_of(now);
+                res.cache.retain(|_, c| c.valid_until >= now_sec);
                 if res.cache.len() >= MAX_CACHED {
                     res.cache.clear();
                 }
             }
-            res.cache.insert(n.name.clone(), Cached { addrs: addrs.clone(), valid_until: io.now + valid });
+            let valid_until = crate::core::time::wall_secs_of(io.now).saturating_add(valid.as_secs() as i64);
+            res.cache.insert(n.name.clone(), Cached { addrs: addrs.clone(), valid_until });
         }
         let valid = match &outcome {
             Ok(_) => self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl))),
             Err(_) => self.failure_valid(n.resolver),
         };
-        let targets: Vec<Target> = n.waiters.iter().map(|w| w.target).collect();
+        // nginx keeps the waiting requests in a list it pushes onto: the last to come
+        // is told first.
+        let targets: Vec<Target> = n.waiters.iter().rev().map(|w| w.target).collect();
         self.done.extend(targets.into_iter().map(|target| Done {
             target,
             outcome: outcome.clone(),
@@ -699,28 +712,89 @@ impl Resolvers {
     }
 }
 
-/// A cached answer, as nginx hands it out: each family rotated at a random place.
+/// `ngx_resolver_process_response`'s checks of a reply, in its order and with its
+/// messages, before the records are read: the header, the error codes, the one
+/// question (no compression, not empty), its class and type.
+fn check_response(m: &[u8], over_tcp: bool, n: &Node) -> Result<(), String> {
+    const SHORT: &str = "short DNS response";
+    if m.len() < 12 {
+        return Err(SHORT.into());
+    }
+    let at = |i: usize| u16::from_be_bytes([m[i], m[i + 1]]);
+    let (ident, flags, nqs, nan) = (at(0), at(2), at(4), usize::from(at(6)));
+    if flags & 0xf870 != 0x8000 || (flags & 0x0200 != 0 && over_tcp) {
+        let proto = if over_tcp { "TCP" } else { "UDP" };
+        return Err(format!("invalid {proto} DNS response {ident} fl:{flags:04X}"));
+    }
+    let code = (flags & 0xf) as u8;
+    if code == dns::FORMERR || code > 5 {
+        let text = format!("DNS error ({}: {}), query id:{}", code, strerror(i32::from(code)), ident);
+        // A format error names the name whose query had this ident.
+        let ours = [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
+        return Err(if code == dns::FORMERR && ours { format!("{text}, name:\"{}\"", n.name) } else { text });
+    }
+    if nqs != 1 {
+        return Err("invalid number of questions in DNS response".into());
+    }
+    let mut i = 12;
+    loop {
+        let Some(&len) = m.get(i) else { return Err(SHORT.into()) };
+        if len & 0xc0 != 0 {
+            return Err("unexpected compression pointer in DNS response".into());
+        }
+        if len == 0 {
+            break;
+        }
+        i += 1 + usize::from(len);
+    }
+    if i == 12 {
+        return Err("zero-length domain name in DNS response".into());
+    }
+    i += 1;
+    if i + 4 + nan * 12 > m.len() {
+        return Err(SHORT.into());
+    }
+    let (qtype, qclass) = (at(i), at(i + 2));
+    if qclass != 1 {
+        return Err(format!("unknown query class {qclass} in DNS response"));
+    }
+    if ![dns::TYPE_A, dns::TYPE_AAAA, dns::TYPE_SRV, 12].contains(&qtype) {
+        return Err(format!("unknown query type {qtype} in DNS response"));
+    }
+    Ok(())
+}
+
+/// A cached answer, as `ngx_resolver_export` hands it out with `rotate`: each family
+/// starts at a random address, IPv4 then IPv6, and the whole list starts at a random
+/// place (so the families mix).
 fn rotated(addrs: &[IpAddr]) -> Vec<IpAddr> {
-    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
-    let mut out = Vec::with_capacity(addrs.len());
-    for mut f in [v4, v6] {
+    let n = addrs.len();
+    if n < 2 {
+        return addrs.to_vec();
+    }
+    let (mut v4, mut v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
+    for f in [&mut v4, &mut v6] {
         if f.len() > 1 {
             let k = rand::random::<u32>() as usize % f.len();
             f.rotate_left(k);
         }
-        out.extend(f);
     }
+    let mut out = v4;
+    out.extend(v6);
+    out.rotate_right(rand::random::<u32>() as usize % n);
     out
 }
 
+/// A failure of the connection to a server: nginx's resolver connection log, whose
+/// handler adds "while resolving, resolver: ADDR" after the error.
 fn log_server(level: Level, msg: &str, e: &io::Error, server: SocketAddr) {
-    let text = format!("{} while resolving, resolver: {}", msg, server);
-    let err = if e.raw_os_error().is_some() { Some(e) } else { None };
-    crate::core::log::error(level, &text, err);
+    let err = e.raw_os_error().map(|_| format!(" {}", crate::core::conf::os_err(e))).unwrap_or_default();
+    crate::core::log::error(level, &format!("{msg}{err} while resolving, resolver: {server}"), None);
 }
 
-fn log_plain(msg: &str, server: SocketAddr) {
-    crate::core::log::error(Level::Error, &format!("{} while resolving, resolver: {}", msg, server), None);
+/// A reply nginx's resolver cannot use: its own log, without context.
+fn log_plain(msg: &str) {
+    crate::core::log::error(Level::Error, msg, None);
 }
 
 #[cfg(test)]
@@ -743,16 +817,33 @@ mod tests {
         assert_eq!(a(&["valid=1s"]).unwrap_err(), "no name servers defined");
     }
 
+    /// As `ngx_resolver_export(rotate)`: a rotation of (IPv4 rotated, IPv6 rotated), so
+    /// going round the list each family is one run in its own cyclic order, and either
+    /// family may come first.
     #[test]
-    fn rotation_keeps_families_apart_and_the_set() {
+    fn rotation_is_nginx_export() {
         let addrs: Vec<IpAddr> =
             ["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1", "::2"].iter().map(|a| a.parse().unwrap()).collect();
-        for _ in 0..20 {
+        let idx = |a: &IpAddr| addrs.iter().position(|x| x == a).unwrap();
+        let mut first_v6 = 0;
+        for _ in 0..200 {
             let r = rotated(&addrs);
-            assert!(r[..3].iter().all(|a| a.is_ipv4()) && r[3..].iter().all(|a| a.is_ipv6()));
-            let mut s = r.clone();
-            s.sort();
-            assert_eq!(s, addrs);
+            let mut sorted = r.clone();
+            sorted.sort();
+            assert_eq!(sorted, addrs);
+            let n = r.len();
+            // Going round: the family changes exactly twice (one run each).
+            let changes = (0..n).filter(|&k| r[k].is_ipv4() != r[(k + 1) % n].is_ipv4()).count();
+            assert_eq!(changes, 2, "{r:?}");
+            // Within a run, the next address of the family follows the answer's order.
+            for k in 0..n {
+                let (a, b) = (&r[k], &r[(k + 1) % n]);
+                if a.is_ipv4() && b.is_ipv4() {
+                    assert_eq!(idx(b), (idx(a) + 1) % 3, "{r:?}");
+                }
+            }
+            first_v6 += usize::from(r[0].is_ipv6());
         }
+        assert!(first_v6 > 20 && first_v6 < 140, "{first_v6} of 200 started with IPv6");
     }
 }
