@@ -13,6 +13,8 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SRV: u16 = 33;
+/// DNAME: nginx passes over it.
+const TYPE_DNAME: u16 = 39;
 const CLASS_IN: u16 = 1;
 
 /// rcodes (nginx's `NGX_RESOLVE_*` are the same numbers).
@@ -56,8 +58,16 @@ pub enum RData {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Cname(String),
-    Srv { priority: u16, weight: u16, port: u16, target: String },
-    Other,
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
+    /// An A or AAAA record (by its type) whose data is not an address's length.
+    BadAddress(u16),
+    /// A record of another type, or of another class than IN.
+    Other(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +76,8 @@ pub struct Record {
     /// (bytes above 0x7f become U+0080..U+00FF), so nothing is lost or merged.
     pub name: String,
     pub ttl: u32,
+    /// The class (IN is 1): nginx refuses an answer with any other.
+    pub class: u16,
     pub data: RData,
 }
 
@@ -184,17 +196,18 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
         let rdata = m.get(start..start + len).ok_or(Error::Short)?;
         p = start + len;
         if class != CLASS_IN {
+            answers.push(Record { name, ttl, class, data: RData::Other(rtype) });
             continue;
         }
         let data = match rtype {
-            TYPE_A => {
-                let b: [u8; 4] = rdata.try_into().map_err(|_| Error::Rdata)?;
-                RData::A(Ipv4Addr::from(b))
-            }
-            TYPE_AAAA => {
-                let b: [u8; 16] = rdata.try_into().map_err(|_| Error::Rdata)?;
-                RData::Aaaa(Ipv6Addr::from(b))
-            }
+            TYPE_A => match <[u8; 4]>::try_from(rdata) {
+                Ok(b) => RData::A(Ipv4Addr::from(b)),
+                Err(_) => RData::BadAddress(rtype),
+            },
+            TYPE_AAAA => match <[u8; 16]>::try_from(rdata) {
+                Ok(b) => RData::Aaaa(Ipv6Addr::from(b)),
+                Err(_) => RData::BadAddress(rtype),
+            },
             TYPE_CNAME => {
                 let (target, end) = read_name(m, start)?;
                 if end > p {
@@ -217,9 +230,9 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
                     target,
                 }
             }
-            _ => RData::Other,
+            _ => RData::Other(rtype),
         };
-        answers.push(Record { name, ttl, data });
+        answers.push(Record { name, ttl, class, data });
     }
     Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated: flags & 0x0200 != 0, qname, qtype, answers })
 }
@@ -268,12 +281,37 @@ fn follow<T>(r: &Response, name: &str, pick: impl Fn(&RData) -> Option<T>) -> Fo
     Found::Nothing
 }
 
-/// The addresses of `qtype` (A or AAAA) for `name` in an answer.
-pub fn addresses(r: &Response, name: &str, qtype: u16) -> Found<IpAddr> {
-    follow(r, name, |d| match d {
-        RData::A(a) if qtype == TYPE_A => Some(IpAddr::V4(*a)),
-        RData::Aaaa(a) if qtype == TYPE_AAAA => Some(IpAddr::V6(*a)),
-        _ => None,
+/// What `ngx_resolver_process_a` makes of the answer to an A or AAAA query: every
+/// record of the asked type, whatever its owner name, in answer order (else the last
+/// CNAME, to ask for next), the smallest TTL of all records; records of other types
+/// are noted in `unexpected` (nginx logs each and goes on). An `Err` is nginx's message
+/// for an answer it refuses: the name stays unanswered.
+pub fn addresses(r: &Response, qtype: u16, unexpected: &mut Vec<u16>) -> Result<Found<IpAddr>, String> {
+    let (mut addrs, mut cname, mut ttl) = (Vec::new(), None, u32::MAX);
+    for rec in &r.answers {
+        if rec.class != CLASS_IN {
+            return Err(format!("unexpected RR class {} in DNS response", rec.class));
+        }
+        ttl = ttl.min(rec.ttl);
+        match &rec.data {
+            RData::A(a) if qtype == TYPE_A => addrs.push(IpAddr::V4(*a)),
+            RData::Aaaa(a) if qtype == TYPE_AAAA => addrs.push(IpAddr::V6(*a)),
+            RData::A(_) => return Err("unexpected A record in DNS response".into()),
+            RData::Aaaa(_) => return Err("unexpected AAAA record in DNS response".into()),
+            RData::BadAddress(TYPE_A) if qtype == TYPE_A => return Err("invalid A record in DNS response".into()),
+            RData::BadAddress(TYPE_A) => return Err("unexpected A record in DNS response".into()),
+            RData::BadAddress(_) if qtype == TYPE_AAAA => return Err("invalid AAAA record in DNS response".into()),
+            RData::BadAddress(_) => return Err("unexpected AAAA record in DNS response".into()),
+            RData::Cname(t) => cname = Some(t.clone()),
+            RData::Other(TYPE_DNAME) => {}
+            RData::Other(t) => unexpected.push(*t),
+            RData::Srv { .. } => unexpected.push(TYPE_SRV),
+        }
+    }
+    Ok(match (addrs.is_empty(), cname) {
+        (false, _) => Found::Records(addrs, ttl),
+        (true, Some(c)) if c != r.qname => Found::Cname(c, ttl),
+        _ => Found::Nothing,
     })
 }
 
@@ -348,8 +386,11 @@ mod tests {
         assert_eq!(r.qname, "www.example.com");
         assert_eq!(r.answers[0].data, RData::Cname("web.example.com".into()));
         let want = vec![IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 1])];
-        assert_eq!(addresses(&r, "WWW.example.com", TYPE_A), Found::Records(want, 60));
-        assert_eq!(addresses(&r, "www.example.com", TYPE_AAAA), Found::Cname("web.example.com".into(), 300));
+        let mut other = Vec::new();
+        assert_eq!(addresses(&r, TYPE_A, &mut other), Ok(Found::Records(want, 60)));
+        // A records in the answer to an AAAA query: nginx refuses the answer.
+        assert_eq!(addresses(&r, TYPE_AAAA, &mut other), Err("unexpected A record in DNS response".into()));
+        assert!(other.is_empty());
         cname.clear();
     }
 
@@ -358,7 +399,7 @@ mod tests {
         let q = query(9, "nx.example.com", TYPE_A).unwrap();
         let r = parse(&response(&q, NXDOMAIN, &[])).unwrap();
         assert_eq!(r.rcode, NXDOMAIN);
-        assert_eq!(addresses(&r, "nx.example.com", TYPE_A), Found::Nothing);
+        assert_eq!(addresses(&r, TYPE_A, &mut Vec::new()), Ok(Found::Nothing));
         let mut m = response(&q, 0, &[]);
         m[2] |= 0x02;
         assert!(parse(&m).unwrap().truncated);
@@ -386,7 +427,9 @@ mod tests {
         for cut in 12..full.len() {
             assert!(parse(&full[..cut]).is_err(), "cut at {cut}");
         }
-        assert_eq!(parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_A, 1, &[1, 2, 3])])), Err(Error::Rdata));
+        // (The A record of 3 bytes is read, and refused as nginx refuses it.)
+        let short_a = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_A, 1, &[1, 2, 3])])).unwrap();
+        assert_eq!(addresses(&short_a, TYPE_A, &mut Vec::new()), Err("invalid A record in DNS response".into()));
         // A label with a dot in it; an extended label type; a query instead of a response.
         let mut m = q.clone();
         m[2] = 0x81;
@@ -427,11 +470,11 @@ mod tests {
     }
 
     #[test]
-    fn cname_loops_and_chains_are_bounded() {
+    fn cname_loops_and_chains() {
         let q = query(1, "a.example.com", TYPE_A).unwrap();
         // a -> a: nothing.
         let r = parse(&response(&q, 0, &[rr(&AT_QNAME, TYPE_CNAME, 5, &AT_QNAME)])).unwrap();
-        assert_eq!(addresses(&r, "a.example.com", TYPE_A), Found::Nothing);
+        assert_eq!(addresses(&r, TYPE_A, &mut Vec::new()), Ok(Found::Nothing));
         // A chain longer than MAX_CNAME_HOPS: c0 -> c1 -> ... each in the answer.
         let names: Vec<String> = (0..MAX_CNAME_HOPS + 3).map(|i| format!("c{i}")).collect();
         let mut answers = vec![rr(&AT_QNAME, TYPE_CNAME, 5, &[2, b'c', b'0', 0])];
@@ -445,7 +488,10 @@ mod tests {
             answers.push(rr(&owner, TYPE_CNAME, 5, &target));
         }
         let r = parse(&response(&q, 0, &answers)).unwrap();
-        assert_eq!(addresses(&r, "a.example.com", TYPE_A), Found::Nothing);
+        // nginx asks next for the target of the answer's last CNAME (its recursion limit
+        // bounds the chain).
+        let last = names.last().unwrap().clone();
+        assert_eq!(addresses(&r, TYPE_A, &mut Vec::new()), Ok(Found::Cname(last, 5)));
     }
 
     #[test]

@@ -555,7 +555,14 @@ impl Resolvers {
     /// One DNS message arrived for the name in `slot`.
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        if let Err(e) = check_response(msg, over_tcp, n) {
+        let ids: Vec<u16> = [&n.a, &n.aaaa, &n.srv]
+            .iter()
+            .filter_map(|f| match f {
+                Family::Pending { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = check_response(msg, over_tcp, &ids, &n.name) {
             log_plain(&e);
             return;
         }
@@ -610,7 +617,20 @@ impl Resolvers {
                 Found::Nothing => {}
             }
         } else {
-            match dns::addresses(&r, &n.name, r.qtype) {
+            let mut unexpected = Vec::new();
+            let found = dns::addresses(&r, r.qtype, &mut unexpected);
+            for t in unexpected {
+                log_plain(&format!("unexpected RR type {t} in DNS response"));
+            }
+            let found = match found {
+                Ok(f) => f,
+                // nginx leaves the name unanswered: it is asked again, or times out.
+                Err(e) => {
+                    log_plain(&e);
+                    return;
+                }
+            };
+            match found {
                 Found::Records(addrs, ttl) => {
                     n.ttl = n.ttl.min(ttl);
                     *family = Family::Done(addrs);
@@ -715,7 +735,7 @@ impl Resolvers {
 /// `ngx_resolver_process_response`'s checks of a reply, in its order and with its
 /// messages, before the records are read: the header, the error codes, the one
 /// question (no compression, not empty), its class and type.
-fn check_response(m: &[u8], over_tcp: bool, n: &Node) -> Result<(), String> {
+fn check_response(m: &[u8], over_tcp: bool, ids: &[u16], name: &str) -> Result<(), String> {
     const SHORT: &str = "short DNS response";
     if m.len() < 12 {
         return Err(SHORT.into());
@@ -730,8 +750,8 @@ fn check_response(m: &[u8], over_tcp: bool, n: &Node) -> Result<(), String> {
     if code == dns::FORMERR || code > 5 {
         let text = format!("DNS error ({}: {}), query id:{}", code, strerror(i32::from(code)), ident);
         // A format error names the name whose query had this ident.
-        let ours = [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
-        return Err(if code == dns::FORMERR && ours { format!("{text}, name:\"{}\"", n.name) } else { text });
+        let ours = ids.contains(&ident);
+        return Err(if code == dns::FORMERR && ours { format!("{text}, name:\"{name}\"") } else { text });
     }
     if nqs != 1 {
         return Err("invalid number of questions in DNS response".into());
@@ -800,6 +820,31 @@ fn log_plain(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ngx_resolver_process_response's messages for replies it cannot use (side by
+    /// side with nginx 1.22.1).
+    #[test]
+    fn reply_checks_as_nginx() {
+        let q = dns::query(0x1234, "a.test", dns::TYPE_A).unwrap();
+        let reply = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut m = q.clone();
+            m[2] = 0x81;
+            m[3] = 0x80;
+            f(&mut m);
+            check_response(&m, false, &[0x1234], "a.test")
+        };
+        assert_eq!(reply(&|_| {}), Ok(()));
+        assert_eq!(reply(&|m| m[2] = 0x01), Err("invalid UDP DNS response 4660 fl:0180".into()));
+        assert_eq!(reply(&|m| m[3] = 0x89), Err("DNS error (9: Unknown error), query id:4660".into()));
+        assert_eq!(reply(&|m| m[3] = 0x81), Err("DNS error (1: Format error), query id:4660, name:\"a.test\"".into()));
+        assert_eq!(reply(&|m| m[5] = 2), Err("invalid number of questions in DNS response".into()));
+        assert_eq!(reply(&|m| m[12] = 0xc0), Err("unexpected compression pointer in DNS response".into()));
+        assert_eq!(reply(&|m| m[12] = 0), Err("zero-length domain name in DNS response".into()));
+        let end = q.len();
+        assert_eq!(reply(&|m| m[end - 1] = 3), Err("unknown query class 3 in DNS response".into()));
+        assert_eq!(reply(&|m| m[end - 3] = 16), Err("unknown query type 16 in DNS response".into()));
+        assert_eq!(reply(&|m| m.truncate(10)), Err("short DNS response".into()));
+    }
 
     #[test]
     fn conf_forms_and_errors() {
