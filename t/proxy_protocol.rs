@@ -957,3 +957,23 @@ fn refused_connect_after_a_header_is_logged_while_proxying_connection() {
     );
     assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&want)), "{}", s.error_log());
 }
+
+/// A broken header is logged with the bytes the client sent, not UTF-8 replacements
+/// (nginx 1.22.1 side by side: `broken header: "X\xff\r\n"`).
+#[test]
+fn broken_header_bytes_are_logged_as_sent() {
+    let p = free_port();
+    let s =
+        Sluice::start(&format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; return x; }} }}"));
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    c.write_all(b"X\xff\r\n").expect("send");
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = c.read(&mut [0u8; 16]);
+    let want: &[u8] = b"broken header: \"X\xff\r\n\"";
+    let log = || std::fs::read(s.dir.join("error.log")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(5), || log().windows(want.len()).any(|w| w == want)),
+        "{}",
+        String::from_utf8_lossy(&log())
+    );
+}

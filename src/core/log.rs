@@ -365,6 +365,8 @@ impl ErrorLog {
             }
             truncate_at(&mut line, MAX_ERROR_STR - 1);
             line.push('\n');
+            // Bytes that came in raw (a client's broken header, say) go out as they came.
+            let raw = crate::core::conf::parser::text_to_bytes(&line);
             let mut wrote_stderr = false;
             for o in &self.outputs {
                 if level > o.level {
@@ -379,15 +381,15 @@ impl ErrorLog {
                     Sink::Memory => continue,
                     Sink::Syslog(s) => {
                         // The whole line, without its newline.
-                        let _ = s.send((level as u32).saturating_sub(1), line.trim_end_matches('\n').as_bytes());
+                        let _ = s.send((level as u32).saturating_sub(1), raw.strip_suffix(b"\n").unwrap_or(&raw));
                         continue;
                     }
                 };
-                write_all_fd(fd, line.as_bytes());
+                write_all_fd(fd, &raw);
             }
             if echo && !wrote_stderr {
                 let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
-                write_all_fd(2, echo.as_bytes());
+                write_all_fd(2, &crate::core::conf::parser::text_to_bytes(&echo));
             }
         });
     }

@@ -41,7 +41,9 @@ pub enum Parsed {
 /// sluice reads more for v2 TLVs, but logs what 1.22.1 would have.
 fn broken(buf: &[u8]) -> Parsed {
     let shown = &buf[..buf.len().min(V1_MAX)];
-    Parsed::Invalid(Some(format!("broken header: \"{}\"", String::from_utf8_lossy(shown))))
+    // The bytes as they came (the error log writes a stand-in back as its byte).
+    let text = crate::core::conf::parser::bytes_to_text(shown);
+    Parsed::Invalid(Some(format!("broken header: \"{}\"", text)))
 }
 
 /// nginx 1.22.1's NGX_PROXY_PROTOCOL_MAX_HEADER: the longest v1 header line.
