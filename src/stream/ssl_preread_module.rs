@@ -33,8 +33,9 @@ pub struct Hello {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// More bytes are needed.
-    Again,
+    /// More bytes are needed; what was read so far (nginx fills its variables as it
+    /// parses, so a session that ends here shows them).
+    Again(Hello),
     /// Not a (parsable) TLS ClientHello: no variables.
     Declined,
     Done(Hello),
@@ -70,10 +71,10 @@ impl<'a> Reader<'a> {
 }
 
 macro_rules! need {
-    ($r:expr, $n:expr) => {
+    ($r:expr, $n:expr, $h:expr) => {
         match $r.take($n) {
             Need::Got(v) => v,
-            Need::Again => return Parsed::Again,
+            Need::Again => return Parsed::Again($h),
             Need::Fail => return Parsed::Declined,
         }
     };
@@ -83,40 +84,60 @@ fn u16be(v: &[u8]) -> usize {
     ((v[0] as usize) << 8) | v[1] as usize
 }
 
-/// `ngx_stream_ssl_preread_parse_record` over the handshake bytes of all records so far.
+/// `ngx_stream_ssl_preread_parse_record` over the handshake bytes of all records so far,
+/// with the checks of Debian's nginx 1.22.1 (its CVE-2026-123640 patch, the oracle this
+/// project records against): the extensions' total length must be exactly what is left
+/// of the handshake, SNI and ALPN come at most once and their lengths must agree with
+/// their lists, and supported_versions must hold a whole list of at least one version.
 fn parse_hello(hs: &[u8]) -> Parsed {
+    let mut h = Hello::default();
     if hs.len() < 4 {
-        return Parsed::Again;
+        return Parsed::Again(h);
     }
     if hs[0] != 1 {
         return Parsed::Declined;
     }
     let left = (hs[1] as usize) << 16 | (hs[2] as usize) << 8 | hs[3] as usize;
     let mut r = Reader { b: hs, pos: 4, left };
-    let mut h = Hello::default();
-    let v = need!(r, 2);
+    // The version is copied byte by byte, as nginx's state machine does.
+    if r.left >= 2 && r.b.len() - r.pos == 1 {
+        h.version = [r.b[r.pos], 0];
+        return Parsed::Again(h);
+    }
+    let v = need!(r, 2, h);
     h.version = [v[0], v[1]];
-    need!(r, 32);
-    let sid = need!(r, 1)[0] as usize;
-    need!(r, sid);
-    let cs = u16be(need!(r, 2));
-    need!(r, cs);
-    let cm = need!(r, 1)[0] as usize;
-    need!(r, cm);
+    need!(r, 32, h);
+    let sid = need!(r, 1, h)[0] as usize;
+    need!(r, sid, h);
+    let cs = u16be(need!(r, 2, h));
+    need!(r, cs, h);
+    let cm = need!(r, 1, h)[0] as usize;
+    need!(r, cm, h);
     if r.left == 0 {
         return Parsed::Done(h);
     }
-    // The extensions' total length (nginx does not use it).
-    need!(r, 2);
+    let total = u16be(need!(r, 2, h));
+    if total != r.left {
+        // "extensions length error"
+        return Parsed::Declined;
+    }
     loop {
         if r.left == 0 {
             return Parsed::Done(h);
         }
-        let eh = need!(r, 4);
+        let eh = need!(r, 4, h);
         let (ty, elen) = (u16be(&eh[0..2]), u16be(&eh[2..4]));
-        if ty == 0 && h.host.is_none() {
-            let mut ext = u16be(need!(r, 2));
-            let hh = need!(r, 3);
+        if ty == 0 {
+            if h.host.is_some() {
+                // "duplicate SNI"
+                return Parsed::Declined;
+            }
+            let mut ext = u16be(need!(r, 2, h));
+            if elen != 2 + ext {
+                // "SNI format error"
+                return Parsed::Declined;
+            }
+            let hh = need!(r, 3, h);
             if hh[0] != 0 {
                 return Parsed::Declined;
             }
@@ -125,30 +146,48 @@ fn parse_hello(hs: &[u8]) -> Parsed {
                 return Parsed::Declined;
             }
             ext -= 3 + size;
-            h.host = Some(need!(r, size).to_vec());
-            need!(r, ext);
-        } else if ty == 16 && h.alpn.is_none() {
-            let mut ext = u16be(need!(r, 2));
-            let mut alpn = Vec::new();
+            h.host = Some(need!(r, size, h).to_vec());
+            need!(r, ext, h);
+        } else if ty == 16 {
+            if h.alpn.is_some() {
+                // "duplicate ALPN"
+                return Parsed::Declined;
+            }
+            let mut ext = u16be(need!(r, 2, h));
+            if elen != 2 + ext {
+                // "ALPN format error"
+                return Parsed::Declined;
+            }
+            // Filled as it is read: a list cut short shows what came (with the comma
+            // nginx puts before the next name).
+            h.alpn = Some(Vec::new());
             loop {
-                let size = need!(r, 1)[0] as usize;
+                let size = need!(r, 1, h)[0] as usize;
                 if size == 0 || ext < 1 + size {
                     return Parsed::Declined;
                 }
                 ext -= 1 + size;
-                alpn.extend_from_slice(need!(r, size));
+                let name = need!(r, size, h).to_vec();
+                if let Some(a) = h.alpn.as_mut() {
+                    a.extend_from_slice(&name);
+                }
                 if ext == 0 {
                     break;
                 }
-                alpn.push(b',');
+                if let Some(a) = h.alpn.as_mut() {
+                    a.push(b',');
+                }
             }
-            h.alpn = Some(alpn);
         } else if ty == 43 {
-            let n = need!(r, 1)[0] as usize;
+            let n = need!(r, 1, h)[0] as usize;
+            if elen != 1 + n || n < 2 {
+                // "supported_versions format error"
+                return Parsed::Declined;
+            }
             h.version = [3, 4];
-            need!(r, n);
+            need!(r, n, h);
         } else {
-            need!(r, elen);
+            need!(r, elen, h);
         }
     }
 }
@@ -157,6 +196,7 @@ fn parse_hello(hs: &[u8]) -> Parsed {
 pub fn parse(buf: &[u8]) -> Parsed {
     let mut p = 0;
     let mut hs = Vec::new();
+    let mut partial = Hello::default();
     while buf.len() - p >= 5 {
         let r = &buf[p..];
         if r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3) {
@@ -173,11 +213,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
         hs.extend_from_slice(&r[5..5 + len]);
         p += 5 + len;
         match parse_hello(&hs) {
-            Parsed::Again => {}
+            Parsed::Again(h) => partial = h,
             done => return done,
         }
     }
-    Parsed::Again
+    Parsed::Again(partial)
 }
 
 impl Module for SslPreread {
@@ -217,8 +257,8 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
         return Flow::Again;
     }
     match parse(&s.preread) {
-        Parsed::Again => {
-            s.set_ctx(Some(Hello::default()));
+        Parsed::Again(h) => {
+            s.set_ctx(Some(h));
             Flow::Again
         }
         Parsed::Declined => {
@@ -321,8 +361,42 @@ mod tests {
         assert_eq!(parse(&r), Parsed::Done(want));
         // Every prefix is "more, please", never a wrong answer.
         for n in 0..r.len() {
-            assert_eq!(parse(&r[..n]), Parsed::Again, "prefix {}", n);
+            assert_eq!(parse(&r[..n]), Parsed::Again(Hello::default()), "prefix {}", n);
         }
+    }
+
+    fn hex(parts: &[&str]) -> Vec<u8> {
+        let s: String = parts.concat();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// Debian nginx 1.22.1's checks (recorded side by side: these ClientHellos leave
+    /// every variable not found), and what a hello cut short shows (nginx fills its
+    /// variables as it reads).
+    #[test]
+    fn debian_checks_and_partial_hellos() {
+        let random = "11".repeat(32);
+        for bad in [
+            // The extensions' length is not what is left of the handshake.
+            hex(&["1603010039010000350303", &random, "00000213010100000900000006000400000161"]),
+            // Two SNI extensions.
+            hex(&["16030100430100003f0303", &random, "0000021301010000140000000600040000016100000006000400000162"]),
+            // An SNI extension longer than its list.
+            hex(&["160301003d010000390303", &random, "00000213010100000e0000000700040000016100010000"]),
+            // supported_versions with a one-byte list.
+            hex(&["16030100350100003103031", &"1".repeat(63), "000002130101000006002b00020103"]),
+        ] {
+            assert_eq!(parse(&bad), Parsed::Declined, "{bad:02x?}");
+        }
+        let v = parse(&hex(&["1603010005010000fe03"]));
+        assert_eq!(v, Parsed::Again(Hello { version: [3, 0], ..Hello::default() }));
+        let cut = parse(&hex(&[
+            "1603010042010000410303",
+            &random,
+            "00000213010100001600000006000400000161001000080006026832",
+        ]));
+        let want = Hello { host: Some(b"a".to_vec()), alpn: Some(b"h2,".to_vec()), version: [3, 3] };
+        assert_eq!(cut, Parsed::Again(want));
     }
 
     #[test]
