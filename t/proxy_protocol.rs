@@ -977,3 +977,36 @@ fn broken_header_bytes_are_logged_as_sent() {
         String::from_utf8_lossy(&log())
     );
 }
+
+/// IPv6 addresses are printed as nginx's ngx_inet6_ntop prints them, with an IPv4 tail
+/// for ::a.b.c.d as well as ::ffff:a.b.c.d (side by side with nginx 1.22.1): from a v2
+/// header, and as $remote_addr after realip.
+#[test]
+fn ipv6_addresses_printed_as_nginx() {
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format a '$server_port $proxy_protocol_addr $remote_addr'; \
+         access_log %%PREFIX%%a.log a; \
+         server {{ listen 127.0.0.1:{p} proxy_protocol; return x; }} \
+         server {{ listen 127.0.0.1:{q} proxy_protocol; set_real_ip_from 127.0.0.1; return x; }} }}"
+    ));
+    let send = |port: u16, bytes: &[u8]| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(bytes).expect("send");
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+    };
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(&[0; 12]);
+    v2.extend_from_slice(&[10, 0, 0, 1]);
+    v2.extend_from_slice(&[0; 15]);
+    v2.push(1);
+    v2.extend_from_slice(&[0, 1, 0, 2]);
+    send(p, &v2);
+    let lines = s.wait_lines("a.log", 1);
+    assert_eq!(lines, [format!("{p} ::10.0.0.1 127.0.0.1")]);
+    send(q, b"PROXY TCP6 ::1.2.3.4 ::1 1 2\r\n");
+    let lines = s.wait_lines("a.log", 2);
+    assert_eq!(lines[1], format!("{q} ::1.2.3.4 ::1.2.3.4"));
+}

@@ -12,11 +12,66 @@ pub enum Addr {
     Unix(PathBuf),
 }
 
+/// An IP address as nginx prints it (`ngx_sock_ntop`): IPv6 by `ngx_inet6_ntop`, which
+/// writes an IPv4 tail not only for ::ffff:a.b.c.d but for ::a.b.c.d too.
+pub struct NgxIp(pub IpAddr);
+
+impl fmt::Display for NgxIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let IpAddr::V6(v6) = self.0 else { return write!(f, "{}", self.0) };
+        let p = v6.octets();
+        // The longest run of zero groups (the first of equal ones), if longer than one.
+        let (mut zero, mut max, mut last, mut n) = (usize::MAX, 1usize, usize::MAX, 0usize);
+        for i in (0..16).step_by(2) {
+            if p[i] != 0 || p[i + 1] != 0 {
+                if max < n {
+                    zero = last;
+                    max = n;
+                }
+                n = 0;
+                continue;
+            }
+            if n == 0 {
+                last = i;
+            }
+            n += 1;
+        }
+        if max < n {
+            zero = last;
+            max = n;
+        }
+        let mut end = 16;
+        if zero == 0 {
+            if (max == 5 && p[10] == 0xff && p[11] == 0xff) || max == 6 || (max == 7 && p[14] != 0 && p[15] != 1) {
+                end = 12;
+            }
+            f.write_str(":")?;
+        }
+        let mut i = 0;
+        while i < end {
+            if i == zero {
+                f.write_str(":")?;
+                i += max * 2;
+                continue;
+            }
+            write!(f, "{:x}", u16::from(p[i]) << 8 | u16::from(p[i + 1]))?;
+            if i < 14 {
+                f.write_str(":")?;
+            }
+            i += 2;
+        }
+        if end == 12 {
+            write!(f, "{}.{}.{}.{}", p[12], p[13], p[14], p[15])?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Addr::Inet(SocketAddr::V4(a)) => write!(f, "{}:{}", a.ip(), a.port()),
-            Addr::Inet(SocketAddr::V6(a)) => write!(f, "[{}]:{}", a.ip(), a.port()),
+            Addr::Inet(SocketAddr::V6(a)) => write!(f, "[{}]:{}", NgxIp(IpAddr::V6(*a.ip())), a.port()),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
@@ -35,7 +90,7 @@ impl Addr {
     pub fn write_host(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         let _ = match self {
-            Addr::Inet(a) => write!(out, "{}", a.ip()),
+            Addr::Inet(a) => write!(out, "{}", NgxIp(a.ip())),
             Addr::Unix(p) => write!(out, "unix:{}", p.display()),
         };
     }
@@ -361,6 +416,31 @@ mod tests {
         assert_eq!(p(":1:2:3:4:5:6:7:8"), "1:2:3:4:5:6:7:8".parse().ok());
         for bad in ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::", "1:2:3:4:5:6:7", "1.2.3.4"] {
             assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    /// `ngx_inet6_ntop`'s forms, against what nginx 1.22.1 printed side by side.
+    #[test]
+    fn ipv6_text_as_nginx() {
+        let t = |s: &str| NgxIp(s.parse().unwrap()).to_string();
+        for (ip, want) in [
+            ("::1", "::1"),
+            ("::", "::"),
+            ("::2", "::2"),
+            ("::10.0.0.1", "::10.0.0.1"),
+            ("::0.0.1.2", "::0.0.1.2"),
+            ("::0.1.0.2", "::0.1.0.2"),
+            ("::1.2.3.4", "::1.2.3.4"),
+            ("::ffff:0.0.0.0", "::ffff:0.0.0.0"),
+            ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("1:2:3:4:5:6:7:0", "1:2:3:4:5:6:7:0"),
+            ("1::", "1::"),
+            ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),
+            ("1:0:0:2:0:0:3:4", "1::2:0:0:3:4"),
+            ("fe80::1:2", "fe80::1:2"),
+        ] {
+            assert_eq!(t(ip), want, "{ip}");
         }
     }
 

@@ -179,9 +179,9 @@ fn read_v2(buf: &[u8]) -> Parsed {
     Parsed::Header {
         len: end,
         header: Some(ProxyHeader {
-            src_addr: src.to_string(),
+            src_addr: crate::core::addr::NgxIp(src).to_string(),
             src_port: sp,
-            dst_addr: dst.to_string(),
+            dst_addr: crate::core::addr::NgxIp(dst).to_string(),
             dst_port: dp,
             tlvs: body[used..].to_vec(),
         }),
