@@ -392,6 +392,14 @@ mod tests {
         ] {
             assert_eq!(parse(&bad), Parsed::Declined, "{bad:02x?}");
         }
+        // A supported_versions extension longer than its list (as nginx-tests'
+        // stream_ssl_preread_protocol.t sends it): TLSv1.3, as upstream nginx says.
+        let long_ext = hex(&[
+            "16030100330100002f0303eb6357cdbaa6b8d853f1f6ac0fdf03178c0ae41824e76436823c1b273fbfde4b",
+            "0000000000",
+            "07002b0007027f1c",
+        ]);
+        assert!(matches!(parse(&long_ext), Parsed::Done(Hello { version: [3, 4], .. })), "{:?}", parse(&long_ext));
         let v = parse(&hex(&["1603010005010000fe03"]));
         assert_eq!(v, Parsed::Again(Hello { version: [3, 0], ..Hello::default() }));
         let cut = parse(&hex(&[
