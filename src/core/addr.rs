@@ -295,6 +295,7 @@ pub fn resolve_host(host: &str, port: u16) -> Result<Vec<Addr>, UrlError> {
         // its family's sockaddr.
         let ai = unsafe { &*rp };
         match ai.ai_family {
+            _ if ai.ai_addr.is_null() => {}
             libc::AF_INET => {
                 let sin = unsafe { &*(ai.ai_addr as *const libc::sockaddr_in) };
                 let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));

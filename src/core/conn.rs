@@ -382,17 +382,8 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
                 s.set_tcp_keepalive(&k)?;
             }
             if let Some(q) = opts.fastopen {
-                // SAFETY: setsockopt with an int option value of the right size.
-                unsafe {
-                    let v = q as libc::c_int;
-                    libc::setsockopt(
-                        std::os::unix::io::AsRawFd::as_raw_fd(&s),
-                        libc::IPPROTO_TCP,
-                        libc::TCP_FASTOPEN,
-                        (&v as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    );
-                }
+                let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
+                let _ = set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q as libc::c_int);
             }
             if opts.nodelay {
                 s.set_tcp_nodelay(true)?;
@@ -408,4 +399,22 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
             Ok(Listener::Unix(UnixListener::from_std(s.into())))
         }
     }
+}
+
+/// setsockopt(2) with an int value (the options socket2 has no call for).
+pub fn set_int_option(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt on a descriptor the caller owns, with an int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -133,23 +133,32 @@ impl Syslog {
     }
 }
 
-/// `ngx_connection_error`'s level for a connection logged at alert (a syslog peer's):
-/// the ordinary network errors at error, anything else at alert.
-fn connection_error_level(e: &io::Error) -> Level {
-    match e.raw_os_error() {
+/// The errors `ngx_connection_error` counts as ordinary network trouble (logged at the
+/// connection's own level, not at alert).
+pub fn is_ordinary_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
         Some(
             libc::ECONNRESET
-            | libc::EPIPE
-            | libc::ENOTCONN
-            | libc::ETIMEDOUT
-            | libc::ECONNREFUSED
-            | libc::ENETDOWN
-            | libc::ENETUNREACH
-            | libc::EHOSTDOWN
-            | libc::EHOSTUNREACH
-            | 0,
-        ) => Level::Error,
-        _ => Level::Alert,
+                | libc::EPIPE
+                | libc::ENOTCONN
+                | libc::ETIMEDOUT
+                | libc::ECONNREFUSED
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | 0
+        )
+    )
+}
+
+/// `ngx_connection_error`'s level for a connection logged at alert (a syslog peer's).
+fn connection_error_level(e: &io::Error) -> Level {
+    if is_ordinary_connection_error(e) {
+        Level::Error
+    } else {
+        Level::Alert
     }
 }
 

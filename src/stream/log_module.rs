@@ -212,12 +212,15 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     };
     let path = match syslog {
         Some(_) => Complex::literal(b""),
-        // A path with variables gets the prefix now, as text (`ngx_conf_full_name` before
-        // the script is compiled): a value that is absolute still lands under it.
-        None if Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?.has_variables() => {
-            Complex::compile(&cx.full_name_of(cmd.arg(0)), cmd, &mut cx.vars)?
+        None => {
+            let p = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+            // A path with variables gets the prefix now, as text (`ngx_conf_full_name`
+            // before the script is compiled): a value that is absolute still lands under it.
+            match p.has_variables() {
+                true => Complex::compile(&cx.full_name_of(cmd.arg(0)), cmd, &mut cx.vars)?,
+                false => p,
+            }
         }
-        None => Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?,
     };
     if cmd.args.len() < 2 {
         return Err(cmd.err("log format is not specified"));

@@ -171,21 +171,7 @@ fn set_transparent(sock: &socket2::Socket, local: &SocketAddr) -> Result<(), (&'
     } else {
         (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, "setsockopt(IPV6_TRANSPARENT) failed")
     };
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own, with an int option value.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == -1 {
-        return Err((what, io::Error::last_os_error()));
-    }
-    Ok(())
+    crate::core::conn::set_int_option(sock.as_raw_fd(), level, opt, 1).map_err(|e| (what, e))
 }
 
 fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -795,17 +781,8 @@ impl ProxySession {
             if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
                 // As nginx: the port is picked at connect, so one local address serves
                 // as many upstream connections as there are 4-tuples.
-                let on: libc::c_int = 1;
-                // SAFETY: setsockopt on a socket we own, with an int option value.
-                unsafe {
-                    libc::setsockopt(
-                        sock.as_raw_fd(),
-                        libc::IPPROTO_IP,
-                        libc::IP_BIND_ADDRESS_NO_PORT,
-                        (&on as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    );
-                }
+                let no_port = libc::IP_BIND_ADDRESS_NO_PORT;
+                let _ = crate::core::conn::set_int_option(sock.as_raw_fd(), libc::IPPROTO_IP, no_port, 1);
             }
             // ngx_event_connect_peer: a failed bind is crit.
             sock.bind(&SockAddr::from(*local))

@@ -555,13 +555,10 @@ impl Resolvers {
     /// One DNS message arrived for the name in `slot`.
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        let ids: Vec<u16> = [&n.a, &n.aaaa, &n.srv]
-            .iter()
-            .filter_map(|f| match f {
-                Family::Pending { id, .. } => Some(*id),
-                _ => None,
-            })
-            .collect();
+        let ids = [&n.a, &n.aaaa, &n.srv].map(|f| match f {
+            Family::Pending { id, .. } => Some(*id),
+            _ => None,
+        });
         if let Err(e) = check_response(msg, over_tcp, &ids, &n.name) {
             log_plain(&e);
             return;
@@ -735,7 +732,7 @@ impl Resolvers {
 /// `ngx_resolver_process_response`'s checks of a reply, in its order and with its
 /// messages, before the records are read: the header, the error codes, the one
 /// question (no compression, not empty), its class and type.
-fn check_response(m: &[u8], over_tcp: bool, ids: &[u16], name: &str) -> Result<(), String> {
+fn check_response(m: &[u8], over_tcp: bool, ids: &[Option<u16>], name: &str) -> Result<(), String> {
     const SHORT: &str = "short DNS response";
     if m.len() < 12 {
         return Err(SHORT.into());
@@ -750,7 +747,7 @@ fn check_response(m: &[u8], over_tcp: bool, ids: &[u16], name: &str) -> Result<(
     if code == dns::FORMERR || code > 5 {
         let text = format!("DNS error ({}: {}), query id:{}", code, strerror(i32::from(code)), ident);
         // A format error names the name whose query had this ident.
-        let ours = ids.contains(&ident);
+        let ours = ids.contains(&Some(ident));
         return Err(if code == dns::FORMERR && ours { format!("{text}, name:\"{name}\"") } else { text });
     }
     if nqs != 1 {
@@ -831,7 +828,7 @@ mod tests {
             m[2] = 0x81;
             m[3] = 0x80;
             f(&mut m);
-            check_response(&m, false, &[0x1234], "a.test")
+            check_response(&m, false, &[Some(0x1234)], "a.test")
         };
         assert_eq!(reply(&|_| {}), Ok(()));
         assert_eq!(reply(&|m| m[2] = 0x01), Err("invalid UDP DNS response 4660 fl:0180".into()));

@@ -234,19 +234,7 @@ impl SessionCore {
     /// (`NGX_ERROR_ERR`): ordinary network errors are logged at info or error, anything
     /// else at alert.
     pub fn connection_error(&self, side: Side, err: &io::Error, msg: &str) {
-        let ordinary = matches!(
-            err.raw_os_error(),
-            Some(libc::ECONNRESET)
-                | Some(libc::EPIPE)
-                | Some(libc::ENOTCONN)
-                | Some(libc::ETIMEDOUT)
-                | Some(libc::ECONNREFUSED)
-                | Some(libc::ENETDOWN)
-                | Some(libc::ENETUNREACH)
-                | Some(libc::EHOSTDOWN)
-                | Some(libc::EHOSTUNREACH)
-                | Some(0)
-        );
+        let ordinary = crate::core::log::is_ordinary_connection_error(err);
         let level = match (ordinary, side) {
             (true, Side::Client) => Level::Info,
             (true, Side::Upstream) => Level::Error,

@@ -168,9 +168,9 @@ fn parse_hello(hs: &[u8]) -> Parsed {
                     return Parsed::Declined;
                 }
                 ext -= 1 + size;
-                let name = need!(r, size, h).to_vec();
+                let name = need!(r, size, h);
                 if let Some(a) = h.alpn.as_mut() {
-                    a.extend_from_slice(&name);
+                    a.extend_from_slice(name);
                 }
                 if ext == 0 {
                     break;

@@ -173,7 +173,8 @@ fn is_stand_in(c: char) -> bool {
 /// The bytes a configuration word was written with (the inverse of `bytes_to_text`).
 pub fn text_to_bytes(s: &str) -> std::borrow::Cow<'_, [u8]> {
     let raw = is_stand_in;
-    if !s.chars().any(raw) {
+    // (Most text is ASCII: checked first, at once, for the log writer's every line.)
+    if s.is_ascii() || !s.chars().any(raw) {
         return std::borrow::Cow::Borrowed(s.as_bytes());
     }
     let mut out = Vec::with_capacity(s.len());
