@@ -1214,11 +1214,13 @@ fn udp_reuseport_keeps_each_client_on_one_worker() {
     assert!(split.is_empty(), "{} of {CLIENTS} clients were split across sessions:\n{}", split.len(), split.join("\n"));
 }
 
-/// A reload (HUP) while a UDP session runs: the old worker keeps answering that
-/// session with the backend's datagrams until it ends, then exits; new clients go to
-/// the new workers.
+/// A reload (HUP) while a UDP session runs: as nginx 1.22.1's (side by side), the old
+/// worker closes its listening socket, through which the session answers, so the
+/// session ends at its next event: the backend's next datagram is not relayed, the
+/// session logs "disconnected on shutdown" (info, no context) and 200, and the old
+/// worker exits without waiting for proxy_timeout. New clients go to the new workers.
 #[test]
-fn udp_session_survives_reload() {
+fn udp_session_ends_at_its_next_event_after_reload() {
     // Ten answers 200 ms apart for each datagram: "tick k PORT".
     let be = UdpBackend::start(|_, peer| {
         (0..10u64).map(|k| (ms(200 * k), format!("tick {k} {}", peer.port()).into_bytes())).collect()
@@ -1228,7 +1230,7 @@ fn udp_session_survives_reload() {
         2,
         &conf(&format!(
             "log_format r '$remote_port $status $bytes_sent $pid';\n\
-             server {{ listen 127.0.0.1:{p} udp reuseport; proxy_pass 127.0.0.1:{b}; proxy_timeout 1500ms; \
+             server {{ listen 127.0.0.1:{p} udp reuseport; proxy_pass 127.0.0.1:{b}; proxy_timeout 10s; \
              access_log %%PREFIX%%r.log r; }}",
             b = be.port
         )),
@@ -1240,48 +1242,76 @@ fn udp_session_survives_reload() {
     let c = dgram(p);
     let first = io(&c, b"go", Duration::from_secs(3)).unwrap_or_else(|| panic!("no first tick\n{}", tail(&s)));
     let first = String::from_utf8_lossy(&first).to_string();
-    let tag = first.rsplit(' ').next().unwrap_or("").to_string();
     assert!(first.starts_with("tick 0 "), "{first}");
+    let t0 = Instant::now();
 
     s.signal(libc::SIGHUP);
     let reloaded =
         wait_for(Duration::from_secs(5), || live_children(master).iter().filter(|p| !old.contains(p)).count() == 2);
     assert!(reloaded, "no 2 new workers after HUP: {:?} (old {old:?})\n{}", live_children(master), tail(&s));
-    let mut after = Vec::new();
-    while let Some(r) = recv(&c, Duration::from_secs(1)) {
-        after.push(String::from_utf8_lossy(&r).to_string());
-        if after.len() == 9 {
-            break;
-        }
-    }
-    let old_alive: Vec<i32> = old.iter().copied().filter(|&p| alive(p)).collect();
-    assert!(!after.is_empty(), "no answers after the reload (had \"{first}\")\n{}", tail(&s));
-    assert!(
-        after.iter().all(|t| t.ends_with(&format!(" {tag}"))),
-        "answers after the reload came from another session: {after:?} (first \"{first}\")"
-    );
-    let ks: Vec<u32> = after.iter().filter_map(|t| t.split(' ').nth(1)?.parse().ok()).collect();
-    assert!(ks.len() >= 2, "only {} answer(s) after the reload: {after:?}", ks.len());
-    assert_eq!(ks.last(), Some(&9), "the session's answers stopped at {ks:?}\n{}", tail(&s));
-    assert!(!old_alive.is_empty(), "the old workers exited while their session ran");
+    let after = recv(&c, Duration::from_secs(1)).map(|r| String::from_utf8_lossy(&r).to_string());
+    assert_eq!(after, None, "the old session went on answering after the reload\n{}", tail(&s));
+
+    // The old workers are gone long before the session's 10 s proxy_timeout.
+    let gone = wait_for(Duration::from_secs(5), || old.iter().all(|&p| !alive(p)));
+    assert!(gone, "old workers {old:?} still running {:?} after the reload\n{}", t0.elapsed(), tail(&s));
+    let log = s.error_log();
+    let ended = lines_with(&log, "disconnected on shutdown");
+    assert_eq!(ended.len(), 1, "one \"disconnected on shutdown\" line\n{}", tail(&s));
+    assert!(ended[0].contains("[info] "), "{}", ended[0]);
+    assert!(ended[0].ends_with("disconnected on shutdown"), "the line has no context: {}", ended[0]);
+    assert!(old.contains(&line_pid(ended[0]).unwrap_or(0)), "logged by an old worker: {}", ended[0]);
+
+    let port = cport(&c).to_string();
+    wait_for(Duration::from_secs(3), || !access(&s, "r.log", &port).is_empty());
+    let l = access(&s, "r.log", &port);
+    let f: Vec<&str> = l.first().map(|l| l.split(' ').collect()).unwrap_or_default();
+    assert_eq!(f.get(1).copied(), Some("200"), "access line {l:?}\n{}", tail(&s));
+    assert_eq!(f.get(2).copied(), Some(first.len().to_string().as_str()), "only the first tick sent: {l:?}");
+    let pid: i32 = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+    assert!(old.contains(&pid), "the session was logged by {pid}, not an old worker {old:?}");
 
     // A new client goes to a new worker.
     let c2 = dgram(p);
     let r2 = io(&c2, b"go", Duration::from_secs(3)).map(|r| String::from_utf8_lossy(&r).to_string());
     assert!(r2.as_deref().is_some_and(|r| r.starts_with("tick 0 ")), "new client after reload: {r2:?}");
+}
 
-    // The session ends at proxy_timeout; its old worker logs it and exits.
-    let port = cport(&c).to_string();
-    let gone = wait_for(Duration::from_secs(6), || old.iter().all(|&p| !alive(p)));
-    assert!(gone, "old workers {old:?} still running\n{}", tail(&s));
-    wait_for(Duration::from_secs(3), || !access(&s, "r.log", &port).is_empty());
-    let l = access(&s, "r.log", &port);
-    let f: Vec<&str> = l.first().map(|l| l.split(' ').collect()).unwrap_or_default();
-    assert_eq!(f.get(1).copied(), Some("200"), "access line {l:?}\n{}", tail(&s));
-    let bytes: usize = (0..10).map(|k| format!("tick {k} {tag}").len()).sum();
-    assert_eq!(f.get(2).copied(), Some(bytes.to_string().as_str()), "all ten ticks sent: {l:?}");
-    let pid: i32 = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
-    assert!(old.contains(&pid), "the session was logged by {pid}, not an old worker {old:?}");
+/// `-s quit` (QUIT) while a UDP session runs: as nginx's, the listening socket is closed
+/// in every process at once, so datagrams to it are refused (ICMP port unreachable, even
+/// the session's own client's), and the session ends at its next event.
+#[test]
+fn udp_quit_closes_the_listening_socket_at_once() {
+    // One answer, 600 ms after the datagram.
+    let be = UdpBackend::start(|d, _| vec![(ms(600), d.to_vec())]);
+    let p = free_port();
+    let s = Master::start(
+        1,
+        &conf(&format!(
+            "server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_timeout 10s; }}",
+            b = be.port
+        )),
+    );
+    let master = s.pid();
+    assert!(wait_for(Duration::from_secs(5), || live_children(master).len() == 1), "a worker\n{}", tail(&s));
+    let c = dgram(p);
+    c.send(b"one").expect("send");
+    wait_log(&s, "udp proxy 127.0.0.1:", 1, Duration::from_secs(3));
+    s.signal(libc::SIGQUIT);
+    wait_log(&s, "gracefully shutting down", 1, Duration::from_secs(3));
+    let _ = c.send(b"two");
+    c.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut buf = [0u8; 64];
+    let got = c.recv(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "a datagram after QUIT: {got:?} (want ECONNREFUSED: the listening socket is closed)\n{}",
+        tail(&s)
+    );
+    let log = wait_log(&s, "disconnected on shutdown", 1, Duration::from_secs(3));
+    assert_eq!(count(&log, "disconnected on shutdown"), 1, "{}", tail(&s));
+    let st = wait_for(Duration::from_secs(5), || !alive(master));
+    assert!(st, "the master did not exit after its last session\n{}", tail(&s));
 }
 
 /// `proxy_upload_rate` on UDP: the datagram that begins a session goes out at once, as

@@ -7,7 +7,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 
 use mio::event::Source;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
@@ -25,8 +25,22 @@ pub enum Conn {
 }
 
 pub struct UdpClient {
-    pub sock: Rc<UdpSocket>,
+    /// The listening socket, owned by the worker's listener: closing that (on graceful
+    /// shutdown) closes the socket even while sessions run, as nginx's does.
+    pub sock: Weak<UdpSocket>,
     pub peer: SocketAddr,
+}
+
+impl UdpClient {
+    /// The listening socket's descriptor, or -1 once the listener is closed (calls on
+    /// it then fail with EBADF).
+    pub fn fd(&self) -> RawFd {
+        self.sock.upgrade().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    fn closed() -> io::Error {
+        io::Error::from_raw_os_error(libc::EBADF)
+    }
 }
 
 impl Conn {
@@ -34,7 +48,7 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.as_raw_fd(),
             Conn::Unix(s) => s.as_raw_fd(),
-            Conn::Udp(u) => u.sock.as_raw_fd(),
+            Conn::Udp(u) => u.fd(),
             Conn::Dgram(d) => d.as_raw_fd(),
         }
     }
@@ -51,7 +65,7 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.take_error(),
             Conn::Unix(s) => s.take_error(),
-            Conn::Udp(u) => u.sock.take_error(),
+            Conn::Udp(u) => u.sock.upgrade().ok_or_else(UdpClient::closed)?.take_error(),
             Conn::Dgram(d) => d.take_error(),
         }
     }
@@ -78,7 +92,7 @@ impl Conn {
             Conn::Unix(s) => Some(Addr::Unix(
                 s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default(),
             )),
-            Conn::Udp(u) => u.sock.local_addr().ok().map(Addr::Inet),
+            Conn::Udp(u) => u.sock.upgrade()?.local_addr().ok().map(Addr::Inet),
             Conn::Dgram(d) => d.local_addr().ok().map(Addr::Inet),
         }
     }
@@ -131,7 +145,7 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
-            Conn::Udp(u) => u.sock.send_to(buf, u.peer),
+            Conn::Udp(u) => u.sock.upgrade().ok_or_else(UdpClient::closed)?.send_to(buf, u.peer),
             Conn::Dgram(d) => d.send(buf),
         }
     }

@@ -1187,7 +1187,7 @@ impl ProxySession {
     fn answers_batched(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Option<UdpError> {
         let ufd = self.upstream.as_ref()?.fd();
         let Conn::Udp(client) = &s.client else { return None };
-        let (cfd, peer) = (client.sock.as_raw_fd(), client.peer);
+        let (cfd, peer) = (client.fd(), client.peer);
         let mut batch = cx.rt.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
         let mut err = None;
         let mut seen = 0;
@@ -1360,6 +1360,13 @@ impl Content for ProxySession {
     }
 
     fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow {
+        if self.udp && cx.rt.exiting {
+            // nginx's ngx_stream_proxy_process: the listening socket, which a UDP session
+            // answers through, is closed on worker shutdown, so the session ends at its
+            // next event (the line has no context: nginx clears the log handler for it).
+            s.log_bare(Level::Info, "disconnected on shutdown");
+            return Flow::Finalize(status::OK);
+        }
         // Remember a hang-up on either socket even before relaying starts: the reads
         // from that socket must then go on to end of file.
         if ready.hup || ready.error {

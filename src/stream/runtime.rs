@@ -157,6 +157,9 @@ pub struct WorkerState {
     pub udp_pool: UdpPool,
     /// Buffers for reading upstream datagrams, several per call (made on first use).
     pub udp_batch: Option<Box<crate::core::mmsg::RecvBatch>>,
+    /// The worker is shutting down gracefully (nginx's `ngx_exiting`): its listening
+    /// sockets are closed, and a UDP session ends at its next event.
+    pub exiting: bool,
 }
 
 impl WorkerState {
@@ -251,6 +254,7 @@ impl WorkerState {
             udp_sessions: HashMap::new(),
             udp_pool: UdpPool::default(),
             udp_batch: None,
+            exiting: false,
         }
     }
 

@@ -415,6 +415,7 @@ impl Worker {
         crate::core::log::error(Level::Notice, "gracefully shutting down", None);
         self.close_listeners();
         self.quitting = true;
+        self.rt.exiting = true;
         let t = self.cycle.core.worker_shutdown_timeout.get();
         if !t.is_zero() {
             self.shutdown_at = Some(time::instant() + t);
@@ -538,7 +539,7 @@ impl Worker {
             crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
             return;
         }
-        let conn = Conn::Udp(UdpClient { sock: sock.clone(), peer });
+        let conn = Conn::Udp(UdpClient { sock: Rc::downgrade(sock), peer });
         self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
     }
 
