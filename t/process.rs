@@ -1461,6 +1461,55 @@ fn s_quit_lets_sessions_finish_then_exits() {
     assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
 }
 
+/// TERM while a worker shuts down gracefully (QUIT, sessions still open): as nginx's
+/// `ngx_worker_process_exit` (side by side with 1.22.1), the worker names each open
+/// connection, client and upstream in the order they were opened, in an alert
+/// "*N open socket #FD left in connection I" (I counts on after the listening socket
+/// and the channel to the master), then "aborting".
+#[test]
+fn term_during_graceful_shutdown_reports_open_sockets() {
+    let a = tagged("A");
+    let p = free_port();
+    let mut run = Run::start(&proxy_conf(&head(false, "1"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "a worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let mut one = dial(p).expect("connect");
+    assert_eq!(read_line(&mut one).expect("greeting"), "A");
+    let mut two = dial(p).expect("connect");
+    assert_eq!(read_line(&mut two).expect("greeting"), "A");
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    signal(master, libc::SIGTERM);
+    let st = run.wait_child(10 * SEC);
+    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on TERM: {st:?}\n{}", run.ctx());
+    let log = run.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!(" {w}#{w}: ")) && l.contains("[alert]"))
+        .filter_map(|l| l.split(&format!("{w}#{w}: ")).nth(1))
+        .collect();
+    assert_eq!(lines.len(), 5, "four open sockets and \"aborting\": {lines:?}\n{}", run.ctx());
+    for (i, l) in lines[..4].iter().enumerate() {
+        let (number, rest) = l.split_once(" open socket #").unwrap_or(("", ""));
+        let slot = rest.rsplit(' ').next().unwrap_or("");
+        assert_eq!(number, format!("*{}", i + 1), "{l}");
+        assert!(rest.contains(" left in connection "), "{l}");
+        assert_eq!(slot, (2 + i).to_string(), "listening socket 0, channel 1, then the sessions: {l}");
+    }
+    assert_eq!(lines[4], "aborting");
+    let mine: Vec<&str> = log.lines().filter_map(|l| l.split(&format!("{w}#{w}: ")).nth(1)).collect();
+    let at = |f: &dyn Fn(&str) -> bool| mine.iter().position(|l| f(l));
+    let at = [
+        at(&|l| l == "exiting"),
+        at(&|l| l.contains(" open socket #")),
+        at(&|l| l == "aborting"),
+        at(&|l| l == "exit"),
+    ];
+    assert!(at.iter().all(Option::is_some) && at.windows(2).all(|x| x[0] < x[1]), "order {at:?}: {mine:?}");
+    drop((one, two));
+}
+
 /// `-s stop`: master and workers exit at once, sessions under way are closed.
 #[test]
 fn s_stop_ends_everything_at_once() {

@@ -29,6 +29,9 @@ pub struct UdpClient {
     /// shutdown) closes the socket even while sessions run, as nginx's does.
     pub sock: Weak<UdpSocket>,
     pub peer: SocketAddr,
+    /// The listening socket's descriptor number, kept for nginx's "open socket #N left"
+    /// alert (nginx's session connection keeps it after the listener is closed).
+    pub listen_fd: RawFd,
 }
 
 impl UdpClient {
@@ -50,6 +53,15 @@ impl Conn {
             Conn::Unix(s) => s.as_raw_fd(),
             Conn::Udp(u) => u.fd(),
             Conn::Dgram(d) => d.as_raw_fd(),
+        }
+    }
+
+    /// The descriptor number as nginx's connection shows it (a UDP session's is its
+    /// listening socket's, even once that is closed).
+    pub fn fd_number(&self) -> RawFd {
+        match self {
+            Conn::Udp(u) => u.listen_fd,
+            c => c.fd(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The content phase's interface: a handler that owns the session once the phases before
 //! it have passed (`proxy_pass`, `return`), driven by the session's events and timers.
 
+use std::os::fd::RawFd;
+
 use crate::core::timer::TimerId;
 use crate::stream::phase::Flow;
 use crate::stream::proxy_module::ProxySession;
@@ -25,6 +27,10 @@ pub trait Content {
     /// A host name the handler asked the resolver for has its answer.
     fn on_resolved(&mut self, _: &mut SessionCore, _: Outcome, _: &mut Cx<'_>) -> Flow {
         Flow::Again
+    }
+    /// The upstream connection's number and descriptor, while it is open.
+    fn upstream_socket(&self) -> Option<(u64, RawFd)> {
+        None
     }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);

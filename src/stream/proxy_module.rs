@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -364,6 +364,8 @@ pub struct ProxySession {
     local: Option<(SocketAddr, String, bool)>,
     /// The host name and port being resolved.
     resolving: Option<(String, u16)>,
+    /// The upstream connection's number (nginx's `c->number`).
+    upstream_number: u64,
 }
 
 /// Keys this long or shorter (any address with its port, most names) are kept in the
@@ -424,6 +426,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         udp_slot: None,
         own_group: false,
         client_watched: false,
+        upstream_number: 0,
         local: None,
         resolving: None,
         start_sec: crate::core::time::wall().0,
@@ -737,7 +740,7 @@ impl ProxySession {
         };
         let mut sock = sock;
         // nginx numbers upstream connections from the same counter as client ones.
-        cx.rt.next_connection();
+        self.upstream_number = cx.rt.next_connection();
         cx.rt.conns += 1;
         // Datagram sockets are watched under the pool's tokens (a pooled one already is).
         let r = match &mut sock {
@@ -1459,6 +1462,10 @@ impl Content for ProxySession {
             return Flow::Finalize(status::OK);
         }
         Flow::Again
+    }
+
+    fn upstream_socket(&self) -> Option<(u64, RawFd)> {
+        self.upstream.as_ref().map(|u| (self.upstream_number, u.fd()))
     }
 
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {

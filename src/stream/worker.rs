@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -375,6 +375,9 @@ impl Worker {
                 libc::SIGTERM | libc::SIGINT => {
                     if !single {
                         error(Level::Notice, "exiting", None);
+                        if self.quitting {
+                            self.report_open_sockets();
+                        }
                     }
                     return Some(Exit::Terminate);
                 }
@@ -404,6 +407,30 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// nginx's `ngx_worker_process_exit` for a worker stopped (TERM) while shutting down
+    /// gracefully: an alert for each connection still open, then "aborting". Connections
+    /// are listed as nginx's table holds them: after the listening sockets and the
+    /// channel to the master, in the order they were opened (exact while no slot of a
+    /// closed connection was reused).
+    fn report_open_sockets(&mut self) {
+        let mut open: Vec<(u64, RawFd)> = Vec::new();
+        for (_, sess) in self.sessions.iter_mut() {
+            open.push((sess.core.id, sess.core.client.fd_number()));
+            if let State::Content(c) = &mut sess.state {
+                open.extend(c.get().upstream_socket());
+            }
+        }
+        open.sort_unstable();
+        let first = self.listeners.len() + 1;
+        for (i, (number, fd)) in open.iter().enumerate() {
+            let msg = format!("*{number} open socket #{fd} left in connection {}", first + i);
+            crate::core::log::error(Level::Alert, &msg, None);
+        }
+        if !open.is_empty() || self.debug_quit {
+            crate::core::log::error(Level::Alert, "aborting", None);
+        }
     }
 
     /// Graceful stop: stop accepting, let sessions finish (bounded by
@@ -539,7 +566,7 @@ impl Worker {
             crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
             return;
         }
-        let conn = Conn::Udp(UdpClient { sock: Rc::downgrade(sock), peer });
+        let conn = Conn::Udp(UdpClient { sock: Rc::downgrade(sock), peer, listen_fd: sock.as_raw_fd() });
         self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
     }
 
