@@ -65,6 +65,21 @@ impl Conn {
         }
     }
 
+    /// Write with `MSG_MORE`: the kernel holds the bytes back (a TCP socket's last
+    /// segment waits) until the next write without it, or the end of file, which then
+    /// goes out in the same segment. Other sockets write as usual.
+    pub fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Conn::Tcp(s) = self else { return self.write(buf) };
+        // SAFETY: send from a buffer we borrow, of the length we pass.
+        let n =
+            unsafe { libc::send(s.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),

@@ -1489,6 +1489,16 @@ impl Content for ProxySession {
         if let (true, Some(g)) = (self.own_group, self.group) {
             cx.rt.drop_session_group(g);
         }
+        // Bytes held back with MSG_MORE leave with the end of file (a close with unread
+        // bytes would reset the connection and drop them instead).
+        if self.up.corked {
+            let _ = s.client.shutdown_write();
+        }
+        if self.down.corked {
+            if let Some(u) = &self.upstream {
+                let _ = u.shutdown_write();
+            }
+        }
         self.pool_udp_upstream(s, cx);
         self.close_upstream(s, cx, false);
         // Give the pipes back at once (closed if bytes are left in them).

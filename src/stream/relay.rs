@@ -44,6 +44,10 @@ pub struct Direction {
     /// cleared when a read finds it drained. A pump woken by the destination becoming
     /// writable does not read a source that is known to be empty.
     pub src_ready: bool,
+    /// The last bytes were written with `MSG_MORE` (their source's end of file was in
+    /// already): the destination's end of file must follow by `shutdown`, which sends
+    /// them together, before the socket is closed.
+    pub corked: bool,
 }
 
 /// What one `pump` did.
@@ -224,7 +228,13 @@ impl Direction {
                     if let Some(l) = limit.as_mut() {
                         *l -= n.min(*l);
                     }
-                    let w = match dst.write(&scratch[..n]) {
+                    // A short read after the peer's end of file was seen is the last
+                    // one: its bytes and the end of file (which the session passes on
+                    // at once) can share a segment, as nginx's two would not.
+                    let last = self.greedy && n < max && b.limit.is_none();
+                    self.corked |= last;
+                    let wrote = if last { dst.write_more(&scratch[..n]) } else { dst.write(&scratch[..n]) };
+                    let w = match wrote {
                         Ok(w) => w,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => 0,
                         Err(e) => {
