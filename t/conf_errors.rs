@@ -230,6 +230,7 @@ cases! {
     events_missing,
     events_use_duplicate,
     events_use_invalid,
+    geo_delete_radix_shape,
     include_directory,
     include_error_in_included_file,
     include_missing,

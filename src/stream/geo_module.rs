@@ -9,7 +9,7 @@
 //! Not here: nginx's binary range bases (`FILE.bin`, made for includes of more than
 //! 100,000 ranges) — the text file is always read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::core::addr::Addr;
@@ -71,6 +71,15 @@ impl Prefixes {
         }
     }
 
+    /// All bits of an address of this family.
+    fn mask(&self) -> u128 {
+        u128::MAX >> (128 - self.width)
+    }
+
+    fn has_value(&self, key: u128, len: u32) -> bool {
+        self.by_len.get(&std::cmp::Reverse(len)).is_some_and(|l| l.contains_key(&key))
+    }
+
     /// `ngx_radix*tree_insert`: false (nginx's NGX_BUSY) if the prefix has a value.
     fn insert(&mut self, addr: u128, len: u32, value: usize) -> bool {
         let k = self.key(addr, len);
@@ -99,6 +108,80 @@ impl Prefixes {
     }
 }
 
+/// Which nodes of nginx's radix tree exist while a geo block is read: `delete` warns
+/// when its node is missing, or has children but no value, and nginx's tree starts with
+/// its first levels made (`ngx_radix_tree_create` preallocates 6 on 64-bit Linux), so
+/// whether "no network to delete" is said depends on the tree's shape, not only on its
+/// values. Nodes are implied by the networks inserted (each makes its path), less the
+/// preallocated ones a delete has taken away.
+struct Shape {
+    /// Inserted networks still in the tree, as (key, prefix length).
+    targets: BTreeSet<(u128, u32)>,
+    /// Preallocated nodes removed by a delete.
+    gone: HashSet<(u32, u128)>,
+}
+
+/// `ngx_radix_tree_create(pool, -1)` with 4 KiB pages and 32-byte nodes.
+const PREALLOCATED: u32 = 6;
+
+impl Shape {
+    fn new() -> Shape {
+        Shape { targets: BTreeSet::new(), gone: HashSet::new() }
+    }
+
+    fn insert(&mut self, p: &Prefixes, addr: u128, len: u32) {
+        self.targets.insert((p.key(addr, len), len));
+    }
+
+    fn exists(&self, p: &Prefixes, key: u128, len: u32) -> bool {
+        if len == 0 || (len <= PREALLOCATED && !self.gone.contains(&(len, key))) {
+            return true;
+        }
+        let end = key | p.mask().checked_shr(len).unwrap_or(0);
+        self.targets.range((key, len)..=(end, u32::MAX)).next().is_some()
+    }
+
+    fn has_child(&self, p: &Prefixes, key: u128, len: u32) -> bool {
+        len < p.width && {
+            let bit = 1u128 << (p.width - len - 1);
+            self.exists(p, key, len + 1) || self.exists(p, key | bit, len + 1)
+        }
+    }
+
+    fn remove(&mut self, key: u128, len: u32) {
+        self.targets.remove(&(key, len));
+        if len <= PREALLOCATED {
+            self.gone.insert((len, key));
+        }
+    }
+
+    /// `ngx_radix*tree_delete`: false (NGX_ERROR) if the node is missing, or has
+    /// children and no value. A leaf goes, valued or not, and so do the ancestors it
+    /// leaves without children or value.
+    fn delete(&mut self, p: &mut Prefixes, addr: u128, len: u32) -> bool {
+        let key = p.key(addr, len);
+        if len == 0 {
+            return p.delete(addr, len);
+        }
+        if !self.exists(p, key, len) {
+            return false;
+        }
+        if self.has_child(p, key, len) {
+            return p.delete(addr, len);
+        }
+        p.delete(addr, len);
+        self.remove(key, len);
+        for l in (1..len).rev() {
+            let k = p.key(addr, l);
+            if self.has_child(p, k, l) || p.has_value(k, l) {
+                break;
+            }
+            self.remove(k, l);
+        }
+        true
+    }
+}
+
 /// One range inside a /16: low 16 bits of the first and last address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Range {
@@ -116,6 +199,8 @@ struct GeoBuild {
     trees: bool,
     v4: Prefixes,
     v6: Prefixes,
+    v4_shape: Shape,
+    v6_shape: Shape,
     low: HashMap<u16, Vec<Range>>,
     range_default: Option<usize>,
 }
@@ -166,6 +251,8 @@ fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         trees: false,
         v4: Prefixes::new(32),
         v6: Prefixes::new(128),
+        v4_shape: Shape::new(),
+        v6_shape: Shape::new(),
         low: HashMap::new(),
         range_default: None,
     };
@@ -248,11 +335,11 @@ fn cidr_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
         }
     };
     if del {
-        let tree = match fam {
-            Family::V4 => &mut b.v4,
-            Family::V6 => &mut b.v6,
+        let (tree, shape) = match fam {
+            Family::V4 => (&mut b.v4, &mut b.v4_shape),
+            Family::V6 => (&mut b.v6, &mut b.v6_shape),
         };
-        if !tree.delete(addr, len) {
+        if !shape.delete(tree, addr, len) {
             cx.warn(c, &format!("no network \"{}\" to delete", net));
         }
         return Ok(());
@@ -272,10 +359,11 @@ enum Family {
 /// naming the value the address itself had.
 #[allow(clippy::too_many_arguments)]
 fn cidr_add(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, fam: Family, addr: u128, len: u32, v: usize, net: &str) {
-    let tree = match fam {
-        Family::V4 => &mut b.v4,
-        Family::V6 => &mut b.v6,
+    let (tree, shape) = match fam {
+        Family::V4 => (&mut b.v4, &mut b.v4_shape),
+        Family::V6 => (&mut b.v6, &mut b.v6_shape),
     };
+    shape.insert(tree, addr, len);
     if tree.insert(addr, len, v) {
         return;
     }
