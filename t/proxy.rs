@@ -226,6 +226,50 @@ fn half_close_off_client_fin_ends_session() {
     no_alerts(&s);
 }
 
+/// A backend that answers and closes at once (a short connection's server): the answer
+/// reaches the client whole, with a clean end of file, at every size around the buffer
+/// (the last bytes before the backend's FIN are held back to leave with the client's
+/// FIN; holding them must never lose them), also when the client has sent more bytes
+/// than the backend asked for.
+#[test]
+fn answer_then_close_arrives_whole_with_a_clean_end() {
+    let b = backend_with(|mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut req = [0u8; 8];
+        if c.read_exact(&mut req).is_err() {
+            return;
+        }
+        let n = u64::from_le_bytes(req);
+        let _ = c.write_all(&payload(n as usize, n));
+        // FIN, then take what else the client sent (a close with unread bytes would
+        // reset the connection, and a reset may drop the answer's tail, in nginx too).
+        let _ = c.shutdown(Shutdown::Write);
+        let _ = read_all(&mut c);
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} }}\n"
+    ));
+    let sizes = [1usize, 100, 4095, 4096, 16383, 16384, 16385, 70000, 300000];
+    for round in 0..40 {
+        for &n in &sizes {
+            let mut c = connect(p);
+            c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            c.write_all(&(n as u64).to_le_bytes()).expect("request");
+            if round % 2 == 1 {
+                // More bytes after the request, which the backend never reads.
+                let _ = c.write_all(b"trailing bytes the backend ignores");
+            }
+            let (got, err) = read_all(&mut c);
+            assert!(err.is_none(), "round {round}, {n} bytes: the client read failed: {err:?}");
+            assert_eq!(got.len(), n, "round {round}: {n} bytes sent, {} arrived", got.len());
+            assert!(got == payload(n, n as u64), "round {round}, {n} bytes: the bytes differ");
+        }
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
 #[test]
 fn connection_refused_is_502() {
     let closed = closed_port();
