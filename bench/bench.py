@@ -1339,8 +1339,7 @@ def report(raw):
                      "dnsperf's 4 client sockets keep 100 queries in flight, so each is one long "
                      "session. `dnslb`: DNS load balancing as deployed, `proxy_responses 1`, 64 client "
                      "sockets with one query in flight each, so every query is a session of its own "
-                     "(nginx opens, connects and closes an upstream socket for each; sluice passes "
-                     "a finished session's socket on to the next).")
+                     "(both open, connect and close an upstream socket for each).")
         else:
             L.append("UDP DNS: sluice has no UDP yet (issue 6); `sluice -t` on `listen ... udp` says: "
                      f"`{meta['udp_msg'].splitlines()[0] if meta['udp_msg'] else '?'}`. HAProxy has no UDP "

@@ -370,16 +370,15 @@ fn udp_dns_200_concurrent_clients_each_get_their_own_answer() {
     assert_eq!(count(&log, "[error]") + count(&log, "[alert]") + count(&log, "[crit]"), 0, "{}", tail(&s));
 }
 
-/// `proxy_responses 1` (DNS, one query after another from new client ports): a session
-/// that got its answer leaves its upstream socket to the next session to the same
-/// backend, where nginx opens, connects and closes one per session; and what arrives on
-/// that socket in between never reaches the next client: this backend answers every
-/// query twice, and each client gets the one answer to its own question. (A client's own
-/// next session never gets the socket it used last: see the proxy_requests test.)
+/// `proxy_responses 1` (DNS, one query after another from new client ports): as nginx,
+/// every session opens, connects and closes its own upstream socket, so a backend's
+/// late duplicate answer, which comes while the next client's session runs, never
+/// reaches that client (sluice once passed finished sessions' sockets on, and such an
+/// answer went to the wrong client), and the backend sees each session from a port of
+/// its own. A session that timed out closes its socket too.
 #[test]
-fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
-    // A duplicate answer 100 ms late: it comes after the session ended (at its one
-    // expected answer), to the socket that sluice keeps for the next session.
+fn udp_every_session_has_its_own_upstream_socket() {
+    // Every answer twice: at once, and again 100 ms later, while the next client asks.
     let be = UdpBackend::start(|q, peer| {
         dns_answer(q, u32::from(peer.port()))
             .map(|a| vec![(Duration::ZERO, a.clone()), (ms(100), a)])
@@ -399,6 +398,7 @@ fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
         t = silent.port,
     )));
     let mut upstream_ports = HashSet::new();
+    let mut clients = Vec::new();
     for i in 0..20 {
         let c = dgram(p);
         let q = dns_query(0x100 + i as u16, i);
@@ -406,14 +406,15 @@ fn udp_finished_sessions_pass_their_upstream_socket_on_without_leftovers() {
         let port = a.get(q.len() + 6..q.len() + 10).map_or(0, |t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]));
         assert_eq!(Some(a), dns_answer(&q, port), "query {i}: not the answer to its own question");
         upstream_ports.insert(port);
-        // The duplicate answer is in sluice's upstream socket before the next client asks.
-        wait_for(Duration::from_secs(3), || be.sent() == 2 * (i + 1));
-        assert_eq!(recv(&c, ms(20)), None, "query {i}: the duplicate answer reached the client");
+        clients.push(c);
+        // The next client asks at once, before this session's duplicate answer comes.
     }
-    assert_eq!(upstream_ports.len(), 1, "sessions one after another share one upstream socket: {upstream_ports:?}");
+    assert_eq!(upstream_ports.len(), 20, "each session has its own upstream socket: {upstream_ports:?}");
+    wait_for(Duration::from_secs(3), || be.sent() == 40);
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(recv(c, ms(20)), None, "client {i} got a second datagram (a duplicate answer)");
+    }
 
-    // A session that timed out waiting for its answer closes its socket: the next
-    // session to that backend comes from another port.
     for i in 0..2 {
         let c = dgram(q);
         c.send(&dns_query(7, i)).expect("send");

@@ -4,6 +4,7 @@
 pub mod conf;
 pub mod content;
 pub mod cycle;
+pub mod dgram_owners;
 pub mod master;
 pub mod module;
 pub mod phase;
@@ -13,7 +14,6 @@ pub mod resolver;
 pub mod runtime;
 pub mod server_names;
 pub mod session;
-pub mod udp_pool;
 pub mod variables;
 pub mod variables_hash;
 pub mod worker;

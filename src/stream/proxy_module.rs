@@ -349,9 +349,7 @@ pub struct ProxySession {
     upstream_error: bool,
     /// UDP: the PROXY protocol header still to send, with the first datagram.
     udp_header: Option<Vec<u8>>,
-    /// UDP: the upstream socket's peer, for returning the socket to the pool, and its
-    /// slot there (its epoll token).
-    udp_peer: Option<SocketAddr>,
+    /// UDP: the upstream socket's slot among the datagram sockets (its epoll token).
     udp_slot: Option<usize>,
     /// `group` is this session's own (an address or a resolved name in a variable).
     own_group: bool,
@@ -422,7 +420,6 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         responses: 0,
         upstream_error: false,
         udp_header: None,
-        udp_peer: None,
         udp_slot: None,
         own_group: false,
         client_watched: false,
@@ -691,19 +688,7 @@ impl ProxySession {
             s.log(Level::Alert, &cx.rt.not_enough(), None);
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
-        let pooled = match (&peer_addr, &s.remote) {
-            (Addr::Inet(a), Addr::Inet(client))
-                if self.udp && !matches!(conf(s).bind.option(), Some(Bind::Addr(..))) =>
-            {
-                self.udp_peer = Some(*a);
-                cx.rt.udp_pool.take(a, s.key, client)
-            }
-            _ => None,
-        };
-        if let Some((_, slot)) = &pooled {
-            self.udp_slot = Some(*slot);
-        }
-        let sock = pooled.map(|(d, _)| Conn::Dgram(d)).map_or_else(|| self.open_socket(s, &peer_addr), Ok);
+        let sock = self.open_socket(s, &peer_addr);
         // $upstream_addr names the peer once the socket is made (`u->state->peer` is set
         // after ngx_event_connect_peer returns anything but an error).
         if !matches!(sock, Err(Connect::Fatal(..))) {
@@ -742,10 +727,9 @@ impl ProxySession {
         // nginx numbers upstream connections from the same counter as client ones.
         self.upstream_number = cx.rt.next_connection();
         cx.rt.conns += 1;
-        // Datagram sockets are watched under the pool's tokens (a pooled one already is).
+        // Datagram sockets are watched under tokens of their own.
         let r = match &mut sock {
-            _ if self.udp_slot.is_some() => Ok(()),
-            Conn::Dgram(d) => cx.rt.udp_pool.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
+            Conn::Dgram(d) => cx.rt.dgram_owners.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
             c => c.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE),
         };
         if let Err(e) = r {
@@ -822,25 +806,6 @@ impl ProxySession {
         self.connect(s, cx)
     }
 
-    /// End of a UDP session that got exactly the responses it waited for, from a peer
-    /// that reported no error: its socket goes to the pool for the next session.
-    fn pool_udp_upstream(&mut self, s: &SessionCore, cx: &mut Cx<'_>) {
-        let Some(peer) = self.udp_peer.take() else { return };
-        let responses = conf(s).responses.get();
-        if self.upstream_error
-            || self.requests == 0
-            || responses == UNLIMITED
-            || self.responses != responses.saturating_mul(self.requests)
-        {
-            return;
-        }
-        let Addr::Inet(client) = s.remote else { return };
-        if let (Some(Conn::Dgram(sock)), Some(slot)) = (self.upstream.take(), self.udp_slot.take()) {
-            cx.rt.conns = cx.rt.conns.saturating_sub(1);
-            cx.rt.udp_pool.put(peer, sock, slot, client);
-        }
-    }
-
     /// Close the upstream connection. Before a retry its token is reused, so it leaves
     /// the epoll set first; at the end of the session closing is enough.
     fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
@@ -852,7 +817,7 @@ impl ProxySession {
             }
         }
         if let Some(slot) = self.udp_slot.take() {
-            cx.rt.udp_pool.release(slot);
+            cx.rt.dgram_owners.release(slot);
         }
         if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_ref()) {
             st.bytes_received = p.received;
@@ -1499,7 +1464,6 @@ impl Content for ProxySession {
                 let _ = u.shutdown_write();
             }
         }
-        self.pool_udp_upstream(s, cx);
         self.close_upstream(s, cx, false);
         // Give the pipes back at once (closed if bytes are left in them).
         self.down.release(&mut cx.rt.pipes);

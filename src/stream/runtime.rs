@@ -13,8 +13,8 @@ use crate::core::logfile::LogFile;
 use crate::core::shm::{monotonic_ms, Shm};
 use crate::core::splice::PipePool;
 use crate::stream::cycle::Cycle;
+use crate::stream::dgram_owners::DgramOwners;
 use crate::stream::resolver::{self, Io, Resolvers, Target};
-use crate::stream::udp_pool::UdpPool;
 use crate::upstream::round_robin::RoundRobin;
 use crate::upstream::zone::{self, Resolved, ResolvedTable, SharedPeers};
 use crate::upstream::{new_balancer, Balancer, Outcome, PeerId, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
@@ -153,8 +153,8 @@ pub struct WorkerState {
     pub worker_connections: usize,
     /// UDP sessions by (listener, client address).
     pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
-    /// Upstream UDP sockets left by finished sessions, for the next ones.
-    pub udp_pool: UdpPool,
+    /// The sessions of the upstream datagram sockets (their epoll tokens).
+    pub dgram_owners: DgramOwners,
     /// Buffers for reading upstream datagrams, several per call (made on first use).
     pub udp_batch: Option<Box<crate::core::mmsg::RecvBatch>>,
     /// The worker is shutting down gracefully (nginx's `ngx_exiting`): its listening
@@ -252,7 +252,7 @@ impl WorkerState {
             conn_slots: cycle.core.worker_connections.get().saturating_sub(cycle.listening.len()),
             worker_connections: cycle.core.worker_connections.get(),
             udp_sessions: HashMap::new(),
-            udp_pool: UdpPool::default(),
+            dgram_owners: DgramOwners::default(),
             udp_batch: None,
             exiting: false,
         }

@@ -21,11 +21,11 @@ use crate::core::time;
 use crate::core::timer::{TimerId, Timers};
 use crate::stream::content::{ContentSession, Ready};
 use crate::stream::cycle::Cycle;
+use crate::stream::dgram_owners::DGRAM_BIT;
 use crate::stream::phase::Flow;
 use crate::stream::resolver::{Io, Outcome, Target, RESOLVER_BIT};
 use crate::stream::runtime::WorkerState;
 use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTENER_BIT};
-use crate::stream::udp_pool::DGRAM_BIT;
 
 /// Accepts (with `multi_accept on`) or datagram reads per listener per wake-up: nginx
 /// goes on until EAGAIN; a cap keeps a flood from starving the sessions already running.
@@ -236,7 +236,7 @@ impl Worker {
                     self.rt.resolvers.on_event(t.0 & !RESOLVER_BIT, &mut io);
                 } else if t.0 & DGRAM_BIT != 0 {
                     // A session's upstream datagram socket (nobody's while pooled).
-                    if let Some(key) = self.rt.udp_pool.owner(t.0 & !DGRAM_BIT) {
+                    if let Some(key) = self.rt.dgram_owners.owner(t.0 & !DGRAM_BIT) {
                         let ready = Ready {
                             readable: ev.is_readable(),
                             writable: ev.is_writable(),
@@ -788,7 +788,7 @@ impl Worker {
     fn release_idle_memory(&mut self) {
         self.sessions.shrink_to_fit();
         self.rt.udp_sessions.shrink_to_fit();
-        self.rt.udp_pool.clear();
+        self.rt.dgram_owners.shrink_to_fit();
         self.udp_batch = None;
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe {
