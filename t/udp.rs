@@ -427,6 +427,47 @@ fn udp_every_session_has_its_own_upstream_socket() {
     assert_eq!(count(&log, "udp done"), 20, "{}", tail(&s));
 }
 
+/// Datagrams pass through the session's `proxy_buffer_size` buffer, as nginx's: the
+/// session's first datagram reaches the backend whole (nginx's preread buffer), later
+/// ones and every answer are cut to the buffer, and the byte counts are of what was
+/// relayed (side by side with nginx 1.22.1).
+#[test]
+fn udp_datagrams_are_cut_to_proxy_buffer_size() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    // Echo each datagram, and answer with 3000 bytes besides.
+    let be = UdpBackend::start(move |d, _| {
+        seen.lock().expect("sizes").push(d.len());
+        vec![(Duration::ZERO, d.to_vec()), (ms(5), vec![b'b'; 3000])]
+    });
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "log_format u '$bytes_received $bytes_sent $upstream_bytes_sent $upstream_bytes_received';\n\
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_buffer_size 100; proxy_timeout 300ms; \
+         access_log %%PREFIX%%u.log u; }}",
+        b = be.port
+    )));
+    let c = dgram(p);
+    let mut got = Vec::new();
+    for n in [1472usize, 1472, 50, 0, 65507] {
+        c.send(&vec![b'a'; n]).expect("send");
+        for _ in 0..2 {
+            got.push(recv(&c, Duration::from_secs(3)).map(|d| d.len()));
+        }
+    }
+    assert_eq!(*sizes.lock().expect("sizes"), [1472, 100, 50, 0, 100], "what the backend got");
+    let want: Vec<Option<usize>> = [100, 100, 100, 100, 50, 100, 0, 100, 100, 100].into_iter().map(Some).collect();
+    assert_eq!(got, want, "what the client got (echo, then the 3000-byte answer, each cut to 100)");
+    let log = wait_log(&s, "udp timed out", 1, Duration::from_secs(3));
+    let line = lines_with(&log, "udp timed out").join("\n");
+    assert!(
+        line.ends_with("packets from/to client:5/10, bytes from/to client:1722/850, bytes from/to upstream:850/1722"),
+        "{line}"
+    );
+    wait_for(Duration::from_secs(3), || !s.read("u.log").is_empty());
+    assert_eq!(s.read("u.log").trim(), "1722 850 1722 850");
+}
+
 /// Answers that are already queued when sluice reads the first one are all relayed,
 /// even past `proxy_responses`, as nginx reads its upstream socket empty before it
 /// counts (seen side by side with nginx 1.22.1: `proxy_responses 2` and a backend that
@@ -683,7 +724,8 @@ fn udp_proxy_timeout_ends_with_200_or_502() {
 }
 
 /// A 60,000-byte and a 65,507-byte datagram (the largest UDP payload over IPv4) go up
-/// and come back whole.
+/// and come back whole through a buffer that holds them (`proxy_buffer_size 64k`; with
+/// the default 16k the answer is cut, as nginx's: udp_datagrams_are_cut_to_proxy_buffer_size).
 #[test]
 fn udp_large_datagrams_relayed_whole() {
     let be = UdpBackend::start(|d, _| vec![(Duration::ZERO, d.iter().map(|b| b ^ 0xff).collect())]);
@@ -692,7 +734,7 @@ fn udp_large_datagrams_relayed_whole() {
         "log_format r '$remote_port $status $bytes_received $bytes_sent $upstream_bytes_sent \
          $upstream_bytes_received';\n\
          server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_responses 1; proxy_timeout 2s; \
-         access_log %%PREFIX%%r.log r; }}",
+         proxy_buffer_size 64k; access_log %%PREFIX%%r.log r; }}",
         b = be.port
     )));
     for n in [60_000usize, 65_507] {

@@ -1001,6 +1001,7 @@ impl ProxySession {
     /// through the listening socket. Datagram boundaries are kept.
     fn process_udp(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
         let Some(up) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let buffer = conf(s).buffer_size.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
         if from_upstream && self.upstream_error {
             // After a failed read nginx reads the upstream no more (`read->error`); a
@@ -1033,7 +1034,10 @@ impl ProxySession {
                 ) {
                     break;
                 }
-                match up.read(&mut buf) {
+                // An answer longer than `proxy_buffer_size` is cut to it, as nginx's
+                // recv() into its buffer cuts it.
+                let size = buffer.clamp(1, UDP_MAX);
+                match up.read(&mut buf[..size]) {
                     Ok(n) => {
                         if let Some(st) = s.upstream_states.last_mut() {
                             if st.first_byte_time.is_none() {
@@ -1098,6 +1102,9 @@ impl ProxySession {
                 let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
                 if !first {
+                    // Read into the session's buffer: the rest of the datagram is lost
+                    // (the first one is nginx's preread buffer, sent whole).
+                    d.truncate(buffer);
                     // (The first was counted when the session began.)
                     s.received += d.len() as u64;
                     paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
@@ -1156,6 +1163,7 @@ impl ProxySession {
         let ufd = self.upstream.as_ref()?.fd();
         let Conn::Udp(client) = &s.client else { return None };
         let (cfd, peer) = (client.fd(), client.peer);
+        let size = conf(s).buffer_size.get();
         let mut batch = cx.rt.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
         let mut err = None;
         let mut seen = 0;
@@ -1184,7 +1192,9 @@ impl ProxySession {
             let mut out: [&[u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
             let mut k = 0;
             for i in 0..n {
+                // Cut to `proxy_buffer_size`, as nginx's recv() into its buffer cuts it.
                 let d = batch.data(i);
+                let d = &d[..d.len().min(size)];
                 self.responses += 1;
                 plog.received += d.len() as u64;
                 out[k] = d;
