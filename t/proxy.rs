@@ -270,6 +270,43 @@ fn answer_then_close_arrives_whole_with_a_clean_end() {
     no_alerts(&s);
 }
 
+/// `proxy_download_rate` with a buffer smaller than the rate: as nginx's, one buffer is
+/// read, then the delay it earned (`n * 1000 / rate` ms) passes before the next read, so
+/// 3000 bytes at 1000 bytes/s through a 100-byte buffer take about 3 s, 100 bytes at a
+/// time (sluice read the whole second's allowance at once and was done in 2 s).
+#[test]
+fn rate_paces_one_buffer_at_a_time() {
+    let b = backend_with(|mut c| {
+        let _ = c.write_all(&[b'd'; 3000]);
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = read_all(&mut c);
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_download_rate 1000; proxy_buffer_size 100; \
+         proxy_pass 127.0.0.1:{b}; }} }}\n"
+    ));
+    let mut c = connect(p);
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let t0 = Instant::now();
+    let mut got = 0;
+    let mut early = None;
+    let mut buf = [0u8; 4096];
+    while got < 3000 {
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0, "end of file after {got} bytes");
+        got += n;
+        if early.is_none() && t0.elapsed() >= Duration::from_millis(450) {
+            early = Some(got);
+        }
+    }
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(2500), "3000 bytes at 1000/s, 100 at a time, took only {took:?}");
+    assert!(early.is_some_and(|e| e < 900), "bytes in the first half second: {early:?} (one buffer per 100 ms)");
+    drop(c);
+    assert_eq!(s.stop(), Some(0));
+}
+
 #[test]
 fn connection_refused_is_502() {
     let closed = closed_port();

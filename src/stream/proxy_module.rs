@@ -917,7 +917,7 @@ impl ProxySession {
                 Some(allowed as usize)
             }
         };
-        let budget = Budget { buffer, limit, splice: rate == 0 };
+        let budget = Budget { buffer, limit, splice: rate == 0, rate };
         let (src, dst, d) = if from_upstream {
             (upstream, &mut s.client, &mut self.up)
         } else {
@@ -939,8 +939,8 @@ impl ProxySession {
             s.received += r.read;
             plog.sent += r.written;
         }
-        if rate > 0 && r.read > 0 {
-            let ms = r.read * 1000 / rate;
+        if rate > 0 && r.last_read > 0 {
+            let ms = r.last_read * 1000 / rate;
             if ms > 0 {
                 self.delayed[di] = true;
                 cx.timers.set(

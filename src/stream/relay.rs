@@ -62,6 +62,8 @@ pub struct Pumped {
     pub write_error: Option<io::Error>,
     /// Stopped at the per-wake-up cap with more to do.
     pub requeue: bool,
+    /// The size of the last read (what a rate's delay is reckoned from).
+    pub last_read: u64,
 }
 
 /// How a direction may move bytes now.
@@ -73,6 +75,9 @@ pub struct Budget {
     pub limit: Option<usize>,
     /// Whether splice may be used (false: bytes must pass through user space).
     pub splice: bool,
+    /// The direction's rate (bytes per second), 0 if none: as nginx's, a read that
+    /// earns a delay (`n * 1000 / rate` ms, at least 1) is the last one until it passes.
+    pub rate: u64,
 }
 
 impl Direction {
@@ -128,6 +133,7 @@ impl Direction {
         let mut reads = 0;
         let mut limit = b.limit;
         let mut drained = false;
+        let mut paced = false;
         loop {
             // First deliver what is held, in order: copied bytes, then the pipe.
             if self.pos < self.held.len() {
@@ -171,7 +177,7 @@ impl Direction {
                     }
                 }
             }
-            if self.eof || limit == Some(0) || drained || !self.src_ready {
+            if self.eof || limit == Some(0) || drained || paced || !self.src_ready {
                 if drained {
                     self.src_ready = false;
                 }
@@ -225,6 +231,8 @@ impl Direction {
                 Ok(n) => {
                     out.read_returned = true;
                     out.read += n as u64;
+                    out.last_read = n as u64;
+                    paced = b.rate > 0 && n as u64 * 1000 / b.rate > 0;
                     if let Some(l) = limit.as_mut() {
                         *l -= n.min(*l);
                     }
