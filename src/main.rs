@@ -263,6 +263,11 @@ fn run() -> i32 {
         }
         if !args.quiet {
             log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
+        }
+        if let Some(w) = cycle.core.nofile_warning() {
+            log::error(Level::Warn, &w, None);
+        }
+        if !args.quiet {
             log::stderr(&format!("configuration file {} test is successful", conf_file));
         }
         if args.dump {
@@ -331,6 +336,9 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<Strin
     }
     log::set_use_stderr(false);
     log::error(Level::Notice, "using the \"epoll\" event method", None);
+    if let Some(w) = cycle.core.nofile_warning() {
+        log::error(Level::Warn, &w, None);
+    }
     log::error(Level::Notice, &format!("{}/{} (nginx/{})", PROGRAM, sluice::VERSION, sluice::NGINX_VERSION), None);
     if let Some(os) = os_name() {
         log::error(Level::Notice, &format!("OS: {}", os), None);

@@ -438,3 +438,38 @@ fn signal_reopen_running() {
     assert_eq!(exchange(port, b""), b"hi\n");
     assert_eq!(s.stop(), Some(0));
 }
+
+/// More `worker_connections` than descriptors a worker may open: nginx's
+/// `ngx_event_module_init` warns in the cycle's error log (if its level takes warnings)
+/// after "syntax is ok", and at every start and reload after "using the epoll event
+/// method" (with nginx 1.22.1: `-t` and a start with `error_log stderr notice`).
+#[test]
+fn worker_connections_beyond_the_nofile_limit_warn() {
+    let tmp = TempDir::new("nofile-warn");
+    let port = free_port();
+    let conf = format!(
+        "error_log stderr notice;\nworker_rlimit_nofile 5000000;\nevents {{ worker_connections 10000000; }}\n\
+         stream {{ server {{ listen 127.0.0.1:{port}; return x; }} }}\n"
+    );
+    std::fs::write(tmp.join("sluice.conf"), conf).expect("conf");
+    let prefix = tmp.prefix();
+    let out = run(&["-t", "-p", &prefix, "-c", "sluice.conf"], tmp.path());
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |p: &str| lines.iter().position(|l| l.contains(p));
+    let warn = "[warn] ";
+    let w = at("10000000 worker_connections exceed open file resource limit: 5000000");
+    assert!(w.is_some_and(|i| lines[i].contains(warn)), "{err}");
+    assert!(at("syntax is ok") < w && w < at("test is successful"), "{err}");
+    assert_eq!(lines.iter().filter(|l| l.contains("exceed open file")).count(), 1, "not echoed twice: {err}");
+
+    // With the log at its default level (error) nothing is said.
+    let quiet = format!(
+        "worker_rlimit_nofile 5000000;\nevents {{ worker_connections 10000000; }}\n\
+         stream {{ server {{ listen 127.0.0.1:{port}; return x; }} }}\n"
+    );
+    std::fs::write(tmp.join("quiet.conf"), quiet).expect("conf");
+    let out = run(&["-t", "-p", &prefix, "-c", "quiet.conf", "-e", "e.log"], tmp.path());
+    assert!(!text(&out.stderr).contains("exceed open file"), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}

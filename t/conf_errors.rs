@@ -380,6 +380,8 @@ cases! {
     variables_hash_max_size_small,
     variables_hash_max_size_zero,
     variables_hash_user_variables,
+    worker_connections_exceed_nofile,
+    worker_connections_reuseport_counted_once,
     worker_connections_too_few,
     worker_cpu_affinity_auto_args,
     worker_cpu_affinity_invalid,

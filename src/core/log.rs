@@ -281,8 +281,9 @@ fn open_append(path: &str) -> io::Result<File> {
 
 impl ErrorLog {
     /// A log with no output (its warnings still reach stderr during startup).
+    /// No file: warnings and worse still reach the console while it is used.
     pub fn none() -> ErrorLog {
-        ErrorLog { outputs: Vec::new(), max: Level::Stderr }
+        ErrorLog { outputs: Vec::new(), max: Level::Warn }
     }
 
     pub fn stderr(level: Level) -> ErrorLog {
@@ -340,11 +341,12 @@ impl ErrorLog {
         err: Option<&io::Error>,
         ctx: Option<&dyn LogContext>,
     ) {
-        // During startup nginx echoes warnings and worse to the console as well.
-        let echo = USE_STDERR.with(Cell::get) && level <= Level::Warn;
-        if !self.enabled(level) && !echo {
+        // During startup nginx echoes warnings and worse to the console as well, when the
+        // log takes them at all (ngx_log_error tests the level before anything else).
+        if !self.enabled(level) {
             return;
         }
+        let echo = USE_STDERR.with(Cell::get) && level <= Level::Warn;
         LINE.with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else { return };
             line.clear();

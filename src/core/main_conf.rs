@@ -38,6 +38,25 @@ pub struct MainConf {
     pub error_log: Vec<(String, Level)>,
 }
 
+impl MainConf {
+    /// `ngx_event_module_init`'s warning, for every cycle (test, start, reload): more
+    /// `worker_connections` than descriptors a worker may open.
+    pub fn nofile_warning(&self) -> Option<String> {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct we pass.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+            return None;
+        }
+        let conns = self.worker_connections.get() as u64;
+        let set = self.worker_rlimit_nofile.is_set().then(|| self.worker_rlimit_nofile.get());
+        if conns <= rl.rlim_cur || set.is_some_and(|n| conns <= n) {
+            return None;
+        }
+        let limit = set.unwrap_or(rl.rlim_cur);
+        Some(format!("{} worker_connections exceed open file resource limit: {}", conns, limit))
+    }
+}
+
 /// Resolves file names the way nginx does: absolute as is, else under the prefix.
 pub trait Paths {
     fn full_name(&self, name: &str) -> String;

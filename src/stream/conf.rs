@@ -348,9 +348,9 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let paths = Prefix(cx.prefix.clone());
     let pid_given = cx.core.pid.is_set();
     cx.core.finish(&paths, "logs/sluice.pid");
-    // ngx_event_init_conf: a connection for every listening socket and one more.
-    let workers = cx.core.worker_processes.get().max(1);
-    let sockets: usize = cx.listening.iter().map(|l| if l.opts.reuseport { workers } else { 1 }).sum();
+    // ngx_event_init_conf: a connection for every listening socket and one more (a
+    // reuseport socket counts once: nginx checks before making one per worker).
+    let sockets = cx.listening.len();
     let conns = cx.core.worker_connections.get();
     if conns < sockets + 1 {
         return Err(late(ConfError::bare(format!(

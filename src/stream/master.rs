@@ -450,6 +450,9 @@ impl Master {
         // nginx's event module says it again for every cycle it builds, once the
         // listening sockets are open, into the new cycle's log.
         error(Level::Notice, "using the \"epoll\" event method", None);
+        if let Some(w) = self.cycle.core.nofile_warning() {
+            error(Level::Warn, &w, None);
+        }
         self.no_accept = false;
         // As nginx: the new workers first, a tenth of a second for them to start
         // accepting, then the old ones are told to quit.
