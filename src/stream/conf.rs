@@ -176,76 +176,6 @@ impl ConfCx {
 /// argument checks apply to them like to any other.
 const MAIN_BLOCKS: &[(&str, Arity)] = &[("events", Arity::Block(0, 0)), ("stream", Arity::Block(0, 0))];
 
-/// Directives of nginx's http and mail modules. nginx knows them, so in a stream
-/// context it says "is not allowed here" rather than "unknown directive".
-const NGINX_ELSEWHERE: &[&str] = &[
-    "http",
-    "mail",
-    "location",
-    "root",
-    "alias",
-    "index",
-    "try_files",
-    "rewrite",
-    "if",
-    "break",
-    "server_name",
-    "server_tokens",
-    "sendfile",
-    "tcp_nopush",
-    "keepalive",
-    "keepalive_time",
-    "keepalive_timeout",
-    "keepalive_requests",
-    "ip_hash",
-    "client_max_body_size",
-    "client_body_timeout",
-    "client_header_timeout",
-    "send_timeout",
-    "default_type",
-    "types",
-    "add_header",
-    "expires",
-    "charset",
-    "gzip",
-    "autoindex",
-    "proxy_read_timeout",
-    "proxy_send_timeout",
-    "proxy_set_header",
-    "proxy_http_version",
-    "proxy_redirect",
-    "proxy_buffering",
-    "proxy_buffers",
-    "proxy_cache",
-    "proxy_cache_path",
-    "proxy_hide_header",
-    "proxy_pass_header",
-    "proxy_intercept_errors",
-    "proxy_request_buffering",
-    "fastcgi_pass",
-    "fastcgi_param",
-    "uwsgi_pass",
-    "scgi_pass",
-    "grpc_pass",
-    "memcached_pass",
-    "error_page",
-    "internal",
-    "limit_req",
-    "limit_req_zone",
-    "auth_basic",
-    "auth_request",
-    "ssi",
-    "sub_filter",
-    "large_client_header_buffers",
-    "underscores_in_headers",
-    "etag",
-    "resolver_ttl",
-    "ssl_session_tickets_http",
-    "http2",
-    "lingering_close",
-    "reset_timedout_connection",
-];
-
 enum Scope<'a> {
     Main,
     Events,
@@ -625,15 +555,21 @@ fn directive(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
         return include(cx, cmd, scope);
     }
     let ctx = scope.ctx();
-    if matches!(cmd.name.as_str(), "http" | "mail") && ctx.allows(Ctx::MAIN) {
+    // (mail is no directive for nginx either: Debian's build has it as a module that is
+    // not loaded.)
+    if cmd.name == "http" && ctx.allows(Ctx::MAIN) {
         return Err(cmd
             .err(format!("\"{}\" directive is not supported: sluice runs stream {{}} configurations only", cmd.name)));
     }
-    if cmd.name == "load_module" && (cx.events_seen || cx.stream_seen) {
+    if cmd.name == "load_module" && ctx.allows(Ctx::MAIN) && (cx.events_seen || cx.stream_seen) {
         return Err(ConfError::directive(cmd, "is specified too late"));
     }
     // The core tables first (nginx's module order puts the core modules first).
-    let mut found = if NGINX_ELSEWHERE.contains(&cmd.name.as_str()) { Lookup::NotHere } else { Lookup::Unknown };
+    let mut found = if crate::stream::nginx_directives::ELSEWHERE.contains(&cmd.name.as_str()) {
+        Lookup::NotHere
+    } else {
+        Lookup::Unknown
+    };
     for d in main_conf::DIRECTIVES.iter().filter(|d| d.name == cmd.name) {
         if !d.ctx.allows(ctx) {
             found = Lookup::NotHere;

@@ -24,6 +24,7 @@ pub mod geo_module;
 pub mod limit_conn_module;
 pub mod log_module;
 pub mod map_module;
+pub mod nginx_directives;
 pub mod pass_module;
 pub mod proxy_module;
 pub mod realip_module;
