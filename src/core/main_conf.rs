@@ -36,6 +36,10 @@ pub struct MainConf {
     pub env: Vec<String>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
+    /// Directives accepted for compatibility that were given (each once, as nginx's
+    /// slots), and the `thread_pool` names.
+    pub compat_seen: Vec<&'static str>,
+    pub thread_pools: Vec<String>,
 }
 
 impl MainConf {
@@ -69,7 +73,41 @@ pub struct CoreDirective {
     pub set: fn(&mut MainConf, &Cmd, &dyn Paths) -> ConfResult,
 }
 
-fn ignore(_: &mut MainConf, _: &Cmd, _: &dyn Paths) -> ConfResult {
+/// A directive sluice accepts for compatibility: nginx's slot handler, which says
+/// "is duplicate" for a second one before it reads the value, then checks the value
+/// with `check`; the value is not used.
+fn compat(c: &mut MainConf, cmd: &Cmd, name: &'static str, check: fn(&Cmd) -> ConfResult) -> ConfResult {
+    if c.compat_seen.contains(&name) {
+        return Err(cmd.duplicate());
+    }
+    c.compat_seen.push(name);
+    check(cmd)
+}
+
+/// `thread_pool NAME threads=N [max_queue=N]` (nginx's file I/O threads, which sluice
+/// does not need): checked as nginx's `ngx_thread_pool`.
+fn thread_pool(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    let name = cmd.arg(0).to_string();
+    if c.thread_pools.contains(&name) {
+        return Err(cmd.err(format!("duplicate thread pool \"{}\"", name)));
+    }
+    let mut threads = None;
+    for a in &cmd.args[1..] {
+        if let Some(v) = a.strip_prefix("threads=") {
+            match value::parse_number(v).filter(|n| *n > 0) {
+                Some(n) => threads = Some(n),
+                None => return Err(cmd.err(format!("invalid threads value \"{}\"", a))),
+            }
+        } else if let Some(v) = a.strip_prefix("max_queue=") {
+            if value::parse_number(v).is_none() {
+                return Err(cmd.err(format!("invalid max_queue value \"{}\"", a)));
+            }
+        }
+    }
+    if threads.is_none() {
+        return Err(cmd.err(format!("\"{}\" must have \"threads\" parameter", cmd.name)));
+    }
+    c.thread_pools.push(name);
     Ok(())
 }
 
@@ -137,7 +175,14 @@ pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Leve
         }
     }
     let special = name == "stderr" || name.starts_with("syslog:") || name.starts_with("memory:");
-    let path = if special { name.to_string() } else { paths.full_name(name) };
+    // An empty name is the standard error stream too (ngx_conf_open_file).
+    let path = if name.is_empty() {
+        "stderr".to_string()
+    } else if special {
+        name.to_string()
+    } else {
+        paths.full_name(name)
+    };
     let mut level = Level::Error;
     for (i, a) in cmd.args.iter().enumerate().skip(1) {
         if a.starts_with("debug_") {
@@ -209,33 +254,34 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "daemon",
         ctx: Ctx::MAIN,
         args: Arity::Flag,
-        set: |c, cmd, _| c.daemon.set(cmd, value::flag(cmd)?),
+        set: |c, cmd, _| c.daemon.set_parsed(cmd, value::flag),
     },
     CoreDirective {
         name: "master_process",
         ctx: Ctx::MAIN,
         args: Arity::Flag,
-        set: |c, cmd, _| c.master_process.set(cmd, value::flag(cmd)?),
+        set: |c, cmd, _| c.master_process.set_parsed(cmd, value::flag),
     },
     CoreDirective { name: "worker_processes", ctx: Ctx::MAIN, args: Arity::Take(1), set: workers },
     CoreDirective {
         name: "pid",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, p| c.pid.set(cmd, p.full_name(cmd.arg(0))),
+        // An empty name is the default (ngx_core_module_init_conf), given all the same.
+        set: |c, cmd, p| c.pid.set(cmd, if cmd.arg(0).is_empty() { String::new() } else { p.full_name(cmd.arg(0)) }),
     },
     CoreDirective { name: "user", ctx: Ctx::MAIN, args: Arity::Between(1, 2), set: user },
     CoreDirective {
         name: "worker_rlimit_nofile",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| c.worker_rlimit_nofile.set(cmd, value::number(cmd)?),
+        set: |c, cmd, _| c.worker_rlimit_nofile.set_parsed(cmd, value::number),
     },
     CoreDirective {
         name: "worker_shutdown_timeout",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| c.worker_shutdown_timeout.set(cmd, value::msec(cmd)?),
+        set: |c, cmd, _| c.worker_shutdown_timeout.set_parsed(cmd, value::msec),
     },
     CoreDirective {
         name: "env",
@@ -253,16 +299,17 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
         set: |c, cmd, _| {
-            let n =
-                value::parse_number(cmd.arg(0)).ok_or_else(|| cmd.err(format!("invalid number \"{}\"", cmd.arg(0))))?;
-            c.worker_connections.set(cmd, n as usize)
+            c.worker_connections.set_parsed(cmd, |cmd| {
+                let a = cmd.arg(0);
+                value::parse_number(a).map(|n| n as usize).ok_or_else(|| cmd.err(format!("invalid number \"{}\"", a)))
+            })
         },
     },
     CoreDirective {
         name: "multi_accept",
         ctx: Ctx::EVENTS,
         args: Arity::Flag,
-        set: |c, cmd, _| c.multi_accept.set(cmd, value::flag(cmd)?),
+        set: |c, cmd, _| c.multi_accept.set_parsed(cmd, value::flag),
     },
     CoreDirective {
         name: "use",
@@ -280,28 +327,48 @@ pub const DIRECTIVES: &[CoreDirective] = &[
     },
     // Accepted for compatibility (values checked); sluice has no mutex or event array to
     // tune.
-    CoreDirective { name: "accept_mutex", ctx: Ctx::EVENTS, args: Arity::Flag, set: ignore },
+    CoreDirective {
+        name: "accept_mutex",
+        ctx: Ctx::EVENTS,
+        args: Arity::Flag,
+        set: |c, cmd, _| compat(c, cmd, "accept_mutex", |cmd| value::flag(cmd).map(drop)),
+    },
     CoreDirective {
         name: "accept_mutex_delay",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |_, cmd, _| value::msec(cmd).map(drop),
+        set: |c, cmd, _| compat(c, cmd, "accept_mutex_delay", |cmd| value::msec(cmd).map(drop)),
     },
     CoreDirective {
         name: "epoll_events",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |_, cmd, _| value::number(cmd).map(drop),
+        set: |c, cmd, _| compat(c, cmd, "epoll_events", |cmd| value::number(cmd).map(drop)),
     },
-    CoreDirective { name: "worker_aio_requests", ctx: Ctx::EVENTS, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "worker_aio_requests",
+        ctx: Ctx::EVENTS,
+        args: Arity::Take(1),
+        set: |c, cmd, _| compat(c, cmd, "worker_aio_requests", |cmd| value::number(cmd).map(drop)),
+    },
     CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: debug_connection },
-    CoreDirective { name: "pcre_jit", ctx: Ctx::MAIN, args: Arity::Flag, set: ignore },
-    CoreDirective { name: "lock_file", ctx: Ctx::MAIN, args: Arity::Take(1), set: ignore },
+    CoreDirective {
+        name: "pcre_jit",
+        ctx: Ctx::MAIN,
+        args: Arity::Flag,
+        set: |c, cmd, _| compat(c, cmd, "pcre_jit", |cmd| value::flag(cmd).map(drop)),
+    },
+    CoreDirective {
+        name: "lock_file",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| compat(c, cmd, "lock_file", |_| Ok(())),
+    },
     CoreDirective {
         name: "timer_resolution",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |_, cmd, _| value::msec(cmd).map(drop),
+        set: |c, cmd, _| compat(c, cmd, "timer_resolution", |cmd| value::msec(cmd).map(drop)),
     },
     CoreDirective {
         name: "worker_priority",
@@ -327,16 +394,14 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "worker_rlimit_core",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| c.worker_rlimit_core.set(cmd, value::size(cmd)? as u64),
+        set: |c, cmd, _| c.worker_rlimit_core.set_parsed(cmd, value::offset),
     },
     CoreDirective {
         name: "working_directory",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
         set: |c, cmd, _| {
-            if !c.working_directory.is_empty() {
-                return Err(cmd.duplicate());
-            }
+            compat(c, cmd, "working_directory", |_| Ok(()))?;
             c.working_directory = cmd.arg(0).to_string();
             Ok(())
         },
@@ -345,13 +410,15 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "debug_points",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |_, cmd, _| match cmd.arg(0) {
-            "stop" | "abort" => Ok(()),
-            v => Err(cmd.err(format!("invalid value \"{}\"", v))),
+        set: |c, cmd, _| {
+            compat(c, cmd, "debug_points", |cmd| match cmd.arg(0) {
+                "stop" | "abort" => Ok(()),
+                v => Err(cmd.err(format!("invalid value \"{}\"", v))),
+            })
         },
     },
     // Threads are for nginx's file I/O, which sluice does not do.
-    CoreDirective { name: "thread_pool", ctx: Ctx::MAIN, args: Arity::Between(2, 3), set: ignore },
+    CoreDirective { name: "thread_pool", ctx: Ctx::MAIN, args: Arity::Between(2, 3), set: thread_pool },
 ];
 
 impl MainConf {
@@ -360,6 +427,9 @@ impl MainConf {
         self.daemon.merge(&Setting::default(), true);
         self.master_process.merge(&Setting::default(), true);
         self.worker_processes.merge(&Setting::default(), 1);
+        if self.pid.is_set() && self.pid.get().is_empty() {
+            self.pid = Setting::default();
+        }
         self.pid.merge(&Setting::default(), paths.full_name(default_pid));
         self.worker_connections.merge(&Setting::default(), 512);
         self.multi_accept.merge(&Setting::default(), false);

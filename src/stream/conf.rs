@@ -276,7 +276,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         return Err(late(ConfError::bare("no \"events\" section in configuration")));
     }
     let paths = Prefix(cx.prefix.clone());
-    let pid_given = cx.core.pid.is_set();
+    let pid_given = cx.core.pid.is_set() && !cx.core.pid.get().is_empty();
     cx.core.finish(&paths, "logs/sluice.pid");
     // ngx_event_init_conf: a connection for every listening socket and one more (a
     // reuseport socket counts once: nginx checks before making one per worker).

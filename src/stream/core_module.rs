@@ -291,8 +291,7 @@ fn error_log(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 }
 
 fn resolver(c: &mut CoreSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    let conf = ResolverConf::parse(&cmd.args).map_err(|e| cmd.err(e))?;
-    c.resolver.set(cmd, Rc::new(conf))
+    c.resolver.set_parsed(cmd, |cmd| ResolverConf::parse(&cmd.args).map(Rc::new).map_err(|e| cmd.err(e)))
 }
 
 impl Module for StreamCore {
@@ -313,32 +312,32 @@ impl Module for StreamCore {
             name: "tcp_nodelay",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
-            set: Set::<Self>::Srv(|c, cmd, _| c.tcp_nodelay.set(cmd, value::flag(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.tcp_nodelay.set_parsed(cmd, value::flag)),
         },
         Directive {
             name: "preread_buffer_size",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.preread_buffer_size_s.set(cmd, value::size(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.preread_buffer_size_s.set_parsed(cmd, value::size)),
         },
         Directive {
             name: "preread_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.preread_timeout_s.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.preread_timeout_s.set_parsed(cmd, value::msec)),
         },
         Directive {
             name: "proxy_protocol_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.proxy_protocol_timeout.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.proxy_protocol_timeout.set_parsed(cmd, value::msec)),
         },
         Directive { name: "resolver", ctx: Ctx::MAIN_SRV, args: Arity::OneOrMore, set: Set::Srv(resolver) },
         Directive {
             name: "resolver_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.resolver_timeout.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.resolver_timeout.set_parsed(cmd, value::msec)),
         },
         // Sizes of nginx's hashes: sluice's lookups have no buckets to size.
         Directive {

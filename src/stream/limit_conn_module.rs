@@ -144,7 +144,7 @@ impl Module for LimitConn {
             name: "limit_conn_dry_run",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
-            set: Set::<Self>::Srv(|c, cmd, _| c.dry_run.set(cmd, value::flag(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.dry_run.set_parsed(cmd, value::flag)),
         },
     ];
 

@@ -131,6 +131,9 @@ fn proxy_pass(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 }
 
 fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if c.bind.is_set() {
+        return Err(cmd.duplicate());
+    }
     let transparent = cmd.args.len() == 2;
     let b = if cmd.arg(0) == "off" && !transparent {
         Bind::Off
@@ -156,11 +159,14 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 /// `proxy_downstream_buffer` / `proxy_upstream_buffer`: `proxy_buffer_size`, with
 /// nginx's warning.
 fn old_buffer(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    // nginx's ngx_conf_deprecated is the slot's post handler: it warns once the value
+    // is taken (not for a duplicate or a bad value).
+    c.buffer_size.set_parsed(cmd, value::size)?;
     cx.warn(
         cmd,
         &format!("the \"{}\" directive is deprecated, use the \"proxy_buffer_size\" directive instead", cmd.name),
     );
-    c.buffer_size.set(cmd, value::size(cmd)?)
+    Ok(())
 }
 
 /// `ngx_event_connect_set_transparent`: IP_TRANSPARENT (IPV6_TRANSPARENT), by the
@@ -175,11 +181,13 @@ fn set_transparent(sock: &socket2::Socket, local: &SocketAddr) -> Result<(), (&'
 }
 
 fn rate(c: &mut Setting<Option<Complex>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
-    if let Some(s) = v.as_static() {
-        value::parse_size(&String::from_utf8_lossy(s)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))?;
-    }
-    c.set(cmd, Some(v))
+    c.set_parsed(cmd, |cmd| {
+        let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
+        if let Some(s) = v.as_static() {
+            value::parse_size(&String::from_utf8_lossy(s)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))?;
+        }
+        Ok(Some(v))
+    })
 }
 
 impl Module for Proxy {
@@ -192,19 +200,19 @@ impl Module for Proxy {
             name: "proxy_connect_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.connect_timeout.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.connect_timeout.set_parsed(cmd, value::msec)),
         },
         Directive {
             name: "proxy_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.timeout.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.timeout.set_parsed(cmd, value::msec)),
         },
         Directive {
             name: "proxy_buffer_size",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.buffer_size.set(cmd, value::size(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.buffer_size.set_parsed(cmd, value::size)),
         },
         // nginx 1.9's names for it, still read (ngx_conf_deprecated).
         Directive {
@@ -223,31 +231,31 @@ impl Module for Proxy {
             name: "proxy_next_upstream",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
-            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream.set(cmd, value::flag(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream.set_parsed(cmd, value::flag)),
         },
         Directive {
             name: "proxy_next_upstream_tries",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_tries.set(cmd, value::number(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_tries.set_parsed(cmd, value::number)),
         },
         Directive {
             name: "proxy_next_upstream_timeout",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_timeout.set(cmd, value::msec(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.next_upstream_timeout.set_parsed(cmd, value::msec)),
         },
         Directive {
             name: "proxy_half_close",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
-            set: Set::<Self>::Srv(|c, cmd, _| c.half_close.set(cmd, value::flag(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.half_close.set_parsed(cmd, value::flag)),
         },
         Directive {
             name: "proxy_socket_keepalive",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
-            set: Set::<Self>::Srv(|c, cmd, _| c.socket_keepalive.set(cmd, value::flag(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.socket_keepalive.set_parsed(cmd, value::flag)),
         },
         Directive { name: "proxy_bind", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 2), set: Set::Srv(proxy_bind) },
         Directive {
@@ -261,28 +269,29 @@ impl Module for Proxy {
             ctx: Ctx::MAIN_SRV,
             args: Arity::Flag,
             set: Set::<Self>::Srv(|c, cmd, _| {
-                let v = match cmd.arg(0) {
-                    "off" => 0,
-                    "on" => 1,
-                    // sluice's own addition: send a PROXY protocol v2 header. A wrong
-                    // value gets nginx's flag message, which does not know "v2".
-                    "v2" => 2,
-                    _ => u8::from(value::flag(cmd)?),
-                };
-                c.proxy_protocol.set(cmd, v)
+                c.proxy_protocol.set_parsed(cmd, |cmd| {
+                    Ok(match cmd.arg(0) {
+                        "off" => 0,
+                        "on" => 1,
+                        // sluice's own addition: send a PROXY protocol v2 header. A wrong
+                        // value gets nginx's flag message, which does not know "v2".
+                        "v2" => 2,
+                        _ => u8::from(value::flag(cmd)?),
+                    })
+                })
             }),
         },
         Directive {
             name: "proxy_responses",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.responses.set(cmd, value::number(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.responses.set_parsed(cmd, value::number)),
         },
         Directive {
             name: "proxy_requests",
             ctx: Ctx::MAIN_SRV,
             args: Arity::Take(1),
-            set: Set::<Self>::Srv(|c, cmd, _| c.requests.set(cmd, value::number(cmd)?)),
+            set: Set::<Self>::Srv(|c, cmd, _| c.requests.set_parsed(cmd, value::number)),
         },
         Directive {
             name: "proxy_download_rate",

@@ -232,7 +232,7 @@ impl Module for SslPreread {
         name: "ssl_preread",
         ctx: Ctx::MAIN_SRV,
         args: Arity::Flag,
-        set: Set::<Self>::Srv(|c, cmd, _| c.enabled.set(cmd, value::flag(cmd)?)),
+        set: Set::<Self>::Srv(|c, cmd, _| c.enabled.set_parsed(cmd, value::flag)),
     }];
 
     fn variables(v: &mut Variables) {

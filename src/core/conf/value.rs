@@ -30,6 +30,16 @@ impl<T: Clone> Setting<T> {
         Ok(())
     }
 
+    /// Set from `cmd` by `parse`, as nginx's slot handlers: a duplicate is reported
+    /// before the value is read.
+    pub fn set_parsed(&mut self, cmd: &Cmd, parse: impl FnOnce(&Cmd) -> ConfResult<T>) -> ConfResult {
+        if self.0.is_some() {
+            return Err(cmd.duplicate());
+        }
+        self.0 = Some(parse(cmd)?);
+        Ok(())
+    }
+
     /// nginx's `ngx_conf_merge_*_value`: unset takes the parent's, else the default.
     pub fn merge(&mut self, parent: &Self, default: T) {
         if self.0.is_none() {
@@ -185,6 +195,11 @@ pub fn sec(cmd: &Cmd) -> ConfResult<Duration> {
 /// `ngx_conf_set_size_slot`.
 pub fn size(cmd: &Cmd) -> ConfResult<usize> {
     parse_size(cmd.arg(0)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))
+}
+
+/// `ngx_conf_set_off_slot`: a size that may also say "g".
+pub fn offset(cmd: &Cmd) -> ConfResult<u64> {
+    parse_offset(cmd.arg(0)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))
 }
 
 /// `ngx_conf_set_num_slot`.
