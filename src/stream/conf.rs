@@ -68,6 +68,9 @@ pub struct ConfCx {
     servers: Vec<PendingServer>,
     ready: Vec<ReadyServer>,
     stream_seen: bool,
+    /// The stream block's own `error_log` (opened even when every server has its own,
+    /// as nginx opens every file it names).
+    stream_error_log: Vec<(String, Level)>,
     events_seen: bool,
 }
 
@@ -261,6 +264,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         servers: Vec::new(),
         ready: Vec::new(),
         stream_seen: false,
+        stream_error_log: Vec::new(),
         events_seen: false,
     };
     if !opts.globals.is_empty() {
@@ -314,6 +318,9 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         Ok(l)
     };
     let error_log = open_log(&main_logs)?;
+    if !cx.stream_error_log.is_empty() {
+        open_log(&cx.stream_error_log.clone())?;
+    }
 
     let mut servers = Vec::new();
     for p in std::mem::take(&mut cx.ready) {
@@ -622,6 +629,12 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     cx.virtual_servers = names_servers(cx, inner, false, 0);
     let mut top = SrvConfs::default();
     block(cx, inner, &mut Scope::Stream(&mut top))?;
+    cx.stream_error_log = top.core.error_log.clone();
+    // nginx merges the core module's server settings (where a server without a handler
+    // is refused) before the upstream module checks its upstreams.
+    if let Some(p) = cx.servers.iter().find(|p| p.handler.is_none()) {
+        return Err(ConfError::bare(format!("no handler for server in {}:{}", p.file, p.line)));
+    }
     for u in &mut cx.upstreams {
         // ngx_stream_upstream_init_round_robin: backup servers alone are no servers.
         if !u.implicit && !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {

@@ -175,12 +175,12 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if udp {
         // nginx's checks, in its order.
         for (set, name) in [
-            (fastopen_set, "fastopen"),
             (backlog_set, "backlog"),
-            (deferred, "deferred"),
             (ssl, "ssl"),
             (keepalive_set, "so_keepalive"),
             (pp, "proxy_protocol"),
+            (fastopen_set, "fastopen"),
+            (deferred, "deferred"),
         ] {
             if set {
                 return Err(ConfError::directive(cmd, &format!("\"{}\" parameter is incompatible with \"udp\"", name)));

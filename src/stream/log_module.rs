@@ -297,7 +297,7 @@ impl Module for Log {
     type Srv = LogSrv;
     const DIRECTIVES: &'static [Directive<Self>] = &[
         Directive { name: "log_format", ctx: Ctx::STREAM_MAIN, args: Arity::TwoOrMore, set: Set::Main(log_format) },
-        Directive { name: "access_log", ctx: Ctx::MAIN_SRV, args: Arity::Between(1, 6), set: Set::Srv(access_log) },
+        Directive { name: "access_log", ctx: Ctx::MAIN_SRV, args: Arity::OneOrMore, set: Set::Srv(access_log) },
         Directive {
             name: "open_log_file_cache",
             ctx: Ctx::MAIN_SRV,

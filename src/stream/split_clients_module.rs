@@ -52,14 +52,16 @@ fn split_clients_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     // Percentages in hundredths, 0 for `*`.
     let mut parts: Vec<(u32, Vec<u8>)> = Vec::new();
     if let Some(inner) = &cmd.block {
+        // nginx reads a line's value without checking that there is one: a line with
+        // none takes what its argument array still holds from the statement before (the
+        // first line: the split_clients directive's key, as written).
+        let mut previous = cmd.args.first().cloned().unwrap_or_default();
         for c in &inner.cmds {
             if c.block.is_some() {
                 return Err(c.err("unexpected \"{\""));
             }
-            // nginx reads the value without checking that there is one.
-            let Some(value) = c.args.first() else {
-                return Err(c.err("invalid number of the split_clients parameters"));
-            };
+            let value = c.args.first().cloned().unwrap_or_else(|| previous.clone());
+            previous = value.clone();
             let percent = if c.name == "*" {
                 0
             } else {

@@ -13,12 +13,11 @@ pub struct UpstreamHash;
 
 fn hash(u: &mut UpstreamConf, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let key = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
-    let consistent = match cmd.args.get(1).map(String::as_str) {
-        None => false,
-        Some("consistent") => true,
-        Some(other) => return Err(cmd.invalid_parameter(other)),
-    };
-    set_method(u, cmd, cx, Method::Hash { consistent });
+    set_method(u, cmd, cx, || match cmd.args.get(1).map(String::as_str) {
+        None => Ok(Method::Hash { consistent: false }),
+        Some("consistent") => Ok(Method::Hash { consistent: true }),
+        Some(other) => Err(cmd.invalid_parameter(other)),
+    })?;
     u.hash_key = Some(key);
     Ok(())
 }

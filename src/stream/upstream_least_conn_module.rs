@@ -16,9 +16,6 @@ impl Module for UpstreamLeastConn {
         name: "least_conn",
         ctx: Ctx::STREAM_UPS,
         args: Arity::NoArgs,
-        set: Set::<Self>::Ups(|u, cmd, cx| {
-            set_method(u, cmd, cx, Method::LeastConn);
-            Ok(())
-        }),
+        set: Set::<Self>::Ups(|u, cmd, cx| set_method(u, cmd, cx, || Ok(Method::LeastConn))),
     }];
 }

@@ -133,13 +133,16 @@ pub fn check_resolvable(
     Ok(())
 }
 
-/// Set an upstream's balancing method (`hash`, `least_conn`, `random`).
-pub fn set_method(u: &mut UpstreamConf, cmd: &Cmd, cx: &ConfCx, m: Method) {
+/// Set an upstream's balancing method (`hash`, `least_conn`, `random`): nginx warns
+/// when one was set before, ahead of reading the new one's parameters (after the
+/// `hash` key), so the warning comes even when they are wrong.
+pub fn set_method(u: &mut UpstreamConf, cmd: &Cmd, cx: &ConfCx, m: impl FnOnce() -> ConfResult<Method>) -> ConfResult {
     if u.method_set {
         cx.warn(cmd, "load balancing method redefined");
     }
+    u.method = m()?;
     u.method_set = true;
-    u.method = m;
+    Ok(())
 }
 
 impl Module for Upstream {

@@ -11,18 +11,19 @@ use crate::upstream::{Method, UpstreamConf};
 pub struct UpstreamRandom;
 
 fn random(u: &mut UpstreamConf, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    let two = match cmd.args.first().map(String::as_str) {
-        None => false,
-        Some("two") => true,
-        Some(other) => return Err(cmd.invalid_parameter(other)),
-    };
-    if let Some(m) = cmd.args.get(1) {
-        if m != "least_conn" {
-            return Err(cmd.invalid_parameter(m));
+    set_method(u, cmd, cx, || {
+        let two = match cmd.args.first().map(String::as_str) {
+            None => false,
+            Some("two") => true,
+            Some(other) => return Err(cmd.invalid_parameter(other)),
+        };
+        if let Some(m) = cmd.args.get(1) {
+            if m != "least_conn" {
+                return Err(cmd.invalid_parameter(m));
+            }
         }
-    }
-    set_method(u, cmd, cx, Method::Random { two });
-    Ok(())
+        Ok(Method::Random { two })
+    })
 }
 
 impl Module for UpstreamRandom {

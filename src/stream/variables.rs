@@ -256,6 +256,10 @@ impl Complex {
             }
             let (name, next) = if b.get(i) == Some(&b'{') {
                 let start = i + 1;
+                // "${" at the very end: nginx's script compiler has no name to read.
+                if start == b.len() {
+                    return Err(cmd.err("invalid variable name"));
+                }
                 let mut j = start;
                 while j < b.len() && b[j] != b'}' {
                     if !is_name_char(b[j]) {
