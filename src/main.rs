@@ -226,6 +226,14 @@ fn run() -> i32 {
         }
     };
 
+    // nginx's core module checks its settings once the file is read ("syntax is ok"
+    // comes first under -t).
+    if !args.test {
+        if let Some(w) = cycle.core.affinity_warning() {
+            log::error(Level::Warn, w, None);
+        }
+    }
+
     // `-s` logs into the startup log (stderr, or the `-e` file): nginx's signaller
     // never opens the configuration's error logs.
     if let Some(sig) = &args.signal {
@@ -246,6 +254,16 @@ fn run() -> i32 {
         };
     }
 
+    if args.test {
+        if !args.quiet {
+            log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
+        }
+        // Into the startup log still, as nginx's core module checks its settings.
+        if let Some(w) = cycle.core.affinity_warning() {
+            log::error(Level::Warn, w, None);
+        }
+    }
+
     // From here messages go to the configuration's error log (warnings and worse are
     // still echoed to stderr), as nginx's cycle log once ngx_init_cycle has opened it.
     log::set_main(cycle.error_log.clone());
@@ -253,16 +271,10 @@ fn run() -> i32 {
         // nginx -t binds the listening sockets too (an address in use is no error).
         for l in &cycle.listening {
             if let Err(e) = sluice::core::conn::test_bind(&l.addr, &l.opts) {
-                if !args.quiet {
-                    log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
-                }
                 log::error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
                 log::stderr(&format!("configuration file {} test failed", conf_file));
                 return 1;
             }
-        }
-        if !args.quiet {
-            log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
         }
         if let Some(w) = cycle.core.nofile_warning() {
             log::error(Level::Warn, &w, None);

@@ -219,6 +219,7 @@ cases! {
     compat_timer_resolution_duplicate,
     compat_worker_aio_requests_invalid,
     debug_connection_host_not_found,
+    debug_connection_low_bits_warn,
     debug_points_invalid,
     deprecated_buffer_duplicate_warns_once,
     deprecated_buffer_invalid_no_warning,
@@ -414,6 +415,7 @@ cases! {
     worker_connections_too_few,
     worker_cpu_affinity_auto_args,
     worker_cpu_affinity_invalid,
+    worker_cpu_affinity_masks_warn,
     worker_processes_duplicate_first,
     worker_rlimit_core_gigabytes,
 }

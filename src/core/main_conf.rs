@@ -25,8 +25,9 @@ pub struct MainConf {
     /// A `proxy_bind ... transparent` is configured: workers keep CAP_NET_RAW (nginx's
     /// `ccf->transparent`).
     pub transparent: bool,
-    /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset).
-    pub cpu_affinity: Setting<()>,
+    /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset):
+    /// whether it says `auto`, and its number of arguments.
+    pub cpu_affinity: Setting<(bool, usize)>,
     /// `worker_priority`: the workers' nice value (0: left alone).
     pub worker_priority: i32,
     /// `worker_rlimit_core`: the workers' core file size limit.
@@ -43,6 +44,16 @@ pub struct MainConf {
 }
 
 impl MainConf {
+    /// `ngx_core_module_init_conf`'s warning: masks that are neither one nor one per
+    /// worker.
+    pub fn affinity_warning(&self) -> Option<&'static str> {
+        let (auto, n) = self.cpu_affinity.option().copied()?;
+        (!auto && n != 1 && n != self.worker_processes.get()).then_some(
+            "the number of \"worker_processes\" is not equal to the number of \"worker_cpu_affinity\" masks, \
+             using last mask for remaining worker processes",
+        )
+    }
+
     /// `ngx_event_module_init`'s warning, for every cycle (test, start, reload): more
     /// `worker_connections` than descriptors a worker may open.
     pub fn nofile_warning(&self) -> Option<String> {
@@ -116,7 +127,14 @@ fn thread_pool(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
 /// resolves.
 fn debug_connection(_: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     let v = cmd.arg(0);
-    if v == "unix:" || crate::core::cidr::parse(v).is_some() {
+    if v == "unix:" {
+        return Ok(());
+    }
+    if let Some((_, low)) = crate::core::cidr::parse(v) {
+        if low {
+            let msg = cmd.err(format!("low address bits of {} are meaningless", v)).to_string();
+            crate::core::log::error(Level::Warn, &msg, None);
+        }
         return Ok(());
     }
     crate::core::addr::resolve_host(v, 0).map(drop).map_err(|e| cmd.err(format!("{} in debug_connection \"{}\"", e, v)))
@@ -140,7 +158,7 @@ fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     if c.cpu_affinity.is_set() {
         return Err(cmd.duplicate());
     }
-    c.cpu_affinity.set(cmd, ())?;
+    c.cpu_affinity.set(cmd, (cmd.arg(0) == "auto", cmd.args.len()))?;
     let masks = if cmd.arg(0) == "auto" {
         if cmd.args.len() > 2 {
             return Err(cmd.err(format!("invalid number of arguments in \"{}\" directive", cmd.name)));

@@ -386,6 +386,9 @@ impl Master {
                 return;
             }
         };
+        if let Some(w) = cycle.core.affinity_warning() {
+            error(Level::Warn, w, None);
+        }
         // A new pid file name: the file moves (nginx's ngx_init_cycle); if it cannot be
         // written, the reload fails and the old configuration stays.
         let pid = cycle.core.pid.get();
