@@ -435,7 +435,7 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
             cmd.err(format!("pcre2_compile() failed: {} in \"{}\" at \"{}\"", msg, pattern, rest))
         });
     }
-    let translated = pcre_quotes(pattern);
+    let translated = pcre_bytes(&pcre_quotes(pattern));
     // PCRE's \p{..} classes need Unicode tables; elsewhere bytes match as PCRE without UTF.
     let unicode = pattern.contains("\\p") || pattern.contains("\\P");
     let re = regex::bytes::RegexBuilder::new(&translated).case_insensitive(caseless).unicode(unicode).build().map_err(
@@ -455,6 +455,39 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
         }
     }
     Ok(StreamRegex { re, named })
+}
+
+/// Bytes above ASCII as PCRE without UTF sees them: each one on its own (`é+` is the
+/// byte C3 and one or more A9, `[é]` either byte), written `\xNN` for the regex crate,
+/// which reads its pattern as Unicode text. A backslash before such a byte only makes
+/// it literal, as it already is.
+fn pcre_bytes(pattern: &str) -> String {
+    if pattern.is_ascii() {
+        return pattern.to_string();
+    }
+    let bytes = crate::core::conf::parser::text_to_bytes(pattern);
+    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\\' && bytes.get(i + 1).is_some_and(|n| n.is_ascii()) {
+            out.push('\\');
+            out.push(char::from(bytes[i + 1]));
+            i += 2;
+            continue;
+        }
+        if b == b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\x{:02X}", b));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// PCRE's `\Q...\E` (everything between is literal), which the regex crate lacks.
@@ -700,6 +733,20 @@ mod tests {
         assert!(e.ends_with(" in t.conf:3"), "{e}");
         let e = regex_compile("(a", false, &cmd(), &mut v).err().unwrap().to_string();
         assert_eq!(e, "pcre2_compile() failed: missing closing parenthesis in \"(a\" in t.conf:3");
+    }
+
+    #[test]
+    fn bytes_above_ascii_one_by_one_as_pcre_without_utf() {
+        let mut v = Variables::default();
+        // "é+" repeats only the last byte of é; "[é]" is either of its two bytes.
+        let plus = regex_compile("^\u{e9}+$", false, &cmd(), &mut v).unwrap().re;
+        assert!(plus.is_match(b"\xc3\xa9\xa9"));
+        assert!(!plus.is_match("\u{e9}\u{e9}".as_bytes()));
+        let class = regex_compile("^[\u{e9}]+$", false, &cmd(), &mut v).unwrap().re;
+        assert!(class.is_match(b"\xa9\xc3\xc3"));
+        let escaped = regex_compile("^\\\u{e9}$", false, &cmd(), &mut v).unwrap().re;
+        assert!(escaped.is_match("\u{e9}".as_bytes()), "a backslash before a byte only makes it literal");
+        assert_eq!(pcre_bytes("a\\.b"), "a\\.b");
     }
 
     #[test]

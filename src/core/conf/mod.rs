@@ -1,6 +1,7 @@
 //! Configuration text: the directive tree read from nginx-syntax files, the error type
 //! every directive handler returns, and the typed value parsers (`value`).
 
+pub mod conf_buffer;
 pub mod directive;
 pub mod parser;
 pub mod value;

@@ -11,6 +11,7 @@ use nom::bytes::complete::{take_till, take_while};
 use nom::IResult;
 use nom::Parser;
 
+use super::conf_buffer::{first_overflow, Overflow};
 use super::{os_err, Block, Cmd, ConfError, ConfFile};
 
 /// What a parse of one source is: a file, or the `-g` command-line directives.
@@ -19,9 +20,6 @@ enum Source {
     File,
     Param,
 }
-
-/// nginx's `NGX_CONF_BUFFER`: a single token longer than this is refused.
-const MAX_TOKEN: usize = 4096;
 
 struct Tokenizer<'a> {
     text: &'a [u8],
@@ -33,6 +31,8 @@ struct Tokenizer<'a> {
     failed: bool,
     /// Blocks open around the current token.
     depth: usize,
+    /// Where nginx's reading buffer overflows in this file (a token too long).
+    overflow: Option<Overflow>,
 }
 
 /// Blocks nest at most this deep. nginx reads directives as it parses, so a deep pile
@@ -232,6 +232,11 @@ impl<'a> Tokenizer<'a> {
         let mut words: Vec<String> = Vec::new();
         loop {
             let (_, n) = gap(&self.text[self.pos..]).map_err(|_| self.eof_error())?;
+            // A comment or the token that begins here is where nginx's buffer overflows.
+            if let Some(o) = self.overflow.filter(|o| o.start <= self.pos + n + 1) {
+                self.advance(o.start.saturating_sub(self.pos));
+                return Err(self.too_long(o.line, &self.text[o.start.min(self.text.len())..], o.quote));
+            }
             self.advance(n);
             let rest = &self.text[self.pos..];
             let Some(&c) = rest.first() else {
@@ -257,18 +262,11 @@ impl<'a> Tokenizer<'a> {
                     return Err(self.err("unexpected \"}\""));
                 }
                 b'"' | b'\'' => {
-                    let start_line = self.line;
                     let body = &rest[1..];
                     let Some(len) = quoted_body(body, c) else {
-                        if body.len() >= MAX_TOKEN {
-                            return Err(self.too_long(start_line, body, Some(c)));
-                        }
                         self.advance(rest.len());
                         return Err(self.eof_error());
                     };
-                    if len >= MAX_TOKEN {
-                        return Err(self.too_long(start_line, body, Some(c)));
-                    }
                     words.push(unescape(&body[..len]));
                     self.advance(len + 2);
                     // After a closing quote nginx wants a space, ";", "{" (or ")").
@@ -283,11 +281,7 @@ impl<'a> Tokenizer<'a> {
                     }
                 }
                 _ => {
-                    let start_line = self.line;
                     let (_, raw) = bare_word(rest).map_err(|_| self.eof_error())?;
-                    if raw.len() >= MAX_TOKEN {
-                        return Err(self.too_long(start_line, raw, None));
-                    }
                     words.push(unescape(raw));
                     self.advance(raw.len());
                 }
@@ -353,7 +347,8 @@ impl<'a> Tokenizer<'a> {
 
 /// Parse configuration text that came from `file`.
 pub fn parse_bytes(text: &[u8], file: Rc<str>) -> Block {
-    let mut t = Tokenizer { text, pos: 0, line: 1, file, source: Source::File, failed: false, depth: 0 };
+    let overflow = first_overflow(text);
+    let mut t = Tokenizer { text, pos: 0, line: 1, file, source: Source::File, failed: false, depth: 0, overflow };
     t.block(false)
 }
 
@@ -367,6 +362,8 @@ pub fn parse_str(text: &str) -> Block {
         source: Source::Param,
         failed: false,
         depth: 0,
+        // nginx reads `-g` from memory, with no buffer to run out.
+        overflow: None,
     };
     t.block(false)
 }
