@@ -39,7 +39,7 @@ pub struct MainConf {
     pub error_log: Vec<(String, Level)>,
     /// Directives accepted for compatibility that were given (each once, as nginx's
     /// slots), and the `thread_pool` names.
-    pub compat_seen: Vec<&'static str>,
+    pub compat_seen: Vec<String>,
     pub thread_pools: Vec<String>,
 }
 
@@ -87,11 +87,11 @@ pub struct CoreDirective {
 /// A directive sluice accepts for compatibility: nginx's slot handler, which says
 /// "is duplicate" for a second one before it reads the value, then checks the value
 /// with `check`; the value is not used.
-fn compat(c: &mut MainConf, cmd: &Cmd, name: &'static str, check: fn(&Cmd) -> ConfResult) -> ConfResult {
-    if c.compat_seen.contains(&name) {
+fn compat(c: &mut MainConf, cmd: &Cmd, check: fn(&Cmd) -> ConfResult) -> ConfResult {
+    if c.compat_seen.contains(&cmd.name) {
         return Err(cmd.duplicate());
     }
-    c.compat_seen.push(name);
+    c.compat_seen.push(cmd.name.clone());
     check(cmd)
 }
 
@@ -349,44 +349,44 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "accept_mutex",
         ctx: Ctx::EVENTS,
         args: Arity::Flag,
-        set: |c, cmd, _| compat(c, cmd, "accept_mutex", |cmd| value::flag(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::flag(cmd).map(drop)),
     },
     CoreDirective {
         name: "accept_mutex_delay",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, "accept_mutex_delay", |cmd| value::msec(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::msec(cmd).map(drop)),
     },
     CoreDirective {
         name: "epoll_events",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, "epoll_events", |cmd| value::number(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::number(cmd).map(drop)),
     },
     CoreDirective {
         name: "worker_aio_requests",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, "worker_aio_requests", |cmd| value::number(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::number(cmd).map(drop)),
     },
     CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: debug_connection },
     CoreDirective {
         name: "pcre_jit",
         ctx: Ctx::MAIN,
         args: Arity::Flag,
-        set: |c, cmd, _| compat(c, cmd, "pcre_jit", |cmd| value::flag(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::flag(cmd).map(drop)),
     },
     CoreDirective {
         name: "lock_file",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, "lock_file", |_| Ok(())),
+        set: |c, cmd, _| compat(c, cmd, |_| Ok(())),
     },
     CoreDirective {
         name: "timer_resolution",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, "timer_resolution", |cmd| value::msec(cmd).map(drop)),
+        set: |c, cmd, _| compat(c, cmd, |cmd| value::msec(cmd).map(drop)),
     },
     CoreDirective {
         name: "worker_priority",
@@ -419,7 +419,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
         set: |c, cmd, _| {
-            compat(c, cmd, "working_directory", |_| Ok(()))?;
+            compat(c, cmd, |_| Ok(()))?;
             c.working_directory = cmd.arg(0).to_string();
             Ok(())
         },
@@ -429,7 +429,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
         set: |c, cmd, _| {
-            compat(c, cmd, "debug_points", |cmd| match cmd.arg(0) {
+            compat(c, cmd, |cmd| match cmd.arg(0) {
                 "stop" | "abort" => Ok(()),
                 v => Err(cmd.err(format!("invalid value \"{}\"", v))),
             })
