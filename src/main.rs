@@ -179,7 +179,8 @@ fn run() -> i32 {
     if args.help {
         let _ = err.write_all(usage().as_bytes());
     }
-    if args.version || args.help {
+    // nginx shows the version, then tests the configuration if asked to.
+    if (args.version || args.help) && !args.test {
         return 0;
     }
 
@@ -191,13 +192,16 @@ fn run() -> i32 {
     }
     let full = |p: &str| if p.starts_with('/') { p.to_string() } else { format!("{}{}", prefix, p) };
     let conf_file = full(args.conf.as_deref().unwrap_or("conf/sluice.conf"));
-    let error_log = args.error_log.as_deref().map(|e| if e == "stderr" { e.to_string() } else { full(e) });
+    // An empty name is stderr too (nginx's ngx_log_init).
+    let error_log =
+        args.error_log.as_deref().map(|e| if e == "stderr" || e.is_empty() { "stderr".to_string() } else { full(e) });
     let opts = LoadOptions {
         prefix: prefix.clone(),
         conf_file: conf_file.clone(),
         error_log: error_log.clone(),
         globals: args.globals.clone().unwrap_or_default(),
         test: args.test,
+        signaller: args.signal.is_some(),
     };
 
     // Until the configuration names its error log, messages go to the `-e` file (full
@@ -207,7 +211,8 @@ fn run() -> i32 {
     let startup = match &error_log {
         Some(path) => ErrorLog::open(&[(path.clone(), Level::Notice)]).unwrap_or_else(|(p, e)| {
             log::stderr(&format!("[alert] could not open error log file: open() \"{}\" failed {}", p, os_err(&e)));
-            ErrorLog::none()
+            // nginx's ngx_log_init then writes its log to stderr.
+            ErrorLog::stderr(Level::Notice)
         }),
         None => ErrorLog::stderr(Level::Notice),
     };
@@ -236,7 +241,8 @@ fn run() -> i32 {
 
     // `-s` logs into the startup log (stderr, or the `-e` file): nginx's signaller
     // never opens the configuration's error logs.
-    if let Some(sig) = &args.signal {
+    // (With -t, nginx tests and signals nothing.)
+    if let Some(sig) = args.signal.as_ref().filter(|_| !args.test) {
         // nginx's ngx_signal_process says so first (into the log, like any notice).
         log::error(Level::Notice, "signal process started", None);
         return match process::send_signal(cycle.core.pid.get().as_str(), sig) {
@@ -268,15 +274,16 @@ fn run() -> i32 {
     // still echoed to stderr), as nginx's cycle log once ngx_init_cycle has opened it.
     log::set_main(cycle.error_log.clone());
     if args.test {
-        // nginx -t binds the listening sockets too (an address in use is no error).
-        for l in &cycle.listening {
+        // nginx -t binds the listening sockets too (an address in use is no error);
+        // with -s its cycle stops before any of that.
+        for l in cycle.listening.iter().filter(|_| !opts.signaller) {
             if let Err(e) = sluice::core::conn::test_bind(&l.addr, &l.opts) {
                 log::error(Level::Emerg, &format!("bind() to {} failed", l.addr), Some(&e));
                 log::stderr(&format!("configuration file {} test failed", conf_file));
                 return 1;
             }
         }
-        if let Some(w) = cycle.core.nofile_warning() {
+        if let Some(w) = cycle.core.nofile_warning().filter(|_| !opts.signaller) {
             log::error(Level::Warn, &w, None);
         }
         if !args.quiet {

@@ -473,3 +473,83 @@ fn worker_connections_beyond_the_nofile_limit_warn() {
     assert!(!text(&out.stderr).contains("exceed open file"), "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Command-line combinations as nginx 1.22.1 handles them (side by side): `-v` with
+/// `-t` shows the version and still tests; `-t` with `-s` tests only (no signal, no pid
+/// file); an `-e` that cannot be opened leaves the log on stderr in the log's own
+/// format; `-e ""` is stderr; a signaller never opens the configuration's files, so an
+/// unopenable `-e` does not stop `-s`; the pid file is read as nginx reads it; a
+/// module loaded twice is refused.
+#[test]
+fn command_line_combinations_as_nginx() {
+    let tmp = TempDir::new("cli-combos");
+    let dir = dir_of(&tmp);
+    let port = free_port();
+    let conf = |extra: &str| {
+        format!("{extra}pid {dir}/x.pid;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{port}; return x; }} }}\n")
+    };
+    std::fs::write(tmp.join("good.conf"), conf("")).expect("conf");
+    std::fs::write(tmp.join("bad.conf"), conf("frob;\n")).expect("conf");
+    let args = |c: &str, more: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+        v.extend(["-p".to_string(), format!("{dir}/"), "-c".to_string(), format!("{dir}/{c}")]);
+        v
+    };
+
+    // -v -t: the version, then the test (which fails here).
+    let out = sluice(&args("bad.conf", &["-v", "-t", "-e", "stderr"]), &tmp);
+    let e = text(&out.stderr);
+    assert!(e.starts_with("nginx version: nginx/"), "{e}");
+    assert!(e.contains("unknown directive \"frob\""), "{e}");
+    assert_eq!(out.status.code(), Some(1), "{e}");
+
+    // -t -s stop: a test, no signal, no pid file made.
+    let out = sluice(&args("good.conf", &["-t", "-s", "stop", "-e", "stderr"]), &tmp);
+    let e = text(&out.stderr);
+    assert!(e.contains("test is successful") && !e.contains("signal process"), "{e}");
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(!tmp.join("x.pid").exists(), "-t -s made the pid file");
+
+    // An -e that cannot be opened: the alert, then log lines on stderr.
+    let out = sluice(&args("bad.conf", &["-t", "-e", "/nonexistent/x/e.log"]), &tmp);
+    let e = text(&out.stderr);
+    let lines: Vec<&str> = e.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("sluice: [alert] could not open error log file")), "{e}");
+    let emerg = lines.iter().find(|l| l.contains("unknown directive")).copied().unwrap_or("");
+    assert!(emerg.contains(" [emerg] ") && emerg.starts_with("20") && !emerg.starts_with("sluice:"), "{e}");
+    assert_eq!(out.status.code(), Some(1));
+
+    // -e "" is stderr.
+    let out = sluice(&args("good.conf", &["-t", "-e", ""]), &tmp);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // -s with an -e that cannot be opened still signals (a process of our own).
+    let mut victim = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::fs::write(tmp.join("x.pid"), format!("{}\n", victim.id())).expect("pid");
+    let out = sluice(&args("good.conf", &["-s", "stop", "-e", "/nonexistent/x/e.log"]), &tmp);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let st = (0..200).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        victim.try_wait().ok().flatten()
+    });
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(st.is_some(), "the signal was not sent: {}", text(&out.stderr));
+
+    // The pid file as nginx reads it: digits only; a directory cannot be read.
+    std::fs::write(tmp.join("x.pid"), "+123\n").expect("pid");
+    let out = sluice(&args("good.conf", &["-s", "stop", "-e", "stderr"]), &tmp);
+    assert!(text(&out.stderr).contains("invalid PID number \"+123\""), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_file(tmp.join("x.pid")).expect("rm");
+    std::fs::create_dir(tmp.join("x.pid")).expect("mkdir");
+    let out = sluice(&args("good.conf", &["-s", "stop", "-e", "stderr"]), &tmp);
+    let e = text(&out.stderr);
+    assert!(e.contains("[crit]") && e.contains("pread() \"") && e.contains("(21: Is a directory)"), "{e}");
+
+    // The stream module loaded twice.
+    std::fs::write(tmp.join("twice.conf"), conf(&format!("{LOAD_MODULE}\n{LOAD_MODULE}\n"))).expect("conf");
+    let out = sluice(&args("twice.conf", &["-t", "-e", "stderr"]), &tmp);
+    let e = text(&out.stderr);
+    assert!(e.contains("module \"ngx_stream_module\" is already loaded in ") && e.contains("twice.conf:2"), "{e}");
+}

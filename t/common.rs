@@ -62,6 +62,7 @@ pub fn load_cycle(dir: &TempDir, text: &str) -> sluice::stream::cycle::Cycle {
         error_log: None,
         globals: String::new(),
         test: false,
+        signaller: false,
     };
     load(&opts).unwrap_or_else(|e| panic!("{:?}", e.error))
 }

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         error_log: Some(format!("{prefix}logs/error.log")),
         globals: String::new(),
         test: true,
+        signaller: false,
     };
     let _ = load(&opts);
 });

@@ -40,6 +40,8 @@ pub struct MainConf {
     /// Directives accepted for compatibility that were given (each once, as nginx's
     /// slots), and the `thread_pool` names.
     pub compat_seen: Vec<String>,
+    /// Modules `load_module` named (they are built in; a second load is refused).
+    pub modules: Vec<String>,
     pub thread_pools: Vec<String>,
 }
 
@@ -254,9 +256,16 @@ fn user(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
 
 /// `load_module`: sluice has its modules built in, so a module that exists is accepted
 /// without a word (as nginx loads it silently); one that does not is nginx's dlopen error.
-fn load_module(_: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
+fn load_module(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
     let path = p.full_name(cmd.arg(0));
     if std::path::Path::new(&path).exists() {
+        // nginx's ngx_add_module refuses a module loaded before (in -g or the file); the
+        // module is named as its file is (ngx_stream_module.so holds ngx_stream_module).
+        let name = path.rsplit('/').next().unwrap_or("").trim_end_matches(".so").to_string();
+        if c.modules.contains(&name) {
+            return Err(cmd.err(format!("module \"{}\" is already loaded", name)));
+        }
+        c.modules.push(name);
         return Ok(());
     }
     Err(cmd.err(format!(

@@ -405,14 +405,32 @@ pub fn send_signal(pid_path: &str, name: &str) -> Result<(), String> {
         "reload" => libc::SIGHUP,
         _ => return Err(format!("invalid option: \"-s {}\"", name)),
     };
-    let text = std::fs::read_to_string(pid_path)
+    // nginx's ngx_signal_process: open, read at most 22 bytes (the longest number and a
+    // newline), drop the trailing newlines, and read digits only.
+    let mut f = std::fs::File::open(pid_path)
         .map_err(|e| format!("[error] open() \"{}\" failed {}", pid_path, crate::core::conf::os_err(&e)))?;
-    let t = text.trim_end_matches(['\n', '\r']);
-    let pid: libc::pid_t = t
-        .parse()
+    let mut buf = [0u8; 22];
+    let mut n = 0;
+    while n < buf.len() {
+        match io::Read::read(&mut f, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("[crit] pread() \"{}\" failed {}", pid_path, crate::core::conf::os_err(&e))),
+        }
+    }
+    let mut t = &buf[..n];
+    while let [rest @ .., b'\n' | b'\r'] = t {
+        t = rest;
+    }
+    // (A pid of 0 or one that does not fit is refused: nginx would signal its own
+    // process group, or a truncated number.)
+    let pid: libc::pid_t = std::str::from_utf8(t)
         .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("[error] invalid PID number \"{}\" in \"{}\"", t, pid_path))?;
+        .ok_or_else(|| format!("[error] invalid PID number \"{}\" in \"{}\"", String::from_utf8_lossy(t), pid_path))?;
     // SAFETY: kill(2) with a parsed pid and a valid signal number.
     if unsafe { libc::kill(pid, sig) } != 0 {
         let e = io::Error::last_os_error();

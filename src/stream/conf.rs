@@ -34,6 +34,9 @@ pub struct LoadOptions {
     pub globals: String,
     /// `-t`/`-T`: check only (the pid file is opened, not written, as nginx does).
     pub test: bool,
+    /// `-s`: only read and check the configuration, as nginx's signaller (its
+    /// `ngx_init_cycle` stops before opening files, shared memory and sockets).
+    pub signaller: bool,
 }
 
 /// What directive setters see while the configuration is read.
@@ -292,7 +295,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
             conns, sockets
         ))));
     }
-    if opts.test && pid_given {
+    if opts.test && pid_given && !opts.signaller {
         // nginx -t creates (or opens) the pid file, without truncating or writing it.
         // (Only a `pid` the configuration names: nginx's default is /run/nginx.pid,
         // which exists; sluice's default under the prefix often does not, yet.)
@@ -311,6 +314,9 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         if let Some(l) = logs.get(specs) {
             return Ok(l.clone());
         }
+        if opts.signaller {
+            return Ok(Rc::new(ErrorLog::none()));
+        }
         let l = Rc::new(ErrorLog::open(specs).map_err(|(path, e)| {
             late(ConfError::bare(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e))))
         })?);
@@ -328,7 +334,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         let log = open_log(&specs)?;
         servers.push(Rc::new(Server { confs: p.confs, error_log: log, handler: p.handler }));
     }
-    for f in &cx.open_files {
+    for f in cx.open_files.iter().filter(|_| !opts.signaller) {
         if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(&f.path) {
             return Err(late(ConfError::bare(format!(
                 "open() \"{}\" failed {}",
@@ -340,7 +346,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
     let mut zones = Vec::new();
     let generation = rand::random::<u64>();
-    for (name, size, tag) in &cx.zones {
+    for (name, size, tag) in cx.zones.iter().filter(|_| !opts.signaller) {
         let Some(size) = *size else {
             return Err(late(ConfError::bare(format!("zero size shared memory zone \"{}\"", name))));
         };
