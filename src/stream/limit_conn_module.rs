@@ -2,9 +2,10 @@
 //! `limit_conn_log_level`, `limit_conn_dry_run`, `$limit_conn_status`; preaccess phase.
 //!
 //! The counts live in the zone's shared memory, so every worker sees them: a hash table
-//! of entries (key, count) in fixed 64-byte chunks, bounded by the zone's size. A key
-//! that finds no room is refused as nginx refuses it when its slab allocator is out of
-//! memory. A session's counts are released when it ends (a session cleanup).
+//! of entries (key, count) in fixed 64-byte chunks. Whether a new key fits is decided by
+//! an account of the pages nginx's slab allocator would use for the same zone (`Slab`),
+//! so a zone holds the keys nginx's would; one that does not fit is refused as nginx
+//! refuses it. A session's counts are released when it ends (a session cleanup).
 
 use std::rc::Rc;
 
@@ -188,7 +189,7 @@ struct Held {
 
 impl Held {
     fn release(self) {
-        Table::with(&self.shm, |t| t.release(self.entry));
+        Table::with(&self.shm, 0, |t| t.release(self.entry));
     }
 }
 
@@ -256,7 +257,7 @@ fn check_limits(s: &mut SessionCore, key: &mut Vec<u8>) -> Flow {
         }
         s.limit_conn_status = PASSED;
         let hash = crc32fast::hash(key);
-        let got = Table::with(&shm, |t| t.acquire(hash, key, limit.conn)).unwrap_or(Acquire::Full);
+        let got = Table::with(&shm, zone.name.len(), |t| t.acquire(hash, key, limit.conn)).unwrap_or(Acquire::Full);
         let entry = match got {
             Acquire::Held(e) => e,
             Acquire::Limited | Acquire::Full => {
@@ -294,6 +295,177 @@ struct Table<'a> {
     b: &'a mut [u8],
     nbuckets: u32,
     nchunks: u32,
+    /// nginx's page accounting for the same zone: what decides whether a key fits.
+    slab: Slab<'a>,
+}
+
+/// How much of a zone nginx's slab allocator would have used (`ngx_slab_init`,
+/// `ngx_slab_alloc`, `ngx_slab_free` on x86-64 with 4 KiB pages): the keys a zone holds
+/// are those nginx's would, whatever the table's own layout. A zone of SIZE bytes has a
+/// number of pages; each size class (8 bytes to 2 KiB, powers of two) takes whole pages
+/// and carves them into chunks; a page with room is used before a new one, one that
+/// empties goes back. The zone's own state and its log text take the first chunks
+/// (`ngx_stream_limit_conn_init_zone`), a key `36 + key length` bytes.
+struct Slab<'a> {
+    b: &'a mut [u8],
+    pages: u32,
+}
+
+const PAGE: usize = 4096;
+/// Bytes before the pages' descriptors: `ngx_slab_pool_t`, then the 9 slots and their
+/// statistics.
+const SLAB_HEAD: usize = 200 + 9 * (24 + 32);
+/// Bytes of one page's descriptor (`ngx_slab_page_t`).
+const SLAB_DESC: usize = 24;
+/// Our accounting: free pages, the free-page stack, a list head per size class (shift
+/// 3..=11), then per page: shift (u8), used chunks (u16 at +2), next and prev (+4, +8).
+const S_FREE: usize = 0;
+const S_STACK: usize = 4;
+const S_HEADS: usize = 8;
+const S_PAGES: usize = S_HEADS + 9 * 4;
+const S_REC: usize = 12;
+/// `sizeof(ngx_stream_limit_conn_shctx_t)` and the `offsetof`s before a key's bytes.
+const SHCTX: usize = 64;
+const NODE: usize = 36;
+
+/// Pages in a zone of `size` bytes, as `ngx_slab_init` counts them.
+fn slab_pages(size: usize) -> u32 {
+    let pages = size.saturating_sub(SLAB_HEAD) / (PAGE + SLAB_DESC);
+    let start = (SLAB_HEAD + pages * SLAB_DESC).div_ceil(PAGE) * PAGE;
+    pages.min(size.saturating_sub(start) / PAGE) as u32
+}
+
+/// The size class (shift) of an allocation, and the chunks a page of it holds (a small
+/// class keeps its bitmap in its first chunks).
+fn slab_class(size: usize) -> (u8, u16) {
+    let shift = (usize::BITS - size.saturating_sub(1).leading_zeros()).max(3) as u8;
+    let n = (PAGE >> shift) as u16;
+    let chunks = match shift {
+        3..=5 => {
+            let map_bytes = (PAGE >> shift) / 64 * 8;
+            n - (map_bytes >> shift).max(1) as u16
+        }
+        _ => n,
+    };
+    (shift, chunks)
+}
+
+impl Slab<'_> {
+    fn len_for(pages: u32) -> usize {
+        S_PAGES + pages as usize * S_REC
+    }
+
+    fn rec(&self, page: u32) -> usize {
+        S_PAGES + page as usize * S_REC
+    }
+
+    fn init(&mut self, name_len: usize) -> Option<()> {
+        self.b.fill(0);
+        put_u32(self.b, S_FREE, self.pages)?;
+        for p in 0..self.pages {
+            let at = self.rec(p);
+            put_u32(self.b, at + 4, if p + 1 < self.pages { p + 2 } else { 0 })?;
+        }
+        put_u32(self.b, S_STACK, u32::from(self.pages > 0))?;
+        self.alloc(SHCTX)?;
+        // sizeof(" in limit_conn_zone \"\"") with its NUL, and the name.
+        self.alloc(22 + name_len)?;
+        Some(())
+    }
+
+    fn used(&self, page: u32) -> Option<u16> {
+        let at = self.rec(page) + 2;
+        let s = self.b.get(at..at + 2)?;
+        Some(u16::from_le_bytes([s[0], s[1]]))
+    }
+
+    fn set_used(&mut self, page: u32, n: u16) -> Option<()> {
+        let at = self.rec(page) + 2;
+        self.b.get_mut(at..at + 2)?.copy_from_slice(&n.to_le_bytes());
+        Some(())
+    }
+
+    fn head_at(shift: u8) -> usize {
+        S_HEADS + 4 * (shift as usize - 3)
+    }
+
+    fn push_head(&mut self, shift: u8, page: u32) -> Option<()> {
+        let h = Self::head_at(shift);
+        let old = get_u32(self.b, h)?;
+        let at = self.rec(page);
+        put_u32(self.b, at + 4, old)?;
+        put_u32(self.b, at + 8, 0)?;
+        if old != 0 {
+            let o = self.rec(old - 1);
+            put_u32(self.b, o + 8, page + 1)?;
+        }
+        put_u32(self.b, h, page + 1)
+    }
+
+    fn unlink(&mut self, shift: u8, page: u32) -> Option<()> {
+        let at = self.rec(page);
+        let (next, prev) = (get_u32(self.b, at + 4)?, get_u32(self.b, at + 8)?);
+        if prev == 0 {
+            put_u32(self.b, Self::head_at(shift), next)?;
+        } else {
+            let p = self.rec(prev - 1);
+            put_u32(self.b, p + 4, next)?;
+        }
+        if next != 0 {
+            let n = self.rec(next - 1);
+            put_u32(self.b, n + 8, prev)?;
+        }
+        Some(())
+    }
+
+    /// A chunk for `size` bytes: the page it is on, or None when nginx's would fail.
+    fn alloc(&mut self, size: usize) -> Option<u32> {
+        let (shift, chunks) = slab_class(size);
+        let head = get_u32(self.b, Self::head_at(shift))?;
+        let page = if head != 0 {
+            head - 1
+        } else {
+            let top = get_u32(self.b, S_STACK)?;
+            if top == 0 {
+                return None;
+            }
+            let page = top - 1;
+            let at = self.rec(page);
+            put_u32(self.b, S_STACK, get_u32(self.b, at + 4)?)?;
+            put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)?.saturating_sub(1))?;
+            *self.b.get_mut(at)? = shift;
+            self.set_used(page, 0)?;
+            self.push_head(shift, page)?;
+            page
+        };
+        let used = self.used(page)? + 1;
+        self.set_used(page, used)?;
+        if used >= chunks {
+            self.unlink(shift, page)?;
+        }
+        Some(page)
+    }
+
+    fn free(&mut self, page: u32) -> Option<()> {
+        let at = self.rec(page);
+        let shift = *self.b.get(at)?;
+        let (_, chunks) = slab_class(1 << shift);
+        let used = self.used(page)?;
+        if used == 0 {
+            return None;
+        }
+        self.set_used(page, used - 1)?;
+        if used == chunks {
+            self.push_head(shift, page)?;
+        }
+        if used == 1 {
+            self.unlink(shift, page)?;
+            put_u32(self.b, at + 4, get_u32(self.b, S_STACK)?)?;
+            put_u32(self.b, S_STACK, page + 1)?;
+            put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)? + 1)?;
+        }
+        Some(())
+    }
 }
 
 /// Where the table starts in the zone: the lock word is at 0.
@@ -342,11 +514,12 @@ fn chunks_for(len: usize) -> usize {
     1 + len.saturating_sub(HEAD_KEY).div_ceil(MORE_KEY)
 }
 
-/// Buckets and chunks for a region of `len` bytes: a bucket per two chunks, or so.
+/// Buckets and chunks for a region of `len` bytes: a bucket per 8 to 16 chunks (the
+/// table must hold at least as many keys as nginx's slab allocator would).
 fn geometry(len: usize) -> (u32, u32) {
     let avail = len.saturating_sub(HDR);
     let mut nb = 1usize;
-    while nb * 2 * (2 * CHUNK) <= avail {
+    while nb * 2 * (8 * CHUNK) <= avail {
         nb *= 2;
     }
     let start = (HDR + 4 * nb).div_ceil(CHUNK) * CHUNK;
@@ -357,23 +530,32 @@ fn geometry(len: usize) -> (u32, u32) {
 impl<'a> Table<'a> {
     /// Run `f` on the zone's table under the zone's lock; the table is laid out on first
     /// use (the zone starts zeroed).
-    fn with<R>(shm: &Shm, f: impl FnOnce(&mut Table<'_>) -> Option<R>) -> Option<R> {
+    /// `name_len` is the zone name's length (for nginx's accounting, on first use).
+    fn with<R>(shm: &Shm, name_len: usize, f: impl FnOnce(&mut Table<'_>) -> Option<R>) -> Option<R> {
         let lock = shm.lock_at(0)?;
         let _g = SpinGuard::lock(lock);
-        let b = shm.bytes(REGION, shm.len().checked_sub(REGION)?)?;
-        let mut t = Table::open(b)?;
+        let size = shm.len();
+        let b = shm.bytes(REGION, size.checked_sub(REGION)?)?;
+        let mut t = Table::open(b, size, name_len)?;
         f(&mut t)
     }
 
-    fn open(b: &'a mut [u8]) -> Option<Table<'a>> {
+    /// The table in `b`, the bytes of a zone of `size`; nginx's page accounting at
+    /// its end.
+    fn open(b: &'a mut [u8], size: usize, name_len: usize) -> Option<Table<'a>> {
+        let pages = slab_pages(size);
+        let at = b.len().checked_sub(Slab::len_for(pages))?;
+        let (b, s) = b.split_at_mut(at);
+        let mut slab = Slab { b: s, pages };
         let (nbuckets, nchunks) = geometry(b.len());
         if get_u32(b, H_MAGIC)? != MAGIC || get_u32(b, H_NBUCKETS)? != nbuckets || get_u32(b, H_NCHUNKS)? != nchunks {
             b.get_mut(..HDR + 4 * nbuckets as usize)?.fill(0);
             put_u32(b, H_MAGIC, MAGIC)?;
             put_u32(b, H_NBUCKETS, nbuckets)?;
             put_u32(b, H_NCHUNKS, nchunks)?;
+            slab.init(name_len)?;
         }
-        Some(Table { b, nbuckets, nchunks })
+        Some(Table { b, nbuckets, nchunks, slab })
     }
 
     fn bucket_at(&self, hash: u32) -> usize {
@@ -390,7 +572,7 @@ impl<'a> Table<'a> {
     }
 
     fn key_eq(&self, at: usize, key: &[u8]) -> Option<bool> {
-        if get_u32(self.b, at + E_LEN)? as usize != key.len() {
+        if (get_u32(self.b, at + E_LEN)? & 0xff) as usize != key.len() {
             return Some(false);
         }
         let n = key.len().min(HEAD_KEY);
@@ -457,6 +639,8 @@ impl<'a> Table<'a> {
             put_u32(self.b, at + E_CONN, conn + 1)?;
             return Some(Acquire::Held(link));
         }
+        // Room as nginx's slab allocator would find it, then the table's chunks.
+        let Some(page) = self.slab.alloc(NODE + key.len()) else { return Some(Acquire::Full) };
         // A key of at most MAX_KEY bytes takes at most this many chunks.
         let mut links = [0u32; 1 + (MAX_KEY - HEAD_KEY).div_ceil(MORE_KEY)];
         let n = chunks_for(key.len());
@@ -467,6 +651,7 @@ impl<'a> Table<'a> {
                     for &l in &links[..i] {
                         self.free(l)?;
                     }
+                    self.slab.free(page)?;
                     return Some(Acquire::Full);
                 }
             }
@@ -478,7 +663,8 @@ impl<'a> Table<'a> {
         put_u32(self.b, at + E_NEXT, get_u32(self.b, bucket)?)?;
         put_u32(self.b, at + E_HASH, hash)?;
         put_u32(self.b, at + E_CONN, 1)?;
-        put_u32(self.b, at + E_LEN, key.len() as u32)?;
+        // The key's length (at most 255), and the nginx page its node would be on.
+        put_u32(self.b, at + E_LEN, key.len() as u32 | page << 8)?;
         let n = key.len().min(HEAD_KEY);
         self.b.get_mut(at + E_KEY..at + E_KEY + n)?.copy_from_slice(&key[..n]);
         let mut rest = &key[n..];
@@ -519,7 +705,8 @@ impl<'a> Table<'a> {
             }
         }
         put_u32(self.b, prev_field, next)?;
-        let len = get_u32(self.b, at + E_LEN)? as usize;
+        let packed = get_u32(self.b, at + E_LEN)?;
+        let len = (packed & 0xff) as usize;
         let mut l = link;
         for _ in 0..chunks_for(len) {
             let c = self.chunk(l)?;
@@ -527,7 +714,7 @@ impl<'a> Table<'a> {
             self.free(l)?;
             l = more;
         }
-        Some(())
+        self.slab.free(packed >> 8)
     }
 
     #[cfg(test)]
@@ -547,7 +734,56 @@ mod tests {
     use super::*;
 
     fn table(buf: &mut [u8]) -> Table<'_> {
-        Table::open(buf).unwrap()
+        Table::open(buf, MIN_ZONE, 1).unwrap()
+    }
+
+    /// Distinct keys of `len` bytes that fit in a zone of `size` named with `name_len`
+    /// bytes.
+    fn capacity(size: usize, name_len: usize, len: usize) -> usize {
+        let mut buf = vec![0u8; size - REGION];
+        let mut t = Table::open(&mut buf, size, name_len).unwrap();
+        let mut n = 0usize;
+        loop {
+            let mut k = vec![b'k'; len];
+            k[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            match t.acquire(crc32fast::hash(&k), &k, 1).unwrap() {
+                Acquire::Held(_) => n += 1,
+                Acquire::Full => return n,
+                Acquire::Limited => panic!("limited"),
+            }
+        }
+    }
+
+    #[test]
+    fn holds_the_keys_nginx_slab_holds() {
+        // Measured side by side with nginx 1.22.1 (32k and 64k zones).
+        assert_eq!(slab_pages(MIN_ZONE), 7);
+        for (len, want) in [(9, 383), (59, 160), (129, 80), (209, 80), (254, 40)] {
+            assert_eq!(capacity(MIN_ZONE, 1, len), want, "{len}-byte keys, 32k zone");
+        }
+        assert_eq!(capacity(MIN_ZONE, 20, 209), 96, "a long zone name shares the state's page");
+        assert_eq!(capacity(2 * MIN_ZONE, 1, 129), 208);
+        assert_eq!(capacity(2 * MIN_ZONE, 1, 254), 104);
+        // A big zone still holds what nginx's would (16k short keys in 1 MB).
+        assert!(capacity(1 << 20, 1, 9) > 16_000);
+    }
+
+    #[test]
+    fn freed_keys_give_their_room_back() {
+        let mut buf = vec![0u8; MIN_ZONE - REGION];
+        let mut t = Table::open(&mut buf, MIN_ZONE, 1).unwrap();
+        let key = |i: u32| [i.to_le_bytes(), [7; 4]].concat();
+        let held: Vec<u32> = (0..40)
+            .map(|i| match t.acquire(crc32fast::hash(&key(i)), &key(i), 1) {
+                Some(Acquire::Held(e)) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for e in held {
+            t.release(e).unwrap();
+        }
+        assert_eq!(t.used(), 0);
+        assert_eq!(get_u32(t.slab.b, S_FREE), Some(5), "the pages the keys took are free again");
     }
 
     #[test]
@@ -594,7 +830,8 @@ mod tests {
     fn full_zone_refuses_and_recovers() {
         let mut buf = vec![0u8; MIN_ZONE - REGION];
         let mut t = table(&mut buf);
-        let n = t.nchunks;
+        // 4-byte keys: 40-byte nodes in 64-byte chunks, as nginx's zone holds them.
+        let n = 383u32;
         let mut held = Vec::new();
         for i in 0..n {
             let k = i.to_le_bytes();
@@ -606,10 +843,12 @@ mod tests {
         let k = u32::MAX.to_le_bytes();
         assert_eq!(t.acquire(crc32fast::hash(&k), &k, 1), Some(Acquire::Full));
         let long = [1u8; 200];
+        let used = t.used();
         t.release(held[0]).unwrap();
-        // One chunk free: a long key still does not fit, and takes nothing.
+        // One 64-byte chunk free: a long key (a 256-byte class) still does not fit, and
+        // takes nothing.
         assert_eq!(t.acquire(1, &long, 1), Some(Acquire::Full));
-        assert_eq!(t.used(), n - 1);
+        assert_eq!(t.used(), used - 1);
         for e in held.into_iter().skip(1) {
             t.release(e).unwrap();
         }
