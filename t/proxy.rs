@@ -815,6 +815,38 @@ const ERROR_REFUSED_THEN_DISABLED: &str = "%%TIME%% [info] %%PID%%#%%PID%%: *%%C
 /// the session goes on to the second, the variables list both attempts, and the failed
 /// server is then skipped (max_fails=1, fail_timeout=10s); with `proxy_next_upstream off`
 /// the session ends with 502 after the first attempt.
+/// After a refused first peer, the next peer's greeting reaches the client at once: the
+/// failed socket's hang-up must not carry over to the next connection (it made sluice
+/// hold the greeting back, as if the peer's end of file were in, for ~200 ms).
+#[test]
+fn greeting_after_a_refused_peer_is_not_held_back() {
+    let closed = closed_port();
+    let greeter = backend_with(|mut c| {
+        let _ = c.write_all(b"220 hello\n");
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = read_all(&mut c);
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{ upstream u {{ server 127.0.0.1:{closed} max_fails=0; server 127.0.0.1:{greeter}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}\n"
+    ));
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let t = Instant::now();
+        let mut c = connect(p);
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut buf = [0u8; 32];
+        let n = c.read(&mut buf).expect("greeting");
+        assert_eq!(&buf[..n], b"220 hello\n");
+        waits.push(t.elapsed());
+    }
+    waits.sort();
+    // Round robin: half of these went through the refused peer first.
+    assert!(waits[3] < Duration::from_millis(100), "greetings held back: {waits:?}");
+    assert_eq!(s.stop(), Some(0));
+}
+
 #[test]
 fn next_upstream_after_refused() {
     let closed = closed_port();

@@ -823,6 +823,8 @@ impl ProxySession {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
             if retry {
                 let _ = u.deregister(cx.registry);
+                // A hang-up seen on the failed socket says nothing of the next one.
+                self.up.greedy = false;
             }
         }
         if let Some(slot) = self.udp_slot.take() {

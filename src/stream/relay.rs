@@ -228,7 +228,7 @@ impl Direction {
                     out.read_returned = true;
                     self.eof = true;
                 }
-                Ok(n) => {
+                Ok(mut n) => {
                     out.read_returned = true;
                     out.read += n as u64;
                     out.last_read = n as u64;
@@ -236,10 +236,31 @@ impl Direction {
                     if let Some(l) = limit.as_mut() {
                         *l -= n.min(*l);
                     }
-                    // A short read after the peer's end of file was seen is the last
-                    // one: its bytes and the end of file (which the session passes on
-                    // at once) can share a segment, as nginx's two would not.
-                    let last = self.greedy && n < max && b.limit.is_none();
+                    // After the peer's hang-up a short read is followed by the read that
+                    // finds the end of file: made before writing, it lets the last bytes
+                    // and the end of file (which the session passes on at once) share a
+                    // segment (MSG_MORE), where nginx sends two. Only a sure end of file
+                    // corks.
+                    let mut last = false;
+                    if self.greedy && n < max && b.limit.is_none() {
+                        match src.read(&mut scratch[n..max]) {
+                            Ok(0) => {
+                                self.eof = true;
+                                last = true;
+                            }
+                            Ok(k) => {
+                                out.read += k as u64;
+                                out.last_read = k as u64;
+                                n += k;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.src_ready = false,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                out.read_error = Some(e);
+                                self.eof = true;
+                            }
+                        }
+                    }
                     self.corked |= last;
                     let wrote = if last { dst.write_more(&scratch[..n]) } else { dst.write(&scratch[..n]) };
                     let w = match wrote {
