@@ -332,8 +332,11 @@ const NODE: usize = 36;
 fn slab_pages(size: usize) -> u32 {
     let pages = size.saturating_sub(SLAB_HEAD) / (PAGE + SLAB_DESC);
     let start = (SLAB_HEAD + pages * SLAB_DESC).div_ceil(PAGE) * PAGE;
-    pages.min(size.saturating_sub(start) / PAGE) as u32
+    // (Page numbers are kept in 24 bits of an entry: 64 GB of zone.)
+    pages.min(size.saturating_sub(start) / PAGE).min(MAX_PAGES) as u32
 }
+
+const MAX_PAGES: usize = 1 << 24;
 
 /// The size class (shift) of an allocation, and the chunks a page of it holds (a small
 /// class keeps its bitmap in its first chunks).
@@ -368,9 +371,27 @@ impl Slab<'_> {
         }
         put_u32(self.b, S_STACK, u32::from(self.pages > 0))?;
         self.alloc(SHCTX)?;
-        // sizeof(" in limit_conn_zone \"\"") with its NUL, and the name.
-        self.alloc(22 + name_len)?;
+        // sizeof(" in limit_conn_zone \"\"") with its NUL, and the name; longer than
+        // half a page (a name of 2 KB) it takes whole pages (ngx_slab_alloc_pages).
+        let log_ctx = 22 + name_len;
+        if log_ctx > PAGE / 2 {
+            for _ in 0..log_ctx.div_ceil(PAGE) {
+                self.take_page()?;
+            }
+        } else {
+            self.alloc(log_ctx)?;
+        }
         Some(())
+    }
+
+    /// A page off the free stack, for good.
+    fn take_page(&mut self) -> Option<u32> {
+        let top = get_u32(self.b, S_STACK)?;
+        let page = top.checked_sub(1)?;
+        let at = self.rec(page);
+        put_u32(self.b, S_STACK, get_u32(self.b, at + 4)?)?;
+        put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)?.saturating_sub(1))?;
+        Some(page)
     }
 
     fn used(&self, page: u32) -> Option<u16> {
@@ -425,14 +446,8 @@ impl Slab<'_> {
         let page = if head != 0 {
             head - 1
         } else {
-            let top = get_u32(self.b, S_STACK)?;
-            if top == 0 {
-                return None;
-            }
-            let page = top - 1;
+            let page = self.take_page()?;
             let at = self.rec(page);
-            put_u32(self.b, S_STACK, get_u32(self.b, at + 4)?)?;
-            put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)?.saturating_sub(1))?;
             *self.b.get_mut(at)? = shift;
             self.set_used(page, 0)?;
             self.push_head(shift, page)?;
@@ -762,6 +777,7 @@ mod tests {
             assert_eq!(capacity(MIN_ZONE, 1, len), want, "{len}-byte keys, 32k zone");
         }
         assert_eq!(capacity(MIN_ZONE, 20, 209), 96, "a long zone name shares the state's page");
+        assert_eq!(capacity(MIN_ZONE, 3000, 209), 80, "a 3000-byte name takes a whole page (as nginx: 80)");
         assert_eq!(capacity(2 * MIN_ZONE, 1, 129), 208);
         assert_eq!(capacity(2 * MIN_ZONE, 1, 254), 104);
         // A big zone still holds what nginx's would (16k short keys in 1 MB).
