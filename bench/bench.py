@@ -44,7 +44,12 @@ SECTION = "## Side-by-side: sluice vs nginx vs HAProxy (issue 4)"
 CPU_PROXY = 0
 CPU_LOAD = 1
 ALL_PROXIES = ["sluice", "nginx", "haproxy", "haproxy-splice"]
-ALL_SCENARIOS = ["bulk1", "bulk4", "short", "short2w", "keepalive", "idle", "dns", "dnslb", "syscalls"]
+ALL_SCENARIOS = ["bulk1", "bulk4", "short", "short2w", "keepalive", "short-sliced", "keepalive-sliced",
+                 "idle", "dns", "dnslb", "syscalls"]
+# short and keepalive again, but with every proxy running at once and the load switching
+# between them every SLICE_S seconds (see sliced() in main)
+SLICED = {"short-sliced": True, "keepalive-sliced": False}  # scenario -> Connection: close
+SLICE_S = 1
 # UDP scenarios (HAProxy has no UDP proxying) and their dnsperf load: (clients, outstanding).
 # dns: 4 client sockets keep 100 queries in flight, so each client address is one long
 # session; dnslb: DNS load balancing as deployed (`proxy_responses 1`), 64 clients with one
@@ -718,9 +723,10 @@ def m_bulk(ctx, proxy, streams):
                 user=u, sys=s, bytes=r["bytes"], stalled=bool(r["zero_intervals"])), problem
 
 
-def m_wrk(ctx, proxy, close):
-    d = ctx.args.duration
-    wrk(ctx.work, proxy.pp["http"], 1, close)  # warm-up, not measured
+def m_wrk(ctx, proxy, close, seconds=None, warm=True):
+    d = seconds or ctx.args.duration
+    if warm:
+        wrk(ctx.work, proxy.pp["http"], 1, close)  # warm-up, not measured
     res, u, s, extra = measure_cpu(proxy, lambda: wrk(ctx.work, proxy.pp["http"], d, close))
     r, err = res
     if r is None:
@@ -739,6 +745,28 @@ def m_wrk(ctx, proxy, close):
     if errs:
         problem = f"wrk errors {out['err_detail']} in {r['requests']} requests"
     return out, problem
+
+
+def merge_slices(vs, close):
+    """One figure per proxy from its slices of a sliced scenario: CPU and rates from the
+    sums (so every request weighs the same), latencies as the median of the slices'."""
+    n = sum(v["requests"] for v in vs)
+    secs = sum(v["requests"] / v["rate"] for v in vs if v["rate"])
+    u, k = sum(v["user"] for v in vs), sum(v["sys"] for v in vs)
+    out = {"slices": len(vs), "requests": n, "rate": n / secs if secs else None, "user": u, "sys": k,
+           "wall": sum(v["wall"] for v in vs), "errors": sum(v["errors"] for v in vs),
+           "ksoftirqd0": statistics.mean(v["ksoftirqd0"] for v in vs)}
+    for key in ("cpu0_other", "cpu1_other", "cpu0_busy", "cpu1_busy"):
+        xs = [v[key] for v in vs if key in v]
+        if xs:
+            out[key] = statistics.mean(xs)
+    if close:
+        out["cpu_s_per_10k"] = (u + k) / (n / 1e4) if n else None
+    else:
+        out["cpu_us_per_req"] = (u + k) / n * 1e6 if n else None
+        out["p50_ms"] = statistics.median(v["p50_ms"] for v in vs)
+        out["p99_ms"] = statistics.median(v["p99_ms"] for v in vs)
+    return out
 
 
 def m_idle(ctx, proxy):
@@ -824,6 +852,8 @@ SCENARIO_TITLES = {
     "short": f"short connections (wrk -c{WRK_CONNS}, Connection: close)",
     "short2w": f"short connections, 2 workers (wrk -c{WRK_CONNS}, Connection: close, proxy unpinned)",
     "keepalive": f"keep-alive (wrk -c{WRK_CONNS})",
+    "short-sliced": f"short connections, in {SLICE_S} s slices alternating between the proxies",
+    "keepalive-sliced": f"keep-alive, in {SLICE_S} s slices alternating between the proxies",
     "idle": "idle connections",
     "dns": "UDP DNS, 4 long sessions (dnsperf -c4 -q100, dnsmasq)",
     "dnslb": "UDP DNS, a session per query (proxy_responses 1, dnsperf -c64 -q64, dnsmasq)",
@@ -845,6 +875,12 @@ METRICS = [
     ("keepalive", "cpu_us_per_req", "proxy CPU-µs per req", "{:.2f}", True),
     ("keepalive", "p50_ms", "p50 latency, ms", "{:.3f}", True),
     ("keepalive", "p99_ms", "p99 latency, ms", "{:.3f}", True),
+    ("short-sliced", "rate", "conn/s", "{:,.0f}", False),
+    ("short-sliced", "cpu_s_per_10k", "proxy CPU-s per 10k conn", "{:.3f}", True),
+    ("keepalive-sliced", "rate", "req/s", "{:,.0f}", False),
+    ("keepalive-sliced", "cpu_us_per_req", "proxy CPU-µs per req", "{:.2f}", True),
+    ("keepalive-sliced", "p50_ms", "p50 latency, ms (median of slices)", "{:.3f}", True),
+    ("keepalive-sliced", "p99_ms", "p99 latency, ms (median of slices)", "{:.3f}", True),
     ("idle", "kib_per_conn", "proxy RSS per idle conn, KiB", "{:.2f}", True),
     ("idle", "rss_before_kib", "proxy RSS before, KiB", "{:,.0f}", True),
     ("dns", "qps", "queries/s", "{:,.0f}", False),
@@ -861,6 +897,9 @@ TARGETS = [
     ("short", "cpu_s_per_10k", "short-conn CPU-s per 10k", "≤", 0.9),
     ("keepalive", "cpu_us_per_req", "keep-alive CPU-µs per request", "≤", 1.0),
     ("keepalive", "p99_ms", "keep-alive p99", "≤", 1.0),
+    ("short-sliced", "cpu_s_per_10k", "short-conn CPU-s per 10k, sliced", "≤", 0.9),
+    ("keepalive-sliced", "cpu_us_per_req", "keep-alive CPU-µs per request, sliced", "≤", 1.0),
+    ("keepalive-sliced", "p99_ms", "keep-alive p99, sliced", "≤", 1.0),
     ("idle", "kib_per_conn", "idle RSS per connection", "≤", 0.5),
     ("dnslb", "qps", "UDP DNS q/s, a session per query", "≥", 1.5),
     ("dnslb", "cpu_s_per_100k", "UDP DNS CPU per query, a session per query", "≤", 0.6),
@@ -1111,26 +1150,92 @@ def main():
                               "log": lines[:10], "log_count": len(lines)})
         return v
 
+    def sliced(r, scen, order):
+        """All proxies run at once, each pinned to CPU 0 (the idle ones asleep in epoll_wait),
+        and wrk switches between them every SLICE_S seconds, --duration slices each, the
+        order rotating per slice. This machine has slow and fast phases lasting tens of
+        seconds; with a fresh proxy per measurement a pair can straddle two of them, while
+        slices a second apart share theirs. Returns {proxy: merged figures}."""
+        close = SLICED[scen]
+        cs = [contestants[p] for p in order]
+        offs = {c.name: c.log_size() for c in cs}
+        up = []
+        try:
+            for c in cs:
+                c.start()
+                up.append(c)
+        except RuntimeError as e:
+            incidents.append({"round": r + 1, "scenario": scen, "proxy": c.name, "what": str(e),
+                              "log": c.log_since(offs[c.name])[-10:]})
+            for c in up:
+                c.stop()
+            return {}
+        slices = {c.name: [] for c in cs}
+        problems = {}
+        try:
+            wait_quiet(max_wait=args.max_wait)
+            for c in cs:
+                wrk(ctx.work, c.pp["http"], 1, close)  # warm-up, not measured
+            for i in range(args.duration):
+                k = i % len(cs)
+                for c in cs[k:] + cs[:k]:
+                    try:
+                        v, problem = m_wrk(ctx, c, close, SLICE_S, warm=False)
+                    except (OSError, ValueError, KeyError) as e:
+                        v, problem = None, f"measurement failed: {type(e).__name__}: {e}"
+                    if v is not None:
+                        slices[c.name].append(v)
+                    if problem:
+                        problems.setdefault(c.name, problem)
+        finally:
+            died = {c.name: not c.alive() for c in cs}
+            rcs = {c.name: c.stop() for c in cs}
+        out = {}
+        for c in cs:
+            problem = problems.get(c.name)
+            if died[c.name]:
+                problem = f"{c.name} exited during the measurement (status {rcs[c.name]})"
+            lines = [l for l in c.log_since(offs[c.name])
+                     if re.search(r"\[(error|crit|alert|emerg)\]|ALERT|WARNING|panick|abort", l, re.I)]
+            if problem or lines:
+                incidents.append({"round": r + 1, "scenario": scen, "proxy": c.name, "what": problem or "log lines",
+                                  "log": lines[:10], "log_count": len(lines)})
+            if len(slices[c.name]) == args.duration and not died[c.name]:
+                m = merge_slices(slices[c.name], close)
+                if other_work(m) > args.drop_other:
+                    m["disturbed"] = True
+                out[c.name] = m
+        return out
+
+    def show(r, scen, p, v):
+        brief = ""
+        if v:
+            brief = ", ".join(f"{mk}={fmt(mf, v.get(mk))}" for s2, mk, _, mf, _ in METRICS
+                              if s2 == scen and v.get(mk) is not None)
+            if "cpu0_other" in v:
+                brief += (f", other work: core0 {v['cpu0_other']:.0%} core1 {v.get('cpu1_other', 0):.0%}"
+                          f", core1 busy {v.get('cpu1_busy', 0):.0%}")
+            elif "cpu_other" in v:
+                brief += (f", other work: both cores {v['cpu_other']:.0%}, core0 busy "
+                          f"{v.get('cpu0_busy', 0):.0%}, core1 busy {v.get('cpu1_busy', 0):.0%}")
+        print(f"[round {r + 1}/{args.rounds}] {scen:9s} {p:14s} {brief or 'FAILED'}", flush=True)
+
     try:
         for r in range(args.rounds):
             for si, scen in enumerate(timed):
                 who = dns_proxies if scen in DNS_LOAD else proxies
                 k = (r + si) % len(who)
                 order = who[k:] + who[:k]
+                if scen in SLICED:
+                    vs = sliced(r, scen, order)
+                    for p in order:
+                        data[scen][p][r] = vs.get(p)
+                        show(r, scen, p, vs.get(p))
+                    continue
                 for p in order:
                     v = one(r, scen, p)
                     data[scen][p][r] = v
-                    brief = ""
-                    if v:
-                        brief = ", ".join(f"{mk}={fmt(mf, v.get(mk))}" for s2, mk, _, mf, _ in METRICS
-                                          if s2 == scen and v.get(mk) is not None)
-                        if "cpu0_other" in v:
-                            brief += (f", other work: core0 {v['cpu0_other']:.0%} core1 {v.get('cpu1_other', 0):.0%}"
-                                      f", core1 busy {v.get('cpu1_busy', 0):.0%}")
-                        elif "cpu_other" in v:
-                            brief += (f", other work: both cores {v['cpu_other']:.0%}, core0 busy "
-                                      f"{v.get('cpu0_busy', 0):.0%}, core1 busy {v.get('cpu1_busy', 0):.0%}")
-                    print(f"[round {r + 1}/{args.rounds}] {scen:9s} {p:14s} {brief or 'FAILED'}", flush=True)
+                    show(r, scen, p, v)
         sysc = {}
         if "syscalls" in scenarios:
             for p in proxies:
@@ -1222,6 +1327,15 @@ def report(raw):
                  "HAProxy `nbthread 2`). Here the proxy is not pinned: its workers share both cores with "
                  "wrk and the http backend (both still on CPU 1), so conn/s also depends on how the "
                  "scheduler places them; CPU is still summed over the proxy's whole process tree.")
+        L.append("")
+    if any(sc in data for sc in SLICED):
+        L.append(f"short-sliced, keepalive-sliced: the same two loads, but every proxy of the run is started "
+                 f"at once (each pinned to CPU 0; the ones not under load sleep in epoll_wait) and wrk "
+                 f"switches between them every {SLICE_S} s, --duration slices per proxy per round, the order "
+                 f"rotating per slice. The machine has slow and fast phases lasting tens of seconds; a pair "
+                 f"of fresh-proxy measurements can straddle two of them, slices a second apart rarely do. "
+                 f"A proxy's figure for a round is merged from its slices: CPU and rates from the sums, "
+                 f"p50/p99 the median of its slices'.")
         L.append("")
     L.append("Cells: median over rounds; in brackets the median of the per-round paired ratios "
              "to nginx. Lower is better for CPU, latency and memory.")
