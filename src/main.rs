@@ -47,54 +47,57 @@ struct Args {
 }
 
 /// `ngx_get_options`: letters may be grouped (`-tq`); a value follows its letter or is
-/// the next argument.
-fn parse_args(argv: &[String]) -> Result<Args, String> {
+/// the next argument. Arguments are bytes, as nginx reads them: a message quotes the
+/// bytes given (an unknown option letter is one byte, nginx's `%c`), and a value that is
+/// not UTF-8 is taken lossily rather than refused.
+fn parse_args(argv: &[Vec<u8>]) -> Result<Args, Vec<u8>> {
+    let quoted = |before: &str, what: &[u8]| [format!("{}\"", before).as_bytes(), what, b"\""].concat();
     let mut a = Args::default();
     let mut i = 1;
     while i < argv.len() {
         let arg = &argv[i];
-        let Some(flags) = arg.strip_prefix('-') else {
-            return Err(format!("invalid option: \"{}\"", arg));
+        let Some(flags) = arg.strip_prefix(b"-") else {
+            return Err(quoted("invalid option: ", arg));
         };
-        let chars: Vec<char> = flags.chars().collect();
         let mut j = 0;
-        while j < chars.len() {
-            let c = chars[j];
+        while j < flags.len() {
+            let c = flags[j];
             j += 1;
-            let mut value = |what: &str| -> Result<String, String> {
-                let rest: String = chars[j..].iter().collect();
-                j = chars.len();
+            let mut value = |what: &str| -> Result<Vec<u8>, Vec<u8>> {
+                let rest = &flags[j..];
+                j = flags.len();
                 if !rest.is_empty() {
-                    return Ok(rest);
+                    return Ok(rest.to_vec());
                 }
                 i += 1;
-                argv.get(i).cloned().ok_or_else(|| format!("option \"-{}\" requires {}", c, what))
+                argv.get(i).cloned().ok_or_else(|| format!("option \"-{}\" requires {}", c as char, what).into_bytes())
             };
+            let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
             match c {
-                '?' | 'h' => a.help = true,
-                'v' => a.version = true,
-                'V' => {
+                b'?' | b'h' => a.help = true,
+                b'v' => a.version = true,
+                b'V' => {
                     a.version = true;
                     a.configure = true
                 }
-                't' => a.test = true,
-                'T' => {
+                b't' => a.test = true,
+                b'T' => {
                     a.test = true;
                     a.dump = true
                 }
-                'q' => a.quiet = true,
-                'p' => a.prefix = Some(value("directory name")?),
-                'c' => a.conf = Some(value("file name")?),
-                'e' => a.error_log = Some(value("file name")?),
-                'g' => a.globals = Some(value("parameter")?),
-                's' => {
+                b'q' => a.quiet = true,
+                b'p' => a.prefix = Some(text(value("directory name")?)),
+                b'c' => a.conf = Some(text(value("file name")?)),
+                b'e' => a.error_log = Some(text(value("file name")?)),
+                b'g' => a.globals = Some(text(value("parameter")?)),
+                b's' => {
                     let s = value("parameter")?;
-                    if !matches!(s.as_str(), "stop" | "quit" | "reopen" | "reload") {
-                        return Err(format!("invalid option: \"-s {}\"", s));
+                    if !matches!(&s[..], b"stop" | b"quit" | b"reopen" | b"reload") {
+                        return Err(quoted("invalid option: ", &[b"-s ", &s[..]].concat()));
                     }
-                    a.signal = Some(s);
+                    a.signal = Some(text(s));
                 }
-                _ => return Err(format!("invalid option: \"{}\"", c)),
+                _ => return Err(quoted("invalid option: ", &[c])),
             }
         }
         i += 1;
@@ -159,11 +162,12 @@ fn run() -> i32 {
     process::record_parent();
     time::update();
     log::install_backend();
-    let argv: Vec<String> = std::env::args().collect();
-    let args = match parse_args(&argv) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let bytes: Vec<Vec<u8>> = argv.iter().map(|a| a.as_encoded_bytes().to_vec()).collect();
+    let args = match parse_args(&bytes) {
         Ok(a) => a,
         Err(e) => {
-            log::stderr(&e);
+            log::stderr_bytes(&e);
             return 1;
         }
     };
@@ -304,7 +308,7 @@ fn run() -> i32 {
     serve(cycle, opts, argv)
 }
 
-fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<String>) -> i32 {
+fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::ffi::OsString>) -> i32 {
     let cycle = Rc::new(cycle);
     log::set_main(cycle.error_log.clone());
     // A binary upgrade hands the listening sockets over in NGINX="fd;fd;".

@@ -337,6 +337,29 @@ fn opt_grouped_invalid() {
 
 // ---- -s ----------------------------------------------------------------------------
 
+/// Arguments that are not UTF-8 are read as bytes and quoted as given, byte for byte
+/// (an unknown option letter is a single byte, nginx's `%c`), instead of a panic.
+#[test]
+fn options_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStringExt;
+    for (name, args) in [
+        ("opt-invalid-byte", vec![b"-\xff".to_vec()]),
+        ("opt-invalid-utf8", vec!["-é".as_bytes().to_vec()]),
+        ("opt-bad-signal-bytes", vec![b"-s".to_vec(), b"\xffx".to_vec()]),
+        ("opt-not-dash-bytes", vec![b"\xfe".to_vec()]),
+    ] {
+        let tmp = setup(None);
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(std::ffi::OsString::from_vec).collect();
+        let out = run(&args, tmp.path());
+        let rec = std::fs::read(data_dir().join(format!("{name}.stderr"))).expect("read .stderr");
+        let want = [b"sluice".as_slice(), rec.strip_prefix(b"nginx").expect("nginx: prefix")].concat();
+        let (body, code) = want.split_at(want.len() - b"exit=1\n".len());
+        assert_eq!(code, b"exit=1\n", "{name}");
+        assert_eq!(out.stderr, body, "{name}: {:?} against {:?}", text(&out.stderr), text(body));
+        assert_eq!(out.status.code(), Some(1), "{name}");
+    }
+}
+
 #[test]
 fn signal_missing_pid() {
     case("signal-missing-pid", Some("signal"), &["-s", "stop"], true, &[]);

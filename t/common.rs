@@ -141,7 +141,7 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Run the binary to completion (bounded), e.g. for `-t`.
-pub fn run(args: &[&str], dir: &Path) -> Output {
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> Output {
     let mut child = Command::new(bin())
         .args(args)
         .current_dir(dir)

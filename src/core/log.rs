@@ -458,8 +458,13 @@ pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
 
 /// Print `sluice: MSG` on stderr (nginx's `ngx_log_stderr`).
 pub fn stderr(msg: &str) {
-    let line = format!("{}: {}\n", PROGRAM, msg);
-    write_all_fd(2, line.as_bytes());
+    stderr_bytes(msg.as_bytes());
+}
+
+/// `stderr` for a message that quotes bytes which need not be UTF-8 (command-line
+/// arguments), written as they are, as nginx does.
+pub fn stderr_bytes(msg: &[u8]) {
+    write_all_fd(2, &[format!("{}: ", PROGRAM).as_bytes(), msg, b"\n"].concat());
 }
 
 struct Backend;

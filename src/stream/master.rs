@@ -41,7 +41,7 @@ pub struct Master {
     no_accept: bool,
     /// The new master of a binary upgrade, while it runs.
     new_binary: Option<libc::pid_t>,
-    argv: Vec<String>,
+    argv: Vec<std::ffi::OsString>,
 }
 
 fn exit_text(e: &ChildExit) -> (Level, String) {
@@ -60,7 +60,7 @@ impl Master {
         listeners: Vec<Listener>,
         signals: Signals,
         pid_file: String,
-        argv: Vec<String>,
+        argv: Vec<std::ffi::OsString>,
     ) -> Master {
         Master {
             opts,
@@ -509,7 +509,7 @@ impl Master {
         let env: String = fds.iter().map(|f| format!("{};", f)).collect();
         let exe = std::fs::read_link("/proc/self/exe")
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| self.argv.first().cloned().unwrap_or_default());
+            .unwrap_or_else(|_| self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default());
         let old = format!("{}.oldbin", self.pid_file);
         if let Err(e) = std::fs::rename(&self.pid_file, &old) {
             error(Level::Alert, &format!("rename() {} to {} failed", self.pid_file, old), Some(&e));
@@ -540,7 +540,7 @@ impl Master {
     }
 }
 
-fn exec(exe: &str, argv: &[String], fds: &str) -> std::io::Error {
+fn exec(exe: &str, argv: &[std::ffi::OsString], fds: &str) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(argv.iter().skip(1)).env(crate::core::process::INHERITED_ENV, fds);

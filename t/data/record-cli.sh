@@ -102,6 +102,11 @@ run opt-g-missing-arg  -  -g
 run opt-s-missing-arg  -  -s
 run opt-not-dash       -  foo
 run opt-grouped-invalid - -vZ
+# arguments that are not UTF-8: quoted as the bytes given (an option letter is one byte)
+run opt-invalid-byte    -  $'-\xff'
+run opt-invalid-utf8    -  $'-\xc3\xa9'
+run opt-bad-signal-bytes - -s $'\xffx'
+run opt-not-dash-bytes  -  $'\xfe'
 
 # -s with no running master: the pid file (conf: "pid nginx.pid;") is
 # missing, or holds no number.  Nothing is signalled.
