@@ -155,6 +155,11 @@ pub struct SessionCore {
     pub var_cache: Vec<Option<Vec<u8>>>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
+    /// How many variable evaluations are under way, one inside another (a map whose
+    /// value names a variable, ...): nginx gives up at 100, `ngx_stream_variable_depth`.
+    pub var_depth: u8,
+    /// The last `eval_var` stopped at that limit itself: "cycle while evaluating".
+    pub var_cycle: bool,
     /// The client's end (or an error) was signalled while the phases before content ran
     /// (reading a PROXY header, preread): that edge will not come again, so the relay
     /// must read the client to its end.

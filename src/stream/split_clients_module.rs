@@ -17,6 +17,8 @@ pub struct SplitClientsMain {
 }
 
 struct Split {
+    /// The variable it makes.
+    var: usize,
     key: Complex,
     /// (upper bound of the hash, 0 for `*`; value), in order.
     parts: Vec<(u32, Vec<u8>)>,
@@ -90,7 +92,7 @@ fn split_clients_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             *p = last;
         }
     }
-    cx.main.split_clients.splits.push(Split { key, parts });
+    cx.main.split_clients.splits.push(Split { var, key, parts });
     Ok(())
 }
 
@@ -156,6 +158,12 @@ pub fn murmur_hash2(data: &[u8]) -> u32 {
 fn var_split(s: &mut SessionCore, data: usize, out: &mut Vec<u8>) -> bool {
     let cycle = s.cycle.clone();
     let Some(sp) = cycle.stream.split_clients.splits.get(data) else { return false };
+    // nginx sets the value to "" before it reads the key, so a key that names the
+    // variable itself reads "" there instead of going round in a cycle.
+    if s.var_cache.len() <= sp.var {
+        s.var_cache.resize(sp.var + 1, None);
+    }
+    s.var_cache[sp.var] = Some(Vec::new());
     let mut key = Vec::new();
     sp.key.eval(s, &mut key);
     let hash = murmur_hash2(&key);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::core::conf::{Cmd, ConfError, ConfResult};
+use crate::core::log::Level;
 use crate::stream::session::SessionCore;
 
 /// Append the value to `out`; `false` means "not found" (logged as `-`).
@@ -188,6 +189,31 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(v);
         return true;
     }
+    // A variable whose value needs itself (`map $x $b { default "x$b"; }`) ends
+    // after 100 evaluations one inside another, as nginx's; the innermost is not found.
+    // Only the variables directives make (map, geo, split_clients, set) evaluate
+    // others; the built-ins nginx keeps after their first evaluation, which comes
+    // before the deep ones, so they never meet the limit there.
+    if !def.changeable {
+        return eval_getter(s, idx, def, get, out);
+    }
+    if s.var_depth >= VAR_DEPTH {
+        s.log(Level::Error, &format!("cycle while evaluating variable \"{}\"", def.name), None);
+        s.var_cycle = true;
+        return false;
+    }
+    s.var_depth += 1;
+    let found = eval_getter(s, idx, def, get, out);
+    s.var_depth -= 1;
+    s.var_cycle = false;
+    found
+}
+
+/// How deep variable evaluations may nest (nginx's `ngx_stream_variable_depth` starts
+/// at 100).
+const VAR_DEPTH: u8 = 100;
+
+fn eval_getter(s: &mut SessionCore, idx: usize, def: &VarDef, get: VarGet, out: &mut Vec<u8>) -> bool {
     if def.cached || (def.cacheable && !s.logging) {
         let start = out.len();
         let found = get(s, def.data, out);
@@ -330,7 +356,16 @@ impl Complex {
             match p {
                 Part::Lit(v) => out.extend_from_slice(v),
                 Part::Var(i) => {
-                    eval_var(s, *i, out);
+                    if !eval_var(s, *i, out) && s.var_cycle {
+                        // nginx evaluates a complex value in two passes, lengths and
+                        // then bytes: the variable that closes a cycle is asked, and
+                        // reported, once in each.
+                        s.var_cycle = false;
+                        if let Some(def) = s.cycle.vars.def(*i) {
+                            let msg = format!("cycle while evaluating variable \"{}\"", def.name);
+                            s.log(Level::Error, &msg, None);
+                        }
+                    }
                 }
             }
         }

@@ -636,6 +636,8 @@ impl Worker {
             udp_key: None,
             var_cache: Vec::new(),
             logging: false,
+            var_depth: 0,
+            var_cycle: false,
             client_hup: false,
             captures: Default::default(),
             limit_conn: Default::default(),
