@@ -37,3 +37,61 @@ fn shipped_configurations_pass_t() {
         assert!(out.status.success() && err.contains("test is successful"), "{}:\n{}", f.display(), err);
     }
 }
+
+/// Three consecutive free ports (`free_port` walks a sequence, so this seldom retries).
+fn port_run() -> u16 {
+    for _ in 0..50 {
+        let a = free_port();
+        if free_port() == a + 1 && free_port() == a + 2 {
+            return a;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+/// `listen ADDR:FIRST-LAST` (nginx 1.15.10, in the stream core docs): a socket per port,
+/// TCP and UDP, IPv4 and IPv6, each a server address of its own in `$server_port` and in
+/// the log, as nginx 1.22.1 answered side by side. (Its `-t` messages are recorded
+/// cases in conf_errors: listen_range_*.)
+#[test]
+fn listen_port_ranges() {
+    let (t, u) = (port_run(), port_run());
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format f \"$protocol $server_addr:$server_port\";
+    access_log %%PREFIX%%ports.log f;
+    server {{ listen 127.0.0.1:{t}-{t2}; listen [::1]:{t}-{t1}; return \"tcp $server_port\"; }}
+    server {{ listen 127.0.0.1:{u}-{u2} udp; return \"udp $server_port\"; }}
+}}
+",
+        t1 = t + 1,
+        t2 = t + 2,
+        u2 = u + 2
+    ));
+    for p in t..=t + 2 {
+        assert_eq!(String::from_utf8_lossy(&exchange(p, b"")), format!("tcp {p}"));
+    }
+    for p in t..=t + 1 {
+        let mut c = std::net::TcpStream::connect(("::1", p)).expect("connect ::1");
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut c, &mut got).expect("read");
+        assert_eq!(got, format!("tcp {p}"));
+    }
+    assert!(std::net::TcpStream::connect(("::1", t + 2)).is_err(), "[::1] has two ports only");
+    for p in u..=u + 2 {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        c.send_to(b"q", ("127.0.0.1", p)).expect("send");
+        let mut buf = [0u8; 64];
+        let n = c.recv(&mut buf).expect("udp answer");
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("udp {p}"));
+    }
+    let log = || std::fs::read_to_string(s.dir.join("ports.log")).unwrap_or_default();
+    assert!(wait_for(std::time::Duration::from_secs(5), || log().lines().count() == 8), "{}", log());
+    let l = log();
+    for p in t..=t + 2 {
+        assert!(l.contains(&format!("TCP 127.0.0.1:{p}\n")), "{l}");
+    }
+    assert!(l.contains(&format!("TCP ::1:{t}\n")) && l.contains(&format!("UDP 127.0.0.1:{}\n", u + 2)), "{l}");
+}

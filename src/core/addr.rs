@@ -260,16 +260,73 @@ pub struct ParsedUrl {
 /// What nginx's `ngx_parse_url` reports in `u->err` (the caller wraps it in context).
 pub type UrlError = &'static str;
 
-fn parse_port(s: &str, listen: bool) -> Result<u16, UrlError> {
-    // ngx_atoi: digits only (no sign).
-    if !s.bytes().all(|c| c.is_ascii_digit()) {
-        return Err("invalid port");
-    }
-    match s.parse::<u32>() {
-        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        Ok(0) if !listen => Err("invalid port"),
+/// `ngx_atoi` of a port: digits only (no sign), 1..=65535.
+fn parse_port(s: &str) -> Result<u16, UrlError> {
+    match atoi(s) {
+        Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
         _ => Err("invalid port"),
     }
+}
+
+/// nginx's `ngx_atoi`: digits only, at least one, and no more than fits its signed
+/// 64 bits (a longer number is no number: "99999999999999999999" is a host name).
+fn atoi(s: &str) -> Option<u64> {
+    if !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<i64>().ok().map(|n| n as u64)
+}
+
+/// The port after a host's colon. `listen` takes a range, "first-last" (nginx 1.15.10):
+/// the first and last ports, equal for a single port.
+fn parse_ports(s: &str, listen: bool) -> Result<(u16, u16), UrlError> {
+    let Some((first, last)) = s.split_once('-').filter(|_| listen) else {
+        let p = parse_port(s)?;
+        return Ok((p, p));
+    };
+    let last = parse_port(last)?;
+    let first = parse_port(first)?;
+    if first > last {
+        return Err("invalid port range");
+    }
+    Ok((first, last))
+}
+
+/// A `listen` address without a host, "port" or "first-last", as nginx's "test value
+/// as port only": `None` when it is no port at all but a host name (a part that is
+/// not a number); an error for a bad number.
+fn port_only(url: &str) -> Option<Result<(u16, u16), UrlError>> {
+    let (first, last) = match url.split_once('-') {
+        Some((first, last)) => {
+            // A second part that is no number makes the whole a host name.
+            let n = atoi(last)?;
+            (first, Some(n))
+        }
+        None => (url, None),
+    };
+    atoi(first)?;
+    Some(match last {
+        Some(n) if !(1..=65535).contains(&n) => Err("invalid port"),
+        Some(n) => {
+            parse_port(first).and_then(|f| if u64::from(f) > n { Err("invalid port range") } else { Ok((f, n as u16)) })
+        }
+        None => parse_port(first).map(|p| (p, p)),
+    })
+}
+
+/// Every address of `base` at each port of `ports` (nginx's `ngx_inet_add_addr`:
+/// address by address, and each at port after port).
+fn with_ports(base: Vec<Addr>, (first, last): (u16, u16)) -> Vec<Addr> {
+    let mut out = Vec::with_capacity(base.len() * usize::from(last - first + 1));
+    for a in base {
+        for p in first..=last {
+            out.push(match &a {
+                Addr::Inet(sa) => Addr::Inet(SocketAddr::new(sa.ip(), p)),
+                other => other.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// Resolve `host` as nginx's `ngx_inet_resolve_host` does: getaddrinfo with AF_UNSPEC,
@@ -343,26 +400,31 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
         let Some(end) = rest.find(']') else { return Err("invalid host") };
         let ip = Ipv6Addr::from(inet6_addr(&rest.as_bytes()[..end]).ok_or("invalid IPv6 address")?);
         let after = &rest[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(parse_port(p, listen)?),
+        let ports = match after.strip_prefix(':') {
+            Some(p) => Some(parse_ports(p, listen)?),
             None if after.is_empty() => None,
             None => return Err("invalid IPv6 address"),
         };
-        let addrs = match port.or(listen.then_some(0)) {
-            Some(p) => vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), p))],
+        let addrs = match ports.or(listen.then_some((0, 0))) {
+            Some(ps) => with_ports(vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), 0))], ps),
             None => vec![],
         };
-        return Ok(ParsedUrl { host: format!("[{}]", ip), port, addrs, literal: true });
+        return Ok(ParsedUrl { host: format!("[{}]", ip), port: ports.map(|p| p.0), addrs, literal: true });
     }
     // The first colon starts the port, as in `ngx_parse_inet_url` (an IPv6 address goes
     // in brackets: "::1:80" is a bad port).
-    let (host, port) = match url.find(':') {
-        Some(i) => (&url[..i], Some(parse_port(&url[i + 1..], listen)?)),
+    let (host, ports) = match url.find(':') {
+        Some(i) => (&url[..i], Some(parse_ports(&url[i + 1..], listen)?)),
         None => {
-            if listen && !url.is_empty() && url.bytes().all(|c| c.is_ascii_digit()) {
-                let p = parse_port(url, listen)?;
-                let a = Addr::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p));
-                return Ok(ParsedUrl { host: "*".into(), port: Some(p), addrs: vec![a], literal: true });
+            if let Some(ps) = port_only(url).filter(|_| listen) {
+                let ps = ps?;
+                let a = Addr::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+                return Ok(ParsedUrl {
+                    host: "*".into(),
+                    port: Some(ps.0),
+                    addrs: with_ports(vec![a], ps),
+                    literal: true,
+                });
             }
             (url, None)
         }
@@ -370,18 +432,20 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
     if host.is_empty() {
         return Err("no host");
     }
+    let port = ports.map(|p| p.0);
     let wildcard = listen && host == "*";
     let ip: Option<IpAddr> = if wildcard {
         Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     } else {
         inet_addr(host.as_bytes()).map(|a| IpAddr::V4(a.into()))
     };
+    let ports = ports.or(listen.then_some((0, 0)));
     if let Some(ip) = ip {
-        let addrs = port.or(listen.then_some(0)).map(|p| vec![Addr::Inet(SocketAddr::new(ip, p))]).unwrap_or_default();
+        let addrs = ports.map(|ps| with_ports(vec![Addr::Inet(SocketAddr::new(ip, 0))], ps)).unwrap_or_default();
         return Ok(ParsedUrl { host: host.to_string(), port, addrs, literal: true });
     }
-    let addrs = match (resolve, port.or(listen.then_some(0))) {
-        (true, Some(p)) => resolve_host(host, p)?,
+    let addrs = match (resolve, ports) {
+        (true, Some(ps)) => with_ports(resolve_host(host, 0)?, ps),
         (true, None) => {
             resolve_host(host, 0)?;
             vec![]
