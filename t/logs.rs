@@ -979,3 +979,59 @@ fn quit_ends_a_single_process_at_once() {
     assert!(last[0].ends_with(": exit") && !log.contains("gracefully shutting down"), "{log}");
     assert!(last[2].contains(&format!("{pid}#{pid}: signal 3 (SIGQUIT) received from")), "{log}");
 }
+
+/// A proxy to a listener of its own: "*1 proxy ... connected" comes before the inner
+/// session's "*3 client ... connected", as nginx 1.22.1 logs it (side by side; the
+/// upstream socket is watched before connect(), so on loopback its "writable" is queued
+/// ahead of the listener's "readable"). Before, sluice logged the inner accept first.
+#[test]
+fn proxy_to_itself_logs_proxy_connected_first() {
+    let (outer, inner) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    server {{ listen 127.0.0.1:{outer}; proxy_pass 127.0.0.1:{inner}; }}
+    server {{ listen 127.0.0.1:{inner}; return SEE-THIS; }}
+}}
+"
+    ));
+    for _ in 0..5 {
+        assert_eq!(exchange(outer, b""), b"SEE-THIS");
+    }
+    let lines = || -> Vec<String> {
+        s.error_log().lines().filter(|l| l.contains(" connected to ")).map(|l| l.to_string()).collect()
+    };
+    assert!(wait_for(Duration::from_secs(5), || lines().len() == 15), "{}", s.error_log());
+    for triple in lines().chunks(3) {
+        let kinds: Vec<&str> = triple
+            .iter()
+            .map(|l| if l.contains(" proxy 127.0.0.1:") { "proxy" } else { "client" })
+            .collect();
+        assert_eq!(kinds, ["client", "proxy", "client"], "{triple:#?}");
+        assert!(triple[1].ends_with(&format!("connected to 127.0.0.1:{inner}")), "{triple:#?}");
+    }
+}
+
+/// A signal's lines carry the time it came, not the time of the last event before it
+/// (nginx updates its clock in the signal handler and after the interrupted
+/// epoll_wait). Idle for over a second, then USR1: "reopening logs" must not be dated
+/// before the signal.
+#[test]
+fn signal_lines_carry_the_time_the_signal_came() {
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{}; return x; }} }}\n",
+        free_port()
+    ));
+    // Wait to a fresh second, then sleep past the next boundary with nothing to do.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    s.signal(libc::SIGUSR1);
+    let line = || s.error_log().lines().find(|l| l.contains("reopening logs")).map(str::to_string);
+    assert!(wait_for(Duration::from_secs(5), || line().is_some()), "{}", s.error_log());
+    let l = line().unwrap_or_default();
+    // "YYYY/MM/DD HH:MM:SS": compare with the local time of `before`.
+    let stamp = &l[..19];
+    let out = std::process::Command::new("date").args(["-d", &format!("@{before}"), "+%Y/%m/%d %H:%M:%S"]).output();
+    let want = String::from_utf8_lossy(&out.expect("date").stdout).trim().to_string();
+    assert!(stamp >= want.as_str(), "logged {stamp}, signal sent at {want}: {l}");
+}

@@ -700,51 +700,52 @@ impl ProxySession {
         let sock = self.open_socket(s, &peer_addr);
         // $upstream_addr names the peer once the socket is made (`u->state->peer` is set
         // after ngx_event_connect_peer returns anything but an error).
-        if !matches!(sock, Err(Connect::Fatal(..))) {
+        if sock.is_ok() {
             if let Some(st) = s.upstream_states.last_mut() {
                 st.peer = Some(peer_name);
             }
         }
-        let sock = match sock {
+        let (mut sock, sa) = match sock {
             Ok(c) => c,
-            Err(Connect::Refused(e)) => {
-                // ngx_event_connect_peer: a connect() that fails at once (its connection
-                // was numbered already).
-                cx.rt.next_connection();
-                let ordinary = matches!(
-                    e.raw_os_error(),
-                    Some(
-                        libc::ECONNREFUSED
-                            | libc::EAGAIN
-                            | libc::ECONNRESET
-                            | libc::ENETDOWN
-                            | libc::ENETUNREACH
-                            | libc::EHOSTDOWN
-                            | libc::EHOSTUNREACH
-                    )
-                );
-                let level = if ordinary { Level::Error } else { Level::Crit };
-                s.log(level, &format!("connect() to {} failed", peer_name_text), Some(&e));
-                return self.next_upstream(s, cx);
-            }
             Err(Connect::Fatal(level, msg, e)) => {
                 s.log(level, &msg, Some(&e));
                 return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
             }
         };
-        let mut sock = sock;
-        // nginx numbers upstream connections from the same counter as client ones.
-        self.upstream_number = cx.rt.next_connection();
-        cx.rt.conns += 1;
         // Datagram sockets are watched under tokens of their own.
         let r = match &mut sock {
             Conn::Dgram(d) => cx.rt.dgram_owners.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
             c => c.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE),
         };
         if let Err(e) = r {
+            cx.rt.next_connection();
+            if let Some(slot) = self.udp_slot.take() {
+                cx.rt.dgram_owners.release(slot);
+            }
             s.log(Level::Alert, "epoll_ctl() failed", Some(&e));
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
+        // connect() once the socket is watched, as ngx_event_connect_peer adds it to
+        // epoll first: on loopback the connection is up before connect() returns, so
+        // its "writable" is queued ahead of the listener's "readable" for the other
+        // end, and a proxy to itself logs "proxy ... connected" before the inner
+        // "client ... connected", as nginx does.
+        // SAFETY: a valid socket descriptor and a sockaddr of the length given.
+        let rc = unsafe { libc::connect(sock.fd(), sa.as_ptr().cast::<libc::sockaddr>(), sa.len()) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) && e.kind() != io::ErrorKind::WouldBlock {
+                if let Some(slot) = self.udp_slot.take() {
+                    cx.rt.dgram_owners.release(slot);
+                }
+                let _ = sock.deregister(cx.registry);
+                drop(sock);
+                return self.refused(s, cx, e, &peer_name_text);
+            }
+        }
+        // nginx numbers upstream connections from the same counter as client ones.
+        self.upstream_number = cx.rt.next_connection();
+        cx.rt.conns += 1;
         self.upstream = Some(sock);
         self.connected = false;
         // A datagram socket is "connected" at once.
@@ -756,7 +757,30 @@ impl ProxySession {
         Flow::Again
     }
 
-    fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<Conn, Connect> {
+    /// ngx_event_connect_peer: a connect() that fails at once (its connection was
+    /// numbered already): log it and try the next peer.
+    fn refused(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, e: io::Error, peer_name_text: &str) -> Flow {
+        cx.rt.next_connection();
+        let ordinary = matches!(
+            e.raw_os_error(),
+            Some(
+                libc::ECONNREFUSED
+                    | libc::EAGAIN
+                    | libc::ECONNRESET
+                    | libc::ENETDOWN
+                    | libc::ENETUNREACH
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+            )
+        );
+        let level = if ordinary { Level::Error } else { Level::Crit };
+        s.log(level, &format!("connect() to {} failed", peer_name_text), Some(&e));
+        self.next_upstream(s, cx)
+    }
+
+    /// The upstream socket, made and bound but not yet connected (`connect` does that once
+    /// the socket is watched), and the address to connect it to.
+    fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<(Conn, socket2::SockAddr), Connect> {
         use socket2::{Domain, SockAddr, Socket, Type};
         let fatal = |what: &str, e: io::Error| Connect::Fatal(Level::Alert, what.to_string(), e);
         let (domain, sa) = match addr {
@@ -784,16 +808,12 @@ impl ProxySession {
             sock.bind(&SockAddr::from(*local))
                 .map_err(|e| Connect::Fatal(Level::Crit, format!("bind({}) failed", text), e))?;
         }
-        match sock.connect(&sa) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Connect::Refused(e)),
-        }
-        Ok(match addr {
+        let conn = match addr {
             Addr::Inet(_) if self.udp => Conn::Dgram(mio::net::UdpSocket::from_std(sock.into())),
             Addr::Inet(_) => Conn::Tcp(TcpStream::from_std(sock.into())),
             Addr::Unix(_) => Conn::Unix(UnixStream::from_std(sock.into())),
-        })
+        };
+        Ok((conn, sa))
     }
 
     /// `ngx_stream_proxy_next_upstream`: count the failure and try another peer.
@@ -1313,8 +1333,6 @@ impl ProxySession {
 type UdpError = (Side, io::Error, &'static str, &'static str);
 
 enum Connect {
-    /// connect() failed at once: try the next peer.
-    Refused(io::Error),
     /// The socket could not be made ready (nginx's NGX_ERROR from
     /// `ngx_event_connect_peer`): the session ends with 500, the attempt has no peer.
     Fatal(Level, String, io::Error),

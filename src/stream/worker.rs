@@ -208,7 +208,12 @@ impl Worker {
             if !self.rt.requeued.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let polled = self.poll.poll(&mut events, timeout);
+            // Before anything is logged: a signal's lines carry the time it came, as
+            // nginx's signal handler (ngx_time_sigsafe_update) and its update after an
+            // interrupted epoll_wait give them.
+            time::update();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::core::log::error(Level::Alert, "epoll_wait() failed", Some(&e));
                 } else if let Some(exit) = self.on_signals(Some(&e)) {
@@ -216,7 +221,6 @@ impl Worker {
                     return self.exit(exit);
                 }
             }
-            time::update();
             let now = time::instant();
             for ev in events.iter() {
                 let t = ev.token();
