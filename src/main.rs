@@ -371,6 +371,7 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
     }
+    log::set_cycle_started();
     if cycle.core.master_process.get() {
         let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);
         return m.run();

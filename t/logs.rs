@@ -1003,10 +1003,8 @@ stream {{
     };
     assert!(wait_for(Duration::from_secs(5), || lines().len() == 15), "{}", s.error_log());
     for triple in lines().chunks(3) {
-        let kinds: Vec<&str> = triple
-            .iter()
-            .map(|l| if l.contains(" proxy 127.0.0.1:") { "proxy" } else { "client" })
-            .collect();
+        let kinds: Vec<&str> =
+            triple.iter().map(|l| if l.contains(" proxy 127.0.0.1:") { "proxy" } else { "client" }).collect();
         assert_eq!(kinds, ["client", "proxy", "client"], "{triple:#?}");
         assert!(triple[1].ends_with(&format!("connected to 127.0.0.1:{inner}")), "{triple:#?}");
     }
@@ -1018,10 +1016,8 @@ stream {{
 /// before the signal.
 #[test]
 fn signal_lines_carry_the_time_the_signal_came() {
-    let s = Sluice::start(&format!(
-        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{}; return x; }} }}\n",
-        free_port()
-    ));
+    let s =
+        Sluice::start(&format!("events {{}}\nstream {{ server {{ listen 127.0.0.1:{}; return x; }} }}\n", free_port()));
     // Wait to a fresh second, then sleep past the next boundary with nothing to do.
     std::thread::sleep(Duration::from_millis(1100));
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
@@ -1034,4 +1030,45 @@ fn signal_lines_carry_the_time_the_signal_came() {
     let out = std::process::Command::new("date").args(["-d", &format!("@{before}"), "+%Y/%m/%d %H:%M:%S"]).output();
     let want = String::from_utf8_lossy(&out.expect("date").stdout).trim().to_string();
     assert!(stamp >= want.as_str(), "logged {stamp}, signal sent at {want}: {l}");
+}
+
+/// Main-level logs as nginx 1.22.1 wrote them side by side (found by running its own
+/// stream_error_log.t with both): a worker's last line, "exit", goes to the first file log
+/// of the level-sorted chain alone (`ngx_exit_log`), not to syslog or the other files; the
+/// master's "exit" goes everywhere. And the startup notices logged before nginx installs
+/// its first cycle (epoll, version, OS, getrlimit) carry an empty syslog host name.
+#[test]
+fn worker_exit_line_and_startup_syslog_host_as_nginx() {
+    let (sink, sport) = syslog_sink();
+    let mut s = Sluice::start_master(
+        1,
+        &format!(
+            "error_log %%PREFIX%%second.log notice;\nerror_log syslog:server=127.0.0.1:{sport} notice;\n\
+             events {{}}\nstream {{ server {{ listen 127.0.0.1:{}; return x; }} }}\n",
+            free_port()
+        ),
+    );
+    let master = s.pid();
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains("start worker process ")), "{}", s.error_log());
+    s.stop();
+    let exits = |text: &str| -> Vec<bool> {
+        text.lines().filter(|l| l.ends_with(": exit")).map(|l| l.contains(&format!(" {master}#{master}: "))).collect()
+    };
+    // error.log (info): the worker's exit, then the master's.
+    assert_eq!(exits(&s.error_log()), [false, true], "{}", s.error_log());
+    let second = std::fs::read_to_string(s.dir.join("second.log")).unwrap_or_default();
+    assert_eq!(exits(&second), [true], "{second}");
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    sink.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    while let Ok(n) = sink.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let host = sluice::core::log::hostname();
+    let startup = ["using the \"epoll\" event method", "(nginx/", "OS: ", "getrlimit(RLIMIT_NOFILE)"];
+    for (l, what) in lines.iter().zip(startup) {
+        assert!(l.contains(what) && l[5..].contains("  nginx: "), "{l}");
+    }
+    assert!(lines.len() > 4 && lines[4..].iter().all(|l| l.contains(&format!(" {host} nginx: "))), "{lines:#?}");
+    assert_eq!(exits(&lines.join("\n")), [true], "{lines:#?}");
 }

@@ -37,6 +37,14 @@ struct Output {
 
 /// A syslog destination (`ngx_syslog_peer_t`): its socket is made at the first message
 /// and made again after a failed one, as nginx's.
+/// The first cycle is running (nginx's `ngx_cycle = cycle` in main, after the startup
+/// notices): from then on syslog headers carry the host name.
+static CYCLE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_cycle_started() {
+    CYCLE_STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub struct Syslog {
     server: Addr,
     sock: RefCell<Option<SyslogSocket>>,
@@ -108,7 +116,12 @@ impl Syslog {
         crate::core::time::syslog_time(&mut head);
         if let Some(h) = &self.hostname {
             head.push(' ');
-            head.push_str(h);
+            // Until the first cycle is in place nginx's header names the empty host of
+            // its init cycle (the startup notices: "using the epoll event method", the
+            // version, OS and getrlimit lines, and anything before them).
+            if CYCLE_STARTED.load(std::sync::atomic::Ordering::Relaxed) {
+                head.push_str(h);
+            }
         }
         head.push(' ');
         head.push_str(&self.tag);
@@ -341,6 +354,35 @@ impl ErrorLog {
         err: Option<&io::Error>,
         ctx: Option<&dyn LogContext>,
     ) {
+        self.write_to(None, level, conn, msg, err, ctx)
+    }
+
+    /// A worker's last line: nginx logs it through a copy of the first file log of its
+    /// chain alone (`ngx_worker_process_exit`'s `ngx_exit_log`). The chain is sorted
+    /// most verbose first, the earlier configured first among equals, and a file log
+    /// is any but syslog and memory; so the line reaches one file (or stderr), if
+    /// that one takes its level.
+    pub fn write_exit_line(&self, level: Level, msg: &str) {
+        let mut first: Option<(usize, Level)> = None;
+        for (i, o) in self.outputs.iter().enumerate() {
+            if matches!(o.sink, Sink::File(_) | Sink::Stderr) && first.is_none_or(|(_, l)| o.level > l) {
+                first = Some((i, o.level));
+            }
+        }
+        if let Some((i, _)) = first {
+            self.write_to(Some(i), level, None, msg, None, None);
+        }
+    }
+
+    fn write_to(
+        &self,
+        only: Option<usize>,
+        level: Level,
+        conn: Option<u64>,
+        msg: &str,
+        err: Option<&io::Error>,
+        ctx: Option<&dyn LogContext>,
+    ) {
         // During startup nginx echoes warnings and worse to the console as well, when the
         // log takes them at all (ngx_log_error tests the level before anything else).
         if !self.enabled(level) {
@@ -379,8 +421,8 @@ impl ErrorLog {
             // Bytes that came in raw (a client's broken header, say) go out as they came.
             let raw = crate::core::conf::parser::text_to_bytes(&line);
             let mut wrote_stderr = false;
-            for o in &self.outputs {
-                if level > o.level {
+            for (i, o) in self.outputs.iter().enumerate() {
+                if level > o.level || only.is_some_and(|only| only != i) {
                     continue;
                 }
                 let fd = match &o.sink {
@@ -449,6 +491,13 @@ pub fn set_use_stderr(on: bool) {
 }
 
 /// Log to the main error log (before one is open: only the stderr echo).
+/// `write_exit_line` on the main log: a worker process's "exit".
+pub fn worker_exit_line() {
+    if let Some(l) = main_log() {
+        l.write_exit_line(Level::Notice, "exit");
+    }
+}
+
 pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
     match main_log() {
         Some(l) => l.write(level, None, msg, err, None),

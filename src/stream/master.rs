@@ -252,7 +252,7 @@ impl Master {
         })();
         // A worker that cannot start exits with 2 at once (nginx's exit(2)), unannounced.
         if code == 0 {
-            error(Level::Notice, "exit", None);
+            crate::core::log::worker_exit_line();
         }
         std::process::exit(code)
     }
