@@ -1461,6 +1461,50 @@ fn s_quit_lets_sessions_finish_then_exits() {
     assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
 }
 
+/// The slots named in those alerts follow nginx's connection array, whose free list
+/// hands out the most recently freed slot first (side by side with nginx 1.22.1, found
+/// by running its stream_proxy_protocol.t with both): X and Y open, X ends (its
+/// upstream's slot freed, then its client's), Z takes X's slots; the alerts come in slot
+/// order, Z's before Y's.
+#[test]
+fn open_socket_alerts_name_nginx_connection_slots() {
+    let a = tagged("A");
+    let p = free_port();
+    let mut run = Run::start(&proxy_conf(&head(false, "1"), p, a));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "a worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let mut x = dial(p).expect("connect");
+    assert_eq!(read_line(&mut x).expect("greeting"), "A");
+    let mut y = dial(p).expect("connect");
+    assert_eq!(read_line(&mut y).expect("greeting"), "A");
+    drop(x);
+    assert!(wait_for(10 * SEC, || run.log().contains("*1 client disconnected")), "{}", run.ctx());
+    let mut z = dial(p).expect("connect");
+    assert_eq!(read_line(&mut z).expect("greeting"), "A");
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    signal(master, libc::SIGTERM);
+    let st = run.wait_child(10 * SEC);
+    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on TERM: {st:?}\n{}", run.ctx());
+    let log = run.log();
+    let alerts: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| l.contains(&format!(" {w}#{w}: ")) && l.contains(" open socket #"))
+        .filter_map(|l| l.split(&format!("{w}#{w}: ")).nth(1))
+        .map(|l| {
+            let number = l.split(' ').next().unwrap_or("").to_string();
+            (number, l.rsplit(' ').next().unwrap_or("").to_string())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("*5", "2"), ("*6", "3"), ("*3", "4"), ("*4", "5")]
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(alerts, want, "\n{}", run.ctx());
+    drop((y, z));
+}
+
 /// TERM while a worker shuts down gracefully (QUIT, sessions still open): as nginx's
 /// `ngx_worker_process_exit` (side by side with 1.22.1), the worker names each open
 /// connection, client and upstream in the order they were opened, in an alert

@@ -28,8 +28,9 @@ pub trait Content {
     fn on_resolved(&mut self, _: &mut SessionCore, _: Outcome, _: &mut Cx<'_>) -> Flow {
         Flow::Again
     }
-    /// The upstream connection's number and descriptor, while it is open.
-    fn upstream_socket(&self) -> Option<(u64, RawFd)> {
+    /// The upstream connection's slot (`ConnSlots`), number and descriptor, while it
+    /// is open.
+    fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
         None
     }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.

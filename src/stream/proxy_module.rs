@@ -373,6 +373,8 @@ pub struct ProxySession {
     resolving: Option<(String, u16)>,
     /// The upstream connection's number (nginx's `c->number`).
     upstream_number: u64,
+    /// Its slot in nginx's connection array (`ConnSlots`).
+    upstream_slot: u32,
 }
 
 /// Keys this long or shorter (any address with its port, most names) are kept in the
@@ -433,6 +435,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         own_group: false,
         client_watched: false,
         upstream_number: 0,
+        upstream_slot: 0,
         local: None,
         resolving: None,
         start_sec: crate::core::time::wall().0,
@@ -745,6 +748,7 @@ impl ProxySession {
         }
         // nginx numbers upstream connections from the same counter as client ones.
         self.upstream_number = cx.rt.next_connection();
+        self.upstream_slot = cx.rt.slots.take();
         cx.rt.conns += 1;
         self.upstream = Some(sock);
         self.connected = false;
@@ -841,6 +845,7 @@ impl ProxySession {
         cx.timers.clear(&mut self.connect_timer);
         if let Some(mut u) = self.upstream.take() {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
+            cx.rt.slots.give(self.upstream_slot);
             if retry {
                 let _ = u.deregister(cx.registry);
                 // A hang-up seen on the failed socket says nothing of the next one.
@@ -1468,8 +1473,8 @@ impl Content for ProxySession {
         Flow::Again
     }
 
-    fn upstream_socket(&self) -> Option<(u64, RawFd)> {
-        self.upstream.as_ref().map(|u| (self.upstream_number, u.fd()))
+    fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
+        self.upstream.as_ref().map(|u| (self.upstream_slot, self.upstream_number, u.fd()))
     }
 
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {

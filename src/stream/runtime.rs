@@ -150,6 +150,9 @@ pub struct WorkerState {
     pub conns: usize,
     /// `worker_connections` less the listening sockets, which take one each in nginx.
     pub conn_slots: usize,
+    /// Where each open connection sits in nginx's connection array: the number its
+    /// "open socket ... left in connection N" alert names.
+    pub slots: ConnSlots,
     pub worker_connections: usize,
     /// UDP sessions by (listener, client address).
     pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
@@ -250,6 +253,7 @@ impl WorkerState {
             pipes: PipePool::default(),
             conns: 0,
             conn_slots: cycle.core.worker_connections.get().saturating_sub(cycle.listening.len()),
+            slots: ConnSlots::default(),
             worker_connections: cycle.core.worker_connections.get(),
             udp_sessions: HashMap::new(),
             dgram_owners: DgramOwners::default(),
@@ -654,4 +658,32 @@ fn remap(group: &Group, pick: &mut PeerPick) {
         let list = if id.backup { &group.peers.backup } else { &group.peers.primary };
         list.iter().position(|p| p.name == *name).map(|index| PeerId { backup: id.backup, index })
     });
+}
+
+/// nginx's connection array as its free list hands it out (`ngx_get_connection` pops the
+/// head, `ngx_free_connection` pushes a freed slot back on it): the most recently freed
+/// slot first, then slots never used, in order. The listening sockets and a worker's
+/// channel to its master take the first ones.
+#[derive(Default)]
+pub struct ConnSlots {
+    freed: Vec<u32>,
+    next: u32,
+}
+
+impl ConnSlots {
+    /// Slots taken before the first session: the listening sockets (and the channel).
+    pub fn start_at(&mut self, n: u32) {
+        self.next = n;
+    }
+
+    pub fn take(&mut self) -> u32 {
+        self.freed.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    pub fn give(&mut self, slot: u32) {
+        self.freed.push(slot);
+    }
 }

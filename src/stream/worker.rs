@@ -156,7 +156,11 @@ impl Worker {
             ls.push(Some(l));
         }
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
-        let rt = WorkerState::new(&cycle);
+        let mut rt = WorkerState::new(&cycle);
+        // nginx's listening sockets take the first connection slots, then a worker's
+        // channel to its master.
+        let channel = u32::from(role != Role::Single);
+        rt.slots.start_at(ls.len() as u32 + channel);
         // nginx's `multi_accept off` (the default): one connection per listener event.
         // The listener is level-triggered, so the rest come on the next turns, between
         // the events of sessions already running.
@@ -414,22 +418,20 @@ impl Worker {
     }
 
     /// nginx's `ngx_worker_process_exit` for a worker stopped (TERM) while shutting down
-    /// gracefully: an alert for each connection still open, then "aborting". Connections
-    /// are listed as nginx's table holds them: after the listening sockets and the
-    /// channel to the master, in the order they were opened (exact while no slot of a
-    /// closed connection was reused).
+    /// gracefully: an alert for each connection still open, in the order of nginx's
+    /// connection array (`ConnSlots`), then "aborting".
     fn report_open_sockets(&mut self) {
-        let mut open: Vec<(u64, RawFd)> = Vec::new();
+        let mut open: Vec<(u32, u64, RawFd)> = Vec::new();
         for (_, sess) in self.sessions.iter_mut() {
-            open.push((sess.core.id, sess.core.client.fd_number()));
+            open.push((sess.core.conn_slot, sess.core.id, sess.core.client.fd_number()));
             if let State::Content(c) = &mut sess.state {
                 open.extend(c.get().upstream_socket());
             }
         }
+        // In slot order, as nginx walks its array.
         open.sort_unstable();
-        let first = self.listeners.len() + 1;
-        for (i, (number, fd)) in open.iter().enumerate() {
-            let msg = format!("*{number} open socket #{fd} left in connection {}", first + i);
+        for (slot, number, fd) in &open {
+            let msg = format!("*{number} open socket #{fd} left in connection {slot}");
             crate::core::log::error(Level::Alert, &msg, None);
         }
         if !open.is_empty() || self.debug_quit {
@@ -642,6 +644,7 @@ impl Worker {
             logging: false,
             var_depth: 0,
             var_cycle: false,
+            conn_slot: 0,
             client_hup: false,
             captures: Default::default(),
             limit_conn: Default::default(),
@@ -670,6 +673,8 @@ impl Worker {
             let udp = if core.client.is_udp() { "udp " } else { "" };
             core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, client, core.listen_text));
         }
+        let mut core = core;
+        core.conn_slot = self.rt.slots.take();
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
         self.run_phases(key, now);
@@ -835,7 +840,9 @@ impl Worker {
         let Some(sess) = self.sessions.try_remove(key & KEY_MASK) else { return };
         let Session { core, state } = sess;
         drop(state);
-        let SessionCore { mut client, remote, id, mut limit_conn, passes, .. } = core;
+        let SessionCore { mut client, remote, id, mut limit_conn, passes, conn_slot, .. } = core;
+        // The connection itself goes over: its slot is the next one taken.
+        self.rt.slots.give(conn_slot);
         // nginx keeps the first server's per-connection state (limit_conn counts) until
         // the connection closes; here it is released at the hand-over.
         limit_conn.release_all();
@@ -863,6 +870,7 @@ impl Worker {
         sess.core.action = None;
         sess.core.limit_conn.release_all();
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
+        cx.rt.slots.give(sess.core.conn_slot);
         cx.rt.udp_unbind(sess.core.udp_key, key);
         if sess.core.udp_dropped > 0 {
             let msg = format!("{} datagrams dropped: the session's queue was full", sess.core.udp_dropped);
