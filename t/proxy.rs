@@ -767,6 +767,10 @@ fn listen_on_unix_socket() {
          proxy_pass 127.0.0.1:{b}; access_log %%PREFIX%%u.log u; }}\n}}\n"
     ));
     let path = s.dir.join("sluice.sock");
+    // Anyone may connect, as nginx makes it (0666): workers running as another user too.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).expect("the socket file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "{mode:o}");
     let mut c = UnixStream::connect(&path).expect("connect to sluice's unix listener");
     c.set_read_timeout(Some(Duration::from_secs(10))).ok();
     c.write_all(b"hello\n").expect("write");

@@ -436,6 +436,13 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
         Addr::Unix(path) => {
             let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
             s.bind(&SockAddr::unix(path)?)?;
+            // Anyone may connect (nginx's ngx_open_listening_sockets makes it 0666), the
+            // workers too when they run as another user.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
+                let msg = format!("chmod() \"{}\" failed", path.display());
+                crate::core::log::error(crate::core::log::Level::Emerg, &msg, Some(&e));
+            }
             s.listen(backlog)?;
             Ok(Listener::Unix(UnixListener::from_std(s.into())))
         }
