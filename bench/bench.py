@@ -766,6 +766,11 @@ def merge_slices(vs, close):
         out["cpu_us_per_req"] = (u + k) / n * 1e6 if n else None
         out["p50_ms"] = statistics.median(v["p50_ms"] for v in vs)
         out["p99_ms"] = statistics.median(v["p99_ms"] for v in vs)
+    # every slice's figures too, in the raw results, for pairing slice by slice later
+    key = "cpu_s_per_10k" if close else "cpu_us_per_req"
+    out["slices_" + key] = [v.get(key) for v in vs]
+    if not close:
+        out["slices_p99_ms"] = [v["p99_ms"] for v in vs]
     return out
 
 
