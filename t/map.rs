@@ -336,3 +336,42 @@ stream {{
     let log = std::fs::read_to_string(s.dir.join("cycle.log")).unwrap_or_default();
     assert!(log.lines().any(|l| l == format!("[{x}]")), "{log}");
 }
+
+/// A value that reads a regex capture is built in two passes, as nginx builds every
+/// value (lengths, then bytes; Debian 1.22.1 checks the second against the first): a
+/// capture read before the regex map that sets it is empty in the first pass and not
+/// in the second, so `return` and `set` end with 500 and "no buffer space in script
+/// copy", and a log line is dropped with "no buffer space in log script copy"; a value
+/// that shrinks in the second pass (two maps setting one capture name) comes out as the
+/// second pass made it. All side by side with nginx (helper findings, prose area).
+#[test]
+fn values_reading_captures_are_built_in_two_passes() {
+    let (a, b, c, d) = (free_port(), free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format c '$first|$m1|$first';
+    map $remote_addr $m1 {{ ~^(?<first>\\d+)\\.(\\d+) \"$first-$2-$1\"; default none; }}
+    map $v $m4 {{ ~(?<cap>b+) \"$cap\"; }}
+    map $v $x {{ ~^(?<c>.+)$ \"$c\"; }}
+    map $w $y {{ ~^(?<c>.) \"$c\"; }}
+    server {{ listen 127.0.0.1:{a}; access_log %%PREFIX%%c.log c; return \"ok\\n\"; }}
+    server {{ listen 127.0.0.1:{b}; set $v bbb; return \"$cap$cap$m4$cap\"; }}
+    server {{ listen 127.0.0.1:{c}; set $v LONGLONG; set $w s; return \"[$x|$c|$y|$c]\"; }}
+    server {{ listen 127.0.0.1:{d}; set $v bbb; return \"$m4$cap\"; }}
+}}
+"
+    ));
+    assert_eq!(exchange(a, b""), b"ok\n");
+    assert_eq!(exchange(b, b""), b"");
+    assert_eq!(String::from_utf8_lossy(&exchange(c, b"")), "[LONGLONG|s|s|s]");
+    // The map first: its capture is there in both passes.
+    assert_eq!(exchange(d, b""), b"bbbbbb");
+    let alerts = |what: &str| s.error_log().lines().filter(|l| l.contains("[alert]") && l.contains(what)).count();
+    assert!(crate::common::wait_for(Duration::from_secs(5), || alerts(
+        "no buffer space in log script copy while returning text"
+    ) == 1));
+    assert_eq!(alerts("no buffer space in script copy while returning text"), 1, "{}", s.error_log());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read_to_string(s.dir.join("c.log")).unwrap_or_default(), "", "the line is dropped");
+}

@@ -389,7 +389,8 @@ impl Module for StreamCore {
         // reach them by these names, which no `$name` can spell: `${1}` is a variable
         // named "1" to nginx, unknown (see `Complex::compile`).
         for n in 1..=9 {
-            v.define(&crate::stream::variables::capture_name(n), var_capture, n);
+            let i = v.define(&crate::stream::variables::capture_name(n), var_capture, n);
+            v.set_capture(i);
         }
         // Core variables in nginx; not found without a PROXY protocol header.
         let pp =

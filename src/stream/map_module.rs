@@ -451,6 +451,7 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
     for (i, n) in re.capture_names().enumerate() {
         if let Some(n) = n {
             let idx = add_variable(cmd, vars, n, var_not_found, 0)?;
+            vars.set_capture(idx);
             named.push((i, idx));
         }
     }

@@ -30,6 +30,9 @@ pub struct VarDef {
     /// Made by a directive (map, geo, split_clients, set, a regex's named capture):
     /// nginx's `NGX_STREAM_VAR_CHANGEABLE`.
     pub changeable: bool,
+    /// A regex capture ($1..$9 or a named one): its value can change while a value
+    /// that reads it is being built (see `Complex::eval`).
+    pub capture: bool,
 }
 
 /// Where a variable was first referenced, for nginx's `unknown "x" variable`.
@@ -85,6 +88,17 @@ impl Variables {
         self.defs[idx].prefix = true;
     }
 
+    pub fn set_capture(&mut self, idx: usize) {
+        if let Some(d) = self.defs.get_mut(idx) {
+            d.capture = true;
+        }
+    }
+
+    /// Whether any of `vars` is a capture (see `Complex::eval`).
+    pub fn reads_captures(&self, mut vars: impl Iterator<Item = usize>) -> bool {
+        vars.any(|i| self.defs.get(i).is_some_and(|d| d.capture))
+    }
+
     pub fn set_cached(&mut self, idx: usize) {
         if let Some(d) = self.defs.get_mut(idx) {
             d.cached = true;
@@ -117,6 +131,7 @@ impl Variables {
             prefix: false,
             cached: false,
             cacheable: false,
+            capture: false,
             changeable: false,
         });
         self.by_name.insert(name.to_string(), i);
@@ -351,7 +366,41 @@ impl Complex {
     }
 
     /// Evaluate into `out` (not-found variables are empty, as in nginx scripts).
-    pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
+    ///
+    /// nginx builds a value in two passes, lengths and then bytes, evaluating every
+    /// variable in each; a regex map evaluated in the first pass sets captures that a
+    /// capture read before it then shows only in the second. So where a value reads a
+    /// capture it is built twice here too: a second pass longer than the first fails
+    /// with nginx's (Debian 1.22.1's) alert, `false` and nothing in `out` (the caller
+    /// ends the session with 500 where nginx does); a shorter one is what comes out.
+    pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) -> bool {
+        if !self.reads_captures(s) {
+            self.eval_once(s, out);
+            return true;
+        }
+        let start = out.len();
+        self.eval_once(s, out);
+        let first = out.len() - start;
+        out.truncate(start);
+        self.eval_once(s, out);
+        if out.len() - start > first {
+            out.truncate(start);
+            s.log(Level::Alert, "no buffer space in script copy", None);
+            return false;
+        }
+        true
+    }
+
+    /// Whether this value reads a regex capture (and so is built in two passes).
+    pub fn reads_captures(&self, s: &SessionCore) -> bool {
+        let vars = self.parts.iter().filter_map(|p| match p {
+            Part::Var(i) => Some(*i),
+            Part::Lit(_) => None,
+        });
+        s.cycle.vars.reads_captures(vars)
+    }
+
+    fn eval_once(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
         for p in &self.parts {
             match p {
                 Part::Lit(v) => out.extend_from_slice(v),
