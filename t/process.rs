@@ -1596,9 +1596,10 @@ fn s_stop_ends_everything_at_once() {
 fn worker_connections_limit_closes_clients_beyond_it() {
     let h = tagged("H");
     let (p, q) = (free_port(), free_port());
-    // Two listeners: 5 connections for sessions. `q` holds a silent client in preread.
+    // Two listeners and the worker's channel to its master take 3 of 8 (as in nginx,
+    // side by side): 5 connections for sessions. `q` holds a silent client in preread.
     let conf = format!(
-        "{}events {{ worker_connections 7; }}\nstream {{ log_format u '$status|$upstream_addr|$upstream_bytes_sent'; \
+        "{}events {{ worker_connections 8; }}\nstream {{ log_format u '$status|$upstream_addr|$upstream_bytes_sent'; \
          server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; access_log %%PREFIX%%u.log u; }} \
          server {{ listen 127.0.0.1:{q}; ssl_preread on; preread_timeout 30s; return x; }} }}\n",
         head(false, "1")
@@ -1632,7 +1633,7 @@ fn worker_connections_limit_closes_clients_beyond_it() {
     closed("the client whose upstream does not fit");
     let alert = "[alert]";
     let ctx_line = format!(
-        "7 worker_connections are not enough while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:{p}, \
+        "8 worker_connections are not enough while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:{p}, \
          upstream: \"127.0.0.1:{h}\", bytes from/to client:0/0, bytes from/to upstream:0/0"
     );
     assert!(
@@ -1657,7 +1658,7 @@ fn worker_connections_limit_closes_clients_beyond_it() {
     let log = run.log();
     let bare = log[held_at..]
         .lines()
-        .filter(|l| l.contains("[alert]") && l.ends_with(": 7 worker_connections are not enough"))
+        .filter(|l| l.contains("[alert]") && l.ends_with(": 8 worker_connections are not enough"))
         .count();
     assert!(bare >= 3, "{bare} bare alerts for 3 clients beyond the limit\n{}", run.ctx());
 
@@ -1682,6 +1683,38 @@ fn worker_connections_limit_closes_clients_beyond_it() {
 /// clients beyond the limit wait in the listen queue, and as sessions end the waiting
 /// clients are taken and new connections work again.
 ///
+/// The pause after accept4() runs out of descriptors lasts `accept_mutex_delay`, as
+/// nginx's timer without an accept mutex (side by side: at 100ms nginx logged 22
+/// failures over a 2 s hold where a fixed 500 ms pause gives 5).
+#[test]
+fn fd_exhaustion_pause_is_accept_mutex_delay() {
+    let h = tagged("H");
+    let p = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log info;\n\
+         events {{ accept_mutex_delay 100ms; }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
+    );
+    let run = Run::start_with(&conf, Some(64));
+    let pid = run.master();
+    assert!(wait_for(10 * SEC, || short_session(p, "first").is_ok()), "not serving\n{}", run.ctx());
+    let mut last = fds_below(pid, 64);
+    let settled = wait_for(5 * SEC, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = fds_below(pid, 64);
+        std::mem::replace(&mut last, n) == n
+    });
+    assert!(settled, "sluice's descriptors do not settle\n{}", run.ctx());
+    let limit = if (64 - fds_below(pid, 64)).is_multiple_of(2) { 64 } else { 63 };
+    set_nofile(pid, limit);
+    let before = count(&run.log(), "accept4() failed (24: Too many open files)");
+    let clients: Vec<TcpStream> = (0..100).map(|i| dial(p).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
+    std::thread::sleep(2 * SEC);
+    let emfile = count(&run.log(), "accept4() failed (24: Too many open files)") - before;
+    drop(clients);
+    // 100 ms pauses over 2 s: about 20 (a fixed 500 ms pause would give at most 5).
+    assert!(emfile >= 10, "{emfile} accept4() EMFILE lines in 2 s with accept_mutex_delay 100ms\n{}", run.ctx());
+}
+
 /// A proxied session holds two descriptors. The limit is set so that the sessions fill
 /// it exactly and the next `accept4()` is what fails: with one descriptor left over, the
 /// accept would succeed and the upstream `socket()` fail instead (each such client gets

@@ -20,6 +20,9 @@ pub struct MainConf {
     pub worker_connections: Setting<usize>,
     /// `multi_accept`: accept every pending connection per listener event (on), or one.
     pub multi_accept: Setting<bool>,
+    /// `accept_mutex_delay`: without an accept mutex (sluice has none), how long
+    /// accepting stops after accept4() runs out of descriptors (ngx_event_accept).
+    pub accept_mutex_delay: Setting<Duration>,
     /// `use METHOD`: only epoll is built in.
     pub event_use: Setting<()>,
     /// A `proxy_bind ... transparent` is configured: workers keep CAP_NET_RAW (nginx's
@@ -353,7 +356,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         },
     },
     // Accepted for compatibility (values checked); sluice has no mutex or event array to
-    // tune.
+    // tune (accept_mutex_delay still times the pause after running out of descriptors).
     CoreDirective {
         name: "accept_mutex",
         ctx: Ctx::EVENTS,
@@ -364,7 +367,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "accept_mutex_delay",
         ctx: Ctx::EVENTS,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, |cmd| value::msec(cmd).map(drop)),
+        set: |c, cmd, _| c.accept_mutex_delay.set_parsed(cmd, value::msec),
     },
     CoreDirective {
         name: "epoll_events",
@@ -460,5 +463,6 @@ impl MainConf {
         self.pid.merge(&Setting::default(), paths.full_name(default_pid));
         self.worker_connections.merge(&Setting::default(), 512);
         self.multi_accept.merge(&Setting::default(), false);
+        self.accept_mutex_delay.merge(&Setting::default(), Duration::from_millis(500));
     }
 }

@@ -161,6 +161,8 @@ impl Worker {
         // channel to its master.
         let channel = u32::from(role != Role::Single);
         rt.slots.start_at(ls.len() as u32 + channel);
+        // The channel's slot counts against worker_connections, as in nginx.
+        rt.conn_slots = rt.conn_slots.saturating_sub(channel as usize);
         // nginx's `multi_accept off` (the default): one connection per listener event.
         // The listener is level-triggered, so the rest come on the next turns, between
         // the events of sessions already running.
@@ -470,8 +472,9 @@ impl Worker {
     }
 
     /// Room for one more session (a client and its upstream) under `worker_connections`.
-    /// Stop taking connections for half a second (out of descriptors); they wait in the
-    /// listen queue meanwhile.
+    /// Stop taking connections for `accept_mutex_delay` (out of descriptors; nginx's
+    /// timer when it runs without an accept mutex); they wait in the listen queue
+    /// meanwhile.
     fn pause_accept(&mut self, now: Instant, err: &io::Error) {
         crate::core::log::error(Level::Crit, "accept4() failed", Some(err));
         if self.accept_paused.is_none() {
@@ -479,7 +482,7 @@ impl Worker {
                 l.deregister_raw(self.poll.as_raw_fd());
             }
         }
-        self.accept_paused = Some(now + Duration::from_millis(500));
+        self.accept_paused = Some(now + self.cycle.core.accept_mutex_delay.get());
     }
 
     fn resume_accept(&mut self) {
