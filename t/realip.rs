@@ -120,3 +120,34 @@ stream {{
     u.set_read_timeout(Some(Duration::from_secs(10))).ok();
     assert_eq!(pp_get(u, V4), "192.0.2.1:1234:unix::");
 }
+
+/// `$realip_remote_addr`/`_port` name the socket's peer as it was when realip replaced
+/// the client address (nginx keeps it in the module's context), also after the client
+/// has reset the connection and the peer can no longer be asked (side by side with
+/// nginx 1.22.1: "127.0.0.1|PORT"; sluice gave the header's "192.0.2.1|4321").
+#[test]
+fn realip_remote_addr_survives_a_client_reset() {
+    let echo = crate::common::backend(crate::common::echo);
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format r '$realip_remote_addr|$realip_remote_port|$remote_addr|$remote_port';
+    server {{ listen 127.0.0.1:{p} proxy_protocol; set_real_ip_from 127.0.0.1; proxy_pass 127.0.0.1:{echo};
+             access_log %%PREFIX%%r.log r; }}
+}}
+"
+    ));
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let port = c.local_addr().expect("local").port();
+    c.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.2 4321 443\r\nhello").expect("write");
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).expect("the echo");
+    // Close with a reset (SO_LINGER 0).
+    let sock = socket2::SockRef::from(&c);
+    sock.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(c);
+    let lines = s.wait_lines("r.log", 1);
+    assert_eq!(lines, vec![format!("127.0.0.1|{port}|192.0.2.1|4321")]);
+}

@@ -260,7 +260,9 @@ pub fn write_v1(src: &Addr, dst: &Addr) -> Vec<u8> {
     match (src, dst) {
         (Addr::Inet(s), Addr::Inet(d)) => {
             let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
-            format!("PROXY {} {} {} {} {}\r\n", fam, s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+            // Addresses as ngx_sock_ntop prints them (`::1.2.3.4`, not `::102:304`).
+            let (si, di) = (crate::core::addr::NgxIp(s.ip()), crate::core::addr::NgxIp(d.ip()));
+            format!("PROXY {} {} {} {} {}\r\n", fam, si, di, s.port(), d.port()).into_bytes()
         }
         _ => b"PROXY UNKNOWN\r\n".to_vec(),
     }
@@ -392,6 +394,12 @@ mod tests {
         let dst = Addr::Inet("[::1]:6".parse().expect("a"));
         assert_eq!(write_v1(&src, &dst), b"PROXY TCP6 ::1 ::1 5 6\r\n");
         assert_eq!(write_v1(&Addr::Unix(Default::default()), &dst), b"PROXY UNKNOWN\r\n");
+        // Addresses as nginx's ngx_inet6_ntop prints them (side by side with 1.22.1).
+        for (ip, text) in [("::1.2.3.4", "::1.2.3.4"), ("::102", "::0.0.1.2"), ("::ffff", "::0.0.255.255")] {
+            let a = Addr::Inet(format!("[{ip}]:7").parse().unwrap());
+            let want = format!("PROXY TCP6 {text} ::1 7 6\r\n");
+            assert_eq!(String::from_utf8_lossy(&write_v1(&a, &dst)), want);
+        }
     }
 
     #[test]

@@ -93,18 +93,22 @@ fn realip_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     // From here on the session's client is the one the header names (log lines,
     // $remote_addr, access rules, limit_conn keys); the socket's peer stays reachable
     // through $realip_remote_addr.
-    s.remote = Addr::Inet(SocketAddr::new(ip, h.src_port));
+    // Kept, as nginx's realip context keeps it: the socket's peer may be gone by the
+    // time a variable asks (a client that reset the connection).
+    let peer = std::mem::replace(&mut s.remote, Addr::Inet(SocketAddr::new(ip, h.src_port)));
+    s.realip_peer = Some(peer);
     Flow::Declined
 }
 
 /// The connection's own peer: what the client address was before realip replaced it.
 fn connection_peer(s: &SessionCore) -> Addr {
+    if let Some(p) = &s.realip_peer {
+        return p.clone();
+    }
     match &s.client {
-        Conn::Tcp(t) => t.peer_addr().map(Addr::Inet).unwrap_or_else(|_| s.remote.clone()),
-        Conn::Udp(u) => Addr::Inet(u.peer),
         // An unnamed unix-domain client, as nginx prints it: "unix:".
         Conn::Unix(_) => Addr::Unix(Default::default()),
-        Conn::Dgram(_) => s.remote.clone(),
+        _ => s.remote.clone(),
     }
 }
 

@@ -155,6 +155,8 @@ pub struct SessionCore {
     pub var_cache: Vec<Option<Vec<u8>>>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
+    /// The socket's peer, kept when realip replaced `remote` ($realip_remote_addr).
+    pub realip_peer: Option<Addr>,
     /// The client connection's slot in nginx's connection array (`ConnSlots`).
     pub conn_slot: u32,
     /// How many variable evaluations are under way, one inside another (a map whose

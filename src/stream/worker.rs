@@ -648,6 +648,7 @@ impl Worker {
             var_depth: 0,
             var_cycle: false,
             conn_slot: 0,
+            realip_peer: None,
             client_hup: false,
             captures: Default::default(),
             limit_conn: Default::default(),
