@@ -1072,3 +1072,57 @@ fn worker_exit_line_and_startup_syslog_host_as_nginx() {
     assert!(lines.len() > 4 && lines[4..].iter().all(|l| l.contains(&format!(" {host} nginx: "))), "{lines:#?}");
     assert_eq!(exits(&lines.join("\n")), [true], "{lines:#?}");
 }
+
+/// Sessions that start in one turn (connections queued while the worker was stopped,
+/// `multi_accept on`): nginx reads a client only once its upstream is connected, after
+/// the rest of that turn's events, so every "proxy connected" of the batch comes before
+/// the first "client disconnected" (side by side with nginx 1.22.1). sluice read each
+/// client at once and logged its end right after its own "proxy connected".
+#[test]
+fn sessions_of_one_turn_log_in_nginx_order() {
+    let echo = backend(crate::common::echo);
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{ multi_accept on; }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{echo}; }} }}\n"
+    ));
+    let start = s.error_log().len();
+    s.signal(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'))
+    };
+    assert!(wait_for(Duration::from_secs(5), stopped), "sluice did not stop");
+    let clients: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", p)).expect("connect");
+            std::io::Write::write_all(&mut c, b"x").expect("write");
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            c
+        })
+        .collect();
+    s.signal(libc::SIGCONT);
+    let lines = || -> Vec<String> {
+        s.error_log()[start..]
+            .lines()
+            .filter(|l| l.contains(" connected to ") || l.contains(" disconnected"))
+            .map(|l| {
+                if l.contains(" client 127") {
+                    "client"
+                } else if l.contains(" proxy ") {
+                    "proxy"
+                } else {
+                    "end"
+                }
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(wait_for(Duration::from_secs(10), || lines().len() == 9), "{}", s.error_log());
+    assert_eq!(
+        lines(),
+        ["client", "client", "client", "proxy", "proxy", "proxy", "end", "end", "end"],
+        "{}",
+        s.error_log()
+    );
+    drop(clients);
+}

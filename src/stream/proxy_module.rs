@@ -913,10 +913,24 @@ impl ProxySession {
         self.down.src_ready = true;
         self.up.src_ready = true;
         s.action = Some("proxying connection");
-        match self.process(s, cx, false) {
+        if self.udp {
             // A datagram socket has nothing to read before its first send: an answer
             // raises an edge (the socket is watched before anything is sent).
-            Flow::Again if !self.udp => self.process(s, cx, true),
+            return self.process(s, cx, false);
+        }
+        // A client nginx has not read yet (no PROXY header, no preread) is watched only
+        // from here (ngx_stream_proxy_process ends with ngx_handle_read_event), so what
+        // it already sent is read after the rest of this turn's events, and so is an
+        // upstream already readable (a posted event). Here both wait for the end of
+        // the turn: another session's "proxy connected" in the same batch is logged
+        // before this one's "client disconnected", as nginx logs them.
+        let watched = s.proxy_protocol.is_some() || !s.preread.is_empty() || s.client_hup;
+        if !watched {
+            cx.rt.requeue(s.key);
+            return Flow::Again;
+        }
+        match self.process(s, cx, false) {
+            Flow::Again => self.process(s, cx, true),
             f => f,
         }
     }
