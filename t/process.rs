@@ -1461,6 +1461,39 @@ fn s_quit_lets_sessions_finish_then_exits() {
     assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), run.ctx());
 }
 
+/// A proxy to a greeting backend, master and one worker: (run, master, worker, port).
+fn one_worker_proxy() -> (Run, i32, i32, u16) {
+    let p = free_port();
+    let run = Run::start(&proxy_conf(&head(false, "1"), p, tagged("A")));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "a worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    (run, master, w, p)
+}
+
+/// A session of that proxy, once its greeting is in.
+fn greeted(p: u16) -> TcpStream {
+    let mut c = dial(p).expect("connect");
+    assert_eq!(read_line(&mut c).expect("greeting"), "A");
+    c
+}
+
+/// QUIT, then TERM while the worker shuts down gracefully; the master must exit (0).
+/// The worker's `[alert]` lines, without their "TIME [alert] PID#PID: " head.
+fn quit_then_term(run: &mut Run, master: i32, w: i32) -> Vec<String> {
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    signal(master, libc::SIGTERM);
+    let st = run.wait_child(10 * SEC);
+    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on TERM: {st:?}\n{}", run.ctx());
+    let head = format!("{w}#{w}: ");
+    run.log()
+        .lines()
+        .filter(|l| l.contains(&format!(" {head}")) && l.contains("[alert]"))
+        .filter_map(|l| l.split(&head).nth(1).map(str::to_string))
+        .collect()
+}
+
 /// The slots named in those alerts follow nginx's connection array, whose free list
 /// hands out the most recently freed slot first (side by side with nginx 1.22.1, found
 /// by running its stream_proxy_protocol.t with both): X and Y open, X ends (its
@@ -1468,30 +1501,15 @@ fn s_quit_lets_sessions_finish_then_exits() {
 /// order, Z's before Y's.
 #[test]
 fn open_socket_alerts_name_nginx_connection_slots() {
-    let a = tagged("A");
-    let p = free_port();
-    let mut run = Run::start(&proxy_conf(&head(false, "1"), p, a));
-    let master = run.master();
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "a worker\n{}", run.ctx());
-    let w = workers_of(master, &[])[0];
-    let mut x = dial(p).expect("connect");
-    assert_eq!(read_line(&mut x).expect("greeting"), "A");
-    let mut y = dial(p).expect("connect");
-    assert_eq!(read_line(&mut y).expect("greeting"), "A");
+    let (mut run, master, w, p) = one_worker_proxy();
+    let x = greeted(p);
+    let y = greeted(p);
     drop(x);
     assert!(wait_for(10 * SEC, || run.log().contains("*1 client disconnected")), "{}", run.ctx());
-    let mut z = dial(p).expect("connect");
-    assert_eq!(read_line(&mut z).expect("greeting"), "A");
-    signal(master, libc::SIGQUIT);
-    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
-    signal(master, libc::SIGTERM);
-    let st = run.wait_child(10 * SEC);
-    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on TERM: {st:?}\n{}", run.ctx());
-    let log = run.log();
-    let alerts: Vec<(String, String)> = log
-        .lines()
-        .filter(|l| l.contains(&format!(" {w}#{w}: ")) && l.contains(" open socket #"))
-        .filter_map(|l| l.split(&format!("{w}#{w}: ")).nth(1))
+    let z = greeted(p);
+    let alerts: Vec<(String, String)> = quit_then_term(&mut run, master, w)
+        .iter()
+        .filter(|l| l.contains(" open socket #"))
         .map(|l| {
             let number = l.split(' ').next().unwrap_or("").to_string();
             (number, l.rsplit(' ').next().unwrap_or("").to_string())
@@ -1512,27 +1530,11 @@ fn open_socket_alerts_name_nginx_connection_slots() {
 /// and the channel to the master), then "aborting".
 #[test]
 fn term_during_graceful_shutdown_reports_open_sockets() {
-    let a = tagged("A");
-    let p = free_port();
-    let mut run = Run::start(&proxy_conf(&head(false, "1"), p, a));
-    let master = run.master();
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "a worker\n{}", run.ctx());
-    let w = workers_of(master, &[])[0];
-    let mut one = dial(p).expect("connect");
-    assert_eq!(read_line(&mut one).expect("greeting"), "A");
-    let mut two = dial(p).expect("connect");
-    assert_eq!(read_line(&mut two).expect("greeting"), "A");
-    signal(master, libc::SIGQUIT);
-    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
-    signal(master, libc::SIGTERM);
-    let st = run.wait_child(10 * SEC);
-    assert!(st.is_some_and(|s| s.success()), "the master did not exit (0) on TERM: {st:?}\n{}", run.ctx());
+    let (mut run, master, w, p) = one_worker_proxy();
+    let one = greeted(p);
+    let two = greeted(p);
+    let lines = quit_then_term(&mut run, master, w);
     let log = run.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(&format!(" {w}#{w}: ")) && l.contains("[alert]"))
-        .filter_map(|l| l.split(&format!("{w}#{w}: ")).nth(1))
-        .collect();
     assert_eq!(lines.len(), 5, "four open sockets and \"aborting\": {lines:?}\n{}", run.ctx());
     for (i, l) in lines[..4].iter().enumerate() {
         let (number, rest) = l.split_once(" open socket #").unwrap_or(("", ""));

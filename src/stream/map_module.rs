@@ -671,20 +671,10 @@ impl StreamRegex {
                 .and_then(|(a, b)| subject.get(a..b))
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
-            store(s, idx, v);
+            s.cache_var(idx, Some(v));
         }
         s.captures = Captures { subject: subject.to_vec(), groups };
         true
-    }
-}
-
-/// Keep a value of variable `idx` for the rest of the session.
-fn store(s: &mut SessionCore, idx: usize, v: Vec<u8>) {
-    if s.var_cache.len() <= idx {
-        s.var_cache.resize(idx + 1, None);
-    }
-    if let Some(slot) = s.var_cache.get_mut(idx) {
-        *slot = Some(v);
     }
 }
 

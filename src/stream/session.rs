@@ -225,6 +225,17 @@ impl SessionCore {
         }
     }
 
+    /// Keep variable `idx`'s value for the rest of the session (`None`: not found);
+    /// `eval_var` answers from it before any getter.
+    pub fn cache_var(&mut self, idx: usize, v: Option<Vec<u8>>) {
+        if self.var_cache.len() <= idx {
+            self.var_cache.resize(idx + 1, None);
+        }
+        if let Some(slot) = self.var_cache.get_mut(idx) {
+            *slot = v;
+        }
+    }
+
     pub fn log_enabled(&self, level: Level) -> bool {
         self.srv.error_log.enabled(level)
     }

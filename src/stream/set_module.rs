@@ -59,12 +59,7 @@ fn set_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
         if !value.eval(s, &mut v) {
             return Flow::Finalize(crate::stream::session::status::INTERNAL_SERVER_ERROR);
         }
-        if s.var_cache.len() <= *idx {
-            s.var_cache.resize(*idx + 1, None);
-        }
-        if let Some(slot) = s.var_cache.get_mut(*idx) {
-            *slot = Some(v);
-        }
+        s.cache_var(*idx, Some(v));
     }
     Flow::Declined
 }

@@ -160,10 +160,7 @@ fn var_split(s: &mut SessionCore, data: usize, out: &mut Vec<u8>) -> bool {
     let Some(sp) = cycle.stream.split_clients.splits.get(data) else { return false };
     // nginx sets the value to "" before it reads the key, so a key that names the
     // variable itself reads "" there instead of going round in a cycle.
-    if s.var_cache.len() <= sp.var {
-        s.var_cache.resize(sp.var + 1, None);
-    }
-    s.var_cache[sp.var] = Some(Vec::new());
+    s.cache_var(sp.var, Some(Vec::new()));
     let mut key = Vec::new();
     sp.key.eval(s, &mut key);
     let hash = murmur_hash2(&key);

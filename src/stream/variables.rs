@@ -195,6 +195,8 @@ pub fn capture_name(n: usize) -> String {
 
 /// Evaluate variable `idx` for session `s`, appending to `out`.
 pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
+    // Set below only when this very call stops at the depth limit.
+    s.var_cycle = false;
     let cycle = s.cycle.clone();
     let Some(def) = cycle.vars.def(idx) else { return false };
     let Some(get) = def.get else { return false };
@@ -220,6 +222,7 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     s.var_depth += 1;
     let found = eval_getter(s, idx, def, get, out);
     s.var_depth -= 1;
+    // A nested call's stop is not this call's.
     s.var_cycle = false;
     found
 }
@@ -232,10 +235,7 @@ fn eval_getter(s: &mut SessionCore, idx: usize, def: &VarDef, get: VarGet, out: 
     if def.cached || (def.cacheable && !s.logging) {
         let start = out.len();
         let found = get(s, def.data, out);
-        if s.var_cache.len() <= idx {
-            s.var_cache.resize(idx + 1, None);
-        }
-        s.var_cache[idx] = found.then(|| out[start..].to_vec());
+        s.cache_var(idx, found.then(|| out[start..].to_vec()));
         return found;
     }
     let data = if def.prefix { idx } else { def.data };
@@ -375,14 +375,14 @@ impl Complex {
     /// ends the session with 500 where nginx does); a shorter one is what comes out.
     pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) -> bool {
         if !self.reads_captures(s) {
-            self.eval_once(s, out);
+            self.eval_once(s, out, true);
             return true;
         }
         let start = out.len();
-        self.eval_once(s, out);
+        self.eval_once(s, out, false);
         let first = out.len() - start;
         out.truncate(start);
-        self.eval_once(s, out);
+        self.eval_once(s, out, false);
         if out.len() - start > first {
             out.truncate(start);
             s.log(Level::Alert, "no buffer space in script copy", None);
@@ -400,15 +400,15 @@ impl Complex {
         s.cycle.vars.reads_captures(vars)
     }
 
-    fn eval_once(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
+    /// One pass over the parts. `single`: the only pass, standing for both of nginx's,
+    /// so a variable that closes a cycle is reported a second time, as nginx asks it in
+    /// each pass.
+    fn eval_once(&self, s: &mut SessionCore, out: &mut Vec<u8>, single: bool) {
         for p in &self.parts {
             match p {
                 Part::Lit(v) => out.extend_from_slice(v),
                 Part::Var(i) => {
-                    if !eval_var(s, *i, out) && s.var_cycle {
-                        // nginx evaluates a complex value in two passes, lengths and
-                        // then bytes: the variable that closes a cycle is asked, and
-                        // reported, once in each.
+                    if !eval_var(s, *i, out) && s.var_cycle && single {
                         s.var_cycle = false;
                         if let Some(def) = s.cycle.vars.def(*i) {
                             let msg = format!("cycle while evaluating variable \"{}\"", def.name);
