@@ -1070,3 +1070,42 @@ fn immediate_connect_failure_is_crit_and_tries_the_next_peer() {
     }
     assert!(!log.contains("[alert]"), "{log}");
 }
+
+/// Zero timeouts end the session before anything is read, as nginx 1.22.1 did side by
+/// side (3 runs of 3): nginx reads a client only when epoll reports it readable, and a
+/// 0 ms timer armed while a turn's events are handled expires at the end of that turn.
+/// `proxy_timeout 0`: "connection timed out", 0 bytes either way, though the client
+/// sent at once; `preread_timeout 0`: the session ends with 200 and no upstream.
+#[test]
+fn zero_timeouts_end_sessions_before_reading() {
+    let b = backend(echo);
+    let (p, q) = (free_port(), free_port());
+    let mut s = Sluice::start(&conf_all(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_timeout 0; proxy_pass 127.0.0.1:{b}; }}\n\
+         server {{ listen 127.0.0.1:{q}; ssl_preread on; preread_timeout 0; proxy_pass 127.0.0.1:{b}; }}"
+    )));
+    for port in [p, q] {
+        let mut c = connect(port);
+        let cport = c.local_addr().expect("addr").port();
+        c.write_all(b"hello").expect("write");
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // nginx closes with the client's bytes unread: a reset, or an end of file.
+        let (reply, err) = read_all(&mut c);
+        assert_eq!(reply, b"", "port {}", port);
+        assert!(err.as_ref().is_none_or(|e| e.kind() == ErrorKind::ConnectionReset), "{:?}", err);
+        let line = access_line(&s, "access.log", 1, &cport.to_string()).expect("access log line");
+        let f = fields(&line);
+        if port == p {
+            assert_eq!((f[13], f[14], f[16], f[18], f[19]), ("0", "0", "200", "0", "0"), "{}", line);
+            let (_, lines) = session_lines(&s, "error.log", cport, 3);
+            let want = "connection timed out (110: Connection timed out) while proxying connection, client: \
+                        127.0.0.1, server: 127.0.0.1:";
+            assert!(lines.last().is_some_and(|l| l.contains(want)), "{:?}", lines);
+            assert!(lines[2].ends_with("bytes from/to client:0/0, bytes from/to upstream:0/0"), "{:?}", lines);
+        } else {
+            assert_eq!((f[13], f[14], f[16], f[17]), ("0", "0", "200", "-"), "{}", line);
+        }
+    }
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}

@@ -927,6 +927,11 @@ impl ProxySession {
         let watched = s.proxy_protocol.is_some() || !s.preread.is_empty() || s.client_hup;
         if !watched {
             cx.rt.requeue(s.key);
+            // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
+            // is read, so `proxy_timeout 0` ends the session this turn with nothing
+            // relayed (the turn's timers expire before its posted reads).
+            let t = conf(s).timeout.get();
+            cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
             return Flow::Again;
         }
         match self.process(s, cx, false) {

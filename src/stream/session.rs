@@ -297,11 +297,19 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
         }
     }
     let size = s.srv.core().preread_buffer_size;
+    // nginx reads a client only once epoll says it is readable (after a PROXY header it
+    // still is), and a zero preread_timeout expires at the end of the accept's turn,
+    // before that: the session ends with nothing read.
+    let mut wait_for_epoll =
+        s.preread_timer.is_none() && s.srv.core().preread_timeout.is_zero() && s.proxy_protocol.is_none();
     loop {
         let have = s.preread.len();
         if have >= size {
             s.log(Level::Error, "preread buffer full", None);
             return Flow::Finalize(status::BAD_REQUEST);
+        }
+        if std::mem::take(&mut wait_for_epoll) {
+            return Flow::Again;
         }
         s.preread.resize(size, 0);
         let r = std::io::Read::read(&mut s.client, &mut s.preread[have..]);
