@@ -1075,19 +1075,21 @@ fn immediate_connect_failure_is_crit_and_tries_the_next_peer() {
 /// side (3 runs of 3): nginx reads a client only when epoll reports it readable, and a
 /// 0 ms timer armed while a turn's events are handled expires at the end of that turn.
 /// `proxy_timeout 0`: "connection timed out", 0 bytes either way, though the client
-/// sent at once; `preread_timeout 0`: the session ends with 200 and no upstream.
+/// sent at once; `preread_timeout 0`: the session ends with 200 and no upstream;
+/// `proxy_protocol_timeout 0`: "client timed out" though the header came at once.
 #[test]
 fn zero_timeouts_end_sessions_before_reading() {
     let b = backend(echo);
-    let (p, q) = (free_port(), free_port());
+    let (p, q, r) = (free_port(), free_port(), free_port());
     let mut s = Sluice::start(&conf_all(&format!(
         "server {{ listen 127.0.0.1:{p}; proxy_timeout 0; proxy_pass 127.0.0.1:{b}; }}\n\
-         server {{ listen 127.0.0.1:{q}; ssl_preread on; preread_timeout 0; proxy_pass 127.0.0.1:{b}; }}"
+         server {{ listen 127.0.0.1:{q}; ssl_preread on; preread_timeout 0; proxy_pass 127.0.0.1:{b}; }}\n\
+         server {{ listen 127.0.0.1:{r} proxy_protocol; proxy_protocol_timeout 0; return ok; }}"
     )));
-    for port in [p, q] {
+    for port in [p, q, r] {
         let mut c = connect(port);
         let cport = c.local_addr().expect("addr").port();
-        c.write_all(b"hello").expect("write");
+        c.write_all(if port == r { b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhello" } else { b"hello" }).expect("write");
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         // nginx closes with the client's bytes unread: a reset, or an end of file.
         let (reply, err) = read_all(&mut c);
@@ -1104,6 +1106,12 @@ fn zero_timeouts_end_sessions_before_reading() {
             assert!(lines[2].ends_with("bytes from/to client:0/0, bytes from/to upstream:0/0"), "{:?}", lines);
         } else {
             assert_eq!((f[13], f[14], f[16], f[17]), ("0", "0", "200", "-"), "{}", line);
+        }
+        if port == r {
+            assert_eq!(f[0], "127.0.0.1", "the header was not read: {}", line);
+            let (_, lines) = session_lines(&s, "error.log", cport, 2);
+            let want = "client timed out (110: Connection timed out) while reading PROXY protocol";
+            assert!(lines.last().is_some_and(|l| l.contains(want)), "{:?}", lines);
         }
     }
     assert_eq!(s.stop(), Some(0));
