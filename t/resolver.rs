@@ -301,15 +301,17 @@ fn proxy_pass_variable_follows_dns_changes() {
 
 /// Failures end the session with 500 and nginx's lines: "Host not found" for NXDOMAIN
 /// and for an answer without addresses, the rcode's text for SERVFAIL, a timeout after
-/// `resolver_timeout`, "no port", and a name nobody can resolve without `resolver`.
+/// `resolver_timeout`, "no port", and a name nobody can resolve without `resolver`. A
+/// name is asked, and named in the error, as ngx_resolve_name leaves it: lower case,
+/// without its trailing dot (nginx 1.22.1 side by side).
 #[test]
 fn resolution_failures_are_500_with_nginx_lines() {
     let dns = DnsServer::start();
     dns.set("empty.test", Zone::default());
     dns.set("fail.test", Zone { rcode: 2, ..Zone::default() });
     dns.set("slow.test", Zone { silent: true, ..Zone::default() });
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let names = ["nx.test:80", "empty.test:80", "fail.test:80", "slow.test:80", "noport.test"];
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let names = ["nx.test:80", "empty.test:80", "fail.test:80", "slow.test:80", "noport.test", "Mixed.Case.TEST.:80"];
     let map: String = ports.iter().zip(names).map(|(p, n)| format!("{p} {n}; ")).collect();
     let listens: String = ports.iter().map(|p| format!("listen 127.0.0.1:{p}; ")).collect();
     let s = Sluice::start(&format!(
@@ -326,7 +328,7 @@ fn resolution_failures_are_500_with_nginx_lines() {
     for &port in &ports {
         assert_eq!(ask(port), "", "port {port}");
     }
-    let lines = s.wait_lines("a.log", 5);
+    let lines = s.wait_lines("a.log", 6);
     for port in &ports {
         assert!(lines.contains(&format!("{port} 500")), "{port}: {lines:?}");
     }
@@ -337,10 +339,12 @@ fn resolution_failures_are_500_with_nginx_lines() {
         "fail.test could not be resolved (2: Server failure)",
         "slow.test could not be resolved (110: Operation timed out)",
         "no port in upstream \"noport.test\"",
+        "mixed.case.test could not be resolved (3: Host not found)",
     ] {
         assert_eq!(log.matches(want).count(), 1, "{want}\n{log}");
     }
     assert!(dns.queries("noport.test").is_empty(), "a name without a port is not resolved");
+    assert_eq!(dns.queries("mixed.case.test").len(), 2, "asked in lower case, without the dot");
     // A, then AAAA (ipv6 is on by default).
     let mut types: Vec<u16> = dns.queries("nx.test").into_iter().map(|(t, _)| t).collect();
     types.sort_unstable();

@@ -654,7 +654,8 @@ impl ProxySession {
         let Some((host, port)) = self.resolving.take() else { return Err(Some(status::INTERNAL_SERVER_ERROR)) };
         match outcome {
             Err(code) => {
-                let msg = format!("{} could not be resolved ({}: {})", host, code, resolver::strerror(code));
+                let name = resolver::query_name(&host);
+                let msg = format!("{} could not be resolved ({}: {})", name, code, resolver::strerror(code));
                 s.log(Level::Error, &msg, None);
                 Err(Some(status::INTERNAL_SERVER_ERROR))
             }

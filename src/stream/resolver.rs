@@ -39,6 +39,12 @@ const MAX_CACHED: usize = 10_000;
 /// `NGX_RESOLVE_TIMEDOUT`.
 pub const TIMEDOUT: i32 = libc::ETIMEDOUT;
 
+/// The name as `ngx_resolve_name` leaves it: one trailing dot dropped, lower case (nginx
+/// changes the caller's string in place, so its "could not be resolved" errors name it so).
+pub fn query_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
 /// `ngx_resolver_strerror`.
 pub fn strerror(code: i32) -> &'static str {
     match code {
@@ -259,7 +265,7 @@ impl Resolvers {
         io: &mut Io<'_>,
     ) -> Option<(Outcome, Duration)> {
         let r = self.resolver(conf);
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let name = query_name(name);
         let deadline = (!timeout.is_zero()).then(|| io.now + timeout);
         self.request(r, name, srv, Waiter { target, deadline, depth: 0 }, io)
     }

@@ -449,7 +449,12 @@ impl WorkerState {
                         code,
                         resolver::strerror(code)
                     ),
-                    None => format!("{} could not be resolved ({}: {})", spec.host, code, resolver::strerror(code)),
+                    None => format!(
+                        "{} could not be resolved ({}: {})",
+                        resolver::query_name(&spec.host),
+                        code,
+                        resolver::strerror(code)
+                    ),
                 };
                 crate::core::log::error(crate::core::conf::Level::Error, &msg, None);
                 if code == i32::from(crate::core::dns::NXDOMAIN) {
