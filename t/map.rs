@@ -375,3 +375,27 @@ stream {{
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(std::fs::read_to_string(s.dir.join("c.log")).unwrap_or_default(), "", "the line is dropped");
 }
+
+/// nginx's first pass keeps every variable's value for the second, a `volatile` map's
+/// too: only the captures are read again. A volatile regex map is not run again in the
+/// second pass, so the captures a later map set in the first pass stay (nginx 1.22.1
+/// side by side: "~a|h|" and "1|x|56"; re-running it gave an alert and nothing, and
+/// "1|x|").
+#[test]
+fn volatile_values_are_kept_between_the_two_passes() {
+    let (a, b) = (free_port(), free_port());
+    let _s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map $v $m2 {{ volatile; \"~^0\\.0\\.0\\.(1)$\" \"~a\"; }}
+    map $w $h {{ \"~^5644$\" \"h\"; }}
+    map $v $n2 {{ volatile; \"~^\" \"1\"; }}
+    map $w $m0 {{ \"~^(56)44$\" \"x\"; }}
+    server {{ listen 127.0.0.1:{a}; set $v 0.0.0.1; set $w 5644; return \"$m2|$h|$1\\n\"; }}
+    server {{ listen 127.0.0.1:{b}; set $v 0.0.0.1; set $w 5644; return \"$n2|$m0|$1\\n\"; }}
+}}
+"
+    ));
+    assert_eq!(String::from_utf8_lossy(&exchange(a, b"")), "~a|h|\n");
+    assert_eq!(String::from_utf8_lossy(&exchange(b, b"")), "1|x|56\n");
+}

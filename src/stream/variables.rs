@@ -367,23 +367,42 @@ impl Complex {
 
     /// Evaluate into `out` (not-found variables are empty, as in nginx scripts).
     ///
-    /// nginx builds a value in two passes, lengths and then bytes, evaluating every
-    /// variable in each; a regex map evaluated in the first pass sets captures that a
-    /// capture read before it then shows only in the second. So where a value reads a
-    /// capture it is built twice here too: a second pass longer than the first fails
-    /// with nginx's (Debian 1.22.1's) alert, `false` and nothing in `out` (the caller
-    /// ends the session with 500 where nginx does); a shorter one is what comes out.
+    /// nginx builds a value in two passes, lengths and then bytes. The first evaluates
+    /// each variable and keeps its value for the second (a `volatile` one too), but
+    /// captures are read afresh in each: a regex map evaluated in the first pass sets
+    /// captures that a capture read before it shows only in the second. So where a
+    /// value reads a capture it is built twice here too, the second time re-reading
+    /// only the captures: a second pass longer than the first fails with nginx's
+    /// (Debian 1.22.1's) alert, `false` and nothing in `out` (the caller ends the
+    /// session with 500 where nginx does); a shorter one is what comes out.
     pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) -> bool {
         if !self.reads_captures(s) {
-            self.eval_once(s, out, true);
+            self.eval_once(s, out);
             return true;
         }
         let start = out.len();
-        self.eval_once(s, out, false);
-        let first = out.len() - start;
-        out.truncate(start);
-        self.eval_once(s, out, false);
-        if out.len() - start > first {
+        let mut ends = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            match p {
+                Part::Lit(v) => out.extend_from_slice(v),
+                Part::Var(i) => {
+                    eval_var(s, *i, out);
+                }
+            }
+            ends.push(out.len() - start);
+        }
+        let first = out.split_off(start);
+        let mut from = 0;
+        for (p, &end) in self.parts.iter().zip(&ends) {
+            match p {
+                Part::Var(i) if s.cycle.vars.def(*i).is_some_and(|d| d.capture) => {
+                    eval_var(s, *i, out);
+                }
+                _ => out.extend_from_slice(&first[from..end]),
+            }
+            from = end;
+        }
+        if out.len() - start > first.len() {
             out.truncate(start);
             s.log(Level::Alert, "no buffer space in script copy", None);
             return false;
@@ -400,15 +419,15 @@ impl Complex {
         s.cycle.vars.reads_captures(vars)
     }
 
-    /// One pass over the parts. `single`: the only pass, standing for both of nginx's,
-    /// so a variable that closes a cycle is reported a second time, as nginx asks it in
-    /// each pass.
-    fn eval_once(&self, s: &mut SessionCore, out: &mut Vec<u8>, single: bool) {
+    /// The only pass, standing for both of nginx's, so a variable that closes a cycle
+    /// is reported a second time, as nginx asks it in each pass (a variable stopped at
+    /// the limit is not kept).
+    fn eval_once(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
         for p in &self.parts {
             match p {
                 Part::Lit(v) => out.extend_from_slice(v),
                 Part::Var(i) => {
-                    if !eval_var(s, *i, out) && s.var_cycle && single {
+                    if !eval_var(s, *i, out) && s.var_cycle {
                         s.var_cycle = false;
                         if let Some(def) = s.cycle.vars.def(*i) {
                             let msg = format!("cycle while evaluating variable \"{}\"", def.name);
