@@ -239,3 +239,52 @@ fn live_hello_proxied_untouched() {
     let _ = c.read_to_end(&mut got);
     assert_eq!(got, send, "in two segments");
 }
+
+/// A backend that answers `tag` once the client's first bytes came, then closes.
+fn tag_backend(tag: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let _ = c.read(&mut [0u8; 4096]);
+            let _ = c.write_all(tag);
+        }
+    });
+    port
+}
+
+/// A `$ssl_preread_*` variable read before the preread phase (here by a `limit_conn`
+/// key, in the preaccess phase) is not found, and nginx keeps that for the whole
+/// session, as it keeps any cacheable variable: an SNI router's map then sees no name
+/// (nginx 1.22.1 side by side: the default upstream, `sni="-"`). Read first after the
+/// phase, it is the hello's.
+#[test]
+fn preread_variables_read_early_stay_not_found() {
+    let hello = case("tls13").send[0].clone();
+    let (a, b) = (tag_backend(b"A"), tag_backend(b"B"));
+    let (p, q) = (crate::common::free_port(), crate::common::free_port());
+    let s = crate::common::Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format s '$server_port sni=\"$ssl_preread_server_name\"';
+    access_log %%PREFIX%%s.log s;
+    map $ssl_preread_server_name $backend {{ app.example.com 127.0.0.1:{a}; default 127.0.0.1:{b}; }}
+    limit_conn_zone $ssl_preread_server_name zone=per_sni:1m;
+    server {{ listen 127.0.0.1:{p}; ssl_preread on; limit_conn per_sni 10; proxy_pass $backend; }}
+    server {{ listen 127.0.0.1:{q}; ssl_preread on; proxy_pass $backend; }}
+}}
+"
+    ));
+    for (port, want) in [(p, "B"), (q, "A")] {
+        let mut c = crate::common::connect(port);
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        c.write_all(&hello).expect("write");
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(String::from_utf8_lossy(&got), want, "port {}", port);
+    }
+    let lines = s.wait_lines("s.log", 2);
+    assert!(lines.contains(&format!("{p} sni=\"-\"")), "{lines:?}");
+    assert!(lines.contains(&format!("{q} sni=\"app.example.com\"")), "{lines:?}");
+}

@@ -151,8 +151,10 @@ pub struct SessionCore {
     pub udp_dropped: u64,
     /// UDP: the (listener, client) binding that routes datagrams to this session.
     pub udp_key: Option<(usize, std::net::SocketAddr)>,
-    /// Cached values of cached variables (map, geo, set), by variable index.
-    pub var_cache: Vec<Option<Vec<u8>>>,
+    /// Kept values of variables (map, geo, set, cacheable built-ins), by variable
+    /// index: `Some(None)` keeps "not found", as nginx keeps a cacheable variable's
+    /// `not_found` (a `$ssl_preread_*` read before the preread phase stays not found).
+    pub var_cache: Vec<Option<Option<Vec<u8>>>>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
     /// The socket's peer, kept when realip replaced `remote` ($realip_remote_addr).
@@ -232,7 +234,7 @@ impl SessionCore {
             self.var_cache.resize(idx + 1, None);
         }
         if let Some(slot) = self.var_cache.get_mut(idx) {
-            *slot = v;
+            *slot = Some(v);
         }
     }
 

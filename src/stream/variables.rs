@@ -202,9 +202,11 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     let Some(get) = def.get else { return false };
     // A value stored for this session (`set`, a regex's named capture, a cached
     // variable's first evaluation) wins over the getter.
-    if let Some(Some(v)) = s.var_cache.get(idx) {
-        out.extend_from_slice(v);
-        return true;
+    if let Some(Some(kept)) = s.var_cache.get(idx) {
+        if let Some(v) = kept {
+            out.extend_from_slice(v);
+        }
+        return kept.is_some();
     }
     // A variable whose value needs itself (`map $x $b { default "x$b"; }`) ends
     // after 100 evaluations one inside another, as nginx's; the innermost is not found.
