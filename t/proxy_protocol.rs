@@ -939,23 +939,38 @@ fn bytes_with_the_header_are_not_paced() {
 /// On a PROXY protocol listener nginx reads the client once more after the header, before
 /// the upstream connects (its read event is still ready), and from then on the session's
 /// action is "proxying connection": so a refused first connect is logged "while proxying
-/// connection" (side by side with nginx 1.22.1), unlike on a plain listener.
+/// connection" (side by side with nginx 1.22.1), unlike on a plain listener. The same
+/// after a header without addresses (`PROXY UNKNOWN`, v2 `LOCAL`), and the bytes that
+/// came with it are counted (nginx: "bytes from/to client:6/0").
 #[test]
 fn refused_connect_after_a_header_is_logged_while_proxying_connection() {
     let (p, dead) = (free_port(), free_port());
     let s = Sluice::start(&format!(
         "events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; proxy_pass 127.0.0.1:{dead}; }} }}"
     ));
-    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
-    c.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.2 4321 443\r\n").expect("send");
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut b = [0u8; 16];
-    let _ = c.read(&mut b);
-    let want = format!(
-        "connect() failed (111: Connection refused) while proxying connection, client: 127.0.0.1, \
-         server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\""
-    );
-    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&want)), "{}", s.error_log());
+    let v2_local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00hello\n";
+    let headers: [&[u8]; 3] =
+        [b"PROXY TCP4 192.0.2.1 198.51.100.2 4321 443\r\n", b"PROXY UNKNOWN\r\nhello\n", v2_local];
+    for (i, h) in headers.into_iter().enumerate() {
+        let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+        c.write_all(h).expect("send");
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut b = [0u8; 16];
+        let _ = c.read(&mut b);
+        let bytes = if i == 0 { 0 } else { 6 };
+        let want = format!(
+            "connect() failed (111: Connection refused) while proxying connection, client: 127.0.0.1, \
+             server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\", bytes from/to client:{bytes}/0, \
+             bytes from/to upstream:0/0"
+        );
+        let n = i + 1;
+        assert!(
+            wait_for(Duration::from_secs(5), || s.error_log().matches("connect() failed").count() == n),
+            "{}",
+            s.error_log()
+        );
+        assert!(s.error_log().contains(&want), "header {i}: {}", s.error_log());
+    }
 }
 
 /// A broken header is logged with the bytes the client sent, not UTF-8 replacements

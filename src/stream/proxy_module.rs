@@ -925,7 +925,7 @@ impl ProxySession {
         // upstream already readable (a posted event). Here both wait for the end of
         // the turn: another session's "proxy connected" in the same batch is logged
         // before this one's "client disconnected", as nginx logs them.
-        let watched = s.proxy_protocol.is_some() || !s.preread.is_empty() || s.client_hup;
+        let watched = s.pp_read || !s.preread.is_empty() || s.client_hup;
         if !watched {
             cx.rt.requeue(s.key);
             // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
@@ -1370,7 +1370,7 @@ impl Content for ProxySession {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
         self.set_local(s);
-        self.client_watched = !self.udp && (s.proxy_protocol.is_some() || !s.preread.is_empty());
+        self.client_watched = !self.udp && (s.pp_read || !s.preread.is_empty());
         // nginx's proxy handler posts the client's read event when it is still ready: a
         // PROXY header is taken whole, while a preread phase's short read drains it
         // unless an end of file is pending.

@@ -189,6 +189,9 @@ pub struct SessionCore {
     /// whether it is still to be read.
     pub proxy_protocol: Option<crate::stream::proxy_protocol::ProxyHeader>,
     pub pp_pending: bool,
+    /// A PROXY header was taken, with addresses or without (`UNKNOWN`, v2 `LOCAL`):
+    /// nginx's client read event is left ready after it, so the client is read at once.
+    pub pp_read: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
 }
@@ -302,8 +305,7 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
     // nginx reads a client only once epoll says it is readable (after a PROXY header it
     // still is), and a zero preread_timeout expires at the end of the accept's turn,
     // before that: the session ends with nothing read.
-    let mut wait_for_epoll =
-        s.preread_timer.is_none() && s.srv.core().preread_timeout.is_zero() && s.proxy_protocol.is_none();
+    let mut wait_for_epoll = s.preread_timer.is_none() && s.srv.core().preread_timeout.is_zero() && !s.pp_read;
     loop {
         let have = s.preread.len();
         if have >= size {

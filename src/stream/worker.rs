@@ -91,6 +91,7 @@ fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     }
     s.proxy_protocol = header;
     s.pp_pending = false;
+    s.pp_read = true;
     s.action = Some("initializing session");
     Flow::Next
 }
@@ -665,6 +666,7 @@ impl Worker {
             proxy_protocol: None,
             ctx: Vec::new(),
             pp_pending: ls.opts.proxy_protocol && !conn_is_udp,
+            pp_read: false,
         };
         let mut core = core;
         if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
