@@ -323,6 +323,9 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::
     for l in &cycle.listening {
         have.push(inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp).map(|i| {
             let (fd, a, udp) = inherited.remove(i);
+            if let Addr::Unix(p) = &a {
+                process::set_inherited_unix(p);
+            }
             process::set_inheritable(fd, false);
             Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp)
         }));
@@ -386,13 +389,15 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::
             1
         }
     };
-    for l in &cycle.listening {
-        if let sluice::core::addr::Addr::Unix(p) = &l.addr {
-            let _ = std::fs::remove_file(p);
-        }
-    }
     process::remove_pid(&pid_file);
     log::error(Level::Notice, "exit", None);
+    // ngx_master_process_exit (a single process's exit too): the unix sockets' files go
+    // after the "exit" line.
+    for l in &cycle.listening {
+        if let sluice::core::addr::Addr::Unix(p) = &l.addr {
+            process::delete_unix_socket(p);
+        }
+    }
     code
 }
 

@@ -1170,6 +1170,77 @@ fn upgrade_rollback_hup_old_quit_new_under_load() {
     assert!(alive(old));
 }
 
+/// A unix socket's file through an upgrade, as nginx (ngx_close_listening_sockets, side
+/// by side): a new binary that took the socket over leaves the file alone while the old
+/// master that handed it over still runs, so a rollback (QUIT to the new master) keeps
+/// the file the old master serves; the master that exits last deletes it.
+#[test]
+fn upgrade_rollback_keeps_a_unix_socket_file() {
+    let conf = format!(
+        "{}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%u.sock; return \"$pid\\n\"; }}\n}}\n",
+        head(true, "2")
+    );
+    let run = Run::start(&conf);
+    let old = run.master();
+    let sock = run.path("u.sock");
+    let ask = |sock: &std::path::Path| -> Option<String> {
+        let mut c = std::os::unix::net::UnixStream::connect(sock).ok()?;
+        c.set_read_timeout(Some(5 * SEC)).ok()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).ok()?;
+        Some(s)
+    };
+    assert!(wait_for(10 * SEC, || ask(&sock).is_some()), "not serving\n{}", run.ctx());
+    let old_workers = workers_of(old, &[]);
+    let new = usr2(&run, old);
+    winch(&run, old, &old_workers, new);
+    signal(old, libc::SIGHUP);
+    assert!(wait_for(10 * SEC, || workers_of(old, &[new]).len() == 2), "old workers\n{}", run.ctx());
+    signal(new, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(new)), "the new master did not exit on QUIT\n{}", run.ctx());
+    assert!(sock.exists(), "the new master deleted the socket file of the old one\n{}", run.ctx());
+    let ws = workers_of(old, &[]);
+    let by = ask(&sock).and_then(|s| s.trim().parse::<i32>().ok());
+    assert!(by.is_some_and(|w| ws.contains(&w)), "served by {by:?}, not the old master's workers\n{}", run.ctx());
+    signal(old, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(old)), "the old master did not exit on QUIT\n{}", run.ctx());
+    assert!(!sock.exists(), "the last master left its socket file\n{}", run.ctx());
+    assert_eq!(count(&run.log(), "[emerg]"), 0, "{}", run.ctx());
+}
+
+/// A reload that drops a unix listener deletes its file with nginx's warn line; a file
+/// gone by exit is an emerg line after "exit" (both recorded side by side).
+#[test]
+fn unix_socket_files_deleted_as_nginx() {
+    let server = |name: &str| format!("  server {{ listen unix:%%PREFIX%%{name}.sock; return {name}; }}\n");
+    let conf = |both: bool| {
+        format!(
+            "{}events {{}}\nstream {{\n{}{}}}\n",
+            head(true, "1"),
+            server("a"),
+            if both { server("b") } else { String::new() }
+        )
+    };
+    let run = Run::start(&conf(true));
+    let master = run.master();
+    let (a, b) = (run.path("a.sock"), run.path("b.sock"));
+    assert!(wait_for(10 * SEC, || a.exists() && b.exists()), "no socket files\n{}", run.ctx());
+    run.write_conf(&conf(false));
+    signal(master, libc::SIGHUP);
+    let warn = format!("[warn] {master}#{master}: deleting socket {}", b.display());
+    assert!(wait_for(10 * SEC, || run.log().contains(&warn)), "no \"{warn}\"\n{}", run.ctx());
+    assert!(!b.exists() && a.exists(), "{}", run.ctx());
+    std::fs::remove_file(&a).expect("remove a.sock");
+    signal(master, libc::SIGTERM);
+    assert!(wait_for(10 * SEC, || !alive(master)), "still running\n{}", run.ctx());
+    let log = run.log();
+    let exit = format!("[notice] {master}#{master}: exit\n");
+    let emerg = format!("[emerg] {master}#{master}: unlink() {} failed (2: No such file or directory)\n", a.display());
+    let (x, e) = (log.rfind(&exit), log.find(&emerg));
+    assert!(x.is_some() && e.is_some() && x < e, "want \"{emerg}\" after the master's exit\n{log}");
+    assert_eq!(count(&log, "[emerg]"), 1, "{log}");
+}
+
 /// nginx's other rollback: when the new master exits while the old master's workers
 /// are stopped (WINCH), the old master starts workers again by itself.
 #[test]

@@ -148,7 +148,8 @@ pub fn signal_notice(sig: libc::c_int, from: i32, action: &str) -> String {
     }
 }
 
-/// The parent process at start, before any daemonizing (nginx's `ngx_parent`).
+/// The parent process at start, or after daemonizing the process that forked this one
+/// (nginx's `ngx_parent`). A binary started by an upgrade has the old master for parent.
 static PARENT: AtomicI32 = AtomicI32::new(0);
 
 pub fn record_parent() {
@@ -367,13 +368,52 @@ pub fn remove_pid(path: &str) {
     let _ = std::fs::remove_file(path);
 }
 
+/// Unix socket files this process took over from an old binary (`ls->inherited`), and
+/// the ones it already deleted.
+static INHERITED_UNIX: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+static DELETED_UNIX: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_inherited_unix(path: &std::path::Path) {
+    if let Ok(mut v) = INHERITED_UNIX.lock() {
+        v.push(path.to_path_buf());
+    }
+}
+
+/// `ngx_close_listening_sockets`' rule for a unix socket's file as a master (or single
+/// process) closes it: a socket taken over from an old binary is left to that binary
+/// while it still runs (its parent is unchanged), so that rolling an upgrade back keeps
+/// the file the old master serves. A failed delete is an emerg line; a file this
+/// process already deleted is not deleted again.
+pub fn delete_unix_socket(path: &std::path::Path) {
+    let inherited = INHERITED_UNIX.lock().is_ok_and(|v| v.iter().any(|p| p == path));
+    if inherited && parent_unchanged() {
+        return;
+    }
+    unlink_socket(path);
+}
+
+/// Delete a unix socket's file, once per process, with nginx's emerg line on failure.
+pub fn unlink_socket(path: &std::path::Path) {
+    if let Ok(mut done) = DELETED_UNIX.lock() {
+        if done.iter().any(|p| p == path) {
+            return;
+        }
+        done.push(path.to_path_buf());
+    }
+    if let Err(e) = std::fs::remove_file(path) {
+        let msg = format!("unlink() {} failed", path.display());
+        crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));
+    }
+}
+
 /// `ngx_daemon`: fork, let the parent exit, start a new session, stdin/stdout to /dev/null.
 pub fn daemonize(keep_stderr: bool) -> io::Result<()> {
     // SAFETY: fork/setsid/dup2 on a single-threaded process before the reactor starts.
     unsafe {
+        let pid = libc::getpid();
         match libc::fork() {
             -1 => return Err(io::Error::last_os_error()),
-            0 => {}
+            0 => PARENT.store(pid, Ordering::Relaxed),
             _ => libc::_exit(0),
         }
         if libc::setsid() == -1 {

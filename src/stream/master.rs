@@ -124,13 +124,14 @@ impl Master {
             }
         }
         // With a new binary running, the live pid file is its: remove ours (.oldbin).
-        let unlink = self.new_binary.is_none();
-        self.close_listeners(unlink);
         match self.new_binary {
             Some(_) => process::remove_pid(&format!("{}.oldbin", self.pid_file)),
             None => process::remove_pid(&self.pid_file),
         }
         error(Level::Notice, "exit", None);
+        // ngx_master_process_exit closes the listening sockets after its "exit" line.
+        let unlink = self.new_binary.is_none();
+        self.close_listeners(unlink);
         0
     }
 
@@ -442,10 +443,13 @@ impl Master {
             .collect();
         // Sockets the new configuration does not listen on close with the old workers.
         for ((a, _), socks) in old {
-            if let (Addr::Unix(p), Some(Listener::Unix(_))) = (&a, socks.first()) {
-                let _ = std::fs::remove_file(p);
-            }
             drop(socks);
+            if let Addr::Unix(p) = &a {
+                error(Level::Warn, &format!("deleting socket {}", p.display()), None);
+                std::fs::remove_file(p).unwrap_or_else(|e| {
+                    error(Level::Emerg, &format!("unlink() {} failed", p.display()), Some(&e));
+                });
+            }
         }
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
@@ -494,7 +498,7 @@ impl Master {
     fn close_listeners(&mut self, unlink: bool) {
         for (l, ls) in std::mem::take(&mut self.listeners).into_iter().zip(self.cycle.listening.iter()) {
             if let (true, Addr::Unix(p)) = (unlink, &ls.addr) {
-                let _ = std::fs::remove_file(p);
+                process::delete_unix_socket(p);
             }
             drop(l);
         }

@@ -465,16 +465,8 @@ impl Worker {
     }
 
     fn close_listeners(&mut self) {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            if let Some(l) = l.take() {
-                l.deregister_raw(self.poll.as_raw_fd());
-                // A worker shares the socket with the master: only a single process
-                // removes a unix socket's file.
-                let addr = self.cycle.listening.get(i).map(|x| &x.addr);
-                if let (Role::Single, Listener::Unix(_), Some(Addr::Unix(p))) = (self.role, &l, addr) {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+        for l in self.listeners.iter_mut().filter_map(Option::take) {
+            l.deregister_raw(self.poll.as_raw_fd());
         }
     }
 
