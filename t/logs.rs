@@ -1040,16 +1040,18 @@ fn signal_lines_carry_the_time_the_signal_came() {
 #[test]
 fn worker_exit_line_and_startup_syslog_host_as_nginx() {
     let (sink, sport) = syslog_sink();
+    let port = free_port();
     let mut s = Sluice::start_master(
         1,
         &format!(
             "error_log %%PREFIX%%second.log notice;\nerror_log syslog:server=127.0.0.1:{sport} notice;\n\
-             events {{}}\nstream {{ server {{ listen 127.0.0.1:{}; return x; }} }}\n",
-            free_port()
+             events {{}}\nstream {{ server {{ listen 127.0.0.1:{port}; return x; }} }}\n"
         ),
     );
     let master = s.pid();
     assert!(wait_for(Duration::from_secs(5), || s.error_log().contains("start worker process ")), "{}", s.error_log());
+    // The worker serves (its signal handlers are in place) before the master is stopped.
+    assert_eq!(exchange(port, b""), b"x");
     s.stop();
     let exits = |text: &str| -> Vec<bool> {
         text.lines().filter(|l| l.ends_with(": exit")).map(|l| l.contains(&format!(" {master}#{master}: "))).collect()
