@@ -324,13 +324,17 @@ impl ErrorLog {
     }
 
     /// USR1: open every file output again by name (the old one may have been renamed).
-    pub fn reopen(&self) -> Result<(), (String, io::Error)> {
-        for o in &self.outputs {
+    /// Open the file `path` again where this log writes to it; `None` if it does not.
+    /// On failure the old file stays in use.
+    pub fn reopen_path(&self, path: &str) -> Option<io::Result<()>> {
+        let mut result = None;
+        for o in self.outputs.iter().filter(|o| o.path == path) {
             if let Sink::File(f) = &o.sink {
-                *f.borrow_mut() = open_append(&o.path).map_err(|e| (o.path.clone(), e))?;
+                let r = open_append(&o.path).map(|new| *f.borrow_mut() = new);
+                result = Some(result.unwrap_or(Ok(())).and(r));
             }
         }
-        Ok(())
+        result
     }
 
     pub fn enabled(&self, level: Level) -> bool {

@@ -7,6 +7,29 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// The files of the configuration being read, in the order its `error_log` and
+    /// `access_log` directives name them.
+    static FILE_ORDER: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Note a file a directive names. nginx keeps error and access log files in one list
+/// (`cycle->open_files`, through `ngx_conf_open_file`), and USR1 reopens them in its
+/// order, which is the order of their emerg lines when reopening fails.
+pub fn note_file(path: &str) {
+    FILE_ORDER.with(|o| {
+        let mut o = o.borrow_mut();
+        if !o.iter().any(|p| p == path) {
+            o.push(path.to_string());
+        }
+    });
+}
+
+/// The files noted since the last call (a configuration starts with an empty list).
+pub fn take_file_order() -> Vec<String> {
+    FILE_ORDER.with(|o| std::mem::take(&mut *o.borrow_mut()))
+}
+
 /// A file as the configuration asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSpec {

@@ -206,6 +206,9 @@ pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Leve
     } else {
         paths.full_name(name)
     };
+    if !special {
+        crate::core::logfile::note_file(&path);
+    }
     let mut level = Level::Error;
     for (i, a) in cmd.args.iter().enumerate().skip(1) {
         if a.starts_with("debug_") {

@@ -126,6 +126,7 @@ impl ConfCx {
     /// Register a file the cycle must open for writing; returns its index. Writers of
     /// one file share it, with the largest buffer any of them asks for.
     pub fn open_file(&mut self, spec: FileSpec) -> usize {
+        crate::core::logfile::note_file(&spec.path);
         if let Some(i) = self.open_files.iter().position(|f| f.path == spec.path) {
             let f = &mut self.open_files[i];
             f.buffer = f.buffer.max(spec.buffer);
@@ -241,6 +242,8 @@ pub struct Zone {
 /// `load`, keeping the shared memory zones of `old` whose name and size stay (a reload
 /// keeps their state, as nginx's).
 pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadError> {
+    // What a failed load noted is not this configuration's.
+    crate::core::logfile::take_file_order();
     let conf_prefix = match opts.conf_file.rfind('/') {
         Some(i) => opts.conf_file[..=i].to_string(),
         None => opts.prefix.clone(),
@@ -389,6 +392,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         upstreams: cx.upstreams,
         files: cx.files,
         open_files: cx.open_files,
+        file_order: crate::core::logfile::take_file_order(),
         error_log,
         error_logs,
         zones,
@@ -399,11 +403,36 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
 }
 
 /// USR1: reopen every error log of `cycle` in place; returns the main one.
-pub fn reopen_error_log(cycle: &Cycle) -> Result<Rc<ErrorLog>, String> {
-    for l in &cycle.error_logs {
-        l.reopen().map_err(|(p, e)| format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))?;
+/// The log files USR1 reopens, in nginx's order (`cycle->open_files`): as the
+/// configuration names them, then the default error log nobody named.
+pub fn reopen_order(cycle: &Cycle) -> Vec<String> {
+    let mut order = cycle.file_order.clone();
+    let all = cycle.error_logs.iter().flat_map(|l| l.paths()).chain(cycle.open_files.iter().map(|f| f.path.as_str()));
+    for p in all {
+        if !order.iter().any(|o| o == p) {
+            order.push(p.to_string());
+        }
     }
-    Ok(cycle.error_log.clone())
+    order.retain(|p| p != "stderr" && !p.starts_with("syslog:") && !p.starts_with("memory:"));
+    order
+}
+
+/// `ngx_reopen_files`: every log file opened again by name, in `reopen_order`; a file
+/// that cannot be opened is an emerg line (the old one stays in use) and the rest go on.
+/// `access` reopens an access log file where this process writes one.
+pub fn reopen_files(cycle: &Cycle, mut access: impl FnMut(&str) -> Option<std::io::Result<()>>) {
+    for p in reopen_order(cycle) {
+        let mut failed = None;
+        for r in cycle.error_logs.iter().filter_map(|l| l.reopen_path(&p)).chain(access(&p)) {
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            let msg = format!("open() \"{}\" failed", p);
+            crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));
+        }
+    }
 }
 
 pub fn hostname() -> String {

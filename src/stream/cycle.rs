@@ -60,6 +60,9 @@ pub struct Cycle {
     pub files: Vec<ConfFile>,
     /// Files written by access logs (opened by each worker).
     pub open_files: Vec<FileSpec>,
+    /// Error and access log files in the order the configuration names them (USR1
+    /// reopens them so).
+    pub file_order: Vec<String>,
     pub error_log: Rc<ErrorLog>,
     /// Every distinct error log of the configuration (main and servers), for USR1.
     pub error_logs: Vec<Rc<ErrorLog>>,

@@ -474,24 +474,16 @@ impl Master {
     /// `ngx_reopen_files` does).
     fn reopen_logs(&mut self) {
         let user = self.cycle.core.user.option().map(|(u, _)| u.clone()).unwrap_or_else(|| "nobody".into());
-        let paths = self
-            .cycle
-            .open_files
-            .iter()
-            .map(|f| f.path.clone())
-            .chain(self.cycle.error_logs.iter().flat_map(|l| l.paths().map(str::to_string).collect::<Vec<_>>()));
-        // One emerg line per file that cannot be opened, as nginx's ngx_reopen_files.
-        let mut failed = Vec::new();
-        for p in paths.filter(|p| p != "stderr" && !p.starts_with("syslog:") && !p.starts_with("memory:")) {
-            if let Err(e) = process::create_owned(&p, &user) {
-                error(Level::Emerg, &format!("open() \"{}\" failed", p), Some(&e));
-                failed.push(p);
+        // One emerg line per file that cannot be opened, in nginx's order.
+        for p in crate::stream::conf::reopen_order(&self.cycle) {
+            match process::create_owned(&p, &user) {
+                Err(e) => error(Level::Emerg, &format!("open() \"{}\" failed", p), Some(&e)),
+                Ok(()) => {
+                    for l in &self.cycle.error_logs {
+                        let _ = l.reopen_path(&p);
+                    }
+                }
             }
-        }
-        match crate::stream::conf::reopen_error_log(&self.cycle) {
-            Ok(l) => log::set_main(l),
-            Err(e) if failed.iter().any(|p| e.contains(&format!("\"{}\"", p))) => {}
-            Err(e) => error(Level::Emerg, &e, None),
         }
     }
 

@@ -608,19 +608,12 @@ impl WorkerState {
         }
     }
 
-    /// USR1: open the access logs again by name; a failure is nginx's emerg line, and
-    /// the old file stays in use.
-    pub fn reopen_files(&mut self) {
-        for f in self.files.iter_mut().flatten() {
-            flush_file(f);
-            if let Err(e) = f.reopen() {
-                crate::core::log::error(
-                    crate::core::conf::Level::Emerg,
-                    &format!("open() \"{}\" failed", f.path),
-                    Some(&e),
-                );
-            }
-        }
+    /// USR1: open the access log `path` again (its buffer written out first); `None` if
+    /// no access log writes to it. On failure the old file stays in use.
+    pub fn reopen_file(&mut self, path: &str) -> Option<std::io::Result<()>> {
+        let f = self.files.iter_mut().flatten().find(|f| f.path == path)?;
+        flush_file(f);
+        Some(f.reopen())
     }
 }
 

@@ -408,12 +408,8 @@ impl Worker {
                 }
                 libc::SIGUSR1 => {
                     error(Level::Notice, "reopening logs", None);
-                    // Error logs first: nginx's open files list has them first when the
-                    // configuration names them first, as it usually does.
-                    if let Err(e) = crate::stream::conf::reopen_error_log(&self.cycle) {
-                        error(Level::Emerg, &e, None);
-                    }
-                    self.rt.reopen_files();
+                    let rt = &mut self.rt;
+                    crate::stream::conf::reopen_files(&self.cycle, |p| rt.reopen_file(p));
                 }
                 libc::SIGHUP if single => error(
                     Level::Warn,
