@@ -221,6 +221,7 @@ fn run() -> i32 {
         None => ErrorLog::stderr(Level::Notice),
     };
     log::set_main(Rc::new(startup));
+    let inherited = inherited_sockets();
     let cycle = match load(&opts) {
         Ok(c) => c,
         Err(e) => {
@@ -305,20 +306,43 @@ fn run() -> i32 {
         }
         return 0;
     }
-    serve(cycle, opts, argv)
+    serve(cycle, opts, argv, inherited)
 }
 
-fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::ffi::OsString>) -> i32 {
+/// `ngx_add_inherited_sockets`, before the configuration is read, into the startup log:
+/// a binary upgrade hands the listening sockets over in NGINX="fd;fd;". A descriptor
+/// that is not a socket is left out with nginx's crit line.
+fn inherited_sockets() -> Vec<(i32, Addr, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(v) = std::env::var_os(process::INHERITED_ENV) else { return Vec::new() };
+    let v = v.as_bytes();
+    log::error(Level::Notice, &format!("using inherited sockets from \"{}\"", String::from_utf8_lossy(v)), None);
+    let (fds, bad) = process::parse_inherited(v);
+    for msg in bad {
+        log::error(Level::Emerg, &msg, None);
+    }
+    let mut out = Vec::new();
+    for fd in fds {
+        match Listener::addr_of(fd) {
+            Some((a, udp)) => out.push((fd, a, udp)),
+            None => {
+                let e = std::io::Error::last_os_error();
+                let msg = format!("getsockname() of the inherited socket #{} failed", fd);
+                log::error(Level::Crit, &msg, Some(&e));
+            }
+        }
+    }
+    out
+}
+
+fn serve(
+    cycle: sluice::stream::cycle::Cycle,
+    opts: LoadOptions,
+    argv: Vec<std::ffi::OsString>,
+    mut inherited: Vec<(i32, Addr, bool)>,
+) -> i32 {
     let cycle = Rc::new(cycle);
     log::set_main(cycle.error_log.clone());
-    // A binary upgrade hands the listening sockets over in NGINX="fd;fd;".
-    let mut inherited: Vec<(i32, Addr, bool)> = process::inherited_fds()
-        .into_iter()
-        .filter_map(|fd| Listener::addr_of(fd).map(|(a, udp)| (fd, a, udp)))
-        .collect();
-    if let Ok(v) = std::env::var(process::INHERITED_ENV) {
-        log::error(Level::Notice, &format!("using inherited sockets from \"{}\"", v), None);
-    }
     let mut have = Vec::new();
     for l in &cycle.listening {
         have.push(inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp).map(|i| {
@@ -338,6 +362,22 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::
             libc::close(fd);
         }
     }
+    // The cycle's notices come from the process that read the configuration, before it
+    // daemonizes (ngx_init_cycle, ngx_os_status).
+    log::error(Level::Notice, "using the \"epoll\" event method", None);
+    if let Some(w) = cycle.core.nofile_warning() {
+        log::error(Level::Warn, &w, None);
+    }
+    log::error(Level::Notice, &format!("{}/{} (nginx/{})", PROGRAM, sluice::VERSION, sluice::NGINX_VERSION), None);
+    if let Some(os) = os_name() {
+        log::error(Level::Notice, &format!("OS: {}", os), None);
+    }
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
+    }
+    log::set_cycle_started();
     // A binary started by an upgrade is already detached (its parent is the old master):
     // nginx does not daemonize it again.
     let upgraded = std::env::var_os(process::INHERITED_ENV).is_some();
@@ -361,20 +401,6 @@ fn serve(cycle: sluice::stream::cycle::Cycle, opts: LoadOptions, argv: Vec<std::
         return 1;
     }
     log::set_use_stderr(false);
-    log::error(Level::Notice, "using the \"epoll\" event method", None);
-    if let Some(w) = cycle.core.nofile_warning() {
-        log::error(Level::Warn, &w, None);
-    }
-    log::error(Level::Notice, &format!("{}/{} (nginx/{})", PROGRAM, sluice::VERSION, sluice::NGINX_VERSION), None);
-    if let Some(os) = os_name() {
-        log::error(Level::Notice, &format!("OS: {}", os), None);
-    }
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit fills the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        log::error(Level::Notice, &format!("getrlimit(RLIMIT_NOFILE): {}:{}", rl.rlim_cur, rl.rlim_max), None);
-    }
-    log::set_cycle_started();
     if cycle.core.master_process.get() {
         let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);
         return m.run();

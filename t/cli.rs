@@ -576,3 +576,32 @@ fn command_line_combinations_as_nginx() {
     let e = text(&out.stderr);
     assert!(e.contains("module \"ngx_stream_module\" is already loaded in ") && e.contains("twice.conf:2"), "{e}");
 }
+
+/// `NGINX` (the binary-upgrade hand-over) is read before the configuration, into the
+/// startup log, as nginx 1.22.1 did under -t side by side: its notice, an emerg for a
+/// malformed list (two when a number is bad: nginx's loop and its check for an
+/// unterminated number both report it), a crit for a descriptor that is no socket.
+#[test]
+fn inherited_sockets_variable_read_as_nginx() {
+    let tmp = setup(Some("valid"));
+    let dir = dir_of(&tmp);
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["-t", "-p", &dir, "-c", &format!("{dir}/nginx.conf")])
+        .env("NGINX", "987;x;")
+        .output()
+        .expect("run sluice");
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().map(|l| l.split_once("]").map_or(l, |(_, r)| r)).collect();
+    let want = [
+        " using inherited sockets from \"987;x;\"",
+        " invalid socket number \"x;\" in NGINX environment variable, ignoring the rest of the variable",
+        " invalid socket number \"x;\" in NGINX environment variable, ignoring",
+        " getsockname() of the inherited socket #987 failed (9: Bad file descriptor)",
+    ];
+    let got: Vec<String> =
+        lines.iter().take(4).map(|l| l.split_once(": ").map_or(*l, |(_, r)| r).to_string()).collect();
+    let want: Vec<String> = want.iter().map(|w| w.trim_start().to_string()).collect();
+    assert_eq!(got, want, "{err}");
+    assert!(err.contains("[crit]") && err.matches("[emerg]").count() == 2, "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

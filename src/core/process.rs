@@ -11,11 +11,49 @@ static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// nginx's.
 pub const INHERITED_ENV: &str = "NGINX";
 
-/// The descriptors named by `NGINX`, if this process was started by a binary upgrade.
-pub fn inherited_fds() -> Vec<RawFd> {
-    std::env::var(INHERITED_ENV)
-        .map(|v| v.split([';', ':']).filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default()
+/// `ngx_add_inherited_sockets`' reading of `NGINX` ("3;4;"): each number ends with `;`
+/// or `:`. A bad number ends the list with nginx's emerg messages (returned): two for a
+/// bad number, as nginx's check for an unterminated one follows its loop's `break`,
+/// one for a number without its terminator.
+pub fn parse_inherited(v: &[u8]) -> (Vec<RawFd>, Vec<String>) {
+    let atoi = |s: &[u8]| -> Option<RawFd> {
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let text = |s: &[u8]| String::from_utf8_lossy(s).into_owned();
+    let mut fds = Vec::new();
+    let mut start = 0;
+    for (i, &c) in v.iter().enumerate() {
+        if c == b':' || c == b';' {
+            let Some(fd) = atoi(&v[start..i]) else {
+                let mut msgs = vec![format!(
+                    "invalid socket number \"{}\" in {} environment variable, ignoring the rest of the variable",
+                    text(&v[start..]),
+                    INHERITED_ENV
+                )];
+                if start != i {
+                    msgs.push(unterminated(&v[start..]));
+                }
+                return (fds, msgs);
+            };
+            fds.push(fd);
+            start = i + 1;
+        }
+    }
+    if start != v.len() {
+        return (fds, vec![unterminated(&v[start..])]);
+    }
+    (fds, Vec::new())
+}
+
+fn unterminated(rest: &[u8]) -> String {
+    format!(
+        "invalid socket number \"{}\" in {} environment variable, ignoring",
+        String::from_utf8_lossy(rest),
+        INHERITED_ENV
+    )
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -477,4 +515,31 @@ pub fn send_signal(pid_path: &str, name: &str) -> Result<(), String> {
         return Err(format!("[alert] kill({}, {}) failed {}", pid, sig, crate::core::conf::os_err(&e)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherited_sockets_read_as_nginx() {
+        // As nginx 1.22.1 printed them under -t.
+        assert_eq!(parse_inherited(b"3;4:"), (vec![3, 4], vec![]));
+        let (fds, msgs) = parse_inherited(b"3");
+        assert!(fds.is_empty());
+        assert_eq!(msgs, ["invalid socket number \"3\" in NGINX environment variable, ignoring"]);
+        let (fds, msgs) = parse_inherited(b"5;x;");
+        assert_eq!(fds, vec![5]);
+        assert_eq!(
+            msgs,
+            [
+                "invalid socket number \"x;\" in NGINX environment variable, ignoring the rest of the variable",
+                "invalid socket number \"x;\" in NGINX environment variable, ignoring"
+            ]
+        );
+        // An empty number: the loop's message alone.
+        assert_eq!(parse_inherited(b"5;;").1.len(), 1);
+        assert_eq!(parse_inherited(b"-1;").0, Vec::<RawFd>::new());
+        assert_eq!(parse_inherited(b""), (Vec::new(), vec![]));
+    }
 }
