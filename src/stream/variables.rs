@@ -201,7 +201,7 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     let Some(def) = cycle.vars.def(idx) else { return false };
     let Some(get) = def.get else { return false };
     // A value stored for this session (`set`, a regex's named capture, a cached
-    // variable's first evaluation) wins over the getter.
+    // variable's first evaluation, "not found" included) wins over the getter.
     if let Some(Some(kept)) = s.var_cache.get(idx) {
         if let Some(v) = kept {
             out.extend_from_slice(v);
