@@ -18,7 +18,13 @@ use crate::core::conn::Conn;
 use crate::core::splice::{self, Pipe, PipePool};
 
 /// Reads per direction per wake-up: a busy connection yields to the others after this.
-pub const READS_PER_WAKEUP: usize = 16;
+/// nginx's ngx_stream_proxy_process has no such cap: it reads until the source would
+/// block, the destination does, or end of file, so a client that sends its data and
+/// closes at once is read to the end (and the session ended, without half-close)
+/// before anything the upstream answered meanwhile is relayed, even through a tiny
+/// `proxy_buffer_size`. The cap is high enough for that and only bounds a pathological
+/// producer and consumer that never block.
+pub const READS_PER_WAKEUP: usize = 1024;
 
 /// A splice read smaller than this counts as "small" traffic.
 const SMALL: usize = 4096;
