@@ -1025,3 +1025,40 @@ fn ipv6_addresses_printed_as_nginx() {
     let lines = s.wait_lines("a.log", 2);
     assert_eq!(lines[1], format!("{q} ::1.2.3.4 ::1.2.3.4"));
 }
+
+/// A client that sent its PROXY header, its data and its end before sluice took it: as
+/// nginx (its first read event carries the hang-up, `pending_eof`), the data is read to
+/// its end while the upstream connects, so the session ends as soon as the data is
+/// delivered, not after `proxy_upload_rate` would have let the end of file be read
+/// (nginx 1.22.1 side by side: "client disconnected, bytes from/to client:2000/0"). The
+/// worker is stopped while the client connects, so that all of it is there at once.
+#[test]
+fn client_end_with_the_header_ends_the_session_once_delivered() {
+    let up = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = up.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        // An upstream that reads everything and answers nothing.
+        for mut c in up.incoming().flatten() {
+            std::thread::spawn(move || while c.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {});
+        }
+    });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ server {{ listen 127.0.0.1:{p} proxy_protocol; proxy_upload_rate 100; \
+         proxy_pass 127.0.0.1:{b}; }} }}"
+    ));
+    s.signal(libc::SIGSTOP);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let mut send = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n".to_vec();
+    send.extend_from_slice(&[b'y'; 2000]);
+    c.write_all(&send).expect("send");
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    s.signal(libc::SIGCONT);
+    let t = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(t.elapsed() < Duration::from_secs(5), "the session waited {:?} for a paced end of file", t.elapsed());
+    let want = "client disconnected, bytes from/to client:2000/0, bytes from/to upstream:0/2000";
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(want)), "{}", s.error_log());
+}

@@ -557,14 +557,18 @@ impl ProxySession {
             buf.resize(room.max(buf.len()), 0);
             match s.client.read(&mut buf[..room]) {
                 Ok(0) => {
-                    // End of file: the relay reads it again once connected.
-                    self.down.greedy = true;
+                    // nginx's `read->eof`: once connected and the bytes are delivered,
+                    // the session ends (without half-close) with no further read, even
+                    // while proxy_upload_rate would hold the client's reads back.
+                    self.down.eof = true;
                     break;
                 }
                 Ok(n) => {
                     self.down.push(&buf[..n]);
                     s.received += n as u64;
-                    if n < room {
+                    // A short read drains the socket, unless its end is known to be in
+                    // (nginx's `pending_eof`): then the end of file is read too.
+                    if n < room && !self.down.greedy {
                         break;
                     }
                 }

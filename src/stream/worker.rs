@@ -51,21 +51,18 @@ fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     use crate::stream::proxy_protocol::{read, Parsed, MAX_HEADER};
     s.action = Some("reading PROXY protocol");
     let t = s.srv.core().proxy_protocol_timeout.get();
-    // nginx arms the timer at accept and reads once epoll reports the client: a zero
-    // timeout expires at the end of the accept's turn, before anything is read.
-    if s.preread_timer.is_none() && t.is_zero() {
-        cx.timers.set(&mut s.preread_timer, cx.now, session_token(s.key, Side::Client));
+    // nginx arms the timer at accept and reads the header once epoll reports the
+    // client, with its hang-up if the client already closed its side (`pending_eof`:
+    // the bytes after the header are then read to their end before the upstream
+    // connects). A zero timeout expires at the end of the accept's turn, before that.
+    if s.preread_timer.is_none() {
+        cx.timers.set(&mut s.preread_timer, cx.now + t, session_token(s.key, Side::Client));
         return Flow::Again;
     }
     let mut buf = [0u8; MAX_HEADER];
     let n = match s.client.peek(&mut buf) {
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            if s.preread_timer.is_none() {
-                cx.timers.set(&mut s.preread_timer, cx.now + t, session_token(s.key, Side::Client));
-            }
-            return Flow::Again;
-        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Again,
         Err(e) => {
             s.connection_error(Side::Client, &e, "recv() failed");
             return Flow::Finalize(status::OK);
