@@ -889,6 +889,33 @@ fn udp_after_a_failed_read_the_next_send_fails() {
     assert!(!log.contains("udp timed out"), "{}", tail(&s));
 }
 
+/// The same in an upstream of two: the failed send ends the session with the peer
+/// failed, and its warning keeps the send's action, as nginx's finalization does
+/// (side by side: "upstream server temporarily disabled while proxying and sending to
+/// upstream"; sluice said "while proxying connection").
+#[test]
+fn udp_failed_send_disables_the_peer_while_sending() {
+    let dead = free_port();
+    let live = UdpBackend::tagging();
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "upstream u {{ server 127.0.0.1:{dead}; server 127.0.0.1:{}; }}\n\
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass u; proxy_timeout 2s; }}",
+        live.port
+    )));
+    let c = dgram(p);
+    for d in [&b"c1"[..], b"c2", b"c3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(ms(50));
+    }
+    let want = format!(
+        "[warn] {pid}#{pid}: *1 upstream server temporarily disabled while proxying and sending to upstream, \
+         udp client: 127.0.0.1, server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\"",
+        pid = s.pid()
+    );
+    assert!(wait_for(Duration::from_secs(3), || s.error_log().contains(&want)), "want {want}\n{}", tail(&s));
+}
+
 /// One client floods 5,000 datagrams at a backend that never answers: sluice stays
 /// responsive to other clients, its memory stays put, and the session's counts add
 /// up. Whether any datagram is dropped from the session's queue ("N datagrams

@@ -1178,9 +1178,11 @@ impl ProxySession {
                     Ok(n) => plog.sent += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
+                        // The action stays for the finalization, as nginx's: the failed
+                        // peer's "upstream server temporarily disabled" is logged "while
+                        // proxying and sending to upstream".
                         s.action = Some("proxying and sending to upstream");
                         s.connection_error(Side::Upstream, &e, "sendmsg() failed");
-                        s.action = Some("proxying connection");
                         self.upstream_error = true;
                         return Flow::Finalize(status::OK);
                     }
