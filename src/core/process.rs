@@ -218,12 +218,31 @@ pub fn daemonized() -> bool {
     DAEMONIZED.load(Ordering::Relaxed)
 }
 
+/// fork(2) with the handled signals blocked across it, as nginx's master keeps them
+/// blocked: the child inherits the parent's handlers, which write to the parent's
+/// signal pipe, so a signal arriving before the child installs its own (a TERM right
+/// after "start worker process") would be lost and the worker would outlive its
+/// master. The child's `Signals::install` (or the new binary's, after exec) unblocks
+/// them and the pending ones reach it; the parent's mask is restored at once.
 pub fn fork() -> io::Result<libc::pid_t> {
-    // SAFETY: the process is single-threaded when it forks.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        Err(io::Error::last_os_error())
-    } else {
+    // SAFETY: sigset operations on local sets; the process is single-threaded when it
+    // forks.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for &sig in HANDLED {
+            libc::sigaddset(&mut block, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        let pid = libc::fork();
+        if pid != 0 {
+            let e = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                return Err(e);
+            }
+        }
         Ok(pid)
     }
 }
