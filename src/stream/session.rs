@@ -303,9 +303,10 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
     }
     let size = s.srv.core().preread_buffer_size;
     // nginx reads a client only once epoll says it is readable (after a PROXY header it
-    // still is), and a zero preread_timeout expires at the end of the accept's turn,
-    // before that: the session ends with nothing read.
-    let mut wait_for_epoll = s.preread_timer.is_none() && s.srv.core().preread_timeout.is_zero() && !s.pp_read;
+    // still is), never at accept: the first read waits for the first event, and a zero
+    // preread_timeout, which expires at the end of the accept's turn, ends the session
+    // with nothing read.
+    let mut wait_for_epoll = s.preread_timer.is_none() && !s.pp_read;
     loop {
         let have = s.preread.len();
         if have >= size {
