@@ -1792,54 +1792,17 @@ fn worker_connections_limit_closes_clients_beyond_it() {
     );
 }
 
-/// Under `ulimit -n 64`, 100 clients: accept fails with EMFILE, sluice pauses accepting
-/// for 500 ms (a line each time, as nginx), does not spin, the sessions it has keep relaying,
-/// clients beyond the limit wait in the listen queue, and as sessions end the waiting
-/// clients are taken and new connections work again.
-///
-/// The pause after accept4() runs out of descriptors lasts `accept_mutex_delay`, as
-/// nginx's timer without an accept mutex (side by side: at 100ms nginx logged 22
-/// failures over a 2 s hold where a fixed 500 ms pause gives 5).
-#[test]
-fn fd_exhaustion_pause_is_accept_mutex_delay() {
+/// A single process proxying to a backend under a limit of 64 descriptors, warmed up
+/// and settled: the run, its port and pid, and the limit to set so that sessions (two
+/// descriptors each) fill it exactly and the next `accept4()` is what fails. With one
+/// descriptor left over, the accept would succeed and the upstream `socket()` fail
+/// instead (each such client closed with an `[alert]`, as in nginx).
+fn fd_limited(events: &str) -> (Run, u16, i32, usize) {
     let h = tagged("H");
     let p = free_port();
     let conf = format!(
         "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log info;\n\
-         events {{ accept_mutex_delay 100ms; }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
-    );
-    let run = Run::start_with(&conf, Some(64), &[]);
-    let pid = run.master();
-    assert!(wait_for(10 * SEC, || short_session(p, "first").is_ok()), "not serving\n{}", run.ctx());
-    let mut last = fds_below(pid, 64);
-    let settled = wait_for(5 * SEC, || {
-        std::thread::sleep(Duration::from_millis(100));
-        let n = fds_below(pid, 64);
-        std::mem::replace(&mut last, n) == n
-    });
-    assert!(settled, "sluice's descriptors do not settle\n{}", run.ctx());
-    let limit = if (64 - fds_below(pid, 64)).is_multiple_of(2) { 64 } else { 63 };
-    set_nofile(pid, limit);
-    let before = count(&run.log(), "accept4() failed (24: Too many open files)");
-    let clients: Vec<TcpStream> = (0..100).map(|i| dial(p).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
-    std::thread::sleep(2 * SEC);
-    let emfile = count(&run.log(), "accept4() failed (24: Too many open files)") - before;
-    drop(clients);
-    // 100 ms pauses over 2 s: about 20 (a fixed 500 ms pause would give at most 5).
-    assert!(emfile >= 10, "{emfile} accept4() EMFILE lines in 2 s with accept_mutex_delay 100ms\n{}", run.ctx());
-}
-
-/// A proxied session holds two descriptors. The limit is set so that the sessions fill
-/// it exactly and the next `accept4()` is what fails: with one descriptor left over, the
-/// accept would succeed and the upstream `socket()` fail instead (each such client gets
-/// closed, one `[alert]` each, as in nginx), which is not what this test is about.
-#[test]
-fn fd_exhaustion_pauses_accept_and_recovers() {
-    let h = tagged("H");
-    let p = free_port();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log info;\n\
-         events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
+         events {{ {events} }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
     );
     let run = Run::start_with(&conf, Some(64), &[]);
     let pid = run.master();
@@ -1854,6 +1817,32 @@ fn fd_exhaustion_pauses_accept_and_recovers() {
     });
     assert!(settled, "sluice's descriptors do not settle\n{}", run.ctx());
     let limit = if (64 - fds_below(pid, 64)).is_multiple_of(2) { 64 } else { 63 };
+    (run, p, pid, limit)
+}
+
+/// The pause after accept4() runs out of descriptors lasts `accept_mutex_delay`, as
+/// nginx's timer without an accept mutex (side by side: at 100ms nginx logged 22
+/// failures over a 2 s hold where a fixed 500 ms pause gives 5).
+#[test]
+fn fd_exhaustion_pause_is_accept_mutex_delay() {
+    let (run, p, pid, limit) = fd_limited("accept_mutex_delay 100ms;");
+    set_nofile(pid, limit);
+    let before = count(&run.log(), "accept4() failed (24: Too many open files)");
+    let clients: Vec<TcpStream> = (0..100).map(|i| dial(p).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
+    std::thread::sleep(2 * SEC);
+    let emfile = count(&run.log(), "accept4() failed (24: Too many open files)") - before;
+    drop(clients);
+    // 100 ms pauses over 2 s: about 20 (a fixed 500 ms pause would give at most 5).
+    assert!(emfile >= 10, "{emfile} accept4() EMFILE lines in 2 s with accept_mutex_delay 100ms\n{}", run.ctx());
+}
+
+/// Under `ulimit -n 64`, 100 clients: accept fails with EMFILE, sluice pauses accepting
+/// for 500 ms (a line each time, as nginx), does not spin, the sessions it has keep relaying,
+/// clients beyond the limit wait in the listen queue, and as sessions end the waiting
+/// clients are taken and new connections work again.
+#[test]
+fn fd_exhaustion_pauses_accept_and_recovers() {
+    let (run, p, pid, limit) = fd_limited("");
     let base = fds_below(pid, limit);
     set_nofile(pid, limit);
     assert_eq!(nofile_limit(pid), Some(limit as u64), "prlimit did not apply");

@@ -35,8 +35,6 @@ struct Output {
     sink: Sink,
 }
 
-/// A syslog destination (`ngx_syslog_peer_t`): its socket is made at the first message
-/// and made again after a failed one, as nginx's.
 /// The first cycle is running (nginx's `ngx_cycle = cycle` in main, after the startup
 /// notices): from then on syslog headers carry the host name.
 static CYCLE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -45,6 +43,8 @@ pub fn set_cycle_started() {
     CYCLE_STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A syslog destination (`ngx_syslog_peer_t`): its socket is made at the first message
+/// and made again after a failed one, as nginx's.
 pub struct Syslog {
     server: Addr,
     sock: RefCell<Option<SyslogSocket>>,
@@ -323,9 +323,9 @@ impl ErrorLog {
         Ok(ErrorLog { outputs, max })
     }
 
-    /// USR1: open every file output again by name (the old one may have been renamed).
-    /// Open the file `path` again where this log writes to it; `None` if it does not.
-    /// On failure the old file stays in use.
+    /// USR1: open the file `path` again by name where this log writes to it (the old
+    /// one may have been renamed); `None` if it does not. On failure the old file stays
+    /// in use.
     pub fn reopen_path(&self, path: &str) -> Option<io::Result<()>> {
         let mut result = None;
         for o in self.outputs.iter().filter(|o| o.path == path) {
@@ -494,7 +494,6 @@ pub fn set_use_stderr(on: bool) {
     USE_STDERR.with(|u| u.set(on));
 }
 
-/// Log to the main error log (before one is open: only the stderr echo).
 /// `write_exit_line` on the main log: a worker process's "exit".
 pub fn worker_exit_line() {
     if let Some(l) = main_log() {
@@ -502,6 +501,7 @@ pub fn worker_exit_line() {
     }
 }
 
+/// Log to the main error log (before one is open: only the stderr echo).
 pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
     match main_log() {
         Some(l) => l.write(level, None, msg, err, None),

@@ -22,19 +22,14 @@ pub fn parse_inherited(v: &[u8]) -> (Vec<RawFd>, Vec<String>) {
         }
         std::str::from_utf8(s).ok()?.parse().ok()
     };
-    let text = |s: &[u8]| String::from_utf8_lossy(s).into_owned();
     let mut fds = Vec::new();
     let mut start = 0;
     for (i, &c) in v.iter().enumerate() {
         if c == b':' || c == b';' {
             let Some(fd) = atoi(&v[start..i]) else {
-                let mut msgs = vec![format!(
-                    "invalid socket number \"{}\" in {} environment variable, ignoring the rest of the variable",
-                    text(&v[start..]),
-                    INHERITED_ENV
-                )];
+                let mut msgs = vec![invalid_number(&v[start..], " the rest of the variable")];
                 if start != i {
-                    msgs.push(unterminated(&v[start..]));
+                    msgs.push(invalid_number(&v[start..], ""));
                 }
                 return (fds, msgs);
             };
@@ -43,17 +38,14 @@ pub fn parse_inherited(v: &[u8]) -> (Vec<RawFd>, Vec<String>) {
         }
     }
     if start != v.len() {
-        return (fds, vec![unterminated(&v[start..])]);
+        return (fds, vec![invalid_number(&v[start..], "")]);
     }
     (fds, Vec::new())
 }
 
-fn unterminated(rest: &[u8]) -> String {
-    format!(
-        "invalid socket number \"{}\" in {} environment variable, ignoring",
-        String::from_utf8_lossy(rest),
-        INHERITED_ENV
-    )
+fn invalid_number(rest: &[u8], ignoring: &str) -> String {
+    let rest = String::from_utf8_lossy(rest);
+    format!("invalid socket number \"{rest}\" in {INHERITED_ENV} environment variable, ignoring{ignoring}")
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -425,10 +417,8 @@ pub fn remove_pid(path: &str) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Unix socket files this process took over from an old binary (`ls->inherited`), and
-/// the ones it already deleted.
+/// Unix socket files this process took over from an old binary (`ls->inherited`).
 static INHERITED_UNIX: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
-static DELETED_UNIX: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 pub fn set_inherited_unix(path: &std::path::Path) {
     if let Ok(mut v) = INHERITED_UNIX.lock() {
@@ -439,8 +429,7 @@ pub fn set_inherited_unix(path: &std::path::Path) {
 /// `ngx_close_listening_sockets`' rule for a unix socket's file as a master (or single
 /// process) closes it: a socket taken over from an old binary is left to that binary
 /// while it still runs (its parent is unchanged), so that rolling an upgrade back keeps
-/// the file the old master serves. A failed delete is an emerg line; a file this
-/// process already deleted is not deleted again.
+/// the file the old master serves.
 pub fn delete_unix_socket(path: &std::path::Path) {
     let inherited = INHERITED_UNIX.lock().is_ok_and(|v| v.iter().any(|p| p == path));
     if inherited && parent_unchanged() {
@@ -449,14 +438,8 @@ pub fn delete_unix_socket(path: &std::path::Path) {
     unlink_socket(path);
 }
 
-/// Delete a unix socket's file, once per process, with nginx's emerg line on failure.
+/// Delete a unix socket's file, with nginx's emerg line on failure.
 pub fn unlink_socket(path: &std::path::Path) {
-    if let Ok(mut done) = DELETED_UNIX.lock() {
-        if done.iter().any(|p| p == path) {
-            return;
-        }
-        done.push(path.to_path_buf());
-    }
     if let Err(e) = std::fs::remove_file(path) {
         let msg = format!("unlink() {} failed", path.display());
         crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));

@@ -402,7 +402,6 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     })
 }
 
-/// USR1: reopen every error log of `cycle` in place; returns the main one.
 /// The log files USR1 reopens, in nginx's order (`cycle->open_files`): as the
 /// configuration names them, then the default error log nobody named.
 pub fn reopen_order(cycle: &Cycle) -> Vec<String> {

@@ -446,9 +446,7 @@ impl Master {
             drop(socks);
             if let Addr::Unix(p) = &a {
                 error(Level::Warn, &format!("deleting socket {}", p.display()), None);
-                std::fs::remove_file(p).unwrap_or_else(|e| {
-                    error(Level::Emerg, &format!("unlink() {} failed", p.display()), Some(&e));
-                });
+                process::unlink_socket(p);
             }
         }
         self.listeners = next.into_iter().map(|(_, l)| l).collect();

@@ -717,7 +717,7 @@ impl ProxySession {
         }
         let (mut sock, sa) = match sock {
             Ok(c) => c,
-            Err(Connect::Fatal(level, msg, e)) => {
+            Err(ConnectFatal(level, msg, e)) => {
                 s.log(level, &msg, Some(&e));
                 return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
             }
@@ -791,9 +791,9 @@ impl ProxySession {
 
     /// The upstream socket, made and bound but not yet connected (`connect` does that once
     /// the socket is watched), and the address to connect it to.
-    fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<(Conn, socket2::SockAddr), Connect> {
+    fn open_socket(&self, s: &mut SessionCore, addr: &Addr) -> Result<(Conn, socket2::SockAddr), ConnectFatal> {
         use socket2::{Domain, SockAddr, Socket, Type};
-        let fatal = |what: &str, e: io::Error| Connect::Fatal(Level::Alert, what.to_string(), e);
+        let fatal = |what: &str, e: io::Error| ConnectFatal(Level::Alert, what.to_string(), e);
         let (domain, sa) = match addr {
             Addr::Inet(a) => (if a.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, SockAddr::from(*a)),
             Addr::Unix(p) => (Domain::UNIX, SockAddr::unix(p).map_err(|e| fatal("socket() failed", e))?),
@@ -807,7 +807,7 @@ impl ProxySession {
         }
         if let Some((local, text, transparent)) = &self.local {
             if *transparent {
-                set_transparent(&sock, local).map_err(|(what, e)| Connect::Fatal(Level::Alert, what.to_string(), e))?;
+                set_transparent(&sock, local).map_err(|(what, e)| ConnectFatal(Level::Alert, what.to_string(), e))?;
             }
             if local.port() == 0 && !matches!(addr, Addr::Unix(_)) {
                 // As nginx: the port is picked at connect, so one local address serves
@@ -817,7 +817,7 @@ impl ProxySession {
             }
             // ngx_event_connect_peer: a failed bind is crit.
             sock.bind(&SockAddr::from(*local))
-                .map_err(|e| Connect::Fatal(Level::Crit, format!("bind({}) failed", text), e))?;
+                .map_err(|e| ConnectFatal(Level::Crit, format!("bind({}) failed", text), e))?;
         }
         let conn = match addr {
             Addr::Inet(_) if self.udp => Conn::Dgram(mio::net::UdpSocket::from_std(sock.into())),
@@ -1365,11 +1365,9 @@ impl ProxySession {
 /// A datagram relay error: the side, the error, nginx's message and the log action.
 type UdpError = (Side, io::Error, &'static str, &'static str);
 
-enum Connect {
-    /// The socket could not be made ready (nginx's NGX_ERROR from
-    /// `ngx_event_connect_peer`): the session ends with 500, the attempt has no peer.
-    Fatal(Level, String, io::Error),
-}
+/// The upstream socket could not be made ready (nginx's NGX_ERROR from
+/// `ngx_event_connect_peer`): the session ends with 500, the attempt has no peer.
+struct ConnectFatal(Level, String, io::Error);
 
 impl Content for ProxySession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {

@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(write_v1(&Addr::Unix(Default::default()), &dst), b"PROXY UNKNOWN\r\n");
         // Addresses as nginx's ngx_inet6_ntop prints them (side by side with 1.22.1).
         for (ip, text) in [("::1.2.3.4", "::1.2.3.4"), ("::102", "::0.0.1.2"), ("::ffff", "::0.0.255.255")] {
-            let a = Addr::Inet(format!("[{ip}]:7").parse().unwrap());
+            let a = Addr::Inet(format!("[{ip}]:7").parse().expect("a"));
             let want = format!("PROXY TCP6 {text} ::1 7 6\r\n");
             assert_eq!(String::from_utf8_lossy(&write_v1(&a, &dst)), want);
         }

@@ -639,7 +639,6 @@ impl Worker {
             logging: false,
             var_depth: 0,
             var_cycle: false,
-            conn_slot: 0,
             realip_peer: None,
             client_hup: false,
             captures: Default::default(),
@@ -652,6 +651,7 @@ impl Worker {
             ctx: Vec::new(),
             pp_pending: ls.opts.proxy_protocol && !conn_is_udp,
             pp_read: false,
+            conn_slot: self.rt.slots.take(),
         };
         let mut core = core;
         if let (Some(d), Addr::Inet(peer)) = (first, &core.remote) {
@@ -670,8 +670,6 @@ impl Worker {
             let udp = if core.client.is_udp() { "udp " } else { "" };
             core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, client, core.listen_text));
         }
-        let mut core = core;
-        core.conn_slot = self.rt.slots.take();
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
         self.run_phases(key, now);
