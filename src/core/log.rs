@@ -397,7 +397,7 @@ impl ErrorLog {
             let Ok(mut line) = line.try_borrow_mut() else { return };
             line.clear();
             crate::core::time::err_log_time(&mut line);
-            let pid = std::process::id();
+            let pid = crate::core::process::pid();
             // nginx prints PID#TID; the main thread's TID is the PID.
             let _ = write!(line, " [{}] {}#{}: ", level.as_str(), pid, pid);
             if let Some(c) = conn {

@@ -216,6 +216,21 @@ pub fn daemonized() -> bool {
 /// after "start worker process") would be lost and the worker would outlive its
 /// master. The child's `Signals::install` (or the new binary's, after exec) unblocks
 /// them and the pending ones reach it; the parent's mask is restored at once.
+/// `ngx_pid`: this process's id, asked of the kernel once per process. glibc no longer
+/// caches getpid(2), and every error log line (and `$pid`) would pay a syscall for it.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+pub fn pid() -> u32 {
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached as u32;
+    }
+    // SAFETY: getpid(2) cannot fail.
+    let pid = unsafe { libc::getpid() };
+    PID.store(pid, Ordering::Relaxed);
+    pid as u32
+}
+
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: sigset operations on local sets; the process is single-threaded when it
     // forks.
@@ -228,7 +243,9 @@ pub fn fork() -> io::Result<libc::pid_t> {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
         let pid = libc::fork();
-        if pid != 0 {
+        if pid == 0 {
+            PID.store(0, Ordering::Relaxed);
+        } else {
             let e = io::Error::last_os_error();
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             if pid < 0 {
@@ -410,7 +427,7 @@ pub fn signal_name(sig: libc::c_int) -> &'static str {
 }
 
 pub fn write_pid(path: &str) -> io::Result<()> {
-    std::fs::write(path, format!("{}\n", std::process::id()))
+    std::fs::write(path, format!("{}\n", pid()))
 }
 
 pub fn remove_pid(path: &str) {
@@ -453,7 +470,10 @@ pub fn daemonize(keep_stderr: bool) -> io::Result<()> {
         let pid = libc::getpid();
         match libc::fork() {
             -1 => return Err(io::Error::last_os_error()),
-            0 => PARENT.store(pid, Ordering::Relaxed),
+            0 => {
+                PARENT.store(pid, Ordering::Relaxed);
+                PID.store(0, Ordering::Relaxed);
+            }
             _ => libc::_exit(0),
         }
         if libc::setsid() == -1 {

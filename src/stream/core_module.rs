@@ -497,7 +497,7 @@ fn var_server_name(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
 }
 
 fn var_pid(_: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {
-    let _ = write!(out, "{}", std::process::id());
+    let _ = write!(out, "{}", crate::core::process::pid());
     true
 }
 

@@ -27,7 +27,7 @@ impl Random {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9)
-            ^ ((std::process::id() as u64) << 32);
+            ^ ((crate::core::process::pid() as u64) << 32);
         Random { ranges, two, state: seed | 1 }
     }
 
