@@ -151,3 +151,51 @@ stream {{
     let lines = s.wait_lines("r.log", 1);
     assert_eq!(lines, vec![format!("127.0.0.1|{port}|192.0.2.1|4321")]);
 }
+
+/// A unix listener's client given an address by realip is sent upstream as that address:
+/// nginx takes the PROXY keyword from the client's family and prints the listener as
+/// `unix:PATH` with port 0, cut at its 107-byte buffer (side by side with nginx 1.22.1;
+/// sluice sent "PROXY UNKNOWN").
+#[test]
+fn unix_listener_client_sent_upstream_with_its_real_address() {
+    let dir = TempDir::new("realip-unix-pp");
+    let echo = crate::common::backend(crate::common::echo);
+    let short = dir.join("s.sock");
+    // A path of 100 bytes: it fits sun_path (108) but not nginx's 107-byte header line.
+    let long = dir.join(&"L".repeat(100 - 1 - dir.0.display().to_string().len().min(90)));
+    let conf = format!(
+        "events {{}}
+stream {{
+    set_real_ip_from unix:;
+    proxy_protocol on;
+    server {{ listen unix:{s} proxy_protocol; proxy_pass 127.0.0.1:{echo}; }}
+    server {{ listen unix:{l} proxy_protocol; proxy_pass 127.0.0.1:{echo}; }}
+}}
+",
+        s = short.display(),
+        l = long.display()
+    );
+    let _s = Sluice::start(&conf);
+    let ask = |path: &std::path::Path, header: &str| {
+        let mut u = UnixStream::connect(path).expect("connect unix");
+        u.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        u.write_all(format!("{header}x").as_bytes()).expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"x") {
+            match u.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let v4 = "PROXY TCP4 192.0.2.1 198.51.100.2 4321 443\r\n";
+    let v6 = "PROXY TCP6 2001:db8::1 2001:db8::2 4321 443\r\n";
+    assert_eq!(ask(&short, v4), format!("PROXY TCP4 192.0.2.1 unix:{} 4321 0\r\nx", short.display()));
+    assert_eq!(ask(&short, v6), format!("PROXY TCP6 2001:db8::1 unix:{} 4321 0\r\nx", short.display()));
+    assert_eq!(ask(&short, "PROXY UNKNOWN\r\n"), "PROXY UNKNOWN\r\nx");
+    let full = format!("PROXY TCP4 192.0.2.1 unix:{} 4321 0\r\n", long.display());
+    assert!(full.len() > 107, "the path must be long enough to be cut: {full}");
+    assert_eq!(ask(&long, v4), format!("{}x", &full[..107]));
+}

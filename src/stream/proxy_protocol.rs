@@ -4,6 +4,7 @@
 //!
 //! Pure functions over byte slices: the parser sees hostile input and is fuzzed.
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::core::addr::Addr;
@@ -255,17 +256,24 @@ pub fn get_tlv(h: &ProxyHeader, name: &str) -> Result<Option<Vec<u8>>, String> {
     Ok(lookup(tlvs, ty)?.map(<[u8]>::to_vec))
 }
 
-/// `ngx_proxy_protocol_write`: "PROXY TCP4 SRC DST SPORT DPORT\r\n".
+/// `ngx_proxy_protocol_write`: "PROXY TCP4 SRC DST SPORT DPORT\r\n". The keyword comes from
+/// the client's address alone (realip may have given a unix listener's client an IP
+/// address); a unix listener is printed as `unix:PATH` with port 0, and the line is cut at
+/// 107 bytes as nginx's fixed buffer cuts it (a long path leaves no room for the ports).
 pub fn write_v1(src: &Addr, dst: &Addr) -> Vec<u8> {
-    match (src, dst) {
-        (Addr::Inet(s), Addr::Inet(d)) => {
-            let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
-            // Addresses as ngx_sock_ntop prints them (`::1.2.3.4`, not `::102:304`).
-            let (si, di) = (crate::core::addr::NgxIp(s.ip()), crate::core::addr::NgxIp(d.ip()));
-            format!("PROXY {} {} {} {} {}\r\n", fam, si, di, s.port(), d.port()).into_bytes()
-        }
-        _ => b"PROXY UNKNOWN\r\n".to_vec(),
-    }
+    let Addr::Inet(s) = src else { return b"PROXY UNKNOWN\r\n".to_vec() };
+    let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+    let mut line = Vec::with_capacity(V1_MAX);
+    // Addresses as ngx_sock_ntop prints them (`::1.2.3.4`, not `::102:304`).
+    let _ = write!(line, "PROXY {} {} ", fam, crate::core::addr::NgxIp(s.ip()));
+    dst.write_host(&mut line);
+    let dport = match dst {
+        Addr::Inet(d) => d.port(),
+        Addr::Unix(_) => 0,
+    };
+    let _ = write!(line, " {} {}\r\n", s.port(), dport);
+    line.truncate(V1_MAX);
+    line
 }
 
 /// `ngx_proxy_protocol_v2_write` (no TLS: the only TLV is the CRC32c).
@@ -400,6 +408,15 @@ mod tests {
             let want = format!("PROXY TCP6 {text} ::1 7 6\r\n");
             assert_eq!(String::from_utf8_lossy(&write_v1(&a, &dst)), want);
         }
+        // A unix listener whose client came from a PROXY header (realip): nginx 1.22.1's
+        // lines, recorded side by side, cut at its 107-byte buffer.
+        let v4 = Addr::Inet("192.0.2.1:4321".parse().expect("a"));
+        let unix = Addr::Unix("/tmp/f1.sock".into());
+        assert_eq!(write_v1(&v4, &unix), b"PROXY TCP4 192.0.2.1 unix:/tmp/f1.sock 4321 0\r\n");
+        let long = Addr::Unix(format!("/tmp/{}", "L".repeat(100)).into());
+        let cut = write_v1(&v4, &long);
+        assert_eq!(cut.len(), 107);
+        assert!(cut.starts_with(b"PROXY TCP4 192.0.2.1 unix:/tmp/LLL") && cut.ends_with(b"LLL"));
     }
 
     #[test]
