@@ -199,3 +199,35 @@ stream {{
     assert!(full.len() > 107, "the path must be long enough to be cut: {full}");
     assert_eq!(ask(&long, v4), format!("{}x", &full[..107]));
 }
+
+/// A unix client that bound its socket to a path is known by it ("unix:PATH" in
+/// `$remote_addr`, `$binary_remote_addr`, `$realip_remote_addr` and the error log), an
+/// unnamed one as "unix:" (side by side with nginx 1.22.1: sluice printed "unix:" for both).
+#[test]
+fn named_unix_client_known_by_its_path() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = TempDir::new("unix-named-client");
+    let srv = dir.join("srv.sock");
+    let me = dir.join("client.sock");
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    server {{ listen unix:{srv}; return \"$remote_addr|$binary_remote_addr|$realip_remote_addr|$remote_port|\"; }}
+}}
+",
+        srv = srv.display()
+    ));
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+    sock.bind(&SockAddr::unix(&me).expect("path")).expect("bind");
+    sock.connect(&SockAddr::unix(&srv).expect("path")).expect("connect");
+    let named: UnixStream = sock.into();
+    named.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let m = me.display();
+    assert_eq!(pp_get(named, ""), format!("unix:{m}|unix:{m}|unix:{m}||"));
+    let unnamed = UnixStream::connect(&srv).expect("connect");
+    unnamed.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    assert_eq!(pp_get(unnamed, ""), "unix:|unix:|unix:||");
+    let log = s.error_log();
+    assert!(log.contains(&format!("client unix:{m} connected to unix:{}", srv.display())), "{log}");
+    assert!(log.contains(&format!("client unix: connected to unix:{}", srv.display())), "{log}");
+}

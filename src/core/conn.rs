@@ -194,7 +194,12 @@ impl Listener {
     pub fn accept(&self) -> io::Result<(Conn, Addr)> {
         match self {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), Addr::Inet(a))),
-            Listener::Unix(l) => l.accept().map(|(s, _)| (Conn::Unix(s), Addr::Unix(std::path::PathBuf::new()))),
+            // A client that bound its socket to a path is "unix:PATH", an unnamed (or
+            // abstract) one "unix:", as ngx_sock_ntop prints them.
+            Listener::Unix(l) => l.accept().map(|(s, a)| {
+                let path = a.as_pathname().map(|p| p.to_path_buf()).unwrap_or_default();
+                (Conn::Unix(s), Addr::Unix(path))
+            }),
             // Datagram listeners have no connections: the worker reads datagrams.
             Listener::Udp(_) => Err(io::ErrorKind::Unsupported.into()),
         }

@@ -10,7 +10,6 @@ use crate::core::addr::{resolve_host, Addr};
 use crate::core::cidr::{self, Cidr};
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::{Cmd, ConfResult};
-use crate::core::conn::Conn;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::{Flow, Phase, PhaseRegistry};
@@ -102,14 +101,7 @@ fn realip_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
 
 /// The connection's own peer: what the client address was before realip replaced it.
 fn connection_peer(s: &SessionCore) -> Addr {
-    if let Some(p) = &s.realip_peer {
-        return p.clone();
-    }
-    match &s.client {
-        // An unnamed unix-domain client, as nginx prints it: "unix:".
-        Conn::Unix(_) => Addr::Unix(Default::default()),
-        _ => s.remote.clone(),
-    }
+    s.realip_peer.clone().unwrap_or_else(|| s.remote.clone())
 }
 
 fn var_realip_remote_addr(s: &mut SessionCore, _: usize, out: &mut Vec<u8>) -> bool {

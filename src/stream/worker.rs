@@ -591,10 +591,6 @@ impl Worker {
         };
         let (srv_idx, virtual_names) = ls.server_for(Some(&local));
         let Some(srv) = self.cycle.servers.get(srv_idx).cloned() else { return };
-        let remote = match remote {
-            Addr::Unix(_) => Addr::Unix(Default::default()),
-            a => a,
-        };
         let (id, passes) = match passed {
             Some((_, n, p)) => (n, p),
             None => (self.rt.next_connection(), 0),
@@ -663,12 +659,8 @@ impl Worker {
             self.rt.udp_sessions.insert((idx, *peer), key);
         }
         if core.log_enabled(Level::Info) {
-            let client = match &core.remote {
-                Addr::Unix(_) => "unix:".to_string(),
-                a => a.to_string(),
-            };
             let udp = if core.client.is_udp() { "udp " } else { "" };
-            core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, client, core.listen_text));
+            core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, core.remote, core.listen_text));
         }
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
