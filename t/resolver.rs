@@ -28,6 +28,8 @@ pub struct Zone {
     pub hostile: bool,
     /// Over UDP: answer this much later.
     pub delay: Duration,
+    /// Over UDP: the whole answer with TC set, cut to this many bytes (0: not cut).
+    pub cut: usize,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -44,6 +46,15 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub fn start() -> DnsServer {
+        Self::start_with(true)
+    }
+
+    /// A server whose TCP port refuses connections.
+    pub fn start_udp_only() -> DnsServer {
+        Self::start_with(false)
+    }
+
+    fn start_with(tcp_port_open: bool) -> DnsServer {
         // A port free for both UDP and TCP (other tests take ports meanwhile).
         let (udp, tcp) = (0..50)
             .find_map(|_| {
@@ -54,6 +65,7 @@ impl DnsServer {
             .expect("a port free for UDP and TCP");
         let port = tcp.local_addr().expect("addr").port();
         tcp.set_nonblocking(true).expect("nonblocking");
+        let tcp = tcp_port_open.then_some(tcp);
         udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let zones: Zones = Arc::default();
         let log: Log = Arc::default();
@@ -86,6 +98,7 @@ impl DnsServer {
         });
         let (z, l, st) = (zones.clone(), log.clone(), stop.clone());
         let t2 = std::thread::spawn(move || {
+            let Some(tcp) = tcp else { return };
             while !st.load(Ordering::Relaxed) {
                 match tcp.accept() {
                     Ok((c, _)) => {
@@ -219,6 +232,10 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
     let mut m = head.clone();
     m[6..8].copy_from_slice(&count.to_be_bytes());
     m.extend_from_slice(&body);
+    if z.cut > 0 && !tcp {
+        m[2] |= 0x02;
+        m.truncate(z.cut);
+    }
     let mut out = Vec::new();
     if z.hostile {
         let mut wrong = m.clone();
@@ -741,4 +758,86 @@ fn resolver_instances_numbers_and_cache_seconds() {
     // resolver's server.
     let lines = s.wait_lines("a.log", 4);
     assert_eq!(lines, [format!("{p} 1 200"), format!("{p} 4 200"), format!("{q} 6 200"), format!("{r} 9 200")]);
+}
+
+/// A UDP session's later datagrams are read (and counted) while its name is looked up,
+/// and the failure is logged "while proxying connection", as nginx's read handler is set
+/// before it resolves (side by side with nginx 1.22.1: 500|0|6 and that suffix).
+#[test]
+fn udp_datagrams_during_resolution_are_counted() {
+    let dns = DnsServer::start();
+    dns.set("drop.test", Zone { silent: true, ..Zone::default() });
+    let port = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$status|$bytes_sent|$bytes_received';\n\
+           access_log %%PREFIX%%a.log st;\n\
+           resolver 127.0.0.1:{d};\n\
+           resolver_timeout 500ms;\n\
+           server {{ listen 127.0.0.1:{port} udp; set $h drop.test; proxy_pass $h:9; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.connect(("127.0.0.1", port)).expect("connect");
+    for d in [&b"d1"[..], b"d2", b"d3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.wait_lines("a.log", 1), vec!["500|0|6".to_string()]);
+    let log = s.error_log();
+    assert!(
+        log.contains("drop.test could not be resolved (110: Operation timed out) while proxying connection, udp client: 127.0.0.1, server: 127.0.0.1:"),
+        "{log}"
+    );
+}
+
+/// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
+/// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
+/// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not
+/// set" (the TTL counts); a refused TCP fallback is nginx's "recv() failed".
+#[test]
+fn answers_as_nginx_takes_them() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    let many = vec![ip("127.0.0.2"); 40];
+    dns.set("cut.test", Zone { a: many, ttl: 60, cut: 512, ..Zone::default() });
+    dns.set("calias.test", Zone { cname: Some("ctarget.test".into()), ttl: 60, ..Zone::default() });
+    dns.set("ctarget.test", Zone { a: vec![ip("127.0.0.3")], ttl: 60, ..Zone::default() });
+    for i in 0..20 {
+        dns.set(&format!("h{i}.test"), Zone { cname: Some(format!("h{}.test", i + 1)), ttl: 60, ..Zone::default() });
+    }
+    dns.set("h20.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
+    dns.set("v0.test", Zone { a: vec![ip("127.0.0.3")], ttl: 60, ..Zone::default() });
+    let refusing = DnsServer::start_udp_only();
+    refusing.set("tc.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, truncate: true, ..Zone::default() });
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let [cut, alias, chain, v0, tc] = ports[..] else { unreachable!() };
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           resolver_timeout 500ms;\n\
+           map $server_port $name {{ {cut} cut.test; {alias} calias.test; {chain} h0.test; }}\n\
+           server {{ listen 127.0.0.1:{cut}; listen 127.0.0.1:{alias}; listen 127.0.0.1:{chain}; proxy_pass $name:{be}; }}\n\
+           server {{ listen 127.0.0.1:{v0}; resolver 127.0.0.1:{d} valid=0 ipv6=off; set $n v0.test; proxy_pass $n:{be}; }}\n\
+           server {{ listen 127.0.0.1:{tc}; resolver 127.0.0.1:{r} ipv6=off; set $n tc.test; proxy_pass $n:{be}; }}\n\
+         }}",
+        d = dns.port,
+        r = refusing.port,
+    ));
+    assert_eq!(ask(cut), "B2", "{}", s.error_log());
+    assert_eq!(dns.queries("cut.test"), vec![(1, "udp"), (1, "tcp")]);
+    assert_eq!((ask(alias), ask(alias)), ("B3".into(), "B3".into()), "{}", s.error_log());
+    assert_eq!(dns.queries("calias.test").len(), 1, "the alias step is cached");
+    assert_eq!(dns.queries("ctarget.test").len(), 1);
+    assert_eq!(ask(chain), "B2", "{}", s.error_log());
+    assert_eq!((ask(v0), ask(v0)), ("B3".into(), "B3".into()));
+    assert_eq!(dns.queries("v0.test").len(), 1, "valid=0 keeps the answer for its TTL");
+    assert_eq!(ask(tc), "");
+    let log = s.error_log();
+    let refused =
+        format!("recv() failed (111: Connection refused) while resolving, resolver: 127.0.0.1:{}", refusing.port);
+    assert!(log.contains(&refused), "{log}");
+    assert!(log.contains("tc.test could not be resolved (110: Operation timed out)"), "{log}");
+    assert!(!log.contains("short DNS response"), "{log}");
 }

@@ -183,7 +183,13 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
     let (qname, mut p) = read_name(m, 12)?;
     let qtype = u16_at(m, p)?;
     p += 4;
+    let truncated = flags & 0x0200 != 0;
     let mut answers = Vec::new();
+    if truncated {
+        // A truncated answer is asked again over TCP before any record is read (nginx's
+        // ngx_resolver_process_a): a datagram cut in the middle of a record is no error.
+        return Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated, qname, qtype, answers });
+    }
     for _ in 0..(an as usize).min(MAX_RECORDS) {
         let (name, q) = read_name(m, p)?;
         let rtype = u16_at(m, q)?;
@@ -234,7 +240,7 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
         };
         answers.push(Record { name, ttl, class, data });
     }
-    Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated: flags & 0x0200 != 0, qname, qtype, answers })
+    Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated, qname, qtype, answers })
 }
 
 /// What an answer says about a name's records of one kind, CNAMEs in it followed.

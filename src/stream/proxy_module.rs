@@ -658,6 +658,19 @@ impl ProxySession {
         let Some((host, port)) = self.resolving.take() else { return Err(Some(status::INTERNAL_SERVER_ERROR)) };
         match outcome {
             Err(code) => {
+                if s.client.is_udp() && s.udp_queue.len() > 1 {
+                    // nginx's read handler is set before it resolves: a later datagram
+                    // of the session is read into its buffer (and counted) while the
+                    // name is looked up, and leaves the action that the failure is
+                    // logged with.
+                    let mut room = conf(s).buffer_size.get();
+                    for d in s.udp_queue.drain(1..) {
+                        let n = d.len().min(room);
+                        room -= n;
+                        s.received += n as u64;
+                    }
+                    s.action = Some("proxying connection");
+                }
                 let name = resolver::query_name(&host);
                 let msg = format!("{} could not be resolved ({}: {})", name, code, resolver::strerror(code));
                 s.log(Level::Error, &msg, None);

@@ -33,7 +33,7 @@ pub const RESOLVER_BIT: usize = 1 << (usize::BITS - 2);
 
 const RESEND: Duration = Duration::from_secs(5);
 /// New queries for CNAME targets, per request (nginx allows 50).
-const MAX_RECURSION: u8 = 16;
+const MAX_RECURSION: u8 = 50;
 /// Names kept in one resolver's cache.
 const MAX_CACHED: usize = 10_000;
 /// `NGX_RESOLVE_TIMEDOUT`.
@@ -80,7 +80,8 @@ impl ResolverConf {
             if let Some(v) = a.strip_prefix("valid=") {
                 let t =
                     crate::core::conf::value::parse_time(v, true).ok_or_else(|| format!("invalid parameter: {}", a))?;
-                c.valid = Some(Duration::from_secs(t));
+                // 0 is "not set" to nginx (`r->valid ? r->valid : ttl`): the TTL counts.
+                c.valid = (t != 0).then(|| Duration::from_secs(t));
             } else if let Some(v) = a.strip_prefix("ipv4=") {
                 c.ipv4 = on_off(a, v)?;
             } else if let Some(v) = a.strip_prefix("ipv6=") {
@@ -182,6 +183,8 @@ struct Node {
 
 struct Cached {
     addrs: Vec<IpAddr>,
+    /// An alias answered with no addresses (nginx keeps the CNAME step too, for its TTL).
+    cname: Option<String>,
     /// The last wall-clock second the answer may be used in (nginx's `rn->valid`:
     /// `ngx_time()` of the answer plus its TTL or `valid=`).
     valid_until: i64,
@@ -288,7 +291,8 @@ impl Resolvers {
         if let (false, Some(c)) = (srv, res.cache.get(&name)) {
             if c.valid_until >= now_sec {
                 let left = Duration::from_secs((c.valid_until - now_sec) as u64);
-                return Some((Ok(rotated(&c.addrs)), left));
+                let Some(target) = c.cname.clone() else { return Some((Ok(rotated(&c.addrs)), left)) };
+                return self.follow(r, target, srv, w, io);
             }
             res.cache.remove(&name);
         }
@@ -507,7 +511,13 @@ impl Resolvers {
             let server = self.list[n.resolver].conf.servers[n.server];
             let Some(t) = n.tcp.as_mut() else { return };
             let mut failed = false;
-            while !t.out.is_empty() {
+            // A refused connect is found by nginx's read handler (epoll reports the error
+            // to the read event first): its "recv() failed".
+            if let Ok(Some(e)) = t.stream.take_error() {
+                log_server(Level::Error, "recv() failed", &e, server);
+                failed = true;
+            }
+            while !failed && !t.out.is_empty() {
                 match t.stream.write(&t.out) {
                     Ok(w) => {
                         t.out.drain(..w);
@@ -674,6 +684,10 @@ impl Resolvers {
             None if addrs.is_empty() => {
                 // An alias and no addresses in either family: ask for the alias.
                 if let Some(target) = n.cname.clone() {
+                    if !is_srv {
+                        let (r, name, ttl) = (n.resolver, n.name.clone(), n.ttl);
+                        self.cache(r, name, Vec::new(), Some(target.clone()), ttl, io.now);
+                    }
                     self.follow_cname(slot, target, io);
                     return;
                 }
@@ -681,27 +695,17 @@ impl Resolvers {
             }
             None => Ok(addrs),
         };
-        if let (false, Ok(addrs)) = (is_srv, &outcome) {
-            let res = &mut self.list[n.resolver];
-            let valid = res.conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl)));
-            if res.cache.len() >= MAX_CACHED {
-                let now = io.now;
-                let now_sec = crate::core::time::wall_secs_of(now);
-                res.cache.retain(|_, c| c.valid_until >= now_sec);
-                if res.cache.len() >= MAX_CACHED {
-                    res.cache.clear();
-                }
-            }
-            let valid_until = crate::core::time::wall_secs_of(io.now).saturating_add(valid.as_secs() as i64);
-            res.cache.insert(n.name.clone(), Cached { addrs: addrs.clone(), valid_until });
-        }
-        let valid = match &outcome {
-            Ok(_) => self.list[n.resolver].conf.valid.unwrap_or(Duration::from_secs(u64::from(n.ttl))),
-            Err(_) => self.failure_valid(n.resolver),
-        };
+        let (r, name, ttl) = (n.resolver, n.name.clone(), n.ttl);
         // nginx keeps the waiting requests in a list it pushes onto: the last to come
         // is told first.
         let targets: Vec<Target> = n.waiters.iter().rev().map(|w| w.target).collect();
+        if let (false, Ok(addrs)) = (is_srv, &outcome) {
+            self.cache(r, name, addrs.clone(), None, ttl, io.now);
+        }
+        let valid = match &outcome {
+            Ok(_) => self.list[r].conf.valid.unwrap_or(Duration::from_secs(u64::from(ttl))),
+            Err(_) => self.failure_valid(r),
+        };
         self.done.extend(targets.into_iter().map(|target| Done {
             target,
             outcome: outcome.clone(),
@@ -711,27 +715,52 @@ impl Resolvers {
         self.remove(slot, io);
     }
 
+    /// Keep an answer for its TTL (or `valid=`): addresses, or an alias without them.
+    fn cache(&mut self, r: usize, name: String, addrs: Vec<IpAddr>, cname: Option<String>, ttl: u32, now: Instant) {
+        let res = &mut self.list[r];
+        let valid = res.conf.valid.unwrap_or(Duration::from_secs(u64::from(ttl)));
+        let now_sec = crate::core::time::wall_secs_of(now);
+        if res.cache.len() >= MAX_CACHED {
+            res.cache.retain(|_, c| c.valid_until >= now_sec);
+            if res.cache.len() >= MAX_CACHED {
+                res.cache.clear();
+            }
+        }
+        let valid_until = now_sec.saturating_add(valid.as_secs() as i64);
+        res.cache.insert(name, Cached { addrs, cname, valid_until });
+    }
+
     /// The name is an alias with no addresses here: ask for its target, for the same
-    /// requests (each allowed `MAX_RECURSION` such steps).
+    /// requests.
     fn follow_cname(&mut self, slot: usize, target: String, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
         let r = n.resolver;
         let srv = !matches!(n.srv, Family::Off);
         let waiters = std::mem::take(&mut n.waiters);
         self.remove(slot, io);
-        for mut w in waiters {
-            if w.depth >= MAX_RECURSION {
-                let valid = self.failure_valid(r);
-                let outcome = Err(i32::from(dns::NXDOMAIN));
-                self.done.push(Done { target: w.target, outcome, valid, srv: Vec::new() });
-                continue;
-            }
-            w.depth += 1;
+        for w in waiters {
             let t = w.target;
-            if let Some((outcome, valid)) = self.request(r, target.clone(), srv, w, io) {
+            if let Some((outcome, valid)) = self.follow(r, target.clone(), srv, w, io) {
                 self.done.push(Done { target: t, outcome, valid, srv: Vec::new() });
             }
         }
+    }
+
+    /// One step along an alias for a request (each allowed `MAX_RECURSION` such steps,
+    /// through the cache or new queries, as nginx's `ctx->recursion`).
+    fn follow(
+        &mut self,
+        r: usize,
+        target: String,
+        srv: bool,
+        mut w: Waiter,
+        io: &mut Io<'_>,
+    ) -> Option<(Outcome, Duration)> {
+        if w.depth >= MAX_RECURSION {
+            return Some((Err(i32::from(dns::NXDOMAIN)), self.failure_valid(r)));
+        }
+        w.depth += 1;
+        self.request(r, target, srv, w, io)
     }
 }
 
