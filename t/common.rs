@@ -386,3 +386,30 @@ pub fn echo(mut c: TcpStream) {
         }
     }
 }
+
+/// Move the calling thread (the test's own: libtest runs each test on a thread of its
+/// own) into a new network namespace with only its loopback interface, up: a test may
+/// then bind wildcard addresses (`listen PORT`) and any 127.x address without touching
+/// the machine's network. Sluice started from this thread inherits the namespace.
+pub fn private_network() {
+    // SAFETY: unshare(2) affects the calling thread only; the ioctls read and write an
+    // ifreq of our own.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNET),
+            0,
+            "unshare(CLONE_NEWNET): {} (the tests run as root)",
+            std::io::Error::last_os_error()
+        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS");
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0, "SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}

@@ -698,6 +698,44 @@ fn bind_in_use_is_tried_five_times() {
     drop(busy);
 }
 
+/// Sockets are opened port by port, each port's addresses as nginx sorts them: those
+/// that asked for a socket of their own (`bind`, or an option that implies it) first, the
+/// wildcard last (recorded side by side: the "bind() failed" lines in nginx's order; sluice
+/// went in configuration order). In a network namespace of the test's own.
+#[test]
+fn sockets_are_opened_in_nginx_order() {
+    crate::common::private_network();
+    let port = free_port();
+    let busy: Vec<TcpListener> =
+        ["127.0.0.1", "127.0.0.3", "0.0.0.0"].iter().filter_map(|ip| TcpListener::bind((*ip, port)).ok()).collect();
+    assert_eq!(busy.len(), 2, "127.0.0.1 and .3 taken, the wildcard refused next to them");
+    let dir = TempDir::new("bind-order");
+    std::fs::write(
+        dir.join("s.conf"),
+        format!(
+            "daemon off; master_process off; pid %%PREFIX%%s.pid; error_log %%PREFIX%%e.log notice;\n\
+             events {{}} stream {{\n\
+               server {{ listen 127.0.0.1:{port}; return a; }}\n\
+               server {{ listen 127.0.0.3:{port} backlog=64; return b; }}\n\
+             }}\n"
+        )
+        .replace("%%PREFIX%%", &dir.prefix()),
+    )
+    .expect("write");
+    let out = run_sluice(&["-p", &dir.prefix(), "-c", "s.conf"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first: Vec<&str> = err.lines().take(2).collect();
+    assert_eq!(
+        first,
+        [
+            format!("sluice: [emerg] bind() to 127.0.0.3:{port} failed (98: Address already in use)"),
+            format!("sluice: [emerg] bind() to 127.0.0.1:{port} failed (98: Address already in use)"),
+        ],
+        "{err}"
+    );
+}
+
 /// A reload whose configuration names another pid file moves it (nginx writes the new
 /// one and removes the old); one that cannot be written fails the reload with nginx's
 /// emerg line, and the old configuration serves on (matched side by side).

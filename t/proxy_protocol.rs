@@ -1062,3 +1062,41 @@ fn client_end_with_the_header_ends_the_session_once_delivered() {
     let want = "client disconnected, bytes from/to client:2000/0, bytes from/to upstream:0/2000";
     assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(want)), "{}", s.error_log());
 }
+
+/// A wildcard socket serves the specific addresses of its port that have no socket of
+/// their own, each with its own options: a PROXY header is expected on a connection to
+/// the address that asked for it, and "connected to" names the address reached (side by
+/// side with nginx 1.22.1; sluice took the flag and the text from the wildcard socket).
+/// In a network namespace of the test's own.
+#[test]
+fn wildcard_socket_takes_each_address_options() {
+    crate::common::private_network();
+    let (p1, p2) = (crate::common::free_port(), crate::common::free_port());
+    let s = crate::common::Sluice::start(&format!(
+        "events {{}}
+stream {{
+    server {{ listen *:{p1}; return \"A $server_addr [$proxy_protocol_addr]\"; }}
+    server {{ listen 127.0.0.2:{p1} proxy_protocol; return \"B $server_addr [$proxy_protocol_addr]\"; }}
+    server {{ listen {p2} proxy_protocol; return \"C $server_addr [$proxy_protocol_addr]\"; }}
+    server {{ listen 127.0.0.2:{p2}; return \"D $server_addr [$proxy_protocol_addr]\"; }}
+}}
+"
+    ));
+    let ask = |ip: &str, port: u16, header: bool| {
+        let mut c = std::net::TcpStream::connect((ip, port)).expect("connect");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok();
+        if header {
+            c.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n").expect("write");
+        }
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert_eq!(ask("127.0.0.1", p1, false), "A 127.0.0.1 []");
+    assert_eq!(ask("127.0.0.2", p1, true), "B 127.0.0.2 [192.0.2.1]");
+    assert_eq!(ask("127.0.0.1", p2, true), "C 127.0.0.1 [192.0.2.1]");
+    assert_eq!(ask("127.0.0.2", p2, false), "D 127.0.0.2 []");
+    let log = s.error_log();
+    assert!(log.contains(&format!(" connected to 127.0.0.2:{p1}\n")), "{log}");
+    assert!(log.contains(&format!(" connected to 0.0.0.0:{p1}\n")), "{log}");
+}

@@ -1444,3 +1444,42 @@ fn udp_return_too_long_is_a_sendmsg_alert() {
     );
     assert_eq!(s.wait_lines("r.log", 1), ["500"]);
 }
+
+/// A wildcard UDP listener (`listen PORT udp`) answers from the address each datagram
+/// was sent to and knows it as `$server_addr`; the same client writing to two addresses
+/// has two sessions; a specific address of the port without `bind` is served through the
+/// wildcard socket by its own server (side by side with nginx 1.22.1, which uses
+/// IP_PKTINFO; sluice answered from 127.0.0.1 and said 0.0.0.0). In a network namespace
+/// of the test's own.
+#[test]
+fn wildcard_listener_answers_from_the_address_written_to() {
+    private_network();
+    let echo = UdpBackend::start(|d, _| vec![(Duration::ZERO, d.to_vec())]);
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "log_format u '$server_addr $status $bytes_received';
+         access_log %%PREFIX%%u.log u;
+         server {{ listen {p} udp; proxy_timeout 300ms; proxy_pass 127.0.0.1:{e}; }}
+         server {{ listen 127.0.0.2:{p} udp; return \"two $server_addr\"; }}",
+        e = echo.port
+    )));
+    let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.set_read_timeout(Some(ms(5000))).ok();
+    let ask = |to: &str, d: &[u8]| {
+        c.send_to(d, (to, p)).expect("send");
+        let mut b = [0u8; 64];
+        let (n, from) = c.recv_from(&mut b).expect("an answer");
+        (String::from_utf8_lossy(&b[..n]).into_owned(), from.to_string())
+    };
+    let at = |ip: &str| format!("{ip}:{p}");
+    assert_eq!(ask("127.0.0.1", b"a"), ("a".into(), at("127.0.0.1")));
+    assert_eq!(ask("127.0.0.5", b"bb"), ("bb".into(), at("127.0.0.5")));
+    assert_eq!(ask("127.0.0.1", b"c"), ("c".into(), at("127.0.0.1")));
+    assert_eq!(ask("127.0.0.2", b"d"), ("two 127.0.0.2".into(), at("127.0.0.2")));
+    let mut lines = s.wait_lines("u.log", 3);
+    lines.sort();
+    assert_eq!(lines, ["127.0.0.1 200 2", "127.0.0.2 200 1", "127.0.0.5 200 2"]);
+    let sockets = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap_or_default();
+    let hex_port = format!(":{:04X} ", p);
+    assert_eq!(sockets.matches(&hex_port).count(), 1, "one socket for the port:\n{sockets}");
+}

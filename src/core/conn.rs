@@ -29,6 +29,9 @@ pub struct UdpClient {
     /// shutdown) closes the socket even while sessions run, as nginx's does.
     pub sock: Weak<UdpSocket>,
     pub peer: SocketAddr,
+    /// On a wildcard socket, the address the client wrote to (from IP_PKTINFO): the
+    /// session's local address, and where its answers come from.
+    pub local: Option<SocketAddr>,
     /// The listening socket's descriptor number, kept for nginx's "open socket #N left"
     /// alert (nginx's session connection keeps it after the listener is closed).
     pub listen_fd: RawFd,
@@ -119,7 +122,7 @@ impl Conn {
             Conn::Unix(s) => Some(Addr::Unix(
                 s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_path_buf())).unwrap_or_default(),
             )),
-            Conn::Udp(u) => u.sock.upgrade()?.local_addr().ok().map(Addr::Inet),
+            Conn::Udp(u) => u.local.or_else(|| u.sock.upgrade()?.local_addr().ok()).map(Addr::Inet),
             Conn::Dgram(d) => d.local_addr().ok().map(Addr::Inet),
         }
     }
@@ -172,7 +175,18 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
-            Conn::Udp(u) => u.sock.upgrade().ok_or_else(UdpClient::closed)?.send_to(buf, u.peer),
+            Conn::Udp(u) => {
+                let sock = u.sock.upgrade().ok_or_else(UdpClient::closed)?;
+                match u.local {
+                    None => sock.send_to(buf, u.peer),
+                    Some(from) => {
+                        match crate::core::mmsg::send_to_all(sock.as_raw_fd(), &u.peer, Some(from.ip()), &[buf])? {
+                            0 => Err(io::ErrorKind::WouldBlock.into()),
+                            _ => Ok(buf.len()),
+                        }
+                    }
+                }
+            }
             Conn::Dgram(d) => d.send(buf),
         }
     }
@@ -451,6 +465,20 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
             s.listen(backlog)?;
             Ok(Listener::Unix(UnixListener::from_std(s.into())))
         }
+    }
+}
+
+/// On a wildcard UDP socket, have each datagram say which address it was sent to
+/// (IP_PKTINFO, IPV6_RECVPKTINFO), as nginx's ngx_configure_listening_sockets does: the
+/// session's local address, and the address its answers are sent from.
+pub fn want_destination_addresses(fd: RawFd, addr: &SocketAddr) {
+    let (level, opt, name) = match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, "IP_PKTINFO"),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"),
+    };
+    if let Err(e) = set_int_option(fd, level, opt, 1) {
+        let msg = format!("setsockopt({}) for {} failed, ignored", name, Addr::Inet(*addr));
+        crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
     }
 }
 

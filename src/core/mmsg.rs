@@ -4,19 +4,26 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Datagrams per call.
 pub const BATCH: usize = 16;
 
-/// Room for a batch: `BATCH` buffers of `size` bytes and their source addresses.
+/// Room for one datagram's control messages: an IP_PKTINFO or IPV6_PKTINFO (32 or 40
+/// bytes with their headers), aligned as cmsghdr needs.
+type Control = [u64; 8];
+
+/// Room for a batch: `BATCH` buffers of `size` bytes, their source addresses and, on a
+/// wildcard socket with IP_PKTINFO on, the addresses they were sent to.
 pub struct RecvBatch {
     size: usize,
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     lens: [usize; BATCH],
     addr_lens: [libc::socklen_t; BATCH],
+    controls: Box<[Control; BATCH]>,
+    control_lens: [usize; BATCH],
 }
 
 impl RecvBatch {
@@ -31,6 +38,8 @@ impl RecvBatch {
             addrs: vec![zero; BATCH],
             lens: [0; BATCH],
             addr_lens: [0; BATCH],
+            controls: Box::new([[0; 8]; BATCH]),
+            control_lens: [0; BATCH],
         }
     }
 
@@ -47,8 +56,10 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_iov = &mut iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of::<Control>();
         }
-        // SAFETY: every header points at a live iovec, buffer and address of this batch,
+        // SAFETY: every header points at a live iovec, buffer, address and control room of this batch,
         // each of the length given; the kernel writes at most those lengths.
         let n = unsafe {
             libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
@@ -60,8 +71,39 @@ impl RecvBatch {
         for (i, h) in hdrs.iter().enumerate().take(n) {
             self.lens[i] = (h.msg_len as usize).min(self.size);
             self.addr_lens[i] = h.msg_hdr.msg_namelen;
+            self.control_lens[i] = h.msg_hdr.msg_controllen;
         }
         Ok(n)
+    }
+
+    /// The address datagram `i` was sent to, from its IP_PKTINFO or IPV6_PKTINFO (only a
+    /// socket with that option on has one: nginx's wildcard UDP listeners).
+    pub fn local(&self, i: usize) -> Option<IpAddr> {
+        let control = self.controls.get(i)?;
+        // SAFETY: msghdr is plain data; only its control fields are read by the CMSG
+        // macros, and they describe the part of this datagram's control room the kernel
+        // filled.
+        unsafe {
+            let mut m: libc::msghdr = MaybeUninit::zeroed().assume_init();
+            m.msg_control = control.as_ptr() as *mut libc::c_void;
+            m.msg_controllen = self.control_lens[i].min(std::mem::size_of::<Control>());
+            let mut c = libc::CMSG_FIRSTHDR(&m);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let p: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+                        return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr))));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let p: libc::in6_pktinfo = std::ptr::read_unaligned(data.cast());
+                        return Some(IpAddr::V6(Ipv6Addr::from(p.ipi6_addr.s6_addr)));
+                    }
+                    _ => c = libc::CMSG_NXTHDR(&m, c),
+                }
+            }
+        }
+        None
     }
 
     /// The bytes of datagram `i` of the last batch.
@@ -76,10 +118,47 @@ impl RecvBatch {
     }
 }
 
-/// Send `msgs` to `to` on `fd` (a listening socket) without blocking: how many went.
-/// A datagram the socket has no room for is dropped, as a single send would drop it.
-pub fn send_to_all(fd: RawFd, to: &SocketAddr, msgs: &[&[u8]]) -> io::Result<usize> {
+/// The control message that sends a datagram from `from` (IP_PKTINFO's ipi_spec_dst, or
+/// IPV6_PKTINFO): a wildcard socket answers from the address the client wrote to.
+fn source_control(from: IpAddr) -> (Control, usize) {
+    let mut control: Control = [0; 8];
+    // SAFETY: the room is 64 bytes, aligned for cmsghdr, and holds one header with an
+    // in_pktinfo or in6_pktinfo (CMSG_SPACE of either is at most 40 bytes).
+    unsafe {
+        let mut m: libc::msghdr = MaybeUninit::zeroed().assume_init();
+        m.msg_control = control.as_mut_ptr().cast();
+        m.msg_controllen = std::mem::size_of::<Control>();
+        let c = libc::CMSG_FIRSTHDR(&m);
+        let len = match from {
+            IpAddr::V4(ip) => {
+                let mut p: libc::in_pktinfo = MaybeUninit::zeroed().assume_init();
+                p.ipi_spec_dst.s_addr = u32::from(ip).to_be();
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), p);
+                libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32)
+            }
+            IpAddr::V6(ip) => {
+                let mut p: libc::in6_pktinfo = MaybeUninit::zeroed().assume_init();
+                p.ipi6_addr.s6_addr = ip.octets();
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), p);
+                libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32)
+            }
+        };
+        (control, len as usize)
+    }
+}
+
+/// Send `msgs` to `to` on `fd` (a listening socket) without blocking, from address
+/// `from` when given (a wildcard socket): how many went. A datagram the socket has no
+/// room for is dropped, as a single send would drop it.
+pub fn send_to_all(fd: RawFd, to: &SocketAddr, from: Option<IpAddr>, msgs: &[&[u8]]) -> io::Result<usize> {
     let sa = socket2::SockAddr::from(*to);
+    let mut control = from.map(source_control);
     let mut sent = 0;
     for chunk in msgs.chunks(BATCH) {
         let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
@@ -93,9 +172,14 @@ pub fn send_to_all(fd: RawFd, to: &SocketAddr, msgs: &[&[u8]]) -> io::Result<usi
             h.msg_hdr.msg_namelen = sa.len();
             h.msg_hdr.msg_iov = &mut iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            if let Some((c, len)) = control.as_mut() {
+                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = *len;
+            }
         }
-        // SAFETY: each of the first chunk.len() headers points at the destination address
-        // and at one iovec over a live slice; the kernel only reads them.
+        // SAFETY: each of the first chunk.len() headers points at the destination address,
+        // at one iovec over a live slice and at most at the source control message; the
+        // kernel only reads them.
         let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -160,7 +244,7 @@ mod tests {
         // And back with sendmmsg: 20 datagrams, 16 and 4 per call.
         let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10]).collect();
         let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-        assert_eq!(send_to_all(r.as_raw_fd(), &a.local_addr().unwrap(), &refs).unwrap(), 20);
+        assert_eq!(send_to_all(r.as_raw_fd(), &a.local_addr().unwrap(), None, &refs).unwrap(), 20);
         let mut got = [0u8; 16];
         for i in 0..20u8 {
             let (n, from) = a.recv_from(&mut got).unwrap();

@@ -446,7 +446,7 @@ pub fn hostname() -> String {
 }
 
 /// One address with the servers listening on it (nginx's `ngx_stream_conf_addr_t`).
-struct AddrConf<'a> {
+struct ConfAddr<'a> {
     /// The `listen` that gave socket options (else the first).
     l: &'a crate::stream::core_module::ListenConf,
     servers: Vec<usize>,
@@ -454,7 +454,17 @@ struct AddrConf<'a> {
     proxy_protocol: bool,
 }
 
-impl AddrConf<'_> {
+impl ConfAddr<'_> {
+    fn addr_conf(&self, names: &Option<Rc<VirtualNames>>) -> crate::stream::cycle::AddrConf {
+        crate::stream::cycle::AddrConf {
+            addr: self.l.addr.clone(),
+            server: self.default,
+            names: names.clone(),
+            proxy_protocol: self.proxy_protocol,
+            text: Rc::from(self.l.addr.to_string().as_str()),
+        }
+    }
+
     /// The names of the servers sharing the address, when there is a choice to make (or a
     /// regex whose captures the default server's configuration may use).
     fn names(&self, servers: &[&CoreSrv]) -> Result<Option<Rc<VirtualNames>>, ConfError> {
@@ -478,7 +488,7 @@ impl AddrConf<'_> {
 /// Group listen addresses into sockets: a wildcard socket on a port serves the specific
 /// addresses on that port that did not ask for their own socket (`bind`).
 fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
-    let mut addrs: Vec<AddrConf<'_>> = Vec::new();
+    let mut addrs: Vec<ConfAddr<'_>> = Vec::new();
     for (si, s) in servers.iter().enumerate() {
         for l in &s.listens {
             match addrs.iter_mut().find(|a| a.l.addr == l.addr && a.l.udp == l.udp) {
@@ -492,51 +502,52 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
                     }
                     a.proxy_protocol |= l.proxy_protocol;
                 }
-                None => addrs.push(AddrConf { l, servers: vec![si], default: si, proxy_protocol: l.proxy_protocol }),
+                None => addrs.push(ConfAddr { l, servers: vec![si], default: si, proxy_protocol: l.proxy_protocol }),
             }
         }
     }
     let names = addrs.iter().map(|a| a.names(servers)).collect::<Result<Vec<_>, _>>()?;
-    let mut out: Vec<Listening> = Vec::new();
-    // UDP listeners always get their own socket (a datagram's local address on a
-    // wildcard socket would need IP_PKTINFO).
-    let has_wildcard = |l: &crate::stream::core_module::ListenConf| -> bool {
-        let Addr::Inet(sa) = &l.addr else { return false };
-        !l.udp
-            && addrs.iter().any(|w| match &w.l.addr {
-                Addr::Inet(wa) => !w.l.udp && w.l.wildcard && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4(),
-                _ => false,
-            })
+    // nginx's ports (family, port, TCP or UDP), in the order first seen; the addresses of
+    // each sorted as ngx_stream_cmp_conf_addrs sorts them (stable): those that asked for
+    // a socket of their own (`bind`) first, the wildcard last. Sockets are opened in
+    // that order (it orders the "bind() failed" lines).
+    let port_of = |l: &crate::stream::core_module::ListenConf| match &l.addr {
+        Addr::Inet(sa) => (u8::from(sa.is_ipv4()) + 1, sa.port(), l.udp),
+        Addr::Unix(_) => (0, 0, l.udp),
     };
-    for (a, names) in addrs.iter().zip(&names) {
-        let l = a.l;
-        if !l.wildcard && !l.opts.bind && !l.udp && has_wildcard(l) {
-            continue;
+    let mut ports: Vec<((u8, u16, bool), Vec<usize>)> = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let key = port_of(a.l);
+        match ports.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => ports.push((key, vec![i])),
         }
-        let mut opts = l.opts.clone();
-        opts.proxy_protocol = a.proxy_protocol;
-        out.push(Listening {
-            addr: l.addr.clone(),
-            opts,
-            text: Rc::from(l.addr.to_string().as_str()),
-            server: a.default,
-            names: names.clone(),
-            by_local: Vec::new(),
-        });
     }
-    for (a, names) in addrs.iter().zip(&names) {
-        let l = a.l;
-        if l.wildcard || l.opts.bind || l.udp {
-            continue;
-        }
-        let Addr::Inet(sa) = &l.addr else { continue };
-        if let Some(w) = out.iter_mut().find(|w| match &w.addr {
-            Addr::Inet(wa) => {
-                !w.opts.udp && wa.ip().is_unspecified() && wa.port() == sa.port() && wa.is_ipv4() == sa.is_ipv4()
+    let mut out: Vec<Listening> = Vec::new();
+    for (_, mut list) in ports {
+        list.sort_by_key(|&i| match addrs[i].l {
+            l if l.wildcard => 2,
+            l if l.opts.bind => 0,
+            _ => 1,
+        });
+        // A wildcard socket serves the port's other addresses that did not ask for a
+        // socket of their own: a TCP connection's local address, or (IP_PKTINFO) the
+        // address a datagram was sent to, picks the address configuration.
+        let wildcard = list.last().copied().filter(|&i| addrs[i].l.wildcard);
+        let mut served = Vec::new();
+        for &i in &list {
+            let (a, l) = (&addrs[i], addrs[i].l);
+            if wildcard.is_some() && wildcard != Some(i) && !l.opts.bind {
+                served.push(a.addr_conf(&names[i]));
+                continue;
             }
-            _ => false,
-        }) {
-            w.by_local.push((l.addr.clone(), a.default, names.clone()));
+            let mut opts = l.opts.clone();
+            opts.proxy_protocol = a.proxy_protocol;
+            let conf = a.addr_conf(&names[i]);
+            out.push(Listening { addr: l.addr.clone(), opts, text: conf.text.clone(), addr_confs: vec![conf] });
+        }
+        if let (Some(_), Some(w)) = (wildcard, out.last_mut()) {
+            w.addr_confs.extend(served);
         }
     }
     // Accepted sockets inherit TCP_NODELAY from the listener when every server the
@@ -545,7 +556,7 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
         let served: Vec<usize> = addrs
             .iter()
             .filter(|a| a.l.udp == ls.opts.udp)
-            .filter(|a| a.l.addr == ls.addr || ls.by_local.iter().any(|(x, _, _)| *x == a.l.addr))
+            .filter(|a| ls.addr_confs.iter().any(|x| x.addr == a.l.addr))
             .flat_map(|a| a.servers.iter().copied())
             .collect();
         ls.opts.nodelay = served.iter().all(|&s| servers.get(s).is_some_and(|x| x.tcp_nodelay()));

@@ -40,13 +40,23 @@ pub struct Listening {
     pub opts: ListenOpts,
     /// `addr` as nginx prints it in "server: ..." of log lines.
     pub text: Rc<str>,
-    /// The default server for connections to `addr` itself.
+    /// The addresses the socket serves: its own first, then on a wildcard socket the
+    /// specific addresses of its port that did not ask for a socket of their own.
+    pub addr_confs: Vec<AddrConf>,
+}
+
+/// One address a socket serves (nginx's `ngx_stream_addr_conf_t`).
+#[derive(Debug, Clone)]
+pub struct AddrConf {
+    pub addr: Addr,
+    /// The default server for connections to the address.
     pub server: usize,
-    /// The servers sharing `addr`, by name (`server_name`).
+    /// The servers sharing the address, by name (`server_name`).
     pub names: Option<Rc<VirtualNames>>,
-    /// Specific addresses served through this wildcard socket (no `bind`), by local
-    /// address, with their default server and names: nginx's `ngx_stream_addr_conf_t`.
-    pub by_local: Vec<(Addr, usize, Option<Rc<VirtualNames>>)>,
+    /// A PROXY protocol header comes first on connections to the address.
+    pub proxy_protocol: bool,
+    /// The address as "client ... connected to" names it.
+    pub text: Rc<str>,
 }
 
 pub struct Cycle {
@@ -74,14 +84,9 @@ pub struct Cycle {
 }
 
 impl Listening {
-    /// The default server and the virtual server names for a connection accepted on this
-    /// socket with local address `local`.
-    pub fn server_for(&self, local: Option<&Addr>) -> (usize, Option<Rc<VirtualNames>>) {
-        if let Some(l) = local {
-            if let Some((_, s, names)) = self.by_local.iter().find(|(a, _, _)| a == l) {
-                return (*s, names.clone());
-            }
-        }
-        (self.server, self.names.clone())
+    /// The address configuration for a connection accepted on this socket with local
+    /// address `local` (nginx looks it up by the local address on a wildcard socket).
+    pub fn addr_conf(&self, local: &Addr) -> Option<&AddrConf> {
+        self.addr_confs.iter().skip(1).find(|a| a.addr == *local).or_else(|| self.addr_confs.first())
     }
 }

@@ -1239,7 +1239,7 @@ impl ProxySession {
     fn answers_batched(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Option<UdpError> {
         let ufd = self.upstream.as_ref()?.fd();
         let Conn::Udp(client) = &s.client else { return None };
-        let (cfd, peer) = (client.fd(), client.peer);
+        let (cfd, peer, from) = (client.fd(), client.peer, client.local.map(|a| a.ip()));
         let size = conf(s).buffer_size.get();
         let mut batch = cx.rt.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
         let mut err = None;
@@ -1277,7 +1277,7 @@ impl ProxySession {
                 out[k] = d;
                 k += 1;
             }
-            match mmsg::send_to_all(cfd, &peer, &out[..k]) {
+            match mmsg::send_to_all(cfd, &peer, from, &out[..k]) {
                 Ok(m) => s.sent += out[..m].iter().map(|d| d.len() as u64).sum::<u64>(),
                 Err(e) => {
                     err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));

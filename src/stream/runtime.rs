@@ -125,6 +125,10 @@ fn lines_signature(u: &UpstreamConf, lines: &[usize]) -> u64 {
 /// Group numbers from here on are sessions' own groups.
 pub const SESSION_GROUP: usize = 1 << 40;
 
+/// What a UDP session is found by (nginx's `ngx_lookup_udp_connection`): its listener,
+/// the client's address and, on a wildcard socket, the address the client wrote to.
+pub type UdpKey = (usize, std::net::SocketAddr, Option<std::net::IpAddr>);
+
 pub struct WorkerState {
     groups: Vec<Group>,
     /// A session's own group, made at run time by `proxy_pass $var` naming an address
@@ -155,7 +159,7 @@ pub struct WorkerState {
     pub slots: ConnSlots,
     pub worker_connections: usize,
     /// UDP sessions by (listener, client address).
-    pub udp_sessions: HashMap<(usize, std::net::SocketAddr), usize>,
+    pub udp_sessions: HashMap<UdpKey, usize>,
     /// The sessions of the upstream datagram sockets (their epoll tokens).
     pub dgram_owners: DgramOwners,
     /// Buffers for reading upstream datagrams, several per call (made on first use).
@@ -270,7 +274,7 @@ impl WorkerState {
 
     /// Unbind a UDP session from its client address (`proxy_requests` reached, or the
     /// session ended): the client's next datagram starts a new session.
-    pub fn udp_unbind(&mut self, k: Option<(usize, std::net::SocketAddr)>, id: usize) {
+    pub fn udp_unbind(&mut self, k: Option<UdpKey>, id: usize) {
         if let Some(k) = k {
             if self.udp_sessions.get(&k) == Some(&id) {
                 self.udp_sessions.remove(&k);

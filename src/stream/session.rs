@@ -150,7 +150,7 @@ pub struct SessionCore {
     pub udp_queue: std::collections::VecDeque<Vec<u8>>,
     pub udp_dropped: u64,
     /// UDP: the (listener, client) binding that routes datagrams to this session.
-    pub udp_key: Option<(usize, std::net::SocketAddr)>,
+    pub udp_key: Option<crate::stream::runtime::UdpKey>,
     /// Kept values of variables (map, geo, set, cacheable built-ins), by variable
     /// index: `Some(None)` keeps "not found", as nginx keeps a cacheable variable's
     /// `not_found` (a `$ssl_preread_*` read before the preread phase stays not found).

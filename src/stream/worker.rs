@@ -157,6 +157,11 @@ impl Worker {
         let mut ls = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             l.register_exclusive(poll.as_raw_fd(), Token(LISTENER_BIT | i))?;
+            if let (Listener::Udp(u), Some(Addr::Inet(a))) = (&l, cycle.listening.get(i).map(|x| &x.addr)) {
+                if a.ip().is_unspecified() {
+                    crate::core::conn::want_destination_addresses(u.as_raw_fd(), a);
+                }
+            }
             ls.push(Some(l));
         }
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
@@ -538,7 +543,7 @@ impl Worker {
             seen += n;
             for i in 0..n {
                 if let Some((dgram, peer)) = batch.get(i) {
-                    self.datagram(idx, &sock, dgram, peer, now);
+                    self.datagram(idx, &sock, dgram, peer, batch.local(i), now);
                 }
             }
             if n < mmsg::BATCH {
@@ -548,9 +553,18 @@ impl Worker {
         self.udp_batch = Some(batch);
     }
 
-    /// One client datagram: to the session of its address, or a new session.
-    fn datagram(&mut self, idx: usize, sock: &Rc<mio::net::UdpSocket>, dgram: &[u8], peer: SocketAddr, now: Instant) {
-        if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer)) {
+    /// One client datagram: to the session of its address (and of the address it was
+    /// sent to, on a wildcard socket), or a new session.
+    fn datagram(
+        &mut self,
+        idx: usize,
+        sock: &Rc<mio::net::UdpSocket>,
+        dgram: &[u8],
+        peer: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        now: Instant,
+    ) {
+        if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer, local)) {
             if let Some(sess) = lookup(&mut self.sessions, id) {
                 if sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
                     sess.core.udp_dropped += 1;
@@ -567,7 +581,9 @@ impl Worker {
             crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
             return;
         }
-        let conn = Conn::Udp(UdpClient { sock: Rc::downgrade(sock), peer, listen_fd: sock.as_raw_fd() });
+        let port = self.cycle.listening.get(idx).and_then(|l| l.addr.port()).unwrap_or(0);
+        let local = local.map(|ip| SocketAddr::new(ip, port));
+        let conn = Conn::Udp(UdpClient { sock: Rc::downgrade(sock), peer, local, listen_fd: sock.as_raw_fd() });
         self.init_session(idx, conn, Addr::Inet(peer), Some(dgram), None, now);
     }
 
@@ -589,7 +605,11 @@ impl Worker {
             (None, Addr::Inet(a)) if a.ip().is_unspecified() => conn.local_addr().unwrap_or_else(|| ls.addr.clone()),
             (None, a) => a.clone(),
         };
-        let (srv_idx, virtual_names) = ls.server_for(Some(&local));
+        let Some(addr_conf) = ls.addr_conf(&local) else { return };
+        let (srv_idx, virtual_names) = (addr_conf.server, addr_conf.names.clone());
+        // "connected to" names the address the client reached; "server:" in later
+        // lines the socket (nginx's addr_conf->addr_text and listening->addr_text).
+        let connected_to = addr_conf.text.clone();
         let Some(srv) = self.cycle.servers.get(srv_idx).cloned() else { return };
         let (id, passes) = match passed {
             Some((_, n, p)) => (n, p),
@@ -645,7 +665,7 @@ impl Worker {
             limit_conn_status: 0,
             proxy_protocol: None,
             ctx: Vec::new(),
-            pp_pending: ls.opts.proxy_protocol && !conn_is_udp,
+            pp_pending: addr_conf.proxy_protocol && !conn_is_udp,
             pp_read: false,
             conn_slot: self.rt.slots.take(),
         };
@@ -655,12 +675,16 @@ impl Worker {
             // counts it), whether a proxy ever takes it or not.
             core.received += d.len() as u64;
             core.udp_queue.push_back(d.to_vec());
-            core.udp_key = Some((idx, *peer));
-            self.rt.udp_sessions.insert((idx, *peer), key);
+            let local = match &core.client {
+                Conn::Udp(u) => u.local.map(|a| a.ip()),
+                _ => None,
+            };
+            core.udp_key = Some((idx, *peer, local));
+            self.rt.udp_sessions.insert((idx, *peer, local), key);
         }
         if core.log_enabled(Level::Info) {
             let udp = if core.client.is_udp() { "udp " } else { "" };
-            core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, core.remote, core.listen_text));
+            core.log_bare(Level::Info, &format!("{}client {} connected to {}", udp, core.remote, connected_to));
         }
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
