@@ -91,22 +91,25 @@ pub struct Response {
     pub answers: Vec<Record>,
 }
 
-/// A standard query with recursion desired for `name` (no trailing dot needed), or
-/// None if the name cannot be put on the wire (an empty or over-long label, a name over
-/// 255 bytes).
+/// A standard query with recursion desired for `name` (its trailing dot already
+/// dropped), or None where `ngx_resolver_create_name_query` declines: an empty name or
+/// label (a second trailing dot), a label over 255 bytes. nginx does not hold labels to
+/// 63 bytes: a longer one goes out as it is (and its answer is refused as one with a
+/// compression pointer), so it does here. A name over 255 bytes is refused (nginx sends
+/// it).
 pub fn query(id: u16, name: &str, qtype: u16) -> Option<Vec<u8>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
     let mut q = Vec::with_capacity(18 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    if !name.is_empty() {
-        for label in name.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return None;
-            }
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 255 {
+            return None;
         }
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
     }
     q.push(0);
     if q.len() - 12 > MAX_NAME {
@@ -362,13 +365,18 @@ mod tests {
 
     #[test]
     fn query_wire_form() {
-        let q = query(0x1234, "a.Example.com.", TYPE_A).unwrap();
+        let q = query(0x1234, "a.Example.com", TYPE_A).unwrap();
         assert_eq!(
             q,
             b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x07Example\x03com\x00\x00\x01\x00\x01".to_vec()
         );
         assert!(query(1, "a..b", TYPE_A).is_none());
-        assert!(query(1, &"x".repeat(64), TYPE_A).is_none());
+        // As ngx_resolver_create_name_query: the caller dropped one trailing dot, a second
+        // is an empty label; a label up to 255 bytes goes out as it is.
+        assert!(query(1, "a.b.", TYPE_A).is_none());
+        assert!(query(1, "", TYPE_A).is_none());
+        assert_eq!(query(1, &"x".repeat(64), TYPE_A).map(|q| q[12]), Some(64));
+        assert!(query(1, &"x".repeat(256), TYPE_A).is_none());
         let long = vec!["abcdefghi"; 26].join(".");
         assert!(query(1, &long, TYPE_A).is_none(), "260 bytes on the wire");
     }
