@@ -149,6 +149,13 @@ pub struct Worker {
     accept_paused: Option<Instant>,
     /// 1, or `ACCEPTS_PER_WAKEUP` with `multi_accept on`.
     accepts_per_event: usize,
+    /// Several workers share the listening sockets (EPOLLEXCLUSIVE): each moves itself
+    /// to the back of a socket's wake-up queue now and then (nginx's
+    /// `ngx_use_exclusive_accept` and `ngx_reorder_accept_events`).
+    exclusive_accept: bool,
+    /// Per listener, the accept events handled (nginx's listening connection's
+    /// `requests`).
+    accept_events: Vec<u64>,
 }
 
 impl Worker {
@@ -176,6 +183,8 @@ impl Worker {
         // The listener is level-triggered, so the rest come on the next turns, between
         // the events of sessions already running.
         let accepts_per_event = if cycle.core.multi_accept.get() { ACCEPTS_PER_WAKEUP } else { 1 };
+        let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1;
+        let accept_events = vec![0; ls.len()];
         Ok(Worker {
             role,
             poll,
@@ -192,6 +201,8 @@ impl Worker {
             shutdown_at: None,
             accept_paused: None,
             accepts_per_event,
+            exclusive_accept,
+            accept_events,
         })
     }
 
@@ -495,6 +506,9 @@ impl Worker {
         if self.accept_paused.is_some() {
             return;
         }
+        // nginx's ngx_accept_disabled: an eighth of worker_connections less the free
+        // connections before the last accept.
+        let mut disabled = 0;
         for _ in 0..self.accepts_per_event {
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
@@ -504,7 +518,11 @@ impl Worker {
                     crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
                     return;
                 }
-                Ok((conn, remote)) => self.init_session(idx, conn, remote, None, None, now),
+                Ok((conn, remote)) => {
+                    let free = self.rt.conn_slots.saturating_sub(self.rt.conns) as i64;
+                    disabled = (self.rt.worker_connections / 8) as i64 - free;
+                    self.init_session(idx, conn, remote, None, None, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EPROTO)) => {}
@@ -521,6 +539,27 @@ impl Worker {
             }
         }
         // Level-triggered listeners report the rest on the next turn.
+        self.reorder_accept_events(idx, disabled);
+    }
+
+    /// `ngx_reorder_accept_events`: EPOLLEXCLUSIVE wakes the worker that first added the
+    /// socket, so on every 16th accept event (or every one while this worker runs short
+    /// of connections) it adds the socket again and goes to the back of the queue: the
+    /// workers take turns as nginx's do.
+    fn reorder_accept_events(&mut self, idx: usize, disabled: i64) {
+        if !self.exclusive_accept || self.cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport) {
+            return;
+        }
+        let Some(n) = self.accept_events.get_mut(idx) else { return };
+        let turn = *n % 16 == 0;
+        *n += 1;
+        if !turn && disabled <= 0 {
+            return;
+        }
+        if let Some(Some(l)) = self.listeners.get(idx) {
+            l.deregister_raw(self.poll.as_raw_fd());
+            let _ = l.register_exclusive(self.poll.as_raw_fd(), Token(LISTENER_BIT | idx));
+        }
     }
 
     /// `ngx_event_recvmsg`: read datagrams; each goes to the session of its client
