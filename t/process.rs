@@ -1568,6 +1568,20 @@ fn worker_processes_auto_user_and_rlimit_nofile() {
     assert!(wait_for(10 * SEC, || served_by(p).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
 }
 
+/// A `worker_rlimit_nofile` the kernel refuses (over fs.nr_open) is a worker's alert
+/// naming the value, as nginx's (side by side with nginx 1.22.1).
+#[test]
+fn worker_rlimit_nofile_refused_names_the_value() {
+    let p = free_port();
+    let conf = format!(
+        "{}worker_rlimit_nofile 2000000;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return ok; }} }}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let want = "setrlimit(RLIMIT_NOFILE, 2000000) failed (1: Operation not permitted)";
+    assert!(wait_for(10 * SEC, || run.log().contains(want)), "{}", run.ctx());
+}
+
 // ---------------------------------------------------------------------------------
 // -s quit, -s stop.
 

@@ -204,7 +204,8 @@ impl Master {
             }
             if core.worker_rlimit_nofile.is_set() {
                 if let Err(e) = process::set_nofile(core.worker_rlimit_nofile.get()) {
-                    error(Level::Alert, "setrlimit(RLIMIT_NOFILE) failed", Some(&e));
+                    let n = core.worker_rlimit_nofile.get();
+                    error(Level::Alert, &format!("setrlimit(RLIMIT_NOFILE, {}) failed", n), Some(&e));
                 }
             }
             if core.worker_rlimit_core.is_set() {
