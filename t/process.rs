@@ -1582,6 +1582,53 @@ fn worker_rlimit_nofile_refused_names_the_value() {
     assert!(wait_for(10 * SEC, || run.log().contains(want)), "{}", run.ctx());
 }
 
+/// Listening sockets of a port, TCP or UDP, in this process's network namespace.
+fn sockets_on(proto: &str, port: u16) -> usize {
+    let table = std::fs::read_to_string(format!("/proc/thread-self/net/{proto}")).unwrap_or_default();
+    let local = format!(":{port:04X} ");
+    // TCP: LISTEN (0A); UDP: every bound socket.
+    table.lines().filter(|l| l.contains(&local) && (proto == "udp" || l.contains(" 0A "))).count()
+}
+
+/// A reload that adds `reuseport` keeps the socket, sets SO_REUSEPORT on it and opens one
+/// more per worker next to it, with no alert; one that takes `reuseport` away closes the
+/// extra sockets; TCP and UDP (side by side with nginx 1.22.1: 1 -> 2 -> 1 sockets and no
+/// alert; sluice logged "bind() ... failed (98: Address already in use)" and, for UDP,
+/// kept the extra sockets).
+#[test]
+fn reload_adds_and_removes_reuseport() {
+    let (p, u) = (free_port(), free_port());
+    let conf = |opt: &str| {
+        format!(
+            "{}events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{p} {opt}; return \"ok\\n\"; }}\n  \
+             server {{ listen 127.0.0.1:{u} udp {opt}; return ok; }}\n}}\n",
+            head(false, "2")
+        )
+    };
+    let run = Run::start(&conf(""));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "ok")), "not serving\n{}", run.ctx());
+    for (i, (opt, n)) in [("reuseport", 2), ("", 1), ("reuseport", 2)].into_iter().enumerate() {
+        run.write_conf(&conf(opt));
+        signal(master, libc::SIGHUP);
+        assert!(
+            wait_for(10 * SEC, || count(&run.log(), "start worker processes") > i + 1),
+            "reload {i} was not done\n{}",
+            run.ctx()
+        );
+        assert!(
+            wait_for(10 * SEC, || sockets_on("tcp", p) == n && sockets_on("udp", u) == n),
+            "'{opt}': {} TCP and {} UDP sockets, want {n}\n{}",
+            sockets_on("tcp", p),
+            sockets_on("udp", u),
+            run.ctx()
+        );
+        assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "ok")), "not serving\n{}", run.ctx());
+    }
+    let log = run.log();
+    assert!(!log.contains("[alert]") && !log.contains("[emerg]"), "{log}");
+}
+
 // ---------------------------------------------------------------------------------
 // -s quit, -s stop.
 

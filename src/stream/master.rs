@@ -140,14 +140,26 @@ impl Master {
     }
 
     /// A socket per worker for `reuseport` listeners (the first is the one opened at
-    /// start or kept by a reload).
+    /// start or kept by a reload), one for the others.
     fn open_reuseport(&mut self) {
         let n = self.worker_count();
         for (i, ls) in self.cycle.listening.iter().enumerate() {
+            let Some(socks) = self.listeners.get_mut(i) else { continue };
             if !ls.opts.reuseport {
+                // A reload took `reuseport` away: the other workers' sockets close.
+                socks.truncate(1);
                 continue;
             }
-            let Some(socks) = self.listeners.get_mut(i) else { continue };
+            // A reload added `reuseport` to a socket it keeps: the kept one gets
+            // SO_REUSEPORT before the others are opened next to it (nginx's
+            // `add_reuseport`).
+            if let Some(first) = socks.first() {
+                let on = crate::core::conn::set_int_option(first.fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+                if let Err(e) = on {
+                    let msg = format!("setsockopt(SO_REUSEPORT) {} failed, ignored", ls.addr);
+                    error(Level::Alert, &msg, Some(&e));
+                }
+            }
             socks.truncate(n);
             while socks.len() < n {
                 match open_listener(&ls.addr, &ls.opts) {
