@@ -400,6 +400,7 @@ fn serve(
         log::error(Level::Emerg, &format!("open() \"{}\" failed", pid_file), Some(&e));
         return 1;
     }
+    sluice::stream::conf::redirect_stderr(&cycle);
     log::set_use_stderr(false);
     if cycle.core.master_process.get() {
         let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);

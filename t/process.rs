@@ -1345,6 +1345,32 @@ fn upgrade_new_master_exit_restarts_old_workers() {
     assert!(wait_for(10 * SEC, || served_by(r).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
 }
 
+/// A binary upgrade whose configuration is now broken fails, and the error log says why:
+/// the running master's standard error is its error log (nginx's
+/// ngx_log_redirect_stderr), so the new binary's console lines land there (side by side
+/// with nginx 1.22.1; sluice's went to /dev/null). The old master serves on.
+#[test]
+fn failed_upgrade_says_why_in_the_error_log() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let conf = upgrade_conf(p, a, r);
+    let (run, old, _) = start_daemon(&conf, p);
+    let broken = conf.replace("stream {", "stream {\nbogus;");
+    assert_ne!(broken, conf);
+    run.write_conf(&broken);
+    signal(old, libc::SIGUSR2);
+    assert!(
+        wait_for(10 * SEC, || run.log().contains("exited with code 1")),
+        "the new binary did not fail\n{}",
+        run.ctx()
+    );
+    // The new binary's startup log is its standard error: the old master's error log.
+    let log = run.log();
+    assert!(log.lines().any(|l| l.contains("[emerg]") && l.contains(": unknown directive \"bogus\" in ")), "{log}");
+    assert_eq!(run.read_pid(PID), Some(old), "{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+}
+
 /// USR2 as nginx takes it (its log recorded side by side): "changing binary" after the
 /// signal line; ignored, with its crit line, by a new binary whose old master still runs,
 /// by that old master, and by a master that was not daemonized (its parent is unchanged).

@@ -367,14 +367,34 @@ impl ErrorLog {
     /// is any but syslog and memory; so the line reaches one file (or stderr), if
     /// that one takes its level.
     pub fn write_exit_line(&self, level: Level, msg: &str) {
+        if let Some(i) = self.first_file_log() {
+            self.write_to(Some(i), level, None, msg, None, None);
+        }
+    }
+
+    /// nginx's `ngx_log_get_file_log`: the first file (or stderr) output of the chain,
+    /// which is sorted most verbose first, the earlier configured first among equals.
+    fn first_file_log(&self) -> Option<usize> {
         let mut first: Option<(usize, Level)> = None;
         for (i, o) in self.outputs.iter().enumerate() {
             if matches!(o.sink, Sink::File(_) | Sink::Stderr) && first.is_none_or(|(_, l)| o.level > l) {
                 first = Some((i, o.level));
             }
         }
-        if let Some((i, _)) = first {
-            self.write_to(Some(i), level, None, msg, None, None);
+        first.map(|(i, _)| i)
+    }
+
+    /// `ngx_log_redirect_stderr`: the standard error stream becomes the first log file,
+    /// so what a process (or a binary it starts, as an upgrade) writes there is logged.
+    pub fn redirect_stderr(&self) {
+        let Some(Sink::File(f)) = self.first_file_log().and_then(|i| self.outputs.get(i)).map(|o| &o.sink) else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*f.borrow());
+        // SAFETY: dup2 onto descriptor 2 of a file this log owns.
+        if unsafe { libc::dup2(fd, 2) } == -1 {
+            let e = io::Error::last_os_error();
+            self.write(Level::Alert, None, "dup2(STDERR_FILENO) failed", Some(&e), None);
         }
     }
 

@@ -432,6 +432,15 @@ pub fn reopen_files(cycle: &Cycle, mut access: impl FnMut(&str) -> Option<std::i
             crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));
         }
     }
+    redirect_stderr(cycle);
+}
+
+/// `ngx_log_redirect_stderr` for a cycle: not when any error log is the standard error
+/// stream (nginx's `cycle->log_use_stderr`).
+pub fn redirect_stderr(cycle: &Cycle) {
+    if !cycle.error_logs.iter().any(|l| l.writes_stderr()) {
+        cycle.error_log.redirect_stderr();
+    }
 }
 
 pub fn hostname() -> String {

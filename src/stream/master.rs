@@ -465,6 +465,7 @@ impl Master {
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
+        crate::stream::conf::redirect_stderr(&self.cycle);
         // nginx's event module says it again for every cycle it builds, once the
         // listening sockets are open, into the new cycle's log.
         error(Level::Notice, "using the \"epoll\" event method", None);
