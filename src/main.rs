@@ -154,6 +154,13 @@ fn configure_arguments() -> String {
     s
 }
 
+/// glibc calls the functions of `.init_array` with main's arguments: the process title
+/// is written over their memory.
+#[used]
+#[link_section = ".init_array"]
+static CAPTURE_ARGV: extern "C" fn(libc::c_int, *mut *mut libc::c_char, *mut *mut libc::c_char) =
+    sluice::core::proctitle::capture;
+
 fn main() {
     std::process::exit(run());
 }
@@ -163,6 +170,7 @@ fn run() -> i32 {
     time::update();
     log::install_backend();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    sluice::core::proctitle::init();
     let bytes: Vec<Vec<u8>> = argv.iter().map(|a| a.as_encoded_bytes().to_vec()).collect();
     let args = match parse_args(&bytes) {
         Ok(a) => a,

@@ -1371,6 +1371,38 @@ fn failed_upgrade_says_why_in_the_error_log() {
     assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
 }
 
+/// The titles `ps` shows, as nginx's (`sluice: ` where nginx writes `nginx: `): "master
+/// process" and the command line, "worker process", and "worker process is shutting
+/// down" for a worker that drains after a reload (side by side with nginx 1.22.1: sluice
+/// left every process with its command line, so `pgrep -f 'worker process'` found none).
+#[test]
+fn process_titles_as_nginx() {
+    let a = tagged("A");
+    let (p, r) = (free_port(), free_port());
+    let conf = upgrade_conf(p, a, r).replace("daemon on;", "daemon off;");
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let title = |pid: i32| {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let text: String = String::from_utf8_lossy(&raw).replace('\0', " ");
+        text.trim_end().to_string()
+    };
+    let m = title(master);
+    assert!(m.starts_with("sluice: master process ") && m.contains(" -c ") && m.contains("sluice.conf"), "{m:?}");
+    let old = workers_of(master, &[]);
+    for &w in &old {
+        assert!(wait_for(10 * SEC, || title(w) == "sluice: worker process"), "{:?}", title(w));
+    }
+    // A session held open keeps a worker draining after a reload.
+    let mut held = dial(p).expect("connect");
+    assert_eq!(read_line(&mut held).expect("greeting"), "A");
+    signal(master, libc::SIGHUP);
+    let drained = |w: &i32| title(*w) == "sluice: worker process is shutting down";
+    assert!(wait_for(10 * SEC, || old.iter().any(drained)), "{:?}", old.iter().map(|&w| title(w)).collect::<Vec<_>>());
+    drop(held);
+}
+
 /// USR2 as nginx takes it (its log recorded side by side): "changing binary" after the
 /// signal line; ignored, with its crit line, by a new binary whose old master still runs,
 /// by that old master, and by a master that was not daemonized (its parent is unchanged).

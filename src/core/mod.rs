@@ -13,6 +13,7 @@ pub mod main_conf;
 pub mod mmsg;
 pub mod open_file_cache;
 pub mod process;
+pub mod proctitle;
 pub mod shm;
 pub mod splice;
 pub mod time;

@@ -80,6 +80,8 @@ impl Master {
     pub fn run(&mut self) -> i32 {
         // Mapped here, before any fork, so every worker (and every later one) shares it.
         crate::core::shm::connection_counter();
+        let args: Vec<String> = self.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        crate::core::proctitle::set(&format!("master process {}", args.join(" ")));
         self.start_workers();
         let mut last_reap = Instant::now();
         loop {
@@ -237,6 +239,7 @@ impl Master {
                     (i < socks.len()).then(|| socks.swap_remove(i))
                 })
                 .collect();
+            crate::core::proctitle::set("worker process");
             let mut w = match Worker::new(Role::Worker, self.cycle.clone(), listeners, signals) {
                 Ok(w) => w,
                 Err(e) => {
@@ -274,6 +277,11 @@ impl Master {
     /// Send `sig` to the first `n` workers (the older ones: new workers are pushed last).
     fn signal_workers(&mut self, sig: libc::c_int, mark_exiting: bool, n: usize) {
         for w in self.workers.iter_mut().take(n) {
+            // nginx's ngx_signal_worker_processes: a worker already told to exit is
+            // not told to shut down again.
+            if w.exiting && sig == libc::SIGQUIT {
+                continue;
+            }
             if mark_exiting {
                 w.exiting = true;
             }

@@ -460,10 +460,14 @@ impl Worker {
     /// Graceful stop: stop accepting, let sessions finish (bounded by
     /// `worker_shutdown_timeout`).
     fn quit(&mut self) {
+        // Every QUIT says so, as nginx's worker cycle does; the shutdown starts once.
+        crate::core::log::error(Level::Notice, "gracefully shutting down", None);
+        if self.role == Role::Worker {
+            crate::core::proctitle::set("worker process is shutting down");
+        }
         if self.quitting {
             return;
         }
-        crate::core::log::error(Level::Notice, "gracefully shutting down", None);
         self.close_listeners();
         self.quitting = true;
         self.rt.exiting = true;
