@@ -299,6 +299,7 @@ fn run() -> i32 {
         if let Some(w) = cycle.core.nofile_warning().filter(|_| !opts.signaller) {
             log::error(Level::Warn, &w, None);
         }
+        close_unused(inherited);
         if !args.quiet {
             log::stderr(&format!("configuration file {} test is successful", conf_file));
         }
@@ -317,10 +318,29 @@ fn run() -> i32 {
     serve(cycle, opts, argv, inherited)
 }
 
+/// nginx's "close the unnecessary listening sockets" of the old cycle: the inherited
+/// descriptors the configuration does not use, under -t too.
+fn close_unused(inherited: Vec<Inherited>) {
+    for (fd, addr) in inherited {
+        // SAFETY: an inherited descriptor this configuration does not use.
+        if unsafe { libc::close(fd) } == -1 {
+            // nginx names the socket by its address text, empty for one it could not
+            // read (a descriptor that was no socket).
+            let e = std::io::Error::last_os_error();
+            let text = addr.map(|(a, _)| a.to_string()).unwrap_or_default();
+            log::error(Level::Emerg, &format!("close() socket listening socket on {} failed", text), Some(&e));
+        }
+    }
+}
+
+/// An inherited descriptor: a socket's address and type, or none (not a socket: nginx
+/// keeps it as an ignored listening socket, and closes it once the configuration is read).
+type Inherited = (i32, Option<(Addr, bool)>);
+
 /// `ngx_add_inherited_sockets`, before the configuration is read, into the startup log:
 /// a binary upgrade hands the listening sockets over in NGINX="fd;fd;". A descriptor
-/// that is not a socket is left out with nginx's crit line.
-fn inherited_sockets() -> Vec<(i32, Addr, bool)> {
+/// that is not a socket is kept aside with nginx's crit line.
+fn inherited_sockets() -> Vec<Inherited> {
     use std::os::unix::ffi::OsStrExt;
     let Some(v) = std::env::var_os(process::INHERITED_ENV) else { return Vec::new() };
     let v = v.as_bytes();
@@ -331,14 +351,13 @@ fn inherited_sockets() -> Vec<(i32, Addr, bool)> {
     }
     let mut out = Vec::new();
     for fd in fds {
-        match Listener::addr_of(fd) {
-            Some((a, udp)) => out.push((fd, a, udp)),
-            None => {
-                let e = std::io::Error::last_os_error();
-                let msg = format!("getsockname() of the inherited socket #{} failed", fd);
-                log::error(Level::Crit, &msg, Some(&e));
-            }
+        let addr = Listener::addr_of(fd);
+        if addr.is_none() {
+            let e = std::io::Error::last_os_error();
+            let msg = format!("getsockname() of the inherited socket #{} failed", fd);
+            log::error(Level::Crit, &msg, Some(&e));
         }
+        out.push((fd, addr));
     }
     out
 }
@@ -347,29 +366,28 @@ fn serve(
     cycle: sluice::stream::cycle::Cycle,
     opts: LoadOptions,
     argv: Vec<std::ffi::OsString>,
-    mut inherited: Vec<(i32, Addr, bool)>,
+    mut inherited: Vec<Inherited>,
 ) -> i32 {
     let cycle = Rc::new(cycle);
     log::set_main(cycle.error_log.clone());
     let mut have = Vec::new();
     for l in &cycle.listening {
-        have.push(inherited.iter().position(|(_, a, udp)| *a == l.addr && *udp == l.opts.udp).map(|i| {
-            let (fd, a, udp) = inherited.remove(i);
+        let key = Some((l.addr.clone(), l.opts.udp));
+        have.push(inherited.iter().position(|(_, a)| *a == key).and_then(|i| {
+            let (fd, (a, udp)) = match inherited.remove(i) {
+                (fd, Some(a)) => (fd, a),
+                (_, None) => return None,
+            };
             if let Addr::Unix(p) = &a {
                 process::set_inherited_unix(p);
             }
             process::set_inheritable(fd, false);
-            Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp)
+            Some(Listener::from_fd(fd, matches!(a, Addr::Unix(_)), udp))
         }));
     }
     let want: Vec<(&Addr, &conn::ListenOpts)> = cycle.listening.iter().map(|l| (&l.addr, &l.opts)).collect();
     let Some(listeners) = conn::open_listeners(&want, have) else { return 1 };
-    for (fd, _, _) in inherited {
-        // SAFETY: an inherited descriptor this configuration does not use.
-        unsafe {
-            libc::close(fd);
-        }
-    }
+    close_unused(inherited);
     // The cycle's notices come from the process that read the configuration, before it
     // daemonizes (ngx_init_cycle, ngx_os_status).
     log::error(Level::Notice, "using the \"epoll\" event method", None);

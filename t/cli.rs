@@ -580,7 +580,8 @@ fn command_line_combinations_as_nginx() {
 /// `NGINX` (the binary-upgrade hand-over) is read before the configuration, into the
 /// startup log, as nginx 1.22.1 did under -t side by side: its notice, an emerg for a
 /// malformed list (two when a number is bad: nginx's loop and its check for an
-/// unterminated number both report it), a crit for a descriptor that is no socket.
+/// unterminated number both report it), a crit for a descriptor that is no socket, and
+/// once the configuration is read the emerg of closing it.
 #[test]
 fn inherited_sockets_variable_read_as_nginx() {
     let tmp = setup(Some("valid"));
@@ -602,6 +603,9 @@ fn inherited_sockets_variable_read_as_nginx() {
         lines.iter().take(4).map(|l| l.split_once(": ").map_or(*l, |(_, r)| r).to_string()).collect();
     let want: Vec<String> = want.iter().map(|w| w.trim_start().to_string()).collect();
     assert_eq!(got, want, "{err}");
-    assert!(err.contains("[crit]") && err.matches("[emerg]").count() == 2, "{err}");
+    assert!(err.contains("[crit]") && err.matches("[emerg]").count() == 3, "{err}");
+    let close = ": close() socket listening socket on  failed (9: Bad file descriptor)\n";
+    let (ok, done) = (err.find("syntax is ok"), err.find("test is successful"));
+    assert!(err.find(close).is_some_and(|at| ok < Some(at) && Some(at) < done), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
