@@ -1130,3 +1130,36 @@ fn sessions_of_one_turn_log_in_nginx_order() {
     );
     drop(clients);
 }
+
+/// A listening socket's own lines (a connection beyond worker_connections) go to the
+/// error log of the server that owns the socket, here the stream block's, not the main
+/// one (nginx's `ls->logp`; side by side with nginx 1.22.1, sluice wrote them to the
+/// main error log).
+#[test]
+fn listener_lines_go_to_the_servers_error_log() {
+    let p = crate::common::free_port();
+    let s = crate::common::Sluice::start(&format!(
+        "events {{ worker_connections 5; }}
+stream {{
+    error_log %%PREFIX%%es.log info;
+    server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 5s; proxy_pass 127.0.0.1:9; }}
+}}
+"
+    ));
+    // One slot is the listener's: four clients are held in preread, three more do not fit.
+    let held: Vec<std::net::TcpStream> = (0..4).map(|_| crate::common::connect(p)).collect();
+    assert!(crate::common::wait_for(std::time::Duration::from_secs(10), || s
+        .read("es.log")
+        .matches(" connected to ")
+        .count()
+        == 4));
+    let extra: Vec<std::net::TcpStream> = (0..3).map(|_| crate::common::connect(p)).collect();
+    let alert = ": 5 worker_connections are not enough\n";
+    assert!(
+        crate::common::wait_for(std::time::Duration::from_secs(10), || s.read("es.log").matches(alert).count() == 3),
+        "{}",
+        s.read("es.log")
+    );
+    assert!(!s.error_log().contains("worker_connections are not enough"), "{}", s.error_log());
+    drop((held, extra));
+}

@@ -84,6 +84,13 @@ pub struct Cycle {
 }
 
 impl Listening {
+    /// The server whose error log takes the socket's own lines (accepting, reading
+    /// datagrams): nginx's `ls->logp`, taken from the first address of the socket's
+    /// sorted list, which for a wildcard socket serving others is the first of those.
+    pub fn log_server(&self) -> Option<usize> {
+        self.addr_confs.get(1).or_else(|| self.addr_confs.first()).map(|a| a.server)
+    }
+
     /// The address configuration for a connection accepted on this socket with local
     /// address `local` (nginx looks it up by the local address on a wildcard socket).
     pub fn addr_conf(&self, local: &Addr) -> Option<&AddrConf> {

@@ -487,8 +487,8 @@ impl Worker {
     /// Stop taking connections for `accept_mutex_delay` (out of descriptors; nginx's
     /// timer when it runs without an accept mutex); they wait in the listen queue
     /// meanwhile.
-    fn pause_accept(&mut self, now: Instant, err: &io::Error) {
-        crate::core::log::error(Level::Crit, "accept4() failed", Some(err));
+    fn pause_accept(&mut self, idx: usize, now: Instant, err: &io::Error) {
+        self.listen_log(idx, Level::Crit, "accept4() failed", Some(err));
         if self.accept_paused.is_none() {
             for l in self.listeners.iter().flatten() {
                 l.deregister_raw(self.poll.as_raw_fd());
@@ -519,7 +519,7 @@ impl Worker {
                 Ok(_) if !self.rt.has_room() => {
                     // nginx's ngx_event_accept: no free connection for it, so the
                     // accepted socket is closed at once, and this event takes no more.
-                    crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
+                    self.listen_log(idx, Level::Alert, &self.rt.not_enough(), None);
                     return;
                 }
                 Ok((conn, remote)) => {
@@ -533,17 +533,27 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     // Out of descriptors: sessions already running go on; accepting
                     // waits (nginx disables accept events for 500 ms).
-                    self.pause_accept(now, &e);
+                    self.pause_accept(idx, now, &e);
                     return;
                 }
                 Err(e) => {
-                    crate::core::log::error(Level::Alert, "accept4() failed", Some(&e));
+                    self.listen_log(idx, Level::Alert, "accept4() failed", Some(&e));
                     return;
                 }
             }
         }
         // Level-triggered listeners report the rest on the next turn.
         self.reorder_accept_events(idx, disabled);
+    }
+
+    /// A line of listener `idx` itself (nginx logs them to the listening socket's log,
+    /// with no context).
+    fn listen_log(&self, idx: usize, level: Level, msg: &str, err: Option<&io::Error>) {
+        let srv = self.cycle.listening.get(idx).and_then(|l| l.log_server());
+        match srv.and_then(|i| self.cycle.servers.get(i)) {
+            Some(s) => s.error_log.write(level, None, msg, err, None),
+            None => crate::core::log::error(level, msg, err),
+        }
     }
 
     /// `ngx_reorder_accept_events`: EPOLLEXCLUSIVE wakes the worker that first added the
@@ -579,7 +589,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    crate::core::log::error(Level::Alert, "recvmsg() failed", Some(&e));
+                    self.listen_log(idx, Level::Alert, "recvmsg() failed", Some(&e));
                     break;
                 }
             };
@@ -621,7 +631,7 @@ impl Worker {
         }
         if !self.rt.has_room() {
             // The datagram is dropped, as nginx's ngx_event_recvmsg drops it.
-            crate::core::log::error(Level::Alert, &self.rt.not_enough(), None);
+            self.listen_log(idx, Level::Alert, &self.rt.not_enough(), None);
             return;
         }
         let port = self.cycle.listening.get(idx).and_then(|l| l.addr.port()).unwrap_or(0);
