@@ -288,3 +288,31 @@ stream {{
     assert!(lines.contains(&format!("{p} sni=\"-\"")), "{lines:?}");
     assert!(lines.contains(&format!("{q} sni=\"app.example.com\"")), "{lines:?}");
 }
+
+/// A preread read that filled its buffer leaves the client ready to read, so the proxy
+/// reads the rest while it connects (nginx's posted read event): a refused connect is
+/// then logged while proxying connection, with the bytes read counted (side by side
+/// with nginx 1.22.1: 26 of 90 bytes past a 64-byte buffer; sluice read nothing more).
+#[test]
+fn full_preread_buffer_reads_on_while_connecting() {
+    let (p, dead) = (crate::common::free_port(), crate::common::free_port());
+    let s = crate::common::Sluice::start(&format!(
+        "events {{}}
+stream {{
+    server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_buffer_size 64; proxy_pass 127.0.0.1:{dead}; }}
+}}
+"
+    ));
+    let mut c = crate::common::connect(p);
+    std::io::Write::write_all(&mut c, &[b'y'; 90]).expect("write");
+    let want = format!(
+        "connect() failed (111: Connection refused) while proxying connection, client: 127.0.0.1, server: \
+         127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\", bytes from/to client:26/0, bytes from/to upstream:0/0"
+    );
+    assert!(
+        crate::common::wait_for(std::time::Duration::from_secs(10), || s.error_log().contains(&want)),
+        "{}",
+        s.error_log()
+    );
+    drop(c);
+}

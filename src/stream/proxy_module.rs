@@ -1390,8 +1390,8 @@ impl Content for ProxySession {
         self.client_watched = !self.udp && (s.pp_read || !s.preread.is_empty());
         // nginx's proxy handler posts the client's read event when it is still ready: a
         // PROXY header is taken whole, while a preread phase's short read drains it
-        // unless an end of file is pending.
-        let posted = self.client_watched && (s.preread.is_empty() || s.client_hup);
+        // unless an end of file is pending (a read that filled its room leaves it ready).
+        let posted = self.client_watched && (s.preread.is_empty() || s.client_hup || s.preread_ready);
         let flow = match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
             Err(Some(st)) => return Flow::Finalize(st),

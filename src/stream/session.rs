@@ -192,6 +192,9 @@ pub struct SessionCore {
     /// A PROXY header was taken, with addresses or without (`UNKNOWN`, v2 `LOCAL`):
     /// nginx's client read event is left ready after it, so the client is read at once.
     pub pp_read: bool,
+    /// The preread phase's last read filled the room it asked for: nginx's read event
+    /// stays ready after such a read, so the proxy reads the client at once.
+    pub preread_ready: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
 }
@@ -324,7 +327,10 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
                 // The client closed before the handler was satisfied.
                 return Flow::Finalize(status::OK);
             }
-            Ok(n) => s.preread.truncate(have + n),
+            Ok(n) => {
+                s.preread_ready = n == size - have;
+                s.preread.truncate(have + n);
+            }
             Err(e) => {
                 s.preread.truncate(have);
                 if e.kind() == io::ErrorKind::WouldBlock {

@@ -720,6 +720,7 @@ impl Worker {
             ctx: Vec::new(),
             pp_pending: addr_conf.proxy_protocol && !conn_is_udp,
             pp_read: false,
+            preread_ready: false,
             conn_slot: self.rt.slots.take(),
         };
         let mut core = core;
