@@ -197,7 +197,9 @@ stream {{
     assert_eq!(ask(&short, "PROXY UNKNOWN\r\n"), "PROXY UNKNOWN\r\nx");
     let full = format!("PROXY TCP4 192.0.2.1 unix:{} 4321 0\r\n", long.display());
     assert!(full.len() > 107, "the path must be long enough to be cut: {full}");
-    assert_eq!(ask(&long, v4), format!("{}x", &full[..107]));
+    // nginx's ngx_sock_ntop says one byte less than it wrote for a path cut short: the
+    // ports' space lands on the last byte.
+    assert_eq!(ask(&long, v4), format!("{} x", &full[..106]));
 }
 
 /// A unix client that bound its socket to a path is known by it ("unix:PATH" in

@@ -267,6 +267,14 @@ pub fn write_v1(src: &Addr, dst: &Addr) -> Vec<u8> {
     // Addresses as ngx_sock_ntop prints them (`::1.2.3.4`, not `::102:304`).
     let _ = write!(line, "PROXY {} {} ", fam, crate::core::addr::NgxIp(s.ip()));
     dst.write_host(&mut line);
+    if matches!(dst, Addr::Unix(_)) && line.len() >= V1_MAX {
+        // ngx_sock_ntop prints a unix path with its NUL and says one byte less than it
+        // wrote: a path cut by the buffer loses one more byte, over which the ports'
+        // leading space is written, the last byte there is room for.
+        line.truncate(V1_MAX - 1);
+        line.push(b' ');
+        return line;
+    }
     let dport = match dst {
         Addr::Inet(d) => d.port(),
         Addr::Unix(_) => 0,
@@ -416,7 +424,7 @@ mod tests {
         let long = Addr::Unix(format!("/tmp/{}", "L".repeat(100)).into());
         let cut = write_v1(&v4, &long);
         assert_eq!(cut.len(), 107);
-        assert!(cut.starts_with(b"PROXY TCP4 192.0.2.1 unix:/tmp/LLL") && cut.ends_with(b"LLL"));
+        assert!(cut.starts_with(b"PROXY TCP4 192.0.2.1 unix:/tmp/LLL") && cut.ends_with(b"LLL "));
     }
 
     #[test]
