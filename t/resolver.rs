@@ -806,7 +806,8 @@ fn udp_datagrams_during_resolution_are_counted() {
 /// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
 /// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
 /// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not
-/// set" (the TTL counts); a refused TCP fallback is nginx's "recv() failed".
+/// set" (the TTL counts); a refused TCP fallback is nginx's "recv() failed"; a name
+/// over 255 bytes is asked (nginx sets no limit).
 #[test]
 fn answers_as_nginx_takes_them() {
     let dns = DnsServer::start();
@@ -820,16 +821,18 @@ fn answers_as_nginx_takes_them() {
     }
     dns.set("h20.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
     dns.set("v0.test", Zone { a: vec![ip("127.0.0.3")], ttl: 60, ..Zone::default() });
+    let long_name = format!("{}.test", vec!["l".repeat(60); 5].join("."));
+    dns.set(&long_name, Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
     let refusing = DnsServer::start_udp_only();
     refusing.set("tc.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, truncate: true, ..Zone::default() });
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let [cut, alias, chain, v0, tc] = ports[..] else { unreachable!() };
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let [cut, alias, chain, v0, tc, long] = ports[..] else { unreachable!() };
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n\
            resolver 127.0.0.1:{d} ipv6=off;\n\
            resolver_timeout 500ms;\n\
-           map $server_port $name {{ {cut} cut.test; {alias} calias.test; {chain} h0.test; }}\n\
-           server {{ listen 127.0.0.1:{cut}; listen 127.0.0.1:{alias}; listen 127.0.0.1:{chain}; proxy_pass $name:{be}; }}\n\
+           map $server_port $name {{ {cut} cut.test; {alias} calias.test; {chain} h0.test; {long} {long_name}; }}\n\
+           server {{ listen 127.0.0.1:{cut}; listen 127.0.0.1:{alias}; listen 127.0.0.1:{chain}; listen 127.0.0.1:{long}; proxy_pass $name:{be}; }}\n\
            server {{ listen 127.0.0.1:{v0}; resolver 127.0.0.1:{d} valid=0 ipv6=off; set $n v0.test; proxy_pass $n:{be}; }}\n\
            server {{ listen 127.0.0.1:{tc}; resolver 127.0.0.1:{r} ipv6=off; set $n tc.test; proxy_pass $n:{be}; }}\n\
          }}",
@@ -842,6 +845,7 @@ fn answers_as_nginx_takes_them() {
     assert_eq!(dns.queries("calias.test").len(), 1, "the alias step is cached");
     assert_eq!(dns.queries("ctarget.test").len(), 1);
     assert_eq!(ask(chain), "B2", "{}", s.error_log());
+    assert_eq!(ask(long), "B2", "a 306-byte name is asked and answered\n{}", s.error_log());
     assert_eq!((ask(v0), ask(v0)), ("B3".into(), "B3".into()));
     assert_eq!(dns.queries("v0.test").len(), 1, "valid=0 keeps the answer for its TTL");
     assert_eq!(ask(tc), "");

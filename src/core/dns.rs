@@ -22,8 +22,9 @@ pub const FORMERR: u8 = 1;
 pub const SERVFAIL: u8 = 2;
 pub const NXDOMAIN: u8 = 3;
 
-/// Longest name on the wire (RFC 1035 2.3.4).
-const MAX_NAME: usize = 255;
+/// Labels and compression pointers read per name: nginx's `ngx_resolver_copy` gives up
+/// after 128 (it sets no limit on a name's length: RFC 1035's 255 bytes is not checked).
+const MAX_NAME_STEPS: usize = 128;
 /// Records looked at per answer: far more than any real answer, and a bound on work.
 pub const MAX_RECORDS: usize = 256;
 /// CNAMEs followed inside one answer.
@@ -112,9 +113,6 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Option<Vec<u8>> {
         q.extend_from_slice(label.as_bytes());
     }
     q.push(0);
-    if q.len() - 12 > MAX_NAME {
-        return None;
-    }
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&CLASS_IN.to_be_bytes());
     Some(q)
@@ -136,8 +134,7 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
     // one jump per two bytes of message.
     let mut lowest = at;
     let mut after = None;
-    let mut wire = 1;
-    loop {
+    for _ in 0..MAX_NAME_STEPS {
         let b = *m.get(p).ok_or(Error::Short)?;
         match b & 0xc0 {
             0x00 if b == 0 => {
@@ -146,10 +143,6 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
             0x00 => {
                 let len = b as usize;
                 let label = m.get(p + 1..p + 1 + len).ok_or(Error::Short)?;
-                wire += len + 1;
-                if wire > MAX_NAME {
-                    return Err(Error::Name);
-                }
                 // A dot inside a label would make it another name.
                 if label.contains(&b'.') {
                     return Err(Error::Name);
@@ -172,6 +165,7 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
             _ => return Err(Error::Name),
         }
     }
+    Err(Error::Name)
 }
 
 /// Parse a response. Records of other classes are skipped; their data is not looked at.
@@ -377,8 +371,9 @@ mod tests {
         assert!(query(1, "", TYPE_A).is_none());
         assert_eq!(query(1, &"x".repeat(64), TYPE_A).map(|q| q[12]), Some(64));
         assert!(query(1, &"x".repeat(256), TYPE_A).is_none());
+        // nginx puts no limit on a name's length (RFC 1035's 255 bytes is not checked).
         let long = vec!["abcdefghi"; 26].join(".");
-        assert!(query(1, &long, TYPE_A).is_none(), "260 bytes on the wire");
+        assert_eq!(query(1, &long, TYPE_A).map(|q| q.len()), Some(12 + 261 + 4), "260 bytes on the wire");
     }
 
     #[test]
@@ -453,8 +448,9 @@ mod tests {
         m[12] = 0x41;
         assert_eq!(parse(&m), Err(Error::Name));
         assert_eq!(parse(&q), Err(Error::Header));
-        // A name longer than 255 bytes through pointers: five 63-byte labels, each
-        // pointing at the one before, kept in the data of an unknown record type.
+        // A name longer than 255 bytes through pointers (five 63-byte labels, each
+        // pointing at the one before, kept in the data of an unknown record type) is
+        // read, as nginx's ngx_resolver_copy reads it.
         let mut m = response(&q, 0, &[]);
         m[6..8].copy_from_slice(&2u16.to_be_bytes());
         let data_at = m.len() + 12;
@@ -475,12 +471,18 @@ mod tests {
         m.extend_from_slice(&rr(&AT_QNAME, 99, 1, &blobs));
         let last = prev.unwrap();
         m.extend_from_slice(&rr(&[0xc0 | (last >> 8) as u8, last as u8], TYPE_A, 1, &[1, 2, 3, 4]));
-        assert_eq!(parse(&m), Err(Error::Name));
-        // Three of them (3 * 64 + 1 bytes) are fine.
-        let three = starts[2];
-        let mut m3 = m[..m.len() - 16].to_vec();
-        m3.extend_from_slice(&rr(&[0xc0 | (three >> 8) as u8, three as u8], TYPE_A, 1, &[1, 2, 3, 4]));
-        assert_eq!(parse(&m3).map(|r| r.answers.len()), Ok(2));
+        let r = parse(&m).expect("a 320-byte name");
+        assert_eq!(r.answers[1].name, vec!["a".repeat(63); 5].join("."));
+        assert_eq!(starts.len(), 5);
+        // 128 labels and pointers are read per name at most (nginx: "compression
+        // pointers loop in DNS response" past them).
+        for (labels, ok) in [(127, true), (128, false)] {
+            let mut m = response(&q, 0, &[]);
+            m[6..8].copy_from_slice(&1u16.to_be_bytes());
+            let owner: Vec<u8> = (0..labels).flat_map(|_| [1u8, b'a']).chain([0]).collect();
+            m.extend_from_slice(&rr(&owner, TYPE_A, 1, &[1, 2, 3, 4]));
+            assert_eq!(parse(&m).is_ok(), ok, "{labels} labels");
+        }
     }
 
     #[test]
