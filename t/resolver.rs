@@ -856,3 +856,33 @@ fn answers_as_nginx_takes_them() {
     assert!(log.contains("tc.test could not be resolved (110: Operation timed out)"), "{log}");
     assert!(!log.contains("short DNS response"), "{log}");
 }
+
+/// Truncated answers asked again over TCP: nginx keeps its TCP connection to the server
+/// open and reuses it, so only the first fallback takes a connection number (side by
+/// side with nginx 1.22.1: sessions *1, *5, *7; sluice numbered each fallback: *1, *5, *8).
+#[test]
+fn tcp_fallbacks_share_one_connection_number() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    for n in ["tc1.test", "tc2.test"] {
+        dns.set(n, Zone { a: vec![ip("127.0.0.2")], ttl: 60, truncate: true, ..Zone::default() });
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let [a, b, c] = ports[..] else { unreachable!() };
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format n '$connection';\n\
+           access_log %%PREFIX%%n.log n;\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           map $server_port $name {{ {a} tc1.test; {b} tc2.test; {c} tc1.test; }}\n\
+           server {{ listen 127.0.0.1:{a}; listen 127.0.0.1:{b}; listen 127.0.0.1:{c}; proxy_pass $name:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    for (i, p) in [a, b, c].into_iter().enumerate() {
+        assert_eq!(ask(p), "B2", "{}", s.error_log());
+        s.wait_lines("n.log", i + 1);
+    }
+    assert_eq!(dns.queries("tc2.test"), vec![(1, "udp"), (1, "tcp")]);
+    assert_eq!(s.wait_lines("n.log", 3), ["1", "5", "7"]);
+}

@@ -199,6 +199,10 @@ struct Resolver {
     /// Per server: nginx's UDP connection to it is open (made at the first query,
     /// numbered then from the connection counter, closed by a failed send or read).
     udp_open: Vec<bool>,
+    /// Per server: nginx's TCP connection to it is open. nginx keeps one and reuses it
+    /// for every truncated answer until the server closes it; sluice asks over a stream
+    /// of the name's own, and numbers it as nginx would number its one connection.
+    tcp_open: Vec<bool>,
 }
 
 /// The context a resolver call needs from the worker.
@@ -228,7 +232,8 @@ impl Resolvers {
             return i;
         }
         let udp_open = vec![false; conf.servers.len()];
-        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new(), udp_open });
+        let tcp_open = udp_open.clone();
+        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new(), udp_open, tcp_open });
         self.list.len() - 1
     }
 
@@ -393,12 +398,15 @@ impl Resolvers {
 
     fn send_tcp(&mut self, slot: usize, queries: Vec<Vec<u8>>, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
-        let server = self.list[n.resolver].conf.servers[n.server];
+        let res = &mut self.list[n.resolver];
+        let server = res.conf.servers[n.server];
         if n.tcp.is_none() {
             match TcpStream::connect(server) {
                 Ok(mut stream) => {
-                    // A TCP connection to the server is numbered as nginx's.
-                    crate::core::shm::next_connection();
+                    // Numbered as nginx's connection to the server, when it opens it.
+                    if !std::mem::replace(&mut res.tcp_open[n.server], true) {
+                        crate::core::shm::next_connection();
+                    }
                     let token = Token(RESOLVER_BIT | slot);
                     if io.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
                         return;
@@ -558,6 +566,8 @@ impl Resolvers {
                 }
             }
             if failed {
+                // nginx closes its connection on an error or the server's end.
+                self.list[n.resolver].tcp_open[n.server] = false;
                 if let Some(mut t) = n.tcp.take() {
                     let _ = io.registry.deregister(&mut t.stream);
                 }
