@@ -303,8 +303,6 @@ pub struct ListenOpts {
     pub nodelay: bool,
     /// `listen ... udp`.
     pub udp: bool,
-    /// `listen ... proxy_protocol`: a PROXY header comes first.
-    pub proxy_protocol: bool,
 }
 
 /// A listening IP socket of `ty` with the options both kinds share: SO_REUSEADDR,

@@ -550,10 +550,9 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
                 served.push(a.addr_conf(&names[i]));
                 continue;
             }
-            let mut opts = l.opts.clone();
-            opts.proxy_protocol = a.proxy_protocol;
             let conf = a.addr_conf(&names[i]);
-            out.push(Listening { addr: l.addr.clone(), opts, text: conf.text.clone(), addr_confs: vec![conf] });
+            let (addr, opts, text) = (l.addr.clone(), l.opts.clone(), conf.text.clone());
+            out.push(Listening { addr, opts, text, addr_confs: vec![conf] });
         }
         if let (Some(_), Some(w)) = (wildcard, out.last_mut()) {
             w.addr_confs.extend(served);

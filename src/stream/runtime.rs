@@ -158,7 +158,7 @@ pub struct WorkerState {
     /// "open socket ... left in connection N" alert names.
     pub slots: ConnSlots,
     pub worker_connections: usize,
-    /// UDP sessions by (listener, client address).
+    /// UDP sessions by listener, client address and destination (`UdpKey`).
     pub udp_sessions: HashMap<UdpKey, usize>,
     /// The sessions of the upstream datagram sockets (their epoll tokens).
     pub dgram_owners: DgramOwners,

@@ -149,7 +149,8 @@ pub struct SessionCore {
     /// queue was full.
     pub udp_queue: std::collections::VecDeque<Vec<u8>>,
     pub udp_dropped: u64,
-    /// UDP: the (listener, client) binding that routes datagrams to this session.
+    /// UDP: the (listener, client, destination) binding that routes datagrams to this
+    /// session.
     pub udp_key: Option<crate::stream::runtime::UdpKey>,
     /// Kept values of variables (map, geo, set, cacheable built-ins), by variable
     /// index: `Some(None)` keeps "not found", as nginx keeps a cacheable variable's
