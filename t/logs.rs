@@ -203,6 +203,28 @@ fn access_log_off() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// nginx logs a session before it closes the client, so a client that has read its end
+/// of file finds its line in the access log. The backend's answer and end of file arrive
+/// together, the case where sluice holds the last bytes back to send them with the end of
+/// file (MSG_MORE): that end of file, too, must leave only after the log phase.
+#[test]
+fn session_is_logged_before_the_client_sees_its_end() {
+    let up = backend(pong);
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{up}; access_log %%PREFIX%%access.log p; }}"
+    )));
+    for i in 0..300 {
+        let (c, answer, _) = client(p, b"ping\n");
+        assert_eq!(answer, b"pong\n");
+        // no waiting: the line must already be there
+        let log = s.read("access.log");
+        let line = format!("{c}|200|{p}|5");
+        assert!(log.lines().any(|l| l == line), "session {i}: not logged when the client saw its end:\n{log}");
+    }
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// Two `access_log`s in one server both get a line, each in its own format.
 #[test]
 fn two_access_logs_in_one_server() {

@@ -1538,10 +1538,9 @@ impl Content for ProxySession {
             cx.rt.drop_session_group(g);
         }
         // Bytes held back with MSG_MORE leave with the end of file (a close with unread
-        // bytes would reset the connection and drop them instead).
-        if self.up.corked {
-            let _ = s.client.shutdown_write();
-        }
+        // bytes would reset the connection and drop them instead); the client's after
+        // the log phase.
+        s.client_corked = self.up.corked;
         if self.down.corked {
             if let Some(u) = &self.upstream {
                 let _ = u.shutdown_write();

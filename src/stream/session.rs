@@ -196,6 +196,10 @@ pub struct SessionCore {
     /// The preread phase's last read filled the room it asked for: nginx's read event
     /// stays ready after such a read, so the proxy reads the client at once.
     pub preread_ready: bool,
+    /// The client's last bytes wait in its socket (written with `MSG_MORE`): they leave
+    /// with the end of file sent after the log phase, as nginx closes the client only
+    /// after logging (a client that sees its end of file finds the session logged).
+    pub client_corked: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
 }

@@ -710,6 +710,7 @@ impl Worker {
             var_cycle: false,
             realip_peer: None,
             client_hup: false,
+            client_corked: false,
             captures: Default::default(),
             limit_conn: Default::default(),
             pass_to: None,
@@ -932,6 +933,11 @@ impl Worker {
         // The log phase keeps the session's last action, as nginx's log context does
         // ("send() to syslog failed while returning text").
         cycle.phases.run_log(&mut sess.core, &mut cx);
+        // Bytes held back with MSG_MORE leave with the end of file (a close with unread
+        // bytes would reset the connection and drop them instead).
+        if sess.core.client_corked {
+            let _ = sess.core.client.shutdown_write();
+        }
         sess.core.action = None;
         sess.core.limit_conn.release_all();
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
