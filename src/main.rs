@@ -432,16 +432,20 @@ fn serve(
         let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);
         return m.run();
     }
-    let code = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {
+    let worker = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {
         Ok(mut w) => {
             w.run();
-            0
+            Some(w)
         }
         Err(e) => {
             log::error(Level::Emerg, "epoll_create() failed", Some(&e));
-            1
+            None
         }
     };
+    // The sessions a fast exit leaves open close after the pid file and the "exit" line
+    // go (with the worker, at the end), as nginx's sockets close only at its exit(): a
+    // client that sees its connection end finds the process's exit done.
+    let code = if worker.is_some() { 0 } else { 1 };
     process::remove_pid(&pid_file);
     log::error(Level::Notice, "exit", None);
     // ngx_master_process_exit (a single process's exit too): the unix sockets' files go

@@ -1856,6 +1856,51 @@ fn s_stop_ends_everything_at_once() {
     assert!(!run.path(PID).exists(), "pid file left\n{}", run.ctx());
 }
 
+/// A fast exit (TERM) leaves the sessions still open to the process's end, as nginx
+/// never closes them itself: by the time any client sees its connection end, the
+/// process has logged "exit" (a worker's own line in master mode) and a single process
+/// has removed its pid file. sluice closed every session first, then logged.
+#[test]
+fn fast_exit_logs_exit_before_sessions_end() {
+    const N: usize = 100;
+    for master in [false, true] {
+        let a = tagged("A");
+        let p = free_port();
+        let head =
+            if master { head(false, "1") } else { head(false, "1").replace("master_process on", "master_process off") };
+        let mut run = Run::start(&proxy_conf(&head, p, a));
+        let pid = run.master();
+        let worker = if master {
+            assert!(wait_for(10 * SEC, || workers_of(pid, &[]).len() == 1), "1 worker\n{}", run.ctx());
+            workers_of(pid, &[])[0]
+        } else {
+            pid
+        };
+        let mut held: Vec<TcpStream> = (0..N).map(|_| greeted(p)).collect();
+        signal(pid, libc::SIGTERM);
+        let mut fds: Vec<libc::pollfd> = held
+            .iter()
+            .map(|c| libc::pollfd { fd: std::os::unix::io::AsRawFd::as_raw_fd(c), events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: poll(2) over descriptors these streams own, alive for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 5000) };
+        // no waiting: both must be done when the first end is seen
+        let log = run.log();
+        let pid_file = run.path(PID).exists();
+        assert!(n > 0, "no session ended on TERM\n{}", run.ctx());
+        let exit = format!("[notice] {worker}#{worker}: exit");
+        assert!(log.lines().any(|l| l.ends_with(&exit)), "{exit:?} not logged when a session ended\n{log}");
+        assert!(master || !pid_file, "the pid file is still there when a session ended\n{}", run.ctx());
+        for c in &mut held {
+            c.set_read_timeout(Some(5 * SEC)).ok();
+            let mut buf = [0u8; 16];
+            assert!(!matches!(c.read(&mut buf), Ok(n) if n > 0), "data after TERM");
+        }
+        let st = run.wait_child(5 * SEC);
+        assert!(st.is_some_and(|s| s.success()), "did not exit (0) on TERM: {st:?}\n{}", run.ctx());
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Limits.
 

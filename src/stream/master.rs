@@ -264,13 +264,15 @@ impl Master {
                 }
             }
             w.run();
-            drop(w);
-            0
+            // "exit" before the sessions still open close: a fast exit leaves them to the
+            // process's end, as nginx's ngx_worker_process_exit, so a client that sees its
+            // connection end finds the line logged.
+            crate::core::log::worker_exit_line();
+            // The sockets close with the process (no drop): the master sees the exit as
+            // soon as the connections end.
+            std::process::exit(0)
         })();
         // A worker that cannot start exits with 2 at once (nginx's exit(2)), unannounced.
-        if code == 0 {
-            crate::core::log::worker_exit_line();
-        }
         std::process::exit(code)
     }
 
