@@ -90,24 +90,60 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// How many pipes a worker may hold, so that they do not take the descriptors its
+/// connections need: nginx's worker uses at most `worker_connections` descriptors for
+/// connections (client and upstream sockets, listeners), so pipes get what the open file
+/// limit leaves beyond those and the descriptors already open (logs, epoll, listeners
+/// again). When `worker_connections` may take (nearly) all of them, pipes still get a
+/// sixteenth of the free descriptors: splicing stays on in such configurations, and
+/// sessions that find the budget spent copy, as nginx's.
+pub fn pipe_budget(worker_connections: usize) -> usize {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 0;
+    }
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let free = usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX).saturating_sub(open);
+    (free.saturating_sub(worker_connections) / 2).max(free / 32)
+}
+
 /// Whether an error from splice means "not possible for these descriptors" (fall back to
 /// copying) rather than a connection error.
 pub fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
 }
 
-#[derive(Default)]
+/// The pipes a worker holds, in use and free. Free pipes are kept for the sessions to come
+/// while the worker has sessions (`release_free` when its last one ends), so an idle
+/// worker holds the descriptors nginx's would; and pipes never take the descriptors
+/// connections may need (`limit`).
 pub struct PipePool {
     free: Vec<Pipe>,
     /// Pipes made so far and pipes in use, for tests and the benchmark.
     pub created: usize,
     pub in_use: usize,
+    /// At most this many pipes, in use and free together.
+    limit: usize,
+}
+
+impl Default for PipePool {
+    fn default() -> PipePool {
+        PipePool::with_limit(usize::MAX)
+    }
 }
 
 impl PipePool {
+    pub fn with_limit(limit: usize) -> PipePool {
+        PipePool { free: Vec::new(), created: 0, in_use: 0, limit }
+    }
+
+    /// A pipe, from the pool or new; `EMFILE` when the limit is reached (the session
+    /// copies instead).
     pub fn get(&mut self) -> io::Result<Pipe> {
         let p = match self.free.pop() {
             Some(p) => p,
+            None if self.in_use >= self.limit => return Err(io::Error::from_raw_os_error(libc::EMFILE)),
             None => {
                 self.created += 1;
                 Pipe::new()?
@@ -123,6 +159,11 @@ impl PipePool {
         if p.len == 0 && self.free.len() < POOL_MAX {
             self.free.push(p);
         }
+    }
+
+    /// Close the free pipes (the worker's last session ended).
+    pub fn release_free(&mut self) {
+        self.free.clear();
     }
 
     pub fn free_count(&self) -> usize {
@@ -141,6 +182,7 @@ mod tests {
         let (mut a, b) = UnixStream::pair().expect("pair");
         let (c, mut d) = UnixStream::pair().expect("pair");
         let mut pool = PipePool::default();
+        let other = pool.get().expect("pipe");
         let mut p = pool.get().expect("pipe");
         a.write_all(b"hello").expect("write");
         b.set_nonblocking(true).expect("nb");
@@ -156,11 +198,50 @@ mod tests {
         d.read_exact(&mut buf).expect("read");
         assert_eq!(&buf, b"hello");
         pool.put(p);
-        assert_eq!((pool.created, pool.free_count(), pool.in_use), (1, 1, 0));
+        assert_eq!((pool.created, pool.free_count(), pool.in_use), (2, 1, 1));
         let mut p = pool.get().expect("pipe");
-        assert_eq!(pool.created, 1, "an empty pipe is reused");
+        assert_eq!(pool.created, 2, "an empty pipe is reused");
         p.len = 1; // pretend bytes were left in it
         pool.put(p);
         assert_eq!(pool.free_count(), 0, "a pipe with bytes left is closed, not reused");
+        pool.put(other);
+        assert_eq!((pool.free_count(), pool.in_use), (1, 0));
+        pool.release_free();
+        assert_eq!((pool.free_count(), pool.in_use), (0, 0));
+    }
+
+    #[test]
+    fn pool_stays_within_its_limit() {
+        let mut pool = PipePool::with_limit(2);
+        let a = pool.get().expect("pipe");
+        let b = pool.get().expect("pipe");
+        let e = pool.get().err().and_then(|e| e.raw_os_error());
+        assert_eq!(e, Some(libc::EMFILE), "a third pipe is over the limit");
+        pool.put(a);
+        assert_eq!(pool.free_count(), 1);
+        let a = pool.get().expect("the free pipe, within the limit");
+        assert_eq!(pool.created, 2);
+        pool.put(a);
+        pool.put(b);
+        assert_eq!((pool.free_count(), pool.in_use), (2, 0));
+        assert_eq!(PipePool::with_limit(0).get().err().and_then(|e| e.raw_os_error()), Some(libc::EMFILE));
+    }
+
+    #[test]
+    fn budget_leaves_worker_connections_their_descriptors() {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        let limit = usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX);
+        if limit < 1 << 20 {
+            let b = pipe_budget(0);
+            assert!(b > 0 && b * 2 < limit, "{b} pipes for a limit of {limit}");
+            // worker_connections may take them all: pipes get a sixteenth of the room
+            let b = pipe_budget(limit);
+            assert!(b * 16 <= limit && b * 32 + 1024 >= limit, "{b} pipes for a limit of {limit}");
+            assert_eq!(pipe_budget(usize::MAX), b);
+            let half = pipe_budget(limit / 2);
+            assert!(half * 4 + 1024 >= limit && half * 4 <= limit, "{half} pipes for a limit of {limit}");
+        }
     }
 }

@@ -173,6 +173,7 @@ impl Worker {
         }
         poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
         let mut rt = WorkerState::new(&cycle);
+        rt.pipes = crate::core::splice::PipePool::with_limit(crate::core::splice::pipe_budget(rt.worker_connections));
         // nginx's listening sockets take the first connection slots, then a worker's
         // channel to its master.
         let channel = u32::from(role != Role::Single);
@@ -950,5 +951,9 @@ impl Worker {
         // Free the slot now: the client socket closes here (no epoll_ctl(DEL): closing
         // takes it out of the epoll set), and later sessions in this slot have other ids.
         self.sessions.try_remove(key & KEY_MASK);
+        // An idle worker holds no pipes: its descriptors are back to nginx's.
+        if self.sessions.is_empty() {
+            self.rt.pipes.release_free();
+        }
     }
 }
