@@ -429,7 +429,9 @@ fn serve(
     sluice::stream::conf::redirect_stderr(&cycle);
     log::set_use_stderr(false);
     if cycle.core.master_process.get() {
-        let mut m = Master::new(opts, cycle.clone(), listeners, signals, pid_file, argv);
+        // The master owns the cycle: a reload drops it, and with it the files only it
+        // opened (nginx's ngx_init_cycle closes the old cycle's files).
+        let mut m = Master::new(opts, cycle, listeners, signals, pid_file, argv);
         return m.run();
     }
     let worker = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {

@@ -771,6 +771,72 @@ fn reload_moves_the_pid_file() {
     assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
 }
 
+/// What a process's descriptors point at, with how many of each, for paths in `dir`.
+fn open_files(pid: i32, dir: &str) -> BTreeSet<(String, usize)> {
+    let mut n: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        if let Ok(l) = std::fs::read_link(e.path()) {
+            let l = l.to_string_lossy().into_owned();
+            if let Some(name) = l.strip_prefix(dir) {
+                *n.entry(name.trim_start_matches('/').to_string()).or_default() += 1;
+            }
+        }
+    }
+    n.into_iter().collect()
+}
+
+/// A reload closes the files only the old configuration had open, in the master and so
+/// in every worker it starts after (nginx's ngx_init_cycle closes the old cycle's files):
+/// the master kept the startup configuration, and its error logs, open for its life.
+/// USR1 moves the master's stderr to the reopened error log, as nginx's ngx_reopen_files.
+#[test]
+fn reload_and_reopen_leave_no_old_log_open() {
+    let p = free_port();
+    let conf = |g: &str| {
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid %%PREFIX%%sluice.pid;\n\
+             error_log %%PREFIX%%{g}.log info;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; \
+             error_log %%PREFIX%%srv_{g}.log info; return x; }} }}\n"
+        )
+    };
+    let run = Run::start(&conf("gen0"));
+    let master = run.master();
+    let prefix = run.prefix();
+    let dir = prefix.trim_end_matches('/');
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    for g in ["gen1", "gen2"] {
+        let old = workers_of(master, &[]);
+        run.write_conf(&conf(g));
+        signal(master, libc::SIGHUP);
+        let swapped = || {
+            let w = workers_of(master, &[]);
+            w.len() == 1 && w != old
+        };
+        assert!(wait_for(10 * SEC, swapped), "no new worker after the reload to {g}\n{}", run.ctx());
+    }
+    let worker = workers_of(master, &[])[0];
+    let want: BTreeSet<(String, usize)> = [("gen2.log".to_string(), 2), ("srv_gen2.log".to_string(), 1)].into();
+    // the master's stderr is the error log (2 descriptors), as nginx's
+    assert!(
+        wait_for(5 * SEC, || open_files(master, dir) == want && open_files(worker, dir) == want),
+        "master {:?}, worker {:?}\n{}",
+        open_files(master, dir),
+        open_files(worker, dir),
+        run.ctx()
+    );
+    std::fs::rename(run.path("gen2.log"), run.path("gen2.log.1")).expect("rename");
+    signal(master, libc::SIGUSR1);
+    let stderr_of =
+        |pid: i32| std::fs::read_link(format!("/proc/{pid}/fd/2")).map(|l| l.to_string_lossy().into_owned());
+    let new = format!("{dir}/gen2.log");
+    assert!(
+        wait_for(5 * SEC, || stderr_of(master).is_ok_and(|l| l == new)),
+        "the master's stderr after USR1: {:?}\n{}",
+        stderr_of(master),
+        run.ctx()
+    );
+}
+
 /// A reload with a broken configuration (an unknown directive; then a listen address
 /// that cannot be bound) logs `[emerg]` and keeps the old workers serving the old one;
 /// a good one afterwards is taken.

@@ -507,6 +507,8 @@ impl Master {
                 }
             }
         }
+        // stderr follows the reopened error log (nginx's ngx_reopen_files ends so).
+        crate::stream::conf::redirect_stderr(&self.cycle);
     }
 
     fn close_listeners(&mut self, unlink: bool) {
