@@ -771,6 +771,56 @@ fn reload_moves_the_pid_file() {
     assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
 }
 
+/// With one worker, the listening sockets are not watched with EPOLLEXCLUSIVE (nginx
+/// uses it only with several workers): after a reload the old and the new worker are both
+/// woken, so the new configuration answers at once, not only once the old worker stops
+/// accepting 100 ms later (sluice's old worker, first in the exclusive queue, took the
+/// connections until then; side by side: nginx's first new answer after 1.3 ms, sluice's
+/// after 101 ms).
+#[test]
+fn one_worker_reload_answers_with_the_new_configuration_at_once() {
+    let p = free_port();
+    let conf = |v: &str| {
+        format!("{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"{v}\\n\"; }} }}\n", head(false, "1"))
+    };
+    let run = Run::start(&conf("v0"));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let in_epoll =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("epoll_wait"));
+    let mut early = 0;
+    for v in ["v1", "v2", "v3"] {
+        let old = workers_of(master, &[]);
+        let stopping = |log: &str| old.iter().any(|w| log.contains(&format!("{w}#{w}: gracefully shutting down")));
+        run.write_conf(&conf(v));
+        signal(master, libc::SIGHUP);
+        let t0 = Instant::now();
+        loop {
+            // Both workers wait in epoll_wait before each connection: with an exclusive
+            // watch the old one, first in the queue, would take every one.
+            let all = workers_of(master, &[]);
+            while t0.elapsed() < 10 * SEC && !(all.len() == 2 && all.iter().all(|&w| in_epoll(w))) {
+                if all.len() != 2 || stopping(&run.log()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let answer = greet(p).unwrap_or_default();
+            if answer == v {
+                early += usize::from(!stopping(&run.log()));
+                break;
+            }
+            assert!(t0.elapsed() < 10 * SEC, "no {v} answer after the reload\n{}", run.ctx());
+        }
+        assert!(wait_for(10 * SEC, || old.iter().all(|&w| !alive(w))), "old worker left\n{}", run.ctx());
+    }
+    assert!(
+        early >= 2,
+        "the new configuration answered before the old worker stopped accepting in {early} of 3 reloads\n{}",
+        run.ctx()
+    );
+}
+
 /// What a process's descriptors point at, with how many of each, for paths in `dir`.
 fn open_files(pid: i32, dir: &str) -> BTreeSet<(String, usize)> {
     let mut n: std::collections::BTreeMap<String, usize> = Default::default();

@@ -886,3 +886,59 @@ fn tcp_fallbacks_share_one_connection_number() {
     assert_eq!(dns.queries("tc2.test"), vec![(1, "udp"), (1, "tcp")]);
     assert_eq!(s.wait_lines("n.log", 3), ["1", "5", "7"]);
 }
+
+/// Holds a connection open after a greeting, until the peer closes.
+fn greet_and_hold(mut c: TcpStream) {
+    let _ = c.write_all(b"h\n");
+    let mut b = [0u8; 64];
+    while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+}
+
+/// nginx keeps its resolver's UDP connection to a DNS server open once used, and it holds
+/// one of the worker's `worker_connections`: at the limit, the client that still fits is
+/// accepted and its upstream connection is the one refused ("... not enough while
+/// connecting to upstream", with its context), one session sooner than without the
+/// resolver (side by side with nginx 1.22.1: sluice held one session more).
+#[test]
+fn resolver_connection_takes_a_worker_connection() {
+    let dns = DnsServer::start();
+    dns.set("app.test", Zone { a: vec![ip("127.0.0.1")], ttl: 3600, ..Zone::default() });
+    let hold = backend(greet_and_hold);
+    let (a, b) = (free_port(), free_port());
+    // 16 slots: 2 listeners, the resolver's connection, then 6 sessions of 2 and one
+    // more client.
+    let s = Sluice::start(&format!(
+        "events {{ worker_connections 16; }}\nstream {{\n\
+           server {{ listen 127.0.0.1:{a}; resolver 127.0.0.1:{d} ipv6=off; set $h app.test; proxy_pass $h:{hold}; }}\n\
+           server {{ listen 127.0.0.1:{b}; proxy_pass 127.0.0.1:{hold}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    let greet = |port: u16| -> (TcpStream, Vec<u8>) {
+        let mut c = connect(port);
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut got = vec![0u8; 2];
+        let n = c.read(&mut got).unwrap_or(0);
+        got.truncate(n);
+        (c, got)
+    };
+    let (first, got) = greet(a);
+    assert_eq!(got, b"h\n", "the resolved session");
+    drop(first);
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let (c, got) = greet(b);
+        assert_eq!(got, b"h\n", "session {i}\n{}", s.error_log());
+        held.push(c);
+    }
+    let (_last, got) = greet(b);
+    assert!(got.is_empty(), "a seventh session fitted: {got:?}\n{}", s.error_log());
+    let want = "[alert] ";
+    let msg =
+        "16 worker_connections are not enough while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:";
+    assert!(
+        wait_for(Duration::from_secs(5), || s.error_log().lines().any(|l| l.contains(want) && l.contains(msg))),
+        "{}",
+        s.error_log()
+    );
+}

@@ -227,12 +227,13 @@ impl Listener {
         }
     }
 
-    /// Watch for connections level-triggered with EPOLLEXCLUSIVE, so that of several
-    /// workers sharing the socket one wakes per connection (no thundering herd). mio
-    /// has no such option, so this goes to its epoll descriptor directly; events carry
-    /// the token as mio's do.
-    pub fn register_exclusive(&self, epfd: RawFd, t: Token) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: t.0 as u64 };
+    /// Watch for connections level-triggered; with `exclusive`, EPOLLEXCLUSIVE, so that
+    /// of several workers sharing the socket one wakes per connection (no thundering
+    /// herd). mio has no such option, so this goes to its epoll descriptor directly;
+    /// events carry the token as mio's do.
+    pub fn register_accept(&self, epfd: RawFd, t: Token, exclusive: bool) -> io::Result<()> {
+        let flags = if exclusive { libc::EPOLLIN | libc::EPOLLEXCLUSIVE } else { libc::EPOLLIN };
+        let mut ev = libc::epoll_event { events: flags as u32, u64: t.0 as u64 };
         // SAFETY: epoll_ctl on mio's epoll descriptor and a socket we own.
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, self.fd(), &mut ev) } == 0 {
             Ok(())

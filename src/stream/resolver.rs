@@ -227,6 +227,14 @@ fn random_id() -> u16 {
 }
 
 impl Resolvers {
+    /// nginx's resolver UDP connections open now (one per DNS server): each holds one of
+    /// the worker's `worker_connections` from its first query until an error closes it.
+    /// (Its TCP connection's life depends on when the server closes it, which sluice,
+    /// asking over a stream per name, does not see: not counted.)
+    pub fn open_connections(&self) -> usize {
+        self.list.iter().map(|r| r.udp_open.iter().filter(|&&o| o).count()).sum()
+    }
+
     fn resolver(&mut self, conf: &Rc<ResolverConf>) -> usize {
         if let Some(i) = self.list.iter().position(|r| Rc::ptr_eq(&r.conf, conf)) {
             return i;

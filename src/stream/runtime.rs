@@ -173,7 +173,13 @@ impl WorkerState {
     /// Whether one more connection (a client's or an upstream one) fits in
     /// `worker_connections`.
     pub fn has_room(&self) -> bool {
-        self.conns < self.conn_slots
+        self.conns_in_use() < self.conn_slots
+    }
+
+    /// Connections that count against `worker_connections`: sessions' and upstream ones,
+    /// and the resolver's (nginx keeps one per DNS server open once used).
+    pub fn conns_in_use(&self) -> usize {
+        self.conns + self.resolvers.open_connections()
     }
 
     /// nginx's ngx_get_connection message when none is free (an alert, every time).

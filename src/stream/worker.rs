@@ -161,9 +161,14 @@ pub struct Worker {
 impl Worker {
     pub fn new(role: Role, cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
         let poll = Poll::new()?;
+        // nginx's ngx_use_exclusive_accept: EPOLLEXCLUSIVE only with several workers
+        // (and not on reuseport sockets, each a worker's own). With one worker, the old
+        // and the new one after a reload are both woken, and the new one answers at once.
+        let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1;
         let mut ls = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            l.register_exclusive(poll.as_raw_fd(), Token(LISTENER_BIT | i))?;
+            let exclusive = exclusive_accept && !cycle.listening.get(i).is_some_and(|l| l.opts.reuseport);
+            l.register_accept(poll.as_raw_fd(), Token(LISTENER_BIT | i), exclusive)?;
             if let (Listener::Udp(u), Some(Addr::Inet(a))) = (&l, cycle.listening.get(i).map(|x| &x.addr)) {
                 if a.ip().is_unspecified() {
                     crate::core::conn::want_destination_addresses(u.as_raw_fd(), a);
@@ -184,7 +189,6 @@ impl Worker {
         // The listener is level-triggered, so the rest come on the next turns, between
         // the events of sessions already running.
         let accepts_per_event = if cycle.core.multi_accept.get() { ACCEPTS_PER_WAKEUP } else { 1 };
-        let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1;
         let accept_events = vec![0; ls.len()];
         Ok(Worker {
             role,
@@ -502,7 +506,7 @@ impl Worker {
         self.accept_paused = None;
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(l) = l {
-                let _ = l.register_exclusive(self.poll.as_raw_fd(), Token(LISTENER_BIT | i));
+                let _ = l.register_accept(self.poll.as_raw_fd(), Token(LISTENER_BIT | i), self.exclusive(i));
             }
         }
     }
@@ -524,7 +528,7 @@ impl Worker {
                     return;
                 }
                 Ok((conn, remote)) => {
-                    let free = self.rt.conn_slots.saturating_sub(self.rt.conns) as i64;
+                    let free = self.rt.conn_slots.saturating_sub(self.rt.conns_in_use()) as i64;
                     disabled = (self.rt.worker_connections / 8) as i64 - free;
                     self.init_session(idx, conn, remote, None, None, now);
                 }
@@ -557,12 +561,17 @@ impl Worker {
         }
     }
 
+    /// Whether listener `idx` is watched with EPOLLEXCLUSIVE (see `new`).
+    fn exclusive(&self, idx: usize) -> bool {
+        self.exclusive_accept && !self.cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
+    }
+
     /// `ngx_reorder_accept_events`: EPOLLEXCLUSIVE wakes the worker that first added the
     /// socket, so on every 16th accept event (or every one while this worker runs short
     /// of connections) it adds the socket again and goes to the back of the queue: the
     /// workers take turns as nginx's do.
     fn reorder_accept_events(&mut self, idx: usize, disabled: i64) {
-        if !self.exclusive_accept || self.cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport) {
+        if !self.exclusive(idx) {
             return;
         }
         let Some(n) = self.accept_events.get_mut(idx) else { return };
@@ -573,7 +582,7 @@ impl Worker {
         }
         if let Some(Some(l)) = self.listeners.get(idx) {
             l.deregister_raw(self.poll.as_raw_fd());
-            let _ = l.register_exclusive(self.poll.as_raw_fd(), Token(LISTENER_BIT | idx));
+            let _ = l.register_accept(self.poll.as_raw_fd(), Token(LISTENER_BIT | idx), true);
         }
     }
 
