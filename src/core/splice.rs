@@ -116,8 +116,8 @@ pub fn unsupported(e: &io::Error) -> bool {
 
 /// The pipes a worker holds, in use and free. Free pipes are kept for the sessions to come
 /// while the worker has sessions (`release_free` when its last one ends), so an idle
-/// worker holds the descriptors nginx's would; and pipes never take the descriptors
-/// connections may need (`limit`).
+/// worker holds the descriptors nginx's would; and it holds at most `limit` pipes (see
+/// `pipe_budget`).
 pub struct PipePool {
     free: Vec<Pipe>,
     /// Pipes made so far and pipes in use, for tests and the benchmark.

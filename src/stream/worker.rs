@@ -94,6 +94,12 @@ fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
 }
 
 /// The session `id` names, if it is still that session (same slot, same generation).
+/// Whether listener `idx` is watched with EPOLLEXCLUSIVE: only when the workers use
+/// exclusive accept (several of them), and never on a reuseport socket, a worker's own.
+fn watch_exclusive(cycle: &Cycle, exclusive_accept: bool, idx: usize) -> bool {
+    exclusive_accept && !cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
+}
+
 fn lookup(sessions: &mut Slab<Session>, id: usize) -> Option<&mut Session> {
     sessions.get_mut(id & KEY_MASK).filter(|s| s.core.key == id)
 }
@@ -167,8 +173,7 @@ impl Worker {
         let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1;
         let mut ls = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            let exclusive = exclusive_accept && !cycle.listening.get(i).is_some_and(|l| l.opts.reuseport);
-            l.register_accept(poll.as_raw_fd(), Token(LISTENER_BIT | i), exclusive)?;
+            l.register_accept(poll.as_raw_fd(), Token(LISTENER_BIT | i), watch_exclusive(&cycle, exclusive_accept, i))?;
             if let (Listener::Udp(u), Some(Addr::Inet(a))) = (&l, cycle.listening.get(i).map(|x| &x.addr)) {
                 if a.ip().is_unspecified() {
                     crate::core::conn::want_destination_addresses(u.as_raw_fd(), a);
@@ -561,9 +566,8 @@ impl Worker {
         }
     }
 
-    /// Whether listener `idx` is watched with EPOLLEXCLUSIVE (see `new`).
     fn exclusive(&self, idx: usize) -> bool {
-        self.exclusive_accept && !self.cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
+        watch_exclusive(&self.cycle, self.exclusive_accept, idx)
     }
 
     /// `ngx_reorder_accept_events`: EPOLLEXCLUSIVE wakes the worker that first added the
