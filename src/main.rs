@@ -185,6 +185,9 @@ fn run() -> i32 {
         let _ = writeln!(err, "nginx version: nginx/{}", sluice::NGINX_VERSION);
         let _ = writeln!(err, "{p} version: {p}/{}", sluice::VERSION, p = PROGRAM);
         if args.configure {
+            // As nginx's -V (nginx's test suite reads these lines for its TLS files).
+            let _ = writeln!(err, "built with {}", openssl::version::version());
+            let _ = writeln!(err, "TLS SNI support enabled");
             let _ = writeln!(err, "{}", configure_arguments());
         }
     }

@@ -26,9 +26,6 @@ enum Expect {
     /// Refused: exactly one `[emerg]` at `nginx.conf:LINE` whose message contains every
     /// word of `words`, then "test failed", exit 1.
     Refused { line: u32, words: &'static [&'static str] },
-    /// A feature sluice does not have yet: nginx's recording, or a refusal as in
-    /// `Refused` whose message says "not supported" and names `word`.
-    NotYet { line: u32, word: &'static str },
 }
 
 fn sluice_specific(name: &str) -> Expect {
@@ -42,8 +39,6 @@ fn sluice_specific(name: &str) -> Expect {
         // built in, so a second stream module is no error (nginx's came from the
         // recorder's -g). A missing file is nginx's error (load_module_missing*).
         "load_module_already_loaded" => Expect::Accepted,
-        // TLS termination is not implemented yet.
-        "listen_ssl_no_certificate" => Expect::NotYet { line: 4, word: "ssl" },
         // `resolver ... ipv4=` is nginx >= 1.23.1 (the issue and today's documentation have
         // it); the 1.22.1 recording reads "ipv4=off" as a host name.
         "resolver_ipv4_param" => Expect::Accepted,
@@ -180,9 +175,6 @@ fn check(name: &str) {
         Expect::Nginx => matches_nginx(name, &o),
         Expect::Accepted => accepted(&o),
         Expect::Refused { line, words } => refused(&o, line, words),
-        Expect::NotYet { line, word } => {
-            matches_nginx(name, &o).or_else(|e| refused(&o, line, &[word, "not supported"]).map_err(|f| e + &f))
-        }
     };
     if let Err(e) = r {
         panic!("conf_errors case {name} (t/data/conf_errors/{name}.conf):\n{e}");
@@ -329,6 +321,34 @@ cases! {
     server_no_handler,
     split_clients_bad_percent_without_value,
     split_clients_line_without_value,
+    ssl_alpn_duplicate,
+    ssl_certificate_key_missing_file,
+    ssl_certificate_key_missing_for_second,
+    ssl_certificate_key_not_a_key,
+    ssl_certificate_missing_file,
+    ssl_certificate_no_key,
+    ssl_certificate_not_a_certificate,
+    ssl_ciphers_no_match,
+    ssl_conf_command_ok,
+    ssl_conf_command_unknown,
+    ssl_dhparam_missing_file,
+    ssl_dhparam_not_dh,
+    ssl_dhparam_ok,
+    ssl_ecdh_curve_unknown,
+    ssl_handshake_timeout_invalid,
+    ssl_ok_inherited_from_stream,
+    ssl_password_file_missing,
+    ssl_password_file_ok,
+    ssl_password_file_wrong,
+    ssl_prefer_server_ciphers_invalid,
+    ssl_protocols_duplicate_value,
+    ssl_protocols_invalid,
+    ssl_session_cache_invalid,
+    ssl_session_cache_ok,
+    ssl_session_cache_too_small,
+    ssl_verify_client_invalid,
+    ssl_verify_client_ok,
+    ssl_verify_client_without_ca,
     stream_error_log_opened_unused,
     syntax_block_without_brace,
     syntax_brace_after_non_block,

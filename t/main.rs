@@ -46,6 +46,7 @@ mod server_name;
 mod set;
 mod splice;
 mod split_clients;
+mod ssl;
 mod ssl_preread;
 mod udp;
 mod upstream;

@@ -22,6 +22,8 @@ pub enum Conn {
     /// The client side of a UDP session: datagrams go back through the listening socket
     /// (which the session shares); incoming ones are queued on the session by the worker.
     Udp(UdpClient),
+    /// A client under TLS (`listen ... ssl`), over its TCP or unix-domain socket.
+    Tls(Box<crate::core::ssl::TlsConn>),
 }
 
 pub struct UdpClient {
@@ -56,6 +58,7 @@ impl Conn {
             Conn::Unix(s) => s.as_raw_fd(),
             Conn::Udp(u) => u.fd(),
             Conn::Dgram(d) => d.as_raw_fd(),
+            Conn::Tls(t) => t.sock().fd(),
         }
     }
 
@@ -83,11 +86,14 @@ impl Conn {
         }
     }
 
+    /// Shut the socket down for writing (under TLS too: nginx's half close shuts the
+    /// socket, not the TLS session).
     pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Write),
             Conn::Unix(s) => s.shutdown(Shutdown::Write),
             Conn::Udp(_) | Conn::Dgram(_) => Ok(()),
+            Conn::Tls(t) => t.sock().shutdown_write(),
         }
     }
 
@@ -97,13 +103,44 @@ impl Conn {
             Conn::Unix(s) => s.take_error(),
             Conn::Udp(u) => u.sock.upgrade().ok_or_else(UdpClient::closed)?.take_error(),
             Conn::Dgram(d) => d.take_error(),
+            Conn::Tls(t) => t.sock().take_error(),
         }
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.set_nodelay(on),
+            Conn::Tls(t) => t.sock().set_nodelay(on),
             Conn::Unix(_) | Conn::Udp(_) | Conn::Dgram(_) => Ok(()),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    pub fn tls_mut(&mut self) -> Option<&mut crate::core::ssl::TlsConn> {
+        match self {
+            Conn::Tls(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Put the connection under TLS with `ctx` (server side); the handshake is the
+    /// caller's next step.
+    pub fn start_tls(&mut self, ctx: &openssl::ssl::SslContext) -> Result<(), String> {
+        let none =
+            UdpClient { sock: Weak::new(), peer: SocketAddr::from(([0, 0, 0, 0], 0)), local: None, listen_fd: -1 };
+        let plain = std::mem::replace(self, Conn::Udp(none));
+        let t = crate::core::ssl::TlsConn::new(ctx, plain)?;
+        *self = Conn::Tls(Box::new(t));
+        Ok(())
+    }
+
+    /// Send a TLS close_notify (a no-op for other connections), before the socket closes.
+    pub fn close_notify(&mut self) {
+        if let Conn::Tls(t) = self {
+            t.shutdown();
         }
     }
 
@@ -124,6 +161,7 @@ impl Conn {
             )),
             Conn::Udp(u) => u.local.or_else(|| u.sock.upgrade()?.local_addr().ok()).map(Addr::Inet),
             Conn::Dgram(d) => d.local_addr().ok().map(Addr::Inet),
+            Conn::Tls(t) => t.sock().local_addr(),
         }
     }
 
@@ -145,6 +183,7 @@ impl Conn {
             Conn::Unix(s) => s.register(r, t, i),
             Conn::Udp(_) => Ok(()),
             Conn::Dgram(d) => d.register(r, t, i),
+            Conn::Tls(s) => s.sock_mut().register(r, t, i),
         }
     }
 
@@ -154,6 +193,7 @@ impl Conn {
             Conn::Unix(s) => s.deregister(r),
             Conn::Udp(_) => Ok(()),
             Conn::Dgram(d) => d.deregister(r),
+            Conn::Tls(t) => t.sock_mut().deregister(r),
         }
     }
 }
@@ -166,6 +206,7 @@ impl Read for Conn {
             // A UDP session's datagrams are queued by the worker, not read here.
             Conn::Udp(_) => Err(io::ErrorKind::WouldBlock.into()),
             Conn::Dgram(d) => d.recv(buf),
+            Conn::Tls(t) => t.read(buf),
         }
     }
 }
@@ -188,6 +229,7 @@ impl Write for Conn {
                 }
             }
             Conn::Dgram(d) => d.send(buf),
+            Conn::Tls(t) => t.write(buf),
         }
     }
 

@@ -16,5 +16,6 @@ pub mod process;
 pub mod proctitle;
 pub mod shm;
 pub mod splice;
+pub mod ssl;
 pub mod time;
 pub mod timer;

@@ -461,6 +461,7 @@ struct ConfAddr<'a> {
     servers: Vec<usize>,
     default: usize,
     proxy_protocol: bool,
+    ssl: bool,
 }
 
 impl ConfAddr<'_> {
@@ -470,6 +471,7 @@ impl ConfAddr<'_> {
             server: self.default,
             names: names.clone(),
             proxy_protocol: self.proxy_protocol,
+            ssl: self.ssl,
             text: Rc::from(self.l.addr.to_string().as_str()),
         }
     }
@@ -510,8 +512,15 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
                         a.default = si;
                     }
                     a.proxy_protocol |= l.proxy_protocol;
+                    a.ssl |= l.ssl;
                 }
-                None => addrs.push(ConfAddr { l, servers: vec![si], default: si, proxy_protocol: l.proxy_protocol }),
+                None => addrs.push(ConfAddr {
+                    l,
+                    servers: vec![si],
+                    default: si,
+                    proxy_protocol: l.proxy_protocol,
+                    ssl: l.ssl,
+                }),
             }
         }
     }
@@ -755,6 +764,8 @@ fn server_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
     let r = block(cx, inner, &mut Scope::Server(&mut confs));
     let handler = std::mem::replace(&mut cx.handler, saved);
     r?;
+    // `listen ... ssl` (nginx notes the last one's place for its certificate check).
+    confs.ssl.listen = confs.core.listens.iter().rev().find(|l| l.ssl).map(|l| (l.file.clone(), l.line));
     if confs.core.listens.is_empty() {
         return Err(ConfError::bare(format!("no \"listen\" is defined for server in {}:{}", cmd.file, cmd.line)));
     }

@@ -191,9 +191,6 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         }
         opts.udp = true;
     }
-    if ssl {
-        return Err(cmd.err("the \"ssl\" parameter of the \"listen\" directive is not supported by sluice yet"));
-    }
     let set = opts.bind || deferred;
     let mut seen: Vec<&Addr> = Vec::new();
     for addr in &u.addrs {

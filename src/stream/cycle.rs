@@ -55,6 +55,8 @@ pub struct AddrConf {
     pub names: Option<Rc<VirtualNames>>,
     /// A PROXY protocol header comes first on connections to the address.
     pub proxy_protocol: bool,
+    /// Connections to the address are TLS (`listen ... ssl`).
+    pub ssl: bool,
     /// The address as "client ... connected to" names it.
     pub text: Rc<str>,
 }

@@ -992,7 +992,8 @@ impl ProxySession {
                 Some(allowed as usize)
             }
         };
-        let budget = Budget { buffer, limit, splice: rate == 0, rate };
+        // TLS bytes pass through OpenSSL: no splicing for a TLS client.
+        let budget = Budget { buffer, limit, splice: rate == 0 && !s.client.is_tls(), rate };
         let (src, dst, d) = if from_upstream {
             (upstream, &mut s.client, &mut self.up)
         } else {

@@ -281,7 +281,9 @@ impl Direction {
                     if w < n {
                         self.held.extend_from_slice(&scratch[w..n]);
                     }
-                    drained = !self.greedy && n < max;
+                    // A short read drains a socket, but not TLS: OpenSSL may hold more
+                    // records it read ahead, and no new event would announce them.
+                    drained = !self.greedy && n < max && !src.is_tls();
                     // A full read is bulk traffic: splice from now on, if allowed.
                     if n == max && b.splice && b.limit.is_none() && !self.no_splice && b.buffer >= SMALL {
                         if let Ok(p) = pipes.get() {

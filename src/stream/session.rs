@@ -200,6 +200,10 @@ pub struct SessionCore {
     /// with the end of file sent after the log phase, as nginx closes the client only
     /// after logging (a client that sees its end of file finds the session logged).
     pub client_corked: bool,
+    /// The connection came to a `listen ... ssl` address: the ssl phase handshakes.
+    pub ssl: bool,
+    /// `preread_timer` runs the ssl handshake's timeout.
+    pub handshake_timer: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
 }
@@ -267,6 +271,11 @@ impl SessionCore {
     /// (`NGX_ERROR_ERR`): ordinary network errors are logged at info or error, anything
     /// else at alert.
     pub fn connection_error(&self, side: Side, err: &io::Error, msg: &str) {
+        // A TLS call's failure carries nginx's own text and level (ngx_ssl_connection_error).
+        if let Some(t) = crate::core::ssl::TlsError::of(err) {
+            self.log(t.level(side == Side::Client), &t.text, t.os.as_ref());
+            return;
+        }
         let ordinary = crate::core::log::is_ordinary_connection_error(err);
         let level = match (ordinary, side) {
             (true, Side::Client) => Level::Info,

@@ -1,10 +1,25 @@
-//! ngx_stream_ssl_module: for now its variables only. sluice does not terminate TLS yet
-//! (the ssl phase is where it will), so no session is a TLS one, and each `$ssl_*`
-//! variable is "not found" (`-` in a log line), which is what nginx gives for a session
-//! that is not TLS. Configurations that log them therefore load and log as under nginx.
+//! ngx_stream_ssl_module: TLS termination for `listen ... ssl`. Its directives build one
+//! OpenSSL server context per server (as nginx's merge does, with its defaults and
+//! errors); the ssl phase handshakes under `ssl_handshake_timeout`; `$ssl_*` variables
+//! read the session. A session that is not TLS finds every `$ssl_*` variable "not found".
 
-use crate::stream::module::{Directive, Module};
-use crate::stream::session::SessionCore;
+use std::os::raw::{c_char, c_int, c_void};
+use std::rc::Rc;
+use std::time::Duration;
+
+use openssl::ssl::{
+    AlpnError, SniError, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
+};
+
+use crate::core::conf::directive::{Arity, Ctx};
+use crate::core::conf::value::{self, Setting};
+use crate::core::conf::{Cmd, ConfError, ConfResult};
+use crate::core::ssl::{self as tls, ffi, queue_text, stack_text};
+use crate::stream::conf::ConfCx;
+use crate::stream::module::{Directive, Module, Set};
+use crate::stream::phase::{Flow, Phase, PhaseRegistry};
+use crate::stream::session::{Cx, SessionCore};
 use crate::stream::variables::Variables;
 
 pub struct StreamSsl;
@@ -33,20 +48,886 @@ pub const VARIABLES: &[&str] = &[
     "ssl_client_v_remain",
 ];
 
-/// A session without TLS: not found.
-fn var_ssl(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
-    false
+const SSLV2: u32 = 0x02;
+const SSLV3: u32 = 0x04;
+const TLSV1: u32 = 0x08;
+const TLSV1_1: u32 = 0x10;
+const TLSV1_2: u32 = 0x20;
+const TLSV1_3: u32 = 0x40;
+
+const PROTOCOLS: &[(&str, u32)] = &[
+    ("SSLv2", SSLV2),
+    ("SSLv3", SSLV3),
+    ("TLSv1", TLSV1),
+    ("TLSv1.1", TLSV1_1),
+    ("TLSv1.2", TLSV1_2),
+    ("TLSv1.3", TLSV1_3),
+];
+
+/// `ssl_session_cache`'s built-in part (nginx's `builtin_session_cache`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Builtin {
+    /// `off`: the server says it keeps no sessions.
+    Off,
+    /// `none` (the default): it pretends to keep them, and keeps none.
+    None,
+    /// `builtin` without a size: OpenSSL's default size.
+    Default,
+    /// `shared:` alone: no built-in cache.
+    SharedOnly,
+    Size(i64),
+}
+
+#[derive(Default)]
+pub struct SslSrv {
+    /// The last `listen ... ssl` of the server (file, line): a server with one needs a
+    /// certificate.
+    pub listen: Option<(Rc<str>, u32)>,
+    handshake_timeout: Setting<Duration>,
+    certificates: Option<Vec<String>>,
+    certificate_keys: Option<Vec<String>>,
+    passwords: Option<Rc<Vec<Vec<u8>>>>,
+    dhparam: Setting<String>,
+    ecdh_curve: Setting<String>,
+    protocols: u32,
+    ciphers: Setting<String>,
+    verify: Setting<u8>,
+    verify_depth: Setting<u64>,
+    client_certificate: Setting<String>,
+    trusted_certificate: Setting<String>,
+    crl: Setting<String>,
+    prefer_server_ciphers: Setting<bool>,
+    builtin_session_cache: Option<Builtin>,
+    shm_zone: Option<String>,
+    session_tickets: Setting<bool>,
+    session_ticket_keys: Option<Vec<String>>,
+    session_timeout: Setting<Duration>,
+    conf_commands: Option<Vec<(String, String)>>,
+    alpn: Option<Vec<u8>>,
+    /// The server's TLS context, made at merge for a server with `listen ... ssl`.
+    pub ctx: Option<SslContext>,
+}
+
+impl SslSrv {
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout.get()
+    }
+}
+
+fn push_str(list: &mut Option<Vec<String>>, cmd: &Cmd) -> ConfResult {
+    list.get_or_insert_with(Vec::new).push(cmd.arg(0).to_string());
+    Ok(())
+}
+
+fn set_str(s: &mut Setting<String>, cmd: &Cmd) -> ConfResult {
+    s.set_parsed(cmd, |c| Ok(c.arg(0).to_string()))
+}
+
+fn handshake_timeout(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.handshake_timeout.set_parsed(cmd, value::msec)
+}
+
+fn certificate(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    push_str(&mut c.certificates, cmd)
+}
+
+fn certificate_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    push_str(&mut c.certificate_keys, cmd)
+}
+
+/// `ngx_ssl_read_password_file`: one password a line, read now.
+fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    if c.passwords.is_some() {
+        return Err(cmd.duplicate());
+    }
+    let path = cx.conf_full_name(cmd.arg(0));
+    let data = std::fs::read(&path)
+        .map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e))))?;
+    let mut list = Vec::new();
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let end = line.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |i| i + 1);
+        if end > 0 {
+            list.push(line[..end].to_vec());
+        }
+    }
+    if list.is_empty() {
+        return Err(cmd.err(format!("no passwords in \"{}\"", path)));
+    }
+    c.passwords = Some(Rc::new(list));
+    Ok(())
+}
+
+fn dhparam(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.dhparam, cmd)
+}
+
+fn ecdh_curve(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.ecdh_curve, cmd)
+}
+
+/// `ngx_conf_set_bitmask_slot`: names add up, a repeated one is a warning.
+fn protocols(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    for a in &cmd.args {
+        let Some(&(_, bit)) = PROTOCOLS.iter().find(|(n, _)| n.eq_ignore_ascii_case(a)) else {
+            return Err(cmd.err(format!("invalid value \"{}\"", a)));
+        };
+        if c.protocols & bit != 0 {
+            cx.warn(cmd, &format!("duplicate value \"{}\"", a));
+        } else {
+            c.protocols |= bit;
+        }
+    }
+    Ok(())
+}
+
+fn ciphers(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.ciphers, cmd)
+}
+
+fn verify_client(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.verify.set_parsed(cmd, |cmd| {
+        let v = match cmd.arg(0) {
+            "off" => 0,
+            "on" => 1,
+            "optional" => 2,
+            "optional_no_ca" => 3,
+            a => return Err(cmd.err(format!("invalid value \"{}\"", a))),
+        };
+        Ok(v)
+    })
+}
+
+fn verify_depth(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.verify_depth.set_parsed(cmd, value::number)
+}
+
+fn client_certificate(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.client_certificate, cmd)
+}
+
+fn trusted_certificate(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.trusted_certificate, cmd)
+}
+
+fn crl(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    set_str(&mut c.crl, cmd)
+}
+
+fn prefer_server_ciphers(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.prefer_server_ciphers.set_parsed(cmd, value::flag)
+}
+
+/// `ngx_stream_ssl_session_cache`.
+fn session_cache(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let invalid = |a: &str| cmd.err(format!("invalid session cache \"{}\"", a));
+    for a in &cmd.args {
+        match a.as_str() {
+            "off" => c.builtin_session_cache = Some(Builtin::Off),
+            "none" => c.builtin_session_cache = Some(Builtin::None),
+            "builtin" => c.builtin_session_cache = Some(Builtin::Default),
+            _ => {
+                if let Some(n) = a.strip_prefix("builtin:").filter(|n| !n.is_empty()) {
+                    let n = value::parse_number(n).ok_or_else(|| invalid(a))?;
+                    c.builtin_session_cache = Some(Builtin::Size(n as i64));
+                } else if let Some(rest) = a.strip_prefix("shared:").filter(|r| !r.is_empty()) {
+                    let (name, size) = rest.split_once(':').unwrap_or((rest, ""));
+                    if name.is_empty() {
+                        return Err(invalid(a));
+                    }
+                    let n = value::parse_size(size).ok_or_else(|| invalid(a))?;
+                    if n < 8 * 4096 {
+                        return Err(cmd.err(format!("session cache \"{}\" is too small", a)));
+                    }
+                    cx.add_zone(name, Some(n), cmd, "stream_ssl")?;
+                    c.shm_zone = Some(name.to_string());
+                } else {
+                    return Err(invalid(a));
+                }
+            }
+        }
+    }
+    if c.shm_zone.is_some() && c.builtin_session_cache.is_none() {
+        c.builtin_session_cache = Some(Builtin::SharedOnly);
+    }
+    Ok(())
+}
+
+fn session_tickets(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.session_tickets.set_parsed(cmd, value::flag)
+}
+
+fn session_ticket_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    push_str(&mut c.session_ticket_keys, cmd)
+}
+
+fn session_timeout(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.session_timeout.set_parsed(cmd, value::sec)
+}
+
+fn conf_command(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.conf_commands.get_or_insert_with(Vec::new).push((cmd.arg(0).to_string(), cmd.arg(1).to_string()));
+    Ok(())
+}
+
+/// `ngx_stream_ssl_alpn`: the protocols in wire format (length-prefixed).
+fn alpn(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    if c.alpn.is_some() {
+        return Err(cmd.duplicate());
+    }
+    let mut wire = Vec::new();
+    for a in &cmd.args {
+        if a.len() > 255 {
+            return Err(ConfError::directive(cmd, "protocol too long"));
+        }
+        wire.push(a.len() as u8);
+        wire.extend_from_slice(a.as_bytes());
+    }
+    c.alpn = Some(wire);
+    Ok(())
+}
+
+const fn srv(
+    name: &'static str,
+    args: Arity,
+    f: fn(&mut SslSrv, &Cmd, &mut ConfCx) -> ConfResult,
+) -> Directive<StreamSsl> {
+    Directive { name, ctx: Ctx::MAIN_SRV, args, set: Set::Srv(f) }
 }
 
 impl Module for StreamSsl {
     const NAME: &'static str = "stream_ssl";
     type Main = ();
-    type Srv = ();
-    const DIRECTIVES: &'static [Directive<Self>] = &[];
+    type Srv = SslSrv;
+    const DIRECTIVES: &'static [Directive<Self>] = &[
+        srv("ssl_handshake_timeout", Arity::Take(1), handshake_timeout),
+        srv("ssl_certificate", Arity::Take(1), certificate),
+        srv("ssl_certificate_key", Arity::Take(1), certificate_key),
+        srv("ssl_password_file", Arity::Take(1), password_file),
+        srv("ssl_dhparam", Arity::Take(1), dhparam),
+        srv("ssl_ecdh_curve", Arity::Take(1), ecdh_curve),
+        srv("ssl_protocols", Arity::OneOrMore, protocols),
+        srv("ssl_ciphers", Arity::Take(1), ciphers),
+        srv("ssl_verify_client", Arity::Take(1), verify_client),
+        srv("ssl_verify_depth", Arity::Take(1), verify_depth),
+        srv("ssl_client_certificate", Arity::Take(1), client_certificate),
+        srv("ssl_trusted_certificate", Arity::Take(1), trusted_certificate),
+        srv("ssl_prefer_server_ciphers", Arity::Flag, prefer_server_ciphers),
+        srv("ssl_session_cache", Arity::Between(1, 2), session_cache),
+        srv("ssl_session_tickets", Arity::Flag, session_tickets),
+        srv("ssl_session_ticket_key", Arity::Take(1), session_ticket_key),
+        srv("ssl_session_timeout", Arity::Take(1), session_timeout),
+        srv("ssl_crl", Arity::Take(1), crl),
+        srv("ssl_conf_command", Arity::Take(2), conf_command),
+        srv("ssl_alpn", Arity::OneOrMore, alpn),
+    ];
 
     fn variables(v: &mut Variables) {
         for (i, name) in VARIABLES.iter().enumerate() {
             v.define(name, var_ssl, i);
         }
     }
+
+    fn merge_srv(p: &SslSrv, c: &mut SslSrv, cx: &mut ConfCx) -> ConfResult {
+        c.handshake_timeout.merge(&p.handshake_timeout, Duration::from_secs(60));
+        c.session_timeout.merge(&p.session_timeout, Duration::from_secs(300));
+        c.prefer_server_ciphers.merge(&p.prefer_server_ciphers, false);
+        if c.protocols == 0 {
+            c.protocols = if p.protocols != 0 { p.protocols } else { TLSV1 | TLSV1_1 | TLSV1_2 };
+        }
+        c.verify.merge(&p.verify, 0);
+        c.verify_depth.merge(&p.verify_depth, 1);
+        if c.certificates.is_none() {
+            c.certificates = p.certificates.clone();
+        }
+        if c.certificate_keys.is_none() {
+            c.certificate_keys = p.certificate_keys.clone();
+        }
+        if c.passwords.is_none() {
+            c.passwords = p.passwords.clone();
+        }
+        c.dhparam.merge(&p.dhparam, String::new());
+        c.client_certificate.merge(&p.client_certificate, String::new());
+        c.trusted_certificate.merge(&p.trusted_certificate, String::new());
+        c.crl.merge(&p.crl, String::new());
+        if c.alpn.is_none() {
+            c.alpn = p.alpn.clone();
+        }
+        c.ecdh_curve.merge(&p.ecdh_curve, "auto".to_string());
+        c.ciphers.merge(&p.ciphers, "HIGH:!aNULL:!MD5".to_string());
+        if c.conf_commands.is_none() {
+            c.conf_commands = p.conf_commands.clone();
+        }
+        let Some((file, line)) = c.listen.clone() else { return Ok(()) };
+        let Some(certs) = c.certificates.clone() else {
+            return Err(ConfError::bare(format!(
+                "no \"ssl_certificate\" is defined for the \"listen ... ssl\" directive in {}:{}",
+                file, line
+            )));
+        };
+        let Some(keys) = c.certificate_keys.clone() else {
+            return Err(ConfError::bare(format!(
+                "no \"ssl_certificate_key\" is defined for the \"listen ... ssl\" directive in {}:{}",
+                file, line
+            )));
+        };
+        if keys.len() < certs.len() {
+            return Err(ConfError::bare(format!(
+                "no \"ssl_certificate_key\" is defined for certificate \"{}\" and the \"listen ... ssl\" directive in {}:{}",
+                certs.last().map_or("", |s| s.as_str()),
+                file,
+                line
+            )));
+        }
+        if certs.iter().chain(keys.iter()).any(|s| s.contains('$')) {
+            return Err(ConfError::bare(format!(
+                "variables in \"ssl_certificate\" and \"ssl_certificate_key\" are not supported by sluice yet in {}:{}",
+                file, line
+            )));
+        }
+        if c.builtin_session_cache.is_none() {
+            c.builtin_session_cache = Some(p.builtin_session_cache.unwrap_or(Builtin::None));
+        }
+        if c.shm_zone.is_none() {
+            c.shm_zone = p.shm_zone.clone();
+        }
+        c.session_tickets.merge(&p.session_tickets, true);
+        if c.session_ticket_keys.is_none() {
+            c.session_ticket_keys = p.session_ticket_keys.clone();
+        }
+        c.ctx = Some(build_context(c, &certs, &keys, cx).map_err(ConfError::bare)?);
+        Ok(())
+    }
+
+    fn postconfiguration(p: &mut PhaseRegistry) {
+        p.add(Phase::Ssl, ssl_handler);
+    }
+}
+
+/// The password callback (`ngx_ssl_password_callback`): the password tried now, or
+/// none, so that an encrypted key without `ssl_password_file` fails instead of asking
+/// on a terminal.
+extern "C" fn password_cb(buf: *mut c_char, size: c_int, rwflag: c_int, u: *mut c_void) -> c_int {
+    if rwflag != 0 || u.is_null() || size <= 0 {
+        return 0;
+    }
+    // SAFETY: `u` points at the password slice passed to PEM_read_bio_PrivateKey below,
+    // alive for the call.
+    let pwd: &Vec<u8> = unsafe { &*(u as *const Vec<u8>) };
+    let n = pwd.len().min(size as usize);
+    if pwd.len() > size as usize {
+        crate::core::log::error(
+            crate::core::conf::Level::Error,
+            &format!("password is truncated to {} bytes", size),
+            None,
+        );
+    }
+    // SAFETY: `buf` has room for `size` bytes; n <= size.
+    unsafe { std::ptr::copy_nonoverlapping(pwd.as_ptr(), buf.cast::<u8>(), n) };
+    n as c_int
+}
+
+/// A BIO over `name`: the file (under the configuration prefix), or the text after
+/// "data:".
+fn open_bio(name: &str) -> Result<*mut ffi::BIO, &'static str> {
+    if let Some(data) = name.strip_prefix("data:") {
+        // SAFETY: BIO_new_mem_buf copies nothing: the configuration outlives the BIO's use
+        // here (it is freed before this function's caller returns).
+        let bio = unsafe { ffi::BIO_new_mem_buf(data.as_ptr().cast(), data.len() as c_int) };
+        return if bio.is_null() { Err("BIO_new_mem_buf() failed") } else { Ok(bio) };
+    }
+    let path = tls::cstring(name);
+    // SAFETY: NUL-terminated path and mode.
+    let bio = unsafe { ffi::BIO_new_file(path.as_ptr(), c"r".as_ptr()) };
+    if bio.is_null() {
+        Err("BIO_new_file() failed")
+    } else {
+        Ok(bio)
+    }
+}
+
+/// `ngx_ssl_certificate`: the certificate, its chain and its key into the context.
+fn use_certificate(
+    b: &mut SslContextBuilder,
+    cert: &str,
+    key: &str,
+    pwds: Option<&[Vec<u8>]>,
+    cx: &ConfCx,
+) -> Result<(), String> {
+    // Files are named by their full path from here on, messages included.
+    let full = |n: &str| if n.starts_with("data:") { n.to_string() } else { cx.conf_full_name(n) };
+    let (cert, key) = (&full(cert)[..], &full(key)[..]);
+    let ctx = b.as_ptr();
+    let fail = |what: &str| queue_text(&format!("cannot load certificate \"{}\": {}", cert, what));
+    let bio = open_bio(cert).map_err(fail)?;
+    // SAFETY: reading PEM from a live BIO; every object made is freed or handed over.
+    unsafe {
+        let x509 = ffi::PEM_read_bio_X509_AUX(bio, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+        if x509.is_null() {
+            ffi::BIO_free_all(bio);
+            return Err(fail("PEM_read_bio_X509_AUX() failed"));
+        }
+        let chain = ffi::OPENSSL_sk_new_null();
+        loop {
+            let x = ffi::PEM_read_bio_X509(bio, std::ptr::null_mut(), None, std::ptr::null_mut());
+            if x.is_null() {
+                let n = ffi::ERR_peek_last_error();
+                if ffi::ERR_GET_LIB(n) == ffi::ERR_LIB_PEM && ffi::ERR_GET_REASON(n) == ffi::PEM_R_NO_START_LINE {
+                    ffi::ERR_clear_error();
+                    break;
+                }
+                ffi::BIO_free_all(bio);
+                ffi::X509_free(x509);
+                free_chain(chain);
+                return Err(fail("PEM_read_bio_X509() failed"));
+            }
+            ffi::OPENSSL_sk_push(chain, x.cast());
+        }
+        ffi::BIO_free_all(bio);
+        if ffi::SSL_CTX_use_certificate(ctx, x509) == 0 {
+            ffi::X509_free(x509);
+            free_chain(chain);
+            return Err(queue_text(&format!("SSL_CTX_use_certificate(\"{}\") failed", cert)));
+        }
+        ffi::X509_free(x509);
+        if ffi::SSL_CTX_ctrl(ctx, tls::ffi::SSL_CTRL_CHAIN, 0, chain.cast()) == 0 {
+            free_chain(chain);
+            return Err(queue_text(&format!("SSL_CTX_set0_chain(\"{}\") failed", cert)));
+        }
+    }
+    let kfail = |what: &str| queue_text(&format!("cannot load certificate key \"{}\": {}", key, what));
+    let bio = open_bio(key).map_err(kfail)?;
+    let none: &[Vec<u8>] = &[];
+    let tries = pwds.unwrap_or(none);
+    // SAFETY: as above; the password outlives each call.
+    unsafe {
+        let mut i = 0;
+        let pkey = loop {
+            let u = tries.get(i).map_or(std::ptr::null_mut(), |p| p as *const Vec<u8> as *mut c_void);
+            let k = ffi::PEM_read_bio_PrivateKey(bio, std::ptr::null_mut(), Some(password_cb), u);
+            if !k.is_null() {
+                break k;
+            }
+            i += 1;
+            if i < tries.len() {
+                ffi::ERR_clear_error();
+                ffi::BIO_ctrl(bio, 1 /* BIO_CTRL_RESET */, 0, std::ptr::null_mut());
+                continue;
+            }
+            ffi::BIO_free_all(bio);
+            return Err(kfail("PEM_read_bio_PrivateKey() failed"));
+        };
+        ffi::BIO_free_all(bio);
+        if ffi::SSL_CTX_use_PrivateKey(ctx, pkey) == 0 {
+            ffi::EVP_PKEY_free(pkey);
+            return Err(queue_text(&format!("SSL_CTX_use_PrivateKey(\"{}\") failed", key)));
+        }
+        ffi::EVP_PKEY_free(pkey);
+    }
+    Ok(())
+}
+
+/// Free a chain that was not handed to the context.
+unsafe fn free_chain(chain: *mut ffi::OPENSSL_STACK) {
+    // SAFETY: the caller's chain of X509s.
+    unsafe {
+        while ffi::OPENSSL_sk_num(chain.cast()) > 0 {
+            let x = ffi::OPENSSL_sk_pop(chain);
+            ffi::X509_free(x.cast());
+        }
+        ffi::OPENSSL_sk_free(chain);
+    }
+}
+
+/// nginx's merge from `ngx_ssl_create` on: the context for a server with
+/// `listen ... ssl`, or nginx's error text.
+fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> Result<SslContext, String> {
+    tls::clear_errors();
+    let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| stack_text("SSL_CTX_new() failed", &e))?;
+    // ngx_ssl_create's options, bugs workarounds and protocol switches.
+    b.set_options(SslOptions::SINGLE_DH_USE | SslOptions::DONT_INSERT_EMPTY_FRAGMENTS);
+    b.clear_options(SslOptions::NO_SSLV2 | SslOptions::NO_SSLV3 | SslOptions::NO_TLSV1);
+    let p = c.protocols;
+    for (bit, opt) in [
+        (SSLV2, SslOptions::NO_SSLV2),
+        (SSLV3, SslOptions::NO_SSLV3),
+        (TLSV1, SslOptions::NO_TLSV1),
+        (TLSV1_1, SslOptions::NO_TLSV1_1),
+        (TLSV1_2, SslOptions::NO_TLSV1_2),
+        (TLSV1_3, SslOptions::NO_TLSV1_3),
+    ] {
+        b.clear_options(opt);
+        if p & bit == 0 {
+            b.set_options(opt);
+        }
+    }
+    let _ = b.set_min_proto_version(None);
+    let _ = b.set_max_proto_version(Some(SslVersion::TLS1_3));
+    b.set_options(
+        SslOptions::NO_COMPRESSION
+            | SslOptions::from_bits_retain(1 << 24) // SSL_OP_NO_ANTI_REPLAY
+            | SslOptions::NO_RENEGOTIATION
+            | SslOptions::IGNORE_UNEXPECTED_EOF,
+    );
+    b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::NO_AUTO_CHAIN);
+    // SAFETY: a live context.
+    unsafe { ffi::SSL_CTX_set_read_ahead(b.as_ptr(), 1) };
+    // ngx_stream_ssl_servername: SNI is accepted whatever the name.
+    b.set_servername_callback(|_, _| Ok::<(), SniError>(()));
+    if let Some(wire) = c.alpn.clone() {
+        b.set_alpn_select_callback(move |_, client| select_alpn(&wire, client).ok_or(AlpnError::ALERT_FATAL));
+    }
+    let ciphers = c.ciphers.get();
+    if let Err(e) = b.set_cipher_list(&ciphers) {
+        return Err(stack_text(&format!("SSL_CTX_set_cipher_list(\"{}\") failed", ciphers), &e));
+    }
+    if c.prefer_server_ciphers.get() {
+        b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+    }
+    for (cert, key) in certs.iter().zip(keys) {
+        use_certificate(&mut b, cert, key, c.passwords.as_deref().map(|v| &v[..]), cx)?;
+    }
+    let verify = c.verify.get();
+    if verify != 0 {
+        // ngx_ssl_client_certificate: the handshake goes on whatever the verdict (the
+        // callback says yes); the ssl phase then reads it (SSL_get_verify_result).
+        let ca = c.client_certificate.get();
+        if ca.is_empty() && verify != 3 {
+            return Err("no ssl_client_certificate for ssl_verify_client".to_string());
+        }
+        b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
+        b.set_verify_depth(c.verify_depth.get() as u32);
+        for (file, client_list) in [(ca, true), (c.trusted_certificate.get(), false)] {
+            if file.is_empty() {
+                continue;
+            }
+            let path = cx.conf_full_name(&file);
+            if let Err(e) = b.set_ca_file(&path) {
+                return Err(stack_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path), &e));
+            }
+            tls::clear_errors();
+            if client_list {
+                let names = openssl::x509::X509Name::load_client_ca_file(&path)
+                    .map_err(|e| stack_text(&format!("SSL_load_client_CA_file(\"{}\") failed", path), &e))?;
+                b.set_client_ca_list(names);
+            }
+        }
+        let crl = c.crl.get();
+        if !crl.is_empty() {
+            load_crl(&mut b, &cx.conf_full_name(&crl))?;
+        }
+    }
+    let dh = c.dhparam.get();
+    if !dh.is_empty() {
+        let path = cx.conf_full_name(&dh);
+        let cpath = tls::cstring(&path);
+        // SAFETY: reading DH parameters from a file BIO, freed before returning.
+        unsafe {
+            let bio = ffi::BIO_new_file(cpath.as_ptr(), c"r".as_ptr());
+            if bio.is_null() {
+                return Err(queue_text(&format!("BIO_new_file(\"{}\") failed", path)));
+            }
+            let d = ffi::PEM_read_bio_DHparams(bio, std::ptr::null_mut(), None, std::ptr::null_mut());
+            ffi::BIO_free_all(bio);
+            if d.is_null() {
+                return Err(queue_text(&format!("PEM_read_bio_DHparams(\"{}\") failed", path)));
+            }
+            ffi::SSL_CTX_set_tmp_dh(b.as_ptr(), d);
+            ffi::DH_free(d);
+        }
+    }
+    let curve = c.ecdh_curve.get();
+    if curve != "auto" {
+        if let Err(e) = b.set_groups_list(&curve) {
+            return Err(stack_text(&format!("SSL_CTX_set1_curves_list(\"{}\") failed", curve), &e));
+        }
+    }
+    // ngx_ssl_session_cache.
+    tls::set_session_timeout(&mut b, c.session_timeout.get().as_secs());
+    let mut sid = openssl::sha::Sha1::new();
+    sid.update(b"STREAM");
+    for cert in certs {
+        sid.update(cert.as_bytes());
+    }
+    let _ = b.set_session_id_context(&sid.finish()[..16]);
+    match c.builtin_session_cache.unwrap_or(Builtin::None) {
+        Builtin::Off => {
+            b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        }
+        Builtin::None => {
+            b.set_session_cache_mode(
+                SslSessionCacheMode::SERVER
+                    | SslSessionCacheMode::NO_AUTO_CLEAR
+                    | SslSessionCacheMode::NO_INTERNAL_STORE,
+            );
+            b.set_session_cache_size(1);
+        }
+        other => {
+            // A shared cache is kept per worker (in OpenSSL's built-in cache).
+            b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+            if let Builtin::Size(n) = other {
+                b.set_session_cache_size(n.min(i32::MAX as i64) as i32);
+            }
+        }
+    }
+    if !c.session_tickets.get() {
+        b.set_options(SslOptions::NO_TICKET);
+    }
+    if c.session_ticket_keys.is_some() {
+        return Err("\"ssl_session_ticket_key\" is not supported by sluice yet".to_string());
+    }
+    if let Some(cmds) = &c.conf_commands {
+        conf_commands(&mut b, cmds)?;
+    }
+    Ok(b.build())
+}
+
+/// `ngx_ssl_crl`: revocation lists checked for the whole chain.
+fn load_crl(b: &mut SslContextBuilder, path: &str) -> Result<(), String> {
+    let cpath = tls::cstring(path);
+    // SAFETY: the context's own store; the lookup belongs to it.
+    unsafe {
+        let store = ffi::SSL_CTX_get_cert_store(b.as_ptr());
+        if store.is_null() {
+            return Err(queue_text("SSL_CTX_get_cert_store() failed"));
+        }
+        let lookup = ffi::X509_STORE_add_lookup(store, ffi::X509_LOOKUP_file());
+        if lookup.is_null() {
+            return Err(queue_text("X509_STORE_add_lookup() failed"));
+        }
+        // X509_LOOKUP_load_file(lookup, path, X509_FILETYPE_PEM)
+        if ffi::X509_LOOKUP_ctrl(lookup, 1, cpath.as_ptr(), 1, std::ptr::null_mut()) == 0 {
+            return Err(queue_text(&format!("X509_LOOKUP_load_file(\"{}\") failed", path)));
+        }
+        // X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL
+        ffi::X509_STORE_set_flags(store, 0x4 | 0x8);
+    }
+    Ok(())
+}
+
+/// `SSL_select_next_proto` as nginx's ALPN callback uses it: the first of the server's
+/// protocols the client offers (the client's copy of it).
+fn select_alpn<'a>(server: &[u8], client: &'a [u8]) -> Option<&'a [u8]> {
+    let offered = proto_list(client);
+    proto_list(server).into_iter().find_map(|p| offered.iter().find(|c| **c == p).copied())
+}
+
+/// A wire-format protocol list (each name after its length byte).
+fn proto_list(mut b: &[u8]) -> Vec<&[u8]> {
+    let mut v = Vec::new();
+    while let Some((&n, rest)) = b.split_first() {
+        let n = n as usize;
+        if rest.len() < n {
+            break;
+        }
+        v.push(&rest[..n]);
+        b = &rest[n..];
+    }
+    v
+}
+
+/// `ngx_ssl_conf_commands`.
+fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]) -> Result<(), String> {
+    // SAFETY: an SSL_CONF_CTX made, used on a live context and freed here.
+    unsafe {
+        let cctx = ffi::SSL_CONF_CTX_new();
+        if cctx.is_null() {
+            return Err(queue_text("SSL_CONF_CTX_new() failed"));
+        }
+        ffi::SSL_CONF_CTX_set_flags(
+            cctx,
+            ffi::SSL_CONF_FLAG_FILE
+                | ffi::SSL_CONF_FLAG_SERVER
+                | ffi::SSL_CONF_FLAG_CLIENT
+                | ffi::SSL_CONF_FLAG_CERTIFICATE
+                | ffi::SSL_CONF_FLAG_SHOW_ERRORS,
+        );
+        ffi::SSL_CONF_CTX_set_ssl_ctx(cctx, b.as_ptr());
+        for (k, v) in cmds {
+            let (ck, cv) = (tls::cstring(k), tls::cstring(v));
+            if ffi::SSL_CONF_cmd(cctx, ck.as_ptr(), cv.as_ptr()) <= 0 {
+                ffi::SSL_CONF_CTX_free(cctx);
+                return Err(queue_text(&format!("SSL_CONF_cmd(\"{}\", \"{}\") failed", k, v)));
+            }
+        }
+        if ffi::SSL_CONF_CTX_finish(cctx) != 1 {
+            ffi::SSL_CONF_CTX_free(cctx);
+            return Err(queue_text("SSL_CONF_finish() failed"));
+        }
+        ffi::SSL_CONF_CTX_free(cctx);
+    }
+    Ok(())
+}
+
+/// The ssl phase (`ngx_stream_ssl_handler`): handshake a `listen ... ssl` session.
+fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    if !s.ssl {
+        return Flow::Next;
+    }
+    let srv = s.srv.clone();
+    let Some(ctx) = srv.confs.ssl.ctx.as_ref() else { return Flow::Finalize(500) };
+    s.action = Some("SSL handshaking");
+    if !s.client.is_tls() {
+        if s.client.is_tcp() && srv.core().tcp_nodelay() && !s.nodelay {
+            if let Err(e) = s.client.set_nodelay(true) {
+                s.connection_error(crate::stream::session::Side::Client, &e, "setsockopt(TCP_NODELAY) failed");
+                return Flow::Finalize(500);
+            }
+            s.nodelay = true;
+        }
+        if let Err(msg) = s.client.start_tls(ctx) {
+            s.log(crate::core::conf::Level::Alert, &msg, None);
+            return Flow::Finalize(500);
+        }
+    }
+    let Some(t) = s.client.tls_mut() else { return Flow::Finalize(500) };
+    match t.handshake() {
+        tls::Handshake::Done => {
+            cx.timers.clear(&mut s.preread_timer);
+            s.handshake_timer = false;
+            if let Some(f) = verify_client_cert(s) {
+                return f;
+            }
+            Flow::Next
+        }
+        tls::Handshake::Again => {
+            if !s.handshake_timer {
+                let at = cx.now + srv.confs.ssl.handshake_timeout();
+                cx.timers.set(
+                    &mut s.preread_timer,
+                    at,
+                    crate::stream::session::session_token(s.key, crate::stream::session::Side::Client),
+                );
+                s.handshake_timer = true;
+            }
+            Flow::Again
+        }
+        tls::Handshake::Closed(os) => {
+            s.log(crate::core::conf::Level::Info, "peer closed connection in SSL handshake", os.as_ref());
+            Flow::Finalize(500)
+        }
+        tls::Handshake::Failed(e) => {
+            s.connection_error(crate::stream::session::Side::Client, &e, "SSL_do_handshake() failed");
+            Flow::Finalize(500)
+        }
+    }
+}
+
+/// `ssl_verify_client` checks after the handshake.
+fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
+    let verify = s.srv.confs.ssl.verify.get();
+    if verify == 0 {
+        return None;
+    }
+    let t = s.client.tls_mut()?;
+    let rc = t.ssl().verify_result();
+    let optional_ok = |r: openssl::x509::X509VerifyResult| matches!(r.as_raw(), 18 | 19 | 20 | 21 | 27 | 2);
+    if rc != openssl::x509::X509VerifyResult::OK && !(verify == 3 && optional_ok(rc)) {
+        let msg = format!("client SSL certificate verify error: ({}:{})", rc.as_raw(), rc.error_string());
+        s.log(crate::core::conf::Level::Info, &msg, None);
+        return Some(Flow::Finalize(500));
+    }
+    if verify == 1 && t.ssl().peer_certificate().is_none() {
+        s.log(crate::core::conf::Level::Info, "client sent no required SSL certificate", None);
+        return Some(Flow::Finalize(500));
+    }
+    None
+}
+
+/// `$ssl_*`: from the session's TLS connection; not found for a session without one
+/// (or where the value is empty).
+fn var_ssl(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
+    let Some(t) = s.client.tls_mut() else { return false };
+    let ssl = t.ssl();
+    let v: String = match VARIABLES.get(idx).copied().unwrap_or("") {
+        "ssl_protocol" => ssl.version_str().to_string(),
+        "ssl_cipher" => ssl.current_cipher().map_or("(NONE)".to_string(), |c| c.name().to_string()),
+        "ssl_ciphers" => tls::client_ciphers(ssl),
+        "ssl_curve" => tls::shared_curve(ssl),
+        "ssl_curves" => tls::client_curves(ssl),
+        "ssl_session_id" => ssl.session().map_or(String::new(), |se| hex_lower(se.id())),
+        "ssl_session_reused" => if ssl.session_reused() { "r" } else { "." }.to_string(),
+        "ssl_server_name" => ssl.servername(openssl::ssl::NameType::HOST_NAME).unwrap_or("").to_string(),
+        "ssl_alpn_protocol" => String::from_utf8_lossy(ssl.selected_alpn_protocol().unwrap_or(b"")).into_owned(),
+        "ssl_client_verify" => client_verify(ssl),
+        "ssl_client_s_dn" => ssl.peer_certificate().map_or(String::new(), |c| dn(c.subject_name())),
+        "ssl_client_i_dn" => ssl.peer_certificate().map_or(String::new(), |c| dn(c.issuer_name())),
+        "ssl_client_serial" => ssl
+            .peer_certificate()
+            .and_then(|c| c.serial_number().to_bn().ok())
+            .and_then(|bn| bn.to_hex_str().ok().map(|h| h.to_string()))
+            .unwrap_or_default(),
+        "ssl_client_fingerprint" => ssl
+            .peer_certificate()
+            .and_then(|c| c.digest(openssl::hash::MessageDigest::sha1()).ok())
+            .map_or(String::new(), |d| hex_lower(&d)),
+        "ssl_client_raw_cert" => ssl
+            .peer_certificate()
+            .and_then(|c| c.to_pem().ok())
+            .map_or(String::new(), |p| String::from_utf8_lossy(&p).into_owned()),
+        "ssl_client_cert" => ssl.peer_certificate().and_then(|c| c.to_pem().ok()).map_or(String::new(), |p| {
+            let pem = String::from_utf8_lossy(&p);
+            let pem = pem.strip_suffix('\n').unwrap_or(&pem);
+            pem.replace('\n', "\n\t")
+        }),
+        "ssl_client_escaped_cert" => {
+            ssl.peer_certificate().and_then(|c| c.to_pem().ok()).map_or(String::new(), |p| escape_uri_component(&p))
+        }
+        "ssl_client_v_start" => ssl.peer_certificate().map_or(String::new(), |c| c.not_before().to_string()),
+        "ssl_client_v_end" => ssl.peer_certificate().map_or(String::new(), |c| c.not_after().to_string()),
+        "ssl_client_v_remain" => ssl.peer_certificate().map_or(String::new(), |c| {
+            let now = openssl::asn1::Asn1Time::days_from_now(0).ok();
+            now.and_then(|n| n.diff(c.not_after()).ok()).map_or(String::new(), |d| d.days.max(0).to_string())
+        }),
+        _ => String::new(),
+    };
+    if v.is_empty() {
+        return false;
+    }
+    out.extend_from_slice(v.as_bytes());
+    true
+}
+
+/// `ngx_ssl_get_client_verify`.
+fn client_verify(ssl: &openssl::ssl::SslRef) -> String {
+    let rc = ssl.verify_result();
+    if rc != openssl::x509::X509VerifyResult::OK {
+        return format!("FAILED:{}", rc.error_string());
+    }
+    if ssl.peer_certificate().is_some() {
+        "SUCCESS".to_string()
+    } else {
+        "NONE".to_string()
+    }
+}
+
+/// A distinguished name as RFC 2253 (`X509_NAME_print_ex` with `XN_FLAG_RFC2253`).
+fn dn(name: &openssl::x509::X509NameRef) -> String {
+    let mut parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("").to_string();
+            let val = e.data().to_string().unwrap_or_default();
+            format!("{}={}", key, val)
+        })
+        .collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{:02x}", x)).collect()
+}
+
+/// `ngx_escape_uri(NGX_ESCAPE_URI_COMPONENT)` of a PEM certificate.
+fn escape_uri_component(b: &[u8]) -> String {
+    let mut out = String::new();
+    for &c in b {
+        if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{:02X}", c));
+        }
+    }
+    out
 }

@@ -734,6 +734,8 @@ impl Worker {
             proxy_protocol: None,
             ctx: Vec::new(),
             pp_pending: addr_conf.proxy_protocol && !conn_is_udp,
+            ssl: addr_conf.ssl && !conn_is_udp,
+            handshake_timer: false,
             pp_read: false,
             preread_ready: false,
             conn_slot: self.rt.slots.take(),
@@ -822,7 +824,8 @@ impl Worker {
                 if side == Side::Client && (ready.hup || ready.error) {
                     sess.core.client_hup = true;
                 }
-                if side == Side::Client && (ready.readable || ready.hup || ready.error) {
+                let handshaking = sess.core.handshake_timer && ready.writable;
+                if side == Side::Client && (ready.readable || ready.hup || ready.error || handshaking) {
                     self.run_phases(key, now);
                 }
                 return;
@@ -857,6 +860,14 @@ impl Worker {
                     let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
                     sess.core.log(Level::Info, "client timed out", Some(&e));
                     self.finalize(key, status::OK, now);
+                    return;
+                }
+                if sess.core.preread_timer == Some(id) && sess.core.handshake_timer {
+                    // ssl_handshake_timeout: the session ends with 500, nothing logged
+                    // (ngx_stream_ssl_handshake_handler).
+                    sess.core.preread_timer = None;
+                    sess.core.handshake_timer = false;
+                    self.finalize(key, status::INTERNAL_SERVER_ERROR, now);
                     return;
                 }
                 if sess.core.preread_timer == Some(id) {
@@ -947,6 +958,8 @@ impl Worker {
         // The log phase keeps the session's last action, as nginx's log context does
         // ("send() to syslog failed while returning text").
         cycle.phases.run_log(&mut sess.core, &mut cx);
+        // ngx_stream_close_connection: a TLS session says close_notify first.
+        sess.core.client.close_notify();
         // Bytes held back with MSG_MORE leave with the end of file (a close with unread
         // bytes would reset the connection and drop them instead).
         if sess.core.client_corked {

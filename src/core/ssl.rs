@@ -1,0 +1,413 @@
+//! TLS through OpenSSL (nginx's `ngx_event_openssl.c`): the server context a
+//! `listen ... ssl` server gets, nginx's error texts ("... (SSL: error:...)"), and a
+//! client connection that handshakes, reads and writes without blocking.
+//!
+//! sluice links the system's OpenSSL, as nginx does, so a protocol list, a cipher string
+//! or an error queue means here exactly what it means there.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::raw::{c_char, c_int, c_long, c_ulong};
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{self, ErrorCode, Ssl, SslContext, SslStream};
+
+use crate::core::conf::Level;
+use crate::core::conn::Conn;
+
+/// What openssl-sys does not declare.
+#[allow(non_camel_case_types)]
+pub mod ffi {
+    pub use openssl_sys::*;
+    use std::os::raw::{c_char, c_long, c_ulong, c_void};
+
+    extern "C" {
+        pub fn ERR_peek_error_data(data: *mut *const c_char, flags: *mut c_int) -> c_ulong;
+        pub fn ERR_error_string_n(e: c_ulong, buf: *mut c_char, len: usize);
+        pub fn BIO_new_file(name: *const c_char, mode: *const c_char) -> *mut BIO;
+        pub fn PEM_read_bio_X509_AUX(bp: *mut BIO, x: *mut *mut X509, cb: *mut c_void, u: *mut c_void) -> *mut X509;
+        pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+        pub fn SSL_set_quiet_shutdown(ssl: *mut SSL, mode: c_int);
+        pub fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const u8) -> *const SSL_CIPHER;
+        pub fn SSL_CONF_CTX_new() -> *mut c_void;
+        pub fn SSL_CONF_CTX_free(cctx: *mut c_void);
+        pub fn SSL_CONF_CTX_set_flags(cctx: *mut c_void, flags: u32) -> u32;
+        pub fn SSL_CONF_CTX_set_ssl_ctx(cctx: *mut c_void, ctx: *mut SSL_CTX);
+        pub fn SSL_CONF_cmd(cctx: *mut c_void, cmd: *const c_char, value: *const c_char) -> c_int;
+        pub fn SSL_CONF_CTX_finish(cctx: *mut c_void) -> c_int;
+        pub fn SSL_ctrl(ssl: *mut SSL, cmd: c_int, larg: c_long, parg: *mut c_void) -> c_long;
+        pub fn OBJ_nid2sn(n: c_int) -> *const c_char;
+    }
+
+    pub const ERR_TXT_STRING: c_int = 0x02;
+    pub const SSL_CTRL_CHAIN: c_int = 88;
+    pub const SSL_CTRL_GET_CURVES: c_int = 90;
+    pub const SSL_CTRL_GET_RAW_CIPHERLIST: c_int = 110;
+    pub const SSL_CTRL_GET_NEGOTIATED_GROUP: c_int = 134;
+    pub const SSL_CONF_FLAG_FILE: u32 = 0x2;
+    pub const SSL_CONF_FLAG_CLIENT: u32 = 0x4;
+    pub const SSL_CONF_FLAG_SERVER: u32 = 0x8;
+    pub const SSL_CONF_FLAG_SHOW_ERRORS: u32 = 0x10;
+    pub const SSL_CONF_FLAG_CERTIFICATE: u32 = 0x20;
+    pub const TLSEXT_NID_UNKNOWN: c_int = 0x1000000;
+}
+
+/// One error as `ERR_error_string_n` spells it, with its data (":" + data) when the
+/// error carries text.
+fn push_error(out: &mut String, code: c_ulong, data: Option<&str>) {
+    let mut buf = [0 as c_char; 256];
+    // SAFETY: the buffer and its length are ours; OpenSSL writes a NUL-terminated string.
+    unsafe { ffi::ERR_error_string_n(code, buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: NUL-terminated above.
+    let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    out.push(' ');
+    out.push_str(&s.to_string_lossy());
+    if let Some(d) = data.filter(|d| !d.is_empty()) {
+        out.push(':');
+        out.push_str(d);
+    }
+}
+
+/// `ngx_ssl_error`'s text: `msg`, then OpenSSL's error queue as " (SSL: e1 e2 ...)",
+/// emptying the queue.
+pub fn queue_text(msg: &str) -> String {
+    let mut out = msg.to_string();
+    let mut first = true;
+    loop {
+        let mut data: *const c_char = std::ptr::null();
+        let mut flags: c_int = 0;
+        // SAFETY: out-pointers to locals; the data string lives until the error is popped.
+        let code = unsafe { ffi::ERR_peek_error_data(&mut data, &mut flags) };
+        if code == 0 {
+            break;
+        }
+        if first {
+            out.push_str(" (SSL:");
+            first = false;
+        }
+        let text = if !data.is_null() && flags & ffi::ERR_TXT_STRING != 0 {
+            // SAFETY: OpenSSL's NUL-terminated data string, read before the pop below.
+            Some(unsafe { CStr::from_ptr(data) }.to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        push_error(&mut out, code, text.as_deref());
+        // SAFETY: pops the error just read.
+        unsafe { ffi::ERR_get_error() };
+    }
+    if !first {
+        out.push(')');
+    }
+    out
+}
+
+/// `queue_text` for errors the openssl crate has already taken off the queue.
+pub fn stack_text(msg: &str, stack: &ErrorStack) -> String {
+    let mut out = msg.to_string();
+    if stack.errors().is_empty() {
+        return out;
+    }
+    out.push_str(" (SSL:");
+    for e in stack.errors() {
+        push_error(&mut out, e.code() as c_ulong, e.data());
+    }
+    out.push(')');
+    out
+}
+
+/// Empty the error queue (nginx's `ngx_ssl_clear_error`, without its alert: sluice
+/// takes every error off the queue where it happens).
+pub fn clear_errors() {
+    // SAFETY: no arguments.
+    unsafe { ffi::ERR_clear_error() };
+}
+
+/// A failed TLS call on a connection, as `ngx_ssl_connection_error` logs it: the text
+/// ("SSL_read() failed (SSL: ...)"), the system error if there was one, and whether it
+/// is one of the errors a peer causes (logged at info for a client, not at crit).
+#[derive(Debug)]
+pub struct TlsError {
+    pub text: String,
+    pub os: Option<io::Error>,
+    pub peer_caused: bool,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl TlsError {
+    /// The level `ngx_ssl_connection_error` picks for a client connection
+    /// (`NGX_ERROR_INFO`) or an upstream one (`NGX_ERROR_ERR`).
+    pub fn level(&self, client: bool) -> Level {
+        match (self.peer_caused, client) {
+            (true, true) => Level::Info,
+            (true, false) => Level::Error,
+            (false, _) => Level::Crit,
+        }
+    }
+
+    /// The `TlsError` an io::Error carries, if any.
+    pub fn of(e: &io::Error) -> Option<&TlsError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>())
+    }
+}
+
+/// OpenSSL's reasons (`SSL_R_*`) that nginx takes as a peer's doing: bad or foreign
+/// handshakes and the alerts a peer sends.
+const PEER_REASONS: &[c_int] = &[
+    101, 103, 118, 129, 149, 151, 152, 155, 156, 159, 182, 183, 187, 193, 213, 226, 227, 234, 235, 244, 245, 246, 252,
+    253, 258, 266, 267, 281, 335, 336, 337, 338, 345, 373, 377, 396, 1000, 1010, 1020, 1021, 1022, 1030, 1040, 1041,
+    1042, 1043, 1044, 1045, 1046, 1047, 1048, 1049, 1050, 1051, 1060, 1070, 1071, 1080, 1090, 1100,
+];
+
+/// Turn a failed call's `ssl::Error` into the io::Error the relay sees: `WouldBlock`
+/// while OpenSSL waits for the socket, else a `TlsError` with nginx's text.
+fn io_error(e: ssl::Error, call: &str) -> io::Error {
+    match e.code() {
+        ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => match e.io_error() {
+            Some(io) if io.kind() != io::ErrorKind::WouldBlock => io::Error::new(io.kind(), io.to_string()),
+            _ => io::ErrorKind::WouldBlock.into(),
+        },
+        ErrorCode::SYSCALL => {
+            let os = e.io_error().and_then(|io| io.raw_os_error()).map(io::Error::from_raw_os_error);
+            let peer_caused = os.as_ref().is_some_and(crate::core::log::is_ordinary_connection_error);
+            let text = match e.ssl_error() {
+                Some(stack) => stack_text(call, stack),
+                None => call.to_string(),
+            };
+            io::Error::other(TlsError { text, os, peer_caused })
+        }
+        _ => {
+            let (text, peer_caused) = match e.ssl_error() {
+                Some(stack) => (
+                    stack_text(call, stack),
+                    stack.errors().first().is_some_and(|f| PEER_REASONS.contains(&f.reason_code())),
+                ),
+                None => (call.to_string(), false),
+            };
+            io::Error::other(TlsError { text, os: None, peer_caused })
+        }
+    }
+}
+
+/// How a handshake attempt ended.
+pub enum Handshake {
+    Done,
+    /// OpenSSL waits for the socket.
+    Again,
+    /// The peer went away ("peer closed connection in SSL handshake"), with its system
+    /// error if any.
+    Closed(Option<io::Error>),
+    Failed(io::Error),
+}
+
+/// A client connection under TLS (server side), over a TCP or unix-domain socket.
+pub struct TlsConn {
+    stream: SslStream<Conn>,
+    handshaked: bool,
+    /// An error ended the connection: no close_notify is sent (nginx's `c->error`,
+    /// `no_send_shutdown`).
+    failed: bool,
+}
+
+impl TlsConn {
+    pub fn new(ctx: &SslContext, sock: Conn) -> Result<TlsConn, String> {
+        clear_errors();
+        let mut ssl = Ssl::new(ctx).map_err(|e| stack_text("SSL_new() failed", &e))?;
+        ssl.set_accept_state();
+        // The relay retries a write from its own buffer, not the first one, and takes
+        // what was written record by record (as a socket's partial writes).
+        // SAFETY: SSL_set_mode on the SSL just made.
+        unsafe {
+            ffi::SSL_ctrl(
+                &*ssl as *const ssl::SslRef as *mut ffi::SSL,
+                ffi::SSL_CTRL_MODE,
+                (ffi::SSL_MODE_ENABLE_PARTIAL_WRITE | ffi::SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER) as c_long,
+                std::ptr::null_mut(),
+            )
+        };
+        let stream = SslStream::new(ssl, sock).map_err(|e| stack_text("SSL_set_fd() failed", &e))?;
+        Ok(TlsConn { stream, handshaked: false, failed: false })
+    }
+
+    /// The socket under TLS.
+    pub fn sock(&self) -> &Conn {
+        self.stream.get_ref()
+    }
+
+    pub fn sock_mut(&mut self) -> &mut Conn {
+        self.stream.get_mut()
+    }
+
+    pub fn ssl(&self) -> &ssl::SslRef {
+        self.stream.ssl()
+    }
+
+    pub fn handshaked(&self) -> bool {
+        self.handshaked
+    }
+
+    /// `ngx_ssl_handshake`.
+    pub fn handshake(&mut self) -> Handshake {
+        clear_errors();
+        match self.stream.do_handshake() {
+            Ok(()) => {
+                self.handshaked = true;
+                Handshake::Done
+            }
+            Err(e) => {
+                if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE)
+                    && e.io_error().is_none_or(|io| io.kind() == io::ErrorKind::WouldBlock)
+                {
+                    return Handshake::Again;
+                }
+                self.failed = true;
+                let empty = e.ssl_error().is_none_or(|s| s.errors().is_empty());
+                if e.code() == ErrorCode::ZERO_RETURN || (e.code() == ErrorCode::SYSCALL && empty) {
+                    let os = e.io_error().and_then(|io| io.raw_os_error()).map(io::Error::from_raw_os_error);
+                    return Handshake::Closed(os);
+                }
+                Handshake::Failed(io_error(e, "SSL_do_handshake() failed"))
+            }
+        }
+    }
+
+    /// `ngx_ssl_recv`: bytes, 0 at the end (close_notify or the socket's end), or
+    /// `WouldBlock`.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        clear_errors();
+        match self.stream.ssl_read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(0),
+            Err(e) if e.code() == ErrorCode::SYSCALL && e.io_error().is_none() && e.ssl_error().is_none() => Ok(0),
+            Err(e) => {
+                let err = io_error(e, "SSL_read() failed");
+                self.failed |= err.kind() != io::ErrorKind::WouldBlock;
+                Err(err)
+            }
+        }
+    }
+
+    /// `ngx_ssl_write`.
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        clear_errors();
+        match self.stream.ssl_write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let err = io_error(e, "SSL_write() failed");
+                self.failed |= err.kind() != io::ErrorKind::WouldBlock;
+                Err(err)
+            }
+        }
+    }
+
+    /// `ngx_ssl_shutdown` as the stream module calls it (`no_wait_shutdown`): send a
+    /// close_notify after a completed handshake, without waiting for the peer's.
+    pub fn shutdown(&mut self) {
+        if !self.handshaked || self.failed {
+            return;
+        }
+        let st = self.stream.get_shutdown() | ssl::ShutdownState::RECEIVED;
+        self.stream.set_shutdown(st);
+        clear_errors();
+        let _ = self.stream.shutdown();
+        clear_errors();
+    }
+}
+
+/// `$ssl_ciphers`: the ciphers the client offered, in its order, by name; one OpenSSL
+/// does not know as "0x" and its bytes in hex (`SSL_get0_raw_cipherlist`).
+pub fn client_ciphers(ssl: &ssl::SslRef) -> String {
+    let p = ssl as *const ssl::SslRef as *mut ffi::SSL;
+    let mut list: *mut u8 = std::ptr::null_mut();
+    // SAFETY: SSL_get0_raw_cipherlist: the bytes per cipher, then the list the SSL owns.
+    let (bytes, n) = unsafe {
+        let bytes = ffi::SSL_ctrl(p, ffi::SSL_CTRL_GET_RAW_CIPHERLIST, 0, std::ptr::null_mut());
+        let n = ffi::SSL_ctrl(p, ffi::SSL_CTRL_GET_RAW_CIPHERLIST, 0, (&mut list as *mut *mut u8).cast());
+        (bytes, n)
+    };
+    if n <= 0 || bytes <= 0 || list.is_null() {
+        return String::new();
+    }
+    let bytes = bytes as usize;
+    // SAFETY: the list has n bytes.
+    let raw = unsafe { std::slice::from_raw_parts(list, n as usize) };
+    let mut out = Vec::new();
+    for id in raw.chunks_exact(bytes) {
+        // SAFETY: looks a cipher up by its wire bytes.
+        let c = unsafe { ffi::SSL_CIPHER_find(p, id.as_ptr()) };
+        // SAFETY: a known cipher's static name.
+        let name = if c.is_null() { std::ptr::null() } else { unsafe { ffi::SSL_CIPHER_get_name(c) } };
+        if name.is_null() {
+            out.push(format!("0x{}", id.iter().map(|b| format!("{:02x}", b)).collect::<String>()));
+        } else {
+            // SAFETY: as above.
+            out.push(unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
+        }
+    }
+    out.join(":")
+}
+
+fn curve_name(nid: c_int) -> String {
+    if nid & ffi::TLSEXT_NID_UNKNOWN != 0 {
+        return format!("0x{:04x}", nid & 0xffff);
+    }
+    // SAFETY: OBJ_nid2sn returns a static string or NULL.
+    let sn = unsafe { ffi::OBJ_nid2sn(nid) };
+    if sn.is_null() {
+        return String::new();
+    }
+    // SAFETY: as above.
+    unsafe { CStr::from_ptr(sn) }.to_string_lossy().into_owned()
+}
+
+/// `$ssl_curves`: the client's supported groups.
+pub fn client_curves(ssl: &ssl::SslRef) -> String {
+    let p = ssl as *const ssl::SslRef as *mut ffi::SSL;
+    // SAFETY: SSL_get1_curves with a null list returns the count.
+    let n = unsafe { ffi::SSL_ctrl(p, ffi::SSL_CTRL_GET_CURVES, 0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return String::new();
+    }
+    let mut nids = vec![0 as c_int; n as usize];
+    // SAFETY: the list has room for n entries.
+    unsafe { ffi::SSL_ctrl(p, ffi::SSL_CTRL_GET_CURVES, 0, nids.as_mut_ptr().cast()) };
+    nids.iter().map(|&nid| curve_name(nid)).collect::<Vec<_>>().join(":")
+}
+
+/// `$ssl_curve`: the group agreed on (`SSL_get_negotiated_group`).
+pub fn shared_curve(ssl: &ssl::SslRef) -> String {
+    // OpenSSL 3.0 reads the session's group without checking that there is a session:
+    // after a failed handshake there is none (nginx's worker dies on signal 11 there).
+    if ssl.session().is_none() {
+        return String::new();
+    }
+    let p = ssl as *const ssl::SslRef as *mut ffi::SSL;
+    // SAFETY: a read-only control call on a live SSL with a session.
+    let nid = unsafe { ffi::SSL_ctrl(p, ffi::SSL_CTRL_GET_NEGOTIATED_GROUP, 0, std::ptr::null_mut()) };
+    if nid <= 0 {
+        return String::new();
+    }
+    curve_name(nid as c_int)
+}
+
+/// Set the session timeout (`SSL_CTX_set_timeout`).
+pub fn set_session_timeout(b: &mut openssl::ssl::SslContextBuilder, secs: u64) {
+    // SAFETY: the builder's live context.
+    unsafe { ffi::SSL_CTX_set_timeout(b.as_ptr(), secs.min(c_long::MAX as u64) as c_long) };
+}
+
+/// A path or value as a C string (configuration values hold no NUL: the reader
+/// refuses them).
+pub fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}

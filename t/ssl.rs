@@ -1,0 +1,307 @@
+//! TLS termination (`listen ... ssl`, ngx_stream_ssl_module) through the real binary,
+//! with an OpenSSL client. Every expected log line and variable value below was
+//! recorded from nginx 1.22.1 (Debian's, OpenSSL 3.0) on the same configuration and the
+//! same client; the certificate is t/data/conf_errors/ssl.files/cert.pem.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use sha2::{Digest, Sha256};
+
+use crate::common::{backend, connect, echo, free_port, wait_for, Sluice};
+
+fn files() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("t/data/conf_errors/ssl.files")
+}
+
+/// A server on `port` terminating TLS with the test certificate; `extra` goes into the
+/// server block, `content` is its proxy_pass or return.
+fn conf(port: u16, extra: &str, content: &str) -> String {
+    let f = files();
+    format!(
+        "events {{}}\nstream {{\n    log_format t '$status $bytes_sent $bytes_received [$ssl_protocol] [$ssl_cipher] \
+         [$ssl_session_reused] [$ssl_server_name] [$ssl_alpn_protocol] [$ssl_client_verify] [$ssl_curve]';\n    \
+         access_log %%PREFIX%%access.log t;\n    server {{\n        listen 127.0.0.1:{port} ssl;\n        \
+         ssl_certificate {c};\n        ssl_certificate_key {k};\n        {extra}\n        {content}\n    }}\n}}\n",
+        c = f.join("cert.pem").display(),
+        k = f.join("key.pem").display(),
+    )
+}
+
+/// A TLS client: `setup` adjusts its context (protocols, ALPN); no certificate check.
+fn tls(
+    port: u16,
+    sni: Option<&str>,
+    setup: impl FnOnce(&mut openssl::ssl::SslConnectorBuilder),
+) -> SslStream<TcpStream> {
+    tls_result(port, sni, setup).expect("TLS handshake")
+}
+
+fn tls_result(
+    port: u16,
+    sni: Option<&str>,
+    setup: impl FnOnce(&mut openssl::ssl::SslConnectorBuilder),
+) -> Result<SslStream<TcpStream>, String> {
+    let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+    b.set_verify(SslVerifyMode::NONE);
+    setup(&mut b);
+    let c = b.build();
+    let mut cfg = c.configure().expect("configure");
+    cfg.set_verify_hostname(false);
+    cfg.set_use_server_name_indication(sni.is_some());
+    cfg.connect(sni.unwrap_or("unused"), connect(port)).map_err(|e| e.to_string())
+}
+
+/// The error log's lines at info and above from session `*N` lines, without the time
+/// and the pid, client ports as P.
+fn session_lines(s: &Sluice) -> Vec<String> {
+    s.error_log()
+        .lines()
+        .filter(|l| l.contains(" *"))
+        .map(|l| {
+            let l = l.split_once("] ").map_or(l, |(_, r)| r);
+            let l = l.split_once(": ").map_or(l, |(_, r)| r);
+            let mut out = String::new();
+            let mut rest = l;
+            // 127.0.0.1:NNNNN (a client port) reads as 127.0.0.1:P.
+            while let Some(i) = rest.find("127.0.0.1:") {
+                out.push_str(&rest[..i + 10]);
+                rest = &rest[i + 10..];
+                let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+                out.push('P');
+                rest = &rest[digits..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+fn wait_log(s: &Sluice, n: usize) -> Vec<String> {
+    s.wait_lines("access.log", n)
+}
+
+/// The default protocols of nginx 1.22.1's stream module are TLSv1 to TLSv1.2: an
+/// OpenSSL client gets TLSv1.2 with its first choice of cipher, its SNI name is
+/// `$ssl_server_name`, no client certificate is NONE; bytes pass both ways.
+#[test]
+fn handshake_and_proxy_as_nginx() {
+    let port = free_port();
+    let up = backend(echo);
+    let mut s = Sluice::start(&conf(port, "", &format!("proxy_pass 127.0.0.1:{up};")));
+    let mut c = tls(port, Some("foo.example"), |_| {});
+    c.write_all(b"hello\n").expect("write");
+    let mut buf = [0u8; 6];
+    c.read_exact(&mut buf).expect("read echo");
+    assert_eq!(&buf, b"hello\n");
+    c.shutdown().ok();
+    drop(c);
+    let log = wait_log(&s, 1);
+    assert_eq!(
+        log,
+        ["200 6 6 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [.] [foo.example] [-] [NONE] [X25519]"],
+        "access log"
+    );
+    s.stop();
+}
+
+/// `return` over TLS, and the close_notify after it: the client reads the text and a
+/// clean end of the TLS session, not a truncation.
+#[test]
+fn return_ends_with_close_notify() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return \"hello $ssl_protocol\\n\";"));
+    let mut c = tls(port, None, |_| {});
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read to a clean end (close_notify)");
+    assert_eq!(out, "hello TLSv1.2\n");
+    assert_eq!(wait_log(&s, 1), ["200 14 0 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [.] [-] [-] [NONE] [X25519]"]);
+    s.stop();
+}
+
+/// Megabytes both ways through TLS with a backend that echoes: OpenSSL reads ahead
+/// whole records, so a short read does not mean the socket is drained (a relay that
+/// thought so stalled after a few hundred kilobytes, waiting for an event that had
+/// already been consumed).
+#[test]
+fn bulk_both_ways_through_tls() {
+    let port = free_port();
+    let up = backend(echo);
+    let mut s = Sluice::start(&conf(port, "ssl_protocols TLSv1.2 TLSv1.3;", &format!("proxy_pass 127.0.0.1:{up};")));
+    let c = tls(port, None, |_| {});
+    let mut data = vec![0u8; 6 << 20];
+    let mut x: u32 = 12345;
+    for b in data.iter_mut() {
+        x = x.wrapping_mul(1103515245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    let want = Sha256::digest(&data);
+    let c = std::sync::Arc::new(std::sync::Mutex::new(c));
+    // One TLS stream cannot be read and written from two threads at once: write in
+    // slices, reading what came back in between (non-blocking reads).
+    let mut got = Vec::with_capacity(data.len());
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    {
+        let mut g = c.lock().expect("lock");
+        g.get_ref().set_read_timeout(Some(Duration::from_millis(20))).ok();
+        while got.len() < data.len() {
+            assert!(Instant::now() < deadline, "relay stalled: {} of {} bytes back", got.len(), data.len());
+            if sent < data.len() {
+                let end = (sent + 64 * 1024).min(data.len());
+                g.write_all(&data[sent..end]).expect("write");
+                sent = end;
+            }
+            let mut buf = [0u8; 65536];
+            match g.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha256::digest(&got), want, "the bytes came back unchanged");
+    drop(c);
+    let log = wait_log(&s, 1);
+    assert!(log[0].starts_with("200 6291456 6291456 [TLSv1.3]"), "{log:?}");
+    s.stop();
+}
+
+/// Plain text to a TLS port: nginx's info line ("http request"), 500, nothing sent.
+#[test]
+fn plain_text_client_as_nginx() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return ok;"));
+    let mut c = connect(port);
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let log = wait_log(&s, 1);
+    assert_eq!(log, ["500 0 0 [TLSv1.3] [(NONE)] [.] [-] [-] [NONE] [-]"]);
+    let lines = session_lines(&s);
+    assert!(
+        lines.contains(
+            &format!(
+                "*1 SSL_do_handshake() failed (SSL: error:0A00009C:SSL routines::http request) while SSL handshaking, \
+                 client: 127.0.0.1, server: 127.0.0.1:{port}"
+            )
+            .replace(&format!(":{port}"), ":P")
+        ),
+        "{lines:?}"
+    );
+    s.stop();
+}
+
+/// A client offering only TLSv1.3 where the default protocols stop at TLSv1.2.
+#[test]
+fn protocol_refused_as_nginx() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return ok;"));
+    let r = tls_result(port, None, |b| {
+        b.set_min_proto_version(Some(SslVersion::TLS1_3)).expect("min");
+    });
+    assert!(r.is_err(), "TLSv1.3 alone must be refused");
+    let log = wait_log(&s, 1);
+    assert_eq!(log, ["500 0 0 [TLSv1.2] [(NONE)] [.] [-] [-] [NONE] [-]"]);
+    assert!(
+        session_lines(&s).iter().any(|l| l.starts_with(
+            "*1 SSL_do_handshake() failed (SSL: error:0A000102:SSL routines::unsupported protocol) while SSL handshaking"
+        )),
+        "{:?}",
+        session_lines(&s)
+    );
+    s.stop();
+}
+
+/// A client that connects and closes without a byte: "peer closed connection in SSL
+/// handshake"; one that says nothing is ended by `ssl_handshake_timeout` with 500 and
+/// no line of its own.
+#[test]
+fn closed_and_silent_clients_as_nginx() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "ssl_handshake_timeout 300ms;", "return ok;"));
+    drop(connect(port));
+    wait_log(&s, 1);
+    let silent = connect(port);
+    let started = Instant::now();
+    let log = wait_log(&s, 2);
+    assert!(started.elapsed() >= Duration::from_millis(250), "ended after {:?}", started.elapsed());
+    assert_eq!(log, ["500 0 0 [TLSv1.3] [(NONE)] [.] [-] [-] [NONE] [-]"; 2]);
+    drop(silent);
+    let lines = session_lines(&s);
+    let own: Vec<&String> = lines.iter().filter(|l| !l.contains("connected to")).collect();
+    assert_eq!(
+        own,
+        [&"*1 peer closed connection in SSL handshake while SSL handshaking, client: 127.0.0.1, server: 127.0.0.1:P"
+            .to_string()],
+        "{lines:?}"
+    );
+    s.stop();
+}
+
+/// `ssl_alpn`: the first of the server's protocols the client offers; none in common
+/// is a fatal alert and nginx's info line.
+#[test]
+fn alpn_as_nginx() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "ssl_protocols TLSv1.2 TLSv1.3; ssl_alpn h2 http/1.1;", "return ok;"));
+    let mut c = tls(port, None, |b| b.set_alpn_protos(b"\x08http/1.1\x03foo").expect("alpn"));
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "ok");
+    assert_eq!(c.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+    wait_log(&s, 1);
+    assert!(tls_result(port, None, |b| b.set_alpn_protos(b"\x03foo").expect("alpn")).is_err());
+    let log = wait_log(&s, 2);
+    assert_eq!(log[0], "200 2 0 [TLSv1.3] [TLS_AES_256_GCM_SHA384] [.] [-] [http/1.1] [NONE] [X25519]");
+    assert!(log[1].starts_with("500 0 0 [TLSv1.3] "), "{log:?}");
+    assert!(
+        session_lines(&s).iter().any(|l| l.starts_with(
+            "*2 SSL_do_handshake() failed (SSL: error:0A0000EB:SSL routines::no application protocol) while SSL handshaking"
+        )),
+        "{:?}",
+        session_lines(&s)
+    );
+    s.stop();
+}
+
+/// A TLSv1.2 session resumed from its ticket is `$ssl_session_reused` "r".
+#[test]
+fn session_resumed_from_ticket() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return ok;"));
+    let b = {
+        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+        b.build()
+    };
+    let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("first");
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    let sess = c.ssl().session().expect("a session").to_owned();
+    let mut cfg = b.configure().expect("cfg").verify_hostname(false);
+    // SAFETY: the session came from a connection of the same context.
+    unsafe { cfg.set_session(&sess).expect("set session") };
+    let mut c2 = cfg.connect("x", connect(port)).expect("second");
+    c2.read_to_string(&mut out).ok();
+    assert!(c2.ssl().session_reused(), "the client resumed");
+    let log = wait_log(&s, 2);
+    assert!(log[0].starts_with("200 2 0 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [.]"), "{log:?}");
+    assert!(log[1].starts_with("200 2 0 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [r]"), "{log:?}");
+    s.stop();
+}
+
+/// `-V` names the module, as nginx's configure arguments do (nginx-tests look there).
+#[test]
+fn version_names_the_ssl_module() {
+    let out = std::process::Command::new(crate::common::bin()).arg("-V").output().expect("run -V");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("--with-stream_ssl_module"), "{text}");
+    assert!(wait_for(Duration::from_secs(1), || true));
+}
