@@ -305,3 +305,190 @@ fn version_names_the_ssl_module() {
     assert!(text.contains("--with-stream_ssl_module"), "{text}");
     assert!(wait_for(Duration::from_secs(1), || true));
 }
+
+/// A TLS backend on a free port (the test certificate): for each connection, `handle`
+/// runs on the accepted TLS stream, in a thread of its own.
+fn tls_backend(handle: fn(SslStream<TcpStream>)) -> u16 {
+    use openssl::ssl::{SslAcceptor, SslFiletype};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
+    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    // As nginx's servers: accept any name (a resumed session then keeps its name).
+    b.set_servername_callback(|_, _| Ok(()));
+    let acceptor = std::sync::Arc::new(b.build());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let a = acceptor.clone();
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                if let Ok(s) = a.accept(c) {
+                    handle(s);
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Says what the handshake was: the SNI name, resumed or not, and the protocol.
+fn tell(mut s: SslStream<TcpStream>) {
+    let line = format!(
+        "[{}] {} {}\n",
+        s.ssl().servername(openssl::ssl::NameType::HOST_NAME).unwrap_or(""),
+        if s.ssl().session_reused() { "r" } else { "." },
+        s.ssl().version_str()
+    );
+    let _ = s.write_all(line.as_bytes());
+    let _ = s.shutdown();
+}
+
+fn tls_echo(mut s: SslStream<TcpStream>) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A plain-text proxy with `proxy_ssl`: the server name sent (`proxy_ssl_name`, its
+/// port stripped, with `proxy_ssl_server_name on`), and the session kept from the first
+/// connection resumed by the second (`proxy_ssl_session_reuse` is on by default). The
+/// backend's answers are what nginx 1.22.1's connections got from the same backend.
+#[test]
+fn proxy_ssl_sends_the_name_and_resumes() {
+    let port = free_port();
+    let up = tls_backend(tell);
+    let conf = format!(
+        "events {{}}\nstream {{\n    server {{\n        listen 127.0.0.1:{port};\n        proxy_ssl on;\n        \
+         proxy_ssl_server_name on;\n        proxy_ssl_name foo.example:443;\n        proxy_pass 127.0.0.1:{up};\n    }}\n}}\n"
+    );
+    let mut s = Sluice::start(&conf);
+    let read = || {
+        let mut c = connect(port);
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        out
+    };
+    assert_eq!(read(), "[foo.example] . TLSv1.2\n");
+    assert_eq!(read(), "[foo.example] r TLSv1.2\n");
+    s.stop();
+}
+
+/// `proxy_ssl_verify`: a certificate that does not verify, or not for the name, is
+/// nginx's error line and the next upstream (here none: 502); the right name passes.
+/// (Without `proxy_ssl_session_reuse off` the second would resume the first's session:
+/// both servers' `proxy_pass` name one implicit upstream, whose peer keeps it.)
+#[test]
+fn proxy_ssl_verify_as_nginx() {
+    let (p1, p2) = (free_port(), free_port());
+    let up = tls_backend(tell);
+    let cert = files().join("cert.pem");
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$status $upstream_addr';\n    access_log %%PREFIX%%access.log t;\n    \
+         proxy_ssl on;\n    proxy_ssl_verify on;\n    proxy_ssl_trusted_certificate {c};\n    \
+         proxy_ssl_session_reuse off;\n    \
+         server {{\n        listen 127.0.0.1:{p1};\n        proxy_ssl_name foo.example;\n        proxy_pass 127.0.0.1:{up};\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{p2};\n        proxy_ssl_name localhost;\n        proxy_pass 127.0.0.1:{up};\n    }}\n}}\n",
+        c = cert.display()
+    );
+    let mut s = Sluice::start(&conf);
+    let mut out = String::new();
+    connect(p1).read_to_string(&mut out).ok();
+    assert_eq!(out, "");
+    wait_log(&s, 1);
+    connect(p2).read_to_string(&mut out).ok();
+    assert_eq!(out, "[] . TLSv1.2\n");
+    let log = wait_log(&s, 2);
+    assert_eq!(log, [format!("502 127.0.0.1:{up}"), format!("200 127.0.0.1:{up}")]);
+    let want = "*1 upstream SSL certificate does not match \"foo.example\" while SSL handshaking to upstream, \
+                client: 127.0.0.1, server: 127.0.0.1:P, upstream: \"127.0.0.1:P\", bytes from/to client:0/0, bytes \
+                from/to upstream:0/0"
+        .to_string();
+    let lines = session_lines(&s);
+    assert!(lines.contains(&want), "{lines:?}");
+    s.stop();
+}
+
+/// `proxy_ssl` to a backend that does not speak TLS, and to one that never answers the
+/// hello (`proxy_connect_timeout` covers the handshake; nginx logs nothing for it).
+#[test]
+fn proxy_ssl_failures_as_nginx() {
+    let (p1, p2) = (free_port(), free_port());
+    let plain = backend(|mut c| {
+        let _ = c.write_all(b"plain\n");
+    });
+    let silent = backend(|mut c| {
+        let mut buf = [0u8; 1024];
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$status $upstream_addr';\n    access_log %%PREFIX%%access.log t;\n    \
+         proxy_ssl on;\n    proxy_connect_timeout 300ms;\n    \
+         server {{\n        listen 127.0.0.1:{p1};\n        proxy_pass 127.0.0.1:{plain};\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{p2};\n        proxy_pass 127.0.0.1:{silent};\n    }}\n}}\n"
+    );
+    let mut s = Sluice::start(&conf);
+    let mut out = Vec::new();
+    connect(p1).read_to_end(&mut out).ok();
+    wait_log(&s, 1);
+    let started = Instant::now();
+    connect(p2).read_to_end(&mut out).ok();
+    assert!(out.is_empty());
+    let log = wait_log(&s, 2);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(log, [format!("502 127.0.0.1:{plain}"), format!("502 127.0.0.1:{silent}")]);
+    let lines = session_lines(&s);
+    let ssl: Vec<&String> = lines.iter().filter(|l| l.contains("SSL") || l.contains("timed out")).collect();
+    assert_eq!(
+        ssl,
+        [&"*1 SSL_do_handshake() failed (SSL: error:0A00010B:SSL routines::wrong version number) while SSL \
+           handshaking to upstream, client: 127.0.0.1, server: 127.0.0.1:P, upstream: \"127.0.0.1:P\", bytes \
+           from/to client:0/0, bytes from/to upstream:0/0"
+            .to_string()],
+        "{lines:?}"
+    );
+    s.stop();
+}
+
+/// TLS on both sides (`listen ... ssl` and `proxy_ssl`), megabytes both ways to an
+/// echoing TLS backend: the bytes come back unchanged.
+#[test]
+fn tls_both_sides_bulk() {
+    let port = free_port();
+    let up = tls_backend(tls_echo);
+    let mut s = Sluice::start(&conf(port, "proxy_ssl on;", &format!("proxy_pass 127.0.0.1:{up};")));
+    let mut c = tls(port, None, |_| {});
+    c.get_ref().set_read_timeout(Some(Duration::from_millis(20))).ok();
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < data.len() {
+        assert!(Instant::now() < deadline, "stalled at {} of {}", got.len(), data.len());
+        if sent < data.len() {
+            let end = (sent + 32 * 1024).min(data.len());
+            c.write_all(&data[sent..end]).expect("write");
+            sent = end;
+        }
+        let mut buf = [0u8; 65536];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(got == data, "the bytes came back unchanged ({} of {})", got.len(), data.len());
+    drop(c);
+    let log = wait_log(&s, 1);
+    assert!(log[0].starts_with("200 3145728 3145728 [TLSv1.2]"), "{log:?}");
+    s.stop();
+}

@@ -137,6 +137,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Put an upstream connection under TLS (client side); see `TlsConn::client`.
+    pub fn start_tls_client(
+        &mut self,
+        ctx: &openssl::ssl::SslContext,
+        sni: Option<&str>,
+        session: Option<&openssl::ssl::SslSessionRef>,
+        peer: Option<String>,
+    ) -> Result<(), String> {
+        let none =
+            UdpClient { sock: Weak::new(), peer: SocketAddr::from(([0, 0, 0, 0], 0)), local: None, listen_fd: -1 };
+        let plain = std::mem::replace(self, Conn::Udp(none));
+        let t = crate::core::ssl::TlsConn::client(ctx, plain, sni, session, peer)?;
+        *self = Conn::Tls(Box::new(t));
+        Ok(())
+    }
+
     /// Send a TLS close_notify (a no-op for other connections), before the socket closes.
     pub fn close_notify(&mut self) {
         if let Conn::Tls(t) = self {

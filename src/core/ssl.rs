@@ -30,6 +30,13 @@ pub mod ffi {
         pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
         pub fn SSL_set_quiet_shutdown(ssl: *mut SSL, mode: c_int);
         pub fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const u8) -> *const SSL_CIPHER;
+        pub fn X509_check_host(
+            x: *mut X509,
+            chk: *const c_char,
+            chklen: usize,
+            flags: std::os::raw::c_uint,
+            peername: *mut *mut c_char,
+        ) -> std::os::raw::c_int;
         pub fn SSL_CONF_CTX_new() -> *mut c_void;
         pub fn SSL_CONF_CTX_free(cctx: *mut c_void);
         pub fn SSL_CONF_CTX_set_flags(cctx: *mut c_void, flags: u32) -> u32;
@@ -217,10 +224,41 @@ pub struct TlsConn {
 }
 
 impl TlsConn {
+    /// The server side of a client connection.
     pub fn new(ctx: &SslContext, sock: Conn) -> Result<TlsConn, String> {
-        clear_errors();
         let mut ssl = Ssl::new(ctx).map_err(|e| stack_text("SSL_new() failed", &e))?;
         ssl.set_accept_state();
+        Self::with(ssl, sock)
+    }
+
+    /// The client side of an upstream connection: `sni` to send, a `session` to resume,
+    /// and `peer`, the key new sessions are kept under (see `CLIENT_SESSIONS`).
+    pub fn client(
+        ctx: &SslContext,
+        sock: Conn,
+        sni: Option<&str>,
+        session: Option<&ssl::SslSessionRef>,
+        peer: Option<String>,
+    ) -> Result<TlsConn, String> {
+        clear_errors();
+        let mut ssl = Ssl::new(ctx).map_err(|e| stack_text("SSL_new() failed", &e))?;
+        ssl.set_connect_state();
+        if let Some(name) = sni {
+            ssl.set_hostname(name)
+                .map_err(|e| stack_text(&format!("SSL_set_tlsext_host_name(\"{}\") failed", name), &e))?;
+        }
+        if let Some(sess) = session {
+            // SAFETY: the session came from a connection of this same context.
+            unsafe { ssl.set_session(sess) }.map_err(|e| stack_text("SSL_set_session() failed", &e))?;
+        }
+        if let Some(key) = peer {
+            ssl.set_ex_data(session_key_index(), key);
+        }
+        Self::with(ssl, sock)
+    }
+
+    fn with(ssl: Ssl, sock: Conn) -> Result<TlsConn, String> {
+        clear_errors();
         // The relay retries a write from its own buffer, not the first one, and takes
         // what was written record by record (as a socket's partial writes).
         // SAFETY: SSL_set_mode on the SSL just made.
@@ -321,6 +359,53 @@ impl TlsConn {
         clear_errors();
         let _ = self.stream.shutdown();
         clear_errors();
+    }
+}
+
+thread_local! {
+    /// Upstream TLS sessions to resume, per peer (nginx keeps one on each round-robin
+    /// peer, `ngx_stream_upstream_save_round_robin_peer_session`); per worker.
+    pub static CLIENT_SESSIONS: std::cell::RefCell<std::collections::HashMap<String, ssl::SslSession>> =
+        Default::default();
+}
+
+/// The ex_data slot holding an upstream connection's session key.
+fn session_key_index() -> openssl::ex_data::Index<Ssl, String> {
+    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<Ssl, String>> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("an SSL ex_data index"))
+}
+
+/// `ngx_ssl_client_session_cache` + `ngx_ssl_new_client_session`: new sessions of an
+/// upstream connection are kept for its peer.
+pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
+    b.set_session_cache_mode(ssl::SslSessionCacheMode::CLIENT | ssl::SslSessionCacheMode::NO_INTERNAL);
+    b.set_new_session_callback(|ssl, session| {
+        if let Some(key) = ssl.ex_data(session_key_index()) {
+            let key = key.clone();
+            CLIENT_SESSIONS.with(|m| m.borrow_mut().insert(key, session));
+        }
+    });
+}
+
+/// The session kept for `peer`, if any.
+pub fn client_session(peer: &str) -> Option<ssl::SslSession> {
+    CLIENT_SESSIONS.with(|m| m.borrow().get(peer).cloned())
+}
+
+/// `ngx_ssl_check_host`: the peer certificate is for `name`.
+pub fn check_host(ssl: &ssl::SslRef, name: &str) -> bool {
+    let Some(cert) = ssl.peer_certificate() else { return false };
+    let cname = cstring(name);
+    let c: &openssl::x509::X509Ref = &cert;
+    // SAFETY: X509_check_host on a live certificate and a NUL-terminated name.
+    unsafe {
+        ffi::X509_check_host(
+            c as *const openssl::x509::X509Ref as *mut ffi::X509,
+            cname.as_ptr(),
+            name.len(),
+            0,
+            std::ptr::null_mut(),
+        ) == 1
     }
 }
 

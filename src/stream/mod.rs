@@ -27,6 +27,7 @@ pub mod map_module;
 pub mod nginx_directives;
 pub mod pass_module;
 pub mod proxy_module;
+pub mod proxy_ssl;
 pub mod realip_module;
 pub mod return_module;
 pub mod set_module;
@@ -44,6 +45,7 @@ crate::stream_modules! {
     core: core_module::StreamCore,
     log: log_module::Log,
     proxy: proxy_module::Proxy,
+    proxy_ssl: proxy_ssl::ProxySslModule,
     upstream: upstream_module::Upstream,
     realip: realip_module::StreamRealip,
     limit_conn: limit_conn_module::LimitConn,

@@ -375,6 +375,12 @@ pub struct ProxySession {
     upstream_number: u64,
     /// Its slot in nginx's connection array (`ConnSlots`).
     upstream_slot: u32,
+    /// `proxy_ssl`: the handshake with the upstream is under way.
+    tls_handshaking: bool,
+    /// The PROXY protocol header went out ahead of the upstream TLS handshake.
+    pp_sent: bool,
+    /// The name the upstream's certificate must match (`proxy_ssl_verify`).
+    ssl_name: String,
 }
 
 /// Keys this long or shorter (any address with its port, most names) are kept in the
@@ -436,6 +442,9 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         client_watched: false,
         upstream_number: 0,
         upstream_slot: 0,
+        tls_handshaking: false,
+        pp_sent: false,
+        ssl_name: String::new(),
         local: None,
         resolving: None,
         start_sec: crate::core::time::wall().0,
@@ -863,9 +872,13 @@ impl ProxySession {
     /// the epoll set first; at the end of the session closing is enough.
     fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
         cx.timers.clear(&mut self.connect_timer);
+        self.tls_handshaking = false;
         if let Some(mut u) = self.upstream.take() {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
             cx.rt.slots.give(self.upstream_slot);
+            if !retry {
+                u.close_notify();
+            }
             if retry {
                 let _ = u.deregister(cx.registry);
                 // A hang-up seen on the failed socket says nothing of the next one.
@@ -881,6 +894,99 @@ impl ProxySession {
         }
     }
 
+    /// `proxy_ssl` (`ngx_stream_proxy_ssl_init_connection`): a PROXY header goes out
+    /// first, at once, then the TLS handshake with the upstream starts.
+    fn start_upstream_tls(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        let srv = s.srv.clone();
+        let Some(ctx) = srv.confs.proxy_ssl.ctx.as_ref() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        let pp = match srv.confs.proxy.proxy_protocol.get() {
+            1 => Some(crate::stream::proxy_protocol::write_v1(&s.remote, &s.local)),
+            2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, false)),
+            _ => None,
+        };
+        let Some(u) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        if let Some(h) = pp.filter(|_| !self.pp_sent) {
+            // ngx_stream_proxy_send_proxy_protocol: one send, whole or nothing.
+            match u.write(&h) {
+                Ok(n) if n == h.len() => {}
+                Ok(_) => {
+                    s.log(Level::Error, "could not send PROXY protocol header at once", None);
+                    return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    s.log(Level::Error, "could not send PROXY protocol header at once", None);
+                    return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+                }
+                Err(e) => {
+                    s.connection_error(Side::Upstream, &e, "send() failed");
+                    return Flow::Finalize(status::OK);
+                }
+            }
+            self.pp_sent = true;
+        }
+        let group = self.group.unwrap_or(0);
+        let host = cx.rt.group_name(group);
+        let (name, sni) = crate::stream::proxy_ssl::ssl_name(s, &host);
+        self.ssl_name = name;
+        let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
+        let key = format!("{}/{}", host, peer);
+        let reuse = srv.confs.proxy_ssl.session_reuse();
+        let session = if reuse { crate::core::ssl::client_session(&key) } else { None };
+        let Some(u) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
+        if let Err(msg) = u.start_tls_client(ctx, sni.as_deref(), session.as_deref(), reuse.then_some(key)) {
+            s.log(Level::Error, &msg, None);
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        }
+        s.action = Some("SSL handshaking to upstream");
+        self.tls_handshaking = true;
+        self.upstream_handshake(s, cx)
+    }
+
+    /// `ngx_stream_proxy_ssl_handshake`: go on with the handshake; once done (and the
+    /// certificate checked, with `proxy_ssl_verify`), relaying starts; a failure tries
+    /// the next upstream.
+    fn upstream_handshake(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        let Some(t) = self.upstream.as_mut().and_then(|u| u.tls_mut()) else {
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        };
+        match t.handshake() {
+            crate::core::ssl::Handshake::Done => {
+                if s.srv.confs.proxy_ssl.verify() {
+                    let rc = t.ssl().verify_result();
+                    if rc != openssl::x509::X509VerifyResult::OK {
+                        let msg =
+                            format!("upstream SSL certificate verify error: ({}:{})", rc.as_raw(), rc.error_string());
+                        s.log(Level::Error, &msg, None);
+                        return self.next_upstream(s, cx);
+                    }
+                    if !crate::core::ssl::check_host(t.ssl(), &self.ssl_name) {
+                        let msg = format!("upstream SSL certificate does not match \"{}\"", self.ssl_name);
+                        s.log(Level::Error, &msg, None);
+                        return self.next_upstream(s, cx);
+                    }
+                }
+                self.tls_handshaking = false;
+                cx.timers.clear(&mut self.connect_timer);
+                self.init_upstream(s, cx)
+            }
+            crate::core::ssl::Handshake::Again => {
+                if self.connect_timer.is_none() {
+                    let t = conf(s).connect_timeout.get();
+                    cx.timers.set(&mut self.connect_timer, cx.now + t, session_token(s.key, Side::Client));
+                }
+                Flow::Again
+            }
+            crate::core::ssl::Handshake::Closed(os) => {
+                s.log(Level::Error, "peer closed connection in SSL handshake", os.as_ref());
+                self.next_upstream(s, cx)
+            }
+            crate::core::ssl::Handshake::Failed(e) => {
+                s.connection_error(Side::Upstream, &e, "SSL_do_handshake() failed");
+                self.next_upstream(s, cx)
+            }
+        }
+    }
+
     /// `ngx_stream_proxy_init_upstream`: the connection is up; start relaying.
     fn init_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         cx.timers.clear(&mut self.connect_timer);
@@ -891,6 +997,9 @@ impl ProxySession {
                 return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
             }
         }
+        if !self.udp && !u.is_tls() && s.srv.confs.proxy_ssl.ctx.is_some() {
+            return self.start_upstream_tls(s, cx);
+        }
         if s.log_enabled(Level::Info) {
             let local = u.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
@@ -900,7 +1009,8 @@ impl ProxySession {
         if let Some(st) = s.upstream_states.last_mut() {
             st.connect_time = Some(cx.now.saturating_duration_since(self.start));
         }
-        if let (Some(g), true) = (self.group, u.is_tcp()) {
+        let tcp = u.is_tcp() || matches!(u, Conn::Tls(t) if t.sock().is_tcp());
+        if let (Some(g), true) = (self.group, tcp) {
             cx.rt.notify_connect(g, &mut self.pick);
         }
         let srv = s.srv.clone();
@@ -916,7 +1026,7 @@ impl ProxySession {
             let pre = std::mem::take(&mut s.preread);
             self.down.prepend(&pre);
         }
-        if let Some(h) = pp {
+        if let Some(h) = pp.filter(|_| !self.pp_sent) {
             if self.udp {
                 // nginx sends it in front of the first datagram.
                 self.udp_header = Some(h);
@@ -993,7 +1103,7 @@ impl ProxySession {
             }
         };
         // TLS bytes pass through OpenSSL: no splicing for a TLS client.
-        let budget = Budget { buffer, limit, splice: rate == 0 && !s.client.is_tls(), rate };
+        let budget = Budget { buffer, limit, splice: rate == 0 && !s.client.is_tls() && !upstream.is_tls(), rate };
         let (src, dst, d) = if from_upstream {
             (upstream, &mut s.client, &mut self.up)
         } else {
@@ -1434,6 +1544,9 @@ impl Content for ProxySession {
                 Side::Upstream => self.up.src_ready = true,
             }
         }
+        if side == Side::Upstream && self.tls_handshaking {
+            return self.upstream_handshake(s, cx);
+        }
         if side == Side::Upstream && !self.connected {
             if !(ready.writable || ready.error || ready.hup) {
                 return Flow::Again;
@@ -1476,6 +1589,12 @@ impl Content for ProxySession {
     }
 
     fn on_timeout(&mut self, s: &mut SessionCore, id: TimerId, cx: &mut Cx<'_>) -> Flow {
+        if self.connect_timer == Some(id) && self.tls_handshaking {
+            // nginx's handshake handler takes the timeout as a failed handshake: the
+            // next upstream, without a line.
+            self.connect_timer = None;
+            return self.next_upstream(s, cx);
+        }
         if self.connect_timer == Some(id) {
             self.connect_timer = None;
             let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);

@@ -135,11 +135,16 @@ fn certificate_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     push_str(&mut c.certificate_keys, cmd)
 }
 
-/// `ngx_ssl_read_password_file`: one password a line, read now.
 fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if c.passwords.is_some() {
         return Err(cmd.duplicate());
     }
+    c.passwords = Some(read_password_file(cmd, cx)?);
+    Ok(())
+}
+
+/// `ngx_ssl_read_password_file`: one password a line, read now.
+pub(crate) fn read_password_file(cmd: &Cmd, cx: &ConfCx) -> ConfResult<Rc<Vec<Vec<u8>>>> {
     let path = cx.conf_full_name(cmd.arg(0));
     let data = std::fs::read(&path)
         .map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e))))?;
@@ -154,8 +159,7 @@ fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if list.is_empty() {
         return Err(cmd.err(format!("no passwords in \"{}\"", path)));
     }
-    c.passwords = Some(Rc::new(list));
-    Ok(())
+    Ok(Rc::new(list))
 }
 
 fn dhparam(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
@@ -166,20 +170,28 @@ fn ecdh_curve(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     set_str(&mut c.ecdh_curve, cmd)
 }
 
-/// `ngx_conf_set_bitmask_slot`: names add up, a repeated one is a warning.
 fn protocols(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    protocol_bits(&mut c.protocols, cmd, cx)
+}
+
+/// `ngx_conf_set_bitmask_slot` over the protocol names: names add up, a repeated one is
+/// a warning.
+pub(crate) fn protocol_bits(bits: &mut u32, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     for a in &cmd.args {
         let Some(&(_, bit)) = PROTOCOLS.iter().find(|(n, _)| n.eq_ignore_ascii_case(a)) else {
             return Err(cmd.err(format!("invalid value \"{}\"", a)));
         };
-        if c.protocols & bit != 0 {
+        if *bits & bit != 0 {
             cx.warn(cmd, &format!("duplicate value \"{}\"", a));
         } else {
-            c.protocols |= bit;
+            *bits |= bit;
         }
     }
     Ok(())
 }
+
+/// nginx's default `ssl_protocols` / `proxy_ssl_protocols` (1.22.1): TLSv1 to TLSv1.2.
+pub(crate) const DEFAULT_PROTOCOLS: u32 = TLSV1 | TLSV1_1 | TLSV1_2;
 
 fn ciphers(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     set_str(&mut c.ciphers, cmd)
@@ -333,7 +345,7 @@ impl Module for StreamSsl {
         c.session_timeout.merge(&p.session_timeout, Duration::from_secs(300));
         c.prefer_server_ciphers.merge(&p.prefer_server_ciphers, false);
         if c.protocols == 0 {
-            c.protocols = if p.protocols != 0 { p.protocols } else { TLSV1 | TLSV1_1 | TLSV1_2 };
+            c.protocols = if p.protocols != 0 { p.protocols } else { DEFAULT_PROTOCOLS };
         }
         c.verify.merge(&p.verify, 0);
         c.verify_depth.merge(&p.verify_depth, 1);
@@ -447,7 +459,7 @@ fn open_bio(name: &str) -> Result<*mut ffi::BIO, &'static str> {
 }
 
 /// `ngx_ssl_certificate`: the certificate, its chain and its key into the context.
-fn use_certificate(
+pub(crate) fn use_certificate(
     b: &mut SslContextBuilder,
     cert: &str,
     key: &str,
@@ -539,15 +551,15 @@ unsafe fn free_chain(chain: *mut ffi::OPENSSL_STACK) {
     }
 }
 
-/// nginx's merge from `ngx_ssl_create` on: the context for a server with
-/// `listen ... ssl`, or nginx's error text.
-fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> Result<SslContext, String> {
+/// `ngx_ssl_create`: a context with nginx's options, bug workarounds and protocol
+/// switches (`protocols` is a bit set of `PROTOCOLS`).
+pub(crate) fn ssl_create(protocols: u32) -> Result<SslContextBuilder, String> {
     tls::clear_errors();
     let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| stack_text("SSL_CTX_new() failed", &e))?;
     // ngx_ssl_create's options, bugs workarounds and protocol switches.
     b.set_options(SslOptions::SINGLE_DH_USE | SslOptions::DONT_INSERT_EMPTY_FRAGMENTS);
     b.clear_options(SslOptions::NO_SSLV2 | SslOptions::NO_SSLV3 | SslOptions::NO_TLSV1);
-    let p = c.protocols;
+    let p = protocols;
     for (bit, opt) in [
         (SSLV2, SslOptions::NO_SSLV2),
         (SSLV3, SslOptions::NO_SSLV3),
@@ -572,6 +584,13 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::NO_AUTO_CHAIN);
     // SAFETY: a live context.
     unsafe { ffi::SSL_CTX_set_read_ahead(b.as_ptr(), 1) };
+    Ok(b)
+}
+
+/// nginx's merge from `ngx_ssl_create` on: the context for a server with
+/// `listen ... ssl`, or nginx's error text.
+fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> Result<SslContext, String> {
+    let mut b = ssl_create(c.protocols)?;
     // ngx_stream_ssl_servername: SNI is accepted whatever the name.
     b.set_servername_callback(|_, _| Ok::<(), SniError>(()));
     if let Some(wire) = c.alpn.clone() {
@@ -683,7 +702,7 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
 }
 
 /// `ngx_ssl_crl`: revocation lists checked for the whole chain.
-fn load_crl(b: &mut SslContextBuilder, path: &str) -> Result<(), String> {
+pub(crate) fn load_crl(b: &mut SslContextBuilder, path: &str) -> Result<(), String> {
     let cpath = tls::cstring(path);
     // SAFETY: the context's own store; the lookup belongs to it.
     unsafe {
@@ -727,7 +746,7 @@ fn proto_list(mut b: &[u8]) -> Vec<&[u8]> {
 }
 
 /// `ngx_ssl_conf_commands`.
-fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]) -> Result<(), String> {
+pub(crate) fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]) -> Result<(), String> {
     // SAFETY: an SSL_CONF_CTX made, used on a live context and freed here.
     unsafe {
         let cctx = ffi::SSL_CONF_CTX_new();
