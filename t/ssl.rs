@@ -492,3 +492,66 @@ fn tls_both_sides_bulk() {
     assert!(log[0].starts_with("200 3145728 3145728 [TLSv1.2]"), "{log:?}");
     s.stop();
 }
+
+/// `ssl_verify_client optional` with a certificate from the trusted CA and with a
+/// self-signed one: the `$ssl_client_*` values and the verify error line nginx 1.22.1
+/// gave for the same certificates (t/data/conf_errors/ssl.files: ca.pem, client.pem;
+/// `$ssl_client_v_remain` counts down a day a day, so it is checked against the date).
+#[test]
+fn client_certificate_as_nginx() {
+    let port = free_port();
+    let f = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$status [$ssl_client_verify] [$ssl_client_s_dn] [$ssl_client_i_dn] \
+         [$ssl_client_serial] [$ssl_client_fingerprint] [$ssl_client_v_start] [$ssl_client_v_end] \
+         [$ssl_client_v_remain]';\n    access_log %%PREFIX%%access.log t;\n    server {{\n        listen \
+         127.0.0.1:{port} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
+         ssl_verify_client optional;\n        ssl_client_certificate {d}/ca.pem;\n        return ok;\n    }}\n}}\n",
+        d = f.display()
+    );
+    let mut s = Sluice::start(&conf);
+    for (cert, key) in [("client.pem", "client.key"), ("cert.pem", "key.pem")] {
+        let r = tls_result(port, None, |b| {
+            b.set_certificate_file(f.join(cert), openssl::ssl::SslFiletype::PEM).expect("cert");
+            b.set_private_key_file(f.join(key), openssl::ssl::SslFiletype::PEM).expect("key");
+        });
+        if let Ok(mut c) = r {
+            let mut out = String::new();
+            c.read_to_string(&mut out).ok();
+        }
+        wait_log(&s, if cert == "client.pem" { 1 } else { 2 });
+    }
+    let log = wait_log(&s, 2);
+    let days = |end_year: i64| {
+        // Days from now to the end (22:40:09 on the date given below).
+        let end = openssl::asn1::Asn1Time::from_str(&format!("{end_year}1029224009Z")).expect("time");
+        let now = openssl::asn1::Asn1Time::days_from_now(0).expect("now");
+        now.diff(&end).expect("diff").days
+    };
+    assert_eq!(
+        log[0],
+        format!(
+            "200 [SUCCESS] [emailAddress=a@b.example,CN=client.example,O=Client,C=DE] [CN=Test CA,O=Test\\x5C, \
+             Inc.,C=DE] [0123] [fe75dc50bd8229a9a56f8160f19e920247ca1aec] [Nov 22 22:40:09 2026 GMT] [Oct 29 \
+             22:40:09 2126 GMT] [{}]",
+            days(2126)
+        )
+    );
+    assert!(
+        log[1].starts_with(
+            "500 [FAILED:self-signed certificate] [CN=localhost] [CN=localhost] [6815E5CAEFF2921071ABBD58001CA1946D776162] \
+             [3628619763fa80c3ea411d669bf2e9a59bcecc01] [Nov 22 22:21:58 2026 GMT] [Oct 29 22:21:58 2126 GMT]"
+        ),
+        "{log:?}"
+    );
+    let lines = session_lines(&s);
+    assert!(
+        lines.contains(
+            &"*2 client SSL certificate verify error: (18:self-signed certificate) while SSL handshaking, client: \
+              127.0.0.1, server: 127.0.0.1:P"
+                .to_string()
+        ),
+        "{lines:?}"
+    );
+    s.stop();
+}

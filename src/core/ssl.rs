@@ -30,6 +30,13 @@ pub mod ffi {
         pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
         pub fn SSL_set_quiet_shutdown(ssl: *mut SSL, mode: c_int);
         pub fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const u8) -> *const SSL_CIPHER;
+        pub fn X509_NAME_print_ex(
+            out: *mut BIO,
+            nm: *const X509_NAME,
+            indent: std::os::raw::c_int,
+            flags: std::os::raw::c_ulong,
+        ) -> std::os::raw::c_int;
+        pub fn i2a_ASN1_INTEGER(bp: *mut BIO, a: *const ASN1_INTEGER) -> std::os::raw::c_int;
         pub fn X509_check_host(
             x: *mut X509,
             chk: *const c_char,
@@ -390,6 +397,49 @@ pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
 /// The session kept for `peer`, if any.
 pub fn client_session(peer: &str) -> Option<ssl::SslSession> {
     CLIENT_SESSIONS.with(|m| m.borrow().get(peer).cloned())
+}
+
+/// What an OpenSSL printer writes into a memory BIO.
+fn print_to_string(print: impl FnOnce(*mut ffi::BIO)) -> String {
+    // SAFETY: a memory BIO made, written by `print`, read and freed here.
+    unsafe {
+        let bio = ffi::BIO_new(ffi::BIO_s_mem());
+        if bio.is_null() {
+            return String::new();
+        }
+        print(bio);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = ffi::BIO_read(bio, buf.as_mut_ptr().cast(), buf.len() as c_int);
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        ffi::BIO_free_all(bio);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// `$ssl_client_s_dn` / `$ssl_client_i_dn`: the name as RFC 2253 prints it
+/// (`X509_NAME_print_ex` with `XN_FLAG_RFC2253`).
+pub fn rfc2253(name: &openssl::x509::X509NameRef) -> String {
+    const XN_FLAG_RFC2253: std::os::raw::c_ulong = 0x317 | (1 << 16) | (1 << 20) | (1 << 24);
+    let p = name as *const openssl::x509::X509NameRef as *mut ffi::X509_NAME;
+    // SAFETY: printing a live name into the BIO.
+    print_to_string(|bio| unsafe {
+        ffi::X509_NAME_print_ex(bio, p, 0, XN_FLAG_RFC2253);
+    })
+}
+
+/// `$ssl_client_serial`: `i2a_ASN1_INTEGER`'s hex.
+pub fn serial(cert: &openssl::x509::X509Ref) -> String {
+    let sn = cert.serial_number() as *const openssl::asn1::Asn1IntegerRef as *mut ffi::ASN1_INTEGER;
+    // SAFETY: printing the certificate's own serial number into the BIO.
+    print_to_string(|bio| unsafe {
+        ffi::i2a_ASN1_INTEGER(bio, sn);
+    })
 }
 
 /// `ngx_ssl_check_host`: the peer certificate is for `name`.

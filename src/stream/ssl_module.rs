@@ -869,13 +869,9 @@ fn var_ssl(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
         "ssl_server_name" => ssl.servername(openssl::ssl::NameType::HOST_NAME).unwrap_or("").to_string(),
         "ssl_alpn_protocol" => String::from_utf8_lossy(ssl.selected_alpn_protocol().unwrap_or(b"")).into_owned(),
         "ssl_client_verify" => client_verify(ssl),
-        "ssl_client_s_dn" => ssl.peer_certificate().map_or(String::new(), |c| dn(c.subject_name())),
-        "ssl_client_i_dn" => ssl.peer_certificate().map_or(String::new(), |c| dn(c.issuer_name())),
-        "ssl_client_serial" => ssl
-            .peer_certificate()
-            .and_then(|c| c.serial_number().to_bn().ok())
-            .and_then(|bn| bn.to_hex_str().ok().map(|h| h.to_string()))
-            .unwrap_or_default(),
+        "ssl_client_s_dn" => ssl.peer_certificate().map_or(String::new(), |c| tls::rfc2253(c.subject_name())),
+        "ssl_client_i_dn" => ssl.peer_certificate().map_or(String::new(), |c| tls::rfc2253(c.issuer_name())),
+        "ssl_client_serial" => ssl.peer_certificate().map_or(String::new(), |c| tls::serial(&c)),
         "ssl_client_fingerprint" => ssl
             .peer_certificate()
             .and_then(|c| c.digest(openssl::hash::MessageDigest::sha1()).ok())
@@ -918,20 +914,6 @@ fn client_verify(ssl: &openssl::ssl::SslRef) -> String {
     } else {
         "NONE".to_string()
     }
-}
-
-/// A distinguished name as RFC 2253 (`X509_NAME_print_ex` with `XN_FLAG_RFC2253`).
-fn dn(name: &openssl::x509::X509NameRef) -> String {
-    let mut parts: Vec<String> = name
-        .entries()
-        .map(|e| {
-            let key = e.object().nid().short_name().unwrap_or("").to_string();
-            let val = e.data().to_string().unwrap_or_default();
-            format!("{}={}", key, val)
-        })
-        .collect();
-    parts.reverse();
-    parts.join(",")
 }
 
 fn hex_lower(b: &[u8]) -> String {
