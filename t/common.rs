@@ -413,3 +413,12 @@ pub fn private_network() {
         libc::close(fd);
     }
 }
+
+/// A certificate's subject common name.
+pub fn cn(x: &openssl::x509::X509Ref) -> String {
+    x.subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .unwrap_or_default()
+}

@@ -555,3 +555,57 @@ fn client_certificate_as_nginx() {
     );
     s.stop();
 }
+
+/// Certificates named with variables (`ngx_stream_ssl_certificate`): loaded for each
+/// handshake, here by the SNI name; a name without a file is nginx's error line, then
+/// the handshake fails ("cert cb error"). And `proxy_ssl_certificate` with variables,
+/// whose missing key ends the session with 500 before the upstream handshake. Lines as
+/// nginx 1.22.1 wrote them for the same configuration.
+#[test]
+fn certificates_by_variables_as_nginx() {
+    let (p1, p2) = (free_port(), free_port());
+    let d = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$status [$ssl_server_name]';\n    access_log %%PREFIX%%access.log t;\n    \
+         map $ssl_server_name $k {{ cert key; default none; }}\n    \
+         server {{\n        listen 127.0.0.1:{p1} ssl;\n        ssl_certificate {d}/$ssl_server_name.pem;\n        \
+         ssl_certificate_key {d}/$k.pem;\n        return \"$ssl_server_name\\n\";\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{p2};\n        proxy_ssl on;\n        proxy_ssl_certificate {d}/cert.pem;\n        \
+         proxy_ssl_certificate_key {d}/no$k;\n        proxy_pass 127.0.0.1:{p1};\n    }}\n}}\n",
+        d = d.display()
+    );
+    let mut s = Sluice::start(&conf);
+    let mut c = tls(p1, Some("cert"), |_| {});
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "cert\n");
+    assert_eq!(c.ssl().peer_certificate().map(|x| crate::common::cn(&x)), Some("localhost".to_string()));
+    assert!(tls_result(p1, Some("nope"), |_| {}).is_err());
+    let mut plain = Vec::new();
+    connect(p2).read_to_end(&mut plain).ok();
+    // The fourth line is the TLS server's: the proxy's connection to it closed before a
+    // hello ("peer closed connection in SSL handshake"), as under nginx.
+    let log = wait_log(&s, 4);
+    assert_eq!(log, ["200 [cert]", "500 [nope]", "500 [-]", "500 [-]"]);
+    let lines = session_lines(&s);
+    let d = d.display();
+    for want in [
+        format!(
+            "*2 cannot load certificate \"{d}/nope.pem\": BIO_new_file() failed (SSL: error:80000002:system \
+             library::No such file or directory:calling fopen({d}/nope.pem, r) error:10000080:BIO routines::no such \
+             file) while SSL handshaking, client: 127.0.0.1, server: 127.0.0.1:P"
+        ),
+        "*2 SSL_do_handshake() failed (SSL: error:0A000179:SSL routines::cert cb error) while SSL handshaking, client: \
+         127.0.0.1, server: 127.0.0.1:P"
+            .to_string(),
+        format!(
+            "*3 cannot load certificate key \"{d}/nonone\": BIO_new_file() failed (SSL: error:80000002:system \
+             library::No such file or directory:calling fopen({d}/nonone, r) error:10000080:BIO routines::no such \
+             file) while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:P, upstream: \"127.0.0.1:P\", \
+             bytes from/to client:0/0, bytes from/to upstream:0/0"
+        ),
+    ] {
+        assert!(lines.contains(&want), "{want}\nnot in {lines:?}");
+    }
+    s.stop();
+}

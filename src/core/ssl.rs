@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
-use std::os::raw::{c_char, c_int, c_long, c_ulong};
+use std::os::raw::{c_char, c_int, c_long, c_ulong, c_void};
 
 use openssl::error::ErrorStack;
 use openssl::ssl::{self, ErrorCode, Ssl, SslContext, SslStream};
@@ -36,6 +36,11 @@ pub mod ffi {
             indent: std::os::raw::c_int,
             flags: std::os::raw::c_ulong,
         ) -> std::os::raw::c_int;
+        pub fn SSL_CTX_set_cert_cb(
+            c: *mut SSL_CTX,
+            cb: Option<unsafe extern "C" fn(*mut SSL, *mut c_void) -> std::os::raw::c_int>,
+            arg: *mut c_void,
+        );
         pub fn i2a_ASN1_INTEGER(bp: *mut BIO, a: *const ASN1_INTEGER) -> std::os::raw::c_int;
         pub fn X509_check_host(
             x: *mut X509,
@@ -215,6 +220,9 @@ pub enum Handshake {
     Done,
     /// OpenSSL waits for the socket.
     Again,
+    /// The certificate is named with variables: the caller loads it
+    /// (`TlsConn::set_certificates`) and goes on with the handshake.
+    Certificate,
     /// The peer went away ("peer closed connection in SSL handshake"), with its system
     /// error if any.
     Closed(Option<io::Error>),
@@ -307,6 +315,9 @@ impl TlsConn {
                 Handshake::Done
             }
             Err(e) => {
+                if e.code() == ErrorCode::from_raw(ffi::SSL_ERROR_WANT_X509_LOOKUP) {
+                    return Handshake::Certificate;
+                }
                 if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE)
                     && e.io_error().is_none_or(|io| io.kind() == io::ErrorKind::WouldBlock)
                 {
@@ -321,6 +332,17 @@ impl TlsConn {
                 Handshake::Failed(io_error(e, "SSL_do_handshake() failed"))
             }
         }
+    }
+
+    /// Load the certificates for this connection (`ngx_stream_ssl_certificate`: names
+    /// evaluated for this session, full paths); the handshake then goes on with them,
+    /// or fails when one could not be loaded (nginx's error text is returned).
+    pub fn set_certificates(&mut self, pairs: &[(String, String)], pwds: Option<&[Vec<u8>]>) -> Result<(), String> {
+        let ssl = self.stream.ssl() as *const ssl::SslRef as *mut ffi::SSL;
+        let r = pairs.iter().try_for_each(|(c, k)| use_certificate(CertTarget::Ssl(ssl), c, k, pwds));
+        // SAFETY: the slot holds a plain number, not a pointer.
+        unsafe { ffi::SSL_set_ex_data(ssl, cert_state_index(), if r.is_ok() { 1 } else { 2 } as *mut c_void) };
+        r
     }
 
     /// `ngx_ssl_recv`: bytes, 0 at the end (close_notify or the socket's end), or
@@ -374,6 +396,32 @@ thread_local! {
     /// peer, `ngx_stream_upstream_save_round_robin_peer_session`); per worker.
     pub static CLIENT_SESSIONS: std::cell::RefCell<std::collections::HashMap<String, ssl::SslSession>> =
         Default::default();
+}
+
+/// The ex_data slot saying whether a connection's certificates (named with variables)
+/// are loaded: 0 not yet, 1 loaded, 2 failed.
+fn cert_state_index() -> c_int {
+    static INDEX: std::sync::OnceLock<c_int> = std::sync::OnceLock::new();
+    // SAFETY: registers a new ex_data index without callbacks.
+    *INDEX.get_or_init(|| unsafe { ffi::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, None) })
+}
+
+/// The certificate callback of a context whose certificates are named with variables:
+/// suspend the handshake (`SSL_ERROR_WANT_X509_LOOKUP`) until the session loaded them.
+unsafe extern "C" fn cert_cb(ssl: *mut ffi::SSL, _: *mut c_void) -> c_int {
+    // SAFETY: reading our own slot of a live SSL.
+    match unsafe { ffi::SSL_get_ex_data(ssl, cert_state_index()) } as usize {
+        1 => 1,
+        2 => 0,
+        _ => -1,
+    }
+}
+
+/// Certificates come per handshake (see `Handshake::Certificate`).
+pub fn set_cert_callback(b: &mut openssl::ssl::SslContextBuilder) {
+    cert_state_index();
+    // SAFETY: installs a callback that only reads the SSL's ex_data.
+    unsafe { ffi::SSL_CTX_set_cert_cb(b.as_ptr(), Some(cert_cb), std::ptr::null_mut()) };
 }
 
 /// The ex_data slot holding an upstream connection's session key.
@@ -456,6 +504,153 @@ pub fn check_host(ssl: &ssl::SslRef, name: &str) -> bool {
             0,
             std::ptr::null_mut(),
         ) == 1
+    }
+}
+
+/// The password callback (`ngx_ssl_password_callback`): the password tried now, or
+/// none, so that an encrypted key without `ssl_password_file` fails instead of asking
+/// on a terminal.
+extern "C" fn password_cb(buf: *mut c_char, size: c_int, rwflag: c_int, u: *mut c_void) -> c_int {
+    if rwflag != 0 || u.is_null() || size <= 0 {
+        return 0;
+    }
+    // SAFETY: `u` points at the password slice passed to PEM_read_bio_PrivateKey below,
+    // alive for the call.
+    let pwd: &Vec<u8> = unsafe { &*(u as *const Vec<u8>) };
+    let n = pwd.len().min(size as usize);
+    if pwd.len() > size as usize {
+        crate::core::log::error(Level::Error, &format!("password is truncated to {} bytes", size), None);
+    }
+    // SAFETY: `buf` has room for `size` bytes; n <= size.
+    unsafe { std::ptr::copy_nonoverlapping(pwd.as_ptr(), buf.cast::<u8>(), n) };
+    n as c_int
+}
+
+/// A BIO over `name`: the file (under the configuration prefix), or the text after
+/// "data:".
+fn open_bio(name: &str) -> Result<*mut ffi::BIO, &'static str> {
+    if let Some(data) = name.strip_prefix("data:") {
+        // SAFETY: BIO_new_mem_buf copies nothing: the configuration outlives the BIO's use
+        // here (it is freed before this function's caller returns).
+        let bio = unsafe { ffi::BIO_new_mem_buf(data.as_ptr().cast(), data.len() as c_int) };
+        return if bio.is_null() { Err("BIO_new_mem_buf() failed") } else { Ok(bio) };
+    }
+    let path = cstring(name);
+    // SAFETY: NUL-terminated path and mode.
+    let bio = unsafe { ffi::BIO_new_file(path.as_ptr(), c"r".as_ptr()) };
+    if bio.is_null() {
+        Err("BIO_new_file() failed")
+    } else {
+        Ok(bio)
+    }
+}
+
+/// Where a certificate goes: a context (configuration time) or one connection (a
+/// certificate named with variables, at handshake time).
+#[derive(Clone, Copy)]
+pub enum CertTarget {
+    Ctx(*mut ffi::SSL_CTX),
+    Ssl(*mut ffi::SSL),
+}
+
+/// `ngx_ssl_certificate` / `ngx_ssl_connection_certificate`: a certificate, its chain
+/// and its key (full names, or "data:" and the PEM text) into `target`, or nginx's
+/// error text.
+pub fn use_certificate(target: CertTarget, cert: &str, key: &str, pwds: Option<&[Vec<u8>]>) -> Result<(), String> {
+    let prefix = match target {
+        CertTarget::Ctx(_) => "SSL_CTX_",
+        CertTarget::Ssl(_) => "SSL_",
+    };
+    let fail = |what: &str| queue_text(&format!("cannot load certificate \"{}\": {}", cert, what));
+    let bio = open_bio(cert).map_err(fail)?;
+    // SAFETY: reading PEM from a live BIO; every object made is freed or handed over.
+    unsafe {
+        let x509 = ffi::PEM_read_bio_X509_AUX(bio, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+        if x509.is_null() {
+            ffi::BIO_free_all(bio);
+            return Err(fail("PEM_read_bio_X509_AUX() failed"));
+        }
+        let chain = ffi::OPENSSL_sk_new_null();
+        loop {
+            let x = ffi::PEM_read_bio_X509(bio, std::ptr::null_mut(), None, std::ptr::null_mut());
+            if x.is_null() {
+                let n = ffi::ERR_peek_last_error();
+                if ffi::ERR_GET_LIB(n) == ffi::ERR_LIB_PEM && ffi::ERR_GET_REASON(n) == ffi::PEM_R_NO_START_LINE {
+                    ffi::ERR_clear_error();
+                    break;
+                }
+                ffi::BIO_free_all(bio);
+                ffi::X509_free(x509);
+                free_chain(chain);
+                return Err(fail("PEM_read_bio_X509() failed"));
+            }
+            ffi::OPENSSL_sk_push(chain, x.cast());
+        }
+        ffi::BIO_free_all(bio);
+        let used = match target {
+            CertTarget::Ctx(ctx) => ffi::SSL_CTX_use_certificate(ctx, x509),
+            CertTarget::Ssl(ssl) => ffi::SSL_use_certificate(ssl, x509),
+        };
+        if used == 0 {
+            ffi::X509_free(x509);
+            free_chain(chain);
+            return Err(queue_text(&format!("{}use_certificate(\"{}\") failed", prefix, cert)));
+        }
+        ffi::X509_free(x509);
+        let set = match target {
+            CertTarget::Ctx(ctx) => ffi::SSL_CTX_ctrl(ctx, ffi::SSL_CTRL_CHAIN, 0, chain.cast()),
+            CertTarget::Ssl(ssl) => ffi::SSL_ctrl(ssl, ffi::SSL_CTRL_CHAIN, 0, chain.cast()),
+        };
+        if set == 0 {
+            free_chain(chain);
+            return Err(queue_text(&format!("{}set0_chain(\"{}\") failed", prefix, cert)));
+        }
+    }
+    let kfail = |what: &str| queue_text(&format!("cannot load certificate key \"{}\": {}", key, what));
+    let bio = open_bio(key).map_err(kfail)?;
+    let none: &[Vec<u8>] = &[];
+    let tries = pwds.unwrap_or(none);
+    // SAFETY: as above; the password outlives each call.
+    unsafe {
+        let mut i = 0;
+        let pkey = loop {
+            let u = tries.get(i).map_or(std::ptr::null_mut(), |p| p as *const Vec<u8> as *mut c_void);
+            let k = ffi::PEM_read_bio_PrivateKey(bio, std::ptr::null_mut(), Some(password_cb), u);
+            if !k.is_null() {
+                break k;
+            }
+            i += 1;
+            if i < tries.len() {
+                ffi::ERR_clear_error();
+                ffi::BIO_ctrl(bio, 1 /* BIO_CTRL_RESET */, 0, std::ptr::null_mut());
+                continue;
+            }
+            ffi::BIO_free_all(bio);
+            return Err(kfail("PEM_read_bio_PrivateKey() failed"));
+        };
+        ffi::BIO_free_all(bio);
+        let used = match target {
+            CertTarget::Ctx(ctx) => ffi::SSL_CTX_use_PrivateKey(ctx, pkey),
+            CertTarget::Ssl(ssl) => ffi::SSL_use_PrivateKey(ssl, pkey),
+        };
+        if used == 0 {
+            ffi::EVP_PKEY_free(pkey);
+            return Err(queue_text(&format!("{}use_PrivateKey(\"{}\") failed", prefix, key)));
+        }
+        ffi::EVP_PKEY_free(pkey);
+    }
+    Ok(())
+}
+
+/// Free a chain that was not handed to the context.
+unsafe fn free_chain(chain: *mut ffi::OPENSSL_STACK) {
+    // SAFETY: the caller's chain of X509s.
+    unsafe {
+        while ffi::OPENSSL_sk_num(chain.cast()) > 0 {
+            let x = ffi::OPENSSL_sk_pop(chain);
+            ffi::X509_free(x.cast());
+        }
+        ffi::OPENSSL_sk_free(chain);
     }
 }
 

@@ -937,6 +937,18 @@ impl ProxySession {
             s.log(Level::Error, &msg, None);
             return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
         }
+        // ngx_stream_proxy_ssl_certificate: a certificate named with variables.
+        if let Some(pair) = crate::stream::proxy_ssl::certificate_names(s) {
+            let pwds = srv.confs.proxy_ssl.passwords();
+            let r = match self.upstream.as_mut().and_then(|u| u.tls_mut()) {
+                Some(t) => t.set_certificates(&[pair], pwds),
+                None => Ok(()),
+            };
+            if let Err(msg) = r {
+                s.log(Level::Error, &msg, None);
+                return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+            }
+        }
         s.action = Some("SSL handshaking to upstream");
         self.tls_handshaking = true;
         self.upstream_handshake(s, cx)
@@ -976,6 +988,8 @@ impl ProxySession {
                 }
                 Flow::Again
             }
+            // A client context has no certificate callback.
+            crate::core::ssl::Handshake::Certificate => self.next_upstream(s, cx),
             crate::core::ssl::Handshake::Closed(os) => {
                 s.log(Level::Error, "peer closed connection in SSL handshake", os.as_ref());
                 self.next_upstream(s, cx)

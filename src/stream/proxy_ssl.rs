@@ -28,8 +28,12 @@ pub struct ProxySsl {
     verify_depth: Setting<u64>,
     trusted_certificate: Setting<String>,
     crl: Setting<String>,
-    certificate: Setting<Option<String>>,
-    certificate_key: Setting<Option<String>>,
+    certificate: Setting<Option<(String, Option<Complex>)>>,
+    certificate_key: Setting<Option<(String, Option<Complex>)>>,
+    /// The certificate and key named with variables (evaluated per connection), and
+    /// the directory relative names start from.
+    cert_values: Option<(Complex, Complex)>,
+    conf_prefix: String,
     passwords: Option<Rc<Vec<Vec<u8>>>>,
     conf_commands: Option<Vec<(String, String)>>,
     /// The client context, made at merge when `proxy_ssl on`.
@@ -37,6 +41,10 @@ pub struct ProxySsl {
 }
 
 impl ProxySsl {
+    pub fn passwords(&self) -> Option<&[Vec<u8>]> {
+        self.passwords.as_deref().map(|v| &v[..])
+    }
+
     pub fn session_reuse(&self) -> bool {
         self.session_reuse.get()
     }
@@ -79,11 +87,9 @@ impl Module for ProxySslModule {
                 c.trusted_certificate.set_parsed(cmd, |c| Ok(c.arg(0).to_string()))
             }),
             d("proxy_ssl_crl", Take(1), |c, cmd, _| c.crl.set_parsed(cmd, |c| Ok(c.arg(0).to_string()))),
-            d("proxy_ssl_certificate", Take(1), |c, cmd, _| {
-                c.certificate.set_parsed(cmd, |c| Ok(Some(c.arg(0).to_string())))
-            }),
-            d("proxy_ssl_certificate_key", Take(1), |c, cmd, _| {
-                c.certificate_key.set_parsed(cmd, |c| Ok(Some(c.arg(0).to_string())))
+            d("proxy_ssl_certificate", Take(1), |c, cmd, cx| c.certificate.set_parsed(cmd, |cmd| name(cmd, cx))),
+            d("proxy_ssl_certificate_key", Take(1), |c, cmd, cx| {
+                c.certificate_key.set_parsed(cmd, |cmd| name(cmd, cx))
             }),
             d("proxy_ssl_password_file", Take(1), |c, cmd, cx| {
                 if c.passwords.is_some() {
@@ -104,8 +110,35 @@ impl Module for ProxySslModule {
     }
 }
 
+/// A certificate or key name (`ngx_stream_set_complex_value_zero_slot`).
+fn name(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult<Option<(String, Option<Complex>)>> {
+    let v = cmd.arg(0);
+    let value = if v.contains('$') { Some(Complex::compile(v, cmd, &mut cx.vars)?) } else { None };
+    Ok(Some((v.to_string(), value)))
+}
+
+/// The full names of a certificate and key named with variables, for this session.
+pub fn certificate_names(s: &mut SessionCore) -> Option<(String, String)> {
+    let srv = s.srv.clone();
+    let c = &srv.confs.proxy_ssl;
+    let (cert, key) = c.cert_values.as_ref()?;
+    let mut full = |v: &Complex| {
+        let mut out = Vec::new();
+        v.eval(s, &mut out);
+        let name = String::from_utf8_lossy(&out).into_owned();
+        if name.starts_with("data:") || name.starts_with('/') {
+            name
+        } else {
+            format!("{}{}", c.conf_prefix, name)
+        }
+    };
+    let cf = full(cert);
+    Some((cf, full(key)))
+}
+
 /// The proxy module's merge of its ssl settings, and `ngx_stream_proxy_set_ssl`.
 pub fn merge(p: &ProxySsl, c: &mut ProxySsl, cx: &ConfCx) -> ConfResult {
+    c.conf_prefix = cx.conf_prefix.clone();
     c.enable.merge(&p.enable, false);
     c.session_reuse.merge(&p.session_reuse, true);
     if c.protocols == 0 {
@@ -127,6 +160,15 @@ pub fn merge(p: &ProxySsl, c: &mut ProxySsl, cx: &ConfCx) -> ConfResult {
         c.conf_commands = p.conf_commands.clone();
     }
     if c.enable.get() {
+        if let (Some((_, cv)), Some((_, kv))) = (c.certificate.get(), c.certificate_key.get()) {
+            if cv.is_some() || kv.is_some() {
+                let (ct, kt) = (c.certificate.get().unwrap_or_default(), c.certificate_key.get().unwrap_or_default());
+                c.cert_values = Some((
+                    cv.unwrap_or_else(|| Complex::literal(ct.0.as_bytes())),
+                    kv.unwrap_or_else(|| Complex::literal(kt.0.as_bytes())),
+                ));
+            }
+        }
         c.ctx = Some(set_ssl(c, cx).map_err(ConfError::bare)?);
     }
     Ok(())
@@ -139,18 +181,14 @@ fn set_ssl(c: &ProxySsl, cx: &ConfCx) -> Result<SslContext, String> {
     if let Err(e) = b.set_cipher_list(&ciphers) {
         return Err(stack_text(&format!("SSL_CTX_set_cipher_list(\"{}\") failed", ciphers), &e));
     }
-    if let Some(cert) = c.certificate.get() {
-        let Some(key) = c.certificate_key.get() else {
+    if let Some((cert, _)) = c.certificate.get() {
+        let Some((key, _)) = c.certificate_key.get() else {
             return Err(format!("no \"proxy_ssl_certificate_key\" is defined for certificate \"{}\"", cert));
         };
-        if cert.contains('$') || key.contains('$') {
-            return Err(format!(
-                "variables in \"proxy_ssl_certificate\" and \"proxy_ssl_certificate_key\" are not supported by \
-                 sluice yet (\"{}\")",
-                cert
-            ));
+        // Named with variables: loaded per connection (`certificate_names`).
+        if c.cert_values.is_none() {
+            ssl_mod::use_certificate(&mut b, &cert, &key, c.passwords(), cx)?;
         }
-        ssl_mod::use_certificate(&mut b, &cert, &key, c.passwords.as_deref().map(|v| &v[..]), cx)?;
     }
     if c.verify.get() {
         let trusted = c.trusted_certificate.get();

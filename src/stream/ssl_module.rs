@@ -3,7 +3,6 @@
 //! errors); the ssl phase handshakes under `ssl_handshake_timeout`; `$ssl_*` variables
 //! read the session. A session that is not TLS finds every `$ssl_*` variable "not found".
 
-use std::os::raw::{c_char, c_int, c_void};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::{Flow, Phase, PhaseRegistry};
 use crate::stream::session::{Cx, SessionCore};
-use crate::stream::variables::Variables;
+use crate::stream::variables::{Complex, Variables};
 
 pub struct StreamSsl;
 
@@ -84,8 +83,12 @@ pub struct SslSrv {
     /// certificate.
     pub listen: Option<(Rc<str>, u32)>,
     handshake_timeout: Setting<Duration>,
-    certificates: Option<Vec<String>>,
-    certificate_keys: Option<Vec<String>>,
+    certificates: Option<Vec<(String, Option<Complex>)>>,
+    certificate_keys: Option<Vec<(String, Option<Complex>)>>,
+    /// Certificates named with variables: (certificate, key) to evaluate per handshake
+    /// (nginx's `certificate_values`), and the directory relative names start from.
+    pub cert_values: Option<Rc<Vec<(Complex, Complex)>>>,
+    conf_prefix: String,
     passwords: Option<Rc<Vec<Vec<u8>>>>,
     dhparam: Setting<String>,
     ecdh_curve: Setting<String>,
@@ -127,12 +130,20 @@ fn handshake_timeout(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     c.handshake_timeout.set_parsed(cmd, value::msec)
 }
 
-fn certificate(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    push_str(&mut c.certificates, cmd)
+fn certificate(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    push_name(&mut c.certificates, cmd, cx)
 }
 
-fn certificate_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    push_str(&mut c.certificate_keys, cmd)
+fn certificate_key(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    push_name(&mut c.certificate_keys, cmd, cx)
+}
+
+/// A certificate or key name, compiled too when it has variables.
+fn push_name(list: &mut Option<Vec<(String, Option<Complex>)>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    let v = cmd.arg(0);
+    let value = if v.contains('$') { Some(Complex::compile(v, cmd, &mut cx.vars)?) } else { None };
+    list.get_or_insert_with(Vec::new).push((v.to_string(), value));
+    Ok(())
 }
 
 fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -386,17 +397,29 @@ impl Module for StreamSsl {
         if keys.len() < certs.len() {
             return Err(ConfError::bare(format!(
                 "no \"ssl_certificate_key\" is defined for certificate \"{}\" and the \"listen ... ssl\" directive in {}:{}",
-                certs.last().map_or("", |s| s.as_str()),
+                certs.last().map_or("", |s| s.0.as_str()),
                 file,
                 line
             )));
         }
-        if certs.iter().chain(keys.iter()).any(|s| s.contains('$')) {
-            return Err(ConfError::bare(format!(
-                "variables in \"ssl_certificate\" and \"ssl_certificate_key\" are not supported by sluice yet in {}:{}",
-                file, line
-            )));
+        // ngx_stream_ssl_compile_certificates: with a variable in any name, every
+        // certificate is loaded per handshake.
+        if certs.iter().chain(keys.iter()).any(|n| n.1.is_some()) {
+            let pairs = certs
+                .iter()
+                .zip(keys.iter())
+                .map(|(c, k)| {
+                    (
+                        c.1.clone().unwrap_or_else(|| Complex::literal(c.0.as_bytes())),
+                        k.1.clone().unwrap_or_else(|| Complex::literal(k.0.as_bytes())),
+                    )
+                })
+                .collect();
+            c.cert_values = Some(Rc::new(pairs));
+            c.conf_prefix = cx.conf_prefix.clone();
         }
+        let certs: Vec<String> = certs.into_iter().map(|n| n.0).collect();
+        let keys: Vec<String> = keys.into_iter().map(|n| n.0).collect();
         if c.builtin_session_cache.is_none() {
             c.builtin_session_cache = Some(p.builtin_session_cache.unwrap_or(Builtin::None));
         }
@@ -416,49 +439,8 @@ impl Module for StreamSsl {
     }
 }
 
-/// The password callback (`ngx_ssl_password_callback`): the password tried now, or
-/// none, so that an encrypted key without `ssl_password_file` fails instead of asking
-/// on a terminal.
-extern "C" fn password_cb(buf: *mut c_char, size: c_int, rwflag: c_int, u: *mut c_void) -> c_int {
-    if rwflag != 0 || u.is_null() || size <= 0 {
-        return 0;
-    }
-    // SAFETY: `u` points at the password slice passed to PEM_read_bio_PrivateKey below,
-    // alive for the call.
-    let pwd: &Vec<u8> = unsafe { &*(u as *const Vec<u8>) };
-    let n = pwd.len().min(size as usize);
-    if pwd.len() > size as usize {
-        crate::core::log::error(
-            crate::core::conf::Level::Error,
-            &format!("password is truncated to {} bytes", size),
-            None,
-        );
-    }
-    // SAFETY: `buf` has room for `size` bytes; n <= size.
-    unsafe { std::ptr::copy_nonoverlapping(pwd.as_ptr(), buf.cast::<u8>(), n) };
-    n as c_int
-}
-
-/// A BIO over `name`: the file (under the configuration prefix), or the text after
-/// "data:".
-fn open_bio(name: &str) -> Result<*mut ffi::BIO, &'static str> {
-    if let Some(data) = name.strip_prefix("data:") {
-        // SAFETY: BIO_new_mem_buf copies nothing: the configuration outlives the BIO's use
-        // here (it is freed before this function's caller returns).
-        let bio = unsafe { ffi::BIO_new_mem_buf(data.as_ptr().cast(), data.len() as c_int) };
-        return if bio.is_null() { Err("BIO_new_mem_buf() failed") } else { Ok(bio) };
-    }
-    let path = tls::cstring(name);
-    // SAFETY: NUL-terminated path and mode.
-    let bio = unsafe { ffi::BIO_new_file(path.as_ptr(), c"r".as_ptr()) };
-    if bio.is_null() {
-        Err("BIO_new_file() failed")
-    } else {
-        Ok(bio)
-    }
-}
-
-/// `ngx_ssl_certificate`: the certificate, its chain and its key into the context.
+/// `ngx_ssl_certificate`: the certificate, its chain and its key into the context
+/// (names relative to the configuration's directory).
 pub(crate) fn use_certificate(
     b: &mut SslContextBuilder,
     cert: &str,
@@ -466,89 +448,8 @@ pub(crate) fn use_certificate(
     pwds: Option<&[Vec<u8>]>,
     cx: &ConfCx,
 ) -> Result<(), String> {
-    // Files are named by their full path from here on, messages included.
     let full = |n: &str| if n.starts_with("data:") { n.to_string() } else { cx.conf_full_name(n) };
-    let (cert, key) = (&full(cert)[..], &full(key)[..]);
-    let ctx = b.as_ptr();
-    let fail = |what: &str| queue_text(&format!("cannot load certificate \"{}\": {}", cert, what));
-    let bio = open_bio(cert).map_err(fail)?;
-    // SAFETY: reading PEM from a live BIO; every object made is freed or handed over.
-    unsafe {
-        let x509 = ffi::PEM_read_bio_X509_AUX(bio, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
-        if x509.is_null() {
-            ffi::BIO_free_all(bio);
-            return Err(fail("PEM_read_bio_X509_AUX() failed"));
-        }
-        let chain = ffi::OPENSSL_sk_new_null();
-        loop {
-            let x = ffi::PEM_read_bio_X509(bio, std::ptr::null_mut(), None, std::ptr::null_mut());
-            if x.is_null() {
-                let n = ffi::ERR_peek_last_error();
-                if ffi::ERR_GET_LIB(n) == ffi::ERR_LIB_PEM && ffi::ERR_GET_REASON(n) == ffi::PEM_R_NO_START_LINE {
-                    ffi::ERR_clear_error();
-                    break;
-                }
-                ffi::BIO_free_all(bio);
-                ffi::X509_free(x509);
-                free_chain(chain);
-                return Err(fail("PEM_read_bio_X509() failed"));
-            }
-            ffi::OPENSSL_sk_push(chain, x.cast());
-        }
-        ffi::BIO_free_all(bio);
-        if ffi::SSL_CTX_use_certificate(ctx, x509) == 0 {
-            ffi::X509_free(x509);
-            free_chain(chain);
-            return Err(queue_text(&format!("SSL_CTX_use_certificate(\"{}\") failed", cert)));
-        }
-        ffi::X509_free(x509);
-        if ffi::SSL_CTX_ctrl(ctx, tls::ffi::SSL_CTRL_CHAIN, 0, chain.cast()) == 0 {
-            free_chain(chain);
-            return Err(queue_text(&format!("SSL_CTX_set0_chain(\"{}\") failed", cert)));
-        }
-    }
-    let kfail = |what: &str| queue_text(&format!("cannot load certificate key \"{}\": {}", key, what));
-    let bio = open_bio(key).map_err(kfail)?;
-    let none: &[Vec<u8>] = &[];
-    let tries = pwds.unwrap_or(none);
-    // SAFETY: as above; the password outlives each call.
-    unsafe {
-        let mut i = 0;
-        let pkey = loop {
-            let u = tries.get(i).map_or(std::ptr::null_mut(), |p| p as *const Vec<u8> as *mut c_void);
-            let k = ffi::PEM_read_bio_PrivateKey(bio, std::ptr::null_mut(), Some(password_cb), u);
-            if !k.is_null() {
-                break k;
-            }
-            i += 1;
-            if i < tries.len() {
-                ffi::ERR_clear_error();
-                ffi::BIO_ctrl(bio, 1 /* BIO_CTRL_RESET */, 0, std::ptr::null_mut());
-                continue;
-            }
-            ffi::BIO_free_all(bio);
-            return Err(kfail("PEM_read_bio_PrivateKey() failed"));
-        };
-        ffi::BIO_free_all(bio);
-        if ffi::SSL_CTX_use_PrivateKey(ctx, pkey) == 0 {
-            ffi::EVP_PKEY_free(pkey);
-            return Err(queue_text(&format!("SSL_CTX_use_PrivateKey(\"{}\") failed", key)));
-        }
-        ffi::EVP_PKEY_free(pkey);
-    }
-    Ok(())
-}
-
-/// Free a chain that was not handed to the context.
-unsafe fn free_chain(chain: *mut ffi::OPENSSL_STACK) {
-    // SAFETY: the caller's chain of X509s.
-    unsafe {
-        while ffi::OPENSSL_sk_num(chain.cast()) > 0 {
-            let x = ffi::OPENSSL_sk_pop(chain);
-            ffi::X509_free(x.cast());
-        }
-        ffi::OPENSSL_sk_free(chain);
-    }
+    tls::use_certificate(tls::CertTarget::Ctx(b.as_ptr()), &full(cert), &full(key), pwds)
 }
 
 /// `ngx_ssl_create`: a context with nginx's options, bug workarounds and protocol
@@ -603,8 +504,13 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     if c.prefer_server_ciphers.get() {
         b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
     }
-    for (cert, key) in certs.iter().zip(keys) {
-        use_certificate(&mut b, cert, key, c.passwords.as_deref().map(|v| &v[..]), cx)?;
+    if c.cert_values.is_some() {
+        // The certificates are the handshake's business (see `Handshake::Certificate`).
+        tls::set_cert_callback(&mut b);
+    } else {
+        for (cert, key) in certs.iter().zip(keys) {
+            use_certificate(&mut b, cert, key, c.passwords.as_deref().map(|v| &v[..]), cx)?;
+        }
     }
     let verify = c.verify.get();
     if verify != 0 {
@@ -799,8 +705,19 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             return Flow::Finalize(500);
         }
     }
-    let Some(t) = s.client.tls_mut() else { return Flow::Finalize(500) };
-    match t.handshake() {
+    let mut hs = match s.client.tls_mut() {
+        Some(t) => t.handshake(),
+        None => return Flow::Finalize(500),
+    };
+    if let tls::Handshake::Certificate = hs {
+        load_certificates(s);
+        hs = match s.client.tls_mut() {
+            Some(t) => t.handshake(),
+            None => return Flow::Finalize(500),
+        };
+    }
+    match hs {
+        tls::Handshake::Certificate => Flow::Finalize(500),
         tls::Handshake::Done => {
             cx.timers.clear(&mut s.preread_timer);
             s.handshake_timer = false;
@@ -829,6 +746,38 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             s.connection_error(crate::stream::session::Side::Client, &e, "SSL_do_handshake() failed");
             Flow::Finalize(500)
         }
+    }
+}
+
+/// `ngx_stream_ssl_certificate`: the names evaluated for this session (relative ones
+/// under the configuration's directory) and loaded into its connection; a failure is
+/// logged and fails the handshake.
+fn load_certificates(s: &mut SessionCore) {
+    let srv = s.srv.clone();
+    let c = &srv.confs.ssl;
+    let Some(values) = c.cert_values.clone() else { return };
+    let mut pairs = Vec::with_capacity(values.len());
+    for (cert, key) in values.iter() {
+        let mut full = |v: &Complex| {
+            let mut out = Vec::new();
+            v.eval(s, &mut out);
+            let name = String::from_utf8_lossy(&out).into_owned();
+            if name.starts_with("data:") || name.starts_with('/') {
+                name
+            } else {
+                format!("{}{}", c.conf_prefix, name)
+            }
+        };
+        let (cf, kf) = (full(cert), full(key));
+        pairs.push((cf, kf));
+    }
+    let pwds = c.passwords.as_deref().map(|v| &v[..]);
+    let r = match s.client.tls_mut() {
+        Some(t) => t.set_certificates(&pairs, pwds),
+        None => return,
+    };
+    if let Err(msg) = r {
+        s.log(crate::core::conf::Level::Error, &msg, None);
     }
 }
 
