@@ -609,3 +609,41 @@ fn certificates_by_variables_as_nginx() {
     }
     s.stop();
 }
+
+/// `ssl_session_ticket_key`: a TLSv1.2 session whose ticket nginx 1.22.1 issued under
+/// ssl.files/ticket80.key (kept in ssl.files/nginx-ticket-session.pem, with
+/// `ssl_session_timeout 36500d`) resumes here: same key file format, same ticket
+/// crypto, same session id context (SHA-1 over "STREAM" and the certificate), so a
+/// fleet moving from nginx keeps its clients' sessions.
+#[test]
+fn nginx_ticket_resumes() {
+    let port = free_port();
+    let f = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    server {{\n        listen 127.0.0.1:{port} ssl;\n        \
+         ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
+         ssl_session_ticket_key {d}/ticket48.key;\n        ssl_session_ticket_key {d}/ticket80.key;\n        \
+         ssl_session_timeout 36500d;\n        return \"$ssl_session_reused\\n\";\n    }}\n}}\n",
+        d = f.display()
+    );
+    let mut s = Sluice::start(&conf);
+    let pem = std::fs::read_to_string(f.join("nginx-ticket-session.pem")).expect("session file");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = openssl::base64::decode_block(&b64).expect("base64");
+    let sess = openssl::ssl::SslSession::from_der(&der).expect("session");
+    let b = {
+        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+        b.build()
+    };
+    let mut cfg = b.configure().expect("cfg").verify_hostname(false);
+    // SAFETY: a TLSv1.2 session for this certificate's server.
+    unsafe { cfg.set_session(&sess).expect("set session") };
+    let mut c = cfg.connect("x", connect(port)).expect("handshake");
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "r\n", "the ticket from nginx (second key here) resumed");
+    assert!(c.ssl().session_reused());
+    s.stop();
+}

@@ -41,6 +41,13 @@ pub mod ffi {
             cb: Option<unsafe extern "C" fn(*mut SSL, *mut c_void) -> std::os::raw::c_int>,
             arg: *mut c_void,
         );
+        pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut stack_st_X509_NAME;
+        pub fn X509_NAME_digest(
+            data: *const X509_NAME,
+            t: *const EVP_MD,
+            md: *mut u8,
+            len: *mut std::os::raw::c_uint,
+        ) -> std::os::raw::c_int;
         pub fn i2a_ASN1_INTEGER(bp: *mut BIO, a: *const ASN1_INTEGER) -> std::os::raw::c_int;
         pub fn X509_check_host(
             x: *mut X509,
@@ -339,7 +346,7 @@ impl TlsConn {
     /// or fails when one could not be loaded (nginx's error text is returned).
     pub fn set_certificates(&mut self, pairs: &[(String, String)], pwds: Option<&[Vec<u8>]>) -> Result<(), String> {
         let ssl = self.stream.ssl() as *const ssl::SslRef as *mut ffi::SSL;
-        let r = pairs.iter().try_for_each(|(c, k)| use_certificate(CertTarget::Ssl(ssl), c, k, pwds));
+        let r = pairs.iter().try_for_each(|(c, k)| use_certificate(CertTarget::Ssl(ssl), c, k, pwds).map(|_| ()));
         // SAFETY: the slot holds a plain number, not a pointer.
         unsafe { ffi::SSL_set_ex_data(ssl, cert_state_index(), if r.is_ok() { 1 } else { 2 } as *mut c_void) };
         r
@@ -424,6 +431,123 @@ pub fn set_cert_callback(b: &mut openssl::ssl::SslContextBuilder) {
     unsafe { ffi::SSL_CTX_set_cert_cb(b.as_ptr(), Some(cert_cb), std::ptr::null_mut()) };
 }
 
+/// A key of `ssl_session_ticket_key` (a 48- or 80-byte file): AES-128 or AES-256 in CBC
+/// mode with HMAC-SHA256 (nginx's `ngx_ssl_session_ticket_key_t`).
+#[derive(Clone)]
+pub struct TicketKey {
+    pub name: [u8; 16],
+    pub aes: Vec<u8>,
+    pub hmac: Vec<u8>,
+}
+
+impl TicketKey {
+    /// The key of a file's bytes: name, AES and HMAC keys (48 bytes) or name, HMAC and
+    /// AES keys (80 bytes), as nginx reads them.
+    pub fn from_file_bytes(b: &[u8]) -> Option<TicketKey> {
+        let mut name = [0u8; 16];
+        name.copy_from_slice(b.get(..16)?);
+        match b.len() {
+            48 => Some(TicketKey { name, aes: b[16..32].to_vec(), hmac: b[32..48].to_vec() }),
+            80 => Some(TicketKey { name, hmac: b[16..48].to_vec(), aes: b[48..80].to_vec() }),
+            _ => None,
+        }
+    }
+
+    fn cipher(&self) -> *const ffi::EVP_CIPHER {
+        // SAFETY: OpenSSL's static cipher descriptions.
+        unsafe {
+            if self.aes.len() == 16 {
+                ffi::EVP_aes_128_cbc()
+            } else {
+                ffi::EVP_aes_256_cbc()
+            }
+        }
+    }
+}
+
+fn ticket_keys_index() -> openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>> {
+    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>>> =
+        std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| openssl::ssl::SslContext::new_ex_index().expect("an SSL_CTX ex_data index"))
+}
+
+/// `ngx_ssl_session_ticket_key_callback`: tickets made with the first key, read with
+/// any (renewed when the key was not the first, or under TLSv1.3).
+unsafe extern "C" fn ticket_key_cb(
+    ssl: *mut ffi::SSL,
+    name: *mut u8,
+    iv: *mut u8,
+    ectx: *mut ffi::EVP_CIPHER_CTX,
+    hctx: *mut ffi::HMAC_CTX,
+    enc: c_int,
+) -> c_int {
+    // SAFETY: OpenSSL passes a live SSL, a 16-byte name, an IV buffer and the contexts to
+    // set up; the keys belong to the SSL's context.
+    unsafe {
+        let ctx = ffi::SSL_get_SSL_CTX(ssl);
+        let keys = ffi::SSL_CTX_get_ex_data(ctx, ticket_keys_index().as_raw()) as *const Vec<TicketKey>;
+        let Some(keys) = keys.as_ref() else { return -1 };
+        let Some(first) = keys.first() else { return -1 };
+        if enc == 1 {
+            let cipher = first.cipher();
+            if ffi::RAND_bytes(iv, ffi::EVP_CIPHER_iv_length(cipher)) != 1
+                || ffi::EVP_EncryptInit_ex(ectx, cipher, std::ptr::null_mut(), first.aes.as_ptr(), iv) != 1
+                || ffi::HMAC_Init_ex(
+                    hctx,
+                    first.hmac.as_ptr().cast(),
+                    first.hmac.len() as c_int,
+                    ffi::EVP_sha256(),
+                    std::ptr::null_mut(),
+                ) != 1
+            {
+                clear_errors();
+                return -1;
+            }
+            std::ptr::copy_nonoverlapping(first.name.as_ptr(), name, 16);
+            return 1;
+        }
+        let wanted = std::slice::from_raw_parts(name, 16);
+        let Some(i) = keys.iter().position(|k| k.name[..] == *wanted) else { return 0 };
+        let k = &keys[i];
+        if ffi::HMAC_Init_ex(
+            hctx,
+            k.hmac.as_ptr().cast(),
+            k.hmac.len() as c_int,
+            ffi::EVP_sha256(),
+            std::ptr::null_mut(),
+        ) != 1
+            || ffi::EVP_DecryptInit_ex(ectx, k.cipher(), std::ptr::null_mut(), k.aes.as_ptr(), iv) != 1
+        {
+            clear_errors();
+            return -1;
+        }
+        if ffi::SSL_version(ssl) == 0x0304 || i != 0 {
+            return 2;
+        }
+        1
+    }
+}
+
+/// `ssl_session_ticket_key`: tickets under these keys instead of the context's own.
+pub fn set_ticket_keys(b: &mut openssl::ssl::SslContextBuilder, keys: Vec<TicketKey>) {
+    b.set_ex_data(ticket_keys_index(), keys);
+    type Cb = unsafe extern "C" fn(
+        *mut ffi::SSL,
+        *mut u8,
+        *mut u8,
+        *mut ffi::EVP_CIPHER_CTX,
+        *mut ffi::HMAC_CTX,
+        c_int,
+    ) -> c_int;
+    let cb: Cb = ticket_key_cb;
+    // SAFETY: SSL_CTX_set_tlsext_ticket_key_cb, a callback of OpenSSL's expected type
+    // passed as the generic function pointer the control call takes.
+    unsafe {
+        let fp: unsafe extern "C" fn() = std::mem::transmute::<Cb, unsafe extern "C" fn()>(cb);
+        ffi::SSL_CTX_callback_ctrl__fixed_rust(b.as_ptr(), 72 /* SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB */, Some(fp));
+    }
+}
+
 /// The ex_data slot holding an upstream connection's session key.
 fn session_key_index() -> openssl::ex_data::Index<Ssl, String> {
     static INDEX: std::sync::OnceLock<openssl::ex_data::Index<Ssl, String>> = std::sync::OnceLock::new();
@@ -488,6 +612,42 @@ pub fn serial(cert: &openssl::x509::X509Ref) -> String {
     print_to_string(|bio| unsafe {
         ffi::i2a_ASN1_INTEGER(bio, sn);
     })
+}
+
+/// `ngx_ssl_session_id_context`: SHA-1 over the module's name ("STREAM"), the
+/// certificates' digests (the last loaded first), the names of certificates loaded per
+/// handshake, and the client CA names: a session resumes only where all of these agree,
+/// and agree with nginx's (a ticket made by nginx with the same key resumes here).
+pub fn session_id_context(
+    b: &mut openssl::ssl::SslContextBuilder,
+    digests: &[[u8; 20]],
+    dynamic_names: &[String],
+) -> Result<(), String> {
+    let mut sha = openssl::sha::Sha1::new();
+    sha.update(b"STREAM");
+    for d in digests.iter().rev() {
+        sha.update(d);
+    }
+    for n in dynamic_names {
+        sha.update(n.as_bytes());
+    }
+    // SAFETY: the builder's context's own CA name list, read only.
+    unsafe {
+        let list = ffi::SSL_CTX_get_client_CA_list(b.as_ptr());
+        if !list.is_null() {
+            let n = ffi::OPENSSL_sk_num(list.cast());
+            for i in 0..n {
+                let name = ffi::OPENSSL_sk_value(list.cast(), i) as *const ffi::X509_NAME;
+                let mut buf = [0u8; 64];
+                let mut len: std::os::raw::c_uint = 0;
+                if ffi::X509_NAME_digest(name, ffi::EVP_sha1(), buf.as_mut_ptr(), &mut len) == 0 {
+                    return Err(queue_text("X509_NAME_digest() failed"));
+                }
+                sha.update(&buf[..len as usize]);
+            }
+        }
+    }
+    b.set_session_id_context(&sha.finish()).map_err(|e| stack_text("SSL_CTX_set_session_id_context() failed", &e))
 }
 
 /// `ngx_ssl_check_host`: the peer certificate is for `name`.
@@ -556,7 +716,15 @@ pub enum CertTarget {
 /// `ngx_ssl_certificate` / `ngx_ssl_connection_certificate`: a certificate, its chain
 /// and its key (full names, or "data:" and the PEM text) into `target`, or nginx's
 /// error text.
-pub fn use_certificate(target: CertTarget, cert: &str, key: &str, pwds: Option<&[Vec<u8>]>) -> Result<(), String> {
+///
+/// Returns the certificate's SHA-1 digest (the session id context is made of them).
+pub fn use_certificate(
+    target: CertTarget,
+    cert: &str,
+    key: &str,
+    pwds: Option<&[Vec<u8>]>,
+) -> Result<[u8; 20], String> {
+    let mut digest = [0u8; 20];
     let prefix = match target {
         CertTarget::Ctx(_) => "SSL_CTX_",
         CertTarget::Ssl(_) => "SSL_",
@@ -596,6 +764,8 @@ pub fn use_certificate(target: CertTarget, cert: &str, key: &str, pwds: Option<&
             free_chain(chain);
             return Err(queue_text(&format!("{}use_certificate(\"{}\") failed", prefix, cert)));
         }
+        let mut len: std::os::raw::c_uint = 0;
+        ffi::X509_digest(x509, ffi::EVP_sha1(), digest.as_mut_ptr(), &mut len);
         ffi::X509_free(x509);
         let set = match target {
             CertTarget::Ctx(ctx) => ffi::SSL_CTX_ctrl(ctx, ffi::SSL_CTRL_CHAIN, 0, chain.cast()),
@@ -639,7 +809,7 @@ pub fn use_certificate(target: CertTarget, cert: &str, key: &str, pwds: Option<&
         }
         ffi::EVP_PKEY_free(pkey);
     }
-    Ok(())
+    Ok(digest)
 }
 
 /// Free a chain that was not handed to the context.

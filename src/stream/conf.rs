@@ -75,6 +75,9 @@ pub struct ConfCx {
     /// as nginx opens every file it names).
     stream_error_log: Vec<(String, Level)>,
     events_seen: bool,
+    /// Where nginx is while it merges (the `stream` block's closing brace): errors found
+    /// at merge that nginx reports with a place name this one.
+    pub merge_at: (Rc<str>, u32),
 }
 
 /// A `listen` address with what its servers said about it so far.
@@ -272,6 +275,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         stream_seen: false,
         stream_error_log: Vec::new(),
         events_seen: false,
+        merge_at: (Rc::from(""), 0),
     };
     if !opts.globals.is_empty() {
         let g = parser::parse_str(&opts.globals);
@@ -712,6 +716,7 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
         crate::upstream::hash::check_ring_size(u).map_err(ConfError::bare)?;
     }
     modules::init_main(cx)?;
+    cx.merge_at = (cmd.file.clone(), inner.end_line);
     for mut p in std::mem::take(&mut cx.servers) {
         modules::merge_srv(&top, &mut p.confs, cx)?;
         let handler =

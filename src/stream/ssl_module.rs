@@ -103,7 +103,9 @@ pub struct SslSrv {
     builtin_session_cache: Option<Builtin>,
     shm_zone: Option<String>,
     session_tickets: Setting<bool>,
-    session_ticket_keys: Option<Vec<String>>,
+    session_ticket_keys: Option<Vec<tls::TicketKey>>,
+    /// `ssl_session_ticket_key` files as given, with where they were given.
+    ticket_key_files: Option<Vec<String>>,
     session_timeout: Setting<Duration>,
     conf_commands: Option<Vec<(String, String)>>,
     alpn: Option<Vec<u8>>,
@@ -115,11 +117,6 @@ impl SslSrv {
     pub fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout.get()
     }
-}
-
-fn push_str(list: &mut Option<Vec<String>>, cmd: &Cmd) -> ConfResult {
-    list.get_or_insert_with(Vec::new).push(cmd.arg(0).to_string());
-    Ok(())
 }
 
 fn set_str(s: &mut Setting<String>, cmd: &Cmd) -> ConfResult {
@@ -281,7 +278,25 @@ fn session_tickets(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
 }
 
 fn session_ticket_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
-    push_str(&mut c.session_ticket_keys, cmd)
+    c.ticket_key_files.get_or_insert_with(Vec::new).push(cmd.arg(0).to_string());
+    Ok(())
+}
+
+/// `ngx_ssl_session_ticket_keys`: read each key file (48 or 80 bytes). nginx does it at
+/// merge, so its errors name the end of the `stream` block.
+fn read_ticket_keys(files: &[String], cx: &ConfCx) -> ConfResult<Vec<tls::TicketKey>> {
+    let (file, line) = (&cx.merge_at.0, cx.merge_at.1);
+    let mut keys = Vec::new();
+    for name in files {
+        let path = cx.conf_full_name(name);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            ConfError::at(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e)), file, line)
+        })?;
+        let key = tls::TicketKey::from_file_bytes(&bytes)
+            .ok_or_else(|| ConfError::at(format!("\"{}\" must be 48 or 80 bytes", path), file, line))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn session_timeout(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
@@ -427,8 +442,11 @@ impl Module for StreamSsl {
             c.shm_zone = p.shm_zone.clone();
         }
         c.session_tickets.merge(&p.session_tickets, true);
-        if c.session_ticket_keys.is_none() {
-            c.session_ticket_keys = p.session_ticket_keys.clone();
+        if c.ticket_key_files.is_none() {
+            c.ticket_key_files = p.ticket_key_files.clone();
+        }
+        if let Some(files) = &c.ticket_key_files {
+            c.session_ticket_keys = Some(read_ticket_keys(files, cx)?);
         }
         c.ctx = Some(build_context(c, &certs, &keys, cx).map_err(ConfError::bare)?);
         Ok(())
@@ -447,7 +465,7 @@ pub(crate) fn use_certificate(
     key: &str,
     pwds: Option<&[Vec<u8>]>,
     cx: &ConfCx,
-) -> Result<(), String> {
+) -> Result<[u8; 20], String> {
     let full = |n: &str| if n.starts_with("data:") { n.to_string() } else { cx.conf_full_name(n) };
     tls::use_certificate(tls::CertTarget::Ctx(b.as_ptr()), &full(cert), &full(key), pwds)
 }
@@ -504,12 +522,13 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     if c.prefer_server_ciphers.get() {
         b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
     }
+    let mut digests = Vec::new();
     if c.cert_values.is_some() {
         // The certificates are the handshake's business (see `Handshake::Certificate`).
         tls::set_cert_callback(&mut b);
     } else {
         for (cert, key) in certs.iter().zip(keys) {
-            use_certificate(&mut b, cert, key, c.passwords.as_deref().map(|v| &v[..]), cx)?;
+            digests.push(use_certificate(&mut b, cert, key, c.passwords.as_deref().map(|v| &v[..]), cx)?);
         }
     }
     let verify = c.verify.get();
@@ -569,12 +588,8 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     }
     // ngx_ssl_session_cache.
     tls::set_session_timeout(&mut b, c.session_timeout.get().as_secs());
-    let mut sid = openssl::sha::Sha1::new();
-    sid.update(b"STREAM");
-    for cert in certs {
-        sid.update(cert.as_bytes());
-    }
-    let _ = b.set_session_id_context(&sid.finish()[..16]);
+    let dynamic: &[String] = if c.cert_values.is_some() { certs } else { &[] };
+    tls::session_id_context(&mut b, &digests, dynamic)?;
     match c.builtin_session_cache.unwrap_or(Builtin::None) {
         Builtin::Off => {
             b.set_session_cache_mode(SslSessionCacheMode::OFF);
@@ -598,8 +613,8 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     if !c.session_tickets.get() {
         b.set_options(SslOptions::NO_TICKET);
     }
-    if c.session_ticket_keys.is_some() {
-        return Err("\"ssl_session_ticket_key\" is not supported by sluice yet".to_string());
+    if let Some(keys) = &c.session_ticket_keys {
+        tls::set_ticket_keys(&mut b, keys.clone());
     }
     if let Some(cmds) = &c.conf_commands {
         conf_commands(&mut b, cmds)?;
