@@ -647,3 +647,45 @@ fn nginx_ticket_resumes() {
     assert!(c.ssl().session_reused());
     s.stop();
 }
+
+/// `ssl_session_cache shared:NAME:SIZE` without tickets: a TLSv1.2 session made by one
+/// server resumes at another server naming the same zone (same certificate, so the same
+/// session id context), and in whichever of two workers takes the connection.
+#[test]
+fn shared_session_cache_across_servers_and_workers() {
+    let (p1, p2) = (free_port(), free_port());
+    let f = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
+         ssl_session_cache shared:S:1m;\n    ssl_session_tickets off;\n    \
+         server {{ listen 127.0.0.1:{p1} ssl; return \"a$ssl_session_reused\"; }}\n    \
+         server {{ listen 127.0.0.1:{p2} ssl; return \"b$ssl_session_reused\"; }}\n}}\n",
+        d = f.display()
+    );
+    let mut s = Sluice::start_master(2, &conf);
+    let b = {
+        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+        b.build()
+    };
+    let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(p1)).expect("first");
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "a.");
+    let sess = c.ssl().session().expect("session").to_owned();
+    for i in 0..8 {
+        let port = if i % 2 == 0 { p1 } else { p2 };
+        let mut cfg = b.configure().expect("cfg").verify_hostname(false);
+        // SAFETY: a session of this server's certificate.
+        unsafe { cfg.set_session(&sess).expect("set session") };
+        let mut c = cfg.connect("x", connect(port)).expect("resume");
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        // A client that ends without close_notify marks the session not resumable (on
+        // its side: OpenSSL's SSL_free of an unclean shutdown), and would offer no more.
+        let _ = c.shutdown();
+        assert_eq!(out, if i % 2 == 0 { "ar" } else { "br" }, "connection {i}");
+    }
+    s.stop();
+}

@@ -17,5 +17,6 @@ pub mod proctitle;
 pub mod shm;
 pub mod splice;
 pub mod ssl;
+pub mod ssl_cache;
 pub mod time;
 pub mod timer;

@@ -381,6 +381,9 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
                 )))
             })?),
         };
+        if *tag == "stream_ssl" {
+            crate::core::ssl_cache::register(name, &shm);
+        }
         zones.push(Zone { name: name.clone(), size, tag, shm, generation });
     }
     let listening = std::mem::take(&mut cx.listening);

@@ -603,10 +603,12 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
             b.set_session_cache_size(1);
         }
         other => {
-            // A shared cache is kept per worker (in OpenSSL's built-in cache).
             b.set_session_cache_mode(SslSessionCacheMode::SERVER);
             if let Builtin::Size(n) = other {
                 b.set_session_cache_size(n.min(i32::MAX as i64) as i32);
+            }
+            if let Some(zone) = &c.shm_zone {
+                crate::core::ssl_cache::install(&mut b, zone, other != Builtin::SharedOnly);
             }
         }
     }
