@@ -689,3 +689,50 @@ fn shared_session_cache_across_servers_and_workers() {
     }
     s.stop();
 }
+
+/// Broken TLS from a client after the handshake: a record that does not decrypt is
+/// nginx's "SSL_read() failed (SSL: ...)" line, and the session ends as a client's
+/// end; a reset or a FIN without close_notify is the client's end, without a line
+/// (ngx_ssl_handle_recv's "peer shutdown SSL cleanly"). Lines as nginx 1.22.1 wrote.
+#[test]
+fn broken_client_records_as_nginx() {
+    let port = free_port();
+    let up = backend(echo);
+    let mut s = Sluice::start(&conf(port, "", &format!("proxy_pass 127.0.0.1:{up};")));
+    let mut c = tls(port, None, |_| {});
+    c.write_all(b"hello").expect("write");
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).expect("echo");
+    c.get_mut().write_all(b"\x17\x03\x03\x00\x05garbage!").expect("raw write");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    wait_log(&s, 1);
+    let mut c = tls(port, None, |_| {});
+    c.write_all(b"abc").expect("write");
+    let mut buf = [0u8; 3];
+    c.read_exact(&mut buf).expect("echo");
+    let raw = c.get_ref().try_clone().expect("clone");
+    socket2::SockRef::from(&raw).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(raw);
+    drop(c);
+    let log = wait_log(&s, 2);
+    assert_eq!(log[0], "200 5 5 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [.] [-] [-] [NONE] [X25519]");
+    assert_eq!(log[1], "200 3 3 [TLSv1.2] [ECDHE-RSA-AES256-GCM-SHA384] [.] [-] [-] [NONE] [X25519]");
+    let lines = session_lines(&s);
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("failed")).collect();
+    assert_eq!(
+        errors,
+        [&"*1 SSL_read() failed (SSL: error:1C80006C:Provider routines::invalid aad error:0A0C0103:SSL \
+           routines::internal error) while proxying and reading from client, client: 127.0.0.1, server: \
+           127.0.0.1:P, upstream: \"127.0.0.1:P\", bytes from/to client:5/5, bytes from/to upstream:5/5"
+            .to_string()],
+        "{lines:?}"
+    );
+    // Not one of the reasons nginx takes as a peer's doing: crit, as nginx logs it.
+    assert!(
+        s.error_log().lines().any(|l| l.contains("[crit]") && l.contains("SSL_read() failed")),
+        "{}",
+        s.error_log()
+    );
+    s.stop();
+}

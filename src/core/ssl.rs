@@ -358,8 +358,17 @@ impl TlsConn {
         clear_errors();
         match self.stream.ssl_read(buf) {
             Ok(n) => Ok(n),
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(0),
-            Err(e) if e.code() == ErrorCode::SYSCALL && e.io_error().is_none() && e.ssl_error().is_none() => Ok(0),
+            // ngx_ssl_handle_recv: a close_notify, or a failure that left OpenSSL's error
+            // queue empty (an end of file, a reset), is the peer's end, silently ("peer
+            // shutdown SSL cleanly"); no close_notify is sent back.
+            Err(e)
+                if e.code() == ErrorCode::ZERO_RETURN
+                    || (!matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE)
+                        && e.ssl_error().is_none_or(|st| st.errors().is_empty())) =>
+            {
+                self.failed = true;
+                Ok(0)
+            }
             Err(e) => {
                 let err = io_error(e, "SSL_read() failed");
                 self.failed |= err.kind() != io::ErrorKind::WouldBlock;
@@ -377,7 +386,15 @@ impl TlsConn {
         match self.stream.ssl_write(buf) {
             Ok(n) => Ok(n),
             Err(e) => {
-                let err = io_error(e, "SSL_write() failed");
+                // After the peer's close_notify OpenSSL says ZERO_RETURN where it means a
+                // system error (nginx takes it so).
+                let err = if e.code() == ErrorCode::ZERO_RETURN {
+                    let os = e.io_error().and_then(|io| io.raw_os_error()).map(io::Error::from_raw_os_error);
+                    let peer_caused = os.as_ref().is_some_and(crate::core::log::is_ordinary_connection_error);
+                    io::Error::other(TlsError { text: "SSL_write() failed".to_string(), os, peer_caused })
+                } else {
+                    io_error(e, "SSL_write() failed")
+                };
                 self.failed |= err.kind() != io::ErrorKind::WouldBlock;
                 Err(err)
             }
@@ -395,6 +412,16 @@ impl TlsConn {
         clear_errors();
         let _ = self.stream.shutdown();
         clear_errors();
+    }
+}
+
+impl Drop for TlsConn {
+    /// A connection ends as nginx ends it, marked shut down both ways whatever was sent:
+    /// OpenSSL would otherwise take the session of an unclean end as bad and drop it
+    /// from its cache (and an upstream's kept session could not resume).
+    fn drop(&mut self) {
+        let st = ssl::ShutdownState::SENT | ssl::ShutdownState::RECEIVED;
+        self.stream.set_shutdown(st);
     }
 }
 
