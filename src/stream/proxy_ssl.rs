@@ -110,11 +110,8 @@ impl Module for ProxySslModule {
     }
 }
 
-/// A certificate or key name (`ngx_stream_set_complex_value_zero_slot`).
 fn name(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult<Option<(String, Option<Complex>)>> {
-    let v = cmd.arg(0);
-    let value = if v.contains('$') { Some(Complex::compile(v, cmd, &mut cx.vars)?) } else { None };
-    Ok(Some((v.to_string(), value)))
+    ssl_mod::certificate_name(cmd, cx).map(Some)
 }
 
 /// The full names of a certificate and key named with variables, for this session.
@@ -122,18 +119,8 @@ pub fn certificate_names(s: &mut SessionCore) -> Option<(String, String)> {
     let srv = s.srv.clone();
     let c = &srv.confs.proxy_ssl;
     let (cert, key) = c.cert_values.as_ref()?;
-    let mut full = |v: &Complex| {
-        let mut out = Vec::new();
-        v.eval(s, &mut out);
-        let name = String::from_utf8_lossy(&out).into_owned();
-        if name.starts_with("data:") || name.starts_with('/') {
-            name
-        } else {
-            format!("{}{}", c.conf_prefix, name)
-        }
-    };
-    let cf = full(cert);
-    Some((cf, full(key)))
+    let cf = ssl_mod::certificate_path(s, cert, &c.conf_prefix);
+    Some((cf, ssl_mod::certificate_path(s, key, &c.conf_prefix)))
 }
 
 /// The proxy module's merge of its ssl settings, and `ngx_stream_proxy_set_ssl`.

@@ -135,12 +135,17 @@ fn certificate_key(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     push_name(&mut c.certificate_keys, cmd, cx)
 }
 
-/// A certificate or key name, compiled too when it has variables.
 fn push_name(list: &mut Option<Vec<(String, Option<Complex>)>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
+    list.get_or_insert_with(Vec::new).push(certificate_name(cmd, cx)?);
+    Ok(())
+}
+
+/// A certificate or key name as given, compiled too when it has variables
+/// (`ngx_stream_set_complex_value_zero_slot`).
+pub(crate) fn certificate_name(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult<(String, Option<Complex>)> {
     let v = cmd.arg(0);
     let value = if v.contains('$') { Some(Complex::compile(v, cmd, &mut cx.vars)?) } else { None };
-    list.get_or_insert_with(Vec::new).push((v.to_string(), value));
-    Ok(())
+    Ok((v.to_string(), value))
 }
 
 fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -766,6 +771,19 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     }
 }
 
+/// A certificate or key name with variables, evaluated for the session: "data:" and
+/// absolute names as they are, others under the configuration's directory.
+pub(crate) fn certificate_path(s: &mut SessionCore, v: &Complex, conf_prefix: &str) -> String {
+    let mut out = Vec::new();
+    v.eval(s, &mut out);
+    let name = String::from_utf8_lossy(&out).into_owned();
+    if name.starts_with("data:") || name.starts_with('/') {
+        name
+    } else {
+        format!("{}{}", conf_prefix, name)
+    }
+}
+
 /// `ngx_stream_ssl_certificate`: the names evaluated for this session (relative ones
 /// under the configuration's directory) and loaded into its connection; a failure is
 /// logged and fails the handshake.
@@ -775,18 +793,8 @@ fn load_certificates(s: &mut SessionCore) {
     let Some(values) = c.cert_values.clone() else { return };
     let mut pairs = Vec::with_capacity(values.len());
     for (cert, key) in values.iter() {
-        let mut full = |v: &Complex| {
-            let mut out = Vec::new();
-            v.eval(s, &mut out);
-            let name = String::from_utf8_lossy(&out).into_owned();
-            if name.starts_with("data:") || name.starts_with('/') {
-                name
-            } else {
-                format!("{}{}", c.conf_prefix, name)
-            }
-        };
-        let (cf, kf) = (full(cert), full(key));
-        pairs.push((cf, kf));
+        let cf = certificate_path(s, cert, &c.conf_prefix);
+        pairs.push((cf, certificate_path(s, key, &c.conf_prefix)));
     }
     let pwds = c.passwords.as_deref().map(|v| &v[..]);
     let r = match s.client.tls_mut() {
