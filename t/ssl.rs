@@ -736,3 +736,34 @@ fn broken_client_records_as_nginx() {
     );
     s.stop();
 }
+
+/// `server_name` (nginx 1.25.5's virtual servers) with TLS terminated: the SNI of the
+/// hello picks the server before the handshake, so its certificate is the one
+/// presented and its `return` answers; no SNI, or an unknown one, keeps the default.
+#[test]
+fn sni_picks_the_virtual_server() {
+    let port = free_port();
+    let d = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    ssl_certificate_key {d}/key.pem;\n    \
+         server {{ listen 127.0.0.1:{port} ssl; server_name one.example; ssl_certificate {d}/cert.pem; \
+         return \"one $server_name $ssl_server_name\\n\"; }}\n    \
+         server {{ listen 127.0.0.1:{port} ssl; server_name *.two.example; ssl_certificate {d}/client.pem; \
+         ssl_certificate_key {d}/client.key; return \"two $server_name $ssl_server_name\\n\"; }}\n}}\n",
+        d = d.display()
+    );
+    let mut s = Sluice::start(&conf);
+    for (sni, want, cn) in [
+        (Some("one.example"), "one one.example one.example\n", "localhost"),
+        (Some("a.two.example"), "two *.two.example a.two.example\n", "client.example"),
+        (Some("other.example"), "one one.example other.example\n", "localhost"),
+        (None, "one one.example \n", "localhost"),
+    ] {
+        let mut c = tls(port, sni, |_| {});
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        assert_eq!(out, want, "{sni:?}");
+        assert_eq!(c.ssl().peer_certificate().map(|x| crate::common::cn(&x)).as_deref(), Some(cn), "{sni:?}");
+    }
+    s.stop();
+}

@@ -712,7 +712,6 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         return Flow::Next;
     }
     let srv = s.srv.clone();
-    let Some(ctx) = srv.confs.ssl.ctx.as_ref() else { return Flow::Finalize(500) };
     s.action = Some("SSL handshaking");
     if !s.client.is_tls() {
         if s.client.is_tcp() && srv.core().tcp_nodelay() && !s.nodelay {
@@ -722,7 +721,22 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             }
             s.nodelay = true;
         }
-        if let Err(msg) = s.client.start_tls(ctx) {
+        // Servers sharing the address by `server_name`: the hello's SNI picks one before
+        // the handshake, and its context (certificates, protocols) makes it (nginx
+        // 1.25.5 switches in its servername callback; later versions, as here, choose
+        // from the ClientHello).
+        if s.virtual_names.is_some() {
+            match sni_from_hello(s) {
+                None => return handshake_wait(s, cx),
+                Some(Some(host)) => crate::stream::ssl_preread_module::find_virtual_server(s, &host),
+                Some(None) => {}
+            }
+        }
+        // A server without `listen ... ssl` of its own handshakes with the default's.
+        let Some(ctx) = s.srv.confs.ssl.ctx.clone().or_else(|| srv.confs.ssl.ctx.clone()) else {
+            return Flow::Finalize(500);
+        };
+        if let Err(msg) = s.client.start_tls(&ctx) {
             s.log(crate::core::conf::Level::Alert, &msg, None);
             return Flow::Finalize(500);
         }
@@ -748,18 +762,7 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             }
             Flow::Next
         }
-        tls::Handshake::Again => {
-            if !s.handshake_timer {
-                let at = cx.now + srv.confs.ssl.handshake_timeout();
-                cx.timers.set(
-                    &mut s.preread_timer,
-                    at,
-                    crate::stream::session::session_token(s.key, crate::stream::session::Side::Client),
-                );
-                s.handshake_timer = true;
-            }
-            Flow::Again
-        }
+        tls::Handshake::Again => handshake_wait(s, cx),
         tls::Handshake::Closed(os) => {
             s.log(crate::core::conf::Level::Info, "peer closed connection in SSL handshake", os.as_ref());
             Flow::Finalize(500)
@@ -803,6 +806,39 @@ fn load_certificates(s: &mut SessionCore) {
     };
     if let Err(msg) = r {
         s.log(crate::core::conf::Level::Error, &msg, None);
+    }
+}
+
+/// Wait for the client under `ssl_handshake_timeout` (armed once).
+fn handshake_wait(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    if !s.handshake_timer {
+        let at = cx.now + s.srv.confs.ssl.handshake_timeout();
+        let token = crate::stream::session::session_token(s.key, crate::stream::session::Side::Client);
+        cx.timers.set(&mut s.preread_timer, at, token);
+        s.handshake_timer = true;
+    }
+    Flow::Again
+}
+
+/// The SNI host of the client's hello, read without taking it (MSG_PEEK): `None` while
+/// more of it is to come, `Some(None)` for a hello without one (or input that is not a
+/// hello, or a hello larger than looked at: the handshake then says what it is).
+fn sni_from_hello(s: &mut SessionCore) -> Option<Option<Vec<u8>>> {
+    use crate::stream::ssl_preread_module::{parse, Parsed};
+    const LOOK: usize = 16 * 1024 + 5;
+    let mut buf = vec![0u8; LOOK];
+    let n = match s.client.peek(&mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+        Err(_) => return Some(None),
+    };
+    if n == 0 {
+        return Some(None);
+    }
+    match parse(&buf[..n]) {
+        Parsed::Again(_) if n < LOOK => None,
+        Parsed::Done(h) => Some(h.host),
+        _ => Some(None),
     }
 }
 

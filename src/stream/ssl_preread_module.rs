@@ -282,7 +282,7 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
 /// `ngx_stream_ssl_preread_servername`: the server named by the SNI host, among the
 /// servers sharing the address, takes over the session (when the name is valid and
 /// known; otherwise the session stays where it is).
-fn find_virtual_server(s: &mut SessionCore, host: &[u8]) {
+pub(crate) fn find_virtual_server(s: &mut SessionCore, host: &[u8]) {
     let Some(names) = s.virtual_names.clone() else { return };
     let Some(host) = validate_host(host) else { return };
     if let Some(srv) = names.find(s, &host).and_then(|i| s.cycle.servers.get(i).cloned()) {
