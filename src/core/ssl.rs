@@ -273,8 +273,8 @@ impl TlsConn {
             // SAFETY: the session came from a connection of this same context.
             unsafe { ssl.set_session(sess) }.map_err(|e| stack_text("SSL_set_session() failed", &e))?;
         }
-        if let Some(key) = peer {
-            ssl.set_ex_data(session_key_index(), key);
+        if let (Some(key), Some(index)) = (peer, session_key_index()) {
+            ssl.set_ex_data(index, key);
         }
         Self::with(ssl, sock)
     }
@@ -492,10 +492,12 @@ impl TicketKey {
     }
 }
 
-fn ticket_keys_index() -> openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>> {
-    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>>> =
-        std::sync::OnceLock::new();
-    *INDEX.get_or_init(|| openssl::ssl::SslContext::new_ex_index().expect("an SSL_CTX ex_data index"))
+/// The context's ex_data slot for its ticket keys (None only if OpenSSL had no slot
+/// to give, when ticket keys cannot be used).
+fn ticket_keys_index() -> Option<openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>>> {
+    type Idx = openssl::ex_data::Index<openssl::ssl::SslContext, Vec<TicketKey>>;
+    static INDEX: std::sync::OnceLock<Option<Idx>> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| openssl::ssl::SslContext::new_ex_index().ok())
 }
 
 /// `ngx_ssl_session_ticket_key_callback`: tickets made with the first key, read with
@@ -512,7 +514,8 @@ unsafe extern "C" fn ticket_key_cb(
     // set up; the keys belong to the SSL's context.
     unsafe {
         let ctx = ffi::SSL_get_SSL_CTX(ssl);
-        let keys = ffi::SSL_CTX_get_ex_data(ctx, ticket_keys_index().as_raw()) as *const Vec<TicketKey>;
+        let Some(index) = ticket_keys_index() else { return -1 };
+        let keys = ffi::SSL_CTX_get_ex_data(ctx, index.as_raw()) as *const Vec<TicketKey>;
         let Some(keys) = keys.as_ref() else { return -1 };
         let Some(first) = keys.first() else { return -1 };
         if enc == 1 {
@@ -556,8 +559,9 @@ unsafe extern "C" fn ticket_key_cb(
 }
 
 /// `ssl_session_ticket_key`: tickets under these keys instead of the context's own.
-pub fn set_ticket_keys(b: &mut openssl::ssl::SslContextBuilder, keys: Vec<TicketKey>) {
-    b.set_ex_data(ticket_keys_index(), keys);
+pub fn set_ticket_keys(b: &mut openssl::ssl::SslContextBuilder, keys: Vec<TicketKey>) -> Result<(), String> {
+    let index = ticket_keys_index().ok_or_else(|| queue_text("SSL_CTX_get_ex_new_index() failed"))?;
+    b.set_ex_data(index, keys);
     type Cb = unsafe extern "C" fn(
         *mut ffi::SSL,
         *mut u8,
@@ -573,12 +577,13 @@ pub fn set_ticket_keys(b: &mut openssl::ssl::SslContextBuilder, keys: Vec<Ticket
         let fp: unsafe extern "C" fn() = std::mem::transmute::<Cb, unsafe extern "C" fn()>(cb);
         ffi::SSL_CTX_callback_ctrl__fixed_rust(b.as_ptr(), 72 /* SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB */, Some(fp));
     }
+    Ok(())
 }
 
 /// The ex_data slot holding an upstream connection's session key.
-fn session_key_index() -> openssl::ex_data::Index<Ssl, String> {
-    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<Ssl, String>> = std::sync::OnceLock::new();
-    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("an SSL ex_data index"))
+fn session_key_index() -> Option<openssl::ex_data::Index<Ssl, String>> {
+    static INDEX: std::sync::OnceLock<Option<openssl::ex_data::Index<Ssl, String>>> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
 /// `ngx_ssl_client_session_cache` + `ngx_ssl_new_client_session`: new sessions of an
@@ -586,7 +591,7 @@ fn session_key_index() -> openssl::ex_data::Index<Ssl, String> {
 pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
     b.set_session_cache_mode(ssl::SslSessionCacheMode::CLIENT | ssl::SslSessionCacheMode::NO_INTERNAL);
     b.set_new_session_callback(|ssl, session| {
-        if let Some(key) = ssl.ex_data(session_key_index()) {
+        if let Some(key) = session_key_index().and_then(|i| ssl.ex_data(i)) {
             let key = key.clone();
             CLIENT_SESSIONS.with(|m| m.borrow_mut().insert(key, session));
         }

@@ -621,7 +621,7 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
         b.set_options(SslOptions::NO_TICKET);
     }
     if let Some(keys) = &c.session_ticket_keys {
-        tls::set_ticket_keys(&mut b, keys.clone());
+        tls::set_ticket_keys(&mut b, keys.clone())?;
     }
     if let Some(cmds) = &c.conf_commands {
         conf_commands(&mut b, cmds)?;
