@@ -767,3 +767,50 @@ fn sni_picks_the_virtual_server() {
     }
     s.stop();
 }
+
+/// The end of a TLS session as nginx's ngx_ssl_shutdown makes it: close_notify, then up
+/// to 3 s for the client's before the socket closes (a client that answers at once gets
+/// the FIN at once); a client that sends data instead gets nginx's crit line
+/// "application data after close notify" (recorded from nginx 1.22.1).
+#[test]
+fn close_notify_wait_as_nginx() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return ret;"));
+    let fin_after = |answer: bool| {
+        let mut c = tls(port, None, |_| {});
+        let mut out = String::new();
+        c.read_to_string(&mut out).expect("read to close_notify");
+        assert_eq!(out, "ret");
+        let t = Instant::now();
+        if answer {
+            let _ = c.shutdown();
+        }
+        let mut raw = c.get_ref().try_clone().expect("clone");
+        raw.set_read_timeout(Some(Duration::from_secs(8))).ok();
+        let mut b = [0u8; 16];
+        let n = raw.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "the end of the TCP stream");
+        t.elapsed()
+    };
+    assert!(fin_after(true) < Duration::from_millis(1500));
+    let waited = fin_after(false);
+    assert!(waited >= Duration::from_millis(2500) && waited < Duration::from_secs(6), "{waited:?}");
+    // Data where the close_notify was awaited.
+    let mut c = tls(port, None, |_| {});
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read to close_notify");
+    c.write_all(b"late").expect("write after close_notify");
+    let raw = c.get_ref().try_clone().expect("clone");
+    raw.set_read_timeout(Some(Duration::from_secs(8))).ok();
+    let _ = (&raw).read(&mut [0u8; 16]);
+    assert!(
+        wait_for(Duration::from_secs(5), || session_lines(&s).iter().any(|l| l.starts_with(
+            "*3 SSL_shutdown() failed (SSL: error:0A000123:SSL routines::application data after close notify) \
+             while returning text, client: 127.0.0.1, server: 127.0.0.1:P"
+        ))),
+        "{}",
+        s.error_log()
+    );
+    assert!(s.error_log().lines().any(|l| l.contains("[crit]") && l.contains("SSL_shutdown() failed")));
+    s.stop();
+}

@@ -392,6 +392,14 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         set: |c, cmd, _| compat(c, cmd, |cmd| value::flag(cmd).map(drop)),
     },
     CoreDirective {
+        name: "ssl_engine",
+        ctx: Ctx::MAIN,
+        args: Arity::Take(1),
+        set: |c, cmd, _| {
+            compat(c, cmd, |cmd| crate::core::ssl::set_default_engine(cmd.arg(0)).map_err(ConfError::bare))
+        },
+    },
+    CoreDirective {
         name: "lock_file",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),

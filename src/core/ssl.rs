@@ -48,6 +48,15 @@ pub mod ffi {
             md: *mut u8,
             len: *mut std::os::raw::c_uint,
         ) -> std::os::raw::c_int;
+        pub fn ENGINE_by_id(id: *const c_char) -> *mut c_void;
+        pub fn ENGINE_load_private_key(
+            e: *mut c_void,
+            key_id: *const c_char,
+            ui: *mut c_void,
+            cb_data: *mut c_void,
+        ) -> *mut EVP_PKEY;
+        pub fn ENGINE_set_default(e: *mut c_void, flags: std::os::raw::c_uint) -> std::os::raw::c_int;
+        pub fn ENGINE_free(e: *mut c_void) -> std::os::raw::c_int;
         pub fn i2a_ASN1_INTEGER(bp: *mut BIO, a: *const ASN1_INTEGER) -> std::os::raw::c_int;
         pub fn X509_check_host(
             x: *mut X509,
@@ -62,6 +71,7 @@ pub mod ffi {
         pub fn SSL_CONF_CTX_set_ssl_ctx(cctx: *mut c_void, ctx: *mut SSL_CTX);
         pub fn SSL_CONF_cmd(cctx: *mut c_void, cmd: *const c_char, value: *const c_char) -> c_int;
         pub fn SSL_CONF_CTX_finish(cctx: *mut c_void) -> c_int;
+        pub fn SSL_CONF_cmd_value_type(cctx: *mut c_void, cmd: *const c_char) -> c_int;
         pub fn SSL_ctrl(ssl: *mut SSL, cmd: c_int, larg: c_long, parg: *mut c_void) -> c_long;
         pub fn OBJ_nid2sn(n: c_int) -> *const c_char;
     }
@@ -79,27 +89,48 @@ pub mod ffi {
     pub const TLSEXT_NID_UNKNOWN: c_int = 0x1000000;
 }
 
-/// One error as `ERR_error_string_n` spells it, with its data (":" + data) when the
-/// error carries text.
-fn push_error(out: &mut String, code: c_ulong, data: Option<&str>) {
-    let mut buf = [0 as c_char; 256];
-    // SAFETY: the buffer and its length are ours; OpenSSL writes a NUL-terminated string.
-    unsafe { ffi::ERR_error_string_n(code, buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated above.
-    let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    out.push(' ');
-    out.push_str(&s.to_string_lossy());
-    if let Some(d) = data.filter(|d| !d.is_empty()) {
-        out.push(':');
-        out.push_str(d);
+/// `ngx_ssl_error`'s text in its 1 KB buffer (`NGX_MAX_CONF_ERRSTR`): `msg`, then the
+/// errors as " (SSL: e1 e2 ...)", each as `ERR_error_string_n` spells it with ":" and
+/// its data when it carries text; what does not fit is cut where nginx cuts it.
+fn error_text(msg: &str, errors: &[(c_ulong, Option<String>)]) -> String {
+    const MAX: usize = 1024;
+    let mut out: Vec<u8> = msg.as_bytes()[..msg.len().min(MAX - 1)].to_vec();
+    // ngx_cpystrn(p, src, last - p): at most last - p - 1 bytes.
+    let append = |out: &mut Vec<u8>, src: &[u8]| {
+        let room = (MAX - out.len().min(MAX)).saturating_sub(1);
+        out.extend_from_slice(&src[..src.len().min(room)]);
+    };
+    if !errors.is_empty() {
+        append(&mut out, b" (SSL:");
+        for (code, data) in errors {
+            if out.len() >= MAX - 1 {
+                continue;
+            }
+            out.push(b' ');
+            let mut buf = [0 as c_char; 256];
+            // SAFETY: the buffer and its length are ours; OpenSSL writes a NUL-terminated
+            // string.
+            unsafe { ffi::ERR_error_string_n(*code, buf.as_mut_ptr(), buf.len()) };
+            // SAFETY: NUL-terminated above.
+            let e = unsafe { CStr::from_ptr(buf.as_ptr()) };
+            append(&mut out, e.to_bytes());
+            if let Some(d) = data.as_deref().filter(|d| !d.is_empty()) {
+                if out.len() < MAX {
+                    out.push(b':');
+                    append(&mut out, d.as_bytes());
+                }
+            }
+        }
+        if out.len() < MAX {
+            out.push(b')');
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `ngx_ssl_error`'s text: `msg`, then OpenSSL's error queue as " (SSL: e1 e2 ...)",
-/// emptying the queue.
+/// `ngx_ssl_error`'s text of OpenSSL's error queue, emptying it.
 pub fn queue_text(msg: &str) -> String {
-    let mut out = msg.to_string();
-    let mut first = true;
+    let mut errors = Vec::new();
     loop {
         let mut data: *const c_char = std::ptr::null();
         let mut flags: c_int = 0;
@@ -108,38 +139,24 @@ pub fn queue_text(msg: &str) -> String {
         if code == 0 {
             break;
         }
-        if first {
-            out.push_str(" (SSL:");
-            first = false;
-        }
         let text = if !data.is_null() && flags & ffi::ERR_TXT_STRING != 0 {
             // SAFETY: OpenSSL's NUL-terminated data string, read before the pop below.
             Some(unsafe { CStr::from_ptr(data) }.to_string_lossy().into_owned())
         } else {
             None
         };
-        push_error(&mut out, code, text.as_deref());
+        errors.push((code, text));
         // SAFETY: pops the error just read.
         unsafe { ffi::ERR_get_error() };
     }
-    if !first {
-        out.push(')');
-    }
-    out
+    error_text(msg, &errors)
 }
 
 /// `queue_text` for errors the openssl crate has already taken off the queue.
 pub fn stack_text(msg: &str, stack: &ErrorStack) -> String {
-    let mut out = msg.to_string();
-    if stack.errors().is_empty() {
-        return out;
-    }
-    out.push_str(" (SSL:");
-    for e in stack.errors() {
-        push_error(&mut out, e.code() as c_ulong, e.data());
-    }
-    out.push(')');
-    out
+    let errors: Vec<(c_ulong, Option<String>)> =
+        stack.errors().iter().map(|e| (e.code() as c_ulong, e.data().map(str::to_string))).collect();
+    error_text(msg, &errors)
 }
 
 /// Empty the error queue (nginx's `ngx_ssl_clear_error`, without its alert: sluice
@@ -401,7 +418,41 @@ impl TlsConn {
         }
     }
 
-    /// `ngx_ssl_shutdown` as the stream module calls it (`no_wait_shutdown`): send a
+    /// `ngx_ssl_shutdown` for a client connection: send a close_notify after a completed
+    /// handshake and read the client's; `Ok(false)` while it has not come (the caller
+    /// waits for the socket, 3 s at most, then calls with `timed_out`). After an error,
+    /// a timeout or the peer's own end, nothing more is sent.
+    pub fn close_step(&mut self, timed_out: bool) -> io::Result<bool> {
+        if !self.handshaked {
+            return Ok(true);
+        }
+        if timed_out || self.failed {
+            self.stream.set_shutdown(ssl::ShutdownState::SENT | ssl::ShutdownState::RECEIVED);
+            return Ok(true);
+        }
+        clear_errors();
+        for attempt in 0..2 {
+            match self.stream.shutdown() {
+                Ok(ssl::ShutdownResult::Received) => return Ok(true),
+                // The close_notify went out: the second call reads the client's.
+                Ok(ssl::ShutdownResult::Sent) if attempt == 0 => continue,
+                Ok(ssl::ShutdownResult::Sent) => return Ok(true),
+                Err(e) => {
+                    if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) {
+                        return Ok(false);
+                    }
+                    if e.code() == ErrorCode::ZERO_RETURN || e.ssl_error().is_none_or(|st| st.errors().is_empty()) {
+                        return Ok(true);
+                    }
+                    self.failed = true;
+                    return Err(io_error(e, "SSL_shutdown() failed"));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// `ngx_ssl_shutdown` with `no_wait_shutdown` (an upstream connection): send a
     /// close_notify after a completed handshake, without waiting for the peer's.
     pub fn shutdown(&mut self) {
         if !self.handshaked || self.failed {
@@ -809,28 +860,21 @@ pub fn use_certificate(
         }
     }
     let kfail = |what: &str| queue_text(&format!("cannot load certificate key \"{}\": {}", key, what));
-    let bio = open_bio(key).map_err(kfail)?;
-    let none: &[Vec<u8>] = &[];
-    let tries = pwds.unwrap_or(none);
-    // SAFETY: as above; the password outlives each call.
+    let pkey = if let Some(spec) = key.strip_prefix("engine:") {
+        engine_key(spec).map_err(|what| {
+            // nginx cuts the name at the engine's end for the lookup and restores it
+            // only once the engine is found: its message names "engine:ID".
+            let shown = match (what, spec.split_once(':')) {
+                ("ENGINE_by_id() failed", Some((id, _))) => format!("engine:{}", id),
+                _ => key.to_string(),
+            };
+            queue_text(&format!("cannot load certificate key \"{}\": {}", shown, what))
+        })?
+    } else {
+        read_key(key, pwds).map_err(kfail)?
+    };
+    // SAFETY: the key read above, handed over or freed here.
     unsafe {
-        let mut i = 0;
-        let pkey = loop {
-            let u = tries.get(i).map_or(std::ptr::null_mut(), |p| p as *const Vec<u8> as *mut c_void);
-            let k = ffi::PEM_read_bio_PrivateKey(bio, std::ptr::null_mut(), Some(password_cb), u);
-            if !k.is_null() {
-                break k;
-            }
-            i += 1;
-            if i < tries.len() {
-                ffi::ERR_clear_error();
-                ffi::BIO_ctrl(bio, 1 /* BIO_CTRL_RESET */, 0, std::ptr::null_mut());
-                continue;
-            }
-            ffi::BIO_free_all(bio);
-            return Err(kfail("PEM_read_bio_PrivateKey() failed"));
-        };
-        ffi::BIO_free_all(bio);
         let used = match target {
             CertTarget::Ctx(ctx) => ffi::SSL_CTX_use_PrivateKey(ctx, pkey),
             CertTarget::Ssl(ssl) => ffi::SSL_use_PrivateKey(ssl, pkey),
@@ -842,6 +886,75 @@ pub fn use_certificate(
         ffi::EVP_PKEY_free(pkey);
     }
     Ok(digest)
+}
+
+/// "engine:ID:KEY": the key from an OpenSSL engine (`ENGINE_load_private_key`).
+fn engine_key(spec: &str) -> Result<*mut ffi::EVP_PKEY, &'static str> {
+    let Some((id, name)) = spec.split_once(':') else { return Err("invalid syntax") };
+    let (cid, cname) = (cstring(id), cstring(name));
+    // SAFETY: engine calls with NUL-terminated strings; the engine is freed here.
+    unsafe {
+        let e = ffi::ENGINE_by_id(cid.as_ptr());
+        if e.is_null() {
+            return Err("ENGINE_by_id() failed");
+        }
+        let k = ffi::ENGINE_load_private_key(e, cname.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut());
+        ffi::ENGINE_free(e);
+        if k.is_null() {
+            return Err("ENGINE_load_private_key() failed");
+        }
+        Ok(k)
+    }
+}
+
+/// `ssl_engine NAME` (ngx_openssl_engine): the engine OpenSSL uses by default.
+pub fn set_default_engine(name: &str) -> Result<(), String> {
+    let cname = cstring(name);
+    // SAFETY: engine calls with a NUL-terminated name; the reference is freed here.
+    unsafe {
+        let e = ffi::ENGINE_by_id(cname.as_ptr());
+        if e.is_null() {
+            return Err(queue_text(&format!("ENGINE_by_id(\"{}\") failed", name)));
+        }
+        let ok = ffi::ENGINE_set_default(e, 0xFFFF /* ENGINE_METHOD_ALL */);
+        if ok == 0 {
+            ffi::ENGINE_free(e);
+            return Err(queue_text(&format!("ENGINE_set_default(\"{}\", ENGINE_METHOD_ALL) failed", name)));
+        }
+        ffi::ENGINE_free(e);
+    }
+    Ok(())
+}
+
+/// A PEM private key from a file or "data:", tried with each password in turn; without
+/// a password file OpenSSL asks on the terminal, as it does for nginx.
+fn read_key(key: &str, pwds: Option<&[Vec<u8>]>) -> Result<*mut ffi::EVP_PKEY, &'static str> {
+    let bio = open_bio(key)?;
+    let none: &[Vec<u8>] = &[];
+    let tries = pwds.unwrap_or(none);
+    let cb: Option<unsafe extern "C" fn(*mut c_char, c_int, c_int, *mut c_void) -> c_int> =
+        if pwds.is_some() { Some(password_cb) } else { None };
+    // SAFETY: reading PEM from a live BIO, freed here; each password outlives its call.
+    unsafe {
+        let mut i = 0;
+        let pkey = loop {
+            let u = tries.get(i).map_or(std::ptr::null_mut(), |p| p as *const Vec<u8> as *mut c_void);
+            let k = ffi::PEM_read_bio_PrivateKey(bio, std::ptr::null_mut(), cb, u);
+            if !k.is_null() {
+                break k;
+            }
+            i += 1;
+            if i < tries.len() {
+                ffi::ERR_clear_error();
+                ffi::BIO_ctrl(bio, 1 /* BIO_CTRL_RESET */, 0, std::ptr::null_mut());
+                continue;
+            }
+            ffi::BIO_free_all(bio);
+            return Err("PEM_read_bio_PrivateKey() failed");
+        };
+        ffi::BIO_free_all(bio);
+        Ok(pkey)
+    }
 }
 
 /// Free a chain that was not handed to the context.

@@ -720,8 +720,13 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     }
     modules::init_main(cx)?;
     cx.merge_at = (cmd.file.clone(), inner.end_line);
-    for mut p in std::mem::take(&mut cx.servers) {
-        modules::merge_srv(&top, &mut p.confs, cx)?;
+    let mut servers = std::mem::take(&mut cx.servers);
+    for merge in modules::MERGES {
+        for p in &mut servers {
+            merge(&top, &mut p.confs, cx)?;
+        }
+    }
+    for p in servers {
         let handler =
             p.handler.ok_or_else(|| ConfError::bare(format!("no handler for server in {}:{}", p.file, p.line)))?;
         cx.ready.push(ReadyServer { confs: p.confs, handler });

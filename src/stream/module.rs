@@ -166,14 +166,17 @@ macro_rules! stream_modules {
             Ok(())
         }
 
-        pub fn merge_srv(
-            parent: &SrvConfs,
-            child: &mut SrvConfs,
-            cx: &mut $crate::stream::conf::ConfCx,
-        ) -> $crate::core::conf::ConfResult {
-            $( <$m as $crate::stream::module::Module>::merge_srv(&parent.$field, &mut child.$field, cx)?; )*
-            Ok(())
-        }
+        /// Each module's merge of a server's configuration, in module order: nginx
+        /// merges module by module, every server for one module before the next module
+        /// (so a later module's error in the first server loses to an earlier module's
+        /// error in the last one).
+        pub const MERGES: &[fn(
+            &SrvConfs,
+            &mut SrvConfs,
+            &mut $crate::stream::conf::ConfCx,
+        ) -> $crate::core::conf::ConfResult] = &[$(
+            |parent, child, cx| <$m as $crate::stream::module::Module>::merge_srv(&parent.$field, &mut child.$field, cx),
+        )*];
 
         pub fn postconfiguration(p: &mut $crate::stream::phase::PhaseRegistry) {
             $( <$m as $crate::stream::module::Module>::postconfiguration(p); )*

@@ -923,6 +923,10 @@ impl ProxySession {
                 }
             }
             self.pp_sent = true;
+            // nginx sends it with pc->send: it counts in $upstream_bytes_sent.
+            if let Some(p) = s.proxy_log.as_mut() {
+                p.sent += h.len() as u64;
+            }
         }
         let group = self.group.unwrap_or(0);
         let host = cx.rt.group_name(group);

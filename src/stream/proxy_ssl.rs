@@ -199,7 +199,7 @@ fn set_ssl(c: &ProxySsl, cx: &ConfCx) -> Result<SslContext, String> {
         tls::keep_client_sessions(&mut b);
     }
     if let Some(cmds) = &c.conf_commands {
-        ssl_mod::conf_commands(&mut b, cmds)?;
+        ssl_mod::conf_commands(&mut b, cmds, cx)?;
     }
     Ok(b.build())
 }

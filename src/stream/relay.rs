@@ -267,7 +267,9 @@ impl Direction {
                             }
                         }
                     }
-                    self.corked |= last;
+                    // Only a TCP socket holds bytes back (MSG_MORE); elsewhere the write is
+                    // plain and nothing waits for the end of file to leave.
+                    self.corked |= last && dst.is_tcp();
                     let wrote = if last { dst.write_more(&scratch[..n]) } else { dst.write(&scratch[..n]) };
                     let w = match wrote {
                         Ok(w) => w,

@@ -83,8 +83,8 @@ pub struct SslSrv {
     /// certificate.
     pub listen: Option<(Rc<str>, u32)>,
     handshake_timeout: Setting<Duration>,
-    certificates: Option<Vec<(String, Option<Complex>)>>,
-    certificate_keys: Option<Vec<(String, Option<Complex>)>>,
+    certificates: Option<Vec<String>>,
+    certificate_keys: Option<Vec<String>>,
     /// Certificates named with variables: (certificate, key) to evaluate per handshake
     /// (nginx's `certificate_values`), and the directory relative names start from.
     pub cert_values: Option<Rc<Vec<(Complex, Complex)>>>,
@@ -103,7 +103,6 @@ pub struct SslSrv {
     builtin_session_cache: Option<Builtin>,
     shm_zone: Option<String>,
     session_tickets: Setting<bool>,
-    session_ticket_keys: Option<Vec<tls::TicketKey>>,
     /// `ssl_session_ticket_key` files as given, with where they were given.
     ticket_key_files: Option<Vec<String>>,
     session_timeout: Setting<Duration>,
@@ -127,16 +126,15 @@ fn handshake_timeout(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     c.handshake_timeout.set_parsed(cmd, value::msec)
 }
 
-fn certificate(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    push_name(&mut c.certificates, cmd, cx)
+// ngx_conf_set_str_array_slot: names as given; those with variables are compiled at
+// merge, in servers with `listen ... ssl` only (`compile_certificates`).
+fn certificate(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.certificates.get_or_insert_with(Vec::new).push(cmd.arg(0).to_string());
+    Ok(())
 }
 
-fn certificate_key(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    push_name(&mut c.certificate_keys, cmd, cx)
-}
-
-fn push_name(list: &mut Option<Vec<(String, Option<Complex>)>>, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
-    list.get_or_insert_with(Vec::new).push(certificate_name(cmd, cx)?);
+fn certificate_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
+    c.certificate_keys.get_or_insert_with(Vec::new).push(cmd.arg(0).to_string());
     Ok(())
 }
 
@@ -158,19 +156,26 @@ fn password_file(c: &mut SslSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 
 /// `ngx_ssl_read_password_file`: one password a line, read now.
 pub(crate) fn read_password_file(cmd: &Cmd, cx: &ConfCx) -> ConfResult<Rc<Vec<Vec<u8>>>> {
+    use std::io::Read as _;
     let path = cx.conf_full_name(cmd.arg(0));
-    let data = std::fs::read(&path)
-        .map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e))))?;
+    let os = crate::core::conf::os_err;
+    let mut f = std::fs::File::open(&path).map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, os(&e))))?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).map_err(|e| cmd.err(format!("read() \"{}\" failed {}", path, os(&e))))?;
     let mut list = Vec::new();
     for line in data.split(|&b| b == b'\n') {
+        // nginx reads through a 4 KB buffer: a line that fills it is refused.
+        if line.len() >= 4096 {
+            return Err(cmd.err(format!("too long line in \"{}\"", path)));
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let end = line.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |i| i + 1);
-        if end > 0 {
-            list.push(line[..end].to_vec());
+        if !line.is_empty() {
+            list.push(line.to_vec());
         }
     }
+    // A file without any: one empty password.
     if list.is_empty() {
-        return Err(cmd.err(format!("no passwords in \"{}\"", path)));
+        list.push(Vec::new());
     }
     Ok(Rc::new(list))
 }
@@ -212,12 +217,13 @@ fn ciphers(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
 
 fn verify_client(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     c.verify.set_parsed(cmd, |cmd| {
-        let v = match cmd.arg(0) {
+        // ngx_conf_set_enum_slot: names in any case.
+        let v = match cmd.arg(0).to_ascii_lowercase().as_str() {
             "off" => 0,
             "on" => 1,
             "optional" => 2,
             "optional_no_ca" => 3,
-            a => return Err(cmd.err(format!("invalid value \"{}\"", a))),
+            _ => return Err(cmd.err(format!("invalid value \"{}\"", cmd.arg(0)))),
         };
         Ok(v)
     })
@@ -288,18 +294,26 @@ fn session_ticket_key(c: &mut SslSrv, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
 }
 
 /// `ngx_ssl_session_ticket_keys`: read each key file (48 or 80 bytes). nginx does it at
-/// merge, so its errors name the end of the `stream` block.
-fn read_ticket_keys(files: &[String], cx: &ConfCx) -> ConfResult<Vec<tls::TicketKey>> {
-    let (file, line) = (&cx.merge_at.0, cx.merge_at.1);
+/// merge, so its errors name the end of the `stream` block (the text returned says so).
+fn read_ticket_keys(files: &[String], cx: &ConfCx) -> Result<Vec<tls::TicketKey>, String> {
+    use std::io::Read as _;
+    let at = |msg: String| ConfError::at(msg, &cx.merge_at.0, cx.merge_at.1).to_string();
+    let os = crate::core::conf::os_err;
     let mut keys = Vec::new();
     for name in files {
         let path = cx.conf_full_name(name);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            ConfError::at(format!("open() \"{}\" failed {}", path, crate::core::conf::os_err(&e)), file, line)
-        })?;
-        let key = tls::TicketKey::from_file_bytes(&bytes)
-            .ok_or_else(|| ConfError::at(format!("\"{}\" must be 48 or 80 bytes", path), file, line))?;
-        keys.push(key);
+        let mut f = std::fs::File::open(&path).map_err(|e| at(format!("open() \"{}\" failed {}", path, os(&e))))?;
+        // A directory opens too; its size is not a key's.
+        let size = f.metadata().map(|m| m.len()).map_err(|e| at(format!("fstat() \"{}\" failed {}", path, os(&e))))?;
+        if size != 48 && size != 80 {
+            return Err(at(format!("\"{}\" must be 48 or 80 bytes", path)));
+        }
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(|e| at(format!("read() \"{}\" failed {}", path, os(&e))))?;
+        keys.push(
+            tls::TicketKey::from_file_bytes(&bytes)
+                .ok_or_else(|| at(format!("\"{}\" must be 48 or 80 bytes", path)))?,
+        );
     }
     Ok(keys)
 }
@@ -417,29 +431,11 @@ impl Module for StreamSsl {
         if keys.len() < certs.len() {
             return Err(ConfError::bare(format!(
                 "no \"ssl_certificate_key\" is defined for certificate \"{}\" and the \"listen ... ssl\" directive in {}:{}",
-                certs.last().map_or("", |s| s.0.as_str()),
+                certs.last().map_or("", |s| s.as_str()),
                 file,
                 line
             )));
         }
-        // ngx_stream_ssl_compile_certificates: with a variable in any name, every
-        // certificate is loaded per handshake.
-        if certs.iter().chain(keys.iter()).any(|n| n.1.is_some()) {
-            let pairs = certs
-                .iter()
-                .zip(keys.iter())
-                .map(|(c, k)| {
-                    (
-                        c.1.clone().unwrap_or_else(|| Complex::literal(c.0.as_bytes())),
-                        k.1.clone().unwrap_or_else(|| Complex::literal(k.0.as_bytes())),
-                    )
-                })
-                .collect();
-            c.cert_values = Some(Rc::new(pairs));
-            c.conf_prefix = cx.conf_prefix.clone();
-        }
-        let certs: Vec<String> = certs.into_iter().map(|n| n.0).collect();
-        let keys: Vec<String> = keys.into_iter().map(|n| n.0).collect();
         if c.builtin_session_cache.is_none() {
             c.builtin_session_cache = Some(p.builtin_session_cache.unwrap_or(Builtin::None));
         }
@@ -450,10 +446,12 @@ impl Module for StreamSsl {
         if c.ticket_key_files.is_none() {
             c.ticket_key_files = p.ticket_key_files.clone();
         }
-        if let Some(files) = &c.ticket_key_files {
-            c.session_ticket_keys = Some(read_ticket_keys(files, cx)?);
+        let (ctx, values) = build_context(c, &certs, &keys, cx).map_err(ConfError::bare)?;
+        c.ctx = Some(ctx);
+        if values.is_some() {
+            c.cert_values = values;
+            c.conf_prefix = cx.conf_prefix.clone();
         }
-        c.ctx = Some(build_context(c, &certs, &keys, cx).map_err(ConfError::bare)?);
         Ok(())
     }
 
@@ -471,7 +469,13 @@ pub(crate) fn use_certificate(
     pwds: Option<&[Vec<u8>]>,
     cx: &ConfCx,
 ) -> Result<[u8; 20], String> {
-    let full = |n: &str| if n.starts_with("data:") { n.to_string() } else { cx.conf_full_name(n) };
+    let full = |n: &str| {
+        if n.starts_with("data:") || n.starts_with("engine:") {
+            n.to_string()
+        } else {
+            cx.conf_full_name(n)
+        }
+    };
     tls::use_certificate(tls::CertTarget::Ctx(b.as_ptr()), &full(cert), &full(key), pwds)
 }
 
@@ -513,7 +517,33 @@ pub(crate) fn ssl_create(protocols: u32) -> Result<SslContextBuilder, String> {
 
 /// nginx's merge from `ngx_ssl_create` on: the context for a server with
 /// `listen ... ssl`, or nginx's error text.
-fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> Result<SslContext, String> {
+type CertValues = Option<Rc<Vec<(Complex, Complex)>>>;
+
+/// `ngx_stream_ssl_compile_certificates`: with a variable in any name, every pair is
+/// compiled to be loaded per handshake. nginx compiles them at merge, so an error is
+/// placed at the end of the `stream` block.
+fn compile_certificates(certs: &[String], keys: &[String], cx: &mut ConfCx) -> Result<CertValues, String> {
+    if !certs.iter().chain(keys).any(|n| n.contains('$')) {
+        return Ok(None);
+    }
+    let (file, line) = cx.merge_at.clone();
+    let mut compile = |name: &str, text: &String| {
+        let cmd = Cmd { name: name.to_string(), args: vec![text.clone()], block: None, file: file.clone(), line };
+        Complex::compile(text, &cmd, &mut cx.vars).map_err(|e| e.to_string())
+    };
+    let mut pairs = Vec::with_capacity(certs.len());
+    for (c, k) in certs.iter().zip(keys) {
+        pairs.push((compile("ssl_certificate", c)?, compile("ssl_certificate_key", k)?));
+    }
+    Ok(Some(Rc::new(pairs)))
+}
+
+fn build_context(
+    c: &SslSrv,
+    certs: &[String],
+    keys: &[String],
+    cx: &mut ConfCx,
+) -> Result<(SslContext, CertValues), String> {
     let mut b = ssl_create(c.protocols)?;
     // ngx_stream_ssl_servername: SNI is accepted whatever the name.
     b.set_servername_callback(|_, _| Ok::<(), SniError>(()));
@@ -527,8 +557,9 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     if c.prefer_server_ciphers.get() {
         b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
     }
+    let values = compile_certificates(certs, keys, cx)?;
     let mut digests = Vec::new();
-    if c.cert_values.is_some() {
+    if values.is_some() {
         // The certificates are the handshake's business (see `Handshake::Certificate`).
         tls::set_cert_callback(&mut b);
     } else {
@@ -581,7 +612,10 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
             if d.is_null() {
                 return Err(queue_text(&format!("PEM_read_bio_DHparams(\"{}\") failed", path)));
             }
-            ffi::SSL_CTX_set_tmp_dh(b.as_ptr(), d);
+            if ffi::SSL_CTX_set_tmp_dh(b.as_ptr(), d) != 1 {
+                ffi::DH_free(d);
+                return Err(queue_text(&format!("SSL_CTX_set_tmp_dh(\"{}\") failed", path)));
+            }
             ffi::DH_free(d);
         }
     }
@@ -593,7 +627,7 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     }
     // ngx_ssl_session_cache.
     tls::set_session_timeout(&mut b, c.session_timeout.get().as_secs());
-    let dynamic: &[String] = if c.cert_values.is_some() { certs } else { &[] };
+    let dynamic: &[String] = if values.is_some() { certs } else { &[] };
     tls::session_id_context(&mut b, &digests, dynamic)?;
     match c.builtin_session_cache.unwrap_or(Builtin::None) {
         Builtin::Off => {
@@ -620,13 +654,14 @@ fn build_context(c: &SslSrv, certs: &[String], keys: &[String], cx: &ConfCx) -> 
     if !c.session_tickets.get() {
         b.set_options(SslOptions::NO_TICKET);
     }
-    if let Some(keys) = &c.session_ticket_keys {
-        tls::set_ticket_keys(&mut b, keys.clone())?;
+    // ngx_ssl_session_ticket_keys: read here, after the rest, as nginx orders its checks.
+    if let Some(files) = &c.ticket_key_files {
+        tls::set_ticket_keys(&mut b, read_ticket_keys(files, cx)?)?;
     }
     if let Some(cmds) = &c.conf_commands {
-        conf_commands(&mut b, cmds)?;
+        conf_commands(&mut b, cmds, cx)?;
     }
-    Ok(b.build())
+    Ok((b.build(), values))
 }
 
 /// `ngx_ssl_crl`: revocation lists checked for the whole chain.
@@ -674,7 +709,7 @@ fn proto_list(mut b: &[u8]) -> Vec<&[u8]> {
 }
 
 /// `ngx_ssl_conf_commands`.
-pub(crate) fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]) -> Result<(), String> {
+pub(crate) fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)], cx: &ConfCx) -> Result<(), String> {
     // SAFETY: an SSL_CONF_CTX made, used on a live context and freed here.
     unsafe {
         let cctx = ffi::SSL_CONF_CTX_new();
@@ -691,7 +726,11 @@ pub(crate) fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]
         );
         ffi::SSL_CONF_CTX_set_ssl_ctx(cctx, b.as_ptr());
         for (k, v) in cmds {
-            let (ck, cv) = (tls::cstring(k), tls::cstring(v));
+            let ck = tls::cstring(k);
+            // A file or directory value is relative to the configuration's directory.
+            let t = tls::ffi::SSL_CONF_cmd_value_type(cctx, ck.as_ptr());
+            let v = if t == 2 || t == 3 { cx.conf_full_name(v) } else { v.clone() };
+            let cv = tls::cstring(&v);
             if ffi::SSL_CONF_cmd(cctx, ck.as_ptr(), cv.as_ptr()) <= 0 {
                 ffi::SSL_CONF_CTX_free(cctx);
                 return Err(queue_text(&format!("SSL_CONF_cmd(\"{}\", \"{}\") failed", k, v)));
@@ -780,7 +819,7 @@ pub(crate) fn certificate_path(s: &mut SessionCore, v: &Complex, conf_prefix: &s
     let mut out = Vec::new();
     v.eval(s, &mut out);
     let name = String::from_utf8_lossy(&out).into_owned();
-    if name.starts_with("data:") || name.starts_with('/') {
+    if name.starts_with("data:") || name.starts_with("engine:") || name.starts_with('/') {
         name
     } else {
         format!("{}{}", conf_prefix, name)

@@ -100,6 +100,19 @@ fn watch_exclusive(cycle: &Cycle, exclusive_accept: bool, idx: usize) -> bool {
     exclusive_accept && !cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
 }
 
+/// One step of a TLS client's shutdown (`ngx_ssl_shutdown`): true when it is over (a
+/// failure is logged), false while the client's close_notify is awaited.
+fn tls_close_step(s: &mut SessionCore, timed_out: bool) -> bool {
+    let Some(t) = s.client.tls_mut() else { return true };
+    match t.close_step(timed_out) {
+        Ok(done) => done,
+        Err(e) => {
+            s.connection_error(Side::Client, &e, "SSL_shutdown() failed");
+            true
+        }
+    }
+}
+
 fn lookup(sessions: &mut Slab<Session>, id: usize) -> Option<&mut Session> {
     sessions.get_mut(id & KEY_MASK).filter(|s| s.core.key == id)
 }
@@ -109,6 +122,9 @@ enum State {
     /// Running the phases before content (waiting here means waiting for preread).
     Phases,
     Content(ContentSession),
+    /// Logged and done, its TLS shutdown waiting (up to 3 s) for the client's
+    /// close_notify, as nginx's `ngx_ssl_shutdown` waits before the socket closes.
+    Closing,
 }
 
 struct Session {
@@ -831,6 +847,12 @@ impl Worker {
                 return;
             }
             State::Content(c) => c.get().on_event(&mut sess.core, side, ready, &mut cx),
+            State::Closing => {
+                if side == Side::Client && tls_close_step(&mut sess.core, false) {
+                    self.close_session(key, now);
+                }
+                return;
+            }
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
@@ -841,7 +863,7 @@ impl Worker {
         let (mut cx, sessions, _) = self.cx(now);
         let Some(sess) = lookup(sessions, key) else { return };
         let flow = match &mut sess.state {
-            State::Phases => return,
+            State::Phases | State::Closing => return,
             State::Content(c) => c.get().on_resolved(&mut sess.core, outcome, &mut cx),
         };
         if let Flow::Finalize(st) = flow {
@@ -879,6 +901,15 @@ impl Worker {
                 return;
             }
             State::Content(c) => c.get().on_timeout(&mut sess.core, id, &mut cx),
+            State::Closing => {
+                if sess.core.preread_timer == Some(id) {
+                    // No close_notify came in 3 s: close quietly (nginx's `c->timedout`).
+                    sess.core.preread_timer = None;
+                    tls_close_step(&mut sess.core, true);
+                    self.close_session(key, now);
+                }
+                return;
+            }
         };
         if let Flow::Finalize(st) = flow {
             self.finalize(key, st, now);
@@ -946,6 +977,10 @@ impl Worker {
     fn finalize(&mut self, key: usize, st: u16, now: Instant) {
         let (mut cx, sessions, _) = self.cx(now);
         let Some(sess) = lookup(sessions, key) else { return };
+        if let State::Closing = sess.state {
+            // Already logged: only the wait for the close_notify is cut short.
+            return self.close_session(key, now);
+        }
         sess.core.status = st;
         if sess.core.log_enabled(Level::Debug) {
             sess.core.log(Level::Debug, &format!("finalize stream session: {}", st), None);
@@ -958,8 +993,24 @@ impl Worker {
         // The log phase keeps the session's last action, as nginx's log context does
         // ("send() to syslog failed while returning text").
         cycle.phases.run_log(&mut sess.core, &mut cx);
-        // ngx_stream_close_connection: a TLS session says close_notify first.
-        sess.core.client.close_notify();
+        // ngx_stream_close_connection: a TLS session says close_notify first, and waits
+        // for the client's (under the same action: nginx's line for a failure says "while
+        // returning text" or "while proxying connection").
+        if sess.core.client.is_tls() && !tls_close_step(&mut sess.core, false) {
+            sess.state = State::Closing;
+            let token = session_token(key, Side::Client);
+            cx.timers.set(&mut sess.core.preread_timer, now + Duration::from_millis(3000), token);
+            return;
+        }
+        self.close_session(key, now);
+    }
+
+    /// `ngx_stream_close_connection` after the TLS shutdown: the session's descriptors,
+    /// counts and slot are given back.
+    fn close_session(&mut self, key: usize, now: Instant) {
+        let (cx, sessions, _) = self.cx(now);
+        let Some(sess) = lookup(sessions, key) else { return };
+        cx.timers.clear(&mut sess.core.preread_timer);
         // Bytes held back with MSG_MORE leave with the end of file (a close with unread
         // bytes would reset the connection and drop them instead).
         if sess.core.client_corked {
