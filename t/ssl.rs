@@ -814,3 +814,42 @@ fn close_notify_wait_as_nginx() {
     assert!(s.error_log().lines().any(|l| l.contains("[crit]") && l.contains("SSL_shutdown() failed")));
     s.stop();
 }
+
+/// `$ssl_*` read before the handshake (by `set`, in the preaccess phase) is kept, as
+/// nginx caches it: empty for the rest of the session (nginx 1.22.1 answered "r=").
+#[test]
+fn ssl_variable_read_before_the_handshake_stays_empty() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "set $x $ssl_protocol;", "return \"r=$ssl_protocol\\n\";"));
+    let mut c = tls(port, None, |_| {});
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "r=\n");
+    assert_eq!(wait_log(&s, 1), ["200 3 0 [-] [ECDHE-RSA-AES256-GCM-SHA384] [.] [-] [-] [NONE] [X25519]"]);
+    s.stop();
+}
+
+/// `worker_shutdown_timeout` ends a proxied TLS session as nginx does (the connection
+/// marked in error): no close_notify and no 3 s wait for the client's, so the worker
+/// exits at the timeout.
+#[test]
+fn shutdown_timeout_ends_tls_sessions_at_once() {
+    let port = free_port();
+    let up = backend(echo);
+    let conf = format!("worker_shutdown_timeout 300ms;\n{}", conf(port, "", &format!("proxy_pass 127.0.0.1:{up};")));
+    let mut s = Sluice::start_master(1, &conf);
+    let mut c = tls(port, None, |_| {});
+    c.write_all(b"x").expect("write");
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).expect("echo");
+    let t0 = Instant::now();
+    assert_eq!(s.stop(), Some(0));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(2500), "the worker waited {took:?} (a close_notify wait?)");
+    assert!(s.error_log().contains("shutdown timeout while proxying connection"), "{}", s.error_log());
+    let mut buf = [0u8; 16];
+    match c.ssl_read(&mut buf) {
+        Err(e) => assert_ne!(e.code(), openssl::ssl::ErrorCode::ZERO_RETURN, "no close_notify expected"),
+        Ok(n) => panic!("{n} bytes after the shutdown timeout"),
+    }
+}

@@ -369,6 +369,11 @@ impl TlsConn {
         r
     }
 
+    /// The connection is in error (nginx's `c->error`): it ends without close_notify.
+    pub fn abandon(&mut self) {
+        self.failed = true;
+    }
+
     /// `ngx_ssl_recv`: bytes, 0 at the end (close_notify or the socket's end), or
     /// `WouldBlock`.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -380,8 +380,10 @@ impl Module for StreamSsl {
     ];
 
     fn variables(v: &mut Variables) {
+        // Cached once read (nginx's flags have no NOCACHEABLE): a `set` or a limit_conn
+        // key that reads one before the handshake keeps it empty for the session.
         for (i, name) in VARIABLES.iter().enumerate() {
-            v.define(name, var_ssl, i);
+            v.define_cacheable(name, var_ssl, i);
         }
     }
 

@@ -930,13 +930,27 @@ impl Worker {
     }
 
     /// `ngx_shutdown_timer_handler`: close every session still running.
+    ///
+    /// nginx marks every connection closed and in error and calls its read handler: the
+    /// content handlers end their sessions ("shutdown timeout"), a TLS connection then
+    /// closes without close_notify, one waiting for the client's close_notify closes
+    /// silently, and a session still in the phases (handshake, PROXY header, preread)
+    /// does not look and runs on until its own timeout.
     fn shutdown_timeout(&mut self, now: Instant) {
         let keys: Vec<usize> = self.sessions.iter().map(|(_, s)| s.core.key).collect();
         for key in keys {
-            if let Some(sess) = lookup(&mut self.sessions, key) {
-                sess.core.log(Level::Info, "shutdown timeout", None);
+            let Some(sess) = lookup(&mut self.sessions, key) else { continue };
+            if let Some(t) = sess.core.client.tls_mut() {
+                t.abandon();
             }
-            self.finalize(key, status::OK, now);
+            match sess.state {
+                State::Phases => {}
+                State::Closing => self.close_session(key, now),
+                State::Content(_) => {
+                    sess.core.log(Level::Info, "shutdown timeout", None);
+                    self.finalize(key, status::OK, now);
+                }
+            }
         }
     }
 
