@@ -481,6 +481,9 @@ impl Drop for TlsConn {
     }
 }
 
+/// At most this many upstream peers keep a session in a worker.
+const MAX_CLIENT_SESSIONS: usize = 4096;
+
 thread_local! {
     /// Upstream TLS sessions to resume, per peer (nginx keeps one on each round-robin
     /// peer, `ngx_stream_upstream_save_round_robin_peer_session`); per worker.
@@ -649,7 +652,14 @@ pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
     b.set_new_session_callback(|ssl, session| {
         if let Some(key) = session_key_index().and_then(|i| ssl.ex_data(i)) {
             let key = key.clone();
-            CLIENT_SESSIONS.with(|m| m.borrow_mut().insert(key, session));
+            CLIENT_SESSIONS.with(|m| {
+                let mut m = m.borrow_mut();
+                // Peers of names resolved per session come and go: keep the map bounded.
+                if m.len() >= MAX_CLIENT_SESSIONS && !m.contains_key(&key) {
+                    m.clear();
+                }
+                m.insert(key, session);
+            });
         }
     });
 }
