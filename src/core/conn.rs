@@ -126,12 +126,18 @@ impl Conn {
         }
     }
 
+    /// The connection, leaving in its place one with no socket (for a moment: the caller
+    /// puts the connection back, wrapped).
+    fn take(&mut self) -> Conn {
+        let none =
+            UdpClient { sock: Weak::new(), peer: SocketAddr::from(([0, 0, 0, 0], 0)), local: None, listen_fd: -1 };
+        std::mem::replace(self, Conn::Udp(none))
+    }
+
     /// Put the connection under TLS with `ctx` (server side); the handshake is the
     /// caller's next step.
     pub fn start_tls(&mut self, ctx: &openssl::ssl::SslContext) -> Result<(), String> {
-        let none =
-            UdpClient { sock: Weak::new(), peer: SocketAddr::from(([0, 0, 0, 0], 0)), local: None, listen_fd: -1 };
-        let plain = std::mem::replace(self, Conn::Udp(none));
+        let plain = self.take();
         let t = crate::core::ssl::TlsConn::new(ctx, plain)?;
         *self = Conn::Tls(Box::new(t));
         Ok(())
@@ -145,9 +151,7 @@ impl Conn {
         session: Option<&openssl::ssl::SslSessionRef>,
         peer: Option<String>,
     ) -> Result<(), String> {
-        let none =
-            UdpClient { sock: Weak::new(), peer: SocketAddr::from(([0, 0, 0, 0], 0)), local: None, listen_fd: -1 };
-        let plain = std::mem::replace(self, Conn::Udp(none));
+        let plain = self.take();
         let t = crate::core::ssl::TlsConn::client(ctx, plain, sni, session, peer)?;
         *self = Conn::Tls(Box::new(t));
         Ok(())

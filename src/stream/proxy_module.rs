@@ -524,6 +524,15 @@ fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Opti
     })
 }
 
+/// The PROXY protocol header `proxy_protocol` asks for, if any.
+fn proxy_protocol_header(s: &SessionCore, udp: bool) -> Option<Vec<u8>> {
+    match s.srv.confs.proxy.proxy_protocol.get() {
+        1 => Some(crate::stream::proxy_protocol::write_v1(&s.remote, &s.local)),
+        2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, udp)),
+        _ => None,
+    }
+}
+
 fn conf(s: &SessionCore) -> &ProxySrv {
     &s.srv.confs.proxy
 }
@@ -899,11 +908,7 @@ impl ProxySession {
     fn start_upstream_tls(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         let srv = s.srv.clone();
         let Some(ctx) = srv.confs.proxy_ssl.ctx.as_ref() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
-        let pp = match srv.confs.proxy.proxy_protocol.get() {
-            1 => Some(crate::stream::proxy_protocol::write_v1(&s.remote, &s.local)),
-            2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, false)),
-            _ => None,
-        };
+        let pp = proxy_protocol_header(s, false);
         let Some(u) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         if let Some(h) = pp.filter(|_| !self.pp_sent) {
             // ngx_stream_proxy_send_proxy_protocol: one send, whole or nothing.
@@ -1033,11 +1038,7 @@ impl ProxySession {
         }
         let srv = s.srv.clone();
         // `proxy_protocol`: the header goes first, ahead of any relayed byte.
-        let pp = match srv.confs.proxy.proxy_protocol.get() {
-            1 => Some(crate::stream::proxy_protocol::write_v1(&s.remote, &s.local)),
-            2 => Some(crate::stream::proxy_protocol::write_v2(&s.remote, &s.local, self.udp)),
-            _ => None,
-        };
+        let pp = proxy_protocol_header(s, self.udp);
         // Bytes the preread phase read go first (nginx sends its preread buffer without
         // counting it in $bytes_received).
         if !self.udp && !s.preread.is_empty() {

@@ -767,7 +767,7 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         // 1.25.5 switches in its servername callback; later versions, as here, choose
         // from the ClientHello).
         if s.virtual_names.is_some() {
-            match sni_from_hello(s) {
+            match sni_from_hello(s, &mut cx.rt.scratch) {
                 None => return handshake_wait(s, cx),
                 Some(Some(host)) => crate::stream::ssl_preread_module::find_virtual_server(s, &host),
                 Some(None) => {}
@@ -864,11 +864,14 @@ fn handshake_wait(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
 /// The SNI host of the client's hello, read without taking it (MSG_PEEK): `None` while
 /// more of it is to come, `Some(None)` for a hello without one (or input that is not a
 /// hello, or a hello larger than looked at: the handshake then says what it is).
-fn sni_from_hello(s: &mut SessionCore) -> Option<Option<Vec<u8>>> {
+fn sni_from_hello(s: &mut SessionCore, buf: &mut Vec<u8>) -> Option<Option<Vec<u8>>> {
     use crate::stream::ssl_preread_module::{parse, Parsed};
     const LOOK: usize = 16 * 1024 + 5;
-    let mut buf = vec![0u8; LOOK];
-    let n = match s.client.peek(&mut buf) {
+    // The worker's shared buffer: nothing allocated per wake-up.
+    if buf.len() < LOOK {
+        buf.resize(LOOK, 0);
+    }
+    let n = match s.client.peek(&mut buf[..LOOK]) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
         Err(_) => return Some(None),
