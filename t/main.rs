@@ -32,6 +32,7 @@ mod balancing;
 mod cli;
 mod conf_errors;
 mod geo;
+mod health_check;
 mod limit_conn;
 mod logs;
 mod map;

@@ -731,6 +731,15 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
             p.handler.ok_or_else(|| ConfError::bare(format!("no handler for server in {}:{}", p.file, p.line)))?;
         cx.ready.push(ReadyServer { confs: p.confs, handler });
     }
+    for r in &mut cx.ready {
+        let c = &mut r.confs;
+        crate::stream::upstream_hc_module::bind(
+            &mut c.upstream_hc,
+            c.proxy.pass.as_ref(),
+            &cx.upstreams,
+            &cx.main.upstream_hc,
+        )?;
+    }
     cx.vars.finish()?;
     check_variables_hash(cx)?;
     let cores: Vec<&CoreSrv> = cx.ready.iter().map(|r| &r.confs.core).collect();

@@ -655,6 +655,11 @@ fn quantifier(b: &[u8]) -> Option<(u64, Option<u64>, usize)> {
 }
 
 impl StreamRegex {
+    /// Whether the pattern matches anywhere in `subject` (no captures kept).
+    pub fn is_match(&self, subject: &[u8]) -> bool {
+        self.re.is_match(subject)
+    }
+
     /// `ngx_stream_regex_exec`: on a match the session's captures ($1..$9) become this
     /// match's, and the named groups' variables are set.
     pub fn exec(&self, s: &mut SessionCore, subject: &[u8]) -> bool {

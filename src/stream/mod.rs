@@ -5,6 +5,7 @@ pub mod conf;
 pub mod content;
 pub mod cycle;
 pub mod dgram_owners;
+pub mod health_check;
 pub mod master;
 pub mod module;
 pub mod phase;
@@ -35,6 +36,7 @@ pub mod split_clients_module;
 pub mod ssl_module;
 pub mod ssl_preread_module;
 pub mod upstream_hash_module;
+pub mod upstream_hc_module;
 pub mod upstream_least_conn_module;
 pub mod upstream_module;
 pub mod upstream_random_module;
@@ -59,6 +61,7 @@ crate::stream_modules! {
     upstream_least_conn: upstream_least_conn_module::UpstreamLeastConn,
     upstream_random: upstream_random_module::UpstreamRandom,
     upstream_zone: upstream_zone_module::UpstreamZone,
+    upstream_hc: upstream_hc_module::UpstreamHc,
     ssl: ssl_module::StreamSsl,
     ssl_preread: ssl_preread_module::SslPreread,
     pass: pass_module::Pass,

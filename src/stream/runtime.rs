@@ -12,9 +12,12 @@ use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
 use crate::core::shm::{monotonic_ms, Shm};
 use crate::core::splice::PipePool;
-use crate::stream::cycle::Cycle;
+use crate::stream::cycle::{Cycle, Server};
 use crate::stream::dgram_owners::DgramOwners;
+use crate::stream::health_check::{Check, CheckTarget, HealthChecks};
 use crate::stream::resolver::{self, Io, Resolvers, Target};
+use crate::stream::upstream_hc_module::HealthCheck;
+use crate::upstream::health::{self, HealthTable};
 use crate::upstream::round_robin::RoundRobin;
 use crate::upstream::zone::{self, Resolved, ResolvedTable, SharedPeers};
 use crate::upstream::{new_balancer, Balancer, Outcome, PeerId, PeerPick, PeerSet, UpstreamConf, UpstreamServer};
@@ -122,6 +125,15 @@ fn lines_signature(u: &UpstreamConf, lines: &[usize]) -> u64 {
     (h.finalize() as u64) << 8 | lines.len() as u64
 }
 
+/// The `health_check`s of the servers that proxy to upstream `g`, in server order.
+fn checks_of(cycle: &Cycle, g: usize) -> impl Iterator<Item = (&Rc<Server>, usize, &HealthCheck)> {
+    cycle
+        .servers
+        .iter()
+        .filter(move |s| s.confs.upstream_hc.group == Some(g))
+        .flat_map(|s| s.confs.upstream_hc.checks.iter().enumerate().map(move |(k, hc)| (s, k, hc)))
+}
+
 /// Group numbers from here on are sessions' own groups.
 pub const SESSION_GROUP: usize = 1 << 40;
 
@@ -131,6 +143,8 @@ pub type UdpKey = (usize, std::net::SocketAddr, Option<std::net::IpAddr>);
 
 pub struct WorkerState {
     groups: Vec<Group>,
+    /// The `health_check`s of the configuration, with their probes in flight.
+    pub health: HealthChecks,
     /// A session's own group, made at run time by `proxy_pass $var` naming an address
     /// or a resolved host name (nginx's `ngx_stream_upstream_create_round_robin_peer`);
     /// numbered from `SESSION_GROUP`.
@@ -191,10 +205,12 @@ impl WorkerState {
         // Regions of each zone, in upstream order: the same layout in every worker.
         let mut used: HashMap<String, usize> = HashMap::new();
         let now = crate::core::time::instant();
+        let mut health = HealthChecks::default();
         let groups = cycle
             .upstreams
             .iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(gi, u)| {
                 let peers = PeerSet::new(u);
                 let balancer = new_balancer(u, &peers);
                 let lines: Vec<usize> =
@@ -209,7 +225,31 @@ impl WorkerState {
                     let peers_size = zone::region_size(most).div_ceil(8) * 8;
                     let table_at = at + peers_size;
                     *off += peers_size + if lines.is_empty() { 0 } else { zone::table_size(lines.len()) };
-                    let sp = SharedPeers::attach(z.shm.clone(), at, &peers, z.generation, now);
+                    let mut sp = SharedPeers::attach(z.shm.clone(), at, &peers, z.generation, now);
+                    // Then a table per `health_check` naming the upstream, in server order.
+                    let hashes: Vec<u32> = peers.primary.iter().chain(&peers.backup).map(|p| p.name_hash).collect();
+                    for (srv, k, hc) in checks_of(cycle, gi) {
+                        let table_at = (*off).div_ceil(8) * 8;
+                        *off = table_at + health::table_size(most);
+                        let sig = z.generation ^ (gi as u64) << 32 ^ (health.checks.len() as u64) << 48;
+                        let table = HealthTable::attach(
+                            z.shm.clone(),
+                            at,
+                            table_at,
+                            &hashes,
+                            most,
+                            sig,
+                            hc.mandatory,
+                            hc.persistent,
+                        );
+                        match (table, sp.as_mut()) {
+                            (Some(t), Some(sp)) => {
+                                sp.health.push(t.clone());
+                                health.checks.push(Check::new(srv.clone(), k, gi, t, Rc::from(u.name.as_str()), now));
+                            }
+                            _ => sp = None,
+                        }
+                    }
                     let table = (!lines.is_empty())
                         .then(|| {
                             let sig = lines_signature(u, &lines);
@@ -252,6 +292,7 @@ impl WorkerState {
             .collect();
         WorkerState {
             groups,
+            health,
             session_groups: Slab::new(),
             resolvers: Resolvers::default(),
             services: HashMap::new(),
@@ -349,6 +390,27 @@ impl WorkerState {
         let Some(group) = self.group_mut(g) else { return 0 };
         refresh(group, now);
         group.peers.tries()
+    }
+
+    /// Probe the peers whose health checks are due (and that no other worker took).
+    pub fn run_health_checks(&mut self, io: &mut Io<'_>) {
+        for c in 0..self.health.checks.len() {
+            if !self.health.due(c, io.now) {
+                continue;
+            }
+            let Some(group) = self.groups.get_mut(self.health.checks[c].group) else { continue };
+            refresh(group, io.now);
+            let targets: Vec<CheckTarget> = group
+                .peers
+                .primary
+                .iter()
+                .chain(&group.peers.backup)
+                .enumerate()
+                .filter(|(_, p)| !p.down)
+                .map(|(index, p)| CheckTarget { index, addr: p.addr.clone(), name: p.name.clone(), hash: p.name_hash })
+                .collect();
+            self.health.tick(c, &targets, io);
+        }
     }
 
     /// When the next `resolve` lookup of any upstream is due.
@@ -646,7 +708,11 @@ fn refresh(group: &mut Group, now: Instant) {
     let mut peers = PeerSet::new(&conf);
     carry_state(&group.peers, &mut peers);
     group.balancer = new_balancer(&conf, &peers);
+    let health = group.shared.take().map(|s| s.health).unwrap_or_default();
     group.shared = SharedPeers::attach(d.shm.clone(), d.offset, &peers, d.generation, now);
+    if let Some(s) = group.shared.as_mut() {
+        s.health = health;
+    }
     group.peers = peers;
     group.epoch += 1;
     d.seen = gen;

@@ -22,6 +22,7 @@ use crate::core::timer::{TimerId, Timers};
 use crate::stream::content::{ContentSession, Ready};
 use crate::stream::cycle::Cycle;
 use crate::stream::dgram_owners::DGRAM_BIT;
+use crate::stream::health_check::HEALTH_BITS;
 use crate::stream::phase::Flow;
 use crate::stream::resolver::{Io, Outcome, Target, RESOLVER_BIT};
 use crate::stream::runtime::WorkerState;
@@ -249,6 +250,10 @@ impl Worker {
                 let d = f.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
+            if let Some(f) = self.rt.health.next_due().filter(|_| !self.quitting) {
+                let d = f.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
             if let Some(at) = self.accept_paused {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -287,6 +292,9 @@ impl Worker {
                     } else {
                         self.accept(idx, now);
                     }
+                } else if t.0 & HEALTH_BITS == HEALTH_BITS {
+                    let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                    self.rt.health.on_event(t.0, &mut io);
                 } else if t.0 & RESOLVER_BIT != 0 {
                     let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                     self.rt.resolvers.on_event(t.0 & !RESOLVER_BIT, &mut io);
@@ -313,7 +321,10 @@ impl Worker {
                 }
             }
             while let Some((id, t)) = self.timers.pop_expired(now) {
-                if t.0 & RESOLVER_BIT != 0 {
+                if t.0 & HEALTH_BITS == HEALTH_BITS {
+                    let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                    self.rt.health.on_timer(t.0, id, &mut io);
+                } else if t.0 & RESOLVER_BIT != 0 {
                     let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                     self.rt.resolvers.on_timer(t.0 & !RESOLVER_BIT, id, &mut io);
                 } else {
@@ -324,6 +335,11 @@ impl Worker {
             if !self.quitting && self.rt.next_resolve().is_some_and(|at| at <= now) {
                 let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                 self.rt.run_resolves(&mut io);
+            }
+            // Health checks that are due (not in a worker that is leaving).
+            if !self.quitting && self.rt.health.next_due().is_some_and(|at| at <= now) {
+                let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
+                self.rt.run_health_checks(&mut io);
             }
             // Answers (or timeouts) for sessions waiting on the resolver. Delivering one
             // can start another lookup that is answered from the cache at once.

@@ -5,6 +5,7 @@
 //! interface every balancing method implements.
 
 pub mod hash;
+pub mod health;
 pub mod least_conn;
 pub mod random;
 pub mod round_robin;
@@ -125,6 +126,11 @@ pub struct Peer {
     pub accessed: Option<Instant>,
     pub checked: Option<Instant>,
     pub down: bool,
+    /// `name`'s hash, which its health check records are kept under.
+    pub name_hash: u32,
+    /// An active health check found it unhealthy (or has not checked it yet, with
+    /// `mandatory`): treated as `down`.
+    pub hc_down: bool,
 }
 
 /// The peers of one upstream: primaries and, in `backup`, the backup group.
@@ -211,6 +217,8 @@ impl Peer {
         Peer {
             addr: addr.clone(),
             name: Rc::from(addr.to_string().as_str()),
+            name_hash: health::name_hash(&addr.to_string()),
+            hc_down: false,
             server: server.clone(),
             weight: s.weight as i64,
             effective_weight: s.weight as i64,
@@ -224,6 +232,11 @@ impl Peer {
             checked: None,
             down: s.down,
         }
+    }
+
+    /// Marked `down`, or taken out by a health check.
+    pub fn is_down(&self) -> bool {
+        self.down || self.hc_down
     }
 
     /// Out for `fail_timeout` after `max_fails` failures.
@@ -344,7 +357,7 @@ impl Peer {
     /// Whether a balancer may choose this peer now (`down`, failed, `max_conns`).
     pub fn usable(&self, now: Instant) -> bool {
         let full = self.max_conns != 0 && self.conns >= self.max_conns;
-        !(self.down || full || self.is_failed(now))
+        !(self.is_down() || full || self.is_failed(now))
     }
 }
 

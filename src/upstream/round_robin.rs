@@ -13,7 +13,7 @@ fn get_peer(group: &mut [super::Peer], pick: &mut PeerPick, backup: bool, now: I
     let mut best: Option<(usize, i64)> = None;
     let mut total: i64 = 0;
     for (i, p) in group.iter_mut().enumerate() {
-        if pick.tried.contains(i) || p.down || p.is_failed(now) {
+        if pick.tried.contains(i) || p.is_down() || p.is_failed(now) {
             continue;
         }
         if p.max_conns != 0 && p.conns >= p.max_conns {
@@ -43,7 +43,7 @@ impl Balancer for RoundRobin {
         let id = if peers.primary.len() == 1 && peers.backup.is_empty() && !pick.in_backup {
             // A single peer: nginx checks only `down` and `max_conns`.
             let p = &peers.primary[0];
-            if p.down || (p.max_conns != 0 && p.conns >= p.max_conns) {
+            if p.is_down() || (p.max_conns != 0 && p.conns >= p.max_conns) {
                 None
             } else {
                 Some(PeerId { backup: false, index: 0 })

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::shm::{monotonic_ms, Shm, SpinGuard};
 
+use super::health::HealthTable;
 use super::{Peer, PeerSet};
 
 const HEADER: usize = 24;
@@ -29,6 +30,9 @@ pub struct SharedPeers {
     offset: usize,
     sig: u64,
     n: usize,
+    /// The tables of the `health_check`s naming the upstream: a peer any of them holds
+    /// unhealthy (or still checking) takes no clients.
+    pub health: Vec<HealthTable>,
 }
 
 /// A signature of the peer list and the configuration it belongs to: every reload starts
@@ -95,7 +99,7 @@ impl SharedPeers {
         let n = peers.primary.len() + peers.backup.len();
         shm.bytes(offset, region_size(n))?;
         shm.lock_at(offset)?;
-        let sp = SharedPeers { shm, offset, sig: signature(peers, generation), n };
+        let sp = SharedPeers { shm, offset, sig: signature(peers, generation), n, health: Vec::new() };
         let _g = SpinGuard::lock(sp.shm.lock_at(offset)?);
         let b = sp.shm.bytes(offset, region_size(n))?;
         if get_u64(b, 8) != sp.sig {
@@ -131,6 +135,7 @@ impl SharedPeers {
             p.accessed = c.instant_of(get_u64(b, at + 16));
             p.current_weight = get_u64(b, at + 24) as i64;
             p.effective_weight = get_u64(b, at + 32) as i64;
+            p.hc_down = self.health.iter().any(|t| !t.passes_clients(i, p.name_hash));
         }
     }
 
