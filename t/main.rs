@@ -28,6 +28,7 @@ static BLOCK_SIGCHLD: extern "C" fn() = {
 mod smoke;
 
 mod access;
+mod api;
 mod balancing;
 mod cli;
 mod conf_errors;

@@ -18,5 +18,6 @@ pub mod shm;
 pub mod splice;
 pub mod ssl;
 pub mod ssl_cache;
+pub mod stats;
 pub mod time;
 pub mod timer;

@@ -389,6 +389,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let listening = std::mem::take(&mut cx.listening);
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);
+    crate::core::stats::next_generation();
     Ok(Cycle {
         core: cx.core,
         stream: cx.main,
@@ -733,6 +734,7 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     }
     for r in &mut cx.ready {
         let c = &mut r.confs;
+        crate::stream::api_module::bind(&mut c.api, &cx.main.api);
         crate::stream::upstream_hc_module::bind(
             &mut c.upstream_hc,
             c.proxy.pass.as_ref(),

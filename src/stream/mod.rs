@@ -20,6 +20,7 @@ pub mod variables_hash;
 pub mod worker;
 
 pub mod access_module;
+pub mod api_module;
 pub mod core_module;
 pub mod geo_module;
 pub mod limit_conn_module;
@@ -65,4 +66,5 @@ crate::stream_modules! {
     ssl: ssl_module::StreamSsl,
     ssl_preread: ssl_preread_module::SslPreread,
     pass: pass_module::Pass,
+    api: api_module::Api,
 }

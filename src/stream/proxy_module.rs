@@ -1664,6 +1664,10 @@ impl Content for ProxySession {
         }
         if let Some(g) = self.group {
             if self.pick.current.is_some() {
+                if let (Some(st), Some(p)) = (s.upstream_states.last(), s.proxy_log.as_ref()) {
+                    let times = [st.connect_time, st.first_byte_time, st.response_time];
+                    cx.rt.count_peer(g, &self.pick, p.sent, p.received, times);
+                }
                 let outcome = if self.udp && self.upstream_error { Outcome::Failed } else { Outcome::Ok };
                 if cx.rt.free_peer(g, &mut self.pick, outcome, cx.now) {
                     s.log(Level::Warn, "upstream server temporarily disabled", None);

@@ -12,6 +12,7 @@ use crate::core::addr::Addr;
 use crate::core::logfile::LogFile;
 use crate::core::shm::{monotonic_ms, Shm};
 use crate::core::splice::PipePool;
+use crate::core::stats::{self, Slot};
 use crate::stream::cycle::{Cycle, Server};
 use crate::stream::dgram_owners::DgramOwners;
 use crate::stream::health_check::{Check, CheckTarget, HealthChecks};
@@ -31,6 +32,26 @@ struct Group {
     dynamic: Option<Dynamic>,
     /// Bumped each time the peer list is rebuilt (picks from before are mapped by name).
     epoch: u64,
+    /// Per peer (primaries, then backups), its counters for the `api`, when kept.
+    stats: Vec<Option<Slot>>,
+    /// The `zone` the upstream is in.
+    zone: Option<String>,
+}
+
+/// The counters of a group's peers, when statistics are kept (only upstreams in a
+/// zone are shown, as nginx Plus shows them).
+fn peer_slots(name: &str, peers: &PeerSet, zone: bool) -> Vec<Option<Slot>> {
+    if !zone || !stats::enabled() {
+        return Vec::new();
+    }
+    peers.primary.iter().chain(&peers.backup).map(|p| stats::peer_slot(name, &p.name)).collect()
+}
+
+impl Group {
+    fn slot(&self, id: PeerId) -> Option<Slot> {
+        let i = if id.backup { self.peers.primary.len() + id.index } else { id.index };
+        self.stats.get(i).copied().flatten()
+    }
 }
 
 /// The run-time part of an upstream with `server ... resolve` lines.
@@ -145,6 +166,8 @@ pub struct WorkerState {
     groups: Vec<Group>,
     /// The `health_check`s of the configuration, with their probes in flight.
     pub health: HealthChecks,
+    /// When the configuration was loaded here (wall-clock ms), for the `api`.
+    pub loaded_ms: u64,
     /// A session's own group, made at run time by `proxy_pass $var` naming an address
     /// or a resolved host name (nginx's `ngx_stream_upstream_create_round_robin_peer`);
     /// numbered from `SESSION_GROUP`.
@@ -277,7 +300,8 @@ impl WorkerState {
                     }
                     sp
                 });
-                Group { peers, balancer, shared, dynamic, epoch: 0 }
+                let stats = peer_slots(&u.name, &peers, shared.is_some());
+                Group { peers, balancer, shared, dynamic, epoch: 0, stats, zone: u.zone.clone() }
             })
             .collect();
         let files = cycle
@@ -293,6 +317,7 @@ impl WorkerState {
         WorkerState {
             groups,
             health,
+            loaded_ms: crate::stream::api_module::now_ms(),
             session_groups: Slab::new(),
             resolvers: Resolvers::default(),
             services: HashMap::new(),
@@ -350,6 +375,10 @@ impl WorkerState {
             Some(sh) => sh.with(peers, now, |p| balancer.get(p, pick, key, now)),
             None => balancer.get(peers, pick, key, now),
         }?;
+        if let Some(slot) = group.slot(id) {
+            slot.add(stats::peer::CONNECTIONS, 1);
+            slot.set(stats::peer::SELECTED, crate::stream::api_module::now_ms());
+        }
         let p = group.peers.peer(id)?;
         if group.dynamic.is_some() {
             pick.epoch = group.epoch;
@@ -363,10 +392,100 @@ impl WorkerState {
         let Some(group) = self.group_mut(g) else { return false };
         refresh(group, now);
         remap(group, pick);
-        match &group.shared {
+        let slot = pick.current.and_then(|id| group.slot(id));
+        let disabled = match &group.shared {
             Some(sh) => sh.with(&mut group.peers, now, |p| p.release(pick, outcome, now)),
             None => group.peers.release(pick, outcome, now),
+        };
+        if let (Some(slot), Outcome::Failed) = (slot, outcome) {
+            slot.add(stats::peer::FAILS, 1);
+            if disabled {
+                slot.add(stats::peer::UNAVAIL, 1);
+            }
         }
+        disabled
+    }
+
+    /// Count what a session did with its peer (bytes and times), before it is released.
+    pub fn count_peer(&mut self, g: usize, pick: &PeerPick, sent: u64, received: u64, times: [Option<Duration>; 3]) {
+        let Some(group) = self.group_mut(g) else { return };
+        if group.stats.is_empty() || (group.dynamic.is_some() && pick.epoch != group.epoch) {
+            return;
+        }
+        let Some(slot) = pick.current.and_then(|id| group.slot(id)) else { return };
+        use stats::peer::*;
+        slot.add(SENT, sent);
+        slot.add(RECEIVED, received);
+        let [connect, first_byte, response] = times;
+        for (t, sum, count) in [
+            (connect, CONNECT_TIME, CONNECT_COUNT),
+            (first_byte, FIRST_BYTE_TIME, FIRST_BYTE_COUNT),
+            (response, RESPONSE_TIME, RESPONSE_COUNT),
+        ] {
+            if let Some(t) = t {
+                slot.add(sum, t.as_millis() as u64);
+                slot.add(count, 1);
+            }
+        }
+    }
+
+    /// The upstreams in shared memory as the `api` shows them.
+    pub fn upstream_report(&mut self, now: Instant) -> Vec<crate::stream::api_module::UpstreamReport> {
+        use crate::stream::api_module::{PeerReport, UpstreamReport};
+        use crate::upstream::health::State;
+        let mut out = Vec::new();
+        for group in &mut self.groups {
+            let Some(zone) = group.zone.clone() else { continue };
+            refresh(group, now);
+            let Some(sh) = &group.shared else { continue };
+            let peers = sh.with(&mut group.peers, now, |p| p.clone());
+            let mut list = Vec::new();
+            for (i, (p, backup)) in
+                peers.primary.iter().map(|p| (p, false)).chain(peers.backup.iter().map(|p| (p, true))).enumerate()
+            {
+                let mut health = None;
+                let mut hc_state = None;
+                for t in &sh.health {
+                    if let Some((st, s)) = t.stats(i, p.name_hash) {
+                        let h = health.get_or_insert((0, 0, 0, None));
+                        h.0 += s.checks;
+                        h.1 += s.fails;
+                        h.2 += s.unhealthy;
+                        h.3 = s.last_passed.or(h.3);
+                        hc_state = match (hc_state, st) {
+                            (Some(State::Unhealthy), _) | (_, State::Unhealthy) => Some(State::Unhealthy),
+                            (Some(State::Checking), _) | (_, State::Checking) => Some(State::Checking),
+                            _ => Some(State::Up),
+                        };
+                    }
+                }
+                let state = if p.down {
+                    "down"
+                } else if hc_state == Some(State::Unhealthy) {
+                    "unhealthy"
+                } else if hc_state == Some(State::Checking) {
+                    "checking"
+                } else if p.is_failed(now) {
+                    "unavail"
+                } else {
+                    "up"
+                };
+                list.push(PeerReport {
+                    id: i,
+                    server: p.name.to_string(),
+                    name: p.server.to_string(),
+                    backup,
+                    weight: p.weight,
+                    state,
+                    active: p.conns,
+                    max_conns: p.max_conns,
+                    slot: group.stats.get(i).copied().flatten(),
+                    health,
+                });
+            }
+            out.push(UpstreamReport { name: peers.name.to_string(), zone, peers: list });
+        }
+        out
     }
 
     pub fn notify_connect(&mut self, g: usize, pick: &mut PeerPick) {
@@ -651,7 +770,15 @@ impl WorkerState {
             ..Default::default()
         };
         let peers = PeerSet::new(&conf);
-        let group = Group { peers, balancer: Box::new(RoundRobin), shared: None, dynamic: None, epoch: 0 };
+        let group = Group {
+            peers,
+            balancer: Box::new(RoundRobin),
+            shared: None,
+            dynamic: None,
+            epoch: 0,
+            stats: Vec::new(),
+            zone: None,
+        };
         SESSION_GROUP + self.session_groups.insert(group)
     }
 
@@ -713,6 +840,7 @@ fn refresh(group: &mut Group, now: Instant) {
     if let Some(s) = group.shared.as_mut() {
         s.health = health;
     }
+    group.stats = peer_slots(&group.peers.name, &peers, group.shared.is_some());
     group.peers = peers;
     group.epoch += 1;
     d.seen = gen;

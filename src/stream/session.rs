@@ -206,6 +206,9 @@ pub struct SessionCore {
     pub handshake_timer: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
+    /// The `status_zone` counting this session as processing (from its content phase
+    /// on), given back in the log phase.
+    pub status_zone: Option<crate::core::stats::Slot>,
 }
 
 impl LogContext for SessionCore {

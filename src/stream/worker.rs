@@ -562,6 +562,9 @@ impl Worker {
                     // nginx's ngx_event_accept: no free connection for it, so the
                     // accepted socket is closed at once, and this event takes no more.
                     self.listen_log(idx, Level::Alert, &self.rt.not_enough(), None);
+                    if let Some(g) = crate::core::stats::global() {
+                        g.add(crate::core::stats::global::DROPPED, 1);
+                    }
                     return;
                 }
                 Ok((conn, remote)) => {
@@ -727,6 +730,12 @@ impl Worker {
             crate::core::log::error(Level::Alert, "epoll_ctl() failed", Some(&e));
             return;
         }
+        if passed.is_none() {
+            if let Some(g) = crate::core::stats::global() {
+                g.add(crate::core::stats::global::ACCEPTED, 1);
+                g.add(crate::core::stats::global::ACTIVE, 1);
+            }
+        }
         let core = SessionCore {
             id,
             key,
@@ -765,6 +774,7 @@ impl Worker {
             limit_conn_status: 0,
             proxy_protocol: None,
             ctx: Vec::new(),
+            status_zone: None,
             pp_pending: addr_conf.proxy_protocol && !conn_is_udp,
             ssl: addr_conf.ssl && !conn_is_udp,
             handshake_timer: false,
@@ -824,6 +834,10 @@ impl Worker {
                         self.finalize(key, status::INTERNAL_SERVER_ERROR, now);
                         return;
                     }
+                }
+                if let Some(z) = sess.core.srv.confs.api.zone_slot {
+                    z.add(crate::core::stats::zone::PROCESSING, 1);
+                    sess.core.status_zone = Some(z);
                 }
                 let mut content = (sess.core.srv.handler)(&mut sess.core);
                 let f = content.get().start(&mut sess.core, &mut cx);
@@ -1049,6 +1063,9 @@ impl Worker {
         sess.core.action = None;
         sess.core.limit_conn.release_all();
         cx.rt.conns = cx.rt.conns.saturating_sub(1);
+        if let Some(g) = crate::core::stats::global() {
+            g.sub(crate::core::stats::global::ACTIVE, 1);
+        }
         cx.rt.slots.give(sess.core.conn_slot);
         cx.rt.udp_unbind(sess.core.udp_key, key);
         if sess.core.udp_dropped > 0 {
