@@ -335,3 +335,47 @@ fn configuration_errors() {
     let got = test_conf(&format!("{}{}", ups, ok));
     assert!(got.contains("test is successful"), "{}", got);
 }
+
+#[test]
+fn mandatory_persistent_keeps_a_healthy_peer_up_over_a_reload() {
+    // The peer answers 2 s after each connection: a peer "checking" again after the
+    // reload takes no client for those 2 s; with `persistent` it stays up.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = c.write_all(b"yes");
+            });
+        }
+    });
+    let (kept, again) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        1,
+        &format!(
+            "events {{}}\nstream {{\n match m {{ expect yes; }}\n \
+             upstream u {{ zone u 64k; server 127.0.0.1:{peer}; }}\n \
+             upstream v {{ zone v 64k; server 127.0.0.1:{peer}; }}\n \
+             server {{ listen 127.0.0.1:{kept}; proxy_pass u; health_check match=m mandatory persistent; }}\n \
+             server {{ listen 127.0.0.1:{again}; proxy_pass v; health_check match=m mandatory; }}\n}}\n"
+        ),
+    );
+    let healthy = |s: &Sluice| s.error_log().matches("peer is healthy").count();
+    assert!(wait_for(Duration::from_secs(10), || healthy(&s) == 2), "{}", s.error_log());
+    s.signal(libc::SIGHUP);
+    let started = |s: &Sluice| s.error_log().matches("start worker process ").count();
+    assert!(wait_for(Duration::from_secs(10), || started(&s) == 2), "{}", s.error_log());
+    // The old worker no longer accepts (it would pass clients by its own, older state).
+    assert!(wait_for(Duration::from_secs(10), || s.error_log().contains("gracefully shutting down")));
+    // (The unkept one first: its first check ends 2 s after the reload.)
+    let mut c = connect(again);
+    let mut k = connect(kept);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    assert_eq!(out, b"", "checking again after the reload: no client is passed to it");
+    out.clear();
+    let _ = k.read_to_end(&mut out);
+    assert_eq!(out, b"yes", "healthy before the reload, so healthy after it");
+    assert!(s.error_log().contains("no live upstreams"), "{}", s.error_log());
+}
