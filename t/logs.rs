@@ -584,6 +584,32 @@ fn variable_path_that_cannot_be_opened() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// The log phase's lines of a proxied session say 0 bytes to upstream: nginx takes that
+/// count from the upstream connection, closed by then; "from upstream" stays (recorded
+/// from nginx 1.22.1: `bytes from/to upstream:8/0` after `upstream disconnected, ...
+/// 8/5`).
+#[test]
+fn log_phase_lines_of_a_proxied_session_count_nothing_to_upstream() {
+    let b = backend(|mut c| {
+        let mut buf = [0u8; 5];
+        if c.read_exact(&mut buf).is_ok() {
+            let _ = std::io::Write::write_all(&mut c, &[&b"re:"[..], &buf].concat());
+        }
+    });
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; access_log %%PREFIX%%nodir/$server_port.log p; }}"
+    )));
+    assert_eq!(exchange(p, b"hello"), b"re:hello");
+    let tail = format!("upstream: \"127.0.0.1:{b}\", bytes from/to client:5/8, bytes from/to upstream:8/0");
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&tail)), "{}", s.error_log());
+    let log = s.error_log();
+    let crit = log.lines().find(|l| l.contains("[crit]")).expect("the open() line");
+    assert!(crit.ends_with(&tail), "{crit}");
+    assert!(log.contains("upstream disconnected, bytes from/to client:5/8, bytes from/to upstream:8/5"), "{log}");
+    assert_eq!(s.stop(), Some(0));
+}
+
 /// A log that cannot be written (/dev/full): an alert in the session's context at most
 /// once a minute per `access_log`, and the buffered log's alert at its flush, outside
 /// any session (both recorded from nginx 1.22.1).

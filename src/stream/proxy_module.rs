@@ -897,9 +897,13 @@ impl ProxySession {
         if let Some(slot) = self.udp_slot.take() {
             cx.rt.dgram_owners.release(slot);
         }
-        if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_ref()) {
+        if let (Some(st), Some(p)) = (s.upstream_states.last_mut(), s.proxy_log.as_mut()) {
             st.bytes_received = p.received;
             st.bytes_sent = p.sent;
+            // nginx's log lines take "to upstream" from the upstream connection, which is
+            // gone now: lines logged after this (the log phase's) say 0; "from upstream"
+            // is the session's and stays.
+            p.sent = 0;
         }
     }
 
