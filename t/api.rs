@@ -3,24 +3,11 @@
 //! health checks) and the Prometheus text at /metrics, shared by every worker.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common::*;
-
-/// A backend that sends `id` on accept, then closes.
-fn named(id: &'static str) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let _ = c.write_all(id.as_bytes());
-        }
-    });
-    port
-}
 
 /// An HTTP request to the api server: (status line, head, body).
 fn request(port: u16, req: &str) -> (String, String, String) {
@@ -50,7 +37,7 @@ fn ask(port: u16) -> String {
 
 #[test]
 fn zones_peers_and_connections_are_counted_across_workers() {
-    let live = named("A");
+    let live = sends_and_closes("A");
     let dead = free_port();
     let (front, api) = (free_port(), free_port());
     let s = Sluice::start_master(

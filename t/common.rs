@@ -372,6 +372,18 @@ pub fn backend(handle: fn(TcpStream)) -> u16 {
     port
 }
 
+/// A backend that sends `id` to each connection as it is accepted, then closes it.
+pub fn sends_and_closes(id: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(id.as_bytes());
+        }
+    });
+    port
+}
+
 /// A backend that echoes everything back until the client half-closes, then closes.
 pub fn echo(mut c: TcpStream) {
     let mut buf = [0u8; 65536];

@@ -11,18 +11,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// A backend that sends `id` on accept, then closes.
-fn named(id: &'static str) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let _ = c.write_all(id.as_bytes());
-        }
-    });
-    port
-}
-
 fn ask(port: u16) -> String {
     let mut c = connect(port);
     let mut out = Vec::new();
@@ -40,7 +28,7 @@ fn hc_suffix(action: &str, port: u16, upstream: &str) -> String {
 
 #[test]
 fn an_unhealthy_peer_takes_no_clients() {
-    let (live, dead) = (named("A"), free_port());
+    let (live, dead) = (sends_and_closes("A"), free_port());
     let port = free_port();
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n upstream u {{ zone u 64k; server 127.0.0.1:{dead}; server 127.0.0.1:{live}; }}\n \
@@ -70,7 +58,7 @@ fn an_unhealthy_peer_takes_no_clients() {
 
 #[test]
 fn a_peer_comes_back_after_passes_in_a_row() {
-    let live = named("A");
+    let live = sends_and_closes("A");
     let back = free_port();
     let port = free_port();
     let s = Sluice::start(&format!(
@@ -228,7 +216,7 @@ fn udp_checks_find_a_closed_port() {
 
 #[test]
 fn port_parameter_checks_another_port_and_no_live_upstreams() {
-    let live = named("A");
+    let live = sends_and_closes("A");
     let dead = free_port();
     let port = free_port();
     let s = Sluice::start(&format!(

@@ -11,6 +11,8 @@ use std::rc::Rc;
 
 use crate::core::shm::{Shm, SpinGuard};
 
+use super::zone::{get_u32, get_u64, put_u32, put_u64};
+
 const HEADER: usize = 16;
 const RECORD: usize = 48;
 const MAGIC: u32 = 0x6863_7462; // "hctb"
@@ -64,24 +66,6 @@ pub struct Stats {
     pub unhealthy: u64,
     /// The last check passed (None before the first).
     pub last_passed: Option<bool>,
-}
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 // Record layout: name hash u32 @0, state u8 @4, last passed u8 @5 (0 none, 1 yes, 2 no),
