@@ -345,6 +345,29 @@ fn gzip_log() {
     }
 }
 
+/// The gzip files' bytes are nginx's (t/data/record-gzip-logs.sh): zlib's deflate with
+/// the window and memory levels nginx gives a buffer of that size, at levels 1 and 9.
+#[test]
+fn gzip_log_bytes_are_nginx_s() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format f 'line $status and some constant text to compress, again and again';\n \
+         server {{ listen 127.0.0.1:{p1}; return x; access_log %%PREFIX%%gzip-level1.gz f gzip=1 buffer=64k; }}\n \
+         server {{ listen 127.0.0.1:{p2}; return x; access_log %%PREFIX%%gzip-level9.gz f gzip=9 buffer=64k; }}\n}}\n"
+    ));
+    for _ in 0..7 {
+        for p in [p1, p2] {
+            assert_eq!(exchange(p, b""), b"x");
+        }
+    }
+    assert_eq!(s.stop(), Some(0));
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/logs");
+    for f in ["gzip-level1.gz", "gzip-level9.gz"] {
+        let want = std::fs::read(data.join(f)).expect("recorded");
+        assert_eq!(std::fs::read(s.dir.join(f)).unwrap_or_default(), want, "{}", f);
+    }
+}
+
 /// `if=`: no line when the condition is empty (or "0").
 #[test]
 fn if_condition() {

@@ -136,14 +136,7 @@ impl LogFile {
         let Some(f) = self.file.as_mut() else { return Ok(()) };
         match self.gzip {
             None => f.write_all(data),
-            Some(level) => {
-                // OS "Unix" in the header, as zlib writes it for nginx.
-                let mut enc =
-                    flate2::GzBuilder::new().operating_system(3).write(Vec::new(), flate2::Compression::new(level));
-                enc.write_all(data)?;
-                let z = enc.finish()?;
-                f.write_all(&z)
-            }
+            Some(level) => f.write_all(&gzip(data, level)?),
         }
     }
 
@@ -159,4 +152,72 @@ impl Drop for LogFile {
     fn drop(&mut self) {
         let _ = self.flush();
     }
+}
+
+/// nginx's `ngx_stream_log_gzip`: each flushed buffer is one gzip member made by zlib's
+/// deflate in one `Z_FINISH` call, with the window and memory levels nginx shrinks for
+/// small buffers, so the file's bytes are the ones nginx writes.
+fn gzip(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    use libz_sys as z;
+    // zlib's MAX_WBITS and MAX_MEM_LEVEL - 1.
+    let (mut wbits, mut memlevel) = (15, 8);
+    while (data.len() as i64) < (1i64 << (wbits - 1)) - 262 {
+        wbits -= 1;
+        memlevel -= 1;
+    }
+    // deflateBound()'s conservative bound, plus the gzip wrapper's 18 bytes.
+    let len = data.len();
+    let size = len + ((len + 7) >> 3) + ((len + 63) >> 6) + 5 + 18;
+    let mut out = vec![0u8; size];
+    let failed = |call: &str, rc: i32| io::Error::other(format!("{}() failed: {}", call, rc));
+    extern "C" fn alloc(_: z::voidpf, items: z::uInt, size: z::uInt) -> z::voidpf {
+        // SAFETY: calloc with the sizes zlib asks for; zlib checks for NULL.
+        unsafe { libc::calloc(items as usize, size as usize) }
+    }
+    extern "C" fn free(_: z::voidpf, p: z::voidpf) {
+        // SAFETY: `p` came from `alloc` above.
+        unsafe { libc::free(p) }
+    }
+    // SAFETY: a z_stream zeroed and then given its allocator, as zlib requires; its
+    // input and output point into `data` and `out`, which outlive the calls; every
+    // successful deflateInit2 is ended.
+    unsafe {
+        let mut zs = z::z_stream {
+            next_in: data.as_ptr() as *mut u8,
+            avail_in: len as z::uInt,
+            total_in: 0,
+            next_out: out.as_mut_ptr(),
+            avail_out: size as z::uInt,
+            total_out: 0,
+            msg: std::ptr::null_mut(),
+            state: std::ptr::null_mut(),
+            zalloc: alloc,
+            zfree: free,
+            opaque: std::ptr::null_mut(),
+            data_type: 0,
+            adler: 0,
+            reserved: 0,
+        };
+        let rc = z::deflateInit2_(
+            &mut zs,
+            level as i32,
+            z::Z_DEFLATED,
+            wbits + 16,
+            memlevel,
+            z::Z_DEFAULT_STRATEGY,
+            z::zlibVersion(),
+            std::mem::size_of::<z::z_stream>() as i32,
+        );
+        if rc != z::Z_OK {
+            return Err(failed("deflateInit2", rc));
+        }
+        let rc = z::deflate(&mut zs, z::Z_FINISH);
+        let written = size - zs.avail_out as usize;
+        z::deflateEnd(&mut zs);
+        if rc != z::Z_STREAM_END {
+            return Err(failed("deflate(Z_FINISH)", rc));
+        }
+        out.truncate(written);
+    }
+    Ok(out)
 }
