@@ -853,3 +853,48 @@ fn shutdown_timeout_ends_tls_sessions_at_once() {
         Ok(n) => panic!("{n} bytes after the shutdown timeout"),
     }
 }
+
+/// Health checks of a server with `proxy_ssl on` speak TLS, verified as its sessions
+/// are: a backend without TLS, and one whose certificate is not for the name, are found
+/// unhealthy; clients go to the one that passes (the TLS backend says its SNI name).
+#[test]
+fn health_checks_speak_tls_with_proxy_ssl() {
+    let (p1, p2) = (free_port(), free_port());
+    let good = tls_backend(tell);
+    let plain = crate::common::sends_and_closes("plain\n");
+    let cert = files().join("cert.pem");
+    let conf = format!(
+        "events {{}}\nstream {{\n    proxy_ssl on;\n    proxy_ssl_server_name on;\n    proxy_ssl_session_reuse off;\n    \
+         upstream u {{ zone u 64k; server 127.0.0.1:{good}; server 127.0.0.1:{plain}; }}\n    \
+         upstream v {{ zone v 64k; server 127.0.0.1:{good}; }}\n    \
+         server {{ listen 127.0.0.1:{p1}; proxy_ssl_name localhost; proxy_pass u; health_check interval=200ms; }}\n    \
+         server {{ listen 127.0.0.1:{p2}; proxy_ssl_verify on; proxy_ssl_trusted_certificate {c}; \
+         proxy_ssl_name foo.example; proxy_pass v; health_check interval=200ms; }}\n}}\n",
+        c = cert.display()
+    );
+    let mut s = Sluice::start(&conf);
+    let plain_out =
+        format!(" while SSL handshaking to upstream, health check \"\" of peer 127.0.0.1:{plain} in upstream \"u\"");
+    let mismatch = format!(
+        "upstream SSL certificate does not match \"foo.example\" while SSL handshaking to upstream, health check \"\" \
+         of peer 127.0.0.1:{good} in upstream \"v\""
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let log = s.error_log();
+            log.contains(&format!("peer is unhealthy{plain_out}")) && log.contains(&format!("peer is unhealthy while SSL handshaking to upstream, health check \"\" of peer 127.0.0.1:{good} in upstream \"v\""))
+        }),
+        "{}",
+        s.error_log()
+    );
+    let log = s.error_log();
+    assert!(log.lines().any(|l| l.contains("[error]") && l.ends_with(&plain_out)), "{log}");
+    assert!(log.lines().any(|l| l.contains("[error]") && l.ends_with(&mismatch)), "{log}");
+    assert!(!log.contains(&format!("127.0.0.1:{good} in upstream \"u\"")), "the TLS peer passes: {log}");
+    for _ in 0..4 {
+        let mut out = String::new();
+        connect(p1).read_to_string(&mut out).ok();
+        assert_eq!(out, "[localhost] . TLSv1.2\n");
+    }
+    s.stop();
+}

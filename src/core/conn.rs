@@ -168,6 +168,11 @@ impl Conn {
         matches!(self, Conn::Udp(_))
     }
 
+    /// A connected datagram socket (a UDP session's upstream, a UDP health check).
+    pub fn is_dgram(&self) -> bool {
+        matches!(self, Conn::Dgram(_))
+    }
+
     pub fn is_tcp(&self) -> bool {
         matches!(self, Conn::Tcp(_))
     }

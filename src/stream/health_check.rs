@@ -14,6 +14,7 @@ use slab::Slab;
 
 use crate::core::addr::Addr;
 use crate::core::conf::Level;
+use crate::core::conn::Conn;
 use crate::core::log::LogContext;
 use crate::core::shm::monotonic_ms;
 use crate::core::timer::TimerId;
@@ -70,58 +71,11 @@ pub struct CheckTarget {
     pub hash: u32,
 }
 
-enum Sock {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
-    Udp(mio::net::UdpSocket),
-}
-
-impl Sock {
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Sock::Tcp(s) => s,
-            Sock::Unix(s) => s,
-            Sock::Udp(s) => s,
-        }
-    }
-
-    fn take_error(&self) -> io::Result<Option<io::Error>> {
-        match self {
-            Sock::Tcp(s) => s.take_error(),
-            Sock::Unix(s) => s.take_error(),
-            Sock::Udp(s) => s.take_error(),
-        }
-    }
-
-    /// Whether a stream socket's connect has completed.
-    fn connected(&self) -> bool {
-        match self {
-            Sock::Tcp(s) => s.peer_addr().is_ok(),
-            Sock::Unix(s) => s.peer_addr().is_ok(),
-            Sock::Udp(_) => true,
-        }
-    }
-
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        match self {
-            Sock::Tcp(s) => s.write(b),
-            Sock::Unix(s) => s.write(b),
-            Sock::Udp(s) => s.send(b),
-        }
-    }
-
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Sock::Tcp(s) => s.read(b),
-            Sock::Unix(s) => s.read(b),
-            Sock::Udp(s) => s.recv(b),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Connecting,
+    /// `proxy_ssl on`: the check speaks TLS, as the server's sessions do.
+    Handshaking,
     Sending,
     Reading,
 }
@@ -130,6 +84,7 @@ impl Step {
     fn action(self) -> &'static str {
         match self {
             Step::Connecting => "connecting to upstream",
+            Step::Handshaking => "SSL handshaking to upstream",
             Step::Sending => "sending to upstream",
             Step::Reading => "reading from upstream",
         }
@@ -141,7 +96,7 @@ struct Probe {
     peer: usize,
     hash: u32,
     name: Rc<str>,
-    sock: Sock,
+    sock: Conn,
     step: Step,
     buf: Vec<u8>,
     sent: usize,
@@ -227,9 +182,9 @@ impl HealthChecks {
             a.set_port(port);
         }
         let sock = match (&addr, hc.udp) {
-            (Addr::Inet(a), false) => mio::net::TcpStream::connect(*a).map(Sock::Tcp),
-            (Addr::Inet(a), true) => udp_socket(*a).map(Sock::Udp),
-            (Addr::Unix(path), _) => mio::net::UnixStream::connect(path).map(Sock::Unix),
+            (Addr::Inet(a), false) => mio::net::TcpStream::connect(*a).map(Conn::Tcp),
+            (Addr::Inet(a), true) => udp_socket(*a).map(Conn::Dgram),
+            (Addr::Unix(path), _) => mio::net::UnixStream::connect(path).map(Conn::Unix),
         };
         let gen = self.gen;
         self.gen = (self.gen + 1) & GEN_MASK;
@@ -243,7 +198,7 @@ impl HealthChecks {
         };
         let slot = self.probes.vacant_key();
         let token = Token(HEALTH_BITS | (gen as usize) << SLOT_BITS | slot);
-        if let Err(e) = io.registry.register(sock.source(), token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = sock.register(io.registry, token, Interest::READABLE | Interest::WRITABLE) {
             let v = Verdict::Fail(Some(("epoll_ctl() failed".into(), Some(e))));
             self.record(c, p.index, p.hash, &p.name, Step::Connecting, v, io.now);
             return;
@@ -262,7 +217,7 @@ impl HealthChecks {
         };
         io.timers.set(&mut probe.timer, io.now + check.timeout(), token);
         self.probes.insert(probe);
-        self.advance(slot, false, io);
+        self.advance(slot, None, io);
     }
 
     fn probe_of(&self, token: usize) -> Option<usize> {
@@ -274,7 +229,7 @@ impl HealthChecks {
     /// A probe socket's event.
     pub fn on_event(&mut self, token: usize, io: &mut Io<'_>) {
         if let Some(slot) = self.probe_of(token) {
-            self.advance(slot, false, io);
+            self.advance(slot, Some(false), io);
         }
     }
 
@@ -285,21 +240,20 @@ impl HealthChecks {
             return;
         }
         self.probes[slot].timer = None;
-        self.advance(slot, true, io);
+        self.advance(slot, Some(true), io);
     }
 
     /// Move a probe on as far as its socket allows; finish it when it has a verdict.
-    fn advance(&mut self, slot: usize, timed_out: bool, io: &mut Io<'_>) {
+    /// `event`: None when it starts, else whether its timer (not its socket) fired.
+    fn advance(&mut self, slot: usize, event: Option<bool>, io: &mut Io<'_>) {
         let v = {
             let p = &mut self.probes[slot];
             let check = &self.checks[p.check];
-            let hc = check.conf();
-            let buffer = check.server.confs.proxy.buffer_size.get().max(1);
-            step(p, hc, buffer, timed_out)
+            step(p, check, event)
         };
         let Some(v) = v else { return };
         let mut p = self.probes.remove(slot);
-        let _ = io.registry.deregister(p.sock.source());
+        let _ = p.sock.deregister(io.registry);
         io.timers.clear(&mut p.timer);
         self.record(p.check, p.peer, p.hash, &p.name, p.step, v, io.now);
     }
@@ -341,11 +295,13 @@ fn udp_socket(to: SocketAddr) -> io::Result<mio::net::UdpSocket> {
 }
 
 /// One probe's progress: None while it waits on its socket, else its verdict.
-fn step(p: &mut Probe, hc: &HealthCheck, buffer: usize, timed_out: bool) -> Option<Verdict> {
-    let udp = matches!(p.sock, Sock::Udp(_));
+fn step(p: &mut Probe, check: &Check, event: Option<bool>) -> Option<Verdict> {
+    let hc = check.conf();
+    let buffer = check.server.confs.proxy.buffer_size.get().max(1);
+    let udp = p.sock.is_dgram();
     let m = hc.matcher.as_deref();
     let expect = m.and_then(|m| m.expect.as_ref());
-    if timed_out {
+    if event == Some(true) {
         // A datagram check without `expect` passes when no ICMP error came back.
         if udp && expect.is_none() {
             return Some(Verdict::Pass);
@@ -354,27 +310,42 @@ fn step(p: &mut Probe, hc: &HealthCheck, buffer: usize, timed_out: bool) -> Opti
         return Some(Verdict::Fail(Some(("upstream timed out".into(), Some(e)))));
     }
     if p.step == Step::Connecting {
+        // The connect is over when the socket reports (writable, or an error).
+        event?;
         match p.sock.take_error() {
             Ok(Some(e)) | Err(e) => return Some(Verdict::Fail(Some(("connect() failed".into(), Some(e))))),
             Ok(None) => {}
         }
-        if !p.sock.connected() {
-            return None;
-        }
-        // A connect-only check passes here, in the "connecting" step its lines name.
-        if m.is_none_or(|m| m.send.is_empty()) {
-            if expect.is_none() {
-                return Some(Verdict::Pass);
+        let ssl = &check.server.confs.proxy_ssl;
+        if let Some(ctx) = ssl.ctx.as_ref() {
+            let (_, sni) = crate::stream::proxy_ssl::static_ssl_name(ssl, &check.upstream);
+            if let Err(msg) = p.sock.start_tls_client(ctx, sni.as_deref(), None, None) {
+                return Some(Verdict::Fail(Some((msg, None))));
             }
-            p.step = Step::Reading;
+            p.step = Step::Handshaking;
+        } else if connect_only(hc) {
+            // Its lines name the connect.
+            return Some(Verdict::Pass);
         } else {
             p.step = Step::Sending;
+        }
+    }
+    if p.step == Step::Handshaking {
+        if let Some(v) = handshake(p, check) {
+            return Some(v);
+        }
+        if p.step == Step::Handshaking {
+            return None;
+        }
+        if connect_only(hc) {
+            return Some(Verdict::Pass);
         }
     }
     if p.step == Step::Sending {
         let data: &[u8] = match m {
             Some(m) => &m.send,
-            None => UDP_PROBE,
+            None if udp => UDP_PROBE,
+            None => b"",
         };
         // A datagram goes whole, once; a stream's bytes as the socket takes them.
         while p.sent < data.len() || (udp && p.sent == 0) {
@@ -383,10 +354,7 @@ fn step(p: &mut Probe, hc: &HealthCheck, buffer: usize, timed_out: bool) -> Opti
                 Ok(n) => p.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let call = if udp { "send() failed" } else { "writev() failed" };
-                    return Some(Verdict::Fail(Some((call.into(), Some(e)))));
-                }
+                Err(e) => return Some(fail_io(e, if udp { "send() failed" } else { "writev() failed" })),
             }
         }
         if expect.is_none() && !udp {
@@ -402,7 +370,7 @@ fn step(p: &mut Probe, hc: &HealthCheck, buffer: usize, timed_out: bool) -> Opti
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Some(Verdict::Fail(Some(("recv() failed".into(), Some(e))))),
+            Err(e) => return Some(fail_io(e, "recv() failed")),
         };
         if udp && expect.is_none() {
             // Any answer: the port is open.
@@ -419,5 +387,51 @@ fn step(p: &mut Probe, hc: &HealthCheck, buffer: usize, timed_out: bool) -> Opti
             _ if full => return Some(Verdict::Fail(None)),
             _ => {}
         }
+    }
+}
+
+/// A TCP check with nothing to send or expect: connecting (and the TLS handshake) is all.
+fn connect_only(hc: &HealthCheck) -> bool {
+    !hc.udp && hc.matcher.as_deref().is_none_or(|m| m.send.is_empty() && m.expect.is_none())
+}
+
+/// An I/O failure's line: a TLS call's carries OpenSSL's text, as nginx logs it.
+fn fail_io(e: io::Error, call: &str) -> Verdict {
+    match crate::core::ssl::TlsError::of(&e) {
+        Some(t) => {
+            let os = t.os.as_ref().and_then(|o| o.raw_os_error()).map(io::Error::from_raw_os_error);
+            Verdict::Fail(Some((t.text.clone(), os)))
+        }
+        None => Verdict::Fail(Some((call.into(), Some(e)))),
+    }
+}
+
+/// The TLS handshake of a check (`proxy_ssl on`), verified as the proxy verifies its
+/// upstreams; moves the probe to sending once it is done.
+fn handshake(p: &mut Probe, check: &Check) -> Option<Verdict> {
+    use crate::core::ssl::Handshake;
+    let ssl = &check.server.confs.proxy_ssl;
+    let t = p.sock.tls_mut()?;
+    match t.handshake() {
+        Handshake::Done => {
+            if ssl.verify() {
+                let rc = t.ssl().verify_result();
+                if rc != openssl::x509::X509VerifyResult::OK {
+                    let msg = format!("upstream SSL certificate verify error: ({}:{})", rc.as_raw(), rc.error_string());
+                    return Some(Verdict::Fail(Some((msg, None))));
+                }
+                let (name, _) = crate::stream::proxy_ssl::static_ssl_name(ssl, &check.upstream);
+                if !crate::core::ssl::check_host(t.ssl(), &name) {
+                    let msg = format!("upstream SSL certificate does not match \"{}\"", name);
+                    return Some(Verdict::Fail(Some((msg, None))));
+                }
+            }
+            p.step = Step::Sending;
+            None
+        }
+        Handshake::Again => None,
+        Handshake::Certificate => Some(Verdict::Fail(None)),
+        Handshake::Closed(os) => Some(Verdict::Fail(Some(("peer closed connection in SSL handshake".into(), os)))),
+        Handshake::Failed(e) => Some(fail_io(e, "SSL_do_handshake() failed")),
     }
 }

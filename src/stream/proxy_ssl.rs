@@ -210,7 +210,7 @@ fn set_ssl(c: &ProxySsl, cx: &ConfCx) -> Result<SslContext, String> {
 pub fn ssl_name(s: &mut SessionCore, host: &str) -> (String, Option<String>) {
     let srv = s.srv.clone();
     let c = &srv.confs.proxy_ssl;
-    let mut name = match c.name.option().and_then(|n| n.as_ref()) {
+    let name = match c.name.option().and_then(|n| n.as_ref()) {
         Some(v) => {
             let mut out = Vec::new();
             v.eval(s, &mut out);
@@ -218,6 +218,20 @@ pub fn ssl_name(s: &mut SessionCore, host: &str) -> (String, Option<String>) {
         }
         None => host.to_string(),
     };
+    name_and_sni(c, name)
+}
+
+/// `ssl_name` outside a session (a health check): `proxy_ssl_name` when it has no
+/// variables, else the upstream's name.
+pub fn static_ssl_name(c: &ProxySsl, host: &str) -> (String, Option<String>) {
+    let name = match c.name.option().and_then(|n| n.as_ref()).and_then(|v| v.as_static()) {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => host.to_string(),
+    };
+    name_and_sni(c, name)
+}
+
+fn name_and_sni(c: &ProxySsl, mut name: String) -> (String, Option<String>) {
     let from = if name.starts_with('[') { name.find(']').unwrap_or(0) } else { 0 };
     if let Some(i) = name[from..].find(':') {
         name.truncate(from + i);
