@@ -113,7 +113,8 @@ fn errors_are_nginx_plus_json() {
         ("GET /api/9/stream/server_zones/nope HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found", "ServerZoneNotFound"),
         ("GET /api/99/nginx HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found", "UnknownVersion"),
         ("GET /nope HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found", "PathNotFound"),
-        ("DELETE /api/9/connections HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed", "MethodNotSupported"),
+        ("DELETE /api/9/connections HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed", "MethodDisabled"),
+        ("PUT /api/9/connections HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed", "MethodNotSupported"),
     ] {
         let (st, _, body) = request(api, req);
         assert_eq!(st, status, "{}", req);

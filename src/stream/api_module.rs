@@ -363,8 +363,11 @@ fn answer(head: &[u8], cycle: &Cycle, cx: &mut Cx<'_>) -> (u16, &'static str, St
     if target.is_empty() {
         return error(400, "bad request", "BadRequest");
     }
-    if method != "GET" && method != "HEAD" {
-        return error(405, "method not supported", "MethodNotSupported");
+    match method {
+        "GET" | "HEAD" => {}
+        // What a read-only nginx Plus API answers to its write methods.
+        "POST" | "PATCH" | "DELETE" => return error(405, "method disabled", "MethodDisabled"),
+        _ => return error(405, "method not supported", "MethodNotSupported"),
     }
     let path = target.split('?').next().unwrap_or("");
     if path == "/metrics" {
@@ -505,15 +508,7 @@ fn peer_json(out: &mut String, p: &PeerReport) {
         let _ = write!(out, ",\"max_conns\":{}", p.max_conns);
     }
     let c = |i: usize| p.slot.map_or(0, |s| s.get(i));
-    let _ = write!(
-        out,
-        ",\"connections\":{},\"sent\":{},\"received\":{},\"fails\":{},\"unavail\":{}",
-        c(peer::CONNECTIONS),
-        c(peer::SENT),
-        c(peer::RECEIVED),
-        c(peer::FAILS),
-        c(peer::UNAVAIL)
-    );
+    let _ = write!(out, ",\"connections\":{}", c(peer::CONNECTIONS));
     for (name, sum, count) in [
         ("connect_time", peer::CONNECT_TIME, peer::CONNECT_COUNT),
         ("first_byte_time", peer::FIRST_BYTE_TIME, peer::FIRST_BYTE_COUNT),
@@ -523,17 +518,25 @@ fn peer_json(out: &mut String, p: &PeerReport) {
             let _ = write!(out, ",\"{}\":{}", name, v);
         }
     }
+    let _ = write!(
+        out,
+        ",\"sent\":{},\"received\":{},\"fails\":{},\"unavail\":{}",
+        c(peer::SENT),
+        c(peer::RECEIVED),
+        c(peer::FAILS),
+        c(peer::UNAVAIL)
+    );
     let (checks, fails, unhealthy, last) = p.health.unwrap_or((0, 0, 0, None));
     let _ = write!(out, ",\"health_checks\":{{\"checks\":{},\"fails\":{},\"unhealthy\":{}", checks, fails, unhealthy);
     if let Some(l) = last {
         let _ = write!(out, ",\"last_passed\":{}", l);
     }
-    out.push('}');
+    out.push_str("},\"downtime\":0");
     let selected = c(peer::SELECTED);
     if selected > 0 {
         let _ = write!(out, ",\"selected\":\"{}\"", iso_time(selected));
     }
-    out.push_str(",\"downtime\":0}");
+    out.push('}');
 }
 
 fn upstream_json(out: &mut String, u: &UpstreamReport, peers_only: bool) {
