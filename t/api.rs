@@ -88,6 +88,7 @@ fn zones_peers_and_connections_are_counted_across_workers() {
     assert_eq!(c["dropped"], 0);
     let n = get(api, "/api/9/nginx");
     assert_eq!(n["version"], "1.22.1");
+    assert_eq!(n["address"], "127.0.0.1", "the address the request came to");
     assert_eq!(n["generation"], 1);
     assert_eq!(get(api, "/api/"), serde_json::json!([1, 2, 3, 4, 5, 6, 7, 8, 9]));
 

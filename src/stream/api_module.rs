@@ -168,8 +168,8 @@ impl ApiSession {
                     s.received += n as u64;
                     self.head.extend_from_slice(&buf[..n]);
                     if let Some(end) = head_end(&self.head) {
-                        let cycle = s.cycle.clone();
-                        let (code, ctype, body) = answer(&self.head[..end], &cycle, cx);
+                        let (cycle, local) = (s.cycle.clone(), s.local.host_text());
+                        let (code, ctype, body) = answer(&self.head[..end], &cycle, &local, cx);
                         self.out = response(code, ctype, &body, head_method(&self.head) == b"HEAD");
                         return self.send(s, cx);
                     }
@@ -355,7 +355,7 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 /// The answer to a request head: status, content type and body.
-fn answer(head: &[u8], cycle: &Cycle, cx: &mut Cx<'_>) -> (u16, &'static str, String) {
+fn answer(head: &[u8], cycle: &Cycle, local: &str, cx: &mut Cx<'_>) -> (u16, &'static str, String) {
     let line = head.split(|&c| c == b'\n').next().unwrap_or(b"");
     let line = String::from_utf8_lossy(line);
     let mut parts = line.trim_end().split(' ');
@@ -377,18 +377,18 @@ fn answer(head: &[u8], cycle: &Cycle, cx: &mut Cx<'_>) -> (u16, &'static str, St
     match parts.as_slice() {
         ["api"] => (200, "application/json", VERSIONS.to_string()),
         ["api", v, rest @ ..] => match v.parse::<u32>() {
-            Ok(1..=9) => api_path(rest, cycle, cx),
+            Ok(1..=9) => api_path(rest, cycle, local, cx),
             _ => error(404, "unknown version", "UnknownVersion"),
         },
         _ => error(404, "path not found", "PathNotFound"),
     }
 }
 
-fn api_path(rest: &[&str], cycle: &Cycle, cx: &mut Cx<'_>) -> (u16, &'static str, String) {
+fn api_path(rest: &[&str], cycle: &Cycle, local: &str, cx: &mut Cx<'_>) -> (u16, &'static str, String) {
     let json = |b: String| (200, "application/json", b);
     match rest {
         [] => json("[\"nginx\",\"connections\",\"stream\"]".into()),
-        ["nginx"] => json(nginx_info(cx)),
+        ["nginx"] => json(nginx_info(local, cx)),
         ["connections"] => json(connections()),
         ["stream"] => json("[\"server_zones\",\"upstreams\"]".into()),
         ["stream", "server_zones"] => json(server_zones(cycle, None).unwrap_or_default()),
@@ -409,15 +409,17 @@ fn api_path(rest: &[&str], cycle: &Cycle, cx: &mut Cx<'_>) -> (u16, &'static str
     }
 }
 
-fn nginx_info(cx: &Cx<'_>) -> String {
+/// `local`: the address the request came to.
+fn nginx_info(local: &str, cx: &Cx<'_>) -> String {
     let pid = std::process::id();
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc::getppid() };
     let load = cx.rt.loaded_ms;
     format!(
-        "{{\"version\":\"1.22.1\",\"build\":\"sluice/{}\",\"address\":\"127.0.0.1\",\"generation\":{},\
+        "{{\"version\":\"1.22.1\",\"build\":\"sluice/{}\",\"address\":\"{}\",\"generation\":{},\
          \"load_timestamp\":\"{}\",\"timestamp\":\"{}\",\"pid\":{},\"ppid\":{}}}",
         env!("CARGO_PKG_VERSION"),
+        local,
         stats::generation(),
         iso_time(load),
         iso_time(now_ms()),
