@@ -142,6 +142,11 @@ impl HealthChecks {
         self.checks.is_empty()
     }
 
+    /// Probes under way (each holds a connection, as nginx's checks do).
+    pub fn in_flight(&self) -> usize {
+        self.probes.len()
+    }
+
     /// When this worker next looks for due peers.
     pub fn next_due(&self) -> Option<Instant> {
         self.checks.iter().map(|c| c.next).min()

@@ -214,9 +214,9 @@ impl WorkerState {
     }
 
     /// Connections that count against `worker_connections`: sessions' and upstream ones,
-    /// and the resolver's (nginx keeps one per DNS server open once used).
+    /// the resolver's (nginx keeps one per DNS server open once used) and health checks'.
     pub fn conns_in_use(&self) -> usize {
-        self.conns + self.resolvers.open_connections()
+        self.conns + self.resolvers.open_connections() + self.health.in_flight()
     }
 
     /// nginx's ngx_get_connection message when none is free (an alert, every time).
