@@ -80,6 +80,9 @@ fn zones_peers_and_connections_are_counted_across_workers() {
     assert_eq!(p1["connections"], 0);
     assert_eq!(p1["health_checks"]["last_passed"], false);
     assert!(p1["health_checks"]["unhealthy"].as_u64().unwrap_or(0) >= 1);
+    assert!(p1["downstart"].as_str().is_some_and(|d| d.ends_with('Z')), "down since its check: {}", p1);
+    assert!(p1["downtime"].as_u64().is_some(), "{}", p1);
+    assert!(p0.get("downstart").is_none() && p0["downtime"] == 0, "{}", p0);
     assert_eq!(get(api, "/api/9/stream/upstreams/u/peers").as_array().map(|a| a.len()), Some(2));
 
     let c = get(api, "/api/9/connections");

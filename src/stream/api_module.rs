@@ -134,8 +134,8 @@ pub struct PeerReport {
     pub active: u32,
     pub max_conns: u32,
     pub slot: Option<Slot>,
-    /// Health checks: checks, fails, times found unhealthy, last passed.
-    pub health: Option<(u64, u64, u64, Option<bool>)>,
+    /// Its health checks' counters (several checks: summed; the longest downtime).
+    pub health: Option<crate::upstream::health::Stats>,
 }
 
 pub struct UpstreamReport {
@@ -528,12 +528,16 @@ fn peer_json(out: &mut String, p: &PeerReport) {
         c(peer::FAILS),
         c(peer::UNAVAIL)
     );
-    let (checks, fails, unhealthy, last) = p.health.unwrap_or((0, 0, 0, None));
-    let _ = write!(out, ",\"health_checks\":{{\"checks\":{},\"fails\":{},\"unhealthy\":{}", checks, fails, unhealthy);
-    if let Some(l) = last {
+    let h = p.health.unwrap_or_default();
+    let _ =
+        write!(out, ",\"health_checks\":{{\"checks\":{},\"fails\":{},\"unhealthy\":{}", h.checks, h.fails, h.unhealthy);
+    if let Some(l) = h.last_passed {
         let _ = write!(out, ",\"last_passed\":{}", l);
     }
-    out.push_str("},\"downtime\":0");
+    let _ = write!(out, "}},\"downtime\":{}", h.downtime);
+    if let Some(d) = h.downstart {
+        let _ = write!(out, ",\"downstart\":\"{}\"", iso_time(d));
+    }
     let selected = c(peer::SELECTED);
     if selected > 0 {
         let _ = write!(out, ",\"selected\":\"{}\"", iso_time(selected));
@@ -642,7 +646,7 @@ fn prometheus(cycle: &Cycle, cx: &mut Cx<'_>) -> String {
                 let v = match (m, i) {
                     ("state", _) => state_number(p.state),
                     ("active", _) => u64::from(p.active),
-                    ("health_checks_checks", _) => p.health.map_or(0, |h| h.0),
+                    ("health_checks_checks", _) => p.health.map_or(0, |h| h.checks),
                     (_, Some(i)) => p.slot.map_or(0, |s| s.get(i)),
                     _ => 0,
                 };

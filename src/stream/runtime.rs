@@ -447,11 +447,16 @@ impl WorkerState {
                 let mut hc_state = None;
                 for t in &sh.health {
                     if let Some((st, s)) = t.stats(i, p.name_hash) {
-                        let h = health.get_or_insert((0, 0, 0, None));
-                        h.0 += s.checks;
-                        h.1 += s.fails;
-                        h.2 += s.unhealthy;
-                        h.3 = s.last_passed.or(h.3);
+                        let h: &mut crate::upstream::health::Stats = health.get_or_insert_with(Default::default);
+                        h.checks += s.checks;
+                        h.fails += s.fails;
+                        h.unhealthy += s.unhealthy;
+                        h.last_passed = s.last_passed.or(h.last_passed);
+                        h.downtime = h.downtime.max(s.downtime);
+                        h.downstart = match (h.downstart, s.downstart) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                         hc_state = match (hc_state, st) {
                             (Some(State::Unhealthy), _) | (_, State::Unhealthy) => Some(State::Unhealthy),
                             (Some(State::Checking), _) | (_, State::Checking) => Some(State::Checking),

@@ -14,7 +14,7 @@ use crate::core::shm::{Shm, SpinGuard};
 use super::zone::{get_u32, get_u64, put_u32, put_u64};
 
 const HEADER: usize = 16;
-const RECORD: usize = 48;
+const RECORD: usize = 64;
 const MAGIC: u32 = 0x6863_7462; // "hctb"
 
 /// The bytes a table for `peers` peers needs (a multiple of 8).
@@ -66,11 +66,21 @@ pub struct Stats {
     pub unhealthy: u64,
     /// The last check passed (None before the first).
     pub last_passed: Option<bool>,
+    /// Milliseconds spent unhealthy or checking, the current spell included.
+    pub downtime: u64,
+    /// When the current spell began (wall-clock ms), if the peer is down now.
+    pub downstart: Option<u64>,
+}
+
+/// The wall clock in milliseconds (downtime is reported in it).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 // Record layout: name hash u32 @0, state u8 @4, last passed u8 @5 (0 none, 1 yes, 2 no),
 // due (monotonic ms) u64 @8, consecutive fails u32 @16, consecutive passes u32 @20,
-// checks u64 @24, fails u64 @32, times found unhealthy u64 @40.
+// checks u64 @24, fails u64 @32, times found unhealthy u64 @40, down since (wall ms, 0
+// when up) u64 @48, downtime before it (ms) u64 @56.
 
 /// One check's table: where it is and what it is for.
 #[derive(Clone)]
@@ -125,6 +135,9 @@ impl HealthTable {
             put_u32(b, at, h);
             let state = if mandatory && !healthy_before.contains(&h) { State::Checking } else { State::Up };
             b[at + 4] = state.code();
+            if state == State::Checking {
+                put_u64(b, at + 48, wall_ms());
+            }
         }
         drop(_g);
         Some(t)
@@ -148,6 +161,9 @@ impl HealthTable {
             b[at..at + RECORD].fill(0);
             put_u32(b, at, hash);
             b[at + 4] = if self.mandatory { State::Checking } else { State::Up }.code();
+            if self.mandatory {
+                put_u64(b, at + 48, wall_ms());
+            }
         }
         at
     }
@@ -204,6 +220,11 @@ impl HealthTable {
                 b[at + 5] = 1;
                 if state != State::Up && (p >= passes || state == State::Checking) {
                     b[at + 4] = State::Up.code();
+                    let since = get_u64(b, at + 48);
+                    if since > 0 {
+                        put_u64(b, at + 56, get_u64(b, at + 56) + wall_ms().saturating_sub(since));
+                        put_u64(b, at + 48, 0);
+                    }
                     Change::BecameHealthy
                 } else {
                     Change::None
@@ -215,6 +236,9 @@ impl HealthTable {
                 put_u64(b, at + 32, get_u64(b, at + 32) + 1);
                 if state != State::Unhealthy && (f >= fails || state == State::Checking) {
                     b[at + 4] = State::Unhealthy.code();
+                    if get_u64(b, at + 48) == 0 {
+                        put_u64(b, at + 48, wall_ms());
+                    }
                     put_u64(b, at + 40, get_u64(b, at + 40) + 1);
                     Change::BecameUnhealthy
                 } else {
@@ -241,7 +265,11 @@ impl HealthTable {
         }
         self.locked(|b| {
             let at = self.record(b, i, hash);
+            let since = get_u64(b, at + 48);
+            let current = if since > 0 { wall_ms().saturating_sub(since) } else { 0 };
             let stats = Stats {
+                downtime: get_u64(b, at + 56) + current,
+                downstart: (since > 0).then_some(since),
                 checks: get_u64(b, at + 24),
                 fails: get_u64(b, at + 32),
                 unhealthy: get_u64(b, at + 40),
@@ -284,12 +312,18 @@ mod tests {
         assert!(t.passes_clients(0, a));
         let (state, stats) = t.stats(0, a).unwrap();
         assert_eq!(state, State::Up);
-        assert_eq!(stats, Stats { checks: 4, fails: 3, unhealthy: 1, last_passed: Some(true) });
+        assert_eq!((stats.checks, stats.fails, stats.unhealthy, stats.last_passed), (4, 3, 1, Some(true)));
+        assert_eq!(stats.downstart, None, "up again");
+        assert!(stats.downtime < 60_000, "{:?}", stats);
         assert_eq!(t.next_due(&[0, 1]), Some(0), "peer 1 was never checked");
         // Another peer in the same place (the peer list changed) starts afresh.
         let c = name_hash("10.0.0.3:80");
         assert!(t.passes_clients(0, c));
         assert_eq!(t.stats(0, c).unwrap().1, Stats::default());
+        // Down: its spell is counted from when it began.
+        assert_eq!(t.store(1, b, false, 1, 1, 0), Change::BecameUnhealthy);
+        let s1 = t.stats(1, b).unwrap().1;
+        assert!(s1.downstart.is_some_and(|d| d > 1_700_000_000_000), "{:?}", s1);
     }
 
     #[test]
