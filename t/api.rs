@@ -61,6 +61,12 @@ fn zones_peers_and_connections_are_counted_across_workers() {
     assert_eq!(f["sent"], 6, "one byte to each client");
     assert_eq!(f["processing"], 0);
     assert_eq!(get(api, "/api/9/stream/server_zones/front"), *f);
+    assert_eq!(
+        get(api, "/api/9/stream/server_zones?fields=connections"),
+        serde_json::json!({"front": {"connections": 6}})
+    );
+    let n = get(api, "/api/9/nginx?fields=version,build");
+    assert_eq!(n.as_object().map(|o| o.len()), Some(2), "{}", n);
 
     let u = get(api, "/api/9/stream/upstreams");
     let peers = u["u"]["peers"].as_array().expect("peers");

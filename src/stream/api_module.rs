@@ -339,6 +339,63 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The members of a JSON object (as this module writes them): (key with its quotes,
+/// value), split at the top level's commas.
+fn members(obj: &str) -> Vec<(&str, &str)> {
+    let inner = obj.trim().strip_prefix('{').and_then(|o| o.strip_suffix('}')).unwrap_or("");
+    let (mut out, mut depth, mut quoted, mut escaped, mut start) = (Vec::new(), 0i32, false, false, 0);
+    let mut colon = None;
+    for (i, c) in inner.char_indices() {
+        if quoted {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            ':' if depth == 0 && colon.is_none() => colon = Some(i),
+            ',' if depth == 0 => {
+                if let Some(k) = colon.take() {
+                    out.push((&inner[start..k], &inner[k + 1..i]));
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if let Some(k) = colon {
+        out.push((&inner[start..k], &inner[k + 1..]));
+    }
+    out
+}
+
+/// `body` with only `fields` kept in its object (or, for a collection, in each of its
+/// objects).
+fn only_fields(body: &str, fields: &[&str], collection: bool) -> String {
+    let keep = |obj: &str| {
+        let kept: Vec<String> = members(obj)
+            .into_iter()
+            .filter(|(k, _)| fields.iter().any(|f| k.trim_matches('"') == *f))
+            .map(|(k, v)| format!("{}:{}", k, v))
+            .collect();
+        format!("{{{}}}", kept.join(","))
+    };
+    if !body.starts_with('{') {
+        return body.to_string();
+    }
+    if !collection {
+        return keep(body);
+    }
+    let each: Vec<String> = members(body).into_iter().map(|(k, v)| format!("{}:{}", k, keep(v))).collect();
+    format!("{{{}}}", each.join(","))
+}
+
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -369,7 +426,13 @@ fn answer(head: &[u8], cycle: &Cycle, local: &str, cx: &mut Cx<'_>) -> (u16, &'s
         "POST" | "PATCH" | "DELETE" => return error(405, "method disabled", "MethodDisabled"),
         _ => return error(405, "method not supported", "MethodNotSupported"),
     }
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // `fields=a,b`: only those fields of the objects asked for (nginx Plus's argument).
+    let fields: Vec<&str> = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fields="))
+        .map(|v| v.split(',').filter(|f| !f.is_empty()).collect())
+        .unwrap_or_default();
     if path == "/metrics" {
         return (200, "text/plain; version=0.0.4", prometheus(cycle, cx));
     }
@@ -377,7 +440,15 @@ fn answer(head: &[u8], cycle: &Cycle, local: &str, cx: &mut Cx<'_>) -> (u16, &'s
     match parts.as_slice() {
         ["api"] => (200, "application/json", VERSIONS.to_string()),
         ["api", v, rest @ ..] => match v.parse::<u32>() {
-            Ok(1..=9) => api_path(rest, cycle, local, cx),
+            Ok(1..=9) => {
+                let (code, ctype, body) = api_path(rest, cycle, local, cx);
+                if code != 200 || fields.is_empty() {
+                    return (code, ctype, body);
+                }
+                // Collections hold one object per name; the others are one object.
+                let collection = matches!(rest, ["stream", "server_zones"] | ["stream", "upstreams"]);
+                (code, ctype, only_fields(&body, &fields, collection))
+            }
             _ => error(404, "unknown version", "UnknownVersion"),
         },
         _ => error(404, "path not found", "PathNotFound"),
@@ -681,6 +752,18 @@ mod tests {
         assert_eq!(http_date(t), "Mon, 23 Nov 2026 00:00:00 GMT");
         assert_eq!(iso_time(1_795_392_000_123), "2026-11-23T00:00:00.123Z");
         assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn fields_keep_only_what_is_asked_for() {
+        let one = r#"{"version":"1.22.1","build":"sluice/0.1.0","pid":7}"#;
+        assert_eq!(only_fields(one, &["version", "pid"], false), r#"{"version":"1.22.1","pid":7}"#);
+        let zones = r#"{"a,b":{"processing":0,"sessions":{"2xx":1,"total":1},"sent":5},"c":{"processing":1,"sent":0}}"#;
+        assert_eq!(
+            only_fields(zones, &["sessions", "sent"], true),
+            r#"{"a,b":{"sessions":{"2xx":1,"total":1},"sent":5},"c":{"sent":0}}"#
+        );
+        assert_eq!(only_fields("[1,2]", &["x"], false), "[1,2]");
     }
 
     #[test]
