@@ -898,3 +898,39 @@ fn health_checks_speak_tls_with_proxy_ssl() {
     }
     s.stop();
 }
+
+/// A `status_zone` on a TLS server counts its handshakes in nginx Plus's `ssl` object:
+/// done, failed (a plain-text client), and refused by a protocol the server does not
+/// offer (TLSv1.3 alone, where the default stops at TLSv1.2).
+#[test]
+fn status_zone_counts_tls_handshakes() {
+    let (port, api) = (free_port(), free_port());
+    let conf = conf(port, "status_zone tz;", "return ok;")
+        .replace("\n}\n", &format!("\n    server {{ listen 127.0.0.1:{api}; api; }}\n}}\n"));
+    let mut s = Sluice::start(&conf);
+    let mut c = tls(port, None, |_| {});
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok();
+    assert_eq!(out, "ok");
+    let mut plain = connect(port);
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let _ = plain.read_to_end(&mut Vec::new());
+    let r = tls_result(port, None, |b| {
+        b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_3)).expect("min");
+    });
+    assert!(r.is_err());
+    wait_log(&s, 3);
+    let mut c = connect(api);
+    c.write_all(b"GET /api/9/stream/server_zones/tz HTTP/1.0\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).ok();
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    let ssl = &v["ssl"];
+    assert_eq!(ssl["handshakes"], 1, "{v}");
+    assert_eq!(ssl["handshakes_failed"], 2, "{v}");
+    assert_eq!(ssl["no_common_protocol"], 1, "{v}");
+    assert_eq!(v["sessions"]["total"], 3, "{v}");
+    assert_eq!(v["sessions"]["5xx"], 2, "{v}");
+    s.stop();
+}

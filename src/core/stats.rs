@@ -51,6 +51,17 @@ pub mod zone {
     pub const DISCARDED: usize = 6;
     pub const RECEIVED: usize = 7;
     pub const SENT: usize = 8;
+    pub const SSL_HANDSHAKES: usize = 9;
+    pub const SSL_HANDSHAKES_FAILED: usize = 10;
+    pub const SSL_SESSION_REUSES: usize = 11;
+    pub const SSL_NO_COMMON_PROTOCOL: usize = 12;
+    pub const SSL_NO_COMMON_CIPHER: usize = 13;
+    pub const SSL_HANDSHAKE_TIMEOUT: usize = 14;
+    pub const SSL_PEER_REJECTED_CERT: usize = 15;
+    pub const SSL_NO_CERT: usize = 16;
+    pub const SSL_EXPIRED_CERT: usize = 17;
+    pub const SSL_REVOKED_CERT: usize = 18;
+    pub const SSL_OTHER: usize = 19;
 }
 
 /// Counters of a peer slot (nginx Plus's upstream peer fields).

@@ -84,6 +84,54 @@ pub fn bind(c: &mut ApiSrv, main: &ApiMain) {
     }
 }
 
+/// How a client's TLS handshake went, for its server's zone (nginx Plus's `ssl` object).
+pub enum SslEvent<'a> {
+    Done {
+        reused: bool,
+    },
+    /// Failed, with the error's text (which names the reason OpenSSL gave).
+    Failed(&'a str),
+    TimedOut,
+    /// `ssl_verify_client` refused the certificate: its verify result (0: none sent).
+    Refused(i32),
+}
+
+/// Count a client's TLS handshake in its server's zone.
+pub fn count_ssl(s: &SessionCore, e: SslEvent<'_>) {
+    let Some(z) = s.srv.confs.api.zone_slot else { return };
+    match e {
+        SslEvent::Done { reused } => {
+            z.add(zone::SSL_HANDSHAKES, 1);
+            if reused {
+                z.add(zone::SSL_SESSION_REUSES, 1);
+            }
+        }
+        SslEvent::Failed(text) => {
+            z.add(zone::SSL_HANDSHAKES_FAILED, 1);
+            if text.contains("no shared cipher") {
+                z.add(zone::SSL_NO_COMMON_CIPHER, 1);
+            } else if text.contains("unsupported protocol") || text.contains("version too low") {
+                z.add(zone::SSL_NO_COMMON_PROTOCOL, 1);
+            } else if text.contains("certificate") && text.contains("alert") {
+                z.add(zone::SSL_PEER_REJECTED_CERT, 1);
+            }
+        }
+        SslEvent::TimedOut => {
+            z.add(zone::SSL_HANDSHAKES_FAILED, 1);
+            z.add(zone::SSL_HANDSHAKE_TIMEOUT, 1);
+        }
+        SslEvent::Refused(rc) => z.add(
+            match rc {
+                0 => zone::SSL_NO_CERT,
+                9 | 10 => zone::SSL_EXPIRED_CERT,
+                23 => zone::SSL_REVOKED_CERT,
+                _ => zone::SSL_OTHER,
+            },
+            1,
+        ),
+    }
+}
+
 /// The log phase: the session is counted in its server's zone.
 fn log_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     let Some(z) = s.srv.confs.api.zone_slot else { return Flow::Declined };
@@ -510,24 +558,27 @@ fn connections() -> String {
     )
 }
 
-/// The configuration's zones, in order, without repeats.
-fn zone_names(cycle: &Cycle) -> Vec<(String, Slot)> {
-    let mut out: Vec<(String, Slot)> = Vec::new();
+/// The configuration's zones, in order, without repeats, and whether a server of the
+/// zone terminates TLS.
+fn zone_names(cycle: &Cycle) -> Vec<(String, Slot, bool)> {
+    let mut out: Vec<(String, Slot, bool)> = Vec::new();
     for srv in &cycle.servers {
         if let (Some(name), Some(slot)) = (&srv.confs.api.zone, srv.confs.api.zone_slot) {
-            if !out.iter().any(|(n, _)| n == name) {
-                out.push((name.clone(), slot));
+            let ssl = srv.confs.ssl.ctx.is_some();
+            match out.iter_mut().find(|(n, _, _)| n == name) {
+                Some(z) => z.2 |= ssl,
+                None => out.push((name.clone(), slot, ssl)),
             }
         }
     }
     out
 }
 
-fn zone_json(out: &mut String, z: Slot) {
+fn zone_json(out: &mut String, z: Slot, ssl: bool) {
     let _ = write!(
         out,
         "{{\"processing\":{},\"connections\":{},\"sessions\":{{\"2xx\":{},\"4xx\":{},\"5xx\":{},\"total\":{}}},\
-         \"discarded\":{},\"received\":{},\"sent\":{}}}",
+         \"discarded\":{},\"received\":{},\"sent\":{}",
         z.get(zone::PROCESSING),
         z.get(zone::CONNECTIONS),
         z.get(zone::SESSIONS_2XX),
@@ -538,24 +589,44 @@ fn zone_json(out: &mut String, z: Slot) {
         z.get(zone::RECEIVED),
         z.get(zone::SENT)
     );
+    if ssl {
+        let _ = write!(
+            out,
+            ",\"ssl\":{{\"handshakes\":{},\"handshakes_failed\":{},\"session_reuses\":{},\"no_common_protocol\":{},\
+             \"no_common_cipher\":{},\"handshake_timeout\":{},\"peer_rejected_cert\":{},\"verify_failures\":{{\
+             \"no_cert\":{},\"expired_cert\":{},\"revoked_cert\":{},\"other\":{}}}}}",
+            z.get(zone::SSL_HANDSHAKES),
+            z.get(zone::SSL_HANDSHAKES_FAILED),
+            z.get(zone::SSL_SESSION_REUSES),
+            z.get(zone::SSL_NO_COMMON_PROTOCOL),
+            z.get(zone::SSL_NO_COMMON_CIPHER),
+            z.get(zone::SSL_HANDSHAKE_TIMEOUT),
+            z.get(zone::SSL_PEER_REJECTED_CERT),
+            z.get(zone::SSL_NO_CERT),
+            z.get(zone::SSL_EXPIRED_CERT),
+            z.get(zone::SSL_REVOKED_CERT),
+            z.get(zone::SSL_OTHER)
+        );
+    }
+    out.push('}');
 }
 
 fn server_zones(cycle: &Cycle, one: Option<&str>) -> Option<String> {
     let zones = zone_names(cycle);
     if let Some(name) = one {
-        let (_, z) = zones.iter().find(|(n, _)| n == name)?;
+        let (_, z, ssl) = zones.iter().find(|(n, _, _)| n == name)?;
         let mut out = String::new();
-        zone_json(&mut out, *z);
+        zone_json(&mut out, *z, *ssl);
         return Some(out);
     }
     let mut out = String::from("{");
-    for (i, (name, z)) in zones.iter().enumerate() {
+    for (i, (name, z, ssl)) in zones.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         json_str(&mut out, name);
         out.push(':');
-        zone_json(&mut out, *z);
+        zone_json(&mut out, *z, *ssl);
     }
     out.push('}');
     Some(out)
@@ -687,7 +758,7 @@ fn prometheus(cycle: &Cycle, cx: &mut Cx<'_>) -> String {
     for (m, kind, i) in zone_metrics {
         let name = format!("nginxplus_stream_server_zone_{}", m);
         let _ = writeln!(out, "# TYPE {} {}", name, kind);
-        for (z, slot) in &zones {
+        for (z, slot, _) in &zones {
             if m == "sessions" {
                 for (code, k) in [("2xx", zone::SESSIONS_2XX), ("4xx", zone::SESSIONS_4XX), ("5xx", zone::SESSIONS_5XX)]
                 {

@@ -749,6 +749,7 @@ pub(crate) fn conf_commands(b: &mut SslContextBuilder, cmds: &[(String, String)]
 
 /// The ssl phase (`ngx_stream_ssl_handler`): handshake a `listen ... ssl` session.
 fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+    use crate::stream::api_module::{count_ssl, SslEvent};
     if !s.ssl {
         return Flow::Next;
     }
@@ -798,6 +799,8 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         tls::Handshake::Done => {
             cx.timers.clear(&mut s.preread_timer);
             s.handshake_timer = false;
+            let reused = s.client.tls_mut().is_some_and(|t| t.ssl().session_reused());
+            count_ssl(s, SslEvent::Done { reused });
             if let Some(f) = verify_client_cert(s) {
                 return f;
             }
@@ -805,10 +808,12 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         }
         tls::Handshake::Again => handshake_wait(s, cx),
         tls::Handshake::Closed(os) => {
+            count_ssl(s, SslEvent::Failed(""));
             s.log(crate::core::conf::Level::Info, "peer closed connection in SSL handshake", os.as_ref());
             Flow::Finalize(500)
         }
         tls::Handshake::Failed(e) => {
+            count_ssl(s, SslEvent::Failed(&e.to_string()));
             s.connection_error(crate::stream::session::Side::Client, &e, "SSL_do_handshake() failed");
             Flow::Finalize(500)
         }
@@ -888,6 +893,7 @@ fn sni_from_hello(s: &mut SessionCore, buf: &mut Vec<u8>) -> Option<Option<Vec<u
 
 /// `ssl_verify_client` checks after the handshake.
 fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
+    use crate::stream::api_module::{count_ssl, SslEvent};
     let verify = s.srv.confs.ssl.verify.get();
     if verify == 0 {
         return None;
@@ -897,10 +903,12 @@ fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
     let optional_ok = |r: openssl::x509::X509VerifyResult| matches!(r.as_raw(), 18 | 19 | 20 | 21 | 27 | 2);
     if rc != openssl::x509::X509VerifyResult::OK && !(verify == 3 && optional_ok(rc)) {
         let msg = format!("client SSL certificate verify error: ({}:{})", rc.as_raw(), rc.error_string());
+        count_ssl(s, SslEvent::Refused(rc.as_raw()));
         s.log(crate::core::conf::Level::Info, &msg, None);
         return Some(Flow::Finalize(500));
     }
     if verify == 1 && t.ssl().peer_certificate().is_none() {
+        count_ssl(s, SslEvent::Refused(0));
         s.log(crate::core::conf::Level::Info, "client sent no required SSL certificate", None);
         return Some(Flow::Finalize(500));
     }

@@ -919,6 +919,7 @@ impl Worker {
                     // (ngx_stream_ssl_handshake_handler).
                     sess.core.preread_timer = None;
                     sess.core.handshake_timer = false;
+                    crate::stream::api_module::count_ssl(&sess.core, crate::stream::api_module::SslEvent::TimedOut);
                     self.finalize(key, status::INTERNAL_SERVER_ERROR, now);
                     return;
                 }
