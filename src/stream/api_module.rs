@@ -89,8 +89,9 @@ pub enum SslEvent<'a> {
     Done {
         reused: bool,
     },
-    /// Failed, with the error's text (which names the reason OpenSSL gave).
-    Failed(&'a str),
+    /// Failed, with the error, whose text names the reason OpenSSL gave (None: the
+    /// client closed).
+    Failed(Option<&'a io::Error>),
     TimedOut,
     /// `ssl_verify_client` refused the certificate: its verify result (0: none sent).
     Refused(i32),
@@ -106,8 +107,9 @@ pub fn count_ssl(s: &SessionCore, e: SslEvent<'_>) {
                 z.add(zone::SSL_SESSION_REUSES, 1);
             }
         }
-        SslEvent::Failed(text) => {
+        SslEvent::Failed(e) => {
             z.add(zone::SSL_HANDSHAKES_FAILED, 1);
+            let text = e.map(|e| e.to_string()).unwrap_or_default();
             if text.contains("no shared cipher") {
                 z.add(zone::SSL_NO_COMMON_CIPHER, 1);
             } else if text.contains("unsupported protocol") || text.contains("version too low") {

@@ -808,12 +808,12 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         }
         tls::Handshake::Again => handshake_wait(s, cx),
         tls::Handshake::Closed(os) => {
-            count_ssl(s, SslEvent::Failed(""));
+            count_ssl(s, SslEvent::Failed(None));
             s.log(crate::core::conf::Level::Info, "peer closed connection in SSL handshake", os.as_ref());
             Flow::Finalize(500)
         }
         tls::Handshake::Failed(e) => {
-            count_ssl(s, SslEvent::Failed(&e.to_string()));
+            count_ssl(s, SslEvent::Failed(Some(&e)));
             s.connection_error(crate::stream::session::Side::Client, &e, "SSL_do_handshake() failed");
             Flow::Finalize(500)
         }
