@@ -934,3 +934,50 @@ fn status_zone_counts_tls_handshakes() {
     assert_eq!(v["sessions"]["5xx"], 2, "{v}");
     s.stop();
 }
+
+/// The shared session cache keeps sessions larger than one of its slots, up to nginx's
+/// 4096 bytes: a session that carries the client's certificate resumes on both workers
+/// (nginx resumes it; sluice kept none over 469 bytes before), and `ssl_session_timeout
+/// 0` keeps nothing, as nginx's entry expires the second it is made.
+#[test]
+fn shared_cache_keeps_sessions_with_client_certificates() {
+    let (p1, p2) = (free_port(), free_port());
+    let f = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
+         ssl_session_cache shared:S:1m;\n    ssl_session_tickets off;\n    ssl_verify_client on;\n    \
+         ssl_client_certificate {d}/ca.pem;\n    \
+         server {{ listen 127.0.0.1:{p1} ssl; return \"$ssl_session_reused $ssl_client_verify\"; }}\n    \
+         server {{ listen 127.0.0.1:{p2} ssl; ssl_session_timeout 0; return \"$ssl_session_reused\"; }}\n}}\n",
+        d = f.display()
+    );
+    let mut s = Sluice::start_master(2, &conf);
+    let b = {
+        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+        b.set_certificate_file(f.join("client.pem"), openssl::ssl::SslFiletype::PEM).expect("cert");
+        b.set_private_key_file(f.join("client.key"), openssl::ssl::SslFiletype::PEM).expect("key");
+        b.build()
+    };
+    for (port, first, again) in [(p1, ". SUCCESS", "r SUCCESS"), (p2, ".", ".")] {
+        let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("first");
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        let _ = c.shutdown();
+        assert_eq!(out, first);
+        let sess = c.ssl().session().expect("session").to_owned();
+        assert!(sess.to_der().expect("der").len() > 512, "the session carries the certificate");
+        for i in 0..4 {
+            let mut cfg = b.configure().expect("cfg").verify_hostname(false);
+            // SAFETY: a session of this server's certificate.
+            unsafe { cfg.set_session(&sess).expect("set session") };
+            let mut c = cfg.connect("x", connect(port)).expect("resume");
+            let mut out = String::new();
+            c.read_to_string(&mut out).ok();
+            let _ = c.shutdown();
+            assert_eq!(out, again, "port {port}, connection {i}");
+        }
+    }
+    s.stop();
+}

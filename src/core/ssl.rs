@@ -28,6 +28,7 @@ pub mod ffi {
         pub fn BIO_new_file(name: *const c_char, mode: *const c_char) -> *mut BIO;
         pub fn PEM_read_bio_X509_AUX(bp: *mut BIO, x: *mut *mut X509, cb: *mut c_void, u: *mut c_void) -> *mut X509;
         pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+        pub fn SSL_CTX_get_timeout(ctx: *const SSL_CTX) -> c_long;
         pub fn SSL_set_quiet_shutdown(ssl: *mut SSL, mode: c_int);
         pub fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const u8) -> *const SSL_CIPHER;
         pub fn X509_NAME_print_ex(
