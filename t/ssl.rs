@@ -55,6 +55,24 @@ fn tls_result(
     cfg.connect(sni.unwrap_or("unused"), connect(port)).map_err(|e| e.to_string())
 }
 
+/// A TLSv1.2 client without certificate checks (sessions resume by id or ticket);
+/// `setup` adds to it (a client certificate).
+fn tls12(setup: impl FnOnce(&mut openssl::ssl::SslConnectorBuilder)) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+    setup(&mut b);
+    b.build()
+}
+
+/// A handshake with `b` offering `sess`.
+fn resume(b: &SslConnector, sess: &openssl::ssl::SslSessionRef, port: u16) -> SslStream<TcpStream> {
+    let mut cfg = b.configure().expect("cfg").verify_hostname(false);
+    // SAFETY: the tests offer sessions made for the server they connect to.
+    unsafe { cfg.set_session(sess).expect("set session") };
+    cfg.connect("x", connect(port)).expect("handshake")
+}
+
 /// The error log's lines at info and above from session `*N` lines, without the time
 /// and the pid, client ports as P.
 fn session_lines(s: &Sluice) -> Vec<String> {
@@ -275,20 +293,12 @@ fn alpn_as_nginx() {
 fn session_resumed_from_ticket() {
     let port = free_port();
     let mut s = Sluice::start(&conf(port, "", "return ok;"));
-    let b = {
-        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
-        b.build()
-    };
+    let b = tls12(|_| {});
     let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("first");
     let mut out = String::new();
     c.read_to_string(&mut out).ok();
     let sess = c.ssl().session().expect("a session").to_owned();
-    let mut cfg = b.configure().expect("cfg").verify_hostname(false);
-    // SAFETY: the session came from a connection of the same context.
-    unsafe { cfg.set_session(&sess).expect("set session") };
-    let mut c2 = cfg.connect("x", connect(port)).expect("second");
+    let mut c2 = resume(&b, &sess, port);
     c2.read_to_string(&mut out).ok();
     assert!(c2.ssl().session_reused(), "the client resumed");
     let log = wait_log(&s, 2);
@@ -631,16 +641,8 @@ fn nginx_ticket_resumes() {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let der = openssl::base64::decode_block(&b64).expect("base64");
     let sess = openssl::ssl::SslSession::from_der(&der).expect("session");
-    let b = {
-        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
-        b.build()
-    };
-    let mut cfg = b.configure().expect("cfg").verify_hostname(false);
-    // SAFETY: a TLSv1.2 session for this certificate's server.
-    unsafe { cfg.set_session(&sess).expect("set session") };
-    let mut c = cfg.connect("x", connect(port)).expect("handshake");
+    let b = tls12(|_| {});
+    let mut c = resume(&b, &sess, port);
     let mut out = String::new();
     c.read_to_string(&mut out).ok();
     assert_eq!(out, "r\n", "the ticket from nginx (second key here) resumed");
@@ -663,12 +665,7 @@ fn shared_session_cache_across_servers_and_workers() {
         d = f.display()
     );
     let mut s = Sluice::start_master(2, &conf);
-    let b = {
-        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
-        b.build()
-    };
+    let b = tls12(|_| {});
     let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(p1)).expect("first");
     let mut out = String::new();
     c.read_to_string(&mut out).ok();
@@ -676,10 +673,7 @@ fn shared_session_cache_across_servers_and_workers() {
     let sess = c.ssl().session().expect("session").to_owned();
     for i in 0..8 {
         let port = if i % 2 == 0 { p1 } else { p2 };
-        let mut cfg = b.configure().expect("cfg").verify_hostname(false);
-        // SAFETY: a session of this server's certificate.
-        unsafe { cfg.set_session(&sess).expect("set session") };
-        let mut c = cfg.connect("x", connect(port)).expect("resume");
+        let mut c = resume(&b, &sess, port);
         let mut out = String::new();
         c.read_to_string(&mut out).ok();
         // A client that ends without close_notify marks the session not resumable (on
@@ -952,14 +946,10 @@ fn shared_cache_keeps_sessions_with_client_certificates() {
         d = f.display()
     );
     let mut s = Sluice::start_master(2, &conf);
-    let b = {
-        let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+    let b = tls12(|b| {
         b.set_certificate_file(f.join("client.pem"), openssl::ssl::SslFiletype::PEM).expect("cert");
         b.set_private_key_file(f.join("client.key"), openssl::ssl::SslFiletype::PEM).expect("key");
-        b.build()
-    };
+    });
     for (port, first, again) in [(p1, ". SUCCESS", "r SUCCESS"), (p2, ".", ".")] {
         let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("first");
         let mut out = String::new();
@@ -969,10 +959,7 @@ fn shared_cache_keeps_sessions_with_client_certificates() {
         let sess = c.ssl().session().expect("session").to_owned();
         assert!(sess.to_der().expect("der").len() > 512, "the session carries the certificate");
         for i in 0..4 {
-            let mut cfg = b.configure().expect("cfg").verify_hostname(false);
-            // SAFETY: a session of this server's certificate.
-            unsafe { cfg.set_session(&sess).expect("set session") };
-            let mut c = cfg.connect("x", connect(port)).expect("resume");
+            let mut c = resume(&b, &sess, port);
             let mut out = String::new();
             c.read_to_string(&mut out).ok();
             let _ = c.shutdown();
