@@ -968,3 +968,38 @@ fn shared_cache_keeps_sessions_with_client_certificates() {
     }
     s.stop();
 }
+
+/// With the upstream in a `zone`, its peers' TLS sessions are kept there, as nginx keeps
+/// them: a session one worker made is resumed by the other (each kept its own before,
+/// so the other worker's first connection was a full handshake).
+#[test]
+fn upstream_sessions_are_shared_through_the_zone() {
+    let port = free_port();
+    let up = tls_backend(tell);
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$pid';\n    access_log %%PREFIX%%access.log t;\n    \
+         upstream u {{ zone u 64k; server 127.0.0.1:{up}; }}\n    \
+         server {{ listen 127.0.0.1:{port}; proxy_ssl on; proxy_pass u; }}\n}}\n"
+    );
+    let mut s = Sluice::start_master(2, &conf);
+    let mut answers = Vec::new();
+    // Until both workers have proxied (the kernel spreads the connections).
+    for i in 0..60 {
+        let mut c = connect(port);
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        answers.push(out);
+        let pids = s.wait_lines("access.log", i + 1);
+        let distinct: std::collections::HashSet<&String> = pids.iter().collect();
+        if distinct.len() == 2 && i >= 3 {
+            break;
+        }
+    }
+    let pids = s.read("access.log");
+    assert_eq!(pids.lines().collect::<std::collections::HashSet<_>>().len(), 2, "both workers proxied: {pids}");
+    assert_eq!(answers[0], "[] . TLSv1.2\n");
+    for (i, a) in answers.iter().enumerate().skip(1) {
+        assert_eq!(a, "[] r TLSv1.2\n", "connection {i} resumes the first one's session: {answers:?}");
+    }
+    s.stop();
+}

@@ -653,6 +653,9 @@ pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
     b.set_new_session_callback(|ssl, session| {
         if let Some(key) = session_key_index().and_then(|i| ssl.ex_data(i)) {
             let key = key.clone();
+            if shared_put(&key, &session) {
+                return;
+            }
             CLIENT_SESSIONS.with(|m| {
                 let mut m = m.borrow_mut();
                 // Peers of names resolved per session come and go: keep the map bounded.
@@ -667,7 +670,71 @@ pub fn keep_client_sessions(b: &mut openssl::ssl::SslContextBuilder) {
 
 /// The session kept for `peer`, if any.
 pub fn client_session(peer: &str) -> Option<ssl::SslSession> {
+    if let Some(s) = shared_get(peer) {
+        return s;
+    }
     CLIENT_SESSIONS.with(|m| m.borrow().get(peer).cloned())
+}
+
+/// Where a peer's upstream session lives in its upstream's zone: nginx keeps it there
+/// when the upstream has one (`ngx_stream_upstream_save_round_robin_peer_session`), so
+/// a session one worker made is resumed by every worker.
+pub struct SharedSession {
+    pub shm: std::rc::Rc<crate::core::shm::Shm>,
+    /// The upstream region's lock.
+    pub lock: usize,
+    pub offset: usize,
+}
+
+/// The bytes a peer's shared session takes: its length, then the DER form, up to
+/// nginx's `NGX_SSL_MAX_SESSION_SIZE`.
+pub const SHARED_SESSION_SIZE: usize = 8 + 4096;
+
+thread_local! {
+    /// Peers whose sessions live in their upstream's zone, by `CLIENT_SESSIONS`'s key.
+    static SHARED_CLIENT_SESSIONS: std::cell::RefCell<std::collections::HashMap<String, SharedSession>> =
+        Default::default();
+}
+
+/// This worker's configuration keeps its peers' sessions in these places (the old
+/// configuration's are forgotten).
+pub fn share_client_sessions(places: Vec<(String, SharedSession)>) {
+    SHARED_CLIENT_SESSIONS.with(|m| *m.borrow_mut() = places.into_iter().collect());
+}
+
+/// The shared session of `key`: None if the peer has no place in a zone.
+fn shared_get(key: &str) -> Option<Option<ssl::SslSession>> {
+    SHARED_CLIENT_SESSIONS.with(|m| {
+        let m = m.borrow();
+        let p = m.get(key)?;
+        let der = (|| {
+            let _g = crate::core::shm::SpinGuard::lock(p.shm.lock_at(p.lock)?);
+            let b = p.shm.bytes(p.offset, SHARED_SESSION_SIZE)?;
+            let n = (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).min(SHARED_SESSION_SIZE - 8);
+            (n > 0).then(|| b[8..8 + n].to_vec())
+        })();
+        Some(der.and_then(|d| ssl::SslSession::from_der(&d).ok()))
+    })
+}
+
+/// Keep `session` in its peer's place in the zone; false if the peer has none.
+fn shared_put(key: &str, session: &ssl::SslSessionRef) -> bool {
+    SHARED_CLIENT_SESSIONS.with(|m| {
+        let m = m.borrow();
+        let Some(p) = m.get(key) else { return false };
+        let Ok(der) = session.to_der() else { return true };
+        if der.len() > SHARED_SESSION_SIZE - 8 {
+            return true;
+        }
+        if let Some(lock) = p.shm.lock_at(p.lock) {
+            let _g = crate::core::shm::SpinGuard::lock(lock);
+            if let Some(b) = p.shm.bytes(p.offset, SHARED_SESSION_SIZE) {
+                b[..4].copy_from_slice(&(der.len() as u32).to_le_bytes());
+                b[8..8 + der.len()].copy_from_slice(&der);
+            }
+        }
+        true
+    })
 }
 
 /// What an OpenSSL printer writes into a memory BIO.

@@ -155,6 +155,27 @@ fn checks_of(cycle: &Cycle, g: usize) -> impl Iterator<Item = (&Rc<Server>, usiz
         .flat_map(|s| s.confs.upstream_hc.checks.iter().enumerate().map(move |(k, hc)| (s, k, hc)))
 }
 
+/// Whether a server proxying to upstream `g` resumes upstream TLS sessions.
+fn reuses_sessions(cycle: &Cycle, g: usize) -> bool {
+    cycle.servers.iter().any(|s| {
+        matches!(s.confs.proxy.pass, Some(crate::stream::proxy_module::Pass::Upstream(x)) if x == g)
+            && s.confs.proxy_ssl.ctx.is_some()
+            && s.confs.proxy_ssl.session_reuse()
+    })
+}
+
+/// The places of `n` peers' sessions after a header at `head` of the zone: laid out
+/// anew (emptied) when they are another configuration's.
+fn session_places(shm: &Shm, lock: usize, head: usize, n: usize, generation: u64) -> Option<Vec<usize>> {
+    let _g = crate::core::shm::SpinGuard::lock(shm.lock_at(lock)?);
+    let b = shm.bytes(head, 8 + n * crate::core::ssl::SHARED_SESSION_SIZE)?;
+    if b[..8] != generation.to_le_bytes() {
+        b.fill(0);
+        b[..8].copy_from_slice(&generation.to_le_bytes());
+    }
+    Some((0..n).map(|i| head + 8 + i * crate::core::ssl::SHARED_SESSION_SIZE).collect())
+}
+
 /// Group numbers from here on are sessions' own groups.
 pub const SESSION_GROUP: usize = 1 << 40;
 
@@ -229,6 +250,7 @@ impl WorkerState {
         let mut used: HashMap<String, usize> = HashMap::new();
         let now = crate::core::time::instant();
         let mut health = HealthChecks::default();
+        let mut shared_sessions = Vec::new();
         let groups = cycle
             .upstreams
             .iter()
@@ -273,6 +295,24 @@ impl WorkerState {
                             _ => sp = None,
                         }
                     }
+                    // Then, for an upstream `proxy_ssl` resumes sessions with, a place per
+                    // peer for its session (where the zone has room: else each worker
+                    // keeps its own, as without a zone).
+                    if sp.is_some() && reuses_sessions(cycle, gi) {
+                        let n = peers.primary.len() + peers.backup.len();
+                        let head = (*off).div_ceil(8) * 8;
+                        let size = 8 + n * crate::core::ssl::SHARED_SESSION_SIZE;
+                        if head + size <= z.shm.len() {
+                            *off = head + size;
+                            if let Some(places) = session_places(&z.shm, at, head, n, z.generation) {
+                                for (p, offset) in peers.primary.iter().chain(&peers.backup).zip(places) {
+                                    let place =
+                                        crate::core::ssl::SharedSession { shm: z.shm.clone(), lock: at, offset };
+                                    shared_sessions.push((format!("{}/{}", u.name, p.name), place));
+                                }
+                            }
+                        }
+                    }
                     let table = (!lines.is_empty())
                         .then(|| {
                             let sig = lines_signature(u, &lines);
@@ -304,6 +344,7 @@ impl WorkerState {
                 Group { peers, balancer, shared, dynamic, epoch: 0, stats, zone: u.zone.clone() }
             })
             .collect();
+        crate::core::ssl::share_client_sessions(shared_sessions);
         let files = cycle
             .open_files
             .iter()
