@@ -368,10 +368,14 @@ fn step(p: &mut Probe, check: &Check, event: Option<bool>) -> Option<Verdict> {
         p.step = Step::Reading;
     }
     // Reading: the answer, up to `proxy_buffer_size` bytes (one datagram for UDP).
-    let mut chunk = [0u8; 4096];
+    // Read straight into the probe's buffer, so a datagram up to the buffer's size is
+    // looked at whole.
     loop {
-        let room = buffer.saturating_sub(p.buf.len()).min(chunk.len());
-        let n = match p.sock.read(&mut chunk[..room.max(1)]) {
+        let had = p.buf.len();
+        p.buf.resize(buffer.max(had + 1), 0);
+        let r = p.sock.read(&mut p.buf[had..]);
+        p.buf.truncate(had + *r.as_ref().unwrap_or(&0));
+        let n = match r {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -382,7 +386,6 @@ fn step(p: &mut Probe, check: &Check, event: Option<bool>) -> Option<Verdict> {
             return Some(Verdict::Pass);
         }
         let Some(expect) = expect else { return Some(Verdict::Pass) };
-        p.buf.extend_from_slice(&chunk[..n.min(room)]);
         let full = p.buf.len() >= buffer || udp || n == 0;
         match expect {
             Expect::Literal(want) if p.buf.len() >= want.len() => {

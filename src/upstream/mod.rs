@@ -214,10 +214,11 @@ pub struct PeerPick {
 
 impl Peer {
     fn from_server(s: &UpstreamServer, server: &Rc<str>, addr: &Addr) -> Peer {
+        let name = addr.to_string();
         Peer {
             addr: addr.clone(),
-            name: Rc::from(addr.to_string().as_str()),
-            name_hash: health::name_hash(&addr.to_string()),
+            name_hash: health::name_hash(&name),
+            name: Rc::from(name.as_str()),
             hc_down: false,
             server: server.clone(),
             weight: s.weight as i64,
