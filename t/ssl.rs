@@ -1003,3 +1003,69 @@ fn upstream_sessions_are_shared_through_the_zone() {
     }
     s.stop();
 }
+
+/// `proxy_ssl` to a backend that closes as soon as its handshake is done, while the
+/// client's first bytes already wait: as in nginx (which posts the upstream's read and
+/// reads the client only after its next epoll_wait), the upstream's end of file is
+/// seen first, nothing is read from the client, and closing over its unread bytes
+/// resets it. The backend corks its socket so that its last handshake flight and its
+/// FIN arrive together (recorded from nginx 1.22.1 so: `200 0 0 0 0`, a reset client).
+#[test]
+fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
+    use openssl::ssl::{SslAcceptor, SslFiletype};
+    use std::os::fd::AsRawFd;
+    let port = free_port();
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
+    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    let acceptor = b.build();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and a c_int option of the right size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CORK,
+                    &on as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "TCP_CORK");
+            c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            // Handshake done: the stream drops here, closing without close_notify.
+            let _ = acceptor.accept(c);
+        }
+    });
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$status $bytes_sent $bytes_received $upstream_bytes_sent \
+         $upstream_bytes_received';\n    access_log %%PREFIX%%access.log t;\n    \
+         server {{ listen 127.0.0.1:{port}; proxy_ssl on; proxy_ssl_session_reuse off;\n        \
+         proxy_pass 127.0.0.1:{up}; }}\n}}\n"
+    );
+    let mut s = Sluice::start(&conf);
+    // (A resumed session's handshake ends on sluice's side before the backend's, whose
+    // FIN then comes later: only full handshakes, as recorded.)
+    for _ in 0..2 {
+        let mut c = connect(port);
+        c.write_all(b"hello\n").expect("write");
+        let mut out = Vec::new();
+        let r = c.read_to_end(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            r.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{}\n{}",
+            s.read("access.log"),
+            s.error_log()
+        );
+    }
+    assert_eq!(wait_log(&s, 2), ["200 0 0 0 0", "200 0 0 0 0"]);
+    let lines = session_lines(&s);
+    let want = "*1 upstream disconnected, bytes from/to client:0/0, bytes from/to upstream:0/0".to_string();
+    assert!(lines.contains(&want), "{lines:?}");
+    s.stop();
+}
