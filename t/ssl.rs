@@ -1069,3 +1069,44 @@ fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
     assert!(lines.contains(&want), "{lines:?}");
     s.stop();
 }
+
+/// `ssl_session_cache builtin:N shared:NAME:SIZE` over a reload: a worker that exits
+/// frees its SSL contexts, and OpenSSL's flush of the built-in cache takes those
+/// sessions out of the shared one as well (nginx 1.22.1: `. r | reload | . .`); with
+/// `shared` alone the sessions outlive the worker (`. r | reload | r r`).
+#[test]
+fn exiting_worker_takes_its_builtin_sessions_out_of_the_shared_cache() {
+    let (p1, p2) = (free_port(), free_port());
+    let f = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
+         ssl_session_tickets off;\n    \
+         server {{ listen 127.0.0.1:{p1} ssl; ssl_session_cache builtin:1000 shared:B:1m; return $ssl_session_reused; }}\n    \
+         server {{ listen 127.0.0.1:{p2} ssl; ssl_session_cache shared:S:1m; return $ssl_session_reused; }}\n}}\n",
+        d = f.display()
+    );
+    let s = Sluice::start_master(1, &conf);
+    let b = tls12(|_| {});
+    let answer = |mut c: SslStream<TcpStream>| {
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        let _ = c.shutdown();
+        out
+    };
+    let mut sessions = Vec::new();
+    for port in [p1, p2] {
+        let c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("first");
+        let sess = c.ssl().session().expect("session").to_owned();
+        assert_eq!(answer(c), ".");
+        assert_eq!(answer(resume(&b, &sess, port)), "r", "port {port} before the reload");
+        sessions.push((port, sess));
+    }
+    s.signal(libc::SIGHUP);
+    let exited = |s: &Sluice| s.error_log().contains(" exited with code 0");
+    assert!(wait_for(Duration::from_secs(10), || exited(&s)), "{}", s.error_log());
+    for ((port, sess), want) in sessions.iter().zip([".", "r"]) {
+        for _ in 0..2 {
+            assert_eq!(answer(resume(&b, sess, *port)), want, "port {port} after the reload");
+        }
+    }
+}

@@ -1139,3 +1139,16 @@ pub fn set_session_timeout(b: &mut openssl::ssl::SslContextBuilder, secs: u64) {
 pub fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "")).unwrap_or_default()
 }
+
+/// Drop every session in `ctx`'s built-in cache through its remove callback
+/// (`SSL_CTX_free`'s flush, without freeing: the context lives on with the cycle).
+pub fn flush_sessions(ctx: &SslContext) {
+    unsafe extern "C" {
+        fn SSL_CTX_flush_sessions(ctx: *mut ffi::SSL_CTX, tm: c_long);
+    }
+    // An `SslContextRef` is the `SSL_CTX` pointer itself (foreign-types' opaque
+    // reference), so its address is the pointer OpenSSL wants.
+    let p = &**ctx as *const ssl::SslContextRef as *mut ffi::SSL_CTX;
+    // SAFETY: a live context; time 0 removes every session, as SSL_CTX_free does.
+    unsafe { SSL_CTX_flush_sessions(p, 0) }
+}

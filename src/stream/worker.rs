@@ -395,6 +395,17 @@ impl Worker {
 
     fn exit(&mut self, e: Exit) -> Exit {
         self.rt.flush_files();
+        if self.role == Role::Worker {
+            // nginx's ngx_worker_process_exit destroys the cycle's pool, and so frees its
+            // SSL contexts: OpenSSL drops each built-in session cache through the remove
+            // callback, which takes those sessions out of a shared cache too (sessions
+            // from before a reload no longer resume there).
+            for srv in &self.cycle.servers {
+                if let Some(ctx) = &srv.confs.ssl.ctx {
+                    crate::core::ssl::flush_sessions(ctx);
+                }
+            }
+        }
         e
     }
 
