@@ -15,6 +15,7 @@ pub mod open_file_cache;
 pub mod process;
 pub mod proctitle;
 pub mod shm;
+pub mod slab;
 pub mod splice;
 pub mod ssl;
 pub mod ssl_cache;

@@ -3,7 +3,7 @@
 //!
 //! The counts live in the zone's shared memory, so every worker sees them: a hash table
 //! of entries (key, count) in fixed 64-byte chunks. Whether a new key fits is decided by
-//! an account of the pages nginx's slab allocator would use for the same zone (`Slab`),
+//! an account of the pages nginx's slab allocator would use for the same zone (core::slab),
 //! so a zone holds the keys nginx's would; one that does not fit is refused as nginx
 //! refuses it. A session's counts are released when it ends (a session cleanup).
 
@@ -13,6 +13,7 @@ use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value::{self, Setting};
 use crate::core::conf::{Cmd, ConfResult, Level};
 use crate::core::shm::{Shm, SpinGuard};
+use crate::core::slab::{get_u32, put_u32, Slab};
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::phase::{Flow, Phase, PhaseRegistry};
@@ -299,188 +300,17 @@ struct Table<'a> {
     slab: Slab<'a>,
 }
 
-/// How much of a zone nginx's slab allocator would have used (`ngx_slab_init`,
-/// `ngx_slab_alloc`, `ngx_slab_free` on x86-64 with 4 KiB pages): the keys a zone holds
-/// are those nginx's would, whatever the table's own layout. A zone of SIZE bytes has a
-/// number of pages; each size class (8 bytes to 2 KiB, powers of two) takes whole pages
-/// and carves them into chunks; a page with room is used before a new one, one that
-/// empties goes back. The zone's own state and its log text take the first chunks
-/// (`ngx_stream_limit_conn_init_zone`), a key `36 + key length` bytes.
-struct Slab<'a> {
-    b: &'a mut [u8],
-    pages: u32,
-}
-
-const PAGE: usize = 4096;
-/// Bytes before the pages' descriptors: `ngx_slab_pool_t`, then the 9 slots and their
-/// statistics.
-const SLAB_HEAD: usize = 200 + 9 * (24 + 32);
-/// Bytes of one page's descriptor (`ngx_slab_page_t`).
-const SLAB_DESC: usize = 24;
-/// Our accounting: free pages, the free-page stack, a list head per size class (shift
-/// 3..=11), then per page: shift (u8), used chunks (u16 at +2), next and prev (+4, +8).
-const S_FREE: usize = 0;
-const S_STACK: usize = 4;
-const S_HEADS: usize = 8;
-const S_PAGES: usize = S_HEADS + 9 * 4;
-const S_REC: usize = 12;
 /// `sizeof(ngx_stream_limit_conn_shctx_t)` and the `offsetof`s before a key's bytes.
 const SHCTX: usize = 64;
 const NODE: usize = 36;
 
-/// Pages in a zone of `size` bytes, as `ngx_slab_init` counts them.
-fn slab_pages(size: usize) -> u32 {
-    let pages = size.saturating_sub(SLAB_HEAD) / (PAGE + SLAB_DESC);
-    let start = (SLAB_HEAD + pages * SLAB_DESC).div_ceil(PAGE) * PAGE;
-    // (Page numbers are kept in 24 bits of an entry: 64 GB of zone.)
-    pages.min(size.saturating_sub(start) / PAGE).min(MAX_PAGES) as u32
-}
-
-const MAX_PAGES: usize = 1 << 24;
-
-/// The size class (shift) of an allocation, and the chunks a page of it holds (a small
-/// class keeps its bitmap in its first chunks).
-fn slab_class(size: usize) -> (u8, u16) {
-    let shift = (usize::BITS - size.saturating_sub(1).leading_zeros()).max(3) as u8;
-    let n = (PAGE >> shift) as u16;
-    let chunks = match shift {
-        3..=5 => {
-            let map_bytes = (PAGE >> shift) / 64 * 8;
-            n - (map_bytes >> shift).max(1) as u16
-        }
-        _ => n,
-    };
-    (shift, chunks)
-}
-
-impl Slab<'_> {
-    fn len_for(pages: u32) -> usize {
-        S_PAGES + pages as usize * S_REC
-    }
-
-    fn rec(&self, page: u32) -> usize {
-        S_PAGES + page as usize * S_REC
-    }
-
-    fn init(&mut self, name_len: usize) -> Option<()> {
-        self.b.fill(0);
-        put_u32(self.b, S_FREE, self.pages)?;
-        for p in 0..self.pages {
-            let at = self.rec(p);
-            put_u32(self.b, at + 4, if p + 1 < self.pages { p + 2 } else { 0 })?;
-        }
-        put_u32(self.b, S_STACK, u32::from(self.pages > 0))?;
-        self.alloc(SHCTX)?;
-        // sizeof(" in limit_conn_zone \"\"") with its NUL, and the name; longer than
-        // half a page (a name of 2 KB) it takes whole pages (ngx_slab_alloc_pages).
-        let log_ctx = 22 + name_len;
-        if log_ctx > PAGE / 2 {
-            for _ in 0..log_ctx.div_ceil(PAGE) {
-                self.take_page()?;
-            }
-        } else {
-            self.alloc(log_ctx)?;
-        }
-        Some(())
-    }
-
-    /// A page off the free stack, for good.
-    fn take_page(&mut self) -> Option<u32> {
-        let top = get_u32(self.b, S_STACK)?;
-        let page = top.checked_sub(1)?;
-        let at = self.rec(page);
-        put_u32(self.b, S_STACK, get_u32(self.b, at + 4)?)?;
-        put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)?.saturating_sub(1))?;
-        Some(page)
-    }
-
-    fn used(&self, page: u32) -> Option<u16> {
-        let at = self.rec(page) + 2;
-        let s = self.b.get(at..at + 2)?;
-        Some(u16::from_le_bytes([s[0], s[1]]))
-    }
-
-    fn set_used(&mut self, page: u32, n: u16) -> Option<()> {
-        let at = self.rec(page) + 2;
-        self.b.get_mut(at..at + 2)?.copy_from_slice(&n.to_le_bytes());
-        Some(())
-    }
-
-    fn head_at(shift: u8) -> usize {
-        S_HEADS + 4 * (shift as usize - 3)
-    }
-
-    fn push_head(&mut self, shift: u8, page: u32) -> Option<()> {
-        let h = Self::head_at(shift);
-        let old = get_u32(self.b, h)?;
-        let at = self.rec(page);
-        put_u32(self.b, at + 4, old)?;
-        put_u32(self.b, at + 8, 0)?;
-        if old != 0 {
-            let o = self.rec(old - 1);
-            put_u32(self.b, o + 8, page + 1)?;
-        }
-        put_u32(self.b, h, page + 1)
-    }
-
-    fn unlink(&mut self, shift: u8, page: u32) -> Option<()> {
-        let at = self.rec(page);
-        let (next, prev) = (get_u32(self.b, at + 4)?, get_u32(self.b, at + 8)?);
-        if prev == 0 {
-            put_u32(self.b, Self::head_at(shift), next)?;
-        } else {
-            let p = self.rec(prev - 1);
-            put_u32(self.b, p + 4, next)?;
-        }
-        if next != 0 {
-            let n = self.rec(next - 1);
-            put_u32(self.b, n + 8, prev)?;
-        }
-        Some(())
-    }
-
-    /// A chunk for `size` bytes: the page it is on, or None when nginx's would fail.
-    fn alloc(&mut self, size: usize) -> Option<u32> {
-        let (shift, chunks) = slab_class(size);
-        let head = get_u32(self.b, Self::head_at(shift))?;
-        let page = if head != 0 {
-            head - 1
-        } else {
-            let page = self.take_page()?;
-            let at = self.rec(page);
-            *self.b.get_mut(at)? = shift;
-            self.set_used(page, 0)?;
-            self.push_head(shift, page)?;
-            page
-        };
-        let used = self.used(page)? + 1;
-        self.set_used(page, used)?;
-        if used >= chunks {
-            self.unlink(shift, page)?;
-        }
-        Some(page)
-    }
-
-    fn free(&mut self, page: u32) -> Option<()> {
-        let at = self.rec(page);
-        let shift = *self.b.get(at)?;
-        let (_, chunks) = slab_class(1 << shift);
-        let used = self.used(page)?;
-        if used == 0 {
-            return None;
-        }
-        self.set_used(page, used - 1)?;
-        if used == chunks {
-            self.push_head(shift, page)?;
-        }
-        if used == 1 {
-            self.unlink(shift, page)?;
-            put_u32(self.b, at + 4, get_u32(self.b, S_STACK)?)?;
-            put_u32(self.b, S_STACK, page + 1)?;
-            put_u32(self.b, S_FREE, get_u32(self.b, S_FREE)? + 1)?;
-        }
-        Some(())
-    }
+/// `ngx_stream_limit_conn_init_zone`'s allocations: the zone's own state, then its log
+/// text (`sizeof(" in limit_conn_zone \"\"")` with its NUL, and the name).
+fn init_slab(slab: &mut Slab<'_>, name_len: usize) -> Option<()> {
+    slab.init()?;
+    slab.alloc(SHCTX)?;
+    slab.alloc(22 + name_len)?;
+    Some(())
 }
 
 /// Where the table starts in the zone: the lock word is at 0.
@@ -512,16 +342,6 @@ enum Acquire {
     Limited,
     /// No room for a new key.
     Full,
-}
-
-fn get_u32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) -> Option<()> {
-    b.get_mut(at..at + 4)?.copy_from_slice(&v.to_le_bytes());
-    Some(())
 }
 
 /// Chunks an entry with a key of `len` bytes takes.
@@ -558,17 +378,17 @@ impl<'a> Table<'a> {
     /// The table in `b`, the bytes of a zone of `size`; nginx's page accounting at
     /// its end.
     fn open(b: &'a mut [u8], size: usize, name_len: usize) -> Option<Table<'a>> {
-        let pages = slab_pages(size);
+        let pages = crate::core::slab::pages(size);
         let at = b.len().checked_sub(Slab::len_for(pages))?;
         let (b, s) = b.split_at_mut(at);
-        let mut slab = Slab { b: s, pages };
+        let mut slab = Slab::new(s, pages);
         let (nbuckets, nchunks) = geometry(b.len());
         if get_u32(b, H_MAGIC)? != MAGIC || get_u32(b, H_NBUCKETS)? != nbuckets || get_u32(b, H_NCHUNKS)? != nchunks {
             b.get_mut(..HDR + 4 * nbuckets as usize)?.fill(0);
             put_u32(b, H_MAGIC, MAGIC)?;
             put_u32(b, H_NBUCKETS, nbuckets)?;
             put_u32(b, H_NCHUNKS, nchunks)?;
-            slab.init(name_len)?;
+            init_slab(&mut slab, name_len)?;
         }
         Some(Table { b, nbuckets, nchunks, slab })
     }
@@ -772,7 +592,7 @@ mod tests {
     #[test]
     fn holds_the_keys_nginx_slab_holds() {
         // Measured side by side with nginx 1.22.1 (32k and 64k zones).
-        assert_eq!(slab_pages(MIN_ZONE), 7);
+        assert_eq!(crate::core::slab::pages(MIN_ZONE), 7);
         for (len, want) in [(9, 383), (59, 160), (129, 80), (209, 80), (254, 40)] {
             assert_eq!(capacity(MIN_ZONE, 1, len), want, "{len}-byte keys, 32k zone");
         }
@@ -799,7 +619,7 @@ mod tests {
             t.release(e).unwrap();
         }
         assert_eq!(t.used(), 0);
-        assert_eq!(get_u32(t.slab.b, S_FREE), Some(5), "the pages the keys took are free again");
+        assert_eq!(get_u32(t.slab.b, crate::core::slab::S_FREE), Some(5), "the pages the keys took are free again");
     }
 
     #[test]
