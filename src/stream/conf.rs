@@ -384,6 +384,10 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         if *tag == "stream_ssl" {
             crate::core::ssl_cache::register(name, &shm);
         }
+        if *tag == "upstream" && !upstream_zone_fits(name, size, &cx.upstreams) {
+            let msg = format!("ngx_slab_alloc() failed: no memory in upstream zone \"{}\"", name);
+            return Err(late(ConfError { level: Level::Crit, msg, at: None }));
+        }
         zones.push(Zone { name: name.clone(), size, tag, shm, generation });
     }
     let listening = std::mem::take(&mut cx.listening);
@@ -408,6 +412,35 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         conf_file: opts.conf_file.clone(),
         prefix: opts.prefix.clone(),
     })
+}
+
+/// Whether the peers nginx copies into an upstream zone (`ngx_stream_upstream_init_zone`)
+/// fit in its slab pool: its log text, then per upstream of the zone its peer lists
+/// (`ngx_stream_upstream_rr_peers_t`, 80 bytes, and the upstream's name), and per peer
+/// an `ngx_stream_upstream_rr_peer_t` (384 bytes with Debian's `--with-compat`), an
+/// `ngx_sockaddr_t` (112), a name buffer (`NGX_SOCKADDR_STRLEN`, 113) and the server
+/// line's name. A 32k zone holds 16 peers, a 64k one 63, as nginx's; one that does not
+/// is refused as nginx refuses it (our own records are smaller and always fit then).
+fn upstream_zone_fits(zone: &str, size: usize, upstreams: &[UpstreamConf]) -> bool {
+    let mut sizes = vec![" in upstream zone \"\"".len() + 1 + zone.len()];
+    for u in upstreams.iter().filter(|u| u.zone.as_deref() == Some(zone)) {
+        sizes.extend([80, 16, u.name.len()]);
+        for backup in [false, true] {
+            let servers: Vec<_> = u.servers.iter().filter(|s| s.backup == backup).collect();
+            if backup && servers.is_empty() {
+                break;
+            }
+            if backup {
+                sizes.push(80);
+            }
+            for s in servers {
+                for _ in &s.addrs {
+                    sizes.extend([384, 112, 113, s.name.len()]);
+                }
+            }
+        }
+    }
+    crate::core::slab::fits(size, sizes)
 }
 
 /// The log files USR1 reopens, in nginx's order (`cycle->open_files`): as the
