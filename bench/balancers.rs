@@ -16,7 +16,7 @@ fn conf(method: Method, n: usize) -> UpstreamConf {
         .map(|i| {
             let addr = Addr::Inet(format!("127.0.{}.{}:{}", i / 250, 1 + i % 250, 8000 + i).parse().expect("addr"));
             let mut s = UpstreamServer::new(addr.to_string(), vec![addr]);
-            s.weight = 1 + (i % 5) as u32;
+            s.weight = 1 + (i % 5) as u64;
             s
         })
         .collect();

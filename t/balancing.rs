@@ -86,6 +86,7 @@ macro_rules! traces {
 traces! {
     rr_equal_3 => "rr-equal-3.json",
     rr_weights_5_1_1 => "rr-weights-5-1-1.json",
+    rr_weights_huge => "rr-weights-huge.json",
     rr_weights_3_2_1_4 => "rr-weights-3-2-1-4.json",
     rr_down_4 => "rr-down-4.json",
     rr_backup => "rr-backup.json",

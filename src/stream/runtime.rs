@@ -93,7 +93,7 @@ impl Dynamic {
                         one.addrs = vec![Addr::Inet(addr)];
                         one.resolve = None;
                         if s.weight == 1 {
-                            one.weight = r.weight;
+                            one.weight = u64::from(r.weight);
                         }
                         one.backup = s.backup || (r.backup && self.conf.method.allows_backup());
                         conf.servers.push(one);

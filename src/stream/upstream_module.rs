@@ -26,10 +26,8 @@ fn server(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> ConfResult {
     for a in &cmd.args[1..] {
         let bad = || cmd.err(format!("invalid parameter \"{}\"", a));
         if let Some(v) = a.strip_prefix("weight=") {
-            // nginx takes any number below 2^63; beyond u32 sluice counts the most it can
-            // (the ratios to ordinary weights stay as good as exact, and a consistent
-            // ring that large fails the memory check either way).
-            s.weight = value::parse_number(v).filter(|w| *w > 0).ok_or_else(bad)?.min(u64::from(u32::MAX)) as u32;
+            // nginx's ngx_atoi: any number from 1 to 2^63 - 1.
+            s.weight = value::parse_number(v).filter(|w| (1..=i64::MAX as u64).contains(w)).ok_or_else(bad)?;
         } else if let Some(v) = a.strip_prefix("max_fails=") {
             s.max_fails = value::parse_number(v).ok_or_else(bad)?.min(u64::from(u32::MAX)) as u32;
         } else if let Some(v) = a.strip_prefix("max_conns=") {

@@ -28,7 +28,7 @@ impl Balancer for Hash {
             h.update(key);
             pick.hash = (pick.hash as u32).wrapping_add((h.finalize() >> 16) & 0x7fff) as u64;
             pick.rehash += 1;
-            let mut w = pick.hash % peers.total_weight;
+            let mut w = pick.hash % peers.total_weight.max(1);
             let mut p = 0;
             while let Some(peer) = peers.primary.get(p) {
                 if w < peer.weight as u64 {

@@ -8,10 +8,11 @@ use super::{take, Balancer, Peer, PeerId, PeerPick, PeerSet, Tried};
 
 pub struct LeastConn;
 
-/// `a` has fewer connections per weight than `b` (compared as nginx does, crosswise).
+/// `a` has fewer connections per weight than `b` (compared as nginx does, crosswise, in
+/// its unsigned word: huge weights wrap there as in nginx).
 fn fewer(a: &Peer, b: &Peer) -> std::cmp::Ordering {
-    let l = a.conns as i64 * b.weight;
-    let r = b.conns as i64 * a.weight;
+    let l = (a.conns as u64).wrapping_mul(b.weight as u64);
+    let r = (b.conns as u64).wrapping_mul(a.weight as u64);
     l.cmp(&r)
 }
 
@@ -43,8 +44,8 @@ fn pick_group(group: &mut [Peer], tried: &Tried, now: Instant) -> Option<usize> 
                 continue;
             }
             let p = &mut group[i];
-            p.current_weight += p.effective_weight;
-            total += p.effective_weight;
+            p.current_weight = p.current_weight.wrapping_add(p.effective_weight);
+            total = p.effective_weight.wrapping_add(total);
             if p.effective_weight < p.weight {
                 p.effective_weight += 1;
             }
@@ -52,7 +53,7 @@ fn pick_group(group: &mut [Peer], tried: &Tried, now: Instant) -> Option<usize> 
                 b = i;
             }
         }
-        group[b].current_weight -= total;
+        group[b].current_weight = group[b].current_weight.wrapping_sub(total);
     }
     Some(b)
 }

@@ -21,7 +21,7 @@ impl Random {
         let mut total = 0u64;
         for p in &peers.primary {
             ranges.push(total);
-            total += p.weight as u64;
+            total = total.wrapping_add(p.weight as u64);
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -31,14 +31,15 @@ impl Random {
         Random { ranges, two, state: seed | 1 }
     }
 
-    /// xorshift64*: plenty for spreading load, and no dependency.
+    /// xorshift64*, cut to the 31 bits of random(3) that nginx's ngx_random() gives: with a
+    /// total weight of 2^31 or more nginx never lands past 2^31, and neither does this.
     fn next(&mut self) -> u64 {
         let mut x = self.state;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         self.state = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33
     }
 
     /// A peer index drawn with probability proportional to weight.

@@ -19,8 +19,9 @@ fn get_peer(group: &mut [super::Peer], pick: &mut PeerPick, backup: bool, now: I
         if p.max_conns != 0 && p.conns >= p.max_conns {
             continue;
         }
-        p.current_weight += p.effective_weight;
-        total += p.effective_weight;
+        // (ngx_int_t sums: huge weights wrap as in nginx.)
+        p.current_weight = p.current_weight.wrapping_add(p.effective_weight);
+        total = total.wrapping_add(p.effective_weight);
         if p.effective_weight < p.weight {
             p.effective_weight += 1;
         }
@@ -31,7 +32,7 @@ fn get_peer(group: &mut [super::Peer], pick: &mut PeerPick, backup: bool, now: I
     let (b, _) = best?;
     pick.tried.insert(b);
     let p = &mut group[b];
-    p.current_weight -= total;
+    p.current_weight = p.current_weight.wrapping_sub(total);
     if p.check_due(now) {
         p.checked = Some(now);
     }

@@ -107,6 +107,9 @@ def scenarios():
         "both primaries down: smooth weighted rr over the backups (2,1)")
     add("rr-mixed-10", "round_robin",
         [srv(i, w) for i, w in enumerate(MIXED10)])
+    add("rr-weights-huge", "round_robin",
+        [srv(0, 2 ** 33), srv(1, 2 ** 32), srv(2, 1)],
+        "weights beyond 32 bits keep their ratios (nginx's are 64-bit)")
     # ---- hash / hash consistent, same server sets
     sets = [
         ("equal-3", [srv(i) for i in range(3)], ""),
