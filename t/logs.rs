@@ -770,6 +770,44 @@ fn error_log_to_syslog() {
     assert!(msg.contains("[info]") && msg.contains("client 127.0.0.1:") && !msg.ends_with('\n'), "{msg}");
 }
 
+/// A main error log with no file in it (syslog only, or memory): nginx adds its default
+/// one, at `error` (ngx_log_open_default), here the `-e` file; and the outputs of a log
+/// take a line most verbose first (ngx_log_insert), whatever their order in the file.
+/// Both recorded side by side with nginx 1.22.1.
+#[test]
+fn syslog_only_error_log_keeps_the_default_file_and_outputs_go_by_level() {
+    let (sink, sport) = syslog_sink();
+    let (p, dead) = (free_port(), free_port());
+    let globals = format!(
+        "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\n\
+         error_log syslog:server=127.0.0.1:{sport},tag=first error;\n\
+         error_log syslog:server=127.0.0.1:{sport},tag=second info;\n"
+    );
+    let s = Sluice::start_with_globals(
+        &globals,
+        &format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{dead}; }} }}"),
+        &["-e", "%%PREFIX%%ee.log"],
+    );
+    let _ = exchange(p, b"");
+    let ee = || s.read("ee.log");
+    assert!(wait_for(Duration::from_secs(5), || ee().contains("connect() failed")), "{}", ee());
+    assert!(!ee().contains("[info]"), "the default log is at error: {}", ee());
+    // The startup notices, then the session's: [info] to "second" only, then [error] to
+    // "second" (info) before "first" (error).
+    let mut tags = Vec::new();
+    let mut buf = [0u8; 4096];
+    while tags.len() < 3 {
+        let n = sink.recv(&mut buf).expect("a syslog datagram");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("*1 ") {
+            let tag = msg.split_whitespace().nth(4).unwrap_or("").to_string();
+            let level = if msg.contains(" [info] ") { "[info]" } else { "[error]" };
+            tags.push(format!("{tag} {level}"));
+        }
+    }
+    assert_eq!(tags, ["second: [info]", "second: [error]", "first: [error]"]);
+}
+
 /// `access_log syslog:`: a datagram per line, without its newline, at severity info
 /// unless given; recorded side by side with nginx 1.22.1 for this configuration:
 /// "<190>Nov 22 05:35:22 vm nginx: 127.0.0.1 200 x" and, with tag, severity, facility and

@@ -319,6 +319,9 @@ impl ErrorLog {
             };
             outputs.push(Output { path: path.clone(), level: *level, sink });
         }
+        // nginx's ngx_log_insert keeps a log's outputs by level, the most verbose first
+        // (in the order given among equals): a line goes to them in that order.
+        outputs.sort_by_key(|o| std::cmp::Reverse(o.level));
         let max = outputs.iter().map(|o| o.level).max().unwrap_or(Level::Error);
         Ok(ErrorLog { outputs, max })
     }

@@ -311,8 +311,10 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
             return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", pid, crate::core::conf::os_err(&e)))));
         }
     }
+    // ngx_log_open_default: without an error log to a file (none at all, or only
+    // syslog and memory ones) the default one is added, at `error`.
     let mut main_logs = cx.core.error_log.clone();
-    if main_logs.is_empty() {
+    if main_logs.iter().all(|(p, _)| p.starts_with("syslog:") || p.starts_with("memory:")) {
         let path = opts.error_log.clone().unwrap_or_else(|| "stderr".to_string());
         main_logs.push((path, Level::Error));
     }
