@@ -942,3 +942,36 @@ fn resolver_connection_takes_a_worker_connection() {
         s.error_log()
     );
 }
+
+/// `resolver_timeout 0` and a name nobody answers: a worker told to shut down does not
+/// wait for the session (it has no timer, only the resolver's cancelable resend): as
+/// nginx 1.22.1's, it exits at once with "exiting", an alert for the client's socket
+/// and "aborting", and the client sees its connection end.
+#[test]
+fn shutdown_does_not_wait_for_an_untimed_resolution() {
+    let dns = DnsServer::start();
+    dns.set("never.test", Zone { silent: true, ..Zone::default() });
+    let p = free_port();
+    let mut s = Sluice::start_master(
+        1,
+        &format!(
+            "events {{}}\nstream {{\n resolver 127.0.0.1:{d};\n resolver_timeout 0;\n \
+             server {{ listen 127.0.0.1:{p}; set $t never.test:80; proxy_pass $t; }}\n}}\n",
+            d = dns.port
+        ),
+    );
+    let mut c = connect(p);
+    assert!(wait_for(Duration::from_secs(5), || !dns.queries("never.test").is_empty()));
+    let started = Instant::now();
+    s.signal(libc::SIGQUIT);
+    let mut buf = [0u8; 16];
+    assert_eq!(c.read(&mut buf).ok(), Some(0), "the client's connection ends");
+    assert!(started.elapsed() < Duration::from_secs(3), "at once, not after a resend");
+    assert_eq!(s.stop(), Some(0));
+    let log = s.error_log();
+    let lines: Vec<&str> = log.lines().map(|l| l.get(20..).unwrap_or("")).collect();
+    let at = lines.iter().position(|l| l.ends_with(": exiting")).expect("exiting");
+    let slot = lines[at + 1].split(" left in connection ").nth(1).unwrap_or("");
+    assert!(lines[at + 1].contains(": *1 open socket #") && slot == "2", "{log}");
+    assert!(lines[at + 2].ends_with(": aborting") && lines[at + 3].ends_with(": exit"), "{log}");
+}

@@ -33,6 +33,12 @@ pub trait Content {
     fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
         None
     }
+    /// Waiting with no timer of its own (a name resolved with `resolver_timeout 0`): a
+    /// worker shutting down does not wait for it, as nginx's exits once only
+    /// cancelable timers are left (`ngx_event_no_timers_left`).
+    fn waits_without_timer(&self) -> bool {
+        false
+    }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
 }

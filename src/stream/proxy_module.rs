@@ -371,6 +371,8 @@ pub struct ProxySession {
     local: Option<(SocketAddr, String, bool)>,
     /// The host name and port being resolved.
     resolving: Option<(String, u16)>,
+    /// The name being resolved has no `resolver_timeout` (0).
+    resolving_untimed: bool,
     /// The upstream connection's number (nginx's `c->number`).
     upstream_number: u64,
     /// Its slot in nginx's connection array (`ConnSlots`).
@@ -447,6 +449,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         ssl_name: String::new(),
         local: None,
         resolving: None,
+        resolving_untimed: false,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -658,6 +661,7 @@ impl ProxySession {
         let timeout = s.srv.core().resolver_timeout.get();
         let mut io = Io { registry: cx.registry, timers: cx.timers, now: cx.now };
         self.resolving = Some((u.host.clone(), port));
+        self.resolving_untimed = timeout.is_zero();
         let target = resolver::Target::Session(s.key);
         match cx.rt.resolvers.resolve(&conf, &u.host, target, timeout, &mut io) {
             Some((outcome, _)) => self.resolved(s, outcome, cx),
@@ -1657,6 +1661,10 @@ impl Content for ProxySession {
 
     fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
         self.upstream.as_ref().map(|u| (self.upstream_slot, self.upstream_number, u.fd()))
+    }
+
+    fn waits_without_timer(&self) -> bool {
+        self.resolving.is_some() && self.resolving_untimed
     }
 
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {

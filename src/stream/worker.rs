@@ -381,12 +381,16 @@ impl Worker {
             if self.sessions.is_empty() && self.sessions.capacity() > IDLE_CAPACITY {
                 self.release_idle_memory();
             }
-            if self.quitting && self.sessions.is_empty() {
+            // Sessions that wait with no timer do not hold the worker: nginx's leaves
+            // them with an alert each ("open socket ... left").
+            let untimed = |s: &mut Session| match &mut s.state {
+                State::Content(c) => c.get().waits_without_timer(),
+                _ => false,
+            };
+            if self.quitting && self.sessions.iter_mut().all(|(_, s)| untimed(s)) {
                 if self.role == Role::Worker {
                     crate::core::log::error(Level::Notice, "exiting", None);
-                    if self.debug_quit {
-                        crate::core::log::error(Level::Alert, "aborting", None);
-                    }
+                    self.report_open_sockets();
                 }
                 return self.exit(Exit::Quit);
             }
