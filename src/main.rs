@@ -231,7 +231,9 @@ fn run() -> i32 {
         }),
         None => ErrorLog::stderr(Level::Notice),
     };
-    log::set_main(Rc::new(startup));
+    let startup = Rc::new(startup);
+    log::set_startup(startup.clone());
+    log::set_main(startup);
     let inherited = inherited_sockets();
     let cycle = match load(&opts) {
         Ok(c) => c,

@@ -808,6 +808,37 @@ fn syslog_only_error_log_keeps_the_default_file_and_outputs_go_by_level() {
     assert_eq!(tags, ["second: [info]", "second: [error]", "first: [error]"]);
 }
 
+/// An error log's own syslog peer failing: a missing unix socket is nginx's `[alert]
+/// connect() failed`, logged to the main log (the peer itself is busy meanwhile), for
+/// every line it is given; and a line with a NUL byte reaches syslog cut there (nginx
+/// copies it as a C string) while the file keeps it whole. Recorded side by side with
+/// nginx 1.22.1.
+#[test]
+fn error_log_syslog_failures_are_logged_and_lines_end_at_a_nul() {
+    let (sink, sport) = syslog_sink();
+    let (p, q) = (free_port(), free_port());
+    let dir = TempDir::new("no-sock");
+    let missing = dir.join("missing.sock");
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ \
+         server {{ listen 127.0.0.1:{p}; return x; error_log syslog:server=unix:{m} info; }} \
+         server {{ listen 127.0.0.1:{q} proxy_protocol; return x; error_log syslog:server=127.0.0.1:{sport} error; error_log %%PREFIX%%srv.log error; }} }}",
+        m = missing.display()
+    ));
+    assert_eq!(exchange(p, b""), b"x");
+    let pid = s.pid();
+    let want = format!("[alert] {pid}#{pid}: connect() failed (2: No such file or directory)");
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(&want)), "{}", s.error_log());
+
+    let _ = exchange(q, b"PROXY TCP4 1.2.3.4\x00zz 5.6.7.8 1 2\r\n");
+    let mut buf = [0u8; 4096];
+    let n = sink.recv(&mut buf).expect("a syslog datagram");
+    assert!(buf[..n].ends_with(b"*2 broken header: \"PROXY TCP4 1.2.3.4"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let file = std::fs::read(s.dir.join("srv.log")).expect("srv.log");
+    let whole: &[u8] = b"broken header: \"PROXY TCP4 1.2.3.4\x00zz 5.6.7.8 1 2";
+    assert!(file.windows(whole.len()).any(|w| w == whole), "the file keeps the whole line");
+}
+
 /// `access_log syslog:`: a datagram per line, without its newline, at severity info
 /// unless given; recorded side by side with nginx 1.22.1 for this configuration:
 /// "<190>Nov 22 05:35:22 vm nginx: 127.0.0.1 200 x" and, with tag, severity, facility and

@@ -43,6 +43,26 @@ pub fn set_cycle_started() {
     CYCLE_STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+thread_local! {
+    /// The log before the configuration's (stderr or the `-e` file): nginx's init
+    /// cycle's, `ngx_cycle->log` until the first cycle runs.
+    static STARTUP: RefCell<Option<Rc<ErrorLog>>> = const { RefCell::new(None) };
+}
+
+pub fn set_startup(log: Rc<ErrorLog>) {
+    STARTUP.with(|s| *s.borrow_mut() = Some(log));
+}
+
+/// A syslog peer's own failure, logged as nginx logs it: to `ngx_cycle->log`, the
+/// startup log until the first cycle runs, then the main error log.
+fn peer_error(level: Level, msg: &str, err: &io::Error) {
+    let startup = STARTUP.with(|s| s.borrow().clone());
+    match startup.filter(|_| !CYCLE_STARTED.load(std::sync::atomic::Ordering::Relaxed)) {
+        Some(l) => l.write(level, None, msg, Some(err), None),
+        None => error(level, msg, Some(err)),
+    }
+}
+
 /// A syslog destination (`ngx_syslog_peer_t`): its socket is made at the first message
 /// and made again after a failed one, as nginx's.
 pub struct Syslog {
@@ -83,7 +103,7 @@ impl Syslog {
         let sock = match sock {
             Ok(s) => s,
             Err(e) => {
-                error(Level::Alert, "socket() failed", Some(&e));
+                peer_error(Level::Alert, "socket() failed", &e);
                 return None;
             }
         };
@@ -95,7 +115,7 @@ impl Syslog {
         match connected {
             Ok(()) => Some(sock),
             Err(e) => {
-                error(Level::Alert, "connect() failed", Some(&e));
+                peer_error(Level::Alert, "connect() failed", &e);
                 None
             }
         }
@@ -138,8 +158,9 @@ impl Syslog {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             Err(e) => {
                 *sock = None;
-                drop(sock);
-                error(connection_error_level(&e), "send() failed", Some(&e));
+                // Still busy while its failure is logged (nginx's `peer->busy`): the line
+                // goes to the log's other outputs only.
+                peer_error(connection_error_level(&e), "send() failed", &e);
                 None
             }
         }
@@ -416,10 +437,29 @@ impl ErrorLog {
             return;
         }
         let echo = USE_STDERR.with(Cell::get) && level <= Level::Warn;
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else { return };
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => self.format_and_write(&mut line, only, level, conn, msg, err, ctx, echo),
+            // A line logged while one is being written (a syslog peer's failure, logged
+            // to the main log as nginx logs it): a buffer of its own.
+            Err(_) => self.format_and_write(&mut String::new(), only, level, conn, msg, err, ctx, echo),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn format_and_write(
+        &self,
+        line: &mut String,
+        only: Option<usize>,
+        level: Level,
+        conn: Option<u64>,
+        msg: &str,
+        err: Option<&io::Error>,
+        ctx: Option<&dyn LogContext>,
+        echo: bool,
+    ) {
+        {
             line.clear();
-            crate::core::time::err_log_time(&mut line);
+            crate::core::time::err_log_time(line);
             let pid = crate::core::process::pid();
             // nginx prints PID#TID; the main thread's TID is the PID.
             let _ = write!(line, " [{}] {}#{}: ", level.as_str(), pid, pid);
@@ -428,25 +468,25 @@ impl ErrorLog {
             }
             let body_start = line.len();
             line.push_str(msg);
-            truncate_at(&mut line, MAX_ERROR_STR);
+            truncate_at(line, MAX_ERROR_STR);
             if let Some(e) = err {
                 // ngx_log_errno: a message that leaves no room for the error code is cut
                 // 50 bytes before the end and marked "...".
                 if line.len() > MAX_ERROR_STR - 50 {
-                    truncate_at(&mut line, MAX_ERROR_STR - 50);
+                    truncate_at(line, MAX_ERROR_STR - 50);
                     line.push_str("...");
                 }
                 line.push(' ');
                 line.push_str(&crate::core::conf::os_err(e));
-                truncate_at(&mut line, MAX_ERROR_STR);
+                truncate_at(line, MAX_ERROR_STR);
             }
             if let Some(ctx) = ctx {
-                ctx.write_context(&mut line);
+                ctx.write_context(line);
             }
-            truncate_at(&mut line, MAX_ERROR_STR - 1);
+            truncate_at(line, MAX_ERROR_STR - 1);
             line.push('\n');
             // Bytes that came in raw (a client's broken header, say) go out as they came.
-            let raw = crate::core::conf::parser::text_to_bytes(&line);
+            let raw = crate::core::conf::parser::text_to_bytes(line);
             let mut wrote_stderr = false;
             for (i, o) in self.outputs.iter().enumerate() {
                 if level > o.level || only.is_some_and(|only| only != i) {
@@ -460,8 +500,11 @@ impl ErrorLog {
                     Sink::File(f) => f.borrow().as_raw_fd(),
                     Sink::Memory => continue,
                     Sink::Syslog(s) => {
-                        // The whole line, without its newline.
-                        let _ = s.send((level as u32).saturating_sub(1), raw.strip_suffix(b"\n").unwrap_or(&raw));
+                        // The line without its newline, up to a NUL in it (nginx's
+                        // ngx_syslog_writer copies it as a C string).
+                        let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+                        let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
+                        let _ = s.send((level as u32).saturating_sub(1), text);
                         continue;
                     }
                 };
@@ -471,7 +514,7 @@ impl ErrorLog {
                 let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
                 write_all_fd(2, &crate::core::conf::parser::text_to_bytes(&echo));
             }
-        });
+        }
     }
 }
 
