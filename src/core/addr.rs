@@ -385,6 +385,10 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
         if path.is_empty() {
             return Err("no path in the unix domain socket");
         }
+        // sun_path holds 108 bytes, its NUL included.
+        if path.len() + 1 > 108 {
+            return Err("too long path in the unix domain socket");
+        }
         return Ok(ParsedUrl {
             host: url.to_string(),
             port: None,
