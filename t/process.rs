@@ -2436,3 +2436,29 @@ fn workers_take_turns_at_accepting() {
     want.extend(std::iter::repeat_n(a, 6));
     assert_eq!(seen, want);
 }
+
+/// `worker_cpu_affinity`: worker N takes its mask (nginx's `ngx_get_cpu_affinity`), says
+/// so as nginx's does (`sched_setaffinity(): using cpu #N`), and runs there only.
+#[test]
+fn worker_cpu_affinity_binds_each_worker() {
+    let p = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "worker_cpu_affinity 01 10;\nevents {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return x; }} }}\n"
+        ),
+    );
+    let bound = |s: &Sluice| s.error_log().matches("sched_setaffinity(): using cpu #").count();
+    assert!(wait_for(Duration::from_secs(10), || bound(&s) == 2), "{}", s.error_log());
+    let log = s.error_log();
+    assert!(log.contains("sched_setaffinity(): using cpu #0") && log.contains("sched_setaffinity(): using cpu #1"));
+    let mut cpus: Vec<String> = children(s.pid())
+        .into_iter()
+        .map(|w| {
+            let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap_or_default();
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string()
+        })
+        .collect();
+    cpus.sort();
+    assert_eq!(cpus, ["0", "1"]);
+}

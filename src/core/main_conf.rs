@@ -28,9 +28,12 @@ pub struct MainConf {
     /// A `proxy_bind ... transparent` is configured: workers keep CAP_NET_RAW (nginx's
     /// `ccf->transparent`).
     pub transparent: bool,
-    /// `worker_cpu_affinity` was given (checked, then left to the operator's taskset):
-    /// whether it says `auto`, and its number of arguments.
+    /// `worker_cpu_affinity` was given: whether it says `auto`, and its number of
+    /// arguments.
     pub cpu_affinity: Setting<(bool, usize)>,
+    /// Its masks as CPU numbers (with `auto`, first every CPU online, then the mask
+    /// given, if any).
+    pub cpu_masks: Vec<Vec<usize>>,
     /// `worker_priority`: the workers' nice value (0: left alone).
     pub worker_priority: i32,
     /// `worker_rlimit_core`: the workers' core file size limit.
@@ -57,6 +60,17 @@ impl MainConf {
             "the number of \"worker_processes\" is not equal to the number of \"worker_cpu_affinity\" masks, \
              using last mask for remaining worker processes",
         )
+    }
+
+    /// The CPUs worker number `n` is bound to (`ngx_get_cpu_affinity`): its mask, or the
+    /// last; with `auto`, the n-th CPU of the mask, round and round. None: left alone.
+    pub fn worker_cpus(&self, n: usize) -> Option<Vec<usize>> {
+        let (auto, _) = self.cpu_affinity.option().copied()?;
+        let last = self.cpu_masks.last()?;
+        if auto {
+            return (!last.is_empty()).then(|| vec![last[n % last.len()]]);
+        }
+        Some(self.cpu_masks.get(n).unwrap_or(last).clone())
     }
 
     /// `ngx_event_module_init`'s warning, for every cycle (test, start, reload): more
@@ -172,6 +186,11 @@ fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     } else {
         &cmd.args[..]
     };
+    if cmd.arg(0) == "auto" {
+        // SAFETY: sysconf has no preconditions.
+        let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 1024) as usize;
+        c.cpu_masks.push((0..ncpu).collect());
+    }
     for m in masks {
         if m.len() > 1024 {
             return Err(cmd.err("\"worker_cpu_affinity\" supports up to 1024 CPUs only"));
@@ -180,6 +199,8 @@ fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
         if let Some(ch) = m.chars().rev().find(|ch| !matches!(ch, ' ' | '0' | '1')) {
             return Err(cmd.err(format!("invalid character \"{}\" in \"worker_cpu_affinity\"", ch)));
         }
+        let bits = m.chars().rev().filter(|&ch| ch != ' ');
+        c.cpu_masks.push(bits.enumerate().filter(|&(_, ch)| ch == '1').map(|(i, _)| i).collect());
     }
     Ok(())
 }

@@ -297,6 +297,25 @@ pub fn set_nofile(n: u64) -> io::Result<()> {
     }
 }
 
+/// `ngx_setaffinity`: a notice per CPU, then bind this process to them (an alert if
+/// the kernel refuses, an empty mask say).
+pub fn set_affinity(cpus: &[usize]) {
+    use crate::core::conf::Level;
+    use crate::core::log::error;
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        error(Level::Notice, &format!("sched_setaffinity(): using cpu #{}", cpu), None);
+        // SAFETY: CPU numbers come from masks of at most 1024 (CPU_SETSIZE) places.
+        unsafe { libc::CPU_SET(cpu.min(1023), &mut set) };
+    }
+    // SAFETY: this process, a set of the size given.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } == -1 {
+        let e = io::Error::last_os_error();
+        error(Level::Alert, "sched_setaffinity() failed", Some(&e));
+    }
+}
+
 /// `user`: drop to that user and group when running as root (workers only).
 /// Become `user` (and `group`) when running as root, as nginx's worker does. With
 /// `keep_net_raw` (a `proxy_bind ... transparent` in the configuration) a worker that is

@@ -256,6 +256,9 @@ impl Master {
                 error(Level::Emerg, &e, None);
                 return 2;
             }
+            if let Some(cpus) = self.cycle.core.worker_cpus(slot) {
+                process::set_affinity(&cpus);
+            }
             let wd = &self.cycle.core.working_directory;
             if !wd.is_empty() {
                 if let Err(e) = std::env::set_current_dir(wd) {
