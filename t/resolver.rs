@@ -30,6 +30,10 @@ pub struct Zone {
     pub delay: Duration,
     /// Over UDP: the whole answer with TC set, cut to this many bytes (0: not cut).
     pub cut: usize,
+    /// To an A query: a TXT record (no address, no alias).
+    pub txt: bool,
+    /// To an A query: the address under the root name as owner.
+    pub root_owner: bool,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -215,6 +219,14 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
     if qtype == 1 {
         for a in &z.a {
             rr(&mut body, 1, z.ttl, &a.octets());
+            count += 1;
+        }
+        if z.txt {
+            rr(&mut body, 16, z.ttl, b"\x02hi");
+            count += 1;
+        }
+        if z.root_owner {
+            body.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
             count += 1;
         }
     }
@@ -974,4 +986,39 @@ fn shutdown_does_not_wait_for_an_untimed_resolution() {
     let slot = lines[at + 1].split(" left in connection ").nth(1).unwrap_or("");
     assert!(lines[at + 1].contains(": *1 open socket #") && slot == "2", "{log}");
     assert!(lines[at + 2].ends_with(": aborting") && lines[at + 3].ends_with(": exit"), "{log}");
+}
+
+/// Replies nginx 1.22.1 does not use (side by side): records but no address or alias
+/// ("no A or CNAME types in DNS response": asked alone, with `ipv6=off`, the name waits
+/// for its timeout), and an address under the root name ("invalid name in DNS
+/// response": the reply is dropped and the name times out too).
+#[test]
+fn replies_without_usable_records_wait_for_the_timeout() {
+    let dns = DnsServer::start();
+    dns.set("txt.test", Zone { txt: true, ..Zone::default() });
+    dns.set("root.test", Zone { root_owner: true, ..Zone::default() });
+    let (p1, p2) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format st '$server_port $status';\n access_log %%PREFIX%%a.log st;\n \
+         resolver 127.0.0.1:{d} ipv6=off;\n resolver_timeout 500ms;\n \
+         server {{ listen 127.0.0.1:{p1}; set $t txt.test:80; proxy_pass $t; }}\n \
+         server {{ listen 127.0.0.1:{p2}; set $n root.test:80; proxy_pass $n; }}\n}}\n",
+        d = dns.port
+    ));
+    let started = Instant::now();
+    assert_eq!(ask(p1), "");
+    assert!(started.elapsed() >= Duration::from_millis(400), "waited for resolver_timeout");
+    assert_eq!(ask(p2), "");
+    let lines = s.wait_lines("a.log", 2);
+    assert_eq!(lines, [format!("{p1} 500"), format!("{p2} 500")]);
+    let log = s.error_log();
+    for want in [
+        "unexpected RR type 16 in DNS response",
+        "no A or CNAME types in DNS response",
+        "txt.test could not be resolved (110: Operation timed out)",
+        "invalid name in DNS response",
+        "root.test could not be resolved (110: Operation timed out)",
+    ] {
+        assert!(log.contains(want), "{want}\n{log}");
+    }
 }

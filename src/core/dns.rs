@@ -188,6 +188,11 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
         return Ok(Response { id, rcode: (flags & 0x000f) as u8, truncated, qname, qtype, answers });
     }
     for _ in 0..(an as usize).min(MAX_RECORDS) {
+        // An owner that is the root name itself refuses the whole answer (nginx's
+        // ngx_resolver_process_a: a name of less than two bytes).
+        if m.get(p) == Some(&0) {
+            return Err(Error::Name);
+        }
         let (name, q) = read_name(m, p)?;
         let rtype = u16_at(m, q)?;
         let class = u16_at(m, q + 2)?;

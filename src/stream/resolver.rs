@@ -671,7 +671,24 @@ impl Resolvers {
                     *family = Family::Done(Vec::new());
                     n.cname = Some(target);
                 }
-                Found::Nothing => *family = Family::Done(Vec::new()),
+                Found::Nothing
+                    if r.answers.is_empty() || r.answers.iter().any(|a| matches!(a.data, dns::RData::Cname(_))) =>
+                {
+                    *family = Family::Done(Vec::new())
+                }
+                Found::Nothing => {
+                    // Records, but none of an address or an alias (ngx_resolver_process_a
+                    // returns without telling the requests): asked alone, the name waits
+                    // on, to be asked again or to time out; beside the other family it
+                    // ends as nginx 1.22.1 was seen to end it, with no addresses.
+                    log_plain("no A or CNAME types in DNS response");
+                    let other = if r.qtype == dns::TYPE_A { &n.aaaa } else { &n.a };
+                    if matches!(other, Family::Off) {
+                        return;
+                    }
+                    let family = if r.qtype == dns::TYPE_A { &mut n.a } else { &mut n.aaaa };
+                    *family = Family::Done(Vec::new());
+                }
             }
         }
         self.finish_if_done(slot, io);
@@ -831,6 +848,14 @@ fn check_response(m: &[u8], over_tcp: bool, ids: &[Option<u16>], name: &str) -> 
     if ![dns::TYPE_A, dns::TYPE_AAAA, dns::TYPE_SRV, 12].contains(&qtype) {
         return Err(format!("unknown query type {qtype} in DNS response"));
     }
+    // PTR: nginx reads the name as an address (ngx_resolver_process_ptr); one that is
+    // none is its error (this resolver asks no PTR questions: any other is dropped).
+    if qtype == 12 {
+        let qname = String::from_utf8_lossy(&m[12..i]).to_ascii_lowercase();
+        if !qname.ends_with("\x07in-addr\x04arpa\0") && !qname.ends_with("\x03ip6\x04arpa\0") {
+            return Err("invalid in-addr.arpa or ip6.arpa name in DNS response".into());
+        }
+    }
     Ok(())
 }
 
@@ -894,6 +919,13 @@ mod tests {
         assert_eq!(reply(&|m| m[end - 1] = 3), Err("unknown query class 3 in DNS response".into()));
         assert_eq!(reply(&|m| m[end - 3] = 16), Err("unknown query type 16 in DNS response".into()));
         assert_eq!(reply(&|m| m.truncate(10)), Err("short DNS response".into()));
+        // A PTR question that names no address (recorded from nginx 1.22.1).
+        assert_eq!(reply(&|m| m[end - 3] = 12), Err("invalid in-addr.arpa or ip6.arpa name in DNS response".into()));
+        let rev = dns::query(0x1234, "1.0.0.127.in-addr.arpa", 12).unwrap();
+        let mut m = rev.clone();
+        m[2] = 0x81;
+        m[3] = 0x80;
+        assert_eq!(check_response(&m, false, &[Some(0x1234)], "a.test"), Ok(()));
     }
 
     #[test]
