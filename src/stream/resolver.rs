@@ -352,15 +352,23 @@ impl Resolvers {
             timer: None,
         });
         self.asking.insert((r, name, srv), slot);
-        self.send(slot, io);
+        if self.send(slot, io) {
+            // ngx_resolve_name_locked: "immediately retry once on failure", with the
+            // next server.
+            if let Some(n) = self.nodes.get_mut(slot) {
+                n.server = (n.server + 1) % self.list[r].conf.servers.len();
+            }
+            self.send(slot, io);
+        }
         self.schedule(slot, io);
         None
     }
 
     /// Send the pending queries of a name to its current server over UDP (a new socket:
-    /// a new source port), or over TCP for the families that were truncated.
-    fn send(&mut self, slot: usize, io: &mut Io<'_>) {
-        let Some(n) = self.nodes.get_mut(slot) else { return };
+    /// a new source port), or over TCP for the families that were truncated; whether a
+    /// UDP send failed.
+    fn send(&mut self, slot: usize, io: &mut Io<'_>) -> bool {
+        let Some(n) = self.nodes.get_mut(slot) else { return false };
         let res = &mut self.list[n.resolver];
         let server = res.conf.servers[n.server];
         let token = Token(RESOLVER_BIT | slot);
@@ -376,6 +384,7 @@ impl Resolvers {
         let any: IpAddr = if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
         let bind = SocketAddr::new(any, 0);
         let sock = UdpSocket::bind(bind).and_then(|s| s.connect(server).map(|()| s));
+        let mut failed = false;
         match sock {
             Ok(mut s) => {
                 if io.registry.register(&mut s, token, Interest::READABLE).is_ok() {
@@ -384,6 +393,7 @@ impl Resolvers {
                             if let Err(e) = s.send(query) {
                                 log_server(Level::Error, "send() failed", &e, server);
                                 res.udp_open[n.server] = false;
+                                failed = true;
                             }
                         }
                     }
@@ -402,6 +412,7 @@ impl Resolvers {
         if !tcp_queries.is_empty() {
             self.send_tcp(slot, tcp_queries, io);
         }
+        failed
     }
 
     fn send_tcp(&mut self, slot: usize, queries: Vec<Vec<u8>>, io: &mut Io<'_>) {
