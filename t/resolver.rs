@@ -1047,3 +1047,46 @@ fn a_failed_send_moves_to_the_next_server_at_once() {
     let want = format!("send() failed (111: Connection refused) while resolving, resolver: 127.0.0.1:{dead_port}");
     assert_eq!(s.error_log().matches(&want).count(), 1, "{}", s.error_log());
 }
+
+/// Answers that come late, as nginx 1.22.1 takes them (side by side): one after the
+/// request's `resolver_timeout` still fills the cache (nginx keeps the name until its
+/// resend would be due), so the next request is served with no query; and one to the
+/// first send that comes after the 5 s resend is still taken (the resend goes out from
+/// the same socket, with the same ID).
+#[test]
+fn late_answers_are_taken() {
+    let dns = DnsServer::start();
+    let up = two_backends();
+    dns.set(
+        "late.test",
+        Zone { a: vec![ip("127.0.0.2")], ttl: 60, delay: Duration::from_millis(700), ..Zone::default() },
+    );
+    dns.set(
+        "slow.test",
+        Zone { a: vec![ip("127.0.0.3")], ttl: 60, delay: Duration::from_millis(5600), ..Zone::default() },
+    );
+    let (p1, p2) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format st '$server_port $status';\n access_log %%PREFIX%%a.log st;\n \
+         resolver 127.0.0.1:{d} ipv6=off;\n \
+         server {{ listen 127.0.0.1:{p1}; resolver_timeout 300ms; set $n late.test:{up}; proxy_pass $n; }}\n \
+         server {{ listen 127.0.0.1:{p2}; resolver_timeout 10s; set $n slow.test:{up}; proxy_pass $n; }}\n}}\n",
+        d = dns.port
+    ));
+    assert_eq!(ask(p1), "");
+    assert!(s.error_log().contains("late.test could not be resolved (110: Operation timed out)"));
+    // The answer arrives 0.7 s after the query.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(ask(p1), "B2");
+    assert_eq!(dns.queries("late.test").len(), 1, "served from the cache");
+
+    let started = Instant::now();
+    let mut c = connect(p2);
+    c.set_read_timeout(Some(Duration::from_secs(9))).expect("timeout");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "B3", "{}", s.error_log());
+    assert!(started.elapsed() < Duration::from_secs(8), "the first answer, not the resend's");
+    assert_eq!(dns.queries("slow.test").len(), 2, "asked, then asked again at 5 s");
+    assert_eq!(s.wait_lines("a.log", 3), [format!("{p1} 500"), format!("{p1} 200"), format!("{p2} 200")]);
+}

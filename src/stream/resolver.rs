@@ -174,7 +174,10 @@ struct Node {
     /// An alias the answers gave instead of addresses.
     cname: Option<String>,
     server: usize,
-    udp: Option<UdpSocket>,
+    /// A socket per server asked, kept while the name is (nginx's resolver connection
+    /// to that server): a resend goes out from it again, and a late reply to an earlier
+    /// send still finds it.
+    udp: Vec<(usize, UdpSocket)>,
     tcp: Option<Tcp>,
     waiters: Vec<Waiter>,
     resend_at: Instant,
@@ -311,7 +314,13 @@ impl Resolvers {
         }
         if let Some(&slot) = self.asking.get(&(r, name.clone(), srv)) {
             if let Some(n) = self.nodes.get_mut(slot) {
+                // A name kept after its requests timed out is asked again for this one.
+                let again = n.waiters.is_empty();
                 n.waiters.push(w);
+                if again {
+                    n.resend_at = now + RESEND;
+                    self.send(slot, io);
+                }
                 self.schedule(slot, io);
                 return None;
             }
@@ -345,7 +354,7 @@ impl Resolvers {
             ttl: u32::MAX,
             cname: None,
             server,
-            udp: None,
+            udp: Vec::new(),
             tcp: None,
             waiters: vec![w],
             resend_at: now + RESEND,
@@ -378,29 +387,44 @@ impl Resolvers {
             res.udp_open[n.server] = true;
             crate::core::shm::next_connection();
         }
-        if let Some(mut old) = n.udp.take() {
-            let _ = io.registry.deregister(&mut old);
-        }
-        let any: IpAddr = if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-        let bind = SocketAddr::new(any, 0);
-        let sock = UdpSocket::bind(bind).and_then(|s| s.connect(server).map(|()| s));
         let mut failed = false;
-        match sock {
-            Ok(mut s) => {
-                if io.registry.register(&mut s, token, Interest::READABLE).is_ok() {
-                    for f in [&n.a, &n.aaaa, &n.srv] {
-                        if let Family::Pending { query, tcp: false, .. } = f {
-                            if let Err(e) = s.send(query) {
-                                log_server(Level::Error, "send() failed", &e, server);
-                                res.udp_open[n.server] = false;
-                                failed = true;
-                            }
+        if has_udp {
+            let at = match n.udp.iter().position(|(k, _)| *k == n.server) {
+                Some(at) => Some(at),
+                None => {
+                    let any: IpAddr =
+                        if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+                    let sock = UdpSocket::bind(SocketAddr::new(any, 0)).and_then(|s| s.connect(server).map(|()| s));
+                    match sock {
+                        Ok(mut s) => io.registry.register(&mut s, token, Interest::READABLE).is_ok().then(|| {
+                            n.udp.push((n.server, s));
+                            n.udp.len() - 1
+                        }),
+                        Err(e) => {
+                            log_server(Level::Error, "connect() failed", &e, server);
+                            None
                         }
                     }
-                    n.udp = Some(s);
+                }
+            };
+            if let Some(at) = at {
+                for f in [&n.a, &n.aaaa, &n.srv] {
+                    if let Family::Pending { query, tcp: false, .. } = f {
+                        if let Err(e) = n.udp[at].1.send(query) {
+                            log_server(Level::Error, "send() failed", &e, server);
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    // nginx closes the connection that failed: the next send makes
+                    // (and numbers) a new one.
+                    res.udp_open[n.server] = false;
+                    let (_, mut s) = n.udp.swap_remove(at);
+                    let _ = io.registry.deregister(&mut s);
                 }
             }
-            Err(e) => log_server(Level::Error, "connect() failed", &e, server),
         }
         let tcp_queries: Vec<Vec<u8>> = [&n.a, &n.aaaa, &n.srv]
             .into_iter()
@@ -472,8 +496,16 @@ impl Resolvers {
             valid,
             srv: Vec::new(),
         }));
+        // Nobody waits any more: nginx keeps the name until its next resend would be
+        // due (ngx_resolver_resend then drops it), so an answer that comes late still
+        // fills the cache for the next request.
         if n.waiters.is_empty() {
-            self.remove(slot, io);
+            if n.resend_at <= now {
+                self.remove(slot, io);
+            } else {
+                let at = n.resend_at;
+                io.timers.set(&mut n.timer, at, Token(RESOLVER_BIT | slot));
+            }
             return;
         }
         if n.resend_at <= now {
@@ -490,7 +522,7 @@ impl Resolvers {
     fn remove(&mut self, slot: usize, io: &mut Io<'_>) {
         if let Some(mut n) = self.nodes.try_remove(slot) {
             io.timers.clear(&mut n.timer);
-            if let Some(mut s) = n.udp.take() {
+            for (_, mut s) in n.udp.drain(..) {
                 let _ = io.registry.deregister(&mut s);
             }
             if let Some(mut t) = n.tcp.take() {
@@ -506,25 +538,27 @@ impl Resolvers {
     /// A resolver socket is ready: read what answers it has.
     pub fn on_event(&mut self, slot: usize, io: &mut Io<'_>) {
         let mut buf = [0u8; 4096];
-        for _ in 0..16 {
+        let mut i = 0;
+        let mut reads = 0;
+        while reads < 16 {
             let Some(n) = self.nodes.get_mut(slot) else { return };
-            let Some(s) = n.udp.as_ref() else { break };
+            let Some((k, s)) = n.udp.get(i) else { break };
+            let k = *k;
+            reads += 1;
             match s.recv(&mut buf) {
                 Ok(len) => {
                     let msg = buf[..len].to_vec();
                     self.answer(slot, &msg, false, io);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => i += 1,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let res = &mut self.list[n.resolver];
-                    let server = res.conf.servers[n.server];
+                    let server = res.conf.servers[k];
                     log_server(Level::Error, "recv() failed", &e, server);
-                    res.udp_open[n.server] = false;
-                    if let Some(mut s) = n.udp.take() {
-                        let _ = io.registry.deregister(&mut s);
-                    }
-                    break;
+                    res.udp_open[k] = false;
+                    let (_, mut s) = n.udp.remove(i);
+                    let _ = io.registry.deregister(&mut s);
                 }
             }
         }
