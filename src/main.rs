@@ -184,15 +184,16 @@ fn run() -> i32 {
     if args.version || args.help {
         let _ = writeln!(err, "nginx version: nginx/{}", sluice::NGINX_VERSION);
         let _ = writeln!(err, "{p} version: {p}/{}", sluice::VERSION, p = PROGRAM);
+        // nginx's ngx_show_version_info: the usage, then the build lines.
+        if args.help {
+            let _ = err.write_all(usage().as_bytes());
+        }
         if args.configure {
             // As nginx's -V (nginx's test suite reads these lines for its TLS files).
             let _ = writeln!(err, "built with {}", openssl::version::version());
             let _ = writeln!(err, "TLS SNI support enabled");
             let _ = writeln!(err, "{}", configure_arguments());
         }
-    }
-    if args.help {
-        let _ = err.write_all(usage().as_bytes());
     }
     // nginx shows the version, then tests the configuration if asked to.
     if (args.version || args.help) && !args.test {

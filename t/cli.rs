@@ -182,6 +182,17 @@ fn version_full_big_v() {
     assert!(e.contains("--with-stream_ssl_preread_module"), "-V lists the optional stream modules:\n{e}");
 }
 
+/// `-hV`: the usage comes before the build lines, as nginx's ngx_show_version_info
+/// prints them (side by side with nginx 1.22.1).
+#[test]
+fn help_with_build_lines() {
+    let (e, _, code) = stderr_of(&["-hV"]);
+    assert_eq!(code, Some(0));
+    let usage = e.find("Usage: ").expect("usage");
+    let built = e.find("built with ").expect("built with");
+    assert!(usage < built && e.trim_end().lines().last().unwrap_or("").starts_with("configure arguments: "), "{e}");
+}
+
 // ---- -t / -T / -q ------------------------------------------------------------------
 
 #[test]
