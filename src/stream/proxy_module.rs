@@ -373,6 +373,8 @@ pub struct ProxySession {
     resolving: Option<(String, u16)>,
     /// The name being resolved has no `resolver_timeout` (0).
     resolving_untimed: bool,
+    /// The upstream was readable when it connected (or finished its TLS handshake).
+    upstream_ready: bool,
     /// The upstream connection's number (nginx's `c->number`).
     upstream_number: u64,
     /// Its slot in nginx's connection array (`ConnSlots`).
@@ -450,6 +452,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         local: None,
         resolving: None,
         resolving_untimed: false,
+        upstream_ready: false,
         start_sec: crate::core::time::wall().0,
         upload_rate: 0,
         download_rate: 0,
@@ -996,6 +999,8 @@ impl ProxySession {
                 }
                 self.tls_handshaking = false;
                 cx.timers.clear(&mut self.connect_timer);
+                // (The handshake read from it: nginx's read event is still ready.)
+                self.upstream_ready = true;
                 self.init_upstream(s, cx)
             }
             crate::core::ssl::Handshake::Again => {
@@ -1081,7 +1086,7 @@ impl ProxySession {
         // before this one's "client disconnected", as nginx logs them.
         let watched = s.pp_read || !s.preread.is_empty() || s.client_hup;
         if !watched {
-            cx.rt.requeue(s.key);
+            cx.rt.requeue_with(s.key, self.upstream_ready);
             // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
             // is read, so `proxy_timeout 0` ends the session this turn with nothing
             // relayed (the turn's timers expire before its posted reads).
@@ -1578,6 +1583,8 @@ impl Content for ProxySession {
             if !(ready.writable || ready.error || ready.hup) {
                 return Flow::Again;
             }
+            // Bytes or an end already in with the connect: nginx's read event is ready.
+            self.upstream_ready = ready.readable || ready.hup;
             // A clean "writable" means connected; only an error needs SO_ERROR read.
             if ready.writable && !ready.error && !ready.hup {
                 return self.init_upstream(s, cx);

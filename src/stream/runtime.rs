@@ -197,8 +197,9 @@ pub struct WorkerState {
     pub resolvers: Resolvers,
     /// `service=` lines whose SRV targets are being resolved, by (group, line).
     services: HashMap<(usize, usize), ServiceLookup>,
-    /// Sessions that stopped before `WouldBlock` and must run again next turn.
-    pub requeued: Vec<usize>,
+    /// Sessions that stopped before `WouldBlock` and must run again next turn, and
+    /// whether their upstream goes first (it was readable when it connected).
+    pub requeued: Vec<(usize, bool)>,
     /// Access log files, by `ConfCx::open_file` index.
     pub files: Vec<Option<LogFile>>,
     /// The copy path's buffer, shared by every session of the worker.
@@ -396,8 +397,14 @@ impl WorkerState {
     }
 
     pub fn requeue(&mut self, key: usize) {
-        if !self.requeued.contains(&key) {
-            self.requeued.push(key);
+        self.requeue_with(key, false);
+    }
+
+    /// Requeue `key`, its upstream's event first when `upstream_first`.
+    pub fn requeue_with(&mut self, key: usize, upstream_first: bool) {
+        match self.requeued.iter_mut().find(|(k, _)| *k == key) {
+            Some(e) => e.1 |= upstream_first,
+            None => self.requeued.push((key, upstream_first)),
         }
     }
 

@@ -362,13 +362,17 @@ impl Worker {
                     }
                 }
             }
-            for key in std::mem::take(&mut self.rt.requeued) {
+            for (key, upstream_first) in std::mem::take(&mut self.rt.requeued) {
                 let all = Ready { readable: true, writable: true, error: false, hup: false };
-                // nginx posts the upstream's read event (ngx_post_event) and reads a
-                // client it has just started to watch after the next epoll_wait: an
-                // upstream that answered, or closed, while connecting goes first.
-                self.session_event(key, Side::Upstream, all, now);
-                self.session_event(key, Side::Client, all, now);
+                // nginx posts the upstream's read event (ngx_post_event) when it is
+                // ready, and reads a client it has just started to watch after the next
+                // epoll_wait: an upstream that answered, or closed, while connecting
+                // goes first.
+                let order =
+                    if upstream_first { [Side::Upstream, Side::Client] } else { [Side::Client, Side::Upstream] };
+                for side in order {
+                    self.session_event(key, side, all, now);
+                }
             }
             if self.shutdown_at.is_some_and(|at| at <= now) {
                 self.shutdown_at = None;
