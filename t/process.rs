@@ -2462,3 +2462,34 @@ fn worker_cpu_affinity_binds_each_worker() {
     cpus.sort();
     assert_eq!(cpus, ["0", "1"]);
 }
+
+/// SIGCHLD sent to a worker: nginx's signal handler logs it and reaps, and a worker has
+/// no child (side by side with nginx 1.22.1: these three lines).
+#[test]
+fn sigchld_to_a_worker_is_logged_as_nginx() {
+    let p = free_port();
+    let s =
+        Sluice::start_master(1, &format!("events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return x; }} }}\n"));
+    assert!(wait_for(Duration::from_secs(10), || children(s.pid()).len() == 1));
+    let w = children(s.pid())[0];
+    assert!(wait_for(Duration::from_secs(10), || wait_in_epoll(w)));
+    // SAFETY: signalling our own child's worker.
+    unsafe {
+        libc::kill(w, libc::SIGCHLD);
+    }
+    let me = std::process::id();
+    let want = [
+        format!("[notice] {w}#{w}: signal 17 (SIGCHLD) received from {me}"),
+        format!("[info] {w}#{w}: waitpid() failed (10: No child processes)"),
+        format!("[info] {w}#{w}: epoll_wait() failed (4: Interrupted system call)"),
+    ];
+    let lines = || -> Vec<String> {
+        s.error_log()
+            .lines()
+            .filter(|l| l.contains(&format!("{w}#{w}: ")))
+            .map(|l| l.get(20..).unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(wait_for(Duration::from_secs(5), || lines().len() >= 3), "{}", s.error_log());
+    assert_eq!(lines()[..3], want, "{}", s.error_log());
+}

@@ -450,11 +450,17 @@ impl Worker {
                 // single process logs both as its master would.
                 libc::SIGIO if !single => ", ignoring",
                 libc::SIGIO | libc::SIGALRM => "",
+                // nginx's handler reaps on SIGCHLD in any process: a worker has no child.
+                libc::SIGCHLD if !single => "",
                 _ => continue,
             };
             if single || from != master {
                 error(Level::Notice, &signal_notice(sig, from, action), None);
                 logged = true;
+            }
+            if sig == libc::SIGCHLD {
+                let e = io::Error::from_raw_os_error(libc::ECHILD);
+                error(Level::Info, "waitpid() failed", Some(&e));
             }
             if sig == libc::SIGUSR2 && usr2_ignored {
                 error(Level::Crit, crate::core::process::USR2_IGNORED, None);
