@@ -2493,3 +2493,39 @@ fn sigchld_to_a_worker_is_logged_as_nginx() {
     assert!(wait_for(Duration::from_secs(5), || lines().len() >= 3), "{}", s.error_log());
     assert_eq!(lines()[..3], want, "{}", s.error_log());
 }
+
+/// `accept_mutex on` with two workers: the worker holding the mutex takes the
+/// connections that come one after another (nginx's ngx_trylock_accept_mutex; the other
+/// tries again every accept_mutex_delay), so without a zone its own round-robin state
+/// alternates the two peers, as nginx 1.22.1's did side by side (`1212...` from one
+/// worker, where without the mutex both workers take connections). The holder lets the
+/// mutex go after each turn, as nginx's does, so another worker may take it now and then.
+#[test]
+fn accept_mutex_keeps_sequential_connections_in_one_worker() {
+    let (a, b) = (crate::common::sends_and_closes("1"), crate::common::sends_and_closes("2"));
+    let p = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{ accept_mutex on; }}\nstream {{\n log_format w '$pid';\n access_log %%PREFIX%%a.log w;\n \
+             upstream u {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}\n \
+             server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n}}\n"
+        ),
+    );
+    assert!(wait_for(Duration::from_secs(10), || children(s.pid()).len() == 2));
+    let mut picks = String::new();
+    for _ in 0..40 {
+        picks.push_str(&String::from_utf8_lossy(&exchange(p, b"")));
+    }
+    let pids = s.wait_lines("a.log", 40);
+    let mut count: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
+    for pid in &pids {
+        *count.entry(pid).or_default() += 1;
+    }
+    let (holder, most) = count.iter().max_by_key(|(_, n)| **n).map(|(p, n)| (*p, *n)).expect("a worker");
+    assert!(most >= 36, "one worker takes (nearly) all: {count:?}");
+    // That worker's own picks alternate.
+    let mine: String = picks.chars().zip(&pids).filter(|(_, p)| *p == holder).map(|(c, _)| c).collect();
+    let alternating = mine.as_bytes().windows(2).all(|w| w[0] != w[1]);
+    assert!(alternating, "{mine}");
+}

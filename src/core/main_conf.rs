@@ -20,8 +20,12 @@ pub struct MainConf {
     pub worker_connections: Setting<usize>,
     /// `multi_accept`: accept every pending connection per listener event (on), or one.
     pub multi_accept: Setting<bool>,
-    /// `accept_mutex_delay`: without an accept mutex (sluice has none), how long
-    /// accepting stops after accept4() runs out of descriptors (ngx_event_accept).
+    /// `accept_mutex`: the workers take turns to accept (off by default, as since nginx
+    /// 1.11.3).
+    pub accept_mutex: Setting<bool>,
+    /// `accept_mutex_delay`: how long a worker without the accept mutex waits before it
+    /// tries again, and how long accepting stops after accept4() runs out of descriptors
+    /// (ngx_event_accept).
     pub accept_mutex_delay: Setting<Duration>,
     /// `use METHOD`: only epoll is built in.
     pub event_use: Setting<()>,
@@ -379,13 +383,11 @@ pub const DIRECTIVES: &[CoreDirective] = &[
             c.event_use.set(cmd, ())
         },
     },
-    // Accepted for compatibility (values checked); sluice has no mutex or event array to
-    // tune (accept_mutex_delay still times the pause after running out of descriptors).
     CoreDirective {
         name: "accept_mutex",
         ctx: Ctx::EVENTS,
         args: Arity::Flag,
-        set: |c, cmd, _| compat(c, cmd, |cmd| value::flag(cmd).map(drop)),
+        set: |c, cmd, _| c.accept_mutex.set_parsed(cmd, value::flag),
     },
     CoreDirective {
         name: "accept_mutex_delay",
@@ -496,5 +498,6 @@ impl MainConf {
         self.worker_connections.merge(&Setting::default(), 512);
         self.multi_accept.merge(&Setting::default(), false);
         self.accept_mutex_delay.merge(&Setting::default(), Duration::from_millis(500));
+        self.accept_mutex.merge(&Setting::default(), false);
     }
 }

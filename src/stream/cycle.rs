@@ -80,6 +80,9 @@ pub struct Cycle {
     pub error_logs: Vec<Rc<ErrorLog>>,
     /// Shared memory zones (made before workers are forked).
     pub zones: Vec<crate::stream::conf::Zone>,
+    /// `accept_mutex on` with several workers: its lock word (nginx's `ngx_accept_mutex`,
+    /// made before the workers are forked).
+    pub accept_mutex: Option<Rc<crate::core::shm::Shm>>,
     pub hostname: String,
     pub conf_file: String,
     pub prefix: String,

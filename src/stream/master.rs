@@ -357,6 +357,11 @@ impl Master {
         let before: Vec<libc::pid_t> = self.workers.iter().map(|w| w.pid).collect();
         let mut reaped_worker = false;
         while let Some((pid, how)) = process::reap() {
+            // ngx_shmtx_force_unlock: a worker that died holding the accept mutex.
+            if let Some(word) = self.cycle.accept_mutex.as_ref().and_then(|m| m.lock_at(0)) {
+                let held = std::sync::atomic::Ordering::AcqRel;
+                let _ = word.compare_exchange(pid as u32, 0, held, std::sync::atomic::Ordering::Relaxed);
+            }
             let (level, text) = exit_text(&how);
             if Some(pid) == self.new_binary {
                 error(level, &format!("new binary process {} {}", pid, text), None);

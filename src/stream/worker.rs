@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -98,7 +99,12 @@ fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
 /// Whether listener `idx` is watched with EPOLLEXCLUSIVE: only when the workers use
 /// exclusive accept (several of them), and never on a reuseport socket, a worker's own.
 fn watch_exclusive(cycle: &Cycle, exclusive_accept: bool, idx: usize) -> bool {
-    exclusive_accept && !cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
+    exclusive_accept && !reuseport(cycle, idx)
+}
+
+/// Listener `idx` is this worker's own socket (`reuseport`).
+fn reuseport(cycle: &Cycle, idx: usize) -> bool {
+    cycle.listening.get(idx).is_some_and(|l| l.opts.reuseport)
 }
 
 /// One step of a TLS client's shutdown (`ngx_ssl_shutdown`): true when it is over (a
@@ -179,6 +185,10 @@ pub struct Worker {
     /// Per listener, the accept events handled (nginx's listening connection's
     /// `requests`).
     accept_events: Vec<u64>,
+    /// `accept_mutex on` with several workers: the shared lock word's zone, and whether
+    /// this worker holds the mutex (and so watches the shared listening sockets).
+    accept_mutex: Option<Rc<crate::core::shm::Shm>>,
+    mutex_held: bool,
 }
 
 impl Worker {
@@ -187,10 +197,19 @@ impl Worker {
         // nginx's ngx_use_exclusive_accept: EPOLLEXCLUSIVE only with several workers
         // (and not on reuseport sockets, each a worker's own). With one worker, the old
         // and the new one after a reload are both woken, and the new one answers at once.
-        let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1;
+        // With `accept_mutex on` the workers take turns instead: a shared socket is
+        // watched only by the worker holding the mutex (a reuseport one, its own, always).
+        let accept_mutex = if role == Role::Worker { cycle.accept_mutex.clone() } else { None };
+        let exclusive_accept = role == Role::Worker && cycle.core.worker_processes.get() > 1 && accept_mutex.is_none();
         let mut ls = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            l.register_accept(poll.as_raw_fd(), Token(LISTENER_BIT | i), watch_exclusive(&cycle, exclusive_accept, i))?;
+            if accept_mutex.is_none() || reuseport(&cycle, i) {
+                l.register_accept(
+                    poll.as_raw_fd(),
+                    Token(LISTENER_BIT | i),
+                    watch_exclusive(&cycle, exclusive_accept, i),
+                )?;
+            }
             if let (Listener::Udp(u), Some(Addr::Inet(a))) = (&l, cycle.listening.get(i).map(|x| &x.addr)) {
                 if a.ip().is_unspecified() {
                     crate::core::conn::want_destination_addresses(u.as_raw_fd(), a);
@@ -230,7 +249,43 @@ impl Worker {
             accepts_per_event,
             exclusive_accept,
             accept_events,
+            accept_mutex,
+            mutex_held: false,
         })
+    }
+
+    /// `ngx_trylock_accept_mutex`: with the mutex, watch the shared listening sockets
+    /// (if not already); without it, stop watching them (if this worker did).
+    fn trylock_accept_mutex(&mut self) {
+        let Some(word) = self.accept_mutex.as_ref().and_then(|m| m.lock_at(0)) else { return };
+        let pid = crate::core::process::pid();
+        let got = word.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if got == self.mutex_held {
+            return;
+        }
+        self.mutex_held = got;
+        let epfd = self.poll.as_raw_fd();
+        for (i, l) in self.listeners.iter().enumerate() {
+            match l {
+                Some(l) if !reuseport(&self.cycle, i) => {
+                    if got {
+                        let _ = l.register_accept(epfd, Token(LISTENER_BIT | i), false);
+                    } else {
+                        l.deregister_raw(epfd);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The turn's connections are accepted: the mutex goes back (the sockets stay
+    /// watched until another worker takes it), as nginx unlocks after its posted
+    /// accept events.
+    fn unlock_accept_mutex(&mut self) {
+        if let (true, Some(word)) = (self.mutex_held, self.accept_mutex.as_ref().and_then(|m| m.lock_at(0))) {
+            word.store(0, Ordering::Release);
+        }
     }
 
     pub fn run(&mut self) -> Exit {
@@ -257,6 +312,14 @@ impl Worker {
             if let Some(at) = self.accept_paused {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if self.accept_mutex.is_some() && self.accept_paused.is_none() && !self.quitting {
+                self.trylock_accept_mutex();
+                if !self.mutex_held {
+                    // nginx's worker without the mutex tries again after accept_mutex_delay.
+                    let d = self.cycle.core.accept_mutex_delay.get();
+                    timeout = Some(timeout.map_or(d, |t| t.min(d)));
+                }
             }
             if let Some(at) = self.shutdown_at {
                 let d = at.saturating_duration_since(now);
@@ -320,6 +383,7 @@ impl Worker {
                     self.session_event(t.0 >> 1, side, ready, now);
                 }
             }
+            self.unlock_accept_mutex();
             while let Some((id, t)) = self.timers.pop_expired(now) {
                 if t.0 & HEALTH_BITS == HEALTH_BITS {
                     let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
@@ -403,6 +467,7 @@ impl Worker {
 
     fn exit(&mut self, e: Exit) -> Exit {
         self.rt.flush_files();
+        self.unlock_accept_mutex();
         if self.role == Role::Worker {
             // nginx's ngx_worker_process_exit destroys the cycle's pool, and so frees its
             // SSL contexts: OpenSSL drops each built-in session cache through the remove
@@ -570,7 +635,8 @@ impl Worker {
     fn resume_accept(&mut self) {
         self.accept_paused = None;
         for (i, l) in self.listeners.iter().enumerate() {
-            if let Some(l) = l {
+            let gated = self.accept_mutex.is_some() && !self.mutex_held && !reuseport(&self.cycle, i);
+            if let (Some(l), false) = (l, gated) {
                 let _ = l.register_accept(self.poll.as_raw_fd(), Token(LISTENER_BIT | i), self.exclusive(i));
             }
         }
