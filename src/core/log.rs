@@ -446,63 +446,61 @@ impl ErrorLog {
                 Ok(l) => l,
                 Err(_) => &mut spare,
             };
-            {
-                line.clear();
-                crate::core::time::err_log_time(line);
-                let pid = crate::core::process::pid();
-                // nginx prints PID#TID; the main thread's TID is the PID.
-                let _ = write!(line, " [{}] {}#{}: ", level.as_str(), pid, pid);
-                if let Some(c) = conn {
-                    let _ = write!(line, "*{} ", c);
+            line.clear();
+            crate::core::time::err_log_time(line);
+            let pid = crate::core::process::pid();
+            // nginx prints PID#TID; the main thread's TID is the PID.
+            let _ = write!(line, " [{}] {}#{}: ", level.as_str(), pid, pid);
+            if let Some(c) = conn {
+                let _ = write!(line, "*{} ", c);
+            }
+            let body_start = line.len();
+            line.push_str(msg);
+            truncate_at(line, MAX_ERROR_STR);
+            if let Some(e) = err {
+                // ngx_log_errno: a message that leaves no room for the error code is cut
+                // 50 bytes before the end and marked "...".
+                if line.len() > MAX_ERROR_STR - 50 {
+                    truncate_at(line, MAX_ERROR_STR - 50);
+                    line.push_str("...");
                 }
-                let body_start = line.len();
-                line.push_str(msg);
+                line.push(' ');
+                line.push_str(&crate::core::conf::os_err(e));
                 truncate_at(line, MAX_ERROR_STR);
-                if let Some(e) = err {
-                    // ngx_log_errno: a message that leaves no room for the error code is cut
-                    // 50 bytes before the end and marked "...".
-                    if line.len() > MAX_ERROR_STR - 50 {
-                        truncate_at(line, MAX_ERROR_STR - 50);
-                        line.push_str("...");
+            }
+            if let Some(ctx) = ctx {
+                ctx.write_context(line);
+            }
+            truncate_at(line, MAX_ERROR_STR - 1);
+            line.push('\n');
+            // Bytes that came in raw (a client's broken header, say) go out as they came.
+            let raw = crate::core::conf::parser::text_to_bytes(line);
+            let mut wrote_stderr = false;
+            for (i, o) in self.outputs.iter().enumerate() {
+                if level > o.level || only.is_some_and(|only| only != i) {
+                    continue;
+                }
+                let fd = match &o.sink {
+                    Sink::Stderr => {
+                        wrote_stderr = true;
+                        2
                     }
-                    line.push(' ');
-                    line.push_str(&crate::core::conf::os_err(e));
-                    truncate_at(line, MAX_ERROR_STR);
-                }
-                if let Some(ctx) = ctx {
-                    ctx.write_context(line);
-                }
-                truncate_at(line, MAX_ERROR_STR - 1);
-                line.push('\n');
-                // Bytes that came in raw (a client's broken header, say) go out as they came.
-                let raw = crate::core::conf::parser::text_to_bytes(line);
-                let mut wrote_stderr = false;
-                for (i, o) in self.outputs.iter().enumerate() {
-                    if level > o.level || only.is_some_and(|only| only != i) {
+                    Sink::File(f) => f.borrow().as_raw_fd(),
+                    Sink::Memory => continue,
+                    Sink::Syslog(s) => {
+                        // The line without its newline, up to a NUL in it (nginx's
+                        // ngx_syslog_writer copies it as a C string).
+                        let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+                        let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
+                        let _ = s.send((level as u32).saturating_sub(1), text);
                         continue;
                     }
-                    let fd = match &o.sink {
-                        Sink::Stderr => {
-                            wrote_stderr = true;
-                            2
-                        }
-                        Sink::File(f) => f.borrow().as_raw_fd(),
-                        Sink::Memory => continue,
-                        Sink::Syslog(s) => {
-                            // The line without its newline, up to a NUL in it (nginx's
-                            // ngx_syslog_writer copies it as a C string).
-                            let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
-                            let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
-                            let _ = s.send((level as u32).saturating_sub(1), text);
-                            continue;
-                        }
-                    };
-                    write_all_fd(fd, &raw);
-                }
-                if echo && !wrote_stderr {
-                    let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
-                    write_all_fd(2, &crate::core::conf::parser::text_to_bytes(&echo));
-                }
+                };
+                write_all_fd(fd, &raw);
+            }
+            if echo && !wrote_stderr {
+                let echo = format!("{}: [{}] {}", PROGRAM, level.as_str(), &line[body_start..]);
+                write_all_fd(2, &crate::core::conf::parser::text_to_bytes(&echo));
             }
         });
     }

@@ -395,11 +395,13 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     // nginx's ngx_event_module_init: the accept mutex only with a master and workers.
     let core = &cx.core;
     let mutex = core.accept_mutex.get() && core.master_process.get() && core.worker_processes.get() > 1;
-    let accept_mutex = match mutex && !opts.signaller {
-        true => Some(Rc::new(crate::core::shm::Shm::new(64).map_err(|e| {
+    let accept_mutex = if mutex && !opts.signaller {
+        let shm = crate::core::shm::Shm::new(64).map_err(|e| {
             late(ConfError::bare(format!("mmap(MAP_ANON|MAP_SHARED, 64) failed {}", crate::core::conf::os_err(&e))))
-        })?)),
-        false => None,
+        })?;
+        Some(Rc::new(shm))
+    } else {
+        None
     };
     let listening = std::mem::take(&mut cx.listening);
     let mut reg = PhaseRegistry::default();

@@ -535,16 +535,15 @@ impl Resolvers {
         }
     }
 
-    /// A resolver socket is ready: read what answers it has.
+    /// A resolver socket is ready: read what answers its sockets have, each until it
+    /// would block (they are edge-triggered; nginx's ngx_resolver_udp_read reads so too).
     pub fn on_event(&mut self, slot: usize, io: &mut Io<'_>) {
         let mut buf = [0u8; 4096];
         let mut i = 0;
-        let mut reads = 0;
-        while reads < 16 {
+        loop {
             let Some(n) = self.nodes.get_mut(slot) else { return };
             let Some((k, s)) = n.udp.get(i) else { break };
             let k = *k;
-            reads += 1;
             match s.recv(&mut buf) {
                 Ok(len) => {
                     let msg = buf[..len].to_vec();

@@ -281,10 +281,12 @@ impl Worker {
 
     /// The turn's connections are accepted: the mutex goes back (the sockets stay
     /// watched until another worker takes it), as nginx unlocks after its posted
-    /// accept events.
+    /// accept events. Only a lock this worker holds is let go (ngx_shmtx_unlock): one
+    /// that stopped trying (shutting down) may have seen another take it since.
     fn unlock_accept_mutex(&mut self) {
         if let (true, Some(word)) = (self.mutex_held, self.accept_mutex.as_ref().and_then(|m| m.lock_at(0))) {
-            word.store(0, Ordering::Release);
+            let pid = crate::core::process::pid();
+            let _ = word.compare_exchange(pid, 0, Ordering::Release, Ordering::Relaxed);
         }
     }
 

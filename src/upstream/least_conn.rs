@@ -38,14 +38,14 @@ fn pick_group(group: &mut [Peer], tried: &Tried, now: Instant) -> Option<usize> 
     let mut b = best?;
     if many {
         let first = b;
-        let mut total = 0;
+        let mut total: i64 = 0;
         for i in first..group.len() {
             if tried.contains(i) || !group[i].usable(now) || fewer(&group[i], &group[first]).is_ne() {
                 continue;
             }
             let p = &mut group[i];
             p.current_weight = p.current_weight.wrapping_add(p.effective_weight);
-            total = p.effective_weight.wrapping_add(total);
+            total = total.wrapping_add(p.effective_weight);
             if p.effective_weight < p.weight {
                 p.effective_weight += 1;
             }
