@@ -321,3 +321,96 @@ stream {{
     assert_eq!(text(p), "[][none][ten][ten]");
     drop(s);
 }
+
+/// 100,001 ranges in one file: enough for nginx to keep them as a binary base.
+fn big_ranges() -> String {
+    let mut text = String::from("127.0.0.1-127.0.0.1 loopback;\n");
+    for i in 0..100_000u32 {
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + i * 4);
+        let z = std::net::Ipv4Addr::from(0x0a00_0000 + i * 4 + 1);
+        text.push_str(&format!("{a}-{z} v{};\n", i % 7919));
+    }
+    text
+}
+
+/// SHA-256 of the `base.conf.bin` nginx 1.22.1 wrote for `big_ranges()` (x86_64).
+const NGINX_BASE_SHA256: &str = "c20c1c485d5b236d9dbc0b5131424e68242cebb1af84531302c44acbb4e5f50e";
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `geo { ranges; include FILE; }` with more than 100,000 ranges writes nginx's binary
+/// base FILE.bin (the same bytes), the next block including FILE reads it instead, a
+/// damaged or stale base is said and rewritten, and entries beside a base are refused —
+/// each with nginx's words (recorded side by side with nginx 1.22.1).
+#[test]
+fn ranges_include_writes_and_reads_nginx_binary_base() {
+    use crate::common::{console, run};
+    let tmp = TempDir::new("geo-bin");
+    let dir = tmp.prefix();
+    std::fs::write(tmp.join("base.conf"), big_ranges()).expect("write");
+    let port = free_port();
+    let conf = format!(
+        "error_log stderr notice;\npid {dir}x.pid;\nevents {{}}\nstream {{\n\
+         geo $a {{ ranges; include base.conf; }}\n\
+         geo $x $b {{ ranges; default none; include base.conf; }}\n\
+         server {{ listen 127.0.0.1:{port}; set $x 10.0.1.4; return \"$a $b\"; }}\n}}\n"
+    );
+    std::fs::write(tmp.join("conf"), &conf).expect("write");
+    let t = || {
+        let out = run(&["-t", "-p", &dir, "-c", "conf"], tmp.path());
+        (out.status.code(), console(&out.stderr))
+    };
+    let bin = tmp.join("base.conf.bin");
+    let created = format!("[notice] creating binary geo range base \"{dir}base.conf.bin\"\n");
+    let used = |line: u32| format!("[notice] using binary geo range base \"{dir}base.conf.bin\" in {dir}conf:{line}\n");
+    let ok = format!(
+        "sluice: the configuration file {dir}conf syntax is ok\nsluice: configuration file {dir}conf test is successful\n"
+    );
+
+    assert_eq!(t(), (Some(0), format!("{created}{}{ok}", used(6))));
+    assert_eq!(sha256_hex(&bin), NGINX_BASE_SHA256, "not nginx's binary base");
+    assert_eq!(t(), (Some(0), format!("{}{}{ok}", used(5), used(6))));
+
+    // Values from the text (the first block) and from the base (the second) alike.
+    let served = conf.replace("error_log stderr notice;\n", "").replace(&format!("pid {dir}x.pid;\n"), "");
+    let s = Sluice::start(&served.replace("include base.conf", &format!("include {dir}base.conf")));
+    assert_eq!(text(port), "loopback v65");
+    drop(s);
+
+    // One flipped bit: the base is not used, and is written again.
+    let mut bytes = std::fs::read(&bin).expect("read base");
+    bytes[100] ^= 1;
+    std::fs::write(&bin, bytes).expect("write base");
+    let mismatch = format!("[warn] CRC32 mismatch in binary geo range base \"{dir}base.conf.bin\" in {dir}conf:5\n");
+    assert_eq!(t(), (Some(0), format!("{mismatch}{created}{}{ok}", used(6))));
+    assert_eq!(sha256_hex(&bin), NGINX_BASE_SHA256);
+
+    // Older than its text: stale.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    std::fs::File::options().write(true).open(&bin).and_then(|f| f.set_modified(old)).expect("set mtime");
+    let stale = format!("[warn] stale binary geo range base \"{dir}base.conf.bin\" in {dir}conf:5\n");
+    assert_eq!(t(), (Some(0), format!("{stale}{created}{}{ok}", used(6))));
+
+    // Not a base at all.
+    std::fs::write(&bin, b"GEORNG").expect("write base");
+    let foreign = format!("[warn] incompatible binary geo range base \"{dir}base.conf.bin\" in {dir}conf:5\n");
+    assert_eq!(t(), (Some(0), format!("{foreign}{created}{}{ok}", used(6))));
+
+    // Entries before the include, or after it, cannot go with a base.
+    for (geo, line) in
+        [("10.255.0.1-10.255.0.2 x; include base.conf;", 5), ("include base.conf; 10.255.0.1-10.255.0.2 x;", 5)]
+    {
+        std::fs::write(tmp.join("conf"), conf.replace("ranges; include base.conf;", &format!("ranges; {geo}")))
+            .expect("write");
+        let (code, out) = t();
+        assert_eq!(code, Some(1), "{out}");
+        let mixed = format!(
+            "[emerg] binary geo range base \"{dir}base.conf.bin\" cannot be mixed with usual entries in {dir}conf:{line}\n"
+        );
+        assert!(out.contains(&mixed), "{out}");
+    }
+}

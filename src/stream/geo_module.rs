@@ -6,17 +6,21 @@
 //! IPv4-mapped IPv6 client looks in the IPv4 tree, a unix-domain client or an address
 //! that does not parse looks up 255.255.255.255); `ranges` is nginx's table of sorted
 //! ranges per /16, with the same add, split and delete rules and messages.
-//! Not here: nginx's binary range bases (`FILE.bin`, made for includes of more than
-//! 100,000 ranges) — the text file is always read.
+//! With `ranges`, `include FILE` first tries nginx's binary base `FILE.bin`; a block
+//! whose only ranges are more than 100,000 in one included file writes that base.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{Read, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use crate::core::addr::Addr;
 use crate::core::addr::{inet6_addr, inet_addr, parse_addr};
 use crate::core::conf::directive::{Arity, Ctx};
-use crate::core::conf::{parser, Block, Cmd, ConfResult};
+use crate::core::conf::{os_err, parser, Block, Cmd, ConfError, ConfResult};
+use crate::core::log::{self, Level};
 use crate::stream::conf::ConfCx;
+use crate::stream::geo_binary;
 use crate::stream::module::{Directive, Module, Set};
 use crate::stream::session::SessionCore;
 use crate::stream::variables::{eval_var, VarGet};
@@ -184,10 +188,10 @@ impl Shape {
 
 /// One range inside a /16: low 16 bits of the first and last address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Range {
-    start: u16,
-    end: u16,
-    value: usize,
+pub struct Range {
+    pub start: u16,
+    pub end: u16,
+    pub value: usize,
 }
 
 /// A geo block being read (`ngx_stream_geo_conf_ctx_t`).
@@ -203,15 +207,31 @@ struct GeoBuild {
     v6_shape: Shape,
     low: HashMap<u16, Vec<Range>>,
     range_default: Option<usize>,
+    /// A range entry was read (nginx allocates `ctx->high.low`).
+    low_made: bool,
+    /// Range entries read, and whether the last of them came after the last include.
+    entries: usize,
+    outside_entries: bool,
+    /// Text files included, and the last one's path (or the binary base's in use).
+    includes: usize,
+    include_name: String,
+    /// No entries before an include: the block may still write a binary base.
+    allow_binary_include: bool,
+    /// The ranges came from a binary base.
+    binary_include: bool,
 }
 
 impl GeoBuild {
     fn value(&mut self, v: &str) -> usize {
-        if let Some(&i) = self.value_ids.get(v.as_bytes()) {
+        self.value_bytes(v.as_bytes())
+    }
+
+    fn value_bytes(&mut self, v: &[u8]) -> usize {
+        if let Some(&i) = self.value_ids.get(v) {
             return i;
         }
-        self.values.push(v.as_bytes().to_vec());
-        self.value_ids.insert(v.as_bytes().to_vec(), self.values.len() - 1);
+        self.values.push(v.to_vec());
+        self.value_ids.insert(v.to_vec(), self.values.len() - 1);
         self.values.len() - 1
     }
 
@@ -255,6 +275,13 @@ fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         v6_shape: Shape::new(),
         low: HashMap::new(),
         range_default: None,
+        low_made: false,
+        entries: 0,
+        outside_entries: false,
+        includes: 0,
+        include_name: String::new(),
+        allow_binary_include: true,
+        binary_include: false,
     };
     if let Some(inner) = &cmd.block {
         entries(cx, &mut b, inner)?;
@@ -262,6 +289,15 @@ fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     cx.vars.set_cached(var);
     let table = if b.ranges {
         b.low.retain(|_, r| !r.is_empty());
+        if b.low_made
+            && !b.binary_include
+            && b.allow_binary_include
+            && !b.outside_entries
+            && b.entries > 100_000
+            && b.includes == 1
+        {
+            create_binary_base(&b);
+        }
         Table::Ranges { low: b.low, default: b.range_default.unwrap_or(0) }
     } else {
         // The null value under everything, unless a default is already there.
@@ -300,9 +336,19 @@ fn entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
     if c.name == "include" {
         // nginx 1.22.1 reads one file here (no glob), relative to the conf directory.
         let path = cx.conf_full_name(c.arg(0));
-        let (file, blk) = parser::parse_file(&path, Some(c))?;
+        if b.ranges && include_binary_base(cx, b, c, &format!("{}.bin", path))? {
+            return Ok(());
+        }
+        if b.outside_entries {
+            b.allow_binary_include = false;
+        }
+        b.include_name = path;
+        let (file, blk) = parser::parse_file(&b.include_name, Some(c))?;
         cx.files.push(file);
-        return entries(cx, b, &blk);
+        entries(cx, b, &blk)?;
+        b.includes += 1;
+        b.outside_entries = false;
+        return Ok(());
     }
     if b.ranges {
         range_entry(cx, b, c)
@@ -383,6 +429,12 @@ fn range_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
         b.range_default = Some(b.value(c.arg(0)));
         return Ok(());
     }
+    if b.binary_include {
+        return Err(mixed_with_entries(c, &b.include_name));
+    }
+    b.low_made = true;
+    b.entries += 1;
+    b.outside_entries = true;
     let (net, del) = if key == "delete" { (c.arg(0), true) } else { (key, false) };
     let invalid = || c.err(format!("invalid range \"{}\"", net));
     let (a, z) = net.split_once('-').ok_or_else(invalid)?;
@@ -399,6 +451,101 @@ fn range_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
     }
     let v = b.value(c.arg(0));
     add_range(cx, b, c, net, start, end, v)
+}
+
+fn mixed_with_entries(c: &Cmd, base: &str) -> ConfError {
+    c.err(format!("binary geo range base \"{}\" cannot be mixed with usual entries", base))
+}
+
+/// `ngx_stream_geo_include_binary_base`: true if the ranges now come from `bin`; false
+/// to read the text file instead (no base, or a stale, foreign or damaged one).
+fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, bin: &str) -> ConfResult<bool> {
+    let crit = |msg: String| log::error(Level::Crit, &c.err(msg).to_string(), None);
+    let mut file = match std::fs::File::open(bin) {
+        Ok(f) => f,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                crit(format!("open() \"{}\" failed {}", bin, os_err(&e)));
+            }
+            return Ok(false);
+        }
+    };
+    if b.outside_entries {
+        return Err(mixed_with_entries(c, bin));
+    }
+    if b.binary_include {
+        return Err(
+            c.err(format!("second binary geo range base \"{}\" cannot be mixed with \"{}\"", bin, b.include_name))
+        );
+    }
+    let mtime = match file.metadata() {
+        Ok(m) => m.mtime(),
+        Err(e) => {
+            crit(format!("fstat() \"{}\" failed {}", bin, os_err(&e)));
+            return Ok(false);
+        }
+    };
+    let text = &bin[..bin.len() - 4];
+    match std::fs::metadata(text) {
+        Ok(m) if mtime < m.mtime() => {
+            cx.warn(c, &format!("stale binary geo range base \"{}\"", bin));
+            return Ok(false);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            crit(format!("stat() \"{}\" failed {}", text, os_err(&e)));
+            return Ok(false);
+        }
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        // ngx_read_file says it first, without a location.
+        log::error(Level::Crit, &format!("pread() \"{}\" failed", bin), Some(&e));
+        crit(format!("pread() \"{}\" failed {}", bin, os_err(&e)));
+        return Ok(false);
+    }
+    let (values, low) = match geo_binary::decode(&bytes) {
+        geo_binary::Base::Incompatible => {
+            cx.warn(c, &format!("incompatible binary geo range base \"{}\"", bin));
+            return Ok(false);
+        }
+        geo_binary::Base::CrcMismatch => {
+            cx.warn(c, &format!("CRC32 mismatch in binary geo range base \"{}\"", bin));
+            return Ok(false);
+        }
+        geo_binary::Base::Ranges { values, low } => (values, low),
+    };
+    log::error(Level::Notice, &c.err(format!("using binary geo range base \"{}\"", bin)).to_string(), None);
+    let ids: Vec<usize> = values.iter().map(|v| b.value_bytes(v)).collect();
+    // nginx takes the base's table as it is: ranges read before it are dropped.
+    b.low = low
+        .into_iter()
+        .map(|(h, rs)| (h, rs.into_iter().map(|r| Range { value: ids[r.value], ..r }).collect()))
+        .collect();
+    b.low_made = true;
+    b.include_name = bin.to_string();
+    b.binary_include = true;
+    Ok(true)
+}
+
+/// `ngx_stream_geo_create_binary_base`: failures are logged, the block is still good.
+fn create_binary_base(b: &GeoBuild) {
+    let bin = format!("{}.bin", b.include_name);
+    log::error(Level::Notice, &format!("creating binary geo range base \"{}\"", bin), None);
+    let mut highs: Vec<(u16, &[Range])> = b.low.iter().map(|(h, r)| (*h, r.as_slice())).collect();
+    highs.sort_by_key(|(h, _)| *h);
+    let base = geo_binary::encode(&b.values, &highs);
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o644).open(&bin);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) => return log::error(Level::Crit, &format!("open() \"{}\" failed", bin), Some(&e)),
+    };
+    if let Err(e) = file.set_len(base.len() as u64) {
+        return log::error(Level::Crit, &format!("ftruncate() \"{}\" failed", bin), Some(&e));
+    }
+    if let Err(e) = file.write_all(&base) {
+        log::error(Level::Crit, &format!("mmap({}) \"{}\" failed", base.len(), bin), Some(&e));
+    }
 }
 
 /// The /16 pieces of `start..=end`: (high 16 bits, first, last low 16 bits).

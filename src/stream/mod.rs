@@ -22,6 +22,7 @@ pub mod worker;
 pub mod access_module;
 pub mod api_module;
 pub mod core_module;
+pub mod geo_binary;
 pub mod geo_module;
 pub mod limit_conn_module;
 pub mod log_module;
