@@ -2529,3 +2529,44 @@ fn accept_mutex_keeps_sequential_connections_in_one_worker() {
     let alternating = mine.as_bytes().windows(2).all(|w| w[0] != w[1]);
     assert!(alternating, "{mine}");
 }
+
+/// nginx's `ngx_accept_disabled`: a worker that holds the accept mutex but has less than
+/// an eighth of worker_connections free skips trying it, so the other worker takes the
+/// mutex and the connections that follow. Without it, the first worker kept the mutex
+/// and dropped every connection past its limit ("worker_connections are not enough").
+#[test]
+fn accept_mutex_passes_to_another_worker_near_worker_connections() {
+    let p = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{ worker_connections 16; accept_mutex on; accept_mutex_delay 100ms; }}\nstream {{\n \
+             server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; return $pid; }}\n}}\n"
+        ),
+    );
+    assert!(wait_for(Duration::from_secs(10), || children(s.pid()).len() == 2));
+    // Idle clients, one after another: each holds a connection in its worker while
+    // ssl_preread waits for a ClientHello.
+    let clients: Vec<std::net::TcpStream> = (0..24)
+        .map(|_| {
+            let c = crate::common::connect(p);
+            std::thread::sleep(Duration::from_millis(150));
+            c
+        })
+        .collect();
+    let mut served: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for mut c in clients {
+        let _ = c.write_all(b"not a TLS record");
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut pid = String::new();
+        let _ = c.read_to_string(&mut pid);
+        if !pid.is_empty() {
+            *served.entry(pid).or_default() += 1;
+        }
+    }
+    // 16 less the listening socket and the channel to the master: 14 clients a worker.
+    let mut counts: Vec<usize> = served.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts.len(), 2, "both workers served: {served:?}");
+    assert!(counts[1] <= 14 && counts[0] >= 2, "{served:?}");
+}

@@ -189,6 +189,11 @@ pub struct Worker {
     /// this worker holds the mutex (and so watches the shared listening sockets).
     accept_mutex: Option<Rc<crate::core::shm::Shm>>,
     mutex_held: bool,
+    /// nginx's `ngx_accept_disabled`: an eighth of worker_connections less the free
+    /// connections before the last accept. While above zero, a worker with the accept
+    /// mutex skips that many turns' trylock (and the exclusive-accept reorder runs on
+    /// every accept event).
+    accept_disabled: i64,
 }
 
 impl Worker {
@@ -251,6 +256,7 @@ impl Worker {
             accept_events,
             accept_mutex,
             mutex_held: false,
+            accept_disabled: 0,
         })
     }
 
@@ -316,8 +322,15 @@ impl Worker {
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
             if self.accept_mutex.is_some() && self.accept_paused.is_none() && !self.quitting {
-                self.trylock_accept_mutex();
-                if !self.mutex_held {
+                if self.accept_disabled > 0 {
+                    // Near worker_connections: no try this turn, and no accept_mutex_delay
+                    // wake-up; a lock held before stays held (its sockets stay watched)
+                    // until it is let go after this turn's events.
+                    self.accept_disabled -= 1;
+                } else {
+                    self.trylock_accept_mutex();
+                }
+                if !self.mutex_held && self.accept_disabled <= 0 {
                     // nginx's worker without the mutex tries again after accept_mutex_delay.
                     let d = self.cycle.core.accept_mutex_delay.get();
                     timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -648,15 +661,13 @@ impl Worker {
         if self.accept_paused.is_some() {
             return;
         }
-        // nginx's ngx_accept_disabled: an eighth of worker_connections less the free
-        // connections before the last accept.
-        let mut disabled = 0;
         for _ in 0..self.accepts_per_event {
             let Some(Some(l)) = self.listeners.get(idx) else { return };
             match l.accept() {
                 Ok(_) if !self.rt.has_room() => {
                     // nginx's ngx_event_accept: no free connection for it, so the
                     // accepted socket is closed at once, and this event takes no more.
+                    self.set_accept_disabled();
                     self.listen_log(idx, Level::Alert, &self.rt.not_enough(), None);
                     if let Some(g) = crate::core::stats::global() {
                         g.add(crate::core::stats::global::DROPPED, 1);
@@ -664,8 +675,7 @@ impl Worker {
                     return;
                 }
                 Ok((conn, remote)) => {
-                    let free = self.rt.conn_slots.saturating_sub(self.rt.conns_in_use()) as i64;
-                    disabled = (self.rt.worker_connections / 8) as i64 - free;
+                    self.set_accept_disabled();
                     self.init_session(idx, conn, remote, None, None, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -684,7 +694,12 @@ impl Worker {
             }
         }
         // Level-triggered listeners report the rest on the next turn.
-        self.reorder_accept_events(idx, disabled);
+        self.reorder_accept_events(idx);
+    }
+
+    fn set_accept_disabled(&mut self) {
+        let free = self.rt.conn_slots.saturating_sub(self.rt.conns_in_use()) as i64;
+        self.accept_disabled = (self.rt.worker_connections / 8) as i64 - free;
     }
 
     /// A line of listener `idx` itself (nginx logs them to the listening socket's log,
@@ -705,14 +720,14 @@ impl Worker {
     /// socket, so on every 16th accept event (or every one while this worker runs short
     /// of connections) it adds the socket again and goes to the back of the queue: the
     /// workers take turns as nginx's do.
-    fn reorder_accept_events(&mut self, idx: usize, disabled: i64) {
+    fn reorder_accept_events(&mut self, idx: usize) {
         if !self.exclusive(idx) {
             return;
         }
         let Some(n) = self.accept_events.get_mut(idx) else { return };
         let turn = *n % 16 == 0;
         *n += 1;
-        if !turn && disabled <= 0 {
+        if !turn && self.accept_disabled <= 0 {
             return;
         }
         if let Some(Some(l)) = self.listeners.get(idx) {
@@ -774,6 +789,7 @@ impl Worker {
                 return;
             }
         }
+        self.set_accept_disabled();
         if !self.rt.has_room() {
             // The datagram is dropped, as nginx's ngx_event_recvmsg drops it.
             self.listen_log(idx, Level::Alert, &self.rt.not_enough(), None);
