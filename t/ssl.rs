@@ -1110,3 +1110,138 @@ fn exiting_worker_takes_its_builtin_sessions_out_of_the_shared_cache() {
         }
     }
 }
+
+/// A session refused by `ssl_verify_client` is taken out of the session caches
+/// (nginx's ngx_ssl_remove_cached_session): offered again, it gets a full handshake,
+/// from the built-in cache as from the shared one. Recorded with nginx 1.22.1: `500 .`
+/// three times on each server.
+#[test]
+fn sessions_refused_by_verify_client_do_not_resume() {
+    let (p1, p2) = (free_port(), free_port());
+    let f = files();
+    let server = |port: u16, cache: &str| {
+        format!(
+            "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; \
+             ssl_verify_client on; ssl_client_certificate {d}/ca.pem; ssl_session_tickets off; \
+             ssl_session_cache {cache}; return ok; }}",
+            d = f.display()
+        )
+    };
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format t '$server_port $status $ssl_session_reused [$ssl_client_verify]';\n \
+         access_log %%PREFIX%%access.log t;\n {}\n {}\n}}\n",
+        server(p1, "builtin:100"),
+        server(p2, "shared:S:1m")
+    ));
+    let b = tls12(|_| {});
+    for port in [p1, p2] {
+        let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("handshake");
+        let mut sess = c.ssl().session().expect("session").to_owned();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        for _ in 0..2 {
+            let mut c = resume(&b, &sess, port);
+            assert!(!c.ssl().session_reused(), "a refused session resumed on {port}");
+            sess = c.ssl().session().expect("session").to_owned();
+            let _ = c.read_to_end(&mut out);
+        }
+    }
+    let log = wait_log(&s, 6);
+    let want: Vec<String> = [p1, p1, p1, p2, p2, p2].iter().map(|p| format!("{p} 500 . [NONE]")).collect();
+    assert_eq!(log, want);
+}
+
+/// `ssl_verify_client optional_no_ca` lets through only nginx 1.22.1's five
+/// "optional" verify errors (18, 19, 20, 21, 27): a chain that ends at a trusted CA
+/// which is not self-signed (2, "unable to get issuer certificate") is refused, a
+/// self-signed client certificate (18) is not. Lines as nginx wrote them.
+#[test]
+fn optional_no_ca_refuses_unable_to_get_issuer() {
+    let port = free_port();
+    let f = files();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format t '$status [$ssl_client_verify] [$ssl_client_s_dn] [$ssl_client_i_dn]';\n \
+         access_log %%PREFIX%%access.log t;\n server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; \
+         ssl_certificate_key {d}/key.pem; ssl_verify_client optional_no_ca; \
+         ssl_client_certificate {d}/intermediate-ca.pem; ssl_verify_depth 3; return ok; }}\n}}\n",
+        d = f.display()
+    ));
+    let mut answers = Vec::new();
+    for (cert, key) in [("leaf-via-intermediate.pem", "leaf-via-intermediate.key"), ("cert.pem", "key.pem")] {
+        let b = tls12(|b| {
+            b.set_certificate_file(f.join(cert), openssl::ssl::SslFiletype::PEM).expect("cert");
+            b.set_private_key_file(f.join(key), openssl::ssl::SslFiletype::PEM).expect("key");
+        });
+        let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("handshake");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        answers.push(out);
+    }
+    assert_eq!(answers, ["", "ok"]);
+    assert_eq!(
+        wait_log(&s, 2),
+        [
+            "500 [FAILED:unable to get issuer certificate] [CN=leaf via intermediate] [CN=Test Intermediate]",
+            "200 [FAILED:self-signed certificate] [CN=localhost] [CN=localhost]"
+        ]
+    );
+    assert!(
+        session_lines(&s).contains(
+            &"*1 client SSL certificate verify error: (2:unable to get issuer certificate) while SSL handshaking, \
+              client: 127.0.0.1, server: 127.0.0.1:P"
+                .to_string()
+        ),
+        "{:?}",
+        session_lines(&s)
+    );
+}
+
+/// A TLS 1.2 upstream may renegotiate: nginx refuses renegotiation only on its server
+/// side (ngx_ssl_create_connection), so a backend's HelloRequest is answered and the
+/// session goes on (a client's, on `listen ... ssl`, is still refused per connection).
+#[test]
+fn proxy_ssl_upstream_may_renegotiate() {
+    use openssl::ssl::{SslAcceptor, SslFiletype};
+    extern "C" {
+        fn SSL_renegotiate(ssl: *mut openssl_sys::SSL) -> std::os::raw::c_int;
+    }
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
+    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
+    let acceptor = b.build();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = l.local_addr().expect("addr").port();
+    let backend = std::thread::spawn(move || {
+        let (c, _) = l.accept().expect("accept");
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut s = acceptor.accept(c).expect("backend handshake");
+        let mut hello = [0u8; 6];
+        s.read_exact(&mut hello).expect("hello");
+        let p = s.ssl() as *const openssl::ssl::SslRef as *mut openssl_sys::SSL;
+        // SAFETY: a live SSL of this thread's stream.
+        let ok = unsafe { SSL_renegotiate(p) == 1 && openssl_sys::SSL_do_handshake(p) == 1 };
+        // The renegotiation completes while the next record is read.
+        let mut after = [0u8; 6];
+        let read = s.read_exact(&mut after).is_ok();
+        let _ = s.write_all(b"from-server\n");
+        let _ = s.shutdown();
+        (ok, read && &after == b"after\n")
+    });
+    let port = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format t '$status $bytes_sent $bytes_received $upstream_bytes_sent \
+         $upstream_bytes_received';\n access_log %%PREFIX%%access.log t;\n \
+         server {{ listen 127.0.0.1:{port}; proxy_ssl on; proxy_pass 127.0.0.1:{up}; }}\n}}\n"
+    ));
+    let mut c = connect(port);
+    c.write_all(b"hello\n").expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all(b"after\n").expect("write");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let (renegotiated, got_after) = backend.join().expect("backend");
+    assert!(renegotiated && got_after, "renegotiation refused");
+    assert_eq!(out, "from-server\n");
+    assert_eq!(wait_log(&s, 1), ["200 12 12 12 12"]);
+}

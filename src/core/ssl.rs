@@ -30,6 +30,7 @@ pub mod ffi {
         pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
         pub fn SSL_CTX_get_timeout(ctx: *const SSL_CTX) -> c_long;
         pub fn SSL_set_quiet_shutdown(ssl: *mut SSL, mode: c_int);
+        pub fn SSL_set_options(ssl: *mut SSL, op: u64) -> u64;
         pub fn SSL_CIPHER_find(ssl: *mut SSL, ptr: *const u8) -> *const SSL_CIPHER;
         pub fn X509_NAME_print_ex(
             out: *mut BIO,
@@ -268,6 +269,11 @@ impl TlsConn {
     pub fn new(ctx: &SslContext, sock: Conn) -> Result<TlsConn, String> {
         let mut ssl = Ssl::new(ctx).map_err(|e| stack_text("SSL_new() failed", &e))?;
         ssl.set_accept_state();
+        // ngx_ssl_create_connection: renegotiation is refused on the server side only (an
+        // upstream may renegotiate with us), whatever ssl_conf_command did to the context.
+        // SAFETY: a live SSL of ours.
+        let p = &*ssl as *const ssl::SslRef as *mut ffi::SSL;
+        unsafe { ffi::SSL_set_options(p, ssl::SslOptions::NO_RENEGOTIATION.bits()) };
         Self::with(ssl, sock)
     }
 

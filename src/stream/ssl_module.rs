@@ -508,7 +508,6 @@ pub(crate) fn ssl_create(protocols: u32) -> Result<SslContextBuilder, String> {
     b.set_options(
         SslOptions::NO_COMPRESSION
             | SslOptions::from_bits_retain(1 << 24) // SSL_OP_NO_ANTI_REPLAY
-            | SslOptions::NO_RENEGOTIATION
             | SslOptions::IGNORE_UNEXPECTED_EOF,
     );
     b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::NO_AUTO_CHAIN);
@@ -891,6 +890,16 @@ fn sni_from_hello(s: &mut SessionCore, buf: &mut Vec<u8>) -> Option<Option<Vec<u
     }
 }
 
+/// `ngx_ssl_remove_cached_session`: a refused client's session must not resume (from
+/// the built-in cache, and through its remove callback from the shared one; a ticket
+/// cannot be taken back).
+fn remove_cached_session(ssl: &openssl::ssl::SslRef) {
+    if let Some(sess) = ssl.session() {
+        // SAFETY: the session is this connection's, made by this context.
+        unsafe { ssl.ssl_context().remove_session(sess) };
+    }
+}
+
 /// `ssl_verify_client` checks after the handshake.
 fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
     use crate::stream::api_module::{count_ssl, SslEvent};
@@ -900,14 +909,17 @@ fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
     }
     let t = s.client.tls_mut()?;
     let rc = t.ssl().verify_result();
-    let optional_ok = |r: openssl::x509::X509VerifyResult| matches!(r.as_raw(), 18 | 19 | 20 | 21 | 27 | 2);
+    // nginx 1.22.1's ngx_ssl_verify_error_optional: these five and no others.
+    let optional_ok = |r: openssl::x509::X509VerifyResult| matches!(r.as_raw(), 18 | 19 | 20 | 21 | 27);
     if rc != openssl::x509::X509VerifyResult::OK && !(verify == 3 && optional_ok(rc)) {
         let msg = format!("client SSL certificate verify error: ({}:{})", rc.as_raw(), rc.error_string());
+        remove_cached_session(t.ssl());
         count_ssl(s, SslEvent::Refused(rc.as_raw()));
         s.log(crate::core::conf::Level::Info, &msg, None);
         return Some(Flow::Finalize(500));
     }
     if verify == 1 && t.ssl().peer_certificate().is_none() {
+        remove_cached_session(t.ssl());
         count_ssl(s, SslEvent::Refused(0));
         s.log(crate::core::conf::Level::Info, "client sent no required SSL certificate", None);
         return Some(Flow::Finalize(500));
