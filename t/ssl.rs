@@ -1245,3 +1245,42 @@ fn proxy_ssl_upstream_may_renegotiate() {
     assert_eq!(out, "from-server\n");
     assert_eq!(wait_log(&s, 1), ["200 12 12 12 12"]);
 }
+
+/// Errors OpenSSL leaves queued while verifying a client certificate whose signature
+/// is forged are logged by the next call on the connection, as nginx's
+/// ngx_ssl_clear_error does ("ignoring stale global SSL error", alert), between the
+/// verify error and the close. Lines recorded from nginx 1.22.1.
+#[test]
+fn stale_errors_of_a_forged_client_certificate_are_logged() {
+    let port = free_port();
+    let f = files();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format t '$status [$ssl_client_verify] [$ssl_client_s_dn]';\n \
+         access_log %%PREFIX%%access.log t;\n server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; \
+         ssl_certificate_key {d}/key.pem; ssl_verify_client on; ssl_client_certificate {d}/ca.pem; return ok; }}\n}}\n",
+        d = f.display()
+    ));
+    let b = tls12(|b| {
+        b.set_certificate_file(f.join("forged-client.pem"), openssl::ssl::SslFiletype::PEM).expect("cert");
+        b.set_private_key_file(f.join("forged-client.key"), openssl::ssl::SslFiletype::PEM).expect("key");
+    });
+    let mut c = b.configure().expect("cfg").verify_hostname(false).connect("x", connect(port)).expect("handshake");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    assert_eq!(wait_log(&s, 1), ["500 [FAILED:certificate signature failure] [CN=forged client]"]);
+    let lines = session_lines(&s);
+    let at = ", client: 127.0.0.1, server: 127.0.0.1:P";
+    assert_eq!(
+        lines[1..],
+        [
+            format!(
+                "*1 client SSL certificate verify error: (7:certificate signature failure) while SSL handshaking{at}"
+            ),
+            format!(
+                "*1 ignoring stale global SSL error (SSL: error:0200008A:rsa routines::invalid padding \
+                 error:02000072:rsa routines::padding check failed error:1C880004:Provider routines::RSA lib \
+                 error:06880006:asn1 encoding routines::EVP lib) while SSL handshaking{at}"
+            ),
+        ]
+    );
+}

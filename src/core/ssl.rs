@@ -259,6 +259,10 @@ pub enum Handshake {
 pub struct TlsConn {
     stream: SslStream<Conn>,
     handshaked: bool,
+    /// Errors OpenSSL left queued by a handshake that succeeded (a signature check
+    /// inside certificate verification): nginx's next call on the connection logs them
+    /// (`ngx_ssl_clear_error`'s "ignoring stale global SSL error").
+    stale: Option<String>,
     /// An error ended the connection: no close_notify is sent (nginx's `c->error`,
     /// `no_send_shutdown`).
     failed: bool,
@@ -317,7 +321,7 @@ impl TlsConn {
             )
         };
         let stream = SslStream::new(ssl, sock).map_err(|e| stack_text("SSL_set_fd() failed", &e))?;
-        Ok(TlsConn { stream, handshaked: false, failed: false })
+        Ok(TlsConn { stream, handshaked: false, failed: false, stale: None })
     }
 
     /// The socket under TLS.
@@ -337,12 +341,21 @@ impl TlsConn {
         self.handshaked
     }
 
+    /// The stale errors of the handshake, once (to be logged at alert).
+    pub fn take_stale(&mut self) -> Option<String> {
+        self.stale.take()
+    }
+
     /// `ngx_ssl_handshake`.
     pub fn handshake(&mut self) -> Handshake {
         clear_errors();
         match self.stream.do_handshake() {
             Ok(()) => {
                 self.handshaked = true;
+                let queued = ErrorStack::get();
+                if !queued.errors().is_empty() {
+                    self.stale = Some(stack_text("ignoring stale global SSL error", &queued));
+                }
                 Handshake::Done
             }
             Err(e) => {

@@ -111,6 +111,10 @@ fn reuseport(cycle: &Cycle, idx: usize) -> bool {
 /// failure is logged), false while the client's close_notify is awaited.
 fn tls_close_step(s: &mut SessionCore, timed_out: bool) -> bool {
     let Some(t) = s.client.tls_mut() else { return true };
+    if let Some(stale) = t.take_stale() {
+        s.log(Level::Alert, &stale, None);
+    }
+    let Some(t) = s.client.tls_mut() else { return true };
     match t.close_step(timed_out) {
         Ok(done) => done,
         Err(e) => {
