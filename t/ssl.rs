@@ -1284,3 +1284,56 @@ fn stale_errors_of_a_forged_client_certificate_are_logged() {
         ]
     );
 }
+
+/// A listening socket whose accept queue is full: a connect to it hangs (no SYN-ACK)
+/// until the connect timeout. Keep the returned sockets alive.
+fn hanging_upstream() -> (u16, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into()).expect("bind");
+    l.listen(0).expect("listen");
+    let addr = l.local_addr().expect("addr");
+    let port = addr.as_socket().expect("inet").port();
+    let mut keep = vec![l];
+    for _ in 0..3 {
+        let f = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        f.set_nonblocking(true).expect("nonblocking");
+        let _ = f.connect(&addr);
+        keep.push(f);
+    }
+    // The queue fills as the handshakes complete.
+    std::thread::sleep(Duration::from_millis(200));
+    (port, keep)
+}
+
+/// A TLS client's read event is watched from its handshake on, and is still ready
+/// after it: nginx's proxy handler posts it, so while the upstream connects the client
+/// is read (its bytes count in `$bytes_received`) and the action is "proxying
+/// connection" — also with nothing sent. Lines recorded from nginx 1.22.1 (the bytes
+/// were left unread before, and the close then failed on them with a [crit]
+/// SSL_shutdown() line).
+#[test]
+fn tls_client_is_read_while_the_upstream_connects() {
+    let (up, _keep) = hanging_upstream();
+    let port = free_port();
+    let s = Sluice::start(&conf(port, "proxy_connect_timeout 500ms;", &format!("proxy_pass 127.0.0.1:{up};")));
+    for send in [&b""[..], b"hello\n"] {
+        let mut c = tls(port, None, |_| {});
+        c.write_all(send).expect("write");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        assert!(out.is_empty());
+    }
+    let log: Vec<String> = wait_log(&s, 2).iter().map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(log, ["502 0 0", "502 0 6"]);
+    let lines: Vec<String> = session_lines(&s).into_iter().filter(|l| !l.contains(" connected to ")).collect();
+    let want = |n: usize, received: usize| {
+        format!(
+            "*{n} upstream timed out (110: Connection timed out) while proxying connection, client: 127.0.0.1, \
+             server: 127.0.0.1:P, upstream: \"127.0.0.1:P\", bytes from/to client:{received}/0, bytes from/to \
+             upstream:0/0"
+        )
+    };
+    // The first session's upstream connection took number 2.
+    assert_eq!(lines, [want(1, 0), want(3, 6)]);
+}

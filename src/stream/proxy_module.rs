@@ -591,8 +591,9 @@ impl ProxySession {
                     self.down.push(&buf[..n]);
                     s.received += n as u64;
                     // A short read drains the socket, unless its end is known to be in
-                    // (nginx's `pending_eof`): then the end of file is read too.
-                    if n < room && !self.down.greedy {
+                    // (nginx's `pending_eof`): then the end of file is read too. TLS
+                    // reads on until OpenSSL wants more (ngx_ssl_recv).
+                    if n < room && !self.down.greedy && !s.client.is_tls() {
                         break;
                     }
                 }
@@ -1530,11 +1531,14 @@ impl Content for ProxySession {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
         self.set_local(s);
-        self.client_watched = !self.udp && (s.pp_read || !s.preread.is_empty());
+        // A TLS client's read event is watched since its handshake, and still ready
+        // after it (OpenSSL read the last flight, not nginx's recv).
+        let tls = s.client.is_tls();
+        self.client_watched = !self.udp && (s.pp_read || !s.preread.is_empty() || tls);
         // nginx's proxy handler posts the client's read event when it is still ready: a
         // PROXY header is taken whole, while a preread phase's short read drains it
         // unless an end of file is pending (a read that filled its room leaves it ready).
-        let posted = self.client_watched && (s.preread.is_empty() || s.client_hup || s.preread_ready);
+        let posted = self.client_watched && (tls || s.preread.is_empty() || s.client_hup || s.preread_ready);
         let flow = match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
             Err(Some(st)) => return Flow::Finalize(st),
