@@ -238,6 +238,12 @@ impl SessionCore {
         self.ctx.iter().find_map(|b| b.downcast_ref::<T>())
     }
 
+    /// Take a module's state out (to use it beside the session), leaving none.
+    pub fn ctx_take<T: 'static>(&mut self) -> Option<T> {
+        let i = self.ctx.iter().position(|b| b.is::<T>())?;
+        self.ctx.swap_remove(i).downcast::<T>().ok().map(|b| *b)
+    }
+
     pub fn set_ctx<T: 'static>(&mut self, v: T) {
         match self.ctx.iter_mut().find(|b| b.is::<T>()) {
             Some(b) => *b = Box::new(v),

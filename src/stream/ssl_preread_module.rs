@@ -31,7 +31,7 @@ pub struct Hello {
     pub version: [u8; 2],
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// More bytes are needed; what was read so far (nginx fills its variables as it
     /// parses, so a session that ends here shows them).
@@ -196,32 +196,60 @@ fn parse_hello(hs: &[u8]) -> Parsed {
     }
 }
 
-/// `ngx_stream_ssl_preread_handler`'s record loop.
+/// `ngx_stream_ssl_preread_handler`'s record loop on a whole buffer.
 pub fn parse(buf: &[u8]) -> Parsed {
-    let mut p = 0;
-    let mut hs = Vec::new();
-    let mut partial = Hello::default();
-    while buf.len() - p >= 5 {
-        let r = &buf[p..];
-        if r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3) {
-            // A version 2 ClientHello.
-            return Parsed::Done(Hello { version: [r[3], r[4]], ..Default::default() });
+    Scanner::default().feed(buf)
+}
+
+/// The record loop kept across reads, as nginx keeps its parser's place: the records
+/// already taken are not looked at again, and the handshake bytes are parsed again
+/// only when a record added some (so many small or empty records cost each its own
+/// bytes, not the whole buffer again).
+#[derive(Default)]
+pub struct Scanner {
+    /// Bytes of the preread buffer taken as whole records.
+    scanned: usize,
+    /// The handshake messages of those records.
+    hs: Vec<u8>,
+    /// What `hs` parsed as (None: not parsed since it last grew).
+    last: Option<Parsed>,
+}
+
+impl Scanner {
+    /// The buffer so far (what an earlier call saw, and more).
+    pub fn feed(&mut self, buf: &[u8]) -> Parsed {
+        while let Some(r) = buf.get(self.scanned..).filter(|r| r.len() >= 5) {
+            // A decision on the records before this one stands whatever follows.
+            let stop = if r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3) {
+                // A version 2 ClientHello.
+                Some(Parsed::Done(Hello { version: [r[3], r[4]], ..Default::default() }))
+            } else if r[0] != 0x16 || r[1] != 3 {
+                Some(Parsed::Declined)
+            } else {
+                None
+            };
+            if let Some(stop) = stop {
+                return match self.parsed() {
+                    Parsed::Again(_) => stop,
+                    done => done,
+                };
+            }
+            let len = u16be(&r[3..5]);
+            if r.len() < len + 5 {
+                break;
+            }
+            if len > 0 {
+                self.hs.extend_from_slice(&r[5..5 + len]);
+                self.last = None;
+            }
+            self.scanned += 5 + len;
         }
-        if r[0] != 0x16 || r[1] != 3 {
-            return Parsed::Declined;
-        }
-        let len = u16be(&r[3..5]);
-        if r.len() < len + 5 {
-            break;
-        }
-        hs.extend_from_slice(&r[5..5 + len]);
-        p += 5 + len;
-        match parse_hello(&hs) {
-            Parsed::Again(h) => partial = h,
-            done => return done,
-        }
+        self.parsed()
     }
-    Parsed::Again(partial)
+
+    fn parsed(&mut self) -> Parsed {
+        self.last.get_or_insert_with(|| parse_hello(&self.hs)).clone()
+    }
 }
 
 impl Module for SslPreread {
@@ -260,7 +288,10 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     if s.preread.is_empty() {
         return Flow::Again;
     }
-    match parse(&s.preread) {
+    let mut scanner = s.ctx_take::<Scanner>().unwrap_or_default();
+    let parsed = scanner.feed(&s.preread);
+    s.set_ctx(scanner);
+    match parsed {
         Parsed::Again(h) => {
             s.set_ctx(Some(h));
             Flow::Again
@@ -367,6 +398,45 @@ mod tests {
         for n in 0..r.len() {
             assert_eq!(parse(&r[..n]), Parsed::Again(Hello::default()), "prefix {}", n);
         }
+    }
+
+    /// The hello split into records of `size` bytes with empty records between, fed a
+    /// few bytes at a time to one scanner: at every step the answer is the whole-buffer
+    /// loop's, and empty records do not parse the handshake again.
+    #[test]
+    fn scanner_across_reads_answers_as_the_whole_buffer() {
+        let rec = hello(b"example.com", &[b"h2"], true);
+        let hs = &rec[5..];
+        for size in [1, 3, 40, hs.len()] {
+            let mut buf = Vec::new();
+            for piece in hs.chunks(size) {
+                buf.extend_from_slice(&[0x16, 3, 1, 0, 0]);
+                buf.extend_from_slice(&[0x16, 3, 1]);
+                buf.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+                buf.extend_from_slice(piece);
+            }
+            buf.extend_from_slice(b"trailing bytes");
+            let mut sc = Scanner::default();
+            for n in (0..=buf.len()).step_by(7).chain([buf.len()]) {
+                let got = sc.feed(&buf[..n]);
+                assert_eq!(got, parse(&buf[..n]), "size {size}, {n} bytes");
+                if matches!(got, Parsed::Done(_)) {
+                    break;
+                }
+            }
+            assert!(matches!(sc.feed(&buf), Parsed::Done(Hello { version: [3, 4], .. })));
+        }
+        let mut sc = Scanner::default();
+        let mut buf = rec[..20].to_vec();
+        buf[3..5].copy_from_slice(&15u16.to_be_bytes());
+        assert!(matches!(sc.feed(&buf), Parsed::Again(_)));
+        assert!(sc.last.is_some());
+        buf.extend_from_slice(&[0x16, 3, 1, 0, 0]);
+        assert!(matches!(sc.feed(&buf), Parsed::Again(_)));
+        assert!(sc.last.is_some(), "an empty record parsed the handshake again");
+        // A record that is not a handshake after a hello that is still short: declined.
+        buf.extend_from_slice(&[0x17, 3, 3, 0, 1, 0]);
+        assert_eq!(sc.feed(&buf), Parsed::Declined);
     }
 
     fn hex(parts: &[&str]) -> Vec<u8> {
