@@ -1145,3 +1145,52 @@ fn client_data_and_close_are_read_before_upstream_replies() {
     let want = "client disconnected, bytes from/to client:385/0, bytes from/to upstream:0/385";
     assert!(lines.last().is_some_and(|l| l.ends_with(want)), "{:?}", lines);
 }
+
+/// A buffer the machine cannot give (here 100 GB) ends that one session with nginx's
+/// "malloc() failed" at emerg and 500, for `proxy_buffer_size` before the upstream is
+/// connected, for `preread_buffer_size` at the first read; the worker lives on (a
+/// failed allocation used to abort it). A large buffer that can be had is not touched
+/// beyond what is read into it.
+#[test]
+fn buffers_that_cannot_be_allocated_end_one_session() {
+    let (up, hi) = (backend(echo), sends_and_closes("hi"));
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format t '$server_port $status';\n access_log %%PREFIX%%access.log t;\n \
+         server {{ listen 127.0.0.1:{p1}; proxy_buffer_size 102400m; proxy_pass 127.0.0.1:{up}; }}\n \
+         server {{ listen 127.0.0.1:{p2}; ssl_preread on; preread_buffer_size 102400m; proxy_pass 127.0.0.1:{up}; }}\n \
+         server {{ listen 127.0.0.1:{p3}; proxy_buffer_size 2000m; proxy_pass 127.0.0.1:{hi}; }}\n}}\n"
+    ));
+    for p in [p1, p2] {
+        let mut c = crate::common::connect(p);
+        let _ = c.write_all(b"hello\n");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        assert!(out.is_empty());
+    }
+    assert_eq!(exchange(p3, b""), b"hi");
+    assert_eq!(s.wait_lines("access.log", 3), [format!("{p1} 500"), format!("{p2} 500"), format!("{p3} 200")]);
+    let log = s.error_log();
+    let emerg: Vec<&str> =
+        log.lines().filter(|l| l.contains("[emerg]")).map(|l| l.split_once(" *").map_or(l, |x| x.1)).collect();
+    assert_eq!(
+        emerg,
+        [
+            format!(
+                "1 malloc(107374182400) failed (12: Cannot allocate memory), client: 127.0.0.1, server: \
+                 127.0.0.1:{p1}, bytes from/to client:0/0, bytes from/to upstream:0/0"
+            ),
+            format!(
+                "2 malloc(107374182400) failed (12: Cannot allocate memory) while prereading client data, client: \
+                 127.0.0.1, server: 127.0.0.1:{p2}"
+            ),
+        ]
+    );
+    // The 2000m buffer is allocated, not written: the worker stays small.
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+        .unwrap_or(u64::MAX);
+    assert!(rss_kb < 200_000, "worker RSS {rss_kb} kB after a 2000m proxy_buffer_size");
+}

@@ -1530,6 +1530,12 @@ impl Content for ProxySession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         s.proxy_log = Some(ProxyLog::default());
         self.udp = s.client.is_udp();
+        // ngx_stream_proxy_handler allocates the client's buffer before anything else.
+        if let Err(n) = cx.rt.reserve_scratch(conf(s).buffer_size.get().max(1)) {
+            let e = io::Error::from_raw_os_error(libc::ENOMEM);
+            s.log(Level::Emerg, &format!("malloc({n}) failed"), Some(&e));
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        }
         self.set_local(s);
         // A TLS client's read event is watched since its handshake, and still ready
         // after it (OpenSSL read the last flight, not nginx's recv).

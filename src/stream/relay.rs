@@ -227,7 +227,7 @@ impl Direction {
             }
             let max = limit.map_or(b.buffer, |l| l.min(b.buffer)).max(1);
             if scratch.len() < max {
-                scratch.resize(max, 0);
+                *scratch = zeroed(max).unwrap_or_else(|| vec![0; max]);
             }
             match src.read(&mut scratch[..max]) {
                 Ok(0) => {
@@ -305,5 +305,24 @@ impl Direction {
                 }
             }
         }
+    }
+}
+
+/// `n` zero bytes from the allocator's zeroed memory (calloc: fresh pages are not
+/// touched until used), or None when there is not that much (nginx's "malloc() failed"
+/// ends one session; a failed Vec allocation would abort the worker).
+pub fn zeroed(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: a non-zero size; the pointer, if not null, owns `n` initialized (zero)
+    // bytes allocated by the global allocator with the layout Vec<u8> uses.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        if p.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(p, n, n))
     }
 }

@@ -246,6 +246,18 @@ impl WorkerState {
         format!("{} worker_connections are not enough", self.worker_connections)
     }
 
+    /// Make the relay buffer at least `n` bytes (nginx's per-session
+    /// `proxy_buffer_size` buffers, here one per worker). Zeroed by the allocator, so a
+    /// large one costs memory only where bytes are read into it; `Err` is the size
+    /// that could not be had (nginx's "malloc() failed").
+    pub fn reserve_scratch(&mut self, n: usize) -> Result<(), usize> {
+        if self.scratch.len() >= n {
+            return Ok(());
+        }
+        self.scratch = crate::stream::relay::zeroed(n).ok_or(n)?;
+        Ok(())
+    }
+
     pub fn new(cycle: &Cycle) -> WorkerState {
         // Regions of each zone, in upstream order: the same layout in every worker.
         let mut used: HashMap<String, usize> = HashMap::new();

@@ -307,6 +307,11 @@ pub fn write_msec(out: &mut Vec<u8>, d: Duration) {
     let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
 }
 
+/// The most one preread read asks for: nginx reads up to the buffer's end, but a
+/// client rarely has more waiting, and zeroing a large buffer on every read would cost
+/// its size each time.
+const PREREAD_CHUNK: usize = 64 * 1024;
+
 /// The preread checker (nginx 1.22.1's `ngx_stream_core_preread_phase`): read the
 /// client's bytes into the preread buffer (they are forwarded before relaying starts)
 /// and ask the handler; keep waiting while it says `Again` and the buffer has room.
@@ -342,7 +347,16 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
         if std::mem::take(&mut wait_for_epoll) {
             return Flow::Again;
         }
-        s.preread.resize(size, 0);
+        // nginx allocates the whole buffer at the first read (and ends the session with
+        // 500 if it cannot); here it is reserved, and only what a read may fill is
+        // zeroed: a large preread_buffer_size costs what clients send, not its size.
+        if have == 0 && s.preread.try_reserve_exact(size).is_err() {
+            let e = io::Error::from_raw_os_error(libc::ENOMEM);
+            s.log(Level::Emerg, &format!("malloc({size}) failed"), Some(&e));
+            return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+        }
+        let want = (size - have).min(PREREAD_CHUNK);
+        s.preread.resize(have + want, 0);
         let r = std::io::Read::read(&mut s.client, &mut s.preread[have..]);
         match r {
             Ok(0) => {
@@ -351,7 +365,7 @@ pub fn preread_step(s: &mut SessionCore, cx: &mut Cx<'_>, h: PhaseHandler) -> Fl
                 return Flow::Finalize(status::OK);
             }
             Ok(n) => {
-                s.preread_ready = n == size - have;
+                s.preread_ready = n == want;
                 s.preread.truncate(have + n);
             }
             Err(e) => {
