@@ -1194,3 +1194,18 @@ fn buffers_that_cannot_be_allocated_end_one_session() {
         .unwrap_or(u64::MAX);
     assert!(rss_kb < 200_000, "worker RSS {rss_kb} kB after a 2000m proxy_buffer_size");
 }
+
+/// `listen ... fastopen=` is an int in nginx: 2147483648 becomes -2147483648, which
+/// the kernel refuses; the socket listens without it and the failure is an alert
+/// (line recorded from nginx 1.22.1).
+#[test]
+fn listen_option_that_does_not_take_is_an_alert() {
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p} fastopen=2147483648 rcvbuf=4294967296; return ok; }} }}\n"
+    ));
+    assert_eq!(exchange(p, b""), b"ok");
+    let want = format!("setsockopt(TCP_FASTOPEN, -2147483648) 127.0.0.1:{p} failed, ignored (22: Invalid argument)");
+    let log = s.error_log();
+    assert!(log.lines().any(|l| l.contains("[alert]") && l.ends_with(&want)), "{log}");
+}

@@ -356,15 +356,15 @@ impl Listener {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenOpts {
     pub backlog: Option<i32>,
-    pub rcvbuf: Option<usize>,
-    pub sndbuf: Option<usize>,
+    pub rcvbuf: Option<i32>,
+    pub sndbuf: Option<i32>,
     pub reuseport: bool,
     pub ipv6only: bool,
     pub so_keepalive: Option<bool>,
     pub keepidle: Option<u32>,
     pub keepintvl: Option<u32>,
     pub keepcnt: Option<u32>,
-    pub fastopen: Option<u32>,
+    pub fastopen: Option<i32>,
     pub bind: bool,
     /// Set TCP_NODELAY on the listening socket: Linux passes it on to accepted sockets,
     /// which saves a setsockopt per connection.
@@ -391,13 +391,22 @@ fn inet_socket(
     if sa.is_ipv6() {
         s.set_only_v6(opts.ipv6only)?;
     }
-    if let Some(n) = opts.rcvbuf {
-        s.set_recv_buffer_size(n)?;
-    }
-    if let Some(n) = opts.sndbuf {
-        s.set_send_buffer_size(n)?;
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
+    for (v, opt, name) in [(opts.rcvbuf, libc::SO_RCVBUF, "SO_RCVBUF"), (opts.sndbuf, libc::SO_SNDBUF, "SO_SNDBUF")] {
+        if let Some(n) = v {
+            set_or_alert(fd, libc::SOL_SOCKET, opt, n, name, sa);
+        }
     }
     Ok(s)
+}
+
+/// ngx_configure_listening_sockets: a socket option that does not take is an alert,
+/// and the socket goes on without it.
+fn set_or_alert(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: i32, name: &str, sa: &SocketAddr) {
+    if let Err(e) = set_int_option(fd, level, opt, v) {
+        let msg = format!("setsockopt({name}, {v}) {} failed, ignored", Addr::Inet(*sa));
+        crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
+    }
 }
 
 fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
@@ -509,7 +518,7 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
             }
             if let Some(q) = opts.fastopen {
                 let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
-                let _ = set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q as libc::c_int);
+                set_or_alert(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q, "TCP_FASTOPEN", sa);
             }
             if opts.nodelay {
                 s.set_tcp_nodelay(true)?;

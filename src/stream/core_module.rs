@@ -112,12 +112,16 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 backlog_set = true;
                 opts.bind = true;
             }
+            // nginx keeps these in an int: truncated to 32 bits, and NGX_ERROR (-1)
+            // after that is refused.
             ("rcvbuf", Some(v)) => {
-                opts.rcvbuf = Some(value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid rcvbuf \"{}\"", a)))?);
+                let n = value::parse_size(v).map(|n| n as i32).filter(|n| *n != -1);
+                opts.rcvbuf = Some(n.ok_or_else(|| cmd.err(format!("invalid rcvbuf \"{}\"", a)))?);
                 opts.bind = true;
             }
             ("sndbuf", Some(v)) => {
-                opts.sndbuf = Some(value::parse_size(v).ok_or_else(|| cmd.err(format!("invalid sndbuf \"{}\"", a)))?);
+                let n = value::parse_size(v).map(|n| n as i32).filter(|n| *n != -1);
+                opts.sndbuf = Some(n.ok_or_else(|| cmd.err(format!("invalid sndbuf \"{}\"", a)))?);
                 opts.bind = true;
             }
             // nginx matches "ipv6only=o" first, then "n" or "ff" (so "=yes" is an invalid
@@ -131,8 +135,8 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 opts.bind = true;
             }
             ("fastopen", Some(v)) => {
-                let n = value::parse_number(v).ok_or_else(|| cmd.err(format!("invalid fastopen \"{}\"", a)))?;
-                opts.fastopen = Some(n as u32);
+                let n = value::parse_number(v).map(|n| n as i32).filter(|n| *n != -1);
+                opts.fastopen = Some(n.ok_or_else(|| cmd.err(format!("invalid fastopen \"{}\"", a)))?);
                 fastopen_set = true;
                 opts.bind = true;
             }
