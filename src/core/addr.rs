@@ -402,13 +402,17 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
     }
     if let Some(rest) = url.strip_prefix('[') {
         let Some(end) = rest.find(']') else { return Err("invalid host") };
-        let ip = Ipv6Addr::from(inet6_addr(&rest.as_bytes()[..end]).ok_or("invalid IPv6 address")?);
+        // ngx_parse_inet6_url: the port first, then the host.
         let after = &rest[end + 1..];
         let ports = match after.strip_prefix(':') {
             Some(p) => Some(parse_ports(p, listen)?),
             None if after.is_empty() => None,
-            None => return Err("invalid IPv6 address"),
+            None => return Err("invalid host"),
         };
+        if end == 0 {
+            return Err("no host");
+        }
+        let ip = Ipv6Addr::from(inet6_addr(&rest.as_bytes()[..end]).ok_or("invalid IPv6 address")?);
         let addrs = match ports.or(listen.then_some((0, 0))) {
             Some(ps) => with_ports(vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), 0))], ps),
             None => vec![],

@@ -309,7 +309,7 @@ fn check_hash(name: &str, keys: &[Vec<u8>], max_size: u64, bucket_size: u64) -> 
     if bucket_size > 65536 - CACHELINE {
         return Err(ConfError::bare(format!(
             "could not build {n}, too large {n}_bucket_size: {}",
-            bucket_size,
+            bucket_size as i64,
             n = name
         )));
     }
@@ -320,6 +320,7 @@ fn check_hash(name: &str, keys: &[Vec<u8>], max_size: u64, bucket_size: u64) -> 
             n = name
         )));
     }
+    crate::stream::variables_hash::test_alloc(max_size)?;
     let hashes: Vec<(u64, u64)> =
         keys.iter().map(|k| (k.iter().fold(0, |h, &c| hash_step(h, c)), elt_size(k))).collect();
     let nelts = keys.len() as u64;
@@ -331,12 +332,13 @@ fn check_hash(name: &str, keys: &[Vec<u8>], max_size: u64, bucket_size: u64) -> 
     if max_size > 10000 && max_size / nelts < 100 {
         start = max_size - 1000;
     }
-    let mut test: Vec<u64> = Vec::new();
-    for size in start..=max_size {
+    // Buckets are counted in a map (`size` may be huge, the keys are few); past a
+    // million sizes the answer is taken as nginx's eventual one, the warning.
+    let mut test: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for size in (start..=max_size).take(1_000_000) {
         test.clear();
-        test.resize(size as usize, 0);
         let fits = hashes.iter().all(|&(h, len)| {
-            let Some(slot) = test.get_mut((h % size) as usize) else { return false };
+            let slot = test.entry(h % size).or_insert(0);
             *slot += len;
             *slot <= usable
         });

@@ -66,6 +66,16 @@ fn key_hash(name: &str) -> u64 {
     name.bytes().fold(0u64, |k, c| k.wrapping_mul(31).wrapping_add(u64::from(c)))
 }
 
+/// `ngx_hash_init` allocates a u_short per size up to max_size before searching: a
+/// max_size no allocator can give fails the configuration as nginx's malloc does.
+pub fn test_alloc(max_size: u64) -> Result<(), ConfError> {
+    let bytes = max_size.wrapping_mul(2);
+    match usize::try_from(bytes).ok().filter(|&n| Vec::<u8>::new().try_reserve_exact(n).is_ok()) {
+        Some(_) => Ok(()),
+        None => Err(ConfError::bare(format!("malloc({bytes}) failed (12: Cannot allocate memory)"))),
+    }
+}
+
 /// Check the sizes for the configuration's own variable names (`user`, lower case, any
 /// order) as nginx's `ngx_hash_init` does. Ok carries nginx's warning when the hash fits
 /// only by ignoring the bucket size.
@@ -87,11 +97,13 @@ pub fn check<'a>(
         return fail("you should increase variables_hash_max_size: 0".into());
     }
     if bucket > 65536 - CACHE_LINE {
-        return fail(format!("too large variables_hash_bucket_size: {}", bucket));
+        // nginx prints the size as signed (%i).
+        return fail(format!("too large variables_hash_bucket_size: {}", bucket as i64));
     }
     if names.iter().any(|n| bucket < elt_size(n) + PTR) {
         return fail(format!("you should increase variables_hash_bucket_size: {}", bucket));
     }
+    test_alloc(max)?;
     let keys: Vec<(u64, u64)> = names.iter().map(|n| (key_hash(n), elt_size(n))).collect();
     let nelts = keys.len() as u64;
     let room = bucket - PTR;
@@ -158,8 +170,12 @@ mod tests {
         // "xaq" and "xc3" have the same ngx_hash_key; padded, two never share 56 bytes.
         let (a, b) = (format!("{}xaq", "p".repeat(30)), format!("{}xc3", "p".repeat(30)));
         assert_eq!(key_hash(&a), key_hash(&b));
-        let w = verdict(Some(1 << 40), None, &[&a, &b]).expect("builds");
+        // 2 GB of nginx's test array can be had (its search would take ages; ours stops).
+        let w = verdict(Some(1 << 30), None, &[&a, &b]).expect("builds");
         assert!(w.is_some_and(|w| w.starts_with("could not build optimal variables_hash")));
+        // 2 TB cannot: nginx's malloc fails first.
+        let e = verdict(Some(1 << 40), None, &[&a, &b]).map(|_| ());
+        assert_eq!(e, Err("malloc(2199023255552) failed (12: Cannot allocate memory)".to_string()));
     }
 
     #[test]
