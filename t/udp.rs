@@ -1007,9 +1007,8 @@ fn udp_flooding_client_is_bounded_and_others_are_served() {
     assert!(bu.first() == Some(&0) && bu.get(1).is_some_and(|&b| b <= r * SIZE as u64), "{l}");
     assert!(silent.received() as u64 <= r, "the backend got more than the session sent");
     assert!(peak < rss0 + 32 * 1024, "RSS grew from {rss0} KiB to {peak} KiB under the flood");
-    for dl in &dropped_lines {
-        assert!(dl.contains("[info]"), "\"datagrams dropped\" is logged at info: {dl}");
-    }
+    // nginx loses what does not fit its buffer silently.
+    assert!(dropped_lines.is_empty(), "{dropped_lines:?}");
 }
 
 /// A client floods a session that `proxy_upload_rate` holds back. As in nginx (side by

@@ -539,6 +539,11 @@ fn proxy_protocol_header(s: &SessionCore, udp: bool) -> Option<Vec<u8>> {
     }
 }
 
+/// Room left in a UDP session's buffer for its next datagram.
+pub fn udp_room(s: &SessionCore) -> usize {
+    conf(s).buffer_size.get().saturating_sub(s.udp_queued)
+}
+
 fn conf(s: &SessionCore) -> &ProxySrv {
     &s.srv.confs.proxy
 }
@@ -1321,6 +1326,7 @@ impl ProxySession {
                 let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
                 if !first {
+                    s.udp_queued = s.udp_queued.saturating_sub(d.len());
                     // Read into the session's buffer: the rest of the datagram is lost
                     // (the first one is nginx's preread buffer, sent whole).
                     d.truncate(buffer);

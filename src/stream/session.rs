@@ -148,7 +148,9 @@ pub struct SessionCore {
     /// UDP: datagrams from the client not yet passed on, and those dropped because the
     /// queue was full.
     pub udp_queue: std::collections::VecDeque<Vec<u8>>,
-    pub udp_dropped: u64,
+    /// Bytes of the later datagrams in `udp_queue` (the first is the session's preread
+    /// buffer, apart in nginx).
+    pub udp_queued: usize,
     /// UDP: the (listener, client, destination) binding that routes datagrams to this
     /// session.
     pub udp_key: Option<crate::stream::runtime::UdpKey>,

@@ -783,11 +783,17 @@ impl Worker {
     ) {
         if let Some(&id) = self.rt.udp_sessions.get(&(idx, peer, local)) {
             if let Some(sess) = lookup(&mut self.sessions, id) {
-                if sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
-                    sess.core.udp_dropped += 1;
+                // nginx reads a session's later datagrams into its proxy_buffer_size
+                // buffer, which empties as they are sent: while nothing is sent (the
+                // upstream is not ready yet) what does not fit is cut, then lost. The
+                // count cap only bounds empty datagrams.
+                let room = crate::stream::proxy_module::udp_room(&sess.core);
+                if room == 0 || sess.core.udp_queue.len() >= UDP_QUEUE_MAX {
                     return;
                 }
-                sess.core.udp_queue.push_back(dgram.to_vec());
+                let d = &dgram[..dgram.len().min(room)];
+                sess.core.udp_queued += d.len();
+                sess.core.udp_queue.push_back(d.to_vec());
                 let ready = Ready { readable: true, ..Default::default() };
                 self.session_event(id, Side::Client, ready, now);
                 return;
@@ -873,7 +879,7 @@ impl Worker {
             preread_timer: None,
             nodelay: ls.opts.nodelay,
             udp_queue: Default::default(),
-            udp_dropped: 0,
+            udp_queued: 0,
             udp_key: None,
             var_cache: Vec::new(),
             logging: false,
@@ -1185,10 +1191,6 @@ impl Worker {
         }
         cx.rt.slots.give(sess.core.conn_slot);
         cx.rt.udp_unbind(sess.core.udp_key, key);
-        if sess.core.udp_dropped > 0 {
-            let msg = format!("{} datagrams dropped: the session's queue was full", sess.core.udp_dropped);
-            sess.core.log(Level::Info, &msg, None);
-        }
         // Free the slot now: the client socket closes here (no epoll_ctl(DEL): closing
         // takes it out of the epoll set), and later sessions in this slot have other ids.
         self.sessions.try_remove(key & KEY_MASK);
