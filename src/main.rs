@@ -242,7 +242,7 @@ fn run() -> i32 {
             if args.test && e.after_syntax && !args.quiet {
                 log::stderr(&format!("the configuration file {} syntax is ok", conf_file));
             }
-            log::error(e.error.level, &e.error.to_string(), None);
+            e.log();
             if args.test {
                 log::stderr(&format!("configuration file {} test failed", conf_file));
             }

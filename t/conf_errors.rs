@@ -486,6 +486,7 @@ cases! {
     worker_connections_exceed_nofile,
     worker_connections_reuseport_counted_once,
     worker_connections_too_few,
+    zone_mmap_fails,
     worker_cpu_affinity_auto_args,
     worker_cpu_affinity_invalid,
     worker_cpu_affinity_masks_warn,

@@ -212,16 +212,38 @@ impl Scope<'_> {
 pub struct LoadError {
     pub error: ConfError,
     pub after_syntax: bool,
+    /// A second line nginx logs after the first (a failed zone's munmap).
+    pub then: Option<ConfError>,
+}
+
+impl LoadError {
+    /// Log the failure (to the startup log, or the running one on reload).
+    pub fn log(&self) {
+        for e in std::iter::once(&self.error).chain(&self.then) {
+            crate::core::log::error(e.level, &e.to_string(), None);
+        }
+    }
 }
 
 impl From<ConfError> for LoadError {
     fn from(error: ConfError) -> Self {
-        LoadError { error, after_syntax: false }
+        LoadError { error, after_syntax: false, then: None }
     }
 }
 
 fn late(error: ConfError) -> LoadError {
-    LoadError { error, after_syntax: true }
+    LoadError { error, after_syntax: true, then: None }
+}
+
+/// ngx_shm_alloc's failure, then ngx_shm_free's on the MAP_FAILED pointer it kept
+/// (both alerts, as nginx logs them).
+fn mmap_failed(size: usize, e: &std::io::Error) -> LoadError {
+    let alert = |msg: String| ConfError { level: Level::Alert, msg, at: None };
+    LoadError {
+        error: alert(format!("mmap(MAP_ANON|MAP_SHARED, {}) failed {}", size, crate::core::conf::os_err(e))),
+        after_syntax: true,
+        then: Some(alert(format!("munmap(FFFFFFFFFFFFFFFF, {size}) failed (22: Invalid argument)"))),
+    }
 }
 
 /// Read and check a configuration; open its log files and resolve its addresses.
@@ -375,13 +397,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         }
         let shm = match kept {
             Some(z) => z.shm.clone(),
-            None => Rc::new(crate::core::shm::Shm::new(size).map_err(|e| {
-                late(ConfError::bare(format!(
-                    "mmap(MAP_ANON|MAP_SHARED, {}) failed {}",
-                    size,
-                    crate::core::conf::os_err(&e)
-                )))
-            })?),
+            None => Rc::new(crate::core::shm::Shm::new(size).map_err(|e| mmap_failed(size, &e))?),
         };
         if *tag == "stream_ssl" {
             crate::core::ssl_cache::register(name, &shm);
@@ -396,9 +412,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let core = &cx.core;
     let mutex = core.accept_mutex.get() && core.master_process.get() && core.worker_processes.get() > 1;
     let accept_mutex = if mutex && !opts.signaller {
-        let shm = crate::core::shm::Shm::new(64).map_err(|e| {
-            late(ConfError::bare(format!("mmap(MAP_ANON|MAP_SHARED, 64) failed {}", crate::core::conf::os_err(&e))))
-        })?;
+        let shm = crate::core::shm::Shm::new(64).map_err(|e| mmap_failed(64, &e))?;
         Some(Rc::new(shm))
     } else {
         None

@@ -414,7 +414,7 @@ impl Master {
         let cycle = match load_with(&self.opts, Some(&self.cycle)) {
             Ok(c) => c,
             Err(e) => {
-                error(e.error.level, &e.error.to_string(), None);
+                e.log();
                 return;
             }
         };
