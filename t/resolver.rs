@@ -1130,3 +1130,69 @@ fn udp_datagrams_wait_in_the_buffer_while_resolving() {
     assert!(wait_for(Duration::from_secs(5), || s.error_log().contains(done)), "{}", s.error_log());
     assert!(!s.error_log().contains("dropped"));
 }
+
+/// A DNS server that answers over TCP with an endless stream of frames: each frame is
+/// taken as it is read (nginx's "invalid TCP DNS response" for each), so the worker's
+/// memory stays flat and its other sessions are served meanwhile; the name times out.
+/// (Frames used to be collected until the socket was empty, which a fast server never
+/// lets happen: gigabytes, and a frozen worker.)
+#[test]
+fn tcp_dns_server_flooding_frames_is_read_in_constant_memory() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dport = udp.local_addr().expect("addr").port();
+    let tcp = TcpListener::bind(("127.0.0.1", dport)).expect("bind tcp");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // UDP: every query comes back truncated, so it is asked again over TCP.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        udp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x82; // QR, TC
+            let _ = udp.send_to(&r, peer);
+        }
+    });
+    let flooding = stop.clone();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = tcp.accept() {
+            let mut frame = vec![0u8; 65537];
+            frame[0] = 0xff;
+            frame[1] = 0xff;
+            // Three seconds at most: a worker that collects frames must not take the
+            // machine's memory with it.
+            let end = std::time::Instant::now() + Duration::from_secs(3);
+            while !flooding.load(Ordering::Relaxed) && std::time::Instant::now() < end && c.write_all(&frame).is_ok() {}
+        }
+    });
+    let (p, pong) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n resolver 127.0.0.1:{dport} ipv6=off;\n resolver_timeout 3s;\n \
+         server {{ listen 127.0.0.1:{p}; set $b evil.test; proxy_pass $b:9; }}\n \
+         server {{ listen 127.0.0.1:{pong}; return pong; }}\n}}\n"
+    ));
+    let rss = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+            .unwrap_or(0)
+    };
+    let rss0 = rss(s.pid());
+    let client = std::thread::spawn(move || exchange(p, b""));
+    assert!(
+        wait_for(Duration::from_secs(5), || s.error_log().contains("invalid TCP DNS response")),
+        "{}",
+        s.error_log()
+    );
+    let mut peak = rss0;
+    for _ in 0..10 {
+        assert_eq!(exchange(pong, b""), b"pong", "another session waited on the flood");
+        peak = peak.max(rss(s.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(client.join().expect("client").is_empty());
+    assert!(peak < rss0 + 64 * 1024, "worker RSS {rss0} kB -> {peak} kB during the flood");
+    assert!(s.error_log().contains("evil.test could not be resolved (110: Operation timed out)"));
+}

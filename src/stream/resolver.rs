@@ -151,6 +151,15 @@ struct Waiter {
     depth: u8,
 }
 
+/// What reading a name's TCP connection gave.
+enum TcpRead {
+    Frame(Vec<u8>),
+    /// Nothing more now (or this event's share is read).
+    Wait,
+    /// The server's end, or an error (logged).
+    Closed,
+}
+
 /// A TCP exchange (answers that did not fit a datagram).
 struct Tcp {
     stream: TcpStream,
@@ -565,12 +574,11 @@ impl Resolvers {
     }
 
     fn drive_tcp(&mut self, slot: usize, io: &mut Io<'_>) {
-        let mut frames = Vec::new();
+        let mut failed = false;
         {
             let Some(n) = self.nodes.get_mut(slot) else { return };
             let server = self.list[n.resolver].conf.servers[n.server];
             let Some(t) = n.tcp.as_mut() else { return };
-            let mut failed = false;
             // A refused connect is found by nginx's read handler (epoll reports the error
             // to the read event first): its "recv() failed".
             if let Ok(Some(e)) = t.stream.take_error() {
@@ -591,42 +599,61 @@ impl Resolvers {
                     }
                 }
             }
-            let mut buf = [0u8; 4096];
-            while !failed {
-                match t.stream.read(&mut buf) {
-                    Ok(0) => {
-                        failed = true;
-                    }
-                    Ok(len) => {
-                        t.input.extend_from_slice(&buf[..len]);
-                        // One frame is at most 2 + 65535 bytes; nothing legitimate is bigger.
-                        while t.input.len() >= 2 {
-                            let flen = u16::from_be_bytes([t.input[0], t.input[1]]) as usize;
-                            if t.input.len() < 2 + flen {
-                                break;
-                            }
-                            frames.push(t.input[2..2 + flen].to_vec());
-                            t.input.drain(..2 + flen);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        log_server(Level::Error, "recv() failed", &e, server);
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                // nginx closes its connection on an error or the server's end.
-                self.list[n.resolver].tcp_open[n.server] = false;
-                if let Some(mut t) = n.tcp.take() {
-                    let _ = io.registry.deregister(&mut t.stream);
-                }
+        }
+        // Each frame is answered as it is read (nginx's ngx_resolver_tcp_read): memory
+        // stays one frame, whatever a server sends. A server that never stops sending
+        // gets a few MB per event, and its next bytes bring the next event.
+        let mut budget: usize = 4 << 20;
+        while !failed {
+            match self.tcp_frame(slot, &mut budget) {
+                TcpRead::Frame(f) => self.answer(slot, &f, true, io),
+                TcpRead::Wait => return,
+                TcpRead::Closed => failed = true,
             }
         }
-        for f in frames {
-            self.answer(slot, &f, true, io);
+        // nginx closes its connection on an error or the server's end.
+        if let Some(n) = self.nodes.get_mut(slot) {
+            self.list[n.resolver].tcp_open[n.server] = false;
+            if let Some(mut t) = n.tcp.take() {
+                let _ = io.registry.deregister(&mut t.stream);
+            }
+        }
+    }
+
+    /// The next whole frame of `slot`'s TCP connection, reading for it as needed.
+    fn tcp_frame(&mut self, slot: usize, budget: &mut usize) -> TcpRead {
+        let Some(n) = self.nodes.get_mut(slot) else { return TcpRead::Wait };
+        let server = self.list[n.resolver].conf.servers[n.server];
+        let Some(t) = n.tcp.as_mut() else { return TcpRead::Wait };
+        let mut buf = [0u8; 4096];
+        loop {
+            // One frame is at most 2 + 65535 bytes; nothing legitimate is bigger.
+            if t.input.len() >= 2 {
+                let flen = u16::from_be_bytes([t.input[0], t.input[1]]) as usize;
+                if t.input.len() >= 2 + flen {
+                    let f = t.input[2..2 + flen].to_vec();
+                    t.input.drain(..2 + flen);
+                    return TcpRead::Frame(f);
+                }
+            }
+            if *budget == 0 {
+                return TcpRead::Wait;
+            }
+            match t.stream.read(&mut buf) {
+                Ok(0) => return TcpRead::Closed,
+                Ok(len) => {
+                    t.input.extend_from_slice(&buf[..len]);
+                    *budget = budget.saturating_sub(len);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => {
+                    return TcpRead::Wait
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log_server(Level::Error, "recv() failed", &e, server);
+                    return TcpRead::Closed;
+                }
+            }
         }
     }
 
