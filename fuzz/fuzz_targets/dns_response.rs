@@ -8,8 +8,8 @@ use sluice::core::dns::{addresses, parse, services, MAX_RECORDS, TYPE_A, TYPE_AA
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse(data) {
         assert!(r.answers.len() <= MAX_RECORDS);
-        // Names are at most 255 bytes on the wire; each byte is one char (bytes above
-        // 0x7f map to U+0080..U+00FF, so up to 510 bytes of UTF-8).
+        // Names are at most 255 bytes on the wire, read as lossy UTF-8: at most one
+        // char per byte.
         assert!(r.qname.chars().count() <= 255);
         for rec in &r.answers {
             assert!(rec.name.chars().count() <= 255);

@@ -128,7 +128,9 @@ fn u32_at(m: &[u8], at: usize) -> Result<u32, Error> {
 
 /// The name at `at`, lowercased, and where the bytes after it (in place) begin.
 fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
-    let mut out = String::new();
+    // The name's bytes, read as the asked name was written (UTF-8, lossy), so that a
+    // name with other bytes than ASCII compares equal to the question it answers.
+    let mut out: Vec<u8> = Vec::new();
     let mut p = at;
     // Every pointer must go below the lowest offset read so far: no loops, and at most
     // one jump per two bytes of message.
@@ -138,7 +140,7 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
         let b = *m.get(p).ok_or(Error::Short)?;
         match b & 0xc0 {
             0x00 if b == 0 => {
-                return Ok((out, after.unwrap_or(p + 1)));
+                return Ok((String::from_utf8_lossy(&out).into_owned(), after.unwrap_or(p + 1)));
             }
             0x00 => {
                 let len = b as usize;
@@ -148,9 +150,9 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
                     return Err(Error::Name);
                 }
                 if !out.is_empty() {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.extend(label.iter().map(|&c| c.to_ascii_lowercase() as char));
+                out.extend(label.iter().map(u8::to_ascii_lowercase));
                 p += 1 + len;
             }
             0xc0 => {
@@ -361,6 +363,18 @@ mod tests {
     }
 
     const AT_QNAME: [u8; 2] = [0xc0, 0x0c];
+
+    /// A name with bytes beyond ASCII (an SNI name from a client, say) comes back as
+    /// the same name it was asked as, so its answer is taken (nginx compares bytes).
+    #[test]
+    fn names_beyond_ascii_answer_their_question() {
+        let q = query(7, "\u{e9}.Example", TYPE_A).unwrap();
+        assert_eq!(&q[12..23], b"\x02\xc3\xa9\x07Example");
+        let m = response(&q, 0, &[rr(&AT_QNAME, TYPE_A, 60, &[127, 0, 0, 1])]);
+        let r = parse(&m).expect("parses");
+        assert_eq!(r.qname, "\u{e9}.example");
+        assert_eq!(r.answers[0].name, "\u{e9}.example");
+    }
 
     #[test]
     fn query_wire_form() {
