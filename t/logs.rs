@@ -1303,3 +1303,29 @@ stream {{
     assert!(!s.error_log().contains("worker_connections are not enough"), "{}", s.error_log());
     drop((held, extra));
 }
+
+/// An empty log name is descriptor 2 (nginx's ngx_conf_open_file), not a file: unlike
+/// `stderr` it leaves descriptor 2 going to the main error log, so `access_log ""`
+/// and a server's `error_log ""` both land in the main error log's file (side by side
+/// with nginx 1.22.1; sluice refused the first and wrote the second to its own stderr).
+#[test]
+fn empty_log_names_write_to_descriptor_2() {
+    let p = free_port();
+    let s = Sluice::start_with_globals(
+        "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log notice;\n",
+        &format!(
+            "events {{}}\nstream {{\n log_format f 'ACCESS $remote_addr $status';\n \
+             server {{ listen 127.0.0.1:{p}; return hi; access_log \"\" f; error_log \"\" info; }}\n}}\n"
+        ),
+        &[],
+    );
+    assert_eq!(exchange(p, b""), b"hi");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let log = s.error_log();
+            log.contains("\nACCESS 127.0.0.1 200\n") && log.contains(&format!("connected to 127.0.0.1:{p}"))
+        }),
+        "{}",
+        s.error_log()
+    );
+}

@@ -20,6 +20,9 @@ pub const PROGRAM: &str = "sluice";
 
 enum Sink {
     Stderr,
+    /// An empty name: descriptor 2, whatever it is by then (the main error log's file
+    /// once standard error is redirected there), as nginx's `ngx_stderr` file.
+    Fd2,
     /// `syslog:server=...`: one UDP datagram per line.
     Syslog(Syslog),
     /// Reopened in place on USR1, so every holder of the log sees the new file.
@@ -330,6 +333,8 @@ impl ErrorLog {
         for (path, level) in specs {
             let sink = if path == "stderr" {
                 Sink::Stderr
+            } else if path.is_empty() {
+                Sink::Fd2
             } else if path.starts_with("memory:") {
                 Sink::Memory
             } else if let Some(spec) = path.strip_prefix("syslog:") {
@@ -481,7 +486,7 @@ impl ErrorLog {
                     continue;
                 }
                 let fd = match &o.sink {
-                    Sink::Stderr => {
+                    Sink::Stderr | Sink::Fd2 => {
                         wrote_stderr = true;
                         2
                     }

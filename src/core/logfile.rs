@@ -52,15 +52,19 @@ pub struct LogFile {
     flush_at: Option<Instant>,
 }
 
-fn open(path: &str) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+/// The file `path` names; "" is descriptor 2 (written as such, see `write_out`).
+fn open(path: &str) -> io::Result<Option<File>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    OpenOptions::new().append(true).create(true).mode(0o644).open(path).map(Some)
 }
 
 impl LogFile {
     pub fn open(path: &str) -> io::Result<LogFile> {
         Ok(LogFile {
             path: path.to_string(),
-            file: Some(open(path)?),
+            file: open(path)?,
             buf: Vec::new(),
             buf_size: 0,
             gzip: None,
@@ -133,17 +137,26 @@ impl LogFile {
     }
 
     fn write_out(&mut self, data: &[u8]) -> io::Result<()> {
-        let Some(f) = self.file.as_mut() else { return Ok(()) };
-        match self.gzip {
-            None => f.write_all(data),
-            Some(level) => f.write_all(&gzip(data, level)?),
+        let data = match self.gzip {
+            None => std::borrow::Cow::Borrowed(data),
+            Some(level) => std::borrow::Cow::Owned(gzip(data, level)?),
+        };
+        match self.file.as_mut() {
+            Some(f) => f.write_all(&data),
+            None if self.path.is_empty() => {
+                // SAFETY: descriptor 2 is not owned here; it is only written to.
+                let mut fd2 =
+                    std::mem::ManuallyDrop::new(unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(2) });
+                fd2.write_all(&data)
+            }
+            None => Ok(()),
         }
     }
 
     /// USR1: flush, then reopen by name (the old file may have been renamed).
     pub fn reopen(&mut self) -> io::Result<()> {
         self.flush()?;
-        self.file = Some(open(&self.path)?);
+        self.file = open(&self.path)?;
         Ok(())
     }
 }

@@ -223,15 +223,10 @@ pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Leve
         }
     }
     let special = name == "stderr" || name.starts_with("syslog:") || name.starts_with("memory:");
-    // An empty name is the standard error stream too (ngx_conf_open_file).
-    let path = if name.is_empty() {
-        "stderr".to_string()
-    } else if special {
-        name.to_string()
-    } else {
-        paths.full_name(name)
-    };
-    if !special {
+    // An empty name is descriptor 2 (ngx_conf_open_file), kept as "": unlike
+    // "stderr" it does not stop descriptor 2 going to the main error log.
+    let path = if special || name.is_empty() { name.to_string() } else { paths.full_name(name) };
+    if !special && !name.is_empty() {
         crate::core::logfile::note_file(&path);
     }
     let mut level = Level::Error;

@@ -365,7 +365,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         let log = open_log(&specs)?;
         servers.push(Rc::new(Server { confs: p.confs, error_log: log, handler: p.handler }));
     }
-    for f in cx.open_files.iter().filter(|_| !opts.signaller) {
+    for f in cx.open_files.iter().filter(|f| !opts.signaller && !f.path.is_empty()) {
         if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(&f.path) {
             return Err(late(ConfError::bare(format!(
                 "open() \"{}\" failed {}",
@@ -481,7 +481,7 @@ pub fn reopen_order(cycle: &Cycle) -> Vec<String> {
             order.push(p.to_string());
         }
     }
-    order.retain(|p| p != "stderr" && !p.starts_with("syslog:") && !p.starts_with("memory:"));
+    order.retain(|p| !p.is_empty() && p != "stderr" && !p.starts_with("syslog:") && !p.starts_with("memory:"));
     order
 }
 

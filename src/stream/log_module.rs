@@ -273,7 +273,8 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     }
     let target = match path.as_static() {
         Some(p) => {
-            let full = cx.full_name_of(&String::from_utf8_lossy(p));
+            // An empty name is descriptor 2 (ngx_conf_open_file).
+            let full = if p.is_empty() { String::new() } else { cx.full_name_of(&String::from_utf8_lossy(p)) };
             let spec = FileSpec { path: full, buffer, gzip, flush };
             if let Some(old) = cx.open_files.iter().find(|f| f.path == spec.path && f.buffer != 0) {
                 if buffer != 0 && (old.buffer != buffer || old.flush != flush || old.gzip != gzip) {
