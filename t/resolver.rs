@@ -1139,9 +1139,15 @@ fn udp_datagrams_wait_in_the_buffer_while_resolving() {
 #[test]
 fn tcp_dns_server_flooding_frames_is_read_in_constant_memory() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // A UDP port whose TCP twin is free too (as DnsServer finds one).
+    let (udp, tcp) = (0..50)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let port = udp.local_addr().ok()?.port();
+            Some((udp, TcpListener::bind(("127.0.0.1", port)).ok()?))
+        })
+        .expect("a UDP and TCP port pair");
     let dport = udp.local_addr().expect("addr").port();
-    let tcp = TcpListener::bind(("127.0.0.1", dport)).expect("bind tcp");
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     // UDP: every query comes back truncated, so it is asked again over TCP.
     std::thread::spawn(move || {

@@ -47,7 +47,7 @@ pub struct ConfCx {
     /// The content handler of the server being read, set by `proxy_pass` / `return`.
     pub handler: Option<ContentHandler>,
     /// Every `listen` address so far, for nginx's duplicate checks.
-    pub listen_addrs: Vec<ListenAddr>,
+    pub listen_addrs: HashMap<(Addr, bool), ListenAddr>,
     /// The stream block names servers (`server_name`): servers may share an address, as
     /// in nginx 1.25.5; without names, a shared address is an error, as before it.
     pub virtual_servers: bool,
@@ -280,7 +280,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         vars,
         upstreams: Vec::new(),
         handler: None,
-        listen_addrs: Vec::new(),
+        listen_addrs: HashMap::new(),
         virtual_servers: false,
         listening: Vec::new(),
         core: MainConf::default(),
@@ -569,9 +569,10 @@ impl ConfAddr<'_> {
 /// addresses on that port that did not ask for their own socket (`bind`).
 fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
     let mut addrs: Vec<ConfAddr<'_>> = Vec::new();
+    let mut index: HashMap<(&Addr, bool), usize> = HashMap::new();
     for (si, s) in servers.iter().enumerate() {
         for l in &s.listens {
-            match addrs.iter_mut().find(|a| a.l.addr == l.addr && a.l.udp == l.udp) {
+            match index.get(&(&l.addr, l.udp)).and_then(|&i| addrs.get_mut(i)) {
                 Some(a) => {
                     a.servers.push(si);
                     if l.set {
@@ -583,13 +584,16 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
                     a.proxy_protocol |= l.proxy_protocol;
                     a.ssl |= l.ssl;
                 }
-                None => addrs.push(ConfAddr {
-                    l,
-                    servers: vec![si],
-                    default: si,
-                    proxy_protocol: l.proxy_protocol,
-                    ssl: l.ssl,
-                }),
+                None => {
+                    index.insert((&l.addr, l.udp), addrs.len());
+                    addrs.push(ConfAddr {
+                        l,
+                        servers: vec![si],
+                        default: si,
+                        proxy_protocol: l.proxy_protocol,
+                        ssl: l.ssl,
+                    })
+                }
             }
         }
     }
@@ -603,11 +607,15 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
         Addr::Unix(_) => (0, 0, l.udp),
     };
     let mut ports: Vec<((u8, u16, bool), Vec<usize>)> = Vec::new();
+    let mut port_index: HashMap<(u8, u16, bool), usize> = HashMap::new();
     for (i, a) in addrs.iter().enumerate() {
         let key = port_of(a.l);
-        match ports.iter_mut().find(|(k, _)| *k == key) {
+        match port_index.get(&key).and_then(|&p| ports.get_mut(p)) {
             Some((_, v)) => v.push(i),
-            None => ports.push((key, vec![i])),
+            None => {
+                port_index.insert(key, ports.len());
+                ports.push((key, vec![i]));
+            }
         }
     }
     let mut out: Vec<Listening> = Vec::new();
@@ -639,13 +647,9 @@ fn listening(servers: &[&CoreSrv]) -> Result<Vec<Listening>, ConfError> {
     // Accepted sockets inherit TCP_NODELAY from the listener when every server the
     // socket serves wants it.
     for ls in &mut out {
-        let served: Vec<usize> = addrs
-            .iter()
-            .filter(|a| a.l.udp == ls.opts.udp)
-            .filter(|a| ls.addr_confs.iter().any(|x| x.addr == a.l.addr))
-            .flat_map(|a| a.servers.iter().copied())
-            .collect();
-        ls.opts.nodelay = served.iter().all(|&s| servers.get(s).is_some_and(|x| x.tcp_nodelay()));
+        let udp = ls.opts.udp;
+        let mut served = ls.addr_confs.iter().filter_map(|x| index.get(&(&x.addr, udp)).and_then(|&i| addrs.get(i)));
+        ls.opts.nodelay = served.all(|a| a.servers.iter().all(|&s| servers.get(s).is_some_and(|x| x.tcp_nodelay())));
     }
     Ok(out)
 }

@@ -196,15 +196,17 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         opts.udp = true;
     }
     let set = opts.bind || deferred;
-    let mut seen: Vec<&Addr> = Vec::new();
+    // Sets, not scans: a port range is one address per port.
+    let mut own_addrs: std::collections::HashSet<(Addr, bool)> =
+        c.listens.iter().map(|l| (l.addr.clone(), l.udp)).collect();
+    let mut seen: std::collections::HashSet<&Addr> = std::collections::HashSet::new();
     for addr in &u.addrs {
         // A name resolving to one address twice counts once.
-        if seen.contains(&addr) {
+        if !seen.insert(addr) {
             continue;
         }
-        seen.push(addr);
-        let own = c.listens.iter().any(|l| l.addr == *addr && l.udp == udp);
-        let Some(prev) = cx.listen_addrs.iter().find(|l| l.addr == *addr && l.udp == udp) else { continue };
+        let own = own_addrs.contains(&(addr.clone(), udp));
+        let Some(prev) = cx.listen_addrs.get(&(addr.clone(), udp)) else { continue };
         if !cx.virtual_servers {
             // nginx before 1.25.5 (no `server_name` in stream): one server per address.
             return Err(cmd.err(format!("duplicate \"{}\" address and port pair", addr)));
@@ -222,16 +224,17 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         }
     }
     for addr in u.addrs {
-        if c.listens.iter().any(|l| l.addr == addr && l.udp == udp) {
+        if !own_addrs.insert((addr.clone(), udp)) {
             continue;
         }
-        match cx.listen_addrs.iter_mut().find(|l| l.addr == addr && l.udp == udp) {
+        match cx.listen_addrs.get_mut(&(addr.clone(), udp)) {
             Some(l) => {
                 l.set |= set;
                 l.default_server |= default_server;
             }
             None => {
-                cx.listen_addrs.push(crate::stream::conf::ListenAddr { addr: addr.clone(), udp, set, default_server })
+                let l = crate::stream::conf::ListenAddr { addr: addr.clone(), udp, set, default_server };
+                cx.listen_addrs.insert((addr.clone(), udp), l);
             }
         }
         let wildcard = match &addr {
