@@ -1337,3 +1337,37 @@ fn tls_client_is_read_while_the_upstream_connects() {
     // The first session's upstream connection took number 2.
     assert_eq!(lines, [want(1, 0), want(3, 6)]);
 }
+
+/// A TLS client that closes without a byte while `proxy_ssl` still shakes hands with a
+/// slow backend: its end was read while the upstream was not ready (nginx's posted
+/// read), so once the upstream is, the session ends from the client's side ("client
+/// disconnected", as nginx 1.22.1 logs it; sluice said "upstream disconnected").
+#[test]
+fn tls_client_gone_during_a_slow_upstream_handshake_is_the_client_disconnecting() {
+    use openssl::ssl::{SslAcceptor, SslFiletype};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
+    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    let acceptor = b.build();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((c, _)) = l.accept() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            std::thread::sleep(Duration::from_millis(600));
+            if let Ok(s) = acceptor.accept(c) {
+                tls_echo(s);
+            }
+        }
+    });
+    let port = free_port();
+    let s = Sluice::start(&conf(port, "proxy_ssl on;", &format!("proxy_pass 127.0.0.1:{up};")));
+    let c = tls(port, None, |_| {});
+    drop(c);
+    assert_eq!(wait_log(&s, 1)[0].split(' ').take(3).collect::<Vec<_>>(), ["200", "0", "0"]);
+    let lines = session_lines(&s);
+    assert!(
+        lines.contains(&"*1 client disconnected, bytes from/to client:0/0, bytes from/to upstream:0/0".to_string()),
+        "{lines:?}"
+    );
+}

@@ -1090,7 +1090,8 @@ impl ProxySession {
         // upstream already readable (a posted event). Here both wait for the end of
         // the turn: another session's "proxy connected" in the same batch is logged
         // before this one's "client disconnected", as nginx logs them.
-        let watched = s.pp_read || !s.preread.is_empty() || s.client_hup;
+        // (A PROXY header, a preread phase or a TLS handshake had it watched already.)
+        let watched = self.client_watched || s.client_hup;
         if !watched {
             cx.rt.requeue_with(s.key, self.upstream_ready);
             // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
