@@ -276,6 +276,7 @@ cases! {
     load_module_missing_file,
     load_module_too_late,
     log_format_bracket_ends_argument,
+    log_open_order,
     log_format_bracket_no_name,
     log_format_capture,
     log_format_dollar_at_end,

@@ -25,6 +25,11 @@ pub fn note_file(path: &str) {
     });
 }
 
+/// The files noted so far, in order.
+pub fn file_order() -> Vec<String> {
+    FILE_ORDER.with(|o| o.borrow().clone())
+}
+
 /// The files noted since the last call (a configuration starts with an empty list).
 pub fn take_file_order() -> Vec<String> {
     FILE_ORDER.with(|o| std::mem::take(&mut *o.borrow_mut()))

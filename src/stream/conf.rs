@@ -354,6 +354,14 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         logs.insert(specs.clone(), l.clone());
         Ok(l)
     };
+    // nginx opens error and access log files from one list, in the order the
+    // configuration names them (ngx_init_cycle): the first that cannot be opened is
+    // the one reported.
+    for p in crate::core::logfile::file_order().iter().filter(|p| !opts.signaller && !p.is_empty()) {
+        if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(p) {
+            return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))));
+        }
+    }
     let error_log = open_log(&main_logs)?;
     if !cx.stream_error_log.is_empty() {
         open_log(&cx.stream_error_log.clone())?;
