@@ -39,6 +39,12 @@ pub trait Content {
     fn waits_without_timer(&self) -> bool {
         false
     }
+    /// When nginx's timer on the client's write event (`proxy_timeout`, armed as bytes
+    /// moved) would fire: still armed as the session ends, it also ends a TLS client's
+    /// close_notify wait (`ngx_ssl_shutdown_handler` on a timed-out write event).
+    fn client_write_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
 }

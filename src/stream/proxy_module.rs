@@ -1691,6 +1691,10 @@ impl Content for ProxySession {
         self.resolving.is_some() && self.resolving_untimed
     }
 
+    fn client_write_deadline(&self) -> Option<Instant> {
+        self.timer.as_ref().map(|t| t.deadline())
+    }
+
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
         cx.timers.clear(&mut self.timer);
         if let Some(st) = s.upstream_states.last_mut() {

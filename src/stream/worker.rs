@@ -1152,7 +1152,9 @@ impl Worker {
         if sess.core.log_enabled(Level::Debug) {
             sess.core.log(Level::Debug, &format!("finalize stream session: {}", st), None);
         }
+        let mut write_deadline = None;
         if let State::Content(c) = &mut sess.state {
+            write_deadline = c.get().client_write_deadline();
             c.get().close(&mut sess.core, &mut cx);
         }
         cx.timers.clear(&mut sess.core.preread_timer);
@@ -1166,7 +1168,11 @@ impl Worker {
         if sess.core.client.is_tls() && !tls_close_step(&mut sess.core, false) {
             sess.state = State::Closing;
             let token = session_token(key, Side::Client);
-            cx.timers.set(&mut sess.core.preread_timer, now + Duration::from_millis(3000), token);
+            // 3 s for the client's close_notify, or less if proxy_timeout's timer on
+            // the client's write event comes first: either ends it quietly.
+            let at =
+                write_deadline.map_or(now + Duration::from_millis(3000), |w| w.min(now + Duration::from_millis(3000)));
+            cx.timers.set(&mut sess.core.preread_timer, at, token);
             return;
         }
         self.close_session(key, now);
