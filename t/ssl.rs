@@ -1394,3 +1394,57 @@ fn close_notify_wait_ends_with_the_proxy_timeout_timer() {
     let waited = t0.elapsed();
     assert!(waited < Duration::from_millis(2000), "closed after {waited:?}, not at proxy_timeout");
 }
+
+/// A failed send to the upstream finalizes the session at once and leaves its action,
+/// so what the close logs says "while proxying and sending to upstream", as nginx's
+/// (sluice reset it to "proxying connection" first). A TLS backend that reads 16 KB and
+/// closes makes the send fail; the client's unread bytes make the close's line.
+#[test]
+fn failed_upstream_send_keeps_its_action_for_the_close() {
+    use openssl::ssl::{SslAcceptor, SslFiletype};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
+    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    let acceptor = b.build();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((c, _)) = l.accept() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            if let Ok(mut s) = acceptor.accept(c) {
+                let mut buf = vec![0u8; 16384];
+                let _ = s.read_exact(&mut buf);
+                // Closed with unread bytes and no lingering: a reset, so sluice's next
+                // write fails.
+                let _ = socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO));
+            }
+        }
+    });
+    let port = free_port();
+    let s = Sluice::start(&conf(
+        port,
+        "proxy_ssl on; ssl_protocols TLSv1.2 TLSv1.3;",
+        &format!("proxy_pass 127.0.0.1:{up};"),
+    ));
+    let mut c = tls(port, None, |b| {
+        b.set_min_proto_version(Some(SslVersion::TLS1_3)).expect("min");
+    });
+    c.get_ref().set_write_timeout(Some(Duration::from_secs(3))).ok();
+    let chunk = vec![b'x'; 65536];
+    for _ in 0..512 {
+        if c.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(c);
+    wait_log(&s, 1);
+    let lines = session_lines(&s);
+    let send_failed =
+        lines.iter().any(|l| l.contains("failed") && l.contains("while proxying and sending to upstream"));
+    assert!(send_failed, "{lines:?}");
+    for l in lines.iter().filter(|l| l.contains("SSL_shutdown() failed")) {
+        assert!(l.contains("while proxying and sending to upstream"), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("SSL_shutdown() failed")), "{lines:?}");
+}

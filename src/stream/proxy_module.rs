@@ -1189,7 +1189,8 @@ impl ProxySession {
             s.action =
                 Some(if from_upstream { "proxying and sending to client" } else { "proxying and sending to upstream" });
             s.connection_error(dst_side, &e, "writev() failed");
-            s.action = Some("proxying connection");
+            // nginx finalizes at once: the send action stays for what the close logs
+            // (a TLS client's "SSL_shutdown() failed ... while proxying and sending").
             return Flow::Finalize(status::OK);
         }
         s.action = Some("proxying connection");
