@@ -1078,7 +1078,7 @@ def main():
     contestants2 = {p: Proxy(p, work, ports, sluice_bin, udp_ok, 2) for p in proxies} if "short2w" in scenarios else {}
     for c in list(contestants.values()) + list(contestants2.values()):
         c.check()
-    ctx.backends = Backends(work, ports, any(s in DNS_LOAD for s in scenarios))
+    ctx.backends = Backends(work, ports, any(s in DNS_LOAD or s == "syscalls" for s in scenarios))  # syscalls also counts dnslb
     versions = tool_versions(sluice_bin)
     print(f"work dir {work}; sluice {args.sluice_rev or git_desc()}; UDP in sluice: {'yes' if udp_ok else 'no'}", flush=True)
 
