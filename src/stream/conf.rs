@@ -356,7 +356,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     };
     // nginx opens error and access log files from one list, in the order the
     // configuration names them (ngx_init_cycle): the first that cannot be opened is
-    // the one reported.
+    // the one reported. (Every `open_file` is in that list.)
     for p in crate::core::logfile::file_order().iter().filter(|p| !opts.signaller && !p.is_empty()) {
         if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(p) {
             return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))));
@@ -372,15 +372,6 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         let specs = if p.confs.core.error_log.is_empty() { main_logs.clone() } else { p.confs.core.error_log.clone() };
         let log = open_log(&specs)?;
         servers.push(Rc::new(Server { confs: p.confs, error_log: log, handler: p.handler }));
-    }
-    for f in cx.open_files.iter().filter(|f| !opts.signaller && !f.path.is_empty()) {
-        if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(&f.path) {
-            return Err(late(ConfError::bare(format!(
-                "open() \"{}\" failed {}",
-                f.path,
-                crate::core::conf::os_err(&e)
-            ))));
-        }
     }
     let error_logs: Vec<Rc<ErrorLog>> = logs.values().cloned().collect();
     let mut zones = Vec::new();

@@ -112,10 +112,16 @@ fn walk(base: &[u8]) -> Option<Walked> {
     }
     let table = at + VV_LEN;
     let mut low = Vec::new();
+    // nginx lays the /16s' ranges out one after another, in order: offsets that go back
+    // (into ranges already read) are refused, so the walk reads each byte once.
+    let mut next = table + HIGHS * 8;
     for high in 0..HIGHS {
         let mut r = usize::try_from(u64_at(table + high * 8)?).ok()?;
         if r == 0 {
             continue;
+        }
+        if r < next {
+            return None;
         }
         let mut ranges = Vec::new();
         loop {
@@ -129,6 +135,7 @@ fn walk(base: &[u8]) -> Option<Walked> {
             ranges.push(Range { start, end, value: *by_offset.get(&value)? });
             r = r.checked_add(RANGE_LEN)?;
         }
+        next = r.checked_add(8)?;
         if !ranges.is_empty() {
             low.push((high as u16, ranges));
         }

@@ -207,8 +207,6 @@ struct GeoBuild {
     v6_shape: Shape,
     low: HashMap<u16, Vec<Range>>,
     range_default: Option<usize>,
-    /// A range entry was read (nginx allocates `ctx->high.low`).
-    low_made: bool,
     /// Range entries read, and whether the last of them came after the last include.
     entries: usize,
     outside_entries: bool,
@@ -275,7 +273,6 @@ fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         v6_shape: Shape::new(),
         low: HashMap::new(),
         range_default: None,
-        low_made: false,
         entries: 0,
         outside_entries: false,
         includes: 0,
@@ -289,13 +286,7 @@ fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     cx.vars.set_cached(var);
     let table = if b.ranges {
         b.low.retain(|_, r| !r.is_empty());
-        if b.low_made
-            && !b.binary_include
-            && b.allow_binary_include
-            && !b.outside_entries
-            && b.entries > 100_000
-            && b.includes == 1
-        {
+        if !b.binary_include && b.allow_binary_include && !b.outside_entries && b.entries > 100_000 && b.includes == 1 {
             create_binary_base(&b);
         }
         Table::Ranges { low: b.low, default: b.range_default.unwrap_or(0) }
@@ -336,7 +327,7 @@ fn entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
     if c.name == "include" {
         // nginx 1.22.1 reads one file here (no glob), relative to the conf directory.
         let path = cx.conf_full_name(c.arg(0));
-        if b.ranges && include_binary_base(cx, b, c, &format!("{}.bin", path))? {
+        if b.ranges && include_binary_base(cx, b, c, &path)? {
             return Ok(());
         }
         if b.outside_entries {
@@ -432,7 +423,6 @@ fn range_entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
     if b.binary_include {
         return Err(mixed_with_entries(c, &b.include_name));
     }
-    b.low_made = true;
     b.entries += 1;
     b.outside_entries = true;
     let (net, del) = if key == "delete" { (c.arg(0), true) } else { (key, false) };
@@ -457,11 +447,12 @@ fn mixed_with_entries(c: &Cmd, base: &str) -> ConfError {
     c.err(format!("binary geo range base \"{}\" cannot be mixed with usual entries", base))
 }
 
-/// `ngx_stream_geo_include_binary_base`: true if the ranges now come from `bin`; false
-/// to read the text file instead (no base, or a stale, foreign or damaged one).
-fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, bin: &str) -> ConfResult<bool> {
+/// `ngx_stream_geo_include_binary_base`: true if the ranges now come from `text`.bin;
+/// false to read the text file instead (no base, or a stale, foreign or damaged one).
+fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, text: &str) -> ConfResult<bool> {
+    let bin = format!("{text}.bin");
     let crit = |msg: String| log::error(Level::Crit, &c.err(msg).to_string(), None);
-    let mut file = match std::fs::File::open(bin) {
+    let mut file = match std::fs::File::open(&bin) {
         Ok(f) => f,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -471,7 +462,7 @@ fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, bin: &str) -> Con
         }
     };
     if b.outside_entries {
-        return Err(mixed_with_entries(c, bin));
+        return Err(mixed_with_entries(c, &bin));
     }
     if b.binary_include {
         return Err(
@@ -485,7 +476,6 @@ fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, bin: &str) -> Con
             return Ok(false);
         }
     };
-    let text = &bin[..bin.len() - 4];
     match std::fs::metadata(text) {
         Ok(m) if mtime < m.mtime() => {
             cx.warn(c, &format!("stale binary geo range base \"{}\"", bin));
@@ -522,8 +512,7 @@ fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, bin: &str) -> Con
         .into_iter()
         .map(|(h, rs)| (h, rs.into_iter().map(|r| Range { value: ids[r.value], ..r }).collect()))
         .collect();
-    b.low_made = true;
-    b.include_name = bin.to_string();
+    b.include_name = bin;
     b.binary_include = true;
     Ok(true)
 }

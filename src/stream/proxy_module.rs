@@ -694,12 +694,10 @@ impl ProxySession {
                     // of the session is read into its buffer (and counted) while the
                     // name is looked up, and leaves the action that the failure is
                     // logged with.
-                    let mut room = conf(s).buffer_size.get();
-                    for d in s.udp_queue.drain(1..) {
-                        let n = d.len().min(room);
-                        room -= n;
-                        s.received += n as u64;
-                    }
+                    // (Already cut to the buffer's budget as they came.)
+                    s.received += s.udp_queued as u64;
+                    s.udp_queue.truncate(1);
+                    s.udp_queued = 0;
                     s.action = Some("proxying connection");
                 }
                 let name = resolver::query_name(&host);
@@ -1323,6 +1321,7 @@ impl ProxySession {
                     )
                 {
                     s.udp_queue.clear();
+                    s.udp_queued = 0;
                     break;
                 }
                 let Some(mut d) = s.udp_queue.pop_front() else { break };

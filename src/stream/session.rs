@@ -145,8 +145,7 @@ pub struct SessionCore {
     pub preread_timer: Option<TimerId>,
     /// TCP_NODELAY is already on (inherited from the listening socket).
     pub nodelay: bool,
-    /// UDP: datagrams from the client not yet passed on, and those dropped because the
-    /// queue was full.
+    /// UDP: datagrams from the client not yet passed on.
     pub udp_queue: std::collections::VecDeque<Vec<u8>>,
     /// Bytes of the later datagrams in `udp_queue` (the first is the session's preread
     /// buffer, apart in nginx).
@@ -238,12 +237,6 @@ impl SessionCore {
     /// A module's per-session state, if it set one.
     pub fn ctx<T: 'static>(&self) -> Option<&T> {
         self.ctx.iter().find_map(|b| b.downcast_ref::<T>())
-    }
-
-    /// Take a module's state out (to use it beside the session), leaving none.
-    pub fn ctx_take<T: 'static>(&mut self) -> Option<T> {
-        let i = self.ctx.iter().position(|b| b.is::<T>())?;
-        self.ctx.swap_remove(i).downcast::<T>().ok().map(|b| *b)
     }
 
     pub fn set_ctx<T: 'static>(&mut self, v: T) {

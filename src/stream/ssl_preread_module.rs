@@ -288,9 +288,14 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     if s.preread.is_empty() {
         return Flow::Again;
     }
-    let mut scanner = s.ctx_take::<Scanner>().unwrap_or_default();
-    let parsed = scanner.feed(&s.preread);
-    s.set_ctx(scanner);
+    if s.ctx::<Scanner>().is_none() {
+        s.set_ctx(Scanner::default());
+    }
+    // The scanner and the buffer are fields apart: fed in place, once made.
+    let parsed = match s.ctx.iter_mut().find_map(|b| b.downcast_mut::<Scanner>()) {
+        Some(scanner) => scanner.feed(&s.preread),
+        None => parse(&s.preread),
+    };
     match parsed {
         Parsed::Again(h) => {
             s.set_ctx(Some(h));

@@ -110,8 +110,7 @@ fn reuseport(cycle: &Cycle, idx: usize) -> bool {
 /// One step of a TLS client's shutdown (`ngx_ssl_shutdown`): true when it is over (a
 /// failure is logged), false while the client's close_notify is awaited.
 fn tls_close_step(s: &mut SessionCore, timed_out: bool) -> bool {
-    let Some(t) = s.client.tls_mut() else { return true };
-    if let Some(stale) = t.take_stale() {
+    if let Some(stale) = s.client.tls_mut().and_then(|t| t.take_stale()) {
         s.log(Level::Alert, &stale, None);
     }
     let Some(t) = s.client.tls_mut() else { return true };
