@@ -318,11 +318,16 @@ fn version_names_the_ssl_module() {
 
 /// A TLS backend on a free port (the test certificate): for each connection, `handle`
 /// runs on the accepted TLS stream, in a thread of its own.
-fn tls_backend(handle: fn(SslStream<TcpStream>)) -> u16 {
-    use openssl::ssl::{SslAcceptor, SslFiletype};
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+/// A TLS server context with the test certificate, for backends.
+fn acceptor_builder() -> openssl::ssl::SslAcceptorBuilder {
+    let mut b = openssl::ssl::SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
     b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
-    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    b.set_private_key_file(files().join("key.pem"), openssl::ssl::SslFiletype::PEM).expect("key");
+    b
+}
+
+fn tls_backend(handle: fn(SslStream<TcpStream>)) -> u16 {
+    let mut b = acceptor_builder();
     // As nginx's servers: accept any name (a resumed session then keeps its name).
     b.set_servername_callback(|_, _| Ok(()));
     let acceptor = std::sync::Arc::new(b.build());
@@ -1012,13 +1017,9 @@ fn upstream_sessions_are_shared_through_the_zone() {
 /// FIN arrive together (recorded from nginx 1.22.1 so: `200 0 0 0 0`, a reset client).
 #[test]
 fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
-    use openssl::ssl::{SslAcceptor, SslFiletype};
     use std::os::fd::AsRawFd;
     let port = free_port();
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
-    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
-    let acceptor = b.build();
+    let acceptor = acceptor_builder().build();
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = l.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -1201,13 +1202,10 @@ fn optional_no_ca_refuses_unable_to_get_issuer() {
 /// session goes on (a client's, on `listen ... ssl`, is still refused per connection).
 #[test]
 fn proxy_ssl_upstream_may_renegotiate() {
-    use openssl::ssl::{SslAcceptor, SslFiletype};
     extern "C" {
         fn SSL_renegotiate(ssl: *mut openssl_sys::SSL) -> std::os::raw::c_int;
     }
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
-    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
+    let mut b = acceptor_builder();
     b.set_max_proto_version(Some(SslVersion::TLS1_2)).expect("max");
     let acceptor = b.build();
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1344,11 +1342,7 @@ fn tls_client_is_read_while_the_upstream_connects() {
 /// disconnected", as nginx 1.22.1 logs it; sluice said "upstream disconnected").
 #[test]
 fn tls_client_gone_during_a_slow_upstream_handshake_is_the_client_disconnecting() {
-    use openssl::ssl::{SslAcceptor, SslFiletype};
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
-    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
-    let acceptor = b.build();
+    let acceptor = acceptor_builder().build();
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = l.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -1401,11 +1395,7 @@ fn close_notify_wait_ends_with_the_proxy_timeout_timer() {
 /// closes makes the send fail; the client's unread bytes make the close's line.
 #[test]
 fn failed_upstream_send_keeps_its_action_for_the_close() {
-    use openssl::ssl::{SslAcceptor, SslFiletype};
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate_chain_file(files().join("cert.pem")).expect("cert");
-    b.set_private_key_file(files().join("key.pem"), SslFiletype::PEM).expect("key");
-    let acceptor = b.build();
+    let acceptor = acceptor_builder().build();
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = l.local_addr().expect("addr").port();
     std::thread::spawn(move || {
