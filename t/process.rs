@@ -1403,6 +1403,39 @@ fn upgrade_rollback_keeps_a_unix_socket_file() {
     assert_eq!(count(&run.log(), "[emerg]"), 0, "{}", run.ctx());
 }
 
+/// The same rollback with the new binary's exit and the QUIT to the old master handled
+/// in one turn (the old master is stopped while both arrive): nginx's cycle reaps before
+/// it quits, so the new binary is gone when the listeners close and the file goes with
+/// them. sluice closed them on the QUIT first, still counting the new binary as alive,
+/// and left the file (seen now and then under load in CI).
+#[test]
+fn rollback_quit_in_the_turn_of_the_new_binary_exit_deletes_the_socket_file() {
+    let conf = format!(
+        "{}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%u.sock; return \"$pid\\n\"; }}\n}}\n",
+        head(true, "2")
+    );
+    let run = Run::start(&conf);
+    let old = run.master();
+    let sock = run.path("u.sock");
+    assert!(
+        wait_for(10 * SEC, || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+        "not serving\n{}",
+        run.ctx()
+    );
+    let old_workers = workers_of(old, &[]);
+    let new = usr2(&run, old);
+    winch(&run, old, &old_workers, new);
+    signal(old, libc::SIGSTOP);
+    signal(new, libc::SIGQUIT);
+    let exited = wait_for(10 * SEC, || !alive(new));
+    signal(old, libc::SIGQUIT);
+    signal(old, libc::SIGCONT);
+    assert!(exited, "the new master did not exit on QUIT\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || !alive(old)), "the old master did not exit on QUIT\n{}", run.ctx());
+    assert!(!sock.exists(), "the last master left its socket file\n{}", run.ctx());
+    assert_eq!(count(&run.log(), "[emerg]"), 0, "{}", run.ctx());
+}
+
 /// A reload that drops a unix listener deletes its file with nginx's warn line; a file
 /// gone by exit is an emerg line after "exit" (both recorded side by side).
 #[test]

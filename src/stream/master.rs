@@ -41,6 +41,8 @@ pub struct Master {
     no_accept: bool,
     /// The new master of a binary upgrade, while it runs.
     new_binary: Option<libc::pid_t>,
+    /// Children collected by `wait_children`, for `reap_children`.
+    exited: Vec<(libc::pid_t, ChildExit, Option<WorkerProc>)>,
     argv: Vec<std::ffi::OsString>,
 }
 
@@ -73,6 +75,7 @@ impl Master {
             terminating: None,
             no_accept: false,
             new_binary: None,
+            exited: Vec::new(),
             argv,
         }
     }
@@ -96,14 +99,24 @@ impl Master {
             for (sig, from) in sigs {
                 child_exited |= sig == libc::SIGCHLD;
                 self.on_signal(sig, from);
+                // Children are collected right after their SIGCHLD line, as nginx's
+                // handler does (a collection before it could end the master without
+                // that line).
+                if sig == libc::SIGCHLD {
+                    self.wait_children();
+                }
             }
-            // Children are reaped after their SIGCHLD line, as nginx's master does (a
-            // reap before it could end the master without that line). The safety net,
-            // should a signal ever be missed, reaps only after a second with no signal at
-            // all: a turn that handled QUIT must not reap a worker whose SIGCHLD is still
-            // on its way.
-            if child_exited || (quiet && last_reap.elapsed() > Duration::from_secs(1)) {
-                if self.reap() {
+            // The safety net, should a signal ever be missed, collects only after a
+            // second with no signal at all: a turn that handled QUIT must not reap a
+            // worker whose SIGCHLD is still on its way.
+            let missed = quiet && last_reap.elapsed() > Duration::from_secs(1);
+            if missed {
+                self.wait_children();
+            }
+            // The collected children are acted on once the turn's signals are in (the
+            // QUIT's listeners close after this, as nginx's cycle reaps before it quits).
+            if child_exited || missed {
+                if self.reap_children() {
                     // nginx's master gets SIGIO when it closes the channel of a reaped
                     // worker while another worker still holds that channel's other end
                     // (every worker holds those of the workers it lived beside): the
@@ -111,6 +124,15 @@ impl Master {
                     error(Level::Notice, &signal_notice(libc::SIGIO, 0, ""), None);
                 }
                 last_reap = Instant::now();
+            }
+            // QUIT stops taking connections at once (ngx_close_listening_sockets): with
+            // the workers' copies closed too, new clients are refused, not left queued.
+            // As in nginx's cycle this comes after the turn's reap, so a new binary that
+            // exited just before the QUIT (a rollback) no longer keeps the unix socket
+            // files, which are now this master's alone to delete.
+            if self.quitting && !self.listeners.is_empty() {
+                let unlink = self.new_binary.is_none();
+                self.close_listeners(unlink);
             }
             if let Some(since) = self.terminating {
                 if since.elapsed() > Duration::from_secs(5) {
@@ -309,10 +331,7 @@ impl Master {
                 error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
                 self.quitting = true;
                 self.signal_workers(libc::SIGQUIT, true, usize::MAX);
-                // Stop taking connections at once (ngx_close_listening_sockets): with the
-                // workers' copies closed too, new clients are refused, not left queued.
-                let unlink = self.new_binary.is_none();
-                self.close_listeners(unlink);
+                // The listeners close at the end of this turn (see `run`).
             }
             libc::SIGTERM | libc::SIGINT => {
                 error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
@@ -351,11 +370,10 @@ impl Master {
         }
     }
 
-    /// Reap exited children; true when a reaped worker leaves another worker of its
-    /// time running (nginx's master then logs SIGIO, see `run`).
-    fn reap(&mut self) -> bool {
-        let before: Vec<libc::pid_t> = self.workers.iter().map(|w| w.pid).collect();
-        let mut reaped_worker = false;
+    /// Collect the exited children and log their ends (nginx's SIGCHLD handler,
+    /// `ngx_process_get_status`, right after the signal's line); `reap_children` acts on
+    /// them once the turn's signals are all in.
+    fn wait_children(&mut self) {
         while let Some((pid, how)) = process::reap() {
             // ngx_shmtx_force_unlock: a worker that died holding the accept mutex.
             if let Some(word) = self.cycle.accept_mutex.as_ref().and_then(|m| m.lock_at(0)) {
@@ -363,8 +381,34 @@ impl Master {
                 let _ = word.compare_exchange(pid as u32, 0, held, std::sync::atomic::Ordering::Relaxed);
             }
             let (level, text) = exit_text(&how);
+            // Out of the list at once: the turn's other signals are not sent to it.
+            let worker = self.workers.iter().position(|w| w.pid == pid).map(|i| self.workers.remove(i));
+            let name = match () {
+                _ if Some(pid) == self.new_binary => "new binary process",
+                _ if worker.is_some() => "worker process",
+                _ => "unknown process",
+            };
+            error(level, &format!("{} {} {}", name, pid, text), None);
+            // Exit code 2 is a worker that cannot work (nginx's fatal code): not again.
+            if worker.is_some() && matches!(how, ChildExit::Code(2)) {
+                error(
+                    Level::Alert,
+                    &format!("worker process {} exited with fatal code 2 and cannot be respawned", pid),
+                    None,
+                );
+            }
+            self.exited.push((pid, how, worker));
+        }
+    }
+
+    /// Act on the children `wait_children` collected (`ngx_reap_children`); true when a
+    /// reaped worker leaves another worker of its time running (nginx's master then logs
+    /// SIGIO, see `run`).
+    fn reap_children(&mut self) -> bool {
+        let before: Vec<libc::pid_t> = self.workers.iter().map(|w| w.pid).collect();
+        let mut reaped_worker = false;
+        for (pid, how, worker) in std::mem::take(&mut self.exited) {
             if Some(pid) == self.new_binary {
-                error(level, &format!("new binary process {} {}", pid, text), None);
                 self.new_binary = None;
                 // The upgrade ended (rollback): this master's pid file is the live one again.
                 let old = format!("{}.oldbin", self.pid_file);
@@ -378,22 +422,11 @@ impl Master {
                 }
                 continue;
             }
-            let Some(i) = self.workers.iter().position(|w| w.pid == pid) else { continue };
-            let w = self.workers.remove(i);
+            let Some(w) = worker else { continue };
             reaped_worker = true;
-            error(level, &format!("worker process {} {}", pid, text), None);
-            // Exit code 2 is a worker that cannot work (nginx's fatal code): not again.
-            if matches!(how, ChildExit::Code(2)) {
-                error(
-                    Level::Alert,
-                    &format!("worker process {} exited with fatal code 2 and cannot be respawned", pid),
-                    None,
-                );
-                continue;
-            }
-            // A worker that died on its own is replaced.
+            // A worker that died on its own is replaced, unless it cannot work.
             let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
-            if !w.exiting && !stopping {
+            if !w.exiting && !stopping && !matches!(how, ChildExit::Code(2)) {
                 self.spawn(w.slot);
             }
         }
