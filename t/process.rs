@@ -1436,6 +1436,96 @@ fn rollback_quit_in_the_turn_of_the_new_binary_exit_deletes_the_socket_file() {
     assert_eq!(count(&run.log(), "[emerg]"), 0, "{}", run.ctx());
 }
 
+/// HUP, USR1, USR2 and WINCH to a master that shuts down gracefully are logged and left,
+/// as nginx's master cycle, which does nothing else once it quits (side by side with
+/// nginx 1.22.1). sluice reloaded: its new workers were never told to quit, and the
+/// master never exited.
+#[test]
+fn signals_during_a_graceful_shutdown_are_left_as_nginx() {
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (p, u) = (free_port(), up.local_addr().expect("addr").port());
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{u}; }} }}\n",
+        head(true, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    c.set_read_timeout(Some(10 * SEC)).expect("timeout");
+    let (mut s, _) = up.accept().expect("accept");
+    s.write_all(b"hi").expect("write");
+    let mut b = [0u8; 2];
+    c.read_exact(&mut b).expect("the session runs");
+    let worker = workers_of(master, &[]);
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || run.log().contains("gracefully shutting down")), "no shutdown\n{}", run.ctx());
+    for (sig, line) in [
+        (libc::SIGHUP, "signal 1 (SIGHUP) received from"),
+        (libc::SIGUSR1, "signal 10 (SIGUSR1) received from"),
+        (libc::SIGWINCH, "signal 28 (SIGWINCH) received from"),
+    ] {
+        signal(master, sig);
+        assert!(wait_for(10 * SEC, || run.log().contains(line)), "no \"{line}\"\n{}", run.ctx());
+    }
+    // The turn after the last signal is over once the master has answered a SIGIO.
+    signal(master, libc::SIGIO);
+    assert!(wait_for(10 * SEC, || run.log().contains("signal 29 (SIGIO)")), "{}", run.ctx());
+    assert_eq!(workers_of(master, &[]), worker, "the shutting-down master started workers\n{}", run.ctx());
+    for line in ["] reconfiguring", "] reopening logs", "start worker processes\n"] {
+        let log = run.log();
+        let after = &log[log.find("gracefully shutting down").unwrap_or(0)..];
+        assert!(!after.contains(line), "\"{line}\" while shutting down\n{}", run.ctx());
+    }
+    drop((c, s));
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit after its last session\n{}", run.ctx());
+}
+
+/// A worker that dies in the turn of a HUP is reaped first, as in nginx's master cycle:
+/// respawned, then told to quit with the old configuration's other workers, so the new
+/// configuration runs its 2 workers (side by side with nginx 1.22.1: the same lines in
+/// the same order). sluice's new worker of the dead one's was never told to quit.
+#[test]
+fn a_worker_dead_in_the_turn_of_a_reload_is_reaped_first() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "2")
+    );
+    let (run, master, before) = start_daemon(&conf, r);
+    signal(master, libc::SIGSTOP);
+    signal(before[0], libc::SIGKILL);
+    let dead = wait_for(10 * SEC, || !alive(before[0]));
+    signal(master, libc::SIGHUP);
+    signal(master, libc::SIGCONT);
+    assert!(dead, "the worker did not die\n{}", run.ctx());
+    let settled = wait_for(10 * SEC, || {
+        let now = workers_of(master, &[]);
+        now.len() == 2 && now.iter().all(|w| !before.contains(w)) && count(&run.log(), "exited") == 3
+    });
+    assert!(settled, "not 2 new workers: {:?}\n{}", workers_of(master, &[]), run.ctx());
+    let by_master = format!(" {master}#{master}: ");
+    let log = run.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&by_master))
+        .map(|l| l.split(&by_master).nth(1).unwrap_or(""))
+        .skip_while(|l| !l.starts_with("signal 17"))
+        .map(|l| l.split(" received from ").next().unwrap_or(l))
+        .collect();
+    let dead_line = format!("worker process {} exited on signal 9", before[0]);
+    let want = ["signal 17 (SIGCHLD)", &dead_line, "signal 1 (SIGHUP)"];
+    assert_eq!(&lines[..3], &want, "{}", run.ctx());
+    let respawn = lines[3].strip_prefix("start worker process ").and_then(|p| p.parse::<i32>().ok());
+    assert!(respawn.is_some(), "no respawn before the reload: {:?}\n{}", lines[3], run.ctx());
+    assert_eq!(lines[4], "reconfiguring", "{}", run.ctx());
+    assert!(
+        wait_for(10 * SEC, || respawn.is_some_and(|p| !alive(p))),
+        "the respawned worker was not told to quit\n{}",
+        run.ctx()
+    );
+}
+
 /// A reload that drops a unix listener deletes its file with nginx's warn line; a file
 /// gone by exit is an emerg line after "exit" (both recorded side by side).
 #[test]

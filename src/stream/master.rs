@@ -43,7 +43,22 @@ pub struct Master {
     new_binary: Option<libc::pid_t>,
     /// Children collected by `wait_children`, for `reap_children`.
     exited: Vec<(libc::pid_t, ChildExit, Option<WorkerProc>)>,
+    /// What the turn's signals asked for, done in nginx's order once they are all in.
+    pending: Pending,
     argv: Vec<std::ffi::OsString>,
+}
+
+/// The requests nginx's signal handler leaves for its master cycle (`ngx_reconfigure`,
+/// `ngx_reopen`, `ngx_change_binary`, `ngx_noaccept`); that the master shuts down is
+/// `quitting` and `terminating`, which stay.
+#[derive(Default)]
+struct Pending {
+    /// TERM to the workers (again for every TERM or INT).
+    terminate: bool,
+    reconfigure: bool,
+    reopen: bool,
+    change_binary: bool,
+    noaccept: bool,
 }
 
 fn exit_text(e: &ChildExit) -> (Level, String) {
@@ -76,6 +91,7 @@ impl Master {
             no_accept: false,
             new_binary: None,
             exited: Vec::new(),
+            pending: Pending::default(),
             argv,
         }
     }
@@ -115,36 +131,21 @@ impl Master {
             }
             // The collected children are acted on once the turn's signals are in (the
             // QUIT's listeners close after this, as nginx's cycle reaps before it quits).
+            let mut sigio = false;
             if child_exited || missed {
-                if self.reap_children() {
-                    // nginx's master gets SIGIO when it closes the channel of a reaped
-                    // worker while another worker still holds that channel's other end
-                    // (every worker holds those of the workers it lived beside): the
-                    // signal waits for its next sigsuspend, right after this turn.
-                    error(Level::Notice, &signal_notice(libc::SIGIO, 0, ""), None);
-                }
+                sigio = self.reap_children();
                 last_reap = Instant::now();
             }
-            // QUIT stops taking connections at once (ngx_close_listening_sockets): with
-            // the workers' copies closed too, new clients are refused, not left queued.
-            // As in nginx's cycle this comes after the turn's reap, so a new binary that
-            // exited just before the QUIT (a rollback) no longer keeps the unix socket
-            // files, which are now this master's alone to delete.
-            if self.quitting && !self.listeners.is_empty() {
-                let unlink = self.new_binary.is_none();
-                self.close_listeners(unlink);
-            }
-            if let Some(since) = self.terminating {
-                if since.elapsed() > Duration::from_secs(5) {
-                    // nginx escalates to SIGKILL when workers ignore TERM.
-                    for w in &self.workers {
-                        let _ = process::kill(w.pid, libc::SIGKILL);
-                    }
-                }
-            }
-            let live = self.workers.len();
-            if (self.quitting || self.terminating.is_some()) && live == 0 {
+            if (self.quitting || self.terminating.is_some()) && self.workers.is_empty() {
                 break;
+            }
+            self.master_cycle();
+            if sigio {
+                // nginx's master gets SIGIO when it closes the channel of a reaped
+                // worker while another worker still holds that channel's other end
+                // (every worker holds those of the workers it lived beside): the
+                // signal waits for its next sigsuspend, right after this turn.
+                error(Level::Notice, &signal_notice(libc::SIGIO, 0, ""), None);
             }
         }
         // With a new binary running, the live pid file is its: remove ours (.oldbin).
@@ -316,57 +317,103 @@ impl Master {
                 error(Level::Alert, &format!("kill({}, {}) failed", w.pid, sig), Some(&e));
             }
         }
+        // A worker collected this turn but not yet reaped is not respawned after this
+        // (nginx reaps first, respawning it, then tells the new one too).
+        if mark_exiting {
+            for w in self.exited.iter_mut().filter_map(|(_, _, w)| w.as_mut()) {
+                w.exiting = true;
+            }
+        }
     }
 
+    /// A signal's line and what it asks for (nginx's `ngx_signal_handler`); the work is
+    /// done by `master_cycle`.
     fn on_signal(&mut self, sig: libc::c_int, from: i32) {
-        match sig {
-            // SIGALRM and SIGIO from anyone are logged and change nothing here (nginx's
-            // master uses them only for its own timers and channels).
-            libc::SIGCHLD | libc::SIGALRM | libc::SIGIO => error(Level::Notice, &signal_notice(sig, from, ""), None),
+        let action = match sig {
             libc::SIGHUP => {
-                error(Level::Notice, &signal_notice(sig, from, ", reconfiguring"), None);
-                self.reload();
+                self.pending.reconfigure = true;
+                ", reconfiguring"
             }
             libc::SIGQUIT => {
-                error(Level::Notice, &signal_notice(sig, from, ", shutting down"), None);
                 self.quitting = true;
-                self.signal_workers(libc::SIGQUIT, true, usize::MAX);
-                // The listeners close at the end of this turn (see `run`).
+                ", shutting down"
             }
             libc::SIGTERM | libc::SIGINT => {
-                error(Level::Notice, &signal_notice(sig, from, ", exiting"), None);
                 self.terminating.get_or_insert_with(Instant::now);
-                self.signal_workers(libc::SIGTERM, true, usize::MAX);
+                self.pending.terminate = true;
+                ", exiting"
             }
             libc::SIGUSR1 => {
-                error(Level::Notice, &signal_notice(sig, from, ", reopening logs"), None);
-                error(Level::Notice, "reopening logs", None);
-                self.reopen_logs();
-                self.signal_workers(libc::SIGUSR1, false, usize::MAX);
+                self.pending.reopen = true;
+                ", reopening logs"
             }
-            libc::SIGWINCH => {
-                if !process::daemonized() {
-                    error(Level::Notice, &signal_notice(sig, from, ""), None);
-                    return;
-                }
-                error(Level::Notice, &signal_notice(sig, from, ", stop accepting connections"), None);
-                self.no_accept = true;
-                self.signal_workers(libc::SIGQUIT, true, usize::MAX);
+            libc::SIGWINCH if process::daemonized() => {
+                self.pending.noaccept = true;
+                ", stop accepting connections"
             }
+            // As nginx: not in a new binary while the old master runs (nor in a master
+            // that was not daemonized: its parent is unchanged too), nor in an old master
+            // whose new binary runs.
+            libc::SIGUSR2 if self.new_binary.is_some() || process::parent_unchanged() => ", ignoring",
             libc::SIGUSR2 => {
-                // As nginx: not in a new binary while the old master runs (nor in a
-                // master that was not daemonized: its parent is unchanged too), nor in an
-                // old master whose new binary runs.
-                if self.new_binary.is_some() || process::parent_unchanged() {
-                    error(Level::Notice, &signal_notice(sig, from, ", ignoring"), None);
-                    error(Level::Crit, crate::core::process::USR2_IGNORED, None);
-                    return;
-                }
-                error(Level::Notice, &signal_notice(sig, from, ", changing binary"), None);
-                error(Level::Notice, "changing binary", None);
-                self.change_binary();
+                self.pending.change_binary = true;
+                ", changing binary"
             }
-            _ => {}
+            // SIGCHLD is acted on by the caller; SIGALRM and SIGIO from anyone are logged
+            // and change nothing here (nginx's master uses them only for its own timers
+            // and channels).
+            _ => "",
+        };
+        error(Level::Notice, &signal_notice(sig, from, action), None);
+        if action == ", ignoring" {
+            error(Level::Crit, crate::core::process::USR2_IGNORED, None);
+        }
+    }
+
+    /// The work the turn's signals asked for, in nginx's `ngx_master_process_cycle`
+    /// order (the children were reaped first). A master that shuts down does nothing
+    /// else: a HUP, USR1, USR2 or WINCH then is logged and left.
+    fn master_cycle(&mut self) {
+        if let Some(since) = self.terminating {
+            if std::mem::take(&mut self.pending.terminate) {
+                self.signal_workers(libc::SIGTERM, true, usize::MAX);
+            }
+            if since.elapsed() > Duration::from_secs(5) {
+                // nginx escalates to SIGKILL when workers ignore TERM.
+                for w in &self.workers {
+                    let _ = process::kill(w.pid, libc::SIGKILL);
+                }
+            }
+            return;
+        }
+        if self.quitting {
+            self.signal_workers(libc::SIGQUIT, true, usize::MAX);
+            // Stop taking connections at once (ngx_close_listening_sockets): with the
+            // workers' copies closed too, new clients are refused, not left queued.
+            // After the turn's reap, so a new binary that exited just before the QUIT
+            // (a rollback) no longer keeps the unix socket files, now this master's
+            // alone to delete.
+            if !self.listeners.is_empty() {
+                let unlink = self.new_binary.is_none();
+                self.close_listeners(unlink);
+            }
+            return;
+        }
+        if std::mem::take(&mut self.pending.reconfigure) {
+            self.reload();
+        }
+        if std::mem::take(&mut self.pending.reopen) {
+            error(Level::Notice, "reopening logs", None);
+            self.reopen_logs();
+            self.signal_workers(libc::SIGUSR1, false, usize::MAX);
+        }
+        if std::mem::take(&mut self.pending.change_binary) {
+            error(Level::Notice, "changing binary", None);
+            self.change_binary();
+        }
+        if std::mem::take(&mut self.pending.noaccept) {
+            self.no_accept = true;
+            self.signal_workers(libc::SIGQUIT, true, usize::MAX);
         }
     }
 
