@@ -1329,3 +1329,21 @@ fn empty_log_names_write_to_descriptor_2() {
         s.error_log()
     );
 }
+
+/// A `[debug]` line has no context: nginx's ngx_log_error_core calls the handler that
+/// adds "while ..., client: ..., server: ..." for every level but debug (nginx 1.22.1
+/// with debug: `*1 finalize stream session: 200` and nothing after it).
+#[test]
+fn debug_lines_carry_no_context() {
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "server {{ listen 127.0.0.1:{p}; error_log %%PREFIX%%dbg.log debug; return ok; }}"
+    )));
+    assert_eq!(exchange(p, b""), b"ok");
+    let line =
+        |s: &Sluice| s.read("dbg.log").lines().find(|l| l.contains("finalize stream session")).map(str::to_string);
+    assert!(wait_for(Duration::from_secs(5), || line(&s).is_some()), "no debug line:\n{}", s.read("dbg.log"));
+    let l = line(&s).unwrap_or_default();
+    assert!(l.contains(" [debug] ") && l.ends_with(": *1 finalize stream session: 200"), "{l}");
+    assert_eq!(s.stop(), Some(0));
+}

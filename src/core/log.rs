@@ -473,7 +473,8 @@ impl ErrorLog {
                 line.push_str(&crate::core::conf::os_err(e));
                 truncate_at(line, MAX_ERROR_STR);
             }
-            if let Some(ctx) = ctx {
+            // ngx_log_error_core calls the context handler for every level but debug.
+            if let (Some(ctx), false) = (ctx, level == Level::Debug) {
                 ctx.write_context(line);
             }
             truncate_at(line, MAX_ERROR_STR - 1);

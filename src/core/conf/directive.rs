@@ -72,6 +72,8 @@ pub fn not_found(cmd: &Cmd, known: bool) -> super::ConfError {
     if known {
         cmd.err(format!("\"{}\" directive is not allowed here", cmd.name))
     } else {
-        cmd.err(format!("unknown directive \"{}\"", cmd.name))
+        // nginx prints the name as a C string ("%s"): up to a NUL byte.
+        let name = cmd.name.split('\0').next().unwrap_or_default();
+        cmd.err(format!("unknown directive \"{}\"", name))
     }
 }

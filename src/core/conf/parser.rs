@@ -276,7 +276,9 @@ impl<'a> Tokenizer<'a> {
                         Some(b')') => self.advance(1),
                         Some(&d) => {
                             self.advance(1);
-                            return Err(self.err(format!("unexpected \"{}\"", d as char)));
+                            // One byte, as nginx's "%c" (a no-break space pasted after a
+                            // quote shows as its first byte, 0xc2).
+                            return Err(self.err(format!("unexpected \"{}\"", bytes_to_text(&[d]))));
                         }
                     }
                 }
