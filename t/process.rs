@@ -143,25 +143,33 @@ struct Run {
 
 impl Run {
     fn start(conf: &str) -> Run {
-        Self::start_with(conf, None, &[])
+        Self::start_with(conf, None, &[], false)
     }
 
     /// `start`, with directories `dirs` made in the prefix first.
     fn start_in(conf: &str, dirs: &[&str]) -> Run {
-        Self::start_with(conf, None, dirs)
+        Self::start_with(conf, None, dirs, false)
     }
 
-    /// Start `sluice -p PREFIX -c sluice.conf` (with RLIMIT_NOFILE `nofile`, if given)
-    /// and wait for its pid file; with `daemon on`, also for the started process to
-    /// exit, as the daemon's parent does.
-    fn start_with(conf: &str, nofile: Option<u64>, dirs: &[&str]) -> Run {
+    /// Start `sluice -p PREFIX -c sluice.conf` (with RLIMIT_NOFILE `nofile`, if given;
+    /// from a copy of the binary at PREFIX/sbin/sluice if `copy`) and wait for its pid
+    /// file; with `daemon on`, also for the started process to exit, as the daemon's
+    /// parent does.
+    fn start_with(conf: &str, nofile: Option<u64>, dirs: &[&str], copy: bool) -> Run {
         let mut run = Run { dir: TempDir::new("process"), child: None };
         for d in dirs {
             std::fs::create_dir_all(run.path(d)).expect("mkdir");
         }
         run.write_conf(conf);
         let stderr = std::fs::File::create(run.path("stderr.txt")).expect("stderr file");
-        let mut cmd = Command::new(bin());
+        let program = if copy {
+            std::fs::create_dir_all(run.path("sbin")).expect("mkdir sbin");
+            std::fs::copy(bin(), run.path("sbin/sluice")).expect("copy the binary");
+            run.path("sbin/sluice")
+        } else {
+            bin()
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("-p").arg(run.prefix()).arg("-c").arg("sluice.conf");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(stderr));
         if let Some(n) = nofile {
@@ -1559,6 +1567,147 @@ fn unix_socket_files_deleted_as_nginx() {
     assert_eq!(count(&log, "[emerg]"), 1, "{log}");
 }
 
+/// A reload that drops a unix listener and moves the error log: "deleting socket" is
+/// logged into the new log after its epoll line, as ngx_init_cycle closes the old
+/// sockets after the modules' init (nginx 1.22.1 side by side).
+#[test]
+fn deleting_socket_goes_to_the_reloads_new_log() {
+    let conf = |both: bool| {
+        let head = head(true, "1");
+        let head = if both { head } else { head.replace("error.log info;", "e2.log info;") };
+        let b = if both { "  server { listen unix:%%PREFIX%%b.sock; return b; }\n" } else { "" };
+        format!("{head}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%a.sock; return a; }}\n{b}}}\n")
+    };
+    let run = Run::start(&conf(true));
+    let master = run.master();
+    let b = run.path("b.sock");
+    assert!(wait_for(10 * SEC, || b.exists()), "no socket file\n{}", run.ctx());
+    run.write_conf(&conf(false));
+    signal(master, libc::SIGHUP);
+    let e2 = || std::fs::read_to_string(run.path("e2.log")).unwrap_or_default();
+    assert!(wait_for(10 * SEC, || e2().contains("start worker processes")), "no reload\n{}", run.ctx());
+    let log = e2();
+    let by_master = format!(" {master}#{master}: ");
+    let lines: Vec<&str> = log.lines().filter_map(|l| l.split_once(&by_master).map(|(_, m)| m)).take(3).collect();
+    let warn = format!("deleting socket {}", b.display());
+    let want = ["using the \"epoll\" event method", &warn, "start worker processes"];
+    assert_eq!(lines, want, "e2.log:\n{log}\n{}", run.ctx());
+    assert!(!run.log().contains("deleting socket"), "{}", run.ctx());
+    assert!(!b.exists(), "{}", run.ctx());
+}
+
+/// USR2 runs the program as it was started (nginx's argv[0]), so after the binary file
+/// was replaced the usual way (a new file renamed over it) the upgrade starts the new
+/// one. sluice ran /proc/self/exe, which then names a deleted file: execve() failed.
+#[test]
+fn usr2_runs_the_replaced_binary_file() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "2")
+    );
+    let run = Run::start_with(&conf, None, &[], true);
+    let old = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let program = run.path("sbin/sluice");
+    std::fs::copy(bin(), run.path("sbin/sluice.new")).expect("copy");
+    std::fs::rename(run.path("sbin/sluice.new"), &program).expect("install");
+    let new = usr2(&run, old);
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    assert_eq!(exe, program.display().to_string(), "{}", run.ctx());
+    assert!(!run.log().contains("execve() failed"), "{}", run.ctx());
+}
+
+/// A USR2 whose pid file cannot be renamed: nginx's alert, and its "new binary" left at
+/// -1 (ngx_exec_new_binary returns NGX_INVALID_PID): a HUP then starts workers without
+/// reading the configuration, and the exit deletes the .oldbin name (an alert here, it
+/// is a directory) and leaves the pid file (nginx 1.22.1 side by side).
+#[test]
+fn usr2_with_a_pid_file_that_cannot_be_renamed_as_nginx() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "1")
+    );
+    let run = Run::start_in(&conf, &[OLDBIN]);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let first = workers_of(master, &[]);
+    signal(master, libc::SIGUSR2);
+    let (pid, oldbin) = (run.path(PID), run.path(OLDBIN));
+    let alert = format!(
+        "[alert] {master}#{master}: rename() {} to {} failed before executing new binary process \"{}\" (21: Is a directory)",
+        pid.display(),
+        oldbin.display(),
+        bin().display()
+    );
+    assert!(wait_for(10 * SEC, || run.log().contains(&alert)), "no \"{alert}\"\n{}", run.ctx());
+    signal(master, libc::SIGHUP);
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "HUP did not start workers\n{}", run.ctx());
+    assert!(first.iter().all(|&w| alive(w)), "the first worker was told to quit\n{}", run.ctx());
+    let log = run.log();
+    assert!(!log[log.find(&alert).unwrap_or(0)..].contains("] reconfiguring"), "HUP read the configuration\n{log}");
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(master)), "still running\n{}", run.ctx());
+    let unlink = format!("[alert] {master}#{master}: unlink() \"{}\" failed (21: Is a directory)\n", oldbin.display());
+    assert!(run.log().contains(&unlink), "no \"{unlink}\"\n{}", run.ctx());
+    assert!(pid.exists(), "{}", run.ctx());
+}
+
+/// A rollback whose pid file cannot be renamed back, and an exit whose pid file is gone:
+/// nginx's alerts (ngx_reap_children, ngx_delete_pidfile).
+#[test]
+fn pid_files_that_cannot_be_renamed_back_or_deleted_as_nginx() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "2")
+    );
+    let run = Run::start(&conf);
+    let old = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let new = usr2(&run, old);
+    std::fs::remove_file(run.path(OLDBIN)).expect("rm oldbin");
+    signal(new, libc::SIGQUIT);
+    let back = format!(
+        "[alert] {old}#{old}: rename() {} back to {} failed after the new binary process \"{}\" exited (2: No such file or directory)",
+        run.path(OLDBIN).display(),
+        run.path(PID).display(),
+        bin().display()
+    );
+    assert!(wait_for(10 * SEC, || run.log().contains(&back)), "no \"{back}\"\n{}", run.ctx());
+    signal(old, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(old)), "still running\n{}", run.ctx());
+    let log = run.log();
+    let unlink = format!(
+        "[alert] {old}#{old}: unlink() \"{}\" failed (2: No such file or directory)\n",
+        run.path(PID).display()
+    );
+    let exit = format!("[notice] {old}#{old}: exit\n");
+    let (u, x) = (log.find(&unlink), log.find(&exit));
+    assert!(u.is_some() && x.is_some() && u < x, "want \"{unlink}\" before the exit\n{log}");
+}
+
+/// SIGCHLD to a master with no child left (its workers stopped by WINCH): nginx's
+/// waitpid() finds none and says so at info.
+#[test]
+fn sigchld_without_children_as_nginx() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let ws = workers_of(master, &[]);
+    winch(&run, master, &ws, 0);
+    signal(master, libc::SIGCHLD);
+    let line = format!("[info] {master}#{master}: waitpid() failed (10: No child processes)");
+    assert!(wait_for(10 * SEC, || run.log().contains(&line)), "no \"{line}\"\n{}", run.ctx());
+    assert_eq!(count(&run.log(), "waitpid()"), 1, "{}", run.ctx());
+}
+
 /// nginx's other rollback: when the new master exits while the old master's workers
 /// are stopped (WINCH), the old master starts workers again by itself.
 #[test]
@@ -2247,7 +2396,7 @@ fn fd_limited(events: &str) -> (Run, u16, i32, usize) {
         "daemon off;\nmaster_process off;\npid %%PREFIX%%sluice.pid;\nerror_log %%PREFIX%%error.log info;\n\
          events {{ {events} }}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} }}\n"
     );
-    let run = Run::start_with(&conf, Some(64), &[]);
+    let run = Run::start_with(&conf, Some(64), &[], false);
     let pid = run.master();
     assert_eq!(nofile_limit(pid), Some(64), "the limit did not apply");
     assert!(wait_for(10 * SEC, || short_session(p, "first").is_ok()), "not serving\n{}", run.ctx());

@@ -271,18 +271,28 @@ pub enum ChildExit {
     Signal(i32, bool),
 }
 
-/// Reap one exited child without blocking.
-pub fn reap() -> Option<(libc::pid_t, ChildExit)> {
+/// Reap one exited child without blocking: `Ok(None)` when none has exited yet, the
+/// error of waitpid() otherwise (ECHILD: no children at all).
+pub fn reap() -> io::Result<Option<(libc::pid_t, ChildExit)>> {
     let mut status = 0;
-    // SAFETY: waitpid with WNOHANG and a status we own.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    if pid <= 0 {
-        return None;
-    }
-    if libc::WIFSIGNALED(status) {
-        Some((pid, ChildExit::Signal(libc::WTERMSIG(status), libc::WCOREDUMP(status))))
-    } else {
-        Some((pid, ChildExit::Code(libc::WEXITSTATUS(status))))
+    loop {
+        // SAFETY: waitpid with WNOHANG and a status we own.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(Some(if libc::WIFSIGNALED(status) {
+            (pid, ChildExit::Signal(libc::WTERMSIG(status), libc::WCOREDUMP(status)))
+        } else {
+            (pid, ChildExit::Code(libc::WEXITSTATUS(status)))
+        }));
     }
 }
 
@@ -449,8 +459,11 @@ pub fn write_pid(path: &str) -> io::Result<()> {
     std::fs::write(path, format!("{}\n", pid()))
 }
 
+/// `ngx_delete_pidfile`: a pid file that cannot be deleted is an alert.
 pub fn remove_pid(path: &str) {
-    let _ = std::fs::remove_file(path);
+    if let Err(e) = std::fs::remove_file(path) {
+        crate::core::log::error(crate::core::conf::Level::Alert, &format!("unlink() \"{}\" failed", path), Some(&e));
+    }
 }
 
 /// Unix socket files this process took over from an old binary (`ls->inherited`).

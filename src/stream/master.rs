@@ -119,7 +119,7 @@ impl Master {
                 // handler does (a collection before it could end the master without
                 // that line).
                 if sig == libc::SIGCHLD {
-                    self.wait_children();
+                    self.wait_children(true);
                 }
             }
             // The safety net, should a signal ever be missed, collects only after a
@@ -127,7 +127,7 @@ impl Master {
             // worker whose SIGCHLD is still on its way.
             let missed = quiet && last_reap.elapsed() > Duration::from_secs(1);
             if missed {
-                self.wait_children();
+                self.wait_children(false);
             }
             // The collected children are acted on once the turn's signals are in (the
             // QUIT's listeners close after this, as nginx's cycle reaps before it quits).
@@ -354,7 +354,7 @@ impl Master {
             // As nginx: not in a new binary while the old master runs (nor in a master
             // that was not daemonized: its parent is unchanged too), nor in an old master
             // whose new binary runs.
-            libc::SIGUSR2 if self.new_binary.is_some() || process::parent_unchanged() => ", ignoring",
+            libc::SIGUSR2 if self.new_binary.is_some_and(|p| p > 0) || process::parent_unchanged() => ", ignoring",
             libc::SIGUSR2 => {
                 self.pending.change_binary = true;
                 ", changing binary"
@@ -420,8 +420,25 @@ impl Master {
     /// Collect the exited children and log their ends (nginx's SIGCHLD handler,
     /// `ngx_process_get_status`, right after the signal's line); `reap_children` acts on
     /// them once the turn's signals are all in.
-    fn wait_children(&mut self) {
-        while let Some((pid, how)) = process::reap() {
+    fn wait_children(&mut self, on_signal: bool) {
+        let mut one = false;
+        loop {
+            let (pid, how) = match process::reap() {
+                Ok(Some(child)) => child,
+                Ok(None) => break,
+                // A SIGCHLD with no child left at all (say, sent by hand after WINCH).
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                    if on_signal && !one {
+                        error(Level::Info, "waitpid() failed", Some(&e));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    error(Level::Alert, "waitpid() failed", Some(&e));
+                    break;
+                }
+            };
+            one = true;
             // ngx_shmtx_force_unlock: a worker that died holding the accept mutex.
             if let Some(word) = self.cycle.accept_mutex.as_ref().and_then(|m| m.lock_at(0)) {
                 let held = std::sync::atomic::Ordering::AcqRel;
@@ -460,7 +477,13 @@ impl Master {
                 // The upgrade ended (rollback): this master's pid file is the live one again.
                 let old = format!("{}.oldbin", self.pid_file);
                 if let Err(e) = std::fs::rename(&old, &self.pid_file) {
-                    error(Level::Alert, &format!("rename() {} to {} failed", old, self.pid_file), Some(&e));
+                    let msg = format!(
+                        "rename() {} back to {} failed after the new binary process \"{}\" exited",
+                        old,
+                        self.pid_file,
+                        self.argv0()
+                    );
+                    error(Level::Alert, &msg, Some(&e));
                 }
                 // Our workers were stopped for the new binary (WINCH): take over again.
                 if self.no_accept && !self.quitting && self.terminating.is_none() {
@@ -552,14 +575,6 @@ impl Master {
             .zip(kept)
             .filter_map(|(l, k)| Some(((l.addr.clone(), l.opts.udp), k.or_else(|| opened.next().map(|s| vec![s]))?)))
             .collect();
-        // Sockets the new configuration does not listen on close with the old workers.
-        for ((a, _), socks) in old {
-            drop(socks);
-            if let Addr::Unix(p) = &a {
-                error(Level::Warn, &format!("deleting socket {}", p.display()), None);
-                process::unlink_socket(p);
-            }
-        }
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
@@ -569,6 +584,15 @@ impl Master {
         error(Level::Notice, "using the \"epoll\" event method", None);
         if let Some(w) = self.cycle.core.nofile_warning() {
             error(Level::Warn, &w, None);
+        }
+        // Sockets the new configuration does not listen on close with the old workers
+        // (ngx_init_cycle closes them after the modules' init, into the new log).
+        for ((a, _), socks) in old {
+            drop(socks);
+            if let Addr::Unix(p) = &a {
+                error(Level::Warn, &format!("deleting socket {}", p.display()), None);
+                process::unlink_socket(p);
+            }
         }
         self.no_accept = false;
         // As nginx: the new workers first, a tenth of a second for them to start
@@ -615,12 +639,17 @@ impl Master {
         // `reuseport` ones itself.
         let fds: Vec<i32> = self.listeners.iter().filter_map(|s| s.first()).map(|l| l.fd()).collect();
         let env: String = fds.iter().map(|f| format!("{};", f)).collect();
-        let exe = std::fs::read_link("/proc/self/exe")
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default());
+        // As nginx, the program is argv[0] as started (execve, no PATH search): after
+        // the binary file was replaced, that is the new one.
+        let exe = self.argv0();
         let old = format!("{}.oldbin", self.pid_file);
+        // A failed attempt leaves nginx's "new binary" at -1: a later HUP restarts the
+        // workers without reading the configuration, and the exit deletes .oldbin.
         if let Err(e) = std::fs::rename(&self.pid_file, &old) {
-            error(Level::Alert, &format!("rename() {} to {} failed", self.pid_file, old), Some(&e));
+            let msg =
+                format!("rename() {} to {} failed before executing new binary process \"{}\"", self.pid_file, old, exe);
+            error(Level::Alert, &msg, Some(&e));
+            self.new_binary = Some(-1);
             return;
         }
         match process::fork() {
@@ -641,16 +670,31 @@ impl Master {
                 self.new_binary = Some(pid);
             }
             Err(e) => {
-                error(Level::Alert, "fork() failed while executing new binary process", Some(&e));
-                let _ = std::fs::rename(&old, &self.pid_file);
+                error(Level::Alert, "fork() failed while spawning \"new binary process\"", Some(&e));
+                if let Err(e) = std::fs::rename(&old, &self.pid_file) {
+                    let msg = format!(
+                        "rename() {} back to {} failed after an attempt to execute new binary process \"{}\"",
+                        old, self.pid_file, exe
+                    );
+                    error(Level::Alert, &msg, Some(&e));
+                }
+                self.new_binary = Some(-1);
             }
         }
+    }
+
+    /// The program as it was started (nginx's `ngx_argv[0]`).
+    fn argv0(&self) -> String {
+        self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 
 fn exec(exe: &str, argv: &[std::ffi::OsString], fds: &str) -> std::io::Error {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(exe);
+    // execve(2) takes a name without a slash as a path (Command would search PATH).
+    let path = if exe.contains('/') { exe.to_string() } else { format!("./{}", exe) };
+    let mut cmd = std::process::Command::new(path);
+    cmd.arg0(exe);
     cmd.args(argv.iter().skip(1)).env(crate::core::process::INHERITED_ENV, fds);
     cmd.exec()
 }
