@@ -1708,6 +1708,45 @@ fn sigchld_without_children_as_nginx() {
     assert_eq!(count(&run.log(), "waitpid()"), 1, "{}", run.ctx());
 }
 
+/// Signals a worker gets in one turn are acted on in nginx's worker-cycle order, once
+/// each: terminate, then quit, then reopen (the worker is stopped while they arrive).
+/// QUIT with USR1: "gracefully shutting down" then "reopening logs"; INT with USR1:
+/// "exiting" and no reopen (nginx 1.22.1 side by side). sluice acted in arrival order.
+#[test]
+fn a_workers_signals_of_one_turn_in_nginx_order() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    let worker_lines = |w: i32| -> Vec<String> {
+        let by = format!(" {w}#{w}: ");
+        let log = run.log();
+        log.lines()
+            .filter_map(|l| l.split_once(&by).map(|(_, m)| m.to_string()))
+            .filter(|m| !m.starts_with("signal ") && !m.starts_with("epoll_wait()") && !m.starts_with('*'))
+            .collect()
+    };
+    for (sigs, want) in [
+        ([libc::SIGUSR1, libc::SIGQUIT], &["gracefully shutting down", "reopening logs", "exiting", "exit"][..]),
+        ([libc::SIGUSR1, libc::SIGINT], &["exiting", "exit"][..]),
+    ] {
+        assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+        let w = workers_of(master, &[])[0];
+        assert!(wait_for(10 * SEC, || served_by(r) == Some(w)), "not serving\n{}", run.ctx());
+        signal(w, libc::SIGSTOP);
+        for sig in sigs {
+            signal(w, sig);
+        }
+        signal(w, libc::SIGCONT);
+        assert!(wait_for(10 * SEC, || !alive(w)), "worker {w} did not exit\n{}", run.ctx());
+        assert!(wait_for(10 * SEC, || worker_lines(w).len() >= want.len()), "{}", run.ctx());
+        assert_eq!(worker_lines(w), want, "{sigs:?}\n{}", run.ctx());
+    }
+}
+
 /// nginx's other rollback: when the new master exits while the old master's workers
 /// are stopped (WINCH), the old master starts workers again by itself.
 #[test]

@@ -553,37 +553,37 @@ impl Worker {
         if let (Some(e), true) = (interrupted, logged) {
             error(Level::Info, "epoll_wait() failed", Some(e));
         }
-        for sig in todo {
-            match sig {
-                libc::SIGTERM | libc::SIGINT => {
-                    if !single {
-                        error(Level::Notice, "exiting", None);
-                        if self.quitting {
-                            self.report_open_sockets();
-                        }
-                    }
-                    return Some(Exit::Terminate);
+        // What the turn's signals asked for is done in nginx's cycle order, once each:
+        // terminate (a single process: quit too) ends it, then quit, reconfigure (a
+        // single process) and reopen.
+        let has = |want: &[libc::c_int]| todo.iter().any(|s| want.contains(s));
+        if has(&[libc::SIGTERM, libc::SIGINT]) || (single && has(&[libc::SIGQUIT])) {
+            // nginx's single process ends at once on QUIT too (sessions are cut, not
+            // logged); a worker says "exiting" (and what a graceful stop leaves).
+            if !single {
+                error(Level::Notice, "exiting", None);
+                if self.quitting {
+                    self.report_open_sockets();
                 }
-                // nginx's single process ends at once on QUIT too (sessions are cut, not
-                // logged); a worker shuts down gracefully.
-                libc::SIGQUIT if single => return Some(Exit::Terminate),
-                libc::SIGQUIT => self.quit(),
-                libc::SIGWINCH if !single && daemonized => {
-                    self.debug_quit = true;
-                    self.quit();
-                }
-                libc::SIGUSR1 => {
-                    error(Level::Notice, "reopening logs", None);
-                    let rt = &mut self.rt;
-                    crate::stream::conf::reopen_files(&self.cycle, |p| rt.reopen_file(p));
-                }
-                libc::SIGHUP if single => error(
-                    Level::Warn,
-                    "reconfiguring needs the master process (master_process on); configuration not reloaded",
-                    None,
-                ),
-                _ => {}
             }
+            return Some(Exit::Terminate);
+        }
+        let debug_quit = !single && daemonized && has(&[libc::SIGWINCH]);
+        if debug_quit || (!single && has(&[libc::SIGQUIT])) {
+            self.debug_quit |= debug_quit;
+            self.quit();
+        }
+        if single && has(&[libc::SIGHUP]) {
+            error(
+                Level::Warn,
+                "reconfiguring needs the master process (master_process on); configuration not reloaded",
+                None,
+            );
+        }
+        if has(&[libc::SIGUSR1]) {
+            error(Level::Notice, "reopening logs", None);
+            let rt = &mut self.rt;
+            crate::stream::conf::reopen_files(&self.cycle, |p| rt.reopen_file(p));
         }
         None
     }
@@ -613,7 +613,8 @@ impl Worker {
     /// Graceful stop: stop accepting, let sessions finish (bounded by
     /// `worker_shutdown_timeout`).
     fn quit(&mut self) {
-        // Every QUIT says so, as nginx's worker cycle does; the shutdown starts once.
+        // Every turn with a QUIT says so, as nginx's worker cycle does; the shutdown
+        // starts once.
         crate::core::log::error(Level::Notice, "gracefully shutting down", None);
         if self.role == Role::Worker {
             crate::core::proctitle::set("worker process is shutting down");
