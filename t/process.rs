@@ -1747,6 +1747,33 @@ fn a_workers_signals_of_one_turn_in_nginx_order() {
     }
 }
 
+/// A worker that does not exit on TERM (stopped here): nginx's master sets itself an
+/// alarm at 50 ms, doubles it each time, and kills the workers once it is over a second:
+/// six SIGALRM lines, SIGKILL at 3.15 s (nginx 1.22.1 side by side). sluice killed at
+/// 5 s without a line.
+#[test]
+fn term_escalates_to_sigkill_on_nginx_alarms() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    signal(w, libc::SIGSTOP);
+    let t0 = Instant::now();
+    signal(master, libc::SIGTERM);
+    assert!(wait_for(20 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let took = t0.elapsed();
+    let log = run.log();
+    let alarm = format!("[notice] {master}#{master}: signal 14 (SIGALRM) received");
+    assert_eq!(count(&log, &alarm), 6, "{log}");
+    assert!(log.contains(&format!("[alert] {master}#{master}: worker process {w} exited on signal 9\n")), "{log}");
+    assert!(took >= Duration::from_millis(3100), "killed after {took:?}\n{log}");
+}
+
 /// nginx's other rollback: when the new master exits while the old master's workers
 /// are stopped (WINCH), the old master starts workers again by itself.
 #[test]

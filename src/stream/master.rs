@@ -36,7 +36,8 @@ pub struct Master {
     signals: Option<Signals>,
     pid_file: String,
     quitting: bool,
-    terminating: Option<Instant>,
+    /// TERM or INT: the workers are told to exit, then killed if they do not.
+    terminating: Option<Escalation>,
     /// Workers stopped by WINCH: none run until HUP.
     no_accept: bool,
     /// The new master of a binary upgrade, while it runs.
@@ -46,6 +47,14 @@ pub struct Master {
     /// What the turn's signals asked for, done in nginx's order once they are all in.
     pending: Pending,
     argv: Vec<std::ffi::OsString>,
+}
+
+/// nginx's timer while workers do not exit on TERM: SIGALRM after 50 ms, then after a
+/// delay doubled each time; each alarm sends TERM again, or SIGKILL once the delay is
+/// over a second (at 3.15 s).
+struct Escalation {
+    delay: u64,
+    at: Instant,
 }
 
 /// The requests nginx's signal handler leaves for its master cycle (`ngx_reconfigure`,
@@ -104,7 +113,10 @@ impl Master {
         self.start_workers();
         let mut last_reap = Instant::now();
         loop {
-            let wait = if self.terminating.is_some() { 50 } else { 1000 };
+            let wait = match &self.terminating {
+                Some(t) => t.at.saturating_duration_since(Instant::now()).as_millis().clamp(1, 1000) as i32,
+                None => 1000,
+            };
             if let Some(s) = &self.signals {
                 s.wait(wait);
             }
@@ -339,7 +351,8 @@ impl Master {
                 ", shutting down"
             }
             libc::SIGTERM | libc::SIGINT => {
-                self.terminating.get_or_insert_with(Instant::now);
+                let at = Instant::now() + Duration::from_millis(50);
+                self.terminating.get_or_insert(Escalation { delay: 50, at });
                 self.pending.terminate = true;
                 ", exiting"
             }
@@ -374,15 +387,17 @@ impl Master {
     /// order (the children were reaped first). A master that shuts down does nothing
     /// else: a HUP, USR1, USR2 or WINCH then is logged and left.
     fn master_cycle(&mut self) {
-        if let Some(since) = self.terminating {
-            if std::mem::take(&mut self.pending.terminate) {
-                self.signal_workers(libc::SIGTERM, true, usize::MAX);
+        if let Some(t) = &mut self.terminating {
+            let mut sig = std::mem::take(&mut self.pending.terminate).then_some(libc::SIGTERM);
+            if Instant::now() >= t.at {
+                // The alarm nginx's master sets for itself, logged by its handler.
+                error(Level::Notice, &signal_notice(libc::SIGALRM, 0, ""), None);
+                sig = Some(if t.delay > 1000 { libc::SIGKILL } else { libc::SIGTERM });
+                t.delay *= 2;
+                t.at = Instant::now() + Duration::from_millis(t.delay);
             }
-            if since.elapsed() > Duration::from_secs(5) {
-                // nginx escalates to SIGKILL when workers ignore TERM.
-                for w in &self.workers {
-                    let _ = process::kill(w.pid, libc::SIGKILL);
-                }
+            if let Some(sig) = sig {
+                self.signal_workers(sig, true, usize::MAX);
             }
             return;
         }
