@@ -413,8 +413,10 @@ fn serve(
     // A binary started by an upgrade is already detached (its parent is the old master):
     // nginx does not daemonize it again.
     let upgraded = std::env::var_os(process::INHERITED_ENV).is_some();
-    if cycle.core.daemon.get() && !upgraded {
-        if let Err(e) = process::daemonize(cycle.error_log.writes_stderr()) {
+    let pid_file = cycle.core.pid.get();
+    let daemonizing = cycle.core.daemon.get() && !upgraded;
+    if daemonizing {
+        if let Err(e) = process::daemonize(cycle.error_log.writes_stderr(), &pid_file) {
             log::error(Level::Emerg, "daemon() failed", Some(&e));
             return 1;
         }
@@ -427,10 +429,12 @@ fn serve(
             return 1;
         }
     };
-    let pid_file = cycle.core.pid.get();
-    if let Err(e) = process::write_pid(&pid_file) {
-        log::error(Level::Emerg, &format!("open() \"{}\" failed", pid_file), Some(&e));
-        return 1;
+    // A daemon's pid file was written by the process that started it (`daemonize`).
+    if !daemonizing {
+        if let Err(e) = process::write_pid(&pid_file) {
+            log::error(Level::Emerg, &format!("open() \"{}\" failed", pid_file), Some(&e));
+            return 1;
+        }
     }
     sluice::stream::conf::redirect_stderr(&cycle);
     log::set_use_stderr(false);

@@ -1774,6 +1774,69 @@ fn term_escalates_to_sigkill_on_nginx_alarms() {
     assert!(took >= Duration::from_millis(3100), "killed after {took:?}\n{log}");
 }
 
+/// Start `sluice -p PREFIX -c sluice.conf` with `conf` and wait (bounded) for the
+/// command to return: (exit status, stderr). A daemon it leaves goes with the `Run`.
+fn start_command(conf: &str) -> (Run, Option<i32>, String) {
+    let run = Run { dir: TempDir::new("process"), child: None };
+    run.write_conf(conf);
+    let mut cmd = Command::new(bin());
+    cmd.arg("-p").arg(run.prefix()).arg("-c").arg("sluice.conf");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn sluice");
+    // Polled without a pause, so the pid file is looked at as soon as the command returns.
+    let t0 = Instant::now();
+    let mut status = None;
+    while status.is_none() && t0.elapsed() < 10 * SEC {
+        status = child.try_wait().ok().flatten();
+        std::thread::yield_now();
+    }
+    let _ = child.kill();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = child.wait();
+    (run, status.and_then(|s| s.code()), err)
+}
+
+/// With `daemon on` the pid file is there, naming the running master, as soon as the
+/// start command returns: Debian's nginx (the oracle) writes it in the process started
+/// by hand, before that exits. sluice's daemon wrote it a moment later, and a script
+/// that read it at once missed it about one time in three.
+#[test]
+fn a_daemons_pid_file_is_there_when_the_start_returns() {
+    for _ in 0..10 {
+        let r = free_port();
+        let conf = format!(
+            "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+            head(true, "1")
+        );
+        let (run, code, err) = start_command(&conf);
+        let pid = run.read_pid(PID);
+        assert_eq!(code, Some(0), "{err}\n{}", run.ctx());
+        assert!(pid.is_some_and(alive), "pid file {pid:?} right after the start\n{}", run.ctx());
+        assert!(wait_for(10 * SEC, || workers_of(pid.unwrap_or(0), &[]).len() == 1), "{}", run.ctx());
+    }
+}
+
+/// A daemon's pid file that cannot be written: the start command says so on stderr and
+/// exits 1, and the daemon runs on without one (Debian's nginx 1.22.1 side by side).
+#[test]
+fn a_daemons_pid_file_that_cannot_be_written_as_nginx() {
+    let r = free_port();
+    let conf = format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
+        head(true, "1").replace("pid %%PREFIX%%sluice.pid;", "pid %%PREFIX%%nodir/x.pid;")
+    );
+    let (run, code, err) = start_command(&conf);
+    let want = format!(
+        "sluice: [emerg] open() \"{}\" failed (2: No such file or directory)\n",
+        run.path("nodir/x.pid").display()
+    );
+    assert_eq!((code, err.as_str()), (Some(1), want.as_str()), "{}", run.ctx());
+    assert!(wait_for(10 * SEC, || greet(r).is_ok()), "the daemon does not serve\n{}", run.ctx());
+}
+
 /// nginx's other rollback: when the new master exits while the old master's workers
 /// are stopped (WINCH), the old master starts workers again by itself.
 #[test]

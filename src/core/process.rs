@@ -495,8 +495,9 @@ pub fn unlink_socket(path: &std::path::Path) {
     }
 }
 
-/// `ngx_daemon`: fork, let the parent exit, start a new session, stdin/stdout to /dev/null.
-pub fn daemonize(keep_stderr: bool) -> io::Result<()> {
+/// `ngx_daemon`: fork, let the parent write the pid file and exit, start a new session,
+/// stdin/stdout to /dev/null.
+pub fn daemonize(keep_stderr: bool, pid_file: &str) -> io::Result<()> {
     // SAFETY: fork/setsid/dup2 on a single-threaded process before the reactor starts.
     unsafe {
         let pid = libc::getpid();
@@ -506,7 +507,21 @@ pub fn daemonize(keep_stderr: bool) -> io::Result<()> {
                 PARENT.store(pid, Ordering::Relaxed);
                 PID.store(0, Ordering::Relaxed);
             }
-            _ => libc::_exit(0),
+            child => {
+                // As Debian's nginx (the oracle), the process started by hand writes the
+                // daemon's pid file before it exits, so the file is there when it
+                // returns; if it cannot, it says why and exits 1 (the daemon runs on).
+                PID.store(child, Ordering::Relaxed);
+                let code = match write_pid(pid_file) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        let msg = format!("open() \"{}\" failed", pid_file);
+                        crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));
+                        1
+                    }
+                };
+                libc::_exit(code)
+            }
         }
         if libc::setsid() == -1 {
             return Err(io::Error::last_os_error());
