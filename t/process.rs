@@ -2709,8 +2709,8 @@ fn reload_refuses_a_new_key_for_a_kept_limit_conn_zone() {
 }
 
 /// SIGIO and SIGALRM sent by anyone are logged, as nginx logs them, and change nothing
-/// (the master's and the worker's lines as nginx 1.22.1 writes them side by side); a
-/// SIGSEGV kills a worker at once, and the master says so and starts another.
+/// (the master's and the worker's lines as nginx 1.22.1 writes them side by side);
+/// SIGSYS and SIGPIPE are ignored; a SIGSEGV kills a worker at once, and the master says so and starts another.
 #[test]
 fn stray_signals_as_nginx() {
     let a = tagged("A");
@@ -2730,7 +2730,14 @@ fn stray_signals_as_nginx() {
         assert!(wait_for(10 * SEC, || run.log().lines().any(|l| l.ends_with(&line))), "no {line:?}\n{}", run.ctx());
         assert!(alive(master) && alive(worker), "signal {sig} killed a process\n{}", run.ctx());
     }
+    // SIGSYS and SIGPIPE are ignored outright, as in nginx's signal table: no line.
+    for pid in [master, worker] {
+        signal(pid, libc::SIGSYS);
+        signal(pid, libc::SIGPIPE);
+    }
     assert_eq!(greet(p).ok().as_deref(), Some("A"));
+    assert!(alive(master) && alive(worker), "SIGSYS or SIGPIPE killed a process\n{}", run.ctx());
+    assert!(!run.log().contains("(SIGSYS)") && !run.log().contains("(SIGPIPE)"), "{}", run.ctx());
     signal(worker, libc::SIGSEGV);
     let exited = format!("[alert] {master}#{master}: worker process {worker} exited on signal 11");
     assert!(wait_for(10 * SEC, || run.log().contains(&exited)), "{}", run.ctx());

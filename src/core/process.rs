@@ -102,7 +102,8 @@ impl Signals {
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
         }
-        // SAFETY: ignoring SIGPIPE so that writes to closed sockets return EPIPE; an
+        // SAFETY: ignoring SIGPIPE so that writes to closed sockets return EPIPE (and
+        // SIGSYS, as nginx's signal table does: a stray one must not kill a master); an
         // empty signal mask, as nginx's processes run with (its master waits in
         // sigsuspend with an empty mask, its workers set it empty): a mask inherited
         // from whatever started us must not hold back SIGCHLD, SIGHUP or SIGQUIT.
@@ -111,6 +112,7 @@ impl Signals {
         // it (and its master says so).
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::signal(libc::SIGSYS, libc::SIG_IGN);
             libc::signal(libc::SIGSEGV, libc::SIG_DFL);
             libc::signal(libc::SIGBUS, libc::SIG_DFL);
             let mut none: libc::sigset_t = std::mem::zeroed();
