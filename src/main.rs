@@ -446,6 +446,7 @@ fn serve(
     }
     let worker = match Worker::new(Role::Single, cycle.clone(), listeners, signals) {
         Ok(mut w) => {
+            w.set_reload_options(opts);
             w.run();
             Some(w)
         }

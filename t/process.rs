@@ -2000,6 +2000,42 @@ fn single_process_usr2_and_winch_as_nginx() {
     assert_eq!(exchange(p, b""), b"x");
 }
 
+/// HUP to a single process (master_process off) reads the configuration again, as
+/// nginx's single process cycle: a broken one gets nginx's lines and the process serves
+/// on (nginx 1.22.1 side by side); a good one is not taken, with sluice's warning (nginx
+/// 1.22.1 takes it half: its new listening sockets are never served).
+#[test]
+fn single_process_hup_reads_the_configuration() {
+    let p = free_port();
+    let conf = format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p}; return x; }} }}\n");
+    let s = Sluice::start(&conf);
+    let (pid, me) = (s.pid(), std::process::id());
+    let file = s.dir.join("sluice.conf");
+    let good = std::fs::read_to_string(&file).expect("read conf");
+    let lines = good.lines().count();
+    std::fs::write(&file, format!("{good}garbage;\n")).expect("write conf");
+    assert!(wait_in_epoll(pid));
+    signal(pid, libc::SIGHUP);
+    let emerg = format!("[emerg] {pid}#{pid}: unknown directive \"garbage\" in {}:{}", file.display(), lines + 1);
+    assert!(wait_for(10 * SEC, || s.error_log().contains(&emerg)), "no {emerg:?}\n{}", s.error_log());
+    let log = s.error_log();
+    let tail: Vec<&str> =
+        log.lines().filter(|l| !l.contains("epoll_wait")).map(|l| l.get(20..).unwrap_or("")).collect();
+    let want = [
+        format!("[notice] {pid}#{pid}: signal 1 (SIGHUP) received from {me}, reconfiguring"),
+        format!("[notice] {pid}#{pid}: reconfiguring"),
+        emerg.clone(),
+    ];
+    assert_eq!(tail[tail.len().saturating_sub(3)..], want, "{log}");
+    assert_eq!(exchange(p, b""), b"x");
+    std::fs::write(&file, &good).expect("write conf");
+    assert!(wait_in_epoll(pid));
+    signal(pid, libc::SIGHUP);
+    let warn = "[warn] ";
+    assert!(wait_for(10 * SEC, || s.error_log().contains(warn)), "{}", s.error_log());
+    assert_eq!(exchange(p, b""), b"x");
+}
+
 /// WINCH sent to a worker of a daemonized master stops that worker gracefully, with
 /// nginx's "aborting" alert (its ngx_debug_quit), and the master starts another.
 #[test]

@@ -197,9 +197,16 @@ pub struct Worker {
     /// mutex skips that many turns' trylock (and the exclusive-accept reorder runs on
     /// every accept event).
     accept_disabled: i64,
+    /// A single process's command-line options, for HUP (see `on_signals`).
+    reload_options: Option<crate::stream::conf::LoadOptions>,
 }
 
 impl Worker {
+    /// A single process (master_process off) reads its configuration again on HUP.
+    pub fn set_reload_options(&mut self, opts: crate::stream::conf::LoadOptions) {
+        self.reload_options = Some(opts);
+    }
+
     pub fn new(role: Role, cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
         let poll = Poll::new()?;
         // nginx's ngx_use_exclusive_accept: EPOLLEXCLUSIVE only with several workers
@@ -252,6 +259,7 @@ impl Worker {
             signals,
             quitting: false,
             debug_quit: false,
+            reload_options: None,
             shutdown_at: None,
             accept_paused: None,
             accepts_per_event,
@@ -574,11 +582,19 @@ impl Worker {
             self.quit();
         }
         if single && has(&[libc::SIGHUP]) {
-            error(
-                Level::Warn,
-                "reconfiguring needs the master process (master_process on); configuration not reloaded",
-                None,
-            );
+            // nginx's single process reads the configuration again (ngx_init_cycle), so
+            // a broken one gets nginx's lines; a good one is not taken: sluice reloads
+            // with a master process only.
+            error(Level::Notice, "reconfiguring", None);
+            let loaded = self.reload_options.as_ref().map(|o| crate::stream::conf::load_with(o, Some(&self.cycle)));
+            match loaded {
+                Some(Err(e)) => e.log(),
+                _ => error(
+                    Level::Warn,
+                    "reconfiguring needs the master process (master_process on); configuration not reloaded",
+                    None,
+                ),
+            }
         }
         if has(&[libc::SIGUSR1]) {
             error(Level::Notice, "reopening logs", None);
