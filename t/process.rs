@@ -1231,6 +1231,14 @@ fn upgrade_conf(p: u16, up: u16, r: u16) -> String {
     )
 }
 
+/// A configuration whose server at `port` answers with the pid of the worker.
+fn return_pid_conf(daemon: bool, workers: &str, port: u16) -> String {
+    format!(
+        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{port}; return \"$pid\\n\"; }} }}\n",
+        head(daemon, workers)
+    )
+}
+
 /// A daemonized master with 2 workers serving `p`.
 fn start_daemon(conf: &str, p: u16) -> (Run, i32, Vec<i32>) {
     let run = Run::start(conf);
@@ -1496,10 +1504,7 @@ fn signals_during_a_graceful_shutdown_are_left_as_nginx() {
 #[test]
 fn a_worker_dead_in_the_turn_of_a_reload_is_reaped_first() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "2")
-    );
+    let conf = return_pid_conf(true, "2", r);
     let (run, master, before) = start_daemon(&conf, r);
     signal(master, libc::SIGSTOP);
     signal(before[0], libc::SIGKILL);
@@ -1602,10 +1607,7 @@ fn deleting_socket_goes_to_the_reloads_new_log() {
 #[test]
 fn usr2_runs_the_replaced_binary_file() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "2")
-    );
+    let conf = return_pid_conf(true, "2", r);
     let run = Run::start_with(&conf, None, &[], true);
     let old = run.master();
     assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
@@ -1625,10 +1627,7 @@ fn usr2_runs_the_replaced_binary_file() {
 #[test]
 fn usr2_with_a_pid_file_that_cannot_be_renamed_as_nginx() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "1")
-    );
+    let conf = return_pid_conf(true, "1", r);
     let run = Run::start_in(&conf, &[OLDBIN]);
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
@@ -1659,10 +1658,7 @@ fn usr2_with_a_pid_file_that_cannot_be_renamed_as_nginx() {
 #[test]
 fn pid_files_that_cannot_be_renamed_back_or_deleted_as_nginx() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "2")
-    );
+    let conf = return_pid_conf(true, "2", r);
     let run = Run::start(&conf);
     let old = run.master();
     assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
@@ -1693,10 +1689,7 @@ fn pid_files_that_cannot_be_renamed_back_or_deleted_as_nginx() {
 #[test]
 fn sigchld_without_children_as_nginx() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "1")
-    );
+    let conf = return_pid_conf(true, "1", r);
     let run = Run::start(&conf);
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
@@ -1715,10 +1708,7 @@ fn sigchld_without_children_as_nginx() {
 #[test]
 fn a_workers_signals_of_one_turn_in_nginx_order() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "1")
-    );
+    let conf = return_pid_conf(true, "1", r);
     let run = Run::start(&conf);
     let master = run.master();
     let worker_lines = |w: i32| -> Vec<String> {
@@ -1754,10 +1744,7 @@ fn a_workers_signals_of_one_turn_in_nginx_order() {
 #[test]
 fn term_escalates_to_sigkill_on_nginx_alarms() {
     let r = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{r}; return \"$pid\\n\"; }} }}\n",
-        head(true, "1")
-    );
+    let conf = return_pid_conf(true, "1", r);
     let run = Run::start(&conf);
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
@@ -1802,7 +1789,7 @@ fn start_command(conf: &str) -> (Run, Option<i32>, String) {
 /// With `daemon on` the pid file is there, naming the running master, as soon as the
 /// start command returns: Debian's nginx (the oracle) writes it in the process started
 /// by hand, before that exits. sluice's daemon wrote it a moment later, and a script
-/// that read it at once missed it about one time in three.
+/// that read it at once missed it about one time in three. A HUP sent at once reloads.
 #[test]
 fn a_daemons_pid_file_is_there_when_the_start_returns() {
     for _ in 0..10 {
@@ -1815,7 +1802,13 @@ fn a_daemons_pid_file_is_there_when_the_start_returns() {
         let pid = run.read_pid(PID);
         assert_eq!(code, Some(0), "{err}\n{}", run.ctx());
         assert!(pid.is_some_and(alive), "pid file {pid:?} right after the start\n{}", run.ctx());
-        assert!(wait_for(10 * SEC, || workers_of(pid.unwrap_or(0), &[]).len() == 1), "{}", run.ctx());
+        // A signal sent at once waits for the daemon's handlers (HUP's default action
+        // would end it).
+        let pid = pid.unwrap_or(0);
+        signal(pid, libc::SIGHUP);
+        assert!(wait_for(10 * SEC, || run.log().contains(": reconfiguring\n")), "no reload\n{}", run.ctx());
+        assert!(alive(pid), "HUP right after the start ended the master\n{}", run.ctx());
+        assert!(wait_for(10 * SEC, || workers_of(pid, &[]).len() == 1), "{}", run.ctx());
     }
 }
 
@@ -2072,10 +2065,7 @@ fn daemonized_worker_stops_on_winch_and_is_replaced() {
 #[test]
 fn killed_worker_is_respawned_with_alert() {
     let p = free_port();
-    let conf = format!(
-        "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} }}\n",
-        head(false, "2")
-    );
+    let conf = return_pid_conf(false, "2", p);
     let run = Run::start(&conf);
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 2), "2 workers\n{}", run.ctx());

@@ -502,6 +502,15 @@ pub fn unlink_socket(path: &std::path::Path) {
 pub fn daemonize(keep_stderr: bool, pid_file: &str) -> io::Result<()> {
     // SAFETY: fork/setsid/dup2 on a single-threaded process before the reactor starts.
     unsafe {
+        // The pid file is there before the daemon has its handlers (`Signals::install`):
+        // a signal sent at once (HUP, USR2, whose default action ends a process) waits,
+        // blocked, until they are in place, as nginx's handlers are set before it forks.
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for &sig in HANDLED {
+            libc::sigaddset(&mut block, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, std::ptr::null_mut());
         let pid = libc::getpid();
         match libc::fork() {
             -1 => return Err(io::Error::last_os_error()),
