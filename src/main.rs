@@ -72,7 +72,8 @@ fn parse_args(argv: &[Vec<u8>]) -> Result<Args, Vec<u8>> {
                 i += 1;
                 argv.get(i).cloned().ok_or_else(|| format!("option \"-{}\" requires {}", c as char, what).into_bytes())
             };
-            let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+            // Bytes that are not UTF-8 (a Latin-1 prefix) are kept, as a configuration's.
+            let text = |v: Vec<u8>| sluice::core::conf::parser::bytes_to_text(&v);
             match c {
                 b'?' | b'h' => a.help = true,
                 b'v' => a.version = true,

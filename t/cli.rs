@@ -620,3 +620,58 @@ fn inherited_sockets_variable_read_as_nginx() {
     assert!(err.find(close).is_some_and(|at| ok < Some(at) && Some(at) < done), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// File names keep bytes that are not UTF-8 (a Latin-1 "é", 0xe9), as nginx opens the
+/// bytes it was given: the prefix (`-p`), an `include`, the error and access logs, the
+/// pid file. sluice turned them into other names (U+FFFD, or the UTF-8 of its stand-in
+/// characters), so the include failed and the logs went elsewhere.
+#[test]
+fn file_names_keep_bytes_that_are_not_utf8() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let tmp = TempDir::new("latin1");
+    let name = |base: &Path, tail: &[u8]| -> PathBuf {
+        let mut b = base.as_os_str().as_bytes().to_vec();
+        b.extend_from_slice(tail);
+        PathBuf::from(std::ffi::OsString::from_vec(b))
+    };
+    let prefix = name(tmp.path(), b"/pr\xe9/");
+    std::fs::create_dir(&prefix).expect("mkdir");
+    let p = free_port();
+    let inc = format!(
+        "stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return ok; access_log acc\u{1}.log f; }} }}\n"
+    );
+    let inc: Vec<u8> = inc.bytes().map(|c| if c == 1 { 0xe9 } else { c }).collect();
+    std::fs::write(name(&prefix, b"inc\xe9.conf"), inc).expect("write include");
+    let main = b"error_log err\xe9.log info;\ndaemon off;\nmaster_process off;\npid p\xe9.pid;\nevents {}\ninclude inc\xe9.conf;\n";
+    std::fs::write(prefix.join("n.conf"), main).expect("write conf");
+    let args = |t: bool| {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        if t {
+            a.push("-t".into());
+        }
+        a.extend(["-p".into(), prefix.clone().into_os_string(), "-c".into(), "n.conf".into()]);
+        a
+    };
+    let out = run(&args(true), tmp.path());
+    let mut ok = b"sluice: the configuration file ".to_vec();
+    ok.extend_from_slice(prefix.as_os_str().as_bytes());
+    ok.extend_from_slice(b"n.conf syntax is ok\n");
+    assert_eq!(out.status.code(), Some(0), "{}", console(&out.stderr));
+    assert!(out.stderr.starts_with(&ok), "{:?}", String::from_utf8_lossy(&out.stderr));
+    let mut child = std::process::Command::new(crate::common::bin())
+        .args(args(false))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let served = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
+    let answer = if served { exchange(p, b"") } else { Vec::new() };
+    let acc = name(&prefix, b"acc\xe9.log");
+    let logged = wait_for(Duration::from_secs(10), || std::fs::read(&acc).is_ok_and(|b| b.ends_with(b"x\n")));
+    let (err, pid) = (name(&prefix, b"err\xe9.log").exists(), name(&prefix, b"p\xe9.pid").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer, b"ok");
+    assert!(logged && err && pid, "access log {logged}, error log {err}, pid file {pid}");
+}

@@ -313,7 +313,7 @@ thread_local! {
 }
 
 fn open_append(path: &str) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+    OpenOptions::new().append(true).create(true).mode(0o644).open(crate::core::conf::parser::os_path(path))
 }
 
 impl ErrorLog {
@@ -571,7 +571,8 @@ pub fn error(level: Level, msg: &str, err: Option<&io::Error>) {
 
 /// Print `sluice: MSG` on stderr (nginx's `ngx_log_stderr`).
 pub fn stderr(msg: &str) {
-    stderr_bytes(msg.as_bytes());
+    // A name with bytes that are not UTF-8 goes out as it came (see `text_to_bytes`).
+    stderr_bytes(&crate::core::conf::parser::text_to_bytes(msg));
 }
 
 /// `stderr` for a message that quotes bytes which need not be UTF-8 (command-line

@@ -62,7 +62,7 @@ fn open(path: &str) -> io::Result<Option<File>> {
     if path.is_empty() {
         return Ok(None);
     }
-    OpenOptions::new().append(true).create(true).mode(0o644).open(path).map(Some)
+    OpenOptions::new().append(true).create(true).mode(0o644).open(crate::core::conf::parser::os_path(path)).map(Some)
 }
 
 impl LogFile {

@@ -41,7 +41,8 @@ struct Cached {
 pub type Failed = (&'static str, io::Error);
 
 fn open_log(name: &str) -> Result<(File, (u64, u64)), Failed> {
-    let f = std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(name).map_err(|e| ("open()", e))?;
+    let path = crate::core::conf::parser::os_path(name);
+    let f = std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path).map_err(|e| ("open()", e))?;
     let m = f.metadata().map_err(|e| ("fstat()", e))?;
     Ok((f, (m.dev(), m.ino())))
 }

@@ -458,7 +458,7 @@ pub fn signal_name(sig: libc::c_int) -> &'static str {
 }
 
 pub fn write_pid(path: &str) -> io::Result<()> {
-    std::fs::write(path, format!("{}\n", pid()))
+    std::fs::write(crate::core::conf::parser::os_path(path), format!("{}\n", pid()))
 }
 
 /// `ngx_delete_pidfile`: a pid file that cannot be deleted is an alert.
@@ -565,7 +565,7 @@ pub fn send_signal(pid_path: &str, name: &str) -> Result<(), String> {
     };
     // nginx's ngx_signal_process: open, read at most 22 bytes (the longest number and a
     // newline), drop the trailing newlines, and read digits only.
-    let mut f = std::fs::File::open(pid_path)
+    let mut f = std::fs::File::open(crate::core::conf::parser::os_path(pid_path))
         .map_err(|e| format!("[error] open() \"{}\" failed {}", pid_path, crate::core::conf::os_err(&e)))?;
     let mut buf = [0u8; 22];
     let mut n = 0;

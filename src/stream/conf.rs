@@ -329,7 +329,13 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         // (Only a `pid` the configuration names: nginx's default is /run/nginx.pid,
         // which exists; sluice's default under the prefix often does not, yet.)
         let pid = cx.core.pid.get();
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&pid) {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(crate::core::conf::parser::os_path(&pid))
+        {
             return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", pid, crate::core::conf::os_err(&e)))));
         }
     }
@@ -358,7 +364,9 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     // configuration names them (ngx_init_cycle): the first that cannot be opened is
     // the one reported. (Every `open_file` is in that list.)
     for p in crate::core::logfile::file_order().iter().filter(|p| !opts.signaller && !p.is_empty()) {
-        if let Err(e) = std::fs::OpenOptions::new().append(true).create(true).open(p) {
+        if let Err(e) =
+            std::fs::OpenOptions::new().append(true).create(true).open(crate::core::conf::parser::os_path(p))
+        {
             return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))));
         }
     }

@@ -274,7 +274,11 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let target = match path.as_static() {
         Some(p) => {
             // An empty name is descriptor 2 (ngx_conf_open_file).
-            let full = if p.is_empty() { String::new() } else { cx.full_name_of(&String::from_utf8_lossy(p)) };
+            let full = if p.is_empty() {
+                String::new()
+            } else {
+                cx.full_name_of(&crate::core::conf::parser::bytes_to_text(p))
+            };
             let spec = FileSpec { path: full, buffer, gzip, flush };
             if let Some(old) = cx.open_files.iter().find(|f| f.path == spec.path && f.buffer != 0) {
                 if buffer != 0 && (old.buffer != buffer || old.flush != flush || old.gzip != gzip) {
@@ -439,7 +443,7 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                 if let Some(n) = path.iter().position(|&c| c == 0) {
                     path.truncate(n);
                 }
-                let path = String::from_utf8_lossy(&path).into_owned();
+                let path = crate::core::conf::parser::bytes_to_text(&path);
                 let written = match srv.confs.log.open_file_cache.as_ref().and_then(Option::as_ref) {
                     Some(cache) => cache.write(&path, &line, crate::core::time::wall().0),
                     None => crate::core::logfile::LogFile::open(&path)

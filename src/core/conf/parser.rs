@@ -145,6 +145,13 @@ fn unescape(raw: &[u8]) -> String {
 /// bytes 0x80..0xFF.
 const RAW_BYTE_BASE: u32 = 0x10FF00;
 
+/// A file name from the configuration or the command line as the bytes it was written
+/// with (nginx opens the bytes as given: a Latin-1 name is not turned into UTF-8).
+pub fn os_path(name: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(text_to_bytes(name).into_owned()))
+}
+
 /// A word as text: valid UTF-8 as it is, every other byte as its stand-in.
 pub fn bytes_to_text(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len());
@@ -373,7 +380,7 @@ pub fn parse_str(text: &str) -> Block {
 /// Read and parse a file. An unreadable file is an error at `from` (the `include`
 /// directive), or without a location for the main file.
 pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), ConfError> {
-    match std::fs::read(path) {
+    match std::fs::read(os_path(path)) {
         Ok(text) => {
             let file: Rc<str> = Rc::from(path);
             let block = parse_bytes(&text, file.clone());
