@@ -623,7 +623,7 @@ fn inherited_sockets_variable_read_as_nginx() {
 
 /// File names keep bytes that are not UTF-8 (a Latin-1 "é", 0xe9), as nginx opens the
 /// bytes it was given: the prefix (`-p`), an `include`, the error and access logs, the
-/// pid file. sluice turned them into other names (U+FFFD, or the UTF-8 of its stand-in
+/// pid file, a certificate and its key. sluice turned them into other names (U+FFFD, or the UTF-8 of its stand-in
 /// characters), so the include failed and the logs went elsewhere.
 #[test]
 fn file_names_keep_bytes_that_are_not_utf8() {
@@ -637,8 +637,13 @@ fn file_names_keep_bytes_that_are_not_utf8() {
     let prefix = name(tmp.path(), b"/pr\xe9/");
     std::fs::create_dir(&prefix).expect("mkdir");
     let p = free_port();
+    let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/conf_errors/ssl.files");
+    std::fs::copy(files.join("cert.pem"), name(&prefix, b"c\xe9.pem")).expect("copy cert");
+    std::fs::copy(files.join("key.pem"), name(&prefix, b"c\xe9.key")).expect("copy key");
     let inc = format!(
-        "stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return ok; access_log acc\u{1}.log f; }} }}\n"
+        "stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return ok; access_log acc\u{1}.log f; }}\n\
+         server {{ listen 127.0.0.1:{} ssl; ssl_certificate c\u{1}.pem; ssl_certificate_key c\u{1}.key; return ok; }} }}\n",
+        free_port()
     );
     let inc: Vec<u8> = inc.bytes().map(|c| if c == 1 { 0xe9 } else { c }).collect();
     std::fs::write(name(&prefix, b"inc\xe9.conf"), inc).expect("write include");

@@ -1156,7 +1156,10 @@ pub fn set_session_timeout(b: &mut openssl::ssl::SslContextBuilder, secs: u64) {
 /// A path or value as a C string (configuration values hold no NUL: the reader
 /// refuses them).
 pub fn cstring(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
+    // A configuration word's bytes as written (a Latin-1 file name stays Latin-1).
+    let mut b = crate::core::conf::parser::text_to_bytes(s).into_owned();
+    b.retain(|&c| c != 0);
+    CString::new(b).unwrap_or_default()
 }
 
 /// Drop every session in `ctx`'s built-in cache through its remove callback

@@ -159,7 +159,8 @@ pub(crate) fn read_password_file(cmd: &Cmd, cx: &ConfCx) -> ConfResult<Rc<Vec<Ve
     use std::io::Read as _;
     let path = cx.conf_full_name(cmd.arg(0));
     let os = crate::core::conf::os_err;
-    let mut f = std::fs::File::open(&path).map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, os(&e))))?;
+    let mut f = std::fs::File::open(crate::core::conf::parser::os_path(&path))
+        .map_err(|e| cmd.err(format!("open() \"{}\" failed {}", path, os(&e))))?;
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(|e| cmd.err(format!("read() \"{}\" failed {}", path, os(&e))))?;
     let mut list = Vec::new();
@@ -302,7 +303,8 @@ fn read_ticket_keys(files: &[String], cx: &ConfCx) -> Result<Vec<tls::TicketKey>
     let mut keys = Vec::new();
     for name in files {
         let path = cx.conf_full_name(name);
-        let mut f = std::fs::File::open(&path).map_err(|e| at(format!("open() \"{}\" failed {}", path, os(&e))))?;
+        let mut f = std::fs::File::open(crate::core::conf::parser::os_path(&path))
+            .map_err(|e| at(format!("open() \"{}\" failed {}", path, os(&e))))?;
         // A directory opens too; its size is not a key's.
         let size = f.metadata().map(|m| m.len()).map_err(|e| at(format!("fstat() \"{}\" failed {}", path, os(&e))))?;
         if size != 48 && size != 80 {
@@ -583,12 +585,12 @@ fn build_context(
                 continue;
             }
             let path = cx.conf_full_name(&file);
-            if let Err(e) = b.set_ca_file(&path) {
+            if let Err(e) = b.set_ca_file(crate::core::conf::parser::os_path(&path)) {
                 return Err(stack_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path), &e));
             }
             tls::clear_errors();
             if client_list {
-                let names = openssl::x509::X509Name::load_client_ca_file(&path)
+                let names = openssl::x509::X509Name::load_client_ca_file(crate::core::conf::parser::os_path(&path))
                     .map_err(|e| stack_text(&format!("SSL_load_client_CA_file(\"{}\") failed", path), &e))?;
                 b.set_client_ca_list(names);
             }
