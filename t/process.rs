@@ -1239,6 +1239,14 @@ fn return_pid_conf(daemon: bool, workers: &str, port: u16) -> String {
     )
 }
 
+/// A daemon with 2 workers whose unix socket PREFIX/u.sock answers with the worker's pid.
+fn unix_return_pid_conf() -> String {
+    format!(
+        "{}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%u.sock; return \"$pid\\n\"; }}\n}}\n",
+        head(true, "2")
+    )
+}
+
 /// A daemonized master with 2 workers serving `p`.
 fn start_daemon(conf: &str, p: u16) -> (Run, i32, Vec<i32>) {
     let run = Run::start(conf);
@@ -1387,10 +1395,7 @@ fn upgrade_rollback_hup_old_quit_new_under_load() {
 /// the file the old master serves; the master that exits last deletes it.
 #[test]
 fn upgrade_rollback_keeps_a_unix_socket_file() {
-    let conf = format!(
-        "{}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%u.sock; return \"$pid\\n\"; }}\n}}\n",
-        head(true, "2")
-    );
+    let conf = unix_return_pid_conf();
     let run = Run::start(&conf);
     let old = run.master();
     let sock = run.path("u.sock");
@@ -1426,10 +1431,7 @@ fn upgrade_rollback_keeps_a_unix_socket_file() {
 /// and left the file (seen now and then under load in CI).
 #[test]
 fn rollback_quit_in_the_turn_of_the_new_binary_exit_deletes_the_socket_file() {
-    let conf = format!(
-        "{}events {{}}\nstream {{\n  server {{ listen unix:%%PREFIX%%u.sock; return \"$pid\\n\"; }}\n}}\n",
-        head(true, "2")
-    );
+    let conf = unix_return_pid_conf();
     let run = Run::start(&conf);
     let old = run.master();
     let sock = run.path("u.sock");
