@@ -2980,32 +2980,69 @@ fn accept_mutex_passes_to_another_worker_near_worker_connections() {
         2,
         &format!(
             "events {{ worker_connections 16; accept_mutex on; accept_mutex_delay 100ms; }}\nstream {{\n \
-             server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; return $pid; }}\n}}\n"
+             server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 60s; return $pid; }}\n}}\n"
         ),
     );
     assert!(wait_for(Duration::from_secs(10), || children(s.pid()).len() == 2));
+    // A ClientHello without extensions (record and handshake headers, version, 32 random
+    // bytes, no session id, one cipher suite, null compression): its head is sent at
+    // once, then the random a byte at a time, each a turn of the worker that holds it
+    // (a "poke"), then the rest, which ends ssl_preread and answers the pid.
+    let mut hello = vec![0x16, 3, 1, 0, 47, 1, 0, 0, 43, 3, 3];
+    hello.extend([0x5a; 32]);
+    hello.extend([0, 0, 2, 0x13, 1, 1, 0, 0, 0]);
+    let (head, random, tail) = (&hello[..11], &hello[11..43], &hello[43..]);
     // Idle clients, one after another: each holds a connection in its worker while
-    // ssl_preread waits for a ClientHello.
-    let clients: Vec<std::net::TcpStream> = (0..24)
+    // ssl_preread waits for the rest of its ClientHello. 16 less the listening socket
+    // and the channel to the master leaves 14 a worker; the worker that takes the first
+    // ones closes what it cannot hold until the other worker has the mutex.
+    let mut idle: Vec<std::net::TcpStream> = (0..20)
         .map(|_| {
-            let c = crate::common::connect(p);
+            let mut c = crate::common::connect(p);
+            let _ = c.write_all(head);
             std::thread::sleep(Duration::from_millis(150));
             c
         })
         .collect();
+    // Then clients served at once, one at a time. A worker near its limit that still
+    // watches the socket may take one and close it; its idle clients' pokes give it
+    // the turns in which it stops trying, as nginx's ngx_accept_disabled counts down,
+    // while the other worker takes the mutex.
     let mut served: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for mut c in clients {
+    let (mut extras, mut poked) = (0, 0);
+    for poke in random {
+        if extras == 3 {
+            break;
+        }
+        let mut c = crate::common::connect(p);
         let _ = c.write_all(b"not a TLS record");
         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         let mut pid = String::new();
         let _ = c.read_to_string(&mut pid);
         if !pid.is_empty() {
             *served.entry(pid).or_default() += 1;
+            extras += 1;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        poked += 1;
+        for c in &mut idle {
+            let _ = c.write_all(&[*poke]);
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    // 16 less the listening socket and the channel to the master: 14 clients a worker.
-    let mut counts: Vec<usize> = served.values().copied().collect();
-    counts.sort();
-    assert_eq!(counts.len(), 2, "both workers served: {served:?}");
-    assert!(counts[1] <= 14 && counts[0] >= 2, "{served:?}");
+    assert_eq!(extras, 3, "clients past the first worker's limit were served: {served:?}");
+    let mut held: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for mut c in idle {
+        let _ = c.write_all(&[&random[poked..], tail].concat());
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut pid = String::new();
+        let _ = c.read_to_string(&mut pid);
+        if !pid.is_empty() {
+            *held.entry(pid.clone()).or_default() += 1;
+            *served.entry(pid).or_default() += 1;
+        }
+    }
+    assert_eq!(served.len(), 2, "both workers served: {served:?}");
+    assert!(held.values().all(|&n| n <= 14), "at most 14 idle clients a worker: {held:?}");
 }
