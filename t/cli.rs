@@ -642,11 +642,17 @@ fn file_names_keep_bytes_that_are_not_utf8() {
     std::fs::copy(files.join("key.pem"), name(&prefix, b"c\xe9.key")).expect("copy key");
     let inc = format!(
         "stream {{ log_format f x; server {{ listen 127.0.0.1:{p}; return ok; access_log acc\u{1}.log f; }}\n\
-         server {{ listen 127.0.0.1:{} ssl; ssl_certificate c\u{1}.pem; ssl_certificate_key c\u{1}.key; return ok; }} }}\n",
+         server {{ listen 127.0.0.1:{} ssl; ssl_certificate c\u{1}.pem; ssl_certificate_key c\u{1}.key; return ok; }}\n\
+         include g\u{1}*.conf; }}\n",
         free_port()
     );
-    let inc: Vec<u8> = inc.bytes().map(|c| if c == 1 { 0xe9 } else { c }).collect();
-    std::fs::write(name(&prefix, b"inc\xe9.conf"), inc).expect("write include");
+    let latin1 = |s: String| -> Vec<u8> { s.bytes().map(|c| if c == 1 { 0xe9 } else { c }).collect() };
+    std::fs::write(name(&prefix, b"inc\xe9.conf"), latin1(inc)).expect("write include");
+    // A glob include, and a geo include within it.
+    let q = free_port();
+    let globbed = format!("geo $g {{ include geo\u{1}.conf; }}\nserver {{ listen 127.0.0.1:{q}; return $g; }}\n");
+    std::fs::write(name(&prefix, b"g\xe9a.conf"), latin1(globbed)).expect("write globbed include");
+    std::fs::write(name(&prefix, b"geo\xe9.conf"), b"default geo-ok;\n").expect("write geo include");
     let main = b"error_log err\xe9.log info;\ndaemon off;\nmaster_process off;\npid p\xe9.pid;\nevents {}\ninclude inc\xe9.conf;\n";
     std::fs::write(prefix.join("n.conf"), main).expect("write conf");
     let args = |t: bool| {
@@ -672,11 +678,13 @@ fn file_names_keep_bytes_that_are_not_utf8() {
         .expect("spawn");
     let served = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
     let answer = if served { exchange(p, b"") } else { Vec::new() };
+    let geo = if served { exchange(q, b"") } else { Vec::new() };
     let acc = name(&prefix, b"acc\xe9.log");
     let logged = wait_for(Duration::from_secs(10), || std::fs::read(&acc).is_ok_and(|b| b.ends_with(b"x\n")));
     let (err, pid) = (name(&prefix, b"err\xe9.log").exists(), name(&prefix, b"p\xe9.pid").exists());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(answer, b"ok");
+    assert_eq!(geo, b"geo-ok");
     assert!(logged && err && pid, "access log {logged}, error log {err}, pid file {pid}");
 }

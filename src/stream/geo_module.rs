@@ -452,7 +452,7 @@ fn mixed_with_entries(c: &Cmd, base: &str) -> ConfError {
 fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, text: &str) -> ConfResult<bool> {
     let bin = format!("{text}.bin");
     let crit = |msg: String| log::error(Level::Crit, &c.err(msg).to_string(), None);
-    let mut file = match std::fs::File::open(&bin) {
+    let mut file = match std::fs::File::open(parser::os_path(&bin)) {
         Ok(f) => f,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -476,7 +476,7 @@ fn include_binary_base(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, text: &str) -> Co
             return Ok(false);
         }
     };
-    match std::fs::metadata(text) {
+    match std::fs::metadata(parser::os_path(text)) {
         Ok(m) if mtime < m.mtime() => {
             cx.warn(c, &format!("stale binary geo range base \"{}\"", bin));
             return Ok(false);
@@ -524,7 +524,13 @@ fn create_binary_base(b: &GeoBuild) {
     let mut highs: Vec<(u16, &[Range])> = b.low.iter().map(|(h, r)| (*h, r.as_slice())).collect();
     highs.sort_by_key(|(h, _)| *h);
     let base = geo_binary::encode(&b.values, &highs);
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o644).open(&bin);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(parser::os_path(&bin));
     let mut file = match file {
         Ok(f) => f,
         Err(e) => return log::error(Level::Crit, &format!("open() \"{}\" failed", bin), Some(&e)),
