@@ -33,7 +33,8 @@ const SEC: Duration = Duration::from_secs(1);
 
 /// `(state, ppid, utime + stime in clock ticks)` of a process.
 fn stat(pid: i32) -> Option<(char, i32, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // (The command name may have bytes that are not UTF-8.)
+    let s = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let state = f.first()?.chars().next()?;
@@ -152,7 +153,7 @@ impl Run {
     }
 
     /// Start `sluice -p PREFIX -c sluice.conf` (with RLIMIT_NOFILE `nofile`, if given;
-    /// from a copy of the binary at PREFIX/sbin/sluice if `copy`) and wait for its pid
+    /// from a copy of the binary at `COPY` under PREFIX if `copy`) and wait for its pid
     /// file; with `daemon on`, also for the started process to exit, as the daemon's
     /// parent does.
     fn start_with(conf: &str, nofile: Option<u64>, dirs: &[&str], copy: bool) -> Run {
@@ -164,8 +165,8 @@ impl Run {
         let stderr = std::fs::File::create(run.path("stderr.txt")).expect("stderr file");
         let program = if copy {
             std::fs::create_dir_all(run.path("sbin")).expect("mkdir sbin");
-            std::fs::copy(bin(), run.path("sbin/sluice")).expect("copy the binary");
-            run.path("sbin/sluice")
+            std::fs::copy(bin(), run.copy()).expect("copy the binary");
+            run.copy()
         } else {
             bin()
         };
@@ -208,6 +209,13 @@ impl Run {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Where `start_with(.., copy = true)` runs its copy of the binary from: a name with
+    /// a byte that is not UTF-8, which nginx's execve of argv[0] keeps as it is.
+    fn copy(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        self.path("sbin").join(std::ffi::OsString::from_vec(b"sluic\xe9".to_vec()))
     }
 
     fn write_conf(&self, conf: &str) {
@@ -1616,7 +1624,7 @@ fn usr2_runs_the_replaced_binary_file() {
     let run = Run::start_with(&conf, None, &[], true);
     let old = run.master();
     assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
-    let program = run.path("sbin/sluice");
+    let program = run.copy();
     std::fs::copy(bin(), run.path("sbin/sluice.new")).expect("copy");
     std::fs::rename(run.path("sbin/sluice.new"), &program).expect("install");
     let new = usr2(&run, old);

@@ -672,7 +672,7 @@ impl Master {
                 for &fd in &fds {
                     process::set_inheritable(fd, true);
                 }
-                let err = exec(&exe, &self.argv, &env);
+                let err = exec(&self.argv, &env);
                 error(
                     Level::Alert,
                     &format!("execve() failed while executing new binary process \"{}\"", exe),
@@ -698,18 +698,27 @@ impl Master {
         }
     }
 
-    /// The program as it was started (nginx's `ngx_argv[0]`).
+    /// The program as it was started (nginx's `ngx_argv[0]`), as log text: its bytes
+    /// are written as they are.
     fn argv0(&self) -> String {
-        self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()
+        use std::os::unix::ffi::OsStrExt;
+        self.argv.first().map(|a| crate::core::conf::parser::bytes_to_text(a.as_bytes())).unwrap_or_default()
     }
 }
 
-fn exec(exe: &str, argv: &[std::ffi::OsString], fds: &str) -> std::io::Error {
+/// Run `argv` again, `argv[0]` as the program (its bytes as they are).
+fn exec(argv: &[std::ffi::OsString], fds: &str) -> std::io::Error {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
+    let exe = argv.first().cloned().unwrap_or_default();
     // execve(2) takes a name without a slash as a path (Command would search PATH).
-    let path = if exe.contains('/') { exe.to_string() } else { format!("./{}", exe) };
+    let path = if exe.as_bytes().contains(&b'/') {
+        std::path::PathBuf::from(&exe)
+    } else {
+        std::path::Path::new(".").join(&exe)
+    };
     let mut cmd = std::process::Command::new(path);
-    cmd.arg0(exe);
+    cmd.arg0(&exe);
     cmd.args(argv.iter().skip(1)).env(crate::core::process::INHERITED_ENV, fds);
     cmd.exec()
 }
