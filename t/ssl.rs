@@ -316,8 +316,6 @@ fn version_names_the_ssl_module() {
     assert!(wait_for(Duration::from_secs(1), || true));
 }
 
-/// A TLS backend on a free port (the test certificate): for each connection, `handle`
-/// runs on the accepted TLS stream, in a thread of its own.
 /// A TLS server context with the test certificate, for backends.
 fn acceptor_builder() -> openssl::ssl::SslAcceptorBuilder {
     let mut b = openssl::ssl::SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
@@ -326,6 +324,8 @@ fn acceptor_builder() -> openssl::ssl::SslAcceptorBuilder {
     b
 }
 
+/// A TLS backend on a free port (the test certificate): for each connection, `handle`
+/// runs on the accepted TLS stream, in a thread of its own.
 fn tls_backend(handle: fn(SslStream<TcpStream>)) -> u16 {
     let mut b = acceptor_builder();
     // As nginx's servers: accept any name (a resumed session then keeps its name).
@@ -342,6 +342,27 @@ fn tls_backend(handle: fn(SslStream<TcpStream>)) -> u16 {
                     handle(s);
                 }
             });
+        }
+    });
+    port
+}
+
+/// A TLS backend for one connection on a free port: after `delay`, the handshake with
+/// `acceptor`, then `handle` on the TLS stream (reads time out at 5 s).
+fn tls_backend_once(
+    acceptor: openssl::ssl::SslAcceptor,
+    delay: Duration,
+    handle: impl FnOnce(SslStream<TcpStream>) + Send + 'static,
+) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((c, _)) = l.accept() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            std::thread::sleep(delay);
+            if let Ok(s) = acceptor.accept(c) {
+                handle(s);
+            }
         }
     });
     port
@@ -1342,18 +1363,7 @@ fn tls_client_is_read_while_the_upstream_connects() {
 /// disconnected", as nginx 1.22.1 logs it; sluice said "upstream disconnected").
 #[test]
 fn tls_client_gone_during_a_slow_upstream_handshake_is_the_client_disconnecting() {
-    let acceptor = acceptor_builder().build();
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let up = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        if let Ok((c, _)) = l.accept() {
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            std::thread::sleep(Duration::from_millis(600));
-            if let Ok(s) = acceptor.accept(c) {
-                tls_echo(s);
-            }
-        }
-    });
+    let up = tls_backend_once(acceptor_builder().build(), Duration::from_millis(600), tls_echo);
     let port = free_port();
     let s = Sluice::start(&conf(port, "proxy_ssl on;", &format!("proxy_pass 127.0.0.1:{up};")));
     let c = tls(port, None, |_| {});
@@ -1395,20 +1405,12 @@ fn close_notify_wait_ends_with_the_proxy_timeout_timer() {
 /// closes makes the send fail; the client's unread bytes make the close's line.
 #[test]
 fn failed_upstream_send_keeps_its_action_for_the_close() {
-    let acceptor = acceptor_builder().build();
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let up = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        if let Ok((c, _)) = l.accept() {
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            if let Ok(mut s) = acceptor.accept(c) {
-                let mut buf = vec![0u8; 16384];
-                let _ = s.read_exact(&mut buf);
-                // Closed with unread bytes and no lingering: a reset, so sluice's next
-                // write fails.
-                let _ = socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO));
-            }
-        }
+    let up = tls_backend_once(acceptor_builder().build(), Duration::ZERO, |mut s| {
+        let mut buf = vec![0u8; 16384];
+        let _ = s.read_exact(&mut buf);
+        // Closed with unread bytes and no lingering: a reset, so sluice's next write
+        // fails.
+        let _ = socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO));
     });
     let port = free_port();
     let s = Sluice::start(&conf(
