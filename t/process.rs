@@ -1294,6 +1294,29 @@ fn served_by(r: u16) -> Option<i32> {
     read_line(&mut dial(r).ok()?).ok()?.trim().parse().ok()
 }
 
+/// nginx's `ngx_noaccepting` outlives a plain reload: after WINCH, a HUP reads the
+/// configuration and starts workers, and when a later new binary exits the old master
+/// starts its workers once more, beside the reload's (nginx 1.22.1 side by side: two
+/// sets of workers). The stopped workers' flag is cleared only by the rollback.
+#[test]
+fn winch_outlives_a_plain_reload_until_the_new_binary_exits() {
+    let r = free_port();
+    let run = Run::start(&return_pid_conf(true, "2", r));
+    let old = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
+    let first = workers_of(old, &[]);
+    winch(&run, old, &first, 0);
+    signal(old, libc::SIGHUP);
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "HUP: 2 workers\n{}", run.ctx());
+    let reloaded = workers_of(old, &[]);
+    let new = usr2(&run, old);
+    signal(new, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(new)), "the new binary did not quit\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 4), "no second set of workers\n{}", run.ctx());
+    assert!(reloaded.iter().all(|&w| alive(w)), "the reload's workers were stopped\n{}", run.ctx());
+    assert_eq!(run.read_pid(PID), Some(old), "{}", run.ctx());
+}
+
 /// USR2, WINCH, QUIT to the old master under load: no connection fails, the new
 /// master keeps `sluice.pid`, `.oldbin` goes, `-s quit` then stops the new master.
 #[test]

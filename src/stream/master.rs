@@ -38,8 +38,10 @@ pub struct Master {
     quitting: bool,
     /// TERM or INT: the workers are told to exit, then killed if they do not.
     terminating: Option<Escalation>,
-    /// Workers stopped by WINCH: none run until HUP.
-    no_accept: bool,
+    /// nginx's `ngx_noaccepting`: the workers were stopped by WINCH. Cleared by the HUP
+    /// of a rollback, or when the new binary exits (then the workers start again); a
+    /// plain reload leaves it, as nginx's does.
+    noaccepting: bool,
     /// The new master of a binary upgrade, while it runs.
     new_binary: Option<libc::pid_t>,
     /// Children collected by `wait_children`, for `reap_children`.
@@ -68,6 +70,8 @@ struct Pending {
     reopen: bool,
     change_binary: bool,
     noaccept: bool,
+    /// The new binary exited while the workers were stopped (nginx's `ngx_restart`).
+    restart: bool,
 }
 
 fn exit_text(e: &ChildExit) -> (Level, String) {
@@ -97,7 +101,7 @@ impl Master {
             pid_file,
             quitting: false,
             terminating: None,
-            no_accept: false,
+            noaccepting: false,
             new_binary: None,
             exited: Vec::new(),
             pending: Pending::default(),
@@ -417,6 +421,9 @@ impl Master {
         if std::mem::take(&mut self.pending.reconfigure) {
             self.reload();
         }
+        if std::mem::take(&mut self.pending.restart) {
+            self.start_workers();
+        }
         if std::mem::take(&mut self.pending.reopen) {
             error(Level::Notice, "reopening logs", None);
             self.reopen_logs();
@@ -427,7 +434,7 @@ impl Master {
             self.change_binary();
         }
         if std::mem::take(&mut self.pending.noaccept) {
-            self.no_accept = true;
+            self.noaccepting = true;
             self.signal_workers(libc::SIGQUIT, true, usize::MAX);
         }
     }
@@ -500,17 +507,17 @@ impl Master {
                     );
                     error(Level::Alert, &msg, Some(&e));
                 }
-                // Our workers were stopped for the new binary (WINCH): take over again.
-                if self.no_accept && !self.quitting && self.terminating.is_none() {
-                    self.no_accept = false;
-                    self.start_workers();
+                // Our workers were stopped for the new binary (WINCH): they start again
+                // once this turn's reconfiguration is done.
+                if std::mem::take(&mut self.noaccepting) {
+                    self.pending.restart = true;
                 }
                 continue;
             }
             let Some(w) = worker else { continue };
             reaped_worker = true;
             // A worker that died on its own is replaced, unless it cannot work.
-            let stopping = self.quitting || self.terminating.is_some() || self.no_accept;
+            let stopping = self.quitting || self.terminating.is_some();
             if !w.exiting && !stopping && !matches!(how, ChildExit::Code(2)) {
                 self.spawn(w.slot);
             }
@@ -524,7 +531,7 @@ impl Master {
         // During a binary upgrade HUP means "take over again" (the rollback): start the
         // workers of the running configuration, read nothing.
         if self.new_binary.is_some() {
-            self.no_accept = false;
+            self.noaccepting = false;
             self.start_workers();
             return;
         }
@@ -609,7 +616,6 @@ impl Master {
                 process::unlink_socket(p);
             }
         }
-        self.no_accept = false;
         // As nginx: the new workers first, a tenth of a second for them to start
         // accepting, then the old ones are told to quit.
         let old_workers = self.workers.len();
