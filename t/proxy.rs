@@ -1075,6 +1075,71 @@ fn immediate_connect_failure_is_crit_and_tries_the_next_peer() {
     assert!(!log.contains("[alert]"), "{log}");
 }
 
+/// A unix socket whose listen queue is full: Linux's connect() says EAGAIN, which nginx
+/// takes as a refusal ([error], the peer failed, the next one tried, 502 without one),
+/// not as a connect in progress (nginx 1.22.1 side by side, hunt16b F04).
+#[test]
+fn unix_upstream_with_a_full_listen_queue_is_refused() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = TempDir::new("unix-full");
+    let full = dir.join("full.sock");
+    let l = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+    l.bind(&SockAddr::unix(&full).expect("addr")).expect("bind");
+    l.listen(0).expect("listen");
+    // Never accepted: connect until the queue takes no more.
+    let mut queued = Vec::new();
+    loop {
+        let c = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+        c.set_nonblocking(true).expect("nonblocking");
+        match c.connect(&SockAddr::unix(&full).expect("addr")) {
+            Ok(()) => queued.push(c),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(queued.len() < 64, "the listen queue does not fill");
+    }
+    let here = backend_with(|mut c| {
+        let _ = c.write_all(b"HERE");
+    });
+    let (p, q) = (free_port(), free_port());
+    let f = full.display();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$status $upstream_addr';\n\
+           access_log %%PREFIX%%st.log st;\n\
+           upstream u {{ server unix:{f}; server 127.0.0.1:{here}; }}\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass u; }}\n\
+           server {{ listen 127.0.0.1:{q}; proxy_pass unix:{f}; }}\n\
+         }}"
+    ));
+    let mut out = String::new();
+    let mut c = connect(p);
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "HERE");
+    let mut c = connect(q);
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    out.clear();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "");
+    let lines = s.wait_lines("st.log", 2);
+    assert_eq!(lines, vec![format!("200 unix:{f}, 127.0.0.1:{here}"), format!("502 unix:{f}")]);
+    let log = s.error_log();
+    // The second client is *4: the first session's two upstream connections took 2, 3.
+    for (n, port) in [(1, p), (4, q)] {
+        let want = format!(
+            "[error] {pid}#{pid}: *{n} connect() to unix:{f} failed (11: Resource temporarily unavailable) while \
+             connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:{port}, upstream: \"unix:{f}\", bytes \
+             from/to client:0/0, bytes from/to upstream:0/0",
+            pid = s.pid()
+        );
+        assert!(log.contains(&want), "want: {want}\n{log}");
+    }
+    assert!(log.contains("upstream server temporarily disabled while connecting to upstream"), "{log}");
+    assert!(!log.contains("[alert]"), "{log}");
+    drop(queued);
+}
+
 /// Zero timeouts end the session before anything is read, as nginx 1.22.1 did side by
 /// side (3 runs of 3): nginx reads a client only when epoll reports it readable, and a
 /// 0 ms timer armed while a turn's events are handled expires at the end of that turn.

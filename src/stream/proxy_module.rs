@@ -786,7 +786,9 @@ impl ProxySession {
         let rc = unsafe { libc::connect(sock.fd(), sa.as_ptr().cast::<libc::sockaddr>(), sa.len()) };
         if rc != 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) && e.kind() != io::ErrorKind::WouldBlock {
+            // Only EINPROGRESS is a connect under way: Linux says EAGAIN for a unix
+            // socket whose listen queue is full, a refusal to nginx.
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
                 if let Some(slot) = self.udp_slot.take() {
                     cx.rt.dgram_owners.release(slot);
                 }
