@@ -1376,6 +1376,42 @@ fn tls_client_gone_during_a_slow_upstream_handshake_is_the_client_disconnecting(
     );
 }
 
+/// A TLS read takes record after record until the buffer (here the rate's allowance) is
+/// full, as nginx's ngx_ssl_recv: ten 300-byte records sent at once go upstream under
+/// `proxy_upload_rate 1000` as 300, 700, 1000, 1000 (nginx 1.22.1 side by side), where
+/// one SSL_read a time sent ten pieces of 300, each paced on its own (hunt16b F03).
+#[test]
+fn tls_reads_fill_the_buffer_across_records() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = l.local_addr().expect("addr").port();
+    let backend = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().expect("accept");
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let (mut sizes, mut total, mut buf) = (Vec::new(), 0, [0u8; 4096]);
+        while total < 3000 {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sizes.push(n);
+                    total += n;
+                }
+            }
+        }
+        sizes
+    });
+    let port = free_port();
+    let _s = Sluice::start(&conf(port, "proxy_upload_rate 1000;", &format!("proxy_pass 127.0.0.1:{up};")));
+    let mut c = tls(port, None, |_| {});
+    // The upstream is connected by the time these records come.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        c.write_all(&[b'r'; 300]).expect("write a record");
+    }
+    let sizes = backend.join().expect("backend");
+    assert_eq!(sizes.iter().sum::<usize>(), 3000, "{sizes:?}");
+    assert!(sizes.len() <= 5 && sizes.iter().any(|&n| n >= 700), "paced per record: {sizes:?}");
+}
+
 /// A TLS session ends with close_notify and waits up to 3 s for the client's, unless
 /// proxy_timeout's timer on the client's write event, still armed, comes first: nginx's
 /// shutdown handler then closes quietly (here at 0.7 s, as nginx 1.22.1 closes; sluice

@@ -266,6 +266,9 @@ pub struct TlsConn {
     /// An error ended the connection: no close_notify is sent (nginx's `c->error`,
     /// `no_send_shutdown`).
     failed: bool,
+    /// How a read that returned bytes first ended (the end, `Ok(0)`, or an error):
+    /// the next read's answer (nginx's `c->ssl->last`).
+    last: Option<io::Result<usize>>,
 }
 
 impl TlsConn {
@@ -321,7 +324,7 @@ impl TlsConn {
             )
         };
         let stream = SslStream::new(ssl, sock).map_err(|e| stack_text("SSL_set_fd() failed", &e))?;
-        Ok(TlsConn { stream, handshaked: false, failed: false, stale: None })
+        Ok(TlsConn { stream, handshaked: false, failed: false, stale: None, last: None })
     }
 
     /// The socket under TLS.
@@ -395,9 +398,35 @@ impl TlsConn {
     }
 
     /// `ngx_ssl_recv`: bytes, 0 at the end (close_notify or the socket's end), or
-    /// `WouldBlock`.
+    /// `WouldBlock`. As nginx's, it reads record after record until `buf` is full or
+    /// nothing more has come (one SSL_read gives at most the rest of one record), so a
+    /// rate limit paces what was read, not the peer's record sizes.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(last) = self.last.take() {
+            return last;
+        }
         clear_errors();
+        let mut bytes = 0;
+        loop {
+            match self.read_record(&mut buf[bytes..]) {
+                Ok(n) if n > 0 => {
+                    bytes += n;
+                    if bytes == buf.len() {
+                        return Ok(bytes);
+                    }
+                }
+                Err(e) if bytes > 0 && e.kind() == io::ErrorKind::WouldBlock => return Ok(bytes),
+                end if bytes > 0 => {
+                    self.last = Some(end);
+                    return Ok(bytes);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One SSL_read.
+    fn read_record(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.stream.ssl_read(buf) {
             Ok(n) => Ok(n),
             // ngx_ssl_handle_recv: a close_notify, or a failure that left OpenSSL's error
