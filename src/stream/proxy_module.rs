@@ -1082,7 +1082,7 @@ impl ProxySession {
         if self.udp {
             // A datagram socket has nothing to read before its first send: an answer
             // raises an edge (the socket is watched before anything is sent).
-            return self.process(s, cx, false);
+            return self.process(s, cx, false, true);
         }
         // A client nginx has not read yet (no PROXY header, no preread) is watched only
         // from here (ngx_stream_proxy_process ends with ngx_handle_read_event), so what
@@ -1101,14 +1101,17 @@ impl ProxySession {
             cx.timers.rearm(&mut self.timer, cx.now + t, session_token(s.key, Side::Client));
             return Flow::Again;
         }
-        match self.process(s, cx, false) {
-            Flow::Again => self.process(s, cx, true),
+        // nginx's ngx_stream_proxy_process(s, 0, 1), then the upstream's posted read.
+        match self.process(s, cx, false, true) {
+            Flow::Again => self.process(s, cx, true, false),
             f => f,
         }
     }
 
     /// `ngx_stream_proxy_process`: move bytes one way, then see if the session is over.
-    fn process(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool) -> Flow {
+    /// `do_write`: woken by the destination (its write event), so held bytes are sent
+    /// first; a read event only reads (then sends what it read).
+    fn process(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, from_upstream: bool, do_write: bool) -> Flow {
         if !self.connected {
             return Flow::Again;
         }
@@ -1148,7 +1151,7 @@ impl ProxySession {
         } else {
             (&mut s.client, upstream, &mut self.down)
         };
-        let r = d.pump(src, dst, &mut cx.rt.scratch, &mut cx.rt.pipes, budget);
+        let r = d.pump(src, dst, &mut cx.rt.scratch, &mut cx.rt.pipes, budget, do_write);
         if from_upstream {
             plog.received += r.read;
             s.sent += r.written;
@@ -1626,13 +1629,16 @@ impl Content for ProxySession {
             return Flow::Again;
         }
         // Client read and upstream write move bytes upstream; the others downstream.
-        let order: [(bool, bool); 2] = match side {
-            Side::Client => [(ready.readable || ready.hup || ready.error, false), (ready.writable, true)],
-            Side::Upstream => [(ready.readable || ready.hup || ready.error, true), (ready.writable, false)],
+        // (A read event, then a write event, as nginx's epoll module calls them.)
+        let order: [(bool, bool, bool); 2] = match side {
+            Side::Client => [(ready.readable || ready.hup || ready.error, false, false), (ready.writable, true, true)],
+            Side::Upstream => {
+                [(ready.readable || ready.hup || ready.error, true, false), (ready.writable, false, true)]
+            }
         };
-        for (wanted, from_upstream) in order {
+        for (wanted, from_upstream, do_write) in order {
             if wanted {
-                match self.process(s, cx, from_upstream) {
+                match self.process(s, cx, from_upstream, do_write) {
                     Flow::Again => {}
                     f => return f,
                 }
@@ -1658,7 +1664,7 @@ impl Content for ProxySession {
             if self.delay_timer[di] == Some(id) {
                 self.delay_timer[di] = None;
                 self.delayed[di] = false;
-                return self.process(s, cx, di == 1);
+                return self.process(s, cx, di == 1, false);
             }
         }
         if self.timer == Some(id) && self.udp {

@@ -36,6 +36,10 @@ pub struct Direction {
     /// Copied bytes `dst` has not taken yet.
     held: Vec<u8>,
     pos: usize,
+    /// Bytes read since this direction last held nothing: as nginx's one buffer, which
+    /// is read into until full and starts over only once all of it is sent, what is
+    /// held never passes `proxy_buffer_size` (copy path).
+    fill: usize,
     pipe: Option<Pipe>,
     /// `src` reached end of file (or failed).
     pub eof: bool,
@@ -123,10 +127,13 @@ impl Direction {
         }
         self.held = Vec::new();
         self.pos = 0;
+        self.fill = 0;
     }
 
     /// Move bytes from `src` to `dst` until one of them would block, end of file, an
-    /// error, or the per-wake-up cap.
+    /// error, or the per-wake-up cap. Without `do_write` (woken by `src`, not by `dst`)
+    /// copied bytes held from before are sent only after a read, as nginx's read event
+    /// handler does (`ngx_stream_proxy_process(.., do_write = 0)`).
     pub fn pump(
         &mut self,
         src: &mut Conn,
@@ -134,15 +141,21 @@ impl Direction {
         scratch: &mut Vec<u8>,
         pipes: &mut PipePool,
         b: Budget,
+        mut do_write: bool,
     ) -> Pumped {
         let mut out = Pumped::default();
         let mut reads = 0;
         let mut limit = b.limit;
         let mut drained = false;
         let mut paced = false;
+        // `dst` is full: reads go on into what is left of the buffer, behind the held
+        // bytes (nginx's ngx_stream_proxy_process reads while `b->end - b->last` > 0).
+        let mut dst_full = false;
+        // Held bytes go before the pipe's: with both, nothing waits for a read.
+        do_write |= self.pipe.is_some();
         loop {
             // First deliver what is held, in order: copied bytes, then the pipe.
-            if self.pos < self.held.len() {
+            if self.pos < self.held.len() && !dst_full && do_write {
                 match dst.write(&self.held[self.pos..]) {
                     Ok(n) => {
                         self.pos += n;
@@ -150,10 +163,16 @@ impl Direction {
                         if self.pos == self.held.len() {
                             self.held.clear();
                             self.pos = 0;
+                            self.fill = 0;
                         }
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.pipe.is_some() {
+                            return out;
+                        }
+                        dst_full = true;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         out.write_error = Some(e);
@@ -183,7 +202,9 @@ impl Direction {
                     }
                 }
             }
-            if self.eof || limit == Some(0) || drained || paced || !self.src_ready {
+            let room = b.buffer.saturating_sub(self.fill);
+            if self.eof || limit == Some(0) || drained || paced || !self.src_ready || (room == 0 && self.pipe.is_none())
+            {
                 if drained {
                     self.src_ready = false;
                 }
@@ -225,7 +246,7 @@ impl Direction {
                 }
                 continue;
             }
-            let max = limit.map_or(b.buffer, |l| l.min(b.buffer)).max(1);
+            let max = limit.map_or(room, |l| l.min(room)).max(1);
             if scratch.len() < max {
                 // (The proxy reserved its buffer size when it started; calloc'd.)
                 *scratch = vec![0; max];
@@ -242,6 +263,14 @@ impl Direction {
                     paced = b.rate > 0 && n as u64 * 1000 / b.rate > 0;
                     if let Some(l) = limit.as_mut() {
                         *l -= n.min(*l);
+                    }
+                    if self.pos < self.held.len() {
+                        // Behind what is held; sent with it next, if `dst` can take more.
+                        self.held.extend_from_slice(&scratch[..n]);
+                        self.fill += n;
+                        do_write = true;
+                        drained = !self.greedy && n < max && !src.is_tls();
+                        continue;
                     }
                     // After the peer's hang-up a short read is followed by the read that
                     // finds the end of file: made before writing, it lets the last bytes
@@ -283,6 +312,8 @@ impl Direction {
                     out.written += w as u64;
                     if w < n {
                         self.held.extend_from_slice(&scratch[w..n]);
+                        self.fill = n;
+                        dst_full = true;
                     }
                     // A short read drains a socket, but not TLS: OpenSSL may hold more
                     // records it read ahead, and no new event would announce them.
@@ -325,5 +356,93 @@ pub fn zeroed(n: usize) -> Option<Vec<u8>> {
             return None;
         }
         Some(Vec::from_raw_parts(p, n, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A copy-path direction between two unix socket pairs: (what feeds `src`, `src`,
+    /// `dst`, what reads `dst`).
+    fn pairs() -> (mio::net::UnixStream, Conn, Conn, mio::net::UnixStream) {
+        let (feed, src) = mio::net::UnixStream::pair().expect("pair");
+        let (dst, sink) = mio::net::UnixStream::pair().expect("pair");
+        (feed, Conn::Unix(src), Conn::Unix(dst), sink)
+    }
+
+    fn budget(buffer: usize) -> Budget {
+        Budget { buffer, limit: None, splice: false, rate: 0 }
+    }
+
+    /// Feed `feed` until its socket takes no more; the bytes written.
+    fn flood(feed: &mut mio::net::UnixStream) -> usize {
+        let chunk = [7u8; 4096];
+        let mut n = 0;
+        while let Ok(k) = feed.write(&chunk) {
+            n += k;
+        }
+        n
+    }
+
+    /// As nginx's one buffer: with the destination full, reads go on into what is left
+    /// of `proxy_buffer_size`, and start over only once all of it is sent; a read event
+    /// with the buffer full sends nothing (ngx_stream_proxy_process with do_write 0).
+    #[test]
+    fn the_buffer_starts_over_only_once_all_of_it_is_sent() {
+        let (mut feed, mut src, mut dst, mut sink) = pairs();
+        let (mut scratch, mut pipes) = (Vec::new(), PipePool::with_limit(0));
+        let mut d = Direction { src_ready: true, ..Default::default() };
+        let mut blocked = 0;
+        // Fill the destination first, so the relay's writes block.
+        if let Conn::Unix(s) = &mut dst {
+            blocked = flood(s);
+        }
+        assert!(blocked > 0);
+        flood(&mut feed);
+        let buffer = 8192;
+        let r = d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(buffer), true);
+        assert_eq!((r.read, r.written), (buffer as u64, 0), "read into the whole buffer while blocked");
+        assert_eq!(d.held_len(), buffer);
+        // Room in the destination for part of it: a read event (the buffer is full)
+        // neither reads nor sends.
+        let mut out = vec![0u8; 4096];
+        let freed = sink.read(&mut out).expect("read sink");
+        assert!(freed > 0);
+        let r = d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(buffer), false);
+        assert_eq!((r.read, r.written), (0, 0));
+        // Drain the sink: the write event sends the buffer, then reads a new one.
+        while sink.read(&mut out).is_ok_and(|n| n > 0) {}
+        let r = d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(buffer), true);
+        assert!(r.written >= buffer as u64, "{r:?}");
+        assert!(r.read > 0, "{r:?}");
+        assert!(d.held_len() <= buffer);
+    }
+
+    /// Bytes read behind held ones keep their order.
+    #[test]
+    fn bytes_read_while_the_destination_is_full_keep_their_order() {
+        let (mut feed, mut src, mut dst, mut sink) = pairs();
+        let (mut scratch, mut pipes) = (Vec::new(), PipePool::with_limit(0));
+        let mut d = Direction { src_ready: true, ..Default::default() };
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut fed, mut got) = (0, Vec::new());
+        let mut buf = vec![0u8; 3000];
+        for turn in 0..10_000 {
+            if fed < sent.len() {
+                fed += feed.write(&sent[fed..]).unwrap_or(0);
+            }
+            d.src_ready = true;
+            d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(5000), turn % 2 == 0);
+            // A slow reader: a little at a time.
+            if let Ok(n) = sink.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            if got.len() == sent.len() {
+                break;
+            }
+        }
+        assert!(got == sent, "{} of {} bytes, in order: {}", got.len(), sent.len(), sent.starts_with(&got));
     }
 }
