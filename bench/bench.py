@@ -145,7 +145,7 @@ PROCS = Procs()
 
 def read_stat(pid):
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="replace") as f:  # (names may not be UTF-8)
             s = f.read()
     except OSError:
         return None

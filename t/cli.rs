@@ -669,21 +669,29 @@ fn file_names_keep_bytes_that_are_not_utf8() {
     ok.extend_from_slice(b"n.conf syntax is ok\n");
     assert_eq!(out.status.code(), Some(0), "{}", console(&out.stderr));
     assert!(out.stderr.starts_with(&ok), "{:?}", String::from_utf8_lossy(&out.stderr));
-    let mut child = std::process::Command::new(crate::common::bin())
+    let child = std::process::Command::new(crate::common::bin())
         .args(args(false))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
+    // Ended however the test ends.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Guard(child);
     let served = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
     let answer = if served { exchange(p, b"") } else { Vec::new() };
     let geo = if served { exchange(q, b"") } else { Vec::new() };
     let acc = name(&prefix, b"acc\xe9.log");
     let logged = wait_for(Duration::from_secs(10), || std::fs::read(&acc).is_ok_and(|b| b.ends_with(b"x\n")));
     let (err, pid) = (name(&prefix, b"err\xe9.log").exists(), name(&prefix, b"p\xe9.pid").exists());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(answer, b"ok");
     assert_eq!(geo, b"geo-ok");
     assert!(logged && err && pid, "access log {logged}, error log {err}, pid file {pid}");
