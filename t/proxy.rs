@@ -311,6 +311,42 @@ fn rate_paces_one_buffer_at_a_time() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// `timer_resolution`: the worker's clock moves and its timers fire only on the ticks
+/// (nginx's SIGALRM interval timer). Under `proxy_download_rate 1m` each 16k read asks
+/// a 15 ms delay that ends at the next tick: 200,000 bytes take about 12 ticks (nginx
+/// 1.22.1 side by side: one 16k read per 100 ms), where without it they go at once;
+/// and `proxy_timeout 130ms` ends an idle session at the second tick, 0.2 s.
+#[test]
+fn timer_resolution_moves_the_clock_on_its_ticks() {
+    let b = backend_with(|mut c| {
+        let _ = c.write_all(&[b'd'; 200_000]);
+    });
+    let idle = backend_with(|mut c| {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = read_all(&mut c);
+    });
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "timer_resolution 100ms;\nevents {{}}\nstream {{\n log_format t '$session_time';\n \
+         server {{ listen 127.0.0.1:{p}; proxy_download_rate 1m; proxy_pass 127.0.0.1:{b}; }}\n \
+         server {{ listen 127.0.0.1:{q}; proxy_timeout 130ms; proxy_pass 127.0.0.1:{idle}; \
+         access_log %%PREFIX%%t.log t; }}\n}}\n"
+    ));
+    let mut c = connect(p);
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let t0 = Instant::now();
+    let got = read_all(&mut c);
+    let took = t0.elapsed();
+    assert_eq!(got.0.len(), 200_000);
+    assert!(took >= Duration::from_millis(800), "16k a tick: 200,000 bytes took only {took:?}");
+    let mut c = connect(q);
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let _ = read_all(&mut c);
+    let t: f64 = s.wait_lines("t.log", 1)[0].parse().expect("$session_time");
+    assert!(t >= 0.19, "proxy_timeout 130ms fired at {t}, not on a tick");
+    assert!(!s.error_log().contains("SIGALRM"), "{}", s.error_log());
+}
+
 #[test]
 fn connection_refused_is_502() {
     let closed = closed_port();

@@ -17,6 +17,9 @@ pub struct MainConf {
     pub user: Setting<(String, Option<String>)>,
     pub worker_rlimit_nofile: Setting<u64>,
     pub worker_shutdown_timeout: Setting<Duration>,
+    /// `timer_resolution`: the workers' clock moves, and their timers fire, only on ticks
+    /// this far apart (nginx's SIGALRM interval timer); 0, the default, is off.
+    pub timer_resolution: Setting<Duration>,
     pub worker_connections: Setting<usize>,
     /// `multi_accept`: accept every pending connection per listener event (on), or one.
     pub multi_accept: Setting<bool>,
@@ -427,7 +430,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "timer_resolution",
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
-        set: |c, cmd, _| compat(c, cmd, |cmd| value::msec(cmd).map(drop)),
+        set: |c, cmd, _| c.timer_resolution.set_parsed(cmd, value::msec),
     },
     CoreDirective {
         name: "worker_priority",
@@ -493,6 +496,7 @@ impl MainConf {
         self.worker_connections.merge(&Setting::default(), 512);
         self.multi_accept.merge(&Setting::default(), false);
         self.accept_mutex_delay.merge(&Setting::default(), Duration::from_millis(500));
+        self.timer_resolution.merge(&Setting::default(), Duration::ZERO);
         self.accept_mutex.merge(&Setting::default(), false);
     }
 }

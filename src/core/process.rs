@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -49,6 +49,9 @@ fn invalid_number(rest: &[u8], ignoring: &str) -> String {
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if sig == libc::SIGALRM {
+        ALARM.store(true, Ordering::Relaxed);
+    }
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
@@ -63,6 +66,28 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
             libc::write(fd, rec.as_ptr().cast(), rec.len());
         }
     }
+}
+
+/// A SIGALRM came (nginx's `ngx_event_timer_alarm`): with `timer_resolution`, a worker's
+/// clock moves only then.
+static ALARM: AtomicBool = AtomicBool::new(false);
+
+/// Whether a SIGALRM came since the last call.
+pub fn take_alarm() -> bool {
+    ALARM.swap(false, Ordering::Relaxed)
+}
+
+/// `timer_resolution` in a worker: a SIGALRM every `every` (setitimer, as nginx's
+/// ngx_event_process_init).
+pub fn start_interval_timer(every: std::time::Duration) -> io::Result<()> {
+    let tv =
+        libc::timeval { tv_sec: every.as_secs() as libc::time_t, tv_usec: every.subsec_micros() as libc::suseconds_t };
+    let itv = libc::itimerval { it_interval: tv, it_value: tv };
+    // SAFETY: setitimer reads the itimerval we pass.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &itv, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The signals nginx's master and workers act on.

@@ -310,6 +310,14 @@ impl Worker {
     pub fn run(&mut self) -> Exit {
         let mut events = Events::with_capacity(512);
         time::update();
+        // `timer_resolution`: a SIGALRM tick wakes the loop, and only then does the
+        // clock move (so timers fire on the ticks), as nginx's workers run with it.
+        let coarse = !self.cycle.core.timer_resolution.get().is_zero();
+        if coarse {
+            if let Err(e) = crate::core::process::start_interval_timer(self.cycle.core.timer_resolution.get()) {
+                crate::core::log::error(Level::Alert, "setitimer() failed", Some(&e));
+            }
+        }
         loop {
             // The clock is read once per turn, after epoll_wait (as nginx): the timeout is
             // computed from the turn's cached time, so a timer may fire late by the time
@@ -332,6 +340,7 @@ impl Worker {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
+            let mut mutex_wait = None;
             if self.accept_mutex.is_some() && self.accept_paused.is_none() && !self.quitting {
                 if self.accept_disabled > 0 {
                     // Near worker_connections: no try this turn, and no accept_mutex_delay
@@ -344,12 +353,17 @@ impl Worker {
                 if !self.mutex_held && self.accept_disabled <= 0 {
                     // nginx's worker without the mutex tries again after accept_mutex_delay.
                     let d = self.cycle.core.accept_mutex_delay.get();
+                    mutex_wait = Some(d);
                     timeout = Some(timeout.map_or(d, |t| t.min(d)));
                 }
             }
             if let Some(at) = self.shutdown_at {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if coarse {
+                // The ticks wake the loop for the timers.
+                timeout = mutex_wait;
             }
             if !self.rt.requeued.is_empty() {
                 timeout = Some(Duration::ZERO);
@@ -358,7 +372,10 @@ impl Worker {
             // Before anything is logged: a signal's lines carry the time it came, as
             // nginx's signal handler (ngx_time_sigsafe_update) and its update after an
             // interrupted epoll_wait give them.
-            time::update();
+            let signalled = polled.is_err() || events.iter().any(|e| e.token() == SIGNAL_TOKEN);
+            if !coarse || crate::core::process::take_alarm() || signalled {
+                time::update();
+            }
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::core::log::error(Level::Alert, "epoll_wait() failed", Some(&e));
@@ -522,8 +539,11 @@ impl Worker {
         let mut logged = false;
         let daemonized = crate::core::process::daemonized();
         let usr2_ignored = single && crate::core::process::parent_unchanged();
+        let ticks = !self.cycle.core.timer_resolution.get().is_zero();
         for (sig, from) in self.signals.drain() {
             let action = match sig {
+                // timer_resolution's tick (nginx's ngx_timer_signal_handler says nothing).
+                libc::SIGALRM if ticks => continue,
                 libc::SIGTERM | libc::SIGINT => ", exiting",
                 libc::SIGQUIT => ", shutting down",
                 libc::SIGUSR1 => ", reopening logs",
