@@ -34,7 +34,20 @@ fn local_tm(sec: i64) -> libc::tm {
 
 /// Read the system clock and refresh the cached strings when the second changed.
 pub fn update() {
-    INSTANT.with(|i| i.set(Some(Instant::now())));
+    update_on(None);
+}
+
+/// `update`, with the monotonic clock set back to the last tick of `grid` (its start
+/// and step): under `timer_resolution` timers then fire on the tick that reaches them,
+/// however late the ticks are handled (nginx's millisecond clock of a coarse source
+/// does not see that lateness either).
+pub fn update_on(grid: Option<(Instant, std::time::Duration)>) {
+    let mut now = Instant::now();
+    if let Some((start, step)) = grid.filter(|(_, step)| !step.is_zero()) {
+        let ticks = now.saturating_duration_since(start).as_nanos() / step.as_nanos();
+        now = start + step * u32::try_from(ticks).unwrap_or(u32::MAX);
+    }
+    INSTANT.with(|i| i.set(Some(now)));
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let sec = d.as_secs() as i64;
     NOW.with(|n| {
@@ -153,5 +166,18 @@ mod tests {
         v.clear();
         super::time_iso8601(&mut v);
         assert_eq!(v.len(), 25, "{}", String::from_utf8_lossy(&v));
+    }
+
+    /// Under `timer_resolution` the clock stands on the last tick of the grid, however
+    /// late the tick is handled.
+    #[test]
+    fn the_clock_stands_on_the_tick_grid() {
+        use std::time::{Duration, Instant};
+        let step = Duration::from_millis(7);
+        let start = Instant::now() - Duration::from_millis(100);
+        super::update_on(Some((start, step)));
+        let at = super::instant().duration_since(start);
+        assert_eq!(at.as_nanos() % step.as_nanos(), 0, "{at:?}");
+        assert!(at >= Duration::from_millis(98) && at <= Instant::now().duration_since(start), "{at:?}");
     }
 }

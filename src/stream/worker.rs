@@ -312,9 +312,11 @@ impl Worker {
         time::update();
         // `timer_resolution`: a SIGALRM tick wakes the loop, and only then does the
         // clock move (so timers fire on the ticks), as nginx's workers run with it.
-        let coarse = !self.cycle.core.timer_resolution.get().is_zero();
+        let resolution = self.cycle.core.timer_resolution.get();
+        let coarse = !resolution.is_zero();
+        let grid = coarse.then(|| (time::instant(), resolution));
         if coarse {
-            if let Err(e) = crate::core::process::start_interval_timer(self.cycle.core.timer_resolution.get()) {
+            if let Err(e) = crate::core::process::start_interval_timer(resolution) {
                 crate::core::log::error(Level::Alert, "setitimer() failed", Some(&e));
             }
         }
@@ -374,7 +376,7 @@ impl Worker {
             // interrupted epoll_wait give them.
             let signalled = polled.is_err() || events.iter().any(|e| e.token() == SIGNAL_TOKEN);
             if !coarse || crate::core::process::take_alarm() || signalled {
-                time::update();
+                time::update_on(grid);
             }
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
