@@ -1435,17 +1435,13 @@ fn close_notify_wait_ends_with_the_proxy_timeout_timer() {
     assert!(waited < Duration::from_millis(2000), "closed after {waited:?}, not at proxy_timeout");
 }
 
-/// A TLS upstream that resets while sluice's sends to it wait for room: its read event
-/// comes first and OpenSSL reports the reset with an empty error queue, a clean end, so
-/// the session ends "upstream disconnected", and the client's close_notify meets its
-/// data: nginx 1.22.1 side by side logs the same two lines (the shutdown's at crit).
-#[test]
-fn tls_upstream_reset_while_sends_wait_is_its_clean_end() {
-    let up = tls_backend_once(acceptor_builder().build(), Duration::ZERO, |mut s| {
+/// A TLS client sending megabytes through sluice (`proxy_ssl on`) to a TLS backend that
+/// reads 16 KB, waits `wait`, and closes with unread bytes and no lingering: a reset.
+fn send_into_a_resetting_tls_upstream(wait: Duration) -> (Sluice, SslStream<TcpStream>) {
+    let up = tls_backend_once(acceptor_builder().build(), Duration::ZERO, move |mut s| {
         let mut buf = vec![0u8; 16384];
         let _ = s.read_exact(&mut buf);
-        // Long enough for sluice's sends to fill this socket and wait.
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(wait);
         let _ = socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO));
     });
     let port = free_port();
@@ -1464,6 +1460,17 @@ fn tls_upstream_reset_while_sends_wait_is_its_clean_end() {
             break;
         }
     }
+    (s, c)
+}
+
+/// A TLS upstream that resets while sluice's sends to it wait for room: its read event
+/// comes first and OpenSSL reports the reset with an empty error queue, a clean end, so
+/// the session ends "upstream disconnected", and the client's close_notify meets its
+/// data: nginx 1.22.1 side by side logs the same two lines (the shutdown's at crit).
+#[test]
+fn tls_upstream_reset_while_sends_wait_is_its_clean_end() {
+    // Long enough for sluice's sends to fill the backend's socket and wait.
+    let (s, c) = send_into_a_resetting_tls_upstream(Duration::from_millis(500));
     drop(c);
     wait_log(&s, 1);
     let lines = session_lines(&s);
@@ -1480,29 +1487,7 @@ fn tls_upstream_reset_while_sends_wait_is_its_clean_end() {
 /// closes makes the send fail; the client's unread bytes make the close's line.
 #[test]
 fn failed_upstream_send_keeps_its_action_for_the_close() {
-    let up = tls_backend_once(acceptor_builder().build(), Duration::ZERO, |mut s| {
-        let mut buf = vec![0u8; 16384];
-        let _ = s.read_exact(&mut buf);
-        // Closed with unread bytes and no lingering: a reset, so sluice's next write
-        // fails.
-        let _ = socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO));
-    });
-    let port = free_port();
-    let s = Sluice::start(&conf(
-        port,
-        "proxy_ssl on; ssl_protocols TLSv1.2 TLSv1.3;",
-        &format!("proxy_pass 127.0.0.1:{up};"),
-    ));
-    let mut c = tls(port, None, |b| {
-        b.set_min_proto_version(Some(SslVersion::TLS1_3)).expect("min");
-    });
-    c.get_ref().set_write_timeout(Some(Duration::from_secs(3))).ok();
-    let chunk = vec![b'x'; 65536];
-    for _ in 0..512 {
-        if c.write_all(&chunk).is_err() {
-            break;
-        }
-    }
+    let (s, c) = send_into_a_resetting_tls_upstream(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(1000));
     drop(c);
     wait_log(&s, 1);
