@@ -180,6 +180,10 @@ impl Direction {
                     }
                 }
             }
+            // The pipe's bytes come after the held ones: none move while those wait.
+            if self.pos < self.held.len() && self.pipe.is_some() {
+                return out;
+            }
             if let Some(p) = self.pipe.as_mut() {
                 if p.len > 0 {
                     match p.drain_to(dst.fd()) {
@@ -420,11 +424,16 @@ mod tests {
         assert!(d.held_len() <= buffer);
     }
 
-    /// Bytes read behind held ones keep their order.
+    /// Bytes read behind held ones keep their order, copied or spliced.
     #[test]
     fn bytes_read_while_the_destination_is_full_keep_their_order() {
+        keep_order(false);
+        keep_order(true);
+    }
+
+    fn keep_order(splice: bool) {
         let (mut feed, mut src, mut dst, mut sink) = pairs();
-        let (mut scratch, mut pipes) = (Vec::new(), PipePool::with_limit(0));
+        let (mut scratch, mut pipes) = (Vec::new(), PipePool::with_limit(4));
         let mut d = Direction { src_ready: true, ..Default::default() };
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let (mut fed, mut got) = (0, Vec::new());
@@ -434,7 +443,8 @@ mod tests {
                 fed += feed.write(&sent[fed..]).unwrap_or(0);
             }
             d.src_ready = true;
-            d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(5000), turn % 2 == 0);
+            let b = Budget { splice, ..budget(5000) };
+            d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, b, turn % 2 == 0);
             // A slow reader: a little at a time.
             if let Ok(n) = sink.read(&mut buf) {
                 got.extend_from_slice(&buf[..n]);

@@ -374,8 +374,10 @@ impl Worker {
             // Before anything is logged: a signal's lines carry the time it came, as
             // nginx's signal handler (ngx_time_sigsafe_update) and its update after an
             // interrupted epoll_wait give them.
-            let signalled = polled.is_err() || events.iter().any(|e| e.token() == SIGNAL_TOKEN);
-            if !coarse || crate::core::process::take_alarm() || signalled {
+            // (With timer_resolution a signal moves the clock too, as nginx's handler
+            // updates the log's time.)
+            let signalled = || polled.is_err() || events.iter().any(|e| e.token() == SIGNAL_TOKEN);
+            if !coarse || crate::core::process::take_alarm() || signalled() {
                 time::update_on(grid);
             }
             if let Err(e) = polled {
