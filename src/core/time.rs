@@ -44,8 +44,10 @@ pub fn update() {
 pub fn update_on(grid: Option<(Instant, std::time::Duration)>) {
     let mut now = Instant::now();
     if let Some((start, step)) = grid.filter(|(_, step)| !step.is_zero()) {
-        let ticks = now.saturating_duration_since(start).as_nanos() / step.as_nanos();
-        now = start + step * u32::try_from(ticks).unwrap_or(u32::MAX);
+        // In nanoseconds: a count of ticks can pass u32 (49.7 days of 1ms ticks).
+        let elapsed = now.saturating_duration_since(start).as_nanos();
+        let on = u64::try_from(elapsed - elapsed % step.as_nanos()).unwrap_or(u64::MAX);
+        now = start.checked_add(std::time::Duration::from_nanos(on)).unwrap_or(now);
     }
     INSTANT.with(|i| i.set(Some(now)));
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -179,5 +181,14 @@ mod tests {
         let at = super::instant().duration_since(start);
         assert_eq!(at.as_nanos() % step.as_nanos(), 0, "{at:?}");
         assert!(at >= Duration::from_millis(98) && at <= Instant::now().duration_since(start), "{at:?}");
+    }
+
+    /// More ticks than a u32 counts (here 1ns ones over 10 s) still move the clock.
+    #[test]
+    fn the_clock_moves_past_u32_ticks() {
+        use std::time::{Duration, Instant};
+        let start = Instant::now() - Duration::from_secs(10);
+        super::update_on(Some((start, Duration::from_nanos(1))));
+        assert!(super::instant().duration_since(start) >= Duration::from_secs(10));
     }
 }
