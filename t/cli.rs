@@ -696,3 +696,54 @@ fn file_names_keep_bytes_that_are_not_utf8() {
     assert_eq!(geo, b"geo-ok");
     assert!(logged && err && pid, "access log {logged}, error log {err}, pid file {pid}");
 }
+
+/// CA files whose names are not UTF-8 load as nginx loads them (sluice aborted on a
+/// panic in the openssl crate's `set_ca_file`), and a missing one is named with its own
+/// bytes in OpenSSL's part of the message too (it had U+FFFD there).
+#[test]
+fn ca_file_names_keep_bytes_that_are_not_utf8() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let tmp = TempDir::new("latin1-ca");
+    let dir = tmp.path();
+    let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("t/data/conf_errors/ssl.files");
+    let ca = PathBuf::from(std::ffi::OsString::from_vec([dir.as_os_str().as_bytes(), b"/ca\xe9.pem"].concat()));
+    std::fs::copy(files.join("cert.pem"), &ca).expect("copy ca");
+    let conf = |ca: &[u8]| -> Vec<u8> {
+        let head = format!(
+            "events {{}}\nstream {{\nssl_certificate {0}/cert.pem; ssl_certificate_key {0}/key.pem;\n",
+            files.display()
+        );
+        let (a, b) = (free_port(), free_port());
+        [
+            head.as_bytes(),
+            format!("server {{ listen 127.0.0.1:{a} ssl; return x; ssl_verify_client optional; ssl_client_certificate ").as_bytes(),
+            ca,
+            b"; ssl_trusted_certificate ",
+            ca,
+            format!("; }}\nserver {{ listen 127.0.0.1:{b}; proxy_pass 127.0.0.1:{a}; proxy_ssl on; proxy_ssl_verify on; proxy_ssl_trusted_certificate ").as_bytes(),
+            ca,
+            b"; }\n}\n",
+        ]
+        .concat()
+    };
+    let check = |ca: &[u8]| {
+        std::fs::write(dir.join("n.conf"), conf(ca)).expect("write conf");
+        let a: Vec<std::ffi::OsString> =
+            vec!["-t".into(), "-p".into(), dir.as_os_str().into(), "-c".into(), "n.conf".into()];
+        run(&a, dir)
+    };
+    let out = check(b"ca\xe9.pem");
+    assert_eq!(out.status.code(), Some(0), "{}", console(&out.stderr));
+    let out = check(b"no\xe9.pem");
+    assert_eq!(out.status.code(), Some(1), "{}", console(&out.stderr));
+    let missing = [dir.as_os_str().as_bytes(), b"/no\xe9.pem"].concat();
+    let want = [
+        b": SSL_CTX_load_verify_locations(\"".as_slice(),
+        &missing,
+        b"\") failed (SSL: error:80000002:system library::No such file or directory:calling fopen(",
+        &missing,
+        b", r)",
+    ]
+    .concat();
+    assert!(out.stderr.windows(want.len()).any(|w| w == want), "{}", out.stderr.escape_ascii());
+}

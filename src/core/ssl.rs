@@ -143,7 +143,8 @@ pub fn queue_text(msg: &str) -> String {
         }
         let text = if !data.is_null() && flags & ffi::ERR_TXT_STRING != 0 {
             // SAFETY: OpenSSL's NUL-terminated data string, read before the pop below.
-            Some(unsafe { CStr::from_ptr(data) }.to_string_lossy().into_owned())
+            // (A file name's bytes as written: raw bytes go as their stand-ins.)
+            Some(crate::core::conf::parser::bytes_to_text(unsafe { CStr::from_ptr(data) }.to_bytes()))
         } else {
             None
         };
@@ -1189,6 +1190,31 @@ pub fn cstring(s: &str) -> CString {
     let mut b = crate::core::conf::parser::text_to_bytes(s).into_owned();
     b.retain(|&c| c != 0);
     CString::new(b).unwrap_or_default()
+}
+
+/// `SSL_CTX_load_verify_locations(ctx, path, NULL)` with the path's bytes as written (the
+/// openssl crate's `set_ca_file` wants UTF-8 and panics on other names); an error is
+/// left on OpenSSL's queue for `queue_text`.
+pub fn load_verify_locations(b: &mut openssl::ssl::SslContextBuilder, path: &str) -> bool {
+    let cpath = cstring(path);
+    // SAFETY: the builder's live context and a NUL-terminated path.
+    unsafe { ffi::SSL_CTX_load_verify_locations(b.as_ptr(), cpath.as_ptr(), std::ptr::null()) == 1 }
+}
+
+/// `SSL_load_client_CA_file(path)` then `SSL_CTX_set_client_CA_list`, the path's bytes as
+/// written (see `load_verify_locations`); false with the error on OpenSSL's queue.
+pub fn load_client_ca_list(b: &mut openssl::ssl::SslContextBuilder, path: &str) -> bool {
+    let cpath = cstring(path);
+    // SAFETY: a NUL-terminated path; the list, when there is one, goes to the context,
+    // which frees it.
+    unsafe {
+        let names = ffi::SSL_load_client_CA_file(cpath.as_ptr());
+        if names.is_null() {
+            return false;
+        }
+        ffi::SSL_CTX_set_client_CA_list(b.as_ptr(), names);
+    }
+    true
 }
 
 /// Drop every session in `ctx`'s built-in cache through its remove callback

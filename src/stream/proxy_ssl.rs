@@ -186,8 +186,8 @@ fn set_ssl(c: &ProxySsl, cx: &ConfCx) -> Result<SslContext, String> {
         b.set_verify_callback(openssl::ssl::SslVerifyMode::NONE, |_, _| true);
         b.set_verify_depth(c.verify_depth.get() as u32);
         let path = cx.conf_full_name(&trusted);
-        if let Err(e) = b.set_ca_file(&path) {
-            return Err(stack_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path), &e));
+        if !tls::load_verify_locations(&mut b, &path) {
+            return Err(tls::queue_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path)));
         }
         tls::clear_errors();
         let crl = c.crl.get();

@@ -585,14 +585,12 @@ fn build_context(
                 continue;
             }
             let path = cx.conf_full_name(&file);
-            if let Err(e) = b.set_ca_file(crate::core::conf::parser::os_path(&path)) {
-                return Err(stack_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path), &e));
+            if !tls::load_verify_locations(&mut b, &path) {
+                return Err(queue_text(&format!("SSL_CTX_load_verify_locations(\"{}\") failed", path)));
             }
             tls::clear_errors();
-            if client_list {
-                let names = openssl::x509::X509Name::load_client_ca_file(crate::core::conf::parser::os_path(&path))
-                    .map_err(|e| stack_text(&format!("SSL_load_client_CA_file(\"{}\") failed", path), &e))?;
-                b.set_client_ca_list(names);
+            if client_list && !tls::load_client_ca_list(&mut b, &path) {
+                return Err(queue_text(&format!("SSL_load_client_CA_file(\"{}\") failed", path)));
             }
         }
         let crl = c.crl.get();
