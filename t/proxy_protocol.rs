@@ -1100,3 +1100,30 @@ stream {{
     assert!(log.contains(&format!(" connected to 127.0.0.2:{p1}\n")), "{log}");
     assert!(log.contains(&format!(" connected to 0.0.0.0:{p1}\n")), "{log}");
 }
+
+/// `proxy_protocol on`: the header goes to the upstream as soon as it is connected, as
+/// nginx's ngx_stream_proxy_init_upstream sends it, not when the client is first read.
+/// Seen with an upstream that speaks first and closes (a banner, as mail and database
+/// servers send): sluice relayed the banner and ended the session with the header never
+/// sent (`$upstream_bytes_sent` 0, no error); nginx 1.22.1 sends it (44 bytes here), and
+/// the upstream's reset after the banner is logged.
+#[test]
+fn header_goes_upstream_on_connect_before_a_banner_and_close() {
+    let (p, b) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f \"$upstream_bytes_sent $upstream_bytes_received $bytes_sent\";\n\
+         server {{ listen 127.0.0.1:{b}; return \"220 banner\\n\"; }}\n\
+         server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; proxy_protocol on; access_log %%PREFIX%%a.log f; }} }}"
+    ));
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(got, b"220 banner\n");
+    }
+    let lines = s.wait_lines("a.log", 3);
+    assert_eq!(lines, ["44 11 11"; 3], "{}", s.error_log());
+    let reset = "recv() failed (104: Connection reset by peer) while proxying and reading from upstream";
+    assert_eq!(s.error_log().matches(reset).count(), 3, "{}", s.error_log());
+}

@@ -1093,6 +1093,16 @@ impl ProxySession {
         // (A PROXY header, a preread phase or a TLS handshake had it watched already.)
         let watched = self.client_watched || s.client_hup;
         if !watched {
+            // That first ngx_stream_proxy_process sends the PROXY header at once; the
+            // client is not read (its read event is not ready yet).
+            if self.down.held_len() > 0 {
+                self.down.src_ready = false;
+                let flow = self.process(s, cx, false, true);
+                self.down.src_ready = true;
+                if !matches!(flow, Flow::Again) {
+                    return flow;
+                }
+            }
             cx.rt.requeue_with(s.key, self.upstream_ready);
             // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
             // is read, so `proxy_timeout 0` ends the session this turn with nothing
