@@ -1515,3 +1515,46 @@ fn failed_upstream_send_keeps_its_action_for_the_close() {
         );
     }
 }
+
+/// proxy_ssl to `proxy_pass unix:PATH` (written or from a variable) names the upstream
+/// by the socket's path, as nginx's `u->ssl_name` (the group's host) does: it is the
+/// SNI sent and the name checked (sluice said "unix"). And a peer made at run time
+/// (`proxy_pass $v` naming no group) never resumes a session, as nginx's
+/// ngx_stream_upstream_empty_set_session; a configured one does. Side by side with
+/// nginx 1.22.1.
+#[test]
+fn proxy_ssl_names_and_sessions_of_implicit_and_runtime_peers() {
+    let f = files();
+    let dir = crate::common::TempDir::new("ssl-unix");
+    let sock = dir.join("tls.sock");
+    let (p, q, r, t, b) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let conf = format!(
+        "events {{}}\nstream {{\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    \
+         proxy_ssl on;\n    proxy_ssl_server_name on;\n    \
+         server {{ listen unix:{sock} ssl; return \"[$ssl_server_name]\"; }}\n    \
+         server {{ listen 127.0.0.1:{b} ssl; listen 127.0.0.2:{b} ssl; return \"$ssl_session_reused\"; }}\n    \
+         server {{ listen 127.0.0.1:{p}; proxy_pass unix:{sock}; }}\n    \
+         server {{ listen 127.0.0.1:{q}; set $v unix:{sock}; proxy_pass $v; }}\n    \
+         server {{ listen 127.0.0.1:{r}; set $v 127.0.0.1:{b}; proxy_pass $v; }}\n    \
+         server {{ listen 127.0.0.1:{t}; proxy_pass 127.0.0.2:{b}; }}\n}}\n",
+        d = f.display(),
+        sock = sock.display()
+    );
+    // (`$v` finds no group: the configured peer is 127.0.0.2, not 127.0.0.1.)
+    let mut s = Sluice::start(&conf);
+    let ask = |port: u16| {
+        let mut c = connect(port);
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok();
+        out
+    };
+    let want = format!("[{}]", sock.display());
+    assert_eq!(ask(p), want);
+    assert_eq!(ask(q), want);
+    let runtime: Vec<String> = (0..3).map(|_| ask(r)).collect();
+    assert_eq!(runtime, [".", ".", "."]);
+    let configured: Vec<String> = (0..3).map(|_| ask(t)).collect();
+    assert_eq!(configured, [".", "r", "r"]);
+    s.stop();
+}

@@ -423,3 +423,32 @@ fn ipv4_literals_read_as_nginx() {
     want.sort();
     assert_eq!(lines, want);
 }
+
+/// The group a `proxy_pass HOST:PORT` makes goes by HOST alone, as nginx's
+/// `uscf->host` (side by side with nginx 1.22.1): when every address of a name has
+/// failed, "no live upstreams" and `$upstream_addr` say "multi", not "multi:PORT".
+#[test]
+fn implicit_group_goes_by_its_host() {
+    let (p, dead) = (free_port(), free_port());
+    let mut s = Sluice::start_with_hosts(
+        &format!(
+            "events {{}} stream {{ log_format f '$upstream_addr $status'; \
+             server {{ listen 127.0.0.1:{p}; proxy_pass multi:{dead}; access_log %%PREFIX%%a.log f; }} }}"
+        ),
+        "127.0.0.1 localhost\n127.0.0.1 multi\n127.0.0.2 multi\n",
+    );
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = c.read(&mut [0u8; 8]);
+    }
+    let lines = s.wait_lines("a.log", 2);
+    assert_eq!(lines, [format!("127.0.0.1:{dead}, 127.0.0.2:{dead} 502"), "multi 502".to_string()]);
+    assert!(
+        s.error_log().contains("no live upstreams while connecting to upstream, client: 127.0.0.1, "),
+        "{}",
+        s.error_log()
+    );
+    assert!(s.error_log().contains(", upstream: \"multi\", "), "{}", s.error_log());
+    assert_eq!(s.stop(), Some(0));
+}

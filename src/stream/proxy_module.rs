@@ -635,7 +635,8 @@ impl ProxySession {
                 match parse_url(&name, false, false) {
                     Ok(u) if !u.addrs.is_empty() => {
                         self.own_group = true;
-                        Ok(cx.rt.session_group(&name, u.addrs))
+                        // Named as nginx's resolved host: no port, a unix socket's path.
+                        Ok(cx.rt.session_group(u.host.strip_prefix("unix:").unwrap_or(&u.host), u.addrs))
                     }
                     Ok(u) if !u.literal => match find_group(&s.cycle.upstreams, &u.host, u.port) {
                         Some(i) => Ok(i),
@@ -956,7 +957,9 @@ impl ProxySession {
         self.ssl_name = name;
         let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
         let key = format!("{}/{}", host, peer);
-        let reuse = srv.confs.proxy_ssl.session_reuse();
+        // A group made for this session alone keeps no sessions (nginx's
+        // ngx_stream_upstream_empty_set_session for a peer made at run time).
+        let reuse = srv.confs.proxy_ssl.session_reuse() && !self.own_group;
         let session = if reuse { crate::core::ssl::client_session(&key) } else { None };
         let Some(u) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         if let Err(msg) = u.start_tls_client(ctx, sni.as_deref(), session.as_deref(), reuse.then_some(key)) {

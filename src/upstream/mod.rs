@@ -108,6 +108,24 @@ pub struct UpstreamConf {
     pub line: u32,
 }
 
+impl UpstreamConf {
+    /// nginx's `uscf->host`, the name a group goes by (in "no live upstreams" and
+    /// `$upstream_addr`, and as proxy_ssl's default name): an implicit group's URL
+    /// without its port, or a unix socket's path.
+    pub fn host(&self) -> &str {
+        if !self.implicit {
+            return &self.name;
+        }
+        if let Some(path) = self.name.strip_prefix("unix:") {
+            return path;
+        }
+        match self.port {
+            Some(_) => self.name.rsplit_once(':').map_or(&self.name, |(h, _)| h),
+            None => &self.name,
+        }
+    }
+}
+
 /// Per-peer state shared by every session of the worker (nginx's rr peer).
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -263,7 +281,7 @@ fn within(then: Instant, now: Instant, span: Duration) -> bool {
 
 impl PeerSet {
     pub fn new(conf: &UpstreamConf) -> PeerSet {
-        let mut set = PeerSet { name: Rc::from(conf.name.as_str()), ..Default::default() };
+        let mut set = PeerSet { name: Rc::from(conf.host()), ..Default::default() };
         for s in &conf.servers {
             let server: Rc<str> = Rc::from(s.name.as_str());
             if !s.backup {
