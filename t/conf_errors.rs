@@ -532,3 +532,23 @@ fn include_loop_is_an_error_not_a_crash() {
         o.stderr
     );
 }
+
+/// The same inside `map` and `geo` blocks, whose includes are read by their own
+/// handlers: nginx 1.22.1 crashes (SIGSEGV); sluice overflowed its stack (SIGABRT).
+#[test]
+fn map_and_geo_include_loops_are_errors_not_crashes() {
+    for block in ["map $remote_addr $m", "geo $g"] {
+        let files = TempDir::new("conf-include-loop");
+        std::fs::write(files.join("self.txt"), "include self.txt;\n").expect("write");
+        let conf = format!("events {{}}\nstream {{\n{block} {{ include self.txt; }}\n}}\n");
+        let (_tmp, o) = test_conf("include_loop", conf.as_bytes(), Some(files.path()));
+        assert_eq!(o.code, Some(1), "{block}: {}", o.stderr);
+        let first = o.stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("sluice: [emerg] too many nested \"include\" directives (more than 64) in ")
+                && first.ends_with("/self.txt:1"),
+            "{block}: {}",
+            o.stderr
+        );
+    }
+}

@@ -680,19 +680,25 @@ fn include(cx: &mut ConfCx, cmd: &Cmd, scope: &mut Scope<'_>) -> ConfResult {
     } else {
         vec![pattern]
     };
-    // nginx has no limit and crashes on a loop of includes; sluice stops with an error.
-    if cx.include_depth >= MAX_INCLUDE_DEPTH {
-        return Err(cmd.err(format!("too many nested \"include\" directives (more than {})", MAX_INCLUDE_DEPTH)));
-    }
     for name in names {
         let (file, b) = parser::parse_file(&name, Some(cmd))?;
         cx.files.push(file);
-        cx.include_depth += 1;
-        let r = block(cx, &b, scope);
-        cx.include_depth -= 1;
-        r?;
+        nested_include(cx, cmd, |cx| block(cx, &b, scope))?;
     }
     Ok(())
+}
+
+/// Read an included file's block with `read`, one level deeper: nginx has no limit
+/// and crashes on a loop of includes (in a `map` or `geo` block too); sluice stops
+/// with an error.
+pub fn nested_include(cx: &mut ConfCx, cmd: &Cmd, read: impl FnOnce(&mut ConfCx) -> ConfResult) -> ConfResult {
+    if cx.include_depth >= MAX_INCLUDE_DEPTH {
+        return Err(cmd.err(format!("too many nested \"include\" directives (more than {})", MAX_INCLUDE_DEPTH)));
+    }
+    cx.include_depth += 1;
+    let r = read(cx);
+    cx.include_depth -= 1;
+    r
 }
 
 /// Includes nested deeper than this are refused (a file including itself, directly or

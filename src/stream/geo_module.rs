@@ -336,7 +336,7 @@ fn entry(cx: &mut ConfCx, b: &mut GeoBuild, c: &Cmd) -> ConfResult {
         b.include_name = path;
         let (file, blk) = parser::parse_file(&b.include_name, Some(c))?;
         cx.files.push(file);
-        entries(cx, b, &blk)?;
+        crate::stream::conf::nested_include(cx, c, |cx| entries(cx, b, &blk))?;
         b.includes += 1;
         b.outside_entries = false;
         return Ok(());

@@ -225,7 +225,7 @@ fn include(
     for n in names {
         let (file, blk) = parser::parse_file(&n, Some(c))?;
         cx.files.push(file);
-        each(cx, &blk)?;
+        crate::stream::conf::nested_include(cx, c, |cx| each(cx, &blk))?;
     }
     Ok(())
 }
