@@ -1482,3 +1482,24 @@ fn wildcard_listener_answers_from_the_address_written_to() {
     let hex_port = format!(":{:04X} ", p);
     assert_eq!(sockets.matches(&hex_port).count(), 1, "one socket for the port:\n{sockets}");
 }
+
+/// `proxy_bind ADDRESS:PORT` with a fixed port: datagram sessions share it, as nginx
+/// sets SO_REUSEADDR on such a socket (on Linux). sluice failed the second live
+/// session with "bind(...) failed (98: Address already in use)" and 500.
+#[test]
+fn udp_sessions_share_a_fixed_proxy_bind_port() {
+    let b = UdpBackend::tagging();
+    let (p, local) = (free_port(), free_port());
+    let s = Sluice::start(&conf(&format!(
+        "log_format f '$status $upstream_addr'; server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{}; \
+         proxy_bind 127.0.0.1:{local}; proxy_timeout 1s; access_log %%PREFIX%%a.log f; }}",
+        b.port
+    )));
+    let (c1, c2) = (dgram(p), dgram(p));
+    assert_eq!(io(&c1, b"one", ms(5000)).and_then(|r| untag(&r)), Some((local, b"one".to_vec())));
+    assert_eq!(io(&c2, b"two", ms(5000)).and_then(|r| untag(&r)), Some((local, b"two".to_vec())));
+    let want = format!("200 127.0.0.1:{}", b.port);
+    wait_for(ms(5000), || access(&s, "a.log", "200").len() == 2);
+    assert_eq!(access(&s, "a.log", "200"), [want.clone(), want], "{}", tail(&s));
+    assert!(!s.error_log().contains("bind("), "{}", tail(&s));
+}

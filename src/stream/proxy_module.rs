@@ -860,6 +860,11 @@ impl ProxySession {
                 let no_port = libc::IP_BIND_ADDRESS_NO_PORT;
                 let _ = crate::core::conn::set_int_option(sock.as_raw_fd(), libc::IPPROTO_IP, no_port, 1);
             }
+            // nginx on Linux: datagram sessions may share a fixed local port.
+            if self.udp && local.port() != 0 {
+                sock.set_reuse_address(true)
+                    .map_err(|e| ConnectFatal(Level::Alert, "setsockopt(SO_REUSEADDR) failed".to_string(), e))?;
+            }
             // ngx_event_connect_peer: a failed bind is crit.
             sock.bind(&SockAddr::from(*local))
                 .map_err(|e| ConnectFatal(Level::Crit, format!("bind({}) failed", text), e))?;
