@@ -1503,3 +1503,55 @@ fn udp_sessions_share_a_fixed_proxy_bind_port() {
     assert_eq!(access(&s, "a.log", "200"), [want.clone(), want], "{}", tail(&s));
     assert!(!s.error_log().contains("bind("), "{}", tail(&s));
 }
+
+/// A datagram that cannot go to the client (65527 bytes from an IPv6 upstream do not
+/// fit IPv4: EMSGSIZE) ends the session at once, as nginx finalizes it: the alert, no
+/// "udp done" or "udp timed out" line, the answers after it not read (they counted in
+/// `$upstream_bytes_received`, and the batch's later answers were dropped silently),
+/// and the client's next datagram starts a new session. Side by side with nginx 1.22.1.
+#[test]
+fn udp_failed_send_to_client_ends_the_session() {
+    let up = UdpSocket::bind("[::1]:0").expect("bind ::1");
+    let port = up.local_addr().expect("addr").port();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, st) = (peers.clone(), stop.clone());
+    let t = std::thread::spawn(move || {
+        up.set_read_timeout(Some(ms(50))).ok();
+        let mut b = [0u8; 64];
+        while !st.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = up.recv_from(&mut b) {
+                seen.lock().unwrap().push(peer);
+                for d in [&b"a"[..], &vec![b'x'; 65527], b"b"] {
+                    let _ = up.send_to(d, peer);
+                }
+            }
+        }
+    });
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "log_format f '$status $bytes_sent $upstream_bytes_received'; server {{ listen 127.0.0.1:{p} udp; \
+         proxy_pass [::1]:{port}; proxy_buffer_size 64k; proxy_timeout 10s; access_log %%PREFIX%%a.log f; }}"
+    )));
+    let c = dgram(p);
+    for q in [&b"q1"[..], b"q2"] {
+        assert_eq!(io(&c, q, ms(5000)), Some(b"a".to_vec()));
+        assert!(wait_for(ms(5000), || count(&s.error_log(), "sendmsg() failed (90: Message too long)")
+            == (q == b"q2") as usize + 1));
+    }
+    assert_eq!(recv(&c, ms(300)), None, "the answer after the failed one is not relayed");
+    stop.store(true, Ordering::Relaxed);
+    let _ = t.join();
+    let peers = peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 2);
+    assert_ne!(peers[0], peers[1], "one session per request");
+    wait_for(ms(5000), || access(&s, "a.log", "200").len() == 2);
+    assert_eq!(access(&s, "a.log", "200"), ["200 1 65528", "200 1 65528"], "{}", tail(&s));
+    let log = s.error_log();
+    let alert = format!(
+        "sendmsg() failed (90: Message too long) while proxying and sending to client, udp client: 127.0.0.1, \
+         server: 127.0.0.1:{p}, upstream: \"[::1]:{port}\", bytes from/to client:2/1, bytes from/to upstream:65528/2"
+    );
+    assert_eq!(log.lines().filter(|l| l.contains("[alert] ") && l.ends_with(&alert)).count(), 2, "{}", log);
+    assert_eq!(count(&log, "udp done") + count(&log, "udp timed out"), 0, "{}", log);
+}

@@ -246,9 +246,10 @@ impl Write for Conn {
                 match u.local {
                     None => sock.send_to(buf, u.peer),
                     Some(from) => {
-                        match crate::core::mmsg::send_to_all(sock.as_raw_fd(), &u.peer, Some(from.ip()), &[buf])? {
-                            0 => Err(io::ErrorKind::WouldBlock.into()),
-                            _ => Ok(buf.len()),
+                        match crate::core::mmsg::send_to_all(sock.as_raw_fd(), &u.peer, Some(from.ip()), &[buf]) {
+                            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                            Ok(_) => Ok(buf.len()),
+                            Err((_, e)) => Err(e),
                         }
                     }
                 }

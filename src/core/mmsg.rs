@@ -155,12 +155,20 @@ fn source_control(from: IpAddr) -> (Control, usize) {
 
 /// Send `msgs` to `to` on `fd` (a listening socket) without blocking, from address
 /// `from` when given (a wildcard socket): how many went. A datagram the socket has no
-/// room for is dropped, as a single send would drop it.
-pub fn send_to_all(fd: RawFd, to: &SocketAddr, from: Option<IpAddr>, msgs: &[&[u8]]) -> io::Result<usize> {
+/// room for is dropped with those after it, as single sends would drop them. An error
+/// comes with the count of datagrams sent before it (sendmmsg reports it only when
+/// the failing datagram leads a call, so a short count is tried again from there).
+pub fn send_to_all(
+    fd: RawFd,
+    to: &SocketAddr,
+    from: Option<IpAddr>,
+    msgs: &[&[u8]],
+) -> Result<usize, (usize, io::Error)> {
     let sa = socket2::SockAddr::from(*to);
     let mut control = from.map(source_control);
     let mut sent = 0;
-    for chunk in msgs.chunks(BATCH) {
+    while sent < msgs.len() {
+        let chunk = &msgs[sent..msgs.len().min(sent + BATCH)];
         let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: chunk.get(i).map_or(std::ptr::null_mut(), |m| m.as_ptr() as *mut libc::c_void),
             iov_len: chunk.get(i).map_or(0, |m| m.len()),
@@ -186,15 +194,12 @@ pub fn send_to_all(fd: RawFd, to: &SocketAddr, from: Option<IpAddr>, msgs: &[&[u
             if e.kind() == io::ErrorKind::WouldBlock {
                 return Ok(sent);
             }
-            if sent > 0 {
-                return Ok(sent);
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            return Err(e);
+            return Err((sent, e));
         }
         sent += n as usize;
-        if (n as usize) < chunk.len() {
-            break;
-        }
     }
     Ok(sent)
 }
@@ -244,7 +249,7 @@ mod tests {
         // And back with sendmmsg: 20 datagrams, 16 and 4 per call.
         let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10]).collect();
         let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-        assert_eq!(send_to_all(r.as_raw_fd(), &a.local_addr().unwrap(), None, &refs).unwrap(), 20);
+        assert_eq!(send_to_all(r.as_raw_fd(), &a.local_addr().unwrap(), None, &refs).ok(), Some(20));
         let mut got = [0u8; 16];
         for i in 0..20u8 {
             let (n, from) = a.recv_from(&mut got).unwrap();

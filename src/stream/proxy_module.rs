@@ -530,6 +530,10 @@ fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Opti
     })
 }
 
+/// A datagram to the client failed: nginx's ngx_stream_proxy_process finalizes the
+/// session at once, with no "udp done" line (its action is left as it failed).
+const CLIENT_SEND_FAILED: Flow = Flow::Finalize(status::OK);
+
 /// The PROXY protocol header `proxy_protocol` asks for, if any.
 fn proxy_protocol_header(s: &SessionCore, udp: bool) -> Option<Vec<u8>> {
     match s.srv.confs.proxy.proxy_protocol.get() {
@@ -1257,10 +1261,11 @@ impl ProxySession {
             if let Some((side, e, msg, action)) = self.answers_batched(s, cx) {
                 s.action = Some(action);
                 s.connection_error(side, &e, msg);
-                s.action = Some("proxying connection");
-                if side == Side::Upstream {
-                    self.upstream_read_failed(s, cx);
+                if side == Side::Client {
+                    return CLIENT_SEND_FAILED;
                 }
+                s.action = Some("proxying connection");
+                self.upstream_read_failed(s, cx);
             }
         } else if from_upstream {
             // The shared buffer is lent out while the pacing helpers use the context.
@@ -1317,10 +1322,11 @@ impl ProxySession {
             if let Some((side, e, msg, action)) = err {
                 s.action = Some(action);
                 s.connection_error(side, &e, msg);
-                s.action = Some("proxying connection");
-                if side == Side::Upstream {
-                    self.upstream_read_failed(s, cx);
+                if side == Side::Client {
+                    return CLIENT_SEND_FAILED;
                 }
+                s.action = Some("proxying connection");
+                self.upstream_read_failed(s, cx);
             }
         } else {
             loop {
@@ -1391,6 +1397,7 @@ impl ProxySession {
     /// A UDP upstream read failed (an ICMP error, say), as nginx takes it: a zero-byte
     /// read at end of file, so it is the first byte's time, and the empty "answer" goes
     /// to the client as an empty datagram. The peer has failed, and is read no more.
+    /// (A send to the client that fails here is logged; the session goes on.)
     fn upstream_read_failed(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
         self.upstream_error = true;
         if let Some(st) = s.upstream_states.last_mut() {
@@ -1441,22 +1448,28 @@ impl ProxySession {
             }
             let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
             let mut out: [&[u8]; mmsg::BATCH] = [&[]; mmsg::BATCH];
-            let mut k = 0;
-            for i in 0..n {
+            for (i, o) in out.iter_mut().enumerate().take(n) {
                 // Cut to `proxy_buffer_size`, as nginx's recv() into its buffer cuts it.
                 let d = batch.data(i);
-                let d = &d[..d.len().min(size)];
-                self.responses += 1;
-                plog.received += d.len() as u64;
-                out[k] = d;
-                k += 1;
+                *o = &d[..d.len().min(size)];
             }
-            match mmsg::send_to_all(cfd, &peer, from, &out[..k]) {
-                Ok(m) => s.sent += out[..m].iter().map(|d| d.len() as u64).sum::<u64>(),
-                Err(e) => {
-                    err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
-                    break;
+            let bytes = |d: &[&[u8]]| d.iter().map(|d| d.len() as u64).sum::<u64>();
+            // As nginx reads them one at a time: those after a failed send were not read.
+            let (read, failed) = match mmsg::send_to_all(cfd, &peer, from, &out[..n]) {
+                Ok(m) => {
+                    s.sent += bytes(&out[..m]);
+                    (n, None)
                 }
+                Err((m, e)) => {
+                    s.sent += bytes(&out[..m]);
+                    (m + 1, Some(e))
+                }
+            };
+            self.responses += read as u64;
+            plog.received += bytes(&out[..read]);
+            if let Some(e) = failed {
+                err = Some((Side::Client, e, "sendmsg() failed", "proxying and sending to client"));
+                break;
             }
             // On until the socket is empty, as nginx's loop (recv, send, recv ...):
             // an answer that came while these were sent goes along too.
