@@ -3077,3 +3077,22 @@ fn accept_mutex_passes_to_another_worker_near_worker_connections() {
     assert_eq!(served.len(), 2, "both workers served: {served:?}");
     assert!(held.values().all(|&n| n <= 14), "at most 14 idle clients a worker: {held:?}");
 }
+
+/// A wait that no signal of sluice's broke (the process was stopped and continued) is
+/// logged as nginx 1.22.1 logs it: "[info] epoll_wait() failed (4: Interrupted system
+/// call)"; the master's signals to a worker and timer ticks are not.
+#[test]
+fn stop_and_continue_logs_the_interrupted_wait() {
+    let p = free_port();
+    let s = Sluice::start(&format!("events {{}} stream {{ server {{ listen 127.0.0.1:{p}; return x; }} }}"));
+    let line = "[info] ";
+    let wanted = "epoll_wait() failed (4: Interrupted system call)";
+    let logged = || s.error_log().lines().filter(|l| l.contains(line) && l.ends_with(wanted)).count();
+    assert!(wait_in_epoll(s.pid()), "sluice never waited");
+    assert_eq!(logged(), 0, "{}", s.error_log());
+    s.signal(libc::SIGSTOP);
+    assert!(wait_for(Duration::from_secs(5), || stat(s.pid()).is_some_and(|st| st.0 == 'T')));
+    s.signal(libc::SIGCONT);
+    assert!(wait_for(Duration::from_secs(5), || logged() == 1), "{}", s.error_log());
+    assert_eq!(exchange(p, b""), b"x");
+}

@@ -544,7 +544,9 @@ impl Worker {
         let daemonized = crate::core::process::daemonized();
         let usr2_ignored = single && crate::core::process::parent_unchanged();
         let ticks = !self.cycle.core.timer_resolution.get().is_zero();
+        let mut caught = false;
         for (sig, from) in self.signals.drain() {
+            caught = true;
             let action = match sig {
                 // timer_resolution's tick (nginx's ngx_timer_signal_handler says nothing).
                 libc::SIGALRM if ticks => continue,
@@ -582,7 +584,9 @@ impl Worker {
             }
             todo.push(sig);
         }
-        if let (Some(e), true) = (interrupted, logged) {
+        // (A wait broken by no signal of ours, as after SIGSTOP and SIGCONT, is logged
+        // too; one the master's signals or the timer tick broke is not.)
+        if let (Some(e), true) = (interrupted, logged || !caught) {
             error(Level::Info, "epoll_wait() failed", Some(e));
         }
         // What the turn's signals asked for is done in nginx's cycle order, once each:
