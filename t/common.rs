@@ -120,7 +120,6 @@ pub fn console(stderr: &[u8]) -> String {
     out
 }
 
-/// Poll `f` until it is true or `timeout` passes.
 /// Wait until process `pid` sleeps in epoll_wait (its event loop runs, and a signal now
 /// interrupts that wait).
 pub fn wait_in_epoll(pid: i32) -> bool {
@@ -129,6 +128,7 @@ pub fn wait_in_epoll(pid: i32) -> bool {
     })
 }
 
+/// Poll `f` until it is true or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
