@@ -67,22 +67,26 @@ fn gap(i: &[u8]) -> IResult<&[u8], usize> {
     }
 }
 
-/// The raw bytes of an unquoted word: up to a space, `;` or `{` (but `${` stays in the
-/// word), with `\` taking the next byte literally.
+/// The raw bytes of an unquoted word: up to a space, `;` or `{` (but every `{` right
+/// after a `$` stays in the word, as nginx's `variable` flag keeps them: `${{x`), with
+/// `\` taking the next byte literally.
 fn bare_word(i: &[u8]) -> IResult<&[u8], &[u8]> {
     let mut n = 0;
-    let mut prev_dollar = false;
+    let mut variable = false;
     while n < i.len() {
         let c = i[n];
-        if c == b'\\' {
-            n = (n + 2).min(i.len());
-            prev_dollar = false;
+        if c == b'{' && variable {
+            n += 1;
             continue;
         }
-        if is_space(c) || c == b';' || (c == b'{' && !prev_dollar) {
+        variable = c == b'$';
+        if c == b'\\' {
+            n = (n + 2).min(i.len());
+            continue;
+        }
+        if is_space(c) || c == b';' || c == b'{' {
             break;
         }
-        prev_dollar = c == b'$';
         n += 1;
     }
     Ok((&i[n..], &i[..n]))
@@ -467,6 +471,10 @@ mod tests {
         assert_eq!(c.args, vec!["a\"b", "c'd", "t\tn", "e\\;f", "y${z}w", "g${v}"]);
         let b = p("x y$z{ }");
         assert!(b.cmds[0].block.is_some(), "a brace not right after a dollar opens a block");
+        // nginx's `variable` flag lasts over every brace that follows the dollar.
+        let b = p("x a${{b ${{{c} $\\{d $v{ }");
+        assert_eq!(b.cmds[0].args, vec!["a${{b", "${{{c}", "$\\{d", "$v"]);
+        assert!(b.cmds[0].block.is_some(), "a name between dollar and brace ends the variable");
         let b = p("x a#b;");
         assert_eq!(b.cmds[0].args, vec!["a#b"]);
         let b = p("x \"\\d\";");
