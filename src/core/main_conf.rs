@@ -232,19 +232,24 @@ pub fn parse_error_log(cmd: &Cmd, paths: &dyn Paths) -> ConfResult<(String, Leve
     if !special && !name.is_empty() {
         crate::core::logfile::note_file(&path);
     }
-    let mut level = Level::Error;
-    for (i, a) in cmd.args.iter().enumerate().skip(1) {
-        if a.starts_with("debug_") {
-            level = Level::Debug;
-            continue;
-        }
-        match Level::from_name(a) {
-            Some(l) if i == 1 => level = l,
-            Some(_) => return Err(cmd.err(format!("duplicate log level \"{}\"", a))),
-            None => return Err(cmd.err(format!("invalid log level \"{}\"", a))),
+    // ngx_log_set_levels: one level, or any of the debug masks (which a level before
+    // them refuses).
+    const DEBUG_MASKS: [&str; 7] =
+        ["debug_core", "debug_alloc", "debug_mutex", "debug_event", "debug_http", "debug_mail", "debug_stream"];
+    let (mut level, mut masks) = (None, false);
+    for a in cmd.args.iter().skip(1) {
+        if let Some(l) = Level::from_name(a) {
+            if level.is_some() || masks {
+                return Err(cmd.err(format!("duplicate log level \"{}\"", a)));
+            }
+            level = Some(l);
+        } else if DEBUG_MASKS.contains(&a.as_str()) && level.is_none() {
+            masks = true;
+        } else {
+            return Err(cmd.err(format!("invalid log level \"{}\"", a)));
         }
     }
-    Ok((path, level))
+    Ok((path, if masks { Level::Debug } else { level.unwrap_or(Level::Error) }))
 }
 
 fn error_log(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
