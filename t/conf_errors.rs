@@ -236,6 +236,8 @@ cases! {
     error_log_memory_too_small,
     error_log_missing_dir,
     error_log_unknown_debug_mask,
+    error_text_cut_at_1024_bytes,
+    error_text_cut_mid_character,
     events_epoll_events,
     events_missing,
     events_use_duplicate,

@@ -114,11 +114,28 @@ impl fmt::Display for ConfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.at {
             // Line 0 is the `-g` command line, which nginx names without a line.
-            Some((file, 0)) => write!(f, "{} in {}", self.msg, file),
-            Some((file, line)) => write!(f, "{} in {}:{}", self.msg, file, line),
+            Some((file, 0)) => write!(f, "{} in {}", located_text(&self.msg), file),
+            Some((file, line)) => write!(f, "{} in {}:{}", located_text(&self.msg), file, line),
             None => f.write_str(&self.msg),
         }
     }
+}
+
+/// A located message as `ngx_conf_log_error` prints it: formatted into its
+/// `NGX_MAX_CONF_ERRSTR` (1024-byte) buffer, so a long one is cut there, mid-quote or
+/// mid-character, before " in FILE:LINE".
+fn located_text(msg: &str) -> std::borrow::Cow<'_, str> {
+    const MAX_CONF_ERRSTR: usize = 1024;
+    if msg.len() <= MAX_CONF_ERRSTR {
+        // (Raw bytes' stand-ins are longer in text than as bytes: no cut is due.)
+        return msg.into();
+    }
+    let mut bytes = parser::text_to_bytes(msg).into_owned();
+    if bytes.len() <= MAX_CONF_ERRSTR {
+        return msg.into();
+    }
+    bytes.truncate(MAX_CONF_ERRSTR);
+    parser::bytes_to_text(&bytes).into()
 }
 
 pub type ConfResult<T = ()> = Result<T, ConfError>;
