@@ -499,6 +499,8 @@ cases! {
     worker_cpu_affinity_auto_args,
     worker_cpu_affinity_invalid,
     worker_cpu_affinity_masks_warn,
+    worker_priority_low_bits_all_ones,
+    worker_priority_truncated,
     worker_processes_duplicate_first,
     worker_rlimit_core_gigabytes,
     zone_mmap_fails,

@@ -449,10 +449,13 @@ pub const DIRECTIVES: &[CoreDirective] = &[
             }
             let a = cmd.arg(0);
             let digits = a.strip_prefix(['-', '+']).unwrap_or(a);
+            // ngx_atoi's 64-bit number kept in nginx's `int`: the low 32 bits, where
+            // NGX_ERROR (-1) is the refusal.
             let n = value::parse_number(digits)
-                .and_then(|n| i32::try_from(n).ok())
+                .map(|n| n as i32)
+                .filter(|&n| n != -1)
                 .ok_or_else(|| ConfError::directive(cmd, "invalid number"))?;
-            c.worker_priority = if a.starts_with('-') { -n } else { n };
+            c.worker_priority = if a.starts_with('-') { n.wrapping_neg() } else { n };
             Ok(())
         },
     },
