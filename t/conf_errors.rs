@@ -68,6 +68,19 @@ struct Outcome {
     code: Option<i32>,
 }
 
+/// Output as text that keeps every byte apart: a byte that is not UTF-8 is written
+/// `\xNN` (a lossy decoding would make it equal to a printed U+FFFD).
+fn exact_text(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        s.push_str(chunk.valid());
+        for c in chunk.invalid() {
+            s.push_str(&format!("\\x{c:02x}"));
+        }
+    }
+    s
+}
+
 /// Run `sluice -t` on `conf` (bytes of a case file) with `files` beside it.
 fn test_conf(name: &str, conf: &[u8], files: Option<&Path>) -> (TempDir, Outcome) {
     let tmp = TempDir::new(&format!("conf-{name}"));
@@ -79,12 +92,7 @@ fn test_conf(name: &str, conf: &[u8], files: Option<&Path>) -> (TempDir, Outcome
     let conf_path = format!("{dir}/nginx.conf");
     let log_path = format!("{dir}/error.log");
     let out = run(&["-t", "-p", &dir, "-c", &conf_path, "-e", &log_path], tmp.path());
-    let o = Outcome {
-        dir,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        code: out.status.code(),
-    };
+    let o = Outcome { dir, stderr: exact_text(&out.stderr), stdout: exact_text(&out.stdout), code: out.status.code() };
     (tmp, o)
 }
 
@@ -92,7 +100,7 @@ fn test_conf(name: &str, conf: &[u8], files: Option<&Path>) -> (TempDir, Outcome
 fn recorded(name: &str, dir: &str) -> (String, i32) {
     // Not necessarily UTF-8: nginx prints a stray byte of the file as it is.
     let bytes = std::fs::read(data_dir().join(format!("{name}.expected"))).expect("read .expected");
-    let text = String::from_utf8_lossy(&bytes);
+    let text = exact_text(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
     let last = lines.pop().unwrap_or_default();
     let code = last.strip_prefix("exit=").and_then(|c| c.parse().ok()).expect("last line exit=N");
@@ -313,6 +321,7 @@ cases! {
     open_log_file_cache_valid,
     pid_missing_dir,
     proxy_bind_brackets_without_port,
+    proxy_bind_invalid_address_raw_byte,
     proxy_bind_port,
     proxy_downstream_buffer_deprecated,
     proxy_pass_host_not_found,
@@ -415,6 +424,7 @@ cases! {
     thread_pool_no_threads,
     thread_pool_threads_zero,
     timer_resolution_invalid,
+    too_long_parameter_cut_mid_character,
     unix_path_of_107_bytes_is_fine,
     unix_path_too_long_in_listen,
     unix_path_too_long_in_syslog,

@@ -140,9 +140,8 @@ fn proxy_bind(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     } else {
         let v = Complex::compile(cmd.arg(0), cmd, &mut cx.vars)?;
         if let Some(s) = v.as_static() {
-            let s = String::from_utf8_lossy(s);
-            if crate::core::addr::parse_addr_port(&s).is_none() {
-                return Err(cmd.err(format!("invalid address \"{}\"", s)));
+            if crate::core::addr::parse_addr_port(&String::from_utf8_lossy(s)).is_none() {
+                return Err(cmd.err(format!("invalid address \"{}\"", cmd.arg(0))));
             }
         }
         if transparent {

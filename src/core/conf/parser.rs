@@ -227,7 +227,8 @@ impl<'a> Tokenizer<'a> {
                 self.err(format!("too long parameter, probably missing terminating \"{}\" character", q as char))
             }
             None => {
-                let head = String::from_utf8_lossy(&word[..word.len().min(10)]).into_owned();
+                // The first ten bytes as they are (half a character too).
+                let head = bytes_to_text(&word[..word.len().min(10)]);
                 self.err(format!("too long parameter \"{}...\" started", head))
             }
         };
