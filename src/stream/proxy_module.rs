@@ -631,9 +631,7 @@ impl ProxySession {
             Some(Pass::Upstream(i)) => Ok(*i),
             Some(Pass::Dynamic(v)) => {
                 let mut out = Vec::new();
-                if !v.eval(s, &mut out) {
-                    return Err(Some(status::INTERNAL_SERVER_ERROR));
-                }
+                v.eval(s, &mut out);
                 let name = String::from_utf8_lossy(&out).into_owned();
                 match parse_url(&name, false, false) {
                     Ok(u) if !u.addrs.is_empty() => {

@@ -81,9 +81,7 @@ impl Content for ReturnSession {
         s.action = Some("returning text");
         let srv = s.srv.clone();
         if let Some(t) = &srv.confs.return_.text {
-            if !t.eval(s, &mut self.out) {
-                return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
-            }
+            t.eval(s, &mut self.out);
         }
         self.send(s, cx)
     }

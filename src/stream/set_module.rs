@@ -56,9 +56,7 @@ fn set_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     let srv = s.srv.clone();
     for (idx, value) in &srv.confs.set.cmds {
         let mut v = Vec::new();
-        if !value.eval(s, &mut v) {
-            return Flow::Finalize(crate::stream::session::status::INTERNAL_SERVER_ERROR);
-        }
+        value.eval(s, &mut v);
         s.cache_var(*idx, Some(v));
     }
     Flow::Declined
