@@ -409,10 +409,15 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         line.clear();
         format_line(s, &l.format, &mut line, &mut val);
         if l.format.parts.reads_captures(s) {
-            // nginx's two passes (see `Complex::eval`): the line written is the
-            // second's, whatever the first's length (nginx 1.22.1 checks nothing).
+            // nginx's two passes (see `Complex::eval`): a line that grows in its second
+            // is dropped with Debian 1.22.1's alert; a shorter one is written.
+            let first = line.len();
             line.clear();
             format_line(s, &l.format, &mut line, &mut val);
+            if line.len() > first {
+                s.log(Level::Alert, "no buffer space in log script copy", None);
+                continue;
+            }
         }
         line.push(b'\n');
         match &l.target {

@@ -631,7 +631,9 @@ impl ProxySession {
             Some(Pass::Upstream(i)) => Ok(*i),
             Some(Pass::Dynamic(v)) => {
                 let mut out = Vec::new();
-                v.eval(s, &mut out);
+                if !v.eval(s, &mut out) {
+                    return Err(Some(status::INTERNAL_SERVER_ERROR));
+                }
                 let name = String::from_utf8_lossy(&out).into_owned();
                 match parse_url(&name, false, false) {
                     Ok(u) if !u.addrs.is_empty() => {

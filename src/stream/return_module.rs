@@ -81,7 +81,9 @@ impl Content for ReturnSession {
         s.action = Some("returning text");
         let srv = s.srv.clone();
         if let Some(t) = &srv.confs.return_.text {
-            t.eval(s, &mut self.out);
+            if !t.eval(s, &mut self.out) {
+                return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+            }
         }
         self.send(s, cx)
     }

@@ -56,7 +56,9 @@ fn set_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
     let srv = s.srv.clone();
     for (idx, value) in &srv.confs.set.cmds {
         let mut v = Vec::new();
-        value.eval(s, &mut v);
+        if !value.eval(s, &mut v) {
+            return Flow::Finalize(crate::stream::session::status::INTERNAL_SERVER_ERROR);
+        }
         s.cache_var(*idx, Some(v));
     }
     Flow::Declined

@@ -374,13 +374,13 @@ impl Complex {
     /// captures are read afresh in each: a regex map evaluated in the first pass sets
     /// captures that a capture read before it shows only in the second. So where a
     /// value reads a capture it is built twice here too, the second time re-reading
-    /// only the captures, and it keeps the first pass's length, as nginx 1.22.1's
-    /// value does (its bytes are the second pass's: cut, or with zeros where nginx
-    /// leaves its buffer's stale bytes; 1.22.1 checks nothing, later nginx fails).
-    pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) {
+    /// only the captures: a second pass longer than the first fails with nginx's
+    /// (Debian 1.22.1's) alert, `false` and nothing in `out` (the caller ends the
+    /// session with 500 where nginx does); a shorter one is what comes out.
+    pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) -> bool {
         if !self.reads_captures(s) {
             self.eval_once(s, out);
-            return;
+            return true;
         }
         let start = out.len();
         let mut ends = Vec::with_capacity(self.parts.len());
@@ -404,7 +404,12 @@ impl Complex {
             }
             from = end;
         }
-        out.resize(start + first.len(), 0);
+        if out.len() - start > first.len() {
+            out.truncate(start);
+            s.log(Level::Alert, "no buffer space in script copy", None);
+            return false;
+        }
+        true
     }
 
     /// Whether this value reads a regex capture (and so is built in two passes).
