@@ -1202,3 +1202,61 @@ fn tcp_dns_server_flooding_frames_is_read_in_constant_memory() {
     assert!(peak < rss0 + 64 * 1024, "worker RSS {rss0} kB -> {peak} kB during the flood");
     assert!(s.error_log().contains("evil.test could not be resolved (110: Operation timed out)"));
 }
+
+/// A UDP session's datagrams that came while its name was looked up were read by nginx
+/// then, before the upstream and its `proxy_upload_rate`: they all go (none is gated or
+/// paced away), and an empty one is counted but never sent (an empty buffer). nginx
+/// 1.22.1 side by side: the upstream got "r0" and "r3" of r0, "", "", r3, and with a
+/// rate of 1 byte/s all of r0, r1, r2.
+#[test]
+fn udp_datagrams_queued_during_resolution_are_sent_as_nginx_read_them() {
+    let dns = DnsServer::start();
+    for name in ["slow1.test", "slow2.test"] {
+        dns.set(
+            name,
+            Zone { a: vec![ip("127.0.0.1")], ttl: 3600, delay: Duration::from_millis(300), ..Zone::default() },
+        );
+    }
+    let up = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           server {{ listen 127.0.0.1:{p} udp; set $h slow1.test; proxy_pass $h:{up_port}; proxy_timeout 1s; }}\n\
+           server {{ listen 127.0.0.1:{q} udp; set $h slow2.test; proxy_pass $h:{up_port}; proxy_timeout 1s; \
+                     proxy_upload_rate 1; }}\n\
+         }}",
+        d = dns.port
+    ));
+    up.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    let got = |n: usize| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 64];
+        while out.len() < n {
+            match up.recv(&mut b) {
+                Ok(k) => out.push(b[..k].to_vec()),
+                Err(_) => break,
+            }
+        }
+        out
+    };
+    for (port, sent, want) in [
+        (p, [&b"r0"[..], b"", b"", b"r3"], vec![b"r0".to_vec(), b"r3".to_vec()]),
+        (q, [&b"r0"[..], b"r1", b"r2", b"r3"], vec![b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec(), b"r3".to_vec()]),
+    ] {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        c.connect(("127.0.0.1", port)).expect("connect");
+        for d in sent {
+            c.send(d).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let n = want.len();
+        assert_eq!(got(n + 1), want, "{}", s.error_log());
+    }
+    let log = s.error_log();
+    assert!(
+        log.contains("udp timed out, packets from/to client:4/0, bytes from/to client:4/0, bytes from/to upstream:0/4"),
+        "{log}"
+    );
+}

@@ -361,6 +361,9 @@ pub struct ProxySession {
     udp_slot: Option<usize>,
     /// `group` is this session's own (an address or a resolved name in a variable).
     own_group: bool,
+    /// UDP: the datagrams after the first that were queued when the upstream was
+    /// connected (see `process_udp`).
+    early: usize,
     /// The client's read event is watched while the upstream connects, as nginx's is
     /// when a PROXY header or a preread phase waited for it: client bytes and errors are
     /// taken then (`ngx_stream_proxy_process` with no upstream yet).
@@ -442,6 +445,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         udp_header: None,
         udp_slot: None,
         own_group: false,
+        early: 0,
         client_watched: false,
         upstream_number: 0,
         upstream_slot: 0,
@@ -1086,6 +1090,9 @@ impl ProxySession {
         self.upload_rate = rate_value(s, srv.confs.proxy.upload_rate.option());
         self.download_rate = rate_value(s, srv.confs.proxy.download_rate.option());
         self.connected = true;
+        if self.udp {
+            self.early = s.udp_queue.len().saturating_sub(1);
+        }
         // Both ends may already hold bytes (the client's arrived while connecting).
         self.down.src_ready = true;
         self.up.src_ready = true;
@@ -1337,7 +1344,15 @@ impl ProxySession {
                 // one that comes while reading is delayed is lost, as in nginx (its
                 // datagram is only there while the read handler runs).
                 let first = self.requests == 0;
+                // One that came before the upstream was connected (while its name was
+                // resolved) was read by nginx then, with no rate yet: neither gated
+                // nor paced, and an empty one is never sent (an empty buffer).
+                let early = !first && self.early > 0;
+                if early {
+                    self.early -= 1;
+                }
                 if !first
+                    && !early
                     && !gate(
                         &mut self.delayed[0],
                         &mut self.delay_timer[0],
@@ -1361,7 +1376,12 @@ impl ProxySession {
                     d.truncate(buffer);
                     // (The first was counted when the session began.)
                     s.received += d.len() as u64;
-                    paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
+                    if early && d.is_empty() {
+                        continue;
+                    }
+                    if !early {
+                        paced(&mut self.delayed[0], &mut self.delay_timer[0], self.upload_rate, d.len(), s.key, cx);
+                    }
                 }
                 if let Some(h) = self.udp_header.take() {
                     d.splice(0..0, h);
