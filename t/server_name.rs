@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 
-use crate::common::{connect, console, free_port, run, Sluice, TempDir};
+use crate::common::{connect, console, exchange, free_port, run, Sluice, TempDir};
 
 /// A ClientHello record carrying SNI `host` (TLS 1.2, one cipher, no other extension).
 fn hello(host: &[u8]) -> Vec<u8> {
@@ -298,4 +298,28 @@ fn server_names_in_included_files() {
     assert_eq!(ask(p, "b.test"), "b|b.test");
     assert_eq!(ask(p, "other.test"), "a|");
     drop(s);
+}
+
+/// nginx 1.22.1 has no `$server_name` in stream, so its configurations may make one:
+/// theirs takes the place of sluice's (which refused them: "the duplicate
+/// "server_name" variable"). Side by side with nginx 1.22.1.
+#[test]
+fn configurations_may_make_their_own_server_name_variable() {
+    let (p, q) = (free_port(), free_port());
+    let _s = Sluice::start(&format!(
+        "events {{}} stream {{ map $server_port $server_name {{ {q} from-map; default other; }} \
+         server {{ listen 127.0.0.1:{p}; set $server_name backend-a; return \"a=$server_name\"; }} \
+         server {{ listen 127.0.0.1:{q}; return \"b=$server_name\"; }} }}"
+    ));
+    assert_eq!(exchange(p, b""), b"a=backend-a");
+    assert_eq!(exchange(q, b""), b"b=from-map");
+    for (def, want) in
+        [("geo $server_name { default g; }", b"g"), ("split_clients $remote_addr $server_name { * s; }", b"s")]
+    {
+        let r = free_port();
+        let _s = Sluice::start(&format!(
+            "events {{}} stream {{ {def} server {{ listen 127.0.0.1:{r}; return \"$server_name\"; }} }}"
+        ));
+        assert_eq!(exchange(r, b""), want, "{def}");
+    }
 }

@@ -382,7 +382,7 @@ impl Module for StreamCore {
         v.define("connection", var_connection, 0);
         v.define("nginx_version", var_nginx_version, 0);
         v.define("hostname", var_hostname, 0);
-        v.define("server_name", var_server_name, 0);
+        v.define_extension("server_name", var_server_name, 0);
         v.define("pid", var_pid, 0);
         v.define("msec", var_msec, 0);
         v.define("time_iso8601", var_time, 0);

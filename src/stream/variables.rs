@@ -63,6 +63,15 @@ impl Variables {
         idx
     }
 
+    /// A built-in of sluice's that nginx 1.22.1 lacks (`$server_name`): configurations
+    /// written for nginx may make their own with `set`, `map`, `geo` or
+    /// `split_clients`, which then take its place (nginx's changeable variables).
+    pub fn define_extension(&mut self, name: &str, get: VarGet, data: usize) -> usize {
+        let idx = self.define(name, get, data);
+        self.defs[idx].changeable = true;
+        idx
+    }
+
     /// Declare a variable made by a directive (nginx's `NGX_STREAM_VAR_CHANGEABLE`):
     /// `None` if NAME is a built-in variable ("the duplicate ... variable"). A later
     /// declaration replaces the getter (and its caching), as in nginx; a `weak` one
