@@ -1260,3 +1260,45 @@ fn udp_datagrams_queued_during_resolution_are_sent_as_nginx_read_them() {
         "{log}"
     );
 }
+
+/// `proxy_requests` counts the datagrams that come while the name is looked up, as
+/// nginx reads each one as it comes: once the count is in, the client's next datagrams
+/// start another session (nginx 1.22.1 side by side: r0..r3 with `proxy_requests 2`
+/// made two sessions of two; sluice put all four in one).
+#[test]
+fn udp_proxy_requests_count_datagrams_during_resolution() {
+    let dns = DnsServer::start();
+    dns.set(
+        "slow3.test",
+        Zone { a: vec![ip("127.0.0.1")], ttl: 3600, delay: Duration::from_millis(300), ..Zone::default() },
+    );
+    let up = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           server {{ listen 127.0.0.1:{p} udp; set $h slow3.test; proxy_pass $h:{up_port}; proxy_timeout 500ms; \
+                     proxy_requests 2; }}\n\
+         }}",
+        d = dns.port
+    ));
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.connect(("127.0.0.1", p)).expect("connect");
+    for d in [&b"r0"[..], b"r1", b"r2", b"r3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    let mut senders = std::collections::BTreeMap::<u16, Vec<Vec<u8>>>::new();
+    let mut b = [0u8; 16];
+    for _ in 0..4 {
+        let Ok((n, from)) = up.recv_from(&mut b) else { break };
+        senders.entry(from.port()).or_default().push(b[..n].to_vec());
+    }
+    let mut sessions: Vec<Vec<Vec<u8>>> = senders.into_values().collect();
+    sessions.sort();
+    assert_eq!(sessions, [[b"r0".to_vec(), b"r1".to_vec()], [b"r2".to_vec(), b"r3".to_vec()]], "{}", s.error_log());
+    let done = "udp timed out, packets from/to client:2/0, bytes from/to client:4/0, bytes from/to upstream:0/4";
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().matches(done).count() == 2), "{}", s.error_log());
+}

@@ -1676,6 +1676,13 @@ impl Content for ProxySession {
             if side == Side::Client && self.client_watched && (ready.readable || ready.hup || ready.error) {
                 self.read_client_early(s, cx);
             }
+            // nginx reads each datagram as it comes, before the upstream too (while its
+            // name is looked up), and once `proxy_requests` are in, the client's next
+            // ones start another session (ngx_stream_proxy_test_finalize).
+            let requests = conf(s).requests.get();
+            if self.udp && side == Side::Client && requests != 0 && s.udp_queue.len() as u64 >= requests {
+                cx.rt.udp_unbind(s.udp_key, s.key);
+            }
             return Flow::Again;
         }
         // Client read and upstream write move bytes upstream; the others downstream.
