@@ -331,6 +331,7 @@ cases! {
     proxy_ssl_certificate_without_key,
     proxy_ssl_ciphers_no_match,
     proxy_ssl_duplicate,
+    proxy_ssl_merge_before_upstream_hosts,
     proxy_ssl_off_checks_nothing,
     proxy_ssl_ok,
     proxy_ssl_protocols_invalid,

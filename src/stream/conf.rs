@@ -78,6 +78,9 @@ pub struct ConfCx {
     /// Where nginx is while it merges (the `stream` block's closing brace): errors found
     /// at merge that nginx reports with a place name this one.
     pub merge_at: (Rc<str>, u32),
+    /// The stream block's `resolver` and `resolver_timeout`, for the upstreams that
+    /// resolve names at run time and have none of their own.
+    pub stream_resolver: (Option<Rc<crate::stream::resolver::ResolverConf>>, Option<std::time::Duration>),
 }
 
 /// A `listen` address with what its servers said about it so far.
@@ -298,6 +301,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         stream_error_log: Vec::new(),
         events_seen: false,
         merge_at: (Rc::from(""), 0),
+        stream_resolver: (None, None),
     };
     if !opts.globals.is_empty() {
         let g = parser::parse_str(&opts.globals);
@@ -783,24 +787,11 @@ fn stream_block(cx: &mut ConfCx, cmd: &Cmd, inner: &Block) -> ConfResult {
     if let Some(p) = cx.servers.iter().find(|p| p.handler.is_none()) {
         return Err(ConfError::bare(format!("no handler for server in {}:{}", p.file, p.line)));
     }
-    for u in &mut cx.upstreams {
-        // ngx_stream_upstream_init_round_robin: backup servers alone are no servers.
-        if !u.implicit && !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
-            let file = u.file.as_deref().unwrap_or("");
-            return Err(ConfError::bare(format!("no servers in upstream \"{}\" in {}:{}", u.name, file, u.line)));
-        }
-        crate::stream::upstream_module::check_resolvable(
-            u,
-            top.core.resolver.option(),
-            top.core.resolver_timeout.option().copied(),
-        )
-        .map_err(ConfError::bare)?;
-        crate::upstream::hash::check_ring_size(u).map_err(ConfError::bare)?;
-    }
-    modules::init_main(cx)?;
+    cx.stream_resolver = (top.core.resolver.option().cloned(), top.core.resolver_timeout.option().copied());
     cx.merge_at = (cmd.file.clone(), inner.end_line);
     let mut servers = std::mem::take(&mut cx.servers);
-    for merge in modules::MERGES {
+    for (init_main, merge) in modules::STEPS {
+        init_main(cx)?;
         for p in &mut servers {
             merge(&top, &mut p.confs, cx)?;
         }

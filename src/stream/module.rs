@@ -161,21 +161,19 @@ macro_rules! stream_modules {
             $( <$m as $crate::stream::module::Module>::variables(v); )*
         }
 
-        pub fn init_main(cx: &mut $crate::stream::conf::ConfCx) -> $crate::core::conf::ConfResult {
-            $( <$m as $crate::stream::module::Module>::init_main(cx)?; )*
-            Ok(())
-        }
-
-        /// Each module's merge of a server's configuration, in module order: nginx
-        /// merges module by module, every server for one module before the next module
-        /// (so a later module's error in the first server loses to an earlier module's
-        /// error in the last one).
-        pub const MERGES: &[fn(
-            &SrvConfs,
-            &mut SrvConfs,
-            &mut $crate::stream::conf::ConfCx,
-        ) -> $crate::core::conf::ConfResult] = &[$(
-            |parent, child, cx| <$m as $crate::stream::module::Module>::merge_srv(&parent.$field, &mut child.$field, cx),
+        /// Each module's `init_main` and its merge of a server's configuration, in
+        /// module order, as nginx's stream block runs them: a module's init_main_conf,
+        /// then its merge of every server, then the next module (so an earlier module's
+        /// merge error wins over a later module's check, and a later module's error in
+        /// the first server loses to an earlier module's in the last one).
+        pub const STEPS: &[(
+            fn(&mut $crate::stream::conf::ConfCx) -> $crate::core::conf::ConfResult,
+            fn(&SrvConfs, &mut SrvConfs, &mut $crate::stream::conf::ConfCx) -> $crate::core::conf::ConfResult,
+        )] = &[$(
+            (
+                <$m as $crate::stream::module::Module>::init_main,
+                |parent, child, cx| <$m as $crate::stream::module::Module>::merge_srv(&parent.$field, &mut child.$field, cx),
+            ),
         )*];
 
         pub fn postconfiguration(p: &mut $crate::stream::phase::PhaseRegistry) {

@@ -99,23 +99,20 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
     Ok(cx.upstreams.len() - 1)
 }
 
-/// Resolve the implicit upstreams that no `upstream {}` block took over
+/// Resolve an implicit upstream that no `upstream {}` block took over
 /// (`ngx_stream_upstream_init_round_robin` for an implicit group).
-fn resolve_implicit(cx: &mut ConfCx) -> ConfResult {
-    for u in cx.upstreams.iter_mut().filter(|u| u.implicit && u.servers.is_empty()) {
-        let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
-        let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
-        // nginx checks the port first, then resolves the host.
-        let unresolved =
-            parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
-        let is_unix = u.name.starts_with("unix:");
-        if unresolved.port.is_none() && !is_unix {
-            return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
-        }
-        let parsed =
-            parse_url(&u.name, false, true).map_err(|e| at(format!("{} in upstream \"{}\"", e, unresolved.host)))?;
-        u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
+pub fn resolve_implicit(u: &mut UpstreamConf) -> ConfResult {
+    let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
+    let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
+    // nginx checks the port first, then resolves the host.
+    let unresolved = parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
+    let is_unix = u.name.starts_with("unix:");
+    if unresolved.port.is_none() && !is_unix {
+        return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
     }
+    let parsed =
+        parse_url(&u.name, false, true).map_err(|e| at(format!("{} in upstream \"{}\"", e, unresolved.host)))?;
+    u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
     Ok(())
 }
 
@@ -299,10 +296,6 @@ impl Module for Proxy {
             set: Set::<Self>::Srv(|c, cmd, cx| rate(&mut c.download_rate, cmd, cx)),
         },
     ];
-
-    fn init_main(cx: &mut ConfCx) -> ConfResult {
-        resolve_implicit(cx)
-    }
 
     fn merge_srv(p: &ProxySrv, c: &mut ProxySrv, _: &mut ConfCx) -> ConfResult {
         c.connect_timeout.merge(&p.connect_timeout, Duration::from_secs(60));

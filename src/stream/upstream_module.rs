@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::core::addr::parse_url;
 use crate::core::conf::directive::{Arity, Ctx};
 use crate::core::conf::value;
-use crate::core::conf::{Cmd, ConfResult};
+use crate::core::conf::{Cmd, ConfError, ConfResult};
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{BlockKind, Directive, Module, Set};
 use crate::stream::resolver::ResolverConf;
@@ -163,6 +163,31 @@ impl Module for Upstream {
             set: Set::Ups(ups_resolver_timeout),
         },
     ];
+
+    /// `ngx_stream_upstream_init_main_conf`: each upstream's peers, in the order the
+    /// upstreams were made (an implicit one's address resolved here).
+    fn init_main(cx: &mut ConfCx) -> ConfResult {
+        let (resolver, timeout) = cx.stream_resolver.clone();
+        for u in &mut cx.upstreams {
+            if u.implicit {
+                if u.servers.is_empty() {
+                    crate::stream::proxy_module::resolve_implicit(u)?;
+                }
+            } else {
+                // ngx_stream_upstream_init_round_robin: backup servers alone are no servers.
+                if !u.servers.is_empty() && u.servers.iter().all(|s| s.backup) {
+                    let file = u.file.as_deref().unwrap_or("");
+                    return Err(ConfError::bare(format!(
+                        "no servers in upstream \"{}\" in {}:{}",
+                        u.name, file, u.line
+                    )));
+                }
+                check_resolvable(u, resolver.as_ref(), timeout).map_err(ConfError::bare)?;
+            }
+            crate::upstream::hash::check_ring_size(u).map_err(ConfError::bare)?;
+        }
+        Ok(())
+    }
 
     fn variables(v: &mut Variables) {
         v.define("upstream_addr", var_upstream, 0);
