@@ -199,6 +199,10 @@ pub fn send_to_all(
             }
             return Err((sent, e));
         }
+        if n == 0 {
+            // (Not seen: sendmmsg fails rather than send nothing. No spinning on it.)
+            return Ok(sent);
+        }
         sent += n as usize;
     }
     Ok(sent)
