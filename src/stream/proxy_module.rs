@@ -765,13 +765,16 @@ impl ProxySession {
                 return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
             }
         };
+        // nginx numbers upstream connections from the same counter as client ones, once
+        // the socket is bound and before it is watched and connected (a failed bind
+        // takes no number; with several workers the order shows in `$connection`).
+        self.upstream_number = cx.rt.next_connection();
         // Datagram sockets are watched under tokens of their own.
         let r = match &mut sock {
             Conn::Dgram(d) => cx.rt.dgram_owners.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
             c => c.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE),
         };
         if let Err(e) = r {
-            cx.rt.next_connection();
             if let Some(slot) = self.udp_slot.take() {
                 cx.rt.dgram_owners.release(slot);
             }
@@ -798,8 +801,6 @@ impl ProxySession {
                 return self.refused(s, cx, e, &peer_name_text);
             }
         }
-        // nginx numbers upstream connections from the same counter as client ones.
-        self.upstream_number = cx.rt.next_connection();
         self.upstream_slot = cx.rt.slots.take();
         cx.rt.conns += 1;
         self.upstream = Some(sock);
@@ -816,7 +817,6 @@ impl ProxySession {
     /// ngx_event_connect_peer: a connect() that fails at once (its connection was
     /// numbered already): log it and try the next peer.
     fn refused(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, e: io::Error, peer_name_text: &str) -> Flow {
-        cx.rt.next_connection();
         let ordinary = matches!(
             e.raw_os_error(),
             Some(
