@@ -1347,3 +1347,40 @@ fn debug_lines_carry_no_context() {
     assert!(l.contains(" [debug] ") && l.ends_with(": *1 finalize stream session: 200"), "{l}");
     assert_eq!(s.stop(), Some(0));
 }
+
+/// An upstream connection is numbered before its connect(), as nginx's
+/// ngx_event_connect_peer numbers it: with two workers, a server proxying to another
+/// server of the same sluice always sees the inner session numbered two after the
+/// outer one (nginx 1.22.1: 200 of 200); numbered after connect(), the other worker
+/// could take the number in between (a third of the sessions said one after).
+#[test]
+fn upstream_connections_are_numbered_before_they_connect() {
+    let (inner, outer) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{}} stream {{ server {{ listen 127.0.0.1:{inner}; return \"$connection\"; }} \
+             server {{ listen 127.0.0.1:{outer}; proxy_pass 127.0.0.1:{inner}; }} }}"
+        ),
+    );
+    let mut gaps = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", outer)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        let inner_number: u64 = got.parse().expect("a number");
+        // The outer session's number: its "client ... connected to 127.0.0.1:OUTER" line.
+        let log = s.error_log();
+        let want = format!(" connected to 127.0.0.1:{outer}");
+        let outer_number = log
+            .lines()
+            .filter(|l| l.ends_with(&want))
+            .filter_map(|l| l.split(" *").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .filter(|&n| n < inner_number)
+            .max()
+            .expect("the outer session's line");
+        *gaps.entry(inner_number - outer_number).or_insert(0) += 1;
+    }
+    assert_eq!(gaps.keys().copied().collect::<Vec<u64>>(), [2], "{gaps:?}");
+}
