@@ -510,6 +510,7 @@ cases! {
     worker_cpu_affinity_auto_args,
     worker_cpu_affinity_invalid,
     worker_cpu_affinity_masks_warn,
+    worker_cpu_affinity_multibyte_character,
     worker_priority_low_bits_all_ones,
     worker_priority_truncated,
     worker_processes_duplicate_first,

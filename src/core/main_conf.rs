@@ -199,15 +199,18 @@ fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
         c.cpu_masks.push((0..ncpu).collect());
     }
     for m in masks {
+        let m = crate::core::conf::parser::text_to_bytes(m);
         if m.len() > 1024 {
             return Err(cmd.err("\"worker_cpu_affinity\" supports up to 1024 CPUs only"));
         }
-        // Read from the last character, as nginx does; spaces are skipped.
-        if let Some(ch) = m.chars().rev().find(|ch| !matches!(ch, ' ' | '0' | '1')) {
+        // Read byte by byte from the last, as nginx does (a character of several bytes
+        // is named by its last); spaces are skipped.
+        if let Some(&b) = m.iter().rev().find(|b| !matches!(b, b' ' | b'0' | b'1')) {
+            let ch = crate::core::conf::parser::bytes_to_text(&[b]);
             return Err(cmd.err(format!("invalid character \"{}\" in \"worker_cpu_affinity\"", ch)));
         }
-        let bits = m.chars().rev().filter(|&ch| ch != ' ');
-        c.cpu_masks.push(bits.enumerate().filter(|&(_, ch)| ch == '1').map(|(i, _)| i).collect());
+        let bits = m.iter().rev().filter(|&&b| b != b' ');
+        c.cpu_masks.push(bits.enumerate().filter(|&(_, &b)| b == b'1').map(|(i, _)| i).collect());
     }
     Ok(())
 }
