@@ -889,13 +889,7 @@ fn upstream_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
 /// over an implicit group made by a `proxy_pass` of its name without a port.
 pub fn find_upstream(cx: &ConfCx, host: &str, port: Option<u16>, create: bool, cmd: &Cmd) -> ConfResult<Option<usize>> {
     for (i, u) in cx.upstreams.iter().enumerate() {
-        // An implicit group is named by its URL: its host is what precedes the port
-        // (IPv6 in brackets, as `parse_url` gives `host`).
-        let u_host = match (u.implicit, u.port) {
-            (true, Some(_)) => u.name.rsplit_once(':').map_or(u.name.as_str(), |(h, _)| h),
-            _ => u.name.as_str(),
-        };
-        if !u_host.eq_ignore_ascii_case(host) {
+        if !u.host().eq_ignore_ascii_case(host) {
             continue;
         }
         if create && !u.implicit {

@@ -27,7 +27,7 @@ use crate::stream::relay::{Budget, Direction};
 use crate::stream::resolver::{self, Io};
 use crate::stream::session::{session_token, status, Cx, ProxyLog, SessionCore, Side, UpstreamState};
 use crate::stream::variables::Complex;
-use crate::upstream::{Outcome, PeerPick, UpstreamConf, UpstreamServer};
+use crate::upstream::{Outcome, PeerPick, UpstreamConf};
 
 pub struct Proxy;
 
@@ -82,7 +82,8 @@ pub struct ProxySrv {
 fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
     let u = parse_url(url, false, false).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
     let unix = matches!(u.addrs.first(), Some(Addr::Unix(_)));
-    let host = if unix { url } else { &u.host };
+    // Looked up by nginx's host (see `UpstreamConf::host`): a unix socket's path.
+    let host = if unix { url.strip_prefix("unix:").unwrap_or(url) } else { &u.host };
     if let Some(i) = find_upstream(cx, host, u.port, false, cmd)? {
         return Ok(i);
     }
@@ -97,23 +98,6 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
         ..Default::default()
     });
     Ok(cx.upstreams.len() - 1)
-}
-
-/// Resolve an implicit upstream that no `upstream {}` block took over
-/// (`ngx_stream_upstream_init_round_robin` for an implicit group).
-pub fn resolve_implicit(u: &mut UpstreamConf) -> ConfResult {
-    let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
-    let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
-    // nginx checks the port first, then resolves the host.
-    let unresolved = parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
-    let is_unix = u.name.starts_with("unix:");
-    if unresolved.port.is_none() && !is_unix {
-        return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
-    }
-    let parsed =
-        parse_url(&u.name, false, true).map_err(|e| at(format!("{} in upstream \"{}\"", e, unresolved.host)))?;
-    u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
-    Ok(())
 }
 
 fn proxy_pass(c: &mut ProxySrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
@@ -517,13 +501,7 @@ fn paced(delayed: &mut bool, timer: &mut Option<TimerId>, rate: u64, n: usize, k
 /// port, so "name" finds block "name" and "host:port" the group a `proxy_pass host:port`
 /// made (a block called "ub:80" is found by nothing: its host would be "ub").
 fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Option<usize> {
-    upstreams.iter().position(|u| {
-        let (u_host, u_port) = match (u.implicit, u.port) {
-            (true, Some(p)) => (u.name.rsplit_once(':').map_or(u.name.as_str(), |(h, _)| h), Some(p)),
-            _ => (u.name.as_str(), None),
-        };
-        u_port == port && u_host.eq_ignore_ascii_case(host)
-    })
+    upstreams.iter().position(|u| u.port == port && u.host().eq_ignore_ascii_case(host))
 }
 
 /// A datagram to the client failed: nginx's ngx_stream_proxy_process finalizes the

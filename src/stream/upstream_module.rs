@@ -102,6 +102,23 @@ fn ups_resolver_timeout(u: &mut UpstreamConf, cmd: &Cmd, _: &mut ConfCx) -> Conf
     Ok(())
 }
 
+/// Resolve an implicit upstream that no `upstream {}` block took over
+/// (`ngx_stream_upstream_init_round_robin` for an implicit group).
+fn resolve_implicit(u: &mut UpstreamConf) -> ConfResult {
+    let file = u.file.clone().unwrap_or_else(|| Rc::from(""));
+    let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
+    // nginx checks the port first, then resolves the host.
+    let unresolved = parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
+    let is_unix = u.name.starts_with("unix:");
+    if unresolved.port.is_none() && !is_unix {
+        return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
+    }
+    let parsed =
+        parse_url(&u.name, false, true).map_err(|e| at(format!("{} in upstream \"{}\"", e, unresolved.host)))?;
+    u.servers.push(UpstreamServer::new(u.name.clone(), parsed.addrs));
+    Ok(())
+}
+
 /// After the stream block: an upstream with `resolve` servers needs a zone and a
 /// resolver (its own or the stream block's), as nginx's `ngx_stream_upstream_init_round_robin`.
 pub fn check_resolvable(
@@ -171,7 +188,7 @@ impl Module for Upstream {
         for u in &mut cx.upstreams {
             if u.implicit {
                 if u.servers.is_empty() {
-                    crate::stream::proxy_module::resolve_implicit(u)?;
+                    resolve_implicit(u)?;
                 }
             } else {
                 // ngx_stream_upstream_init_round_robin: backup servers alone are no servers.
