@@ -401,3 +401,60 @@ stream {{
     assert_eq!(String::from_utf8_lossy(&exchange(a, b"")), "~a|h|\n");
     assert_eq!(String::from_utf8_lossy(&exchange(b, b"")), "1|x|56\n");
 }
+
+/// Map regexes mean what they mean to nginx's PCRE, where the regex crate would read
+/// the same text otherwise: `\<` is a literal (not a word start), a `{` that starts no
+/// quantifier is literal (also `{,3}`), `(?#...)` is a comment, `[[` a literal bracket,
+/// PCRE's `\e \cA \012 \o{101} \x4 \h \v \N \Z \R`, a stray `\E`, `[\b]`, `(?'name'...)`,
+/// and `$` matching before a final newline. The answer is nginx 1.22.1's for the same
+/// configuration (recorded by hand, Debian 1.22.1-9+deb12u7).
+#[test]
+fn map_regexes_mean_what_pcre_means() {
+    let cases: &[(&str, &str)] = &[
+        (r"^\<a\>$", "<a>"),
+        (r"\<a", "xa"),
+        (r"^a{$", "a{"),
+        (r"^a{,3}$", "a{,3}"),
+        (r"^a{,3}$", "aa"),
+        (r"^a(?#note)b$", "ab"),
+        (r"^[[a]+$", "[a["),
+        (r"^[]x]+$", "]x"),
+        (r"^[a&&b]+$", "&"),
+        (r"^\e$", "\x1b"),
+        (r"^\cA$", "\x01"),
+        (r"^\012$", "\n"),
+        (r"^\o{101}$", "A"),
+        (r"^\x4$", "\x04"),
+        (r"^a\hb$", "a\tb"),
+        (r"^a\vb$", "a\x0bb"),
+        (r"^a\Nb$", "axb"),
+        (r"^a\Z", "a\n"),
+        (r"^a\Z", "ab"),
+        (r"^\Ea$", "a"),
+        (r"[\b]", "\x08"),
+        (r"^(?'h'[a-z]+)$", "abc"),
+        (r"^a$", "a\n"),
+        (r"^a$", "a\n\n"),
+        (r"^a\R$", "a\r\n"),
+        (r"^[\w-]+$", "a-b"),
+    ];
+    let nginx = "yes no yes yes no yes yes yes yes yes yes yes yes yes yes yes yes yes no yes yes yes yes no yes yes";
+    let port = free_port();
+    let mut conf = String::from("events {}\nstream {\n");
+    for (i, (p, _)) in cases.iter().enumerate() {
+        conf += &format!("    map $s{i} $m{i} {{ \"~{p}\" yes; default no; }}\n");
+    }
+    conf += &format!("    server {{\n        listen 127.0.0.1:{port};\n");
+    for (i, (_, s)) in cases.iter().enumerate() {
+        conf += &format!("        set $s{i} \"{s}\";\n");
+    }
+    let answer: Vec<String> = (0..cases.len()).map(|i| format!("$m{i}")).collect();
+    conf += &format!("        return \"{}\";\n    }}\n}}\n", answer.join(" "));
+    let s = Sluice::start(&conf);
+    let got = String::from_utf8(exchange(port, b"")).expect("ASCII");
+    drop(s);
+    for ((case, want), got) in cases.iter().zip(nginx.split(' ')).zip(got.split(' ')) {
+        assert_eq!(got, want, "{case:?}");
+    }
+    assert_eq!(got, nginx);
+}

@@ -437,7 +437,7 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
             cmd.err(format!("pcre2_compile() failed: {} in \"{}\" at \"{}\"", msg, pattern, rest))
         });
     }
-    let translated = pcre_bytes(&pcre_quotes(pattern));
+    let translated = pcre_escapes(&pcre_bytes(&pcre_quotes(pattern)));
     // PCRE's \p{..} classes need Unicode tables; elsewhere bytes match as PCRE without UTF.
     let unicode = pattern.contains("\\p") || pattern.contains("\\P");
     let re = regex::bytes::RegexBuilder::new(&translated).case_insensitive(caseless).unicode(unicode).build().map_err(
@@ -522,6 +522,155 @@ fn pcre_quotes(pattern: &str) -> String {
         }
     }
     out.push_str(rest);
+    out
+}
+
+/// PCRE's meanings where the regex crate reads the same text otherwise, or not at all
+/// (`pattern` is ASCII here): a backslash before punctuation only makes it literal
+/// (`\<` is no word boundary), a `{` that starts no quantifier is literal (`{,n}` too,
+/// as in PCRE2 10.42), `(?#...)` is a comment, `(?'name'...)` a named group, a `[` in
+/// a class is literal, `$` is also before a final newline, and PCRE's `\e \h \H \v \V \N \R \Z \cX \0oo \o{..} \x`.
+fn pcre_escapes(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = String::with_capacity(p.len() + 16);
+    // Two digits: with Unicode off, `\xC3` is the byte, `\x{C3}` the character.
+    let hex = |out: &mut String, v: u32| match v {
+        0..=0xff => out.push_str(&format!("\\x{:02X}", v)),
+        _ => out.push_str(&format!("\\x{{{:X}}}", v)),
+    };
+    let multiline = p.split("(?").skip(1).any(|g| g.split([':', ')']).next().is_some_and(|f| f.contains('m')));
+    let mut class = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' && i + 1 < b.len() {
+            let e = b[i + 1];
+            i += 2;
+            match e {
+                _ if e.is_ascii_punctuation() || e == b' ' => hex(&mut out, u32::from(e)),
+                b'e' => hex(&mut out, 0x1b),
+                b'b' if class => hex(&mut out, 0x08),
+                // A \E with no \Q before it.
+                b'E' => {}
+                b'h' if class => out.push_str(r"\t \xA0"),
+                b'h' => out.push_str(r"[\t \xA0]"),
+                b'H' if !class => out.push_str(r"[^\t \xA0]"),
+                b'v' if class => out.push_str(r"\n\x0B\f\r\x85"),
+                b'v' => out.push_str(r"[\n\x0B\f\r\x85]"),
+                b'V' if !class => out.push_str(r"[^\n\x0B\f\r\x85]"),
+                b'N' if !class => out.push_str(r"[^\n]"),
+                b'R' if !class => out.push_str(r"(?:\r\n|[\n\x0B\f\r\x85])"),
+                b'Z' if !class => out.push_str(r"(?:\n?\z)"),
+                b'c' if i < b.len() => {
+                    hex(&mut out, u32::from(b[i].to_ascii_uppercase() ^ 0x40));
+                    i += 1;
+                }
+                b'0' => {
+                    let mut v = 0;
+                    for _ in 0..2 {
+                        match b.get(i) {
+                            Some(d @ b'0'..=b'7') => v = v * 8 + u32::from(d - b'0'),
+                            _ => break,
+                        }
+                        i += 1;
+                    }
+                    hex(&mut out, v);
+                }
+                b'o' if b.get(i) == Some(&b'{') => {
+                    let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k);
+                    match u32::from_str_radix(&p[i + 1..end], 8) {
+                        Ok(v) => hex(&mut out, v),
+                        // Left for the regex crate to refuse.
+                        Err(_) => out.push_str(&p[i - 2..end.min(b.len())]),
+                    }
+                    i = (end + 1).min(b.len());
+                }
+                b'p' | b'P' if b.get(i) == Some(&b'{') => {
+                    let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k + 1);
+                    out.push_str(&p[i - 2..end]);
+                    i = end;
+                }
+                b'x' if b.get(i) == Some(&b'{') => {
+                    let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k);
+                    match u32::from_str_radix(&p[i + 1..end], 16) {
+                        Ok(v) => hex(&mut out, v),
+                        Err(_) => out.push_str(&p[i - 2..end.min(b.len())]),
+                    }
+                    i = (end + 1).min(b.len());
+                }
+                b'x' => {
+                    let n = b[i..].iter().take(2).take_while(|d| d.is_ascii_hexdigit()).count();
+                    hex(&mut out, u32::from_str_radix(&p[i..i + n], 16).unwrap_or(0));
+                    i += n;
+                }
+                _ => {
+                    out.push('\\');
+                    out.push(char::from(e));
+                }
+            }
+            continue;
+        }
+        if class {
+            match c {
+                b']' => {
+                    class = false;
+                    out.push(']');
+                }
+                b'[' if b.get(i + 1) == Some(&b':') && p[i..].find(":]").is_some() => {
+                    let end = i + p[i..].find(":]").unwrap_or(0) + 2;
+                    out.push_str(&p[i..end]);
+                    i = end;
+                    continue;
+                }
+                b'[' | b'&' | b'~' => hex(&mut out, u32::from(c)),
+                _ => out.push(char::from(c)),
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                class = true;
+                out.push('[');
+                i += 1;
+                if b.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    out.push_str(r"\]");
+                    i += 1;
+                }
+                continue;
+            }
+            b'{' => match quantifier(&b[i..]) {
+                Some((_, _, len)) => {
+                    out.push_str(&p[i..i + len]);
+                    i += len;
+                    continue;
+                }
+                None => out.push_str(r"\{"),
+            },
+            // PCRE's `$` also matches before a final newline (unless multiline).
+            b'$' if !multiline => out.push_str(r"(?:\n?\z)"),
+            b'(' if p[i..].starts_with("(?#") => {
+                i = b[i..].iter().position(|&d| d == b')').map_or(b.len(), |k| i + k + 1);
+                continue;
+            }
+            b'(' if p[i..].starts_with("(?'") => {
+                if let Some(k) = p[i + 3..].find('\'') {
+                    out.push_str("(?<");
+                    out.push_str(&p[i + 3..i + 3 + k]);
+                    out.push('>');
+                    i += 3 + k + 1;
+                    continue;
+                }
+                out.push('(');
+            }
+            _ => out.push(char::from(c)),
+        }
+        i += 1;
+    }
     out
 }
 
@@ -694,6 +843,27 @@ mod tests {
         assert_eq!(pcre_quotes(r"^(a)\Q.b(c\E$"), r"^(a)\.b\(c$");
         assert_eq!(pcre_quotes(r"\Q*"), r"\*");
         assert_eq!(pcre_quotes(r"\d\.x\"), r"\d\.x\");
+    }
+
+    #[test]
+    fn pcre_meanings_kept() {
+        let mut v = Variables::default();
+        let m = |p: &str, subject: &[u8]| {
+            regex_compile(p, false, &cmd(), &mut Variables::default()).unwrap().re.is_match(subject)
+        };
+        assert!(m(r"^\<a\>$", b"<a>"), "a backslash before punctuation is a literal");
+        assert!(m(r"^a{$", b"a{") && m(r"^a{,3}$", b"a{,3}") && m(r"^x{2}$", b"xx"));
+        assert!(m(r"^a(?#note)b$", b"ab"));
+        assert!(m(r"^[[a]+$", b"[a[") && m(r"^[]x]+$", b"]x") && m(r"^[a&&b]+$", b"&") && m(r"^[[:digit:]]+$", b"12"));
+        assert!(m(r"^\e\cA\012\o{101}\x41\x{42}\x4$", b"\x1b\x01\nAAB\x04"));
+        assert!(m(r"^a\hb\vc\Nd$", b"a\tb\x0bcxd") && !m(r"^\N$", b"\n"));
+        assert!(m(r"^a\Z", b"a\n") && m(r"^a\Z", b"a") && !m(r"^a\Z", b"ab"));
+        assert!(m(r"^\Ea\R$", b"a\r\n") && m(r"[\b]", b"\x08"));
+        assert!(m(r"^\x{e9}$", b"\xe9") && m(r"^\p{N}[\p{L}]$", b"1a"));
+        assert!(m(r"^a$", b"a\n") && !m(r"^a$", b"a\n\n") && !m(r"(?m)^a$b", b"a\nb") && m(r"(?m)^b$", b"a\nb"));
+        let named = regex_compile("(?'host'[a-z]+)", false, &cmd(), &mut v).unwrap();
+        assert_eq!(named.named.len(), 1);
+        assert!(v.is_defined("host"));
     }
 
     #[test]
