@@ -397,30 +397,18 @@ fn v2_broken_headers_as_nginx() {
     check_cases(&bed, &group("v2_broken"));
 }
 
-/// Header size: deliberately nginx >= 1.23.3's, not the recorded 1.22.1's. nginx
-/// 1.22.1 peeks at most 107 bytes for a header (so a longer v1 line is "broken
-/// header" and a v2 header with TLVs past that is "header is too large"); 1.23.3 raised
-/// the read size to 4096 bytes so that TLVs fit, and sluice supports the TLV variables
-/// (nginx-tests stream_proxy_protocol2_tlv.t needs it). Past 4096 bytes both reject.
+/// Header size: nginx 1.22.1 peeks at most 107 bytes for a header, so a longer v1 line
+/// is "broken header" and a v2 header with TLVs past that is "header is too large"
+/// (checked side by side with nginx 1.22.1). 1.23.3 raised the read size to 4096 bytes
+/// so that TLVs fit: a configuration that reads a `$proxy_protocol_tlv_*` variable
+/// (1.23.2's, which 1.22.1 refuses) gets that size (nginx-tests
+/// stream_proxy_protocol2_tlv.t needs it). Past 4096 bytes both reject.
 #[test]
-fn oversized_headers_past_4096_bytes() {
-    let p = crate::common::free_port();
-    let s = Sluice::start(&format!(
-        "events {{}} stream {{ log_format s '$status|$proxy_protocol_addr|$proxy_protocol_port'; \
-         server {{ listen 127.0.0.1:{p} proxy_protocol; return ok; access_log %%PREFIX%%s.log s; }} }}"
-    ));
-    let send = |bytes: &[u8]| {
-        let mut c = crate::common::connect(p);
-        let _ = c.write_all(bytes);
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        out
-    };
+fn header_size_is_1_22_1s_unless_tlvs_are_read() {
     // A 144-byte v1 line (zero-padded ports, which nginx's parser takes) and a 231-byte
     // v2 header with a TLV.
     let v1 = format!("PROXY TCP4 192.0.2.1 192.0.2.2 {}1234 80\r\n", "0".repeat(99)).into_bytes();
     assert!(v1.len() > 107, "{}", v1.len());
-    let _ = send(&v1);
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
     let tlv_len = 231 - 16 - 12 - 3;
     v2.extend_from_slice(&((12 + 3 + tlv_len) as u16).to_be_bytes());
@@ -429,22 +417,52 @@ fn oversized_headers_past_4096_bytes() {
     v2.extend_from_slice(&(tlv_len as u16).to_be_bytes());
     v2.extend(std::iter::repeat_n(b'u', tlv_len));
     assert_eq!(v2.len(), 231);
-    assert_eq!(send(&v2), b"ok");
     let mut big1 = b"PROXY TCP4 ".to_vec();
     big1.extend(std::iter::repeat_n(b'1', 5000));
-    let _ = send(&big1);
     let mut big2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
     big2.extend_from_slice(&(5000u16).to_be_bytes());
     big2.extend(std::iter::repeat_n(0u8, 5000));
-    let _ = send(&big2);
-    let lines = s.wait_lines("s.log", 4);
-    assert_eq!(lines[0], "200|192.0.2.1|1234");
-    assert_eq!(lines[1], "200|192.0.2.1|12345");
-    assert!(lines[2].starts_with("400|"), "{:?}", lines);
-    assert!(lines[3].starts_with("400|"), "{:?}", lines);
-    let log = s.error_log();
-    assert!(log.contains("broken header: \"PROXY TCP4 1111"), "{}", log);
-    assert!(log.contains("header is too large"), "{}", log);
+    for reads_tlv in [false, true] {
+        let p = crate::common::free_port();
+        let answer = if reads_tlv { "ok:${proxy_protocol_tlv_0x05}" } else { "ok" };
+        let s = Sluice::start(&format!(
+            "events {{}} stream {{ log_format s '$status|$proxy_protocol_addr|$proxy_protocol_port'; \
+             server {{ listen 127.0.0.1:{p} proxy_protocol; return \"{answer}\"; access_log %%PREFIX%%s.log s; }} }}"
+        ));
+        let send = |bytes: &[u8]| {
+            let mut c = crate::common::connect(p);
+            let _ = c.write_all(bytes);
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            out
+        };
+        let got_v1 = send(&v1);
+        let got_v2 = send(&v2);
+        let _ = send(&big1);
+        let _ = send(&big2);
+        let lines = s.wait_lines("s.log", 4);
+        let log = s.error_log();
+        if reads_tlv {
+            assert_eq!(got_v1, b"ok:");
+            assert_eq!(got_v2, format!("ok:{}", "u".repeat(tlv_len)).as_bytes());
+            assert_eq!(lines[0], "200|192.0.2.1|1234");
+            assert_eq!(lines[1], "200|192.0.2.1|12345");
+        } else {
+            assert_eq!((got_v1, got_v2), (Vec::new(), Vec::new()));
+            assert_eq!(lines[0], "400|-|-");
+            assert_eq!(lines[1], "400|-|-");
+            let cut = String::from_utf8_lossy(&v1[..107]).to_string();
+            assert!(log.contains(&format!("broken header: \"{cut}\" while reading PROXY protocol")), "{log}");
+        }
+        assert!(lines[2].starts_with("400|"), "{:?}", lines);
+        assert!(lines[3].starts_with("400|"), "{:?}", lines);
+        assert!(log.contains("broken header: \"PROXY TCP4 1111"), "{}", log);
+        assert_eq!(
+            log.matches("header is too large while reading PROXY protocol").count(),
+            if reads_tlv { 1 } else { 2 },
+            "{log}"
+        );
+    }
 }
 
 #[test]

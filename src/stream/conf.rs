@@ -432,6 +432,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);
     crate::core::stats::next_generation();
+    let proxy_protocol_max_header = crate::stream::proxy_protocol::max_header(&cx.vars);
     Ok(Cycle {
         core: cx.core,
         stream: cx.main,
@@ -448,6 +449,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         zones,
         accept_mutex,
         hostname: hostname(),
+        proxy_protocol_max_header,
         conf_file: opts.conf_file.clone(),
         prefix: opts.prefix.clone(),
     })

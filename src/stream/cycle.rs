@@ -84,6 +84,8 @@ pub struct Cycle {
     /// made before the workers are forked).
     pub accept_mutex: Option<Rc<crate::core::shm::Shm>>,
     pub hostname: String,
+    /// The most a PROXY protocol header may take (`proxy_protocol::max_header`).
+    pub proxy_protocol_max_header: usize,
     pub conf_file: String,
     pub prefix: String,
 }

@@ -9,10 +9,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::core::addr::Addr;
 
-/// nginx reads at most this much looking for a header: 4096 since 1.23.3, so that v2
-/// TLVs fit (1.22.1 read 107 bytes, the longest v1 line). sluice has the TLV variables,
-/// so it takes the newer limit.
+/// The most nginx reads looking for a header: 4096 bytes since 1.23.3, so that v2 TLVs
+/// fit; nginx 1.22.1 read 107 (its NGX_PROXY_PROTOCOL_MAX_HEADER, the longest v1 line),
+/// so a v2 header with more addresses and TLVs than that is "header is too large".
 pub const MAX_HEADER: usize = 4096;
+
+/// The read size for a configuration: 1.22.1's, unless it reads a
+/// `$proxy_protocol_tlv_*` variable, which 1.22.1 lacks (1.23.2's, so such a
+/// configuration gets that nginx's read size). Every configuration nginx 1.22.1 takes
+/// thus gets its behaviour, and the TLV variables can still see TLVs.
+pub fn max_header(vars: &crate::stream::variables::Variables) -> usize {
+    let reads_tlv =
+        (0..vars.len()).filter_map(|i| vars.def(i)).any(|d| !d.prefix && d.name.starts_with("proxy_protocol_tlv_"));
+    if reads_tlv {
+        MAX_HEADER
+    } else {
+        V1_MAX
+    }
+}
 
 const SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V2_HEADER: usize = 16;

@@ -62,7 +62,8 @@ fn read_proxy_protocol(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         return Flow::Again;
     }
     let mut buf = [0u8; MAX_HEADER];
-    let n = match s.client.peek(&mut buf) {
+    let max = s.cycle.proxy_protocol_max_header.min(MAX_HEADER);
+    let n = match s.client.peek(&mut buf[..max]) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Again,
         Err(e) => {
