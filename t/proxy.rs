@@ -829,6 +829,55 @@ fn listen_on_unix_socket() {
     no_alerts(&s);
 }
 
+/// Socket paths are bytes: a `listen unix:` and a `proxy_pass unix:` path with a byte
+/// that is not UTF-8 (0xFF) bind and connect to exactly that file, and the variables
+/// and the error log carry the byte itself, as nginx 1.22.1's do (checked side by side).
+#[test]
+fn unix_paths_with_bytes_not_utf8() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("bytes");
+    let at = |name: &[u8]| [dir.path().as_os_str().as_bytes(), b"/", name].concat();
+    let (listen, upstream, log) = (at(b"L\xff.sock"), at(b"B\xff.sock"), at(b"u.log"));
+    let backend = UnixListener::bind(OsStr::from_bytes(&upstream)).expect("bind the backend");
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = backend.accept() {
+            let _ = c.write_all(b"backend");
+        }
+    });
+    let inc = [
+        b"server { listen unix:".as_slice(),
+        &listen,
+        b"; proxy_pass unix:",
+        &upstream,
+        b"; access_log ",
+        &log,
+        b" u; }\n",
+    ]
+    .concat();
+    std::fs::write(dir.join("inc.conf"), inc).expect("write inc.conf");
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  log_format u '$remote_addr|$server_addr|$upstream_addr|$status';\n  \
+         include {};\n}}\n",
+        dir.join("inc.conf").display()
+    ));
+    let mut c = UnixStream::connect(OsStr::from_bytes(&listen)).expect("connect to the path as written");
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let (reply, _) = read_all(&mut c);
+    assert_eq!(reply, b"backend");
+    let path = std::path::PathBuf::from(OsStr::from_bytes(&log));
+    assert!(wait_for(Duration::from_secs(10), || std::fs::read(&path).is_ok_and(|l| l.ends_with(b"\n"))));
+    // (The access log escapes the byte, as nginx's default escaping does.)
+    let d = dir.path().display();
+    let want = format!("unix:|unix:{d}/L\\xFF.sock|unix:{d}/B\\xFF.sock|200\n");
+    assert_eq!(String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()), want);
+    let error_log = std::fs::read(s.dir.join("error.log")).unwrap_or_default();
+    let line = [b"proxy unix: connected to unix:".as_slice(), &upstream, b"\n"].concat();
+    assert!(error_log.windows(line.len()).any(|w| w == line.as_slice()), "{}", String::from_utf8_lossy(&error_log));
+    assert_eq!(s.stop(), Some(0));
+    no_alerts(&s);
+}
+
 #[test]
 fn return_with_variables() {
     let p = free_port();

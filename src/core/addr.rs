@@ -72,9 +72,16 @@ impl fmt::Display for Addr {
         match self {
             Addr::Inet(SocketAddr::V4(a)) => write!(f, "{}:{}", a.ip(), a.port()),
             Addr::Inet(SocketAddr::V6(a)) => write!(f, "[{}]:{}", NgxIp(IpAddr::V6(*a.ip())), a.port()),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Unix(p) => write!(f, "unix:{}", path_text(p)),
         }
     }
+}
+
+/// A socket path as configuration text: its bytes that are not UTF-8 as the parser's
+/// stand-ins, which the log writers turn back into those bytes.
+pub fn path_text(p: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    crate::core::conf::parser::bytes_to_text(p.as_os_str().as_bytes())
 }
 
 impl Addr {
@@ -83,7 +90,7 @@ impl Addr {
     pub fn host_text(&self) -> String {
         let mut out = Vec::new();
         self.write_host(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        crate::core::conf::parser::bytes_to_text(&out)
     }
 
     /// `host_text` appended to `out` (no allocation of its own).
@@ -91,7 +98,12 @@ impl Addr {
         use std::io::Write;
         let _ = match self {
             Addr::Inet(a) => write!(out, "{}", NgxIp(a.ip())),
-            Addr::Unix(p) => write!(out, "unix:{}", p.display()),
+            Addr::Unix(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                out.extend_from_slice(b"unix:");
+                out.extend_from_slice(p.as_os_str().as_bytes());
+                Ok(())
+            }
         };
     }
 
@@ -385,10 +397,13 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
         if path.is_empty() {
             return Err("no path in the unix domain socket");
         }
+        // The path's bytes, as the configuration had them (not UTF-8 ones too).
+        let bytes = crate::core::conf::parser::text_to_bytes(path);
         // sun_path holds 108 bytes, its NUL included.
-        if path.len() + 1 > 108 {
+        if bytes.len() + 1 > 108 {
             return Err("too long path in the unix domain socket");
         }
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes);
         return Ok(ParsedUrl {
             host: url.to_string(),
             port: None,

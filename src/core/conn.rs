@@ -535,7 +535,7 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
             // workers too when they run as another user.
             use std::os::unix::fs::PermissionsExt;
             if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
-                let msg = format!("chmod() \"{}\" failed", path.display());
+                let msg = format!("chmod() \"{}\" failed", crate::core::addr::path_text(path));
                 crate::core::log::error(crate::core::log::Level::Emerg, &msg, Some(&e));
             }
             s.listen(backlog)?;

@@ -517,7 +517,7 @@ pub fn delete_unix_socket(path: &std::path::Path) {
 /// Delete a unix socket's file, with nginx's emerg line on failure.
 pub fn unlink_socket(path: &std::path::Path) {
     if let Err(e) = std::fs::remove_file(path) {
-        let msg = format!("unlink() {} failed", path.display());
+        let msg = format!("unlink() {} failed", crate::core::addr::path_text(path));
         crate::core::log::error(crate::core::conf::Level::Emerg, &msg, Some(&e));
     }
 }

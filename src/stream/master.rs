@@ -612,7 +612,7 @@ impl Master {
         for ((a, _), socks) in old {
             drop(socks);
             if let Addr::Unix(p) = &a {
-                error(Level::Warn, &format!("deleting socket {}", p.display()), None);
+                error(Level::Warn, &format!("deleting socket {}", crate::core::addr::path_text(p)), None);
                 process::unlink_socket(p);
             }
         }

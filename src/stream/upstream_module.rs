@@ -232,7 +232,8 @@ fn var_upstream(s: &mut SessionCore, which: usize, out: &mut Vec<u8>) -> bool {
         }
         let st: &UpstreamState = st;
         match which {
-            0 => out.extend_from_slice(st.peer.as_deref().unwrap_or("").as_bytes()),
+            // (A unix path's bytes that are not UTF-8 are stand-ins in the name.)
+            0 => out.extend_from_slice(&crate::core::conf::parser::text_to_bytes(st.peer.as_deref().unwrap_or(""))),
             1 => {
                 let _ = write!(out, "{}", st.bytes_sent);
             }
