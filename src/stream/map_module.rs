@@ -576,12 +576,13 @@ fn pcre_escapes(p: &str) -> String {
                     }
                     hex(&mut out, v);
                 }
-                b'o' if b.get(i) == Some(&b'{') => {
+                // `\o{101}`, `\x{41}`.
+                b'o' | b'x' if b.get(i) == Some(&b'{') => {
                     let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k);
-                    match u32::from_str_radix(&p[i + 1..end], 8) {
+                    match u32::from_str_radix(&p[i + 1..end], if e == b'o' { 8 } else { 16 }) {
                         Ok(v) => hex(&mut out, v),
                         // Left for the regex crate to refuse.
-                        Err(_) => out.push_str(&p[i - 2..end.min(b.len())]),
+                        Err(_) => out.push_str(&p[i - 2..end]),
                     }
                     i = (end + 1).min(b.len());
                 }
@@ -589,14 +590,6 @@ fn pcre_escapes(p: &str) -> String {
                     let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k + 1);
                     out.push_str(&p[i - 2..end]);
                     i = end;
-                }
-                b'x' if b.get(i) == Some(&b'{') => {
-                    let end = b[i..].iter().position(|&d| d == b'}').map_or(b.len(), |k| i + k);
-                    match u32::from_str_radix(&p[i + 1..end], 16) {
-                        Ok(v) => hex(&mut out, v),
-                        Err(_) => out.push_str(&p[i - 2..end.min(b.len())]),
-                    }
-                    i = (end + 1).min(b.len());
                 }
                 b'x' => {
                     let n = b[i..].iter().take(2).take_while(|d| d.is_ascii_hexdigit()).count();
