@@ -371,6 +371,64 @@ fn options_that_are_not_utf8() {
     }
 }
 
+/// A `-g` byte that is not UTF-8 stays that byte: in the message (recorded), and in a
+/// file name it names (an `error_log` there creates exactly that file).
+#[test]
+fn g_bytes_that_are_not_utf8() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let tmp = setup(Some("valid"));
+    let dir = dir_of(&tmp);
+    let mut args: Vec<std::ffi::OsString> = std_args(&dir).into_iter().map(Into::into).collect();
+    args.insert(0, "-t".into());
+    args.push("-g".into());
+    args.push(std::ffi::OsString::from_vec(b"b\xe9gus;".to_vec()));
+    let out = run(&args, tmp.path());
+    let rec = std::fs::read(data_dir().join("g-unknown-bytes.stderr")).expect("read .stderr");
+    let rec = String::from_utf8_lossy(&rec).replace("nginx: ", "sluice: ").replace("%%PREFIX%%", &dir);
+    let (body, code) = rec.split_at(rec.len() - b"exit=1\n".len());
+    assert_eq!(code, "exit=1\n");
+    let needle = b"\"b\xe9gus\"";
+    assert!(out.stderr.windows(needle.len()).any(|w| w == needle), "{:?}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), body);
+    assert_eq!(out.status.code(), Some(1));
+    let log = [tmp.path().as_os_str().as_bytes(), b"/\xe9.log"].concat();
+    args.pop();
+    args.push(std::ffi::OsString::from_vec([b"error_log ".as_slice(), &log, b";"].concat()));
+    let out = run(&args, tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::path::Path::new(std::ffi::OsStr::from_bytes(&log)).exists(), "no file named with the byte 0xE9");
+}
+
+/// A configuration read from a pipe is empty: nginx reads a file up to the size fstat()
+/// gives it, 0 for a pipe (`generate | nginx -t -c /dev/stdin`; checked by hand with
+/// nginx 1.22.1, which says exactly this).
+#[test]
+fn conf_from_a_pipe_is_empty() {
+    let tmp = setup(Some("valid"));
+    let conf = std::fs::read(tmp.join("nginx.conf")).expect("nginx.conf");
+    let mut child = std::process::Command::new(crate::common::bin())
+        .args(["-t", "-p", &format!("{}/", dir_of(&tmp)), "-c", "/dev/stdin"])
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(&conf);
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(lines[0], "sluice: the configuration file /dev/stdin syntax is ok");
+    assert!(lines[1].ends_with(": no \"events\" section in configuration") && lines[1].contains(" [emerg] "), "{err}");
+    assert_eq!(lines[2], "sluice: configuration file /dev/stdin test failed");
+    assert_eq!(out.status.code(), Some(1));
+}
+
 #[test]
 fn signal_missing_pid() {
     case("signal-missing-pid", Some("signal"), &["-s", "stop"], true, &[]);

@@ -91,6 +91,8 @@ run g-missing-semicolon valid -t "${STD[@]}" -g "$LM daemon off"
 run g-block             valid -t "${STD[@]}" -g "$LM events {}"
 run g-unknown           valid -t "${STD[@]}" -g "$LM frobnicate on;"
 run g-duplicate         g-dup -t "${STD[@]}" -g "$LM daemon off;"
+# a byte that is not UTF-8 in -g is quoted as given
+run g-unknown-bytes     valid -t "${STD[@]}" -g "$LM b"$'\xe9'"gus;"
 
 # option parsing errors
 run opt-invalid        -  -Z

@@ -368,8 +368,10 @@ pub fn parse_bytes(text: &[u8], file: Rc<str>) -> Block {
 
 /// Parse the `-g` directives (errors say `in command line`).
 pub fn parse_str(text: &str) -> Block {
+    // The argument's bytes, those that are not UTF-8 too (`-g` came as such text).
+    let bytes = text_to_bytes(text);
     let mut t = Tokenizer {
-        text: text.as_bytes(),
+        text: &bytes,
         pos: 0,
         line: 1,
         file: Rc::from("command line"),
@@ -385,7 +387,7 @@ pub fn parse_str(text: &str) -> Block {
 /// Read and parse a file. An unreadable file is an error at `from` (the `include`
 /// directive), or without a location for the main file.
 pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), ConfError> {
-    match std::fs::read(os_path(path)) {
+    match read_conf(path) {
         Ok(text) => {
             let file: Rc<str> = Rc::from(path);
             let block = parse_bytes(&text, file.clone());
@@ -405,6 +407,17 @@ pub fn parse_file(path: &str, from: Option<&Cmd>) -> Result<(ConfFile, Block), C
             })
         }
     }
+}
+
+/// A configuration file's bytes, as many as fstat() gives it when opened: nginx reads
+/// up to that size, so a pipe (`-c /dev/stdin` fed by one) is an empty configuration.
+fn read_conf(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(os_path(path))?;
+    let size = file.metadata()?.len();
+    let mut text = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(size).read_to_end(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]
