@@ -311,11 +311,16 @@ fn run() -> i32 {
             log::stderr(&format!("configuration file {} test is successful", conf_file));
         }
         if args.dump {
+            // nginx dumps before it handles any signal: a reader gone (`-T | head`) ends
+            // it by SIGPIPE, which a `set -o pipefail` script sees.
+            // SAFETY: restoring a signal's default disposition.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
             let mut out = std::io::stdout().lock();
             // A file included twice is dumped once (nginx keeps its dump by file name).
             let mut seen = std::collections::HashSet::new();
             for f in cycle.files.iter().filter(|f| seen.insert(f.path.clone())) {
-                let _ = writeln!(out, "# configuration file {}:", f.path);
+                let name = sluice::core::conf::parser::text_to_bytes(&f.path);
+                let _ = out.write_all(&[b"# configuration file ", &name[..], b":\n"].concat());
                 let _ = out.write_all(&f.text);
                 let _ = out.write_all(b"\n");
             }

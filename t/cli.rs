@@ -399,6 +399,31 @@ fn g_bytes_that_are_not_utf8() {
     assert!(std::path::Path::new(std::ffi::OsStr::from_bytes(&log)).exists(), "no file named with the byte 0xE9");
 }
 
+/// `-T` into a pipe whose reader is gone ends by SIGPIPE, as nginx's does (it dumps
+/// before handling any signal; checked by hand), after the same messages.
+#[test]
+fn dump_into_a_closed_pipe_ends_by_sigpipe() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = setup(Some("valid"));
+    let dir = dir_of(&tmp);
+    let mut fds = [0; 2];
+    // SAFETY: a new pipe; its read end is closed at once, its write end handed over.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let write_end = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("-T")
+        .args(std_args(&dir))
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {}", out.status, text(&out.stderr));
+    assert!(text(&out.stderr).ends_with(" test is successful\n"), "{}", text(&out.stderr));
+}
+
 /// A configuration read from a pipe is empty: nginx reads a file up to the size fstat()
 /// gives it, 0 for a pipe (`generate | nginx -t -c /dev/stdin`; checked by hand with
 /// nginx 1.22.1, which says exactly this).
