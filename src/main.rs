@@ -443,6 +443,7 @@ fn serve(
         }
     }
     sluice::stream::conf::redirect_stderr(&cycle);
+    log::end_startup();
     log::set_use_stderr(false);
     if cycle.core.master_process.get() {
         // The master owns the cycle: a reload drops it, and with it the files only it

@@ -3096,3 +3096,29 @@ fn stop_and_continue_logs_the_interrupted_wait() {
     assert!(wait_for(Duration::from_secs(5), || logged() == 1), "{}", s.error_log());
     assert_eq!(exchange(p, b""), b"x");
 }
+
+/// The `-e` file is the startup log only: once the configuration's error log takes over,
+/// it is closed (nginx's main closes its built-in log), so neither the master nor a
+/// worker holds it and it takes none of `worker_rlimit_nofile`'s descriptors.
+#[test]
+fn startup_log_closed_once_the_configuration_runs() {
+    let p = crate::common::free_port();
+    let s = Sluice::start_with_globals(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid %%PREFIX%%sluice.pid;\n\
+         error_log %%PREFIX%%error.log info;\n",
+        &format!("events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return ok; }} }}\n"),
+        &["-e", "%%PREFIX%%startup.log"],
+    );
+    assert_eq!(crate::common::exchange(p, b""), b"ok");
+    let startup = s.dir.join("startup.log");
+    assert!(startup.exists(), "the -e file is opened at startup");
+    let holds = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == startup)))
+            .unwrap_or(false)
+    };
+    let workers = crate::common::children_of(s.pid());
+    assert_eq!(workers.len(), 1);
+    assert!(!holds(s.pid()), "the master holds the -e file");
+    assert!(!holds(workers[0]), "the worker holds the -e file");
+}

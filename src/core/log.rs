@@ -56,6 +56,12 @@ pub fn set_startup(log: Rc<ErrorLog>) {
     STARTUP.with(|s| *s.borrow_mut() = Some(log));
 }
 
+/// Drop the startup log, closing an `-e` file: nginx's main closes its built-in log once
+/// stderr goes to the configuration's, so no worker holds it.
+pub fn end_startup() {
+    STARTUP.with(|s| s.borrow_mut().take());
+}
+
 /// A syslog peer's own failure, logged as nginx logs it: to `ngx_cycle->log`, the
 /// startup log until the first cycle runs, then the main error log.
 fn peer_error(level: Level, msg: &str, err: &io::Error) {
