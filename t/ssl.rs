@@ -592,6 +592,34 @@ fn client_certificate_as_nginx() {
     s.stop();
 }
 
+/// `proxy_ssl_certificate` with variables whose value is empty sends no client
+/// certificate, and the session goes on (nginx's map idiom: a certificate for some
+/// upstreams only; nginx-tests stream_proxy_ssl_certificate_vars.t "variable - no
+/// certificate"). The TLS server here sees none: NONE.
+#[test]
+fn proxy_ssl_certificate_empty_sends_none() {
+    let (p1, p2) = (free_port(), free_port());
+    let d = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    log_format t '$server_port $status';\n    access_log %%PREFIX%%access.log t;\n    \
+         map $server_port $cert {{ default \"\"; }}\n    \
+         server {{\n        listen 127.0.0.1:{p1} ssl;\n        ssl_certificate {d}/cert.pem;\n        \
+         ssl_certificate_key {d}/key.pem;\n        ssl_verify_client optional_no_ca;\n        \
+         return \"$ssl_client_verify\\n\";\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{p2};\n        proxy_ssl on;\n        proxy_ssl_certificate $cert;\n        \
+         proxy_ssl_certificate_key $cert;\n        proxy_pass 127.0.0.1:{p1};\n    }}\n}}\n",
+        d = d.display()
+    );
+    let mut s = Sluice::start(&conf);
+    let mut out = Vec::new();
+    connect(p2).read_to_end(&mut out).ok();
+    assert_eq!(String::from_utf8_lossy(&out), "NONE\n");
+    let log = wait_log(&s, 2);
+    assert_eq!(log, [format!("{p1} 200"), format!("{p2} 200")]);
+    assert!(!s.error_log().contains("cannot load certificate"), "{}", s.error_log());
+    s.stop();
+}
+
 /// Certificates named with variables (`ngx_stream_ssl_certificate`): loaded for each
 /// handshake, here by the SNI name; a name without a file is nginx's error line, then
 /// the handshake fails ("cert cb error"). And `proxy_ssl_certificate` with variables,

@@ -114,11 +114,18 @@ fn name(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult<Option<(String, Option<Complex
     ssl_mod::certificate_name(cmd, cx).map(Some)
 }
 
-/// The full names of a certificate and key named with variables, for this session.
+/// The full names of a certificate and key named with variables, for this session;
+/// none when the certificate's value is empty: then no client certificate is sent
+/// (`ngx_stream_proxy_ssl_certificate`, the idiom of a map giving some upstreams one).
 pub fn certificate_names(s: &mut SessionCore) -> Option<(String, String)> {
     let srv = s.srv.clone();
     let c = &srv.confs.proxy_ssl;
     let (cert, key) = c.cert_values.as_ref()?;
+    let mut value = Vec::new();
+    cert.eval(s, &mut value);
+    if value.is_empty() {
+        return None;
+    }
     let cf = ssl_mod::certificate_path(s, cert, &c.conf_prefix);
     Some((cf, ssl_mod::certificate_path(s, key, &c.conf_prefix)))
 }
