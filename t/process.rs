@@ -3122,3 +3122,52 @@ fn startup_log_closed_once_the_configuration_runs() {
     assert!(!holds(s.pid()), "the master holds the -e file");
     assert!(!holds(workers[0]), "the worker holds the -e file");
 }
+
+/// With an accept mutex (two workers, `accept_mutex on`), a session's phases start after
+/// the turn's accepts, as nginx's ngx_stream_init_connection posts them: a turn that
+/// accepts a client on each of two listeners while one connection is left takes both,
+/// and the second finds none ("16 worker_connections are not enough", at accept, no
+/// context) before the first's upstream connect fails (500). Side by side with nginx
+/// 1.22.1 on this configuration, both refused 9 of 30 clients at accept. The workers
+/// are stopped while the clients connect, so the backlog holds them all at once.
+#[test]
+fn accept_mutex_sessions_start_after_the_turns_accepts() {
+    let h = backend(|mut c| {
+        let _ = c.write_all(b"hello\n");
+        let mut b = [0u8; 64];
+        while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+    });
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{ worker_connections 16; accept_mutex on; }}\nstream {{ \
+             server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{h}; }} \
+             server {{ listen 127.0.0.1:{q}; return ok; }} }}\n"
+        ),
+    );
+    assert!(wait_for(10 * SEC, || crate::common::children_of(s.pid()).len() == 2), "2 workers");
+    assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|t| t == "hello")), "not serving");
+    let workers = crate::common::children_of(s.pid());
+    for &w in &workers {
+        signal(w, libc::SIGSTOP);
+    }
+    let clients: Vec<TcpStream> =
+        (0..30).map(|i| TcpStream::connect(("127.0.0.1", if i % 2 == 0 { p } else { q })).expect("connect")).collect();
+    for &w in &workers {
+        signal(w, libc::SIGCONT);
+    }
+    let mut answered = 0;
+    for mut c in clients {
+        c.set_read_timeout(Some(5 * SEC)).ok();
+        let mut b = [0u8; 16];
+        if matches!(c.read(&mut b), Ok(n) if n > 0) {
+            answered += 1;
+        }
+    }
+    let log = s.error_log();
+    let at_accept =
+        log.lines().filter(|l| l.contains("[alert]") && l.ends_with(": 16 worker_connections are not enough")).count();
+    assert!(at_accept >= 1, "no client refused at accept ({answered} of 30 answered)\n{log}");
+    assert!(answered < 30, "{log}");
+}

@@ -198,6 +198,10 @@ pub struct Worker {
     /// mutex skips that many turns' trylock (and the exclusive-accept reorder runs on
     /// every accept event).
     accept_disabled: i64,
+    /// Sessions accepted this turn whose phases start after its events and timers
+    /// (nginx's ngx_stream_init_connection posts the session handler to
+    /// ngx_posted_events whenever an accept mutex is in use).
+    posted: Vec<usize>,
     /// A single process's command-line options, for HUP (see `on_signals`).
     reload_options: Option<crate::stream::conf::LoadOptions>,
 }
@@ -269,6 +273,7 @@ impl Worker {
             accept_mutex,
             mutex_held: false,
             accept_disabled: 0,
+            posted: Vec::new(),
         })
     }
 
@@ -442,6 +447,9 @@ impl Worker {
                 } else {
                     self.session_timer(t.0 >> 1, id, now);
                 }
+            }
+            for key in std::mem::take(&mut self.posted) {
+                self.run_phases(key, now);
             }
             // `server ... resolve` lookups that are due (not in a worker that is leaving).
             if !self.quitting && self.rt.next_resolve().is_some_and(|at| at <= now) {
@@ -968,7 +976,13 @@ impl Worker {
         }
         entry.insert(Session { core, state: State::Phases });
         self.rt.conns += 1;
-        self.run_phases(key, now);
+        if self.accept_mutex.is_some() {
+            // So all of a turn's accepts come before their sessions take upstream
+            // connections, as in nginx.
+            self.posted.push(key);
+        } else {
+            self.run_phases(key, now);
+        }
     }
 
     fn cx(&mut self, now: Instant) -> (Cx<'_>, &mut Slab<Session>, &Cycle) {
