@@ -3171,3 +3171,42 @@ fn accept_mutex_sessions_start_after_the_turns_accepts() {
     assert!(at_accept >= 1, "no client refused at accept ({answered} of 30 answered)\n{log}");
     assert!(answered < 30, "{log}");
 }
+
+/// Out of descriptors (accept4() failing with EMFILE), every listener is off until
+/// accepting works again, UDP ones too, as nginx's ngx_disable_accept_events: a
+/// datagram waits while TCP clients are still queued, and is answered once descriptors
+/// are free (side by side with nginx 1.22.1: the same).
+#[test]
+fn out_of_descriptors_udp_listeners_wait_too() {
+    // A backend that never accepts: its listen queue holds the upstream connections.
+    let back = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = back.local_addr().expect("addr").port();
+    let (p, u) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        1,
+        &format!(
+            "worker_rlimit_nofile 14;\nevents {{ worker_connections 100; }}\nstream {{ \
+             server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} \
+             server {{ listen 127.0.0.1:{u} udp; return udp; }} }}\n"
+        ),
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(5 * SEC)).ok();
+    udp.send_to(b"q", ("127.0.0.1", u)).expect("send");
+    let mut buf = [0u8; 16];
+    assert_eq!(udp.recv(&mut buf).ok().map(|n| buf[..n].to_vec()), Some(b"udp".to_vec()), "serving UDP");
+    let mut held = Vec::new();
+    let failed = |s: &Sluice| s.error_log().contains("accept4() failed (24: Too many open files)");
+    while !failed(&s) && held.len() < 12 {
+        held.push(TcpStream::connect(("127.0.0.1", p)).expect("connect"));
+        wait_for(SEC / 2, || failed(&s));
+    }
+    assert!(failed(&s), "descriptors never ran out\n{}", s.error_log());
+    udp.set_read_timeout(Some(SEC)).ok();
+    udp.send_to(b"q", ("127.0.0.1", u)).expect("send");
+    assert!(udp.recv(&mut buf).is_err(), "a datagram was read while accepting was off\n{}", s.error_log());
+    drop(held);
+    udp.set_read_timeout(Some(10 * SEC)).ok();
+    assert_eq!(udp.recv(&mut buf).ok().map(|n| buf[..n].to_vec()), Some(b"udp".to_vec()), "{}", s.error_log());
+    drop(back);
+}

@@ -403,6 +403,11 @@ impl Worker {
                     }
                 } else if t.0 & LISTENER_BIT != 0 {
                     let idx = t.0 & !LISTENER_BIT;
+                    if self.accept_paused.is_some() {
+                        // Out of descriptors, every listener is off, UDP ones too: their
+                        // events still in this batch go unread, as nginx's inactive ones.
+                        continue;
+                    }
                     if matches!(self.listeners.get(idx), Some(Some(l)) if l.is_udp()) {
                         self.datagrams(idx, now);
                     } else {
