@@ -3210,3 +3210,53 @@ fn out_of_descriptors_udp_listeners_wait_too() {
     assert_eq!(udp.recv(&mut buf).ok().map(|n| buf[..n].to_vec()), Some(b"udp".to_vec()), "{}", s.error_log());
     drop(back);
 }
+
+/// With an accept mutex, a UDP session's phases wait for the end of the turn; a second
+/// datagram of the client in the same batch starts them, and the posted start then
+/// leaves the running session alone: one session, every datagram relayed once.
+#[test]
+fn accept_mutex_udp_datagrams_of_one_batch_make_one_session() {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let e = echo.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while let Ok((n, from)) = echo.recv_from(&mut b) {
+            let _ = echo.send_to(&b[..n], from);
+        }
+    });
+    let u = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{ accept_mutex on; }}\nstream {{ log_format l '$status $bytes_received $bytes_sent'; \
+             server {{ listen 127.0.0.1:{u} udp; proxy_timeout 1s; proxy_pass 127.0.0.1:{e}; \
+             access_log %%PREFIX%%u.log l; }} }}\n"
+        ),
+    );
+    assert!(wait_for(10 * SEC, || crate::common::children_of(s.pid()).len() == 2), "2 workers");
+    let workers = crate::common::children_of(s.pid());
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+    c.set_read_timeout(Some(5 * SEC)).ok();
+    for &w in &workers {
+        signal(w, libc::SIGSTOP);
+    }
+    for i in 0..5 {
+        c.send_to(format!("d{i}").as_bytes(), ("127.0.0.1", u)).expect("send");
+    }
+    for &w in &workers {
+        signal(w, libc::SIGCONT);
+    }
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    while got.len() < 5 {
+        match c.recv(&mut b) {
+            Ok(n) => got.push(String::from_utf8_lossy(&b[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["d0", "d1", "d2", "d3", "d4"], "{}", s.error_log());
+    assert_eq!(s.wait_lines("u.log", 1), ["200 10 10"], "{}", s.error_log());
+    std::thread::sleep(SEC / 2);
+    assert_eq!(s.read("u.log").lines().count(), 1, "{}", s.read("u.log"));
+}

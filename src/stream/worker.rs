@@ -454,7 +454,10 @@ impl Worker {
                 }
             }
             for key in std::mem::take(&mut self.posted) {
-                self.run_phases(key, now);
+                // (A UDP client's next datagram in the same batch may have run them.)
+                if lookup(&mut self.sessions, key).is_some_and(|s| matches!(s.state, State::Phases)) {
+                    self.run_phases(key, now);
+                }
             }
             // `server ... resolve` lookups that are due (not in a worker that is leaving).
             if !self.quitting && self.rt.next_resolve().is_some_and(|at| at <= now) {
