@@ -1384,3 +1384,49 @@ fn upstream_connections_are_numbered_before_they_connect() {
     }
     assert_eq!(gaps.keys().copied().collect::<Vec<u64>>(), [2], "{gaps:?}");
 }
+
+/// `debug_connection`: a matching client's session lines go to every error log of its
+/// server's chain, whatever their levels (nginx's debug build, as Debian's: the
+/// connection's log level takes every line, and ngx_log_error_core writes a debug
+/// connection's line to each log). Others' lines keep the levels. Side by side with
+/// nginx 1.22.1: the same lines, apart from nginx's [debug] ones.
+#[test]
+fn debug_connection_lines_reach_every_log() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{ debug_connection 127.0.0.1; }}\nstream {{ \
+         server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{dead}; \
+         error_log %%PREFIX%%srv.log error; error_log %%PREFIX%%srv2.log crit; }} }}\n"
+    ));
+    let _ = exchange(p, b"");
+    let want = |log: &str| {
+        // (nginx writes its [debug] lines there too; sluice has a few of them.)
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" [debug] ")).collect();
+        lines.len() == 2
+            && lines[0].contains(" [info] ")
+            && lines[0].contains(" client 127.0.0.1:")
+            && lines[1].contains(" [error] ")
+            && lines[1].contains("connect() failed (111: Connection refused) while connecting to upstream")
+    };
+    assert!(wait_for(Duration::from_secs(10), || want(&s.read("srv2.log"))), "srv2.log:\n{}", s.read("srv2.log"));
+    assert!(want(&s.read("srv.log")), "srv.log:\n{}", s.read("srv.log"));
+    drop(s);
+    // A client that does not match: the levels hold.
+    let s = Sluice::start(&format!(
+        "events {{ debug_connection 127.0.0.2; }}\nstream {{ \
+         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{dead}; \
+         error_log %%PREFIX%%srv.log error; error_log %%PREFIX%%srv2.log crit; }} }}\n"
+    ));
+    let _ = exchange(q, b"");
+    assert!(
+        wait_for(Duration::from_secs(10), || s.read("srv.log").contains("connect() failed")),
+        "{}",
+        s.read("srv.log")
+    );
+    assert_eq!(s.read("srv.log").lines().count(), 1, "{}", s.read("srv.log"));
+    assert_eq!(s.read("srv2.log"), "");
+}

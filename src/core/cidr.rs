@@ -102,6 +102,18 @@ pub fn matches_any(list: &[Cidr], a: &Addr) -> bool {
     }
 }
 
+/// nginx's `debug_connection` test (ngx_debug_accepted_connection): as `matches_any`,
+/// but a family matches only its own (an IPv4-mapped address is IPv6 there).
+pub fn matches_same_family(list: &[Cidr], a: &Addr) -> bool {
+    match a {
+        Addr::Unix(_) => list.contains(&Cidr::Unix),
+        Addr::Inet(sa) => match sa.ip() {
+            IpAddr::V4(v) => list.iter().any(|c| c.matches_v4(v)),
+            IpAddr::V6(v) => list.iter().any(|c| c.matches_v6(&v)),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -393,7 +393,21 @@ impl ErrorLog {
         err: Option<&io::Error>,
         ctx: Option<&dyn LogContext>,
     ) {
-        self.write_to(None, level, conn, msg, err, ctx)
+        self.write_to(None, level, conn, msg, err, ctx, false)
+    }
+
+    /// A session's line; for a `debug_connection` client (`every`) to every output
+    /// whatever its level, as nginx's ngx_log_error_core writes a debug connection's.
+    pub fn write_session(
+        &self,
+        level: Level,
+        conn: u64,
+        msg: &str,
+        err: Option<&io::Error>,
+        ctx: Option<&dyn LogContext>,
+        every: bool,
+    ) {
+        self.write_to(None, level, Some(conn), msg, err, ctx, every)
     }
 
     /// A worker's last line: nginx logs it through a copy of the first file log of its
@@ -403,7 +417,7 @@ impl ErrorLog {
     /// that one takes its level.
     pub fn write_exit_line(&self, level: Level, msg: &str) {
         if let Some(i) = self.first_file_log() {
-            self.write_to(Some(i), level, None, msg, None, None);
+            self.write_to(Some(i), level, None, msg, None, None, false);
         }
     }
 
@@ -433,6 +447,7 @@ impl ErrorLog {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_to(
         &self,
         only: Option<usize>,
@@ -441,10 +456,11 @@ impl ErrorLog {
         msg: &str,
         err: Option<&io::Error>,
         ctx: Option<&dyn LogContext>,
+        every: bool,
     ) {
         // During startup nginx echoes warnings and worse to the console as well, when the
         // log takes them at all (ngx_log_error tests the level before anything else).
-        if !self.enabled(level) {
+        if !every && !self.enabled(level) {
             return;
         }
         let echo = USE_STDERR.with(Cell::get) && level <= Level::Warn;
@@ -489,7 +505,7 @@ impl ErrorLog {
             let raw = crate::core::conf::parser::text_to_bytes(line);
             let mut wrote_stderr = false;
             for (i, o) in self.outputs.iter().enumerate() {
-                if level > o.level || only.is_some_and(|only| only != i) {
+                if (level > o.level && !every) || only.is_some_and(|only| only != i) {
                     continue;
                 }
                 let fd = match &o.sink {

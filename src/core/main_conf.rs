@@ -48,6 +48,10 @@ pub struct MainConf {
     /// `working_directory`: where workers chdir to (empty: left alone).
     pub working_directory: String,
     pub env: Vec<String>,
+    /// `debug_connection`: clients whose sessions log every line to every error log of
+    /// their chain, whatever its level (nginx's NGX_LOG_DEBUG_CONNECTION; sluice has no
+    /// debug lines themselves).
+    pub debug_connection: Vec<crate::core::cidr::Cidr>,
     /// `error_log` outputs in the main context, paths made absolute.
     pub error_log: Vec<(String, Level)>,
     /// Directives accepted for compatibility that were given (each once, as nginx's
@@ -148,22 +152,30 @@ fn thread_pool(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     Ok(())
 }
 
-/// `debug_connection`: checked as nginx's (a debug build, as Debian's) checks it, then
-/// ignored (sluice has no debug log level): `unix:`, an address or CIDR, or a name that
-/// resolves.
-fn debug_connection(_: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+/// `debug_connection`, as nginx's debug build (Debian's) reads it: `unix:`, an address
+/// or CIDR, or a name that resolves (each of its addresses).
+fn debug_connection(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    use crate::core::cidr::Cidr;
     let v = cmd.arg(0);
     if v == "unix:" {
+        c.debug_connection.push(Cidr::Unix);
         return Ok(());
     }
-    if let Some((_, low)) = crate::core::cidr::parse(v) {
+    if let Some((cidr, low)) = crate::core::cidr::parse(v) {
         if low {
             let msg = cmd.err(format!("low address bits of {} are meaningless", v)).to_string();
             crate::core::log::error(Level::Warn, &msg, None);
         }
+        c.debug_connection.push(cidr);
         return Ok(());
     }
-    crate::core::addr::resolve_host(v, 0).map(drop).map_err(|e| cmd.err(format!("{} in debug_connection \"{}\"", e, v)))
+    let addrs =
+        crate::core::addr::resolve_host(v, 0).map_err(|e| cmd.err(format!("{} in debug_connection \"{}\"", e, v)))?;
+    c.debug_connection.extend(addrs.iter().filter_map(|a| match a {
+        crate::core::addr::Addr::Inet(sa) => Some(Cidr::host(sa.ip())),
+        crate::core::addr::Addr::Unix(_) => None,
+    }));
+    Ok(())
 }
 
 fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {

@@ -122,6 +122,9 @@ pub struct SessionCore {
     /// `$connection`.
     pub id: u64,
     pub key: usize,
+    /// The client matches `debug_connection`: its lines go to every error log of the
+    /// server's chain, whatever their levels.
+    pub debug_connection: bool,
     pub cycle: Rc<Cycle>,
     pub srv: Rc<Server>,
     pub client: Conn,
@@ -258,17 +261,17 @@ impl SessionCore {
     }
 
     pub fn log_enabled(&self, level: Level) -> bool {
-        self.srv.error_log.enabled(level)
+        self.debug_connection || self.srv.error_log.enabled(level)
     }
 
     /// A session line with its context (" while ..., client: ..., server: ...").
     pub fn log(&self, level: Level, msg: &str, err: Option<&io::Error>) {
-        self.srv.error_log.write(level, Some(self.id), msg, err, Some(self));
+        self.srv.error_log.write_session(level, self.id, msg, err, Some(self), self.debug_connection);
     }
 
     /// A session line without context (nginx clears the log handler for these).
     pub fn log_bare(&self, level: Level, msg: &str) {
-        self.srv.error_log.write(level, Some(self.id), msg, None, None);
+        self.srv.error_log.write_session(level, self.id, msg, None, None, self.debug_connection);
     }
 
     /// `ngx_connection_error` for the client (`NGX_ERROR_INFO`) or the upstream

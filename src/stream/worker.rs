@@ -922,6 +922,7 @@ impl Worker {
         let core = SessionCore {
             id,
             key,
+            debug_connection: crate::core::cidr::matches_same_family(&self.cycle.core.debug_connection, &remote),
             cycle: self.cycle.clone(),
             srv,
             client: conn,
