@@ -197,3 +197,26 @@ fn conf_errors() {
         "{err}"
     );
 }
+
+/// With an accept mutex (sessions start after the turn's accepts, posted) the session a
+/// `pass` hands over, posted while the posted ones run, starts at once too.
+#[test]
+fn pass_with_an_accept_mutex() {
+    let (a, b) = (free_port(), free_port());
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            "events {{ accept_mutex on; }}
+stream {{
+    server {{ listen 127.0.0.1:{a}; pass 127.0.0.1:{b}; }}
+    server {{ listen 127.0.0.1:{b}; return passed; }}
+}}
+"
+        ),
+    );
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(read_all(a), "passed", "{}", s.error_log());
+        assert!(t.elapsed() < Duration::from_millis(300), "the passed session waited {:?}", t.elapsed());
+    }
+}

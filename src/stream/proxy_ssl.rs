@@ -126,7 +126,7 @@ pub fn certificate_names(s: &mut SessionCore) -> Option<(String, String)> {
     if value.is_empty() {
         return None;
     }
-    let cf = ssl_mod::certificate_path(s, cert, &c.conf_prefix);
+    let cf = ssl_mod::full_certificate_name(&value, &c.conf_prefix);
     Some((cf, ssl_mod::certificate_path(s, key, &c.conf_prefix)))
 }
 

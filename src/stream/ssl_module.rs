@@ -824,7 +824,13 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
 pub(crate) fn certificate_path(s: &mut SessionCore, v: &Complex, conf_prefix: &str) -> String {
     let mut out = Vec::new();
     v.eval(s, &mut out);
-    let name = String::from_utf8_lossy(&out).into_owned();
+    full_certificate_name(&out, conf_prefix)
+}
+
+/// An evaluated certificate or key name, relative ones under the configuration's
+/// directory (`data:` and `engine:` names as they are).
+pub(crate) fn full_certificate_name(value: &[u8], conf_prefix: &str) -> String {
+    let name = String::from_utf8_lossy(value).into_owned();
     if name.starts_with("data:") || name.starts_with("engine:") || name.starts_with('/') {
         name
     } else {

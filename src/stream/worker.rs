@@ -373,7 +373,7 @@ impl Worker {
                 // The ticks wake the loop for the timers.
                 timeout = mutex_wait;
             }
-            if !self.rt.requeued.is_empty() {
+            if !self.rt.requeued.is_empty() || !self.posted.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
@@ -453,10 +453,14 @@ impl Worker {
                     self.session_timer(t.0 >> 1, id, now);
                 }
             }
-            for key in std::mem::take(&mut self.posted) {
-                // (A UDP client's next datagram in the same batch may have run them.)
-                if lookup(&mut self.sessions, key).is_some_and(|s| matches!(s.state, State::Phases)) {
-                    self.run_phases(key, now);
+            // Until none is left, as nginx's ngx_event_process_posted: a `pass` while
+            // they run posts the session it hands over.
+            while !self.posted.is_empty() {
+                for key in std::mem::take(&mut self.posted) {
+                    // (A UDP client's next datagram in the same batch may have run them.)
+                    if lookup(&mut self.sessions, key).is_some_and(|s| matches!(s.state, State::Phases)) {
+                        self.run_phases(key, now);
+                    }
                 }
             }
             // `server ... resolve` lookups that are due (not in a worker that is leaving).
