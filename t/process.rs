@@ -3176,9 +3176,12 @@ fn accept_mutex_sessions_start_after_the_turns_accepts() {
 /// accepting works again, UDP ones too, as nginx's ngx_disable_accept_events: a
 /// datagram waits while TCP clients are still queued, and is answered once descriptors
 /// are free (side by side with nginx 1.22.1: the same).
+///
+/// The TCP clients wait in `ssl_preread`, so each holds one descriptor and accept4() is
+/// what runs out, whatever the worker's own count: with an upstream connection per
+/// client, an odd number of free descriptors made socket() fail instead, each time.
 #[test]
 fn out_of_descriptors_udp_listeners_wait_too() {
-    // A backend that never accepts: its listen queue holds the upstream connections.
     let back = TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = back.local_addr().expect("addr").port();
     let (p, u) = (free_port(), free_port());
@@ -3186,7 +3189,7 @@ fn out_of_descriptors_udp_listeners_wait_too() {
         1,
         &format!(
             "worker_rlimit_nofile 14;\nevents {{ worker_connections 100; }}\nstream {{ \
-             server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} \
+             server {{ listen 127.0.0.1:{p}; ssl_preread on; proxy_pass 127.0.0.1:{b}; }} \
              server {{ listen 127.0.0.1:{u} udp; return udp; }} }}\n"
         ),
     );
