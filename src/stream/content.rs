@@ -16,6 +16,10 @@ pub struct Ready {
     pub writable: bool,
     pub error: bool,
     pub hup: bool,
+    /// Not an event from epoll: a session requeued for the end of the turn (started
+    /// relaying, or reached the per-wake-up cap), which knows which of its sockets
+    /// still hold bytes; `readable` then says nothing new.
+    pub posted: bool,
 }
 
 pub trait Content {

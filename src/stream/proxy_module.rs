@@ -1612,8 +1612,10 @@ impl Content for ProxySession {
                 Side::Upstream => self.up.greedy = true,
             }
         }
-        // The socket that fired may have bytes for the direction that reads it.
-        if ready.readable || ready.hup || ready.error {
+        // The socket that fired may have bytes for the direction that reads it. (A
+        // posted turn leaves the flags as the relay left them: a socket it found
+        // drained is not read again for nothing.)
+        if (ready.readable || ready.hup || ready.error) && !ready.posted {
             match side {
                 Side::Client => self.down.src_ready = true,
                 Side::Upstream => self.up.src_ready = true,

@@ -427,6 +427,7 @@ impl Worker {
                             writable: ev.is_writable(),
                             error: ev.is_error(),
                             hup: ev.is_read_closed() || ev.is_write_closed(),
+                            posted: false,
                         };
                         self.session_event(key, Side::Upstream, ready, now);
                     }
@@ -436,6 +437,7 @@ impl Worker {
                         writable: ev.is_writable(),
                         error: ev.is_error(),
                         hup: ev.is_read_closed() || ev.is_write_closed(),
+                        posted: false,
                     };
                     let side = if t.0 & 1 == 0 { Side::Client } else { Side::Upstream };
                     self.session_event(t.0 >> 1, side, ready, now);
@@ -495,7 +497,7 @@ impl Worker {
                 }
             }
             for (key, upstream_first) in std::mem::take(&mut self.rt.requeued) {
-                let all = Ready { readable: true, writable: true, error: false, hup: false };
+                let all = Ready { readable: true, writable: true, posted: true, ..Default::default() };
                 // nginx posts the upstream's read event (ngx_post_event) when it is
                 // ready, and reads a client it has just started to watch after the next
                 // epoll_wait: an upstream that answered, or closed, while connecting
