@@ -672,6 +672,45 @@ fn access_log_write_failures_are_alerts() {
     assert_eq!(s.stop(), Some(0));
 }
 
+/// An access log line is one write(2), as nginx's ngx_write_fd: a short one (the file
+/// size limit reached mid-line, as a disk filling up) is reported as "was incomplete: N
+/// of LEN" and not retried (a retry at the limit fails, and raises SIGXFSZ); with
+/// `gzip` (buffered, so at exit), nginx's short write is "failed" with no errno (its gzip
+/// writer returns -1 with errno 0). Side by side with nginx 1.22.1 under the same RLIMIT_FSIZE: the same lines.
+#[test]
+fn access_log_short_writes_are_incomplete() {
+    let p = free_port();
+    let mut s = Sluice::start(&conf(&format!(
+        "log_format f '$server_port $status 0123456789012345678901234567890123456789';\n\
+         server {{ listen 127.0.0.1:{p}; return ok; access_log %%PREFIX%%a.log f; \
+         access_log %%PREFIX%%z.log f gzip; }}"
+    )));
+    const LIMIT: u64 = 8192;
+    std::fs::write(s.dir.join("a.log"), vec![b'.'; LIMIT as usize - 16]).expect("fill a.log");
+    std::fs::write(s.dir.join("z.log"), vec![b'.'; LIMIT as usize - 10]).expect("fill z.log");
+    let rl = libc::rlimit { rlim_cur: LIMIT, rlim_max: LIMIT };
+    // SAFETY: prlimit(2) on the process this test started, with a struct we own.
+    let r = unsafe { libc::prlimit(s.pid(), libc::RLIMIT_FSIZE, &rl, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    assert_eq!(exchange(p, b""), b"ok");
+    let len = format!("{p} 200 0123456789012345678901234567890123456789\n").len();
+    let (a, z) = (format!("{}a.log", s.dir.prefix()), format!("{}z.log", s.dir.prefix()));
+    let alerts = |s: &Sluice| -> Vec<String> {
+        let log = s.error_log();
+        log.lines()
+            .filter_map(|l| l.split_once("[alert] ").map(|x| x.1.split_once(' ').map_or("", |y| y.1).to_string()))
+            .collect()
+    };
+    let incomplete = format!(
+        "*1 write() to \"{a}\" was incomplete: 16 of {len} while returning text, client: 127.0.0.1, server: 127.0.0.1:{p}"
+    );
+    wait_for(Duration::from_secs(5), || !alerts(&s).is_empty());
+    assert_eq!(alerts(&s), std::slice::from_ref(&incomplete), "{}", s.error_log());
+    // `gzip` buffers (64k): the member is written at exit, and falls short there.
+    assert_eq!(s.stop(), Some(0), "{}", s.error_log());
+    assert_eq!(alerts(&s), [incomplete, format!("write() to \"{z}\" failed")], "{}", s.error_log());
+}
+
 /// An error log line is at most 2048 bytes with its newline (nginx's NGX_MAX_ERROR_STR):
 /// the message is cut, and the context after it is lost (recorded from nginx 1.22.1).
 #[test]

@@ -44,6 +44,42 @@ pub struct FileSpec {
     pub flush: Option<Duration>,
 }
 
+/// How the write(2) of a line or buffer fell short: `ngx_stream_log_write`'s two reports.
+#[derive(Debug)]
+pub enum WriteError {
+    /// "failed", with the errno when there is one (a short write of a gzip member has
+    /// none: nginx's ngx_stream_log_gzip returns -1 with errno 0).
+    Failed(Option<io::Error>),
+    /// "was incomplete: N of LEN": the one write(2) wrote less, and nothing retries.
+    Incomplete(usize, usize),
+}
+
+impl WriteError {
+    /// The alert's text and errno for a write to `path`.
+    pub fn alert(&self, path: &str) -> (String, Option<&io::Error>) {
+        match self {
+            WriteError::Failed(e) => (format!("write() to \"{}\" failed", path), e.as_ref()),
+            WriteError::Incomplete(n, len) => {
+                (format!("write() to \"{}\" was incomplete: {} of {}", path, n, len), None)
+            }
+        }
+    }
+
+    /// ENOSPC: nginx skips the log for the rest of the second.
+    pub fn disk_full(&self) -> bool {
+        matches!(self, WriteError::Failed(Some(e)) if e.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// One write(2), as nginx's ngx_write_fd: a short one is reported, never continued.
+pub fn write_once(f: &mut impl Write, data: &[u8]) -> Result<(), WriteError> {
+    match f.write(data) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(n) => Err(WriteError::Incomplete(n, data.len())),
+        Err(e) => Err(WriteError::Failed(Some(e))),
+    }
+}
+
 pub struct LogFile {
     pub path: String,
     file: Option<File>,
@@ -95,7 +131,7 @@ impl LogFile {
     /// which with gzip is an empty member, as nginx writes one — and a line larger than
     /// the whole buffer is written on its own. The error is the first write's that failed
     /// here; the line is kept or written whatever a flush before it did.
-    pub fn write_line(&mut self, line: &[u8], now: Instant) -> io::Result<()> {
+    pub fn write_line(&mut self, line: &[u8], now: Instant) -> Result<(), WriteError> {
         if self.buf_size == 0 {
             return self.write_out(line);
         }
@@ -105,8 +141,17 @@ impl LogFile {
         }
         if self.buf.len() + line.len() <= self.buf_size {
             if self.buf.is_empty() {
-                // nginx (re)starts the flush timer with the first line of a buffer.
-                self.flush_at = self.flush.map(|d| now + d);
+                // nginx (re)starts the flush timer with the first line of a buffer, with
+                // ngx_add_timer: a pending deadline within NGX_TIMER_LAZY_DELAY of the
+                // new one stays (the buffer a full one's write started is then written
+                // at the first one's deadline).
+                if let Some(d) = self.flush {
+                    let at = now + d;
+                    let near = |t: Instant| t.max(at) - t.min(at) < crate::core::timer::LAZY;
+                    if !self.flush_at.is_some_and(near) {
+                        self.flush_at = Some(at);
+                    }
+                }
             }
             self.buf.extend_from_slice(line);
             return result;
@@ -116,7 +161,7 @@ impl LogFile {
     }
 
     /// Write out the buffer as it is, and empty it.
-    fn write_pending(&mut self) -> io::Result<()> {
+    fn write_pending(&mut self) -> Result<(), WriteError> {
         let data = std::mem::take(&mut self.buf);
         let r = self.write_out(&data);
         self.buf = data;
@@ -133,7 +178,7 @@ impl LogFile {
     }
 
     /// The flush timer, exit or USR1 (`ngx_stream_log_flush`): pending lines are written.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> Result<(), WriteError> {
         self.flush_at = None;
         if self.buf.is_empty() {
             return Ok(());
@@ -141,26 +186,30 @@ impl LogFile {
         self.write_pending()
     }
 
-    fn write_out(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write_out(&mut self, data: &[u8]) -> Result<(), WriteError> {
         let data = match self.gzip {
             None => std::borrow::Cow::Borrowed(data),
-            Some(level) => std::borrow::Cow::Owned(gzip(data, level)?),
+            Some(level) => std::borrow::Cow::Owned(gzip(data, level).map_err(|e| WriteError::Failed(Some(e)))?),
         };
-        match self.file.as_mut() {
-            Some(f) => f.write_all(&data),
+        let written = match self.file.as_mut() {
+            Some(f) => write_once(f, &data),
             None if self.path.is_empty() => {
                 // SAFETY: descriptor 2 is not owned here; it is only written to.
                 let mut fd2 =
                     std::mem::ManuallyDrop::new(unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(2) });
-                fd2.write_all(&data)
+                write_once(&mut *fd2, &data)
             }
             None => Ok(()),
+        };
+        match written {
+            Err(WriteError::Incomplete(..)) if self.gzip.is_some() => Err(WriteError::Failed(None)),
+            r => r,
         }
     }
 
-    /// USR1: flush, then reopen by name (the old file may have been renamed).
+    /// USR1: reopen by name (the old file may have been renamed); the caller has
+    /// written out the buffer.
     pub fn reopen(&mut self) -> io::Result<()> {
-        self.flush()?;
         self.file = open(&self.path)?;
         Ok(())
     }
@@ -238,4 +287,62 @@ fn gzip(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
         out.truncate(written);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_buffer_keeps_a_flush_deadline_less_than_300ms_away() {
+        let path = std::env::temp_dir().join(format!("sluice-logfile-{}.log", std::process::id()));
+        let path = path.display().to_string();
+        let mut f = LogFile::open(&path).expect("open");
+        f.configure(16, None, Some(Duration::from_secs(1)));
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        f.write_line(b"0123456789\n", t0).expect("write");
+        assert_eq!(f.flush_at(), Some(t0 + ms(1000)));
+        // Does not fit: the first line is written, this one starts the next buffer.
+        f.write_line(b"abcdefghij\n", t0 + ms(250)).expect("write");
+        assert_eq!(f.flush_at(), Some(t0 + ms(1000)), "the deadline 250 ms away stays");
+        f.write_line(b"klmnopqrst\n", t0 + ms(600)).expect("write");
+        assert_eq!(f.flush_at(), Some(t0 + ms(1600)), "one 600 ms away moves");
+        f.flush().expect("flush");
+        assert_eq!(f.flush_at(), None);
+        assert_eq!(std::fs::read(&path).expect("read"), b"0123456789\nabcdefghij\nklmnopqrst\n");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A writer that takes at most `room` more bytes.
+    struct Short {
+        room: usize,
+    }
+
+    impl Write for Short {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(self.room);
+            self.room -= n;
+            if n == 0 && !b.is_empty() {
+                return Err(io::Error::from_raw_os_error(libc::EFBIG));
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_write_and_a_short_one_is_incomplete() {
+        let mut w = Short { room: 16 };
+        let e = write_once(&mut w, &[b'x'; 51]).expect_err("short");
+        assert!(matches!(e, WriteError::Incomplete(16, 51)), "{e:?}");
+        let (msg, err) = e.alert("a.log");
+        assert_eq!(msg, "write() to \"a.log\" was incomplete: 16 of 51");
+        assert!(err.is_none());
+        let e = write_once(&mut w, b"y").expect_err("full");
+        assert!(!e.disk_full() && matches!(&e, WriteError::Failed(Some(_))), "{e:?}");
+        assert!(write_once(&mut w, b"").is_ok());
+    }
 }

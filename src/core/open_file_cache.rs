@@ -13,9 +13,10 @@
 //!
 //! Times are whole seconds, as nginx's `ngx_time()`.
 
+use crate::core::logfile::WriteError;
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 /// `open_log_file_cache max=N [inactive=T] [min_uses=N] [valid=T]`.
@@ -54,7 +55,9 @@ impl OpenFileCache {
 
     /// Append `line` to the file `name` at wall-clock second `now`
     /// (`ngx_open_cached_file`, the write, then the session's cleanup).
-    pub fn write(&self, name: &str, line: &[u8], now: i64) -> Result<(), Failed> {
+    /// The outer error is the open or stat that failed (no write was made), the inner
+    /// the write's own.
+    pub fn write(&self, name: &str, line: &[u8], now: i64) -> Result<Result<(), WriteError>, Failed> {
         let mut files = self.files.borrow_mut();
         let r = match files.iter().position(|f| f.name == name) {
             Some(i) => Self::lookup(&mut files, i, self.valid, now),
@@ -69,7 +72,7 @@ impl OpenFileCache {
         };
         let i = r?;
         let written = match files[i].fd.as_mut() {
-            Some(fd) => fd.write_all(line).map_err(|e| ("write()", e)),
+            Some(fd) => crate::core::logfile::write_once(fd, line),
             None => Ok(()),
         };
         // The cleanup: a file used too little is closed, and up to two idle ones go.
@@ -79,7 +82,7 @@ impl OpenFileCache {
             f.fd = None;
         }
         expire(&mut files, false, self.inactive, now);
-        written
+        Ok(written)
     }
 
     /// A name already in the cache: its descriptor, checked against the name once
@@ -147,15 +150,15 @@ mod tests {
         let d = dir("rename");
         let a = d.join("a.log").display().to_string();
         let c = OpenFileCache::new(10, 10, 1, 60);
-        c.write(&a, b"1\n", 100).unwrap();
+        c.write(&a, b"1\n", 100).unwrap().unwrap();
         std::fs::rename(&a, format!("{a}.1")).unwrap();
-        c.write(&a, b"2\n", 159).unwrap();
+        c.write(&a, b"2\n", 159).unwrap().unwrap();
         assert_eq!(std::fs::read(format!("{a}.1")).unwrap(), b"1\n2\n");
         assert!(!std::path::Path::new(&a).exists());
         // valid has passed: the name is gone, so stat() fails and the line is lost.
         let e = c.write(&a, b"3\n", 160).unwrap_err();
         assert_eq!((e.0, e.1.raw_os_error()), ("stat()", Some(libc::ENOENT)));
-        c.write(&a, b"4\n", 160).unwrap();
+        c.write(&a, b"4\n", 160).unwrap().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"4\n");
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -166,14 +169,14 @@ mod tests {
         let name = |n: u32| d.join(format!("{n}.log")).display().to_string();
         let c = OpenFileCache::new(2, 10, 2, 60);
         for n in 0..3 {
-            c.write(&name(n), b"x\n", 100).unwrap();
+            c.write(&name(n), b"x\n", 100).unwrap().unwrap();
         }
         // max 2: the least recently used went; used once of min_uses 2: not kept open.
         let files = c.files.borrow();
         assert_eq!(files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(), [name(1), name(2)]);
         assert!(files.iter().all(|f| f.fd.is_none()));
         drop(files);
-        c.write(&name(2), b"y\n", 101).unwrap();
+        c.write(&name(2), b"y\n", 101).unwrap().unwrap();
         assert!(c.files.borrow().iter().any(|f| f.name == name(2) && f.fd.is_some()));
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -10,6 +10,7 @@ use crate::core::conf::value;
 use crate::core::conf::{Cmd, ConfResult};
 use crate::core::log::Level;
 use crate::core::logfile::FileSpec;
+use crate::core::logfile::WriteError;
 use crate::core::open_file_cache::OpenFileCache;
 use crate::stream::conf::ConfCx;
 use crate::stream::module::{Directive, Module, Set};
@@ -69,13 +70,14 @@ pub struct WriteState {
 
 impl WriteState {
     /// `ngx_stream_log_write`'s report of a failed write, in the session's context.
-    fn failed(&self, s: &SessionCore, path: &str, e: &std::io::Error) {
+    fn failed(&self, s: &SessionCore, path: &str, e: &WriteError) {
         let now = crate::core::time::wall().0;
-        if e.raw_os_error() == Some(libc::ENOSPC) {
+        if e.disk_full() {
             self.disk_full_time.set(now);
         }
         if now - self.error_log_time.get() > 59 {
-            s.log(Level::Alert, &format!("write() to \"{}\" failed", path), Some(e));
+            let (msg, err) = e.alert(path);
+            s.log(Level::Alert, &msg, err);
             self.error_log_time.set(now);
         }
     }
@@ -448,11 +450,11 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                     Some(cache) => cache.write(&path, &line, crate::core::time::wall().0),
                     None => crate::core::logfile::LogFile::open(&path)
                         .map_err(|e| ("open()", e))
-                        .and_then(|mut f| f.write_line(&line, cx.now).map_err(|e| ("write()", e))),
+                        .map(|mut f| f.write_line(&line, cx.now)),
                 };
                 match written {
-                    Ok(()) => {}
-                    Err(("write()", e)) => l.state.failed(s, &path, &e),
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => l.state.failed(s, &path, &e),
                     // ngx_stream_log_script_write: every time, at crit.
                     Err((call, e)) => s.log(Level::Crit, &format!("{call} \"{path}\" failed"), Some(&e)),
                 }

@@ -884,8 +884,8 @@ impl WorkerState {
 /// `ngx_stream_log_flush`: a failed write is an alert, outside any session.
 fn flush_file(f: &mut LogFile) {
     if let Err(e) = f.flush() {
-        let msg = format!("write() to \"{}\" failed", f.path);
-        crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
+        let (msg, err) = e.alert(&f.path);
+        crate::core::log::error(crate::core::conf::Level::Alert, &msg, err);
     }
 }
 
