@@ -2207,6 +2207,39 @@ fn worker_processes_auto_user_and_rlimit_nofile() {
     assert!(wait_for(10 * SEC, || served_by(p).is_some_and(|w| ws.contains(&w))), "not serving\n{}", run.ctx());
 }
 
+/// `worker_processes auto` counts the CPUs online, as nginx 1.22.1's ngx_ncpu, not the
+/// ones the process may run on: started under a one-CPU affinity mask (`taskset -c 0`, a
+/// container's cpuset), sluice still starts a worker per CPU online (side by side with
+/// nginx 1.22.1 under `taskset -c 1` on 2 CPUs: both 2 workers).
+#[test]
+fn worker_processes_auto_counts_cpus_online_whatever_the_affinity() {
+    // SAFETY: sysconf has no preconditions.
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let p = free_port();
+    let conf =
+        format!("{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return ok; }} }}\n", head(false, "auto"));
+    // The child inherits this thread's mask: one CPU, then the old mask back.
+    // SAFETY: sched_{get,set}affinity on this thread with sets we own.
+    let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut old) }, 0);
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let first = (0..1024).find(|&c| unsafe { libc::CPU_ISSET(c, &old) }).expect("a CPU");
+    unsafe { libc::CPU_SET(first, &mut one) };
+    assert_eq!(unsafe { libc::sched_setaffinity(0, size, &one) }, 0);
+    let run = Run::start(&conf);
+    assert_eq!(unsafe { libc::sched_setaffinity(0, size, &old) }, 0);
+    let master = run.master();
+    let allowed = status_field(master, "Cpus_allowed_list");
+    assert_eq!(allowed.as_deref(), Some(first.to_string().as_str()), "the master's mask");
+    assert!(
+        wait_for(10 * SEC, || workers_of(master, &[]).len() == ncpu),
+        "{} workers for {ncpu} CPUs online\n{}",
+        workers_of(master, &[]).len(),
+        run.ctx()
+    );
+}
+
 /// A `worker_rlimit_nofile` the kernel refuses (over fs.nr_open) is a worker's alert
 /// naming the value, as nginx's (side by side with nginx 1.22.1).
 #[test]

@@ -178,13 +178,21 @@ fn debug_connection(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     Ok(())
 }
 
+/// nginx's `ngx_ncpu`: the CPUs online, whatever the process's affinity mask or cgroup
+/// quota allow it (`worker_processes auto` under `taskset -c 1` or a container's CPU
+/// limit still starts one worker per CPU online, as nginx 1.22.1 does).
+fn ncpu() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
 fn workers(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
     // nginx's ngx_set_worker_processes says "is duplicate" before it reads the value.
     if c.worker_processes.is_set() {
         return Err(cmd.duplicate());
     }
     let n = if cmd.arg(0) == "auto" {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        ncpu()
     } else {
         value::parse_number(cmd.arg(0)).ok_or_else(|| ConfError::directive(cmd, "invalid value"))? as usize
     };
@@ -206,9 +214,7 @@ fn cpu_affinity(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
         &cmd.args[..]
     };
     if cmd.arg(0) == "auto" {
-        // SAFETY: sysconf has no preconditions.
-        let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 1024) as usize;
-        c.cpu_masks.push((0..ncpu).collect());
+        c.cpu_masks.push((0..ncpu().min(1024)).collect());
     }
     for m in masks {
         let m = crate::core::conf::parser::text_to_bytes(m);
