@@ -11,7 +11,27 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// The binary under test. Every test that starts it comes here first, so this is where
+/// the descriptors whatever ran `cargo test` left open (a shell's, a CI runner's) are
+/// marked close-on-exec: sluice would inherit them, and tests that count a worker's
+/// descriptors or fill its limit would count them too.
 pub fn bin() -> PathBuf {
+    static INHERITED: std::sync::Once = std::sync::Once::new();
+    INHERITED.call_once(|| {
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        for fd in fds.into_iter().filter(|&fd| fd > 2) {
+            // SAFETY: fcntl on a descriptor number; one closed since the listing fails
+            // with EBADF and is left alone.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    });
     PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
 }
 
@@ -26,6 +46,9 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!("sluice-t-{}-{}-{}", tag, std::process::id(), n));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
+        // Whatever the umask: workers that run as another user reopen their logs here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         TempDir(p)
     }
 
@@ -249,10 +272,12 @@ impl Sluice {
             .map_err(|e| e.to_string())?;
         let mut s = Sluice { dir, child: Some(child) };
         let pid = s.dir.join("sluice.pid");
+        // The file is created, then written: wait for its whole line.
+        let written = |pid: &Path| std::fs::read(pid).is_ok_and(|b| b.ends_with(b"\n"));
         let ok = wait_for(Duration::from_secs(10), || {
-            pid.exists() || matches!(s.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+            written(&pid) || matches!(s.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
         });
-        if !ok || !pid.exists() {
+        if !ok || !written(&pid) {
             let mut err = String::new();
             if let Some(mut c) = s.child.take() {
                 let _ = c.kill();

@@ -1731,6 +1731,8 @@ fn sigchld_without_children_as_nginx() {
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     let ws = workers_of(master, &[]);
     winch(&run, master, &ws, 0);
+    // Reaped, not only exited: a SIGCHLD still pending for the worker would absorb ours.
+    assert!(wait_for(10 * SEC, || ws.iter().all(|&w| stat(w).is_none())), "not reaped\n{}", run.ctx());
     signal(master, libc::SIGCHLD);
     let line = format!("[info] {master}#{master}: waitpid() failed (10: No child processes)");
     assert!(wait_for(10 * SEC, || run.log().contains(&line)), "no \"{line}\"\n{}", run.ctx());
@@ -3190,8 +3192,11 @@ fn accept_mutex_sessions_start_after_the_turns_accepts() {
     for &w in &workers {
         signal(w, libc::SIGCONT);
     }
+    // Every client stays open until all are read: one closed early would give its
+    // connection back and let a later one in.
     let mut answered = 0;
-    for mut c in clients {
+    let mut clients = clients;
+    for c in clients.iter_mut() {
         c.set_read_timeout(Some(5 * SEC)).ok();
         let mut b = [0u8; 16];
         if matches!(c.read(&mut b), Ok(n) if n > 0) {
