@@ -787,6 +787,36 @@ fn reload_moves_the_pid_file() {
     assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
 }
 
+/// `access_log /dev/stderr` with the error log in a file: the file is opened with the
+/// configuration, before the standard error is redirected to the error log, so the
+/// access lines go to the standard error sluice started with (a container's log), as
+/// nginx's; a reload opens it again with descriptor 2 redirected, so they go to the
+/// error log from then on, as nginx's (side by side with nginx 1.22.1: the same).
+#[test]
+fn access_log_dev_stderr_is_the_starting_stderr_until_a_reload() {
+    let p = free_port();
+    let conf = |tag: &str| {
+        format!(
+            "{}events {{}}\nstream {{ log_format f '{tag} $status'; \
+             server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; access_log /dev/stderr f; }} }}\n",
+            head(false, "1")
+        )
+    };
+    let run = Run::start(&conf("first"));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || served_by(p).is_some()), "not serving\n{}", run.ctx());
+    let stderr = || std::fs::read_to_string(run.path("stderr.txt")).unwrap_or_default();
+    assert!(wait_for(10 * SEC, || stderr().contains("first 200\n")), "not on stderr\n{}", run.ctx());
+    assert!(!run.log().contains("first 200"), "{}", run.ctx());
+    let old = workers_of(master, &[]);
+    run.write_conf(&conf("second"));
+    signal(master, libc::SIGHUP);
+    let renewed = || workers_of(master, &[]).iter().all(|w| !old.contains(w));
+    assert!(wait_for(10 * SEC, || renewed() && served_by(p).is_some()), "no new worker\n{}", run.ctx());
+    assert!(wait_for(10 * SEC, || run.log().contains("second 200\n")), "not in the error log\n{}", run.ctx());
+    assert!(!stderr().contains("second 200"), "{}", run.ctx());
+}
+
 /// With one worker, the listening sockets are not watched with EPOLLEXCLUSIVE (nginx
 /// uses it only with several workers): after a reload the old and the new worker are both
 /// woken, so the new configuration answers at once, not only once the old worker stops

@@ -93,25 +93,27 @@ pub struct LogFile {
     flush_at: Option<Instant>,
 }
 
+/// Open `path` to append to it, created 0644 (nginx's NGX_FILE_DEFAULT_ACCESS).
+pub fn open_append(path: &str) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o644).open(crate::core::conf::parser::os_path(path))
+}
+
 /// The file `path` names; "" is descriptor 2 (written as such, see `write_out`).
 fn open(path: &str) -> io::Result<Option<File>> {
     if path.is_empty() {
         return Ok(None);
     }
-    OpenOptions::new().append(true).create(true).mode(0o644).open(crate::core::conf::parser::os_path(path)).map(Some)
+    open_append(path).map(Some)
 }
 
 impl LogFile {
     pub fn open(path: &str) -> io::Result<LogFile> {
-        Ok(LogFile {
-            path: path.to_string(),
-            file: open(path)?,
-            buf: Vec::new(),
-            buf_size: 0,
-            gzip: None,
-            flush: None,
-            flush_at: None,
-        })
+        Ok(LogFile::with_file(path, open(path)?))
+    }
+
+    /// A file already open (`None`: descriptor 2, for the name "").
+    pub fn with_file(path: &str, file: Option<File>) -> LogFile {
+        LogFile { path: path.to_string(), file, buf: Vec::new(), buf_size: 0, gzip: None, flush: None, flush_at: None }
     }
 
     /// Apply a writer's buffering; several `access_log` lines naming one file share the

@@ -367,11 +367,15 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     // nginx opens error and access log files from one list, in the order the
     // configuration names them (ngx_init_cycle): the first that cannot be opened is
     // the one reported. (Every `open_file` is in that list.)
+    // The access logs' descriptors are kept for the workers (see `Cycle::opened`).
+    let mut opened = Vec::new();
     for p in crate::core::logfile::file_order().iter().filter(|p| !opts.signaller && !p.is_empty()) {
-        if let Err(e) =
-            std::fs::OpenOptions::new().append(true).create(true).open(crate::core::conf::parser::os_path(p))
-        {
-            return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))));
+        match crate::core::logfile::open_append(p) {
+            Ok(f) if !opts.test && cx.open_files.iter().any(|s| s.path == *p) => opened.push((p.clone(), f)),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", p, crate::core::conf::os_err(&e)))))
+            }
         }
     }
     let error_log = open_log(&main_logs)?;
@@ -443,6 +447,7 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
         upstreams: cx.upstreams,
         files: cx.files,
         open_files: cx.open_files,
+        opened: std::cell::RefCell::new(opened),
         file_order: crate::core::logfile::take_file_order(),
         error_log,
         error_logs,

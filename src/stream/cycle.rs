@@ -70,8 +70,13 @@ pub struct Cycle {
     pub vars: Variables,
     pub upstreams: Vec<UpstreamConf>,
     pub files: Vec<ConfFile>,
-    /// Files written by access logs (opened by each worker).
+    /// Files written by access logs.
     pub open_files: Vec<FileSpec>,
+    /// Their descriptors, opened with the cycle as nginx's ngx_init_cycle opens them:
+    /// before the standard error is redirected to the error log, so `/dev/stderr` is the
+    /// one sluice started with. Each worker takes them (`take_opened`); the master lets
+    /// its copies go once its workers are forked, and a respawned worker opens by name.
+    pub opened: std::cell::RefCell<Vec<(String, std::fs::File)>>,
     /// Error and access log files in the order the configuration names them (USR1
     /// reopens them so).
     pub file_order: Vec<String>,
@@ -88,6 +93,20 @@ pub struct Cycle {
     pub proxy_protocol_max_header: usize,
     pub conf_file: String,
     pub prefix: String,
+}
+
+impl Cycle {
+    /// The descriptor opened with the cycle for the file `path`, if it is still here.
+    pub fn take_opened(&self, path: &str) -> Option<std::fs::File> {
+        let mut opened = self.opened.borrow_mut();
+        let i = opened.iter().position(|(p, _)| p == path)?;
+        Some(opened.swap_remove(i).1)
+    }
+
+    /// Close the descriptors opened with the cycle that no one took.
+    pub fn release_opened(&self) {
+        self.opened.borrow_mut().clear();
+    }
 }
 
 impl Listening {

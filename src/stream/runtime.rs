@@ -362,7 +362,11 @@ impl WorkerState {
             .open_files
             .iter()
             .map(|spec| {
-                LogFile::open(&spec.path).ok().map(|mut f| {
+                let file = match cycle.take_opened(&spec.path) {
+                    Some(f) => Some(LogFile::with_file(&spec.path, Some(f))),
+                    None => LogFile::open(&spec.path).ok(),
+                };
+                file.map(|mut f| {
                     f.configure(spec.buffer, spec.gzip, spec.flush);
                     f
                 })
