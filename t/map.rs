@@ -26,15 +26,23 @@ fn copy_dir(from: &Path, to: &Path) {
 /// status must be nginx's (`nginx: ` read as `sluice: `, `%%PREFIX%%` as the directory).
 pub fn conf_case(name: &str) {
     let dir = data_dir().join("errors");
+    let conf = std::fs::read_to_string(dir.join(format!("{name}.conf"))).expect("read case");
+    let text = std::fs::read_to_string(dir.join(format!("{name}.expected"))).expect("read .expected");
+    conf_case_text(name, &conf, &text);
+}
+
+/// A case as `conf_case` runs it, from its text and nginx's recorded answer (written
+/// as an `.expected` file is).
+pub fn conf_case_text(name: &str, conf: &str, text: &str) {
+    let dir = data_dir().join("errors");
     let tmp = TempDir::new(&format!("mod-{name}"));
-    std::fs::copy(dir.join(format!("{name}.conf")), tmp.join("nginx.conf")).expect("copy case");
+    std::fs::write(tmp.join("nginx.conf"), conf).expect("write case");
     let files = dir.join(format!("{name}.files"));
     if files.is_dir() {
         copy_dir(&files, tmp.path());
     }
     let d = tmp.path().display().to_string();
     let out = run(&["-t", "-p", &d, "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")], tmp.path());
-    let text = std::fs::read_to_string(dir.join(format!("{name}.expected"))).expect("read .expected");
     let mut lines: Vec<&str> = text.lines().collect();
     let code: i32 =
         lines.pop().and_then(|l| l.strip_prefix("exit=")).and_then(|c| c.parse().ok()).expect("exit=N last");
@@ -75,7 +83,38 @@ mod conf {
         map_one_param, map_params, map_regex_class, map_regex_order, map_regex_paren,
         map_regex_quantifier, map_regex_unmatched, map_source_brace, map_star_without_hostnames,
         map_unknown_var, map_valid, map_value_brace, map_wildcard_conflict, map_wildcard_conflict2,
+        map_hash_wildcard_label, map_hash_wildcard_max_zero, map_hash_wildcard_bucket_too_large,
     }
+}
+
+/// More exact keys than 64 KiB buckets hold at `map_hash_max_size`: after its warning
+/// nginx's ngx_hash_init builds at max_size, and fails (4,100 keys in one bucket;
+/// recorded from nginx 1.22.1, generated here rather than kept as a 50 KB file).
+#[test]
+fn map_hash_keys_beyond_max_size() {
+    let keys: String = (0..4100).map(|i| format!("        k{i} 1;\n")).collect();
+    let conf =
+        format!("events {{}}\nstream {{\n    map_hash_max_size 1;\n    map $remote_addr $x {{\n{keys}    }}\n}}\n");
+    let nginx = "nginx: [warn] could not build optimal map_hash, you should increase either map_hash_max_size: 1 \
+                 or map_hash_bucket_size: 64; ignoring map_hash_bucket_size\n\
+                 nginx: [emerg] could not build map_hash, you should increase map_hash_max_size: 1\n\
+                 nginx: configuration file %%PREFIX%%/nginx.conf test failed\nexit=1\n";
+    conf_case_text("map_hash_keys_beyond_max_size", &conf, nginx);
+}
+
+/// The same for the variables hash: nginx's warning, then its error (3,000 `set`
+/// variables under `variables_hash_max_size 1`; recorded from nginx 1.22.1).
+#[test]
+fn variables_hash_beyond_max_size_warns_first() {
+    let sets: String = (0..3000).map(|i| format!("        set $variable_{i:04} 1;\n")).collect();
+    let conf = format!(
+        "events {{}}\nstream {{\n    variables_hash_max_size 1;\n    server {{\n        listen 127.0.0.1:8;\n{sets}        return x;\n    }}\n}}\n"
+    );
+    let nginx = "nginx: [warn] could not build optimal variables_hash, you should increase either \
+                 variables_hash_max_size: 1 or variables_hash_bucket_size: 64; ignoring variables_hash_bucket_size\n\
+                 nginx: [emerg] could not build variables_hash, you should increase variables_hash_max_size: 1\n\
+                 nginx: configuration file %%PREFIX%%/nginx.conf test failed\nexit=1\n";
+    conf_case_text("variables_hash_beyond_max_size_warns_first", &conf, nginx);
 }
 
 /// Every recorded case is run by one of the four files.

@@ -131,6 +131,16 @@ fn map_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if !b.exact_keys.is_empty() {
         check_hash("map_hash", &b.exact_keys, max_size, bucket)?;
     }
+    // Then the wildcard hashes, "*.x" and ".x" first, "x.*" next, as nginx builds them.
+    let heads = b.head.iter().map(|(k, &(_, with_name))| wildcard_key(k, true, with_name));
+    let tails = b.tail.keys().map(|k| wildcard_key(k, false, false));
+    for mut keys in [heads.collect::<Vec<_>>(), tails.collect()] {
+        if !keys.is_empty() {
+            keys.sort_by(|a, b| dns_cmp(a, b));
+            let names: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            check_wildcard_hash(&names, max_size, bucket)?;
+        }
+    }
     cx.main.map.maps.push(MapConf {
         source,
         hostnames: b.hostnames,
@@ -357,7 +367,90 @@ fn check_hash(name: &str, keys: &[Vec<u8>], max_size: u64, bucket_size: u64) -> 
         ),
         None,
     );
+    // Then built at max_size whatever the bucket size, as long as no bucket (a pointer,
+    // then its elements) reaches 64 KiB.
+    test.clear();
+    let fits = hashes.iter().all(|&(h, len)| {
+        let slot = test.entry(h % max_size).or_insert(8);
+        *slot += len;
+        *slot <= 65536 - CACHELINE
+    });
+    if !fits {
+        return Err(ConfError::bare(format!(
+            "could not build {n}, you should increase {n}_max_size: {}",
+            max_size,
+            n = name
+        )));
+    }
     Ok(())
+}
+
+/// nginx's converted wildcard keys (`ngx_hash_add_key`): "*.example.com" is
+/// "com.example.", ".example.com" "com.example", "www.example.*" "www.example".
+fn wildcard_key(base: &[u8], head: bool, with_name: bool) -> Vec<u8> {
+    if !head {
+        return base.to_vec();
+    }
+    let mut k: Vec<u8> = base.rsplit(|&c| c == b'.').collect::<Vec<_>>().join(&b'.');
+    if !with_name {
+        k.push(b'.');
+    }
+    k
+}
+
+/// `ngx_dns_strcmp`: bytes compared case-blind up to the first that differs, where a
+/// '.' counts as a space (below the name characters) and the end of a name as 0.
+fn dns_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let at = |s: &[u8], i: usize| s.get(i).map_or(0, |c| c.to_ascii_lowercase());
+    let mut i = 0;
+    loop {
+        let (x, y) = (at(a, i), at(b, i));
+        if x != y {
+            let dot = |c: u8| if c == b'.' { b' ' } else { c };
+            return dot(x).cmp(&dot(y));
+        }
+        if x == 0 {
+            return std::cmp::Ordering::Equal;
+        }
+        i += 1;
+    }
+}
+
+/// `ngx_hash_wildcard_init`'s checks over sorted converted keys: a hash per level of
+/// labels, each checked as `ngx_hash_init` checks it, the deeper levels first (so their
+/// warnings come first, and the first error met is nginx's).
+fn check_wildcard_hash(names: &[&[u8]], max_size: u64, bucket: u64) -> ConfResult {
+    let mut labels = Vec::new();
+    let mut n = 0;
+    while n < names.len() {
+        let name = names[n];
+        let (label, dot) = match name.iter().position(|&c| c == b'.') {
+            Some(d) => (d, true),
+            None => (name.len(), false),
+        };
+        labels.push(name[..label].to_vec());
+        let len = label + usize::from(dot);
+        let mut next: Vec<&[u8]> = Vec::new();
+        if name.len() != len {
+            next.push(&name[len..]);
+        }
+        let mut i = n + 1;
+        while let Some(other) = names.get(i) {
+            if other.len() < len || other[..len] != name[..len] {
+                break;
+            }
+            if !dot && other.len() > len && other[len] != b'.' {
+                break;
+            }
+            next.push(other.get(label + 1..).unwrap_or_default());
+            i += 1;
+        }
+        if !next.is_empty() {
+            check_wildcard_hash(&next, max_size, bucket)?;
+        }
+        n = i;
+    }
+    check_hash("map_hash", &labels, max_size, bucket)
 }
 
 /// The map variable (`ngx_stream_map_variable`).
@@ -830,6 +923,21 @@ impl StreamRegex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_keys_as_nginx_converts_and_sorts_them() {
+        assert_eq!(wildcard_key(b"example.com", true, false), b"com.example.");
+        assert_eq!(wildcard_key(b"example.com", true, true), b"com.example");
+        assert_eq!(wildcard_key(b"www.example", false, false), b"www.example");
+        let mut keys: Vec<&[u8]> = vec![b"com-x", b"com.a", b"com", b"Com.", b"co"];
+        keys.sort_by(|a, b| dns_cmp(a, b));
+        assert_eq!(keys, [&b"co"[..], b"com", b"Com.", b"com.a", b"com-x"]);
+        // One label per level: a 47-byte label needs more than a 64-byte bucket.
+        let long = [b"com.".as_slice(), &[b'a'; 47], b"."].concat();
+        let e = check_wildcard_hash(&[&long], 2048, 64).unwrap_err().to_string();
+        assert_eq!(e, "could not build map_hash, you should increase map_hash_bucket_size: 64");
+        assert!(check_wildcard_hash(&[&long[..long.len() - 2]], 2048, 64).is_ok());
+    }
 
     #[test]
     fn pcre_quotes_become_escapes() {

@@ -130,14 +130,17 @@ pub fn check<'a>(
     }
     // At max_size, ignoring the bucket size; a bucket must still stay under 64 KiB
     // (each starts with a pointer).
-    if !fits(max, 65536 - CACHE_LINE - PTR) {
-        return fail(format!("you should increase variables_hash_max_size: {}", max));
-    }
-    Ok(Some(format!(
+    let warning = format!(
         "could not build optimal variables_hash, you should increase either variables_hash_max_size: {} \
          or variables_hash_bucket_size: {}; ignoring variables_hash_bucket_size",
         max, bucket
-    )))
+    );
+    if !fits(max, 65536 - CACHE_LINE - PTR) {
+        // nginx has given its warning by then.
+        crate::core::log::error(crate::core::conf::Level::Warn, &warning, None);
+        return fail(format!("you should increase variables_hash_max_size: {}", max));
+    }
+    Ok(Some(warning))
 }
 
 #[cfg(test)]
