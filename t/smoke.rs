@@ -95,3 +95,27 @@ stream {{
     }
     assert!(l.contains(&format!("TCP ::1:{t}\n")) && l.contains(&format!("UDP 127.0.0.1:{}\n", u + 2)), "{l}");
 }
+
+/// `listen ... so_keepalive=` values the kernel refuses (TCP_KEEPIDLE and TCP_KEEPINTVL
+/// over 32767 s, TCP_KEEPCNT over 127) are alerts, and the socket serves without them,
+/// as nginx's ngx_configure_listening_sockets (side by side with nginx 1.22.1: the same
+/// alerts; sluice took the refusal for a bind() error and did not start).
+#[test]
+fn listen_keepalive_values_the_kernel_refuses_are_alerts() {
+    let (a, b) = (free_port(), free_port());
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  server {{ listen 127.0.0.1:{a} so_keepalive=10h::; return a; }}\n  \
+         server {{ listen 127.0.0.1:{b} so_keepalive=1m:10h:128; return b; }}\n}}\n"
+    ));
+    assert_eq!(exchange(a, b""), b"a");
+    assert_eq!(exchange(b, b""), b"b");
+    let log = s.error_log();
+    for (opt, v, p) in [("TCP_KEEPIDLE", 36000, a), ("TCP_KEEPINTVL", 36000, b), ("TCP_KEEPCNT", 128, b)] {
+        let want = format!(
+            "[alert] {pid}#{pid}: setsockopt({opt}, {v}) 127.0.0.1:{p} failed, ignored (22: Invalid argument)\n",
+            pid = s.pid()
+        );
+        assert!(log.contains(&want), "no {want:?} in\n{log}");
+    }
+    assert_eq!(s.stop(), Some(0));
+}

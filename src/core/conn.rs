@@ -494,31 +494,28 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     if opts.udp {
         return open_udp(addr, opts);
     }
-    use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
     match addr {
         Addr::Inet(sa) => {
             let s = inet_socket(sa, Type::STREAM, Protocol::TCP, opts)?;
-            match opts.so_keepalive {
-                Some(true) => s.set_keepalive(true)?,
-                Some(false) => s.set_keepalive(false)?,
-                None => {}
+            // ngx_configure_listening_sockets: a value the kernel refuses (TCP_KEEPIDLE
+            // over 32767 s, say) is an alert, and the socket serves without it.
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
+            if let Some(on) = opts.so_keepalive {
+                set_or_alert(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, i32::from(on), "SO_KEEPALIVE", sa);
             }
-            if opts.keepidle.is_some() || opts.keepintvl.is_some() || opts.keepcnt.is_some() {
-                let mut k = TcpKeepalive::new();
-                if let Some(t) = opts.keepidle {
-                    k = k.with_time(std::time::Duration::from_secs(t as u64));
+            let keep = [
+                (opts.keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+                (opts.keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+                (opts.keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+            ];
+            for (v, opt, name) in keep {
+                if let Some(v) = v.filter(|&v| v != 0) {
+                    set_or_alert(fd, libc::IPPROTO_TCP, opt, v as i32, name, sa);
                 }
-                if let Some(t) = opts.keepintvl {
-                    k = k.with_interval(std::time::Duration::from_secs(t as u64));
-                }
-                if let Some(n) = opts.keepcnt {
-                    k = k.with_retries(n);
-                }
-                s.set_tcp_keepalive(&k)?;
             }
             if let Some(q) = opts.fastopen {
-                let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
                 set_or_alert(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q, "TCP_FASTOPEN", sa);
             }
             if opts.nodelay {
