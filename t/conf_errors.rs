@@ -223,6 +223,7 @@ cases! {
     debug_connection_host_not_found,
     debug_connection_low_bits_warn,
     debug_points_invalid,
+    debug_points_upper_case,
     deprecated_buffer_duplicate_warns_once,
     deprecated_buffer_invalid_no_warning,
     duplicate_before_value_proxy_bind,

@@ -502,9 +502,10 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         ctx: Ctx::MAIN,
         args: Arity::Take(1),
         set: |c, cmd, _| {
-            compat(c, cmd, |cmd| match cmd.arg(0) {
+            // An enum slot: nginx compares with ngx_strcasecmp.
+            compat(c, cmd, |cmd| match cmd.arg(0).to_ascii_lowercase().as_str() {
                 "stop" | "abort" => Ok(()),
-                v => Err(cmd.err(format!("invalid value \"{}\"", v))),
+                _ => Err(cmd.err(format!("invalid value \"{}\"", cmd.arg(0)))),
             })
         },
     },
