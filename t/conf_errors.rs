@@ -288,6 +288,7 @@ cases! {
     listen_unix_missing_dir,
     listen_unknown_parameter,
     load_module_already_loaded,
+    load_module_directory,
     load_module_missing,
     load_module_missing_file,
     load_module_too_late,
