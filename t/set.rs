@@ -126,3 +126,25 @@ fn bytes_variables_keep_their_first_value() {
     assert!(log.contains(&format!("{b} 0 0 5\n")), "{log}");
     drop(s);
 }
+
+/// The ssl module's variables are changeable, as nginx flags them: a `map` takes the
+/// place of `$ssl_server_name` and `set` gives `$ssl_protocol` a value (sluice refused
+/// both: "the duplicate variable"). A `volatile` map's variable stays volatile when a
+/// later `map` declares it again (nginx's NOCACHEABLE flag stays): the log line
+/// evaluates it afresh. Side by side with nginx 1.22.1: `from-map from-set v=s000`
+/// answered, `200 s200 from-map from-set` logged.
+#[test]
+fn ssl_variables_are_changeable_and_volatile_stays() {
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format f '$status $v $ssl_server_name $ssl_protocol'; \
+         map $remote_addr $ssl_server_name {{ default from-map; }} \
+         map $status $v {{ volatile; default x; }} \
+         map $status $v {{ default \"s$status\"; }} \
+         server {{ listen 127.0.0.1:{p}; set $ssl_protocol from-set; access_log %%PREFIX%%f.log f; \
+         return \"$ssl_server_name $ssl_protocol v=$v\\n\"; }} }}"
+    ));
+    assert_eq!(text(p), "from-map from-set v=s000\n");
+    assert!(wait_for(Duration::from_secs(5), || !s.read("f.log").is_empty()));
+    assert_eq!(s.read("f.log"), "200 s200 from-map from-set\n");
+}

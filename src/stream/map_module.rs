@@ -125,7 +125,9 @@ fn map_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     if let Some(inner) = &cmd.block {
         entries(cx, &mut b, inner)?;
     }
-    if !b.volatile {
+    if b.volatile {
+        cx.vars.set_volatile(var);
+    } else {
         cx.vars.set_cached(var);
     }
     if !b.exact_keys.is_empty() {

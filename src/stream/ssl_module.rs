@@ -384,8 +384,10 @@ impl Module for StreamSsl {
     fn variables(v: &mut Variables) {
         // Cached once read (nginx's flags have no NOCACHEABLE): a `set` or a limit_conn
         // key that reads one before the handshake keeps it empty for the session.
+        // And changeable, as nginx flags them: a configuration may make its own.
         for (i, name) in VARIABLES.iter().enumerate() {
-            v.define_cacheable(name, var_ssl, i);
+            let idx = v.define_cacheable(name, var_ssl, i);
+            v.set_changeable(idx);
         }
     }
 

@@ -33,6 +33,9 @@ pub struct VarDef {
     /// A regex capture ($1..$9 or a named one): its value can change while a value
     /// that reads it is being built (see `Complex::eval`).
     pub capture: bool,
+    /// A `volatile` map declared it: nginx's `NGX_STREAM_VAR_NOCACHEABLE`, which stays
+    /// whatever declares the name again.
+    pub volatile: bool,
 }
 
 /// Where a variable was first referenced, for nginx's `unknown "x" variable`.
@@ -87,8 +90,27 @@ impl Variables {
             d.get = Some(get);
             d.data = data;
             d.cached = false;
+            // (A built-in's own caching goes with its getter.)
+            d.cacheable = false;
         }
         Some(idx)
+    }
+
+    /// A built-in a configuration may declare again (nginx's `NGX_STREAM_VAR_CHANGEABLE`
+    /// on a module's variable, as the ssl module's are): `map`, `geo`,
+    /// `split_clients` take its place, `set` gives it a value.
+    pub fn set_changeable(&mut self, idx: usize) {
+        if let Some(d) = self.defs.get_mut(idx) {
+            d.changeable = true;
+        }
+    }
+
+    /// `volatile`: never cached, whatever declares the name later (see `VarDef`).
+    pub fn set_volatile(&mut self, idx: usize) {
+        if let Some(d) = self.defs.get_mut(idx) {
+            d.volatile = true;
+            d.cached = false;
+        }
     }
 
     pub fn define_prefix(&mut self, name: &str, get: VarGet) {
@@ -110,7 +132,7 @@ impl Variables {
 
     pub fn set_cached(&mut self, idx: usize) {
         if let Some(d) = self.defs.get_mut(idx) {
-            d.cached = true;
+            d.cached = !d.volatile;
         }
     }
 
@@ -142,6 +164,7 @@ impl Variables {
             cacheable: false,
             capture: false,
             changeable: false,
+            volatile: false,
         });
         self.by_name.insert(name.to_string(), i);
         i
