@@ -817,6 +817,79 @@ fn access_log_dev_stderr_is_the_starting_stderr_until_a_reload() {
     assert!(!stderr().contains("second 200"), "{}", run.ctx());
 }
 
+/// The listening socket of 127.0.0.1:`port` in process `pid`, as a descriptor of this
+/// process (pidfd_getfd(2): the same socket, to read its options).
+fn listener_of(pid: i32, port: u16) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let want = format!("0100007F:{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")).then(|| f.get(9).map(|s| s.to_string()))?
+    })?;
+    let link = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten().find_map(|e| {
+        (std::fs::read_link(e.path()).ok()?.to_str()? == link).then(|| e.file_name().to_str()?.parse().ok())?
+    })?;
+    // SAFETY: pidfd_open and pidfd_getfd with a pid and descriptor number read above; the
+    // results are descriptors this process then owns.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        (got >= 0).then(|| std::os::fd::OwnedFd::from_raw_fd(got))
+    }
+}
+
+fn rcvbuf_of(fd: &std::os::fd::OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int we own.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
+    v
+}
+
+/// A reload that keeps a listening socket sets the new configuration's options on it,
+/// as nginx's ngx_configure_listening_sockets does for every socket of the new cycle
+/// (side by side with nginx 1.22.1: `rcvbuf=` and `backlog=` changed by a HUP took
+/// effect on the kept socket in both; sluice kept the old ones until a restart).
+#[test]
+fn reload_applies_listen_options_to_kept_sockets() {
+    let p = free_port();
+    let conf = |rcvbuf: &str| {
+        format!(
+            "{}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p} rcvbuf={rcvbuf}; return \"$pid\\n\"; }} }}\n",
+            head(false, "1")
+        )
+    };
+    let run = Run::start(&conf("16k"));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || served_by(p).is_some()), "not serving\n{}", run.ctx());
+    let before = listener_of(master, p).expect("the listening socket");
+    // The kernel doubles what it is given.
+    assert_eq!(rcvbuf_of(&before), 32768, "{}", run.ctx());
+    let old = workers_of(master, &[]);
+    run.write_conf(&conf("32k"));
+    signal(master, libc::SIGHUP);
+    let renewed = || workers_of(master, &[]).iter().all(|w| !old.contains(w));
+    assert!(wait_for(10 * SEC, || renewed() && !workers_of(master, &[]).is_empty()), "no new worker\n{}", run.ctx());
+    let after = listener_of(master, p).expect("the listening socket");
+    assert_eq!(rcvbuf_of(&after), 65536, "the kept socket keeps its old rcvbuf\n{}", run.ctx());
+}
+
 /// With one worker, the listening sockets are not watched with EPOLLEXCLUSIVE (nginx
 /// uses it only with several workers): after a reload the old and the new worker are both
 /// woken, so the new configuration answers at once, not only once the old worker stops

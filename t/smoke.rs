@@ -119,3 +119,35 @@ fn listen_keepalive_values_the_kernel_refuses_are_alerts() {
     }
     assert_eq!(s.stop(), Some(0));
 }
+
+/// A unix listening socket: `rcvbuf=` and `sndbuf=` apply, and the TCP options
+/// (`so_keepalive=`, `fastopen=`) are tried and refused with an alert each, the socket
+/// serving on (nginx's ngx_configure_listening_sockets sets them whatever the family);
+/// `reuseport` stops the start, as nginx's setsockopt(SO_REUSEPORT) failure does. Side
+/// by side with nginx 1.22.1: the same lines.
+#[test]
+fn unix_listen_options_as_nginx() {
+    let dir = TempDir::new("unix-opts");
+    let path = format!("{}u.sock", dir.prefix());
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen unix:{path} so_keepalive=1m:2:3 fastopen=5 rcvbuf=16k; return u; }} }}\n"
+    ));
+    let mut c = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut got).expect("read");
+    assert_eq!(got, b"u");
+    let log = s.error_log();
+    for (opt, v) in [("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3), ("TCP_FASTOPEN", 5)] {
+        let want = format!("setsockopt({opt}, {v}) unix:{path} failed, ignored (95: Operation not supported)\n");
+        assert!(log.contains(&want), "no {want:?} in\n{log}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    let other = format!("{}r.sock", dir.prefix());
+    let e = Sluice::try_start(&format!(
+        "events {{}}\nstream {{ server {{ listen unix:{other} reuseport; return u; }} }}\n"
+    ))
+    .err()
+    .expect("reuseport on a unix socket starts nothing");
+    let want = format!("[emerg] setsockopt(SO_REUSEPORT) unix:{other} failed (95: Operation not supported)");
+    assert!(e.contains(&want), "no {want:?} in\n{e}");
+}

@@ -392,21 +392,61 @@ fn inet_socket(
     if sa.is_ipv6() {
         s.set_only_v6(opts.ipv6only)?;
     }
-    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
-    for (v, opt, name) in [(opts.rcvbuf, libc::SO_RCVBUF, "SO_RCVBUF"), (opts.sndbuf, libc::SO_SNDBUF, "SO_SNDBUF")] {
-        if let Some(n) = v {
-            set_or_alert(fd, libc::SOL_SOCKET, opt, n, name, sa);
-        }
-    }
+    configure_listening(std::os::unix::io::AsRawFd::as_raw_fd(&s), &Addr::Inet(*sa), opts);
     Ok(s)
 }
 
-/// ngx_configure_listening_sockets: a socket option that does not take is an alert,
-/// and the socket goes on without it.
-fn set_or_alert(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: i32, name: &str, sa: &SocketAddr) {
-    if let Err(e) = set_int_option(fd, level, opt, v) {
-        let msg = format!("setsockopt({name}, {v}) {} failed, ignored", Addr::Inet(*sa));
-        crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
+/// nginx's ngx_configure_listening_sockets for one socket, run on every listening
+/// socket of a configuration (those a reload keeps too): `rcvbuf=`, `sndbuf=`, then for
+/// a stream socket `so_keepalive=` and `fastopen=`, whatever its family. An option that
+/// does not take (a unix socket's TCP_KEEPIDLE, a value over the kernel's limit) is an
+/// alert, and the socket goes on without it.
+pub fn configure_listening(fd: RawFd, addr: &Addr, opts: &ListenOpts) {
+    let set = |level: libc::c_int, opt: libc::c_int, v: i32, name: &str| {
+        if let Err(e) = set_int_option(fd, level, opt, v) {
+            let msg = format!("setsockopt({name}, {v}) {addr} failed, ignored");
+            crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
+        }
+    };
+    for (v, opt, name) in [(opts.rcvbuf, libc::SO_RCVBUF, "SO_RCVBUF"), (opts.sndbuf, libc::SO_SNDBUF, "SO_SNDBUF")] {
+        if let Some(n) = v {
+            set(libc::SOL_SOCKET, opt, n, name);
+        }
+    }
+    if opts.udp {
+        return;
+    }
+    if let Some(on) = opts.so_keepalive {
+        set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, i32::from(on), "SO_KEEPALIVE");
+    }
+    let keep = [
+        (opts.keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+        (opts.keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+        (opts.keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+    ];
+    for (v, opt, name) in keep {
+        if let Some(v) = v.filter(|&v| v != 0) {
+            set(libc::IPPROTO_TCP, opt, v as i32, name);
+        }
+    }
+    if let Some(q) = opts.fastopen {
+        set(libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q, "TCP_FASTOPEN");
+    }
+}
+
+/// A reload keeps a listening socket: its options are set again as the new
+/// configuration has them, and a new `backlog=` (or its removal) takes effect with a
+/// second listen(2), as nginx's `ls->listen` does.
+pub fn reconfigure_listening(l: &Listener, addr: &Addr, old: &ListenOpts, new: &ListenOpts) {
+    configure_listening(l.fd(), addr, new);
+    let backlog = new.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if !new.udp && old.backlog.unwrap_or(DEFAULT_BACKLOG) != backlog {
+        // SAFETY: listen(2) on a listening socket this process owns.
+        if unsafe { libc::listen(l.fd(), backlog) } == -1 {
+            let e = io::Error::last_os_error();
+            let msg = format!("listen() to {addr}, backlog {backlog} failed, ignored");
+            crate::core::log::error(crate::core::conf::Level::Alert, &msg, Some(&e));
+        }
     }
 }
 
@@ -416,6 +456,36 @@ fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     let s = inet_socket(sa, Type::DGRAM, Protocol::UDP, opts)?;
     s.bind(&SockAddr::from(*sa))?;
     Ok(Listener::Udp(Rc::new(UdpSocket::from_std(s.into()))))
+}
+
+/// setsockopt(SO_REUSEPORT) refused while opening a listening socket, which nginx
+/// names so rather than as the bind() it did not reach.
+#[derive(Debug)]
+struct ReuseportFailed(io::Error);
+
+impl std::fmt::Display for ReuseportFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ReuseportFailed {}
+
+impl ReuseportFailed {
+    fn wrap(e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), ReuseportFailed(e))
+    }
+
+    /// The call that failed ("bind() to", or "setsockopt(SO_REUSEPORT)") and its error.
+    fn unwrap(e: io::Error) -> (&'static str, io::Error) {
+        if e.get_ref().is_some_and(|r| r.is::<ReuseportFailed>()) {
+            if let Some(Ok(r)) = e.into_inner().map(|b| b.downcast::<ReuseportFailed>()) {
+                return ("setsockopt(SO_REUSEPORT)", r.0);
+            }
+            return ("setsockopt(SO_REUSEPORT)", io::Error::other("reuseport"));
+        }
+        ("bind() to", e)
+    }
 }
 
 /// nginx's `NGX_LISTEN_BACKLOG` on Linux.
@@ -472,7 +542,8 @@ pub fn open_listeners(want: &[(&Addr, &ListenOpts)], mut have: Vec<Option<Listen
             match open_listener(addr, opts) {
                 Ok(l) => *slot = Some(l),
                 Err(e) => {
-                    error(Level::Emerg, &format!("bind() to {} failed", addr), Some(&e));
+                    let (call, e) = ReuseportFailed::unwrap(e);
+                    error(Level::Emerg, &format!("{call} {addr} failed"), Some(&e));
                     if e.raw_os_error() != Some(libc::EADDRINUSE) {
                         return None;
                     }
@@ -499,25 +570,6 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     match addr {
         Addr::Inet(sa) => {
             let s = inet_socket(sa, Type::STREAM, Protocol::TCP, opts)?;
-            // ngx_configure_listening_sockets: a value the kernel refuses (TCP_KEEPIDLE
-            // over 32767 s, say) is an alert, and the socket serves without it.
-            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
-            if let Some(on) = opts.so_keepalive {
-                set_or_alert(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, i32::from(on), "SO_KEEPALIVE", sa);
-            }
-            let keep = [
-                (opts.keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
-                (opts.keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
-                (opts.keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
-            ];
-            for (v, opt, name) in keep {
-                if let Some(v) = v.filter(|&v| v != 0) {
-                    set_or_alert(fd, libc::IPPROTO_TCP, opt, v as i32, name, sa);
-                }
-            }
-            if let Some(q) = opts.fastopen {
-                set_or_alert(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q, "TCP_FASTOPEN", sa);
-            }
             if opts.nodelay {
                 s.set_tcp_nodelay(true)?;
             }
@@ -527,6 +579,12 @@ pub fn open_listener(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
         }
         Addr::Unix(path) => {
             let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+            if opts.reuseport {
+                // Linux has no SO_REUSEPORT for unix sockets: nginx stops there.
+                let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
+                set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(ReuseportFailed::wrap)?;
+            }
+            configure_listening(std::os::unix::io::AsRawFd::as_raw_fd(&s), addr, opts);
             s.bind(&SockAddr::unix(path)?)?;
             // Anyone may connect (nginx's ngx_open_listening_sockets makes it 0666), the
             // workers too when they run as another user.

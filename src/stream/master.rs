@@ -562,6 +562,8 @@ impl Master {
             self.pid_file = pid;
         }
         // Sockets are kept by address and type (TCP and UDP may share an address).
+        let old_opts: Vec<((Addr, bool), ListenOpts)> =
+            self.cycle.listening.iter().map(|l| ((l.addr.clone(), l.opts.udp), l.opts.clone())).collect();
         let mut old: Vec<((Addr, bool), Vec<Listener>)> = std::mem::take(&mut self.listeners)
             .into_iter()
             .zip(self.cycle.listening.iter().map(|l| (l.addr.clone(), l.opts.udp)))
@@ -602,6 +604,15 @@ impl Master {
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
+        // The kept sockets take the new configuration's options (the new ones have them).
+        for (l, socks) in self.cycle.listening.iter().zip(&self.listeners) {
+            let key = (l.addr.clone(), l.opts.udp);
+            if let Some((_, was)) = old_opts.iter().find(|(k, _)| *k == key) {
+                for sock in socks {
+                    crate::core::conn::reconfigure_listening(sock, &l.addr, was, &l.opts);
+                }
+            }
+        }
         crate::stream::conf::redirect_stderr(&self.cycle);
         // nginx's event module says it again for every cycle it builds, once the
         // listening sockets are open, into the new cycle's log.
