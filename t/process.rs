@@ -890,6 +890,40 @@ fn reload_applies_listen_options_to_kept_sockets() {
     assert_eq!(rcvbuf_of(&after), 65536, "the kept socket keeps its old rcvbuf\n{}", run.ctx());
 }
 
+/// A reload that cannot open a new listening socket reports it in the new
+/// configuration's error log, as nginx's ngx_init_cycle does (it writes there once the
+/// new files are open), and the old configuration serves on. Side by side with nginx
+/// 1.22.1: the bind() lines and "still could not bind()" in new.log, none in the old.
+#[test]
+fn failed_reload_reports_its_sockets_in_the_new_error_log() {
+    let (p, taken) = (free_port(), TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let q = taken.local_addr().expect("addr").port();
+    let base = head(false, "1");
+    let run = Run::start(&format!(
+        "{base}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} }}\n"
+    ));
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || served_by(p).is_some()), "not serving\n{}", run.ctx());
+    let moved = base.replace("error_log %%PREFIX%%error.log info;", "error_log %%PREFIX%%new.log info;");
+    run.write_conf(&format!(
+        "{moved}events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; return \"$pid\\n\"; }} \
+         server {{ listen 127.0.0.1:{q}; return new; }} }}\n"
+    ));
+    signal(master, libc::SIGHUP);
+    let new_log = || std::fs::read_to_string(run.path("new.log")).unwrap_or_default();
+    assert!(
+        wait_for(10 * SEC, || new_log().contains("still could not bind()")),
+        "new.log:\n{}\n{}",
+        new_log(),
+        run.ctx()
+    );
+    let bind = format!("[emerg] {master}#{master}: bind() to 127.0.0.1:{q} failed (98: Address already in use)");
+    assert_eq!(new_log().matches(&bind).count(), 5, "{}", new_log());
+    assert!(!run.log().contains("could not bind"), "{}", run.ctx());
+    assert!(served_by(p).is_some(), "the old configuration serves\n{}", run.ctx());
+    drop(taken);
+}
+
 /// With one worker, the listening sockets are not watched with EPOLLEXCLUSIVE (nginx
 /// uses it only with several workers): after a reload the old and the new worker are both
 /// woken, so the new configuration answers at once, not only once the old worker stops

@@ -578,7 +578,11 @@ impl Master {
         }
         let want: Vec<(&Addr, &ListenOpts)> =
             cycle.listening.iter().zip(&kept).filter(|(_, k)| k.is_none()).map(|(l, _)| (&l.addr, &l.opts)).collect();
+        // ngx_init_cycle writes to the new configuration's log once its files are open:
+        // a socket that cannot be opened is reported there (at its level).
+        log::set_main(cycle.error_log.clone());
         let Some(mut opened) = open_listeners(&want, Vec::new()).map(|v| v.into_iter()) else {
+            log::set_main(self.cycle.error_log.clone());
             // Keep the old configuration: put its sockets back in order.
             let mut all: Vec<((Addr, bool), Vec<Listener>)> = old
                 .into_iter()
