@@ -458,14 +458,14 @@ fn open_udp(addr: &Addr, opts: &ListenOpts) -> io::Result<Listener> {
     Ok(Listener::Udp(Rc::new(UdpSocket::from_std(s.into()))))
 }
 
-/// setsockopt(SO_REUSEPORT) refused while opening a listening socket, which nginx
-/// names so rather than as the bind() it did not reach.
+/// setsockopt(SO_REUSEPORT) refused (its errno) while opening a listening socket, which
+/// nginx names so rather than as the bind() it did not reach.
 #[derive(Debug)]
-struct ReuseportFailed(io::Error);
+struct ReuseportFailed(i32);
 
 impl std::fmt::Display for ReuseportFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        io::Error::from_raw_os_error(self.0).fmt(f)
     }
 }
 
@@ -473,18 +473,15 @@ impl std::error::Error for ReuseportFailed {}
 
 impl ReuseportFailed {
     fn wrap(e: io::Error) -> io::Error {
-        io::Error::new(e.kind(), ReuseportFailed(e))
+        io::Error::new(e.kind(), ReuseportFailed(e.raw_os_error().unwrap_or(0)))
     }
 
     /// The call that failed ("bind() to", or "setsockopt(SO_REUSEPORT)") and its error.
     fn unwrap(e: io::Error) -> (&'static str, io::Error) {
-        if e.get_ref().is_some_and(|r| r.is::<ReuseportFailed>()) {
-            if let Some(Ok(r)) = e.into_inner().map(|b| b.downcast::<ReuseportFailed>()) {
-                return ("setsockopt(SO_REUSEPORT)", r.0);
-            }
-            return ("setsockopt(SO_REUSEPORT)", io::Error::other("reuseport"));
+        match e.get_ref().and_then(|r| r.downcast_ref::<ReuseportFailed>()) {
+            Some(r) => ("setsockopt(SO_REUSEPORT)", io::Error::from_raw_os_error(r.0)),
+            None => ("bind() to", e),
         }
-        ("bind() to", e)
     }
 }
 

@@ -315,16 +315,13 @@ fn load_module(c: &mut MainConf, cmd: &Cmd, p: &dyn Paths) -> ConfResult {
     let path = p.full_name(cmd.arg(0));
     // glibc's dlopen: the file is opened and its header read; what fails there is
     // nginx's error (what follows, the ELF and symbol checks, sluice does not make).
-    let text = |e: &std::io::Error| {
-        let s = e.to_string();
-        s.split(" (os error").next().unwrap_or(&s).to_string()
-    };
     let opened = std::fs::File::open(crate::core::conf::parser::os_path(&path))
         .map_err(|e| ("cannot open shared object file", e));
     if let Err((what, e)) =
         opened.and_then(|mut f| std::io::Read::read(&mut f, &mut [0u8; 64]).map_err(|e| ("cannot read file data", e)))
     {
-        return Err(cmd.err(format!("dlopen() \"{path}\" failed ({path}: {what}: {})", text(&e))));
+        let text = crate::core::conf::strerror(&e);
+        return Err(cmd.err(format!("dlopen() \"{path}\" failed ({path}: {what}: {text})")));
     }
     // nginx's ngx_add_module refuses a module loaded before (in -g or the file); the
     // module is named as its file is (ngx_stream_module.so holds ngx_stream_module).

@@ -457,13 +457,16 @@ impl Worker {
             }
             // Until none is left, as nginx's ngx_event_process_posted: a `pass` while
             // they run posts the session it hands over.
-            while !self.posted.is_empty() {
-                for key in std::mem::take(&mut self.posted) {
+            // (Two buffers swapped, so a busy turn allocates nothing once they have grown.)
+            let mut batch = std::mem::take(&mut self.posted);
+            while !batch.is_empty() {
+                for key in batch.drain(..) {
                     // (A UDP client's next datagram in the same batch may have run them.)
                     if lookup(&mut self.sessions, key).is_some_and(|s| matches!(s.state, State::Phases)) {
                         self.run_phases(key, now);
                     }
                 }
+                std::mem::swap(&mut batch, &mut self.posted);
             }
             // `server ... resolve` lookups that are due (not in a worker that is leaving).
             if !self.quitting && self.rt.next_resolve().is_some_and(|at| at <= now) {

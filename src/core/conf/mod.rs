@@ -168,12 +168,13 @@ impl Cmd {
 /// `strerror`-style text for an OS error, as nginx prints it: `(2: No such file or directory)`.
 pub fn os_err(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(code) => {
-            let s = e.to_string();
-            // std appends " (os error N)"; nginx prints "(N: text)".
-            let text = s.split(" (os error").next().unwrap_or(&s);
-            format!("({}: {})", code, text)
-        }
+        Some(code) => format!("({}: {})", code, strerror(e)),
         None => format!("({})", e),
     }
+}
+
+/// The error's text alone, as strerror(3) gives it (std appends " (os error N)").
+pub fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
