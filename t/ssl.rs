@@ -494,6 +494,56 @@ fn proxy_ssl_failures_as_nginx() {
     s.stop();
 }
 
+/// `proxy_protocol on` with `proxy_ssl`: the header goes out ahead of each try's
+/// handshake, so the next upstream after a failed handshake gets one too (nginx's
+/// ngx_stream_proxy_connect sets `u->proxy_protocol` again for every peer), and each
+/// try counts it in `$upstream_bytes_sent` (nginx: "44, 44" for two peers).
+#[test]
+fn proxy_protocol_header_goes_ahead_of_every_tls_try() {
+    let port = free_port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut peers = Vec::new();
+    for _ in 0..2 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        peers.push(l.local_addr().unwrap().port());
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let Ok((mut c, _)) = l.accept() else { return };
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+            // The header and the start of the hello; then close, failing the handshake.
+            while got.len() < 60 {
+                match c.read(&mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = tx.send(got);
+        });
+    }
+    let (a, b) = (peers[0], peers[1]);
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n    log_format t '$upstream_addr $upstream_bytes_sent $status';\n    \
+         access_log %%PREFIX%%access.log t;\n    upstream u {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}\n    \
+         server {{ listen 127.0.0.1:{port}; proxy_protocol on; proxy_ssl on; proxy_pass u; }}\n}}\n"
+    ));
+    let mut c = connect(port);
+    c.write_all(b"hello").unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).ok();
+    let log = wait_log(&s, 1);
+    let got: Vec<Vec<u8>> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+    let local = c.local_addr().unwrap().port();
+    let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {local} {port}\r\n");
+    for g in &got {
+        assert!(g.starts_with(header.as_bytes()), "{:?}", String::from_utf8_lossy(g));
+        assert_eq!(g.get(header.len()), Some(&0x16), "a TLS record follows the header");
+    }
+    let n = header.len();
+    assert_eq!(log, [format!("127.0.0.1:{a}, 127.0.0.1:{b} {n}, {n} 502")]);
+    s.stop();
+}
+
 /// TLS on both sides (`listen ... ssl` and `proxy_ssl`), megabytes both ways to an
 /// echoing TLS backend: the bytes come back unchanged.
 #[test]

@@ -879,6 +879,9 @@ impl ProxySession {
     fn close_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, retry: bool) {
         cx.timers.clear(&mut self.connect_timer);
         self.tls_handshaking = false;
+        // Every try sends its own PROXY header (ngx_stream_proxy_connect sets
+        // u->proxy_protocol again for each peer).
+        self.pp_sent = false;
         if let Some(mut u) = self.upstream.take() {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
             cx.rt.slots.give(self.upstream_slot);
