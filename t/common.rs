@@ -474,3 +474,26 @@ pub fn cn(x: &openssl::x509::X509Ref) -> String {
         .and_then(|e| e.data().to_string().ok())
         .unwrap_or_default()
 }
+
+/// A ClientHello record carrying SNI `host` (TLS 1.2, one cipher, no other extension).
+pub fn sni_hello(host: &[u8]) -> Vec<u8> {
+    let list_len = 3 + host.len();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    ext.extend_from_slice(&(list_len as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    ext.extend_from_slice(host);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}

@@ -544,6 +544,34 @@ fn proxy_protocol_header_goes_ahead_of_every_tls_try() {
     s.stop();
 }
 
+/// `$ssl_server_name` is the SNI name's bytes as the client sent them, UTF-8 or not
+/// (nginx gives SSL_get_servername's C string; sluice gave an empty value).
+#[test]
+fn ssl_server_name_keeps_its_bytes() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "", "return \"[$ssl_server_name]\";"));
+    let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
+    b.set_verify(SslVerifyMode::NONE);
+    let ctx = b.build().into_context();
+    let ssl = openssl::ssl::Ssl::new(&ctx).expect("ssl");
+    let name = std::ffi::CString::new(&b"\xff.com"[..]).unwrap();
+    // SAFETY: a live SSL and a NUL-terminated name, which OpenSSL copies.
+    let rc = unsafe {
+        openssl_sys::SSL_set_tlsext_host_name(
+            &*ssl as *const openssl::ssl::SslRef as *mut openssl_sys::SSL,
+            name.as_ptr() as *mut _,
+        )
+    };
+    assert_eq!(rc, 1);
+    let mut t = ssl.connect(connect(port)).expect("handshake");
+    let mut out = Vec::new();
+    let _ = t.read_to_end(&mut out);
+    assert_eq!(out, b"[\xff.com]");
+    let log = wait_log(&s, 1);
+    assert!(log[0].contains("[\\xFF.com]"), "{log:?}");
+    s.stop();
+}
+
 /// TLS on both sides (`listen ... ssl` and `proxy_ssl`), megabytes both ways to an
 /// echoing TLS backend: the bytes come back unchanged.
 #[test]

@@ -316,3 +316,44 @@ stream {{
     );
     drop(c);
 }
+
+/// Client name bytes that are not UTF-8, or hold a NUL, go on as nginx passes them
+/// (recorded side by side with nginx 1.22.1, Debian deb12u11): `proxy_ssl_name
+/// $ssl_preread_server_name` sends the name cut at its NUL (nginx copies it as a C
+/// string) and other bytes unchanged, and the worker lives on (sluice used to panic on
+/// the NUL); `proxy_pass $ssl_preread_server_name:80` asks the resolver for the name's
+/// own bytes and logs them so.
+#[test]
+fn client_name_bytes_go_upstream_as_they_came() {
+    use crate::common::{connect, free_port, sni_hello, Sluice};
+    let (a, b, r) = (free_port(), free_port(), free_port());
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dns.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let dns_port = dns.local_addr().unwrap().port();
+    let mut s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n    log_format b 'B:$ssl_preread_server_name';\n    \
+         server {{ listen 127.0.0.1:{a}; ssl_preread on; proxy_pass 127.0.0.1:{b}; proxy_ssl on;\n        \
+         proxy_ssl_server_name on; proxy_ssl_name $ssl_preread_server_name; }}\n    \
+         server {{ listen 127.0.0.1:{b}; ssl_preread on; access_log %%PREFIX%%b.log b; return \"\"; }}\n    \
+         server {{ listen 127.0.0.1:{r}; ssl_preread on; resolver 127.0.0.1:{dns_port}; resolver_timeout 300ms;\n        \
+         proxy_pass $ssl_preread_server_name:80; }}\n}}\n"
+    ));
+    for name in [&b"a\0b"[..], b"\xff.com", b"after.example"] {
+        let mut c = connect(a);
+        c.write_all(&sni_hello(name)).unwrap();
+        let _ = c.read_to_end(&mut Vec::new());
+    }
+    let log = s.wait_lines("b.log", 3);
+    assert_eq!(log, ["B:a", "B:\\xFF.com", "B:after.example"]);
+
+    let mut c = connect(r);
+    c.write_all(&sni_hello(b"ok\xff")).unwrap();
+    let mut q = [0u8; 512];
+    let n = dns.recv(&mut q).expect("a query");
+    assert_eq!(&q[12..n - 4], b"\x03ok\xff\x00", "the question's name");
+    let _ = c.read_to_end(&mut Vec::new());
+    let err = std::fs::read(s.dir.join("error.log")).unwrap();
+    let needle = b"ok\xff could not be resolved (110: Operation timed out)";
+    assert!(err.windows(needle.len()).any(|w| w == needle), "{}", String::from_utf8_lossy(&err));
+    s.stop();
+}

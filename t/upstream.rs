@@ -90,6 +90,35 @@ fn proxy_pass_names_an_upstream_defined_later_in_other_case() {
     drop(s);
 }
 
+/// `proxy_pass $var` looks for a configured upstream of the value's name first, an
+/// address literal too (nginx's ngx_stream_proxy_handler: an `upstream 127.0.0.2 {}`
+/// named after a VIP, or the group another server's `proxy_pass host:port` made), and
+/// only then connects to the literal; and `unix:` is a prefix in any case, as
+/// ngx_parse_url takes it (side by side with nginx 1.22.1: "ab" and the unix answer).
+#[test]
+fn proxy_pass_variable_literal_finds_its_upstream() {
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("unixcase");
+    let sock = dir.join("u.sock");
+    let sock = sock.display();
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ upstream 127.0.0.2 {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p}; set $u 127.0.0.2; proxy_pass $u; }} \
+         server {{ listen 127.0.0.1:{q}; proxy_pass UNIX:{sock}; }} \
+         server {{ listen 127.0.0.1:{r}; set $v Unix:{sock}; proxy_pass $v; }} \
+         server {{ listen unix:{sock}; return \"unix\\n\"; }} }}"
+    ));
+    let got: String = (0..2).map(|_| ask(p)).collect();
+    assert_eq!(got, "ab");
+    for port in [q, r] {
+        let mut out = Vec::new();
+        connect(port).read_to_end(&mut out).ok();
+        assert_eq!(out, b"unix\n");
+    }
+    drop(s);
+}
+
 /// The same address in several `proxy_pass` lines is one implicit group (one set of
 /// peer state, as nginx's `ngx_stream_upstream_add`), IPv6 in brackets too.
 #[test]

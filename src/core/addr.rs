@@ -387,13 +387,18 @@ pub fn resolve_host(host: &str, port: u16) -> Result<Vec<Addr>, UrlError> {
     Ok(out)
 }
 
+/// The path of a `unix:` address (the prefix in any case, as ngx_parse_url takes it).
+pub fn strip_unix(url: &str) -> Option<&str> {
+    url.get(..5).filter(|p| p.eq_ignore_ascii_case("unix:")).map(|_| &url[5..])
+}
+
 /// Parse an address. With `listen`, a bare number is a port on the wildcard address,
 /// `*` is the wildcard, and a missing port gives addresses with port 0 (nginx 1.22's
 /// stream `listen` has no default port: the kernel picks one); `port` stays `None`
 /// either way for the caller to judge. `resolve` false keeps host names unresolved
 /// (addrs empty).
 pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, UrlError> {
-    if let Some(path) = url.strip_prefix("unix:") {
+    if let Some(path) = strip_unix(url) {
         if path.is_empty() {
             return Err("no path in the unix domain socket");
         }

@@ -105,12 +105,13 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Option<Vec<u8>> {
     let mut q = Vec::with_capacity(18 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
+    // A name from a client goes out with its bytes as they came (UTF-8 or not).
+    for label in crate::core::conf::parser::text_to_bytes(name).split(|&b| b == b'.') {
         if label.is_empty() || label.len() > 255 {
             return None;
         }
         q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
+        q.extend_from_slice(label);
     }
     q.push(0);
     q.extend_from_slice(&qtype.to_be_bytes());
@@ -128,8 +129,9 @@ fn u32_at(m: &[u8], at: usize) -> Result<u32, Error> {
 
 /// The name at `at`, lowercased, and where the bytes after it (in place) begin.
 fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
-    // The name's bytes, read as the asked name was written (UTF-8, lossy), so that a
-    // name with other bytes than ASCII compares equal to the question it answers.
+    // The name's bytes, read as the asked name was written (UTF-8, other bytes as their
+    // stand-ins), so that a name with other bytes than ASCII compares equal to the
+    // question it answers.
     let mut out: Vec<u8> = Vec::new();
     let mut p = at;
     // Every pointer must go below the lowest offset read so far: no loops, and at most
@@ -140,7 +142,7 @@ fn read_name(m: &[u8], at: usize) -> Result<(String, usize), Error> {
         let b = *m.get(p).ok_or(Error::Short)?;
         match b & 0xc0 {
             0x00 if b == 0 => {
-                return Ok((String::from_utf8_lossy(&out).into_owned(), after.unwrap_or(p + 1)));
+                return Ok((crate::core::conf::parser::bytes_to_text(&out), after.unwrap_or(p + 1)));
             }
             0x00 => {
                 let len = b as usize;

@@ -298,8 +298,20 @@ impl TlsConn {
         let mut ssl = Ssl::new(ctx).map_err(|e| stack_text("SSL_new() failed", &e))?;
         ssl.set_connect_state();
         if let Some(name) = sni {
-            ssl.set_hostname(name)
-                .map_err(|e| stack_text(&format!("SSL_set_tlsext_host_name(\"{}\") failed", name), &e))?;
+            // nginx copies the name as a C string (ngx_cpystrn): its bytes as they came,
+            // UTF-8 or not, up to a NUL.
+            let bytes = crate::core::conf::parser::text_to_bytes(name);
+            let cut = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            let c = CString::new(&bytes[..cut]).unwrap_or_default();
+            // SAFETY: a live SSL and a NUL-terminated name, copied by OpenSSL.
+            if unsafe {
+                ffi::SSL_set_tlsext_host_name(&*ssl as *const ssl::SslRef as *mut ffi::SSL, c.as_ptr() as *mut c_char)
+            } != 1
+            {
+                let e = openssl::error::ErrorStack::get();
+                let shown = crate::core::conf::parser::bytes_to_text(&bytes[..cut]);
+                return Err(stack_text(&format!("SSL_set_tlsext_host_name(\"{}\") failed", shown), &e));
+            }
         }
         if let Some(sess) = session {
             // SAFETY: the session came from a connection of this same context.
@@ -865,20 +877,34 @@ pub fn session_id_context(
     b.set_session_id_context(&sha.finish()).map_err(|e| stack_text("SSL_CTX_set_session_id_context() failed", &e))
 }
 
+/// The SNI name the client sent, its bytes as they came (`SSL_get_servername`; the
+/// openssl crate's `servername` gives none for a name that is not UTF-8).
+pub fn servername(ssl: &ssl::SslRef) -> Vec<u8> {
+    // SAFETY: a live SSL; the name, when there is one, is a C string owned by it.
+    unsafe {
+        let p = ffi::SSL_get_servername(ssl as *const ssl::SslRef as *mut ffi::SSL, ffi::TLSEXT_NAMETYPE_host_name);
+        if p.is_null() {
+            Vec::new()
+        } else {
+            CStr::from_ptr(p).to_bytes().to_vec()
+        }
+    }
+}
+
 /// `ngx_ssl_check_host`: the peer certificate is for `name`.
 pub fn check_host(ssl: &ssl::SslRef, name: &str) -> bool {
     let Some(cert) = ssl.peer_certificate() else { return false };
-    let cname = cstring(name);
+    // The name's bytes as they came: one with a NUL in it matches nothing, as in nginx.
+    let bytes = crate::core::conf::parser::text_to_bytes(name);
+    let cname = CString::new(&*bytes).unwrap_or_default();
+    let (ptr, len) =
+        if bytes.is_empty() { (cname.as_ptr(), 0) } else { (bytes.as_ptr() as *const c_char, bytes.len()) };
     let c: &openssl::x509::X509Ref = &cert;
-    // SAFETY: X509_check_host on a live certificate and a NUL-terminated name.
+    // SAFETY: X509_check_host on a live certificate and `len` bytes of name (a length of
+    // 0 reads the empty C string).
     unsafe {
-        ffi::X509_check_host(
-            c as *const openssl::x509::X509Ref as *mut ffi::X509,
-            cname.as_ptr(),
-            name.len(),
-            0,
-            std::ptr::null_mut(),
-        ) == 1
+        ffi::X509_check_host(c as *const openssl::x509::X509Ref as *mut ffi::X509, ptr, len, 0, std::ptr::null_mut())
+            == 1
     }
 }
 

@@ -83,7 +83,7 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
     let u = parse_url(url, false, false).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
     let unix = matches!(u.addrs.first(), Some(Addr::Unix(_)));
     // Looked up by nginx's host (see `UpstreamConf::host`): a unix socket's path.
-    let host = if unix { url.strip_prefix("unix:").unwrap_or(url) } else { &u.host };
+    let host = if unix { crate::core::addr::strip_unix(url).unwrap_or(url) } else { &u.host };
     if let Some(i) = find_upstream(cx, host, u.port, false, cmd)? {
         return Ok(i);
     }
@@ -609,18 +609,24 @@ impl ProxySession {
                 if !v.eval(s, &mut out) {
                     return Err(Some(status::INTERNAL_SERVER_ERROR));
                 }
-                let name = String::from_utf8_lossy(&out).into_owned();
+                // A client's bytes (an SNI name) go on as they came, UTF-8 or not.
+                let name = crate::core::conf::parser::bytes_to_text(&out);
                 match parse_url(&name, false, false) {
-                    Ok(u) if !u.addrs.is_empty() => {
+                    Ok(u) => {
+                        // nginx's host: no port, a unix socket's path.
+                        let host = crate::core::addr::strip_unix(&u.host).unwrap_or(&u.host);
+                        // ngx_stream_proxy_handler looks for a configured upstream of
+                        // that name first, an address literal too (`upstream 10.0.0.5 {}`,
+                        // or the group another server's `proxy_pass 10.0.0.5:80` made).
+                        if let Some(i) = find_group(&s.cycle.upstreams, host, u.port) {
+                            return Ok(i);
+                        }
+                        if u.addrs.is_empty() {
+                            return self.resolve_name(s, cx, u);
+                        }
                         self.own_group = true;
-                        // Named as nginx's resolved host: no port, a unix socket's path.
-                        Ok(cx.rt.session_group(u.host.strip_prefix("unix:").unwrap_or(&u.host), u.addrs))
+                        Ok(cx.rt.session_group(host, u.addrs))
                     }
-                    Ok(u) if !u.literal => match find_group(&s.cycle.upstreams, &u.host, u.port) {
-                        Some(i) => Ok(i),
-                        None => self.resolve_name(s, cx, u),
-                    },
-                    Ok(u) => self.resolve_name(s, cx, u),
                     Err(e) => {
                         s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);
                         Err(Some(status::INTERNAL_SERVER_ERROR))

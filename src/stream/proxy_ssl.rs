@@ -221,7 +221,8 @@ pub fn ssl_name(s: &mut SessionCore, host: &str) -> (String, Option<String>) {
         Some(v) => {
             let mut out = Vec::new();
             v.eval(s, &mut out);
-            String::from_utf8_lossy(&out).into_owned()
+            // A client's bytes (an SNI name) go on as they came, UTF-8 or not.
+            crate::core::conf::parser::bytes_to_text(&out)
         }
         None => host.to_string(),
     };
@@ -232,7 +233,7 @@ pub fn ssl_name(s: &mut SessionCore, host: &str) -> (String, Option<String>) {
 /// variables, else the upstream's name.
 pub fn static_ssl_name(c: &ProxySsl, host: &str) -> (String, Option<String>) {
     let name = match c.name.option().and_then(|n| n.as_ref()).and_then(|v| v.as_static()) {
-        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        Some(v) => crate::core::conf::parser::bytes_to_text(v),
         None => host.to_string(),
     };
     name_and_sni(c, name)
@@ -246,7 +247,14 @@ fn name_and_sni(c: &ProxySsl, mut name: String) -> (String, Option<String>) {
     if !c.server_name.get() && !c.verify.get() {
         return (String::new(), None);
     }
-    if !c.server_name.get() || name.is_empty() || name.starts_with('[') || name.parse::<std::net::Ipv4Addr>().is_ok() {
+    // RFC 6066 permits no address literal, and nginx takes for one what ngx_inet_addr
+    // takes ("01.2.3.4" too).
+    let bytes = crate::core::conf::parser::text_to_bytes(&name);
+    if !c.server_name.get()
+        || name.is_empty()
+        || name.starts_with('[')
+        || crate::core::addr::inet_addr(&bytes).is_some()
+    {
         return (name, None);
     }
     (name.clone(), Some(name))

@@ -922,7 +922,7 @@ fn check_response(m: &[u8], over_tcp: bool, ids: &[Option<u16>], name: &str) -> 
     // PTR: nginx reads the name as an address (ngx_resolver_process_ptr); one that is
     // none is its error (this resolver asks no PTR questions: any other is dropped).
     if qtype == 12 {
-        let qname = String::from_utf8_lossy(&m[12..i]).to_ascii_lowercase();
+        let qname = crate::core::conf::parser::bytes_to_text(&m[12..i]).to_ascii_lowercase();
         if !qname.ends_with("\x07in-addr\x04arpa\0") && !qname.ends_with("\x03ip6\x04arpa\0") {
             return Err("invalid in-addr.arpa or ip6.arpa name in DNS response".into());
         }

@@ -832,7 +832,8 @@ pub(crate) fn certificate_path(s: &mut SessionCore, v: &Complex, conf_prefix: &s
 /// An evaluated certificate or key name, relative ones under the configuration's
 /// directory (`data:` and `engine:` names as they are).
 pub(crate) fn full_certificate_name(value: &[u8], conf_prefix: &str) -> String {
-    let name = String::from_utf8_lossy(value).into_owned();
+    // A client's bytes (`$ssl_server_name`) name the file as they came, UTF-8 or not.
+    let name = crate::core::conf::parser::bytes_to_text(value);
     if name.starts_with("data:") || name.starts_with("engine:") || name.starts_with('/') {
         name
     } else {
@@ -940,7 +941,18 @@ fn verify_client_cert(s: &mut SessionCore) -> Option<Flow> {
 fn var_ssl(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     let Some(t) = s.client.tls_mut() else { return false };
     let ssl = t.ssl();
-    let v: String = match VARIABLES.get(idx).copied().unwrap_or("") {
+    let name = VARIABLES.get(idx).copied().unwrap_or("");
+    // What the client sent, as bytes: UTF-8 or not.
+    let raw = match name {
+        "ssl_server_name" => Some(tls::servername(ssl)),
+        "ssl_alpn_protocol" => Some(ssl.selected_alpn_protocol().unwrap_or(b"").to_vec()),
+        _ => None,
+    };
+    if let Some(v) = raw {
+        out.extend_from_slice(&v);
+        return !v.is_empty();
+    }
+    let v: String = match name {
         "ssl_protocol" => ssl.version_str().to_string(),
         "ssl_cipher" => ssl.current_cipher().map_or("(NONE)".to_string(), |c| c.name().to_string()),
         "ssl_ciphers" => tls::client_ciphers(ssl),
@@ -948,8 +960,6 @@ fn var_ssl(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
         "ssl_curves" => tls::client_curves(ssl),
         "ssl_session_id" => ssl.session().map_or(String::new(), |se| hex_lower(se.id())),
         "ssl_session_reused" => if ssl.session_reused() { "r" } else { "." }.to_string(),
-        "ssl_server_name" => ssl.servername(openssl::ssl::NameType::HOST_NAME).unwrap_or("").to_string(),
-        "ssl_alpn_protocol" => String::from_utf8_lossy(ssl.selected_alpn_protocol().unwrap_or(b"")).into_owned(),
         "ssl_client_verify" => client_verify(ssl),
         "ssl_client_s_dn" => ssl.peer_certificate().map_or(String::new(), |c| tls::rfc2253(c.subject_name())),
         "ssl_client_i_dn" => ssl.peer_certificate().map_or(String::new(), |c| tls::rfc2253(c.issuer_name())),

@@ -109,7 +109,7 @@ fn resolve_implicit(u: &mut UpstreamConf) -> ConfResult {
     let at = |msg: String| ConfError::bare(format!("{} in {}:{}", msg, file, u.line));
     // nginx checks the port first, then resolves the host.
     let unresolved = parse_url(&u.name, false, false).map_err(|e| at(format!("{} in upstream \"{}\"", e, u.name)))?;
-    let is_unix = u.name.starts_with("unix:");
+    let is_unix = crate::core::addr::strip_unix(&u.name).is_some();
     if unresolved.port.is_none() && !is_unix {
         return Err(at(format!("no port in upstream \"{}\"", unresolved.host)));
     }

@@ -116,7 +116,7 @@ impl UpstreamConf {
         if !self.implicit {
             return &self.name;
         }
-        if let Some(path) = self.name.strip_prefix("unix:") {
+        if let Some(path) = crate::core::addr::strip_unix(&self.name) {
             return path;
         }
         match self.port {
