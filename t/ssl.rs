@@ -572,6 +572,30 @@ fn ssl_server_name_keeps_its_bytes() {
     s.stop();
 }
 
+/// Each peer keeps its own saved session, as nginx keeps it in the peer: two `server`
+/// lines with one address resume only from their second turn (nginx: ". . r r"), with
+/// or without a zone.
+#[test]
+fn proxy_ssl_sessions_are_kept_per_peer() {
+    let up = tls_backend(tell);
+    for zone in ["", "zone z 64k;"] {
+        let port = free_port();
+        let mut s = Sluice::start(&format!(
+            "events {{}}\nstream {{\n    upstream u {{ {zone} server 127.0.0.1:{up}; server 127.0.0.1:{up}; }}\n    \
+             server {{ listen 127.0.0.1:{port}; proxy_ssl on; proxy_pass u; }}\n}}\n"
+        ));
+        let got: Vec<String> = (0..4)
+            .map(|_| {
+                let mut out = String::new();
+                connect(port).read_to_string(&mut out).ok();
+                out.split(' ').nth(1).unwrap_or("?").to_string()
+            })
+            .collect();
+        assert_eq!(got, [".", ".", "r", "r"], "zone: {zone:?}");
+        s.stop();
+    }
+}
+
 /// TLS on both sides (`listen ... ssl` and `proxy_ssl`), megabytes both ways to an
 /// echoing TLS backend: the bytes come back unchanged.
 #[test]

@@ -948,7 +948,8 @@ impl ProxySession {
         let (name, sni) = crate::stream::proxy_ssl::ssl_name(s, &host);
         self.ssl_name = name;
         let peer = s.upstream_states.last().and_then(|st| st.peer.clone()).unwrap_or_else(|| Rc::from(""));
-        let key = format!("{}/{}", host, peer);
+        let id = self.pick.current.unwrap_or(crate::upstream::PeerId { backup: false, index: 0 });
+        let key = crate::stream::proxy_ssl::session_key(&host, id, &peer);
         // A group made for this session alone keeps no sessions (nginx's
         // ngx_stream_upstream_empty_set_session for a peer made at run time).
         let reuse = srv.confs.proxy_ssl.session_reuse() && !self.own_group;

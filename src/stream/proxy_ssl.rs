@@ -211,6 +211,12 @@ fn set_ssl(c: &ProxySsl, cx: &ConfCx) -> Result<SslContext, String> {
     Ok(b.build())
 }
 
+/// Where a peer's saved TLS session is kept: nginx keeps it in the peer itself, so two
+/// `server` lines with one address (or a name and an address that agree) keep one each.
+pub fn session_key(group: &str, id: crate::upstream::PeerId, peer: &str) -> String {
+    format!("{}/{}{}/{}", group, if id.backup { 'b' } else { 'p' }, id.index, peer)
+}
+
 /// `ngx_stream_proxy_ssl_name`: the name to check the certificate against and, with
 /// `proxy_ssl_server_name on`, to send as SNI (not an address literal). `host` is the
 /// `proxy_pass` host (nginx's `u->ssl_name`); a port is stripped.

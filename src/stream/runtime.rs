@@ -318,10 +318,15 @@ impl WorkerState {
                         if head + size <= z.shm.len() {
                             *off = head + size;
                             if let Some(places) = session_places(&z.shm, at, head, n, z.generation) {
-                                for (p, offset) in peers.primary.iter().chain(&peers.backup).zip(places) {
+                                let ids = (0..peers.primary.len())
+                                    .map(|index| PeerId { backup: false, index })
+                                    .chain((0..peers.backup.len()).map(|index| PeerId { backup: true, index }));
+                                let all = peers.primary.iter().chain(&peers.backup);
+                                for ((p, id), offset) in all.zip(ids).zip(places) {
                                     let place =
                                         crate::core::ssl::SharedSession { shm: z.shm.clone(), lock: at, offset };
-                                    shared_sessions.push((format!("{}/{}", u.name, p.name), place));
+                                    let key = crate::stream::proxy_ssl::session_key(&u.name, id, &p.name);
+                                    shared_sessions.push((key, place));
                                 }
                             }
                         }
