@@ -165,7 +165,7 @@ impl Run {
         let stderr = std::fs::File::create(run.path("stderr.txt")).expect("stderr file");
         let program = if copy {
             std::fs::create_dir_all(run.path("sbin")).expect("mkdir sbin");
-            std::fs::copy(bin(), run.copy()).expect("copy the binary");
+            copy_binary(&run.copy());
             run.copy()
         } else {
             bin()
@@ -929,7 +929,9 @@ fn failed_reload_reports_its_sockets_in_the_new_error_log() {
 /// woken, so the new configuration answers at once, not only once the old worker stops
 /// accepting 100 ms later (sluice's old worker, first in the exclusive queue, took the
 /// connections until then; side by side: nginx's first new answer after 1.3 ms, sluice's
-/// after 101 ms).
+/// after 101 ms). The master is stopped (SIGSTOP) inside that pause, so both workers
+/// accept for as long as the test needs, whatever the load: with an exclusive watch
+/// only the old one would ever answer.
 #[test]
 fn one_worker_reload_answers_with_the_new_configuration_at_once() {
     let p = free_port();
@@ -941,37 +943,74 @@ fn one_worker_reload_answers_with_the_new_configuration_at_once() {
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     let in_epoll =
         |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("epoll_wait"));
-    let mut early = 0;
-    for v in ["v1", "v2", "v3"] {
+    let mut held = 0;
+    for v in ["v1", "v2", "v3", "v4", "v5", "v6"] {
+        if held == 2 {
+            break;
+        }
         let old = workers_of(master, &[]);
         let stopping = |log: &str| old.iter().any(|w| log.contains(&format!("{w}#{w}: gracefully shutting down")));
         run.write_conf(&conf(v));
         signal(master, libc::SIGHUP);
-        let t0 = Instant::now();
-        loop {
-            // Both workers wait in epoll_wait before each connection: with an exclusive
-            // watch the old one, first in the queue, would take every one.
-            let all = workers_of(master, &[]);
-            while t0.elapsed() < 10 * SEC && !(all.len() == 2 && all.iter().all(|&w| in_epoll(w))) {
-                if all.len() != 2 || stopping(&run.log()) {
-                    break;
+        // Catch the master between starting the new worker and telling the old to quit.
+        wait_for(10 * SEC, || workers_of(master, &[]).len() == 2 || stopping(&run.log()));
+        signal(master, libc::SIGSTOP);
+        let both = workers_of(master, &[]);
+        if both.len() == 2 && !stopping(&run.log()) {
+            held += 1;
+            let t0 = Instant::now();
+            let mut answers = Vec::new();
+            // Each connection finds both waiting in epoll_wait (a busy worker is passed
+            // over even by an exclusive wake-up).
+            while t0.elapsed() < 5 * SEC && answers.last().map(String::as_str) != Some(v) {
+                if wait_for(10 * SEC, || both.iter().all(|&w| in_epoll(w))) {
+                    answers.push(greet(p).unwrap_or_default());
                 }
-                std::thread::sleep(Duration::from_micros(200));
             }
-            let answer = greet(p).unwrap_or_default();
-            if answer == v {
-                early += usize::from(!stopping(&run.log()));
-                break;
-            }
-            assert!(t0.elapsed() < 10 * SEC, "no {v} answer after the reload\n{}", run.ctx());
+            signal(master, libc::SIGCONT);
+            assert_eq!(
+                answers.last().map(String::as_str),
+                Some(v),
+                "with both workers accepting, {} answers came from the old configuration only\n{}",
+                answers.len(),
+                run.ctx()
+            );
+        } else {
+            signal(master, libc::SIGCONT);
         }
+        assert!(wait_for(10 * SEC, || greet(p).is_ok_and(|a| a == v)), "no {v} answer after the reload\n{}", run.ctx());
         assert!(wait_for(10 * SEC, || old.iter().all(|&w| !alive(w))), "old worker left\n{}", run.ctx());
     }
+    assert!(held >= 1, "the master was never caught inside its pause\n{}", run.ctx());
+    // The mechanism, which the answers above show only by chance (an exclusive wake-up
+    // passes over a busy worker): no watch of the one worker is exclusive; with two
+    // workers, the listening socket's are.
+    let w = workers_of(master, &[]);
+    assert_eq!(w.iter().map(|&w| exclusive_watches(w)).sum::<usize>(), 0, "{w:?}");
+    run.write_conf(&conf("v9").replace("worker_processes 1;", "worker_processes 2;"));
+    signal(master, libc::SIGHUP);
     assert!(
-        early >= 2,
-        "the new configuration answered before the old worker stopped accepting in {early} of 3 reloads\n{}",
+        wait_for(10 * SEC, || {
+            let w = workers_of(master, &[]);
+            w.len() == 2 && w.iter().all(|&w| exclusive_watches(w) == 1)
+        }),
+        "two workers, each watching the listener exclusively\n{}",
         run.ctx()
     );
+}
+
+/// How many of `pid`'s epoll watches are EPOLLEXCLUSIVE (`/proc/PID/fdinfo` of its
+/// epoll descriptors: "tfd: N events: HEX ...").
+fn exclusive_watches(pid: i32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    fds.iter()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:[eventpoll]"))
+        .map(|e| std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())))
+        .flat_map(|t| t.unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| l.starts_with("tfd:"))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "events:").nth(1).map(str::to_string))
+        .filter(|ev| u32::from_str_radix(ev, 16).is_ok_and(|e| e & 0x1000_0000 != 0))
+        .count()
 }
 
 /// What a process's descriptors point at, with how many of each, for paths in `dir`.
@@ -1774,6 +1813,14 @@ fn deleting_socket_goes_to_the_reloads_new_log() {
     assert!(!b.exists(), "{}", run.ctx());
 }
 
+/// Copy the binary by a `cp` of its own: a file this (threaded) test process wrote
+/// would be open for writing in any child another test forks until that child execs,
+/// and an exec of the copy meanwhile fails with ETXTBSY ("Text file busy").
+fn copy_binary(to: &std::path::Path) {
+    let st = Command::new("cp").arg(bin()).arg(to).status().expect("cp");
+    assert!(st.success(), "cp {} {}", bin().display(), to.display());
+}
+
 /// USR2 runs the program as it was started (nginx's argv[0]), so after the binary file
 /// was replaced the usual way (a new file renamed over it) the upgrade starts the new
 /// one. sluice ran /proc/self/exe, which then names a deleted file: execve() failed.
@@ -1785,7 +1832,7 @@ fn usr2_runs_the_replaced_binary_file() {
     let old = run.master();
     assert!(wait_for(10 * SEC, || workers_of(old, &[]).len() == 2), "2 workers\n{}", run.ctx());
     let program = run.copy();
-    std::fs::copy(bin(), run.path("sbin/sluice.new")).expect("copy");
+    copy_binary(&run.path("sbin/sluice.new"));
     std::fs::rename(run.path("sbin/sluice.new"), &program).expect("install");
     let new = usr2(&run, old);
     let exe = std::fs::read_link(format!("/proc/{new}/exe")).map(|p| p.display().to_string()).unwrap_or_default();

@@ -355,8 +355,16 @@ pub fn check_cases(bed: &Bed, names: &[&str]) {
     let mut report = Vec::new();
     for name in names {
         let c = case(name);
-        let o = bed.run(c);
-        let diffs = compare(bed, c, &o);
+        let mut diffs = compare(bed, c, &bed.run(c));
+        // A session's length is wall-clock time, this process's backend threads
+        // included: a busy machine can stretch one run; a timeout sluice waits for and
+        // nginx does not (or the reverse) shows in every run.
+        for _ in 0..2 {
+            if diffs.is_empty() || !diffs.iter().all(|d| d.starts_with("session took")) {
+                break;
+            }
+            diffs = compare(bed, c, &bed.run(c));
+        }
         if !diffs.is_empty() {
             report.push(format!("case {} ({}):\n  {}", c.name, c.note, clip(&diffs.join("\n  "))));
         }

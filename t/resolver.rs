@@ -46,6 +46,8 @@ pub struct DnsServer {
     log: Log,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Replies sent after a zone's `delay`.
+    late_sent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl DnsServer {
@@ -74,7 +76,8 @@ impl DnsServer {
         let zones: Zones = Arc::default();
         let log: Log = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (z, l, st) = (zones.clone(), log.clone(), stop.clone());
+        let late_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (z, l, st, late) = (zones.clone(), log.clone(), stop.clone(), late_sent.clone());
         let t1 = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !st.load(Ordering::Relaxed) {
@@ -85,11 +88,13 @@ impl DnsServer {
                 let replies = answer(&buf[..n], &z, &l, false);
                 match udp.try_clone() {
                     Ok(u) if !delay.is_zero() => {
+                        let late = late.clone();
                         std::thread::spawn(move || {
                             std::thread::sleep(delay);
                             for reply in replies {
                                 let _ = u.send_to(&reply, peer);
                             }
+                            late.fetch_add(1, Ordering::SeqCst);
                         });
                     }
                     _ => {
@@ -113,7 +118,28 @@ impl DnsServer {
                 }
             }
         });
-        DnsServer { port, zones, log, stop, threads: vec![t1, t2] }
+        DnsServer { port, zones, log, stop, threads: vec![t1, t2], late_sent }
+    }
+
+    /// Wait until the first `n` delayed replies are sent and every UDP socket they went
+    /// to has read what came from this server (`/proc/net/udp`'s rx_queue is 0).
+    pub fn wait_late_replies_read(&self, n: usize) -> bool {
+        let from = format!(":{:04X} ", self.port);
+        wait_for(Duration::from_secs(10), || {
+            self.late_sent.load(Ordering::SeqCst) >= n
+                && std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+                    // "sl local rem st tx_queue:rx_queue ...", sluice's resolver socket
+                    // being connected to this server (and closed once its name has
+                    // its answer).
+                    let rx: Vec<String> = t
+                        .lines()
+                        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                        .filter(|f| f.get(2).is_some_and(|r| format!("{r} ").ends_with(&from)))
+                        .map(|f| f.get(4).and_then(|q| q.split(':').nth(1)).unwrap_or("?").to_string())
+                        .collect();
+                    rx.iter().all(|q| q.trim_start_matches('0').is_empty())
+                })
+        })
     }
 
     pub fn set(&self, name: &str, z: Zone) {
@@ -1075,8 +1101,8 @@ fn late_answers_are_taken() {
     ));
     assert_eq!(ask(p1), "");
     assert!(s.error_log().contains("late.test could not be resolved (110: Operation timed out)"));
-    // The answer arrives 0.7 s after the query.
-    std::thread::sleep(Duration::from_millis(700));
+    // The answer arrives 0.7 s after the query: once sluice has read it, it is cached.
+    assert!(dns.wait_late_replies_read(1), "the late answer was sent and read");
     assert_eq!(ask(p1), "B2");
     assert_eq!(dns.queries("late.test").len(), 1, "served from the cache");
 

@@ -409,7 +409,9 @@ fn udp_every_session_has_its_own_upstream_socket() {
         clients.push(c);
         // The next client asks at once, before this session's duplicate answer comes.
     }
-    assert_eq!(upstream_ports.len(), 20, "each session has its own upstream socket: {upstream_ports:?}");
+    // A closed session's port may come back from the kernel's random pick for a later
+    // one (about 0.7 % per run for one pair): sockets passed on would show a handful.
+    assert!(upstream_ports.len() >= 18, "each session has its own upstream socket: {upstream_ports:?}");
     wait_for(Duration::from_secs(3), || be.sent() == 40);
     for (i, c) in clients.iter().enumerate() {
         assert_eq!(recv(c, ms(20)), None, "client {i} got a second datagram (a duplicate answer)");
@@ -868,7 +870,15 @@ fn udp_after_a_failed_read_the_next_send_fails() {
          access_log %%PREFIX%%r.log r; }}"
     )));
     let c = dgram(p);
-    for d in [&b"c1"[..], b"c2", b"c3"] {
+    // c1's ICMP error must have been read (the failed recv) before c2 comes: wait for
+    // the line, not for a fixed time.
+    c.send(b"c1").expect("send");
+    assert!(
+        wait_for(Duration::from_secs(5), || s.error_log().contains("recv() failed (111")),
+        "no failed read\n{}",
+        tail(&s)
+    );
+    for d in [&b"c2"[..], b"c3"] {
         c.send(d).expect("send");
         std::thread::sleep(ms(50));
     }
@@ -904,7 +914,15 @@ fn udp_failed_send_disables_the_peer_while_sending() {
         live.port
     )));
     let c = dgram(p);
-    for d in [&b"c1"[..], b"c2", b"c3"] {
+    // c1's ICMP error must have been read (the failed recv) before c2 comes: wait for
+    // the line, not for a fixed time.
+    c.send(b"c1").expect("send");
+    assert!(
+        wait_for(Duration::from_secs(5), || s.error_log().contains("recv() failed (111")),
+        "no failed read\n{}",
+        tail(&s)
+    );
+    for d in [&b"c2"[..], b"c3"] {
         c.send(d).expect("send");
         std::thread::sleep(ms(50));
     }
@@ -1292,7 +1310,7 @@ fn udp_reuseport_keeps_each_client_on_one_worker() {
 fn udp_session_ends_at_its_next_event_after_reload() {
     // Ten answers 200 ms apart for each datagram: "tick k PORT".
     let be = UdpBackend::start(|_, peer| {
-        (0..10u64).map(|k| (ms(200 * k), format!("tick {k} {}", peer.port()).into_bytes())).collect()
+        (0..40u64).map(|k| (ms(200 * k), format!("tick {k} {}", peer.port()).into_bytes())).collect()
     });
     let p = free_port();
     let s = Master::start(
@@ -1318,6 +1336,20 @@ fn udp_session_ends_at_its_next_event_after_reload() {
     let reloaded =
         wait_for(Duration::from_secs(5), || live_children(master).iter().filter(|p| !old.contains(p)).count() == 2);
     assert!(reloaded, "no 2 new workers after HUP: {:?} (old {old:?})\n{}", live_children(master), tail(&s));
+    // The new workers exist before the master's 100 ms pause and the old workers' QUIT:
+    // until they have taken it they serve on. Wait for it, then drop what came before.
+    let quitting = wait_for(Duration::from_secs(5), || {
+        let log = s.error_log();
+        old.iter().all(|w| log.contains(&format!("{w}#{w}: gracefully shutting down")))
+    });
+    assert!(quitting, "old workers {old:?} not told to quit\n{}", tail(&s));
+    c.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 256];
+    let mut before_quit = first.len();
+    while let Ok(n) = c.recv(&mut b) {
+        before_quit += n;
+    }
+    c.set_nonblocking(false).expect("blocking");
     let after = recv(&c, Duration::from_secs(1)).map(|r| String::from_utf8_lossy(&r).to_string());
     assert_eq!(after, None, "the old session went on answering after the reload\n{}", tail(&s));
 
@@ -1336,7 +1368,7 @@ fn udp_session_ends_at_its_next_event_after_reload() {
     let l = access(&s, "r.log", &port);
     let f: Vec<&str> = l.first().map(|l| l.split(' ').collect()).unwrap_or_default();
     assert_eq!(f.get(1).copied(), Some("200"), "access line {l:?}\n{}", tail(&s));
-    assert_eq!(f.get(2).copied(), Some(first.len().to_string().as_str()), "only the first tick sent: {l:?}");
+    assert_eq!(f.get(2).copied(), Some(before_quit.to_string().as_str()), "only the ticks before the QUIT sent: {l:?}");
     let pid: i32 = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
     assert!(old.contains(&pid), "the session was logged by {pid}, not an old worker {old:?}");
 

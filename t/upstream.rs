@@ -202,8 +202,10 @@ fn failover_lists_every_tried_peer_and_disables_the_dead_one() {
          upstream u {{ server 127.0.0.1:{dead}; server 127.0.0.1:{live}; }} \
          server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} }}"
     ));
-    for _ in 0..4 {
+    // Each session is over (logged) before the next: its place in the log is its turn.
+    for i in 1..=4 {
         assert_eq!(ask(p), "live");
+        s.wait_lines("u.log", i);
     }
     let lines = s.wait_lines("u.log", 4);
     assert_eq!(lines[0], format!("127.0.0.1:{dead}, 127.0.0.1:{live}|200"));
@@ -274,14 +276,17 @@ fn max_conns_moves_on_then_refuses() {
 fn least_conn_prefers_the_idle_peer() {
     let (a, b) = (named_backend("a"), named_backend("b"));
     let p = free_port();
-    let _s = Sluice::start(&format!(
-        "events {{}} stream {{ upstream u {{ least_conn; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} \
-         server {{ listen 127.0.0.1:{p}; proxy_pass u; }} }}"
+    let s = Sluice::start(&format!(
+        "events {{}} stream {{ log_format u '$upstream_addr'; \
+         upstream u {{ least_conn; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} \
+         server {{ listen 127.0.0.1:{p}; proxy_pass u; access_log %%PREFIX%%u.log u; }} }}"
     ));
     let (_held, first) = hold(p);
     let other = if first == "a" { "b" } else { "a" };
-    for _ in 0..3 {
-        assert_eq!(ask(p), other, "the peer holding a connection is avoided");
+    // Each asking session is over (logged, its connection counted off) before the next.
+    for i in 1..=3 {
+        assert_eq!(ask(p), other, "the peer holding a connection is avoided\n{}", s.error_log());
+        s.wait_lines("u.log", i);
     }
 }
 
