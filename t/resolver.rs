@@ -841,6 +841,49 @@ fn udp_datagrams_during_resolution_are_counted() {
     );
 }
 
+/// The later datagrams read while a UDP session's name was looked up are counted then,
+/// and dropped when the first address fails to connect at once (nginx's
+/// ngx_stream_proxy_next_upstream): the next peer gets the first datagram only (side by
+/// side with nginx 1.22.1: "200|4|6", "packets from/to client:3/1", the echo saw "d1").
+#[test]
+fn udp_datagrams_read_while_resolving_are_dropped_on_the_next_try() {
+    let dns = DnsServer::start();
+    let a = vec![ip("255.255.255.255"), ip("127.0.0.1")];
+    dns.set("two.test", Zone { a, ttl: 60, delay: Duration::from_millis(300), ..Zone::default() });
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind echo");
+    let echo_port = echo.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while let Ok((n, peer)) = echo.recv_from(&mut b) {
+            seen2.lock().expect("seen").push(b[..n].to_vec());
+            let _ = echo.send_to(&[b"R:", &b[..n]].concat(), peer);
+        }
+    });
+    let port = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$status|$bytes_sent|$bytes_received';\n\
+           access_log %%PREFIX%%a.log st;\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           server {{ listen 127.0.0.1:{port} udp; proxy_timeout 1s; set $h two.test; proxy_pass $h:{echo_port}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.connect(("127.0.0.1", port)).expect("connect");
+    for d in [&b"d1"[..], b"d2", b"d3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|4|6".to_string()]);
+    let log = s.error_log();
+    assert!(log.contains("bytes from/to client:6/0"), "counted as they came\n{log}");
+    assert!(log.contains("packets from/to client:3/1, bytes from/to client:6/4"), "{log}");
+    assert_eq!(*seen.lock().expect("seen"), [b"d1".to_vec()]);
+}
+
 /// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
 /// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
 /// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not

@@ -362,6 +362,8 @@ pub struct ProxySession {
     tls_handshaking: bool,
     /// The PROXY protocol header went out ahead of the upstream TLS handshake.
     pp_sent: bool,
+    /// UDP: the session's first datagram (counted as it came) was sent.
+    udp_first_sent: bool,
     /// The name the upstream's certificate must match (`proxy_ssl_verify`).
     ssl_name: String,
 }
@@ -428,6 +430,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         upstream_slot: 0,
         tls_handshaking: false,
         pp_sent: false,
+        udp_first_sent: false,
         ssl_name: String::new(),
         local: None,
         resolving: None,
@@ -502,6 +505,15 @@ fn paced(delayed: &mut bool, timer: &mut Option<TimerId>, rate: u64, n: usize, k
 /// made (a block called "ub:80" is found by nothing: its host would be "ub").
 fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Option<usize> {
     upstreams.iter().position(|u| u.port == port && u.host().eq_ignore_ascii_case(host))
+}
+
+/// The later datagrams of a UDP session read while its name was looked up: nginx
+/// counted them as they came and, past a failure, has them no more (they were already
+/// cut to the buffer's budget).
+fn drop_resolving_datagrams(s: &mut SessionCore) {
+    s.received += s.udp_queued as u64;
+    s.udp_queue.truncate(1);
+    s.udp_queued = 0;
 }
 
 /// A datagram to the client failed: nginx's ngx_stream_proxy_process finalizes the
@@ -679,10 +691,7 @@ impl ProxySession {
                     // of the session is read into its buffer (and counted) while the
                     // name is looked up, and leaves the action that the failure is
                     // logged with.
-                    // (Already cut to the buffer's budget as they came.)
-                    s.received += s.udp_queued as u64;
-                    s.udp_queue.truncate(1);
-                    s.udp_queued = 0;
+                    drop_resolving_datagrams(s);
                     s.action = Some("proxying connection");
                 }
                 let name = resolver::query_name(&host);
@@ -801,6 +810,13 @@ impl ProxySession {
     /// ngx_event_connect_peer: a connect() that fails at once (its connection was
     /// numbered already): log it and try the next peer.
     fn refused(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>, e: io::Error, peer_name_text: &str) -> Flow {
+        if s.client.is_udp() && s.udp_queue.len() > 1 {
+            // The datagrams read while the name was looked up were counted then, and
+            // ngx_stream_proxy_next_upstream drops them (`u->upstream_out = NULL`): the
+            // next peer gets the first one only.
+            self.requests += (s.udp_queue.len() - 1) as u64;
+            drop_resolving_datagrams(s);
+        }
         let ordinary = matches!(
             e.raw_os_error(),
             Some(
@@ -1324,7 +1340,7 @@ impl ProxySession {
                 // neither gated nor paced; each later one is read under the rate, and
                 // one that comes while reading is delayed is lost, as in nginx (its
                 // datagram is only there while the read handler runs).
-                let first = self.requests == 0;
+                let first = !self.udp_first_sent;
                 // One that came before the upstream was connected (while its name was
                 // resolved) was read by nginx then, with no rate yet: neither gated
                 // nor paced, and an empty one is never sent (an empty buffer).
@@ -1350,6 +1366,7 @@ impl ProxySession {
                 }
                 let Some(mut d) = s.udp_queue.pop_front() else { break };
                 self.requests += 1;
+                self.udp_first_sent = true;
                 if !first {
                     s.udp_queued = s.udp_queued.saturating_sub(d.len());
                     // Read into the session's buffer: the rest of the datagram is lost
