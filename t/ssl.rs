@@ -596,6 +596,47 @@ fn proxy_ssl_sessions_are_kept_per_peer() {
     }
 }
 
+/// OpenSSL's reasons 182, 253 and 266 are not a peer's doing to nginx built with
+/// OpenSSL 3.0 (it lists BoringSSL names under those numbers, undefined here): a
+/// TLSv1.3 hello with another handshake message after it in its record is "not on
+/// record boundary" at crit (side by side with nginx 1.22.1).
+#[test]
+fn not_on_record_boundary_is_crit() {
+    let port = free_port();
+    let mut s = Sluice::start(&conf(port, "ssl_protocols TLSv1.3;", "return \"hi\\n\";"));
+    // A real client's hello, caught by a listener of our own.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let catcher = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let _ = tls_result(catcher, Some("x.test"), |b| {
+            b.set_min_proto_version(Some(SslVersion::TLS1_3)).expect("min version");
+        });
+    });
+    let (mut h, _) = l.accept().expect("accept");
+    h.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut head = [0u8; 5];
+    h.read_exact(&mut head).expect("record header");
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+    h.read_exact(&mut body).expect("record");
+    drop(h);
+    // An empty handshake message of type 11 in the same record.
+    body.extend_from_slice(&[0x0b, 0, 0, 0]);
+    let mut rec = vec![head[0], head[1], head[2]];
+    rec.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&body);
+    let mut c = connect(port);
+    c.write_all(&rec).expect("send");
+    let _ = c.read_to_end(&mut Vec::new());
+    wait_log(&s, 1);
+    let log = s.error_log();
+    assert!(
+        log.contains("[crit]")
+            && log.contains("SSL_do_handshake() failed (SSL: error:0A0000B6:SSL routines::not on record boundary) while SSL handshaking"),
+        "{log}"
+    );
+    s.stop();
+}
+
 /// TLS on both sides (`listen ... ssl` and `proxy_ssl`), megabytes both ways to an
 /// echoing TLS backend: the bytes come back unchanged.
 #[test]

@@ -205,11 +205,13 @@ impl TlsError {
 }
 
 /// OpenSSL's reasons (`SSL_R_*`) that nginx takes as a peer's doing: bad or foreign
-/// handshakes and the alerts a peer sends.
+/// handshakes and the alerts a peer sends. (Not 182, 253, 266: nginx lists them under
+/// BoringSSL's names, which OpenSSL 3.0 does not define, so built with OpenSSL they are
+/// not there, and OpenSSL's own 182, 253, 266 are logged at crit.)
 const PEER_REASONS: &[c_int] = &[
-    101, 103, 118, 129, 149, 151, 152, 155, 156, 159, 182, 183, 187, 193, 213, 226, 227, 234, 235, 244, 245, 246, 252,
-    253, 258, 266, 267, 281, 335, 336, 337, 338, 345, 373, 377, 396, 1000, 1010, 1020, 1021, 1022, 1030, 1040, 1041,
-    1042, 1043, 1044, 1045, 1046, 1047, 1048, 1049, 1050, 1051, 1060, 1070, 1071, 1080, 1090, 1100,
+    101, 103, 118, 129, 149, 151, 152, 155, 156, 159, 183, 187, 193, 213, 226, 227, 234, 235, 244, 245, 246, 252, 258,
+    267, 281, 335, 336, 337, 338, 345, 373, 377, 396, 1000, 1010, 1020, 1021, 1022, 1030, 1040, 1041, 1042, 1043, 1044,
+    1045, 1046, 1047, 1048, 1049, 1050, 1051, 1060, 1070, 1071, 1080, 1090, 1100,
 ];
 
 /// Turn a failed call's `ssl::Error` into the io::Error the relay sees: `WouldBlock`
