@@ -884,6 +884,42 @@ fn udp_datagrams_read_while_resolving_are_dropped_on_the_next_try() {
     assert_eq!(*seen.lock().expect("seen"), [b"d1".to_vec()]);
 }
 
+/// A resolver server whose UDP connect() fails (an IPv6 server on a host without an
+/// IPv6 route; here the broadcast address, EACCES): nginx's ngx_udp_connect logs it at
+/// crit, numbers a connection for every attempt, and the name goes to the next server
+/// at once (side by side with nginx 1.22.1: both answered at once, sessions *1 and *5).
+#[test]
+fn a_failed_connect_moves_to_the_next_server_at_once() {
+    let dns = DnsServer::start();
+    let up = two_backends();
+    for name in ["x.test", "y.test"] {
+        dns.set(name, Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
+    }
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format st '$connection $status';\n access_log %%PREFIX%%a.log st;\n \
+         resolver 255.255.255.255:{d} 127.0.0.1:{d} ipv6=off;\n resolver_timeout 2s;\n \
+         server {{ listen 127.0.0.1:{p}; set $n x.test:{up}; proxy_pass $n; }}\n \
+         server {{ listen 127.0.0.1:{q}; set $n y.test:{up}; proxy_pass $n; }}\n}}\n",
+        d = dns.port
+    ));
+    let started = Instant::now();
+    assert_eq!(ask(p), "B2");
+    assert_eq!(s.wait_lines("a.log", 1), ["1 200"]);
+    assert_eq!(ask(q), "B2");
+    assert!(started.elapsed() < Duration::from_millis(1500), "no wait for a resend: {:?}", started.elapsed());
+    assert_eq!(s.wait_lines("a.log", 2), ["1 200", "5 200"]);
+    let log = s.error_log();
+    assert!(
+        log.lines().any(|l| l.contains("[crit] ")
+            && l.contains(&format!(
+                "connect() failed (13: Permission denied) while resolving, resolver: 255.255.255.255:{}",
+                dns.port
+            ))),
+        "{log}"
+    );
+}
+
 /// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
 /// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
 /// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not

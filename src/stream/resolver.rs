@@ -410,7 +410,12 @@ impl Resolvers {
                             n.udp.len() - 1
                         }),
                         Err(e) => {
-                            log_server(Level::Error, "connect() failed", &e, server);
+                            // ngx_udp_connect: at crit; the connection (numbered) is
+                            // closed, so the next try opens and numbers another, and the
+                            // name goes to the next server at once, as for a failed send.
+                            log_server(Level::Crit, "connect() failed", &e, server);
+                            res.udp_open[n.server] = false;
+                            failed = true;
                             None
                         }
                     }
