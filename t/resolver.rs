@@ -920,6 +920,30 @@ fn a_failed_connect_moves_to_the_next_server_at_once() {
     );
 }
 
+/// A name asked again after every request for it timed out, within the resend time, is
+/// asked afresh of the next server (ngx_resolve_name_locked: new queries, the next
+/// server in turn), not again of the silent one (side by side with nginx 1.22.1: 500,
+/// then 200, one query to each server).
+#[test]
+fn a_name_asked_again_after_timeouts_goes_to_the_next_server() {
+    let (silent, dns) = (DnsServer::start(), DnsServer::start());
+    silent.set("x.test", Zone { silent: true, ..Zone::default() });
+    let up = two_backends();
+    dns.set("x.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n log_format st '$status';\n access_log %%PREFIX%%a.log st;\n \
+         resolver 127.0.0.1:{d1} 127.0.0.1:{d2} ipv6=off;\n resolver_timeout 500ms;\n \
+         server {{ listen 127.0.0.1:{p}; set $n x.test:{up}; proxy_pass $n; }}\n}}\n",
+        d1 = silent.port,
+        d2 = dns.port
+    ));
+    assert_eq!(ask(p), "");
+    assert_eq!(ask(p), "B2");
+    assert_eq!(s.wait_lines("a.log", 2), ["500", "200"]);
+    assert_eq!((silent.queries("x.test").len(), dns.queries("x.test").len()), (1, 1));
+}
+
 /// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
 /// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
 /// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not

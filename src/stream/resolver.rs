@@ -322,13 +322,35 @@ impl Resolvers {
             res.cache.remove(&name);
         }
         if let Some(&slot) = self.asking.get(&(r, name.clone(), srv)) {
+            let servers = res.conf.servers.len();
             if let Some(n) = self.nodes.get_mut(slot) {
-                // A name kept after its requests timed out is asked again for this one.
+                // A name kept after its requests timed out is asked afresh for this one,
+                // as ngx_resolve_name_locked does: new queries (new idents, so a late
+                // answer to the old ones is a wrong ident) to the next server in turn.
                 let again = n.waiters.is_empty();
                 n.waiters.push(w);
                 if again {
+                    for (f, qtype) in
+                        [(&mut n.a, dns::TYPE_A), (&mut n.aaaa, dns::TYPE_AAAA), (&mut n.srv, dns::TYPE_SRV)]
+                    {
+                        if !matches!(f, Family::Off) {
+                            let id = random_id();
+                            if let Some(query) = dns::query(id, &name, qtype) {
+                                *f = Family::Pending { id, query, tcp: false };
+                            }
+                        }
+                    }
+                    (n.code, n.ttl, n.cname) = (None, u32::MAX, None);
+                    n.srv_records.clear();
+                    n.server = res.next_server % servers;
+                    res.next_server = res.next_server.wrapping_add(1);
                     n.resend_at = now + RESEND;
-                    self.send(slot, io);
+                    if self.send(slot, io) {
+                        if let Some(n) = self.nodes.get_mut(slot) {
+                            n.server = (n.server + 1) % servers;
+                        }
+                        self.send(slot, io);
+                    }
                 }
                 self.schedule(slot, io);
                 return None;
