@@ -433,6 +433,7 @@ cases! {
     unix_path_too_long_in_syslog,
     unix_path_too_long_in_upstream,
     unknown_directive_case_sensitive,
+    unknown_variable_first_referenced,
     unknown_directive_empty_name,
     unknown_directive_events,
     unknown_directive_mail,

@@ -250,7 +250,7 @@ fn var_name<'a>(cmd: &Cmd, arg: &'a str) -> ConfResult<&'a str> {
 fn geo_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     let first = var_name(cmd, cmd.arg(0))?;
     let (source, name) = if cmd.args.len() == 2 {
-        let src = cx.vars.reference(first, Some(cmd));
+        let src = cx.vars.reference(first);
         (Some(src), var_name(cmd, cmd.arg(1))?)
     } else {
         (None, first)

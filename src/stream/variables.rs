@@ -3,7 +3,6 @@
 //! values reference them by index, and a session evaluates them into a byte buffer.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use crate::core::conf::{Cmd, ConfError, ConfResult};
 use crate::core::log::Level;
@@ -38,18 +37,13 @@ pub struct VarDef {
     pub volatile: bool,
 }
 
-/// Where a variable was first referenced, for nginx's `unknown "x" variable`.
-#[derive(Clone)]
-struct Use {
-    at: Option<(Rc<str>, u32)>,
-}
-
 /// The variable table of one configuration.
 #[derive(Default, Clone)]
 pub struct Variables {
     defs: Vec<VarDef>,
     by_name: HashMap<String, usize>,
-    uses: HashMap<usize, Use>,
+    /// The variables referenced (not only declared); `defs` holds them in nginx's index order.
+    uses: std::collections::HashSet<usize>,
 }
 
 impl Variables {
@@ -171,9 +165,9 @@ impl Variables {
     }
 
     /// Reference a variable by name (it may be defined later in the file).
-    pub fn reference(&mut self, name: &str, cmd: Option<&Cmd>) -> usize {
+    pub fn reference(&mut self, name: &str) -> usize {
         let i = self.index_of(name);
-        self.uses.entry(i).or_insert(Use { at: cmd.map(|c| (c.file.clone(), c.line)) });
+        self.uses.insert(i);
         i
     }
 
@@ -192,11 +186,12 @@ impl Variables {
                 d.data = i;
                 continue;
             }
-            if self.uses.contains_key(&i) {
+            if self.uses.contains(&i) {
                 unknown.push(i);
             }
         }
-        if let Some(&i) = unknown.iter().min_by_key(|i| self.uses.get(i).and_then(|u| u.at.clone()).map(|a| a.1)) {
+        // The first one referenced, as nginx walks its variables in index order.
+        if let Some(&i) = unknown.first() {
             return Err(ConfError::bare(format!("unknown \"{}\" variable", self.defs[i].name)));
         }
         Ok(())
@@ -325,7 +320,7 @@ impl Complex {
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
-                parts.push(Part::Var(vars.reference(&capture_name(usize::from(d - b'0')), Some(cmd))));
+                parts.push(Part::Var(vars.reference(&capture_name(usize::from(d - b'0')))));
                 i += 1;
                 continue;
             }
@@ -362,7 +357,7 @@ impl Complex {
             if !lit.is_empty() {
                 parts.push(Part::Lit(std::mem::take(&mut lit)));
             }
-            parts.push(Part::Var(vars.reference(name, Some(cmd))));
+            parts.push(Part::Var(vars.reference(name)));
             i = next;
         }
         if !lit.is_empty() {
@@ -493,7 +488,7 @@ mod tests {
     use super::*;
 
     fn cmd() -> Cmd {
-        Cmd { name: "return".into(), args: vec![], block: None, file: Rc::from("t.conf"), line: 3 }
+        Cmd { name: "return".into(), args: vec![], block: None, file: std::rc::Rc::from("t.conf"), line: 3 }
     }
 
     #[test]
