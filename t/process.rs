@@ -764,6 +764,7 @@ fn reload_moves_the_pid_file() {
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+    let before = workers_of(master, &[]);
     run.write_conf(&conf.replace("sluice.pid;", "moved.pid;"));
     signal(master, libc::SIGHUP);
     assert!(
@@ -771,7 +772,12 @@ fn reload_moves_the_pid_file() {
         "the pid file did not move\n{}",
         run.ctx()
     );
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "the old worker stays\n{}", run.ctx());
+    // The pid file moves before the new worker starts: wait for the replacement.
+    let replaced = wait_for(10 * SEC, || {
+        let w = workers_of(master, &[]);
+        w.len() == 1 && !before.contains(&w[0])
+    });
+    assert!(replaced, "the old worker stays\n{}", run.ctx());
     let workers = workers_of(master, &[]);
     run.write_conf(&conf.replace("pid %%PREFIX%%sluice.pid;", "pid /nonexistent-sluice-dir/x.pid;"));
     signal(master, libc::SIGHUP);
@@ -2725,6 +2731,10 @@ fn worker_connections_limit_closes_clients_beyond_it() {
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     let worker = workers_of(master, &[])[0];
     assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
+    // The probe's session gives its two connections back once it is logged.
+    let probe_done =
+        wait_for(10 * SEC, || std::fs::read_to_string(run.path("u.log")).is_ok_and(|t| t.lines().count() >= 1));
+    assert!(probe_done, "the probe session did not end\n{}", run.ctx());
     let held_at = run.log().len();
 
     // Two sessions (4 connections), then a client that fits while its upstream
@@ -3141,15 +3151,19 @@ fn worker_cpu_affinity_binds_each_worker() {
     assert!(wait_for(Duration::from_secs(10), || bound(&s) == 2), "{}", s.error_log());
     let log = s.error_log();
     assert!(log.contains("sched_setaffinity(): using cpu #0") && log.contains("sched_setaffinity(): using cpu #1"));
-    let mut cpus: Vec<String> = children(s.pid())
-        .into_iter()
-        .map(|w| {
-            let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap_or_default();
-            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string()
-        })
-        .collect();
-    cpus.sort();
-    assert_eq!(cpus, ["0", "1"]);
+    // The notice comes before the sched_setaffinity() call (as nginx's): poll.
+    let cpus = || {
+        let mut cpus: Vec<String> = children(s.pid())
+            .into_iter()
+            .map(|w| {
+                let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap_or_default();
+                status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string()
+            })
+            .collect();
+        cpus.sort();
+        cpus
+    };
+    assert!(wait_for(Duration::from_secs(10), || cpus() == ["0", "1"]), "{:?}\n{}", cpus(), s.error_log());
 }
 
 /// SIGCHLD sent to a worker: nginx's signal handler logs it and reaps, and a worker has

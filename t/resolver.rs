@@ -971,11 +971,11 @@ fn answers_as_nginx_takes_them() {
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n\
            resolver 127.0.0.1:{d} ipv6=off;\n\
-           resolver_timeout 500ms;\n\
+           resolver_timeout 5s;\n\
            map $server_port $name {{ {cut} cut.test; {alias} calias.test; {chain} h0.test; {long} {long_name}; }}\n\
            server {{ listen 127.0.0.1:{cut}; listen 127.0.0.1:{alias}; listen 127.0.0.1:{chain}; listen 127.0.0.1:{long}; proxy_pass $name:{be}; }}\n\
            server {{ listen 127.0.0.1:{v0}; resolver 127.0.0.1:{d} valid=0 ipv6=off; set $n v0.test; proxy_pass $n:{be}; }}\n\
-           server {{ listen 127.0.0.1:{tc}; resolver 127.0.0.1:{r} ipv6=off; set $n tc.test; proxy_pass $n:{be}; }}\n\
+           server {{ listen 127.0.0.1:{tc}; resolver 127.0.0.1:{r} ipv6=off; resolver_timeout 500ms; set $n tc.test; proxy_pass $n:{be}; }}\n\
          }}",
         d = dns.port,
         r = refusing.port,
@@ -1050,7 +1050,9 @@ fn resolver_connection_takes_a_worker_connection() {
     // more client.
     let s = Sluice::start(&format!(
         "events {{ worker_connections 16; }}\nstream {{\n\
-           server {{ listen 127.0.0.1:{a}; resolver 127.0.0.1:{d} ipv6=off; set $h app.test; proxy_pass $h:{hold}; }}\n\
+           log_format n '$status';\n\
+           server {{ listen 127.0.0.1:{a}; resolver 127.0.0.1:{d} ipv6=off; set $h app.test; proxy_pass $h:{hold}; \
+                     access_log %%PREFIX%%a.log n; }}\n\
            server {{ listen 127.0.0.1:{b}; proxy_pass 127.0.0.1:{hold}; }}\n\
          }}",
         d = dns.port,
@@ -1066,6 +1068,8 @@ fn resolver_connection_takes_a_worker_connection() {
     let (first, got) = greet(a);
     assert_eq!(got, b"h\n", "the resolved session");
     drop(first);
+    // Its two connections are given back when sluice has seen the close (logged).
+    s.wait_lines("a.log", 1);
     let mut held = Vec::new();
     for i in 0..6 {
         let (c, got) = greet(b);

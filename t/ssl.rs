@@ -1210,10 +1210,31 @@ fn upstream_sessions_are_shared_through_the_zone() {
 #[test]
 fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
     use std::os::fd::AsRawFd;
+    /// The backend's socket, with the time of its last write (OpenSSL's last flight).
+    struct Timed {
+        s: std::net::TcpStream,
+        last: Instant,
+    }
+    impl Read for Timed {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.s.read(b)
+        }
+    }
+    impl Write for Timed {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.s.write(b)?;
+            self.last = Instant::now();
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.s.flush()
+        }
+    }
     let port = free_port();
     let acceptor = acceptor_builder().build();
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = l.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
             let on: libc::c_int = 1;
@@ -1229,8 +1250,19 @@ fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
             };
             assert_eq!(rc, 0, "TCP_CORK");
             c.set_read_timeout(Some(Duration::from_secs(10))).ok();
-            // Handshake done: the stream drops here, closing without close_notify.
-            let _ = acceptor.accept(c);
+            // Handshake done: the stream drops here, closing without close_notify. The
+            // cork holds the last flight for at most 200 ms: a close later than that
+            // (a busy machine) sends the flight and the FIN apart, and the attempt does
+            // not count.
+            let tight = match acceptor.accept(Timed { s: c, last: Instant::now() }) {
+                Ok(st) => {
+                    let last = st.get_ref().last;
+                    drop(st);
+                    last.elapsed() < Duration::from_millis(100)
+                }
+                Err(_) => false,
+            };
+            let _ = tx.send(tight);
         }
     });
     let conf = format!(
@@ -1242,11 +1274,19 @@ fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
     let mut s = Sluice::start(&conf);
     // (A resumed session's handshake ends on sluice's side before the backend's, whose
     // FIN then comes later: only full handshakes, as recorded.)
-    for _ in 0..2 {
+    let (mut valid, mut attempts) = (0, 0);
+    while valid < 2 && attempts < 20 {
+        attempts += 1;
         let mut c = connect(port);
         c.write_all(b"hello\n").expect("write");
         let mut out = Vec::new();
         let r = c.read_to_end(&mut out);
+        let tight = rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false);
+        let lines = wait_log(&s, attempts);
+        if !tight {
+            continue;
+        }
+        valid += 1;
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(
             r.map_err(|e| e.kind()),
@@ -1255,11 +1295,12 @@ fn upstream_closing_after_its_handshake_is_seen_before_the_client() {
             s.read("access.log"),
             s.error_log()
         );
+        assert_eq!(lines.last().map(String::as_str), Some("200 0 0 0 0"), "{lines:?}");
     }
-    assert_eq!(wait_log(&s, 2), ["200 0 0 0 0", "200 0 0 0 0"]);
+    assert_eq!(valid, 2, "{attempts} attempts, {valid} with the flight and the FIN together");
     let lines = session_lines(&s);
-    let want = "*1 upstream disconnected, bytes from/to client:0/0, bytes from/to upstream:0/0".to_string();
-    assert!(lines.contains(&want), "{lines:?}");
+    let want = "upstream disconnected, bytes from/to client:0/0, bytes from/to upstream:0/0";
+    assert!(lines.iter().any(|l| l.ends_with(want)), "{lines:?}");
     s.stop();
 }
 

@@ -43,7 +43,15 @@ struct UdpBackend {
 }
 
 impl UdpBackend {
-    fn start<F>(mut f: F) -> UdpBackend
+    fn start<F>(f: F) -> UdpBackend
+    where
+        F: FnMut(&[u8], SocketAddr) -> Replies + Send + 'static,
+    {
+        UdpBackend::start_gated(0, f)
+    }
+
+    /// As `start`, but nothing is sent before `gate` datagrams have come in.
+    fn start_gated<F>(gate: usize, mut f: F) -> UdpBackend
     where
         F: FnMut(&[u8], SocketAddr) -> Replies + Send + 'static,
     {
@@ -65,7 +73,7 @@ impl UdpBackend {
             while !st.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 while let Some(e) = due.first_entry() {
-                    if e.key().0 > now {
+                    if e.key().0 > now || rc.load(Ordering::Relaxed) < gate {
                         break;
                     }
                     let (peer, d) = e.remove();
@@ -304,8 +312,8 @@ fn dns_answer(q: &[u8], ttl: u32) -> Option<Vec<u8>> {
 /// (`$protocol` UDP, `$status` 200, the byte counts) and nginx's "udp done" line.
 #[test]
 fn udp_dns_200_concurrent_clients_each_get_their_own_answer() {
-    let be = UdpBackend::start(|q, peer| {
-        dns_answer(q, u32::from(peer.port())).map(|a| vec![(ms(200), a)]).unwrap_or_default()
+    let be = UdpBackend::start_gated(200, |q, peer| {
+        dns_answer(q, u32::from(peer.port())).map(|a| vec![(Duration::ZERO, a)]).unwrap_or_default()
     });
     let p = free_port();
     let s = Sluice::start(&conf(&format!(
@@ -445,7 +453,7 @@ fn udp_datagrams_are_cut_to_proxy_buffer_size() {
     let p = free_port();
     let s = Sluice::start(&conf(&format!(
         "log_format u '$bytes_received $bytes_sent $upstream_bytes_sent $upstream_bytes_received';\n\
-         server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_buffer_size 100; proxy_timeout 300ms; \
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_buffer_size 100; proxy_timeout 2s; \
          access_log %%PREFIX%%u.log u; }}",
         b = be.port
     )));
@@ -460,7 +468,7 @@ fn udp_datagrams_are_cut_to_proxy_buffer_size() {
     assert_eq!(*sizes.lock().expect("sizes"), [1472, 100, 50, 0, 100], "what the backend got");
     let want: Vec<Option<usize>> = [100, 100, 100, 100, 50, 100, 0, 100, 100, 100].into_iter().map(Some).collect();
     assert_eq!(got, want, "what the client got (echo, then the 3000-byte answer, each cut to 100)");
-    let log = wait_log(&s, "udp timed out", 1, Duration::from_secs(3));
+    let log = wait_log(&s, "udp timed out", 1, Duration::from_secs(10));
     let line = lines_with(&log, "udp timed out").join("\n");
     assert!(
         line.ends_with("packets from/to client:5/10, bytes from/to client:1722/850, bytes from/to upstream:850/1722"),
@@ -1443,12 +1451,13 @@ fn udp_upload_rate_sends_the_first_datagram_and_drops_while_delayed() {
     let q = free_port();
     let s = Sluice::start(&conf(&format!(
         "server {{ listen 127.0.0.1:{q} udp; proxy_pass 127.0.0.1:{}; proxy_upload_rate 10; \
-         proxy_requests 2; proxy_responses 1; proxy_timeout 2s; }}",
+         proxy_requests 2; proxy_responses 1; proxy_timeout 30s; }}",
         b.port
     )));
     let before = b.received();
     let c = dgram(q);
-    assert!(io(&c, b"0123456789", Duration::from_secs(3)).is_some(), "{}", tail(&s));
+    // 100 bytes at 10 a second: 10 s of pacing, however slow the answer comes back.
+    assert!(io(&c, &[b'0'; 100], Duration::from_secs(3)).is_some(), "{}", tail(&s));
     c.send(b"abcdefghij").expect("send");
     assert_eq!(recv(&c, ms(500)), None, "the datagram sent while delayed was relayed");
     assert_eq!(b.received() - before, 1, "{}", tail(&s));

@@ -307,6 +307,8 @@ fn next_upstream_off_and_tries_limit() {
     assert_eq!(l[0], format!("127.0.0.1:{dead}|502"));
     // The live peer is next in turn; then the dead one again, with one try allowed.
     assert_eq!(ask(q), "live");
+    // Logged when sluice has seen the client's close: before the next session's line.
+    s.wait_lines("q.log", 1);
     assert_eq!(ask(q), "");
     let l = s.wait_lines("q.log", 2);
     assert_eq!(l[1], format!("127.0.0.1:{dead}|502"));
