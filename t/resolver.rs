@@ -944,6 +944,35 @@ fn a_name_asked_again_after_timeouts_goes_to_the_next_server() {
     assert_eq!((silent.queries("x.test").len(), dns.queries("x.test").len()), (1, 1));
 }
 
+/// A cached name unused for 30 s goes when another lookup ends (nginx's
+/// ngx_resolver_expire in ngx_resolve_name_done), whatever its TTL: it is asked again,
+/// and a changed answer is used (side by side with nginx 1.22.1: 127.0.0.2 at first,
+/// 127.0.0.3 after 32 s idle and a lookup of another name, on a TTL of 300 s).
+#[test]
+fn idle_cached_names_go_after_30_seconds() {
+    let dns = DnsServer::start();
+    let up = two_backends();
+    for name in ["x.test", "y.test"] {
+        dns.set(name, Zone { a: vec![ip("127.0.0.2")], ttl: 300, ..Zone::default() });
+    }
+    let (p, q) = (free_port(), free_port());
+    let _s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n resolver 127.0.0.1:{d} ipv6=off;\n \
+         server {{ listen 127.0.0.1:{p}; set $n x.test:{up}; proxy_pass $n; }}\n \
+         server {{ listen 127.0.0.1:{q}; set $n y.test:{up}; proxy_pass $n; }}\n}}\n",
+        d = dns.port
+    ));
+    assert_eq!(ask(p), "B2");
+    dns.set("x.test", Zone { a: vec![ip("127.0.0.3")], ttl: 300, ..Zone::default() });
+    // Within its 30 s the cached answer stands.
+    assert_eq!(ask(p), "B2");
+    // The idle time is the behaviour under test: nothing to wait on but the clock.
+    std::thread::sleep(Duration::from_secs(32));
+    assert_eq!(ask(q), "B2");
+    assert_eq!(ask(p), "B3");
+    assert_eq!(dns.queries("x.test").len(), 2, "asked again");
+}
+
 /// Answers nginx takes and sluice did not (side by side with nginx 1.22.1): a truncated
 /// datagram cut in the middle of a record goes to TCP; an alias answered alone is cached
 /// for its TTL like any answer; an alias chain may take 50 queries; `valid=0` is "not

@@ -200,6 +200,43 @@ struct Cached {
     /// The last wall-clock second the answer may be used in (nginx's `rn->valid`:
     /// `ngx_time()` of the answer plus its TTL or `valid=`).
     valid_until: i64,
+    /// Its place in the least-recently-used order (`lru`).
+    used: u64,
+}
+
+/// nginx's `r->expire`: a cached name unused this long may go at the next lookup's end.
+const IDLE_EXPIRE: i64 = 30;
+
+impl Resolver {
+    /// A cached name was used now: the newest in the order, kept 30 s more at least.
+    fn touch(&mut self, name: &str, now_sec: i64) {
+        let Some(c) = self.cache.get_mut(name) else { return };
+        self.lru.remove(&c.used);
+        self.uses += 1;
+        c.used = self.uses;
+        self.lru.insert(c.used, (name.to_string(), now_sec + IDLE_EXPIRE));
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Some(c) = self.cache.remove(name) {
+            self.lru.remove(&c.used);
+        }
+    }
+
+    /// `ngx_resolver_expire` at the end of each lookup (`ngx_resolve_name_done`): up to
+    /// two of the least recently used names go, if unused for 30 s, however long their
+    /// TTL (so a name used rarely is asked again sooner than its TTL says).
+    fn expire_idle(&mut self, now_sec: i64) {
+        for _ in 0..2 {
+            let Some((&used, (name, expire))) = self.lru.iter().next() else { return };
+            if now_sec <= *expire {
+                return;
+            }
+            let name = name.clone();
+            self.lru.remove(&used);
+            self.cache.remove(&name);
+        }
+    }
 }
 
 /// One `resolver` directive: nginx makes a resolver (cache, sockets) per directive, and
@@ -208,6 +245,10 @@ struct Resolver {
     conf: Rc<ResolverConf>,
     next_server: usize,
     cache: HashMap<String, Cached>,
+    /// The cached names by last use, oldest first, with the second they may go after
+    /// (nginx's name_expire_queue, and `rn->expire`).
+    lru: std::collections::BTreeMap<u64, (String, i64)>,
+    uses: u64,
     /// Per server: nginx's UDP connection to it is open (made at the first query,
     /// numbered then from the connection counter, closed by a failed send or read).
     udp_open: Vec<bool>,
@@ -253,7 +294,15 @@ impl Resolvers {
         }
         let udp_open = vec![false; conf.servers.len()];
         let tcp_open = udp_open.clone();
-        self.list.push(Resolver { conf: conf.clone(), next_server: 0, cache: HashMap::new(), udp_open, tcp_open });
+        self.list.push(Resolver {
+            conf: conf.clone(),
+            next_server: 0,
+            cache: HashMap::new(),
+            lru: Default::default(),
+            uses: 0,
+            udp_open,
+            tcp_open,
+        });
         self.list.len() - 1
     }
 
@@ -295,7 +344,11 @@ impl Resolvers {
         let r = self.resolver(conf);
         let name = query_name(name);
         let deadline = (!timeout.is_zero()).then(|| io.now + timeout);
-        self.request(r, name, srv, Waiter { target, deadline, depth: 0 }, io)
+        let done = self.request(r, name, srv, Waiter { target, deadline, depth: 0 }, io);
+        if done.is_some() {
+            self.list[r].expire_idle(crate::core::time::wall_secs_of(io.now));
+        }
+        done
     }
 
     fn failure_valid(&self, r: usize) -> Duration {
@@ -316,10 +369,17 @@ impl Resolvers {
         if let (false, Some(c)) = (srv, res.cache.get(&name)) {
             if c.valid_until >= now_sec {
                 let left = Duration::from_secs((c.valid_until - now_sec) as u64);
-                let Some(target) = c.cname.clone() else { return Some((Ok(rotated(&c.addrs)), left)) };
-                return self.follow(r, target, srv, w, io);
+                let answer = match c.cname.clone() {
+                    Some(target) => Err(target),
+                    None => Ok(rotated(&c.addrs)),
+                };
+                res.touch(&name, now_sec);
+                return match answer {
+                    Ok(addrs) => Some((Ok(addrs), left)),
+                    Err(target) => self.follow(r, target, srv, w, io),
+                };
             }
-            res.cache.remove(&name);
+            res.forget(&name);
         }
         if let Some(&slot) = self.asking.get(&(r, name.clone(), srv)) {
             let servers = res.conf.servers.len();
@@ -839,12 +899,11 @@ impl Resolvers {
             Ok(_) => self.list[r].conf.valid.unwrap_or(Duration::from_secs(u64::from(ttl))),
             Err(_) => self.failure_valid(r),
         };
-        self.done.extend(targets.into_iter().map(|target| Done {
-            target,
-            outcome: outcome.clone(),
-            valid,
-            srv: srv_records.clone(),
-        }));
+        let now_sec = crate::core::time::wall_secs_of(io.now);
+        for target in targets {
+            self.done.push(Done { target, outcome: outcome.clone(), valid, srv: srv_records.clone() });
+            self.list[r].expire_idle(now_sec);
+        }
         self.remove(slot, io);
     }
 
@@ -858,9 +917,12 @@ impl Resolvers {
             if res.cache.len() >= MAX_CACHED {
                 res.cache.clear();
             }
+            let cache = &res.cache;
+            res.lru.retain(|_, (n, _)| cache.contains_key(n));
         }
         let valid_until = now_sec.saturating_add(valid.as_secs() as i64);
-        res.cache.insert(name, Cached { addrs, cname, valid_until });
+        res.cache.insert(name.clone(), Cached { addrs, cname, valid_until, used: 0 });
+        res.touch(&name, now_sec);
     }
 
     /// The name is an alias with no addresses here: ask for its target, for the same
