@@ -75,12 +75,15 @@ impl OpenFileCache {
             Some(fd) => crate::core::logfile::write_once(fd, line),
             None => Ok(()),
         };
-        // The cleanup: a file used too little is closed, and up to two idle ones go.
-        let f = &mut files[i];
+        // The cleanup: the file becomes the most recently used (the end of the list,
+        // nginx's head of its expire queue), a file used too little is closed, and up
+        // to two idle ones go.
+        let mut f = files.remove(i);
         f.accessed = now;
         if f.uses < self.min_uses {
             f.fd = None;
         }
+        files.push(f);
         expire(&mut files, false, self.inactive, now);
         Ok(written)
     }
@@ -121,16 +124,18 @@ impl OpenFileCache {
 
 /// `ngx_expire_old_cached_files`: with `force` the least recently used entry goes
 /// whatever its age; then up to two entries idle for more than `inactive` seconds.
+/// `files` is in order of use, the least recent first (nginx's queue order, which
+/// tells apart entries used within one second).
 fn expire(files: &mut Vec<Cached>, force: bool, inactive: i64, now: i64) {
     for n in 0..3 {
         if n == 0 && !force {
             continue;
         }
-        let Some((i, f)) = files.iter().enumerate().min_by_key(|(_, f)| f.accessed) else { return };
+        let Some(f) = files.first() else { return };
         if n != 0 && now - f.accessed <= inactive {
             return;
         }
-        files.remove(i);
+        files.remove(0);
     }
 }
 
@@ -143,6 +148,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A full cache pushes out the least recently used entry, told apart within one
+    /// second by the order of use (a, b, a: b goes, and a keeps its descriptor).
+    #[test]
+    fn the_least_recently_used_goes_within_one_second() {
+        let d = dir("lru");
+        let name = |n: &str| d.join(n).display().to_string();
+        let c = OpenFileCache::new(2, 10, 1, 60);
+        for n in ["a.log", "b.log", "a.log", "c.log"] {
+            c.write(&name(n), b"x\n", 100).unwrap().unwrap();
+        }
+        let names: Vec<String> = c.files.borrow().iter().map(|f| f.name.clone()).collect();
+        assert_eq!(names, [name("a.log"), name("c.log")]);
     }
 
     #[test]
