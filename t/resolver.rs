@@ -809,6 +809,17 @@ fn resolver_instances_numbers_and_cache_seconds() {
     assert_eq!(lines, [format!("{p} 1 200"), format!("{p} 4 200"), format!("{q} 6 200"), format!("{r} 9 200")]);
 }
 
+/// A UDP client sending d1, d2, d3 to `port`, 50 ms apart (while a name is looked up).
+fn three_datagrams(port: u16) -> std::net::UdpSocket {
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.connect(("127.0.0.1", port)).expect("connect");
+    for d in [&b"d1"[..], b"d2", b"d3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c
+}
+
 /// A UDP session's later datagrams are read (and counted) while its name is looked up,
 /// and the failure is logged "while proxying connection", as nginx's read handler is set
 /// before it resolves (side by side with nginx 1.22.1: 500|0|6 and that suffix).
@@ -827,12 +838,7 @@ fn udp_datagrams_during_resolution_are_counted() {
          }}",
         d = dns.port,
     ));
-    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    c.connect(("127.0.0.1", port)).expect("connect");
-    for d in [&b"d1"[..], b"d2", b"d3"] {
-        c.send(d).expect("send");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _c = three_datagrams(port);
     assert_eq!(s.wait_lines("a.log", 1), vec!["500|0|6".to_string()]);
     let log = s.error_log();
     assert!(
@@ -871,12 +877,7 @@ fn udp_datagrams_read_while_resolving_are_dropped_on_the_next_try() {
          }}",
         d = dns.port,
     ));
-    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    c.connect(("127.0.0.1", port)).expect("connect");
-    for d in [&b"d1"[..], b"d2", b"d3"] {
-        c.send(d).expect("send");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _c = three_datagrams(port);
     assert_eq!(s.wait_lines("a.log", 1), vec!["200|4|6".to_string()]);
     let log = s.error_log();
     assert!(log.contains("bytes from/to client:6/0"), "counted as they came\n{log}");

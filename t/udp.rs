@@ -878,18 +878,7 @@ fn udp_after_a_failed_read_the_next_send_fails() {
          access_log %%PREFIX%%r.log r; }}"
     )));
     let c = dgram(p);
-    // c1's ICMP error must have been read (the failed recv) before c2 comes: wait for
-    // the line, not for a fixed time.
-    c.send(b"c1").expect("send");
-    assert!(
-        wait_for(Duration::from_secs(5), || s.error_log().contains("recv() failed (111")),
-        "no failed read\n{}",
-        tail(&s)
-    );
-    for d in [&b"c2"[..], b"c3"] {
-        c.send(d).expect("send");
-        std::thread::sleep(ms(50));
-    }
+    send_after_a_failed_read(&s, &c);
     assert_eq!(recv(&c, ms(500)), Some(Vec::new()), "one empty datagram");
     assert_eq!(recv(&c, ms(200)), None, "a second datagram");
     let port = cport(&c).to_string();
@@ -907,6 +896,21 @@ fn udp_after_a_failed_read_the_next_send_fails() {
     assert!(!log.contains("udp timed out"), "{}", tail(&s));
 }
 
+/// c1, whose ICMP error must have been read (the failed recv, waited for in the log,
+/// not for a fixed time) before c2 and c3 come.
+fn send_after_a_failed_read(s: &Sluice, c: &UdpSocket) {
+    c.send(b"c1").expect("send");
+    assert!(
+        wait_for(Duration::from_secs(5), || s.error_log().contains("recv() failed (111")),
+        "no failed read\n{}",
+        tail(s)
+    );
+    for d in [&b"c2"[..], b"c3"] {
+        c.send(d).expect("send");
+        std::thread::sleep(ms(50));
+    }
+}
+
 /// The same in an upstream of two: the failed send ends the session with the peer
 /// failed, and its warning keeps the send's action, as nginx's finalization does
 /// (side by side: "upstream server temporarily disabled while proxying and sending to
@@ -922,18 +926,7 @@ fn udp_failed_send_disables_the_peer_while_sending() {
         live.port
     )));
     let c = dgram(p);
-    // c1's ICMP error must have been read (the failed recv) before c2 comes: wait for
-    // the line, not for a fixed time.
-    c.send(b"c1").expect("send");
-    assert!(
-        wait_for(Duration::from_secs(5), || s.error_log().contains("recv() failed (111")),
-        "no failed read\n{}",
-        tail(&s)
-    );
-    for d in [&b"c2"[..], b"c3"] {
-        c.send(d).expect("send");
-        std::thread::sleep(ms(50));
-    }
+    send_after_a_failed_read(&s, &c);
     let want = format!(
         "[warn] {pid}#{pid}: *1 upstream server temporarily disabled while proxying and sending to upstream, \
          udp client: 127.0.0.1, server: 127.0.0.1:{p}, upstream: \"127.0.0.1:{dead}\"",

@@ -881,14 +881,15 @@ pub fn session_id_context(
 
 /// The SNI name the client sent, its bytes as they came (`SSL_get_servername`; the
 /// openssl crate's `servername` gives none for a name that is not UTF-8).
-pub fn servername(ssl: &ssl::SslRef) -> Vec<u8> {
-    // SAFETY: a live SSL; the name, when there is one, is a C string owned by it.
+pub fn servername(ssl: &ssl::SslRef) -> &[u8] {
+    // SAFETY: a live SSL; the name, when there is one, is a C string owned by it, which
+    // lives as long as the borrow of `ssl`.
     unsafe {
         let p = ffi::SSL_get_servername(ssl as *const ssl::SslRef as *mut ffi::SSL, ffi::TLSEXT_NAMETYPE_host_name);
         if p.is_null() {
-            Vec::new()
+            &[]
         } else {
-            CStr::from_ptr(p).to_bytes().to_vec()
+            CStr::from_ptr(p).to_bytes()
         }
     }
 }

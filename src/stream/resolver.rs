@@ -211,10 +211,11 @@ impl Resolver {
     /// A cached name was used now: the newest in the order, kept 30 s more at least.
     fn touch(&mut self, name: &str, now_sec: i64) {
         let Some(c) = self.cache.get_mut(name) else { return };
-        self.lru.remove(&c.used);
+        // (A name used before moves with its own string: a hit allocates nothing here.)
+        let key = self.lru.remove(&c.used).map_or_else(|| name.to_string(), |(k, _)| k);
         self.uses += 1;
         c.used = self.uses;
-        self.lru.insert(c.used, (name.to_string(), now_sec + IDLE_EXPIRE));
+        self.lru.insert(c.used, (key, now_sec + IDLE_EXPIRE));
     }
 
     fn forget(&mut self, name: &str) {
@@ -237,6 +238,12 @@ impl Resolver {
             self.cache.remove(&name);
         }
     }
+}
+
+/// A family's query of `name`, under a fresh ident (none for a name no query can carry).
+fn pending(name: &str, qtype: u16) -> Option<Family> {
+    let id = random_id();
+    dns::query(id, name, qtype).map(|query| Family::Pending { id, query, tcp: false })
 }
 
 /// One `resolver` directive: nginx makes a resolver (cache, sockets) per directive, and
@@ -394,10 +401,7 @@ impl Resolvers {
                         [(&mut n.a, dns::TYPE_A), (&mut n.aaaa, dns::TYPE_AAAA), (&mut n.srv, dns::TYPE_SRV)]
                     {
                         if !matches!(f, Family::Off) {
-                            let id = random_id();
-                            if let Some(query) = dns::query(id, &name, qtype) {
-                                *f = Family::Pending { id, query, tcp: false };
-                            }
+                            *f = pending(&name, qtype).unwrap_or(Family::Off);
                         }
                     }
                     (n.code, n.ttl, n.cname) = (None, u32::MAX, None);
@@ -405,25 +409,14 @@ impl Resolvers {
                     n.server = res.next_server % servers;
                     res.next_server = res.next_server.wrapping_add(1);
                     n.resend_at = now + RESEND;
-                    if self.send(slot, io) {
-                        if let Some(n) = self.nodes.get_mut(slot) {
-                            n.server = (n.server + 1) % servers;
-                        }
-                        self.send(slot, io);
-                    }
+                    self.send_or_next(slot, io);
                 }
                 self.schedule(slot, io);
                 return None;
             }
         }
         let conf = res.conf.clone();
-        let family = |on: bool, qtype: u16| -> Option<Family> {
-            if !on {
-                return Some(Family::Off);
-            }
-            let id = random_id();
-            dns::query(id, &name, qtype).map(|query| Family::Pending { id, query, tcp: false })
-        };
+        let family = |on: bool, qtype: u16| if on { pending(&name, qtype) } else { Some(Family::Off) };
         let (Some(a), Some(aaaa), Some(srv_family)) = (
             family(conf.ipv4 && !srv, dns::TYPE_A),
             family(conf.ipv6 && !srv, dns::TYPE_AAAA),
@@ -452,16 +445,20 @@ impl Resolvers {
             timer: None,
         });
         self.asking.insert((r, name, srv), slot);
+        self.send_or_next(slot, io);
+        self.schedule(slot, io);
+        None
+    }
+
+    /// Send a name's queries; ngx_resolve_name_locked: "immediately retry once on
+    /// failure", with the next server.
+    fn send_or_next(&mut self, slot: usize, io: &mut Io<'_>) {
         if self.send(slot, io) {
-            // ngx_resolve_name_locked: "immediately retry once on failure", with the
-            // next server.
             if let Some(n) = self.nodes.get_mut(slot) {
-                n.server = (n.server + 1) % self.list[r].conf.servers.len();
+                n.server = (n.server + 1) % self.list[n.resolver].conf.servers.len();
             }
             self.send(slot, io);
         }
-        self.schedule(slot, io);
-        None
     }
 
     /// Send the pending queries of a name to its current server over UDP (a new socket:
@@ -921,6 +918,8 @@ impl Resolvers {
             res.lru.retain(|_, (n, _)| cache.contains_key(n));
         }
         let valid_until = now_sec.saturating_add(valid.as_secs() as i64);
+        // (An answer replacing one still cached leaves no stale place in the order.)
+        res.forget(&name);
         res.cache.insert(name.clone(), Cached { addrs, cname, valid_until, used: 0 });
         res.touch(&name, now_sec);
     }

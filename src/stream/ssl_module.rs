@@ -945,11 +945,11 @@ fn var_ssl(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     // What the client sent, as bytes: UTF-8 or not.
     let raw = match name {
         "ssl_server_name" => Some(tls::servername(ssl)),
-        "ssl_alpn_protocol" => Some(ssl.selected_alpn_protocol().unwrap_or(b"").to_vec()),
+        "ssl_alpn_protocol" => Some(ssl.selected_alpn_protocol().unwrap_or(b"")),
         _ => None,
     };
     if let Some(v) = raw {
-        out.extend_from_slice(&v);
+        out.extend_from_slice(v);
         return !v.is_empty();
     }
     let v: String = match name {
