@@ -94,28 +94,40 @@ fn proxy_pass_names_an_upstream_defined_later_in_other_case() {
 /// address literal too (nginx's ngx_stream_proxy_handler: an `upstream 127.0.0.2 {}`
 /// named after a VIP, or the group another server's `proxy_pass host:port` made), and
 /// only then connects to the literal; and `unix:` is a prefix in any case, as
-/// ngx_parse_url takes it (side by side with nginx 1.22.1: "ab" and the unix answer).
+/// ngx_parse_url takes it, the peer named as written (side by side with nginx 1.22.1:
+/// "ab", the unix answer, and `UNIX:/...` in `$upstream_addr`).
 #[test]
 fn proxy_pass_variable_literal_finds_its_upstream() {
     let (a, b) = (named_backend("a"), named_backend("b"));
-    let (p, q, r) = (free_port(), free_port(), free_port());
+    let (p, q, r, t, v) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let dir = TempDir::new("unixcase");
     let sock = dir.join("u.sock");
     let sock = sock.display();
     let s = Sluice::start(&format!(
         "events {{}} stream {{ upstream 127.0.0.2 {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }} \
-         server {{ listen 127.0.0.1:{p}; set $u 127.0.0.2; proxy_pass $u; }} \
+         upstream w {{ server uNiX:{sock}; }} \
+         log_format u $upstream_addr; access_log %%PREFIX%%u.log u; \
+         server {{ listen 127.0.0.1:{p}; set $u 127.0.0.2; proxy_pass $u; access_log off; }} \
          server {{ listen 127.0.0.1:{q}; proxy_pass UNIX:{sock}; }} \
          server {{ listen 127.0.0.1:{r}; set $v Unix:{sock}; proxy_pass $v; }} \
-         server {{ listen unix:{sock}; return \"unix\\n\"; }} }}"
+         server {{ listen 127.0.0.1:{t}; proxy_pass w; }} \
+         server {{ listen 127.0.0.1:{v}; set $v UnIx:{sock}.none; proxy_pass $v; }} \
+         server {{ listen unix:{sock}; return \"unix\\n\"; access_log off; }} }}"
     ));
     let got: String = (0..2).map(|_| ask(p)).collect();
     assert_eq!(got, "ab");
-    for port in [q, r] {
+    for (i, port) in [q, r, t].into_iter().enumerate() {
         let mut out = Vec::new();
         connect(port).read_to_end(&mut out).ok();
         assert_eq!(out, b"unix\n");
+        s.wait_lines("u.log", i + 1);
     }
+    let mut out = Vec::new();
+    connect(v).read_to_end(&mut out).ok();
+    let names = s.wait_lines("u.log", 4);
+    // (`Unix:` in the variable finds the group `proxy_pass UNIX:` made, as in nginx.)
+    let want = [format!("UNIX:{sock}"), format!("UNIX:{sock}"), format!("uNiX:{sock}"), format!("UnIx:{sock}.none")];
+    assert_eq!(names, want);
     drop(s);
 }
 

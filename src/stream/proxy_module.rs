@@ -637,7 +637,8 @@ impl ProxySession {
                             return self.resolve_name(s, cx, u);
                         }
                         self.own_group = true;
-                        Ok(cx.rt.session_group(host, u.addrs))
+                        // (By its URL: a unix socket's peer is named as written.)
+                        Ok(cx.rt.session_group(&u.host, u.addrs))
                     }
                     Err(e) => {
                         s.log(Level::Error, &format!("{} in upstream \"{}\"", e, name), None);

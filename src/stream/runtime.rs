@@ -839,7 +839,14 @@ impl WorkerState {
     pub fn session_group(&mut self, name: &str, addrs: Vec<Addr>) -> usize {
         let conf = UpstreamConf {
             name: name.to_string(),
-            servers: addrs.into_iter().map(|a| UpstreamServer::new(a.to_string(), vec![a])).collect(),
+            servers: addrs
+                .into_iter()
+                .map(|a| match a {
+                    // Its URL as written (`name` is the whole URL then).
+                    Addr::Unix(_) => UpstreamServer::new(name.to_string(), vec![a]),
+                    _ => UpstreamServer::new(a.to_string(), vec![a]),
+                })
+                .collect(),
             implicit: true,
             ..Default::default()
         };

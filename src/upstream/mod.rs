@@ -232,7 +232,12 @@ pub struct PeerPick {
 
 impl Peer {
     fn from_server(s: &UpstreamServer, server: &Rc<str>, addr: &Addr) -> Peer {
-        let name = addr.to_string();
+        // A unix socket's peer is named as its URL was written (`UNIX:/path` too, as
+        // ngx_parse_unix_domain_url names it); an IP one from its address.
+        let name = match addr {
+            Addr::Unix(_) if crate::core::addr::strip_unix(&s.name).is_some() => s.name.clone(),
+            _ => addr.to_string(),
+        };
         Peer {
             addr: addr.clone(),
             name_hash: health::name_hash(&name),
