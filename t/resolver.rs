@@ -34,6 +34,8 @@ pub struct Zone {
     pub txt: bool,
     /// To an A query: the address under the root name as owner.
     pub root_owner: bool,
+    /// The alias (`cname`) only in answers to A queries (an AAAA query gets none).
+    pub cname_a_only: bool,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -238,7 +240,7 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
     }
     let mut body = Vec::new();
     let mut count = 0u16;
-    if let Some(c) = &z.cname {
+    if let Some(c) = z.cname.as_ref().filter(|_| qtype == 1 || !z.cname_a_only) {
         rr(&mut body, 5, z.ttl, &encode_name(c));
         count += 1;
     }
@@ -1026,6 +1028,35 @@ fn answers_as_nginx_takes_them() {
     assert!(log.contains(&refused), "{log}");
     assert!(log.contains("tc.test could not be resolved (110: Operation timed out)"), "{log}");
     assert!(!log.contains("short DNS response"), "{log}");
+}
+
+/// An alias is followed only when the answer that ends the name has it: an A answer of
+/// a bare CNAME and then an empty AAAA answer is "Host not found" (ngx_resolver_process_a
+/// keeps no alias from the first answer; side by side with nginx 1.22.1: 500, no query
+/// for the target), while aliases in both answers are followed.
+#[test]
+fn an_alias_in_the_first_answer_only_is_not_followed() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    let alias = |a_only| Zone { cname: Some("target.test".into()), ttl: 60, cname_a_only: a_only, ..Zone::default() };
+    dns.set("first.test", alias(true));
+    dns.set("both.test", alias(false));
+    dns.set("target.test", Zone { a: vec![ip("127.0.0.3")], ttl: 60, ..Zone::default() });
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d};\n\
+           map $server_port $name {{ {p} first.test; {q} both.test; }}\n\
+           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{q}; proxy_pass $name:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    assert_eq!(ask(p), "", "{}", s.error_log());
+    assert_eq!(dns.queries("first.test"), vec![(1, "udp"), (28, "udp")]);
+    assert!(dns.queries("target.test").is_empty());
+    assert!(s.error_log().contains("first.test could not be resolved (3: Host not found)"), "{}", s.error_log());
+    assert_eq!(ask(q), "B3", "{}", s.error_log());
+    assert_eq!(dns.queries("target.test"), vec![(1, "udp"), (28, "udp")]);
 }
 
 /// Truncated answers asked again over TCP: nginx keeps its TCP connection to the server

@@ -829,7 +829,12 @@ impl Resolvers {
                 Found::Nothing
                     if r.answers.is_empty() || r.answers.iter().any(|a| matches!(a.data, dns::RData::Cname(_))) =>
                 {
-                    *family = Family::Done(Vec::new())
+                    *family = Family::Done(Vec::new());
+                    // ngx_resolver_process_a follows an alias only from the answer that
+                    // ends the name: an empty one after a bare CNAME is "Host not found".
+                    if r.answers.is_empty() {
+                        n.cname = None;
+                    }
                 }
                 Found::Nothing => {
                     // Records, but none of an address or an alias (ngx_resolver_process_a
