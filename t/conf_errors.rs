@@ -401,6 +401,7 @@ cases! {
     syntax_block_without_brace,
     syntax_brace_after_non_block,
     syntax_char_after_quote,
+    syntax_paren_after_quote,
     syntax_comment_4096_bytes,
     syntax_comment_only,
     syntax_lone_open_brace,

@@ -285,7 +285,8 @@ impl<'a> Tokenizer<'a> {
                     match self.text.get(self.pos) {
                         None => {}
                         Some(&d) if is_space(d) || d == b';' || d == b'{' => {}
-                        Some(b')') => self.advance(1),
+                        // (A ")" is no space: it starts the next word, as in ngx_conf_read_token.)
+                        Some(b')') => {}
                         Some(&d) => {
                             self.advance(1);
                             // One byte, as nginx's "%c" (a no-break space pasted after a
@@ -493,6 +494,9 @@ mod tests {
         assert_eq!(b.cmds[0].args, vec!["a#b"]);
         let b = p("x \"\\d\";");
         assert_eq!(b.cmds[0].args, vec!["\\d"], "unknown escapes keep the backslash");
+        // A ")" after a closing quote ends the word and starts the next one.
+        let b = p("x 'a')b \"c\") ;");
+        assert_eq!(b.cmds[0].args, vec!["a", ")b", "c", ")"]);
     }
 
     #[test]
