@@ -210,6 +210,7 @@ cases! {
     access_log_repeated_parameters,
     access_log_unknown_format,
     access_log_unknown_parameter,
+    affinity_warning_before_late_error,
     args_block_with_args,
     args_flag_two,
     args_listen_zero,

@@ -216,13 +216,18 @@ pub struct LoadError {
     pub error: ConfError,
     pub after_syntax: bool,
     /// A second line nginx logs after the first (a failed zone's munmap).
-    pub then: Option<ConfError>,
+    pub then: Option<Box<ConfError>>,
+    /// The core module's warning, logged before the error (see `MainConf::affinity_warning`).
+    pub warning: Option<&'static str>,
 }
 
 impl LoadError {
     /// Log the failure (to the startup log, or the running one on reload).
     pub fn log(&self) {
-        for e in std::iter::once(&self.error).chain(&self.then) {
+        if let Some(w) = self.warning {
+            crate::core::log::error(Level::Warn, w, None);
+        }
+        for e in std::iter::once(&self.error).chain(self.then.as_deref()) {
             crate::core::log::error(e.level, &e.to_string(), None);
         }
     }
@@ -230,12 +235,12 @@ impl LoadError {
 
 impl From<ConfError> for LoadError {
     fn from(error: ConfError) -> Self {
-        LoadError { error, after_syntax: false, then: None }
+        LoadError { error, after_syntax: false, then: None, warning: None }
     }
 }
 
 fn late(error: ConfError) -> LoadError {
-    LoadError { error, after_syntax: true, then: None }
+    LoadError { error, after_syntax: true, then: None, warning: None }
 }
 
 /// ngx_shm_alloc's failure, then ngx_shm_free's on the MAP_FAILED pointer it kept
@@ -245,7 +250,8 @@ fn mmap_failed(size: usize, e: &std::io::Error) -> LoadError {
     LoadError {
         error: alert(format!("mmap(MAP_ANON|MAP_SHARED, {}) failed {}", size, crate::core::conf::os_err(e))),
         after_syntax: true,
-        then: Some(alert(format!("munmap(FFFFFFFFFFFFFFFF, {size}) failed (22: Invalid argument)"))),
+        then: Some(Box::new(alert(format!("munmap(FFFFFFFFFFFFFFFF, {size}) failed (22: Invalid argument)")))),
+        warning: None,
     }
 }
 
@@ -312,8 +318,15 @@ pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadE
     let (file, root) = parser::parse_file(&opts.conf_file, None)?;
     cx.files.push(file);
     block(&mut cx, &root, &mut Scope::Main)?;
+    // ngx_core_module_init_conf warns before any other module checks its settings: its
+    // warning comes before whatever fails after the parse, too.
+    let warning = cx.core.affinity_warning();
+    after_parse(cx, opts, old).map_err(|e| LoadError { warning, ..e })
+}
 
-    // What nginx checks after the parse ("syntax is ok" has been printed by then).
+/// What nginx checks and sets up after the parse ("syntax is ok" has been printed by
+/// then): the cycle, from the parsed configuration.
+fn after_parse(mut cx: ConfCx, opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadError> {
     if !cx.events_seen {
         return Err(late(ConfError::bare("no \"events\" section in configuration")));
     }
