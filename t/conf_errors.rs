@@ -282,6 +282,7 @@ cases! {
     listen_rcvbuf_huge,
     listen_rcvbuf_truncated,
     listen_sndbuf_huge,
+    listen_so_keepalive_minus_one,
     listen_so_keepalive_zero,
     listen_ssl_no_certificate,
     listen_udp_backlog,

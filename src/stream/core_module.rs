@@ -156,7 +156,8 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                                 None | Some("") => Ok(None),
                                 Some(p) => {
                                     let n = if secs { value::parse_time(p, true) } else { value::parse_number(p) };
-                                    n.map(|n| Some(n as u32)).ok_or_else(bad)
+                                    // Kept in an int: NGX_ERROR (-1) once truncated is refused.
+                                    n.map(|n| n as u32).filter(|&n| n != u32::MAX).map(Some).ok_or_else(bad)
                                 }
                             }
                         };
