@@ -220,17 +220,13 @@ impl Scanner {
     pub fn feed(&mut self, buf: &[u8]) -> Parsed {
         while let Some(r) = buf.get(self.scanned..).filter(|r| r.len() >= 5) {
             // A decision on the records before this one stands whatever follows.
-            let stop = if r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3) {
-                // A version 2 ClientHello.
-                Some(Parsed::Done(Hello { version: [r[3], r[4]], ..Default::default() }))
-            } else if r[0] != 0x16 || r[1] != 3 {
-                Some(Parsed::Declined)
-            } else {
-                None
-            };
-            if let Some(stop) = stop {
+            let v2 = r[0] & 0x80 != 0 && r[2] == 1 && (r[3] == 0 || r[3] == 3);
+            if v2 || r[0] != 0x16 || r[1] != 3 {
                 return match self.parsed() {
-                    Parsed::Again(_) => stop,
+                    // A version 2 ClientHello: nginx sets only the version, and what an
+                    // earlier record's part of a hello gave stays.
+                    Parsed::Again(h) if v2 => Parsed::Done(Hello { version: [r[3], r[4]], ..h }),
+                    Parsed::Again(_) => Parsed::Declined,
                     done => done,
                 };
             }
@@ -499,6 +495,23 @@ mod tests {
             Parsed::Done(h) => assert_eq!(h.host.as_deref(), Some(&b"a.example"[..])),
             other => panic!("{:?}", other),
         }
+    }
+
+    /// A version 2 ClientHello header after part of a hello: nginx sets the version
+    /// and keeps the name it had read (side by side with nginx 1.22.1: "TLSv1.2 a.b").
+    #[test]
+    fn v2_header_after_part_of_a_hello_keeps_what_was_read() {
+        let r = hello(b"a.b", &[b"h2"], false);
+        let hs = &r[5..];
+        let part = 60.min(hs.len() - 4);
+        let mut buf = vec![0x16, 3, 1];
+        buf.extend_from_slice(&(part as u16).to_be_bytes());
+        buf.extend_from_slice(&hs[..part]);
+        buf.extend_from_slice(&[0x80, 0x2e, 1, 3, 3]);
+        let want = Hello { host: Some(b"a.b".to_vec()), alpn: None, version: [3, 3] };
+        assert_eq!(parse(&buf), Parsed::Done(want));
+        // Before any hello bytes, the version alone.
+        assert_eq!(parse(&[0x80, 0x2e, 1, 3, 3]), Parsed::Done(Hello { version: [3, 3], ..Hello::default() }));
     }
 
     #[test]
