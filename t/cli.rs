@@ -658,6 +658,11 @@ fn command_line_combinations_as_nginx() {
     let out = sluice(&args("good.conf", &["-s", "stop", "-e", "stderr"]), &tmp);
     assert!(text(&out.stderr).contains("invalid PID number \"+123\""), "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(1));
+    // Bytes that are not UTF-8 are quoted as they are (nginx's "%*s").
+    std::fs::write(tmp.join("x.pid"), b"\xe9\xff12\n").expect("pid");
+    let out = sluice(&args("good.conf", &["-s", "stop", "-e", "stderr"]), &tmp);
+    let raw = b"invalid PID number \"\xe9\xff12\"";
+    assert!(out.stderr.windows(raw.len()).any(|w| w == raw), "{}", text(&out.stderr));
     std::fs::remove_file(tmp.join("x.pid")).expect("rm");
     std::fs::create_dir(tmp.join("x.pid")).expect("mkdir");
     let out = sluice(&args("good.conf", &["-s", "stop", "-e", "stderr"]), &tmp);

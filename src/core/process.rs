@@ -613,7 +613,13 @@ pub fn send_signal(pid_path: &str, name: &str) -> Result<(), String> {
         .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
         .and_then(|s| s.parse().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("[error] invalid PID number \"{}\" in \"{}\"", String::from_utf8_lossy(t), pid_path))?;
+        .ok_or_else(|| {
+            format!(
+                "[error] invalid PID number \"{}\" in \"{}\"",
+                crate::core::conf::parser::bytes_to_text(t),
+                pid_path
+            )
+        })?;
     // SAFETY: kill(2) with a parsed pid and a valid signal number.
     if unsafe { libc::kill(pid, sig) } != 0 {
         let e = io::Error::last_os_error();
