@@ -897,6 +897,47 @@ fn return_with_variables() {
     no_alerts(&s);
 }
 
+/// `return` gives a slow reader that keeps reading the whole text: the 5 s send timer
+/// starts again each time the socket fills (ngx_stream_return_write_handler adds it on
+/// every write event; side by side with nginx 1.22.1, 8 MB at ~640 KB/s: all of it,
+/// where sluice cut the text 5 s after the socket first filled).
+#[test]
+fn return_to_a_slow_steady_reader_is_not_cut() {
+    let p = free_port();
+    let x = "x".repeat(4000);
+    let b2 = "$b1".repeat(250);
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  map $server_port $b1 {{ default {x}; }}\n  map $server_port $b2 {{ default {b2}; }}\n\
+         server {{ listen 127.0.0.1:{p} sndbuf=16k; return $b2$b2$b2$b2; }}\n}}\n"
+    ));
+    let want = 4 * 250 * 4000;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], p)).into()).expect("connect");
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    // ~640 KB/s: 32 KiB every 50 ms, about 6.5 s for the text, never 5 s without reading.
+    let (mut got, mut buf) = (0, vec![0u8; 32 * 1024]);
+    let start = Instant::now();
+    loop {
+        let mut chunk = 0;
+        while chunk < buf.len() {
+            match c.read(&mut buf[chunk..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => chunk += n,
+            }
+        }
+        got += chunk;
+        if chunk < buf.len() || start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(start.elapsed() > Duration::from_secs(5), "the reader was not slow enough to test anything");
+    assert_eq!(got, want, "{}", s.error_log());
+    assert!(!s.error_log().contains("timed out"), "{}", s.error_log());
+}
+
 /// nginx's lines for a connect that failed with ECONNREFUSED in an upstream of several
 /// servers, from ngx_stream_proxy_module.c/ngx_stream_upstream_round_robin.c 1.22.1 (the
 /// `[error]` line has the recorded shape; the `[warn]` is max_fails=1 being reached).

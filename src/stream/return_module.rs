@@ -59,9 +59,10 @@ impl ReturnSession {
                     s.sent += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.timer.is_none() {
-                        cx.timers.set(&mut self.timer, cx.now + SEND_TIMEOUT, session_token(s.key, Side::Client));
-                    }
+                    // 5 s from now, each time the socket fills: a slow reader that keeps
+                    // reading gets the whole text (ngx_stream_return_write_handler adds
+                    // its timer again on every write event).
+                    cx.timers.set(&mut self.timer, cx.now + SEND_TIMEOUT, session_token(s.key, Side::Client));
                     return Flow::Again;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
