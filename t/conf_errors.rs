@@ -307,6 +307,7 @@ cases! {
     log_format_unterminated_brace,
     log_open_order,
     map_hash_max_unallocatable,
+    map_include_value_error,
     merge_order_proxy_before_ssl,
     no_handler_before_upstream_errors,
     not_allowed_http_directive_in_stream,

@@ -123,7 +123,7 @@ fn map_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
 
     let mut b = MapBuild::default();
     if let Some(inner) = &cmd.block {
-        entries(cx, &mut b, inner)?;
+        entries(cx, &mut b, inner, None)?;
     }
     if b.volatile {
         cx.vars.set_volatile(var);
@@ -156,9 +156,11 @@ fn map_block(cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
     Ok(())
 }
 
-fn entries(cx: &mut ConfCx, b: &mut MapBuild, block: &Block) -> ConfResult {
+/// `include`: the `include` line of the map's own file the entries came through (see
+/// `entry`), none for the map's own lines.
+fn entries(cx: &mut ConfCx, b: &mut MapBuild, block: &Block, include: Option<&Cmd>) -> ConfResult {
     for c in &block.cmds {
-        entry(cx, b, c)?;
+        entry(cx, b, c, include)?;
     }
     match &block.error {
         Some(e) => Err(e.clone()),
@@ -166,7 +168,7 @@ fn entries(cx: &mut ConfCx, b: &mut MapBuild, block: &Block) -> ConfResult {
     }
 }
 
-fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
+fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd, include: Option<&Cmd>) -> ConfResult {
     if c.block.is_some() {
         return Err(c.err("unexpected \"{\""));
     }
@@ -184,12 +186,17 @@ fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
     }
     let text = c.arg(0);
     if key == "include" {
-        return include(cx, c, text, |cx, blk| entries(cx, b, blk));
+        let outer = include.unwrap_or(c);
+        return include_files(cx, c, text, |cx, blk| entries(cx, b, blk, Some(outer)));
     }
+    // nginx compiles values and regexes with the parse state saved at the `map` line:
+    // their errors name the map's file at its current line, an `include` line for
+    // entries from an included file (its own messages below name the entry's line).
+    let at = include.unwrap_or(c);
     let value = match b.value_ids.get(text) {
         Some(&i) => i,
         None => {
-            let v = Complex::compile(text, c, &mut cx.vars)?;
+            let v = Complex::compile(text, at, &mut cx.vars)?;
             b.values.push(v);
             b.value_ids.insert(text.to_string(), b.values.len() - 1);
             b.values.len() - 1
@@ -207,7 +214,7 @@ fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
             Some(p) => (p, true),
             None => (pattern, false),
         };
-        let re = regex_compile(pattern, caseless, c, &mut cx.vars)?;
+        let re = regex_compile(pattern, caseless, at, &mut cx.vars)?;
         b.regexes.push((re, value));
         return Ok(());
     }
@@ -221,7 +228,7 @@ fn entry(cx: &mut ConfCx, b: &mut MapBuild, c: &Cmd) -> ConfResult {
 
 /// `include FILE` inside a block read by its own handler (`ngx_conf_include`): a glob,
 /// relative to the configuration's directory; each file is read as more entries.
-fn include(
+fn include_files(
     cx: &mut ConfCx,
     c: &Cmd,
     name: &str,
