@@ -233,3 +233,51 @@ stream {{
     assert!(log.contains(&format!("client unix:{m} connected to unix:{}", srv.display())), "{log}");
     assert!(log.contains(&format!("client unix: connected to unix:{}", srv.display())), "{log}");
 }
+
+/// A variable's bytes that are not UTF-8 (`$binary_remote_addr` of a 192.168.x.x client)
+/// go into error lines as they are, as nginx's "%V": limit_conn's too-long key,
+/// proxy_bind's and proxy_download_rate's invalid values (side by side with nginx 1.22.1).
+#[test]
+fn binary_values_in_error_lines_keep_their_bytes() {
+    let (p, q) = (free_port(), free_port());
+    let be = crate::common::backend(|mut c| {
+        let _ = c.write_all(b"hi");
+    });
+    let long = "k".repeat(260);
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    limit_conn_zone \"${{binary_remote_addr}}{long}\" zone=z:1m;
+    server {{
+        listen 127.0.0.1:{p} proxy_protocol;
+        set_real_ip_from 127.0.0.1;
+        limit_conn z 1;
+        return ok;
+    }}
+    server {{
+        listen 127.0.0.1:{q} proxy_protocol;
+        set_real_ip_from 127.0.0.1;
+        proxy_bind $binary_remote_addr;
+        proxy_download_rate \"${{binary_remote_addr}}\";
+        proxy_pass 127.0.0.1:{be};
+    }}
+}}"
+    ));
+    let header = "PROXY TCP4 192.168.1.10 10.0.0.1 5000 80\r\n";
+    assert_eq!(pp_get(tcp("127.0.0.1", p).0, header), "ok");
+    let _ = pp_get(tcp("127.0.0.1", q).0, header);
+    let addr = b"\xc0\xa8\x01\x0a";
+    let lines = [
+        [b"key is more than 255 bytes: \"".as_slice(), addr, long.as_bytes(), b"\""].concat(),
+        [b"invalid local address \"".as_slice(), addr, b"\""].concat(),
+        [b"invalid size \"".as_slice(), addr, b"\""].concat(),
+    ];
+    let log_has = |l: &[u8]| {
+        let log = std::fs::read(s.dir.join("error.log")).unwrap_or_default();
+        log.windows(l.len()).any(|w| w == l)
+    };
+    for l in &lines {
+        crate::common::wait_for(Duration::from_secs(10), || log_has(l));
+        assert!(log_has(l), "{}\n{}", String::from_utf8_lossy(l), s.error_log());
+    }
+}

@@ -234,7 +234,7 @@ impl GeoBuild {
     }
 
     fn text(&self, i: usize) -> String {
-        String::from_utf8_lossy(self.values.get(i).map(Vec::as_slice).unwrap_or_default()).into_owned()
+        crate::core::conf::parser::bytes_to_text(self.values.get(i).map(Vec::as_slice).unwrap_or_default())
     }
 }
 
@@ -572,8 +572,10 @@ fn add_range(cx: &ConfCx, b: &mut GeoBuild, c: &Cmd, net: &str, start: u32, end:
                 let msg = format!(
                     "duplicate range \"{}\", value: \"{}\", old value: \"{}\"",
                     net,
-                    String::from_utf8_lossy(b.values.get(v).map(Vec::as_slice).unwrap_or_default()),
-                    String::from_utf8_lossy(b.values.get(r.value).map(Vec::as_slice).unwrap_or_default())
+                    crate::core::conf::parser::bytes_to_text(b.values.get(v).map(Vec::as_slice).unwrap_or_default()),
+                    crate::core::conf::parser::bytes_to_text(
+                        b.values.get(r.value).map(Vec::as_slice).unwrap_or_default()
+                    )
                 );
                 cx.warn(c, &msg);
                 a[i].value = v;

@@ -251,7 +251,7 @@ fn check_limits(s: &mut SessionCore, key: &mut Vec<u8>) -> Flow {
             let msg = format!(
                 "the value of the \"{}\" key is more than 255 bytes: \"{}\"",
                 zone.key_text,
-                String::from_utf8_lossy(key)
+                crate::core::conf::parser::bytes_to_text(key)
             );
             s.log(Level::Error, &msg, None);
             continue;

@@ -103,7 +103,7 @@ fn target(s: &mut SessionCore) -> Option<Addr> {
         Target::Value(v) => {
             let mut out = Vec::new();
             v.eval(s, &mut out);
-            let url = String::from_utf8_lossy(&out);
+            let url = crate::core::conf::parser::bytes_to_text(&out);
             match parse(&url) {
                 Url::Ok(a) => a,
                 Url::Err(e) => {

@@ -450,7 +450,7 @@ fn rate_value(s: &mut SessionCore, v: Option<&Option<Complex>>) -> u64 {
     let Some(Some(c)) = v else { return 0 };
     let mut out = Vec::new();
     c.eval(s, &mut out);
-    let text = String::from_utf8_lossy(&out);
+    let text = crate::core::conf::parser::bytes_to_text(&out);
     match value::parse_size(&text) {
         Some(n) => n as u64,
         None => {
@@ -547,7 +547,7 @@ impl ProxySession {
         let Some(Bind::Addr(v, transparent)) = srv.confs.proxy.bind.option() else { return };
         let mut out = Vec::new();
         v.eval(s, &mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
+        let text = crate::core::conf::parser::bytes_to_text(&out);
         match crate::core::addr::parse_addr_port(&text) {
             Some(local) => self.local = Some((local, text, *transparent)),
             None if !text.is_empty() => {
