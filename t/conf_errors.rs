@@ -448,6 +448,7 @@ cases! {
     unknown_http2,
     unknown_mail_block,
     upstream_backup_only,
+    upstream_no_servers_named_by_proxy_pass_first,
     upstream_block_then_implicit_port,
     upstream_consistent_ring_too_big,
     upstream_defined_later,

@@ -900,7 +900,13 @@ fn upstream_block(cx: &mut ConfCx, cmd: &Cmd) -> ConfResult {
         return Err(ConfError::at("no servers are inside upstream", &cmd.file, inner.end_line));
     }
     match taken {
-        Some(i) => cx.upstreams[i] = u,
+        Some(i) => {
+            // The group keeps the place it was first named at (ngx_stream_upstream_add
+            // only changes its flags): later errors about it point at the proxy_pass.
+            u.file = cx.upstreams[i].file.take();
+            u.line = cx.upstreams[i].line;
+            cx.upstreams[i] = u;
+        }
         None => cx.upstreams.push(u),
     }
     Ok(())
