@@ -416,14 +416,15 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
             literal: true,
         });
     }
-    // A path or arguments are no part of an address here (`ngx_parse_inet_url`).
-    if url.contains(['/', '?']) {
-        return Err("invalid host");
-    }
     if let Some(rest) = url.strip_prefix('[') {
         let Some(end) = rest.find(']') else { return Err("invalid host") };
-        // ngx_parse_inet6_url: the port first, then the host.
+        // ngx_parse_inet6_url: the port first, then the host; a path after the bracket
+        // is no part of an address here, and anything else wrong is a bad port or
+        // address ("[::1]:80?", "[::1/128]").
         let after = &rest[end + 1..];
+        if after.contains('/') {
+            return Err("invalid host");
+        }
         let ports = match after.strip_prefix(':') {
             Some(p) => Some(parse_ports(p, listen)?),
             None if after.is_empty() => None,
@@ -437,7 +438,12 @@ pub fn parse_url(url: &str, listen: bool, resolve: bool) -> Result<ParsedUrl, Ur
             Some(ps) => with_ports(vec![Addr::Inet(SocketAddr::new(IpAddr::V6(ip), 0))], ps),
             None => vec![],
         };
-        return Ok(ParsedUrl { host: format!("[{}]", ip), port: ports.map(|p| p.0), addrs, literal: true });
+        // The host as written (nginx names and finds groups by it: "[0::1]" is not "[::1]").
+        return Ok(ParsedUrl { host: format!("[{}]", &rest[..end]), port: ports.map(|p| p.0), addrs, literal: true });
+    }
+    // A path or arguments are no part of an address here (`ngx_parse_inet_url`).
+    if url.contains(['/', '?']) {
+        return Err("invalid host");
     }
     // The first colon starts the port, as in `ngx_parse_inet_url` (an IPv6 address goes
     // in brackets: "::1:80" is a bad port).
