@@ -462,6 +462,7 @@ cases! {
     upstream_ipv6_slash_in_brackets,
     upstream_method_redefined_bad_parameter,
     upstream_name_case,
+    upstream_named_like_a_unix_proxy_pass,
     upstream_no_servers,
     upstream_no_servers_named_by_proxy_pass_first,
     upstream_server_bad_weight,

@@ -84,7 +84,10 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
     let unix = matches!(u.addrs.first(), Some(Addr::Unix(_)));
     // Looked up by nginx's host (see `UpstreamConf::host`): a unix socket's path.
     let host = if unix { crate::core::addr::strip_unix(url).unwrap_or(url) } else { &u.host };
-    if let Some(i) = find_upstream(cx, host, u.port, false, cmd)? {
+    // A unix socket has port 0 to nginx (not "no port"): an `upstream PATH {}` block
+    // may not serve it.
+    let port = if unix { Some(0) } else { u.port };
+    if let Some(i) = find_upstream(cx, host, port, false, cmd)? {
         return Ok(i);
     }
     let name = if u.port.is_some() || unix { url } else { &u.host };
@@ -92,7 +95,7 @@ fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
         name: name.to_string(),
         servers: Vec::new(),
         implicit: true,
-        port: u.port,
+        port,
         file: Some(cmd.file.clone()),
         line: cmd.line,
         ..Default::default()
@@ -503,8 +506,14 @@ fn paced(delayed: &mut bool, timer: &mut Option<TimerId>, rate: u64, n: usize, k
 /// the host (any case) and the port must both agree, and an `upstream {}` block has no
 /// port, so "name" finds block "name" and "host:port" the group a `proxy_pass host:port`
 /// made (a block called "ub:80" is found by nothing: its host would be "ub").
+/// (`port` 0 for a unix socket, as to nginx: blocks and unix sockets' groups have port
+/// 0, and a value without a port finds those.)
 fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Option<usize> {
-    upstreams.iter().position(|u| u.port == port && u.host().eq_ignore_ascii_case(host))
+    let fits = |u: &UpstreamConf| {
+        let p = u.port.unwrap_or(0);
+        (p == 0 && port.is_none()) || Some(p) == port
+    };
+    upstreams.iter().position(|u| fits(u) && u.host().eq_ignore_ascii_case(host))
 }
 
 /// The later datagrams of a UDP session read while its name was looked up: nginx
@@ -630,7 +639,8 @@ impl ProxySession {
                         // ngx_stream_proxy_handler looks for a configured upstream of
                         // that name first, an address literal too (`upstream 10.0.0.5 {}`,
                         // or the group another server's `proxy_pass 10.0.0.5:80` made).
-                        if let Some(i) = find_group(&s.cycle.upstreams, host, u.port) {
+                        let port = if matches!(u.addrs.first(), Some(Addr::Unix(_))) { Some(0) } else { u.port };
+                        if let Some(i) = find_group(&s.cycle.upstreams, host, port) {
                             return Ok(i);
                         }
                         if u.addrs.is_empty() {
