@@ -36,6 +36,8 @@ pub struct Zone {
     pub root_owner: bool,
     /// The alias (`cname`) only in answers to A queries (an AAAA query gets none).
     pub cname_a_only: bool,
+    /// Over UDP: every answer sent twice.
+    pub twice: bool,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -50,6 +52,8 @@ pub struct DnsServer {
     threads: Vec<JoinHandle<()>>,
     /// Replies sent after a zone's `delay`.
     late_sent: Arc<std::sync::atomic::AtomicUsize>,
+    /// The source port of every UDP query.
+    ports: Arc<Mutex<Vec<u16>>>,
 }
 
 impl DnsServer {
@@ -79,11 +83,13 @@ impl DnsServer {
         let log: Log = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let late_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (z, l, st, late) = (zones.clone(), log.clone(), stop.clone(), late_sent.clone());
+        let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let (z, l, st, late, pl) = (zones.clone(), log.clone(), stop.clone(), late_sent.clone(), ports.clone());
         let t1 = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !st.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+                pl.lock().expect("ports").push(peer.port());
                 let delay = question(&buf[..n])
                     .and_then(|(name, _, _)| z.lock().expect("zones").get(&name).map(|z| z.delay))
                     .unwrap_or_default();
@@ -120,7 +126,7 @@ impl DnsServer {
                 }
             }
         });
-        DnsServer { port, zones, log, stop, threads: vec![t1, t2], late_sent }
+        DnsServer { port, zones, log, stop, threads: vec![t1, t2], late_sent, ports }
     }
 
     /// Wait until the first `n` delayed replies are sent and every UDP socket they went
@@ -142,6 +148,10 @@ impl DnsServer {
                     rx.iter().all(|q| q.trim_start_matches('0').is_empty())
                 })
         })
+    }
+
+    pub fn source_ports(&self) -> Vec<u16> {
+        self.ports.lock().expect("ports").clone()
     }
 
     pub fn set(&self, name: &str, z: Zone) {
@@ -287,6 +297,9 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
         let at = looped.len();
         looped.extend_from_slice(&[0xc0 | (at >> 8) as u8, at as u8, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
         out.push(looped);
+    }
+    if z.twice && !tcp {
+        out.push(m.clone());
     }
     out.push(m);
     out
@@ -1028,6 +1041,36 @@ fn answers_as_nginx_takes_them() {
     assert!(log.contains(&refused), "{log}");
     assert!(log.contains("tc.test could not be resolved (110: Operation timed out)"), "{log}");
     assert!(!log.contains("short DNS response"), "{log}");
+}
+
+/// The resolver has one socket per DNS server, as nginx: every query goes out from the
+/// same source port, and an answer for a name no longer asked (a duplicate) is
+/// "unexpected DNS response" (side by side with nginx 1.22.1).
+#[test]
+fn answers_for_names_not_asked_are_unexpected() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    for n in ["one.test", "two.test"] {
+        dns.set(n, Zone { a: vec![ip("127.0.0.2")], ttl: 60, twice: true, ..Zone::default() });
+    }
+    let (p, q) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           map $server_port $name {{ {p} one.test; {q} two.test; }}\n\
+           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{q}; proxy_pass $name:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    assert_eq!((ask(p), ask(q)), ("B2".into(), "B2".into()), "{}", s.error_log());
+    for n in ["one.test", "two.test"] {
+        let line = format!("[error] {pid}#{pid}: unexpected DNS response for {n}\n", pid = s.pid());
+        wait_for(Duration::from_secs(10), || s.error_log().contains(&line));
+        assert!(s.error_log().contains(&line), "{}", s.error_log());
+    }
+    let ports = dns.source_ports();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[0], ports[1], "both names asked from one socket");
 }
 
 /// An alias is followed only when the answer that ends the name has it: an A answer of

@@ -9,9 +9,11 @@
 //! answers are cached for their smallest TTL (or `valid=`), failures are not cached, and
 //! a cached answer comes back rotated at a random place.
 //!
-//! Unlike nginx, every name gets its own socket (a fresh random source port, on top of
-//! the random query IDs), answers are matched to their question by name, type and ID,
-//! and the records used are those of the name asked (or of its CNAME chain).
+//! As nginx, a resolver has one UDP socket per server, opened at the first query to it
+//! and kept until an error closes it; an answer is matched to the name being asked by
+//! its question's name and type, then its ident (an answer for a name no longer asked
+//! is "unexpected DNS response"). The records used are those of the name asked (or of
+//! its CNAME chain).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -28,8 +30,15 @@ use crate::core::conf::Level;
 use crate::core::dns::{self, Found};
 use crate::core::timer::{TimerId, Timers};
 
-/// Tokens of resolver sockets and timers: this bit, and the name's slot.
+/// Tokens of resolver sockets and timers: this bit, and the name's slot (its TCP
+/// stream and timer), or `SERVER_BIT` and a resolver's UDP socket to one server.
 pub const RESOLVER_BIT: usize = 1 << (usize::BITS - 2);
+// (Below `DGRAM_BIT`, which with `RESOLVER_BIT` marks health-check tokens.)
+const SERVER_BIT: usize = 1 << (usize::BITS - 4);
+
+fn server_token(r: usize, k: usize) -> Token {
+    Token(RESOLVER_BIT | SERVER_BIT | (r << 16) | k)
+}
 
 const RESEND: Duration = Duration::from_secs(5);
 /// New queries for CNAME targets, per request (nginx allows 50).
@@ -183,10 +192,6 @@ struct Node {
     /// An alias the answers gave instead of addresses.
     cname: Option<String>,
     server: usize,
-    /// A socket per server asked, kept while the name is (nginx's resolver connection
-    /// to that server): a resend goes out from it again, and a late reply to an earlier
-    /// send still finds it.
-    udp: Vec<(usize, UdpSocket)>,
     tcp: Option<Tcp>,
     waiters: Vec<Waiter>,
     resend_at: Instant,
@@ -256,9 +261,9 @@ struct Resolver {
     /// (nginx's name_expire_queue, and `rn->expire`).
     lru: std::collections::BTreeMap<u64, (String, i64)>,
     uses: u64,
-    /// Per server: nginx's UDP connection to it is open (made at the first query,
-    /// numbered then from the connection counter, closed by a failed send or read).
-    udp_open: Vec<bool>,
+    /// Per server: nginx's UDP connection to it (made at the first query, numbered
+    /// then from the connection counter, closed by a failed send or read).
+    udp: Vec<Option<UdpSocket>>,
     /// Per server: nginx's TCP connection to it is open. nginx keeps one and reuses it
     /// for every truncated answer until the server closes it; sluice asks over a stream
     /// of the name's own, and numbers it as nginx would number its one connection.
@@ -292,22 +297,22 @@ impl Resolvers {
     /// (Its TCP connection's life depends on when the server closes it, which sluice,
     /// asking over a stream per name, does not see: not counted.)
     pub fn open_connections(&self) -> usize {
-        self.list.iter().map(|r| r.udp_open.iter().filter(|&&o| o).count()).sum()
+        self.list.iter().map(|r| r.udp.iter().filter(|s| s.is_some()).count()).sum()
     }
 
     fn resolver(&mut self, conf: &Rc<ResolverConf>) -> usize {
         if let Some(i) = self.list.iter().position(|r| Rc::ptr_eq(&r.conf, conf)) {
             return i;
         }
-        let udp_open = vec![false; conf.servers.len()];
-        let tcp_open = udp_open.clone();
+        let udp = conf.servers.iter().map(|_| None).collect();
+        let tcp_open = vec![false; conf.servers.len()];
         self.list.push(Resolver {
             conf: conf.clone(),
             next_server: 0,
             cache: HashMap::new(),
             lru: Default::default(),
             uses: 0,
-            udp_open,
+            udp,
             tcp_open,
         });
         self.list.len() - 1
@@ -438,7 +443,6 @@ impl Resolvers {
             ttl: u32::MAX,
             cname: None,
             server,
-            udp: Vec::new(),
             tcp: None,
             waiters: vec![w],
             resend_at: now + RESEND,
@@ -461,61 +465,51 @@ impl Resolvers {
         }
     }
 
-    /// Send the pending queries of a name to its current server over UDP (a new socket:
-    /// a new source port), or over TCP for the families that were truncated; whether a
-    /// UDP send failed.
+    /// Send the pending queries of a name to its current server over UDP (the
+    /// resolver's socket to it, opened if none is), or over TCP for the families that
+    /// were truncated; whether a UDP send failed.
     fn send(&mut self, slot: usize, io: &mut Io<'_>) -> bool {
         let Some(n) = self.nodes.get_mut(slot) else { return false };
-        let res = &mut self.list[n.resolver];
-        let server = res.conf.servers[n.server];
-        let token = Token(RESOLVER_BIT | slot);
+        let r = n.resolver;
+        let res = &mut self.list[r];
+        let (k, server) = (n.server, res.conf.servers[n.server]);
         let has_udp = [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { tcp: false, .. }));
-        // nginx's resolver connection to this server is made (and numbered) once.
-        if has_udp && !res.udp_open[n.server] {
-            res.udp_open[n.server] = true;
-            crate::core::shm::next_connection();
-        }
         let mut failed = false;
-        if has_udp {
-            let at = match n.udp.iter().position(|(k, _)| *k == n.server) {
-                Some(at) => Some(at),
-                None => {
-                    let any: IpAddr =
-                        if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-                    let sock = UdpSocket::bind(SocketAddr::new(any, 0)).and_then(|s| s.connect(server).map(|()| s));
-                    match sock {
-                        Ok(mut s) => io.registry.register(&mut s, token, Interest::READABLE).is_ok().then(|| {
-                            n.udp.push((n.server, s));
-                            n.udp.len() - 1
-                        }),
-                        Err(e) => {
-                            // ngx_udp_connect: at crit; the connection (numbered) is
-                            // closed, so the next try opens and numbers another, and the
-                            // name goes to the next server at once, as for a failed send.
-                            log_server(Level::Crit, "connect() failed", &e, server);
-                            res.udp_open[n.server] = false;
-                            failed = true;
-                            None
-                        }
+        if has_udp && res.udp[k].is_none() {
+            // nginx's resolver connection to this server is made (and numbered) once.
+            crate::core::shm::next_connection();
+            let any: IpAddr =
+                if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            match UdpSocket::bind(SocketAddr::new(any, 0)).and_then(|s| s.connect(server).map(|()| s)) {
+                Ok(mut sock) => {
+                    if io.registry.register(&mut sock, server_token(r, k), Interest::READABLE).is_ok() {
+                        res.udp[k] = Some(sock);
                     }
                 }
-            };
-            if let Some(at) = at {
-                for f in [&n.a, &n.aaaa, &n.srv] {
-                    if let Family::Pending { query, tcp: false, .. } = f {
-                        if let Err(e) = n.udp[at].1.send(query) {
-                            log_server(Level::Error, "send() failed", &e, server);
-                            failed = true;
-                            break;
-                        }
+                Err(e) => {
+                    // ngx_udp_connect: at crit; the connection (numbered) is closed, so
+                    // the next try opens and numbers another, and the name goes to the
+                    // next server at once, as for a failed send.
+                    log_server(Level::Crit, "connect() failed", &e, server);
+                    failed = true;
+                }
+            }
+        }
+        if let (true, Some(sock)) = (has_udp, res.udp[k].as_ref()) {
+            for f in [&n.a, &n.aaaa, &n.srv] {
+                if let Family::Pending { query, tcp: false, .. } = f {
+                    if let Err(e) = sock.send(query) {
+                        log_server(Level::Error, "send() failed", &e, server);
+                        failed = true;
+                        break;
                     }
                 }
-                if failed {
-                    // nginx closes the connection that failed: the next send makes
-                    // (and numbers) a new one.
-                    res.udp_open[n.server] = false;
-                    let (_, mut s) = n.udp.swap_remove(at);
-                    let _ = io.registry.deregister(&mut s);
+            }
+            if failed {
+                // nginx closes the connection that failed: the next send makes (and
+                // numbers) a new one.
+                if let Some(mut sock) = res.udp[k].take() {
+                    let _ = io.registry.deregister(&mut sock);
                 }
             }
         }
@@ -615,9 +609,6 @@ impl Resolvers {
     fn remove(&mut self, slot: usize, io: &mut Io<'_>) {
         if let Some(mut n) = self.nodes.try_remove(slot) {
             io.timers.clear(&mut n.timer);
-            for (_, mut s) in n.udp.drain(..) {
-                let _ = io.registry.deregister(&mut s);
-            }
             if let Some(mut t) = n.tcp.take() {
                 let _ = io.registry.deregister(&mut t.stream);
             }
@@ -628,33 +619,69 @@ impl Resolvers {
         }
     }
 
-    /// A resolver socket is ready: read what answers its sockets have, each until it
-    /// would block (they are edge-triggered; nginx's ngx_resolver_udp_read reads so too).
+    /// A resolver socket is ready: a resolver's UDP socket to a server, or a name's
+    /// TCP stream.
     pub fn on_event(&mut self, slot: usize, io: &mut Io<'_>) {
+        if slot & SERVER_BIT != 0 {
+            let (r, k) = ((slot & !SERVER_BIT) >> 16, slot & 0xffff);
+            self.read_udp(r, k, io);
+        } else {
+            self.drive_tcp(slot, io);
+        }
+    }
+
+    /// Read the answers on a resolver's socket to server `k` until it would block (it
+    /// is edge-triggered; nginx's ngx_resolver_udp_read reads so too).
+    fn read_udp(&mut self, r: usize, k: usize, io: &mut Io<'_>) {
         let mut buf = [0u8; 4096];
-        let mut i = 0;
         loop {
-            let Some(n) = self.nodes.get_mut(slot) else { return };
-            let Some((k, s)) = n.udp.get(i) else { break };
-            let k = *k;
-            match s.recv(&mut buf) {
+            let Some(res) = self.list.get_mut(r) else { return };
+            let Some(sock) = res.udp.get(k).and_then(Option::as_ref) else { return };
+            match sock.recv(&mut buf) {
                 Ok(len) => {
                     let msg = buf[..len].to_vec();
-                    self.answer(slot, &msg, false, io);
+                    self.udp_answer(r, &msg, io);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => i += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let res = &mut self.list[n.resolver];
-                    let server = res.conf.servers[k];
-                    log_server(Level::Error, "recv() failed", &e, server);
-                    res.udp_open[k] = false;
-                    let (_, mut s) = n.udp.remove(i);
-                    let _ = io.registry.deregister(&mut s);
+                    log_server(Level::Error, "recv() failed", &e, res.conf.servers[k]);
+                    if let Some(mut sock) = res.udp[k].take() {
+                        let _ = io.registry.deregister(&mut sock);
+                    }
+                    return;
                 }
             }
         }
-        self.drive_tcp(slot, io);
+    }
+
+    /// A datagram on a resolver's socket: to the name it answers, if that is being asked.
+    fn udp_answer(&mut self, r: usize, msg: &[u8], io: &mut Io<'_>) {
+        // A format error names the name whose query had its ident (nginx looks through
+        // the names waiting for an answer).
+        let name_of = |ident: u16| {
+            self.nodes.iter().find_map(|(_, n)| {
+                let ours =
+                    [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
+                (n.resolver == r && ours).then(|| n.name.clone())
+            })
+        };
+        if let Err(e) = check_response(msg, false, name_of) {
+            log_plain(&e);
+            return;
+        }
+        let resp = match dns::parse(msg) {
+            Ok(resp) => resp,
+            Err(e) => {
+                log_plain(&e.to_string());
+                return;
+            }
+        };
+        let key = (r, resp.qname.clone(), resp.qtype == dns::TYPE_SRV);
+        match self.asking.get(&key) {
+            Some(&slot) => self.answer_parsed(slot, resp, false, io),
+            None => log_plain(&format!("unexpected DNS response for {}", resp.qname)),
+        }
     }
 
     fn drive_tcp(&mut self, slot: usize, io: &mut Io<'_>) {
@@ -741,24 +768,27 @@ impl Resolvers {
         }
     }
 
-    /// One DNS message arrived for the name in `slot`.
+    /// One DNS message arrived on the TCP stream of the name in `slot`.
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
-        let Some(n) = self.nodes.get_mut(slot) else { return };
-        let ids = [&n.a, &n.aaaa, &n.srv].map(|f| match f {
-            Family::Pending { id, .. } => Some(*id),
-            _ => None,
-        });
-        if let Err(e) = check_response(msg, over_tcp, &ids, &n.name) {
+        let Some(n) = self.nodes.get(slot) else { return };
+        let ours = |ident: u16| {
+            let pending =
+                [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
+            pending.then(|| n.name.clone())
+        };
+        if let Err(e) = check_response(msg, over_tcp, ours) {
             log_plain(&e);
             return;
         }
-        let r = match dns::parse(msg) {
-            Ok(r) => r,
-            Err(e) => {
-                log_plain(&e.to_string());
-                return;
-            }
-        };
+        match dns::parse(msg) {
+            Ok(r) => self.answer_parsed(slot, r, over_tcp, io),
+            Err(e) => log_plain(&e.to_string()),
+        }
+    }
+
+    /// An answer (its header and question checked) for the name in `slot`.
+    fn answer_parsed(&mut self, slot: usize, r: dns::Response, over_tcp: bool, io: &mut Io<'_>) {
+        let Some(n) = self.nodes.get_mut(slot) else { return };
         let family = match r.qtype {
             dns::TYPE_A => &mut n.a,
             dns::TYPE_AAAA => &mut n.aaaa,
@@ -966,7 +996,7 @@ impl Resolvers {
 /// `ngx_resolver_process_response`'s checks of a reply, in its order and with its
 /// messages, before the records are read: the header, the error codes, the one
 /// question (no compression, not empty), its class and type.
-fn check_response(m: &[u8], over_tcp: bool, ids: &[Option<u16>], name: &str) -> Result<(), String> {
+fn check_response(m: &[u8], over_tcp: bool, name_of: impl Fn(u16) -> Option<String>) -> Result<(), String> {
     const SHORT: &str = "short DNS response";
     if m.len() < 12 {
         return Err(SHORT.into());
@@ -981,8 +1011,10 @@ fn check_response(m: &[u8], over_tcp: bool, ids: &[Option<u16>], name: &str) -> 
     if code == dns::FORMERR || code > 5 {
         let text = format!("DNS error ({}: {}), query id:{}", code, strerror(i32::from(code)), ident);
         // A format error names the name whose query had this ident.
-        let ours = ids.contains(&Some(ident));
-        return Err(if code == dns::FORMERR && ours { format!("{text}, name:\"{name}\"") } else { text });
+        return Err(match name_of(ident).filter(|_| code == dns::FORMERR) {
+            Some(name) => format!("{text}, name:\"{name}\""),
+            None => text,
+        });
     }
     if nqs != 1 {
         return Err("invalid number of questions in DNS response".into());
@@ -1065,12 +1097,13 @@ mod tests {
     #[test]
     fn reply_checks_as_nginx() {
         let q = dns::query(0x1234, "a.test", dns::TYPE_A).unwrap();
+        let a_test = |ident: u16| (ident == 0x1234).then(|| "a.test".to_string());
         let reply = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut m = q.clone();
             m[2] = 0x81;
             m[3] = 0x80;
             f(&mut m);
-            check_response(&m, false, &[Some(0x1234)], "a.test")
+            check_response(&m, false, a_test)
         };
         assert_eq!(reply(&|_| {}), Ok(()));
         assert_eq!(reply(&|m| m[2] = 0x01), Err("invalid UDP DNS response 4660 fl:0180".into()));
@@ -1089,7 +1122,7 @@ mod tests {
         let mut m = rev.clone();
         m[2] = 0x81;
         m[3] = 0x80;
-        assert_eq!(check_response(&m, false, &[Some(0x1234)], "a.test"), Ok(()));
+        assert_eq!(check_response(&m, false, a_test), Ok(()));
     }
 
     #[test]
