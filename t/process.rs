@@ -760,7 +760,7 @@ fn reload_moves_the_pid_file() {
     let a = tagged("A");
     let p = free_port();
     let conf = proxy_conf(&head(false, "1"), p, a);
-    let run = Run::start(&conf);
+    let mut run = Run::start(&conf);
     let master = run.master();
     assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
     assert!(wait_for(10 * SEC, || greet(p).is_ok()), "not serving\n{}", run.ctx());
@@ -791,6 +791,27 @@ fn reload_moves_the_pid_file() {
     assert_eq!(run.read_pid("moved.pid"), Some(master), "{}", run.ctx());
     assert_eq!(workers_of(master, &[]), workers, "{}", run.ctx());
     assert_eq!(greet(p).ok().as_deref(), Some("A"), "{}", run.ctx());
+    // One that fails after the pid file was moved (a log file that cannot be opened)
+    // leaves it moved, and the old name is the one removed at exit, as in nginx.
+    let failing = conf.replace("sluice.pid;", "again.pid;").replace(
+        "error_log %%PREFIX%%error.log",
+        "error_log %%PREFIX%%error.log info; error_log %%PREFIX%%nodir/e.log",
+    );
+    run.write_conf(&failing);
+    signal(master, libc::SIGHUP);
+    let msg = format!("open() \"{}nodir/e.log\" failed (2: No such file or directory)", run.prefix());
+    assert!(wait_for(10 * SEC, || run.log().contains(&msg)), "no emerg line\n{}", run.ctx());
+    assert_eq!(run.read_pid("again.pid"), Some(master), "{}", run.ctx());
+    assert!(!run.path("moved.pid").exists(), "{}", run.ctx());
+    assert_eq!(workers_of(master, &[]), workers, "{}", run.ctx());
+    signal(master, libc::SIGTERM);
+    assert!(run.wait_child(10 * SEC).is_some(), "{}", run.ctx());
+    let alert = format!(
+        "[alert] {master}#{master}: unlink() \"{}moved.pid\" failed (2: No such file or directory)",
+        run.prefix()
+    );
+    assert!(run.log().contains(&alert), "{}", run.ctx());
+    assert_eq!(run.read_pid("again.pid"), Some(master), "the new pid file stays, as nginx's\n{}", run.ctx());
 }
 
 /// `access_log /dev/stderr` with the error log in a file: the file is opened with the

@@ -358,6 +358,21 @@ fn after_parse(mut cx: ConfCx, opts: &LoadOptions, old: Option<&Cycle>) -> Resul
             return Err(late(ConfError::bare(format!("open() \"{}\" failed {}", pid, crate::core::conf::os_err(&e)))));
         }
     }
+    // A reload that names another pid file moves it here (ngx_init_cycle), before any
+    // file or socket is opened: a reload that fails after this leaves it moved.
+    if let (Some(old), false, false) = (old, opts.test, opts.signaller) {
+        let (pid, old_pid) = (cx.core.pid.get(), old.core.pid.get());
+        if pid != old_pid {
+            if let Err(e) = crate::core::process::write_pid(&pid) {
+                return Err(late(ConfError::bare(format!(
+                    "open() \"{}\" failed {}",
+                    pid,
+                    crate::core::conf::os_err(&e)
+                ))));
+            }
+            crate::core::process::remove_pid(&old_pid);
+        }
+    }
     // ngx_log_open_default: without an error log to a file (none at all, or only
     // syslog and memory ones) the default one is added, at `error`.
     let mut main_logs = cx.core.error_log.clone();

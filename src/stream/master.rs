@@ -548,19 +548,10 @@ impl Master {
         if let Some(w) = cycle.core.affinity_warning() {
             error(Level::Warn, w, None);
         }
-        // A new pid file name: the file moves (nginx's ngx_init_cycle); if it cannot be
-        // written, the reload fails and the old configuration stays.
+        // (A new pid file name: the load moved the file, see `conf::after_parse`. Until
+        // a reload succeeds, the old name is the one removed at exit, as in nginx: after
+        // a failed one that moved the file, an alert.)
         let pid = cycle.core.pid.get();
-        if pid != self.pid_file {
-            if let Err(e) = process::write_pid(&pid) {
-                error(Level::Emerg, &format!("open() \"{}\" failed", pid), Some(&e));
-                return;
-            }
-            if let Err(e) = std::fs::remove_file(&self.pid_file) {
-                error(Level::Alert, &format!("unlink() \"{}\" failed", self.pid_file), Some(&e));
-            }
-            self.pid_file = pid;
-        }
         // Sockets are kept by address and type (TCP and UDP may share an address).
         let old_opts: Vec<((Addr, bool), ListenOpts)> =
             self.cycle.listening.iter().map(|l| ((l.addr.clone(), l.opts.udp), l.opts.clone())).collect();
@@ -606,6 +597,7 @@ impl Master {
             .filter_map(|(l, k)| Some(((l.addr.clone(), l.opts.udp), k.or_else(|| opened.next().map(|s| vec![s]))?)))
             .collect();
         self.listeners = next.into_iter().map(|(_, l)| l).collect();
+        self.pid_file = pid;
         self.cycle = Rc::new(cycle);
         log::set_main(self.cycle.error_log.clone());
         // The kept sockets take the new configuration's options (the new ones have them).
