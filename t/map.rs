@@ -417,6 +417,46 @@ stream {{
     assert_eq!(std::fs::read_to_string(s.dir.join("c.log")).unwrap_or_default(), "", "the line is dropped");
 }
 
+/// A log whose condition, line or path fails to build (a capture read before the map
+/// that sets it): a failing `if=` or line ends the session's logging there, its later
+/// access logs unwritten (ngx_stream_log_handler returns), and a failing path drops the
+/// line (side by side with nginx 1.22.1; sluice wrote the later logs, and the line to
+/// descriptor 2 or `open() ""`).
+#[test]
+fn a_log_that_fails_to_build_ends_the_sessions_logging() {
+    let (e, f, g) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format c '$first|$m1|$first';
+    log_format p '$server_port';
+    map $remote_addr $m1 {{ ~^(?<first>\\d+)\\. \"$first\"; }}
+    map $remote_addr $m {{ ~^(\\d+)\\. \"M\"; }}
+    server {{ listen 127.0.0.1:{e}; access_log %%PREFIX%%pre.log p; access_log %%PREFIX%%c.log c;
+              access_log %%PREFIX%%after-line.log p; return ok; }}
+    server {{ listen 127.0.0.1:{f}; access_log %%PREFIX%%pre.log p; access_log %%PREFIX%%if.log p if=$1$m;
+              access_log %%PREFIX%%after-if.log p; return ok; }}
+    server {{ listen 127.0.0.1:{g}; access_log %%PREFIX%%x$1$m.log p; access_log %%PREFIX%%after-path.log p; return ok; }}
+}}
+"
+    ));
+    for port in [e, f, g] {
+        assert_eq!(exchange(port, b""), b"ok");
+    }
+    let pre = s.wait_lines("pre.log", 2);
+    assert_eq!(pre, [e.to_string(), f.to_string()]);
+    let after = s.wait_lines("after-path.log", 1);
+    assert_eq!(after, [g.to_string()], "the log after a failing path is written");
+    let alerts = |what: &str| s.error_log().lines().filter(|l| l.contains("[alert]") && l.contains(what)).count();
+    assert!(crate::common::wait_for(Duration::from_secs(5), || alerts("no buffer space in log script copy") == 1));
+    assert!(crate::common::wait_for(Duration::from_secs(5), || alerts("no buffer space in script copy") == 2));
+    for name in ["c.log", "after-line.log", "if.log", "after-if.log"] {
+        assert_eq!(std::fs::read_to_string(s.dir.join(name)).unwrap_or_default(), "", "{name}");
+    }
+    let log = s.error_log();
+    assert!(!log.contains(&format!("\n{g}\n")) && !log.contains("open() \"\""), "{log}");
+}
+
 /// nginx's first pass keeps every variable's value for the second, a `volatile` map's
 /// too: only the captures are read again. A volatile regex map is not run again in the
 /// second pass, so the captures a later map set in the first pass stay (nginx 1.22.1

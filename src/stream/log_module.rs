@@ -400,7 +400,11 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     for l in logs {
         if let Some(c) = &l.cond {
             val.clear();
-            c.eval(s, &mut val);
+            // A condition that fails to evaluate ends the logging of the session: nginx's
+            // ngx_stream_log_handler returns there, the later access logs unwritten.
+            if !c.eval(s, &mut val) {
+                break;
+            }
             if val.is_empty() || val == b"0" {
                 continue;
             }
@@ -418,7 +422,8 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             format_line(s, &l.format, &mut line, &mut val);
             if line.len() > first {
                 s.log(Level::Alert, "no buffer space in log script copy", None);
-                continue;
+                // (As a failing condition: the later access logs are not written.)
+                break;
             }
         }
         line.push(b'\n');
@@ -440,7 +445,11 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             }
             Target::Dynamic(p) => {
                 let mut path = Vec::new();
-                p.eval(s, &mut path);
+                // A path that fails to evaluate drops the line (ngx_stream_log_script_write
+                // "simulates successful logging").
+                if !p.eval(s, &mut path) {
+                    continue;
+                }
                 // The name is a C string in nginx: it ends at a NUL a value brings.
                 if let Some(n) = path.iter().position(|&c| c == 0) {
                     path.truncate(n);
