@@ -53,8 +53,8 @@ impl OpenFileCache {
         OpenFileCache { max, inactive, min_uses, valid, files: RefCell::new(Vec::new()) }
     }
 
-    /// Append `line` to the file `name` at wall-clock second `now`
-    /// (`ngx_open_cached_file`, the write, then the session's cleanup).
+    /// Append `line` to the file `name` at wall-clock second `now` (`ngx_open_cached_file`
+    /// and the write; the session's end calls `release` for it).
     /// The outer error is the open or stat that failed (no write was made), the inner
     /// the write's own.
     pub fn write(&self, name: &str, line: &[u8], now: i64) -> Result<Result<(), WriteError>, Failed> {
@@ -70,22 +70,31 @@ impl OpenFileCache {
                 Ok(files.len() - 1)
             }
         };
-        let i = r?;
-        let written = match files[i].fd.as_mut() {
+        // Found or made, the file is the most recently used (the end of the list,
+        // nginx's head of its expire queue).
+        let f = files.remove(r?);
+        files.push(f);
+        let written = match files.last_mut().and_then(|f| f.fd.as_mut()) {
             Some(fd) => crate::core::logfile::write_once(fd, line),
             None => Ok(()),
         };
-        // The cleanup: the file becomes the most recently used (the end of the list,
-        // nginx's head of its expire queue), a file used too little is closed, and up
-        // to two idle ones go.
-        let mut f = files.remove(i);
-        f.accessed = now;
-        if f.uses < self.min_uses {
-            f.fd = None;
-        }
-        files.push(f);
-        expire(&mut files, false, self.inactive, now);
         Ok(written)
+    }
+
+    /// The session that wrote to `name` ends (`ngx_open_file_cleanup`, one per use, the
+    /// last use first): the file becomes the most recently used again, a file used too
+    /// little is closed, and up to two idle ones go.
+    pub fn release(&self, name: &str, now: i64) {
+        let mut files = self.files.borrow_mut();
+        if let Some(i) = files.iter().position(|f| f.name == name) {
+            let mut f = files.remove(i);
+            f.accessed = now;
+            if f.uses < self.min_uses {
+                f.fd = None;
+            }
+            files.push(f);
+        }
+        expire(&mut files, false, self.inactive, now);
     }
 
     /// A name already in the cache: its descriptor, checked against the name once
@@ -143,6 +152,13 @@ fn expire(files: &mut Vec<Cached>, force: bool, inactive: i64, now: i64) {
 mod tests {
     use super::*;
 
+    /// A session writing one line: the write, then its cleanup.
+    fn log(c: &OpenFileCache, name: &str, line: &[u8], now: i64) -> Result<Result<(), WriteError>, Failed> {
+        let r = c.write(name, line, now);
+        c.release(name, now);
+        r
+    }
+
     fn dir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("sluice-ofc-{}-{}", tag, std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -158,10 +174,28 @@ mod tests {
         let name = |n: &str| d.join(n).display().to_string();
         let c = OpenFileCache::new(2, 10, 1, 60);
         for n in ["a.log", "b.log", "a.log", "c.log"] {
-            c.write(&name(n), b"x\n", 100).unwrap().unwrap();
+            log(&c, &name(n), b"x\n", 100).unwrap().unwrap();
         }
         let names: Vec<String> = c.files.borrow().iter().map(|f| f.name.clone()).collect();
         assert_eq!(names, [name("a.log"), name("c.log")]);
+    }
+
+    /// A session writing two files releases them last first, as nginx runs its pool
+    /// cleanups: after a session with a then b, a is the more recently used, and a full
+    /// cache pushes b out (side by side with nginx 1.22.1, hunt s21/rvlog F01b).
+    #[test]
+    fn a_sessions_files_are_released_last_first() {
+        let d = dir("release");
+        let name = |n: &str| d.join(n).display().to_string();
+        let c = OpenFileCache::new(2, 10, 1, 60);
+        let (a, b) = (name("a.log"), name("b.log"));
+        c.write(&a, b"x\n", 100).unwrap().unwrap();
+        c.write(&b, b"x\n", 100).unwrap().unwrap();
+        c.release(&b, 100);
+        c.release(&a, 100);
+        log(&c, &name("c.log"), b"x\n", 100).unwrap().unwrap();
+        let names: Vec<String> = c.files.borrow().iter().map(|f| f.name.clone()).collect();
+        assert_eq!(names, [a, name("c.log")]);
     }
 
     #[test]
@@ -169,15 +203,15 @@ mod tests {
         let d = dir("rename");
         let a = d.join("a.log").display().to_string();
         let c = OpenFileCache::new(10, 10, 1, 60);
-        c.write(&a, b"1\n", 100).unwrap().unwrap();
+        log(&c, &a, b"1\n", 100).unwrap().unwrap();
         std::fs::rename(&a, format!("{a}.1")).unwrap();
-        c.write(&a, b"2\n", 159).unwrap().unwrap();
+        log(&c, &a, b"2\n", 159).unwrap().unwrap();
         assert_eq!(std::fs::read(format!("{a}.1")).unwrap(), b"1\n2\n");
         assert!(!std::path::Path::new(&a).exists());
         // valid has passed: the name is gone, so stat() fails and the line is lost.
-        let e = c.write(&a, b"3\n", 160).unwrap_err();
+        let e = log(&c, &a, b"3\n", 160).unwrap_err();
         assert_eq!((e.0, e.1.raw_os_error()), ("stat()", Some(libc::ENOENT)));
-        c.write(&a, b"4\n", 160).unwrap().unwrap();
+        log(&c, &a, b"4\n", 160).unwrap().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"4\n");
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -188,14 +222,14 @@ mod tests {
         let name = |n: u32| d.join(format!("{n}.log")).display().to_string();
         let c = OpenFileCache::new(2, 10, 2, 60);
         for n in 0..3 {
-            c.write(&name(n), b"x\n", 100).unwrap().unwrap();
+            log(&c, &name(n), b"x\n", 100).unwrap().unwrap();
         }
         // max 2: the least recently used went; used once of min_uses 2: not kept open.
         let files = c.files.borrow();
         assert_eq!(files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(), [name(1), name(2)]);
         assert!(files.iter().all(|f| f.fd.is_none()));
         drop(files);
-        c.write(&name(2), b"y\n", 101).unwrap().unwrap();
+        log(&c, &name(2), b"y\n", 101).unwrap().unwrap();
         assert!(c.files.borrow().iter().any(|f| f.name == name(2) && f.fd.is_some()));
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -397,6 +397,9 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
     let Some(logs) = &srv.confs.log.logs else { return Flow::Declined };
     // The worker's buffers: no allocation per line once they have grown.
     let (mut line, mut val) = std::mem::take(&mut cx.rt.log_bufs);
+    // The cached files this session wrote to, for their release at its end.
+    let mut cached: Vec<String> = Vec::new();
+    let cache = srv.confs.log.open_file_cache.as_ref().and_then(Option::as_ref);
     for l in logs {
         if let Some(c) = &l.cond {
             val.clear();
@@ -455,8 +458,14 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                     path.truncate(n);
                 }
                 let path = crate::core::conf::parser::bytes_to_text(&path);
-                let written = match srv.confs.log.open_file_cache.as_ref().and_then(Option::as_ref) {
-                    Some(cache) => cache.write(&path, &line, crate::core::time::wall().0),
+                let written = match cache {
+                    Some(cache) => {
+                        let w = cache.write(&path, &line, crate::core::time::wall().0);
+                        if w.is_ok() {
+                            cached.push(path.to_string());
+                        }
+                        w
+                    }
                     None => crate::core::logfile::LogFile::open(&path)
                         .map_err(|e| ("open()", e))
                         .map(|mut f| f.write_line(&line, cx.now)),
@@ -468,6 +477,13 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                     Err((call, e)) => s.log(Level::Crit, &format!("{call} \"{path}\" failed"), Some(&e)),
                 }
             }
+        }
+    }
+    // nginx's pool cleanups at the session's end: the last registered first.
+    if let Some(cache) = cache {
+        let now = crate::core::time::wall().0;
+        for path in cached.iter().rev() {
+            cache.release(path, now);
         }
     }
     cx.rt.log_bufs = (line, val);
