@@ -208,6 +208,7 @@ cases! {
     access_log_missing_dir,
     access_log_no_format,
     access_log_repeated_parameters,
+    access_log_syslog_flush_without_buffer,
     access_log_unknown_format,
     access_log_unknown_parameter,
     affinity_warning_before_late_error,

@@ -261,7 +261,10 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
         }
     }
     if flush.is_some() && buffer == 0 {
-        return Err(cmd.err(format!("no buffer is defined for access_log \"{}\"", cmd.arg(0))));
+        // nginx's syslog parser wrote a NUL over each comma of the argument in place, and
+        // prints it so.
+        let arg = if syslog.is_some() { cmd.arg(0).replace(',', "\0") } else { cmd.arg(0).to_string() };
+        return Err(cmd.err(format!("no buffer is defined for access_log \"{}\"", arg)));
     }
     if let Some(conf) = syslog {
         if buffer != 0 {
