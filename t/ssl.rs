@@ -817,6 +817,35 @@ fn certificates_by_variables_as_nginx() {
     s.stop();
 }
 
+/// A certificate named with variables whose key is encrypted, and no password file:
+/// no password is tried (nginx's empty password list), so the handshake fails at once
+/// with OpenSSL's "empty password", server and proxy side; OpenSSL's own prompt would
+/// block the worker on a terminal or an open stdin (side by side with nginx 1.22.1).
+#[test]
+fn encrypted_key_by_variables_without_password_file_fails_at_once() {
+    let (p1, p2, up) = (free_port(), free_port(), free_port());
+    let d = files();
+    let conf = format!(
+        "events {{}}\nstream {{\n    map $server_port $c {{ default cert; }}\n    \
+         server {{\n        listen 127.0.0.1:{p1} ssl;\n        ssl_certificate {d}/$c.pem;\n        \
+         ssl_certificate_key {d}/pw-key.pem;\n        return ok;\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{p2};\n        proxy_ssl on;\n        proxy_ssl_certificate {d}/$c.pem;\n        \
+         proxy_ssl_certificate_key {d}/pw-key.pem;\n        proxy_pass 127.0.0.1:{up};\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{up};\n        return up;\n    }}\n}}\n",
+        d = d.display()
+    );
+    let s = Sluice::start(&conf);
+    assert!(tls_result(p1, None, |_| {}).is_err());
+    let mut plain = Vec::new();
+    connect(p2).read_to_end(&mut plain).ok();
+    assert!(plain.is_empty());
+    let want =
+        format!("cannot load certificate key \"{}/pw-key.pem\": PEM_read_bio_PrivateKey() failed (SSL: ", d.display());
+    let failed = || s.error_log().lines().filter(|l| l.contains(&want) && l.contains("empty password")).count();
+    assert!(wait_for(Duration::from_secs(10), || failed() == 2), "{}", s.error_log());
+    assert!(!s.error_log().contains("pass phrase"), "{}", s.error_log());
+}
+
 /// `ssl_session_ticket_key`: a TLSv1.2 session whose ticket nginx 1.22.1 issued under
 /// ssl.files/ticket80.key (kept in ssl.files/nginx-ticket-session.pem, with
 /// `ssl_session_timeout 36500d`) resumes here: same key file format, same ticket

@@ -401,6 +401,10 @@ impl TlsConn {
     /// or fails when one could not be loaded (nginx's error text is returned).
     pub fn set_certificates(&mut self, pairs: &[(String, String)], pwds: Option<&[Vec<u8>]>) -> Result<(), String> {
         let ssl = self.stream.ssl() as *const ssl::SslRef as *mut ffi::SSL;
+        // Without a password file, no password (nginx's ngx_ssl_preserve_passwords with
+        // none): an encrypted key fails at once instead of OpenSSL's default callback
+        // asking on the terminal, which would block the worker.
+        let pwds = Some(pwds.unwrap_or(&[]));
         let r = pairs.iter().try_for_each(|(c, k)| use_certificate(CertTarget::Ssl(ssl), c, k, pwds).map(|_| ()));
         // SAFETY: the slot holds a plain number, not a pointer.
         unsafe { ffi::SSL_set_ex_data(ssl, cert_state_index(), if r.is_ok() { 1 } else { 2 } as *mut c_void) };
