@@ -212,15 +212,11 @@ fn pipes_leave_connections_their_descriptors() {
     let master = s.pid();
     assert!(wait_for(Duration::from_secs(10), || children_of(master).len() == 1), "no worker");
     let worker = children_of(master)[0];
-    // The worker's descriptors once it is up: they change while it starts (a loaded
-    // machine measured one too few), so wait until two looks 200 ms apart agree.
-    let steady = || {
-        let a = fds_of(worker);
-        std::thread::sleep(Duration::from_millis(200));
-        (a > 0 && a == fds_of(worker)).then_some(a)
-    };
-    let mut base = 0;
-    assert!(wait_for(Duration::from_secs(10), || steady().map(|n| base = n).is_some()), "no steady worker descriptors");
+    // The worker's descriptors once it waits for events: they change while it starts
+    // (7 after the fork, a passing 9 while it reads /etc/passwd, then its epoll: 8), and
+    // a loaded machine read them too early.
+    assert!(wait_in_epoll(worker), "the worker never waits for events");
+    let base = fds_of(worker);
     let need = base + 2 * CLIENTS + 2;
     assert!(need <= 40, "the test needs {need} descriptors of 40 for its sessions and a pipe");
     // every client connected and its download under way before any reads
