@@ -366,9 +366,19 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 impl Drop for Sluice {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // Kill the master first (else it would start new workers), then the workers
-            // it leaves behind.
-            let workers = children_of(c.id() as i32);
+            // Stop the master first, so that it forks no worker (a respawn, a reload)
+            // between the look at its children and its end; then kill it, then the
+            // workers it leaves behind (a worker forked just before the look was once
+            // left running).
+            let pid = c.id() as i32;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            wait_for(Duration::from_secs(2), || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+                !matches!(state, Some("R" | "S" | "D"))
+            });
+            let workers = children_of(pid);
             let _ = c.kill();
             let _ = c.wait();
             for w in workers {
