@@ -269,6 +269,22 @@ pub struct ParsedUrl {
     pub literal: bool,
 }
 
+impl ParsedUrl {
+    pub fn is_unix(&self) -> bool {
+        matches!(self.addrs.first(), Some(Addr::Unix(_)))
+    }
+
+    /// The port an upstream is found by (`ngx_stream_upstream_add`, the run-time search
+    /// of ngx_stream_proxy_handler): a unix socket has port 0 to nginx, not "no port".
+    pub fn upstream_port(&self) -> Option<u16> {
+        if self.is_unix() {
+            Some(0)
+        } else {
+            self.port
+        }
+    }
+}
+
 /// What nginx's `ngx_parse_url` reports in `u->err` (the caller wraps it in context).
 pub type UrlError = &'static str;
 

@@ -191,7 +191,7 @@ fn listen(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 return Err(ConfError::directive(cmd, &format!("\"{}\" parameter is incompatible with \"udp\"", name)));
             }
         }
-        if matches!(u.addrs.first(), Some(Addr::Unix(_))) {
+        if u.is_unix() {
             return Err(cmd.err("\"udp\" on unix domain sockets is not supported by sluice"));
         }
         opts.udp = true;

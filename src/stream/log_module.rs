@@ -462,13 +462,7 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                 }
                 let path = crate::core::conf::parser::bytes_to_text(&path);
                 let written = match cache {
-                    Some(cache) => {
-                        let w = cache.write(&path, &line, crate::core::time::wall().0);
-                        if w.is_ok() {
-                            cached.push(path.to_string());
-                        }
-                        w
-                    }
+                    Some(cache) => cache.write(&path, &line, crate::core::time::wall().0),
                     None => crate::core::logfile::LogFile::open(&path)
                         .map_err(|e| ("open()", e))
                         .map(|mut f| f.write_line(&line, cx.now)),
@@ -477,7 +471,14 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => l.state.failed(s, &path, &e),
                     // ngx_stream_log_script_write: every time, at crit.
-                    Err((call, e)) => s.log(Level::Crit, &format!("{call} \"{path}\" failed"), Some(&e)),
+                    Err((call, e)) => {
+                        s.log(Level::Crit, &format!("{call} \"{path}\" failed"), Some(&e));
+                        continue;
+                    }
+                }
+                // Opened through the cache: released at the session's end.
+                if cache.is_some() {
+                    cached.push(path);
                 }
             }
         }

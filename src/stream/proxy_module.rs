@@ -81,12 +81,11 @@ pub struct ProxySrv {
 /// otherwise it is resolved when the `stream {}` block ends).
 fn upstream_add(cx: &mut ConfCx, url: &str, cmd: &Cmd) -> ConfResult<usize> {
     let u = parse_url(url, false, false).map_err(|e| cmd.err(format!("{} in upstream \"{}\"", e, url)))?;
-    let unix = matches!(u.addrs.first(), Some(Addr::Unix(_)));
+    let unix = u.is_unix();
     // Looked up by nginx's host (see `UpstreamConf::host`): a unix socket's path.
     let host = if unix { crate::core::addr::strip_unix(url).unwrap_or(url) } else { &u.host };
-    // A unix socket has port 0 to nginx (not "no port"): an `upstream PATH {}` block
-    // may not serve it.
-    let port = if unix { Some(0) } else { u.port };
+    // (A unix socket's port 0: an `upstream PATH {}` block may not serve it.)
+    let port = u.upstream_port();
     if let Some(i) = find_upstream(cx, host, port, false, cmd)? {
         return Ok(i);
     }
@@ -639,8 +638,7 @@ impl ProxySession {
                         // ngx_stream_proxy_handler looks for a configured upstream of
                         // that name first, an address literal too (`upstream 10.0.0.5 {}`,
                         // or the group another server's `proxy_pass 10.0.0.5:80` made).
-                        let port = if matches!(u.addrs.first(), Some(Addr::Unix(_))) { Some(0) } else { u.port };
-                        if let Some(i) = find_group(&s.cycle.upstreams, host, port) {
+                        if let Some(i) = find_group(&s.cycle.upstreams, host, u.upstream_port()) {
                             return Ok(i);
                         }
                         if u.addrs.is_empty() {

@@ -198,6 +198,13 @@ struct Node {
     timer: Option<TimerId>,
 }
 
+impl Node {
+    /// A query of this name under `ident` waits for its answer.
+    fn asks(&self, ident: u16) -> bool {
+        [&self.a, &self.aaaa, &self.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident))
+    }
+}
+
 struct Cached {
     addrs: Vec<IpAddr>,
     /// An alias answered with no addresses (nginx keeps the CNAME step too, for its TTL).
@@ -659,24 +666,9 @@ impl Resolvers {
     fn udp_answer(&mut self, r: usize, msg: &[u8], io: &mut Io<'_>) {
         // A format error names the name whose query had its ident (nginx looks through
         // the names waiting for an answer).
-        let name_of = |ident: u16| {
-            self.nodes.iter().find_map(|(_, n)| {
-                let ours =
-                    [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
-                (n.resolver == r && ours).then(|| n.name.clone())
-            })
-        };
-        if let Err(e) = check_response(msg, false, name_of) {
-            log_plain(&e);
-            return;
-        }
-        let resp = match dns::parse(msg) {
-            Ok(resp) => resp,
-            Err(e) => {
-                log_plain(&e.to_string());
-                return;
-            }
-        };
+        let name_of =
+            |ident| self.nodes.iter().find_map(|(_, n)| (n.resolver == r && n.asks(ident)).then(|| n.name.clone()));
+        let Some(resp) = checked(msg, false, name_of) else { return };
         let key = (r, resp.qname.clone(), resp.qtype == dns::TYPE_SRV);
         match self.asking.get(&key) {
             Some(&slot) => self.answer_parsed(slot, resp, false, io),
@@ -771,18 +763,8 @@ impl Resolvers {
     /// One DNS message arrived on the TCP stream of the name in `slot`.
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get(slot) else { return };
-        let ours = |ident: u16| {
-            let pending =
-                [&n.a, &n.aaaa, &n.srv].iter().any(|f| matches!(f, Family::Pending { id, .. } if *id == ident));
-            pending.then(|| n.name.clone())
-        };
-        if let Err(e) = check_response(msg, over_tcp, ours) {
-            log_plain(&e);
-            return;
-        }
-        match dns::parse(msg) {
-            Ok(r) => self.answer_parsed(slot, r, over_tcp, io),
-            Err(e) => log_plain(&e.to_string()),
+        if let Some(r) = checked(msg, over_tcp, |ident| n.asks(ident).then(|| n.name.clone())) {
+            self.answer_parsed(slot, r, over_tcp, io);
         }
     }
 
@@ -1053,6 +1035,15 @@ fn check_response(m: &[u8], over_tcp: bool, name_of: impl Fn(u16) -> Option<Stri
         }
     }
     Ok(())
+}
+
+/// A reply whose header and question pass `check_response`, parsed; what fails is logged.
+fn checked(m: &[u8], over_tcp: bool, name_of: impl Fn(u16) -> Option<String>) -> Option<dns::Response> {
+    if let Err(e) = check_response(m, over_tcp, name_of) {
+        log_plain(&e);
+        return None;
+    }
+    dns::parse(m).map_err(|e| log_plain(&e.to_string())).ok()
 }
 
 /// A cached answer, as `ngx_resolver_export` hands it out with `rotate`: each family
