@@ -159,11 +159,27 @@ mod tests {
         r
     }
 
-    fn dir(tag: &str) -> std::path::PathBuf {
+    /// A scratch directory, removed when the test ends, whether it passes or not.
+    struct Dir(std::path::PathBuf);
+
+    impl std::ops::Deref for Dir {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("sluice-ofc-{}-{}", tag, std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Dir(d)
     }
 
     /// A full cache pushes out the least recently used entry, told apart within one
@@ -213,7 +229,6 @@ mod tests {
         assert_eq!((e.0, e.1.raw_os_error()), ("stat()", Some(libc::ENOENT)));
         log(&c, &a, b"4\n", 160).unwrap().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"4\n");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -231,6 +246,5 @@ mod tests {
         drop(files);
         log(&c, &name(2), b"y\n", 101).unwrap().unwrap();
         assert!(c.files.borrow().iter().any(|f| f.name == name(2) && f.fd.is_some()));
-        let _ = std::fs::remove_dir_all(&d);
     }
 }
