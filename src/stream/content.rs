@@ -16,10 +16,28 @@ pub struct Ready {
     pub writable: bool,
     pub error: bool,
     pub hup: bool,
+    /// The peer's FIN is in and no error (EPOLLRDHUP or EPOLLHUP without EPOLLERR): every
+    /// byte before it is already queued on the socket, so once a read comes back short
+    /// the next one would find the end of file.
+    pub fin: bool,
     /// Not an event from epoll: a session requeued for the end of the turn (started
     /// relaying, or reached the per-wake-up cap), which knows which of its sockets
     /// still hold bytes; `readable` then says nothing new.
     pub posted: bool,
+}
+
+impl Ready {
+    pub fn from_event(ev: &mio::event::Event) -> Ready {
+        let hup = ev.is_read_closed() || ev.is_write_closed();
+        Ready {
+            readable: ev.is_readable(),
+            writable: ev.is_writable(),
+            error: ev.is_error(),
+            hup,
+            fin: ev.is_read_closed() && !ev.is_error(),
+            posted: false,
+        }
+    }
 }
 
 pub trait Content {

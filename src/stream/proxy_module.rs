@@ -1099,9 +1099,14 @@ impl ProxySession {
         if self.udp {
             self.early = s.udp_queue.len().saturating_sub(1);
         }
-        // Both ends may already hold bytes (the client's arrived while connecting).
-        self.down.src_ready = true;
-        self.up.src_ready = true;
+        // A socket is read now only if it is known to hold something (nginx's
+        // `read->ready`): the client if it raised an edge since it was accepted (it is
+        // watched from then on) or a phase before read from it; the upstream if its
+        // connect event said so (it is watched from before connect()). Anything either
+        // sends later raises an edge of its own, and a read now would mostly find
+        // EAGAIN: one wasted recv per socket per short connection.
+        self.down.src_ready |= self.udp || self.client_watched || s.client_hup || s.client_ready;
+        self.up.src_ready = self.upstream_ready;
         s.action = Some("proxying connection");
         if self.udp {
             // A datagram socket has nothing to read before its first send: an answer
@@ -1643,10 +1648,13 @@ impl Content for ProxySession {
         // Remember a hang-up on either socket even before relaying starts: the reads
         // from that socket must then go on to end of file.
         if ready.hup || ready.error {
-            match side {
-                Side::Client => self.down.greedy = true,
-                Side::Upstream => self.up.greedy = true,
-            }
+            let d = match side {
+                Side::Client => &mut self.down,
+                Side::Upstream => &mut self.up,
+            };
+            d.greedy = true;
+            // An error after the FIN (a reset) is still to be read, as nginx finds it.
+            d.fin = ready.fin || (d.fin && !ready.error);
         }
         // The socket that fired may have bytes for the direction that reads it. (A
         // posted turn leaves the flags as the relay left them: a socket it found

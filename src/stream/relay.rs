@@ -50,6 +50,10 @@ pub struct Direction {
     /// EAGAIN or end of file. Otherwise a short read means the socket is drained for
     /// now; later bytes raise a new edge, so the EAGAIN read is saved.
     pub greedy: bool,
+    /// The source's FIN is in and no error came with it (see `Ready::fin`): a short
+    /// read has taken every byte before it, so the end of file is known without the
+    /// read that would return 0.
+    pub fin: bool,
     /// The source may have bytes (nginx's `read->ready`): set by a readable event,
     /// cleared when a read finds it drained. A pump woken by the destination becoming
     /// writable does not read a source that is known to be empty.
@@ -282,7 +286,10 @@ impl Direction {
                     // segment (MSG_MORE), where nginx sends two. Only a sure end of file
                     // corks.
                     let mut last = false;
-                    if self.greedy && n < max && b.limit.is_none() {
+                    if self.fin && n < max && b.limit.is_none() && !src.is_tls() {
+                        self.eof = true;
+                        last = true;
+                    } else if self.greedy && n < max && b.limit.is_none() {
                         match src.read(&mut scratch[n..max]) {
                             Ok(0) => {
                                 self.eof = true;
@@ -422,6 +429,23 @@ mod tests {
         assert!(r.written >= buffer as u64, "{r:?}");
         assert!(r.read > 0, "{r:?}");
         assert!(d.held_len() <= buffer);
+    }
+
+    /// With the FIN known to be in, a short read is the last one: the end of file is
+    /// taken without the read that returns 0 (a short connection's third recv). The
+    /// source here has not really ended, so a read would find EAGAIN, not the end.
+    #[test]
+    fn a_short_read_after_the_fin_is_the_end_of_file() {
+        for fin in [false, true] {
+            let (mut feed, mut src, mut dst, mut sink) = pairs();
+            let (mut scratch, mut pipes) = (Vec::new(), PipePool::with_limit(0));
+            let mut d = Direction { src_ready: true, greedy: true, fin, ..Default::default() };
+            feed.write_all(b"ok").expect("feed");
+            let r = d.pump(&mut src, &mut dst, &mut scratch, &mut pipes, budget(16384), false);
+            assert_eq!((r.read, r.written, d.eof), (2, 2, fin), "fin {fin}");
+            let mut got = [0u8; 8];
+            assert_eq!(sink.read(&mut got).expect("sink"), 2);
+        }
     }
 
     /// Bytes read behind held ones keep their order, copied or spliced.

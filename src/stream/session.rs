@@ -175,6 +175,10 @@ pub struct SessionCore {
     /// (reading a PROXY header, preread): that edge will not come again, so the relay
     /// must read the client to its end.
     pub client_hup: bool,
+    /// The client raised a readable edge (or was handed over by `pass`) while the
+    /// phases before content ran: the relay starts by reading it (nginx's
+    /// `c->read->ready`). Without it the relay waits for the client's first edge.
+    pub client_ready: bool,
     /// The last regex match ($1..$9), as nginx keeps `s->captures`.
     pub captures: Captures,
     /// The limit_conn counts the session holds, given back when it ends, after the log

@@ -422,23 +422,11 @@ impl Worker {
                 } else if t.0 & DGRAM_BIT != 0 {
                     // A session's upstream datagram socket (nobody's while pooled).
                     if let Some(key) = self.rt.dgram_owners.owner(t.0 & !DGRAM_BIT) {
-                        let ready = Ready {
-                            readable: ev.is_readable(),
-                            writable: ev.is_writable(),
-                            error: ev.is_error(),
-                            hup: ev.is_read_closed() || ev.is_write_closed(),
-                            posted: false,
-                        };
+                        let ready = Ready::from_event(ev);
                         self.session_event(key, Side::Upstream, ready, now);
                     }
                 } else {
-                    let ready = Ready {
-                        readable: ev.is_readable(),
-                        writable: ev.is_writable(),
-                        error: ev.is_error(),
-                        hup: ev.is_read_closed() || ev.is_write_closed(),
-                        posted: false,
-                    };
+                    let ready = Ready::from_event(ev);
                     let side = if t.0 & 1 == 0 { Side::Client } else { Side::Upstream };
                     self.session_event(t.0 >> 1, side, ready, now);
                 }
@@ -958,6 +946,7 @@ impl Worker {
             var_cycle: false,
             realip_peer: None,
             client_hup: false,
+            client_ready: passes > 0,
             client_corked: false,
             captures: Default::default(),
             limit_conn: Default::default(),
@@ -1068,6 +1057,9 @@ impl Worker {
             State::Phases => {
                 if side == Side::Client && (ready.hup || ready.error) {
                     sess.core.client_hup = true;
+                }
+                if side == Side::Client && (ready.readable || ready.hup || ready.error) {
+                    sess.core.client_ready = true;
                 }
                 let handshaking = sess.core.handshake_timer && ready.writable;
                 if side == Side::Client && (ready.readable || ready.hup || ready.error || handshaking) {
