@@ -261,55 +261,63 @@ fn an_early_client_fin_is_not_lost() {
 }
 
 /// A socket is read only once it is known to hold something, as nginx reads only a
-/// socket whose `read->ready` is set: after the upstream connects, neither the client
-/// (silent so far) nor the upstream is read on spec, and a short read after the peer's
-/// FIN is the end of file. Under strace: a client that waits before sending "ping", a
-/// backend that answers "pong" later and closes; not one recv finds EAGAIN (before: two
-/// per connection, the client and the upstream read at once when the connect ended).
+/// socket whose `read->ready` is set: after the upstream connects (and a PROXY header
+/// went out), neither the client (silent so far) nor the upstream is read on spec, and a
+/// short read after the peer's FIN is the end of file. Under strace: a client that waits
+/// before sending "ping", a backend that answers "pong" later and closes; not one recv
+/// finds EAGAIN (before: two per connection, the client and the upstream read at once
+/// when the connect ended, and the client again after a PROXY header was sent).
 #[test]
 fn sockets_are_read_only_when_they_raised_an_edge() {
     fn pong(mut c: TcpStream) {
-        let mut b = [0u8; 4];
-        if c.read_exact(&mut b).is_ok() {
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = c.write_all(b"pong");
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while !got.ends_with(b"ping") {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
         }
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = c.write_all(b"pong");
     }
     let backend = backend(pong);
-    let p = free_port();
-    let s = Sluice::start(&format!(
-        "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{backend}; }} }}"
-    ));
-    let dir = TempDir::new("strace");
-    let out = dir.join("trace");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-qq", "-e", "trace=recvfrom,read", "-o"])
-        .arg(&out)
-        .args(["-p", &s.pid().to_string()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("strace is needed (.ci/run installs it)");
-    let traced = wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
-            .is_ok_and(|st| st.lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0"))
-    });
-    assert!(traced, "strace did not attach");
-    for _ in 0..3 {
-        let mut c = connect(p);
-        // Time for the proxy to connect upstream before the client says anything.
-        std::thread::sleep(Duration::from_millis(150));
-        c.write_all(b"ping").expect("write");
-        let mut got = Vec::new();
-        c.read_to_end(&mut got).expect("read");
-        assert_eq!(got, b"pong");
+    for extra in ["", "proxy_protocol on;"] {
+        let p = free_port();
+        let s = Sluice::start(&format!(
+            "events {{}} stream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{backend}; {extra} }} }}"
+        ));
+        let dir = TempDir::new("strace");
+        let out = dir.join("trace");
+        let mut strace = std::process::Command::new("strace")
+            .args(["-qq", "-e", "trace=recvfrom,read", "-o"])
+            .arg(&out)
+            .args(["-p", &s.pid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace is needed (.ci/run installs it)");
+        let traced = wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
+                .is_ok_and(|st| st.lines().any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0"))
+        });
+        assert!(traced, "strace did not attach");
+        for _ in 0..3 {
+            let mut c = connect(p);
+            // Time for the proxy to connect upstream before the client says anything.
+            std::thread::sleep(Duration::from_millis(150));
+            c.write_all(b"ping").expect("write");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).expect("read");
+            assert_eq!(got, b"pong", "{extra}");
+        }
+        // SAFETY: a signal to the strace we started (it detaches and flushes on SIGINT).
+        unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+        let _ = strace.wait();
+        let trace = std::fs::read_to_string(&out).expect("trace");
+        let recvs: Vec<&str> = trace.lines().filter(|l| l.starts_with("recvfrom(")).collect();
+        assert!(recvs.iter().all(|l| !l.contains("EAGAIN")), "{extra}\n{trace}");
+        // ping and pong each once, and at most one more (the end of file, when the
+        // backend's FIN came apart from its pong).
+        assert!((6..=9).contains(&recvs.len()), "{extra}\n{trace}");
     }
-    // SAFETY: a signal to the strace we started (it detaches and flushes on SIGINT).
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    let _ = strace.wait();
-    let trace = std::fs::read_to_string(&out).expect("trace");
-    let recvs: Vec<&str> = trace.lines().filter(|l| l.starts_with("recvfrom(")).collect();
-    assert!(recvs.iter().all(|l| !l.contains("EAGAIN")), "{trace}");
-    // ping and pong each once, and at most one more (the end of file, when the
-    // backend's FIN came apart from its pong).
-    assert!((6..=9).contains(&recvs.len()), "{trace}");
 }

@@ -1125,9 +1125,9 @@ impl ProxySession {
             // That first ngx_stream_proxy_process sends the PROXY header at once; the
             // client is not read (its read event is not ready yet).
             if self.down.held_len() > 0 {
-                self.down.src_ready = false;
+                let ready = std::mem::replace(&mut self.down.src_ready, false);
                 let flow = self.process(s, cx, false, true);
-                self.down.src_ready = true;
+                self.down.src_ready = ready;
                 if !matches!(flow, Flow::Again) {
                     return flow;
                 }
