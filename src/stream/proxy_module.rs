@@ -921,8 +921,11 @@ impl ProxySession {
             }
             if retry {
                 let _ = u.deregister(cx.registry);
-                // A hang-up seen on the failed socket says nothing of the next one.
+                // A hang-up or readiness seen on the failed socket says nothing of the
+                // next one.
                 self.up.greedy = false;
+                self.up.fin = false;
+                self.upstream_ready = false;
             }
         }
         if let Some(slot) = self.udp_slot.take() {
