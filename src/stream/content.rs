@@ -9,6 +9,11 @@ use crate::stream::proxy_module::ProxySession;
 use crate::stream::resolver::Outcome;
 use crate::stream::session::{Cx, SessionCore, Side};
 
+/// What a session's stream sockets are watched for: bytes and room, and urgent data
+/// (EPOLLPRI), whose mark stops a read short of what the socket holds (see `Ready::fin`).
+pub const SOCKET_INTEREST: mio::Interest =
+    mio::Interest::READABLE.add(mio::Interest::WRITABLE).add(mio::Interest::PRIORITY);
+
 /// What the reactor saw on one socket of the session.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ready {
@@ -16,9 +21,10 @@ pub struct Ready {
     pub writable: bool,
     pub error: bool,
     pub hup: bool,
-    /// The peer's FIN is in and no error (EPOLLRDHUP or EPOLLHUP without EPOLLERR): every
-    /// byte before it is already queued on the socket, so once a read comes back short
-    /// the next one would find the end of file.
+    /// The peer's FIN is in, with no error and no urgent data (EPOLLRDHUP or EPOLLHUP
+    /// without EPOLLERR or EPOLLPRI): every byte before it is already queued on the
+    /// socket, so once a read comes back short the next one would find the end of file.
+    /// (A read stops at the urgent mark with bytes still queued after it.)
     pub fin: bool,
     /// Not an event from epoll: a session requeued for the end of the turn (started
     /// relaying, or reached the per-wake-up cap), which knows which of its sockets
@@ -34,7 +40,7 @@ impl Ready {
             writable: ev.is_writable(),
             error: ev.is_error(),
             hup,
-            fin: ev.is_read_closed() && !ev.is_error(),
+            fin: ev.is_read_closed() && !ev.is_error() && !ev.is_priority(),
             posted: false,
         }
     }

@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixStream};
-use mio::Interest;
 
 use crate::core::addr::{parse_url, Addr};
 use crate::core::conf::directive::{Arity, Ctx};
@@ -774,7 +773,7 @@ impl ProxySession {
         // Datagram sockets are watched under tokens of their own.
         let r = match &mut sock {
             Conn::Dgram(d) => cx.rt.dgram_owners.register(cx.registry, d, s.key).map(|slot| self.udp_slot = Some(slot)),
-            c => c.register(cx.registry, session_token(s.key, Side::Upstream), Interest::READABLE | Interest::WRITABLE),
+            c => c.register(cx.registry, session_token(s.key, Side::Upstream), crate::stream::content::SOCKET_INTEREST),
         };
         if let Err(e) = r {
             if let Some(slot) = self.udp_slot.take() {

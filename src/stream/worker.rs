@@ -905,7 +905,7 @@ impl Worker {
         if let Err(e) = conn.register(
             self.poll.registry(),
             session_token(key, Side::Client),
-            Interest::READABLE | Interest::WRITABLE,
+            crate::stream::content::SOCKET_INTEREST,
         ) {
             crate::core::log::error(Level::Alert, "epoll_ctl() failed", Some(&e));
             return;
