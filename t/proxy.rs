@@ -274,6 +274,46 @@ fn answer_then_close_arrives_whole_with_a_clean_end() {
     no_alerts(&s);
 }
 
+/// The session ends (the upstream answered and closed) while bytes the client sent since
+/// wait unread: as nginx's close, sluice's resets the client's connection, after the
+/// answer (held back with MSG_MORE to leave with the FIN, it is pushed out first). The
+/// proxy is stopped while the answer, the close and the client's bytes come in, so it
+/// finds them in one batch, the upstream's first (side by side with nginx 1.22.1: the
+/// client reads "resp", then ECONNRESET; sluice gave "resp" and a clean end of file).
+#[test]
+fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
+    let (accepted_tx, accepted) = mpsc::channel::<TcpStream>();
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let _ = accepted_tx.send(c);
+        }
+    });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} }}\n"
+    ));
+    for round in 0..3 {
+        let mut c = connect(p);
+        let mut up = accepted.recv_timeout(Duration::from_secs(10)).expect("the upstream connection");
+        // Relaying: the client's first bytes reached the upstream.
+        c.write_all(b"hello").expect("write");
+        let mut hello = [0u8; 5];
+        up.read_exact(&mut hello).expect("the client's first bytes");
+        s.signal(libc::SIGSTOP);
+        up.write_all(b"resp").expect("answer");
+        drop(up);
+        std::thread::sleep(Duration::from_millis(50));
+        c.write_all(b"req").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        s.signal(libc::SIGCONT);
+        let (got, err) = read_all(&mut c);
+        assert_eq!(got, b"resp", "round {round}");
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::ConnectionReset), "round {round}");
+    }
+}
+
 /// `proxy_download_rate` with a buffer smaller than the rate: as nginx's, one buffer is
 /// read, then the delay it earned (`n * 1000 / rate` ms) passes before the next read, so
 /// 3000 bytes at 1000 bytes/s through a 100-byte buffer take about 3 s, 100 bytes at a

@@ -1804,13 +1804,13 @@ impl Content for ProxySession {
         if let (true, Some(g)) = (self.own_group, self.group) {
             cx.rt.drop_session_group(g);
         }
-        // Bytes held back with MSG_MORE leave with the end of file (a close with unread
-        // bytes would reset the connection and drop them instead); the client's after
-        // the log phase.
+        // Bytes held back with MSG_MORE leave with the end of file, or before the reset
+        // of a close with unread bytes (`Conn::end_corked`); the client's after the log
+        // phase.
         s.client_corked = self.up.corked;
         if self.down.corked {
             if let Some(u) = &self.upstream {
-                let _ = u.shutdown_write();
+                u.end_corked();
             }
         }
         self.close_upstream(s, cx, false);

@@ -1253,10 +1253,10 @@ impl Worker {
         let (cx, sessions, _) = self.cx(now);
         let Some(sess) = lookup(sessions, key) else { return };
         cx.timers.clear(&mut sess.core.preread_timer);
-        // Bytes held back with MSG_MORE leave with the end of file (a close with unread
-        // bytes would reset the connection and drop them instead).
+        // Bytes held back with MSG_MORE leave with the end of file, or before the reset
+        // of a close with unread bytes.
         if sess.core.client_corked {
-            let _ = sess.core.client.shutdown_write();
+            sess.core.client.end_corked();
         }
         sess.core.action = None;
         sess.core.limit_conn.release_all();
