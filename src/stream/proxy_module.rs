@@ -346,6 +346,9 @@ pub struct ProxySession {
     /// when a PROXY header or a preread phase waited for it: client bytes and errors are
     /// taken then (`ngx_stream_proxy_process` with no upstream yet).
     client_watched: bool,
+    /// A watched client was left ready by the phase that read it (nginx posts its read
+    /// event): a TLS handshake, a PROXY header, a preread that filled its room.
+    client_posted: bool,
     /// `proxy_bind`, evaluated once when the session begins (`ngx_stream_proxy_set_local`):
     /// the address, its text (for messages) and `transparent`.
     local: Option<(SocketAddr, String, bool)>,
@@ -427,6 +430,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         own_group: false,
         early: 0,
         client_watched: false,
+        client_posted: false,
         upstream_number: 0,
         upstream_slot: 0,
         tls_handshaking: false,
@@ -1103,11 +1107,13 @@ impl ProxySession {
         }
         // A socket is read now only if it is known to hold something (nginx's
         // `read->ready`): the client if it raised an edge since it was accepted (it is
-        // watched from then on) or a phase before read from it; the upstream if its
-        // connect event said so (it is watched from before connect()). Anything either
-        // sends later raises an edge of its own, and a read now would mostly find
-        // EAGAIN: one wasted recv per socket per short connection.
-        self.down.src_ready |= self.udp || self.client_watched || s.client_hup || s.client_ready;
+        // watched from then on), or since the phase that read it (here, as relaying
+        // events), or that phase left it ready; the upstream if its connect event said
+        // so (it is watched from before connect()). Anything either sends later raises
+        // an edge of its own, and a read now would mostly find EAGAIN: one wasted recv
+        // per socket per short connection.
+        let client_ready = if self.client_watched { self.client_posted } else { s.client_ready };
+        self.down.src_ready |= self.udp || s.client_hup || client_ready;
         self.up.src_ready = self.upstream_ready;
         s.action = Some("proxying connection");
         if self.udp {
@@ -1621,6 +1627,7 @@ impl Content for ProxySession {
         // PROXY header is taken whole, while a preread phase's short read drains it
         // unless an end of file is pending (a read that filled its room leaves it ready).
         let posted = self.client_watched && (tls || s.preread.is_empty() || s.client_hup || s.preread_ready);
+        self.client_posted = posted;
         let flow = match self.choose_group(s, cx) {
             Ok(g) => self.begin(s, g, cx),
             Err(Some(st)) => return Flow::Finalize(st),
