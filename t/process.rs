@@ -76,6 +76,17 @@ fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `pid` holds a descriptor open on a path under `prefix` (its error log): a
+/// worker's title no longer names the prefix, and an orphaned one has no master to be
+/// found under.
+fn holds_file_under(pid: i32, prefix: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with(prefix)))
+        })
+        .unwrap_or(false)
+}
+
 fn cpu_secs(pid: i32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -252,8 +263,8 @@ impl Run {
         st
     }
 
-    /// Every live process of this test: named by a pid file or carrying the prefix on
-    /// its command line, and all their descendants.
+    /// Every live process of this test: named by a pid file, carrying the prefix on its
+    /// command line or holding a file under it open, and all their descendants.
     fn processes(&self) -> BTreeSet<i32> {
         let prefix = self.prefix();
         let me = std::process::id() as i32;
@@ -268,7 +279,7 @@ impl Run {
             }
         }
         for p in all_pids() {
-            if p != me && cmdline(p).contains(&prefix) {
+            if p != me && (cmdline(p).contains(&prefix) || holds_file_under(p, &prefix)) {
                 set.insert(p);
             }
         }
@@ -304,14 +315,21 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        // Masters may fork replacements while we kill: repeat until nothing is left.
+        // Masters may fork replacements while we kill: stop them all first (a stopped
+        // master forks nothing, and a worker it forked just before is found as its
+        // child), then kill; repeat until nothing is left. (Killed first, a master's
+        // newest worker was orphaned under a title without the prefix, and left
+        // running.)
         for _ in 0..20 {
             let procs = self.processes();
             if procs.is_empty() {
                 break;
             }
-            for p in procs {
-                signal(p, libc::SIGKILL);
+            for &p in &procs {
+                signal(p, libc::SIGSTOP);
+            }
+            for p in self.processes().union(&procs) {
+                signal(*p, libc::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
