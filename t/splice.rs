@@ -265,9 +265,9 @@ fn an_early_client_fin_is_not_lost() {
 /// went out, or a preread phase read the client), neither the client (silent since) nor
 /// the upstream is read on spec, and a short read after the peer's FIN is the end of
 /// file. Under strace: a client that waits before sending "ping", a backend that
-/// answers "pong" later and closes; not one recv
-/// finds EAGAIN (before: two per connection, the client and the upstream read at once
-/// when the connect ended, and the client again after a PROXY header was sent).
+/// answers "pong" later and closes; not one recv finds EAGAIN (before: two per
+/// connection, the client and the upstream read at once when the connect ended, and the
+/// client again after a PROXY header was sent or a preread read it).
 #[test]
 fn sockets_are_read_only_when_they_raised_an_edge() {
     fn pong(mut c: TcpStream) {
