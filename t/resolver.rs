@@ -24,7 +24,8 @@ pub struct Zone {
     pub truncate: bool,
     /// Never answer.
     pub silent: bool,
-    /// Before the real answer, send one with a wrong ID and one with a pointer loop.
+    /// Before the real answer, send one with a wrong ID and one whose owner name is a
+    /// pointer to itself (its address 127.0.0.3).
     pub hostile: bool,
     /// Over UDP: answer this much later.
     pub delay: Duration,
@@ -38,6 +39,9 @@ pub struct Zone {
     pub cname_a_only: bool,
     /// Over UDP: every answer sent twice.
     pub twice: bool,
+    /// To an A query: records (type, data) after the others, as they are, under the
+    /// question's name.
+    pub extra: Vec<(u16, Vec<u8>)>,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -267,6 +271,10 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
             body.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
             count += 1;
         }
+        for (rtype, data) in &z.extra {
+            rr(&mut body, *rtype, z.ttl, data);
+            count += 1;
+        }
     }
     if qtype == 33 {
         for (p, w, port, target) in &z.srv {
@@ -295,7 +303,7 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
         let mut looped = head.clone();
         looped[6..8].copy_from_slice(&1u16.to_be_bytes());
         let at = looped.len();
-        looped.extend_from_slice(&[0xc0 | (at >> 8) as u8, at as u8, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+        looped.extend_from_slice(&[0xc0 | (at >> 8) as u8, at as u8, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 3]);
         out.push(looped);
     }
     if z.twice && !tcp {
@@ -433,8 +441,9 @@ fn resolution_failures_are_500_with_nginx_lines() {
 }
 
 /// A truncated answer is asked again over TCP; a CNAME without addresses is followed by
-/// a query for its target; a reply with a wrong ID or a compression-pointer loop is
-/// ignored and the real answer still used.
+/// a query for its target; a reply with a wrong ID is ignored, and one whose owner name
+/// is a compression-pointer loop is taken, as nginx takes it (it never reads owner
+/// names: side by side with nginx 1.22.1).
 #[test]
 fn tcp_fallback_cname_and_hostile_replies() {
     let dns = DnsServer::start();
@@ -456,10 +465,61 @@ fn tcp_fallback_cname_and_hostile_replies() {
     assert_eq!(dns.queries("big.test"), vec![(1, "udp"), (1, "tcp")]);
     assert_eq!(ask(q), "B3", "{}", s.error_log());
     assert_eq!(dns.queries("real.test"), vec![(1, "udp")]);
-    assert_eq!(ask(r), "B2", "{}", s.error_log());
+    // The answer whose owner name points at itself is taken (nginx never reads owner
+    // names); the real one after it is then unexpected.
+    assert_eq!(ask(r), "B3", "{}", s.error_log());
     let log = s.error_log();
     assert!(log.contains("wrong ident"), "{log}");
-    assert!(log.contains("invalid name in DNS response"), "{log}");
+    assert!(!log.contains("invalid name in DNS response"), "{log}");
+}
+
+/// Broken answers as ngx_resolver_process_a reads them (side by side with nginx 1.22.1):
+/// a CNAME's target is read only when it is followed (beside an address a broken one is
+/// no error; alone it is nginx's own message, and the request waits for its timeout
+/// with the name not asked again at the 5 s resend), and a record whose header ends
+/// the message is a "short DNS response".
+#[test]
+fn broken_answers_are_read_as_nginx_reads_them() {
+    let dns = DnsServer::start();
+    let be = two_backends();
+    let out_of_message = vec![(5, vec![0xc0, 0xff])];
+    dns.set(
+        "beside.test",
+        Zone { a: vec![ip("127.0.0.3")], ttl: 60, extra: out_of_message.clone(), ..Zone::default() },
+    );
+    dns.set("alone.test", Zone { ttl: 60, extra: out_of_message, ..Zone::default() });
+    dns.set("empty.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, extra: vec![(13, vec![])], ..Zone::default() });
+    let (p, q, r) = (free_port(), free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           resolver 127.0.0.1:{d} ipv6=off;\n\
+           map $server_port $n {{ {p} beside.test; {q} alone.test; {r} empty.test; }}\n\
+           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{r}; resolver_timeout 1s; proxy_pass $n:{be}; }}\n\
+           server {{ listen 127.0.0.1:{q}; resolver_timeout 6s; proxy_pass $n:{be}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    assert_eq!(ask(p), "B3", "{}", s.error_log());
+    let started = Instant::now();
+    let mut c = connect(q);
+    c.set_read_timeout(Some(Duration::from_secs(9))).expect("timeout");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "", "{}", s.error_log());
+    assert!(started.elapsed() >= Duration::from_millis(5800), "waited for resolver_timeout");
+    assert_eq!(dns.queries("alone.test"), vec![(1, "udp")], "not asked again at the resend");
+    assert_eq!(ask(r), "", "{}", s.error_log());
+    let log = s.error_log();
+    for want in [
+        "[error] {pid}#{pid}: name is out of DNS response\n",
+        "alone.test could not be resolved (110: Operation timed out)",
+        "[error] {pid}#{pid}: short DNS response\n",
+        "empty.test could not be resolved (110: Operation timed out)",
+    ] {
+        let want = want.replace("{pid}", &s.pid().to_string());
+        assert!(log.contains(&want), "{want}\n{log}");
+    }
+    assert_eq!(log.matches("DNS response").count(), 2, "{log}");
 }
 
 #[test]

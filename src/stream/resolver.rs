@@ -12,8 +12,10 @@
 //! As nginx, a resolver has one UDP socket per server, opened at the first query to it
 //! and kept until an error closes it; an answer is matched to the name being asked by
 //! its question's name and type, then its ident (an answer for a name no longer asked
-//! is "unexpected DNS response"). The records used are those of the name asked (or of
-//! its CNAME chain).
+//! is "unexpected DNS response"). An A or AAAA answer is read as
+//! `ngx_resolver_process_a` reads it (`dns::addresses`): every address of the asked
+//! type whatever its owner name, else the last CNAME's target, read only then; the
+//! records of an SRV answer are those of the name asked (or of its CNAME chain).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -191,6 +193,9 @@ struct Node {
     ttl: u32,
     /// An alias the answers gave instead of addresses.
     cname: Option<String>,
+    /// Both families answered, with nothing nginx can use (no address, and no alias or
+    /// one it cannot read): nobody is told, the requests wait for their timeout.
+    stalled: bool,
     server: usize,
     tcp: Option<Tcp>,
     waiters: Vec<Waiter>,
@@ -416,7 +421,7 @@ impl Resolvers {
                             *f = pending(&name, qtype).unwrap_or(Family::Off);
                         }
                     }
-                    (n.code, n.ttl, n.cname) = (None, u32::MAX, None);
+                    (n.code, n.ttl, n.cname, n.stalled) = (None, u32::MAX, None, false);
                     n.srv_records.clear();
                     n.server = res.next_server % servers;
                     res.next_server = res.next_server.wrapping_add(1);
@@ -449,6 +454,7 @@ impl Resolvers {
             code: None,
             ttl: u32::MAX,
             cname: None,
+            stalled: false,
             server,
             tcp: None,
             waiters: vec![w],
@@ -671,7 +677,7 @@ impl Resolvers {
         let Some(resp) = checked(msg, false, name_of) else { return };
         let key = (r, resp.qname.clone(), resp.qtype == dns::TYPE_SRV);
         match self.asking.get(&key) {
-            Some(&slot) => self.answer_parsed(slot, resp, false, io),
+            Some(&slot) => self.answer_parsed(slot, msg, resp, false, io),
             None => log_plain(&format!("unexpected DNS response for {}", resp.qname)),
         }
     }
@@ -764,12 +770,12 @@ impl Resolvers {
     fn answer(&mut self, slot: usize, msg: &[u8], over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get(slot) else { return };
         if let Some(r) = checked(msg, over_tcp, |ident| n.asks(ident).then(|| n.name.clone())) {
-            self.answer_parsed(slot, r, over_tcp, io);
+            self.answer_parsed(slot, msg, r, over_tcp, io);
         }
     }
 
     /// An answer (its header and question checked) for the name in `slot`.
-    fn answer_parsed(&mut self, slot: usize, r: dns::Response, over_tcp: bool, io: &mut Io<'_>) {
+    fn answer_parsed(&mut self, slot: usize, msg: &[u8], r: dns::Response, over_tcp: bool, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get_mut(slot) else { return };
         let family = match r.qtype {
             dns::TYPE_A => &mut n.a,
@@ -803,63 +809,60 @@ impl Resolvers {
             *family = Family::Done(Vec::new());
         } else if r.qtype == dns::TYPE_SRV {
             *family = Family::Done(Vec::new());
-            match dns::services(&r, &n.name) {
-                Found::Records(recs, ttl) => {
+            match dns::services(msg, &r, &n.name) {
+                Ok(Found::Records(recs, ttl)) => {
                     n.ttl = n.ttl.min(ttl);
                     n.srv_records = recs;
                 }
-                Found::Cname(target, ttl) => {
+                Ok(Found::Cname(target, ttl)) => {
                     n.ttl = n.ttl.min(ttl);
                     n.cname = Some(target);
                 }
-                Found::Nothing => {}
+                Ok(Found::Nothing) => {}
+                Err(e) => log_plain(&e.to_string()),
             }
+        } else if r.nan == 0 {
+            // NOERROR with no records: the name's end if the other family has no
+            // addresses either ("Host not found"; an alias an earlier answer gave is not
+            // followed).
+            *family = Family::Done(Vec::new());
         } else {
-            let mut unexpected = Vec::new();
-            let found = dns::addresses(&r, r.qtype, &mut unexpected);
-            for t in unexpected {
+            let scan = dns::addresses(msg, &r);
+            for t in &scan.unexpected {
                 log_plain(&format!("unexpected RR type {t} in DNS response"));
             }
-            let found = match found {
-                Ok(f) => f,
+            n.ttl = n.ttl.min(scan.ttl);
+            let found = match scan.outcome {
+                Ok(found) => found,
                 // nginx leaves the name unanswered: it is asked again, or times out.
                 Err(e) => {
                     log_plain(&e);
                     return;
                 }
             };
-            match found {
-                Found::Records(addrs, ttl) => {
-                    n.ttl = n.ttl.min(ttl);
-                    *family = Family::Done(addrs);
-                }
-                Found::Cname(target, ttl) => {
-                    n.ttl = n.ttl.min(ttl);
-                    *family = Family::Done(Vec::new());
-                    n.cname = Some(target);
-                }
-                Found::Nothing
-                    if r.answers.is_empty() || r.answers.iter().any(|a| matches!(a.data, dns::RData::Cname(_))) =>
-                {
-                    *family = Family::Done(Vec::new());
-                    // ngx_resolver_process_a follows an alias only from the answer that
-                    // ends the name: an empty one after a bare CNAME is "Host not found".
-                    if r.answers.is_empty() {
-                        n.cname = None;
+            let no_addrs = found.addrs.is_empty();
+            *family = Family::Done(found.addrs);
+            let other = if r.qtype == dns::TYPE_A { &n.aaaa } else { &n.a };
+            let other_pending = matches!(other, Family::Pending { .. });
+            let other_addrs = matches!(other, Family::Done(a) if !a.is_empty());
+            if no_addrs && !other_addrs {
+                // ngx_resolver_process_a follows an alias only from the answer that
+                // ends the name, and reads its target only then.
+                match found.cname_at {
+                    Some(_) if other_pending => {}
+                    Some(at) => match dns::copy_name(msg, at) {
+                        Ok(target) => n.cname = Some(target),
+                        Err(e) => {
+                            log_plain(e);
+                            n.stalled = true;
+                        }
+                    },
+                    None => {
+                        log_plain("no A or CNAME types in DNS response");
+                        // Nobody is told: the requests wait for their timeout, and the
+                        // name is not asked again meanwhile.
+                        n.stalled = !other_pending;
                     }
-                }
-                Found::Nothing => {
-                    // Records, but none of an address or an alias (ngx_resolver_process_a
-                    // returns without telling the requests): asked alone, the name waits
-                    // on, to be asked again or to time out; beside the other family it
-                    // ends as nginx 1.22.1 was seen to end it, with no addresses.
-                    log_plain("no A or CNAME types in DNS response");
-                    let other = if r.qtype == dns::TYPE_A { &n.aaaa } else { &n.a };
-                    if matches!(other, Family::Off) {
-                        return;
-                    }
-                    let family = if r.qtype == dns::TYPE_A { &mut n.a } else { &mut n.aaaa };
-                    *family = Family::Done(Vec::new());
                 }
             }
         }
@@ -868,6 +871,9 @@ impl Resolvers {
 
     fn finish_if_done(&mut self, slot: usize, io: &mut Io<'_>) {
         let Some(n) = self.nodes.get(slot) else { return };
+        if n.stalled {
+            return;
+        }
         if let Family::Pending { .. } = n.srv {
             return;
         }
