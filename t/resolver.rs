@@ -476,8 +476,9 @@ fn tcp_fallback_cname_and_hostile_replies() {
 /// Broken answers as ngx_resolver_process_a reads them (side by side with nginx 1.22.1):
 /// a CNAME's target is read only when it is followed (beside an address a broken one is
 /// no error; alone it is nginx's own message, and the request waits for its timeout
-/// with the name not asked again at the 5 s resend), and a record whose header ends
-/// the message is a "short DNS response".
+/// with the name not asked again at the 5 s resend), a record whose header ends the
+/// message is a "short DNS response", and an answer to a name of 128 labels is refused
+/// as a "compression pointers loop".
 #[test]
 fn broken_answers_are_read_as_nginx_reads_them() {
     let dns = DnsServer::start();
@@ -489,12 +490,16 @@ fn broken_answers_are_read_as_nginx_reads_them() {
     );
     dns.set("alone.test", Zone { ttl: 60, extra: out_of_message, ..Zone::default() });
     dns.set("empty.test", Zone { a: vec![ip("127.0.0.2")], ttl: 60, extra: vec![(13, vec![])], ..Zone::default() });
-    let (p, q, r) = (free_port(), free_port(), free_port());
+    // 128 labels: nginx reads at most 128 labels and pointers in a name (the question's
+    // too) and calls more a loop.
+    let labels = vec!["b"; 128].join(".");
+    dns.set(&labels, Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
+    let (p, q, r, l) = (free_port(), free_port(), free_port(), free_port());
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n\
            resolver 127.0.0.1:{d} ipv6=off;\n\
-           map $server_port $n {{ {p} beside.test; {q} alone.test; {r} empty.test; }}\n\
-           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{r}; resolver_timeout 1s; proxy_pass $n:{be}; }}\n\
+           map $server_port $n {{ {p} beside.test; {q} alone.test; {r} empty.test; {l} {labels}; }}\n\
+           server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{r}; listen 127.0.0.1:{l}; resolver_timeout 1s; proxy_pass $n:{be}; }}\n\
            server {{ listen 127.0.0.1:{q}; resolver_timeout 6s; proxy_pass $n:{be}; }}\n\
          }}",
         d = dns.port,
@@ -509,17 +514,21 @@ fn broken_answers_are_read_as_nginx_reads_them() {
     assert!(started.elapsed() >= Duration::from_millis(5800), "waited for resolver_timeout");
     assert_eq!(dns.queries("alone.test"), vec![(1, "udp")], "not asked again at the resend");
     assert_eq!(ask(r), "", "{}", s.error_log());
+    assert_eq!(ask(l), "", "{}", s.error_log());
+    assert_eq!(dns.queries(&labels), vec![(1, "udp")]);
     let log = s.error_log();
     for want in [
         "[error] {pid}#{pid}: name is out of DNS response\n",
         "alone.test could not be resolved (110: Operation timed out)",
         "[error] {pid}#{pid}: short DNS response\n",
         "empty.test could not be resolved (110: Operation timed out)",
+        "[error] {pid}#{pid}: compression pointers loop in DNS response\n",
+        "b.b.b could not be resolved (110: Operation timed out)",
     ] {
         let want = want.replace("{pid}", &s.pid().to_string());
         assert!(log.contains(&want), "{want}\n{log}");
     }
-    assert_eq!(log.matches("DNS response").count(), 2, "{log}");
+    assert_eq!(log.matches("DNS response").count(), 3, "{log}");
 }
 
 #[test]

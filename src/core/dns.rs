@@ -43,6 +43,8 @@ pub enum Error {
     Name,
     /// A record's data does not fit its type.
     Rdata,
+    /// `copy_name`'s error, in nginx's words.
+    Copy(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -52,6 +54,7 @@ impl fmt::Display for Error {
             Error::Header => "invalid DNS response header",
             Error::Name => "invalid name in DNS response",
             Error::Rdata => "invalid record in DNS response",
+            Error::Copy(e) => e,
         })
     }
 }
@@ -187,7 +190,20 @@ pub fn parse(m: &[u8]) -> Result<Response, Error> {
     if flags & 0x8000 == 0 || flags & 0x7800 != 0 || qd != 1 {
         return Err(Error::Header);
     }
-    let (qname, p) = read_name(m, 12)?;
+    // The question's name: labels only (the caller checked it as nginx does), read as
+    // nginx reads it (ngx_resolver_copy: 128 labels at most, a dot in a label kept).
+    let mut p = 12;
+    loop {
+        let len = *m.get(p).ok_or(Error::Short)?;
+        if len & 0xc0 != 0 {
+            return Err(Error::Name);
+        }
+        p += 1 + usize::from(len);
+        if len == 0 {
+            break;
+        }
+    }
+    let qname = copy_name(m, 12).map_err(Error::Copy)?;
     let qtype = u16_at(m, p)?;
     u16_at(m, p + 2)?;
     Ok(Response {
@@ -704,15 +720,24 @@ mod tests {
         for cut in 12..full.len() {
             assert!(strict(&full[..cut]).is_err(), "cut at {cut}");
         }
-        // A label with a dot in it; an extended label type; a query instead of a response.
-        let mut m = q.clone();
-        m[2] = 0x81;
+        // A label with a dot in it (in the question: read as nginx reads it); an extended
+        // label type; a query instead of a response; a question of 128 labels (nginx's
+        // message).
+        let mut m = response(&q, 0, &[]);
         m[16] = b'.';
-        assert_eq!(parse(&m), Err(Error::Name));
+        assert_eq!(parse(&m).map(|r| r.qname), Ok("a.e.ample.com".into()));
+        m[6..8].copy_from_slice(&1u16.to_be_bytes());
+        m.extend_from_slice(&[3, b'x', b'.', b'y', 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(strict(&m), Err(Error::Name));
         let mut m = response(&q, 0, &[]);
         m[12] = 0x41;
         assert_eq!(parse(&m), Err(Error::Name));
         assert_eq!(parse(&q), Err(Error::Header));
+        let long = vec!["b"; 128].join(".");
+        let m = response(&query(1, &long, TYPE_A).unwrap(), 0, &[]);
+        assert_eq!(parse(&m), Err(Error::Copy("compression pointers loop in DNS response")));
+        let m = response(&query(1, &long[2..], TYPE_A).unwrap(), 0, &[]);
+        assert!(parse(&m).is_ok());
     }
 
     #[test]
