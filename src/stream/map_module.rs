@@ -642,6 +642,8 @@ fn pcre_escapes(p: &str) -> String {
     };
     let multiline = p.split("(?").skip(1).any(|g| g.split([':', ')']).next().is_some_and(|f| f.contains('m')));
     let mut class = false;
+    // Where the open class's first item begins in `out`.
+    let mut class_start = 0;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -666,6 +668,22 @@ fn pcre_escapes(p: &str) -> String {
                 b'c' if i < b.len() => {
                     hex(&mut out, u32::from(b[i].to_ascii_uppercase() ^ 0x40));
                     i += 1;
+                }
+                // In a class `\8` and `\9` are the digits.
+                b'8' | b'9' if class => out.push(char::from(e)),
+                // In a class a digit always starts an octal escape (never a
+                // backreference): `[\101-\132]`; outside, `\NN` from 10 up is one
+                // too when the pattern has fewer groups (`\101` is "A").
+                b'1'..=b'7' if class || octal_not_group(p, i - 1) => {
+                    let mut v = u32::from(e - b'0');
+                    for _ in 0..2 {
+                        match b.get(i) {
+                            Some(d @ b'0'..=b'7') => v = v * 8 + u32::from(d - b'0'),
+                            _ => break,
+                        }
+                        i += 1;
+                    }
+                    hex(&mut out, v);
                 }
                 b'0' => {
                     let mut v = 0;
@@ -711,6 +729,23 @@ fn pcre_escapes(p: &str) -> String {
                     class = false;
                     out.push(']');
                 }
+                // regex-syntax reads `--` in a class as a set difference; PCRE has
+                // ranges from or to `-` there: `[--a]` (from the class's first item),
+                // `[!--]` (to it).
+                b'-' if b.get(i + 1) == Some(&b'-') => {
+                    if out.len() == class_start {
+                        out.push_str(r"\x2D-");
+                        i += 2;
+                        if b.get(i) == Some(&b'-') {
+                            out.push_str(r"\x2D");
+                            i += 1;
+                        }
+                    } else {
+                        out.push_str(r"-\x2D");
+                        i += 2;
+                    }
+                    continue;
+                }
                 b'[' if b.get(i + 1) == Some(&b':') && p[i..].find(":]").is_some() => {
                     let end = i + p[i..].find(":]").unwrap_or(0) + 2;
                     out.push_str(&p[i..end]);
@@ -732,6 +767,7 @@ fn pcre_escapes(p: &str) -> String {
                     out.push('^');
                     i += 1;
                 }
+                class_start = out.len();
                 if b.get(i) == Some(&b']') {
                     out.push_str(r"\]");
                     i += 1;
@@ -797,31 +833,88 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
                 if i + 1 >= b.len() {
                     return Some(("\\ at end of pattern", b.len()));
                 }
+                if let Some(e) = escape_error(p, i, false) {
+                    return Some(e);
+                }
+                if b[i + 1].is_ascii_digit() && b[i + 1] != b'0' && !octal_not_group(p, i + 1) {
+                    let n = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+                    if p[i + 1..i + 1 + n].parse().unwrap_or(usize::MAX) > capture_groups(p) {
+                        return Some(("reference to non-existent subpattern", i + n));
+                    }
+                }
                 i += 2;
                 repeatable = true;
                 continue;
             }
             b'[' => {
+                if matches!(b.get(i + 1), Some(b':' | b'.' | b'=')) && b.len() - i > 3 && posix_end(b, i + 1).is_some()
+                {
+                    return Some(match b[i + 1] {
+                        b':' => ("POSIX named classes are supported only within a class", i),
+                        _ => (POSIX_COLLATING, i),
+                    });
+                }
                 let mut j = i + 1;
                 if b.get(j) == Some(&b'^') {
                     j += 1;
                 }
+                // The previous item: a character (a range may start at it), or a class
+                // such as `\d` (none may).
+                let mut prev: Option<Option<u32>> = None;
                 if b.get(j) == Some(&b']') {
+                    prev = Some(Some(u32::from(b']')));
                     j += 1;
                 }
                 loop {
                     match b.get(j) {
                         None => return Some(("missing terminating ] for character class", b.len())),
-                        Some(b'\\') => j += 2,
-                        Some(b'[') if b.get(j + 1) == Some(&b':') => {
-                            // A POSIX class [:alpha:].
-                            match p.get(j + 2..).and_then(|r| r.find(":]")) {
-                                Some(k) => j += k + 4,
-                                None => j += 1,
+                        Some(b'[')
+                            if matches!(b.get(j + 1), Some(b':' | b'.' | b'=')) && posix_end(b, j + 1).is_some() =>
+                        {
+                            // A POSIX class [:alpha:] ([:^alpha:] negated).
+                            let end = posix_end(b, j + 1).unwrap_or(j);
+                            if b[j + 1] != b':' {
+                                return Some((POSIX_COLLATING, j));
                             }
+                            let name = p[j + 2..end].strip_prefix('^').unwrap_or(&p[j + 2..end]);
+                            if !POSIX_CLASSES.contains(&name) {
+                                return Some(("unknown POSIX class name", j + 2));
+                            }
+                            j = end + 2;
+                            prev = Some(None);
                         }
                         Some(b']') => break,
-                        Some(_) => j += 1,
+                        Some(b'-') if prev.is_some() && !matches!(b.get(j + 1), None | Some(b']')) => {
+                            let Some(Some(start)) = prev else {
+                                return Some(("invalid range in character class", j));
+                            };
+                            // (PCRE2 reports the offset after the end's first character,
+                            // or the end's last character for one out of order.)
+                            if p[j + 1..].starts_with("[:") {
+                                return Some(("invalid range in character class", j + 2));
+                            }
+                            if let Some(e) = escape_error(p, j + 1, true) {
+                                return Some(e);
+                            }
+                            let (end, next) = class_item(b, j + 1);
+                            match end {
+                                None => return Some(("invalid range in character class", j + 3)),
+                                Some(end) if end < start => {
+                                    return Some(("range out of order in character class", next - 1));
+                                }
+                                Some(_) => {}
+                            }
+                            j = next;
+                            prev = None;
+                        }
+                        Some(_) => {
+                            if let Some(e) = escape_error(p, j, true) {
+                                return Some(e);
+                            }
+                            let (item, next) = class_item(b, j);
+                            prev = Some(item);
+                            j = next;
+                        }
                     }
                 }
                 i = j + 1;
@@ -881,6 +974,127 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
         return Some(("missing closing parenthesis", b.len()));
     }
     None
+}
+
+const POSIX_COLLATING: &str = "POSIX collating elements are not supported";
+const POSIX_CLASSES: [&str; 14] = [
+    "alpha", "lower", "upper", "alnum", "ascii", "blank", "cntrl", "digit", "graph", "print", "punct", "space", "word",
+    "xdigit",
+];
+
+/// PCRE2's `check_posix_syntax`: whether `[` then `b[k]` (`:`, `.` or `=`) opens a POSIX
+/// item closed by the same character and `]` before any `]` or another such opening;
+/// where its closing character is.
+fn posix_end(b: &[u8], k: usize) -> Option<usize> {
+    let t = b[k];
+    let mut p = k + 1;
+    while p + 1 < b.len() {
+        if b[p] == b'\\' && matches!(b[p + 1], b']' | b'\\') {
+            p += 1;
+        } else if (b[p] == b'[' && b[p + 1] == t) || b[p] == b']' {
+            return None;
+        } else if b[p] == t && b[p + 1] == b']' {
+            return Some(p);
+        }
+        p += 1;
+    }
+    None
+}
+
+/// PCRE2's errors for a character escape at `p[at]` (a backslash) whose value does not
+/// fit a byte: an octal escape over \377, a `\x{..}` or `\o{..}` over FF.
+fn escape_error(p: &str, at: usize, class: bool) -> Option<(&'static str, usize)> {
+    let b = p.as_bytes();
+    if b.get(at) != Some(&b'\\') {
+        return None;
+    }
+    let (Some(v), next) = class_item(b, at) else { return None };
+    if v <= 0xff {
+        return None;
+    }
+    match b.get(at + 1)? {
+        b'x' | b'o' => Some(("character code point value in \\x{} or \\o{} is too large", next - 1)),
+        b'1'..=b'7' if class || octal_not_group(p, at + 1) => {
+            Some(("octal value is greater than \\377 in 8-bit non-UTF-8 mode", next))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the digits at `p[at..]` (after a backslash, outside a class) are an octal
+/// escape to PCRE2 rather than a backreference: a number from 10 up, greater than the
+/// pattern's count of capturing groups, starting with an octal digit.
+fn octal_not_group(p: &str, at: usize) -> bool {
+    let b = p.as_bytes();
+    let n = b[at..].iter().take_while(|d| d.is_ascii_digit()).count();
+    let num: usize = p[at..at + n].parse().unwrap_or(usize::MAX);
+    num >= 10 && matches!(b[at], b'0'..=b'7') && num > capture_groups(p)
+}
+
+/// The capturing groups of a pattern: each `(` outside a class not escaped, and not
+/// one of `(?` 's other forms than a named group.
+fn capture_groups(p: &str) -> usize {
+    let b = p.as_bytes();
+    let (mut n, mut class, mut i) = (0, false, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !class => {
+                class = true;
+                i += usize::from(b.get(i + 1) == Some(&b'^'));
+                i += usize::from(b.get(i + 1) == Some(&b']'));
+            }
+            b']' if class => class = false,
+            b'(' if !class => {
+                let rest = &p[i + 1..];
+                let named = rest.starts_with("?P<")
+                    || rest.starts_with("?'")
+                    || (rest.starts_with("?<") && !rest.starts_with("?<=") && !rest.starts_with("?<!"));
+                n += usize::from(!rest.starts_with('?') || named);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The item of a character class at `b[j]` as PCRE2 reads it: the character it stands
+/// for (None for a class such as `\d` or `\p{L}`), and where the next item begins.
+fn class_item(b: &[u8], j: usize) -> (Option<u32>, usize) {
+    let Some(&c) = b.get(j) else { return (None, j) };
+    if c != b'\\' {
+        return (Some(u32::from(c)), j + 1);
+    }
+    let Some(&e) = b.get(j + 1) else { return (None, j + 1) };
+    let digits = |from: usize, radix: u32, max: usize| {
+        let n = b[from.min(b.len())..].iter().take(max).take_while(|d| char::from(**d).is_digit(radix)).count();
+        let v = std::str::from_utf8(&b[from..from + n]).ok().and_then(|t| u32::from_str_radix(t, radix).ok());
+        (v.unwrap_or(0), from + n)
+    };
+    let braced = |radix: u32| {
+        let end = b[j + 2..].iter().position(|&d| d == b'}').map_or(b.len(), |k| j + 2 + k);
+        let v = std::str::from_utf8(&b[j + 3..end]).ok().and_then(|t| u32::from_str_radix(t, radix).ok());
+        (v.unwrap_or(0), (end + 1).min(b.len()))
+    };
+    let (v, next) = match e {
+        b'd' | b'D' | b'w' | b'W' | b's' | b'S' | b'h' | b'H' | b'v' | b'V' => return (None, j + 2),
+        b'p' | b'P' if b.get(j + 2) == Some(&b'{') => return (None, braced(16).1),
+        b'p' | b'P' => return (None, (j + 3).min(b.len())),
+        b'x' | b'o' if b.get(j + 2) == Some(&b'{') => braced(if e == b'x' { 16 } else { 8 }),
+        b'x' => digits(j + 2, 16, 2),
+        b'0'..=b'7' => digits(j + 1, 8, 3),
+        b'c' if j + 2 < b.len() => (u32::from(b[j + 2].to_ascii_uppercase() ^ 0x40), j + 3),
+        b'n' => (0x0a, j + 2),
+        b't' => (0x09, j + 2),
+        b'r' => (0x0d, j + 2),
+        b'f' => (0x0c, j + 2),
+        b'e' => (0x1b, j + 2),
+        b'a' => (0x07, j + 2),
+        b'b' => (0x08, j + 2),
+        _ => (u32::from(e), j + 2),
+    };
+    (Some(v), next)
 }
 
 /// `{n}`, `{n,}`, `{n,m}` at the start of `b`: (n, m, length).
@@ -976,6 +1190,12 @@ mod tests {
         assert!(m(r"^\Ea\R$", b"a\r\n") && m(r"[\b]", b"\x08"));
         assert!(m(r"^\x{e9}$", b"\xe9") && m(r"^\p{N}[\p{L}]$", b"1a"));
         assert!(m(r"^a$", b"a\n") && !m(r"^a$", b"a\n\n") && !m(r"(?m)^a$b", b"a\nb") && m(r"(?m)^b$", b"a\nb"));
+        // Ranges from or to `-` (regex-syntax would read `--` as a set difference);
+        // octal escapes: in a class always, outside from 10 up past the group count.
+        assert!(m(r"^[--a]+$", b"-.5_a") && !m(r"^[--a]$", b","));
+        assert!(m(r"^[!--]+$", b"!\"&,-") && !m(r"^[!--]$", b".") && m(r"^[---]$", b"-"));
+        assert!(m(r"^[\101-\132]+$", b"AZ") && m(r"^[\8]$", b"8") && m(r"^\101$", b"A") && m(r"^x\18$", b"x\x018"));
+        assert!(m(r"^(((((((((a)))))))))\10$", b"a\x08"));
         let named = regex_compile("(?'host'[a-z]+)", false, &cmd(), &mut v).unwrap();
         assert_eq!(named.named.len(), 1);
         assert!(v.is_defined("host"));
@@ -990,6 +1210,43 @@ mod tests {
         assert_eq!(pcre_syntax_error("[abc"), Some(("missing terminating ] for character class", 4)));
         assert_eq!(pcre_syntax_error("a{2,1}"), Some(("numbers out of order in {} quantifier", 5)));
         assert_eq!(pcre_syntax_error("a(?<n>b"), Some(("missing closing parenthesis", 7)));
+        // Class ranges, with PCRE2's offsets (recorded from nginx 1.22.1 -t).
+        let order = "range out of order in character class";
+        assert_eq!(pcre_syntax_error("^[z-a]$"), Some((order, 4)));
+        assert_eq!(pcre_syntax_error("^[x--]$"), Some((order, 4)));
+        assert_eq!(pcre_syntax_error(r"[\x5a-\x41]"), Some((order, 9)));
+        assert_eq!(pcre_syntax_error(r"[a-\]]"), Some((order, 4)));
+        let invalid = "invalid range in character class";
+        assert_eq!(pcre_syntax_error(r"[a-\d]"), Some((invalid, 5)));
+        assert_eq!(pcre_syntax_error(r"[\d-z]"), Some((invalid, 3)));
+        assert_eq!(pcre_syntax_error("[a-[:alpha:]]"), Some((invalid, 4)));
+        // Escapes past a byte; backreferences to no group; POSIX items.
+        assert_eq!(
+            pcre_syntax_error(r"[\400]"),
+            Some(("octal value is greater than \\377 in 8-bit non-UTF-8 mode", 5))
+        );
+        assert_eq!(pcre_syntax_error(r"\400"), Some(("octal value is greater than \\377 in 8-bit non-UTF-8 mode", 4)));
+        let big = "character code point value in \\x{} or \\o{} is too large";
+        assert_eq!(pcre_syntax_error(r"[a-\x{100}]"), Some((big, 9)));
+        assert_eq!(pcre_syntax_error(r"\81"), Some(("reference to non-existent subpattern", 2)));
+        assert_eq!(pcre_syntax_error("[.a.]"), Some(("POSIX collating elements are not supported", 0)));
+        assert_eq!(pcre_syntax_error("[a[=b=]]"), Some(("POSIX collating elements are not supported", 2)));
+        assert_eq!(pcre_syntax_error("[:alpha:]"), Some(("POSIX named classes are supported only within a class", 0)));
+        assert_eq!(pcre_syntax_error("[[:foo:]]"), Some(("unknown POSIX class name", 3)));
+        for ok in [
+            "[--a]",
+            "[!--]",
+            "[---]",
+            "[]-a]",
+            r"[\x{41}-\x{5a}]",
+            r"[\101-\132]",
+            "(a)\\1",
+            "[.]",
+            "[[.]]",
+            "[a-c-e]",
+        ] {
+            assert_eq!(pcre_syntax_error(ok), None, "{ok}");
+        }
         for ok in ["^127\\.(\\d+)$", "[]a]", "[^]]x", "a{2}b+?", "(?i)x|y*", "[[:alpha:]]+", "\\(", "a{,3}", "x{"] {
             assert_eq!(pcre_syntax_error(ok), None, "{ok}");
         }
