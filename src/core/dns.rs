@@ -696,6 +696,34 @@ mod tests {
         }
     }
 
+    /// Random answers after a real question: read, never a panic.
+    #[test]
+    fn random_answers_never_panic() {
+        let q = query(1, "a.example.com", TYPE_A).unwrap();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let mut m = response(&q, 0, &[]);
+            m[7] = (next() % 6) as u8;
+            for _ in 0..next() % 48 {
+                // Mostly small bytes and pointer bytes, so names and lengths are met.
+                let b = next();
+                m.push(if b & 3 == 0 { 0xc0 | (b >> 8) as u8 & 0x3f } else { (b >> 8) as u8 % 20 });
+            }
+            let Ok(r) = parse(&m) else { continue };
+            let _ = addresses(&m, &r);
+            let _ = records(&m, &r);
+            for at in 0..m.len() + 2 {
+                let _ = copy_name(&m, at);
+            }
+        }
+    }
+
     /// The strict reading of an SRV answer's records.
     #[test]
     fn records_are_read_strictly() {

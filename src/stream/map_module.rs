@@ -1252,6 +1252,25 @@ mod tests {
         }
     }
 
+    /// Hostile patterns (any mix of the characters the PCRE readers treat specially,
+    /// and one beyond ASCII) are refused or compiled, never a panic.
+    #[test]
+    fn pcre_readers_never_panic() {
+        let alphabet: Vec<char> = r"[]\-^:.=x{}0179a(?)<>'P|*+$dpo,E Q".chars().chain(['\u{e9}']).collect();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = next() % 13;
+            let pattern: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let _ = regex_compile(&pattern, next() & 1 == 0, &cmd(), &mut Variables::default());
+        }
+    }
+
     fn cmd() -> Cmd {
         Cmd { name: "~x".into(), args: vec![], block: None, file: std::rc::Rc::from("t.conf"), line: 3 }
     }
