@@ -9,7 +9,7 @@
 //! types are refused, and at most `MAX_RECORDS` records are looked at.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
@@ -59,10 +59,9 @@ impl fmt::Display for Error {
     }
 }
 
+/// What `records` reads of a record's data: what an SRV lookup uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RData {
-    A(Ipv4Addr),
-    Aaaa(Ipv6Addr),
     Cname(String),
     Srv {
         priority: u16,
@@ -70,8 +69,6 @@ pub enum RData {
         port: u16,
         target: String,
     },
-    /// An A or AAAA record (by its type) whose data is not an address's length.
-    BadAddress(u16),
     /// A record of another type, or of another class than IN.
     Other(u16),
 }
@@ -82,8 +79,6 @@ pub struct Record {
     /// (bytes above 0x7f become U+0080..U+00FF), so nothing is lost or merged.
     pub name: String,
     pub ttl: u32,
-    /// The class (IN is 1): nginx refuses an answer with any other.
-    pub class: u16,
     pub data: RData,
 }
 
@@ -237,21 +232,13 @@ pub fn records(m: &[u8], r: &Response) -> Result<Vec<Record>, Error> {
         let ttl = if ttl & 0x8000_0000 != 0 { 0 } else { ttl };
         let len = u16_at(m, q + 8)? as usize;
         let start = q + 10;
-        let rdata = m.get(start..start + len).ok_or(Error::Short)?;
+        m.get(start..start + len).ok_or(Error::Short)?;
         p = start + len;
         if class != CLASS_IN {
-            answers.push(Record { name, ttl, class, data: RData::Other(rtype) });
+            answers.push(Record { name, ttl, data: RData::Other(rtype) });
             continue;
         }
         let data = match rtype {
-            TYPE_A => match <[u8; 4]>::try_from(rdata) {
-                Ok(b) => RData::A(Ipv4Addr::from(b)),
-                Err(_) => RData::BadAddress(rtype),
-            },
-            TYPE_AAAA => match <[u8; 16]>::try_from(rdata) {
-                Ok(b) => RData::Aaaa(Ipv6Addr::from(b)),
-                Err(_) => RData::BadAddress(rtype),
-            },
             TYPE_CNAME => {
                 let (target, end) = read_name(m, start)?;
                 if end > p {
@@ -276,7 +263,7 @@ pub fn records(m: &[u8], r: &Response) -> Result<Vec<Record>, Error> {
             }
             _ => RData::Other(rtype),
         };
-        answers.push(Record { name, ttl, class, data });
+        answers.push(Record { name, ttl, data });
     }
     Ok(answers)
 }
