@@ -314,6 +314,48 @@ fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
     }
 }
 
+/// `proxy_half_close on`: the client's last bytes and its end of file go up as nginx
+/// sends them, the bytes then a `shutdown` of their own (not held back to leave with
+/// the FIN). So when the upstream has answered and closed meanwhile (the proxy stopped,
+/// so that it finds the client's data and FIN first in one batch), the bytes draw its
+/// reset and the shutdown fails: side by side with nginx 1.22.1, `shutdown() failed
+/// (107: Transport endpoint is not connected)`, status 500, and the client gets no
+/// answer (sluice relayed "resp" with status 200).
+#[test]
+fn half_close_after_the_upstream_closed_fails_as_nginx() {
+    let (accepted_tx, accepted) = mpsc::channel::<TcpStream>();
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let _ = accepted_tx.send(c);
+        }
+    });
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{ log_format st $status; access_log %%PREFIX%%a.log st; \
+         server {{ listen 127.0.0.1:{p}; proxy_half_close on; proxy_pass 127.0.0.1:{b}; }} }}\n"
+    ));
+    let mut c = connect(p);
+    let mut up = accepted.recv_timeout(Duration::from_secs(10)).expect("the upstream connection");
+    c.write_all(b"hello").expect("write");
+    let mut hello = [0u8; 5];
+    up.read_exact(&mut hello).expect("the client's first bytes");
+    s.signal(libc::SIGSTOP);
+    c.write_all(b"req").expect("write");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    std::thread::sleep(Duration::from_millis(50));
+    up.write_all(b"resp").expect("answer");
+    drop(up);
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(libc::SIGCONT);
+    let (got, _) = read_all(&mut c);
+    assert_eq!(got, b"", "{}", s.error_log());
+    assert_eq!(s.wait_lines("a.log", 1), ["500"]);
+    let want = "shutdown() failed (107: Transport endpoint is not connected) while proxying connection";
+    assert!(s.error_log().contains(want), "{}", s.error_log());
+}
+
 /// `proxy_download_rate` with a buffer smaller than the rate: as nginx's, one buffer is
 /// read, then the delay it earned (`n * 1000 / rate` ms) passes before the next read, so
 /// 3000 bytes at 1000 bytes/s through a 100-byte buffer take about 3 s, 100 bytes at a

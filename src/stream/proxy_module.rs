@@ -1169,6 +1169,7 @@ impl ProxySession {
         let di = from_upstream as usize;
         let rate = if from_upstream { self.download_rate } else { self.upload_rate };
         let buffer = conf(s).buffer_size.get();
+        let cork = !conf(s).half_close.get();
         let plog = s.proxy_log.get_or_insert_with(ProxyLog::default);
         let received = if from_upstream { plog.received } else { s.received };
         // nginx's pacing: at most `rate` bytes per second since the session started.
@@ -1192,7 +1193,8 @@ impl ProxySession {
             }
         };
         // TLS bytes pass through OpenSSL: no splicing for a TLS client.
-        let budget = Budget { buffer, limit, splice: rate == 0 && !s.client.is_tls() && !upstream.is_tls(), rate };
+        let budget =
+            Budget { buffer, limit, splice: rate == 0 && !s.client.is_tls() && !upstream.is_tls(), rate, cork };
         let (src, dst, d) = if from_upstream {
             (upstream, &mut s.client, &mut self.up)
         } else {

@@ -92,6 +92,11 @@ pub struct Budget {
     /// The direction's rate (bytes per second), 0 if none: as nginx's, a read that
     /// earns a delay (`n * 1000 / rate` ms, at least 1) is the last one until it passes.
     pub rate: u64,
+    /// Whether the last bytes before an end of file may wait (`MSG_MORE`) for the FIN
+    /// the session's close sends with them. Not under `proxy_half_close`: there the
+    /// end of file is passed on by a `shutdown` of its own, after the bytes left as
+    /// nginx's did (a peer that has closed resets at the bytes, and the shutdown fails).
+    pub cork: bool,
 }
 
 impl Direction {
@@ -310,8 +315,9 @@ impl Direction {
                     }
                     // Only a TCP socket holds bytes back (MSG_MORE); elsewhere the write is
                     // plain and nothing waits for the end of file to leave.
-                    self.corked |= last && dst.is_tcp();
-                    let wrote = if last { dst.write_more(&scratch[..n]) } else { dst.write(&scratch[..n]) };
+                    let more = last && b.cork;
+                    self.corked |= more && dst.is_tcp();
+                    let wrote = if more { dst.write_more(&scratch[..n]) } else { dst.write(&scratch[..n]) };
                     let w = match wrote {
                         Ok(w) => w,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => 0,
@@ -384,7 +390,7 @@ mod tests {
     }
 
     fn budget(buffer: usize) -> Budget {
-        Budget { buffer, limit: None, splice: false, rate: 0 }
+        Budget { buffer, limit: None, splice: false, rate: 0, cork: true }
     }
 
     /// Feed `feed` until its socket takes no more; the bytes written.
