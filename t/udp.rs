@@ -478,6 +478,28 @@ fn udp_datagrams_are_cut_to_proxy_buffer_size() {
     assert_eq!(s.read("u.log").trim(), "1722 850 1722 850");
 }
 
+/// `proxy_buffer_size 0`: nginx has no room to read an answer into and never reads one,
+/// so the session ends at proxy_timeout as an upstream that did not answer (side by side
+/// with nginx 1.22.1: 502, nothing to the client; sluice sent it an empty datagram, 200).
+#[test]
+fn udp_proxy_buffer_size_0_reads_no_answer() {
+    let be = UdpBackend::start(|_, _| vec![(Duration::ZERO, b"answer".to_vec())]);
+    let p = free_port();
+    let s = Sluice::start(&conf(&format!(
+        "log_format u '$status $bytes_sent $bytes_received $upstream_bytes_received';\n\
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_buffer_size 0; proxy_responses 1; \
+         proxy_timeout 500ms; access_log %%PREFIX%%u.log u; }}",
+        b = be.port
+    )));
+    let c = dgram(p);
+    c.send(b"question").expect("send");
+    assert_eq!(recv(&c, Duration::from_secs(2)), None, "no answer relayed");
+    wait_for(Duration::from_secs(5), || !s.read("u.log").is_empty());
+    assert_eq!(s.read("u.log").trim(), "502 0 8 0");
+    assert_eq!(be.received(), 1);
+    assert!(s.error_log().contains("upstream timed out (110: Connection timed out) while proxying connection"));
+}
+
 /// Answers that are already queued when sluice reads the first one are all relayed,
 /// even past `proxy_responses`, as nginx reads its upstream socket empty before it
 /// counts (seen side by side with nginx 1.22.1: `proxy_responses 2` and a backend that

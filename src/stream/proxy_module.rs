@@ -1284,6 +1284,9 @@ impl ProxySession {
         if from_upstream && self.upstream_error {
             // After a failed read nginx reads the upstream no more (`read->error`); a
             // pending error shows at the next send instead.
+        } else if from_upstream && buffer == 0 {
+            // `proxy_buffer_size 0`: nginx has no room to read an answer into, so it
+            // never reads one (the session waits for proxy_timeout).
         } else if from_upstream && self.download_rate == 0 && matches!(s.client, Conn::Udp(_)) {
             if let Some((side, e, msg, action)) = self.answers_batched(s, cx) {
                 s.action = Some(action);
