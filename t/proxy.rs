@@ -274,14 +274,9 @@ fn answer_then_close_arrives_whole_with_a_clean_end() {
     no_alerts(&s);
 }
 
-/// The session ends (the upstream answered and closed) while bytes the client sent since
-/// wait unread: as nginx's close, sluice's resets the client's connection, after the
-/// answer (held back with MSG_MORE to leave with the FIN, it is pushed out first). The
-/// proxy is stopped while the answer, the close and the client's bytes come in, so it
-/// finds them in one batch, the upstream's first (side by side with nginx 1.22.1: the
-/// client reads "resp", then ECONNRESET; sluice gave "resp" and a clean end of file).
-#[test]
-fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
+/// A backend that hands each connection it accepts to the test: its port, and the
+/// connections.
+fn accepting_backend() -> (u16, mpsc::Receiver<TcpStream>) {
     let (accepted_tx, accepted) = mpsc::channel::<TcpStream>();
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = l.local_addr().expect("addr").port();
@@ -290,6 +285,18 @@ fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
             let _ = accepted_tx.send(c);
         }
     });
+    (b, accepted)
+}
+
+/// The session ends (the upstream answered and closed) while bytes the client sent since
+/// wait unread: as nginx's close, sluice's resets the client's connection, after the
+/// answer (held back with MSG_MORE to leave with the FIN, it is pushed out first). The
+/// proxy is stopped while the answer, the close and the client's bytes come in, so it
+/// finds them in one batch, the upstream's first (side by side with nginx 1.22.1: the
+/// client reads "resp", then ECONNRESET; sluice gave "resp" and a clean end of file).
+#[test]
+fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
+    let (b, accepted) = accepting_backend();
     let p = free_port();
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} }}\n"
@@ -323,14 +330,7 @@ fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
 /// answer (sluice relayed "resp" with status 200).
 #[test]
 fn half_close_after_the_upstream_closed_fails_as_nginx() {
-    let (accepted_tx, accepted) = mpsc::channel::<TcpStream>();
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let _ = accepted_tx.send(c);
-        }
-    });
+    let (b, accepted) = accepting_backend();
     let p = free_port();
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{ log_format st $status; access_log %%PREFIX%%a.log st; \

@@ -671,22 +671,11 @@ fn pcre_escapes(p: &str) -> String {
                 }
                 // In a class `\8` and `\9` are the digits.
                 b'8' | b'9' if class => out.push(char::from(e)),
-                // In a class a digit always starts an octal escape (never a
-                // backreference): `[\101-\132]`; outside, `\NN` from 10 up is one
-                // too when the pattern has fewer groups (`\101` is "A").
-                b'1'..=b'7' if class || octal_not_group(p, i - 1) => {
+                // `\0` and up to two more octal digits; in a class any digit 1-7 starts
+                // such an escape too (never a backreference): `[\101-\132]`; outside,
+                // `\NN` from 10 up does when the pattern has fewer groups (`\101` is "A").
+                b'0'..=b'7' if e == b'0' || class || octal_not_group(p, i - 1) => {
                     let mut v = u32::from(e - b'0');
-                    for _ in 0..2 {
-                        match b.get(i) {
-                            Some(d @ b'0'..=b'7') => v = v * 8 + u32::from(d - b'0'),
-                            _ => break,
-                        }
-                        i += 1;
-                    }
-                    hex(&mut out, v);
-                }
-                b'0' => {
-                    let mut v = 0;
                     for _ in 0..2 {
                         match b.get(i) {
                             Some(d @ b'0'..=b'7') => v = v * 8 + u32::from(d - b'0'),
