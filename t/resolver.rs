@@ -42,6 +42,10 @@ pub struct Zone {
     /// To an A query: records (type, data) after the others, as they are, under the
     /// question's name.
     pub extra: Vec<(u16, Vec<u8>)>,
+    /// To an AAAA query: the same, alone.
+    pub extra_aaaa: Vec<(u16, Vec<u8>)>,
+    /// To an A query: this rcode instead of `rcode`.
+    pub rcode_a: Option<u8>,
 }
 
 type Zones = Arc<Mutex<HashMap<String, Zone>>>;
@@ -247,7 +251,7 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
     if z.silent {
         return Vec::new();
     }
-    head[3] |= z.rcode;
+    head[3] |= z.rcode_a.filter(|_| qtype == 1).unwrap_or(z.rcode);
     if z.truncate && !tcp {
         head[2] |= 0x02;
         return vec![head];
@@ -272,6 +276,12 @@ fn answer(q: &[u8], zones: &Zones, log: &Log, tcp: bool) -> Vec<Vec<u8>> {
             count += 1;
         }
         for (rtype, data) in &z.extra {
+            rr(&mut body, *rtype, z.ttl, data);
+            count += 1;
+        }
+    }
+    if qtype == 28 {
+        for (rtype, data) in &z.extra_aaaa {
             rr(&mut body, *rtype, z.ttl, data);
             count += 1;
         }
@@ -477,8 +487,9 @@ fn tcp_fallback_cname_and_hostile_replies() {
 /// a CNAME's target is read only when it is followed (beside an address a broken one is
 /// no error; alone it is nginx's own message, and the request waits for its timeout
 /// with the name not asked again at the 5 s resend), a record whose header ends the
-/// message is a "short DNS response", and an answer to a name of 128 labels is refused
-/// as a "compression pointers loop".
+/// message is a "short DNS response", an answer to a name of 128 labels is refused as a
+/// "compression pointers loop", and an error code in one family's answer fails the name
+/// at once, the other family's records unread.
 #[test]
 fn broken_answers_are_read_as_nginx_reads_them() {
     let dns = DnsServer::start();
@@ -494,16 +505,34 @@ fn broken_answers_are_read_as_nginx_reads_them() {
     // too) and calls more a loop.
     let labels = vec!["b"; 128].join(".");
     dns.set(&labels, Zone { a: vec![ip("127.0.0.2")], ttl: 60, ..Zone::default() });
+    // An error code in one family's answer ends the name, the other's records unread.
+    let txt = vec![(16, b"\x02hi".to_vec())];
+    dns.set("nx.test", Zone { rcode_a: Some(3), extra_aaaa: txt.clone(), ..Zone::default() });
+    dns.set("fail.test", Zone { rcode_a: Some(2), extra_aaaa: txt, ..Zone::default() });
     let (p, q, r, l) = (free_port(), free_port(), free_port(), free_port());
+    let (x, f) = (free_port(), free_port());
     let s = Sluice::start(&format!(
         "events {{}}\nstream {{\n\
            resolver 127.0.0.1:{d} ipv6=off;\n\
-           map $server_port $n {{ {p} beside.test; {q} alone.test; {r} empty.test; {l} {labels}; }}\n\
+           map $server_port $n {{ {p} beside.test; {q} alone.test; {r} empty.test; {l} {labels}; \
+                                  {x} nx.test; {f} fail.test; }}\n\
            server {{ listen 127.0.0.1:{p}; listen 127.0.0.1:{r}; listen 127.0.0.1:{l}; resolver_timeout 1s; proxy_pass $n:{be}; }}\n\
            server {{ listen 127.0.0.1:{q}; resolver_timeout 6s; proxy_pass $n:{be}; }}\n\
+           server {{ listen 127.0.0.1:{x}; listen 127.0.0.1:{f}; resolver 127.0.0.1:{d}; resolver_timeout 5s; \
+                    proxy_pass $n:{be}; }}\n\
          }}",
         d = dns.port,
     ));
+    for (port, want) in [
+        (x, "nx.test could not be resolved (3: Host not found)"),
+        (f, "fail.test could not be resolved (2: Server failure)"),
+    ] {
+        let started = Instant::now();
+        assert_eq!(ask(port), "", "{}", s.error_log());
+        assert!(started.elapsed() < Duration::from_secs(3), "{want}: at once, not at the timeout");
+        assert!(s.error_log().contains(want), "{want}\n{}", s.error_log());
+    }
+    assert!(!s.error_log().contains("unexpected RR type 16"), "{}", s.error_log());
     assert_eq!(ask(p), "B3", "{}", s.error_log());
     let started = Instant::now();
     let mut c = connect(q);

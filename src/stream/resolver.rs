@@ -807,8 +807,11 @@ impl Resolvers {
         if (2..=5).contains(&r.rcode) {
             n.code = Some(r.rcode);
             *family = Family::Done(Vec::new());
-        } else if r.qtype == dns::TYPE_SRV {
+        } else if n.code.is_some() {
+            // The other family's error code ends the name: nginx reads none of this
+            // answer's records (`if (code == 0 && rn->code) code = rn->code;`).
             *family = Family::Done(Vec::new());
+        } else if r.qtype == dns::TYPE_SRV {
             match dns::services(msg, &r, &n.name) {
                 Ok(Found::Records(recs, ttl)) => {
                     n.ttl = n.ttl.min(ttl);
@@ -819,8 +822,13 @@ impl Resolvers {
                     n.cname = Some(target);
                 }
                 Ok(Found::Nothing) => {}
-                Err(e) => log_plain(&e.to_string()),
+                // A broken answer leaves the name asked (ngx_resolver_process_srv).
+                Err(e) => {
+                    log_plain(&e.to_string());
+                    return;
+                }
             }
+            *family = Family::Done(Vec::new());
         } else if r.nan == 0 {
             // NOERROR with no records: the name's end if the other family has no
             // addresses either ("Host not found"; an alias an earlier answer gave is not
