@@ -531,7 +531,11 @@ pub struct StreamRegex {
 /// `ngx_stream_regex_compile`: compile, with PCRE2's messages for the common mistakes,
 /// and declare a variable per named group.
 pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variables) -> ConfResult<StreamRegex> {
-    if let Some((msg, at)) = pcre_syntax_error(pattern) {
+    // (`\Q...\E` text is made escapes first, as for the compile; an error's place is
+    // the pattern's.)
+    let (quoted, from) = pcre_quotes_mapped(pattern);
+    if let Some((msg, at)) = pcre_syntax_error(&quoted) {
+        let at = from.get(at).copied().unwrap_or(pattern.len());
         let rest = pattern.get(at..).unwrap_or("");
         return Err(if at >= pattern.len() {
             cmd.err(format!("pcre2_compile() failed: {} in \"{}\"", msg, pattern))
@@ -539,7 +543,7 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
             cmd.err(format!("pcre2_compile() failed: {} in \"{}\" at \"{}\"", msg, pattern, rest))
         });
     }
-    let translated = pcre_escapes(&pcre_bytes(&pcre_quotes(pattern)));
+    let translated = pcre_escapes(&pcre_bytes(&quoted));
     // PCRE's \p{..} classes need Unicode tables; elsewhere bytes match as PCRE without UTF.
     let unicode = pattern.contains("\\p") || pattern.contains("\\P");
     let re = regex::bytes::RegexBuilder::new(&translated).case_insensitive(caseless).unicode(unicode).build().map_err(
@@ -596,35 +600,59 @@ fn pcre_bytes(pattern: &str) -> String {
 }
 
 /// PCRE's `\Q...\E` (everything between is literal), which the regex crate lacks.
+#[cfg(test)]
 fn pcre_quotes(pattern: &str) -> String {
+    pcre_quotes_mapped(pattern).0
+}
+
+/// `pcre_quotes`, with where each byte of its text came from in `pattern` (one more
+/// entry for the end), so that an error found in the text names the pattern's place.
+fn pcre_quotes_mapped(pattern: &str) -> (String, Vec<usize>) {
     let mut out = String::with_capacity(pattern.len());
-    let mut rest = pattern;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
+    let mut from = Vec::with_capacity(pattern.len() + 1);
+    let push = |out: &mut String, from: &mut Vec<usize>, text: &str, at: usize| {
+        out.push_str(text);
+        from.resize(out.len(), at);
+    };
+    let mut i = 0;
+    while let Some(k) = pattern[i..].find('\\') {
+        for (j, c) in pattern[i..i + k].char_indices() {
+            push(&mut out, &mut from, c.encode_utf8(&mut [0; 4]), i + j);
+        }
+        let at = i + k;
+        let after = &pattern[at + 1..];
         match after.chars().next() {
             Some('Q') => {
                 let quoted = &after[1..];
                 let (lit, next) = match quoted.find("\\E") {
-                    Some(e) => (&quoted[..e], &quoted[e + 2..]),
-                    None => (quoted, ""),
+                    Some(e) => (&quoted[..e], at + 2 + e + 2),
+                    None => (quoted, pattern.len()),
                 };
-                out.push_str(&regex::escape(lit));
-                rest = next;
+                for (j, c) in lit.char_indices() {
+                    push(&mut out, &mut from, &regex::escape(c.encode_utf8(&mut [0; 4])), at + 2 + j);
+                }
+                i = next;
             }
+            // An escape is kept as it is; `\cX` takes X whatever it is (a backslash too).
             Some(c) => {
-                out.push('\\');
-                out.push(c);
-                rest = &after[c.len_utf8()..];
+                let x = if c == 'c' { after[1..].chars().next().map_or(0, char::len_utf8) } else { 0 };
+                let end = at + 1 + c.len_utf8() + x;
+                for (j, ch) in pattern[at..end].char_indices() {
+                    push(&mut out, &mut from, ch.encode_utf8(&mut [0; 4]), at + j);
+                }
+                i = end;
             }
             None => {
-                out.push('\\');
-                rest = "";
+                push(&mut out, &mut from, "\\", at);
+                i = pattern.len();
             }
         }
     }
-    out.push_str(rest);
-    out
+    for (j, c) in pattern[i..].char_indices() {
+        push(&mut out, &mut from, c.encode_utf8(&mut [0; 4]), i + j);
+    }
+    from.push(pattern.len());
+    (out, from)
 }
 
 /// PCRE's meanings where the regex crate reads the same text otherwise, or not at all
@@ -853,28 +881,22 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
                 if i + 1 >= b.len() {
                     return Some(("\\ at end of pattern", b.len()));
                 }
+                if let Some(e) = escape_error(p, i, false) {
+                    return Some(e);
+                }
                 match b[i + 1] {
-                    // `\Q...\E`: literal text (a lone `\E` is nothing).
-                    b'Q' => {
-                        let end = p[i + 2..].find("\\E").map_or(b.len(), |k| i + 2 + k);
-                        repeatable |= end > i + 2;
-                        i = (end + 2).min(b.len());
-                        continue;
-                    }
+                    // A `\E` without `\Q` is nothing (the caller made `\Q...\E` escapes).
                     b'E' => {
                         i += 2;
                         continue;
                     }
-                    // `\cX`: X is taken whatever it is.
+                    // `\cX`: X is taken whatever it is (`escape_error` checked it).
                     b'c' => {
-                        i = (i + 3).min(b.len());
+                        i += 3;
                         repeatable = true;
                         continue;
                     }
                     _ => {}
-                }
-                if let Some(e) = escape_error(p, i, false) {
-                    return Some(e);
                 }
                 if b[i + 1].is_ascii_digit() && b[i + 1] != b'0' && !octal_not_group(p, i + 1) {
                     let n = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
@@ -934,13 +956,6 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
                             prev = Some(None);
                         }
                         Some(b']') => break,
-                        Some(b'\\') if b.get(j + 1) == Some(&b'Q') => {
-                            let end = p[j + 2..].find("\\E").map_or(b.len(), |k| j + 2 + k);
-                            if end > j + 2 {
-                                prev = Some(Some(u32::from(b[end - 1])));
-                            }
-                            j = (end + 2).min(b.len());
-                        }
                         Some(b'\\') if b.get(j + 1) == Some(&b'E') => j += 2,
                         Some(b'-') if prev.is_some() && !matches!(b.get(j + 1), None | Some(b']')) => {
                             let Some(Some(start)) = prev else {
@@ -1010,9 +1025,10 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
                 if !repeatable {
                     return Some(("quantifier does not follow a repeatable item", i));
                 }
-                // A lazy or possessive suffix.
-                if matches!(b.get(i + 1), Some(b'?') | Some(b'+')) {
-                    i += 1;
+                // A lazy or possessive suffix (after anything that is nothing).
+                let k = after_nothing(p, i + 1);
+                if matches!(b.get(k), Some(b'?') | Some(b'+')) {
+                    i = k;
                 }
                 repeatable = false;
             }
@@ -1026,8 +1042,9 @@ fn pcre_syntax_error(p: &str) -> Option<(&'static str, usize)> {
                         return Some(("quantifier does not follow a repeatable item", i + len - 1));
                     }
                     i += len;
-                    if matches!(b.get(i), Some(b'?') | Some(b'+')) {
-                        i += 1;
+                    let k = after_nothing(p, i);
+                    if matches!(b.get(k), Some(b'?') | Some(b'+')) {
+                        i = k + 1;
                     }
                     repeatable = false;
                     continue;
@@ -1070,12 +1087,20 @@ fn posix_end(b: &[u8], k: usize) -> Option<usize> {
     None
 }
 
-/// PCRE2's errors for a character escape at `p[at]` (a backslash) whose value does not
-/// fit a byte: an octal escape over \377, a `\x{..}` or `\o{..}` over FF.
+/// PCRE2's errors for a character escape at `p[at]` (a backslash): a `\c` without a
+/// printable ASCII character after it, or a value that does not fit a byte (an octal
+/// escape over \377, a `\x{..}` or `\o{..}` over FF).
 fn escape_error(p: &str, at: usize, class: bool) -> Option<(&'static str, usize)> {
     let b = p.as_bytes();
     if b.get(at) != Some(&b'\\') {
         return None;
+    }
+    if b.get(at + 1) == Some(&b'c') {
+        return match b.get(at + 2) {
+            None => Some(("\\c at end of pattern", b.len())),
+            Some(0x20..=0x7e) => None,
+            Some(_) => Some(("\\c must be followed by a printable ASCII character", at + 2)),
+        };
     }
     let (Some(v), next) = class_item(b, at) else { return None };
     if v <= 0xff {
@@ -1101,16 +1126,13 @@ fn octal_not_group(p: &str, at: usize) -> bool {
 }
 
 /// The capturing groups of a pattern before `until`: each `(` outside a class not
-/// escaped, and not one of `(?` 's other forms than a named group (`\Q...\E` text and
-/// `(?#...)` comments hold none).
+/// escaped, and not one of `(?` 's other forms than a named group (`(?#...)` comments
+/// hold none).
 fn capture_groups(p: &str, until: usize) -> usize {
     let b = p.as_bytes();
     let (mut n, mut class, mut i) = (0, false, 0);
     while i < until.min(b.len()) {
         match b[i] {
-            b'\\' if b.get(i + 1) == Some(&b'Q') => {
-                i = p[i + 2..].find("\\E").map_or(b.len(), |k| i + 2 + k + 1);
-            }
             b'\\' => i += 1,
             b'[' if !class => {
                 class = true;
@@ -1171,6 +1193,23 @@ fn class_item(b: &[u8], j: usize) -> (Option<u32>, usize) {
         _ => (u32::from(e), j + 2),
     };
     (Some(v), next)
+}
+
+/// Where `p[i..]` goes on after items that are nothing to PCRE2: lone `\E`s and
+/// `(?#...)` comments (a quantifier's `?` or `+` suffix may come after them).
+fn after_nothing(p: &str, mut i: usize) -> usize {
+    loop {
+        if p[i..].starts_with("\\E") {
+            i += 2;
+        } else if p[i..].starts_with("(?#") {
+            match p[i..].find(')') {
+                Some(k) => i += k + 1,
+                None => return i,
+            }
+        } else {
+            return i;
+        }
+    }
 }
 
 /// `{n}`, `{n,}`, `{n,m}` at the start of `b`: (n, m, length).
@@ -1248,6 +1287,10 @@ mod tests {
         assert_eq!(pcre_quotes(r"^(a)\Q.b(c\E$"), r"^(a)\.b\(c$");
         assert_eq!(pcre_quotes(r"\Q*"), r"\*");
         assert_eq!(pcre_quotes(r"\d\.x\"), r"\d\.x\");
+        // `\cX` takes X, a backslash too: `\c\Q` is no quote.
+        assert_eq!(pcre_quotes(r"\c\Q.\E"), r"\c\Q.\E");
+        // Where each byte came from: `a\Q[\E]` is `a\[]`, its `]` from the pattern's 6.
+        assert_eq!(pcre_quotes_mapped(r"a\Q[\E]"), (r"a\[]".to_string(), vec![0, 3, 3, 6, 7]));
     }
 
     #[test]
@@ -1321,11 +1364,26 @@ mod tests {
         assert_eq!(pcre_syntax_error(r"\E{2,1}"), Some(("numbers out of order in {} quantifier", 6)));
         assert_eq!(pcre_syntax_error("[a-[.a.]]"), Some((invalid, 4)));
         assert_eq!(pcre_syntax_error(r"\b{2}"), Some(("quantifier does not follow a repeatable item", 4)));
-        for ok in
-            [r"\Q\9\E", r"\Q[z-a]\E", r"\Q[:alpha:]\E", r"\Q\400\E", r"\c[:alpha:]", r"\c\400", "(?#[)x", r"\x{41}*"]
-        {
-            assert_eq!(pcre_syntax_error(ok), None, "{ok}");
+        // (`\Q...\E` text reaches the check as escapes, as regex_compile makes it.)
+        for ok in [
+            r"\Q\9\E",
+            r"\Q[z-a]\E",
+            r"\Q[:alpha:]\E",
+            r"\Q\400\E",
+            r"\c[:alpha:]",
+            r"\c\400",
+            "(?#[)x",
+            r"\x{41}*",
+            r"a?\E+",
+            r"a{2}\Q\E+",
+            "a?(?#x)+",
+            r"[\Qa\E-\Qz\E]",
+            r"[\Qa\E-\Q\E]",
+        ] {
+            assert_eq!(pcre_syntax_error(&pcre_quotes(ok)), None, "{ok}");
         }
+        assert_eq!(pcre_syntax_error(r"a\c"), Some(("\\c at end of pattern", 3)));
+        assert_eq!(pcre_syntax_error("\\c\u{e9}"), Some(("\\c must be followed by a printable ASCII character", 2)));
         for ok in [
             "[--a]",
             "[!--]",
