@@ -288,6 +288,17 @@ fn accepting_backend() -> (u16, mpsc::Receiver<TcpStream>) {
     (b, accepted)
 }
 
+/// A client of the proxy on `p` and its upstream connection, relaying: the client's
+/// first bytes have reached the upstream.
+fn relaying(p: u16, accepted: &mpsc::Receiver<TcpStream>) -> (TcpStream, TcpStream) {
+    let mut c = connect(p);
+    let mut up = accepted.recv_timeout(Duration::from_secs(10)).expect("the upstream connection");
+    c.write_all(b"hello").expect("write");
+    let mut hello = [0u8; 5];
+    up.read_exact(&mut hello).expect("the client's first bytes");
+    (c, up)
+}
+
 /// The session ends (the upstream answered and closed) while bytes the client sent since
 /// wait unread: as nginx's close, sluice's resets the client's connection, after the
 /// answer (held back with MSG_MORE to leave with the FIN, it is pushed out first). The
@@ -302,12 +313,7 @@ fn unread_client_bytes_at_the_end_reset_it_after_the_answer() {
         "events {{}}\nstream {{ server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; }} }}\n"
     ));
     for round in 0..3 {
-        let mut c = connect(p);
-        let mut up = accepted.recv_timeout(Duration::from_secs(10)).expect("the upstream connection");
-        // Relaying: the client's first bytes reached the upstream.
-        c.write_all(b"hello").expect("write");
-        let mut hello = [0u8; 5];
-        up.read_exact(&mut hello).expect("the client's first bytes");
+        let (mut c, mut up) = relaying(p, &accepted);
         s.signal(libc::SIGSTOP);
         up.write_all(b"resp").expect("answer");
         drop(up);
@@ -336,11 +342,7 @@ fn half_close_after_the_upstream_closed_fails_as_nginx() {
         "events {{}}\nstream {{ log_format st $status; access_log %%PREFIX%%a.log st; \
          server {{ listen 127.0.0.1:{p}; proxy_half_close on; proxy_pass 127.0.0.1:{b}; }} }}\n"
     ));
-    let mut c = connect(p);
-    let mut up = accepted.recv_timeout(Duration::from_secs(10)).expect("the upstream connection");
-    c.write_all(b"hello").expect("write");
-    let mut hello = [0u8; 5];
-    up.read_exact(&mut hello).expect("the client's first bytes");
+    let (mut c, mut up) = relaying(p, &accepted);
     s.signal(libc::SIGSTOP);
     c.write_all(b"req").expect("write");
     c.shutdown(std::net::Shutdown::Write).expect("shutdown");
