@@ -629,7 +629,12 @@ fn pcre_quotes_mapped(pattern: &str) -> (String, Vec<usize>) {
                     None => (quoted, pattern.len()),
                 };
                 for (j, c) in lit.char_indices() {
-                    push(&mut out, &mut from, &regex::escape(c.encode_utf8(&mut [0; 4])), at + 2 + j);
+                    // A digit as `\xNN`: after `\1` or `\x4` a bare one would join the escape.
+                    let text = match c {
+                        '0'..='9' => format!("\\x{:02X}", c as u32),
+                        _ => regex::escape(c.encode_utf8(&mut [0; 4])),
+                    };
+                    push(&mut out, &mut from, &text, at + 2 + j);
                 }
                 i = next;
             }
@@ -1287,6 +1292,7 @@ mod tests {
         assert_eq!(pcre_quotes(r"^(a)\Q.b(c\E$"), r"^(a)\.b\(c$");
         assert_eq!(pcre_quotes(r"\Q*"), r"\*");
         assert_eq!(pcre_quotes(r"\d\.x\"), r"\d\.x\");
+        assert_eq!(pcre_quotes(r"\1\Q8\E"), r"\1\x38");
         // `\cX` takes X, a backslash too: `\c\Q` is no quote.
         assert_eq!(pcre_quotes(r"\c\Q.\E"), r"\c\Q.\E");
         // Where each byte came from: `a\Q[\E]` is `a\[]`, its `]` from the pattern's 6.
