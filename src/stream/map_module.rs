@@ -767,8 +767,9 @@ fn pcre_escapes(p: &str) -> String {
                     out.push_str(r"\x2D");
                     item = item.then(true);
                 }
-                b'[' if b.get(i + 1) == Some(&b':') && p[i..].find(":]").is_some() => {
-                    let end = i + p[i..].find(":]").unwrap_or(0) + 2;
+                // A POSIX class, found as the syntax check finds it.
+                b'[' if b.get(i + 1) == Some(&b':') && posix_end(b, i + 1).is_some() => {
+                    let end = posix_end(b, i + 1).map_or(i + 1, |e| e + 2);
                     out.push_str(&p[i..end]);
                     i = end;
                     item = Item::None;
