@@ -483,7 +483,7 @@ fn after_parse(mut cx: ConfCx, opts: &LoadOptions, old: Option<&Cycle>) -> Resul
         error_logs,
         zones,
         accept_mutex,
-        hostname: hostname(),
+        hostname: crate::core::log::hostname(),
         proxy_protocol_max_header,
         conf_file: opts.conf_file.clone(),
         prefix: opts.prefix.clone(),
@@ -558,17 +558,6 @@ pub fn redirect_stderr(cycle: &Cycle) {
     if !cycle.error_logs.iter().any(|l| l.writes_stderr()) {
         cycle.error_log.redirect_stderr();
     }
-}
-
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let n = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..n]).to_lowercase()
 }
 
 /// One address with the servers listening on it (nginx's `ngx_stream_conf_addr_t`).

@@ -271,7 +271,7 @@ fn server_name(c: &mut CoreSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
             cx.warn(cmd, &format!("server name \"{}\" has suspicious symbols", v));
         }
         if v.eq_ignore_ascii_case("$hostname") {
-            c.server_names.push(ServerName { name: crate::stream::conf::hostname(), regex: None });
+            c.server_names.push(ServerName { name: crate::core::log::hostname(), regex: None });
             continue;
         }
         let Some(pattern) = v.strip_prefix('~') else {
