@@ -316,6 +316,7 @@ cases! {
     not_allowed_http_directive_in_upstream,
     not_allowed_http_gzip_types_in_main,
     not_allowed_http_limit_rate_in_server,
+    not_allowed_http_max_headers_in_server,
     not_allowed_listen_in_stream,
     not_allowed_load_module_in_stream,
     not_allowed_proxy_pass_in_main,

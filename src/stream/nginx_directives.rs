@@ -3,7 +3,8 @@
 //! build of nginx 1.22.1 say "is not allowed here" rather than "unknown directive"
 //! (the mail module is not loaded there, so its names are unknown). sluice says the same
 //! for them in any context it does not know them in. (Recorded by writing every
-//! directive name of nginx's sources into a stream server and running `nginx -t`.)
+//! directive name of nginx's sources into a stream server and running `nginx -t`;
+//! `max_headers` is Debian's: its security patch to the http module adds it.)
 
 pub const ELSEWHERE: &[&str] = &[
     "absolute_redirect",
@@ -186,6 +187,7 @@ pub const ELSEWHERE: &[&str] = &[
     "location",
     "log_not_found",
     "log_subrequest",
+    "max_headers",
     "max_ranges",
     "memcached_bind",
     "memcached_buffer_size",
