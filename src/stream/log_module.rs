@@ -291,6 +291,9 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                         cmd.err(format!("access_log \"{}\" already defined with conflicting parameters", cmd.arg(0)))
                     );
                 }
+            } else if buffer != 0 {
+                // A file's first buffered log allocates its buffer now (ngx_pnalloc).
+                crate::core::conf::test_malloc(buffer as u64)?;
             }
             Target::File(cx.open_file(spec))
         }

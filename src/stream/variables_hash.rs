@@ -69,11 +69,7 @@ fn key_hash(name: &str) -> u64 {
 /// `ngx_hash_init` allocates a u_short per size up to max_size before searching: a
 /// max_size no allocator can give fails the configuration as nginx's malloc does.
 pub fn test_alloc(max_size: u64) -> Result<(), ConfError> {
-    let bytes = max_size.wrapping_mul(2);
-    match usize::try_from(bytes).ok().filter(|&n| Vec::<u8>::new().try_reserve_exact(n).is_ok()) {
-        Some(_) => Ok(()),
-        None => Err(ConfError::bare(format!("malloc({bytes}) failed (12: Cannot allocate memory)"))),
-    }
+    crate::core::conf::test_malloc(max_size.wrapping_mul(2))
 }
 
 /// Check the sizes for the configuration's own variable names (`user`, lower case, any
