@@ -97,13 +97,11 @@ impl Conn {
         }
     }
 
-    /// The end of a TCP socket whose last bytes were written with `MSG_MORE`, just before
-    /// the caller closes it. The close itself sends them with the FIN, in one segment
-    /// (the kernel's `tcp_send_fin` sets FIN on a tail not yet sent, as a `shutdown`
-    /// would: one system call fewer). But when the peer's bytes wait unread, the close
-    /// resets the connection, as nginx's close does, and a reset would drop held bytes:
-    /// they are pushed out first (setting TCP_NODELAY pushes pending frames), so the peer
-    /// gets them, then the reset, as from nginx.
+    /// The end of a TCP socket whose last bytes were written with `MSG_MORE`: they leave
+    /// with the FIN (`shutdown`), in one segment. But when the peer's bytes wait unread,
+    /// the close that follows resets the connection, as nginx's close does, and a reset
+    /// would drop held bytes: they are pushed out first (setting TCP_NODELAY pushes
+    /// pending frames), so the peer gets them, then the reset, as from nginx.
     pub fn end_corked(&self) {
         let Conn::Tcp(s) = self else {
             let _ = self.shutdown_write();
@@ -112,10 +110,10 @@ impl Conn {
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int, ours.
         let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut unread) };
-        if r != 0 {
-            let _ = s.shutdown(Shutdown::Write);
-        } else if unread > 0 {
+        if r == 0 && unread > 0 {
             let _ = s.set_nodelay(true);
+        } else {
+            let _ = s.shutdown(Shutdown::Write);
         }
     }
 
