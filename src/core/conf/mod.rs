@@ -165,7 +165,6 @@ impl Cmd {
     }
 }
 
-/// `strerror`-style text for an OS error, as nginx prints it: `(2: No such file or directory)`.
 /// nginx allocates some of what a configuration asks for while it reads it (an
 /// access_log buffer, a hash's size table) and fails on a size its malloc refuses: the
 /// same size is asked of this allocator (and given back at once), with nginx's message.
@@ -176,6 +175,7 @@ pub fn test_malloc(bytes: u64) -> Result<(), ConfError> {
     }
 }
 
+/// `strerror`-style text for an OS error, as nginx prints it: `(2: No such file or directory)`.
 pub fn os_err(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => format!("({}: {})", code, strerror(e)),
