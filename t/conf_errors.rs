@@ -206,6 +206,7 @@ macro_rules! cases {
 cases! {
     access_log_bad_buffer,
     access_log_buffer_too_large,
+    access_log_empty_names_not_shared,
     access_log_missing_dir,
     access_log_no_format,
     access_log_repeated_parameters,

@@ -133,7 +133,9 @@ impl ConfCx {
     /// one file share it, with the largest buffer any of them asks for.
     pub fn open_file(&mut self, spec: FileSpec) -> usize {
         crate::core::logfile::note_file(&spec.path);
-        if let Some(i) = self.open_files.iter().position(|f| f.path == spec.path) {
+        // An empty name (descriptor 2) is never shared: each is a file of its own, with
+        // its own buffer (ngx_conf_open_file looks names up only when there is one).
+        if let Some(i) = self.open_files.iter().position(|f| f.path == spec.path && !spec.path.is_empty()) {
             let f = &mut self.open_files[i];
             f.buffer = f.buffer.max(spec.buffer);
             f.gzip = f.gzip.or(spec.gzip);
