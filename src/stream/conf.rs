@@ -129,13 +129,21 @@ fn full_name(prefix: &str, name: &str) -> String {
 }
 
 impl ConfCx {
+    /// The file a log opened under `path` shares, if any. An empty name (descriptor 2)
+    /// is never shared: each is a file of its own, with its own buffer
+    /// (ngx_conf_open_file looks names up only when there is one).
+    pub fn shared_file(&self, path: &str) -> Option<usize> {
+        if path.is_empty() {
+            return None;
+        }
+        self.open_files.iter().position(|f| f.path == path)
+    }
+
     /// Register a file the cycle must open for writing; returns its index. Writers of
     /// one file share it, with the largest buffer any of them asks for.
     pub fn open_file(&mut self, spec: FileSpec) -> usize {
         crate::core::logfile::note_file(&spec.path);
-        // An empty name (descriptor 2) is never shared: each is a file of its own, with
-        // its own buffer (ngx_conf_open_file looks names up only when there is one).
-        if let Some(i) = self.open_files.iter().position(|f| f.path == spec.path && !spec.path.is_empty()) {
+        if let Some(i) = self.shared_file(&spec.path) {
             let f = &mut self.open_files[i];
             f.buffer = f.buffer.max(spec.buffer);
             f.gzip = f.gzip.or(spec.gzip);

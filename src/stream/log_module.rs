@@ -285,8 +285,7 @@ fn access_log(c: &mut LogSrv, cmd: &Cmd, cx: &mut ConfCx) -> ConfResult {
                 cx.full_name_of(&crate::core::conf::parser::bytes_to_text(p))
             };
             let spec = FileSpec { path: full, buffer, gzip, flush };
-            if let Some(old) = cx.open_files.iter().find(|f| f.path == spec.path && !f.path.is_empty() && f.buffer != 0)
-            {
+            if let Some(old) = cx.shared_file(&spec.path).map(|i| &cx.open_files[i]).filter(|f| f.buffer != 0) {
                 if buffer != 0 && (old.buffer != buffer || old.flush != flush || old.gzip != gzip) {
                     return Err(
                         cmd.err(format!("access_log \"{}\" already defined with conflicting parameters", cmd.arg(0)))
