@@ -1310,6 +1310,63 @@ fn sessions_of_one_turn_log_in_nginx_order() {
     drop(clients);
 }
 
+/// A client that closed while its upstream connected is watched only from the relay's
+/// start, as nginx adds it to epoll there: its end is queued behind events already
+/// ready, such as another session's connect. Here *1's first connect (to a full listen
+/// queue) times out while the worker is stopped and *2 arrives; after SIGCONT one turn
+/// retries *1's connect and starts *2's, the next finishes *1's, and *2's connect
+/// comes before *1's client end. nginx 1.22.1, side by side (tcpfz F01): "*1 proxy
+/// connected", "*4 proxy connected", "*1 client disconnected"; sluice, which watched
+/// every client from its accept, read *1's end in the turn *1 connected.
+#[test]
+fn client_watched_from_relay_start_logs_after_another_connect() {
+    let full = full_backend();
+    let echo = backend(crate::common::echo);
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           upstream u {{ server 127.0.0.1:{}; server 127.0.0.1:{echo}; }}\n\
+           server {{ listen 127.0.0.1:{p}; proxy_pass u; proxy_connect_timeout 300ms; }}\n\
+         }}\n",
+        full.port
+    ));
+    let start = s.error_log().len();
+    let first = std::net::TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    drop(first);
+    let accepted = Instant::now();
+    assert!(wait_for(Duration::from_secs(5), || s.error_log()[start..].contains("*1 client ")), "{}", s.error_log());
+    s.signal(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'))
+    };
+    assert!(wait_for(Duration::from_secs(5), stopped), "sluice did not stop");
+    // *1's 300 ms connect timer runs out while the worker is stopped.
+    std::thread::sleep(Duration::from_millis(500).saturating_sub(accepted.elapsed()));
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    std::io::Write::write_all(&mut second, b"x").expect("write");
+    s.signal(libc::SIGCONT);
+    let lines = || -> Vec<String> {
+        s.error_log()[start..]
+            .lines()
+            .filter(|l| l.contains(" proxy 127") || l.contains("client disconnected"))
+            .map(|l| {
+                // (*2 and *3 number *1's upstream connections, as nginx counts them.)
+                let id = match l.split_whitespace().find(|w| w.starts_with('*')) {
+                    Some("*1") => "*1",
+                    _ => "second",
+                };
+                let what = if l.contains(" proxy 127") { "proxy" } else { "end" };
+                format!("{id} {what}")
+            })
+            .collect()
+    };
+    assert!(wait_for(Duration::from_secs(10), || lines().len() >= 3), "{}", s.error_log());
+    assert_eq!(lines()[..3], ["*1 proxy", "second proxy", "*1 end"], "{}", s.error_log());
+    drop(second);
+    assert!(wait_for(Duration::from_secs(10), || lines().len() == 4), "{}", s.error_log());
+}
+
 /// A listening socket's own lines (a connection beyond worker_connections) go to the
 /// error log of the server that owns the socket, here the stream block's, not the main
 /// one (nginx's `ls->logp`; side by side with nginx 1.22.1, sluice wrote them to the

@@ -269,6 +269,9 @@ impl ApiSession {
 impl Content for ApiSession {
     fn start(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         s.action = Some("answering an api request");
+        if let Err(f) = s.watch_client(cx.registry) {
+            return f;
+        }
         self.read(s, cx)
     }
 

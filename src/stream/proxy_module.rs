@@ -1106,12 +1106,12 @@ impl ProxySession {
             self.early = s.udp_queue.len().saturating_sub(1);
         }
         // A socket is read now only if it is known to hold something (nginx's
-        // `read->ready`): the client if it raised an edge since it was accepted (it is
-        // watched from then on), or since the phase that read it (here, as relaying
-        // events), or that phase left it ready; the upstream if its connect event said
-        // so (it is watched from before connect()). Anything either sends later raises
-        // an edge of its own, and a read now would mostly find EAGAIN: one wasted recv
-        // per socket per short connection.
+        // `read->ready`): the client if it raised an edge since the phase that read it
+        // (here, as relaying events), or that phase left it ready, or `pass` handed it
+        // over ready; the upstream if its connect event said so (it is watched from
+        // before connect()). Anything either sends later raises an edge of its own, and
+        // a read now would mostly find EAGAIN: one wasted recv per socket per short
+        // connection.
         let client_ready = if self.client_watched { self.client_posted } else { s.client_ready };
         self.down.src_ready |= self.udp || s.client_hup || client_ready;
         self.up.src_ready = self.upstream_ready;
@@ -1122,11 +1122,11 @@ impl ProxySession {
             return self.process(s, cx, false, true);
         }
         // A client nginx has not read yet (no PROXY header, no preread) is watched only
-        // from here (ngx_stream_proxy_process ends with ngx_handle_read_event), so what
-        // it already sent is read after the rest of this turn's events, and so is an
-        // upstream already readable (a posted event). Here both wait for the end of
-        // the turn: another session's "proxy connected" in the same batch is logged
-        // before this one's "client disconnected", as nginx logs them.
+        // from here (ngx_stream_proxy_process ends with ngx_handle_read_event), and so
+        // it is here: what it already sent, or its end, is an event queued behind those
+        // already ready (another session's connect is logged first), read after the
+        // next epoll_wait. An upstream already readable is a posted event: it is read
+        // at the end of this turn.
         // (A PROXY header, a preread phase or a TLS handshake had it watched already.)
         let watched = self.client_watched || s.client_hup;
         if !watched {
@@ -1140,7 +1140,12 @@ impl ProxySession {
                     return flow;
                 }
             }
-            cx.rt.requeue_with(s.key, self.upstream_ready);
+            if let Err(f) = s.watch_client(cx.registry) {
+                return f;
+            }
+            if self.upstream_ready || client_ready {
+                cx.rt.requeue_with(s.key, self.upstream_ready);
+            }
             // nginx's first ngx_stream_proxy_process arms proxy_timeout before anything
             // is read, so `proxy_timeout 0` ends the session this turn with nothing
             // relayed (the turn's timers expire before its posted reads).

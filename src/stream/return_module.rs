@@ -59,6 +59,9 @@ impl ReturnSession {
                     s.sent += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(f) = s.watch_client(cx.registry) {
+                        return f;
+                    }
                     // 5 s from now, each time the socket fills: a slow reader that keeps
                     // reading gets the whole text (ngx_stream_return_write_handler adds
                     // its timer again on every write event).

@@ -212,6 +212,11 @@ pub struct SessionCore {
     pub ssl: bool,
     /// `preread_timer` runs the ssl handshake's timeout.
     pub handshake_timer: bool,
+    /// The client's socket is in epoll. nginx adds a connection only when something
+    /// first waits on it (a PROXY header, a handshake, a preread, the relay): a client
+    /// a proxy has not started to read raises no event while the upstream connects,
+    /// and its first one is queued behind whatever was ready before (`watch_client`).
+    pub client_registered: bool,
     /// Modules' per-session state, one value per type (nginx's module ctx).
     pub ctx: Vec<Box<dyn std::any::Any>>,
     /// The `status_zone` counting this session as processing (from its content phase
@@ -241,6 +246,23 @@ impl LogContext for SessionCore {
 }
 
 impl SessionCore {
+    /// Put the client's socket in epoll, once (nginx's first `ngx_handle_read_event`).
+    /// Bytes or an end already there raise an event at once, after those already
+    /// ready.
+    /// `Err` is how the session ends when epoll refuses it.
+    pub fn watch_client(&mut self, r: &Registry) -> Result<(), Flow> {
+        if self.client_registered {
+            return Ok(());
+        }
+        let token = session_token(self.key, Side::Client);
+        if let Err(e) = self.client.register(r, token, crate::stream::content::SOCKET_INTEREST) {
+            self.log(Level::Alert, "epoll_ctl() failed", Some(&e));
+            return Err(Flow::Finalize(status::INTERNAL_SERVER_ERROR));
+        }
+        self.client_registered = true;
+        Ok(())
+    }
+
     /// A module's per-session state, if it set one.
     pub fn ctx<T: 'static>(&self) -> Option<&T> {
         self.ctx.iter().find_map(|b| b.downcast_ref::<T>())

@@ -902,13 +902,21 @@ impl Worker {
         // timer of a finished session never reaches the next one in the same slot.
         self.generation = self.generation.wrapping_add(1) & GEN_MASK;
         let key = (self.generation as usize) << KEY_BITS | entry.key();
-        if let Err(e) = conn.register(
-            self.poll.registry(),
-            session_token(key, Side::Client),
-            crate::stream::content::SOCKET_INTEREST,
-        ) {
-            crate::core::log::error(Level::Alert, "epoll_ctl() failed", Some(&e));
-            return;
+        // A PROXY header, a handshake or a preread waits for the client from the start;
+        // otherwise the client is watched once content needs it (`watch_client`).
+        let watch_now = !conn_is_udp
+            && (addr_conf.proxy_protocol
+                || addr_conf.ssl
+                || (srv.confs.ssl_preread.enabled.get() && self.cycle.phases.has_preread()));
+        if watch_now {
+            if let Err(e) = conn.register(
+                self.poll.registry(),
+                session_token(key, Side::Client),
+                crate::stream::content::SOCKET_INTEREST,
+            ) {
+                crate::core::log::error(Level::Alert, "epoll_ctl() failed", Some(&e));
+                return;
+            }
         }
         if passed.is_none() {
             if let Some(g) = crate::core::stats::global() {
@@ -960,6 +968,7 @@ impl Worker {
             pp_pending: addr_conf.proxy_protocol && !conn_is_udp,
             ssl: addr_conf.ssl && !conn_is_udp,
             handshake_timer: false,
+            client_registered: watch_now,
             pp_read: false,
             preread_ready: false,
             conn_slot: self.rt.slots.take(),
@@ -1198,13 +1207,15 @@ impl Worker {
         let Some(sess) = self.sessions.try_remove(key & KEY_MASK) else { return };
         let Session { core, state } = sess;
         drop(state);
-        let SessionCore { mut client, remote, id, mut limit_conn, passes, conn_slot, .. } = core;
+        let SessionCore { mut client, remote, id, mut limit_conn, passes, conn_slot, client_registered, .. } = core;
         // The connection itself goes over: its slot is the next one taken.
         self.rt.slots.give(conn_slot);
         // nginx keeps the first server's per-connection state (limit_conn counts) until
         // the connection closes; here it is released at the hand-over.
         limit_conn.release_all();
-        let _ = client.deregister(self.poll.registry());
+        if client_registered {
+            let _ = client.deregister(self.poll.registry());
+        }
         self.rt.conns = self.rt.conns.saturating_sub(1);
         self.init_session(idx, client, remote, None, Some((addr, id, passes.saturating_add(1))), now);
     }
