@@ -1799,3 +1799,51 @@ fn proxy_ssl_names_and_sessions_of_implicit_and_runtime_peers() {
     assert_eq!(configured, [".", "r", "r"]);
     s.stop();
 }
+
+/// A TLS connection that `pass` hands to a plain listener stays watched: its relay reads
+/// every record the client sends, and a `return` ends with the client's close_notify
+/// read at once (the review of the relay-start registration found both waiting: the
+/// relay until proxy_timeout, the close for its 3 s and then a reset).
+#[test]
+fn tls_connection_passed_to_a_plain_listener_stays_watched() {
+    let [to_relay, to_return, relay, ret] = [(); 4].map(|_| free_port());
+    let up = backend(echo);
+    let f = files();
+    let tls_server = |port: u16, to: u16| {
+        format!(
+            "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {c}; ssl_certificate_key {k}; \
+             pass 127.0.0.1:{to}; }}\n",
+            c = f.join("cert.pem").display(),
+            k = f.join("key.pem").display(),
+        )
+    };
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n{}{}server {{ listen 127.0.0.1:{relay}; proxy_pass 127.0.0.1:{up}; }}\n\
+         server {{ listen 127.0.0.1:{ret}; return \"hello\\n\"; }}\n}}\n",
+        tls_server(to_relay, relay),
+        tls_server(to_return, ret),
+    ));
+    let mut c = tls(to_relay, None, |_| {});
+    c.get_ref().set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    for line in ["one\n", "two\n", "three\n"] {
+        c.write_all(line.as_bytes()).expect("write");
+        let mut got = vec![0u8; line.len()];
+        c.read_exact(&mut got).expect("echo through the passed TLS connection");
+        assert_eq!(got, line.as_bytes());
+        // The next record comes after the relay has drained the socket.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(c);
+    let mut c = tls(to_return, None, |_| {});
+    c.get_ref().set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read to the close_notify");
+    assert_eq!(out, "hello\n");
+    let started = Instant::now();
+    let _ = c.shutdown();
+    let mut rest = [0u8; 16];
+    let end = c.get_mut().read(&mut rest);
+    assert!(matches!(end, Ok(0)), "the connection ends cleanly, not with {end:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
+    drop(s);
+}

@@ -902,11 +902,14 @@ impl Worker {
         // timer of a finished session never reaches the next one in the same slot.
         self.generation = self.generation.wrapping_add(1) & GEN_MASK;
         let key = (self.generation as usize) << KEY_BITS | entry.key();
-        // A PROXY header, a handshake or a preread waits for the client from the start;
-        // otherwise the client is watched once content needs it (`watch_client`).
+        // A PROXY header, a handshake or a preread waits for the client from the start,
+        // and a TLS connection `pass` handed over is watched as it was (its relay and
+        // its close_notify count on it); otherwise the client is watched once content
+        // needs it (`watch_client`).
         let watch_now = !conn_is_udp
             && (addr_conf.proxy_protocol
                 || addr_conf.ssl
+                || conn.is_tls()
                 || (srv.confs.ssl_preread.enabled.get() && self.cycle.phases.has_preread()));
         if watch_now {
             if let Err(e) = conn.register(
