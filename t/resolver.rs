@@ -998,6 +998,40 @@ fn udp_datagrams_read_while_resolving_are_dropped_on_the_next_try() {
     assert_eq!(*seen.lock().expect("seen"), [b"d1".to_vec()]);
 }
 
+/// The datagrams read while a UDP session's name was looked up are counted then, even
+/// those a failed send leaves unsent: the first goes out, the port's ICMP refusal fails
+/// the second send (side by side with nginx 1.22.1: "200|0|6" and "bytes from/to
+/// client:6/0, bytes from/to upstream:0/2").
+#[test]
+fn udp_datagrams_read_while_resolving_count_when_a_send_fails() {
+    let dns = DnsServer::start();
+    dns.set(
+        "slow.test",
+        Zone { a: vec![ip("127.0.0.1")], ttl: 60, delay: Duration::from_millis(300), ..Zone::default() },
+    );
+    let closed = free_port();
+    let port = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+           log_format st '$status|$bytes_sent|$bytes_received';\n\
+           access_log %%PREFIX%%a.log st;\n\
+           resolver 127.0.0.1:{d};\n\
+           server {{ listen 127.0.0.1:{port} udp; proxy_timeout 1s; set $h slow.test; proxy_pass $h:{closed}; }}\n\
+         }}",
+        d = dns.port,
+    ));
+    let _c = three_datagrams(port);
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|0|6".to_string()]);
+    let log = s.error_log();
+    assert!(
+        log.contains(&format!(
+            "sendmsg() failed (111: Connection refused) while proxying and sending to upstream, udp client: 127.0.0.1, \
+             server: 127.0.0.1:{port}, upstream: \"127.0.0.1:{closed}\", bytes from/to client:6/0, bytes from/to upstream:0/2"
+        )),
+        "{log}"
+    );
+}
+
 /// A resolver server whose UDP connect() fails (an IPv6 server on a host without an
 /// IPv6 route; here the broadcast address, EACCES): nginx's ngx_udp_connect logs it at
 /// crit, numbers a connection for every attempt, and the name goes to the next server

@@ -1424,6 +1424,10 @@ impl ProxySession {
                         // peer's "upstream server temporarily disabled" is logged "while
                         // proxying and sending to upstream".
                         s.action = Some("proxying and sending to upstream");
+                        // The datagrams nginx read while the name was looked up
+                        // were counted then, sent or not.
+                        let unsent: usize = s.udp_queue.iter().take(self.early).map(|d| d.len().min(buffer)).sum();
+                        s.received += unsent as u64;
                         s.connection_error(Side::Upstream, &e, "sendmsg() failed");
                         self.upstream_error = true;
                         return Flow::Finalize(status::OK);
