@@ -1438,6 +1438,37 @@ fn udp_quit_closes_the_listening_socket_at_once() {
     assert!(st, "the master did not exit after its last session\n{}", tail(&s));
 }
 
+/// QUIT while `proxy_download_rate` holds a UDP session's upstream back: when the delay
+/// ends, nginx's read handler finds the exiting worker and ends the session
+/// ("disconnected on shutdown") before reading the backend's second answer, which
+/// sluice used to read and send through the closed listening socket ("sendmsg()
+/// failed (9: Bad file descriptor)" at alert; side by side with nginx 1.22.1: one
+/// answer relayed, $upstream_bytes_received 4).
+#[test]
+fn udp_quit_while_download_is_delayed_ends_at_the_delay() {
+    let be = UdpBackend::start(|_, _| vec![(ms(0), b"r0:a".to_vec()), (ms(0), b"r1:a".to_vec())]);
+    let p = free_port();
+    let s = Master::start(
+        1,
+        &conf(&format!(
+            "log_format f '$status|$bytes_sent|$bytes_received|$upstream_bytes_received';\n\
+             server {{ listen 127.0.0.1:{p} udp; proxy_pass 127.0.0.1:{b}; proxy_timeout 3s; \
+             proxy_download_rate 1; access_log %%PREFIX%%a.log f; }}",
+            b = be.port
+        )),
+    );
+    let c = dgram(p);
+    let first = io(&c, b"a", Duration::from_secs(3)).map(|r| String::from_utf8_lossy(&r).to_string());
+    assert_eq!(first.as_deref(), Some("r0:a"), "{}", tail(&s));
+    s.signal(libc::SIGQUIT);
+    // 4 bytes at 1 byte a second: the delay ends about 4 s after the first answer.
+    assert_eq!(s.wait_lines("a.log", 1), ["200|4|1|4"], "{}", tail(&s));
+    let log = s.error_log();
+    assert_eq!(count(&log, "disconnected on shutdown"), 1, "{}", tail(&s));
+    assert_eq!(count(&log, "sendmsg() failed"), 0, "{}", tail(&s));
+    assert_eq!(count(&log, "udp timed out"), 0, "{}", tail(&s));
+}
+
 /// `proxy_upload_rate` on UDP: the datagram that begins a session goes out at once, as
 /// nginx sends its preread buffer (sluice held it back, and lost it, before); one that
 /// comes while reading is delayed is dropped, as nginx's datagram is only there while

@@ -527,6 +527,14 @@ fn drop_resolving_datagrams(s: &mut SessionCore) {
     s.udp_queued = 0;
 }
 
+/// nginx's ngx_stream_proxy_process on a UDP session of an exiting worker: the
+/// listening socket the session answers through is closed, so the session ends (the
+/// line has no context: nginx clears the log handler for it).
+fn disconnected_on_shutdown(s: &mut SessionCore) -> Flow {
+    s.log_bare(Level::Info, "disconnected on shutdown");
+    Flow::Finalize(status::OK)
+}
+
 /// A datagram to the client failed: nginx's ngx_stream_proxy_process finalizes the
 /// session at once, with no "udp done" line (its action is left as it failed).
 const CLIENT_SEND_FAILED: Flow = Flow::Finalize(status::OK);
@@ -1662,11 +1670,7 @@ impl Content for ProxySession {
 
     fn on_event(&mut self, s: &mut SessionCore, side: Side, ready: Ready, cx: &mut Cx<'_>) -> Flow {
         if self.udp && cx.rt.exiting {
-            // nginx's ngx_stream_proxy_process: the listening socket, which a UDP session
-            // answers through, is closed on worker shutdown, so the session ends at its
-            // next event (the line has no context: nginx clears the log handler for it).
-            s.log_bare(Level::Info, "disconnected on shutdown");
-            return Flow::Finalize(status::OK);
+            return disconnected_on_shutdown(s);
         }
         // Remember a hang-up on either socket even before relaying starts: the reads
         // from that socket must then go on to end of file.
@@ -1761,6 +1765,12 @@ impl Content for ProxySession {
             if self.delay_timer[di] == Some(id) {
                 self.delay_timer[di] = None;
                 self.delayed[di] = false;
+                // nginx goes on to ngx_stream_proxy_process when the delayed read event
+                // is still ready: a UDP upstream's always is after a read (epoll), a
+                // client's datagram never is once read.
+                if self.udp && di == 1 && cx.rt.exiting {
+                    return disconnected_on_shutdown(s);
+                }
                 return self.process(s, cx, di == 1, false);
             }
         }
