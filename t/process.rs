@@ -1280,6 +1280,38 @@ fn worker_shutdown_timeout_closes_old_sessions_after_reload() {
     assert!(wait_for(5 * SEC, || old.iter().all(|&w| !alive(w))), "old workers still run\n{}", run.ctx());
 }
 
+/// `worker_shutdown_timeout` ends a `return` that a client does not read with 500 and
+/// no line: nginx calls the session's read handler, the phase engine's, which runs the
+/// content phase again, and its new send meets the connection in error (a proxied
+/// session logs "shutdown timeout" and 200 instead; side by side with nginx 1.22.1).
+#[test]
+fn worker_shutdown_timeout_ends_a_blocked_return_with_500_and_no_line() {
+    let p = free_port();
+    let x = "x".repeat(1000);
+    let y = "$x".repeat(1000);
+    let conf = format!(
+        "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  log_format f '$status';\n  \
+         map $server_port $x {{ default \"{x}\"; }}\n  map $server_port $y {{ default \"{y}\"; }}\n  \
+         server {{ listen 127.0.0.1:{p} sndbuf=8k; return \"$y$y\"; access_log %%PREFIX%%a.log f; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    // A client that reads nothing, with a small window, and a small send buffer: the 2 MB
+    // answer blocks.
+    let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    c.set_recv_buffer_size(4096).expect("rcvbuf");
+    c.connect(&SocketAddr::from(([127, 0, 0, 1], p)).into()).expect("connect");
+    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "no session\n{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let access = std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
+    assert_eq!(access, "500\n", "{}", run.ctx());
+    assert!(!run.log().contains("shutdown timeout"), "{}", run.ctx());
+    drop(c);
+}
+
 // ---------------------------------------------------------------------------------
 // Log reopening.
 

@@ -73,6 +73,14 @@ pub trait Content {
     fn client_write_deadline(&self) -> Option<std::time::Instant> {
         None
     }
+    /// The worker's `worker_shutdown_timeout` ran out (`ngx_shutdown_timer_handler`):
+    /// nginx marks the client closed and in error and calls its read handler. The
+    /// proxy's (ngx_stream_proxy_process_connection) logs "shutdown timeout" and ends
+    /// the session well.
+    fn on_shutdown_timeout(&mut self, s: &mut SessionCore) -> Flow {
+        s.log(crate::core::log::Level::Info, "shutdown timeout", None);
+        Flow::Finalize(crate::stream::session::status::OK)
+    }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
 }

@@ -106,6 +106,13 @@ impl Content for ReturnSession {
         Flow::Finalize(status::OK)
     }
 
+    /// A return session's read handler is the phase engine's: it runs the content
+    /// phase again, and the new send meets the connection in error (nginx's write
+    /// filter): 500, and nothing logged.
+    fn on_shutdown_timeout(&mut self, _: &mut SessionCore) -> Flow {
+        Flow::Finalize(status::INTERNAL_SERVER_ERROR)
+    }
+
     fn close(&mut self, _: &mut SessionCore, cx: &mut Cx<'_>) {
         cx.timers.clear(&mut self.timer);
     }

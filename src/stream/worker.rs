@@ -1166,7 +1166,7 @@ impl Worker {
     /// `ngx_shutdown_timer_handler`: close every session still running.
     ///
     /// nginx marks every connection closed and in error and calls its read handler: the
-    /// content handlers end their sessions ("shutdown timeout"), a TLS connection then
+    /// content handlers end their sessions (`Content::on_shutdown_timeout`), a TLS connection then
     /// closes without close_notify, one waiting for the client's close_notify closes
     /// silently, and a session still in the phases (handshake, PROXY header, preread)
     /// does not look and runs on until its own timeout.
@@ -1177,13 +1177,16 @@ impl Worker {
             if let Some(t) = sess.core.client.tls_mut() {
                 t.abandon();
             }
-            match sess.state {
-                State::Phases => {}
-                State::Closing => self.close_session(key, now),
-                State::Content(_) => {
-                    sess.core.log(Level::Info, "shutdown timeout", None);
-                    self.finalize(key, status::OK, now);
+            let ended = match &mut sess.state {
+                State::Phases => Flow::Again,
+                State::Closing => {
+                    self.close_session(key, now);
+                    continue;
                 }
+                State::Content(c) => c.get().on_shutdown_timeout(&mut sess.core),
+            };
+            if let Flow::Finalize(st) = ended {
+                self.finalize(key, st, now);
             }
         }
     }
