@@ -1032,6 +1032,49 @@ fn udp_datagrams_read_while_resolving_count_when_a_send_fails() {
     );
 }
 
+/// A UDP session whose name is answered after QUIT: nginx's first
+/// ngx_stream_proxy_process meets the exiting worker, so the upstream is connected but
+/// sent nothing and the session ends at once ("disconnected on shutdown", 200), not at
+/// its proxy_timeout (side by side with nginx 1.22.1: "udp proxy ... connected" then
+/// that line, $upstream_bytes_sent 0, the master gone a second after QUIT).
+#[test]
+fn udp_name_answered_after_quit_sends_nothing() {
+    let dns = DnsServer::start();
+    dns.set(
+        "slow.test",
+        Zone { a: vec![ip("127.0.0.1")], ttl: 60, delay: Duration::from_millis(800), ..Zone::default() },
+    );
+    let up = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    up.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let port = free_port();
+    let s = Sluice::start_master(
+        1,
+        &format!(
+            "events {{}}\nstream {{\n\
+               log_format st '$status|$bytes_received|$upstream_bytes_sent';\n\
+               access_log %%PREFIX%%a.log st;\n\
+               resolver 127.0.0.1:{d} ipv6=off;\n\
+               server {{ listen 127.0.0.1:{port} udp; proxy_timeout 10s; set $h slow.test; proxy_pass $h:{up_port}; }}\n\
+             }}",
+            d = dns.port,
+        ),
+    );
+    let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.send_to(b"one", ("127.0.0.1", port)).expect("send");
+    assert!(wait_for(Duration::from_secs(5), || s.error_log().contains("udp client 127.0.0.1:")), "{}", s.error_log());
+    let t0 = Instant::now();
+    s.signal(libc::SIGQUIT);
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|3|0".to_string()], "{}", s.error_log());
+    assert!(t0.elapsed() < Duration::from_secs(5), "ended at proxy_timeout, not at the answer");
+    let log = s.error_log();
+    let connected = log.find(&format!("connected to 127.0.0.1:{up_port}")).expect("udp proxy connected");
+    let ended = log.find("disconnected on shutdown").unwrap_or_else(|| panic!("{log}"));
+    assert!(connected < ended, "{log}");
+    let mut b = [0u8; 16];
+    assert!(up.recv(&mut b).is_err(), "the upstream got a datagram");
+}
+
 /// A resolver server whose UDP connect() fails (an IPv6 server on a host without an
 /// IPv6 route; here the broadcast address, EACCES): nginx's ngx_udp_connect logs it at
 /// crit, numbers a connection for every attempt, and the name goes to the next server

@@ -1125,6 +1125,11 @@ impl ProxySession {
         self.up.src_ready = self.upstream_ready;
         s.action = Some("proxying connection");
         if self.udp {
+            // nginx's first ngx_stream_proxy_process meets a worker that began to exit
+            // while the name was looked up: nothing is sent.
+            if cx.rt.exiting {
+                return disconnected_on_shutdown(s);
+            }
             // A datagram socket has nothing to read before its first send: an answer
             // raises an edge (the socket is watched before anything is sent).
             return self.process(s, cx, false, true);
