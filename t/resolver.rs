@@ -1035,15 +1035,13 @@ fn udp_datagrams_read_while_resolving_count_when_a_send_fails() {
 /// A UDP session whose name is answered after QUIT: nginx's first
 /// ngx_stream_proxy_process meets the exiting worker, so the upstream is connected but
 /// sent nothing and the session ends at once ("disconnected on shutdown", 200), not at
-/// its proxy_timeout (side by side with nginx 1.22.1: "udp proxy ... connected" then
-/// that line, $upstream_bytes_sent 0, the master gone a second after QUIT).
+/// its proxy_timeout; the second datagram, read while the name was looked up, counts
+/// (side by side with nginx 1.22.1: "udp proxy ... connected" then that line,
+/// "200|6|0").
 #[test]
 fn udp_name_answered_after_quit_sends_nothing() {
     let dns = DnsServer::start();
-    dns.set(
-        "slow.test",
-        Zone { a: vec![ip("127.0.0.1")], ttl: 60, delay: Duration::from_millis(800), ..Zone::default() },
-    );
+    dns.set("slow.test", Zone { a: vec![ip("127.0.0.1")], ttl: 60, delay: Duration::from_secs(2), ..Zone::default() });
     let up = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
     let up_port = up.local_addr().expect("addr").port();
     up.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
@@ -1055,18 +1053,26 @@ fn udp_name_answered_after_quit_sends_nothing() {
                log_format st '$status|$bytes_received|$upstream_bytes_sent';\n\
                access_log %%PREFIX%%a.log st;\n\
                resolver 127.0.0.1:{d} ipv6=off;\n\
-               server {{ listen 127.0.0.1:{port} udp; proxy_timeout 10s; set $h slow.test; proxy_pass $h:{up_port}; }}\n\
+               server {{ listen 127.0.0.1:{port} udp; proxy_timeout 30s; set $h slow.test; proxy_pass $h:{up_port}; }}\n\
              }}",
             d = dns.port,
         ),
     );
+    assert!(wait_for(Duration::from_secs(10), || children_of(s.pid()).len() == 1), "a worker");
+    let worker = children_of(s.pid())[0];
+    // Both datagrams wait in the socket as the worker wakes: one read, one session.
+    // SAFETY: signalling our own child's child.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
     let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
     c.send_to(b"one", ("127.0.0.1", port)).expect("send");
+    c.send_to(b"two", ("127.0.0.1", port)).expect("send");
+    // SAFETY: as above.
+    unsafe { libc::kill(worker, libc::SIGCONT) };
     assert!(wait_for(Duration::from_secs(5), || s.error_log().contains("udp client 127.0.0.1:")), "{}", s.error_log());
     let t0 = Instant::now();
     s.signal(libc::SIGQUIT);
-    assert_eq!(s.wait_lines("a.log", 1), vec!["200|3|0".to_string()], "{}", s.error_log());
-    assert!(t0.elapsed() < Duration::from_secs(5), "ended at proxy_timeout, not at the answer");
+    assert_eq!(s.wait_lines("a.log", 1), vec!["200|6|0".to_string()], "{}", s.error_log());
+    assert!(t0.elapsed() < Duration::from_secs(10), "ended at proxy_timeout, not at the answer");
     let log = s.error_log();
     let connected = log.find(&format!("connected to 127.0.0.1:{up_port}")).expect("udp proxy connected");
     let ended = log.find("disconnected on shutdown").unwrap_or_else(|| panic!("{log}"));

@@ -342,6 +342,9 @@ pub struct ProxySession {
     /// UDP: the datagrams after the first that were queued when the upstream was
     /// connected (see `process_udp`).
     early: usize,
+    /// UDP: bytes of later datagrams already counted in `$bytes_received` while the
+    /// upstream was not there yet (nginx counts a datagram as it reads it).
+    early_counted: usize,
     /// The client's read event is watched while the upstream connects, as nginx's is
     /// when a PROXY header or a preread phase waited for it: client bytes and errors are
     /// taken then (`ngx_stream_proxy_process` with no upstream yet).
@@ -429,6 +432,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         udp_slot: None,
         own_group: false,
         early: 0,
+        early_counted: 0,
         client_watched: false,
         client_posted: false,
         upstream_number: 0,
@@ -519,10 +523,9 @@ fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Opti
 }
 
 /// The later datagrams of a UDP session read while its name was looked up: nginx
-/// counted them as they came and, past a failure, has them no more (they were already
-/// cut to the buffer's budget).
+/// counted them as they came (so does `on_event`) and, past a failure, has them no
+/// more.
 fn drop_resolving_datagrams(s: &mut SessionCore) {
-    s.received += s.udp_queued as u64;
     s.udp_queue.truncate(1);
     s.udp_queued = 0;
 }
@@ -561,6 +564,13 @@ impl ProxySession {
     /// `ngx_stream_proxy_set_local`: the `proxy_bind` value, before any upstream is
     /// chosen; a value that is no address is logged (outside any action) and ignored,
     /// an empty one means no binding.
+    /// nginx reads (and counts) a UDP session's later datagrams as they come, the
+    /// upstream not there yet: those queued since the last count are counted now.
+    fn count_early_datagrams(&mut self, s: &mut SessionCore) {
+        s.received += s.udp_queued.saturating_sub(self.early_counted) as u64;
+        self.early_counted = s.udp_queued;
+    }
+
     fn set_local(&mut self, s: &mut SessionCore) {
         let srv = s.srv.clone();
         let Some(Bind::Addr(v, transparent)) = srv.confs.proxy.bind.option() else { return };
@@ -711,6 +721,7 @@ impl ProxySession {
                     // of the session is read into its buffer (and counted) while the
                     // name is looked up, and leaves the action that the failure is
                     // logged with.
+                    self.count_early_datagrams(s);
                     drop_resolving_datagrams(s);
                     s.action = Some("proxying connection");
                 }
@@ -835,6 +846,7 @@ impl ProxySession {
             // ngx_stream_proxy_next_upstream drops them (`u->upstream_out = NULL`): the
             // next peer gets the first one only.
             self.requests += (s.udp_queue.len() - 1) as u64;
+            self.count_early_datagrams(s);
             drop_resolving_datagrams(s);
         }
         let ordinary = matches!(
@@ -1111,6 +1123,7 @@ impl ProxySession {
         self.download_rate = rate_value(s, srv.confs.proxy.download_rate.option());
         self.connected = true;
         if self.udp {
+            self.count_early_datagrams(s);
             self.early = s.udp_queue.len().saturating_sub(1);
         }
         // A socket is read now only if it is known to hold something (nginx's
@@ -1417,8 +1430,11 @@ impl ProxySession {
                     // Read into the session's buffer: the rest of the datagram is lost
                     // (the first one is nginx's preread buffer, sent whole).
                     d.truncate(buffer);
-                    // (The first was counted when the session began.)
-                    s.received += d.len() as u64;
+                    // (The first was counted when the session began, an early one as
+                    // it came.)
+                    if !early {
+                        s.received += d.len() as u64;
+                    }
                     if early && d.is_empty() {
                         continue;
                     }
@@ -1437,10 +1453,6 @@ impl ProxySession {
                         // peer's "upstream server temporarily disabled" is logged "while
                         // proxying and sending to upstream".
                         s.action = Some("proxying and sending to upstream");
-                        // The datagrams nginx read while the name was looked up
-                        // were counted then, sent or not.
-                        let unsent: usize = s.udp_queue.iter().take(self.early).map(|d| d.len().min(buffer)).sum();
-                        s.received += unsent as u64;
                         s.connection_error(Side::Upstream, &e, "sendmsg() failed");
                         self.upstream_error = true;
                         return Flow::Finalize(status::OK);
@@ -1725,6 +1737,11 @@ impl Content for ProxySession {
             if side == Side::Client && self.client_watched && (ready.readable || ready.hup || ready.error) {
                 self.read_client_early(s, cx);
             }
+            if self.udp && side == Side::Client && s.udp_queue.len() > 1 {
+                // nginx's read of a later datagram ends with this action.
+                self.count_early_datagrams(s);
+                s.action = Some("proxying connection");
+            }
             // nginx reads each datagram as it comes, before the upstream too (while its
             // name is looked up), and once `proxy_requests` are in, the client's next
             // ones start another session (ngx_stream_proxy_test_finalize).
@@ -1816,6 +1833,11 @@ impl Content for ProxySession {
     }
 
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) {
+        if self.udp && !self.connected {
+            // Ended before the upstream was there (a shutdown, a failed connect()):
+            // what nginx read meanwhile was counted.
+            self.count_early_datagrams(s);
+        }
         cx.timers.clear(&mut self.timer);
         if let Some(st) = s.upstream_states.last_mut() {
             if st.response_time.is_none() {
