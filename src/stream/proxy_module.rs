@@ -522,14 +522,6 @@ fn find_group(upstreams: &[UpstreamConf], host: &str, port: Option<u16>) -> Opti
     upstreams.iter().position(|u| fits(u) && u.host().eq_ignore_ascii_case(host))
 }
 
-/// The later datagrams of a UDP session read while its name was looked up: nginx
-/// counted them as they came (so does `on_event`) and, past a failure, has them no
-/// more.
-fn drop_resolving_datagrams(s: &mut SessionCore) {
-    s.udp_queue.truncate(1);
-    s.udp_queued = 0;
-}
-
 /// nginx's ngx_stream_proxy_process on a UDP session of an exiting worker: the
 /// listening socket the session answers through is closed, so the session ends (the
 /// line has no context: nginx clears the log handler for it).
@@ -561,9 +553,6 @@ fn conf(s: &SessionCore) -> &ProxySrv {
 }
 
 impl ProxySession {
-    /// `ngx_stream_proxy_set_local`: the `proxy_bind` value, before any upstream is
-    /// chosen; a value that is no address is logged (outside any action) and ignored,
-    /// an empty one means no binding.
     /// nginx reads (and counts) a UDP session's later datagrams as they come, the
     /// upstream not there yet: those queued since the last count are counted now.
     fn count_early_datagrams(&mut self, s: &mut SessionCore) {
@@ -571,6 +560,18 @@ impl ProxySession {
         self.early_counted = s.udp_queued;
     }
 
+    /// The later datagrams of a UDP session read while its name was looked up: nginx
+    /// counted them as they came and, past a failure, has them no more.
+    fn drop_resolving_datagrams(&mut self, s: &mut SessionCore) {
+        self.count_early_datagrams(s);
+        s.udp_queue.truncate(1);
+        s.udp_queued = 0;
+        self.early_counted = 0;
+    }
+
+    /// `ngx_stream_proxy_set_local`: the `proxy_bind` value, before any upstream is
+    /// chosen; a value that is no address is logged (outside any action) and ignored,
+    /// an empty one means no binding.
     fn set_local(&mut self, s: &mut SessionCore) {
         let srv = s.srv.clone();
         let Some(Bind::Addr(v, transparent)) = srv.confs.proxy.bind.option() else { return };
@@ -721,8 +722,7 @@ impl ProxySession {
                     // of the session is read into its buffer (and counted) while the
                     // name is looked up, and leaves the action that the failure is
                     // logged with.
-                    self.count_early_datagrams(s);
-                    drop_resolving_datagrams(s);
+                    self.drop_resolving_datagrams(s);
                     s.action = Some("proxying connection");
                 }
                 let name = resolver::query_name(&host);
@@ -846,8 +846,7 @@ impl ProxySession {
             // ngx_stream_proxy_next_upstream drops them (`u->upstream_out = NULL`): the
             // next peer gets the first one only.
             self.requests += (s.udp_queue.len() - 1) as u64;
-            self.count_early_datagrams(s);
-            drop_resolving_datagrams(s);
+            self.drop_resolving_datagrams(s);
         }
         let ordinary = matches!(
             e.raw_os_error(),

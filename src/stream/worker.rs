@@ -1166,10 +1166,10 @@ impl Worker {
     /// `ngx_shutdown_timer_handler`: close every session still running.
     ///
     /// nginx marks every connection closed and in error and calls its read handler: the
-    /// content handlers end their sessions (`Content::on_shutdown_timeout`), a TLS connection then
-    /// closes without close_notify, one waiting for the client's close_notify closes
-    /// silently, and a session still in the phases (handshake, PROXY header, preread)
-    /// does not look and runs on until its own timeout.
+    /// content handlers end their sessions (`Content::on_shutdown_timeout`), a TLS
+    /// connection then closes without close_notify, one waiting for the client's
+    /// close_notify closes silently, and a session still in the phases (handshake,
+    /// PROXY header, preread) does not look and runs on until its own timeout.
     fn shutdown_timeout(&mut self, now: Instant) {
         let keys: Vec<usize> = self.sessions.iter().map(|(_, s)| s.core.key).collect();
         for key in keys {
