@@ -1312,6 +1312,66 @@ fn worker_shutdown_timeout_ends_a_blocked_return_with_500_and_no_line() {
     drop(c);
 }
 
+/// `worker_shutdown_timeout` walks the connections in nginx's slot order. An upstream
+/// still connecting, in a lower slot than its client, is met first: nginx's connect
+/// handler finds no error on the socket and goes on as connected ("proxy ... connected",
+/// `$upstream_connect_time` set), then the client's turn ends the session "while
+/// proxying connection" (nginx 1.22.1 side by side; sluice said "while connecting to
+/// upstream" with no connect time).
+#[test]
+fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
+    use socket2::{Domain, Socket, Type};
+    // A backend whose listen queue is full: later SYNs are dropped, connects hang.
+    let stuck = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    stuck.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    stuck.listen(0).expect("listen");
+    let sp = stuck.local_addr().expect("addr").as_socket().expect("inet").port();
+    let queued: Vec<Socket> = (0..3)
+        .map(|_| {
+            let c = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            c.set_nonblocking(true).expect("nonblocking");
+            let _ = c.connect(&SocketAddr::from(([127, 0, 0, 1], sp)).into());
+            c
+        })
+        .collect();
+    let (p, q) = (free_port(), free_port());
+    let conf = format!(
+        "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
+         log_format f '$server_port $status $upstream_connect_time';\n  access_log %%PREFIX%%a.log f;\n  \
+         server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  \
+         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{sp}; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    // Two sessions without upstreams, ended in turn, leave the higher of their two slots
+    // on top of the free list: the next client takes it, its upstream the lower one.
+    let access = || std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
+    let connect = |port: u16| TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let x = connect(p);
+    let y = connect(p);
+    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 2), "{}", run.ctx());
+    drop(x);
+    assert!(wait_for(10 * SEC, || access().lines().count() == 1), "{}", run.ctx());
+    drop(y);
+    assert!(wait_for(10 * SEC, || access().lines().count() == 2), "{}", run.ctx());
+    let z = connect(q);
+    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 3), "{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let log = run.log();
+    let connected = log.find(&format!("connected to 127.0.0.1:{sp}")).unwrap_or(usize::MAX);
+    let ended = log.find("shutdown timeout while proxying connection").unwrap_or(0);
+    assert!(connected < ended, "{}", run.ctx());
+    assert!(!log.contains("while connecting to upstream"), "{}", run.ctx());
+    let last = access().lines().last().unwrap_or_default().to_string();
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert_eq!(fields[..2], [q.to_string().as_str(), "200"], "{}", run.ctx());
+    assert_ne!(fields.get(2).copied(), Some("-"), "{}", run.ctx());
+    drop((z, queued, stuck));
+}
+
 // ---------------------------------------------------------------------------------
 // Log reopening.
 

@@ -81,6 +81,12 @@ pub trait Content {
         s.log(crate::core::log::Level::Info, "shutdown timeout", None);
         Flow::Finalize(crate::stream::session::status::OK)
     }
+    /// The same, met first on the upstream connection (its slot is lower than the
+    /// client's): nginx calls the upstream's read handler, which for a connected
+    /// proxy is the same check as the client's.
+    fn on_upstream_shutdown_timeout(&mut self, s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
+        self.on_shutdown_timeout(s)
+    }
     /// Release what the handler holds (upstream socket, peer, timers) before the log phase.
     fn close(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>);
 }

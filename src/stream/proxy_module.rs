@@ -1076,6 +1076,22 @@ impl ProxySession {
     }
 
     /// `ngx_stream_proxy_init_upstream`: the connection is up; start relaying.
+    /// `ngx_stream_proxy_connect_handler`: the socket's pending error decides. None
+    /// means connected, as nginx takes it, even while the handshake is still under
+    /// way (the worker's shutdown timeout calls this before the connect is through).
+    fn test_connect(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        let err = match self.upstream.as_ref().map(|u| u.take_error()) {
+            Some(Ok(None)) => None,
+            Some(Ok(Some(e))) | Some(Err(e)) => Some(e),
+            None => return Flow::Again,
+        };
+        if let Some(e) = err {
+            s.connection_error(Side::Upstream, &e, "connect() failed");
+            return self.next_upstream(s, cx);
+        }
+        self.init_upstream(s, cx)
+    }
+
     fn init_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         cx.timers.clear(&mut self.connect_timer);
         let Some(u) = self.upstream.as_ref() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
@@ -1721,16 +1737,7 @@ impl Content for ProxySession {
             if ready.writable && !ready.error && !ready.hup {
                 return self.init_upstream(s, cx);
             }
-            let err = match self.upstream.as_ref().map(|u| u.take_error()) {
-                Some(Ok(None)) => None,
-                Some(Ok(Some(e))) | Some(Err(e)) => Some(e),
-                None => return Flow::Again,
-            };
-            if let Some(e) = err {
-                s.connection_error(Side::Upstream, &e, "connect() failed");
-                return self.next_upstream(s, cx);
-            }
-            return self.init_upstream(s, cx);
+            return self.test_connect(s, cx);
         }
         if !self.connected {
             if side == Side::Client && self.client_watched && (ready.readable || ready.hup || ready.error) {
@@ -1819,6 +1826,19 @@ impl Content for ProxySession {
         Flow::Again
     }
 
+    /// The upstream's read handler: while connecting, nginx's connect handler tests
+    /// the socket and (finding no error) goes on as connected, logging "proxy ...
+    /// connected"; the client's turn then ends the session "while proxying
+    /// connection". A TLS handshake to the upstream just goes on.
+    fn on_upstream_shutdown_timeout(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        if self.tls_handshaking {
+            return Flow::Again;
+        }
+        if !self.connected {
+            return self.test_connect(s, cx);
+        }
+        self.on_shutdown_timeout(s)
+    }
     fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
         self.upstream.as_ref().map(|u| (self.upstream_slot, self.upstream_number, u.fd()))
     }

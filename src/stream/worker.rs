@@ -1165,25 +1165,51 @@ impl Worker {
 
     /// `ngx_shutdown_timer_handler`: close every session still running.
     ///
-    /// nginx marks every connection closed and in error and calls its read handler: the
-    /// content handlers end their sessions (`Content::on_shutdown_timeout`), a TLS
-    /// connection then closes without close_notify, one waiting for the client's
-    /// close_notify closes silently, and a session still in the phases (handshake,
-    /// PROXY header, preread) does not look and runs on until its own timeout.
+    /// nginx walks its connection array in slot order, marks each connection closed and
+    /// in error and calls its read handler: the content handlers end their sessions
+    /// (`Content::on_shutdown_timeout`), a TLS connection then closes without
+    /// close_notify, one waiting for the client's close_notify closes silently, and a
+    /// session still in the phases (handshake, PROXY header, preread) does not look and
+    /// runs on until its own timeout. An upstream connection in a lower slot than its
+    /// client's is met first, by the upstream's own handler
+    /// (`Content::on_upstream_shutdown_timeout`).
     fn shutdown_timeout(&mut self, now: Instant) {
-        let keys: Vec<usize> = self.sessions.iter().map(|(_, s)| s.core.key).collect();
-        for key in keys {
-            let Some(sess) = lookup(&mut self.sessions, key) else { continue };
-            if let Some(t) = sess.core.client.tls_mut() {
-                t.abandon();
-            }
-            let ended = match &mut sess.state {
-                State::Phases => Flow::Again,
-                State::Closing => {
-                    self.close_session(key, now);
-                    continue;
+        let mut walk: Vec<(u32, usize, Side)> = Vec::with_capacity(self.sessions.len());
+        for (_, sess) in self.sessions.iter_mut() {
+            walk.push((sess.core.conn_slot, sess.core.key, Side::Client));
+            if let State::Content(c) = &mut sess.state {
+                if let Some((slot, _, _)) = c.get().upstream_socket() {
+                    walk.push((slot, sess.core.key, Side::Upstream));
                 }
-                State::Content(c) => c.get().on_shutdown_timeout(&mut sess.core),
+            }
+        }
+        walk.sort_unstable_by_key(|&(slot, _, _)| slot);
+        for (slot, key, side) in walk {
+            let (mut cx, sessions, _) = self.cx(now);
+            let Some(sess) = lookup(sessions, key) else { continue };
+            let ended = match (side, &mut sess.state) {
+                (Side::Upstream, State::Content(c)) => {
+                    // Still the connection that was in this slot (not ended, not
+                    // replaced by a retry, which nginx's walk has passed by).
+                    if c.get().upstream_socket().map(|(at, _, _)| at) != Some(slot) {
+                        continue;
+                    }
+                    c.get().on_upstream_shutdown_timeout(&mut sess.core, &mut cx)
+                }
+                (Side::Upstream, _) => continue,
+                (Side::Client, state) => {
+                    if let Some(t) = sess.core.client.tls_mut() {
+                        t.abandon();
+                    }
+                    match state {
+                        State::Phases => Flow::Again,
+                        State::Closing => {
+                            self.close_session(key, now);
+                            continue;
+                        }
+                        State::Content(c) => c.get().on_shutdown_timeout(&mut sess.core),
+                    }
+                }
             };
             if let Flow::Finalize(st) = ended {
                 self.finalize(key, st, now);
