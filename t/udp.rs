@@ -1642,3 +1642,50 @@ fn udp_failed_send_to_client_ends_the_session() {
     assert_eq!(log.lines().filter(|l| l.contains("[alert] ") && l.ends_with(&alert)).count(), 2, "{}", log);
     assert_eq!(count(&log, "udp done") + count(&log, "udp timed out"), 0, "{}", log);
 }
+
+/// Six clients' datagrams queued together (the worker is stopped while they come) to
+/// a round-robin pair whose second server is a closed port. Returns how many sessions
+/// went to the closed one.
+fn burst_to_a_pair_with_a_closed_port(events: &str) -> usize {
+    let echo = UdpBackend::tagging();
+    let closed = free_port();
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        "events {{ {events} }}\nstream {{\n  log_format f '$upstream_addr';\n  access_log %%PREFIX%%a.log f;\n  \
+         upstream u {{ server 127.0.0.1:{a}; server 127.0.0.1:{closed}; }}\n  \
+         server {{ listen 127.0.0.1:{p} udp; proxy_pass u; proxy_responses 1; proxy_timeout 5s; }}\n}}\n",
+        a = echo.port
+    ));
+    s.signal(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'))
+    };
+    assert!(wait_for(Duration::from_secs(5), stopped), "sluice did not stop");
+    let clients: Vec<UdpSocket> = (0..6)
+        .map(|i| {
+            let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            c.send_to(format!("b{i}").as_bytes(), ("127.0.0.1", p)).expect("send");
+            c
+        })
+        .collect();
+    s.signal(libc::SIGCONT);
+    let lines = s.wait_lines("a.log", 6);
+    assert_eq!(lines.len(), 6, "{lines:?}\n{}", s.error_log());
+    let refused = s.error_log().matches("recv() failed (111: Connection refused)").count();
+    let to_closed = lines.iter().filter(|l| l.ends_with(&format!(":{closed}"))).count();
+    assert_eq!(refused, to_closed, "{lines:?}\n{}", s.error_log());
+    drop(clients);
+    to_closed
+}
+
+/// nginx reads one datagram per listener event unless `multi_accept` (ngx_event_recvmsg):
+/// the upstream's ICMP error is in before the third datagram is balanced, so the closed
+/// server is tried once and then skipped (max_fails=1). With `multi_accept on` the whole
+/// burst is balanced first and round-robin sends every other datagram there (both side
+/// by side with nginx 1.22.1; sluice read the burst at once either way).
+#[test]
+fn udp_burst_is_balanced_one_datagram_per_event_unless_multi_accept() {
+    assert_eq!(burst_to_a_pair_with_a_closed_port(""), 1);
+    assert_eq!(burst_to_a_pair_with_a_closed_port("multi_accept on;"), 3);
+}

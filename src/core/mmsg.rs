@@ -43,8 +43,10 @@ impl RecvBatch {
         }
     }
 
-    /// Read up to `BATCH` datagrams from `fd` without blocking; how many came.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Read up to `max` (at most `BATCH`) datagrams from `fd` without blocking; how
+    /// many came.
+    pub fn recv(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let max = max.clamp(1, BATCH);
         let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(),
             iov_len: self.size,
@@ -62,7 +64,7 @@ impl RecvBatch {
         // SAFETY: every header points at a live iovec, buffer, address and control room of this batch,
         // each of the length given; the kernel writes at most those lengths.
         let n = unsafe {
-            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(fd, hdrs.as_mut_ptr(), max as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -241,15 +243,15 @@ mod tests {
             a.send_to(&vec![i; usize::from(i) * 100], to).unwrap();
         }
         let mut batch = RecvBatch::new(65536);
-        assert_eq!(batch.recv(r.as_raw_fd()).unwrap(), BATCH);
+        assert_eq!(batch.recv(r.as_raw_fd(), BATCH).unwrap(), BATCH);
         for i in 0..BATCH {
             let (d, from) = batch.get(i).unwrap();
             assert_eq!((d.len(), from), (i * 100, a.local_addr().unwrap()));
             assert!(d.iter().all(|&x| usize::from(x) == i));
         }
-        assert_eq!(batch.recv(r.as_raw_fd()).unwrap(), 4);
+        assert_eq!(batch.recv(r.as_raw_fd(), BATCH).unwrap(), 4);
         assert_eq!(batch.get(3).unwrap().0.len(), 1900);
-        assert_eq!(batch.recv(r.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(batch.recv(r.as_raw_fd(), BATCH).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         // And back with sendmmsg: 20 datagrams, 16 and 4 per call.
         let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10]).collect();
         let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
@@ -262,7 +264,7 @@ mod tests {
         if let Some(b) = b {
             let r6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
             b.send_to(b"six", r6.local_addr().unwrap()).unwrap();
-            assert_eq!(batch.recv(r6.as_raw_fd()).unwrap(), 1);
+            assert_eq!(batch.recv(r6.as_raw_fd(), BATCH).unwrap(), 1);
             assert_eq!(batch.get(0).unwrap(), (&b"six"[..], b.local_addr().unwrap()));
         }
     }

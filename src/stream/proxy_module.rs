@@ -1519,7 +1519,7 @@ impl ProxySession {
         let mut err = None;
         let mut seen = 0;
         while seen < 64 {
-            let n = match batch.recv(ufd) {
+            let n = match batch.recv(ufd, mmsg::BATCH) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -804,9 +804,15 @@ impl Worker {
         let Some(Some(Listener::Udp(sock))) = self.listeners.get(idx) else { return };
         let sock = sock.clone();
         let mut batch = self.udp_batch.take().unwrap_or_else(|| Box::new(RecvBatch::new(UDP_MAX)));
+        // nginx's ngx_event_recvmsg reads one datagram per event unless `multi_accept`:
+        // the listener is level-triggered, so the next one comes on a later turn, after
+        // the events already in (an upstream's ICMP error, an answer ending a session)
+        // have moved the balancer.
+        let limit = self.accepts_per_event;
         let mut seen = 0;
-        while seen < ACCEPTS_PER_WAKEUP {
-            let n = match batch.recv(sock.as_raw_fd()) {
+        while seen < limit {
+            let asked = mmsg::BATCH.min(limit - seen);
+            let n = match batch.recv(sock.as_raw_fd(), asked) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -821,7 +827,8 @@ impl Worker {
                     self.datagram(idx, &sock, dgram, peer, batch.local(i), now);
                 }
             }
-            if n < mmsg::BATCH {
+            // Fewer than asked: the socket is drained.
+            if n < asked {
                 break;
             }
         }
