@@ -52,9 +52,10 @@ impl Pipe {
         self.len >= self.cap
     }
 
-    /// Move up to the pipe's free room from `src` into the pipe. `Ok(0)` is end of file.
-    pub fn fill_from(&mut self, src: RawFd) -> io::Result<usize> {
-        let n = splice(src, self.w.as_raw_fd(), self.cap - self.len)?;
+    /// Move up to `max` bytes (and at most the pipe's free room) from `src` into the
+    /// pipe. `Ok(0)` is end of file.
+    pub fn fill_from(&mut self, src: RawFd, max: usize) -> io::Result<usize> {
+        let n = splice(src, self.w.as_raw_fd(), max.min(self.cap - self.len))?;
         self.len += n;
         Ok(n)
     }
@@ -186,7 +187,7 @@ mod tests {
         let mut p = pool.get().expect("pipe");
         a.write_all(b"hello").expect("write");
         b.set_nonblocking(true).expect("nb");
-        let n = match p.fill_from(b.as_raw_fd()) {
+        let n = match p.fill_from(b.as_raw_fd(), usize::MAX) {
             Ok(n) => n,
             // Some kernels refuse splice from unix sockets: the relay falls back then.
             Err(e) if unsupported(&e) => return,
