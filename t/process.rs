@@ -1372,6 +1372,40 @@ fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
     drop((z, queued, stuck));
 }
 
+/// `worker_shutdown_timeout` is an ordinary timer, as nginx's ngx_shutdown_event: a
+/// `proxy_timeout` re-armed after the QUIT in the same tick (`timer_resolution`) and due
+/// at the same moment fires after it, so the session ends "shutdown timeout", not
+/// "connection timed out" (nginx 1.22.1 side by side, h3 hunt; sluice ran the shutdown
+/// after the turn's timers).
+#[test]
+fn worker_shutdown_timeout_fires_before_a_session_timer_armed_after_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = held.local_addr().expect("addr").port();
+    let p = free_port();
+    let conf = format!(
+        "{}worker_shutdown_timeout 1s;\ntimer_resolution 500ms;\nevents {{}}\nstream {{\n  \
+         server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{b}; proxy_timeout 1s; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    c.write_all(b"a").expect("write");
+    assert!(wait_for(10 * SEC, || run.log().contains("proxy 127.0.0.1:")), "{}", run.ctx());
+    // Past the 300 ms a timer must move before nginx arms it again.
+    std::thread::sleep(Duration::from_millis(600));
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    c.write_all(b"b").expect("write");
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let log = run.log();
+    assert!(log.contains("shutdown timeout while proxying connection"), "{}", run.ctx());
+    assert!(!log.contains("timed out"), "{}", run.ctx());
+    drop((c, held));
+}
+
 // ---------------------------------------------------------------------------------
 // Log reopening.
 

@@ -34,6 +34,9 @@ use crate::stream::session::{session_token, status, Cx, SessionCore, Side, LISTE
 const ACCEPTS_PER_WAKEUP: usize = 64;
 /// The signal pipe's token: below the listener range, above any session token.
 const SIGNAL_TOKEN: Token = Token(LISTENER_BIT - 1);
+/// The `worker_shutdown_timeout` timer (no session's, resolver's or health check's token
+/// has the listener bit).
+const SHUTDOWN_TIMER: Token = Token(LISTENER_BIT);
 /// Session slots kept while idle; beyond this the table is shrunk when it empties.
 const IDLE_CAPACITY: usize = 1024;
 /// The largest datagram (a UDP payload is at most 65,507 bytes over IPv4).
@@ -176,7 +179,9 @@ pub struct Worker {
     /// Stopped by WINCH (nginx's `ngx_debug_quit`): "aborting" after "exiting".
     debug_quit: bool,
     /// `worker_shutdown_timeout` after QUIT: sessions still running then are closed.
-    shutdown_at: Option<Instant>,
+    /// nginx's ngx_shutdown_event: an ordinary timer, so a session timer due at the same
+    /// moment but armed after the QUIT fires after it.
+    shutdown_timer: Option<TimerId>,
     /// Accepting is paused (out of descriptors) until then, as nginx disables its
     /// accept events for 500 ms.
     accept_paused: Option<Instant>,
@@ -265,7 +270,7 @@ impl Worker {
             quitting: false,
             debug_quit: false,
             reload_options: None,
-            shutdown_at: None,
+            shutdown_timer: None,
             accept_paused: None,
             accepts_per_event,
             exclusive_accept,
@@ -365,10 +370,6 @@ impl Worker {
                     timeout = Some(timeout.map_or(d, |t| t.min(d)));
                 }
             }
-            if let Some(at) = self.shutdown_at {
-                let d = at.saturating_duration_since(now);
-                timeout = Some(timeout.map_or(d, |t| t.min(d)));
-            }
             if coarse {
                 // The ticks wake the loop for the timers.
                 timeout = mutex_wait;
@@ -433,7 +434,10 @@ impl Worker {
             }
             self.unlock_accept_mutex();
             while let Some((id, t)) = self.timers.pop_expired(now) {
-                if t.0 & HEALTH_BITS == HEALTH_BITS {
+                if t == SHUTDOWN_TIMER {
+                    self.shutdown_timer = None;
+                    self.shutdown_timeout(now);
+                } else if t.0 & HEALTH_BITS == HEALTH_BITS {
                     let mut io = Io { registry: self.poll.registry(), timers: &mut self.timers, now };
                     self.rt.health.on_timer(t.0, id, &mut io);
                 } else if t.0 & RESOLVER_BIT != 0 {
@@ -498,10 +502,6 @@ impl Worker {
                 for side in order {
                     self.session_event(key, side, all, now);
                 }
-            }
-            if self.shutdown_at.is_some_and(|at| at <= now) {
-                self.shutdown_at = None;
-                self.shutdown_timeout(now);
             }
             self.rt.flush_due_files(now);
             if self.accept_paused.is_some_and(|at| at <= now) {
@@ -685,7 +685,7 @@ impl Worker {
         self.rt.exiting = true;
         let t = self.cycle.core.worker_shutdown_timeout.get();
         if !t.is_zero() {
-            self.shutdown_at = Some(time::instant() + t);
+            self.timers.set(&mut self.shutdown_timer, time::instant() + t, SHUTDOWN_TIMER);
         }
     }
 
