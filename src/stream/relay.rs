@@ -198,10 +198,6 @@ impl Direction {
                     match p.drain_to(dst.fd()) {
                         Ok(n) => {
                             out.written += n as u64;
-                            if p.len == 0 {
-                                // All of it sent: the buffer starts over, as nginx's.
-                                self.fill = 0;
-                            }
                             continue;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
@@ -220,7 +216,8 @@ impl Direction {
                 }
             }
             let room = b.buffer.saturating_sub(self.fill);
-            if self.eof || limit == Some(0) || drained || paced || !self.src_ready || room == 0 {
+            if self.eof || limit == Some(0) || drained || paced || !self.src_ready || (room == 0 && self.pipe.is_none())
+            {
                 if drained {
                     self.src_ready = false;
                 }
@@ -232,10 +229,11 @@ impl Direction {
             }
             reads += 1;
             if let Some(p) = self.pipe.as_mut() {
-                // The pipe holds what nginx's buffer would: at most `proxy_buffer_size`
-                // since it was last empty, so a peer that stops reading holds back the
-                // other side as soon as nginx's does.
-                match p.fill_from(src.fd(), room) {
+                // The pipe is empty here (its bytes go first, and a destination that
+                // cannot take them ends the pump): each fill takes at most what nginx's
+                // one buffer holds, so a peer that stops reading holds the other side
+                // back as soon as nginx's does.
+                match p.fill_from(src.fd(), b.buffer) {
                     Ok(0) => {
                         out.read_returned = true;
                         self.eof = true;
@@ -243,11 +241,9 @@ impl Direction {
                     Ok(n) => {
                         out.read_returned = true;
                         out.read += n as u64;
-                        self.fill += n;
                         // A splice can stop short of what the socket holds (the pipe runs
                         // out of slots before bytes), so only EAGAIN says it is drained.
-                        // One cut short by the buffer's room is not small traffic.
-                        self.small = if n < SMALL && n < room { self.small.saturating_add(1) } else { 0 };
+                        self.small = if n < SMALL { self.small.saturating_add(1) } else { 0 };
                     }
                     // The pipe was empty, so this is the socket: nothing to read.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
