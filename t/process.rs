@@ -1320,20 +1320,7 @@ fn worker_shutdown_timeout_ends_a_blocked_return_with_500_and_no_line() {
 /// upstream" with no connect time).
 #[test]
 fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
-    use socket2::{Domain, Socket, Type};
-    // A backend whose listen queue is full: later SYNs are dropped, connects hang.
-    let stuck = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    stuck.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
-    stuck.listen(0).expect("listen");
-    let sp = stuck.local_addr().expect("addr").as_socket().expect("inet").port();
-    let queued: Vec<Socket> = (0..3)
-        .map(|_| {
-            let c = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-            c.set_nonblocking(true).expect("nonblocking");
-            let _ = c.connect(&SocketAddr::from(([127, 0, 0, 1], sp)).into());
-            c
-        })
-        .collect();
+    let (sp, stuck) = stuck_backend();
     let (p, q) = (free_port(), free_port());
     let conf = format!(
         "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
@@ -1369,7 +1356,101 @@ fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
     let fields: Vec<&str> = last.split(' ').collect();
     assert_eq!(fields[..2], [q.to_string().as_str(), "200"], "{}", run.ctx());
     assert_ne!(fields.get(2).copied(), Some("-"), "{}", run.ctx());
-    drop((z, queued, stuck));
+    drop((z, stuck));
+}
+
+/// A backend whose listen queue is full: later SYNs are dropped and connects to it hang
+/// (its port, and what must live as long as the test).
+fn stuck_backend() -> (u16, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let stuck = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    stuck.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    stuck.listen(0).expect("listen");
+    let sp = stuck.local_addr().expect("addr").as_socket().expect("inet").port();
+    let mut held = vec![stuck];
+    for _ in 0..3 {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        c.set_nonblocking(true).expect("nonblocking");
+        let _ = c.connect(&SocketAddr::from(([127, 0, 0, 1], sp)).into());
+        held.push(c);
+    }
+    (sp, held)
+}
+
+/// After the QUIT the listening sockets' slots are free again (ngx_close_listening_sockets),
+/// so an upstream connected after it (its client was in preread) comes before its client
+/// in the shutdown timeout's walk; taken as connected, its first write (the preread
+/// bytes) meets it in error and the session ends well with no line (nginx 1.22.1 side by
+/// side, review of 00875b6: "proxy ... connected", 200 with a connect time, no
+/// "shutdown timeout").
+#[test]
+fn an_upstream_connected_after_quit_ends_silently_at_the_shutdown_timeout() {
+    let (sp, stuck) = stuck_backend();
+    let p = free_port();
+    let conf = format!(
+        "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
+         log_format f '$status $upstream_connect_time';\n  access_log %%PREFIX%%a.log f;\n  \
+         server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; proxy_pass 127.0.0.1:{sp}; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    // Not TLS: preread ends and the upstream connects, after the QUIT.
+    c.write_all(b"hello\n").expect("write");
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let log = run.log();
+    assert!(log.contains(&format!("connected to 127.0.0.1:{sp}")), "{}", run.ctx());
+    assert!(!log.contains("shutdown timeout"), "{}", run.ctx());
+    let access = std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
+    assert!(access.starts_with("200 ") && !access.contains('-'), "{access}\n{}", run.ctx());
+    drop((c, stuck));
+}
+
+/// `proxy_ssl` with `proxy_protocol`, the upstream still connecting when the shutdown
+/// timeout meets it first: the header's send would block, and nginx waits for the
+/// socket (ngx_stream_proxy_send_proxy_protocol's NGX_AGAIN), so the client's turn ends
+/// the session "while connecting to upstream" with 200; sluice took it as a header that
+/// could not go at once (500). Side by side with nginx 1.22.1 (review of 00875b6).
+#[test]
+fn a_proxy_protocol_header_that_would_block_waits_for_the_upstream() {
+    let (sp, stuck) = stuck_backend();
+    let (p, q) = (free_port(), free_port());
+    let conf = format!(
+        "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
+         log_format f '$server_port $status';\n  access_log %%PREFIX%%a.log f;\n  \
+         server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  \
+         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{sp}; proxy_ssl on; proxy_protocol on; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    // As in worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first:
+    // the next client takes the higher of two freed slots, its upstream the lower.
+    let access = || std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
+    let connect = |port: u16| TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let x = connect(p);
+    let y = connect(p);
+    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 2), "{}", run.ctx());
+    drop(x);
+    assert!(wait_for(10 * SEC, || access().lines().count() == 1), "{}", run.ctx());
+    drop(y);
+    assert!(wait_for(10 * SEC, || access().lines().count() == 2), "{}", run.ctx());
+    let z = connect(q);
+    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 3), "{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+    let log = run.log();
+    assert!(log.contains("shutdown timeout while connecting to upstream"), "{}", run.ctx());
+    assert!(!log.contains("PROXY protocol header"), "{}", run.ctx());
+    assert_eq!(access().lines().last(), Some(format!("{q} 200").as_str()), "{}", run.ctx());
+    drop((z, stuck));
 }
 
 /// `worker_shutdown_timeout` is an ordinary timer, as nginx's ngx_shutdown_event: a

@@ -1847,3 +1847,47 @@ fn tls_connection_passed_to_a_plain_listener_stays_watched() {
     assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
     drop(s);
 }
+
+/// The shutdown timeout reaching a `proxy_ssl` upstream before its client (the upstream
+/// in the lower connection slot) marks it in error first, as nginx does: the upstream
+/// gets no close_notify, as a client in that case doesn't (nginx 1.22.1 side by side,
+/// review of 00875b6).
+#[test]
+fn shutdown_timeout_met_at_a_tls_upstream_sends_it_no_close_notify() {
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let up = tls_backend_once(acceptor_builder().build(), Duration::ZERO, move |mut s| {
+        let mut buf = [0u8; 64];
+        let end = loop {
+            match s.ssl_read(&mut buf) {
+                Ok(_) => continue,
+                Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => break "close_notify",
+                Err(_) => break "no close_notify",
+            }
+        };
+        let _ = tx.send(end);
+    });
+    let (p, q) = (free_port(), free_port());
+    let conf = format!(
+        "worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  log_format f '$server_port $status';\n  \
+         access_log %%PREFIX%%a.log f;\n  server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  \
+         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{up}; proxy_ssl on; }}\n}}\n"
+    );
+    let mut s = Sluice::start_master(1, &conf);
+    // Two sessions without upstreams, ended in turn: the next client takes the higher of
+    // their slots, its upstream the lower.
+    let x = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let y = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let clients = |s: &Sluice| s.error_log().matches("client 127.0.0.1:").count();
+    assert!(wait_for(Duration::from_secs(10), || clients(&s) == 2), "{}", s.error_log());
+    drop(x);
+    assert!(wait_for(Duration::from_secs(10), || s.read("a.log").lines().count() == 1), "{}", s.error_log());
+    drop(y);
+    assert!(wait_for(Duration::from_secs(10), || s.read("a.log").lines().count() == 2), "{}", s.error_log());
+    let z = TcpStream::connect(("127.0.0.1", q)).expect("connect");
+    let connected = format!("connected to 127.0.0.1:{up}");
+    assert!(wait_for(Duration::from_secs(10), || s.error_log().contains(&connected)), "{}", s.error_log());
+    assert_eq!(s.stop(), Some(0));
+    assert!(s.error_log().contains("shutdown timeout while proxying connection"), "{}", s.error_log());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("no close_notify"), "{}", s.error_log());
+    drop(z);
+}

@@ -369,6 +369,10 @@ pub struct ProxySession {
     tls_handshaking: bool,
     /// The PROXY protocol header went out ahead of the upstream TLS handshake.
     pp_sent: bool,
+    /// nginx's `pc->error`, set when the worker's shutdown timeout reaches the upstream
+    /// before the client: a write to it ends the session (well, with no line) and its
+    /// TLS closes without close_notify.
+    upstream_shutdown_error: bool,
     /// UDP: the session's first datagram (counted as it came) was sent.
     udp_first_sent: bool,
     /// The name the upstream's certificate must match (`proxy_ssl_verify`).
@@ -439,6 +443,7 @@ fn new_session(s: &mut SessionCore) -> ContentSession {
         upstream_slot: 0,
         tls_handshaking: false,
         pp_sent: false,
+        upstream_shutdown_error: false,
         udp_first_sent: false,
         ssl_name: String::new(),
         local: None,
@@ -935,6 +940,8 @@ impl ProxySession {
         // Every try sends its own PROXY header (ngx_stream_proxy_connect sets
         // u->proxy_protocol again for each peer).
         self.pp_sent = false;
+        // (The next try is a connection of its own, not in error.)
+        self.upstream_shutdown_error = false;
         if let Some(mut u) = self.upstream.take() {
             cx.rt.conns = cx.rt.conns.saturating_sub(1);
             cx.rt.slots.give(self.upstream_slot);
@@ -979,8 +986,12 @@ impl ProxySession {
                     return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    s.log(Level::Error, "could not send PROXY protocol header at once", None);
-                    return Flow::Finalize(status::INTERNAL_SERVER_ERROR);
+                    // Not through yet (the worker's shutdown timeout took the socket as
+                    // connected): nginx waits for it to be writable, under
+                    // proxy_timeout, and its connect handler starts over.
+                    let t = conf(s).timeout.get();
+                    cx.timers.set(&mut self.connect_timer, cx.now + t, session_token(s.key, Side::Upstream));
+                    return Flow::Again;
                 }
                 Err(e) => {
                     s.connection_error(Side::Upstream, &e, "send() failed");
@@ -1210,6 +1221,11 @@ impl ProxySession {
         }
         if self.udp {
             return self.process_udp(s, cx, from_upstream);
+        }
+        // ngx_stream_write_filter on an upstream in error (see `upstream_shutdown_error`): the
+        // PROXY header or preread bytes queued for it end the session.
+        if self.upstream_shutdown_error && !from_upstream && do_write && self.down.held_len() > 0 {
+            return Flow::Finalize(status::OK);
         }
         let Some(upstream) = self.upstream.as_mut() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
         let di = from_upstream as usize;
@@ -1831,6 +1847,10 @@ impl Content for ProxySession {
     /// connected"; the client's turn then ends the session "while proxying
     /// connection". A TLS handshake to the upstream just goes on.
     fn on_upstream_shutdown_timeout(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
+        self.upstream_shutdown_error = true;
+        if let Some(t) = self.upstream.as_mut().and_then(|u| u.tls_mut()) {
+            t.abandon();
+        }
         if self.tls_handshaking {
             return Flow::Again;
         }

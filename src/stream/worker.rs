@@ -689,9 +689,16 @@ impl Worker {
         }
     }
 
+    /// `ngx_close_listening_sockets`: each listening socket's connection slot is freed
+    /// in turn, so a connection made after the QUIT (the upstream of a session still in
+    /// its phases) takes the last listener's slot, ahead of its client's in the walk of
+    /// `shutdown_timeout`.
     fn close_listeners(&mut self) {
-        for l in self.listeners.iter_mut().filter_map(Option::take) {
-            l.deregister_raw(self.poll.as_raw_fd());
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Some(l) = l.take() {
+                l.deregister_raw(self.poll.as_raw_fd());
+                self.rt.slots.give(i as u32);
+            }
         }
     }
 
