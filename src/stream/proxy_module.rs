@@ -1086,7 +1086,6 @@ impl ProxySession {
         }
     }
 
-    /// `ngx_stream_proxy_init_upstream`: the connection is up; start relaying.
     /// `ngx_stream_proxy_connect_handler`: the socket's pending error decides. None
     /// means connected, as nginx takes it, even while the handshake is still under
     /// way (the worker's shutdown timeout calls this before the connect is through).
@@ -1103,6 +1102,7 @@ impl ProxySession {
         self.init_upstream(s, cx)
     }
 
+    /// `ngx_stream_proxy_init_upstream`: the connection is up; start relaying.
     fn init_upstream(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         cx.timers.clear(&mut self.connect_timer);
         let Some(u) = self.upstream.as_ref() else { return Flow::Finalize(status::INTERNAL_SERVER_ERROR) };
@@ -1842,8 +1842,9 @@ impl Content for ProxySession {
         Flow::Again
     }
 
-    /// The upstream's read handler: while connecting, nginx's connect handler tests
-    /// the socket and (finding no error) goes on as connected, logging "proxy ...
+    /// The upstream's read handler, the upstream marked in error first (see
+    /// `upstream_shutdown_error`): while connecting, nginx's connect handler tests the
+    /// socket and (finding no error) goes on as connected, logging "proxy ...
     /// connected"; the client's turn then ends the session "while proxying
     /// connection". A TLS handshake to the upstream just goes on.
     fn on_upstream_shutdown_timeout(&mut self, s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
@@ -1859,6 +1860,7 @@ impl Content for ProxySession {
         }
         self.on_shutdown_timeout(s)
     }
+
     fn upstream_socket(&self) -> Option<(u32, u64, RawFd)> {
         self.upstream.as_ref().map(|u| (self.upstream_slot, self.upstream_number, u.fd()))
     }
