@@ -1689,3 +1689,39 @@ fn udp_burst_is_balanced_one_datagram_per_event_unless_multi_accept() {
     assert_eq!(burst_to_a_pair_with_a_closed_port(""), 1);
     assert_eq!(burst_to_a_pair_with_a_closed_port("multi_accept on;"), 3);
 }
+
+/// An event still queued for an upstream socket closed this turn is dropped, as nginx's
+/// `instance` bit drops it, not given to the session whose socket took its slot since.
+/// Two listeners proxy to a closed port; with the burst queued while the worker is
+/// stopped, client 1's second datagram finds its session's socket refused and ends it,
+/// client 3's first opens a session in the freed slot, and the old socket's ICMP event
+/// is stale: the new session's own refusal then ends it at its second datagram (nginx
+/// 1.22.1 side by side, h5 hunt: two sendmsg() failures and one recv(); sluice gave the
+/// stale event to the new session, one and two).
+#[test]
+fn a_stale_event_of_a_closed_upstream_socket_reaches_no_one() {
+    let dead = free_port();
+    let (x, y) = (free_port(), free_port());
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n  \
+         server {{ listen 127.0.0.1:{x} udp; proxy_pass 127.0.0.1:{dead}; proxy_timeout 500ms; }}\n  \
+         server {{ listen 127.0.0.1:{y} udp; proxy_pass 127.0.0.1:{dead}; proxy_timeout 500ms; }}\n}}\n"
+    ));
+    s.signal(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'))
+    };
+    assert!(wait_for(Duration::from_secs(5), stopped), "sluice did not stop");
+    let c: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
+    for (i, port, d) in [(0, x, "a1"), (1, y, "b2"), (0, x, "a1b"), (2, y, "d4"), (2, y, "d4b")] {
+        c[i].send_to(d.as_bytes(), ("127.0.0.1", port)).expect("send");
+    }
+    s.signal(libc::SIGCONT);
+    // Session 2 waits out proxy_timeout; the others end at their refusals.
+    assert!(wait_for(Duration::from_secs(10), || s.error_log().contains("udp timed out")), "{}", s.error_log());
+    let log = s.error_log();
+    assert_eq!(log.matches("sendmsg() failed (111: Connection refused)").count(), 2, "{log}");
+    assert_eq!(log.matches("recv() failed (111: Connection refused)").count(), 1, "{log}");
+    drop(c);
+}
