@@ -1320,13 +1320,50 @@ fn worker_shutdown_timeout_ends_a_blocked_return_with_500_and_no_line() {
 /// upstream" with no connect time).
 #[test]
 fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
+    let (run, q, sp) = client_above_its_stuck_upstream(" $upstream_connect_time", "");
+    let access = || std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
+    let log = run.log();
+    let connected = log.find(&format!("connected to 127.0.0.1:{sp}")).unwrap_or(usize::MAX);
+    let ended = log.find("shutdown timeout while proxying connection").unwrap_or(0);
+    assert!(connected < ended, "{}", run.ctx());
+    assert!(!log.contains("while connecting to upstream"), "{}", run.ctx());
+    let last = access().lines().last().unwrap_or_default().to_string();
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert_eq!(fields[..2], [q.to_string().as_str(), "200"], "{}", run.ctx());
+    assert_ne!(fields.get(2).copied(), Some("-"), "{}", run.ctx());
+}
+
+/// A backend whose listen queue is full: later SYNs are dropped and connects to it hang
+/// (its port, and what must live as long as the test).
+fn stuck_backend() -> (u16, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let stuck = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    stuck.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    stuck.listen(0).expect("listen");
+    let sp = stuck.local_addr().expect("addr").as_socket().expect("inet").port();
+    let mut held = vec![stuck];
+    for _ in 0..3 {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        c.set_nonblocking(true).expect("nonblocking");
+        let _ = c.connect(&SocketAddr::from(([127, 0, 0, 1], sp)).into());
+        held.push(c);
+    }
+    (sp, held)
+}
+
+/// A master with one worker and `worker_shutdown_timeout 300ms`: a client of the server
+/// on port `q` (`proxy_pass` to a stuck backend, with `directives`) connected so that
+/// its upstream takes a lower connection slot than its own, then QUIT, and the master
+/// gone. The access log a.log has `$server_port $status` and then `extra`. Returns the
+/// run, `q` and the backend's port.
+fn client_above_its_stuck_upstream(extra: &str, directives: &str) -> (Run, u16, u16) {
     let (sp, stuck) = stuck_backend();
     let (p, q) = (free_port(), free_port());
+    let server = format!("server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{sp}; {directives} }}");
     let conf = format!(
         "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
-         log_format f '$server_port $status $upstream_connect_time';\n  access_log %%PREFIX%%a.log f;\n  \
-         server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  \
-         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{sp}; }}\n}}\n",
+         log_format f '$server_port $status{extra}';\n  access_log %%PREFIX%%a.log f;\n  \
+         server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  {server}\n}}\n",
         head(false, "1")
     );
     let run = Run::start(&conf);
@@ -1347,34 +1384,8 @@ fn worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first() {
     assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 3), "{}", run.ctx());
     signal(master, libc::SIGQUIT);
     assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
-    let log = run.log();
-    let connected = log.find(&format!("connected to 127.0.0.1:{sp}")).unwrap_or(usize::MAX);
-    let ended = log.find("shutdown timeout while proxying connection").unwrap_or(0);
-    assert!(connected < ended, "{}", run.ctx());
-    assert!(!log.contains("while connecting to upstream"), "{}", run.ctx());
-    let last = access().lines().last().unwrap_or_default().to_string();
-    let fields: Vec<&str> = last.split(' ').collect();
-    assert_eq!(fields[..2], [q.to_string().as_str(), "200"], "{}", run.ctx());
-    assert_ne!(fields.get(2).copied(), Some("-"), "{}", run.ctx());
     drop((z, stuck));
-}
-
-/// A backend whose listen queue is full: later SYNs are dropped and connects to it hang
-/// (its port, and what must live as long as the test).
-fn stuck_backend() -> (u16, Vec<socket2::Socket>) {
-    use socket2::{Domain, Socket, Type};
-    let stuck = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    stuck.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
-    stuck.listen(0).expect("listen");
-    let sp = stuck.local_addr().expect("addr").as_socket().expect("inet").port();
-    let mut held = vec![stuck];
-    for _ in 0..3 {
-        let c = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        c.set_nonblocking(true).expect("nonblocking");
-        let _ = c.connect(&SocketAddr::from(([127, 0, 0, 1], sp)).into());
-        held.push(c);
-    }
-    (sp, held)
+    (run, q, sp)
 }
 
 /// After the QUIT the listening sockets' slots are free again (ngx_close_listening_sockets),
@@ -1419,38 +1430,12 @@ fn an_upstream_connected_after_quit_ends_silently_at_the_shutdown_timeout() {
 /// could not go at once (500). Side by side with nginx 1.22.1 (review of 00875b6).
 #[test]
 fn a_proxy_protocol_header_that_would_block_waits_for_the_upstream() {
-    let (sp, stuck) = stuck_backend();
-    let (p, q) = (free_port(), free_port());
-    let conf = format!(
-        "{}worker_shutdown_timeout 300ms;\nevents {{}}\nstream {{\n  \
-         log_format f '$server_port $status';\n  access_log %%PREFIX%%a.log f;\n  \
-         server {{ listen 127.0.0.1:{p}; ssl_preread on; return x; }}\n  \
-         server {{ listen 127.0.0.1:{q}; proxy_pass 127.0.0.1:{sp}; proxy_ssl on; proxy_protocol on; }}\n}}\n",
-        head(false, "1")
-    );
-    let run = Run::start(&conf);
-    let master = run.master();
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
-    // As in worker_shutdown_timeout_meets_a_connecting_upstream_in_a_lower_slot_first:
-    // the next client takes the higher of two freed slots, its upstream the lower.
+    let (run, q, _) = client_above_its_stuck_upstream("", "proxy_ssl on; proxy_protocol on;");
     let access = || std::fs::read_to_string(run.path("a.log")).unwrap_or_default();
-    let connect = |port: u16| TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let x = connect(p);
-    let y = connect(p);
-    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 2), "{}", run.ctx());
-    drop(x);
-    assert!(wait_for(10 * SEC, || access().lines().count() == 1), "{}", run.ctx());
-    drop(y);
-    assert!(wait_for(10 * SEC, || access().lines().count() == 2), "{}", run.ctx());
-    let z = connect(q);
-    assert!(wait_for(10 * SEC, || run.log().matches("client 127.0.0.1:").count() == 3), "{}", run.ctx());
-    signal(master, libc::SIGQUIT);
-    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
     let log = run.log();
     assert!(log.contains("shutdown timeout while connecting to upstream"), "{}", run.ctx());
     assert!(!log.contains("PROXY protocol header"), "{}", run.ctx());
     assert_eq!(access().lines().last(), Some(format!("{q} 200").as_str()), "{}", run.ctx());
-    drop((z, stuck));
 }
 
 /// `worker_shutdown_timeout` is an ordinary timer, as nginx's ngx_shutdown_event: a
