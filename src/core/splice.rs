@@ -8,7 +8,8 @@ use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The pipe size asked for with F_SETPIPE_SZ: 16 pages of 4 KiB is Linux's default;
-/// 256 KiB lets one splice move a whole socket buffer's worth on fast links.
+/// a relay fills it with at most `proxy_buffer_size` at a time (nginx's one buffer), so
+/// this is room for a `proxy_buffer_size` up to 256 KiB in one splice.
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Free pipes kept per worker; beyond this, returned pipes are closed.
