@@ -1423,6 +1423,37 @@ fn an_upstream_connected_after_quit_ends_silently_at_the_shutdown_timeout() {
     drop((c, stuck));
 }
 
+/// A listening socket closed at QUIT frees its connection under `worker_connections`
+/// (ngx_free_connection): with 3 (a listener, the channel, a client), the upstream of a
+/// session still in preread at the QUIT connects afterwards, where before it there was
+/// no room ("worker_connections are not enough", 500). nginx 1.22.1 side by side
+/// (second review of this session's shutdown changes).
+#[test]
+fn a_listener_closed_at_quit_leaves_room_under_worker_connections() {
+    let echo = crate::common::backend(crate::common::echo);
+    let p = free_port();
+    let conf = format!(
+        "{}events {{ worker_connections 3; }}\nstream {{\n  \
+         server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; proxy_pass 127.0.0.1:{echo}; }}\n}}\n",
+        head(false, "1")
+    );
+    let run = Run::start(&conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    c.write_all(b"hello").expect("write");
+    c.set_read_timeout(Some(10 * SEC)).expect("timeout");
+    let mut got = [0u8; 5];
+    assert!(c.read_exact(&mut got).is_ok() && &got == b"hello", "{}", run.ctx());
+    drop(c);
+    assert!(!run.log().contains("worker_connections are not enough"), "{}", run.ctx());
+    assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
+}
+
 /// `proxy_ssl` with `proxy_protocol`, the upstream still connecting when the shutdown
 /// timeout meets it first: the header's send would block, and nginx waits for the
 /// socket (ngx_stream_proxy_send_proxy_protocol's NGX_AGAIN), so the client's turn ends

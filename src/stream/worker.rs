@@ -690,14 +690,16 @@ impl Worker {
     }
 
     /// `ngx_close_listening_sockets`: each listening socket's connection slot is freed
-    /// in turn, so a connection made after the QUIT (the upstream of a session still in
-    /// its phases) takes the last listener's slot, ahead of its client's in the walk of
-    /// `shutdown_timeout`.
+    /// in turn (and counts as free under `worker_connections` again), so a connection
+    /// made after the QUIT (the upstream of a session still in its phases) takes the
+    /// last listener's slot, ahead of its client's in the walk of `shutdown_timeout`.
     fn close_listeners(&mut self) {
         for (i, l) in self.listeners.iter_mut().enumerate() {
             if let Some(l) = l.take() {
                 l.deregister_raw(self.poll.as_raw_fd());
                 self.rt.slots.give(i as u32);
+                // (ngx_free_connection: one more free connection under worker_connections.)
+                self.rt.conn_slots += 1;
             }
         }
     }
