@@ -1388,6 +1388,20 @@ fn client_above_its_stuck_upstream(extra: &str, directives: &str) -> (Run, u16, 
     (run, q, sp)
 }
 
+/// A master with one worker from `conf`; a client of port `p` (a server whose preread
+/// waits) connected, then QUIT, and the worker gone into its graceful shutdown.
+fn client_in_preread_at_quit(conf: &str, p: u16) -> (Run, i32, TcpStream) {
+    let run = Run::start(conf);
+    let master = run.master();
+    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
+    let w = workers_of(master, &[])[0];
+    let c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "{}", run.ctx());
+    signal(master, libc::SIGQUIT);
+    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    (run, master, c)
+}
+
 /// After the QUIT the listening sockets' slots are free again (ngx_close_listening_sockets),
 /// so an upstream connected after it (its client was in preread) comes before its client
 /// in the shutdown timeout's walk; taken as connected, its first write (the preread
@@ -1404,14 +1418,7 @@ fn an_upstream_connected_after_quit_ends_silently_at_the_shutdown_timeout() {
          server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; proxy_pass 127.0.0.1:{sp}; }}\n}}\n",
         head(false, "1")
     );
-    let run = Run::start(&conf);
-    let master = run.master();
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
-    let w = workers_of(master, &[])[0];
-    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
-    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "{}", run.ctx());
-    signal(master, libc::SIGQUIT);
-    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    let (run, master, mut c) = client_in_preread_at_quit(&conf, p);
     // Not TLS: preread ends and the upstream connects, after the QUIT.
     c.write_all(b"hello\n").expect("write");
     assert!(wait_for(10 * SEC, || !alive(master)), "the master did not exit\n{}", run.ctx());
@@ -1437,14 +1444,7 @@ fn a_listener_closed_at_quit_leaves_room_under_worker_connections() {
          server {{ listen 127.0.0.1:{p}; ssl_preread on; preread_timeout 30s; proxy_pass 127.0.0.1:{echo}; }}\n}}\n",
         head(false, "1")
     );
-    let run = Run::start(&conf);
-    let master = run.master();
-    assert!(wait_for(10 * SEC, || workers_of(master, &[]).len() == 1), "1 worker\n{}", run.ctx());
-    let w = workers_of(master, &[])[0];
-    let mut c = TcpStream::connect(("127.0.0.1", p)).expect("connect");
-    assert!(wait_for(10 * SEC, || run.log().contains("client 127.0.0.1:")), "{}", run.ctx());
-    signal(master, libc::SIGQUIT);
-    assert!(wait_for(10 * SEC, || pid_lines(&run.log(), w, "gracefully shutting down") > 0), "{}", run.ctx());
+    let (run, master, mut c) = client_in_preread_at_quit(&conf, p);
     c.write_all(b"hello").expect("write");
     c.set_read_timeout(Some(10 * SEC)).expect("timeout");
     let mut got = [0u8; 5];
