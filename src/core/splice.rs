@@ -7,9 +7,9 @@
 use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// The pipe size asked for with F_SETPIPE_SZ: 16 pages of 4 KiB is Linux's default;
-/// a relay fills it with at most `proxy_buffer_size` at a time (nginx's one buffer), so
-/// this is room for a `proxy_buffer_size` up to 256 KiB in one splice.
+/// The pipe size asked for with F_SETPIPE_SZ (16 pages of 4 KiB is Linux's default): a
+/// relay fills it with what the destination can take now, up to this, so bulk moves in
+/// few large splices; and with `proxy_buffer_size` up to 256 KiB in one splice.
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Free pipes kept per worker; beyond this, returned pipes are closed.
@@ -90,6 +90,26 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             return Err(e);
         }
     }
+}
+
+/// What a TCP socket's send queue can still take before a send would block, in the
+/// kernel's own terms (`sk_stream_memory_free`: `sk_wmem_queued < sk_sndbuf`), read with
+/// one SO_MEMINFO; 0 if unknown. The queue is charged for each segment's overhead as
+/// well as its bytes, so the bytes it takes can be fewer: about 0.7 of this with a peer
+/// whose window is a few KiB (segments of ~2 KiB, the size goal being half the peer's
+/// largest window), nearly all of it with full-sized segments.
+pub fn send_room(fd: RawFd) -> usize {
+    // SK_MEMINFO_VARS is 9 in every kernel with SO_MEMINFO; later kernels may add more.
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
+    const SNDBUF: usize = 3;
+    const WMEM_QUEUED: usize = 5;
+    if rc != 0 || (len as usize) < (WMEM_QUEUED + 1) * 4 {
+        return 0;
+    }
+    (info[SNDBUF] as usize).saturating_sub(info[WMEM_QUEUED] as usize)
 }
 
 /// How many pipes a worker may hold, so that they do not take the descriptors its
@@ -245,5 +265,28 @@ mod tests {
             let half = pipe_budget(limit / 2);
             assert!(half * 4 + 1024 >= limit && half * 4 <= limit, "{half} pipes for a limit of {limit}");
         }
+    }
+
+    #[test]
+    fn send_room_falls_to_nothing_when_the_peer_stops_reading() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (_b, _) = l.accept().expect("accept");
+        let fresh = send_room(a.as_raw_fd());
+        assert!(fresh >= 4096, "a fresh socket has room: {fresh}");
+        a.set_nonblocking(true).expect("nb");
+        let chunk = [b'x'; 4096];
+        let mut sent = 0usize;
+        loop {
+            match a.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(sent < 1 << 30, "the send queue never filled");
+        }
+        let full = send_room(a.as_raw_fd());
+        assert!(full < 4096, "{full} bytes of room after a send would block ({sent} sent)");
+        assert_eq!(send_room(-1), 0, "unknown: no room");
     }
 }
