@@ -96,12 +96,18 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 ///
 /// The kernel takes bytes while `sk_wmem_queued < sk_sndbuf` (`sk_stream_memory_free`),
 /// both counted in memory, and each queued segment costs about a kilobyte more than its
-/// bytes: a peer whose window is a few hundred bytes gets segments of half of it, and
-/// its socket takes fewer bytes than half its free memory. So the free memory
-/// (SO_MEMINFO) is scaled by the bytes per unit of memory of what is queued now (its
-/// bytes, SIOCOUTQ, over its memory). With nothing queued there is nothing to learn that
-/// from, and a connection reset has its queue purged: 0 then, as when unknown.
+/// bytes; segments are also split to the peer's window as they go out, each piece
+/// costing as much again. So the free memory (SO_MEMINFO) is scaled by the bytes per unit
+/// of memory of what is queued now (its bytes, SIOCOUTQ, over its memory), and halved:
+/// a peer whose window is a few hundred bytes makes the next segments cost up to ~1.4
+/// times what the queue's mix does. With nothing queued there is nothing to learn that
+/// from, and a connection reset has its queue purged: 0 then, as when unknown. 0 also
+/// when `net.ipv4.tcp_notsent_lowat` is set: the kernel then stops taking bytes at that
+/// many unsent ones, whatever memory is free.
 pub fn send_room(fd: RawFd) -> usize {
+    if notsent_lowat_set() {
+        return 0;
+    }
     // SK_MEMINFO_VARS is 9 in every kernel with SO_MEMINFO; later kernels may add more.
     let mut info = [0u32; 16];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
@@ -122,9 +128,19 @@ pub fn send_room(fd: RawFd) -> usize {
         return 0;
     }
     let bytes = (outq as u64).min(queued);
-    // New segments can cost a little more per byte than the queue's mix (a peer with a
-    // window of a few hundred bytes: ~3 % more): an eighth is left as a margin.
-    usize::try_from((sndbuf - queued) * bytes / queued * 7 / 8).unwrap_or(usize::MAX)
+    usize::try_from((sndbuf - queued) * bytes / queued / 2).unwrap_or(usize::MAX)
+}
+
+/// Whether `net.ipv4.tcp_notsent_lowat` is set (its default, `u32::MAX`, is "no limit"),
+/// read once per process; sluice sets no socket's own TCP_NOTSENT_LOWAT.
+fn notsent_lowat_set() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v < u64::from(u32::MAX))
+    })
 }
 
 /// How many pipes a worker may hold, so that they do not take the descriptors its
