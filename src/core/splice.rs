@@ -103,7 +103,8 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// times what the queue's mix does. With nothing queued there is nothing to learn that
 /// from, and a connection reset has its queue purged: 0 then, as when unknown. 0 also
 /// when `net.ipv4.tcp_notsent_lowat` is set: the kernel then stops taking bytes at that
-/// many unsent ones, whatever memory is free.
+/// many unsent ones, whatever memory is free. Not seen: the host's TCP memory at its hard
+/// limit (`tcp_mem`), where the kernel refuses memory that is free by this count.
 pub fn send_room(fd: RawFd) -> usize {
     if notsent_lowat_set() {
         return 0;
