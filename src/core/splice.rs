@@ -302,6 +302,9 @@ mod tests {
     #[test]
     fn send_room_is_what_the_send_queue_surely_takes() {
         assert_eq!(send_room(-1), 0, "unknown: no room");
+        // On a host with the lowat sysctl set every room is 0 (and the relay splices
+        // `proxy_buffer_size` at a time): the estimate below cannot be checked there.
+        let lowat = notsent_lowat_set();
         // A peer with the default window (full-sized segments), and one with the
         // smallest receive buffer (tiny segments, each costing more memory than bytes).
         for rcvbuf in [None, Some(1)] {
@@ -338,6 +341,10 @@ mod tests {
             b.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
             b.read_exact(&mut buf).expect("read");
             let room = send_room(a.as_raw_fd());
+            if lowat {
+                assert_eq!(room, 0, "tcp_notsent_lowat is set: no room");
+                continue;
+            }
             assert!(room > 0, "no room after the peer read {} of {sent} ({rcvbuf:?})", sent / 2);
             assert_eq!(fill(&mut a, room), room, "the queue took all of the {room} bytes said ({rcvbuf:?})");
         }
