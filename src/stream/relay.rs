@@ -30,6 +30,10 @@ pub const READS_PER_WAKEUP: usize = 1024;
 const SMALL: usize = 4096;
 /// This many small splice reads in a row send the direction back to copying.
 const SMALL_TO_COPY: u8 = 2;
+/// A splice fill is sized by the destination's room (two more syscalls) only once this
+/// many buffers' worth came in full fills in a row: messages of up to 64k at the default
+/// buffer size move as before, with no syscall added, and bulk gets large fills.
+const BULK_RUN: usize = 4;
 
 #[derive(Default)]
 pub struct Direction {
@@ -46,6 +50,9 @@ pub struct Direction {
     /// Splice failed for this socket pair: copy only.
     no_splice: bool,
     small: u8,
+    /// Bytes spliced in by fills of at least `proxy_buffer_size` in a row: a flow is
+    /// taken for bulk (and the destination's room asked for) only past `BULK_RUN` of them.
+    run: usize,
     /// The source's end may already be in (EPOLLRDHUP/HUP/ERR was seen): read until
     /// EAGAIN or end of file. Otherwise a short read means the socket is drained for
     /// now; later bytes raise a new edge, so the EAGAIN read is saved.
@@ -238,7 +245,8 @@ impl Direction {
                 // large splices while the destination has room (16k splices cost a
                 // sixth more CPU per byte). A destination reset meanwhile loses up to one
                 // such fill, where nginx loses at most its buffer (README, "Relaying").
-                let room = if dst.is_tcp() { splice::send_room(dst.fd()) } else { 0 };
+                let bulk = self.run >= BULK_RUN * b.buffer;
+                let room = if bulk && dst.is_tcp() { splice::send_room(dst.fd()) } else { 0 };
                 match p.fill_from(src.fd(), b.buffer.saturating_add(room)) {
                     Ok(0) => {
                         out.read_returned = true;
@@ -250,6 +258,7 @@ impl Direction {
                         // A splice can stop short of what the socket holds (the pipe runs
                         // out of slots before bytes), so only EAGAIN says it is drained.
                         self.small = if n < SMALL { self.small.saturating_add(1) } else { 0 };
+                        self.run = if n < b.buffer { 0 } else { self.run.saturating_add(n) };
                     }
                     // The pipe was empty, so this is the socket: nothing to read.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
