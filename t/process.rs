@@ -3714,7 +3714,10 @@ fn out_of_descriptors_udp_listeners_wait_too() {
 
 /// With an accept mutex, a UDP session's phases wait for the end of the turn; a second
 /// datagram of the client in the same batch starts them, and the posted start then
-/// leaves the running session alone: one session, every datagram relayed once.
+/// leaves the running session alone: one session, every datagram relayed once. (The
+/// batch needs `multi_accept on`: without it each event reads one datagram, as nginx's,
+/// and the mutex, released after every turn, may pass to the other worker between two
+/// datagrams, making a second session there, as it may in nginx.)
 #[test]
 fn accept_mutex_udp_datagrams_of_one_batch_make_one_session() {
     let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -3729,7 +3732,7 @@ fn accept_mutex_udp_datagrams_of_one_batch_make_one_session() {
     let s = Sluice::start_master(
         2,
         &format!(
-            "events {{ accept_mutex on; }}\nstream {{ log_format l '$status $bytes_received $bytes_sent'; \
+            "events {{ accept_mutex on; multi_accept on; }}\nstream {{ log_format l '$status $bytes_received $bytes_sent'; \
              server {{ listen 127.0.0.1:{u} udp; proxy_timeout 1s; proxy_pass 127.0.0.1:{e}; \
              access_log %%PREFIX%%u.log l; }} }}\n"
         ),
