@@ -239,12 +239,13 @@ impl Direction {
                 // The pipe is empty here (its bytes go first, and a destination that
                 // cannot take them ends the pump). What is in the pipe when `dst` stops
                 // taking bytes is held back from it, and nginx holds at most its one
-                // buffer: so each fill takes what `dst` surely takes now (`send_room`)
-                // and `proxy_buffer_size` more. A peer that stops reading holds the
-                // other side back as soon as nginx's does, and bulk still moves in
-                // large splices while the destination has room (16k splices cost a
-                // sixth more CPU per byte). A destination reset meanwhile loses up to one
-                // such fill, where nginx loses at most its buffer (README, "Relaying").
+                // buffer: so each fill takes `proxy_buffer_size`, and once the flow runs
+                // bulk (`BULK_RUN`) what `dst` surely takes now (`send_room`) more. A
+                // peer that stops reading holds the other side back as soon as nginx's
+                // does, and bulk still moves in large splices while the destination has
+                // room (16k splices cost a sixth more CPU per byte). A destination reset
+                // meanwhile loses up to one such fill, where nginx loses at most its
+                // buffer (README, "Relaying").
                 let bulk = self.run >= BULK_RUN * b.buffer;
                 let room = if bulk && dst.is_tcp() { splice::send_room(dst.fd()) } else { 0 };
                 match p.fill_from(src.fd(), b.buffer.saturating_add(room)) {
