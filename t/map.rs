@@ -537,3 +537,82 @@ fn map_regexes_mean_what_pcre_means() {
     }
     assert_eq!(got, nginx);
 }
+
+/// What PCRE has beyond a plain engine, as nginx's PCRE2 reads it: look-ahead and
+/// look-behind, backreferences, atomic groups and possessive quantifiers, `\Q..\E`,
+/// recursion, conditionals, Unicode properties (on bytes: no UTF), inline flags, branch
+/// reset, `\K`, and a repeated group that can match empty (its last, empty, match is
+/// `$1`). The answers are nginx 1.22.1's for the same configuration (Debian
+/// 1.22.1-9+deb12u7, recorded by hand).
+#[test]
+fn map_regexes_with_what_only_pcre_has() {
+    let cases: &[(&str, &str)] = &[
+        (r"^(?!www\.)[a-z]+\.com$", "www.com"),
+        (r"^(?!www\.)[a-z]+\.com$", "mail.com"),
+        (r"(?<=\.)com$", "a.com"),
+        (r"(?<!\.)com$", "a.com"),
+        (r"^(a+)-\1$", "aa-aa"),
+        (r"^(a+)-\1$", "aa-a"),
+        (r"^(?>a+)a$", "aaa"),
+        (r"^a++b$", "aab"),
+        (r"^\Q.*\E$", ".*"),
+        (r"^\Q.*\E$", "ab"),
+        (r"^(\((?:[^()]|(?1))*\))$", "(a(b)c)"),
+        (r"^(a)?(?(1)b|c)$", "ab"),
+        (r"^(a)?(?(1)b|c)$", "c"),
+        (r"^\p{Lu}\p{Ll}+$", "Ab"),
+        (r"^\p{L}$", "\u{e9}"),
+        (r"^(?i:A)b$", "ab"),
+        (r"^(?i:A)b$", "aB"),
+        (r"^(a?)+$", "aa"),
+        (r"^(?|(a)|(b))$", "b"),
+        (r"^x\Ky$", "xy"),
+    ];
+    let nginx = "no y y no yaa no no y y no y(a(b)c) ya y y no y no y yb y";
+    let port = free_port();
+    let mut conf = String::from("events {}\nstream {\n");
+    for (i, (p, _)) in cases.iter().enumerate() {
+        conf += &format!("    map $s{i} $m{i} {{ \"~{p}\" \"y$1\"; default no; }}\n");
+    }
+    conf += &format!("    server {{\n        listen 127.0.0.1:{port};\n");
+    for (i, (_, s)) in cases.iter().enumerate() {
+        conf += &format!("        set $s{i} \"{s}\";\n");
+    }
+    let answer: Vec<String> = (0..cases.len()).map(|i| format!("$m{i}")).collect();
+    conf += &format!("        return \"{}\";\n    }}\n}}\n", answer.join(" "));
+    let s = Sluice::start(&conf);
+    let got = String::from_utf8(exchange(port, b"")).expect("ASCII");
+    drop(s);
+    for ((case, want), got) in cases.iter().zip(nginx.split(' ')).zip(got.split(' ')) {
+        assert_eq!(got, want, "{case:?}");
+    }
+    assert_eq!(got, nginx);
+}
+
+/// A regex that backtracks without end stops at PCRE2's match limit: nginx logs the
+/// failure at alert and the map takes its default, without trying the regexes after
+/// it. (nginx 1.22.1 writes the pattern of that line from memory it has freed, as NUL
+/// bytes; sluice writes the pattern.)
+#[test]
+fn a_match_that_fails_at_the_match_limit_is_an_alert_and_the_default() {
+    let port = free_port();
+    let subject = format!("{}!", "a".repeat(40));
+    let s = Sluice::start(&format!(
+        "events {{}}\nstream {{\n\
+         map $s $m {{ \"~^(a+)+$\" limit; default d; }}\n\
+         map $s $n {{ \"~^(a+)+$\" limit; \"~^a\" second; default d; }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    set $s \"{subject}\";\n    return \"$m $n $1\";\n}}\n}}\n"
+    ));
+    assert_eq!(exchange(port, b""), b"d d ");
+    let want = format!(
+        "[alert] {pid}#{pid}: *1 pcre2_match() failed: -47 on \"{subject}\" using \"^(a+)+$\" while returning text, \
+         client: 127.0.0.1, server: 127.0.0.1:{port}",
+        pid = s.pid()
+    );
+    let lines = s.wait_lines("error.log", 2);
+    let alerts: Vec<&String> = lines.iter().filter(|l| l.contains("[alert]")).collect();
+    assert_eq!(alerts.len(), 2, "{lines:?}");
+    for l in alerts {
+        assert!(l.ends_with(&want), "{l}\nwant the end: {want}");
+    }
+}

@@ -14,6 +14,7 @@ pub mod mmsg;
 pub mod open_file_cache;
 pub mod process;
 pub mod proctitle;
+pub mod regex;
 pub mod shm;
 pub mod slab;
 pub mod splice;

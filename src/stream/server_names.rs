@@ -12,6 +12,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use crate::core::conf::{ConfError, Level};
+use crate::core::regex::Exec;
 use crate::stream::map_module::StreamRegex;
 use crate::stream::session::SessionCore;
 
@@ -159,7 +160,15 @@ impl VirtualNames {
         if host.is_empty() {
             return None;
         }
-        self.regex.iter().find(|(re, _)| re.exec(s, host)).map(|&(_, si)| si)
+        for (re, si) in &self.regex {
+            match re.exec(s, host) {
+                Exec::Match => return Some(*si),
+                Exec::NoMatch => continue,
+                // Logged by the match; the default server takes the session.
+                Exec::Failed(_) => return None,
+            }
+        }
+        None
     }
 }
 
