@@ -481,7 +481,7 @@ stream {{
     assert_eq!(String::from_utf8_lossy(&exchange(b, b"")), "1|x|56\n");
 }
 
-/// Map regexes mean what they mean to nginx's PCRE, where the regex crate would read
+/// Map regexes mean what they mean to nginx's PCRE, where other engines read
 /// the same text otherwise: `\<` is a literal (not a word start), a `{` that starts no
 /// quantifier is literal (also `{,3}`), `(?#...)` is a comment, `[[` a literal bracket,
 /// PCRE's `\e \cA \012 \o{101} \x4 \h \v \N \Z \R`, a stray `\E`, `[\b]`, `(?'name'...)`,

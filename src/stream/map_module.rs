@@ -627,7 +627,7 @@ mod tests {
         assert!(m(r"^\Ea\R$", b"a\r\n") && m(r"[\b]", b"\x08"));
         assert!(m(r"^\x{e9}$", b"\xe9") && m(r"^\p{N}[\p{L}]$", b"1a"));
         assert!(m(r"^a$", b"a\n") && !m(r"^a$", b"a\n\n") && !m(r"(?m)^a$b", b"a\nb") && m(r"(?m)^b$", b"a\nb"));
-        // Ranges from or to `-` (regex-syntax would read `--` as a set difference);
+        // Ranges from or to `-` (`--` is no set difference, as it is in some engines);
         // octal escapes: in a class always, outside from 10 up past the group count.
         assert!(m(r"^[--a]+$", b"-.5_a") && !m(r"^[--a]$", b","));
         assert!(m(r"^[!--]+$", b"!\"&,-") && !m(r"^[!--]$", b".") && m(r"^[---]$", b"-"));
