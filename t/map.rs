@@ -616,3 +616,27 @@ fn a_match_that_fails_at_the_match_limit_is_an_alert_and_the_default() {
         assert!(l.ends_with(&want), "{l}\nwant the end: {want}");
     }
 }
+
+/// `pcre_jit on` compiles the patterns to machine code, whose stack is PCRE2's 32 KiB
+/// JIT stack: a long subject that the interpreter matches (off, the default) fails
+/// there with -46, and the map takes its default (nginx 1.22.1, recorded by hand).
+#[test]
+fn pcre_jit_on_matches_with_the_jit_stack() {
+    let a = "a".repeat(1000);
+    let subject = "${a}".repeat(100) + "c";
+    for (jit, want) in [("off", "match"), ("on", "d")] {
+        let port = free_port();
+        let s = Sluice::start(&format!(
+            "pcre_jit {jit};\nevents {{}}\nstream {{\n\
+             map $s $m {{ \"~^(a|ab)*c$\" match; default d; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    set $a \"{a}\";\n    set $s \"{subject}\";\n    return \"$m\";\n}}\n}}\n"
+        ));
+        assert_eq!(String::from_utf8_lossy(&exchange(port, b"")), want, "pcre_jit {jit}");
+        let failed = s
+            .error_log()
+            .lines()
+            .filter(|l| l.contains("[alert]") && l.contains("pcre2_match() failed: -46 on \"aaa"))
+            .count();
+        assert_eq!(failed, usize::from(jit == "on"), "pcre_jit {jit}: {}", s.error_log());
+    }
+}

@@ -23,6 +23,8 @@ pub struct MainConf {
     pub worker_connections: Setting<usize>,
     /// `multi_accept`: accept every pending connection per listener event (on), or one.
     pub multi_accept: Setting<bool>,
+    /// `pcre_jit`: regexes are compiled to machine code (see `core::regex::set_jit`).
+    pub pcre_jit: Setting<bool>,
     /// `accept_mutex`: the workers take turns to accept (off by default, as since nginx
     /// 1.11.3).
     pub accept_mutex: Setting<bool>,
@@ -440,7 +442,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         name: "pcre_jit",
         ctx: Ctx::MAIN,
         args: Arity::Flag,
-        set: |c, cmd, _| compat(c, cmd, |cmd| value::flag(cmd).map(drop)),
+        set: |c, cmd, _| c.pcre_jit.set_parsed(cmd, value::flag),
     },
     CoreDirective {
         name: "ssl_engine",
@@ -529,6 +531,7 @@ impl MainConf {
         self.pid.merge(&Setting::default(), paths.full_name(default_pid));
         self.worker_connections.merge(&Setting::default(), 512);
         self.multi_accept.merge(&Setting::default(), false);
+        self.pcre_jit.merge(&Setting::default(), false);
         self.accept_mutex_delay.merge(&Setting::default(), Duration::from_millis(500));
         self.timer_resolution.merge(&Setting::default(), Duration::ZERO);
         self.accept_mutex.merge(&Setting::default(), false);

@@ -9,8 +9,21 @@
 //! The library is linked by its runtime name, `libpcre2-8.so.0`: it is part of every
 //! Debian system (grep needs it), so building needs no development package.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `pcre_jit` of the configuration this process serves (see `set_jit`).
+static JIT: AtomicBool = AtomicBool::new(false);
+
+/// `pcre_jit on|off`, set when a worker starts serving a configuration. nginx compiles
+/// every pattern to machine code once the configuration is read; here each pattern is
+/// compiled the first time this process matches with it, which nobody can tell apart
+/// (only the worker matches, and JIT is all it changes).
+pub fn set_jit(on: bool) {
+    JIT.store(on, Ordering::Relaxed);
+}
 
 /// `pcre2_code_8`, `pcre2_match_data_8`: opaque to us.
 #[repr(C)]
@@ -64,7 +77,11 @@ extern "C" {
 /// A compiled pattern (`ngx_regex_t`) with the match data its matches use, so that
 /// matching allocates nothing (PCRE2 keeps its backtracking frames there too).
 pub struct Regex {
+    /// The pattern as written, for the messages that name it.
+    pattern: String,
     code: NonNull<Code>,
+    /// Whether `pcre_jit` was acted on for this pattern in this process.
+    jit_tried: Cell<bool>,
     match_data: NonNull<MatchData>,
     captures: usize,
     /// Named groups in PCRE2's name table order: (group number, name).
@@ -116,7 +133,8 @@ impl Regex {
                 crate::core::conf::parser::bytes_to_text(pattern)
             ));
         };
-        let mut re = Regex { code, match_data, captures: 0, names: Vec::new() };
+        let pattern = crate::core::conf::parser::bytes_to_text(pattern);
+        let mut re = Regex { pattern, code, jit_tried: Cell::new(false), match_data, captures: 0, names: Vec::new() };
         re.captures = re.info_u32(PCRE2_INFO_CAPTURECOUNT) as usize;
         let count = re.info_u32(PCRE2_INFO_NAMECOUNT) as usize;
         if count > 0 {
@@ -162,18 +180,29 @@ impl Regex {
         &self.names
     }
 
-    /// `pcre_jit on`: compile the pattern to machine code. PCRE2's code on failure.
-    pub fn jit(&self) -> Result<(), i32> {
-        // SAFETY: `code` is a valid compiled pattern, not in use by a match now.
-        match unsafe { pcre2_jit_compile_8(self.code.as_ptr(), PCRE2_JIT_COMPLETE) } {
-            0 => Ok(()),
-            n => Err(n),
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// `pcre_jit on`: compile the pattern to machine code, once; a failure is logged at
+    /// info and the pattern is interpreted, as nginx's `ngx_regex_module_init` does.
+    fn jit_once(&self) {
+        if self.jit_tried.replace(true) || !JIT.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: `code` is a valid compiled pattern and no match is running on it.
+        let n = unsafe { pcre2_jit_compile_8(self.code.as_ptr(), PCRE2_JIT_COMPLETE) };
+        if n != 0 {
+            let msg = format!("pcre2_jit_compile() failed: {} in \"{}\", ignored", n, self.pattern);
+            crate::core::log::error(crate::core::conf::Level::Info, &msg, None);
         }
     }
 
     /// `ngx_regex_exec`: match `subject`; on a match, when `groups` is given, it is
     /// filled with the groups' byte ranges as PCRE2 set them.
     pub fn exec(&self, subject: &[u8], groups: Option<&mut Vec<Option<(usize, usize)>>>) -> Exec {
+        self.jit_once();
         // SAFETY: code and match data are ours and valid; the subject slice is live for
         // the call; a worker is one thread, and no reference into the match data
         // outlives this call.

@@ -528,8 +528,6 @@ impl MapConf {
 /// groups' variables.
 pub struct StreamRegex {
     re: Regex,
-    /// The pattern, for the alert when a match fails.
-    name: String,
     /// Named groups: (group number, variable index).
     named: Vec<(usize, usize)>,
 }
@@ -544,7 +542,7 @@ pub fn regex_compile(pattern: &str, caseless: bool, cmd: &Cmd, vars: &mut Variab
         vars.set_capture(idx);
         named.push((*group, idx));
     }
-    Ok(StreamRegex { re, name: pattern.to_string(), named })
+    Ok(StreamRegex { re, named })
 }
 
 fn var_not_found(_: &mut SessionCore, _: usize, _: &mut Vec<u8>) -> bool {
@@ -571,7 +569,7 @@ impl StreamRegex {
                     "pcre2_match() failed: {} on \"{}\" using \"{}\"",
                     rc,
                     parser::bytes_to_text(subject),
-                    self.name
+                    self.re.pattern()
                 );
                 s.log(Level::Alert, &msg, None);
                 return r;
