@@ -518,24 +518,7 @@ fn map_regexes_mean_what_pcre_means() {
         (r"^[\w-]+$", "a-b"),
     ];
     let nginx = "yes no yes yes no yes yes yes yes yes yes yes yes yes yes yes yes yes no yes yes yes yes no yes yes";
-    let port = free_port();
-    let mut conf = String::from("events {}\nstream {\n");
-    for (i, (p, _)) in cases.iter().enumerate() {
-        conf += &format!("    map $s{i} $m{i} {{ \"~{p}\" yes; default no; }}\n");
-    }
-    conf += &format!("    server {{\n        listen 127.0.0.1:{port};\n");
-    for (i, (_, s)) in cases.iter().enumerate() {
-        conf += &format!("        set $s{i} \"{s}\";\n");
-    }
-    let answer: Vec<String> = (0..cases.len()).map(|i| format!("$m{i}")).collect();
-    conf += &format!("        return \"{}\";\n    }}\n}}\n", answer.join(" "));
-    let s = Sluice::start(&conf);
-    let got = String::from_utf8(exchange(port, b"")).expect("ASCII");
-    drop(s);
-    for ((case, want), got) in cases.iter().zip(nginx.split(' ')).zip(got.split(' ')) {
-        assert_eq!(got, want, "{case:?}");
-    }
-    assert_eq!(got, nginx);
+    check_map_regexes(cases, "yes", nginx);
 }
 
 /// What PCRE has beyond a plain engine, as nginx's PCRE2 reads it: look-ahead and
@@ -569,24 +552,7 @@ fn map_regexes_with_what_only_pcre_has() {
         (r"^x\Ky$", "xy"),
     ];
     let nginx = "no y y no yaa no no y y no y(a(b)c) ya y y no y no y yb y";
-    let port = free_port();
-    let mut conf = String::from("events {}\nstream {\n");
-    for (i, (p, _)) in cases.iter().enumerate() {
-        conf += &format!("    map $s{i} $m{i} {{ \"~{p}\" \"y$1\"; default no; }}\n");
-    }
-    conf += &format!("    server {{\n        listen 127.0.0.1:{port};\n");
-    for (i, (_, s)) in cases.iter().enumerate() {
-        conf += &format!("        set $s{i} \"{s}\";\n");
-    }
-    let answer: Vec<String> = (0..cases.len()).map(|i| format!("$m{i}")).collect();
-    conf += &format!("        return \"{}\";\n    }}\n}}\n", answer.join(" "));
-    let s = Sluice::start(&conf);
-    let got = String::from_utf8(exchange(port, b"")).expect("ASCII");
-    drop(s);
-    for ((case, want), got) in cases.iter().zip(nginx.split(' ')).zip(got.split(' ')) {
-        assert_eq!(got, want, "{case:?}");
-    }
-    assert_eq!(got, nginx);
+    check_map_regexes(cases, r#""y$1""#, nginx);
 }
 
 /// A regex that backtracks without end stops at PCRE2's match limit: nginx logs the
@@ -639,4 +605,27 @@ fn pcre_jit_on_matches_with_the_jit_stack() {
             .count();
         assert_eq!(failed, usize::from(jit == "on"), "pcre_jit {jit}: {}", s.error_log());
     }
+}
+
+/// One map per (pattern, subject) case, `"~PATTERN" VALUE; default no;`, over the
+/// subject set with `set`; the answer, the maps' values joined by spaces, must be `nginx`.
+fn check_map_regexes(cases: &[(&str, &str)], value: &str, nginx: &str) {
+    let port = free_port();
+    let mut conf = String::from("events {}\nstream {\n");
+    for (i, (p, _)) in cases.iter().enumerate() {
+        conf += &format!("    map $s{i} $m{i} {{ \"~{p}\" {value}; default no; }}\n");
+    }
+    conf += &format!("    server {{\n        listen 127.0.0.1:{port};\n");
+    for (i, (_, s)) in cases.iter().enumerate() {
+        conf += &format!("        set $s{i} \"{s}\";\n");
+    }
+    let answer: Vec<String> = (0..cases.len()).map(|i| format!("$m{i}")).collect();
+    conf += &format!("        return \"{}\";\n    }}\n}}\n", answer.join(" "));
+    let s = Sluice::start(&conf);
+    let got = String::from_utf8(exchange(port, b"")).expect("ASCII");
+    drop(s);
+    for ((case, want), got) in cases.iter().zip(nginx.split(' ')).zip(got.split(' ')) {
+        assert_eq!(got, want, "{case:?}");
+    }
+    assert_eq!(got, nginx);
 }
