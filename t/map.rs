@@ -481,6 +481,42 @@ stream {{
     assert_eq!(String::from_utf8_lossy(&exchange(b, b"")), "1|x|56\n");
 }
 
+/// A volatile map is evaluated once per value that reads it (nginx flushes a value's
+/// volatile variables before building it), and its kept value is what the second pass
+/// copies: a second reference in the same value does not evaluate it again ("<a> W
+/// <a>"), while a nested value that reads it (here `$w`'s, after `$w`'s regex moved the
+/// captures) does, and the reference before shows that value too ("<b> <b>"). A log
+/// line flushes once, the same way. nginx 1.22.1 side by side (the s30 regex hunt).
+#[test]
+fn a_volatile_map_is_evaluated_once_per_value_that_reads_it() {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let server = |port: u16, tail: &str| {
+        format!("    server {{ listen 127.0.0.1:{port}; set $x a; set $y b; set $p $u; {tail} }}\n")
+    };
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map $x $v {{ volatile; default \"<$1>\"; }}
+    map $y $w {{ ~^(b) \"$v\"; default d; }}
+    map $y $w2 {{ ~^(b) \"W\"; default d; }}
+    map $x $u {{ ~^(a) \"U\"; default d; }}
+    log_format nested \"L $v $w\";
+    log_format twice \"L $v $w2 $v\";
+{}{}{}{}}}
+",
+        server(ports[0], "return \"$v $w\\n\";"),
+        server(ports[1], "return \"$v $w2 $v\\n\";"),
+        server(ports[2], "access_log nested.log nested; return x;"),
+        server(ports[3], "access_log twice.log twice; return x;"),
+    ));
+    assert_eq!(String::from_utf8_lossy(&exchange(ports[0], b"")), "<b> <b>\n");
+    assert_eq!(String::from_utf8_lossy(&exchange(ports[1], b"")), "<a> W <a>\n");
+    exchange(ports[2], b"");
+    exchange(ports[3], b"");
+    assert_eq!(s.wait_lines("nested.log", 1), ["L <b> <b>"]);
+    assert_eq!(s.wait_lines("twice.log", 1), ["L <a> W <a>"]);
+}
+
 /// Map regexes mean what they mean to nginx's PCRE, where other engines read
 /// the same text otherwise: `\<` is a literal (not a word start), a `{` that starts no
 /// quantifier is literal (also `{,3}`), `(?#...)` is a comment, `[[` a literal bracket,

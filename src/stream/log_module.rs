@@ -422,8 +422,9 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
             continue;
         }
         line.clear();
+        l.format.parts.flush(s);
         format_line(s, &l.format, &mut line, &mut val);
-        if l.format.parts.reads_captures(s) {
+        if l.format.parts.reads_changing(s) {
             // nginx's two passes (see `Complex::eval`): a line that grows in its second
             // is dropped with Debian 1.22.1's alert; a shorter one is written.
             let first = line.len();

@@ -277,6 +277,13 @@ impl SessionCore {
 
     /// Keep variable `idx`'s value for the rest of the session (`None`: not found);
     /// `eval_var` answers from it before any getter.
+    /// Forget variable `idx`'s kept value (a volatile one's, at a flush).
+    pub fn forget_var(&mut self, idx: usize) {
+        if let Some(slot) = self.var_cache.get_mut(idx) {
+            *slot = None;
+        }
+    }
+
     pub fn cache_var(&mut self, idx: usize, v: Option<Vec<u8>>) {
         if self.var_cache.len() <= idx {
             self.var_cache.resize(idx + 1, None);

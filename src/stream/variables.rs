@@ -33,7 +33,9 @@ pub struct VarDef {
     /// that reads it is being built (see `Complex::eval`).
     pub capture: bool,
     /// A `volatile` map declared it: nginx's `NGX_STREAM_VAR_NOCACHEABLE`, which stays
-    /// whatever declares the name again.
+    /// whatever declares the name again. Its value is kept like any other, but each value
+    /// that reads it directly (and each log line) forgets it first (`Complex::flush`),
+    /// as nginx flushes a complex value's variables before building it.
     pub volatile: bool,
 }
 
@@ -99,7 +101,8 @@ impl Variables {
         }
     }
 
-    /// `volatile`: never cached, whatever declares the name later (see `VarDef`).
+    /// `volatile`: evaluated afresh in each value that reads it (see `VarDef`), whatever
+    /// declares the name later.
     pub fn set_volatile(&mut self, idx: usize) {
         if let Some(d) = self.defs.get_mut(idx) {
             d.volatile = true;
@@ -119,9 +122,11 @@ impl Variables {
         }
     }
 
-    /// Whether any of `vars` is a capture (see `Complex::eval`).
-    pub fn reads_captures(&self, mut vars: impl Iterator<Item = usize>) -> bool {
-        vars.any(|i| self.defs.get(i).is_some_and(|d| d.capture))
+    /// Whether any of `vars` can change while a value that reads it is being built: a
+    /// capture, or a volatile variable that a nested value evaluates again (see
+    /// `Complex::eval`).
+    pub fn reads_changing(&self, mut vars: impl Iterator<Item = usize>) -> bool {
+        vars.any(|i| self.defs.get(i).is_some_and(|d| d.capture || d.volatile))
     }
 
     pub fn set_cached(&mut self, idx: usize) {
@@ -261,7 +266,7 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
 const VAR_DEPTH: u8 = 100;
 
 fn eval_getter(s: &mut SessionCore, idx: usize, def: &VarDef, get: VarGet, out: &mut Vec<u8>) -> bool {
-    if def.cached || (def.cacheable && !s.logging) {
+    if def.cached || def.volatile || (def.cacheable && !s.logging) {
         let start = out.len();
         let found = get(s, def.data, out);
         s.cache_var(idx, found.then(|| out[start..].to_vec()));
@@ -396,16 +401,20 @@ impl Complex {
 
     /// Evaluate into `out` (not-found variables are empty, as in nginx scripts).
     ///
-    /// nginx builds a value in two passes, lengths and then bytes. The first evaluates
-    /// each variable and keeps its value for the second (a `volatile` one too), but
-    /// captures are read afresh in each: a regex map evaluated in the first pass sets
-    /// captures that a capture read before it shows only in the second. So where a
-    /// value reads a capture it is built twice here too, the second time re-reading
-    /// only the captures: a second pass longer than the first fails with nginx's
-    /// (Debian 1.22.1's) alert, `false` and nothing in `out` (the caller ends the
-    /// session with 500 where nginx does); a shorter one is what comes out.
+    /// nginx first forgets the values of the volatile variables the value reads
+    /// (`flush`), then builds it in two passes, lengths and then bytes. The first
+    /// evaluates each variable and keeps its value; the second copies what is kept then.
+    /// That can differ from what the first saw: captures are the last regex match's,
+    /// so a regex map evaluated in the first pass changes a capture read before it; and
+    /// a nested value that reads a volatile variable evaluates it again, so a reference
+    /// before that nested one shows its new value. So where a value reads a capture or
+    /// a volatile variable it is built twice here too, the second time re-reading just
+    /// those: a second pass longer than the first fails with nginx's (Debian 1.22.1's)
+    /// alert, `false` and nothing in `out` (the caller ends the session with 500 where
+    /// nginx does); a shorter one is what comes out.
     pub fn eval(&self, s: &mut SessionCore, out: &mut Vec<u8>) -> bool {
-        if !self.reads_captures(s) {
+        self.flush(s);
+        if !self.reads_changing(s) {
             self.eval_once(s, out);
             return true;
         }
@@ -424,7 +433,7 @@ impl Complex {
         let mut from = 0;
         for (p, &end) in self.parts.iter().zip(&ends) {
             match p {
-                Part::Var(i) if s.cycle.vars.def(*i).is_some_and(|d| d.capture) => {
+                Part::Var(i) if s.cycle.vars.reads_changing(std::iter::once(*i)) => {
                     eval_var(s, *i, out);
                 }
                 _ => out.extend_from_slice(&first[from..end]),
@@ -439,13 +448,27 @@ impl Complex {
         true
     }
 
-    /// Whether this value reads a regex capture (and so is built in two passes).
-    pub fn reads_captures(&self, s: &SessionCore) -> bool {
+    /// Forget the kept values of the volatile variables this value reads, so that they
+    /// are evaluated again (`ngx_stream_script_flush_complex_value`; a log line's
+    /// `ngx_stream_script_flush_no_cacheable_variables`).
+    pub fn flush(&self, s: &mut SessionCore) {
+        for p in &self.parts {
+            if let Part::Var(i) = p {
+                if s.cycle.vars.def(*i).is_some_and(|d| d.volatile) {
+                    s.forget_var(*i);
+                }
+            }
+        }
+    }
+
+    /// Whether this value reads a capture or a volatile variable (and so is built in
+    /// two passes).
+    pub fn reads_changing(&self, s: &SessionCore) -> bool {
         let vars = self.parts.iter().filter_map(|p| match p {
             Part::Var(i) => Some(*i),
             Part::Lit(_) => None,
         });
-        s.cycle.vars.reads_captures(vars)
+        s.cycle.vars.reads_changing(vars)
     }
 
     /// The only pass, standing for both of nginx's, so a variable that closes a cycle
