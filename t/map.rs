@@ -622,25 +622,66 @@ fn a_match_that_fails_at_the_match_limit_is_an_alert_and_the_default() {
 /// `pcre_jit on` compiles the patterns to machine code, whose stack is PCRE2's 32 KiB
 /// JIT stack: a long subject that the interpreter matches (off, the default) fails
 /// there with -46, and the map takes its default (nginx 1.22.1, recorded by hand).
+/// Where the library or the system allows no JIT (a build without it, or
+/// MemoryDenyWriteExecute), sluice warns or logs it at startup, as nginx, and
+/// interprets: then "on" answers as "off".
 #[test]
 fn pcre_jit_on_matches_with_the_jit_stack() {
     let a = "a".repeat(1000);
     let subject = "${a}".repeat(100) + "c";
-    for (jit, want) in [("off", "match"), ("on", "d")] {
+    for jit in ["off", "on"] {
         let port = free_port();
         let s = Sluice::start(&format!(
             "pcre_jit {jit};\nevents {{}}\nstream {{\n\
              map $s $m {{ \"~^(a|ab)*c$\" match; default d; }}\n\
              server {{\n    listen 127.0.0.1:{port};\n    set $a \"{a}\";\n    set $s \"{subject}\";\n    return \"$m\";\n}}\n}}\n"
         ));
-        assert_eq!(String::from_utf8_lossy(&exchange(port, b"")), want, "pcre_jit {jit}");
-        let failed = s
-            .error_log()
-            .lines()
-            .filter(|l| l.contains("[alert]") && l.contains("pcre2_match() failed: -46 on \"aaa"))
-            .count();
-        assert_eq!(failed, usize::from(jit == "on"), "pcre_jit {jit}: {}", s.error_log());
+        let got = String::from_utf8_lossy(&exchange(port, b"")).into_owned();
+        let log = s.error_log();
+        let no_jit = log.contains("does not support JIT") || log.contains("pcre2_jit_compile() failed");
+        let jitted = jit == "on" && !no_jit;
+        assert_eq!(got, if jitted { "d" } else { "match" }, "pcre_jit {jit}: {log}");
+        let failed =
+            log.lines().filter(|l| l.contains("[alert]") && l.contains("pcre2_match() failed: -46 on \"aaa")).count();
+        assert_eq!(failed, usize::from(jitted), "pcre_jit {jit}: {log}");
     }
+}
+
+/// A pattern the JIT refuses (`\C` in UTF mode) is logged at info once, by the process
+/// that read the configuration, before the startup notices, whether or not it is ever
+/// matched, and is interpreted (nginx 1.22.1's ngx_regex_module_init; nginx names the
+/// pattern from memory it has freed, "", sluice names it).
+#[test]
+fn pcre_jit_logs_a_pattern_it_cannot_compile_at_startup() {
+    let port = free_port();
+    let s = Sluice::start_master(
+        2,
+        &format!(
+            r#"pcre_jit on;
+events {{}}
+stream {{
+    map $x $m {{ "~(*UTF)\\C" hit; default d; }}
+    map $x $never {{ "~(*UTF)x\\C" hit; default d; }}
+    server {{ listen 127.0.0.1:{port}; set $x abc; return "$m"; }}
+}}
+"#
+        ),
+    );
+    assert_eq!(exchange(port, b""), b"hit");
+    assert_eq!(exchange(port, b""), b"hit");
+    let log = s.error_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let failed: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("[info]") && lines[i].contains("pcre2_jit_compile() failed: "))
+        .collect();
+    let epoll = lines.iter().position(|l| l.contains("using the \"epoll\" event method"));
+    if log.contains("does not support JIT") {
+        return;
+    }
+    assert_eq!(failed.len(), 2, "{log}");
+    assert!(lines[failed[0]].ends_with(r#"in "(*UTF)\C", ignored"#), "{log}");
+    assert!(lines[failed[1]].ends_with(r#"in "(*UTF)x\C", ignored"#), "{log}");
+    assert!(epoll.is_some_and(|e| failed[1] < e), "{log}");
 }
 
 /// One map per (pattern, subject) case, `"~PATTERN" VALUE; default no;`, over the
@@ -664,4 +705,37 @@ fn check_map_regexes(cases: &[(&str, &str)], value: &str, nginx: &str) {
         assert_eq!(got, want, "{case:?}");
     }
     assert_eq!(got, nginx);
+}
+
+/// Captures after a match as nginx keeps them: `$1` of a regex without groups is empty,
+/// an unset group is empty, a group past the last set one is empty, and of duplicate
+/// names (`(?J)`) the last in PCRE2's name table sets the variable even when its group
+/// did not take part. A map whose regex fails at the match limit takes its default and
+/// leaves the captures as they were. nginx 1.22.1 side by side (the s30 review).
+#[test]
+fn captures_and_named_groups_as_nginx_keeps_them() {
+    let port = free_port();
+    let _s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    map $s $a {{ ~^(x)(y) "A[$1|$2]"; default n; }}
+    map $s $b {{ ~^x "B[$1|$2]"; default n; }}
+    map $s $c {{ ~^(q)|(x)(y)? "C[$1|$2|$3]"; default n; }}
+    map $s $d {{ "~(?J)^(?<n>x)|^(?<n>b)" "D[$n]"; default n; }}
+    map $s $e {{ "~(?J)^(?<n>b)|^(?<n>x)" "E[$n]"; default n; }}
+    map $s $f {{ "~^(?<zz>x)(?<aa>y)(?<mm>q)?" "F[$zz|$aa|$mm|$3]"; default n; }}
+    map $s $g {{ "~^(x)" "G[$1]"; default n; }}
+    map $t $h {{ "~^(a+)+$" "H"; default hd; }}
+    map $s $i {{ "~^(x)" "I[$1]"; default n; }}
+    server {{
+        listen 127.0.0.1:{port};
+        set $s xyz;
+        set $t aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!;
+        return "$a $b $c $d $e $f $g $h $i\n";
+    }}
+}}
+"#
+    ));
+    let got = String::from_utf8_lossy(&exchange(port, b"")).into_owned();
+    assert_eq!(got, "A[x|y] B[|] C[|x|y] D[] E[x] F[x|y||] G[x] hd I[x]\n");
 }

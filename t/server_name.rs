@@ -300,3 +300,40 @@ fn configurations_may_make_their_own_server_name_variable() {
         assert_eq!(exchange(r, b""), want, "{def}");
     }
 }
+
+/// A `server_name` regex that fails to match (PCRE2's match limit) ends the session
+/// with 500 after the alert, as nginx 1.25.5's ngx_stream_find_virtual_server fails
+/// it: the default server does not take it, and the regexes after it are not tried.
+#[test]
+fn a_server_name_regex_that_fails_to_match_ends_the_session() {
+    let p = free_port();
+    let s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    log_format st '$status';
+    access_log %%PREFIX%%st.log st;
+    server {{
+        listen 127.0.0.1:{p};
+        ssl_preread on;
+        return "default";
+    }}
+    server {{
+        listen 127.0.0.1:{p};
+        server_name "~^(a+)+$" "~^a";
+        return "regex";
+    }}
+}}
+"#
+    ));
+    let host = format!("{}-", "a".repeat(40));
+    assert_eq!(ask(p, &host), "");
+    assert_eq!(s.wait_lines("st.log", 1), ["500"]);
+    let log = s.error_log();
+    assert!(
+        log.contains("[alert]") && log.contains(&format!("pcre2_match() failed: -47 on \"{host}\" using \"^(a+)+$\"")),
+        "{log}"
+    );
+    // A name the regexes match, or that none does, is served as before.
+    assert_eq!(ask(p, "ab"), "regex");
+    assert_eq!(ask(p, "b"), "default");
+}

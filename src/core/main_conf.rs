@@ -127,6 +127,20 @@ fn compat(c: &mut MainConf, cmd: &Cmd, check: fn(&Cmd) -> ConfResult) -> ConfRes
     check(cmd)
 }
 
+/// `pcre_jit on|off` (`ngx_regex_pcre_jit`): on, where the library cannot, warns and is off.
+fn pcre_jit(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
+    if c.pcre_jit.is_set() {
+        return Err(cmd.duplicate());
+    }
+    let on = value::flag(cmd)?;
+    if on && !crate::core::regex::jit_supported() {
+        let msg = cmd.err("PCRE2 library does not support JIT").to_string();
+        crate::core::log::error(Level::Warn, &msg, None);
+        return c.pcre_jit.set(cmd, false);
+    }
+    c.pcre_jit.set(cmd, on)
+}
+
 /// `thread_pool NAME threads=N [max_queue=N]` (nginx's file I/O threads, which sluice
 /// does not need): checked as nginx's `ngx_thread_pool`.
 fn thread_pool(c: &mut MainConf, cmd: &Cmd, _: &dyn Paths) -> ConfResult {
@@ -438,12 +452,7 @@ pub const DIRECTIVES: &[CoreDirective] = &[
         set: |c, cmd, _| compat(c, cmd, |cmd| value::number(cmd).map(drop)),
     },
     CoreDirective { name: "debug_connection", ctx: Ctx::EVENTS, args: Arity::Take(1), set: debug_connection },
-    CoreDirective {
-        name: "pcre_jit",
-        ctx: Ctx::MAIN,
-        args: Arity::Flag,
-        set: |c, cmd, _| c.pcre_jit.set_parsed(cmd, value::flag),
-    },
+    CoreDirective { name: "pcre_jit", ctx: Ctx::MAIN, args: Arity::Flag, set: pcre_jit },
     CoreDirective {
         name: "ssl_engine",
         ctx: Ctx::MAIN,

@@ -9,20 +9,18 @@
 //! The library is linked by its runtime name, `libpcre2-8.so.0`: it is part of every
 //! Debian system (grep needs it), so building needs no development package.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ffi::c_int;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// `pcre_jit` of the configuration this process serves (see `set_jit`).
-static JIT: AtomicBool = AtomicBool::new(false);
-
-/// `pcre_jit on|off`, set when a worker starts serving a configuration. nginx compiles
-/// every pattern to machine code once the configuration is read; here each pattern is
-/// compiled the first time this process matches with it, which nobody can tell apart
-/// (only the worker matches, and JIT is all it changes).
-pub fn set_jit(on: bool) {
-    JIT.store(on, Ordering::Relaxed);
+thread_local! {
+    /// The patterns compiled since the last `study`, for `pcre_jit`: (code, pattern).
+    /// A pattern dropped before then takes itself out (`Drop`).
+    static STUDIES: RefCell<Vec<(*mut Code, String)>> = const { RefCell::new(Vec::new()) };
+    /// One match data for every match, grown to the most groups asked for
+    /// (`ngx_regex_match_data`): PCRE2 keeps its backtracking frames in it, 20 KiB and
+    /// more, so one per pattern would cost that much per pattern.
+    static MATCH_DATA: RefCell<Option<(NonNull<MatchData>, usize)>> = const { RefCell::new(None) };
 }
 
 /// `pcre2_code_8`, `pcre2_match_data_8`: opaque to us.
@@ -42,6 +40,7 @@ const PCRE2_INFO_NAMEENTRYSIZE: u32 = 18;
 const PCRE2_INFO_NAMETABLE: u32 = 19;
 const PCRE2_JIT_COMPLETE: u32 = 0x0000_0001;
 const PCRE2_ERROR_NOMATCH: c_int = -1;
+const PCRE2_CONFIG_JIT: u32 = 1;
 /// A capture that took no part in the match.
 const PCRE2_UNSET: usize = usize::MAX;
 
@@ -59,7 +58,8 @@ extern "C" {
     fn pcre2_get_error_message_8(errorcode: c_int, buffer: *mut u8, bufflen: usize) -> c_int;
     fn pcre2_pattern_info_8(code: *const Code, what: u32, where_: *mut std::ffi::c_void) -> c_int;
     fn pcre2_jit_compile_8(code: *mut Code, options: u32) -> c_int;
-    fn pcre2_match_data_create_from_pattern_8(code: *const Code, gcontext: *mut std::ffi::c_void) -> *mut MatchData;
+    fn pcre2_match_data_create_8(ovecsize: u32, gcontext: *mut std::ffi::c_void) -> *mut MatchData;
+    fn pcre2_config_8(what: u32, where_: *mut std::ffi::c_void) -> c_int;
     fn pcre2_match_data_free_8(match_data: *mut MatchData);
     fn pcre2_match_8(
         code: *const Code,
@@ -74,15 +74,11 @@ extern "C" {
     fn pcre2_get_ovector_count_8(match_data: *mut MatchData) -> u32;
 }
 
-/// A compiled pattern (`ngx_regex_t`) with the match data its matches use, so that
-/// matching allocates nothing (PCRE2 keeps its backtracking frames there too).
+/// A compiled pattern (`ngx_regex_t`).
 pub struct Regex {
     /// The pattern as written, for the messages that name it.
     pattern: String,
     code: NonNull<Code>,
-    /// Whether `pcre_jit` was acted on for this pattern in this process.
-    jit_tried: Cell<bool>,
-    match_data: NonNull<MatchData>,
     captures: usize,
     /// Named groups in PCRE2's name table order: (group number, name).
     names: Vec<(usize, Vec<u8>)>,
@@ -114,27 +110,22 @@ impl Regex {
             let msg = error_message(errcode);
             let text = crate::core::conf::parser::bytes_to_text(pattern);
             return Err(match pattern.get(erroff..).filter(|rest| !rest.is_empty()) {
-                Some(rest) => format!(
-                    "pcre2_compile() failed: {} in \"{}\" at \"{}\"",
-                    msg,
-                    text,
-                    crate::core::conf::parser::bytes_to_text(rest)
-                ),
+                Some(rest) => {
+                    // nginx prints the rest as a C string: it ends at a NUL.
+                    let rest = rest.split(|&b| b == 0).next().unwrap_or(b"");
+                    format!(
+                        "pcre2_compile() failed: {} in \"{}\" at \"{}\"",
+                        msg,
+                        text,
+                        crate::core::conf::parser::bytes_to_text(rest)
+                    )
+                }
                 None => format!("pcre2_compile() failed: {} in \"{}\"", msg, text),
             });
         };
-        // SAFETY: `code` is a valid compiled pattern; a null general context asks for malloc.
-        let match_data = unsafe { pcre2_match_data_create_from_pattern_8(code.as_ptr(), std::ptr::null_mut()) };
-        let Some(match_data) = NonNull::new(match_data) else {
-            // SAFETY: `code` came from pcre2_compile and is freed once, here.
-            unsafe { pcre2_code_free_8(code.as_ptr()) };
-            return Err(format!(
-                "regex \"{}\" compilation failed: no memory",
-                crate::core::conf::parser::bytes_to_text(pattern)
-            ));
-        };
         let pattern = crate::core::conf::parser::bytes_to_text(pattern);
-        let mut re = Regex { pattern, code, jit_tried: Cell::new(false), match_data, captures: 0, names: Vec::new() };
+        STUDIES.with(|l| l.borrow_mut().push((code.as_ptr(), pattern.clone())));
+        let mut re = Regex { pattern, code, captures: 0, names: Vec::new() };
         re.captures = re.info_u32(PCRE2_INFO_CAPTURECOUNT) as usize;
         let count = re.info_u32(PCRE2_INFO_NAMECOUNT) as usize;
         if count > 0 {
@@ -185,64 +176,70 @@ impl Regex {
         &self.pattern
     }
 
-    /// `pcre_jit on`: compile the pattern to machine code, once; a failure is logged at
-    /// info and the pattern is interpreted, as nginx's `ngx_regex_module_init` does.
-    fn jit_once(&self) {
-        if self.jit_tried.replace(true) || !JIT.load(Ordering::Relaxed) {
-            return;
-        }
-        // SAFETY: `code` is a valid compiled pattern and no match is running on it.
-        let n = unsafe { pcre2_jit_compile_8(self.code.as_ptr(), PCRE2_JIT_COMPLETE) };
-        if n != 0 {
-            let msg = format!("pcre2_jit_compile() failed: {} in \"{}\", ignored", n, self.pattern);
-            crate::core::log::error(crate::core::conf::Level::Info, &msg, None);
-        }
-    }
-
     /// `ngx_regex_exec`: match `subject`; on a match, when `groups` is given, it is
     /// filled with the groups' byte ranges as PCRE2 set them.
     pub fn exec(&self, subject: &[u8], groups: Option<&mut Vec<Option<(usize, usize)>>>) -> Exec {
-        self.jit_once();
-        // SAFETY: code and match data are ours and valid; the subject slice is live for
-        // the call; a worker is one thread, and no reference into the match data
-        // outlives this call.
-        let rc = unsafe {
-            pcre2_match_8(
-                self.code.as_ptr(),
-                subject.as_ptr(),
-                subject.len(),
-                0,
-                0,
-                self.match_data.as_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc == PCRE2_ERROR_NOMATCH {
-            return Exec::NoMatch;
-        }
-        if rc < 0 {
-            return Exec::Failed(rc);
-        }
-        if let Some(groups) = groups {
-            groups.clear();
-            // SAFETY: the ovector holds `count` pairs and stays valid until the next
-            // match on this match data, which cannot start before this copy ends.
-            let ov = unsafe {
-                let count = pcre2_get_ovector_count_8(self.match_data.as_ptr()) as usize;
-                std::slice::from_raw_parts(pcre2_get_ovector_pointer_8(self.match_data.as_ptr()), count * 2)
+        MATCH_DATA.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let pairs = self.captures + 1;
+            let md = match *slot {
+                Some((md, size)) if size >= pairs => md,
+                _ => {
+                    if let Some((old, _)) = slot.take() {
+                        // SAFETY: created below by PCRE2, freed once, not in use.
+                        unsafe { pcre2_match_data_free_8(old.as_ptr()) };
+                    }
+                    // SAFETY: a null general context asks for malloc.
+                    let md = unsafe { pcre2_match_data_create_8(pairs as u32, std::ptr::null_mut()) };
+                    let Some(md) = NonNull::new(md) else {
+                        // PCRE2_ERROR_NOMEMORY, as nginx's ngx_regex_exec says then.
+                        return Exec::Failed(-48);
+                    };
+                    *slot = Some((md, pairs));
+                    md
+                }
             };
-            // rc 0 means the ovector was too small: it is sized from the pattern, so
-            // that cannot happen; take what it holds then.
-            let set = if rc == 0 { ov.len() / 2 } else { rc as usize };
-            for pair in ov.chunks_exact(2).take(set) {
-                groups.push(match (pair[0], pair[1]) {
-                    (PCRE2_UNSET, _) | (_, PCRE2_UNSET) => None,
-                    (a, b) if a <= b && b <= subject.len() => Some((a, b)),
-                    _ => None,
-                });
+            // SAFETY: the code and the match data are valid; the subject slice is live
+            // for the call; the match data is borrowed from the cell for the call, and no
+            // reference into it outlives this closure.
+            let rc = unsafe {
+                pcre2_match_8(
+                    self.code.as_ptr(),
+                    subject.as_ptr(),
+                    subject.len(),
+                    0,
+                    0,
+                    md.as_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc == PCRE2_ERROR_NOMATCH {
+                return Exec::NoMatch;
             }
-        }
-        Exec::Match
+            if rc < 0 {
+                return Exec::Failed(rc);
+            }
+            if let Some(groups) = groups {
+                groups.clear();
+                // SAFETY: the ovector holds `count` pairs and stays valid until the next
+                // match on this match data, which cannot start before this copy ends.
+                let ov = unsafe {
+                    let count = pcre2_get_ovector_count_8(md.as_ptr()) as usize;
+                    std::slice::from_raw_parts(pcre2_get_ovector_pointer_8(md.as_ptr()), count * 2)
+                };
+                // rc 0 means the ovector was too small: it holds every group of this
+                // pattern, so that cannot happen; take what it holds then.
+                let set = if rc == 0 { ov.len() / 2 } else { (rc as usize).min(pairs) };
+                for pair in ov.chunks_exact(2).take(set) {
+                    groups.push(match (pair[0], pair[1]) {
+                        (PCRE2_UNSET, _) | (_, PCRE2_UNSET) => None,
+                        (a, b) if a <= b && b <= subject.len() => Some((a, b)),
+                        _ => None,
+                    });
+                }
+            }
+            Exec::Match
+        })
     }
 
     /// Whether the pattern matches anywhere in `subject`; a failed match is no match.
@@ -253,10 +250,38 @@ impl Regex {
 
 impl Drop for Regex {
     fn drop(&mut self) {
-        // SAFETY: both were created by PCRE2 for this value and are freed once.
-        unsafe {
-            pcre2_match_data_free_8(self.match_data.as_ptr());
-            pcre2_code_free_8(self.code.as_ptr());
+        let code = self.code.as_ptr();
+        STUDIES.with(|l| l.borrow_mut().retain(|(c, _)| *c != code));
+        // SAFETY: created by PCRE2 for this value, freed once, and no longer listed.
+        unsafe { pcre2_code_free_8(code) };
+    }
+}
+
+/// `pcre_jit on`: whether the library can compile patterns to machine code (nginx's
+/// `ngx_regex_pcre_jit` warns "PCRE2 library does not support JIT" when not).
+pub fn jit_supported() -> bool {
+    let mut jit: u32 = 0;
+    // SAFETY: PCRE2_CONFIG_JIT writes one uint32_t.
+    let r = unsafe { pcre2_config_8(PCRE2_CONFIG_JIT, (&mut jit as *mut u32).cast()) };
+    r == 0 && jit == 1
+}
+
+/// `ngx_regex_module_init`, once a configuration is read: with `pcre_jit on`, every
+/// pattern it compiled is compiled to machine code (in the process that read it, so
+/// workers inherit the code); each failure is an info line on `log` and that pattern
+/// is interpreted. Either way the list starts afresh for the next configuration.
+pub fn study(jit: bool, log: &crate::core::log::ErrorLog) {
+    let studies = STUDIES.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    if !jit {
+        return;
+    }
+    for (code, pattern) in studies {
+        // SAFETY: a listed pattern is alive (its Drop takes it out of the list) and no
+        // match runs while a configuration is read.
+        let n = unsafe { pcre2_jit_compile_8(code, PCRE2_JIT_COMPLETE) };
+        if n != 0 {
+            let msg = format!("pcre2_jit_compile() failed: {} in \"{}\", ignored", n, pattern);
+            log.write(crate::core::conf::Level::Info, None, &msg, None, None);
         }
     }
 }

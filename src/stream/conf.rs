@@ -472,6 +472,9 @@ fn after_parse(mut cx: ConfCx, opts: &LoadOptions, old: Option<&Cycle>) -> Resul
     } else {
         None
     };
+    // ngx_regex_module_init: the patterns compiled to machine code now, in the process
+    // that read them.
+    crate::core::regex::study(cx.core.pcre_jit.get(), &error_log);
     let listening = std::mem::take(&mut cx.listening);
     let mut reg = PhaseRegistry::default();
     modules::postconfiguration(&mut reg);

@@ -136,10 +136,11 @@ impl VirtualNames {
     }
 
     /// The server for `host` (already validated and lowercased); a regex match sets the
-    /// session's captures.
-    pub fn find(&self, s: &mut SessionCore, host: &[u8]) -> Option<usize> {
+    /// session's captures. `Err` when a regex failed to match (logged at alert by the
+    /// match): nginx's `ngx_stream_find_virtual_server` then fails the session.
+    pub fn find(&self, s: &mut SessionCore, host: &[u8]) -> Result<Option<usize>, Exec> {
         if let Some(&si) = self.exact.get(host) {
-            return Some(si);
+            return Ok(Some(si));
         }
         let head = self
             .head
@@ -147,7 +148,7 @@ impl VirtualNames {
             .filter(|(k, _, _)| host.len() > k.len() && host.ends_with(k) && host[host.len() - k.len() - 1] == b'.')
             .max_by_key(|(k, _, _)| k.len());
         if let Some(&(_, _, si)) = head {
-            return Some(si);
+            return Ok(Some(si));
         }
         let tail = self
             .tail
@@ -155,20 +156,19 @@ impl VirtualNames {
             .filter(|(k, _)| host.len() > k.len() + 1 && host.starts_with(k) && host[k.len()] == b'.')
             .max_by_key(|(k, _)| k.len());
         if let Some(&(_, si)) = tail {
-            return Some(si);
+            return Ok(Some(si));
         }
         if host.is_empty() {
-            return None;
+            return Ok(None);
         }
         for (re, si) in &self.regex {
             match re.exec(s, host) {
-                Exec::Match => return Some(*si),
+                Exec::Match => return Ok(Some(*si)),
                 Exec::NoMatch => continue,
-                // Logged by the match; the default server takes the session.
-                Exec::Failed(_) => return None,
+                failed @ Exec::Failed(_) => return Err(failed),
             }
         }
-        None
+        Ok(None)
     }
 }
 

@@ -771,7 +771,11 @@ fn ssl_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         if s.virtual_names.is_some() {
             match sni_from_hello(s, &mut cx.rt.scratch) {
                 None => return handshake_wait(s, cx),
-                Some(Some(host)) => crate::stream::ssl_preread_module::find_virtual_server(s, &host),
+                Some(Some(host)) => {
+                    if !crate::stream::ssl_preread_module::find_virtual_server(s, &host) {
+                        return Flow::Finalize(500);
+                    }
+                }
                 Some(None) => {}
             }
         }

@@ -302,10 +302,11 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
             Flow::Declined
         }
         Parsed::Done(h) => {
-            if let Some(host) = &h.host {
-                find_virtual_server(s, host);
-            }
+            let found = h.host.as_ref().is_none_or(|host| find_virtual_server(s, host));
             s.set_ctx(Some(h));
+            if !found {
+                return Flow::Finalize(500);
+            }
             Flow::Next
         }
     }
@@ -313,12 +314,19 @@ fn preread_handler(s: &mut SessionCore, _: &mut Cx<'_>) -> Flow {
 
 /// `ngx_stream_ssl_preread_servername`: the server named by the SNI host, among the
 /// servers sharing the address, takes over the session (when the name is valid and
-/// known; otherwise the session stays where it is).
-pub(crate) fn find_virtual_server(s: &mut SessionCore, host: &[u8]) {
-    let Some(names) = s.virtual_names.clone() else { return };
-    let Some(host) = validate_host(host) else { return };
-    if let Some(srv) = names.find(s, &host).and_then(|i| s.cycle.servers.get(i).cloned()) {
-        s.srv = srv;
+/// known; otherwise the session stays where it is). False when a `server_name` regex
+/// failed to match: the session ends with 500, as nginx's.
+pub(crate) fn find_virtual_server(s: &mut SessionCore, host: &[u8]) -> bool {
+    let Some(names) = s.virtual_names.clone() else { return true };
+    let Some(host) = validate_host(host) else { return true };
+    match names.find(s, &host) {
+        Ok(found) => {
+            if let Some(srv) = found.and_then(|i| s.cycle.servers.get(i).cloned()) {
+                s.srv = srv;
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -219,7 +219,6 @@ impl Worker {
 
     pub fn new(role: Role, cycle: Rc<Cycle>, listeners: Vec<Listener>, signals: Signals) -> io::Result<Worker> {
         let poll = Poll::new()?;
-        crate::core::regex::set_jit(cycle.core.pcre_jit.get());
         // nginx's ngx_use_exclusive_accept: EPOLLEXCLUSIVE only with several workers
         // (and not on reuseport sockets, each a worker's own). With one worker, the old
         // and the new one after a reload are both woken, and the new one answers at once.
