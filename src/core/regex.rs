@@ -310,6 +310,9 @@ mod tests {
         assert_eq!(e("^(127"), "pcre2_compile() failed: missing closing parenthesis in \"^(127\"");
         assert_eq!(e("a)b"), "pcre2_compile() failed: unmatched closing parenthesis in \"a)b\" at \")b\"");
         assert_eq!(e("(a)\\2"), "pcre2_compile() failed: reference to non-existent subpattern in \"(a)\\2\" at \"2\"");
+        // The rest after the error's place is printed as a C string: up to a NUL.
+        let nul = Regex::compile(b"a)b\0c", false).err().unwrap();
+        assert_eq!(nul, "pcre2_compile() failed: unmatched closing parenthesis in \"a)b\0c\" at \")b\"");
     }
 
     #[test]
