@@ -517,6 +517,33 @@ stream {{
     assert_eq!(s.wait_lines("twice.log", 1), ["L <a> W <a>"]);
 }
 
+/// A value `set` (or a named capture) stores into a variable a volatile map declares
+/// stays for the session: nginx's flushes forget only what the map's own evaluation
+/// made. nginx 1.22.1 side by side (the s30 script hunt, D1).
+#[test]
+fn a_value_set_into_a_volatile_variable_stays() {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let s = Sluice::start(&format!(
+        r#"events {{}}
+stream {{
+    map $remote_addr $v {{ volatile; default "M"; }}
+    map $y $r {{ ~^(?<n>b+) hit; default no; }}
+    map $remote_addr $n {{ volatile; default "M"; }}
+    geo $v $g {{ default d; 1.2.3.4 one; }}
+    log_format f "L $v";
+    server {{ listen 127.0.0.1:{}; set $v "S"; access_log set.log f; return "$v"; }}
+    server {{ listen 127.0.0.1:{}; set $v "S$v"; return "$v|$v"; }}
+    server {{ listen 127.0.0.1:{}; set $v 1.2.3.4; return "$g"; }}
+    server {{ listen 127.0.0.1:{}; set $y bbb; set $p $r; return "$n"; }}
+}}
+"#,
+        ports[0], ports[1], ports[2], ports[3]
+    ));
+    let answers: Vec<String> = ports.iter().map(|&p| String::from_utf8_lossy(&exchange(p, b"")).into_owned()).collect();
+    assert_eq!(answers, ["S", "SM|SM", "one", "bbb"]);
+    assert_eq!(s.wait_lines("set.log", 1), ["L S"]);
+}
+
 /// Map regexes mean what they mean to nginx's PCRE, where other engines read
 /// the same text otherwise: `\<` is a literal (not a word start), a `{` that starts no
 /// quantifier is literal (also `{,3}`), `(?#...)` is a comment, `[[` a literal bracket,

@@ -670,9 +670,7 @@ fn lookup_addr(s: &mut SessionCore, source: Option<usize>) -> Lookup {
         },
         Some(idx) => {
             // nginx's ngx_stream_get_flushed_variable: a volatile source is evaluated again.
-            if s.cycle.vars.def(idx).is_some_and(|d| d.volatile) {
-                s.forget_var(idx);
-            }
+            s.flush_var(idx);
             let mut v = Vec::new();
             if eval_var(s, idx, &mut v) {
                 parse_addr(&v)

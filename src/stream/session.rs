@@ -160,6 +160,10 @@ pub struct SessionCore {
     /// index: `Some(None)` keeps "not found", as nginx keeps a cacheable variable's
     /// `not_found` (a `$ssl_preread_*` read before the preread phase stays not found).
     pub var_cache: Vec<Option<Option<Vec<u8>>>>,
+    /// Which kept values a volatile variable's own evaluation made (nginx's slot
+    /// `no_cacheable`): a flush forgets only those, so a value `set` or a named capture
+    /// stored into a volatile variable stays for the session, as in nginx.
+    pub var_no_cacheable: Vec<bool>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
     /// The socket's peer, kept when realip replaced `remote` ($realip_remote_addr).
@@ -277,14 +281,32 @@ impl SessionCore {
 
     /// Keep variable `idx`'s value for the rest of the session (`None`: not found);
     /// `eval_var` answers from it before any getter.
-    /// Forget variable `idx`'s kept value (a volatile one's, at a flush).
-    pub fn forget_var(&mut self, idx: usize) {
-        if let Some(slot) = self.var_cache.get_mut(idx) {
-            *slot = None;
+    /// A flush of variable `idx` (`ngx_stream_script_flush_complex_value`): its kept
+    /// value is forgotten if a volatile evaluation made it.
+    pub fn flush_var(&mut self, idx: usize) {
+        if self.var_no_cacheable.get(idx) == Some(&true) {
+            self.var_no_cacheable[idx] = false;
+            if let Some(slot) = self.var_cache.get_mut(idx) {
+                *slot = None;
+            }
         }
     }
 
+    /// Keep the value a volatile variable's evaluation made, until the next flush.
+    pub fn cache_var_no_cacheable(&mut self, idx: usize, v: Option<Vec<u8>>) {
+        self.cache_var(idx, v);
+        if self.var_no_cacheable.len() <= idx {
+            self.var_no_cacheable.resize(idx + 1, false);
+        }
+        self.var_no_cacheable[idx] = true;
+    }
+
+    /// Keep variable `idx`'s value for the session (`set`, a named capture, a cached
+    /// variable's evaluation).
     pub fn cache_var(&mut self, idx: usize, v: Option<Vec<u8>>) {
+        if let Some(m) = self.var_no_cacheable.get_mut(idx) {
+            *m = false;
+        }
         if self.var_cache.len() <= idx {
             self.var_cache.resize(idx + 1, None);
         }

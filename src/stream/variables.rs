@@ -269,7 +269,12 @@ fn eval_getter(s: &mut SessionCore, idx: usize, def: &VarDef, get: VarGet, out: 
     if def.cached || def.volatile || (def.cacheable && !s.logging) {
         let start = out.len();
         let found = get(s, def.data, out);
-        s.cache_var(idx, found.then(|| out[start..].to_vec()));
+        let v = found.then(|| out[start..].to_vec());
+        if def.volatile {
+            s.cache_var_no_cacheable(idx, v);
+        } else {
+            s.cache_var(idx, v);
+        }
         return found;
     }
     let data = if def.prefix { idx } else { def.data };
@@ -448,15 +453,14 @@ impl Complex {
         true
     }
 
-    /// Forget the kept values of the volatile variables this value reads, so that they
-    /// are evaluated again (`ngx_stream_script_flush_complex_value`; a log line's
+    /// Forget the kept values that volatile evaluations made of the variables this
+    /// value reads, so that they are evaluated again
+    /// (`ngx_stream_script_flush_complex_value`; a log line's
     /// `ngx_stream_script_flush_no_cacheable_variables`).
     pub fn flush(&self, s: &mut SessionCore) {
         for p in &self.parts {
             if let Part::Var(i) = p {
-                if s.cycle.vars.def(*i).is_some_and(|d| d.volatile) {
-                    s.forget_var(*i);
-                }
+                s.flush_var(*i);
             }
         }
     }

@@ -968,6 +968,7 @@ impl Worker {
             udp_queued: 0,
             udp_key: None,
             var_cache: Vec::new(),
+            var_no_cacheable: Vec::new(),
             logging: false,
             var_depth: 0,
             var_cycle: false,
