@@ -376,6 +376,41 @@ stream {{
     assert!(log.lines().any(|l| l == format!("[{x}]")), "{log}");
 }
 
+/// A built-in read at the deepest level of such a cycle meets the limit too, as in
+/// nginx, whenever its slot holds nothing: `$status` (no-cacheable: each value flushes
+/// it) at every level, so the innermost one is not found and named in two more errors;
+/// `$remote_addr` at the end of a chain of exactly 100 maps, on its first evaluation.
+/// nginx 1.22.1 side by side (the s30 script hunt, D2): 400 bytes, and 2 + 2 errors.
+#[test]
+fn built_ins_meet_the_depth_limit_too() {
+    let (a, b) = (free_port(), free_port());
+    let chain: String = (0..100)
+        .map(|k| {
+            let source = if k < 99 { format!("$m{}", k + 1) } else { "$remote_addr".to_string() };
+            format!("    map {source} $m{k} {{ default \"x\"; }}\n")
+        })
+        .collect();
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    map $remote_addr $v {{ default \"a$status$v\"; }}
+{chain}    server {{ listen 127.0.0.1:{a}; return \"[$v]\\n\"; }}
+    server {{ listen 127.0.0.1:{b}; return \"[$m0]\"; }}
+}}
+"
+    ));
+    let got = String::from_utf8_lossy(&exchange(a, b"")).into_owned();
+    assert_eq!(got.len(), 400, "{got}");
+    assert!(got.starts_with("[a000a000") && got.ends_with("a000a]\n"), "{got}");
+    assert_eq!(exchange(b, b""), b"[x]");
+    let cycles = |name: &str| {
+        let want = format!("cycle while evaluating variable \"{name}\" while returning text, client: 127.0.0.1");
+        s.error_log().lines().filter(|l| l.contains("[error]") && l.contains(&want)).count()
+    };
+    assert!(crate::common::wait_for(Duration::from_secs(5), || cycles("remote_addr") == 2), "{}", s.error_log());
+    assert_eq!((cycles("status"), cycles("v")), (2, 2), "{}", s.error_log());
+}
+
 /// A value that reads a regex capture is built in two passes, as nginx builds every
 /// value (lengths, then bytes; the Debian nginx 1.22.1 of t/data/cli/version-full.stderr,
 /// built with OpenSSL 3.0.22, checks the second against the first, as later nginx does;

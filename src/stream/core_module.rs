@@ -378,16 +378,16 @@ impl Module for StreamCore {
         v.define("server_port", var_server_port, 0);
         v.define_cacheable("bytes_sent", var_bytes, 0);
         v.define_cacheable("bytes_received", var_bytes, 1);
-        v.define("session_time", var_session_time, 0);
-        v.define("status", var_status, 0);
+        v.define_nocacheable("session_time", var_session_time, 0);
+        v.define_nocacheable("status", var_status, 0);
         v.define("connection", var_connection, 0);
         v.define("nginx_version", var_nginx_version, 0);
         v.define("hostname", var_hostname, 0);
         v.define_extension("server_name", var_server_name, 0);
         v.define("pid", var_pid, 0);
-        v.define("msec", var_msec, 0);
-        v.define("time_iso8601", var_time, 0);
-        v.define("time_local", var_time, 1);
+        v.define_nocacheable("msec", var_msec, 0);
+        v.define_nocacheable("time_iso8601", var_time, 0);
+        v.define_nocacheable("time_local", var_time, 1);
         v.define("protocol", var_protocol, 0);
         // $1..$9: the captures of the last regex match (map, server_name). Scripts
         // reach them by these names, which no `$name` can spell: `${1}` is a variable

@@ -151,7 +151,7 @@ impl Module for LimitConn {
     ];
 
     fn variables(v: &mut Variables) {
-        v.define("limit_conn_status", var_limit_conn_status, 0);
+        v.define_nocacheable("limit_conn_status", var_limit_conn_status, 0);
     }
 
     fn merge_srv(p: &LimitConnSrv, c: &mut LimitConnSrv, cx: &mut ConfCx) -> ConfResult {

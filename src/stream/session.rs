@@ -164,6 +164,9 @@ pub struct SessionCore {
     /// `no_cacheable`): a flush forgets only those, so a value `set` or a named capture
     /// stored into a volatile variable stays for the session, as in nginx.
     pub var_no_cacheable: Vec<bool>,
+    /// The built-ins whose nginx slot holds a value now (evaluated in this session, and
+    /// not flushed since): only the others meet the depth limit (see `eval_var`).
+    pub var_valid: Vec<bool>,
     /// The log phase runs (cacheable built-ins are no longer cached).
     pub logging: bool,
     /// The socket's peer, kept when realip replaced `remote` ($realip_remote_addr).
@@ -289,6 +292,24 @@ impl SessionCore {
             if let Some(slot) = self.var_cache.get_mut(idx) {
                 *slot = None;
             }
+            if let Some(v) = self.var_valid.get_mut(idx) {
+                *v = false;
+            }
+        }
+    }
+
+    /// A built-in was evaluated: its nginx slot holds a value until a flush, if it is
+    /// no-cacheable, or for the session.
+    pub fn set_var_valid(&mut self, idx: usize, nocacheable: bool) {
+        if self.var_valid.len() <= idx {
+            self.var_valid.resize(idx + 1, false);
+        }
+        self.var_valid[idx] = true;
+        if nocacheable {
+            if self.var_no_cacheable.len() <= idx {
+                self.var_no_cacheable.resize(idx + 1, false);
+            }
+            self.var_no_cacheable[idx] = true;
         }
     }
 

@@ -207,12 +207,12 @@ impl Module for Upstream {
     }
 
     fn variables(v: &mut Variables) {
-        v.define("upstream_addr", var_upstream, 0);
-        v.define("upstream_bytes_sent", var_upstream, 1);
-        v.define("upstream_bytes_received", var_upstream, 2);
-        v.define("upstream_connect_time", var_upstream, 3);
-        v.define("upstream_first_byte_time", var_upstream, 4);
-        v.define("upstream_session_time", var_upstream, 5);
+        v.define_nocacheable("upstream_addr", var_upstream, 0);
+        v.define_nocacheable("upstream_bytes_sent", var_upstream, 1);
+        v.define_nocacheable("upstream_bytes_received", var_upstream, 2);
+        v.define_nocacheable("upstream_connect_time", var_upstream, 3);
+        v.define_nocacheable("upstream_first_byte_time", var_upstream, 4);
+        v.define_nocacheable("upstream_session_time", var_upstream, 5);
     }
 }
 

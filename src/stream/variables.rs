@@ -37,6 +37,10 @@ pub struct VarDef {
     /// that reads it directly (and each log line) forgets it first (`Complex::flush`),
     /// as nginx flushes a complex value's variables before building it.
     pub volatile: bool,
+    /// A built-in nginx marks `NGX_STREAM_VAR_NOCACHEABLE` ($status, $session_time,
+    /// $msec, the times, $upstream_*, $limit_conn_status): each value that reads it
+    /// flushes it, so it meets the depth limit again (see `eval_var`).
+    pub nocacheable: bool,
 }
 
 /// The variable table of one configuration.
@@ -136,6 +140,13 @@ impl Variables {
     }
 
     /// A built-in whose first value (before the log phase) is kept: see `VarDef`.
+    /// A built-in nginx flushes in each value that reads it: see `VarDef::nocacheable`.
+    pub fn define_nocacheable(&mut self, name: &str, get: VarGet, data: usize) -> usize {
+        let idx = self.define(name, get, data);
+        self.defs[idx].nocacheable = true;
+        idx
+    }
+
     pub fn define_cacheable(&mut self, name: &str, get: VarGet, data: usize) -> usize {
         let idx = self.define(name, get, data);
         self.defs[idx].cacheable = true;
@@ -164,6 +175,7 @@ impl Variables {
             capture: false,
             changeable: false,
             volatile: false,
+            nocacheable: false,
         });
         self.by_name.insert(name.to_string(), i);
         i
@@ -243,10 +255,25 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     // A variable whose value needs itself (`map $x $b { default "x$b"; }`) ends
     // after 100 evaluations one inside another, as nginx's; the innermost is not found.
     // Only the variables directives make (map, geo, split_clients, set) evaluate
-    // others; the built-ins nginx keeps after their first evaluation, which comes
-    // before the deep ones, so they never meet the limit there.
+    // others, but a built-in read at the deepest level meets the limit too.
     if !def.changeable {
-        return eval_getter(s, idx, def, get, out);
+        // nginx asks a built-in's handler within the depth limit too, whenever its slot
+        // holds nothing: the session's first evaluation, or after a flush of a no-
+        // cacheable one. ($1..$9 are no variables to nginx: never limited.)
+        if def.capture || s.var_valid.get(idx) == Some(&true) {
+            return eval_getter(s, idx, def, get, out);
+        }
+        if s.var_depth >= VAR_DEPTH {
+            s.log(Level::Error, &format!("cycle while evaluating variable \"{}\"", def.name), None);
+            s.var_cycle = true;
+            return false;
+        }
+        s.var_depth += 1;
+        let found = eval_getter(s, idx, def, get, out);
+        s.var_depth -= 1;
+        s.var_cycle = false;
+        s.set_var_valid(idx, def.nocacheable);
+        return found;
     }
     if s.var_depth >= VAR_DEPTH {
         s.log(Level::Error, &format!("cycle while evaluating variable \"{}\"", def.name), None);

@@ -969,6 +969,7 @@ impl Worker {
             udp_key: None,
             var_cache: Vec::new(),
             var_no_cacheable: Vec::new(),
+            var_valid: Vec::new(),
             logging: false,
             var_depth: 0,
             var_cycle: false,
