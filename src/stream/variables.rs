@@ -255,25 +255,12 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     // A variable whose value needs itself (`map $x $b { default "x$b"; }`) ends
     // after 100 evaluations one inside another, as nginx's; the innermost is not found.
     // Only the variables directives make (map, geo, split_clients, set) evaluate
-    // others, but a built-in read at the deepest level meets the limit too.
-    if !def.changeable {
-        // nginx asks a built-in's handler within the depth limit too, whenever its slot
-        // holds nothing: the session's first evaluation, or after a flush of a no-
-        // cacheable one. ($1..$9 are no variables to nginx: never limited.)
-        if def.capture || s.var_valid.get(idx) == Some(&true) {
-            return eval_getter(s, idx, def, get, out);
-        }
-        if s.var_depth >= VAR_DEPTH {
-            s.log(Level::Error, &format!("cycle while evaluating variable \"{}\"", def.name), None);
-            s.var_cycle = true;
-            return false;
-        }
-        s.var_depth += 1;
-        let found = eval_getter(s, idx, def, get, out);
-        s.var_depth -= 1;
-        s.var_cycle = false;
-        s.set_var_valid(idx, def.nocacheable);
-        return found;
+    // others, but nginx asks a built-in's handler within the limit too whenever its
+    // slot holds nothing: the session's first evaluation, or after a flush of a
+    // no-cacheable one. ($1..$9 are no variables to nginx: never limited.)
+    let builtin = !def.changeable;
+    if builtin && (def.capture || s.var_valid.get(idx) == Some(&true)) {
+        return eval_getter(s, idx, def, get, out);
     }
     if s.var_depth >= VAR_DEPTH {
         s.log(Level::Error, &format!("cycle while evaluating variable \"{}\"", def.name), None);
@@ -285,6 +272,9 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     s.var_depth -= 1;
     // A nested call's stop is not this call's.
     s.var_cycle = false;
+    if builtin {
+        s.set_var_valid(idx, def.nocacheable);
+    }
     found
 }
 
