@@ -15,7 +15,8 @@ use std::ptr::NonNull;
 
 thread_local! {
     /// The patterns compiled since the last `study`, for `pcre_jit`: (code, pattern).
-    /// A pattern dropped before then takes itself out (`Drop`).
+    /// A pattern dropped before then nulls its entry (`Drop`; a failed load drops
+    /// them all, in O(1) each); the next load starts the list afresh.
     static STUDIES: RefCell<Vec<(*mut Code, String)>> = const { RefCell::new(Vec::new()) };
     /// One match data for every match, grown to the most groups asked for
     /// (`ngx_regex_match_data`): PCRE2 keeps its backtracking frames in it, 20 KiB and
@@ -79,6 +80,8 @@ pub struct Regex {
     /// The pattern as written, for the messages that name it.
     pattern: String,
     code: NonNull<Code>,
+    /// Its entry in `STUDIES`.
+    study: usize,
     captures: usize,
     /// Named groups in PCRE2's name table order: (group number, name).
     names: Vec<(usize, Vec<u8>)>,
@@ -124,8 +127,12 @@ impl Regex {
             });
         };
         let pattern = crate::core::conf::parser::bytes_to_text(pattern);
-        STUDIES.with(|l| l.borrow_mut().push((code.as_ptr(), pattern.clone())));
-        let mut re = Regex { pattern, code, captures: 0, names: Vec::new() };
+        let study = STUDIES.with(|l| {
+            let mut l = l.borrow_mut();
+            l.push((code.as_ptr(), pattern.clone()));
+            l.len() - 1
+        });
+        let mut re = Regex { pattern, code, study, captures: 0, names: Vec::new() };
         re.captures = re.info_u32(PCRE2_INFO_CAPTURECOUNT) as usize;
         let count = re.info_u32(PCRE2_INFO_NAMECOUNT) as usize;
         if count > 0 {
@@ -251,7 +258,11 @@ impl Regex {
 impl Drop for Regex {
     fn drop(&mut self) {
         let code = self.code.as_ptr();
-        STUDIES.with(|l| l.borrow_mut().retain(|(c, _)| *c != code));
+        STUDIES.with(|l| {
+            if let Some(entry) = l.borrow_mut().get_mut(self.study).filter(|e| e.0 == code) {
+                entry.0 = std::ptr::null_mut();
+            }
+        });
         // SAFETY: created by PCRE2 for this value, freed once, and no longer listed.
         unsafe { pcre2_code_free_8(code) };
     }
@@ -266,6 +277,11 @@ pub fn jit_supported() -> bool {
     r == 0 && jit == 1
 }
 
+/// A new load starts: what a failed one left (dropped patterns' null entries) goes.
+pub fn forget_studies() {
+    STUDIES.with(|l| l.borrow_mut().clear());
+}
+
 /// `ngx_regex_module_init`, once a configuration is read: with `pcre_jit on`, every
 /// pattern it compiled is compiled to machine code (in the process that read it, so
 /// workers inherit the code); each failure is an info line on `log` and that pattern
@@ -275,8 +291,8 @@ pub fn study(jit: bool, log: &crate::core::log::ErrorLog) {
     if !jit {
         return;
     }
-    for (code, pattern) in studies {
-        // SAFETY: a listed pattern is alive (its Drop takes it out of the list) and no
+    for (code, pattern) in studies.into_iter().filter(|(c, _)| !c.is_null()) {
+        // SAFETY: a listed pattern is alive (its Drop nulls its entry) and no
         // match runs while a configuration is read.
         let n = unsafe { pcre2_jit_compile_8(code, PCRE2_JIT_COMPLETE) };
         if n != 0 {

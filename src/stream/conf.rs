@@ -288,6 +288,7 @@ pub struct Zone {
 pub fn load_with(opts: &LoadOptions, old: Option<&Cycle>) -> Result<Cycle, LoadError> {
     // What a failed load noted is not this configuration's.
     crate::core::logfile::take_file_order();
+    crate::core::regex::forget_studies();
     // ngx_process_options looks for the last '/' after the first byte: a file right in
     // "/" (`-c /x.conf`) keeps the prefix as its directory, as in nginx.
     let conf_prefix = match opts.conf_file.rfind('/').filter(|&i| i > 0) {
