@@ -411,6 +411,29 @@ stream {{
     assert_eq!((cycles("status"), cycles("v")), (2, 2), "{}", s.error_log());
 }
 
+/// A built-in nginx flags changeable ($ssl_protocol) is limited only while its slot is
+/// empty too: in a log line's cycle, nginx names only the map (the s30 review).
+#[test]
+fn a_changeable_built_in_is_limited_once_in_a_log_line_cycle() {
+    let a = free_port();
+    let s = Sluice::start(&format!(
+        "events {{}}
+stream {{
+    log_format f '$v';
+    map $remote_addr $v {{ default \"a$ssl_protocol$v\"; }}
+    server {{ listen 127.0.0.1:{a}; return x; access_log cycle.log f; }}
+}}
+"
+    ));
+    assert_eq!(exchange(a, b""), b"x");
+    assert_eq!(s.wait_lines("cycle.log", 1), ["a".repeat(100)]);
+    let cycles = |name: &str| {
+        let want = format!("cycle while evaluating variable \"{name}\"");
+        s.error_log().lines().filter(|l| l.contains("[error]") && l.contains(&want)).count()
+    };
+    assert_eq!((cycles("v"), cycles("ssl_protocol")), (2, 0), "{}", s.error_log());
+}
+
 /// A value that reads a regex capture is built in two passes, as nginx builds every
 /// value (lengths, then bytes; the Debian nginx 1.22.1 of t/data/cli/version-full.stderr,
 /// built with OpenSSL 3.0.22, checks the second against the first, as later nginx does;

@@ -384,14 +384,65 @@ pub fn format_line(s: &mut SessionCore, format: &LogFormat, out: &mut Vec<u8>, v
         match part {
             PartRef::Lit(lit) => out.extend_from_slice(lit),
             PartRef::Var(v) => {
-                val.clear();
-                if eval_var(s, v, val) {
-                    escape(format.escape, val, out);
-                } else if format.escape == Escape::Default {
-                    out.push(b'-');
-                }
+                format_var(s, format, v, out, val);
             }
         }
+    }
+}
+
+/// One variable of a line, escaped (or "-" when not found in the default escaping).
+fn format_var(s: &mut SessionCore, format: &LogFormat, v: usize, out: &mut Vec<u8>, val: &mut Vec<u8>) -> bool {
+    val.clear();
+    let found = eval_var(s, v, val);
+    if found {
+        escape(format.escape, val, out);
+    } else if format.escape == Escape::Default {
+        out.push(b'-');
+    }
+    found
+}
+
+/// The first of nginx's two passes over a line that reads a capture or a volatile
+/// variable: `format_line`, noting where each part ends and whether it was found.
+fn format_line_parts(
+    s: &mut SessionCore,
+    format: &LogFormat,
+    out: &mut Vec<u8>,
+    val: &mut Vec<u8>,
+    parts: &mut Vec<(usize, bool)>,
+) {
+    for part in format.parts.parts() {
+        let found = match part {
+            PartRef::Lit(lit) => {
+                out.extend_from_slice(lit);
+                true
+            }
+            PartRef::Var(v) => format_var(s, format, v, out, val),
+        };
+        parts.push((out.len(), found));
+    }
+}
+
+/// nginx's second pass (see `Complex::eval`): the captures and volatile variables are
+/// read again, and what was not found (a variable a cycle stopped is asked again, as
+/// nginx asks it); the rest is copied from the first pass's line.
+fn reformat_line(
+    s: &mut SessionCore,
+    format: &LogFormat,
+    first: &[u8],
+    parts: &[(usize, bool)],
+    out: &mut Vec<u8>,
+    val: &mut Vec<u8>,
+) {
+    let mut from = 0;
+    for (part, &(end, found)) in format.parts.parts().zip(parts) {
+        match part {
+            PartRef::Var(v) if !found || s.cycle.vars.reads_changing(std::iter::once(v)) => {
+                format_var(s, format, v, out, val);
+            }
+            _ => out.extend_from_slice(first.get(from..end).unwrap_or_default()),
+        }
+        from = end;
     }
 }
 
@@ -423,18 +474,20 @@ fn log_handler(s: &mut SessionCore, cx: &mut Cx<'_>) -> Flow {
         }
         line.clear();
         l.format.parts.flush(s);
-        format_line(s, &l.format, &mut line, &mut val);
         if l.format.parts.reads_changing(s) {
             // nginx's two passes (see `Complex::eval`): a line that grows in its second
             // is dropped with Debian 1.22.1's alert; a shorter one is written.
-            let first = line.len();
-            line.clear();
-            format_line(s, &l.format, &mut line, &mut val);
-            if line.len() > first {
+            let mut parts = Vec::new();
+            format_line_parts(s, &l.format, &mut line, &mut val, &mut parts);
+            let first = std::mem::take(&mut line);
+            reformat_line(s, &l.format, &first, &parts, &mut line, &mut val);
+            if line.len() > first.len() {
                 s.log(Level::Alert, "no buffer space in log script copy", None);
                 // (As a failing condition: the later access logs are not written.)
                 break;
             }
+        } else {
+            format_line(s, &l.format, &mut line, &mut val);
         }
         line.push(b'\n');
         match &l.target {

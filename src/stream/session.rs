@@ -301,13 +301,14 @@ impl SessionCore {
     /// A built-in was evaluated: its nginx slot holds a value until a flush, if it is
     /// no-cacheable, or for the session.
     pub fn set_var_valid(&mut self, idx: usize, nocacheable: bool) {
-        if self.var_valid.len() <= idx {
-            self.var_valid.resize(idx + 1, false);
+        let n = self.slots_for(idx);
+        if self.var_valid.len() < n {
+            self.var_valid.resize(n, false);
         }
         self.var_valid[idx] = true;
         if nocacheable {
-            if self.var_no_cacheable.len() <= idx {
-                self.var_no_cacheable.resize(idx + 1, false);
+            if self.var_no_cacheable.len() < n {
+                self.var_no_cacheable.resize(n, false);
             }
             self.var_no_cacheable[idx] = true;
         }
@@ -316,10 +317,17 @@ impl SessionCore {
     /// Keep the value a volatile variable's evaluation made, until the next flush.
     pub fn cache_var_no_cacheable(&mut self, idx: usize, v: Option<Vec<u8>>) {
         self.cache_var(idx, v);
-        if self.var_no_cacheable.len() <= idx {
-            self.var_no_cacheable.resize(idx + 1, false);
+        let n = self.slots_for(idx);
+        if self.var_no_cacheable.len() < n {
+            self.var_no_cacheable.resize(n, false);
         }
         self.var_no_cacheable[idx] = true;
+    }
+
+    /// How long a slot vector must be to hold `idx`: every variable of the
+    /// configuration at once, so a session grows each vector once.
+    fn slots_for(&self, idx: usize) -> usize {
+        self.cycle.vars.len().max(idx + 1)
     }
 
     /// Keep variable `idx`'s value for the session (`set`, a named capture, a cached
@@ -328,8 +336,9 @@ impl SessionCore {
         if let Some(m) = self.var_no_cacheable.get_mut(idx) {
             *m = false;
         }
-        if self.var_cache.len() <= idx {
-            self.var_cache.resize(idx + 1, None);
+        let n = self.slots_for(idx);
+        if self.var_cache.len() < n {
+            self.var_cache.resize(n, None);
         }
         if let Some(slot) = self.var_cache.get_mut(idx) {
             *slot = Some(v);

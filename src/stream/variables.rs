@@ -258,7 +258,9 @@ pub fn eval_var(s: &mut SessionCore, idx: usize, out: &mut Vec<u8>) -> bool {
     // others, but nginx asks a built-in's handler within the limit too whenever its
     // slot holds nothing: the session's first evaluation, or after a flush of a
     // no-cacheable one. ($1..$9 are no variables to nginx: never limited.)
-    let builtin = !def.changeable;
+    // (nginx flags some built-ins changeable, $ssl_* among them: what decides is
+    // whether a module's own getter fills the slot, not the flag.)
+    let builtin = !(def.cached || def.volatile);
     if builtin && (def.capture || s.var_valid.get(idx) == Some(&true)) {
         return eval_getter(s, idx, def, get, out);
     }
